@@ -1,0 +1,65 @@
+# transfer-rec: `make run` and `make test` are all a newcomer needs (see README).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+# The CPU build of torch 2.13.0 lies here on the project's machines; elsewhere PyPI serves torch.
+WHEELS ?= /opt/wheels
+FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
+STATE ?= $(CURDIR)/var
+export TRANSFER_REC_STATE_DIR := $(STATE)
+export PYTHONPATH := $(CURDIR)
+# Airflow and GX settings shared by every target (see tasks/settings.py for the defaults the code applies).
+export AIRFLOW_HOME := $(STATE)/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := False
+export AIRFLOW__CORE__PARALLELISM := 4
+export AIRFLOW__API__HOST := 127.0.0.1
+export GX_ANALYTICS_ENABLED := False
+export MLFLOW_TRACKING_URI ?= sqlite:///$(STATE)/mlflow/mlflow.db
+
+.PHONY: venv run test bench lock airflow-ui mlflow-ui serve check clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements.lock requirements-data.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) pip install -q --python $(PY) $(FIND_LINKS) -r requirements.txt -c requirements.lock
+	$(UV) pip install -q --python $(PY) --no-deps -r requirements-data.txt
+	touch $@
+
+## Regenerate the full lock of the transitive set from requirements.txt.
+lock: $(VENV)/.installed
+	$(UV) pip compile requirements.txt --python-version 3.11 $(FIND_LINKS) --no-header -o requirements.lock
+	sed -i 's/^torch==2.13.0+cpu/torch==2.13.0/' requirements.lock
+
+## Run the whole pipeline once, in-process, on the embedded MovieLens platforms, then print a summary.
+run: venv
+	$(PY) -m tasks.cli init
+	$(VENV)/bin/airflow dags test transfer_rec > $(STATE)/last-run.log 2>&1 || \
+	  { tail -n 60 $(STATE)/last-run.log; echo "make run: the DAG failed, full log in $(STATE)/last-run.log"; exit 1; }
+	$(PY) -m tasks.cli summary
+
+test: venv
+	$(PY) -m pytest -q tests
+
+bench: venv
+	$(PY) -m tasks.benchmark --protocol --seeds 2022 2023 2024 --out $(STATE)/bench
+
+airflow-ui: venv
+	$(PY) -m tasks.cli init
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m tasks.cli airflow-ui
+
+mlflow-ui: venv
+	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000 --workers 1
+
+serve: venv
+	$(VENV)/bin/mlflow models serve -m models:/transfer_rec-ml-100k@champion --env-manager local -h 127.0.0.1 -p 5001
+
+clean:
+	rm -rf $(STATE)

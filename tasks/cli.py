@@ -1,0 +1,145 @@
+"""Operator commands: `python -m tasks.cli init|summary|airflow-ui|rollback|suites` (the Makefile calls them)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tasks.state import StateLayout
+
+
+def init(layout: StateLayout) -> None:
+    """Create the state folder, migrate Airflow's and MLflow's databases (idempotent)."""
+    for folder in (layout.lake, layout.models, layout.recommendations, layout.mlflow, layout.reports):
+        folder.mkdir(parents=True, exist_ok=True)
+    airflow_home = Path(os.environ.get("AIRFLOW_HOME", layout.root / "airflow"))
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    bin_dir = Path(sys.executable).parent
+    _quiet([str(bin_dir / "airflow"), "db", "migrate"], "airflow db migrate")
+    uri = layout.mlflow_uri()
+    # Create the schema once, before parallel tasks write: concurrent creation corrupts a new SQLite DB.
+    _quiet([str(bin_dir / "mlflow"), "db", "upgrade", uri], "mlflow db upgrade")
+    print(f"state folder: {layout.root}\nAirflow home: {airflow_home}\nMLflow: {uri}")
+
+
+def _quiet(cmd: list[str], what: str) -> None:
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
+        raise SystemExit(f"{what} failed (exit {result.returncode})")
+
+
+def summary(layout: StateLayout) -> None:
+    """Print the last pipeline run's report."""
+    path = layout.reports / "latest.json"
+    if not path.exists():
+        raise SystemExit(f"no run report at {path}: run `make run` first")
+    report = json.loads(path.read_text())
+    print(f"\ntransfer-rec run {report['run_key']}")
+    print("\nplatforms               rows pulled   validation         unified        kept")
+    for name, p in report["platforms"].items():
+        status = p["validation"] + (f" ({p['validation_warnings']} warn)" if p["validation_warnings"] else "")
+        print(f"  {name:<10} {p['role']:<7} {p['rows_pulled']:>11,}   {status:<17} {p['rows_unified']:>8,} "
+              f"{p['rows_kept']:>10,}")
+    print(f"\npretrain on the source: {report['pretrain']['epochs']} epochs, {report['pretrain']['seconds']} s")
+    for target, t in report["targets"].items():
+        k = t["k"]
+        print(f"\ntarget {target}: {t['test_users']} held-out users, metrics at K={k}")
+        print(f"  {'model':<13}{'NDCG':>8}{'Recall':>8}{'Hit':>8}{'MRR':>8}{'Prec':>8}")
+        for name, m in t["metrics"].items():
+            print(f"  {name:<13}" + "".join(f"{m[x]:>8.4f}" for x in ("ndcg", "recall", "hit", "mrr", "precision")))
+        d = t["decision"]
+        print(f"  decision: {d['model']} v{d['version']} {'PROMOTED to champion' if d['promoted'] else 'not promoted'}")
+        for reason in d["reasons"]:
+            print(f"    - {reason}")
+        pub = t["published"] or {}
+        if pub.get("published"):
+            print(f"  published: {pub['rows']:,} recommendations for {pub['users']:,} users -> {pub['path']}")
+        else:
+            print(f"  published: nothing ({pub.get('reason', 'n/a')})")
+    print("\nnext: `make airflow-ui` (Airflow on http://127.0.0.1:8080), `make mlflow-ui` (http://127.0.0.1:5000), "
+          "`make serve` (the champion over HTTP)")
+
+
+def airflow_ui(layout: StateLayout) -> None:
+    """`airflow standalone` on 127.0.0.1 until Ctrl-C; stops its whole process group (no orphans)."""
+    home = Path(os.environ["AIRFLOW_HOME"])
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(["airflow", "standalone"], env=env, start_new_session=True,
+                            stdout=open(layout.root / "airflow-standalone.log", "w"), stderr=subprocess.STDOUT)
+    password_file = home / "simple_auth_manager_passwords.json.generated"
+    print("starting Airflow (log: var/airflow-standalone.log) ...")
+    try:
+        for _ in range(120):
+            if password_file.exists() and _port_open(8080):
+                break
+            if proc.poll() is not None:
+                raise SystemExit(f"airflow standalone exited with {proc.returncode}: see var/airflow-standalone.log")
+            time.sleep(1)
+        logins = json.loads(password_file.read_text()) if password_file.exists() else {}
+        print("Airflow UI: http://127.0.0.1:8080  " + ", ".join(f"login {u} / {p}" for u, p in logins.items()))
+        print("the DAG transfer_rec is unpaused; press Ctrl-C to stop")
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGINT to the process group, then SIGTERM, then SIGKILL: standalone's children must not outlive it."""
+    for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tasks.cli", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("init", help="create the state folder and migrate the databases")
+    sub.add_parser("summary", help="print the last run's report")
+    sub.add_parser("airflow-ui", help="run Airflow standalone on 127.0.0.1:8080")
+    rollback = sub.add_parser("rollback", help="move a target's champion alias back to previous_champion")
+    rollback.add_argument("target")
+    args = parser.parse_args(argv)
+    layout = StateLayout.from_env()
+    if args.command == "init":
+        init(layout)
+    elif args.command == "summary":
+        summary(layout)
+    elif args.command == "airflow-ui":
+        airflow_ui(layout)
+    elif args.command == "rollback":
+        from tasks.promote import rollback as do_rollback
+
+        print(json.dumps(do_rollback(args.target, layout), indent=2))
+
+
+if __name__ == "__main__":
+    main()

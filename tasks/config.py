@@ -1,0 +1,159 @@
+"""The one typed configuration of the pipeline, loaded from config/pipeline.yaml and overridable by DAG params."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "config" / "pipeline.yaml"
+
+TABLES = ("interactions", "users", "items")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PlatformConfig(_Strict):
+    """One platform of the registry: where its exports live and how its native schema maps to the unified one."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    role: Literal["source", "target"]
+    location: str
+    format: Literal["recbole", "csv", "tsv"] = "recbole"
+    delimiter: str | None = None
+    files: dict[str, str]
+    rating_scale: tuple[float, float] = (1.0, 5.0)
+    columns: dict[str, dict[str, str]]
+    value_maps: dict[str, str] = {}
+    # Severity of duplicate (user, item, timestamp) rows in the raw export: "critical" stops the run, "warning" logs
+    # them and unification de-duplicates.
+    duplicate_interactions: Literal["critical", "warning"] = "critical"
+
+    @field_validator("files")
+    @classmethod
+    def _interactions_required(cls, files: dict[str, str]) -> dict[str, str]:
+        unknown = set(files) - set(TABLES)
+        if unknown:
+            raise ValueError(f"unknown table(s) {sorted(unknown)}; expected some of {TABLES}")
+        if "interactions" not in files:
+            raise ValueError("a platform must export an interactions file")
+        for name in files.values():
+            if "/" in name or name.startswith(".."):
+                raise ValueError(f"file name {name!r} must be a plain name inside the platform's location")
+        return files
+
+    @model_validator(mode="after")
+    def _columns_map_ids(self) -> "PlatformConfig":
+        required = {"interactions": {"user_id", "item_id"}, "users": {"user_id"}, "items": {"item_id"}}
+        for table in self.files:
+            missing = required[table] - set(self.columns.get(table, {}).values())
+            if missing:
+                raise ValueError(f"platform {self.name}: columns.{table} maps no native column to {sorted(missing)}")
+        return self
+
+
+class FeaturesConfig(_Strict):
+    min_rating: float = 3
+    min_interactions: int = Field(5, ge=1)
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 2022
+
+    @field_validator("split")
+    @classmethod
+    def _sums_to_one(cls, split: tuple[float, float, float]) -> tuple[float, float, float]:
+        if abs(sum(split) - 1.0) > 1e-6 or min(split) <= 0:
+            raise ValueError(f"split {split} must be three positive shares summing to 1")
+        return split
+
+
+class TrainingConfig(_Strict):
+    seed: int = 2022
+    epochs_pretrain: int = Field(12, ge=0, le=500)
+    epochs_finetune: int = Field(30, ge=1, le=500)
+    patience: int = Field(4, ge=1)
+    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    embedding_dim: int = Field(128, ge=2, le=4096)
+    strategy: Literal["full", "freeze_items"] = "full"
+
+
+class EvaluationConfig(_Strict):
+    k: int = Field(10, ge=1, le=1000)
+
+
+class GateConfig(_Strict):
+    metric: Literal["ndcg", "recall", "hit", "mrr", "precision"] = "ndcg"
+    min_ndcg: float = Field(0.05, ge=0, le=1)
+    min_retention: float = Field(0.3, ge=0, le=1)
+    ndcg_margin: float = Field(0.005, ge=0, le=1)
+    retention_margin: float = Field(0.01, ge=0, le=1)
+
+
+class PublishConfig(_Strict):
+    k: int = Field(10, ge=1, le=1000)
+
+
+class PipelineConfig(_Strict):
+    platforms: list[PlatformConfig]
+    vocabularies: dict[str, list[str]] = {}
+    value_maps: dict[str, dict[str, str]] = {}
+    features: FeaturesConfig = FeaturesConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    gate: GateConfig = GateConfig()
+    publish: PublishConfig = PublishConfig()
+
+    @model_validator(mode="after")
+    def _one_source_some_targets(self) -> "PipelineConfig":
+        names = [p.name for p in self.platforms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"platform names must be unique, got {names}")
+        if sum(p.role == "source" for p in self.platforms) != 1:
+            raise ValueError("exactly one platform must have role 'source'")
+        if not self.targets:
+            raise ValueError("at least one platform must have role 'target'")
+        for p in self.platforms:
+            for column, map_name in p.value_maps.items():
+                if map_name != "age_years" and map_name not in self.value_maps:
+                    raise ValueError(f"platform {p.name}: value map {map_name!r} for {column!r} is not defined")
+        return self
+
+    @property
+    def source(self) -> PlatformConfig:
+        return next(p for p in self.platforms if p.role == "source")
+
+    @property
+    def targets(self) -> list[PlatformConfig]:
+        return [p for p in self.platforms if p.role == "target"]
+
+    def platform(self, name: str) -> PlatformConfig:
+        for p in self.platforms:
+            if p.name == name:
+                return p
+        raise KeyError(f"no platform named {name!r} in the config (known: {[p.name for p in self.platforms]})")
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load the YAML config (default: $TRANSFER_REC_CONFIG or config/pipeline.yaml), apply overrides, validate."""
+    path = Path(path or os.environ.get("TRANSFER_REC_CONFIG") or DEFAULT_CONFIG)
+    with open(path, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh) or {}
+    if overrides:
+        raw = _deep_merge(raw, overrides)
+    return PipelineConfig.model_validate(raw)

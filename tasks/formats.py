@@ -1,0 +1,46 @@
+"""Readers for the export formats platforms use; they return the native columns, untouched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+class FormatError(ValueError):
+    """A file cannot be parsed as its configured format."""
+
+
+def read_table(path: Path, fmt: str, delimiter: str | None = None) -> pd.DataFrame:
+    """Read one exported table as strings-and-numbers with its native column names.
+
+    recbole: RecBole atomic files (tab-separated, header cells `name:type`); csv/tsv: a header row and a delimiter.
+    """
+    sep = {"recbole": "\t", "tsv": "\t", "csv": ","}.get(fmt)
+    if sep is None:
+        raise FormatError(f"{path}: unsupported format {fmt!r}")
+    try:
+        frame = pd.read_csv(path, sep=delimiter or sep, dtype=str, keep_default_na=False, na_values=[""],
+                            encoding="utf-8", quoting=3 if fmt == "recbole" else 0)
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{path}: not valid UTF-8 at byte {exc.start}") from exc
+    except pd.errors.ParserError as exc:
+        raise FormatError(f"{path}: malformed {fmt} file: {exc}") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise FormatError(f"{path}: the file is empty (not even a header)") from exc
+    if fmt == "recbole":
+        frame.columns = [str(c).split(":", 1)[0] for c in frame.columns]
+    return frame
+
+
+def count_rows(path: Path) -> int:
+    """Data rows of a delimited text file with a header (streamed; counts newline-terminated lines)."""
+    lines = 0
+    last = b"\n"
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    if last != b"\n":
+        lines += 1
+    return max(lines - 1, 0)

@@ -1,0 +1,162 @@
+"""The pipeline's stage entry points, as the DAG calls them: a run plan (plain dict) plus upstream manifests in,
+a manifest out. Each resolves config and state from the plan, so a task needs nothing else from Airflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from tasks import evaluate as evaluate_stage
+from tasks import features as features_stage
+from tasks import promote as promote_stage
+from tasks import publish as publish_stage
+from tasks import pull as pull_stage
+from tasks import train as train_stage
+from tasks import tracking
+from tasks import unify as unify_stage
+from tasks import validate as validate_stage
+from tasks.config import PipelineConfig, load_config
+from tasks.state import StateLayout
+
+log = logging.getLogger(__name__)
+
+# DAG params that override config values, and where they go.
+PARAM_OVERRIDES = {
+    "epochs_finetune": ("training", "epochs_finetune"),
+    "strategy": ("training", "strategy"),
+    "seed": ("training", "seed"),
+}
+
+
+def platform_names() -> list[str]:
+    """Every platform of the registry (read when the DAG file is parsed)."""
+    return [p.name for p in load_config().platforms]
+
+
+def run_key_from(airflow_run_id: str) -> str:
+    """A file-system and MLflow friendly name from an Airflow run id."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", airflow_run_id).strip("_")[:100]
+
+
+def plan(params: dict[str, Any], airflow_run_id: str, dag_id: str = "transfer_rec") -> dict[str, Any]:
+    """Resolve config + params into the run plan every task receives; open the MLflow parent run."""
+    overrides: dict[str, Any] = {}
+    for param, (section, key) in PARAM_OVERRIDES.items():
+        if params.get(param) is not None:
+            overrides.setdefault(section, {})[key] = params[param]
+    if params.get("seed") is not None:
+        overrides.setdefault("features", {})["seed"] = params["seed"]
+    config = load_config(overrides=overrides)
+    targets = [t.name for t in config.targets]
+    chosen = list(params.get("targets") or targets)
+    unknown = sorted(set(chosen) - set(targets))
+    if unknown:
+        raise ValueError(f"param targets: {unknown} are not target platforms of the config (targets: {targets})")
+    run_key = params.get("run_key") or run_key_from(airflow_run_id)
+    layout = StateLayout.from_env()
+    parent = tracking.pipeline_run(layout, run_key, {"airflow.dag_id": dag_id, "airflow.run_id": airflow_run_id})
+    log.info("run %s: platforms %s, targets %s, MLflow parent run %s", run_key,
+             [p.name for p in config.platforms], chosen, parent)
+    return {
+        "run_key": run_key,
+        "overrides": overrides,
+        "platforms": [p.name for p in config.platforms],
+        "targets": chosen,
+        "parent_run_id": parent,
+        "gate_override": params.get("gate_override", "none"),
+        "dry_run": bool(params.get("dry_run", False)),
+    }
+
+
+def _resolve(run: dict[str, Any]) -> tuple[PipelineConfig, StateLayout]:
+    return load_config(overrides=run["overrides"]), StateLayout.from_env()
+
+
+def pull(run: dict[str, Any], platform: str) -> dict[str, Any]:
+    config, layout = _resolve(run)
+    return pull_stage.pull_platform(config.platform(platform), layout, run["run_key"])
+
+
+def validate(run: dict[str, Any], pulled: dict[str, Any]) -> dict[str, Any]:
+    config, layout = _resolve(run)
+    return validate_stage.validate_batch(pulled, config.platform(pulled["platform"]), layout)
+
+
+def unify(run: dict[str, Any], validated: list[dict[str, Any]]) -> dict[str, Any]:
+    config, layout = _resolve(run)
+    return unify_stage.unify(validated, config, layout)
+
+
+def build_features(run: dict[str, Any], unified: dict[str, Any]) -> dict[str, Any]:
+    config, layout = _resolve(run)
+    return features_stage.build_features(unified, config, layout, run["run_key"])
+
+
+def pretrain(run: dict[str, Any], features: dict[str, Any]) -> dict[str, Any]:
+    config, layout = _resolve(run)
+    return train_stage.pretrain(features, config, layout, run["run_key"], run["parent_run_id"])
+
+
+def finetune(run: dict[str, Any], target: str, features: dict[str, Any], pretrained: dict[str, Any]) -> dict[str, Any]:
+    config, layout = _resolve(run)
+    return train_stage.finetune(target, features, pretrained, config, layout, run["run_key"], run["parent_run_id"])
+
+
+def evaluate(run: dict[str, Any], candidate: dict[str, Any], features: dict[str, Any]) -> dict[str, Any]:
+    config, layout = _resolve(run)
+    report = evaluate_stage.evaluate(candidate["target"], features, candidate, config, layout, run["run_key"])
+    return {**report, "candidate": candidate}
+
+
+def promote(run: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    config, layout = _resolve(run)
+    return promote_stage.promote(evaluation, evaluation["candidate"], config.gate, layout, run["run_key"],
+                                 override=run["gate_override"], dry_run=run["dry_run"])
+
+
+def publish(run: dict[str, Any], decision: dict[str, Any], features: dict[str, Any]) -> dict[str, Any]:
+    config, layout = _resolve(run)
+    if run["dry_run"]:
+        return {"target": decision["target"], "published": False, "reason": "dry run"}
+    return publish_stage.publish(decision["target"], features, config, layout, run["run_key"])
+
+
+def summarize(run: dict[str, Any], validated: list[dict[str, Any]], unified: dict[str, Any],
+              features: dict[str, Any], pretrained: dict[str, Any], evaluations: list[dict[str, Any]],
+              decisions: list[dict[str, Any]], published: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's report for operators, written to reports/<run_key>/summary.json and reports/latest.json."""
+    _, layout = _resolve(run)
+    summary = {
+        "run_key": run["run_key"],
+        "mlflow_parent_run_id": run["parent_run_id"],
+        "platforms": {
+            v["platform"]: {
+                "role": v["role"],
+                "rows_pulled": sum(f["rows"] for f in v["files"] if f["table"] == "interactions"),
+                "validation": "passed" if v["validation"]["success"] else "failed",
+                "validation_warnings": len(v["validation"]["warnings"]),
+                "rows_unified": unified["platforms"][v["platform"]]["rows_out"],
+                "rows_kept": features["platforms"][v["platform"]]["interactions"],
+            }
+            for v in validated
+        },
+        "pretrain": {"epochs": pretrained["epochs"], "seconds": round(pretrained["seconds"], 1)},
+        "targets": {
+            e["target"]: {
+                "k": e["k"],
+                "test_users": e["test_users"],
+                "metrics": e["metrics"],
+                "decision": next(d for d in decisions if d["target"] == e["target"]),
+                "published": next((p for p in published if p["target"] == e["target"]), None),
+            }
+            for e in evaluations
+        },
+    }
+    folder = layout.reports / run["run_key"]
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(summary, indent=2, default=str)
+    (folder / "summary.json").write_text(text)
+    (layout.reports / "latest.json").write_text(text)
+    return {"summary": str(folder / "summary.json")}

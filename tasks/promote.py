@@ -1,0 +1,116 @@
+"""Stage 8, promote: register the candidate and move the `champion` alias only when the gate passes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from tasks import tracking
+from tasks.config import GateConfig
+from tasks.state import StateLayout
+
+log = logging.getLogger(__name__)
+
+Override = Literal["none", "promote", "reject"]
+
+
+@dataclass
+class GateDecision:
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+def gate(metrics: dict[str, dict[str, float]], config: GateConfig, override: Override = "none") -> GateDecision:
+    """Decide on the candidate from held-out metrics of candidate, baselines and (if any) the champion."""
+    cand = metrics["candidate"]
+    m = config.metric
+    checks = [
+        (cand["ndcg"] >= config.min_ndcg, f"NDCG {cand['ndcg']:.4f} vs floor {config.min_ndcg}"),
+        (cand["retention"] >= config.min_retention, f"retention {cand['retention']:.4f} vs floor {config.min_retention}"),
+        (cand[m] > metrics["target_only"][m], f"{m} {cand[m]:.4f} vs target-only {metrics['target_only'][m]:.4f}"),
+        (cand[m] > metrics["popularity"][m], f"{m} {cand[m]:.4f} vs popularity {metrics['popularity'][m]:.4f}"),
+    ]
+    if "champion" in metrics:
+        champ = metrics["champion"]
+        checks.append((cand["ndcg"] >= champ["ndcg"] - config.ndcg_margin,
+                       f"NDCG {cand['ndcg']:.4f} vs champion {champ['ndcg']:.4f} (margin {config.ndcg_margin})"))
+        checks.append((cand["retention"] >= champ["retention"] - config.retention_margin,
+                       f"retention {cand['retention']:.4f} vs champion {champ['retention']:.4f} "
+                       f"(margin {config.retention_margin})"))
+    else:
+        checks.append((True, "no champion yet: compared with floors and baselines only"))
+    reasons = [("pass: " if ok else "FAIL: ") + text for ok, text in checks]
+    passed = all(ok for ok, _ in checks)
+    if override == "promote":
+        return GateDecision(True, reasons + ["override: promoted by manual override"])
+    if override == "reject":
+        return GateDecision(False, reasons + ["override: rejected by manual override"])
+    return GateDecision(passed, reasons)
+
+
+def _version_for_run(client: MlflowClient, name: str, run_key: str, run_id: str):
+    for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        if version.tags.get(tracking.RUN_KEY_TAG) == run_key:
+            return version
+    return None
+
+
+def promote(evaluation: dict[str, Any], candidate: dict[str, Any], config: GateConfig, layout: StateLayout,
+            run_key: str, override: Override = "none", dry_run: bool = False) -> dict[str, Any]:
+    """Register the candidate (once per run), apply the gate, move aliases, record the decision on the version."""
+    tracking.configure(layout)
+    client = MlflowClient()
+    target = evaluation["target"]
+    name = tracking.registered_model_name(target)
+    decision = gate(evaluation["metrics"], config, override)
+    if dry_run:
+        decision = GateDecision(False, decision.reasons + ["dry run: never promotes"])
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name, description=f"transfer-rec recommender for target platform {target}")
+    version = _version_for_run(client, name, run_key, candidate["run_id"])
+    if version is None:
+        version = mlflow.register_model(candidate["model_uri"], name,
+                                        tags={tracking.RUN_KEY_TAG: run_key, "source_run_id": candidate["run_id"]})
+    tags = {
+        "gate.decision": "promoted" if decision.promote else "rejected",
+        "gate.reasons": " | ".join(decision.reasons),
+        "gate.override": override,
+        **{f"test.{m}": f"{v:.4f}" for m, v in evaluation["metrics"]["candidate"].items()},
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version.version, key, value)
+    previous = None
+    if decision.promote:
+        try:
+            previous = client.get_model_version_by_alias(name, "champion").version
+        except mlflow.exceptions.MlflowException:
+            previous = None
+        if previous is not None and previous != version.version:
+            client.set_registered_model_alias(name, "previous_champion", previous)
+        client.set_registered_model_alias(name, "champion", version.version)
+    else:
+        client.set_registered_model_alias(name, "challenger", version.version)
+    for line in decision.reasons:
+        log.info("gate %s v%s: %s", name, version.version, line)
+    log.info("gate %s v%s: %s", name, version.version, tags["gate.decision"].upper())
+    return {"target": target, "model": name, "version": version.version, "promoted": decision.promote,
+            "previous_champion": previous, "reasons": decision.reasons}
+
+
+def rollback(target: str, layout: StateLayout) -> dict[str, Any]:
+    """Move `champion` back to `previous_champion`."""
+    tracking.configure(layout)
+    client = MlflowClient()
+    name = tracking.registered_model_name(target)
+    previous = client.get_model_version_by_alias(name, "previous_champion").version
+    current = client.get_model_version_by_alias(name, "champion").version
+    client.set_registered_model_alias(name, "champion", previous)
+    client.set_registered_model_alias(name, "previous_champion", current)
+    client.set_model_version_tag(name, previous, "rollback.from", current)
+    return {"model": name, "champion": previous, "rolled_back_from": current}

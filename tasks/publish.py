@@ -1,0 +1,51 @@
+"""Stage 9, publish: the champion's top-K for every user of a target, written atomically as Parquet."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from tasks import tracking
+from tasks.config import PipelineConfig
+from tasks.evaluate import champion_bundle
+from tasks.features import PlatformData
+from tasks.state import StateLayout
+from tasks.storage import atomic_dir
+
+log = logging.getLogger(__name__)
+
+
+def publish(target: str, features: dict[str, Any], config: PipelineConfig, layout: StateLayout,
+            run_key: str) -> dict[str, Any]:
+    """Score every known user of the target with the registry's champion and publish recommendations/<target>/."""
+    tracking.configure(layout)
+    bundle, version = champion_bundle(target)
+    if bundle is None:
+        log.warning("%s has no champion yet: nothing published", target)
+        return {"target": target, "published": False, "reason": "no champion in the registry"}
+    data = PlatformData(Path(features["dir"]), target, features["n_items"])
+    histories = data.frame.groupby("user_id")["item_id"].agg(list)
+    recs = bundle.recommend(histories.tolist(), config.publish.k)
+    frame = pd.DataFrame({
+        "user_id": [u for u, items in zip(histories.index, recs.item_ids) for _ in items],
+        "rank": [r for items in recs.item_ids for r in range(1, len(items) + 1)],
+        "item_id": [i for items in recs.item_ids for i in items],
+        "score": [s for scores in recs.scores for s in scores],
+    })
+    frame["model"] = tracking.registered_model_name(target)
+    frame["model_version"] = str(version)
+    frame["run_key"] = run_key
+    final = layout.recommendations / target
+    with atomic_dir(final) as out:
+        frame.to_parquet(out / "recommendations.parquet", index=False)
+        manifest = {"target": target, "published": True, "path": str(final / "recommendations.parquet"),
+                    "users": int(histories.size), "rows": int(len(frame)), "model_version": str(version)}
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    log.info("published %d recommendations for %d %s users (champion v%s) to %s", len(frame), histories.size,
+             target, version, final)
+    return manifest

@@ -1,0 +1,55 @@
+"""The MLflow pyfunc model: recommendations for known users (by id) and new users (by history), top-K with scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from tasks.bundle import ModelBundle
+
+DEFAULT_K = 10
+
+
+class RequestError(ValueError):
+    """A serving request that cannot be answered; the message says which row and why."""
+
+
+class TransferRecModel(mlflow.pyfunc.PythonModel):
+    """Input rows: `user_id` (a known user) and/or `history` (a list of item ids). Output: one row per recommended
+    item with the request row, user_id, rank, item_id, score and the history's unknown item ids."""
+
+    def load_context(self, context: Any) -> None:
+        self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        k = int((params or {}).get("k", DEFAULT_K))
+        return recommend_frame(self.bundle, model_input, k)
+
+
+def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAULT_K) -> pd.DataFrame:
+    if not isinstance(requests, pd.DataFrame) or not ({"user_id", "history"} & set(requests.columns)):
+        raise RequestError("requests need a 'user_id' column, a 'history' column (list of item ids), or both")
+    histories = []
+    for row, request in enumerate(requests.to_dict("records")):
+        history = request.get("history")
+        history = [] if history is None or (isinstance(history, float) and pd.isna(history)) else history
+        if isinstance(history, str):
+            history = [history]
+        if not isinstance(history, (list, tuple)) and not hasattr(history, "tolist"):
+            raise RequestError(f"row {row}: 'history' must be a list of item ids, got {type(history).__name__}")
+        user = request.get("user_id")
+        known = bundle.histories.get(str(user), []) if user is not None and not pd.isna(user) else []
+        merged = list(known) + [str(i) for i in list(history)]
+        if not merged:
+            raise RequestError(f"row {row}: unknown user {user!r} and no history: nothing to recommend from")
+        histories.append(merged)
+    recs = bundle.recommend(histories, k)
+    rows = []
+    for row, request in enumerate(requests.to_dict("records")):
+        for rank, (item, score) in enumerate(zip(recs.item_ids[row], recs.scores[row]), start=1):
+            rows.append({"request": row, "user_id": request.get("user_id"), "rank": rank, "item_id": item,
+                         "score": score, "unknown_items": recs.unknown_items[row]})
+    return pd.DataFrame(rows, columns=["request", "user_id", "rank", "item_id", "score", "unknown_items"])

@@ -1,0 +1,136 @@
+"""Reading platform locations (local paths, s3:// through boto3, pkg:// data packages) and writing atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+CHUNK = 8 * 1024 * 1024
+
+
+class LocationError(RuntimeError):
+    """A platform location cannot be read: names the location and what to check."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed location: scheme is 'file', 's3' or 'pkg'."""
+
+    scheme: str
+    bucket: str
+    path: str
+
+    @classmethod
+    def parse(cls, uri: str) -> "Location":
+        parsed = urlparse(uri)
+        if parsed.scheme in ("", "file"):
+            return cls("file", "", str(Path(parsed.path if parsed.scheme else uri)))
+        if parsed.scheme in ("s3", "pkg"):
+            return cls(parsed.scheme, parsed.netloc, parsed.path.lstrip("/"))
+        raise LocationError(f"unsupported location {uri!r}: use a local path, file://, s3:// or pkg://")
+
+    def join(self, name: str) -> str:
+        if self.scheme == "file":
+            return str(Path(self.path) / name)
+        prefix = self.path.strip("/")
+        return f"{self.scheme}://{self.bucket}/{prefix + '/' if prefix else ''}{name}"
+
+
+def s3_client():
+    """A boto3 S3 client configured from the environment (AWS_* variables, AWS_ENDPOINT_URL for S3-compatible servers)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+        region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"}),
+    )
+
+
+def copy_to_local(uri: str, dest: Path) -> None:
+    """Copy one file from any supported location to `dest`, streaming (memory does not grow with file size)."""
+    loc = Location.parse(uri)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+    try:
+        if loc.scheme == "file":
+            if not Path(loc.path).is_file():
+                raise LocationError(f"{uri}: no such file")
+            shutil.copyfile(loc.path, tmp)
+        elif loc.scheme == "pkg":
+            resource = importlib.resources.files(loc.bucket).joinpath(loc.path)
+            if not resource.is_file():
+                raise LocationError(f"{uri}: no such file in the installed package {loc.bucket!r}")
+            with resource.open("rb") as src, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out, CHUNK)
+        else:
+            _download_s3(loc, uri, tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _download_s3(loc: Location, uri: str, tmp: Path) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        s3_client().download_file(loc.bucket, loc.path, str(tmp))
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "?")
+        hint = {
+            "404": "the object does not exist",
+            "NoSuchKey": "the object does not exist",
+            "NoSuchBucket": "the bucket does not exist",
+            "403": "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+            "InvalidAccessKeyId": "unknown access key: check AWS_ACCESS_KEY_ID",
+            "SignatureDoesNotMatch": "wrong secret key: check AWS_SECRET_ACCESS_KEY",
+        }.get(code, "see the error code")
+        raise LocationError(f"{uri}: S3 error {code} ({hint})") from exc
+    except BotoCoreError as exc:
+        raise LocationError(f"{uri}: cannot reach S3 at {os.environ.get('AWS_ENDPOINT_URL', 'AWS')}: {exc}") from exc
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a fresh version folder; on success `final` (a symlink) is switched to it in one atomic rename.
+
+    Readers that open `final` see either the previous complete version or the new complete one, never a partial
+    one; on failure the half-written version is removed and `final` is untouched. Versions older than the previous one are pruned.
+    """
+    versions = final.parent / ".versions"
+    versions.mkdir(parents=True, exist_ok=True)
+    version = versions / f"{final.name}-{uuid.uuid4().hex[:12]}"
+    version.mkdir()
+    try:
+        yield version
+    except BaseException:
+        shutil.rmtree(version, ignore_errors=True)
+        raise
+    if final.exists() and not final.is_symlink():
+        raise LocationError(f"{final} is a real folder, expected a link to a version: move it away")
+    previous = final.resolve() if final.is_symlink() else None
+    link = final.with_name(f".{final.name}.{uuid.uuid4().hex}.link")
+    os.symlink(os.path.relpath(version, final.parent), link)
+    os.replace(link, final)
+    # Keep the previous version for readers that opened it before the switch; prune older ones.
+    for old in versions.glob(f"{final.name}-*"):
+        if old not in (version, previous):
+            shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,103 @@
+"""Stages 5 and 6: pretrain the recommender on the source platform, fine-tune it on each target platform."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+
+from tasks import tracking
+from tasks.bundle import ModelBundle
+from tasks.config import PipelineConfig
+from tasks.features import PlatformData
+from tasks.models.transfer import TransferConfig, TransferRecommender
+from tasks.state import StateLayout
+
+log = logging.getLogger(__name__)
+
+torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+
+
+def model_config(config: PipelineConfig) -> TransferConfig:
+    t = config.training
+    return TransferConfig(embedding_dim=t.embedding_dim, learning_rate=t.learning_rate, batch_size=t.batch_size,
+                          epochs_pretrain=t.epochs_pretrain, epochs_finetune=t.epochs_finetune, patience=t.patience,
+                          strategy=t.strategy, seed=t.seed, k=config.evaluation.k)
+
+
+def _log_epoch(entry: dict[str, Any]) -> None:
+    log.info("%s epoch %d: %s", entry["stage"], entry["epoch"],
+             ", ".join(f"{k}={v:.4f}" for k, v in entry.items() if isinstance(v, float)))
+
+
+def pretrain(features: dict[str, Any], config: PipelineConfig, layout: StateLayout, run_key: str,
+             parent_run_id: str) -> dict[str, Any]:
+    """Train on every source interaction; save the checkpoint under models/<run_key>/pretrained.pt."""
+    source = PlatformData(Path(features["dir"]), config.source.name, features["n_items"])
+    model = TransferRecommender(features["n_items"], model_config(config))
+    started = time.perf_counter()
+    with tracking.stage_run(layout, run_key, "pretrain", parent_run_id, {"platform": config.source.name}) as run:
+        mlflow.log_params({"platform": config.source.name, **model_config(config).__dict__})
+        history = model.pretrain(source.matrix(), log=_log_epoch)
+        tracking.log_epochs(history)
+        checkpoint = layout.models / run_key / "pretrained.pt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state(), checkpoint)
+        seconds = time.perf_counter() - started
+        mlflow.log_metric("fit_seconds", seconds)
+    return {"checkpoint": str(checkpoint), "run_id": run.info.run_id, "epochs": len(history),
+            "users": int(len(source.user_ids)), "seconds": seconds}
+
+
+def fit_target(features: dict[str, Any], target: str, config: PipelineConfig,
+               pretrained_checkpoint: str | None) -> tuple[TransferRecommender, list[dict[str, Any]], PlatformData]:
+    """Fine-tune from the pretrained checkpoint, or train on the target alone when there is none."""
+    data = PlatformData(Path(features["dir"]), target, features["n_items"])
+    if pretrained_checkpoint:
+        state = torch.load(pretrained_checkpoint, map_location="cpu", weights_only=True)
+        state["config"] = model_config(config).__dict__
+        model = TransferRecommender.from_state(state)
+    else:
+        model = TransferRecommender(features["n_items"], model_config(config))
+    history = model.finetune(data.matrix("train"), data.matrix("valid"), data.item_mask(), log=_log_epoch)
+    return model, history, data
+
+
+def bundle_for(model: TransferRecommender, features: dict[str, Any], data: PlatformData, splits: tuple[str, ...],
+               meta: dict[str, Any]) -> ModelBundle:
+    import pandas as pd
+
+    items = pd.read_parquet(Path(features["dir"]) / "items.parquet").sort_values("item_idx")
+    known = data.frame[data.frame["split"].isin(splits)][["user_id", "item_id"]]
+    return ModelBundle(model, items["item_id"].to_numpy(), data.item_mask(), known, meta)
+
+
+def finetune(target: str, features: dict[str, Any], pretrained: dict[str, Any], config: PipelineConfig,
+             layout: StateLayout, run_key: str, parent_run_id: str) -> dict[str, Any]:
+    """Fine-tune the pretrained model on one target; log it to MLflow as a pyfunc model (the candidate)."""
+    from tasks.serving import TransferRecModel
+
+    started = time.perf_counter()
+    with tracking.stage_run(layout, run_key, f"finetune {target}", parent_run_id, {"platform": target}) as run:
+        mlflow.log_params({"platform": target, "pretrain_run_id": pretrained["run_id"],
+                           **model_config(config).__dict__})
+        model, history, data = fit_target(features, target, config, pretrained["checkpoint"])
+        tracking.log_epochs(history)
+        best = max(history, key=lambda e: e.get("valid_ndcg", -1))
+        mlflow.log_metrics({"valid_ndcg": best["valid_ndcg"], "best_epoch": best["epoch"],
+                            "fit_seconds": time.perf_counter() - started})
+        bundle = bundle_for(model, features, data, ("train", "valid"),
+                            {"target": target, "run_key": run_key, "features": features["dir"]})
+        folder = bundle.save(layout.models / run_key / target / "candidate")
+        info = mlflow.pyfunc.log_model(name="model", python_model=TransferRecModel(),
+                                       artifacts={"bundle": str(folder)},
+                                       code_paths=[str(Path(__file__).resolve().parent)])
+    log.info("fine-tuned %s: best epoch %d, valid NDCG@%d %.4f; MLflow run %s", target, best["epoch"],
+             config.evaluation.k, best["valid_ndcg"], run.info.run_id)
+    return {"target": target, "bundle": str(folder), "run_id": run.info.run_id, "model_uri": info.model_uri,
+            "valid_ndcg": best["valid_ndcg"], "epochs": len(history)}

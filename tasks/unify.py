@@ -1,0 +1,150 @@
+"""Stage 3, unify: map every platform's native schema onto one schema and write the unified tables atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.config import PipelineConfig, PlatformConfig
+from tasks.formats import read_table
+from tasks.state import StateLayout
+from tasks.storage import atomic_dir
+
+log = logging.getLogger(__name__)
+
+INTERACTION_COLUMNS = ["platform", "user_id", "item_id", "rating", "label", "timestamp"]
+USER_COLUMNS = ["platform", "user_id", "age", "gender", "occupation", "region"]
+ITEM_COLUMNS = ["item_id", "title", "year", "genres"]
+AGE_BINS = [0, 18, 25, 35, 45, 50, 56, 200]
+
+
+def canonical_item_key(raw: pd.Series) -> pd.Series:
+    """Align items across platforms: normalised 'title (year)' (case, spacing and punctuation folded)."""
+    text = raw.astype(str).str.lower().str.normalize("NFKC")
+    text = text.str.replace(r"[^\w()]+", " ", regex=True).str.replace(r"\s+", " ", regex=True)
+    return text.str.strip()
+
+
+def user_key(platform: str, native: pd.Series) -> pd.Series:
+    """Users are namespaced by platform: the same native id on two platforms is two people."""
+    return platform + ":" + native.astype(str)
+
+
+def _map_values(series: pd.Series, map_name: str, config: PipelineConfig, vocabulary: list[str]) -> pd.Series:
+    if map_name == "age_years":
+        years = pd.to_numeric(series, errors="coerce")
+        labels = vocabulary or [str(b) for b in AGE_BINS[:-1]]
+        return pd.cut(years, bins=AGE_BINS, right=False, labels=labels).astype(object)
+    mapping = config.value_maps[map_name]
+    return series.astype(str).map(mapping)
+
+
+def _native(frame: pd.DataFrame, platform: PlatformConfig, table: str) -> pd.DataFrame:
+    mapping = platform.columns[table]
+    return frame[[c for c in mapping if c in frame]].rename(columns=mapping)
+
+
+def unify_platform(batch_dir: Path, platform: PlatformConfig, config: PipelineConfig) -> dict[str, Any]:
+    """Read one validated batch and return its unified tables and counts (nothing written)."""
+    files = platform.files
+    raw = _native(read_table(batch_dir / files["interactions"], platform.format, platform.delimiter), platform,
+                  "interactions")
+    inter = pd.DataFrame({
+        "platform": platform.name,
+        "user_id": user_key(platform.name, raw["user_id"]),
+        "item_id": canonical_item_key(raw["item_id"]),
+        "rating": pd.to_numeric(raw.get("rating", pd.Series(1.0, index=raw.index)), errors="coerce"),
+        "timestamp": pd.to_numeric(raw.get("timestamp", pd.Series(0, index=raw.index)), errors="coerce"),
+    })
+    rows_in = len(inter)
+    unusable = inter["rating"].isna() | inter["timestamp"].isna()
+    inter = inter[~unusable]
+    inter = inter.sort_values(["user_id", "item_id", "timestamp"], kind="stable")
+    duplicated = inter.duplicated(["user_id", "item_id"], keep="first")
+    inter = inter[~duplicated].copy()
+    inter["timestamp"] = inter["timestamp"].astype("int64")
+    inter["label"] = (inter["rating"] >= config.features.min_rating).astype("int8")
+    inter = inter[INTERACTION_COLUMNS].reset_index(drop=True)
+
+    users = pd.DataFrame(columns=USER_COLUMNS)
+    if "users" in files:
+        u = _native(read_table(batch_dir / files["users"], platform.format, platform.delimiter), platform, "users")
+        u = u.drop_duplicates("user_id", keep="first")
+        users = pd.DataFrame({"platform": platform.name, "user_id": user_key(platform.name, u["user_id"])})
+        for column in ("age", "gender", "occupation"):
+            values = u[column] if column in u else pd.Series(np.nan, index=u.index)
+            if column in platform.value_maps:
+                values = _map_values(values, platform.value_maps[column], config, config.vocabularies.get(column, []))
+            users[column] = values.values
+        users["gender"] = users["gender"].astype(str).str.upper().str[:1].where(users["gender"].notna())
+        # Only a coarse region leaves landing: the first two characters of a postal code.
+        region = u["region"].astype(str).str[:2] if "region" in u else pd.Series(np.nan, index=u.index)
+        users["region"] = region.values
+    items = pd.DataFrame(columns=ITEM_COLUMNS)
+    if "items" in files:
+        it = _native(read_table(batch_dir / files["items"], platform.format, platform.delimiter), platform, "items")
+        items = pd.DataFrame({"item_id": canonical_item_key(it["item_id"])})
+        items["title"] = it["title"].values if "title" in it else it["item_id"].values
+        year = pd.to_numeric(it["year"], errors="coerce") if "year" in it else pd.Series(np.nan, index=it.index)
+        items["year"] = year.astype("Int64").values
+        genres = it["genres"] if "genres" in it else pd.Series("", index=it.index)
+        items["genres"] = genres.fillna("").astype(str).str.split().str.join("|").values
+        items = items.drop_duplicates("item_id", keep="first")
+    return {
+        "interactions": inter,
+        "users": users,
+        "items": items,
+        "counts": {
+            "rows_in": rows_in,
+            "rows_out": len(inter),
+            "dropped": {"unparseable_rating_or_timestamp": int(unusable.sum()),
+                        "duplicate_user_item": int(duplicated.sum())},
+            "users": int(inter["user_id"].nunique()),
+            "items": int(inter["item_id"].nunique()),
+        },
+    }
+
+
+def unify(validated: list[dict[str, Any]], config: PipelineConfig, layout: StateLayout) -> dict[str, Any]:
+    """Unify all validated batches into lake/unified/{interactions,users,items}.parquet, switched in atomically."""
+    parts = {m["platform"]: unify_platform(Path(m["batch_dir"]), config.platform(m["platform"]), config)
+             for m in validated}
+    interactions = pd.concat([p["interactions"] for p in parts.values()], ignore_index=True)
+    users = pd.concat([p["users"] for p in parts.values() if len(p["users"])] or [pd.DataFrame(columns=USER_COLUMNS)],
+                      ignore_index=True)
+    items = pd.concat([p["items"] for p in parts.values() if len(p["items"])] or [pd.DataFrame(columns=ITEM_COLUMNS)],
+                      ignore_index=True)
+    # Items seen in interactions but missing from every item table still get a row (title from the id).
+    missing = np.setdiff1d(interactions["item_id"].unique(), items["item_id"].unique())
+    if len(missing):
+        items = pd.concat([items, pd.DataFrame({"item_id": missing, "title": missing, "year": pd.NA, "genres": ""})],
+                          ignore_index=True)
+    items = items.drop_duplicates("item_id", keep="first").reset_index(drop=True)
+    items["year"] = items["year"].astype("Int64")
+
+    source_items = set(parts[config.source.name]["interactions"]["item_id"]) if config.source.name in parts else set()
+    counts = {}
+    for name, part in parts.items():
+        target_items = set(part["interactions"]["item_id"])
+        counts[name] = {**part["counts"], "items_shared_with_source": len(target_items & source_items)}
+        log.info("unified %s: %s", name, counts[name])
+    final = layout.unified / "current"
+    with atomic_dir(final) as out:
+        interactions.to_parquet(out / "interactions.parquet", index=False)
+        users.to_parquet(out / "users.parquet", index=False)
+        items.to_parquet(out / "items.parquet", index=False)
+        manifest = {
+            # Downstream stages read this exact version, even if a later run switches "current" meanwhile.
+            "dir": str(out),
+            "current": str(final),
+            "platforms": counts,
+            "batches": {m["platform"]: m["batch_id"] for m in validated},
+            "hashes": {m["platform"]: {f["file"]: f["sha256"] for f in m["files"]} for m in validated},
+        }
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
