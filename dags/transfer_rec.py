@@ -36,6 +36,16 @@ DEFAULT_ARGS = {
 NO_RETRY = {"retries": 0}
 
 
+def per_platform(**kwargs: Any):
+    """A mapped stage: each instance is named by its platform in the UI and documented by the function's docstring
+    (mapped tasks do not pick docstrings up by themselves)."""
+
+    def wrap(fn):
+        return task(map_index_template="{{ label }}", doc_md=fn.__doc__, **kwargs)(fn)
+
+    return wrap
+
+
 def _label(name: str) -> None:
     """Name a mapped task instance in the UI (rendered by map_index_template)."""
     get_current_context()["label"] = name
@@ -78,13 +88,13 @@ def transfer_rec() -> None:
         """The target platforms this run fine-tunes (param `targets`, default all)."""
         return run["targets"]
 
-    @task(map_index_template="{{ label }}")
+    @per_platform()
     def pull(platform: str, run: dict[str, Any]) -> dict[str, Any]:
         """Land one platform's export files with their hashes and row counts."""
         _label(platform)
         return pipeline.pull(run, platform)
 
-    @task(map_index_template="{{ label }}", **NO_RETRY)
+    @per_platform(**NO_RETRY)
     def validate(pulled: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         """Great Expectations on the raw batch; failure quarantines it and stops this run."""
         _label(pulled["platform"])
@@ -105,26 +115,26 @@ def transfer_rec() -> None:
         """Learn from the source platform."""
         return pipeline.pretrain(run, features)
 
-    @task(map_index_template="{{ label }}")
+    @per_platform()
     def finetune(target: str, features: dict[str, Any], pretrained: dict[str, Any],
                  run: dict[str, Any]) -> dict[str, Any]:
         """Adapt to one target platform; the result is the candidate model."""
         _label(target)
         return pipeline.finetune(run, target, features, pretrained)
 
-    @task(map_index_template="{{ label }}")
+    @per_platform()
     def evaluate(candidate: dict[str, Any], features: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         """Candidate, champion and baselines on the same held-out users."""
         _label(candidate["target"])
         return pipeline.evaluate(run, candidate, features)
 
-    @task(map_index_template="{{ label }}")
+    @per_platform()
     def promote(evaluation: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         """Register the candidate; move `champion` only if the gate passes."""
         _label(evaluation["target"])
         return pipeline.promote(run, evaluation)
 
-    @task(map_index_template="{{ label }}")
+    @per_platform()
     def publish(decision: dict[str, Any], features: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         """The champion's top-K for every user of the target."""
         _label(decision["target"])

@@ -49,7 +49,9 @@ def s3_client():
     import boto3
     from botocore.config import Config
 
-    return boto3.client(
+    # A fresh session each time: boto3's default session caches the credentials it first saw, so rotated keys
+    # (or a corrected environment) would otherwise be ignored until the process restarts.
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
         region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),

@@ -1,0 +1,57 @@
+"""Shared fixtures. Environment for Airflow, GX and MLflow is pointed at temporary folders before anything imports
+them, so tests never touch the developer's var/ or the committed GX suites."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+_SESSION = Path(tempfile.mkdtemp(prefix="transfer-rec-tests-"))
+_GX = _SESSION / "great_expectations"
+shutil.copytree(REPO / "great_expectations", _GX, ignore=shutil.ignore_patterns("uncommitted"))
+
+os.environ.update({
+    "AIRFLOW_HOME": str(_SESSION / "airflow"),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+    "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    "GX_ANALYTICS_ENABLED": "False",
+    "TRANSFER_REC_GX_DIR": str(_GX),
+    "TRANSFER_REC_STATE_DIR": str(_SESSION / "var"),
+    "MLFLOW_TRACKING_URI": f"sqlite:///{_SESSION / 'mlflow.db'}",
+})
+
+from tasks.synthetic import SyntheticPlatform, generate, write_config  # noqa: E402
+
+FAST_TRAINING = {"epochs_pretrain": 3, "epochs_finetune": 4, "patience": 2, "embedding_dim": 32, "batch_size": 128,
+                 "learning_rate": 0.005, "seed": 7}
+
+
+def two_platforms(faults: list[str] | None = None) -> list[SyntheticPlatform]:
+    return [
+        SyntheticPlatform("campus", "source", users=300, interactions_per_user=30),
+        SyntheticPlatform("village", "target", users=80, interactions_per_user=15, catalogue_share=0.7,
+                          columns=("learner", "course", "score", "ts"), delimiter=",", faults=faults or []),
+    ]
+
+
+@pytest.fixture
+def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A synthetic two-platform world with its config, state folder and MLflow DB, all under tmp_path."""
+
+    def make(faults: list[str] | None = None, **sections) -> dict:
+        generated = generate(tmp_path / "exports", two_platforms(faults), n_items=120, seed=3)
+        config = write_config(tmp_path / "pipeline.yaml", generated,
+                              training={**FAST_TRAINING, **sections.pop("training", {})}, **sections)
+        monkeypatch.setenv("TRANSFER_REC_CONFIG", str(config))
+        monkeypatch.setenv("TRANSFER_REC_STATE_DIR", str(tmp_path / "var"))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        return {"config": config, "state": tmp_path / "var", "exports": tmp_path / "exports"}
+
+    return make

@@ -1,0 +1,61 @@
+"""GX suites on good and bad batches: bad data is refused loudly, quarantined as it came, and nothing downstream moves."""
+
+import json
+
+import pytest
+
+from tasks.config import load_config
+from tasks.pull import pull_platform
+from tasks.state import StateLayout
+from tasks.unify import unify
+from tasks.validate import DataValidationError, validate_batch
+
+
+def land_and_validate(batch_id: str):
+    config, layout = load_config(), StateLayout.from_env()
+    return [validate_batch(pull_platform(p, layout, batch_id), p, layout) for p in config.platforms]
+
+
+def test_good_batches_pass_and_unify(pipeline_env):
+    pipeline_env()
+    validated = land_and_validate("good")
+    assert all(v["validation"]["success"] for v in validated)
+    manifest = unify(validated, load_config(), StateLayout.from_env())
+    assert manifest["platforms"]["village"]["items_shared_with_source"] > 0
+    assert manifest["platforms"]["campus"]["rows_out"] == manifest["platforms"]["campus"]["rows_in"]
+
+
+@pytest.mark.parametrize("fault,expected", [
+    ("nulls", "expect_column_values_to_not_be_null({'column': 'learner'})"),
+    ("out_of_range", "expect_column_values_to_be_between({'column': 'score'"),
+    ("missing_column", "expect_table_columns_to_match_set"),
+    ("pii_column", "forbidden PII column(s) ['password']"),
+    ("empty_file", "the file is empty"),
+    ("non_utf8", "not valid UTF-8"),
+    ("duplicates", "expect_compound_columns_to_be_unique"),
+])
+def test_each_fault_is_refused_quarantined_and_changes_nothing_downstream(pipeline_env, fault, expected):
+    env = pipeline_env()
+    layout = StateLayout.from_env()
+    first = land_and_validate("good")
+    before = unify(first, load_config(), layout)
+    before_files = sorted(p.name for p in (layout.unified / "current").iterdir())
+
+    pipeline_env(faults=[fault])
+    config = load_config()
+    target = config.platform("village")
+    landed = pull_platform(target, layout, "bad")
+    with pytest.raises(DataValidationError) as caught:
+        validate_batch(landed, target, layout)
+    message = str(caught.value)
+    assert "platform village" in message and "interactions.txt" in message
+    assert expected in message
+    quarantined = layout.quarantine / "village" / "bad"
+    assert (quarantined / "interactions.txt").read_bytes() == (env["exports"] / "village" / "interactions.txt").read_bytes()
+    result = json.loads((quarantined / "validation.json").read_text())
+    assert result["success"] is False and result["critical"]
+    assert not (layout.landing / "village" / "bad").exists()
+    # the unified tables stay exactly as they were
+    now = json.loads((layout.unified / "current" / "manifest.json").read_text())
+    assert now["dir"] == before["dir"]
+    assert sorted(p.name for p in (layout.unified / "current").iterdir()) == before_files

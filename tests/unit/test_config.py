@@ -1,0 +1,33 @@
+import pytest
+from pydantic import ValidationError
+
+from tasks.config import load_config
+
+
+def test_repo_config_loads_with_one_source_and_targets():
+    config = load_config()
+    assert config.source.name == "ml-1m"
+    assert [t.name for t in config.targets] == ["ml-100k"]
+
+
+def test_overrides_are_validated():
+    assert load_config(overrides={"training": {"epochs_finetune": 3}}).training.epochs_finetune == 3
+    with pytest.raises(ValidationError, match="epochs_finetune"):
+        load_config(overrides={"training": {"epochs_finetune": 0}})
+    with pytest.raises(ValidationError, match="strategy"):
+        load_config(overrides={"training": {"strategy": "magic"}})
+
+
+def test_platform_file_names_cannot_escape_the_location(tmp_path):
+    config = load_config()
+    raw = config.model_dump()
+    raw["platforms"][0]["files"]["interactions"] = "../../etc/passwd"
+    with pytest.raises(ValidationError, match="plain name"):
+        type(config).model_validate(raw)
+
+
+def test_exactly_one_source_is_required():
+    raw = load_config().model_dump()
+    raw["platforms"][1]["role"] = "source"
+    with pytest.raises(ValidationError, match="exactly one platform"):
+        type(load_config()).model_validate(raw)

@@ -1,0 +1,27 @@
+import pandas as pd
+import pytest
+
+from tasks.features import k_core, split_sizes, split_users
+
+
+def test_k_core_repeats_until_stable():
+    inter = pd.DataFrame({"user_id": ["a"] * 3 + ["b"] * 3 + ["c"], "item_id": ["x", "y", "z", "x", "y", "z", "q"]})
+    kept = k_core(inter, 2)
+    assert set(kept["user_id"]) == {"a", "b"} and set(kept["item_id"]) == {"x", "y", "z"}
+
+
+@pytest.mark.parametrize("n,expected", [(5, (3, 1, 1)), (10, (8, 1, 1)), (25, (21, 2, 2)), (2, (1, 0, 1))])
+def test_split_sizes(n, expected):
+    assert split_sizes(n, (0.8, 0.1, 0.1)) == expected
+    assert sum(split_sizes(n, (0.8, 0.1, 0.1))) == n
+
+
+def test_split_is_seeded_and_per_user():
+    inter = pd.DataFrame({"user_id": ["u"] * 10 + ["v"] * 20, "item_id": [f"i{i}" for i in range(30)],
+                          "timestamp": range(30)})
+    a, b, c = split_users(inter, (0.8, 0.1, 0.1), 1), split_users(inter, (0.8, 0.1, 0.1), 1), \
+        split_users(inter, (0.8, 0.1, 0.1), 2)
+    assert a.equals(b) and not a.equals(c)
+    counts = pd.crosstab(inter["user_id"], a)
+    assert counts.loc["u"].to_dict() == {"test": 1, "train": 8, "valid": 1}
+    assert counts.loc["v"].to_dict() == {"test": 2, "train": 16, "valid": 2}

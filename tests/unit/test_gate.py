@@ -1,0 +1,28 @@
+from tasks.config import GateConfig
+from tasks.promote import gate
+
+
+def metrics(cand, target_only=0.1, pop=0.05, champion=None, retention=0.6):
+    m = {"candidate": {"ndcg": cand, "retention": retention}, "target_only": {"ndcg": target_only},
+         "popularity": {"ndcg": pop}}
+    if champion is not None:
+        m["champion"] = {"ndcg": champion, "retention": retention}
+    return m
+
+
+def test_first_model_is_judged_on_floors_and_baselines():
+    assert gate(metrics(0.2), GateConfig()).promote
+    decision = gate(metrics(0.08, target_only=0.1), GateConfig())
+    assert not decision.promote and any("FAIL" in r and "target-only" in r for r in decision.reasons)
+
+
+def test_worse_than_champion_beyond_margin_is_rejected_within_margin_is_promoted():
+    config = GateConfig(ndcg_margin=0.01)
+    assert not gate(metrics(0.20, champion=0.22), config).promote
+    assert gate(metrics(0.215, champion=0.22), config).promote
+
+
+def test_floors_and_overrides():
+    assert not gate(metrics(0.2, retention=0.1), GateConfig(min_retention=0.3)).promote
+    assert gate(metrics(0.01, target_only=0.5), GateConfig(), override="promote").promote
+    assert not gate(metrics(0.5), GateConfig(), override="reject").promote

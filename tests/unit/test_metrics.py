@@ -1,0 +1,36 @@
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from tasks.metrics import evaluate_scores, mean_metrics, per_user_metrics, top_k
+
+
+def test_top_k_excludes_seen_and_non_candidates():
+    scores = np.array([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    exclude = sp.csr_matrix(np.array([[1, 0, 0, 0, 0]]))
+    candidates = np.array([True, True, False, True, True])
+    assert top_k(scores, 3, exclude, candidates).tolist() == [[1, 3, 4]]
+
+
+def test_metrics_match_hand_computed_values():
+    ranked = np.array([[3, 1, 7, 8, 9]])
+    relevant = sp.csr_matrix(([1, 1], ([0, 0], [1, 9])), shape=(1, 10))
+    m = per_user_metrics(ranked, relevant, k=5)
+    dcg = 1 / math.log2(3) + 1 / math.log2(6)
+    idcg = 1 + 1 / math.log2(3)
+    assert m["ndcg"][0] == pytest.approx(dcg / idcg)
+    assert m["recall"][0] == 1.0
+    assert m["hit"][0] == 1.0
+    assert m["mrr"][0] == pytest.approx(0.5)
+    assert m["precision"][0] == pytest.approx(0.4)
+
+
+def test_users_without_test_items_are_not_counted():
+    scores = np.tile(np.arange(6, dtype=float)[::-1], (3, 1))
+    seen = sp.csr_matrix((3, 6))
+    test = sp.csr_matrix(([1, 1], ([0, 2], [0, 5])), shape=(3, 6))
+    result = mean_metrics(evaluate_scores(scores, seen, test, k=3))
+    assert result["hit"] == pytest.approx(0.5)  # user 0 hits item 0; user 2's item 5 is ranked last
+    assert len(evaluate_scores(scores, seen, test, k=3)["ndcg"]) == 2

