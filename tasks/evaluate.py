@@ -76,7 +76,7 @@ def evaluate(target: str, features: dict[str, Any], candidate: dict[str, Any], c
     scores: dict[str, np.ndarray] = {}
     bundle = ModelBundle.load(Path(candidate["bundle"]))
     scores["candidate"] = bundle.model.score(train)
-    target_only, _, _ = fit_target(features, target, config, pretrained_checkpoint=None)
+    target_only, _, _ = fit_target(features, target, config, pretrained=None)
     scores["target_only"] = target_only.score(train)
     ease, l2 = _ease(train, valid, candidates, k)
     scores["ease"] = ease.score(train)

@@ -54,14 +54,19 @@ def pretrain(features: dict[str, Any], config: PipelineConfig, layout: StateLayo
             "users": int(len(source.user_ids)), "seconds": seconds}
 
 
+def load_pretrained(checkpoint: str, config: PipelineConfig) -> TransferRecommender:
+    """The pretrained model, with this run's training settings (fine-tuning may use other ones than pretraining)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state["config"] = model_config(config).__dict__
+    return TransferRecommender.from_state(state)
+
+
 def fit_target(features: dict[str, Any], target: str, config: PipelineConfig,
-               pretrained_checkpoint: str | None) -> tuple[TransferRecommender, list[dict[str, Any]], PlatformData]:
-    """Fine-tune from the pretrained checkpoint, or train on the target alone when there is none."""
+               pretrained: TransferRecommender | None) -> tuple[TransferRecommender, list[dict[str, Any]], PlatformData]:
+    """Fine-tune a copy of the pretrained model, or train on the target alone when there is none."""
     data = PlatformData(Path(features["dir"]), target, features["n_items"])
-    if pretrained_checkpoint:
-        state = torch.load(pretrained_checkpoint, map_location="cpu", weights_only=True)
-        state["config"] = model_config(config).__dict__
-        model = TransferRecommender.from_state(state)
+    if pretrained is not None:
+        model = TransferRecommender.from_state(pretrained.state())
     else:
         model = TransferRecommender(features["n_items"], model_config(config))
     history = model.finetune(data.matrix("train"), data.matrix("valid"), data.item_mask(), log=_log_epoch)
@@ -86,7 +91,8 @@ def finetune(target: str, features: dict[str, Any], pretrained: dict[str, Any], 
     with tracking.stage_run(layout, run_key, f"finetune {target}", parent_run_id, {"platform": target}) as run:
         mlflow.log_params({"platform": target, "pretrain_run_id": pretrained["run_id"],
                            **model_config(config).__dict__})
-        model, history, data = fit_target(features, target, config, pretrained["checkpoint"])
+        model, history, data = fit_target(features, target, config,
+                                          load_pretrained(pretrained["checkpoint"], config))
         tracking.log_epochs(history)
         best = max(history, key=lambda e: e.get("valid_ndcg", -1))
         mlflow.log_metrics({"valid_ndcg": best["valid_ndcg"], "best_epoch": best["epoch"],
