@@ -22,13 +22,16 @@ SPLITS = ("train", "valid", "test")
 
 def k_core(inter: pd.DataFrame, k: int) -> pd.DataFrame:
     """Drop users and items with fewer than k interactions, repeating until stable."""
+    users, _ = pd.factorize(inter["user_id"])
+    items, _ = pd.factorize(inter["item_id"])
+    alive = np.ones(len(inter), dtype=bool)
     while True:
-        users = inter["user_id"].map(inter["user_id"].value_counts())
-        items = inter["item_id"].map(inter["item_id"].value_counts())
-        keep = (users >= k) & (items >= k)
-        if keep.all():
-            return inter
-        inter = inter[keep]
+        user_counts = np.bincount(users[alive], minlength=users.max() + 1 if len(users) else 0)
+        item_counts = np.bincount(items[alive], minlength=items.max() + 1 if len(items) else 0)
+        keep = alive & (user_counts[users] >= k) & (item_counts[items] >= k)
+        if (keep == alive).all():
+            return inter[alive]
+        alive = keep
 
 
 def split_sizes(n: int, shares: tuple[float, float, float]) -> tuple[int, int, int]:
@@ -87,7 +90,7 @@ def build_features(unified: dict[str, Any], config: PipelineConfig, layout: Stat
             else:
                 frame = frame.assign(split="train")
             frame.to_parquet(out / f"{platform.name}.interactions.parquet", index=False)
-            platform_users[platform_users["user_id"].isin(frame["user_id"])].to_parquet(
+            platform_users[platform_users["user_id"].isin(set(frame["user_id"].unique()))].to_parquet(
                 out / f"{platform.name}.users.parquet", index=False)
             counts[platform.name] = {
                 "role": platform.role,

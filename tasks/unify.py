@@ -25,9 +25,11 @@ AGE_BINS = [0, 18, 25, 35, 45, 50, 56, 200]
 
 def canonical_item_key(raw: pd.Series) -> pd.Series:
     """Align items across platforms: normalised 'title (year)' (case, spacing and punctuation folded)."""
-    text = raw.astype(str).str.lower().str.normalize("NFKC")
-    text = text.str.replace(r"[^\w()]+", " ", regex=True).str.replace(r"\s+", " ", regex=True)
-    return text.str.strip()
+    codes, uniques = pd.factorize(raw.astype(str))
+    # Normalise each distinct id once (a platform has far fewer items than interactions).
+    text = pd.Series(uniques, dtype=object).str.lower().str.normalize("NFKC")
+    text = text.str.replace(r"[^\w()]+", " ", regex=True).str.replace(r"\s+", " ", regex=True).str.strip()
+    return pd.Series(text.to_numpy()[codes], index=raw.index)
 
 
 def user_key(platform: str, native: pd.Series) -> pd.Series:
