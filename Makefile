@@ -19,6 +19,9 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := False
 export AIRFLOW__CORE__PARALLELISM := 4
 export AIRFLOW__API__HOST := 127.0.0.1
+export AIRFLOW__API__PORT := 8080
+# Workers reach the API server here; the default (localhost) may resolve to ::1, where nothing listens.
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL := http://127.0.0.1:8080/execution/
 export GX_ANALYTICS_ENABLED := False
 export MLFLOW_TRACKING_URI ?= sqlite:///$(STATE)/mlflow/mlflow.db
 

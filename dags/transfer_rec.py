@@ -67,8 +67,9 @@ def _label(name: str) -> None:
                          description="Target platforms to fine-tune. Empty: every target in config/pipeline.yaml."),
         "epochs_finetune": Param(None, type=["null", "integer"], minimum=1, maximum=500,
                                  description="Maximum fine-tuning epochs (early stopping may end sooner)."),
-        "strategy": Param(None, type=["null", "string"], enum=[None, "full", "freeze_items"],
-                          description="Fine-tuning strategy. Empty: the config's."),
+        "strategy": Param(None, type=["null", "string"], enum=[None, "full", "freeze_encoder"],
+                          description="Fine-tuning strategy: full, or freeze_encoder (only the output layer adapts). "
+                                      "Empty: the config's."),
         "seed": Param(None, type=["null", "integer"], minimum=0,
                       description="Seed of the split and of training. Empty: the config's."),
         "gate_override": Param("none", type="string", enum=["none", "promote", "reject"],
@@ -78,7 +79,7 @@ def _label(name: str) -> None:
     },
 )
 def transfer_rec() -> None:
-    @task(**NO_RETRY)
+    @task
     def plan(**context: Any) -> dict[str, Any]:
         """Resolve config and params; open the MLflow parent run."""
         return pipeline.plan(dict(context["params"]), airflow_run_id=context["run_id"], dag_id=context["dag"].dag_id)

@@ -68,7 +68,7 @@ class ModelBundle:
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save(self.model.state(), folder / "model.pt")
+        torch.save(self.model.state(with_source=False), folder / "model.pt")
         pd.DataFrame({"item_id": self.item_ids, "candidate": self.candidates}).to_parquet(folder / "items.parquet")
         rows = [(u, i) for u, items in self.histories.items() for i in items]
         pd.DataFrame(rows, columns=["user_id", "item_id"]).to_parquet(folder / "histories.parquet")

@@ -70,6 +70,9 @@ def summary(layout: StateLayout) -> None:
 def airflow_ui(layout: StateLayout) -> None:
     """`airflow standalone` on 127.0.0.1 until Ctrl-C; stops its whole process group (no orphans)."""
     home = Path(os.environ["AIRFLOW_HOME"])
+    # Ctrl-C, or a SIGTERM from a supervisor, stops everything (background shells start us with SIGINT ignored).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     proc = subprocess.Popen(["airflow", "standalone"], env=env, start_new_session=True,
                             stdout=open(layout.root / "airflow-standalone.log", "w"), stderr=subprocess.STDOUT)
@@ -90,6 +93,10 @@ def airflow_ui(layout: StateLayout) -> None:
         pass
     finally:
         stop_group(proc)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def stop_group(proc: subprocess.Popen) -> None:

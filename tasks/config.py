@@ -73,14 +73,23 @@ class FeaturesConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
+    """Hyper-parameters of the transfer recommender (tasks/models/transfer.py explains each part)."""
+
     seed: int = 2022
-    epochs_pretrain: int = Field(12, ge=0, le=500)
-    epochs_finetune: int = Field(30, ge=1, le=500)
-    patience: int = Field(4, ge=1)
+    # item-item part
+    alpha: float = Field(0.5, ge=0)
+    lam: float = Field(300.0, gt=0)
+    drop_p: float = Field(0.25, ge=0, lt=1)
+    # history encoder
+    hidden: int = Field(600, ge=2, le=4096)
+    input_dropout: float = Field(0.5, ge=0, lt=1)
+    learning_rate: float = Field(2e-3, gt=0)
     batch_size: int = Field(256, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    embedding_dim: int = Field(128, ge=2, le=4096)
-    strategy: Literal["full", "freeze_items"] = "full"
+    epochs_pretrain: int = Field(15, ge=0, le=500)
+    epochs_finetune: int = Field(80, ge=1, le=500)
+    patience: int = Field(8, ge=1)
+    source_replay: float = Field(0.15, ge=0, le=1)
+    strategy: Literal["full", "freeze_encoder"] = "full"
 
 
 class EvaluationConfig(_Strict):

@@ -23,7 +23,7 @@ from tasks.state import StateLayout
 
 log = logging.getLogger(__name__)
 
-EASE_L2_GRID = (100.0, 300.0, 1000.0, 3000.0)
+EASE_L2_GRID = (100.0, 200.0, 300.0, 500.0, 1000.0, 2000.0)
 
 
 def retention(per_user: dict[str, np.ndarray]) -> np.ndarray:

@@ -24,10 +24,7 @@ torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
 
 
 def model_config(config: PipelineConfig) -> TransferConfig:
-    t = config.training
-    return TransferConfig(embedding_dim=t.embedding_dim, learning_rate=t.learning_rate, batch_size=t.batch_size,
-                          epochs_pretrain=t.epochs_pretrain, epochs_finetune=t.epochs_finetune, patience=t.patience,
-                          strategy=t.strategy, seed=t.seed, k=config.evaluation.k)
+    return TransferConfig(**config.training.model_dump(), k=config.evaluation.k)
 
 
 def _log_epoch(entry: dict[str, Any]) -> None:
@@ -94,8 +91,10 @@ def finetune(target: str, features: dict[str, Any], pretrained: dict[str, Any], 
         model, history, data = fit_target(features, target, config,
                                           load_pretrained(pretrained["checkpoint"], config))
         tracking.log_epochs(history)
-        best = max(history, key=lambda e: e.get("valid_ndcg", -1))
-        mlflow.log_metrics({"valid_ndcg": best["valid_ndcg"], "best_epoch": best["epoch"],
+        tuned = [e for e in history if e["stage"] == "finetune"]
+        best = max(tuned, key=lambda e: e["valid_ndcg"]) if tuned else {"epoch": 0}
+        blend = history[-1]
+        mlflow.log_metrics({"valid_ndcg": blend["valid_ndcg"], "best_epoch": best["epoch"], "beta": blend["beta"],
                             "fit_seconds": time.perf_counter() - started})
         bundle = bundle_for(model, features, data, ("train", "valid"),
                             {"target": target, "run_key": run_key, "features": features["dir"]})
@@ -103,7 +102,7 @@ def finetune(target: str, features: dict[str, Any], pretrained: dict[str, Any], 
         info = mlflow.pyfunc.log_model(name="model", python_model=TransferRecModel(),
                                        artifacts={"bundle": str(folder)},
                                        code_paths=[str(Path(__file__).resolve().parent)])
-    log.info("fine-tuned %s: best epoch %d, valid NDCG@%d %.4f; MLflow run %s", target, best["epoch"],
-             config.evaluation.k, best["valid_ndcg"], run.info.run_id)
+    log.info("fine-tuned %s: best epoch %d, blend beta %.2f, valid NDCG@%d %.4f; MLflow run %s", target,
+             best["epoch"], blend["beta"], config.evaluation.k, blend["valid_ndcg"], run.info.run_id)
     return {"target": target, "bundle": str(folder), "run_id": run.info.run_id, "model_uri": info.model_uri,
-            "valid_ndcg": best["valid_ndcg"], "epochs": len(history)}
+            "valid_ndcg": blend["valid_ndcg"], "epochs": len(tuned)}

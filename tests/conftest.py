@@ -29,7 +29,7 @@ os.environ.update({
 
 from tasks.synthetic import SyntheticPlatform, generate, write_config  # noqa: E402
 
-FAST_TRAINING = {"epochs_pretrain": 3, "epochs_finetune": 4, "patience": 2, "embedding_dim": 32, "batch_size": 128,
+FAST_TRAINING = {"epochs_pretrain": 3, "epochs_finetune": 4, "patience": 2, "hidden": 32, "batch_size": 128,
                  "learning_rate": 0.005, "seed": 7}
 
 

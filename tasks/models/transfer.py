@@ -1,7 +1,19 @@
-"""The transfer recommender: a history encoder pretrained on the source platform and fine-tuned on each target.
+"""The transfer recommender: pretrained on the source platform, fine-tuned on each target platform.
 
-A user is a function of the items in their history (inductive), so new users are scored without retraining.
-Architecture: a multinomial denoising autoencoder over the unified item space (one hidden layer).
+A user is only the set of items in their history (inductive), so new users are scored at request time without
+retraining. The score of a user with history x is a blend of two standardised parts over the target's items:
+
+    score(x) = z(x @ B) + beta * z(f(x))
+
+- B, item-item: a zero-diagonal linear autoencoder (EASE with a dropout-equivalent regulariser) over the unified item
+  space. Pretraining keeps the source co-occurrence matrix S'S; fine-tuning solves in closed form
+  min ||X_t - X_t B||^2 + alpha^2 ||S - S B||^2 + ||Lambda^1/2 B||^2, diag(B) = 0, Lambda = lam + p/(1-p) diag(G):
+  the source's users act as a prior, weighted by alpha, that the target's users refine.
+- f, history encoder: a multinomial denoising autoencoder (Mult-DAE), pretrained on source users and fine-tuned on
+  target users while a share of source users is replayed; early stopping on the target's validation NDCG@k.
+- beta is chosen on the target's validation split.
+
+The same class trained without `pretrain` is the target-only model: the transfer gain is the difference.
 """
 
 from __future__ import annotations
@@ -13,114 +25,236 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 import torch
-from torch import nn
 
 from tasks.metrics import evaluate_scores
 
 EpochLog = Callable[[dict[str, Any]], None]
+STRATEGIES = ("full", "freeze_encoder")
 
 
 @dataclass
 class TransferConfig:
-    embedding_dim: int = 128
-    dropout: float = 0.5
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
+    # item-item part
+    alpha: float = 0.5            # weight of the source's users (their co-occurrences are scaled by alpha^2)
+    lam: float = 300.0            # L2 regulariser
+    drop_p: float = 0.25          # dropout-equivalent regulariser
+    # history encoder
+    hidden: int = 600
+    input_dropout: float = 0.5
+    learning_rate: float = 2e-3
     batch_size: int = 256
-    epochs_pretrain: int = 12
-    epochs_finetune: int = 30
-    patience: int = 4
-    strategy: str = "full"  # full | freeze_items
+    epochs_pretrain: int = 15
+    epochs_finetune: int = 80
+    patience: int = 8
+    source_replay: float = 0.15   # share of source users replayed in each fine-tuning epoch
+    strategy: str = "full"        # full | freeze_encoder (only the output layer adapts to the target)
+    beta_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
     seed: int = 2022
     k: int = 10
 
 
-class _Net(nn.Module):
-    def __init__(self, n_items: int, dim: int, dropout: float):
+class _Encoder(torch.nn.Module):
+    """Mult-DAE: L2-normalised multi-hot history -> dropout -> tanh hidden -> item logits."""
+
+    def __init__(self, n_items: int, hidden: int, dropout: float):
         super().__init__()
-        self.encoder = nn.Linear(n_items, dim)
-        self.decoder = nn.Linear(dim, n_items)
-        self.drop = nn.Dropout(dropout)
+        self.enc = torch.nn.Linear(n_items, hidden)
+        self.dec = torch.nn.Linear(hidden, n_items)
+        self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.normalize(x, dim=1)
-        return self.decoder(torch.tanh(self.encoder(self.drop(x))))
+        h = torch.nn.functional.normalize(x, dim=1)
+        h = torch.nn.functional.dropout(h, self.dropout, self.training)
+        return self.dec(torch.tanh(self.enc(h)))
 
 
-def _dense(matrix: sp.csr_matrix) -> torch.Tensor:
-    return torch.from_numpy(matrix.toarray().astype(np.float32))
+def _dense(matrix: sp.spmatrix) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(sp.csr_matrix(matrix).toarray(), dtype=np.float32))
+
+
+def _zscore(scores: np.ndarray) -> np.ndarray:
+    return (scores - scores.mean(1, keepdims=True)) / (scores.std(1, keepdims=True) + 1e-12)
+
+
+def item_item_solve(gram: np.ndarray, lam: float, drop_p: float = 0.0) -> np.ndarray:
+    """Closed-form zero-diagonal item-item weights (EASE when drop_p = 0)."""
+    gram = np.array(gram, dtype=np.float64, copy=True)
+    diagonal = np.diag(gram).copy()
+    gram[np.diag_indices_from(gram)] += lam + drop_p / (1.0 - drop_p) * diagonal
+    precision = np.linalg.inv(gram)
+    weights = -precision / np.diag(precision)
+    weights[np.diag_indices_from(weights)] = 0.0
+    return weights
+
+
+def _sparse_state(matrix: sp.csr_matrix | None) -> dict[str, Any] | None:
+    if matrix is None:
+        return None
+    return {"indptr": torch.from_numpy(matrix.indptr.astype(np.int64)),
+            "indices": torch.from_numpy(matrix.indices.astype(np.int64)), "shape": list(matrix.shape)}
+
+
+def _sparse_from(state: dict[str, Any] | None) -> sp.csr_matrix | None:
+    if state is None:
+        return None
+    indices = state["indices"].numpy()
+    return sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, state["indptr"].numpy()),
+                         shape=tuple(state["shape"]))
 
 
 class TransferRecommender:
     def __init__(self, n_items: int, config: TransferConfig):
+        if config.strategy not in STRATEGIES:
+            raise ValueError(f"unknown fine-tuning strategy {config.strategy!r}; use one of {STRATEGIES}")
         self.n_items = n_items
         self.config = config
         torch.manual_seed(config.seed)
-        self.net = _Net(n_items, config.embedding_dim, config.dropout)
+        self._generator = torch.Generator().manual_seed(config.seed)
+        self.encoder = _Encoder(n_items, config.hidden, config.input_dropout)
+        self.source_gram: np.ndarray | None = None
+        self.source: sp.csr_matrix | None = None
+        self.candidates = np.arange(n_items)
+        self.weights = np.zeros((n_items, n_items), dtype=np.float32)
+        self.beta = 1.0
 
-    def _train(self, rows: sp.csr_matrix, epochs: int, stage: str, log: EpochLog | None,
-               valid: tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray | None] | None = None) -> list[dict[str, Any]]:
-        cfg = self.config
-        generator = torch.Generator().manual_seed(cfg.seed + (0 if stage == "pretrain" else 1))
-        params = [p for name, p in self.net.named_parameters()
-                  if not (stage == "finetune" and cfg.strategy == "freeze_items" and name.startswith("encoder"))]
-        optimiser = torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        rows = rows[np.flatnonzero(np.diff(rows.indptr) > 0)]
-        history: list[dict[str, Any]] = []
-        best, best_state, waited = -1.0, None, 0
-        for epoch in range(1, epochs + 1):
+    # -- training --------------------------------------------------------------------------------------------
+    def _epoch(self, optimiser: torch.optim.Optimizer, rows: torch.Tensor) -> float:
+        self.encoder.train()
+        order = torch.randperm(len(rows), generator=self._generator)
+        total = 0.0
+        for start in range(0, len(rows), self.config.batch_size):
+            x = rows[order[start:start + self.config.batch_size]]
+            loss = -(torch.log_softmax(self.encoder(x), dim=1) * x).sum(dim=1).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach()) * len(x)
+        return total / max(len(rows), 1)
+
+    def pretrain(self, source: sp.spmatrix, log: EpochLog | None = None) -> list[dict[str, Any]]:
+        """Learn from the source platform's users: their item co-occurrences and the history encoder."""
+        source = sp.csr_matrix(source, dtype=np.float32)
+        source = source[np.flatnonzero(np.diff(source.indptr) > 0)]
+        self.source = source
+        self.source_gram = (source.T @ source).toarray().astype(np.float64)
+        rows = _dense(source)
+        optimiser = torch.optim.Adam(self.encoder.parameters(), lr=self.config.learning_rate)
+        history = []
+        for epoch in range(1, self.config.epochs_pretrain + 1):
             started = time.perf_counter()
-            self.net.train()
-            order = torch.randperm(rows.shape[0], generator=generator).numpy()
-            total = 0.0
-            for start in range(0, len(order), cfg.batch_size):
-                x = _dense(rows[order[start:start + cfg.batch_size]])
-                torch.manual_seed(cfg.seed * 1000 + epoch * 100 + start)
-                loss = -(torch.log_softmax(self.net(x), dim=1) * x).sum(dim=1).mean()
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                total += float(loss.detach()) * x.shape[0]
-            entry: dict[str, Any] = {"stage": stage, "epoch": epoch, "loss": total / max(rows.shape[0], 1)}
-            if valid is not None:
-                train, held_out, candidates = valid
-                ndcg = float(np.mean(evaluate_scores(self.score(train), train, held_out, cfg.k, candidates)["ndcg"]))
-                entry["valid_ndcg"] = ndcg
-                if ndcg > best:
-                    best, waited = ndcg, 0
-                    best_state = {k: v.clone() for k, v in self.net.state_dict().items()}
-                else:
-                    waited += 1
-            entry["seconds"] = time.perf_counter() - started
+            entry = {"stage": "pretrain", "epoch": epoch, "loss": self._epoch(optimiser, rows),
+                     "seconds": time.perf_counter() - started}
             history.append(entry)
             if log:
                 log(entry)
-            if valid is not None and waited >= cfg.patience:
-                break
-        if best_state is not None:
-            self.net.load_state_dict(best_state)
         return history
 
-    def pretrain(self, source: sp.csr_matrix, log: EpochLog | None = None) -> list[dict[str, Any]]:
-        """Learn item representations from the source platform's users."""
-        return self._train(source, self.config.epochs_pretrain, "pretrain", log)
+    def _valid_ndcg(self, scores: np.ndarray, train: sp.csr_matrix, valid: sp.csr_matrix) -> float:
+        return float(np.mean(evaluate_scores(scores, train, valid, self.config.k)["ndcg"]))
 
-    def finetune(self, train: sp.csr_matrix, valid: sp.csr_matrix, candidates: np.ndarray | None = None,
+    def finetune(self, train: sp.spmatrix, valid: sp.spmatrix, candidates: np.ndarray | None = None,
                  log: EpochLog | None = None) -> list[dict[str, Any]]:
-        """Adapt to a target platform; keeps the epoch with the best validation NDCG@k (early stopping)."""
-        return self._train(train, self.config.epochs_finetune, "finetune", log, valid=(train, valid, candidates))
+        """Adapt to a target: item-item solve, encoder fine-tuning with early stopping, blend weight on valid.
+
+        `candidates` (a boolean mask over items) are the target's items, the only ones ever recommended.
+        """
+        cfg = self.config
+        train = sp.csr_matrix(train, dtype=np.float32)
+        valid = sp.csr_matrix(valid, dtype=np.float32)
+        self.candidates = np.flatnonzero(candidates) if candidates is not None else np.arange(self.n_items)
+        history: list[dict[str, Any]] = []
+
+        def emit(entry: dict[str, Any]) -> None:
+            history.append(entry)
+            if log:
+                log(entry)
+
+        started = time.perf_counter()
+        gram = (train.T @ train).toarray().astype(np.float64)
+        if self.source_gram is not None:
+            gram += cfg.alpha ** 2 * self.source_gram
+        self.weights = item_item_solve(gram, cfg.lam, cfg.drop_p)[:, self.candidates].astype(np.float32)
+        item_item = self._item_item(train)
+        emit({"stage": "item_item", "epoch": 0, "valid_ndcg": self._valid_ndcg(self._full(item_item), train, valid),
+              "seconds": time.perf_counter() - started})
+
+        target_rows = _dense(train[np.flatnonzero(np.diff(train.indptr) > 0)])
+        source_rows = _dense(self.source) if self.source is not None and cfg.source_replay > 0 else None
+        params = self.encoder.parameters() if cfg.strategy == "full" else self.encoder.dec.parameters()
+        optimiser = torch.optim.Adam(params, lr=cfg.learning_rate)
+        best, best_epoch, best_state = -1.0, 0, None
+        for epoch in range(1, cfg.epochs_finetune + 1):
+            started = time.perf_counter()
+            rows = target_rows
+            if source_rows is not None:
+                n_replay = int(round(cfg.source_replay * len(source_rows)))
+                replay = torch.randperm(len(source_rows), generator=self._generator)[:n_replay]
+                rows = torch.cat([target_rows, source_rows[replay]])
+            loss = self._epoch(optimiser, rows)
+            ndcg = self._valid_ndcg(self._full(self._encoded(train)), train, valid)
+            emit({"stage": "finetune", "epoch": epoch, "loss": loss, "valid_ndcg": ndcg,
+                  "seconds": time.perf_counter() - started})
+            if ndcg > best:
+                best, best_epoch = ndcg, epoch
+                best_state = {k: v.clone() for k, v in self.encoder.state_dict().items()}
+            if epoch - best_epoch >= cfg.patience:
+                break
+        if best_state is not None:
+            self.encoder.load_state_dict(best_state)
+
+        z_item, z_encoded = _zscore(item_item), _zscore(self._encoded(train))
+        grid = {b: self._valid_ndcg(self._full(z_item + b * z_encoded), train, valid) for b in cfg.beta_grid}
+        self.beta = float(max(grid, key=lambda b: (grid[b], -b)))
+        emit({"stage": "blend", "epoch": 0, "beta": self.beta, "valid_ndcg": grid[self.beta], "seconds": 0.0})
+        return history
+
+    # -- scoring ---------------------------------------------------------------------------------------------
+    def _item_item(self, history: sp.spmatrix) -> np.ndarray:
+        return np.asarray(sp.csr_matrix(history, dtype=np.float32) @ self.weights)
 
     @torch.no_grad()
-    def score(self, history: sp.csr_matrix) -> np.ndarray:
-        self.net.eval()
-        out = [self.net(_dense(history[i:i + 1024])).numpy() for i in range(0, history.shape[0], 1024)]
-        return np.concatenate(out) if out else np.zeros((0, self.n_items), dtype=np.float32)
+    def _encoded(self, history: sp.spmatrix) -> np.ndarray:
+        self.encoder.eval()
+        history = sp.csr_matrix(history)
+        parts = [self.encoder(_dense(history[i:i + 2048])).numpy()[:, self.candidates]
+                 for i in range(0, history.shape[0], 2048)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.candidates)), dtype=np.float32)
 
-    def state(self) -> dict[str, Any]:
-        return {"n_items": self.n_items, "config": asdict(self.config), "weights": self.net.state_dict()}
+    def _full(self, candidate_scores: np.ndarray) -> np.ndarray:
+        out = np.full((candidate_scores.shape[0], self.n_items), -np.inf, dtype=np.float64)
+        out[:, self.candidates] = candidate_scores
+        return out
+
+    def score(self, history: sp.spmatrix) -> np.ndarray:
+        """Scores of every item for arbitrary users given their history; items outside the target score -inf."""
+        scores = _zscore(self._item_item(history))
+        if self.beta != 0.0:
+            scores = scores + self.beta * _zscore(self._encoded(history))
+        return self._full(scores)
+
+    # -- persistence -----------------------------------------------------------------------------------------
+    def state(self, with_source: bool = True) -> dict[str, Any]:
+        """Everything to rebuild the model; the source statistics are only needed to fine-tune, not to serve."""
+        state: dict[str, Any] = {
+            "n_items": self.n_items, "config": asdict(self.config), "encoder": self.encoder.state_dict(),
+            "weights": torch.from_numpy(self.weights), "candidates": torch.from_numpy(self.candidates),
+            "beta": self.beta, "source": None, "source_gram": None,
+        }
+        if with_source and self.source is not None:
+            state["source"] = _sparse_state(self.source)
+            state["source_gram"] = torch.from_numpy(self.source_gram.astype(np.float32))
+        return state
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "TransferRecommender":
-        model = cls(state["n_items"], TransferConfig(**state["config"]))
-        model.net.load_state_dict(state["weights"])
+        config = dict(state["config"])
+        config["beta_grid"] = tuple(config.get("beta_grid", TransferConfig.beta_grid))
+        model = cls(state["n_items"], TransferConfig(**config))
+        model.encoder.load_state_dict(state["encoder"])
+        model.weights = state["weights"].numpy().astype(np.float32)
+        model.candidates = state["candidates"].numpy()
+        model.beta = float(state["beta"])
+        model.source = _sparse_from(state.get("source"))
+        if state.get("source_gram") is not None:
+            model.source_gram = state["source_gram"].numpy().astype(np.float64)
         return model

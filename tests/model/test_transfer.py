@@ -18,7 +18,7 @@ from tasks.models.transfer import TransferRecommender
 from tasks.unify import unify
 from tasks.validate import validate_batch
 
-TRAINING = {"epochs_pretrain": 8, "epochs_finetune": 15, "patience": 3, "embedding_dim": 32, "batch_size": 128,
+TRAINING = {"epochs_pretrain": 8, "epochs_finetune": 15, "patience": 3, "hidden": 64, "batch_size": 128,
             "learning_rate": 0.005, "seed": 11}
 
 

@@ -1,0 +1,55 @@
+"""The transfer recommender's mechanics on tiny random data: candidates, persistence, strategies."""
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from tasks.models.transfer import TransferConfig, TransferRecommender, item_item_solve
+
+CONFIG = TransferConfig(hidden=8, epochs_pretrain=2, epochs_finetune=3, patience=2, batch_size=16, seed=3)
+
+
+def random_rows(n_users: int, n_items: int, seed: int) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    return sp.csr_matrix((rng.random((n_users, n_items)) < 0.2).astype(np.float32))
+
+
+def fitted(strategy: str = "full") -> tuple[TransferRecommender, sp.csr_matrix, np.ndarray, dict]:
+    config = TransferConfig(**{**CONFIG.__dict__, "strategy": strategy})
+    model = TransferRecommender(30, config)
+    model.pretrain(random_rows(60, 30, 1))
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    candidates = np.arange(30) < 20
+    train = random_rows(25, 30, 2).multiply(candidates).tocsr()
+    model.finetune(train, random_rows(25, 30, 3).multiply(candidates).tocsr(), candidates)
+    return model, train, candidates, before
+
+
+def test_only_candidates_are_scored():
+    model, train, candidates, _ = fitted()
+    scores = model.score(train)
+    assert np.isneginf(scores[:, ~candidates]).all()
+    assert np.isfinite(scores[:, candidates]).all()
+
+
+def test_state_round_trip_scores_identically_with_or_without_source():
+    model, train, _, _ = fitted()
+    for with_source in (True, False):
+        copy = TransferRecommender.from_state(model.state(with_source=with_source))
+        np.testing.assert_array_equal(copy.score(train), model.score(train))
+    assert TransferRecommender.from_state(model.state(with_source=False)).source is None
+
+
+def test_freeze_encoder_keeps_the_pretrained_encoder():
+    model, _, _, before = fitted("freeze_encoder")
+    assert torch.equal(model.encoder.enc.weight, before["enc.weight"])
+    assert not torch.equal(model.encoder.dec.weight, before["dec.weight"])
+    full, _, _, before_full = fitted("full")
+    assert not torch.equal(full.encoder.enc.weight, before_full["enc.weight"])
+
+
+def test_item_item_solve_has_zero_diagonal_and_reconstructs():
+    x = random_rows(200, 12, 4).toarray().astype(np.float64)
+    weights = item_item_solve(x.T @ x, lam=1.0)
+    assert np.allclose(np.diag(weights), 0)
+    assert np.linalg.norm(x - x @ weights) < np.linalg.norm(x)
