@@ -1,0 +1,61 @@
+"""Unification of the two embedded MovieLens schemas: shared vocabularies, item keys, namespaced users."""
+
+import pandas as pd
+import pytest
+
+from tasks.config import load_config
+from tasks.storage import copy_to_local
+from tasks.unify import canonical_item_key, unify_platform
+
+
+def test_canonical_item_key_folds_case_spacing_and_punctuation():
+    keys = canonical_item_key(pd.Series(["Toy Story (1995)", "toy  story (1995)", "Toy Story: (1995)", "Heat (1995)"]))
+    assert keys.tolist() == ["toy story (1995)"] * 3 + ["heat (1995)"]
+
+
+@pytest.fixture(scope="module")
+def unified(tmp_path_factory):
+    config = load_config()
+    out = {}
+    for platform in config.platforms:
+        folder = tmp_path_factory.mktemp(platform.name)
+        for name in platform.files.values():
+            if name.endswith(".inter") and platform.name == "ml-1m":
+                continue  # the 1M-row interactions are not needed for profile checks
+            copy_to_local(f"{platform.location}/{name}", folder / name)
+        if platform.name == "ml-1m":
+            # a small interactions file in ml-1m's native schema
+            (folder / "ml-1m.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                                                "1m_1\tToy Story (1995)\t5\t978300760\n"
+                                                "1m_1\tToy Story (1995)\t4\t978300761\n")
+        out[platform.name] = unify_platform(folder, platform, config)
+    return config, out
+
+
+def test_both_platforms_share_the_age_and_occupation_vocabularies(unified):
+    config, out = unified
+    for name in ("ml-1m", "ml-100k"):
+        users = out[name]["users"]
+        assert set(users["age"].dropna()) <= set(config.vocabularies["age"])
+        assert set(users["occupation"].dropna()) <= set(config.vocabularies["occupation"])
+        assert users["age"].notna().all() and users["occupation"].notna().all(), f"{name}: unmapped values"
+        assert users["user_id"].str.startswith(f"{name}:").all()
+    one_m = out["ml-1m"]["users"].set_index("user_id")
+    assert one_m.loc["ml-1m:1m_1", "age"] == "under-18"      # ML-1M age code 1
+    assert one_m.loc["ml-1m:1m_2", "occupation"] == "self-employed"  # ML-1M occupation code 16
+    hundred_k = out["ml-100k"]["users"].set_index("user_id")
+    assert hundred_k.loc["ml-100k:100k_1", "age"] == "18-24"  # 24 years
+    assert hundred_k.loc["ml-100k:100k_1", "occupation"] == "engineer-technician"  # technician
+    assert hundred_k["region"].str.len().max() == 2, "only a coarse region leaves landing"
+
+
+def test_items_are_aligned_and_duplicates_dropped_and_counted(unified):
+    _, out = unified
+    shared = set(out["ml-1m"]["items"]["item_id"]) & set(out["ml-100k"]["items"]["item_id"])
+    assert "toy story (1995)" in shared and len(shared) > 1000
+    one_m = out["ml-1m"]
+    assert len(one_m["interactions"]) == 1 and one_m["counts"]["dropped"]["duplicate_user_item"] == 1
+    assert one_m["interactions"]["rating"].iloc[0] == 5, "the earliest of duplicate rows is kept"
+    assert out["ml-100k"]["counts"]["dropped"]["duplicate_user_item"] == 307
+    genres = out["ml-100k"]["items"].set_index("item_id").loc["toy story (1995)", "genres"]
+    assert genres == "Animation|Children's|Comedy"
