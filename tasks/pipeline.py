@@ -80,8 +80,17 @@ def pull(run: dict[str, Any], platform: str) -> dict[str, Any]:
 
 
 def validate(run: dict[str, Any], pulled: dict[str, Any]) -> dict[str, Any]:
+    """Validate a landed batch; its result goes to the pipeline's MLflow run whether it passes or not."""
     config, layout = _resolve(run)
-    return validate_stage.validate_batch(pulled, config.platform(pulled["platform"]), layout)
+    platform = pulled["platform"]
+    try:
+        validated = validate_stage.validate_batch(pulled, config.platform(platform), layout)
+    except validate_stage.DataValidationError:
+        result = layout.quarantine / platform / pulled["batch_id"] / validate_stage.VALIDATION_FILE
+        tracking.log_validation(layout, run["parent_run_id"], platform, json.loads(result.read_text()))
+        raise
+    tracking.log_validation(layout, run["parent_run_id"], platform, validated["validation"])
+    return validated
 
 
 def unify(run: dict[str, Any], validated: list[dict[str, Any]]) -> dict[str, Any]:

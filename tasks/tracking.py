@@ -78,6 +78,16 @@ def stage_run(layout: StateLayout, run_key: str, stage: str, parent_run_id: str,
         yield run
 
 
+def log_validation(layout: StateLayout, run_id: str, platform: str, summary: dict[str, Any]) -> None:
+    """A platform's validation result on the pipeline run: the full result as an artifact, counts as metrics."""
+    configure(layout)
+    client = MlflowClient()
+    client.log_dict(run_id, summary, f"validation/{platform}.json")
+    client.log_metric(run_id, f"validation_{platform}_critical", len(summary["critical"]))
+    client.log_metric(run_id, f"validation_{platform}_warnings", len(summary["warnings"]))
+    client.set_tag(run_id, f"validation.{platform}", "passed" if summary["success"] else "failed")
+
+
 def log_epochs(history: list[dict[str, Any]]) -> None:
     """Per-epoch curves: loss, validation NDCG and time, with the epoch as the step."""
     offset = 0

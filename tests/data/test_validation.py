@@ -59,3 +59,18 @@ def test_each_fault_is_refused_quarantined_and_changes_nothing_downstream(pipeli
     now = json.loads((layout.unified / "current" / "manifest.json").read_text())
     assert now["dir"] == before["dir"]
     assert sorted(p.name for p in (layout.unified / "current").iterdir()) == before_files
+
+
+def test_a_failed_validation_is_recorded_on_the_pipeline_run(pipeline_env):
+    import mlflow
+
+    from tasks import pipeline
+
+    pipeline_env(faults=["out_of_range"])
+    run = pipeline.plan({"run_key": "bad-run"}, airflow_run_id="bad-run")
+    landed = pipeline.pull(run, "village")
+    with pytest.raises(DataValidationError):
+        pipeline.validate(run, landed)
+    parent = mlflow.MlflowClient().get_run(run["parent_run_id"]).data
+    assert parent.tags["validation.village"] == "failed"
+    assert parent.metrics["validation_village_critical"] >= 1

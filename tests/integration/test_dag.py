@@ -62,6 +62,10 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
     version = versions[0]
     assert version.tags["gate.decision"] in ("promoted", "rejected")
     assert version.tags["gate.reasons"]
+    parent = client.get_run(summary["mlflow_parent_run_id"]).data
+    assert parent.tags["validation.village"] == "passed" and parent.metrics["validation_village_critical"] == 0
+    assert "validation/campus.json" in [a.path for a in client.list_artifacts(summary["mlflow_parent_run_id"],
+                                                                              "validation")]
     run_data = client.get_run(version.run_id).data
     assert "test_candidate_ndcg_at_10" in run_data.metrics
     assert "finetune_loss" in run_data.metrics
