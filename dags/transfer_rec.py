@@ -23,7 +23,16 @@ from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from tasks import pipeline
+from tasks import alerts, pipeline
+
+
+def _on_failure(context: dict[str, Any]) -> None:
+    """One line for the operator: what failed, on which platform, and where the log is."""
+    ti = context["ti"]
+    alerts.record_failure(alerts.failure_line(
+        ti.dag_id, ti.task_id, context.get("label") or str(getattr(ti, "map_index", "")), ti.run_id,
+        getattr(ti, "try_number", 0), context.get("exception"), getattr(ti, "log_url", None)))
+
 
 DEFAULT_ARGS = {
     "owner": "ml-platform",
@@ -31,6 +40,7 @@ DEFAULT_ARGS = {
     "retry_delay": timedelta(seconds=30),
     "retry_exponential_backoff": True,
     "execution_timeout": timedelta(hours=2),
+    "on_failure_callback": _on_failure,
 }
 # Deterministic stages: a retry would fail the same way, so fail fast.
 NO_RETRY = {"retries": 0}

@@ -82,3 +82,20 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
         assert not any((u, i) in seen for u, i in zip(recs["user_id"], recs["item_id"])), "seen items recommended"
     else:
         assert not recs_path.exists()
+
+
+def test_bad_batch_fails_the_run_names_the_cause_and_changes_nothing(pipeline_env, airflow_db):
+    env = pipeline_env(faults=["out_of_range"])
+    dag = load_dag()
+    run = dag.test(run_conf={"run_key": "bad"})
+    assert run.state == "failed"
+    states = {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances()}
+    assert states[("pull", 1)] == "success" and states[("validate", 1)] == "failed"
+    assert states[("unify", -1)] == "upstream_failed" and states[("promote", -1)] in ("upstream_failed", None)
+    failures = (env["state"] / "reports" / "failures.log").read_text()
+    assert "FAILED transfer_rec.validate[village] run=" in failures
+    assert "expect_column_values_to_be_between" in failures or "failed validation" in failures
+    assert (env["state"] / "lake" / "quarantine" / "village" / "bad" / "interactions.txt").exists()
+    assert not (env["state"] / "lake" / "unified" / "current").exists()
+    assert mlflow.MlflowClient().search_registered_models() == []
+    assert not (env["state"] / "recommendations").exists()

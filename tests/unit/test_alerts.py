@@ -1,0 +1,19 @@
+from tasks.alerts import failure_line, record_failure
+from tasks.state import StateLayout
+
+
+def test_failure_line_is_one_line_with_platform_error_and_log():
+    error = ValueError("platform village: batch b failed validation\n  - details on the next line")
+    line = failure_line("transfer_rec", "validate", "village", "manual__1", 1, error, "http://x/log")
+    assert "\n" not in line
+    assert line == ("FAILED transfer_rec.validate[village] run=manual__1 attempt=1: ValueError: platform village: "
+                    "batch b failed validation | log: http://x/log")
+    assert "validate[" not in failure_line("transfer_rec", "validate", "-1", "r", 1, None, None)
+
+
+def test_record_failure_appends(tmp_path):
+    layout = StateLayout(tmp_path)
+    record_failure("FAILED a", layout)
+    record_failure("FAILED b", layout)
+    lines = (tmp_path / "reports" / "failures.log").read_text().splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == ["FAILED a", "FAILED b"]
