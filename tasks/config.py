@@ -102,6 +102,10 @@ class GateConfig(_Strict):
     min_retention: float = Field(0.3, ge=0, le=1)
     ndcg_margin: float = Field(0.005, ge=0, le=1)
     retention_margin: float = Field(0.01, ge=0, le=1)
+    # Candidate vs champion is judged on the same users by a paired bootstrap: the one-sided lower confidence
+    # bound of the mean per-user difference must not fall below -margin.
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    bootstrap_samples: int = Field(1000, ge=100, le=100000)
 
 
 class PublishConfig(_Strict):

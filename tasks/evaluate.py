@@ -16,7 +16,7 @@ from tasks import tracking
 from tasks.bundle import ModelBundle
 from tasks.config import PipelineConfig
 from tasks.features import PlatformData
-from tasks.metrics import evaluate_scores, mean_metrics
+from tasks.metrics import bootstrap_ci, evaluate_scores, mean_metrics, paired_lower_bound
 from tasks.models.ease import EASE
 from tasks.models.popularity import Popularity
 from tasks.state import StateLayout
@@ -117,14 +117,24 @@ def evaluate(target: str, features: dict[str, Any], candidate: dict[str, Any], c
     report_dir = layout.reports / run_key / target
     report_dir.mkdir(parents=True, exist_ok=True)
     np.savez(report_dir / "per_user.npz", **{f"{n}.{m}": v for n, vals in per_user.items() for m, v in vals.items()})
+    gate = config.gate
+    intervals = {name: {m: bootstrap_ci(values[m], gate.bootstrap_samples, 0, gate.confidence)
+                        for m in ("ndcg", "recall", "retention")} for name, values in per_user.items()}
+    paired = None
+    if "champion" in per_user:
+        paired = {m: paired_lower_bound(per_user["candidate"][m], per_user["champion"][m], gate.bootstrap_samples, 0,
+                                        gate.confidence) for m in ("ndcg", "retention")}
     report = {"target": target, "k": k, "test_users": int(len(per_user["candidate"]["ndcg"])),
-              "metrics": metrics, "champion_version": champion_version, "ease_l2": l2,
+              "metrics": metrics, "ci": intervals, "paired_vs_champion": paired,
+              "champion_version": champion_version, "ease_l2": l2,
               "per_user": str(report_dir / "per_user.npz")}
     (report_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     with mlflow.start_run(run_id=candidate["run_id"]):
         for name, values in metrics.items():
             mlflow.log_metrics({f"test_{name}_{m}_at_{k}" if m != "retention" else f"test_{name}_retention": v
                                 for m, v in values.items()})
+        for m, (low, high) in intervals["candidate"].items():
+            mlflow.log_metrics({f"test_candidate_{m}_ci_low": low, f"test_candidate_{m}_ci_high": high})
         mlflow.log_artifact(str(report_dir / "evaluation.json"))
     for name, values in metrics.items():
         log.info("%s %-12s NDCG@%d %.4f  Recall %.4f  Hit %.4f  MRR %.4f", target, name, k, values["ndcg"],

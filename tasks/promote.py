@@ -24,8 +24,13 @@ class GateDecision:
     reasons: list[str] = field(default_factory=list)
 
 
-def gate(metrics: dict[str, dict[str, float]], config: GateConfig, override: Override = "none") -> GateDecision:
-    """Decide on the candidate from held-out metrics of candidate, baselines and (if any) the champion."""
+def gate(metrics: dict[str, dict[str, float]], config: GateConfig, override: Override = "none",
+         paired: dict[str, float] | None = None) -> GateDecision:
+    """Decide on the candidate from held-out metrics of candidate, baselines and (if any) the champion.
+
+    `paired` holds the paired-bootstrap lower bounds of candidate minus champion (`ndcg`, `retention`); without
+    it the point estimates are compared.
+    """
     cand = metrics["candidate"]
     m = config.metric
     checks = [
@@ -36,11 +41,15 @@ def gate(metrics: dict[str, dict[str, float]], config: GateConfig, override: Ove
     ]
     if "champion" in metrics:
         champ = metrics["champion"]
-        checks.append((cand["ndcg"] >= champ["ndcg"] - config.ndcg_margin,
-                       f"NDCG {cand['ndcg']:.4f} vs champion {champ['ndcg']:.4f} (margin {config.ndcg_margin})"))
-        checks.append((cand["retention"] >= champ["retention"] - config.retention_margin,
-                       f"retention {cand['retention']:.4f} vs champion {champ['retention']:.4f} "
-                       f"(margin {config.retention_margin})"))
+        for name, margin in (("ndcg", config.ndcg_margin), ("retention", config.retention_margin)):
+            if paired is not None:
+                bound = paired[name]
+                checks.append((bound >= -margin,
+                               f"{name} vs champion: {cand[name]:.4f} vs {champ[name]:.4f}, paired "
+                               f"{config.confidence:.0%} lower bound of the difference {bound:+.4f} (margin {margin})"))
+            else:
+                checks.append((cand[name] >= champ[name] - margin,
+                               f"{name} {cand[name]:.4f} vs champion {champ[name]:.4f} (margin {margin})"))
     else:
         checks.append((True, "no champion yet: compared with floors and baselines only"))
     reasons = [("pass: " if ok else "FAIL: ") + text for ok, text in checks]
@@ -50,6 +59,27 @@ def gate(metrics: dict[str, dict[str, float]], config: GateConfig, override: Ove
     if override == "reject":
         return GateDecision(False, reasons + ["override: rejected by manual override"])
     return GateDecision(passed, reasons)
+
+
+def model_card(evaluation: dict[str, Any], decision: GateDecision, run_key: str) -> str:
+    """A short, reviewable description of a model version: data, metrics with CIs, and the gate's decision."""
+    k = evaluation["k"]
+    lines = [f"transfer-rec model for target platform **{evaluation['target']}**, pipeline run `{run_key}`.", "",
+             f"Held-out evaluation: {evaluation['test_users']} target users, full ranking of the target's items, "
+             f"history = train split, train and valid items masked, K = {k}.", "",
+             "| model | NDCG | Recall | retention (Hit) |", "|---|---|---|---|"]
+    for name, m in evaluation["metrics"].items():
+        ci = evaluation.get("ci", {}).get(name, {})
+
+        def cell(metric: str) -> str:
+            low_high = ci.get(metric)
+            return f"{m[metric]:.4f}" + (f" [{low_high[0]:.4f}, {low_high[1]:.4f}]" if low_high else "")
+
+        lines.append(f"| {name} | {cell('ndcg')} | {cell('recall')} | {cell('retention')} |")
+    lines += ["", "Brackets: 95% bootstrap confidence intervals over users.", "",
+              f"Gate: **{'promoted' if decision.promote else 'not promoted'}**"]
+    lines += [f"- {reason}" for reason in decision.reasons]
+    return "\n".join(lines)
 
 
 def _version_for_run(client: MlflowClient, name: str, run_key: str, run_id: str):
@@ -66,7 +96,7 @@ def promote(evaluation: dict[str, Any], candidate: dict[str, Any], config: GateC
     client = MlflowClient()
     target = evaluation["target"]
     name = tracking.registered_model_name(target)
-    decision = gate(evaluation["metrics"], config, override)
+    decision = gate(evaluation["metrics"], config, override, evaluation.get("paired_vs_champion"))
     if dry_run:
         decision = GateDecision(False, decision.reasons + ["dry run: never promotes"])
     try:
@@ -85,6 +115,7 @@ def promote(evaluation: dict[str, Any], candidate: dict[str, Any], config: GateC
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version.version, key, value)
+    client.update_model_version(name, version.version, description=model_card(evaluation, decision, run_key))
     previous = None
     if decision.promote:
         try:

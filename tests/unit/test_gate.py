@@ -26,3 +26,13 @@ def test_floors_and_overrides():
     assert not gate(metrics(0.2, retention=0.1), GateConfig(min_retention=0.3)).promote
     assert gate(metrics(0.01, target_only=0.5), GateConfig(), override="promote").promote
     assert not gate(metrics(0.5), GateConfig(), override="reject").promote
+
+
+def test_paired_bound_decides_against_the_champion():
+    config = GateConfig(ndcg_margin=0.01, retention_margin=0.01)
+    # equal point estimates, but the paired lower bound says the candidate may be 3 points worse: rejected
+    m = metrics(0.22, champion=0.22)
+    assert not gate(m, config, paired={"ndcg": -0.03, "retention": 0.0}).promote
+    assert gate(m, config, paired={"ndcg": -0.005, "retention": -0.005}).promote
+    reasons = gate(m, config, paired={"ndcg": -0.03, "retention": 0.0}).reasons
+    assert any(r.startswith("FAIL: ndcg vs champion") and "lower bound" in r for r in reasons)

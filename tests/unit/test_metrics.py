@@ -34,3 +34,16 @@ def test_users_without_test_items_are_not_counted():
     result = mean_metrics(evaluate_scores(scores, seen, test, k=3))
     assert result["hit"] == pytest.approx(0.5)  # user 0 hits item 0; user 2's item 5 is ranked last
     assert len(evaluate_scores(scores, seen, test, k=3)["ndcg"]) == 2
+
+
+def test_bootstrap_interval_covers_the_mean_and_paired_bound_sees_a_shift():
+    from tasks.metrics import bootstrap_ci, paired_lower_bound
+
+    rng = np.random.default_rng(0)
+    values = rng.random(500)
+    low, high = bootstrap_ci(values, samples=500, seed=1)
+    assert low < values.mean() < high and high - low < 0.1
+    better = values + 0.05
+    assert paired_lower_bound(better, values, samples=500) == pytest.approx(0.05)
+    noisy = values + rng.normal(0.0, 0.3, size=500)
+    assert paired_lower_bound(noisy, values, samples=500) < 0
