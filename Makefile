@@ -62,7 +62,7 @@ mlflow-ui: venv
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000 --workers 1
 
 serve: venv
-	$(VENV)/bin/mlflow models serve -m models:/transfer_rec-ml-100k@champion --env-manager local -h 127.0.0.1 -p 5001
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow models serve -m models:/transfer_rec-ml-100k@champion --env-manager local -h 127.0.0.1 -p 5001
 
 clean:
 	rm -rf $(STATE)

@@ -7,14 +7,37 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import DataType
+from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 from tasks.bundle import ModelBundle
 
 DEFAULT_K = 10
 
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec(DataType.string, "user_id", required=False),
+                   ColSpec(Array(DataType.string), "history", required=False)]),
+    outputs=Schema([ColSpec(DataType.long, "request"), ColSpec(DataType.string, "user_id", required=False),
+                    ColSpec(DataType.long, "rank"), ColSpec(DataType.string, "item_id"),
+                    ColSpec(DataType.double, "score"), ColSpec(Array(DataType.string), "unknown_items")]),
+    params=ParamSchema([ParamSpec("k", DataType.long, DEFAULT_K)]),
+)
 
-class RequestError(ValueError):
-    """A serving request that cannot be answered; the message says which row and why."""
+
+class RequestError(MlflowException):
+    """A serving request that cannot be answered; the message says which row and why (HTTP 400 when served)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def input_example(bundle: ModelBundle) -> pd.DataFrame:
+    """A known user by id, and a new user by a short history."""
+    known = next(iter(bundle.histories))
+    return pd.DataFrame({"user_id": [known, None], "history": [None, list(bundle.histories[known][:3])]})
 
 
 class TransferRecModel(mlflow.pyfunc.PythonModel):
@@ -26,6 +49,8 @@ class TransferRecModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         k = int((params or {}).get("k", DEFAULT_K))
+        if not 1 <= k <= 1000:
+            raise RequestError(f"param k must be between 1 and 1000, got {k}")
         return recommend_frame(self.bundle, model_input, k)
 
 
@@ -41,7 +66,11 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
         if not isinstance(history, (list, tuple)) and not hasattr(history, "tolist"):
             raise RequestError(f"row {row}: 'history' must be a list of item ids, got {type(history).__name__}")
         user = request.get("user_id")
-        known = bundle.histories.get(str(user), []) if user is not None and not pd.isna(user) else []
+        if isinstance(user, float) and pd.isna(user):
+            user = None
+        if user is not None and not isinstance(user, str):
+            raise RequestError(f"row {row}: 'user_id' must be a string, got {type(user).__name__}")
+        known = bundle.histories.get(user, []) if user is not None else []
         merged = list(known) + [str(i) for i in list(history)]
         if not merged:
             raise RequestError(f"row {row}: unknown user {user!r} and no history: nothing to recommend from")
@@ -50,6 +79,8 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
     rows = []
     for row, request in enumerate(requests.to_dict("records")):
         for rank, (item, score) in enumerate(zip(recs.item_ids[row], recs.scores[row]), start=1):
-            rows.append({"request": row, "user_id": request.get("user_id"), "rank": rank, "item_id": item,
+            user = request.get("user_id")
+            rows.append({"request": row, "user_id": None if isinstance(user, float) else user, "rank": rank,
+                         "item_id": item,
                          "score": score, "unknown_items": recs.unknown_items[row]})
     return pd.DataFrame(rows, columns=["request", "user_id", "rank", "item_id", "score", "unknown_items"])

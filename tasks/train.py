@@ -82,7 +82,7 @@ def bundle_for(model: TransferRecommender, features: dict[str, Any], data: Platf
 def finetune(target: str, features: dict[str, Any], pretrained: dict[str, Any], config: PipelineConfig,
              layout: StateLayout, run_key: str, parent_run_id: str) -> dict[str, Any]:
     """Fine-tune the pretrained model on one target; log it to MLflow as a pyfunc model (the candidate)."""
-    from tasks.serving import TransferRecModel
+    from tasks.serving import SIGNATURE, TransferRecModel, input_example
 
     started = time.perf_counter()
     with tracking.stage_run(layout, run_key, f"finetune {target}", parent_run_id, {"platform": target}) as run:
@@ -100,7 +100,8 @@ def finetune(target: str, features: dict[str, Any], pretrained: dict[str, Any], 
                             {"target": target, "run_key": run_key, "features": features["dir"]})
         folder = bundle.save(layout.models / run_key / target / "candidate")
         info = mlflow.pyfunc.log_model(name="model", python_model=TransferRecModel(),
-                                       artifacts={"bundle": str(folder)},
+                                       artifacts={"bundle": str(folder)}, signature=SIGNATURE,
+                                       input_example=input_example(bundle),
                                        code_paths=[str(Path(__file__).resolve().parent)])
     log.info("fine-tuned %s: best epoch %d, blend beta %.2f, valid NDCG@%d %.4f; MLflow run %s", target,
              best["epoch"], blend["beta"], config.evaluation.k, blend["valid_ndcg"], run.info.run_id)

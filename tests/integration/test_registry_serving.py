@@ -7,25 +7,13 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tasks import pipeline
 from tasks.promote import rollback
 from tasks.serving import RequestError
 from tasks.state import StateLayout
 
+from inline import run_inline
+
 MODEL = "transfer_rec-village"
-
-
-def run_inline(run_key: str, **params) -> dict:
-    """The DAG's stages in order, in this process (what `dag.test` runs, minus Airflow)."""
-    run = pipeline.plan({"run_key": run_key, **params}, airflow_run_id=run_key)
-    validated = [pipeline.validate(run, pipeline.pull(run, p)) for p in run["platforms"]]
-    features = pipeline.build_features(run, pipeline.unify(run, validated))
-    pretrained = pipeline.pretrain(run, features)
-    candidate = pipeline.finetune(run, "village", features, pretrained)
-    evaluation = pipeline.evaluate(run, candidate, features)
-    decision = pipeline.promote(run, evaluation)
-    published = pipeline.publish(run, decision, features)
-    return {"evaluation": evaluation, "decision": decision, "published": published}
 
 
 def aliases() -> dict[str, str]:
