@@ -25,7 +25,7 @@ class PlatformConfig(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     role: Literal["source", "target"]
     location: str
-    format: Literal["recbole", "csv", "tsv"] = "recbole"
+    format: Literal["recbole", "csv", "tsv", "parquet", "jsonl"] = "recbole"
     delimiter: str | None = None
     files: dict[str, str]
     rating_scale: tuple[float, float] = (1.0, 5.0)

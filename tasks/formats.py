@@ -14,8 +14,20 @@ class FormatError(ValueError):
 def read_table(path: Path, fmt: str, delimiter: str | None = None) -> pd.DataFrame:
     """Read one exported table as strings-and-numbers with its native column names.
 
-    recbole: RecBole atomic files (tab-separated, header cells `name:type`); csv/tsv: a header row and a delimiter.
+    recbole: RecBole atomic files (tab-separated, header cells `name:type`); csv/tsv: a header row and a delimiter;
+    parquet; jsonl: one JSON object per line.
     """
+    if fmt == "parquet":
+        try:
+            return pd.read_parquet(path).astype(str).replace({"None": None, "nan": None})
+        except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+            raise FormatError(f"{path}: not a readable Parquet file: {exc}") from exc
+    if fmt == "jsonl":
+        try:
+            return pd.read_json(path, lines=True, dtype=False).astype(object).where(lambda f: f.notna(), None) \
+                .map(lambda v: None if v is None else str(v))
+        except ValueError as exc:
+            raise FormatError(f"{path}: malformed JSON lines: {exc}") from exc
     sep = {"recbole": "\t", "tsv": "\t", "csv": ","}.get(fmt)
     if sep is None:
         raise FormatError(f"{path}: unsupported format {fmt!r}")
@@ -33,8 +45,21 @@ def read_table(path: Path, fmt: str, delimiter: str | None = None) -> pd.DataFra
     return frame
 
 
-def count_rows(path: Path) -> int:
-    """Data rows of a delimited text file with a header (streamed; counts newline-terminated lines)."""
+def count_rows(path: Path, fmt: str = "csv") -> int:
+    """Data rows of an export file: Parquet from its metadata; text formats streamed line by line."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        except Exception:
+            return 0
+    if fmt == "jsonl":
+        return sum(1 for line in open(path, "rb") if line.strip())
+    return _count_lines_after_header(path)
+
+
+def _count_lines_after_header(path: Path) -> int:
     lines = 0
     last = b"\n"
     with open(path, "rb") as fh:

@@ -40,7 +40,7 @@ def pull_platform(platform: PlatformConfig, layout: StateLayout, batch_id: str) 
             "source_uri": uri,
             "size": dest.stat().st_size,
             "sha256": sha256_file(dest),
-            "rows": count_rows(dest),
+            "rows": count_rows(dest, platform.format),
         }
         log.info("pulled %s: %s rows, %s bytes, sha256 %s", uri, entry["rows"], entry["size"], entry["sha256"][:12])
         files.append(entry)

@@ -1,0 +1,40 @@
+import pandas as pd
+import pytest
+
+from tasks.formats import FormatError, count_rows, read_table
+
+FRAME = pd.DataFrame({"learner": ["a", "b", "c"], "course": ["x", "y", "z"], "score": [4, 5, 3]})
+
+
+@pytest.mark.parametrize("fmt,writer,delimiter", [
+    ("csv", lambda f, p: f.to_csv(p, index=False), None),
+    ("csv", lambda f, p: f.to_csv(p, index=False, sep=";"), ";"),
+    ("tsv", lambda f, p: f.to_csv(p, index=False, sep="\t"), None),
+    ("parquet", lambda f, p: f.to_parquet(p, index=False), None),
+    ("jsonl", lambda f, p: f.to_json(p, orient="records", lines=True), None),
+])
+def test_every_format_reads_the_same_table_and_counts_rows(tmp_path, fmt, writer, delimiter):
+    path = tmp_path / f"inter.{fmt}"
+    writer(FRAME, path)
+    table = read_table(path, fmt, delimiter)
+    assert list(table.columns) == ["learner", "course", "score"]
+    assert table["score"].tolist() == ["4", "5", "3"], "native values arrive as text, typed later"
+    assert count_rows(path, fmt) == 3
+
+
+def test_recbole_headers_lose_their_types(tmp_path):
+    path = tmp_path / "x.inter"
+    path.write_text("user_id:token\titem_id:token\trating:float\nu1\ti1\t4\n")
+    assert list(read_table(path, "recbole").columns) == ["user_id", "item_id", "rating"]
+    assert count_rows(path, "recbole") == 1
+
+
+def test_a_file_in_another_format_than_configured_is_refused(tmp_path):
+    path = tmp_path / "inter.parquet"
+    FRAME.to_csv(path, index=False)
+    with pytest.raises(FormatError, match="not a readable Parquet file"):
+        read_table(path, "parquet")
+    bad = tmp_path / "inter.jsonl"
+    bad.write_text('{"learner": "a"}\nnot json\n')
+    with pytest.raises(FormatError, match="malformed JSON lines"):
+        read_table(bad, "jsonl")
