@@ -8,7 +8,8 @@ retraining. The score of a user with history x is a blend of two standardised pa
 - B, item-item: a zero-diagonal linear autoencoder (EASE with a dropout-equivalent regulariser) over the unified item
   space. Pretraining keeps the source co-occurrence matrix S'S; fine-tuning solves in closed form
   min ||X_t - X_t B||^2 + alpha^2 ||S - S B||^2 + ||Lambda^1/2 B||^2, diag(B) = 0, Lambda = lam + p/(1-p) diag(G):
-  the source's users act as a prior, weighted by alpha, that the target's users refine.
+  the source's users act as a prior, weighted by alpha, that the target's users refine. (alpha, lam, drop_p) is
+  chosen on the target's validation split among the configured setting and `item_grid` (a solve is a few seconds).
 - f, history encoder: a multinomial denoising autoencoder (Mult-DAE), pretrained on source users and fine-tuned on
   target users while a share of source users is replayed; early stopping on the target's validation NDCG@k.
 - beta is chosen on the target's validation split.
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 import torch
 
@@ -48,9 +50,23 @@ class TransferConfig:
     patience: int = 8
     source_replay: float = 0.15   # share of source users replayed in each fine-tuning epoch
     strategy: str = "full"        # full | freeze_encoder (only the output layer adapts to the target)
-    beta_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+    beta_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+    # (alpha, lam, drop_p) settings of the item-item solve tried in fine-tuning, best on valid kept; empty: only
+    # (alpha, lam, drop_p) above. The configured triple is always tried too.
+    item_grid: tuple[tuple[float, float, float], ...] = ((0.5, 100.0, 0.5), (0.3, 300.0, 0.25), (0.7, 100.0, 0.5))
     seed: int = 2022
     k: int = 10
+
+    def __post_init__(self) -> None:
+        self.beta_grid = tuple(float(b) for b in self.beta_grid)
+        self.item_grid = tuple(tuple(float(v) for v in triple) for triple in self.item_grid)
+        if any(len(triple) != 3 for triple in self.item_grid):
+            raise ValueError("item_grid holds (alpha, lam, drop_p) triples")
+
+    def item_settings(self) -> list[tuple[float, float, float]]:
+        """The item-item settings fine-tuning chooses among: the configured one first, then the grid's others."""
+        settings = [(float(self.alpha), float(self.lam), float(self.drop_p))]
+        return settings + [t for t in self.item_grid if t not in settings]
 
 
 class _Encoder(torch.nn.Module):
@@ -81,7 +97,14 @@ def item_item_solve(gram: np.ndarray, lam: float, drop_p: float = 0.0) -> np.nda
     gram = np.array(gram, dtype=np.float64, copy=True)
     diagonal = np.diag(gram).copy()
     gram[np.diag_indices_from(gram)] += lam + drop_p / (1.0 - drop_p) * diagonal
-    precision = np.linalg.inv(gram)
+    # symmetric positive definite: Cholesky inverse (LAPACK potrf/potri) is about twice as fast as a general inverse
+    factor, info = scipy.linalg.lapack.dpotrf(gram, lower=1, overwrite_a=1)
+    if info == 0:
+        precision, info = scipy.linalg.lapack.dpotri(factor, lower=1, overwrite_c=1)
+    if info != 0:
+        precision = np.linalg.inv(gram)
+    else:
+        precision = np.tril(precision) + np.tril(precision, -1).T
     weights = -precision / np.diag(precision)
     weights[np.diag_indices_from(weights)] = 0.0
     return weights
@@ -116,6 +139,7 @@ class TransferRecommender:
         self.candidates = np.arange(n_items)
         self.weights = np.zeros((n_items, n_items), dtype=np.float32)
         self.beta = 1.0
+        self.item_params = (float(config.alpha), float(config.lam), float(config.drop_p))
 
     # -- training --------------------------------------------------------------------------------------------
     def _epoch(self, optimiser: torch.optim.Optimizer, rows: torch.Tensor) -> float:
@@ -169,14 +193,22 @@ class TransferRecommender:
             if log:
                 log(entry)
 
-        started = time.perf_counter()
-        gram = (train.T @ train).toarray().astype(np.float64)
-        if self.source_gram is not None:
-            gram += cfg.alpha ** 2 * self.source_gram
-        self.weights = item_item_solve(gram, cfg.lam, cfg.drop_p)[:, self.candidates].astype(np.float32)
-        item_item = self._item_item(train)
-        emit({"stage": "item_item", "epoch": 0, "valid_ndcg": self._valid_ndcg(self._full(item_item), train, valid),
-              "seconds": time.perf_counter() - started})
+        target_gram = (train.T @ train).toarray().astype(np.float64)
+        settings = cfg.item_settings()
+        if self.source_gram is None:  # alpha has no effect without a source: one solve per (lam, drop_p)
+            settings = list(dict.fromkeys((cfg.alpha, lam, drop_p) for _, lam, drop_p in settings))
+        best_item, item_item = -1.0, None
+        for index, (alpha, lam, drop_p) in enumerate(settings):
+            started = time.perf_counter()
+            gram = target_gram if self.source_gram is None else target_gram + alpha ** 2 * self.source_gram
+            weights = item_item_solve(gram, lam, drop_p)[:, self.candidates].astype(np.float32)
+            scores = np.asarray(train @ weights)
+            ndcg = self._valid_ndcg(self._full(scores), train, valid)
+            emit({"stage": "item_item", "epoch": index, "alpha": float(alpha), "lam": float(lam),
+                  "drop_p": float(drop_p), "valid_ndcg": ndcg, "seconds": time.perf_counter() - started})
+            if ndcg > best_item:
+                best_item, item_item, self.weights = ndcg, scores, weights
+                self.item_params = (float(alpha), float(lam), float(drop_p))
 
         target_rows = _dense(train[np.flatnonzero(np.diff(train.indptr) > 0)])
         source_rows = _dense(self.source) if self.source is not None and cfg.source_replay > 0 else None
@@ -238,7 +270,7 @@ class TransferRecommender:
         state: dict[str, Any] = {
             "n_items": self.n_items, "config": asdict(self.config), "encoder": self.encoder.state_dict(),
             "weights": torch.from_numpy(self.weights), "candidates": torch.from_numpy(self.candidates),
-            "beta": self.beta, "source": None, "source_gram": None,
+            "beta": self.beta, "item_params": list(self.item_params), "source": None, "source_gram": None,
         }
         if with_source and self.source is not None:
             state["source"] = _sparse_state(self.source)
@@ -248,12 +280,13 @@ class TransferRecommender:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "TransferRecommender":
         config = dict(state["config"])
-        config["beta_grid"] = tuple(config.get("beta_grid", TransferConfig.beta_grid))
         model = cls(state["n_items"], TransferConfig(**config))
         model.encoder.load_state_dict(state["encoder"])
         model.weights = state["weights"].numpy().astype(np.float32)
         model.candidates = state["candidates"].numpy()
         model.beta = float(state["beta"])
+        if state.get("item_params") is not None:
+            model.item_params = tuple(float(v) for v in state["item_params"])
         model.source = _sparse_from(state.get("source"))
         if state.get("source_gram") is not None:
             model.source_gram = state["source_gram"].numpy().astype(np.float64)

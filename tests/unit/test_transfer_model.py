@@ -53,3 +53,28 @@ def test_item_item_solve_has_zero_diagonal_and_reconstructs():
     weights = item_item_solve(x.T @ x, lam=1.0)
     assert np.allclose(np.diag(weights), 0)
     assert np.linalg.norm(x - x @ weights) < np.linalg.norm(x)
+
+
+def test_item_item_solve_matches_a_general_inverse():
+    x = random_rows(200, 12, 5).toarray().astype(np.float64)
+    gram = x.T @ x
+    expected = np.linalg.inv(gram + np.diag(3.0 + 0.5 * np.diag(gram)))
+    expected = -expected / np.diag(expected)
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_allclose(item_item_solve(gram, lam=3.0, drop_p=1 / 3), expected, atol=1e-10)
+
+
+def test_finetune_keeps_the_item_item_setting_best_on_valid():
+    grid = ((0.1, 1.0, 0.0), (2.0, 50.0, 0.5))
+    config = TransferConfig(**{**CONFIG.__dict__, "item_grid": grid})
+    model = TransferRecommender(30, config)
+    model.pretrain(random_rows(60, 30, 1))
+    candidates = np.arange(30) < 20
+    train = random_rows(25, 30, 2).multiply(candidates).tocsr()
+    history = model.finetune(train, random_rows(25, 30, 3).multiply(candidates).tocsr(), candidates)
+    tried = [e for e in history if e["stage"] == "item_item"]
+    assert [(e["alpha"], e["lam"], e["drop_p"]) for e in tried] == config.item_settings()
+    best = max(tried, key=lambda e: e["valid_ndcg"])
+    assert model.item_params == (best["alpha"], best["lam"], best["drop_p"])
+    copy = TransferRecommender.from_state(model.state())
+    assert copy.item_params == model.item_params
