@@ -3,6 +3,7 @@ them, so tests never touch the developer's var/ or the committed GX suites."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -12,6 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 _SESSION = Path(tempfile.mkdtemp(prefix="transfer-rec-tests-"))
+atexit.register(shutil.rmtree, _SESSION, ignore_errors=True)
 _GX = _SESSION / "great_expectations"
 shutil.copytree(REPO / "great_expectations", _GX, ignore=shutil.ignore_patterns("uncommitted"))
 
