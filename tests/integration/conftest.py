@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tasks.cli import stop_group
 
 S3_KEY, S3_SECRET = "transfer-rec-test-key", "transfer-rec-test-secret"
 
@@ -57,11 +58,7 @@ def s3_server(tmp_path_factory):
         _wait_for_buckets(endpoint, proc, data / "weed.log")
         yield endpoint
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
 
 
 def _wait_for_buckets(endpoint: str, proc: subprocess.Popen, log: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tasks.cli import stop_group
 
 from inline import run_inline
 from conftest import _free_port_pair
@@ -52,11 +53,7 @@ def served(pipeline_env, tmp_path):
                 time.sleep(1)
         yield base
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
 
 
 def test_known_and_new_users_over_http_and_bad_requests_are_4xx(served):
