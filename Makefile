@@ -25,7 +25,7 @@ export AIRFLOW__CORE__EXECUTION_API_SERVER_URL := http://127.0.0.1:8080/executio
 export GX_ANALYTICS_ENABLED := False
 export MLFLOW_TRACKING_URI ?= sqlite:///$(STATE)/mlflow/mlflow.db
 
-.PHONY: venv run test bench lock airflow-ui mlflow-ui serve check clean
+.PHONY: venv run test bench lock airflow-ui mlflow-ui serve clean
 
 venv: $(VENV)/.installed
 

@@ -54,12 +54,16 @@ PEERS = {
 }
 
 
-def _read(path: str | Path) -> pd.DataFrame:
-    frame = pd.read_csv(path, sep="\t", dtype={"user_id": str, "item_id": str}, quoting=3)
+INTERACTION_KEYS = ("user_id", "item_id")
+
+
+def _read(path: str | Path, required: tuple[str, ...] = INTERACTION_KEYS) -> pd.DataFrame:
+    """A TSV with a header (RecBole's `name:type` header cells are accepted); names the file if a column is missing."""
+    frame = pd.read_csv(path, sep="\t", dtype=str, quoting=3)
     frame.columns = [c.split(":", 1)[0] for c in frame.columns]
-    missing = {"user_id", "item_id"} - set(frame.columns)
+    missing = set(required) - set(frame.columns)
     if missing:
-        raise SystemExit(f"{path}: missing column(s) {sorted(missing)} (need user_id, item_id[, rating, timestamp])")
+        raise SystemExit(f"{path}: missing column(s) {sorted(missing)} (need {', '.join(required)})")
     return frame
 
 
@@ -71,18 +75,19 @@ def features_from_files(args: argparse.Namespace, folder: Path) -> dict[str, Any
                       "test": _read(args.target_test)}}
     item_ids = np.sort(pd.unique(pd.concat([f["item_id"] for p in parts.values() for f in p.values()])))
     index = pd.DataFrame({"item_id": item_ids, "item_idx": np.arange(len(item_ids))})
+    item_tables = [_read(path, ("item_id",)) for path in (args.source_items, args.target_items) if path]
     items = index
-    for path in (args.source_items, args.target_items):
-        if path:
-            extra = _read(path).drop_duplicates("item_id")
-            items = items.merge(extra, on="item_id", how="left", suffixes=("", "_dup"))
+    if item_tables:
+        # The first file that describes an item wins (source first, as in unification).
+        described = pd.concat(item_tables, ignore_index=True).drop_duplicates("item_id")
+        items = index.merge(described, on="item_id", how="left")
     items.to_parquet(folder / "items.parquet", index=False)
     for platform, splits in parts.items():
         frame = pd.concat([f.assign(split=s) for s, f in splits.items()], ignore_index=True)
         frame = frame.drop_duplicates(["user_id", "item_id"]).merge(index, on="item_id")
         frame.assign(platform=platform).to_parquet(folder / f"{platform}.interactions.parquet", index=False)
         users_path = args.source_users if platform == SOURCE else args.target_users
-        users = _read(users_path) if users_path else pd.DataFrame({"user_id": frame["user_id"].unique()})
+        users = _read(users_path, ("user_id",)) if users_path else pd.DataFrame({"user_id": frame["user_id"].unique()})
         users.assign(platform=platform).to_parquet(folder / f"{platform}.users.parquet", index=False)
     manifest = {"dir": str(folder), "n_items": int(len(item_ids))}
     (folder / "manifest.json").write_text(json.dumps(manifest))
@@ -124,6 +129,31 @@ def run_files(args: argparse.Namespace, config: PipelineConfig) -> dict[str, Any
     return report
 
 
+def export_split(features: dict[str, Any], config: PipelineConfig, out: Path) -> argparse.Namespace:
+    """Write a features folder's source and first target as the benchmark's input files; return file-mode args."""
+    split_dir = out / "split"
+    split_dir.mkdir(parents=True, exist_ok=True)
+    folder = Path(features["dir"])
+    columns = ["user_id", "item_id", "rating", "timestamp"]
+    paths: dict[str, Path] = {}
+    for role, name in ((SOURCE, config.source.name), (TARGET, config.targets[0].name)):
+        frame = pd.read_parquet(folder / f"{name}.interactions.parquet")
+        splits = ("train",) if role == SOURCE else ("train", "valid", "test")
+        for split in splits:
+            key = "source" if role == SOURCE else f"target_{split}"
+            paths[key] = split_dir / f"{key}.tsv"
+            frame[frame["split"] == split][columns].to_csv(paths[key], sep="\t", index=False)
+        paths[f"{role}_users"] = split_dir / f"{role}_users.tsv"
+        pd.read_parquet(folder / f"{name}.users.parquet").drop(columns=["platform"]).to_csv(
+            paths[f"{role}_users"], sep="\t", index=False)
+    paths["target_items"] = split_dir / "items.tsv"
+    pd.read_parquet(folder / "items.parquet").drop(columns=["item_idx"]).to_csv(paths["target_items"], sep="\t",
+                                                                                 index=False)
+    return argparse.Namespace(**{k: paths[k] for k in ("source", "target_train", "target_valid", "target_test")},
+                              source_users=paths["source_users"], target_users=paths["target_users"],
+                              source_items=None, target_items=paths["target_items"], out=out)
+
+
 def run_protocol(seeds: list[int], out: Path, config: PipelineConfig) -> list[dict[str, Any]]:
     """The embedded MovieLens platforms through pull -> validate -> unify -> features (per seed) -> file mode."""
     layout = StateLayout(out / "state")
@@ -132,19 +162,7 @@ def run_protocol(seeds: list[int], out: Path, config: PipelineConfig) -> list[di
     reports = []
     for seed in seeds:
         features = build_features(unified, config, layout, f"seed-{seed}", seed=seed)
-        split_dir = out / f"seed-{seed}" / "split"
-        split_dir.mkdir(parents=True, exist_ok=True)
-        columns = ["user_id", "item_id", "rating", "timestamp"]
-        source = pd.read_parquet(Path(features["dir"]) / f"{config.source.name}.interactions.parquet")
-        source[columns].to_csv(split_dir / "source.tsv", sep="\t", index=False)
-        target_name = config.targets[0].name
-        target = pd.read_parquet(Path(features["dir"]) / f"{target_name}.interactions.parquet")
-        for split in ("train", "valid", "test"):
-            target[target["split"] == split][columns].to_csv(split_dir / f"target_{split}.tsv", sep="\t", index=False)
-        args = argparse.Namespace(
-            source=split_dir / "source.tsv", target_train=split_dir / "target_train.tsv",
-            target_valid=split_dir / "target_valid.tsv", target_test=split_dir / "target_test.tsv",
-            source_users=None, source_items=None, target_users=None, target_items=None, out=out / f"seed-{seed}")
+        args = export_split(features, config, out / f"seed-{seed}")
         seeded = config.model_copy(update={"training": config.training.model_copy(update={"seed": seed})})
         report = run_files(args, seeded)
         report["seed"] = seed

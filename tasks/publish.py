@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
 
 from tasks import tracking

@@ -6,7 +6,6 @@ import json
 import logging
 import shutil
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from tasks.config import PlatformConfig

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 import torch
 
 from tasks import tracking

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,24 +13,9 @@ import pytest
 
 from tasks.cli import stop_group
 
+from ports import free_port_pair
+
 S3_KEY, S3_SECRET = "transfer-rec-test-key", "transfer-rec-test-secret"
-
-
-def _free_port_pair() -> int:
-    """A port p with p and p + 10000 (weed's gRPC offset) both free on loopback."""
-    for _ in range(200):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port > 55000:
-            continue
-        with socket.socket() as other:
-            try:
-                other.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair on loopback")
 
 
 def _weed() -> str:
@@ -45,7 +29,7 @@ def _weed() -> str:
 def s3_server(tmp_path_factory):
     """`weed mini` on 127.0.0.1 with access keys and buckets `raw` and `lake`; yields its endpoint URL."""
     data = tmp_path_factory.mktemp("weed")
-    ports = {name: _free_port_pair() for name in ("master", "volume", "filer", "s3")}
+    ports = {name: free_port_pair() for name in ("master", "volume", "filer", "s3")}
     cmd = [_weed(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-bucket=raw,lake",
            "-admin.ui=false", "-webdav=false",
            f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",

@@ -16,7 +16,7 @@ import pytest
 from tasks.cli import stop_group
 
 from inline import run_inline
-from conftest import _free_port_pair
+from ports import free_port_pair
 
 
 def post(url: str, payload: dict) -> tuple[int, dict]:
@@ -32,7 +32,7 @@ def post(url: str, payload: dict) -> tuple[int, dict]:
 def served(pipeline_env, tmp_path):
     pipeline_env()
     run_inline("http", gate_override="promote")
-    port = _free_port_pair()
+    port = free_port_pair()
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([mlflow_bin, "models", "serve", "-m", "models:/transfer_rec-village@champion",
@@ -57,7 +57,6 @@ def served(pipeline_env, tmp_path):
 
 
 def test_known_and_new_users_over_http_and_bad_requests_are_4xx(served):
-    from tasks.bundle import ModelBundle  # noqa: F401  (the server loads the same code)
     import mlflow
 
     bundle = mlflow.pyfunc.load_model("models:/transfer_rec-village@champion").unwrap_python_model().bundle

@@ -1,0 +1,45 @@
+"""The benchmark's file mode, fed the way another library's split would be: files in, recommendations and metrics out."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from tasks.benchmark import export_split, run_files
+from tasks.config import load_config
+from tasks.features import build_features
+from tasks.pull import pull_platform
+from tasks.state import StateLayout
+from tasks.unify import unify
+from tasks.validate import validate_batch
+
+
+def test_file_mode_writes_top10_without_seen_items_and_all_contenders(pipeline_env, tmp_path):
+    pipeline_env()
+    config, layout = load_config(), StateLayout.from_env()
+    validated = [validate_batch(pull_platform(p, layout, "b"), p, layout) for p in config.platforms]
+    features = build_features(unify(validated, config, layout), config, layout, "bench")
+    args = export_split(features, config, tmp_path / "out")
+    assert args.source_users and args.target_users and args.target_items  # optional inputs are exercised too
+    report = run_files(args, config)
+
+    assert set(report["metrics"]) == {"transfer", "target_only", "ease", "popularity"}
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["test_users"] == report["test_users"]
+    recs = pd.read_csv(tmp_path / "out" / "recommendations.tsv", sep="\t", dtype=str)
+    assert recs.groupby("user_id").size().eq(10).all() and recs["user_id"].nunique() == report["test_users"]
+    seen = pd.concat([pd.read_csv(args.target_train, sep="\t", dtype=str),
+                      pd.read_csv(args.target_valid, sep="\t", dtype=str)])
+    assert not set(zip(recs["user_id"], recs["item_id"])) & set(zip(seen["user_id"], seen["item_id"]))
+    target_items = set(pd.concat([pd.read_csv(getattr(args, f"target_{s}"), sep="\t", dtype=str)
+                                  for s in ("train", "valid", "test")])["item_id"])
+    assert set(recs["item_id"]) <= target_items, "only target items are recommended"
+
+
+def test_a_file_without_the_key_columns_is_named(tmp_path):
+    bad = tmp_path / "source.tsv"
+    bad.write_text("user\titem\nu\ti\n")
+    args = type("Args", (), {"source": bad, "target_train": bad, "target_valid": bad, "target_test": bad,
+                             "source_users": None, "source_items": None, "target_users": None,
+                             "target_items": None, "out": tmp_path / "out"})()
+    with pytest.raises(SystemExit, match=r"source.tsv: missing column\(s\) \['item_id', 'user_id'\]"):
+        run_files(args, load_config())
