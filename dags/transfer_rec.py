@@ -92,7 +92,9 @@ def transfer_rec() -> None:
     @task
     def plan(**context: Any) -> dict[str, Any]:
         """Resolve config and params; open the MLflow parent run."""
-        return pipeline.plan(dict(context["params"]), airflow_run_id=context["run_id"], dag_id=context["dag"].dag_id)
+        interval = (context.get("data_interval_start"), context.get("data_interval_end"))
+        return pipeline.plan(dict(context["params"]), airflow_run_id=context["run_id"], dag_id=context["dag"].dag_id,
+                             interval=interval)
 
     @task(**NO_RETRY)
     def select_targets(run: dict[str, Any]) -> list[str]:

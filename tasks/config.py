@@ -19,6 +19,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class PullConfig(_Strict):
+    """How a platform's exports are pulled: the whole snapshot each run, or only the DAG run's data interval.
+
+    Incremental: the `partitioned` tables' files live in one folder per day under the location, named by
+    `partition` ({date} = YYYY-MM-DD), e.g. <location>/dt=2026-11-16/interactions.csv; a run pulls the days of its
+    data interval [start, end). The other tables (profiles, catalogue) are pulled whole every run.
+    """
+
+    mode: Literal["snapshot", "incremental"] = "snapshot"
+    partition: str = Field("dt={date}", pattern=r"^[A-Za-z0-9_=.-]*\{date\}[A-Za-z0-9_=.-]*$")
+    partitioned: list[Literal["interactions", "users", "items"]] = ["interactions"]
+
+
 class PlatformConfig(_Strict):
     """One platform of the registry: where its exports live and how its native schema maps to the unified one."""
 
@@ -34,6 +47,7 @@ class PlatformConfig(_Strict):
     # Severity of duplicate (user, item, timestamp) rows in the raw export: "critical" stops the run, "warning" logs
     # them and unification de-duplicates.
     duplicate_interactions: Literal["critical", "warning"] = "critical"
+    pull: PullConfig = PullConfig()
 
     @field_validator("files")
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from datetime import datetime
 from typing import Any
 
 from tasks import evaluate as evaluate_stage
@@ -40,8 +41,12 @@ def run_key_from(airflow_run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", airflow_run_id).strip("_")[:100]
 
 
-def plan(params: dict[str, Any], airflow_run_id: str, dag_id: str = "transfer_rec") -> dict[str, Any]:
-    """Resolve config + params into the run plan every task receives; open the MLflow parent run."""
+def plan(params: dict[str, Any], airflow_run_id: str, dag_id: str = "transfer_rec",
+         interval: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Resolve config + params into the run plan every task receives; open the MLflow parent run.
+
+    `interval` is the run's data interval (start, end): incremental platforms pull exactly that slice.
+    """
     overrides: dict[str, Any] = {}
     for param, (section, key) in PARAM_OVERRIDES.items():
         if params.get(param) is not None:
@@ -67,7 +72,12 @@ def plan(params: dict[str, Any], airflow_run_id: str, dag_id: str = "transfer_re
         "parent_run_id": parent,
         "gate_override": params.get("gate_override", "none"),
         "dry_run": bool(params.get("dry_run", False)),
+        "interval": [_iso(t) for t in interval] if interval and None not in interval else None,
     }
+
+
+def _iso(moment: Any) -> str:
+    return moment if isinstance(moment, str) else moment.isoformat()
 
 
 def _resolve(run: dict[str, Any]) -> tuple[PipelineConfig, StateLayout]:
@@ -76,7 +86,8 @@ def _resolve(run: dict[str, Any]) -> tuple[PipelineConfig, StateLayout]:
 
 def pull(run: dict[str, Any], platform: str) -> dict[str, Any]:
     config, layout = _resolve(run)
-    return pull_stage.pull_platform(config.platform(platform), layout, run["run_key"])
+    interval = tuple(datetime.fromisoformat(t) for t in run["interval"]) if run.get("interval") else None
+    return pull_stage.pull_platform(config.platform(platform), layout, run["run_key"], interval)
 
 
 def validate(run: dict[str, Any], pulled: dict[str, Any]) -> dict[str, Any]:

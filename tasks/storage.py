@@ -82,22 +82,46 @@ def copy_to_local(uri: str, dest: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def exists(uri: str) -> bool:
+    """Whether a file exists at a location (S3: a HEAD request; a missing bucket or bad keys still raise)."""
+    loc = Location.parse(uri)
+    if loc.scheme == "file":
+        return Path(loc.path).is_file()
+    if loc.scheme == "pkg":
+        return importlib.resources.files(loc.bucket).joinpath(loc.path).is_file()
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        s3_client().head_object(Bucket=loc.bucket, Key=loc.path)
+        return True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise _s3_error(uri, exc) from exc
+    except BotoCoreError as exc:
+        raise LocationError(f"{uri}: cannot reach S3 at {os.environ.get('AWS_ENDPOINT_URL', 'AWS')}: {exc}") from exc
+
+
+def _s3_error(uri: str, exc) -> LocationError:
+    code = exc.response.get("Error", {}).get("Code", "?")
+    hint = {
+        "404": "the object does not exist",
+        "NoSuchKey": "the object does not exist",
+        "NoSuchBucket": "the bucket does not exist",
+        "403": "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+        "InvalidAccessKeyId": "unknown access key: check AWS_ACCESS_KEY_ID",
+        "SignatureDoesNotMatch": "wrong secret key: check AWS_SECRET_ACCESS_KEY",
+    }.get(code, "see the error code")
+    return LocationError(f"{uri}: S3 error {code} ({hint})")
+
+
 def _download_s3(loc: Location, uri: str, tmp: Path) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         s3_client().download_file(loc.bucket, loc.path, str(tmp))
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "?")
-        hint = {
-            "404": "the object does not exist",
-            "NoSuchKey": "the object does not exist",
-            "NoSuchBucket": "the bucket does not exist",
-            "403": "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
-            "InvalidAccessKeyId": "unknown access key: check AWS_ACCESS_KEY_ID",
-            "SignatureDoesNotMatch": "wrong secret key: check AWS_SECRET_ACCESS_KEY",
-        }.get(code, "see the error code")
-        raise LocationError(f"{uri}: S3 error {code} ({hint})") from exc
+        raise _s3_error(uri, exc) from exc
     except BotoCoreError as exc:
         raise LocationError(f"{uri}: cannot reach S3 at {os.environ.get('AWS_ENDPOINT_URL', 'AWS')}: {exc}") from exc
 

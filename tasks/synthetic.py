@@ -131,3 +131,20 @@ def write_config(path: Path, generated: dict[str, Any], **sections: Any) -> Path
     """A pipeline config for generated platforms (extra sections, e.g. training=..., override the defaults)."""
     path.write_text(yaml.safe_dump({**generated, **sections}, sort_keys=False))
     return path
+
+
+def partition_by_day(export_dir: Path, file: str, timestamp_column: str, partition: str = "dt={date}",
+                     delimiter: str = "\t") -> list[str]:
+    """Re-export a platform's interactions file as one file per day (UTC) of its timestamps, in folders named by
+    `partition`, as an incrementally pulled platform exports them; the unpartitioned file is removed. Returns the
+    partition folder names, oldest first."""
+    frame = pd.read_csv(export_dir / file, sep=delimiter, dtype=str)
+    days = pd.to_datetime(pd.to_numeric(frame[timestamp_column]), unit="s", utc=True).dt.strftime("%Y-%m-%d")
+    folders = []
+    for day, part in frame.groupby(days, sort=True):
+        folder = partition.format(date=day)
+        (export_dir / folder).mkdir(parents=True, exist_ok=True)
+        part.to_csv(export_dir / folder / file, sep=delimiter, index=False)
+        folders.append(folder)
+    (export_dir / file).unlink()
+    return folders

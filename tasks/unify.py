@@ -14,6 +14,7 @@ from tasks.config import PipelineConfig, PlatformConfig
 from tasks.formats import read_table
 from tasks.state import StateLayout
 from tasks.storage import atomic_dir
+from tasks.validate import VALIDATION_FILE
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,37 @@ def _native(frame: pd.DataFrame, platform: PlatformConfig, table: str) -> pd.Dat
     return frame[[c for c in mapping if c in frame]].rename(columns=mapping)
 
 
-def unify_platform(batch_dir: Path, platform: PlatformConfig, config: PipelineConfig) -> dict[str, Any]:
-    """Read one validated batch and return its unified tables and counts (nothing written)."""
+def interaction_files(manifest: dict[str, Any], platform: PlatformConfig, layout: StateLayout) -> list[Path]:
+    """The landed interaction files that make up a platform's data.
+
+    Snapshot: the batch's own file. Incremental: every validated partition landed so far for this platform (each
+    partition once: the most recent pull of it wins), so re-pulling an interval replaces its rows, never adds them.
+    """
+    if platform.pull.mode == "snapshot":
+        return [Path(manifest["batch_dir"]) / platform.files["interactions"]]
+    latest: dict[str, tuple[str, Path]] = {}
+    for validation in sorted((layout.landing / platform.name).glob(f"*/{VALIDATION_FILE}")):
+        batch = json.loads((validation.parent / "manifest.json").read_text())
+        for entry in batch["files"]:
+            if entry["table"] == "interactions" and latest.get(entry["file"], ("",))[0] <= batch["pulled_at"]:
+                latest[entry["file"]] = (batch["pulled_at"], validation.parent / entry["file"])
+    return [path for _, path in (latest[name] for name in sorted(latest))]
+
+
+def _read_interactions(paths: list[Path], platform: PlatformConfig) -> pd.DataFrame:
+    frames = [_native(read_table(p, platform.format, platform.delimiter), platform, "interactions") for p in paths]
+    if not frames:
+        return pd.DataFrame(columns=["user_id", "item_id", "rating", "timestamp"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def unify_platform(batch_dir: Path, platform: PlatformConfig, config: PipelineConfig,
+                   interactions: list[Path] | None = None) -> dict[str, Any]:
+    """Read one validated batch (and, incrementally, the interaction partitions given) into unified tables and
+    counts (nothing written)."""
     files = platform.files
-    raw = _native(read_table(batch_dir / files["interactions"], platform.format, platform.delimiter), platform,
-                  "interactions")
+    raw = _read_interactions(interactions if interactions is not None else [batch_dir / files["interactions"]],
+                             platform)
     inter = pd.DataFrame({
         "platform": platform.name,
         "user_id": user_key(platform.name, raw["user_id"]),
@@ -114,8 +141,11 @@ def unify_platform(batch_dir: Path, platform: PlatformConfig, config: PipelineCo
 
 def unify(validated: list[dict[str, Any]], config: PipelineConfig, layout: StateLayout) -> dict[str, Any]:
     """Unify all validated batches into lake/unified/{interactions,users,items}.parquet, switched in atomically."""
-    parts = {m["platform"]: unify_platform(Path(m["batch_dir"]), config.platform(m["platform"]), config)
-             for m in validated}
+    parts = {}
+    for m in validated:
+        platform = config.platform(m["platform"])
+        parts[m["platform"]] = unify_platform(Path(m["batch_dir"]), platform, config,
+                                              interaction_files(m, platform, layout))
     interactions = pd.concat([p["interactions"] for p in parts.values()], ignore_index=True)
     users = pd.concat([p["users"] for p in parts.values() if len(p["users"])] or [pd.DataFrame(columns=USER_COLUMNS)],
                       ignore_index=True)

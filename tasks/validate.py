@@ -107,7 +107,7 @@ def validate_batch(manifest: dict[str, Any], platform: PlatformConfig, layout: S
         if forbidden:
             critical.append(f"platform {platform.name}, file {file}: forbidden PII column(s) {forbidden} "
                             "(rule: no password/secret columns may be exported)")
-        batch_def = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe("whole")
+        batch_def = source.add_dataframe_asset(file).add_batch_definition_whole_dataframe("whole")
         suite = context.suites.get(suite_name(platform.name, table))
         batch = batch_def.get_batch(batch_parameters={"dataframe": _typed_batch(frame, platform, table)})
         result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5})
@@ -116,8 +116,8 @@ def validate_batch(manifest: dict[str, Any], platform: PlatformConfig, layout: S
             line = _failure_line(platform.name, file, r)
             severity = getattr(r.expectation_config, "severity", "critical")
             (warnings if str(getattr(severity, "value", severity)) != "critical" else critical).append(line)
-        tables[table] = {
-            "file": file,
+        tables[file] = {
+            "table": table,
             "rows": int(len(frame)),
             "expectations": len(result.results),
             "failed": len(failed),

@@ -59,3 +59,27 @@ def test_missing_bucket_and_missing_object_are_named(pipeline_env, s3_env):
     s3_config(env, "s3://raw/not-uploaded")
     with pytest.raises(LocationError, match="does not exist"):
         pull_platform(load_config().platform("village"), StateLayout.from_env(), "b")
+
+
+def test_incremental_pull_from_s3_takes_only_the_interval_partitions(pipeline_env, s3_env):
+    from datetime import datetime, timezone
+
+    import yaml
+
+    from tasks.synthetic import partition_by_day
+
+    env = pipeline_env()
+    folder = env["exports"] / "village"
+    days = partition_by_day(folder, "interactions.txt", "ts", delimiter=",")[:3]
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        s3_env.upload_file(str(path), "raw", f"inc/{path.relative_to(folder).as_posix()}")
+    raw = yaml.safe_load(env["config"].read_text())
+    raw["platforms"][1]["location"] = "s3://raw/inc"
+    raw["platforms"][1]["pull"] = {"mode": "incremental"}
+    write_config(env["config"], raw)
+    start = datetime.fromisoformat(days[0].removeprefix("dt=")).replace(tzinfo=timezone.utc)
+    end = datetime.fromisoformat(days[2].removeprefix("dt=")).replace(tzinfo=timezone.utc)
+    manifest = pull_platform(load_config().platform("village"), StateLayout.from_env(), "b", (start, end))
+    partitions = sorted(f["file"].split("/")[0] for f in manifest["files"] if f["table"] == "interactions")
+    assert partitions == days[:2]
+    assert all(f["source_uri"].startswith("s3://raw/inc/") for f in manifest["files"])
