@@ -9,7 +9,7 @@ from __future__ import annotations
 import great_expectations as gx
 from great_expectations import expectations as gxe
 
-from tasks.config import PlatformConfig
+from tasks.config import PipelineConfig, PlatformConfig
 
 # Columns that must never be read past landing (case-insensitive substrings of a column name).
 FORBIDDEN_COLUMN_MARKERS = ("password", "passwd", "secret", "ssn", "credit_card")
@@ -65,3 +65,36 @@ def build_suite(platform: PlatformConfig, table: str) -> gx.ExpectationSuite:
         # Duplicate profile rows are suspicious but the unifier keeps the first: a warning, not a stop.
         suite.add_expectation(gxe.ExpectColumnValuesToBeUnique(column=key, severity="warning"))
     return suite
+
+
+UNIFIED_TYPES = {"interactions": {"rating": "float64", "timestamp": "int64", "label": "int8"}}
+GENDERS = ["F", "M", "O"]
+
+
+def build_unified_suites(tables: dict, config: PipelineConfig) -> dict[str, list]:
+    """Expectations on the unified tables: every interaction's user and item exist, column types, and categorical
+    values from the shared vocabularies. Value sets for the keys come from the tables themselves."""
+    interactions = [
+        gxe.ExpectTableColumnsToMatchOrderedList(column_list=list(tables["interactions"].columns)),
+        gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
+        gxe.ExpectColumnValuesToBeInSet(column="item_id", value_set=sorted(set(tables["items"]["item_id"]))),
+        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[0, 1]),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id"]),
+    ]
+    interactions += [gxe.ExpectColumnValuesToBeOfType(column=c, type_=t) for c, t in UNIFIED_TYPES["interactions"].items()]
+    profiled = set(tables["users"]["platform"])
+    known_users = tables["interactions"]["platform"].isin(profiled)
+    if known_users.any():
+        # only platforms that export profiles can be checked: the others have no users table
+        interactions.append(gxe.ExpectColumnValuesToBeInSet(
+            column="user_id", value_set=sorted(set(tables["users"]["user_id"]) | set(
+                tables["interactions"].loc[~known_users, "user_id"]))))
+    users = [gxe.ExpectColumnValuesToBeUnique(column="user_id"),
+             gxe.ExpectColumnValuesToBeInSet(column="gender", value_set=GENDERS, mostly=1.0),
+             gxe.ExpectColumnValueLengthsToBeBetween(column="region", max_value=2)]
+    for column in ("age", "occupation"):
+        if config.vocabularies.get(column):
+            users.append(gxe.ExpectColumnValuesToBeInSet(column=column, value_set=config.vocabularies[column]))
+    items = [gxe.ExpectColumnValuesToBeUnique(column="item_id"), gxe.ExpectColumnValuesToNotBeNull(column="item_id")]
+    return {"interactions": interactions, "users": users, "items": items}

@@ -55,5 +55,9 @@ class StateLayout:
     def reports(self) -> Path:
         return self.root / "reports"
 
+    def data_docs(self, platform: str) -> Path:
+        """The Great Expectations Data Docs site of a platform's validations (open index.html)."""
+        return self.reports / "data_docs" / platform
+
     def mlflow_uri(self) -> str:
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow / 'mlflow.db'}"

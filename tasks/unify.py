@@ -14,7 +14,7 @@ from tasks.config import PipelineConfig, PlatformConfig
 from tasks.formats import read_table
 from tasks.state import StateLayout
 from tasks.storage import atomic_dir
-from tasks.validate import VALIDATION_FILE
+from tasks.validate import VALIDATION_FILE, validate_unified
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ def unify_platform(batch_dir: Path, platform: PlatformConfig, config: PipelineCo
     duplicated = inter.duplicated(["user_id", "item_id"], keep="first")
     inter = inter[~duplicated].copy()
     inter["timestamp"] = inter["timestamp"].astype("int64")
+    inter["rating"] = inter["rating"].astype("float64")
     inter["label"] = (inter["rating"] >= config.features.min_rating).astype("int8")
     inter = inter[INTERACTION_COLUMNS].reset_index(drop=True)
 
@@ -167,6 +168,8 @@ def unify(validated: list[dict[str, Any]], config: PipelineConfig, layout: State
         log.info("unified %s: %s", name, counts[name])
     final = layout.unified / "current"
     with atomic_dir(final) as out:
+        validation = validate_unified({"interactions": interactions, "users": users, "items": items}, config,
+                                      layout, out.name)
         interactions.to_parquet(out / "interactions.parquet", index=False)
         users.to_parquet(out / "users.parquet", index=False)
         items.to_parquet(out / "items.parquet", index=False)
@@ -177,6 +180,7 @@ def unify(validated: list[dict[str, Any]], config: PipelineConfig, layout: State
             "platforms": counts,
             "batches": {m["platform"]: m["batch_id"] for m in validated},
             "hashes": {m["platform"]: {f["file"]: f["sha256"] for f in m["files"]} for m in validated},
+            "validation": validation,
         }
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

@@ -19,6 +19,7 @@ from tasks.state import StateLayout
 log = logging.getLogger(__name__)
 
 VALIDATION_FILE = "validation.json"
+DOCS_SITE = "transfer_rec"
 NUMERIC_COLUMNS = ("rating", "timestamp")
 
 
@@ -67,7 +68,8 @@ def _typed_batch(frame: pd.DataFrame, platform: PlatformConfig, table: str) -> p
 
 def _failure_line(platform: str, file: str, result: Any) -> str:
     config = result.expectation_config
-    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "result_format")}
+    kwargs = {k: (f"<{len(v)} values>" if isinstance(v, (list, tuple, set)) and len(v) > 10 else v)
+              for k, v in config.kwargs.items() if k not in ("batch_id", "result_format")}
     details = result.result or {}
     examples = details.get("partial_unexpected_list") or details.get("details", {}).get("mismatched") or ""
     count = details.get("unexpected_count")
@@ -85,17 +87,13 @@ def validate_batch(manifest: dict[str, Any], platform: PlatformConfig, layout: S
     context = gx_context(context_root)
     ensure_suites(context, platform)
     # Batches are registered in an in-memory context: validating never rewrites the committed GX config, and
-    # parallel validate tasks never write the same file.
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    scratch = gx.get_context(mode="ephemeral")
-    scratch.variables.progress_bars = ProgressBarsConfig(globally=False)
+    # parallel validate tasks never write the same file. Its checkpoints render Data Docs under the state folder.
+    scratch = _scratch_context(layout.data_docs(platform.name))
     source = scratch.data_sources.add_pandas(f"landing-{platform.name}")
     critical: list[str] = []
     warnings: list[str] = []
     tables: dict[str, Any] = {}
-    for entry in manifest["files"]:
+    for index, entry in enumerate(manifest["files"]):
         table, file = entry["table"], entry["file"]
         path = batch_dir / file
         try:
@@ -107,10 +105,9 @@ def validate_batch(manifest: dict[str, Any], platform: PlatformConfig, layout: S
         if forbidden:
             critical.append(f"platform {platform.name}, file {file}: forbidden PII column(s) {forbidden} "
                             "(rule: no password/secret columns may be exported)")
-        batch_def = source.add_dataframe_asset(file).add_batch_definition_whole_dataframe("whole")
-        suite = context.suites.get(suite_name(platform.name, table))
-        batch = batch_def.get_batch(batch_parameters={"dataframe": _typed_batch(frame, platform, table)})
-        result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5})
+        result = _run_checkpoint(scratch, source, context.suites.get(suite_name(platform.name, table)).expectations,
+                                 f"{platform.name}.{manifest['batch_id']}.{index}.{file.replace('/', '_')}",
+                                 _typed_batch(frame, platform, table))
         failed = [r for r in result.results if not r.success]
         for r in failed:
             line = _failure_line(platform.name, file, r)
@@ -129,7 +126,9 @@ def validate_batch(manifest: dict[str, Any], platform: PlatformConfig, layout: S
         "tables": tables,
         "critical": critical,
         "warnings": warnings,
+        "data_docs": str(layout.data_docs(platform.name) / "index.html"),
     }
+    log.info("platform %s: Data Docs at %s", platform.name, summary["data_docs"])
     for line in warnings:
         log.warning("validation warning: %s", line)
     if critical:
@@ -143,6 +142,38 @@ def validate_batch(manifest: dict[str, Any], platform: PlatformConfig, layout: S
     return {**manifest, "validation": summary}
 
 
+def _scratch_context(docs_dir: Path):
+    """An in-memory GX context whose Data Docs site is a folder of the state (one site per platform)."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    scratch = gx.get_context(mode="ephemeral")
+    scratch.variables.progress_bars = ProgressBarsConfig(globally=False)
+    scratch.add_data_docs_site(site_name=DOCS_SITE, site_config={
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    })
+    return scratch
+
+
+def _run_checkpoint(scratch: Any, source: Any, expectations: list[Any], name: str, frame: pd.DataFrame) -> Any:
+    """Validate a frame against expectations through a checkpoint that updates the Data Docs."""
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    suite = scratch.suites.add(gx.ExpectationSuite(name=name, expectations=[
+        e.__class__(**e.configuration.kwargs, severity=e.severity) for e in expectations]))
+    batch_def = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole")
+    definition = scratch.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
+    checkpoint = scratch.checkpoints.add(gx.Checkpoint(
+        name=name, validation_definitions=[definition],
+        actions=[UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])],
+        result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5}))
+    result = checkpoint.run(batch_parameters={"dataframe": frame})
+    return next(iter(result.run_results.values()))
+
+
 def quarantine(batch_dir: Path, layout: StateLayout, platform: str, batch_id: str, summary: dict[str, Any]) -> Path:
     """Move a landed batch, untouched, to quarantine/<platform>/<batch_id>/ with its validation result."""
     dest = layout.quarantine / platform / batch_id
@@ -152,3 +183,25 @@ def quarantine(batch_dir: Path, layout: StateLayout, platform: str, batch_id: st
     shutil.move(str(batch_dir), str(dest))
     (dest / VALIDATION_FILE).write_text(json.dumps(summary, indent=2))
     return dest
+
+
+def validate_unified(tables: dict[str, pd.DataFrame], config: Any, layout: StateLayout, version: str) -> dict[str, Any]:
+    """The unified-table suite (referential integrity, types, shared vocabularies) on tables about to be published.
+
+    Raises DataValidationError naming table, column, rule and example values; the caller then discards the
+    version, so the current unified tables stay as they were.
+    """
+    from tasks.expectations import build_unified_suites
+
+    scratch = _scratch_context(layout.data_docs("unified"))
+    source = scratch.data_sources.add_pandas("unified")
+    critical: list[str] = []
+    for table, expectations in build_unified_suites(tables, config).items():
+        result = _run_checkpoint(scratch, source, expectations, f"unified.{version}.{table}", tables[table])
+        critical += [_failure_line("unified", f"{table}.parquet", r) for r in result.results if not r.success]
+    summary = {"success": not critical, "critical": critical,
+               "data_docs": str(layout.data_docs("unified") / "index.html")}
+    if critical:
+        raise DataValidationError("unified tables failed validation; the previous version stays current:\n  - "
+                                  + "\n  - ".join(critical))
+    return summary

@@ -74,3 +74,59 @@ def test_a_failed_validation_is_recorded_on_the_pipeline_run(pipeline_env):
     parent = mlflow.MlflowClient().get_run(run["parent_run_id"]).data
     assert parent.tags["validation.village"] == "failed"
     assert parent.metrics["validation_village_critical"] >= 1
+
+
+def test_data_docs_are_built_under_the_state_folder_for_passed_and_failed_batches(pipeline_env):
+    pipeline_env(faults=["out_of_range"])
+    config, layout = load_config(), StateLayout.from_env()
+    campus = validate_batch(pull_platform(config.platform("campus"), layout, "docs"), config.platform("campus"),
+                            layout)
+    index = layout.data_docs("campus") / "index.html"
+    assert campus["validation"]["data_docs"] == str(index) and index.is_file()
+    assert "campus.docs" in index.read_text(), "the index lists this batch's validations"
+    with pytest.raises(DataValidationError):
+        validate_batch(pull_platform(config.platform("village"), layout, "docs"), config.platform("village"), layout)
+    pages = [p.read_text() for p in (layout.data_docs("village") / "validations").rglob("*.html")]
+    assert any("expect_column_values_to_be_between" in page or "values must be" in page for page in pages)
+    result = json.loads((layout.quarantine / "village" / "docs" / "validation.json").read_text())
+    assert result["data_docs"].endswith("village/index.html")
+
+
+def test_unified_suite_refuses_broken_tables_and_keeps_the_current_version(pipeline_env):
+    import pandas as pd
+
+    env = pipeline_env()
+    layout = StateLayout.from_env()
+    before = unify(land_and_validate("good"), load_config(), layout)
+    assert before["validation"]["success"]
+    users = env["exports"] / "village" / "users.txt"
+    frame = pd.read_csv(users)
+    frame.loc[0, "gender"] = "unknown"   # not in the unified gender vocabulary once mapped ("U")
+    frame.to_csv(users, index=False)
+    with pytest.raises(DataValidationError) as caught:
+        unify(land_and_validate("odd"), load_config(), layout)
+    assert "users.parquet" in str(caught.value) and "'column': 'gender'" in str(caught.value)
+    assert "'U'" in str(caught.value)
+    assert json.loads((layout.unified / "current" / "manifest.json").read_text())["dir"] == before["dir"]
+    assert len(list((layout.unified / ".versions").iterdir())) == 1, "the refused version was discarded"
+
+
+def test_unified_suite_checks_referential_integrity():
+    import pandas as pd
+
+    from tasks.validate import validate_unified
+
+    config = load_config()
+    tables = {
+        "interactions": pd.DataFrame({"platform": ["a", "a"], "user_id": ["a:1", "a:2"], "item_id": ["x", "ghost"],
+                                      "rating": [4.0, 5.0], "label": pd.Series([1, 1], dtype="int8"),
+                                      "timestamp": [1, 2]}),
+        "users": pd.DataFrame({"platform": ["a"], "user_id": ["a:1"], "age": [None], "gender": ["F"],
+                               "occupation": [None], "region": ["12"]}),
+        "items": pd.DataFrame({"item_id": ["x"], "title": ["X"], "year": [2000], "genres": [""]}),
+    }
+    with pytest.raises(DataValidationError) as caught:
+        validate_unified(tables, config, StateLayout.from_env(), "ri")
+    message = str(caught.value)
+    assert "expect_column_values_to_be_in_set({'column': 'item_id'" in message and "ghost" in message
+    assert "expect_column_values_to_be_in_set({'column': 'user_id'" in message and "a:2" in message
