@@ -67,12 +67,16 @@ def build_suite(platform: PlatformConfig, table: str) -> gx.ExpectationSuite:
     return suite
 
 
+# The unified users' columns: nothing else (no email, phone or password) may leave landing.
+USER_COLUMNS = ("platform", "user_id", "age", "gender", "occupation", "region", "link_id", "consent")
 UNIFIED_TYPES = {"interactions": {"rating": "float64", "timestamp": "int64", "label": "int8"}}
 GENDERS = ["F", "M", "O"]
 
 
 def build_unified_suites(tables: dict, config: PipelineConfig) -> dict[str, list]:
-    """Expectations on the unified tables: every interaction's user and item exist, column types, and categorical
+    """No raw identity column exists in the unified users (only the hashed link_id).
+
+    Expectations on the unified tables: every interaction's user and item exist, column types, and categorical
     values from the shared vocabularies. Value sets for the keys come from the tables themselves."""
     interactions = [
         gxe.ExpectTableColumnsToMatchOrderedList(column_list=list(tables["interactions"].columns)),
@@ -90,7 +94,10 @@ def build_unified_suites(tables: dict, config: PipelineConfig) -> dict[str, list
         interactions.append(gxe.ExpectColumnValuesToBeInSet(
             column="user_id", value_set=sorted(set(tables["users"]["user_id"]) | set(
                 tables["interactions"].loc[~known_users, "user_id"]))))
-    users = [gxe.ExpectColumnValuesToBeUnique(column="user_id"),
+    users = [gxe.ExpectTableColumnsToMatchSet(column_set=list(USER_COLUMNS), exact_match=True),
+             gxe.ExpectColumnValuesToBeUnique(column="user_id"),
+             gxe.ExpectColumnValuesToMatchRegex(column="link_id", regex=r"^[0-9a-f]{64}$"),
+             gxe.ExpectColumnValuesToBeInSet(column="consent", value_set=[True, False]),
              gxe.ExpectColumnValuesToBeInSet(column="gender", value_set=GENDERS, mostly=1.0),
              gxe.ExpectColumnValueLengthsToBeBetween(column="region", max_value=2)]
     for column in ("age", "occupation"):

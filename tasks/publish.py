@@ -36,6 +36,10 @@ def publish(target: str, features: dict[str, Any], config: PipelineConfig, layou
         "item_id": [i for items in recs.item_ids for i in items],
         "score": [s for scores in recs.scores for s in scores],
     })
+    frame["personalised"] = True
+    opted_out = _opted_out_users(features, target)
+    if len(opted_out):
+        frame = pd.concat([frame, _non_personalised(data, opted_out, config.publish.k)], ignore_index=True)
     frame["model"] = tracking.registered_model_name(target)
     frame["model_version"] = str(version)
     frame["run_key"] = run_key
@@ -43,8 +47,29 @@ def publish(target: str, features: dict[str, Any], config: PipelineConfig, layou
     with atomic_dir(final) as out:
         frame.to_parquet(out / "recommendations.parquet", index=False)
         manifest = {"target": target, "published": True, "path": str(final / "recommendations.parquet"),
-                    "users": int(histories.size), "rows": int(len(frame)), "model_version": str(version)}
+                    "users": int(histories.size + len(opted_out)), "opted_out_users": int(len(opted_out)),
+                    "rows": int(len(frame)), "model_version": str(version)}
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     log.info("published %d recommendations for %d %s users (champion v%s) to %s", len(frame), histories.size,
              target, version, final)
     return manifest
+
+
+def _opted_out_users(features: dict[str, Any], target: str) -> list[str]:
+    """Target users who withheld consent (unified users with consent False): they get no personalised list."""
+    users = pd.read_parquet(Path(features["unified"]) / "users.parquet", columns=["platform", "user_id", "consent"])
+    users = users[(users["platform"] == target) & ~users["consent"].astype(bool)]
+    return sorted(users["user_id"])
+
+
+def _non_personalised(data: PlatformData, users: list[str], k: int) -> pd.DataFrame:
+    """The target's most popular training items, the same list for everyone: nothing about the user is used."""
+    train = data.frame[data.frame["split"] == "train"]
+    popular = train["item_id"].value_counts().head(k)
+    return pd.DataFrame({
+        "user_id": [u for u in users for _ in range(len(popular))],
+        "rank": [r for _ in users for r in range(1, len(popular) + 1)],
+        "item_id": [i for _ in users for i in popular.index],
+        "score": [float(s) for _ in users for s in popular.to_numpy()],
+        "personalised": False,
+    })

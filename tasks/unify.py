@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.config import PipelineConfig, PlatformConfig
+from tasks.expectations import USER_COLUMNS as UNIFIED_USER_COLUMNS
 from tasks.formats import read_table
 from tasks.state import StateLayout
 from tasks.storage import atomic_dir
@@ -19,7 +23,49 @@ from tasks.validate import VALIDATION_FILE, validate_unified
 log = logging.getLogger(__name__)
 
 INTERACTION_COLUMNS = ["platform", "user_id", "item_id", "rating", "label", "timestamp"]
-USER_COLUMNS = ["platform", "user_id", "age", "gender", "occupation", "region"]
+USER_COLUMNS = list(UNIFIED_USER_COLUMNS)
+# Identity columns a platform may export to link the same person across platforms: only a salted hash leaves
+# landing. The salt is a secret from the environment, never stored with the data.
+IDENTITY_COLUMNS = ("email", "phone")
+PII_SALT_ENV = "TRANSFER_REC_PII_SALT"
+CONSENT_VALUES = {"1", "true", "t", "yes", "y", "opt-in", "opt_in", "granted"}
+
+
+class PrivacyError(RuntimeError):
+    """Identity columns were exported but no salt is configured to hash them."""
+
+
+def _normalise_identity(column: str, values: pd.Series) -> pd.Series:
+    text = values.astype("string").str.strip().str.lower()
+    if column == "phone":
+        text = text.str.replace(r"[^0-9+]", "", regex=True)
+    return text.where(text.str.len() > 0)
+
+
+def link_ids(platform: str, users: pd.DataFrame) -> pd.Series:
+    """A salted HMAC-SHA256 of the first identity column present (email before phone): equal for the same person
+    on every platform, meaningless without the salt. Null when the platform exports no identity column."""
+    present = [c for c in IDENTITY_COLUMNS if c in users]
+    if not present:
+        return pd.Series(pd.NA, index=users.index, dtype="string")
+    salt = os.environ.get(PII_SALT_ENV, "")
+    if len(salt) < 16:
+        raise PrivacyError(f"platform {platform}: users column(s) {present} identify people; set the secret "
+                           f"{PII_SALT_ENV} (at least 16 characters) so they are linked by a salted hash, never kept")
+    key = salt.encode()
+    identity = _normalise_identity(present[0], users[present[0]])
+    for column in present[1:]:
+        identity = identity.fillna(_normalise_identity(column, users[column]))
+    hashed = [pd.NA if pd.isna(v) else hmac.new(key, f"{present[0]}:{v}".encode(), hashlib.sha256).hexdigest()
+              for v in identity]
+    return pd.Series(hashed, index=users.index, dtype="string")
+
+
+def consent_flags(users: pd.DataFrame) -> pd.Series:
+    """True unless the platform exports a consent column and the user did not give consent (missing = no)."""
+    if "consent" not in users:
+        return pd.Series(True, index=users.index)
+    return users["consent"].astype("string").str.strip().str.lower().isin(CONSENT_VALUES).fillna(False).astype(bool)
 ITEM_COLUMNS = ["item_id", "title", "year", "genres"]
 AGE_BINS = [0, 18, 25, 35, 45, 50, 56, 200]
 
@@ -115,6 +161,13 @@ def unify_platform(batch_dir: Path, platform: PlatformConfig, config: PipelineCo
         # Only a coarse region leaves landing: the first two characters of a postal code.
         region = u["region"].astype(str).str[:2] if "region" in u else pd.Series(np.nan, index=u.index)
         users["region"] = region.values
+        users["link_id"] = link_ids(platform.name, u).values
+        users["consent"] = consent_flags(u).values
+    # Opted-out users' interactions never enter training or evaluation; they keep a users row (consent False) so
+    # publishing can still give them non-personalised recommendations.
+    opted_out = inter["user_id"].isin(users.loc[~users["consent"].astype(bool), "user_id"]) if len(users) else None
+    if opted_out is not None and opted_out.any():
+        inter = inter[~opted_out].reset_index(drop=True)
     items = pd.DataFrame(columns=ITEM_COLUMNS)
     if "items" in files:
         it = _native(read_table(batch_dir / files["items"], platform.format, platform.delimiter), platform, "items")
@@ -133,7 +186,8 @@ def unify_platform(batch_dir: Path, platform: PlatformConfig, config: PipelineCo
             "rows_in": rows_in,
             "rows_out": len(inter),
             "dropped": {"unparseable_rating_or_timestamp": int(unusable.sum()),
-                        "duplicate_user_item": int(duplicated.sum())},
+                        "duplicate_user_item": int(duplicated.sum()),
+                        "opted_out": int(opted_out.sum()) if opted_out is not None else 0},
             "users": int(inter["user_id"].nunique()),
             "items": int(inter["item_id"].nunique()),
         },
