@@ -53,6 +53,7 @@ test: venv
 
 bench: venv
 	$(PY) -m tasks.benchmark --protocol --seeds 2022 2023 2024 --out $(STATE)/bench
+	$(PY) -m tasks.scale bench --interactions 20000000 --out $(STATE)/scale
 
 airflow-ui: venv
 	$(PY) -m tasks.cli init

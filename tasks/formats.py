@@ -12,16 +12,22 @@ class FormatError(ValueError):
 
 
 def read_table(path: Path, fmt: str, delimiter: str | None = None) -> pd.DataFrame:
-    """Read one exported table as strings-and-numbers with its native column names.
+    """Read one exported table with its native column names: text formats as text (typed later), Parquet with its
+    numeric columns as numbers and the others as text.
 
     recbole: RecBole atomic files (tab-separated, header cells `name:type`); csv/tsv: a header row and a delimiter;
     parquet; jsonl: one JSON object per line.
     """
     if fmt == "parquet":
         try:
-            return pd.read_parquet(path).astype(str).replace({"None": None, "nan": None})
+            frame = pd.read_parquet(path)
         except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
             raise FormatError(f"{path}: not a readable Parquet file: {exc}") from exc
+        # Numbers stay numbers (the file is typed); everything else becomes text with nulls kept.
+        for column in frame.columns:
+            if not pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]):
+                frame[column] = frame[column].astype(str).where(frame[column].notna())
+        return frame
     if fmt == "jsonl":
         try:
             return pd.read_json(path, lines=True, dtype=False).astype(object).where(lambda f: f.notna(), None) \

@@ -61,6 +61,9 @@ def _typed_batch(frame: pd.DataFrame, platform: PlatformConfig, table: str) -> p
         if unified in NUMERIC_COLUMNS and native in frame:
             raw = frame[native]
             numeric = pd.to_numeric(raw, errors="coerce")
+            if numeric.notna().sum() == raw.notna().sum():
+                frame[native] = numeric.astype("float64")   # all numbers: a numeric column (fast checks)
+                continue
             # Keep non-numeric text visible to the regex expectation, numbers to the range expectation.
             frame[native] = numeric.astype(object).where(numeric.notna(), raw)
     return frame
@@ -191,8 +194,9 @@ def validate_unified(tables: dict[str, pd.DataFrame], config: Any, layout: State
     Raises DataValidationError naming table, column, rule and example values; the caller then discards the
     version, so the current unified tables stay as they were.
     """
-    from tasks.expectations import build_unified_suites
+    from tasks.expectations import build_unified_suites, referential_columns
 
+    tables = referential_columns(tables)
     scratch = _scratch_context(layout.data_docs("unified"))
     source = scratch.data_sources.add_pandas("unified")
     critical: list[str] = []

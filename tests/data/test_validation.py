@@ -128,5 +128,5 @@ def test_unified_suite_checks_referential_integrity():
     with pytest.raises(DataValidationError) as caught:
         validate_unified(tables, config, StateLayout.from_env(), "ri")
     message = str(caught.value)
-    assert "expect_column_values_to_be_in_set({'column': 'item_id'" in message and "ghost" in message
-    assert "expect_column_values_to_be_in_set({'column': 'user_id'" in message and "a:2" in message
+    assert "expect_column_values_to_be_null({'column': 'item_id_not_in_items'})" in message and "ghost" in message
+    assert "expect_column_values_to_be_null({'column': 'user_id_not_in_users'})" in message and "a:2" in message
