@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.resources
 import os
@@ -14,10 +15,17 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 CHUNK = 8 * 1024 * 1024
+# Seconds before an unresponsive S3 server counts as down (per attempt); the task's retries take it from there.
+S3_TIMEOUT = lambda: float(os.environ.get("TRANSFER_REC_S3_TIMEOUT", "60"))  # noqa: E731
+NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 class LocationError(RuntimeError):
     """A platform location cannot be read: names the location and what to check."""
+
+
+class StorageFullError(OSError):
+    """The disk (or the folder's quota) filled up while writing; nothing that was visible has changed."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,8 @@ def s3_client():
         "s3",
         endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
         region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"}),
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"},
+                      connect_timeout=S3_TIMEOUT(), read_timeout=S3_TIMEOUT()),
     )
 
 
@@ -78,6 +87,12 @@ def copy_to_local(uri: str, dest: Path) -> None:
         else:
             _download_s3(loc, uri, tmp)
         os.replace(tmp, dest)
+    except OSError as exc:
+        space = _no_space(exc)
+        if space is None:
+            raise
+        raise StorageFullError(space.errno, f"{dest}: out of space while pulling {uri} ({space.strerror or space}); "
+                               "the partial copy was removed") from exc
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -126,6 +141,17 @@ def _download_s3(loc: Location, uri: str, tmp: Path) -> None:
         raise LocationError(f"{uri}: cannot reach S3 at {os.environ.get('AWS_ENDPOINT_URL', 'AWS')}: {exc}") from exc
 
 
+def _no_space(exc: BaseException) -> OSError | None:
+    """The out-of-space error behind an exception (pyarrow and pandas wrap the OS error), if any."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and (seen.errno in NO_SPACE or "No space left" in str(seen)
+                                          or "File too large" in str(seen)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -147,8 +173,12 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     version.mkdir()
     try:
         yield version
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(version, ignore_errors=True)
+        space = _no_space(exc)
+        if space is not None:
+            raise StorageFullError(space.errno, f"{final}: out of space while writing a new version "
+                                   f"({space.strerror or space}); the previous version stays current") from exc
         raise
     if final.exists() and not final.is_symlink():
         raise LocationError(f"{final} is a real folder, expected a link to a version: move it away")

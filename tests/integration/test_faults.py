@@ -1,0 +1,193 @@
+"""Fault injection: each fault is caused for real (a dead or silent S3 endpoint, a killed writer, a full disk) and the
+end state is checked on the files, never on logs alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks.config import load_config
+from tasks.pull import pull_platform
+from tasks.state import StateLayout
+from tasks.storage import LocationError, StorageFullError
+from tasks.unify import unify
+from tasks.validate import validate_batch
+
+from test_s3_pull import s3_config, upload_platform
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Silent:
+    """A TCP server that accepts connections and never answers: an S3 endpoint that hangs."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                self.conns.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self):
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("outage", ["down", "hangs"])
+def test_s3_outage_during_pull_then_recovery_lands_every_row_once(pipeline_env, s3_env, s3_server, monkeypatch,
+                                                                  outage):
+    env = pipeline_env()
+    upload_platform(s3_env, env["exports"] / "village", "raw", f"outage-{outage}/village")
+    s3_config(env, f"s3://raw/outage-{outage}/village")
+    platform, layout = load_config().platform("village"), StateLayout.from_env()
+    silent = _Silent() if outage == "hangs" else None
+    port = silent.port if silent else _closed_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("TRANSFER_REC_S3_TIMEOUT", "1")
+    started = time.monotonic()
+    with pytest.raises(LocationError, match=r"s3://raw/outage-.*/village/interactions.txt: cannot reach S3"):
+        pull_platform(platform, layout, "retry-me")
+    assert time.monotonic() - started < 60, "a hanging server is given up on, not waited for forever"
+    if silent:
+        silent.close()
+    assert not (layout.landing / "village" / "retry-me").exists(), "nothing half-landed is visible"
+    # the server is back: the task's retry lands the batch completely, once
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    manifest = pull_platform(platform, layout, "retry-me")
+    landed = layout.landing / "village" / "retry-me"
+    for name in ("interactions.txt", "users.txt", "items.txt"):
+        assert (landed / name).read_bytes() == (env["exports"] / "village" / name).read_bytes()
+    assert sorted(p.name for p in (layout.landing / "village").iterdir()) == ["retry-me"], "no leftovers"
+    rows = len(pd.read_csv(env["exports"] / "village" / "interactions.txt"))
+    assert next(f["rows"] for f in manifest["files"] if f["table"] == "interactions") == rows
+
+
+def test_pull_and_publish_tasks_retry_with_backoff_validation_does_not():
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.utils import db
+
+    db.initdb()
+    dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("transfer_rec")
+    for task_id in ("pull", "publish", "promote"):
+        task = dag.get_task(task_id)
+        assert task.retries >= 2 and task.retry_exponential_backoff, task_id
+    for task_id in ("validate", "unify", "build_features"):
+        assert dag.get_task(task_id).retries == 0, f"{task_id} is deterministic: a retry cannot help"
+
+
+CHILD_WRITER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from tasks.storage import atomic_dir
+    final = Path(sys.argv[1])
+    with atomic_dir(final) as out:
+        (out / "manifest.json").write_text('{"run": "killed"}')
+        with open(out / "interactions.parquet", "wb") as fh:
+            fh.write(b"PAR1 half a file")
+            fh.flush()
+            print("writing", flush=True)
+            time.sleep(60)
+""")
+
+
+@pytest.mark.parametrize("folder", ["lake/unified/current", "recommendations/village"])
+def test_a_writer_killed_mid_write_leaves_the_previous_version_visible(pipeline_env, folder):
+    env = pipeline_env()
+    layout = StateLayout.from_env()
+    final = layout.root / folder
+    from tasks.storage import atomic_dir
+
+    with atomic_dir(final) as out:
+        (out / "manifest.json").write_text('{"run": "complete"}')
+    child = subprocess.Popen([sys.executable, "-c", CHILD_WRITER, str(final)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert child.stdout.readline().strip() == "writing"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert json.loads((final / "manifest.json").read_text()) == {"run": "complete"}
+    assert not (final / "interactions.parquet").exists()
+    # the next successful write switches over and prunes the orphaned half-written version
+    with atomic_dir(final) as out:
+        (out / "manifest.json").write_text('{"run": "next"}')
+    assert json.loads((final / "manifest.json").read_text()) == {"run": "next"}
+    leftovers = [p for p in (final.parent / ".versions").iterdir() if p.name.startswith(final.name)]
+    assert len(leftovers) == 2, "the current and the previous complete versions remain, nothing else"
+
+
+CHILD_UNIFY = textwrap.dedent("""
+    import resource, signal, sys
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # writes past the limit fail with EFBIG, like a full disk
+    from tasks.config import load_config
+    from tasks.state import StateLayout
+    from tasks.pull import pull_platform
+    from tasks.validate import validate_batch
+    from tasks.unify import unify
+    config, layout = load_config(), StateLayout.from_env()
+    validated = [validate_batch(pull_platform(p, layout, "full"), p, layout) for p in config.platforms]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+    unify(validated, config, layout)
+""")
+
+
+def test_a_full_disk_while_unifying_fails_clearly_and_corrupts_nothing(pipeline_env):
+    pipeline_env()
+    config, layout = load_config(), StateLayout.from_env()
+    validated = [validate_batch(pull_platform(p, layout, "before"), p, layout) for p in config.platforms]
+    before = unify(validated, config, layout)
+    rows = len(pd.read_parquet(layout.unified / "current" / "interactions.parquet"))
+    child = subprocess.run([sys.executable, "-c", CHILD_UNIFY, str(20_000)], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert child.returncode != 0
+    assert "StorageFullError" in child.stderr and "out of space while writing a new version" in child.stderr
+    assert "the previous version stays current" in child.stderr
+    now = json.loads((layout.unified / "current" / "manifest.json").read_text())
+    assert now["dir"] == before["dir"]
+    assert len(pd.read_parquet(layout.unified / "current" / "interactions.parquet")) == rows
+    assert len([p for p in (layout.unified / ".versions").iterdir()]) == 1, "the partial version was removed"
+
+
+def test_a_full_disk_while_pulling_names_the_file_and_lands_nothing(pipeline_env, tmp_path):
+    pipeline_env()
+    script = textwrap.dedent("""
+        import resource, signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        from tasks.config import load_config
+        from tasks.pull import pull_platform
+        from tasks.state import StateLayout
+        pull_platform(load_config().platform("campus"), StateLayout.from_env(), "tiny")
+    """)
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert child.returncode != 0 and "StorageFullError" in child.stderr
+    assert "interactions.txt: out of space while pulling" in child.stderr
+    landing = StateLayout.from_env().landing / "campus"
+    assert not (landing / "tiny").exists()
+    assert not [p for p in landing.rglob("*.part")], "no partial copy left behind"
+    assert StorageFullError.__mro__[1] is OSError
