@@ -191,3 +191,73 @@ def test_a_full_disk_while_pulling_names_the_file_and_lands_nothing(pipeline_env
     assert not (landing / "tiny").exists()
     assert not [p for p in landing.rglob("*.part")], "no partial copy left behind"
     assert StorageFullError.__mro__[1] is OSError
+
+
+def _mlflow_server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
+    import urllib.request
+
+    log = open(db.with_suffix(f".{port}.log"), "a")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+                             f"sqlite:///{db}", "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited: {db.with_suffix(f'.{port}.log').read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail("mlflow server did not start within 90 s")
+
+
+def test_registry_outage_at_promotion_then_retries_register_once(pipeline_env, tmp_path, monkeypatch):
+    """The MLflow server dies before promotion: the task fails naming the server; after it is back, the retry and
+    a second run for the same interval neither add versions nor move aliases twice, and publish the same lists."""
+    import mlflow
+
+    from tasks import pipeline
+    from tasks.cli import stop_group
+    from tests.integration.inline import run_inline
+
+    pipeline_env()
+    db = tmp_path / "mlflow.db"      # the pipeline_env's tracking DB; the server below serves the same one
+    run = pipeline.plan({"run_key": "outage"}, airflow_run_id="outage")
+    validated = [pipeline.validate(run, pipeline.pull(run, p)) for p in run["platforms"]]
+    features = pipeline.build_features(run, pipeline.unify(run, validated))
+    candidate = pipeline.finetune(run, "village", features, pipeline.pretrain(run, features))
+    evaluation = pipeline.evaluate(run, candidate, features)
+
+    port = _closed_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    with pytest.raises(Exception, match=f"127.0.0.1:{port}"):   # the registry is down at promotion
+        pipeline.promote(run, evaluation)
+    server = _mlflow_server(db, tmp_path / "served-artifacts", port)
+    try:
+        first = pipeline.promote(run, evaluation)          # the task's retry, once the server is back
+        again = pipeline.promote(run, evaluation)          # a retry after a success
+        client = mlflow.MlflowClient()
+        versions = client.search_model_versions("name = 'transfer_rec-village'")
+        assert [v.version for v in versions] == [first["version"]] == [again["version"]]
+        assert client.get_model_version_by_alias("transfer_rec-village", "champion").version == first["version"]
+    finally:
+        stop_group(server)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    published = pipeline.publish(run, first, features)
+    rerun = run_inline("outage")                           # a second run for the same interval
+    client = mlflow.MlflowClient()
+    assert len(client.search_model_versions("name = 'transfer_rec-village'")) == 1
+    assert str(rerun["decision"]["version"]) == str(first["version"])
+    pd.testing.assert_frame_equal(pd.read_parquet(Path(published["path"])),
+                                  pd.read_parquet(Path(rerun["published"]["path"])))
+    unified = pd.read_parquet(StateLayout.from_env().unified / "current" / "interactions.parquet")
+    assert not unified.duplicated(["user_id", "item_id"]).any()
+    assert len(unified) == sum(v["validation"]["tables"][f]["rows"] for v in validated
+                               for f in v["validation"]["tables"] if v["validation"]["tables"][f]["table"]
+                               == "interactions")
