@@ -25,7 +25,7 @@ export AIRFLOW__CORE__EXECUTION_API_SERVER_URL := http://127.0.0.1:8080/executio
 export GX_ANALYTICS_ENABLED := False
 export MLFLOW_TRACKING_URI ?= sqlite:///$(STATE)/mlflow/mlflow.db
 
-.PHONY: venv run test bench lock airflow-ui mlflow-ui serve clean
+.PHONY: venv run test bench check lock airflow-ui mlflow-ui serve clean
 
 venv: $(VENV)/.installed
 
@@ -50,6 +50,13 @@ run: venv
 
 test: venv
 	$(PY) -m pytest -q tests
+
+## Audit every pinned dependency for known vulnerabilities (pip-audit, run by uv in its own environment). It needs
+## PyPI's JSON API or api.osv.dev (`AUDIT_SERVICE=osv`); where neither answers, it says so and fails.
+AUDIT_SERVICE ?= pypi
+check: venv
+	$(UV) tool run --from pip-audit==2.10.1 pip-audit -r requirements.lock -r requirements-data.txt --no-deps \
+	  --disable-pip --progress-spinner off --vulnerability-service $(AUDIT_SERVICE) --strict
 
 bench: venv
 	$(PY) -m tasks.benchmark --protocol --seeds 2022 2023 2024 --out $(STATE)/bench

