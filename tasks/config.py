@@ -110,6 +110,10 @@ class TrainingConfig(_Strict):
 
 class EvaluationConfig(_Strict):
     k: int = Field(10, ge=1, le=1000)
+    # Retention's next-period hold-out: each target user's last share of interactions by timestamp (README, Retention).
+    time_holdout: float = Field(0.1, gt=0, lt=1)
+    # Users with at most this many history items count as new users in the segments and in `retention_new`.
+    new_user_max_history: int = Field(20, ge=1)
 
 
 class GateConfig(_Strict):
