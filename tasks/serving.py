@@ -74,6 +74,10 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
         merged = list(known) + [str(i) for i in list(history)]
         if not merged:
             raise RequestError(f"row {row}: unknown user {user!r} and no history: nothing to recommend from")
+        if not pd.Index(merged).isin(bundle.item_ids).any():
+            # Nothing usable: no known user and not one known item (a profile, once served, would be usable).
+            raise RequestError(f"row {row}: unknown user {user!r} and none of the history's {len(merged)} item ids "
+                               f"is known to the model (e.g. {merged[0]!r}): nothing to recommend from")
         histories.append(merged)
     recs = bundle.recommend(histories, k)
     rows = []
