@@ -119,7 +119,7 @@ class EvaluationConfig(_Strict):
 class GateConfig(_Strict):
     metric: Literal["ndcg", "recall", "hit", "mrr", "precision"] = "ndcg"
     min_ndcg: float = Field(0.05, ge=0, le=1)
-    min_retention: float = Field(0.3, ge=0, le=1)
+    min_retention: float = Field(0.2, ge=0, le=1)
     ndcg_margin: float = Field(0.005, ge=0, le=1)
     retention_margin: float = Field(0.01, ge=0, le=1)
     # Candidate vs champion is judged on the same users by a paired bootstrap: the one-sided lower confidence
