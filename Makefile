@@ -53,6 +53,7 @@ test: venv
 
 bench: venv
 	$(PY) -m tasks.benchmark --protocol --seeds 2022 2023 2024 --out $(STATE)/bench
+	$(PY) -m tasks.latency --model models:/transfer_rec-ml-100k@champion --out $(STATE)/bench/latency.json
 
 airflow-ui: venv
 	$(PY) -m tasks.cli init
