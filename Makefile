@@ -61,6 +61,7 @@ check: venv
 bench: venv
 	$(PY) -m tasks.benchmark --protocol --seeds 2022 2023 2024 --out $(STATE)/bench
 	$(PY) -m tasks.scale bench --interactions 20000000 --out $(STATE)/scale
+	$(PY) -m tasks.latency --model models:/transfer_rec-ml-100k@champion --out $(STATE)/bench/latency.json
 
 airflow-ui: venv
 	$(PY) -m tasks.cli init

@@ -51,9 +51,14 @@ def summary(layout: StateLayout) -> None:
     for target, t in report["targets"].items():
         k = t["k"]
         print(f"\ntarget {target}: {t['test_users']} held-out users, metrics at K={k}")
-        print(f"  {'model':<13}{'NDCG':>8}{'Recall':>8}{'Hit':>8}{'MRR':>8}{'Prec':>8}")
+        columns = (("NDCG", "ndcg"), ("Recall", "recall"), ("Hit", "hit"), ("MRR", "mrr"), ("Prec", "precision"),
+                   ("Cover", "coverage"), ("Divers", "diversity"), ("Novel", "novelty"), ("Retain", "retention"),
+                   ("RetNew", "retention_new"))
+        print(f"  {'model':<13}" + "".join(f"{title:>8}" for title, _ in columns))
         for name, m in t["metrics"].items():
-            print(f"  {name:<13}" + "".join(f"{m[x]:>8.4f}" for x in ("ndcg", "recall", "hit", "mrr", "precision")))
+            print(f"  {name:<13}" + "".join(f"{m[x]:>8.4f}" if m.get(x) is not None else f"{'n/a':>8}"
+                                            for _, x in columns))
+        print("  (retention: share of users with a hit in their top-K on their next period; README, Retention)")
         d = t["decision"]
         print(f"  decision: {d['model']} v{d['version']} {'PROMOTED to champion' if d['promoted'] else 'not promoted'}")
         for reason in d["reasons"]:

@@ -118,12 +118,16 @@ class TrainingConfig(_Strict):
 
 class EvaluationConfig(_Strict):
     k: int = Field(10, ge=1, le=1000)
+    # Retention's next-period hold-out: each target user's last share of interactions by timestamp (README, Retention).
+    time_holdout: float = Field(0.1, gt=0, lt=1)
+    # Users with at most this many history items count as new users in the segments and in `retention_new`.
+    new_user_max_history: int = Field(20, ge=1)
 
 
 class GateConfig(_Strict):
     metric: Literal["ndcg", "recall", "hit", "mrr", "precision"] = "ndcg"
     min_ndcg: float = Field(0.05, ge=0, le=1)
-    min_retention: float = Field(0.3, ge=0, le=1)
+    min_retention: float = Field(0.2, ge=0, le=1)
     ndcg_margin: float = Field(0.005, ge=0, le=1)
     retention_margin: float = Field(0.01, ge=0, le=1)
     # Candidate vs champion is judged on the same users by a paired bootstrap: the one-sided lower confidence

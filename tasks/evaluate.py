@@ -6,29 +6,30 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlflow
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
-from tasks import tracking
+from tasks import plots, tracking
 from tasks.bundle import ModelBundle
 from tasks.config import PipelineConfig
 from tasks.features import PlatformData
-from tasks.metrics import bootstrap_ci, evaluate_scores, mean_metrics, paired_lower_bound
+from tasks.metrics import (METRICS, catalogue_coverage, evaluate_scores, genre_matrix, intra_list_diversity,
+                           item_popularity, mean_metrics, novelty, paired_lower_bound, segment_table, time_holdout,
+                           top_k, user_segments)
 from tasks.models.ease import EASE
 from tasks.models.popularity import Popularity
 from tasks.state import StateLayout
 
 log = logging.getLogger(__name__)
 
+# A fitted contender: history matrix (users x items) -> scores.
+Scorer = Callable[[sp.csr_matrix], np.ndarray]
+
 EASE_L2_GRID = (100.0, 200.0, 300.0, 500.0, 1000.0, 2000.0)
-
-
-def retention(per_user: dict[str, np.ndarray]) -> np.ndarray:
-    """Per-user retention proxy: 1 when the user finds at least one relevant item in the top-K (see docs)."""
-    return per_user["hit"]
 
 
 def _ease(train, valid, candidates, k: int) -> tuple[EASE, float]:
@@ -64,10 +65,10 @@ def _aligned_scores(bundle: ModelBundle, histories: list[list[str]], item_ids: n
     return out
 
 
-def baseline_scores(data: PlatformData, features: dict[str, Any], target: str, config: PipelineConfig,
-                    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Scores of the baselines, fitted on target train (valid only for their selection): the same model trained on
-    the target alone, EASE and popularity."""
+def baseline_models(data: PlatformData, features: dict[str, Any], target: str, config: PipelineConfig,
+                    ) -> tuple[dict[str, Scorer], dict[str, Any]]:
+    """The baselines, fitted on target train (valid only for their selection): the same model trained on the target
+    alone, EASE and popularity; each as a function from a history matrix to scores."""
     from tasks.train import fit_target
 
     train, valid = data.matrix("train"), data.matrix("valid")
@@ -77,66 +78,188 @@ def baseline_scores(data: PlatformData, features: dict[str, Any], target: str, c
     started = time.perf_counter()
     ease, l2 = _ease(train, valid, data.item_mask(), config.evaluation.k)
     fitted.update(ease_seconds=time.perf_counter() - started, ease_l2=l2)
-    scores = {"target_only": target_only.score(train), "ease": ease.score(train),
-              "popularity": Popularity().fit(train).score(train)}
-    return scores, fitted
+    popularity = Popularity().fit(train)
+    return {"target_only": target_only.score, "ease": ease.score, "popularity": popularity.score}, fitted
+
+
+def baseline_scores(data: PlatformData, features: dict[str, Any], target: str, config: PipelineConfig,
+                    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Scores of the baselines for every target user, history = target train."""
+    models, fitted = baseline_models(data, features, target, config)
+    train = data.matrix("train")
+    return {name: score(train) for name, score in models.items()}, fitted
 
 
 def held_out_metrics(data: PlatformData, scores: dict[str, np.ndarray], k: int) -> dict[str, dict[str, np.ndarray]]:
     """Per-user test metrics of every contender: train and valid items masked, target items only."""
     seen, test, candidates = data.matrix("train", "valid"), data.matrix("test"), data.item_mask()
-    per_user = {name: evaluate_scores(s, seen, test, k, candidates) for name, s in scores.items()}
-    for values in per_user.values():
-        values["retention"] = retention(values)
-    return per_user
+    return {name: evaluate_scores(s, seen, test, k, candidates) for name, s in scores.items()}
+
+
+def _test_users(data: PlatformData) -> np.ndarray:
+    return np.flatnonzero(np.diff(data.matrix("test").indptr) > 0)
+
+
+def beyond_accuracy(data: PlatformData, scores: dict[str, np.ndarray], k: int, genres: np.ndarray,
+                    ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
+    """Per-user diversity and novelty, and catalogue coverage, of each contender's top-K for the test users (the
+    same lists the accuracy metrics judge)."""
+    users = _test_users(data)
+    seen, candidates = data.matrix("train", "valid"), data.item_mask()
+    popularity = item_popularity(data.matrix("train"))
+    per_user, coverage = {}, {}
+    for name, s in scores.items():
+        ranked = top_k(s[users], k, seen[users], candidates)
+        per_user[name] = {"diversity": intra_list_diversity(ranked, genres), "novelty": novelty(ranked, popularity)}
+        coverage[name] = catalogue_coverage(ranked, candidates)
+    return per_user, coverage
+
+
+def time_holdout_split(data: PlatformData, share: float) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
+    """The next-period hold-out of retention: (history, exclude, relevant) matrices over the target's users.
+
+    Per user, the last `share` of interactions by timestamp are the later period, the rest is the history the models
+    get as input. Relevant are the later interactions outside the train split, so no contender of this run was fitted
+    on them; later train-split interactions are masked (neither input nor credit), as is the history."""
+    frame = data.frame
+    late = time_holdout(frame, share).to_numpy()
+    relevant = late & (frame["split"] != "train").to_numpy()
+
+    def matrix(mask: np.ndarray) -> sp.csr_matrix:
+        rows = data._row[frame["user_id"][mask]].to_numpy()
+        return sp.csr_matrix((np.ones(int(mask.sum()), dtype=np.float32), (rows, frame["item_idx"][mask].to_numpy())),
+                             shape=(len(data.user_ids), data.n_items))
+
+    return matrix(~late), matrix(~relevant), matrix(relevant)
+
+
+def retention_metrics(data: PlatformData, scorers: dict[str, Scorer], k: int, share: float,
+                      ) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray]:
+    """Per-user metrics on the next-period hold-out (retention = hit) for every contender, and the history length of
+    each evaluated user."""
+    history, exclude, relevant = time_holdout_split(data, share)
+    per_user = {}
+    for name, score in scorers.items():
+        values = evaluate_scores(score(history), exclude, relevant, k, data.item_mask())
+        per_user[name] = {"retention": values["hit"]}
+    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    return per_user, np.diff(history.indptr)[users]
+
+
+def _champion_scorer(champion: ModelBundle, item_ids: np.ndarray) -> Scorer:
+    def score(matrix: sp.csr_matrix) -> np.ndarray:
+        histories = [item_ids[matrix.indices[matrix.indptr[r]:matrix.indptr[r + 1]]].tolist()
+                     for r in range(matrix.shape[0])]
+        return _aligned_scores(champion, histories, item_ids)
+
+    return score
+
+
+def _training_curves(run_id: str) -> dict[str, list[tuple[int, float]]]:
+    client = mlflow.MlflowClient()
+    return {name: [(m.step, m.value) for m in client.get_metric_history(run_id, name)]
+            for name in ("finetune_loss", "finetune_valid_ndcg")}
+
+
+def _metric_name(contender: str, metric: str, k: int) -> str:
+    return f"test_{contender}_{metric}" if metric.startswith("retention") else f"test_{contender}_{metric}_at_{k}"
 
 
 def evaluate(target: str, features: dict[str, Any], candidate: dict[str, Any], config: PipelineConfig,
              layout: StateLayout, run_key: str) -> dict[str, Any]:
-    """Test metrics (history = target train, train and valid items masked) for every contender; logged to MLflow."""
-    k = config.evaluation.k
+    """Every contender on the same held-out users: accuracy and beyond-accuracy on the random test split, retention on
+    the next-period hold-out, each overall and per user segment with bootstrap CIs; logged to the candidate's run."""
+    k, gate = config.evaluation.k, config.gate
+    new_max = config.evaluation.new_user_max_history
     data = PlatformData(Path(features["dir"]), target, features["n_items"])
     train = data.matrix("train")
     bundle = ModelBundle.load(Path(candidate["bundle"]))
-    scores = {"candidate": bundle.model.score(train)}
-    baselines, fitted = baseline_scores(data, features, target, config)
-    scores.update(baselines)
+    scorers: dict[str, Scorer] = {"candidate": bundle.model.score}
+    baselines, fitted = baseline_models(data, features, target, config)
+    scorers.update(baselines)
     l2 = fitted["ease_l2"]
     tracking.configure(layout)
+    items = pd.read_parquet(Path(features["dir"]) / "items.parquet").sort_values("item_idx")
     champion, champion_version = champion_bundle(target)
     if champion is not None:
-        item_ids = pd.read_parquet(Path(features["dir"]) / "items.parquet").sort_values("item_idx")["item_id"]
-        histories = [[] for _ in data.user_ids]
-        rows, cols = train.nonzero()
-        for r, c in zip(rows, cols):
-            histories[r].append(item_ids.iloc[c])
-        scores["champion"] = _aligned_scores(champion, histories, item_ids.to_numpy())
+        scorers["champion"] = _champion_scorer(champion, items["item_id"].to_numpy())
+    scores = {name: score(train) for name, score in scorers.items()}
 
     per_user = held_out_metrics(data, scores, k)
-    metrics = {name: mean_metrics(values) for name, values in per_user.items()}
-    report_dir = layout.reports / run_key / target
-    report_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(report_dir / "per_user.npz", **{f"{n}.{m}": v for n, vals in per_user.items() for m, v in vals.items()})
-    gate = config.gate
-    intervals = {name: {m: bootstrap_ci(values[m], gate.bootstrap_samples, 0, gate.confidence)
-                        for m in ("ndcg", "recall", "retention")} for name, values in per_user.items()}
+    extra, coverage = beyond_accuracy(data, scores, k, genre_matrix(items["genres"].fillna("").to_numpy()))
+    for name in per_user:
+        per_user[name].update(extra[name])
+    kept, kept_lengths = retention_metrics(data, scorers, k, config.evaluation.time_holdout)
+    test_lengths = np.diff(train.indptr)[_test_users(data)]
+    test_segments = user_segments(test_lengths, new_max)
+    kept_segments = user_segments(kept_lengths, new_max)
+    new_label = f"new (<={new_max})"
+
+    metrics = {}
+    for name in per_user:
+        new_users = kept[name]["retention"][kept_segments[new_label]]
+        metrics[name] = {**mean_metrics(per_user[name]), "coverage": coverage[name],
+                         "retention": float(np.mean(kept[name]["retention"])) if kept_lengths.size else 0.0,
+                         "retention_new": float(np.mean(new_users)) if new_users.size else None}
+    accuracy = METRICS + ("diversity", "novelty")
+    segments = [{"platform": target, "split": "test", **row} for row in
+                segment_table(per_user, test_segments, accuracy, gate.bootstrap_samples, 0, 0.95)]
+    segments += [{"platform": target, "split": "next_period", **row} for row in
+                 segment_table(kept, kept_segments, ("retention",), gate.bootstrap_samples, 0, 0.95)]
+    intervals = {name: {row["metric"]: (row["ci_low"], row["ci_high"]) for row in segments
+                        if row["contender"] == name and row["segment"] == "all"} for name in per_user}
     paired = None
     if "champion" in per_user:
-        paired = {m: paired_lower_bound(per_user["candidate"][m], per_user["champion"][m], gate.bootstrap_samples, 0,
-                                        gate.confidence) for m in ("ndcg", "retention")}
-    report = {"target": target, "k": k, "test_users": int(len(per_user["candidate"]["ndcg"])),
-              "metrics": metrics, "ci": intervals, "paired_vs_champion": paired,
-              "champion_version": champion_version, "ease_l2": l2,
+        paired = {"ndcg": paired_lower_bound(per_user["candidate"]["ndcg"], per_user["champion"]["ndcg"],
+                                             gate.bootstrap_samples, 0, gate.confidence),
+                  "retention": paired_lower_bound(kept["candidate"]["retention"], kept["champion"]["retention"],
+                                                  gate.bootstrap_samples, 0, gate.confidence)}
+
+    report_dir = layout.reports / run_key / target
+    report_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(report_dir / "per_user.npz", **{f"{n}.{m}": v for n, vals in per_user.items() for m, v in vals.items()},
+             **{f"{n}.next_period.{m}": v for n, vals in kept.items() for m, v in vals.items()})
+    unified_manifest = _unified_manifest(features)
+    report = {"target": target, "k": k, "test_users": int(len(test_lengths)),
+              "retention_users": int(len(kept_lengths)), "time_holdout": config.evaluation.time_holdout,
+              "new_user_max_history": new_max, "metrics": metrics, "ci": intervals, "paired_vs_champion": paired,
+              "segments": segments, "champion_version": champion_version, "ease_l2": l2,
+              "data": {"hashes": unified_manifest.get("hashes", {}), "unified": features.get("unified"),
+                       "features": features["dir"]},
               "per_user": str(report_dir / "per_user.npz")}
     (report_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
+    pd.DataFrame(segments).to_csv(report_dir / "segments.csv", index=False)
     with mlflow.start_run(run_id=candidate["run_id"]):
         for name, values in metrics.items():
-            mlflow.log_metrics({f"test_{name}_{m}_at_{k}" if m != "retention" else f"test_{name}_retention": v
-                                for m, v in values.items()})
+            mlflow.log_metrics({_metric_name(name, m, k): v for m, v in values.items() if v is not None})
         for m, (low, high) in intervals["candidate"].items():
             mlflow.log_metrics({f"test_candidate_{m}_ci_low": low, f"test_candidate_{m}_ci_high": high})
+        for row in segments:
+            if row["contender"] == "candidate" and row["segment"] != "all" and row["users"]:
+                mlflow.log_metric(f"segment_{_slug(row['segment'])}_{row['metric']}", row["mean"])
         mlflow.log_artifact(str(report_dir / "evaluation.json"))
+        mlflow.log_table(pd.DataFrame(segments), "evaluation/segments.json")
+        mlflow.log_figure(plots.segment_bars(segments, ("ndcg", "recall", "retention"),
+                                             f"{target}: metrics by user segment, 95% bootstrap CIs over users"),
+                          "plots/segments.png")
+        mlflow.log_figure(plots.training_curves(_training_curves(candidate["run_id"]),
+                                                f"{target}: fine-tuning curves"), "plots/training_curves.png")
+        if unified_manifest:
+            mlflow.MlflowClient().log_inputs(candidate["run_id"], datasets=tracking.lineage_inputs(
+                layout.landing, unified_manifest, features))
     for name, values in metrics.items():
-        log.info("%s %-12s NDCG@%d %.4f  Recall %.4f  Hit %.4f  MRR %.4f", target, name, k, values["ndcg"],
-                 values["recall"], values["hit"], values["mrr"])
+        log.info("%s %-12s NDCG@%d %.4f  Recall %.4f  Hit %.4f  MRR %.4f  coverage %.3f  diversity %.3f  novelty %.2f"
+                 "  retention %.4f (new users %.4f)", target, name, k, values["ndcg"], values["recall"],
+                 values["hit"], values["mrr"], values["coverage"], values["diversity"], values["novelty"],
+                 values["retention"], values["retention_new"] if values["retention_new"] is not None else float("nan"))
+    log.info("%s: %d test users, %d users on the next-period hold-out", target, len(test_lengths), len(kept_lengths))
     return report
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
+
+
+def _unified_manifest(features: dict[str, Any]) -> dict[str, Any]:
+    path = Path(features.get("unified") or "") / "manifest.json"
+    return json.loads(path.read_text()) if features.get("unified") and path.exists() else {}

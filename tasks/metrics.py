@@ -78,3 +78,113 @@ def paired_lower_bound(candidate: np.ndarray, reference: np.ndarray, samples: in
     """One-sided lower confidence bound of mean(candidate - reference) over the same users (paired bootstrap)."""
     diff = np.asarray(candidate, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
     return float(np.percentile(bootstrap_means(diff, samples, seed), (1 - level) * 100))
+
+
+# Beyond accuracy. `ranked` is always (users x K) item indices, best first, as top_k returns them.
+
+def catalogue_coverage(ranked: np.ndarray, candidates: np.ndarray) -> float:
+    """Share of the candidate items that appear in at least one user's top-K."""
+    candidates = np.asarray(candidates, dtype=bool)
+    if not candidates.any():
+        return 0.0
+    shown = np.zeros(len(candidates), dtype=bool)
+    shown[np.unique(ranked)] = True
+    return float((shown & candidates).sum() / candidates.sum())
+
+
+def genre_matrix(genres: list[str] | np.ndarray, separator: str = "|") -> np.ndarray:
+    """Items x genres booleans from '|'-joined genre tokens (an item with an empty string has no genre)."""
+    tokens = [set(t for t in str(g or "").split(separator) if t) for g in genres]
+    vocabulary = sorted(set().union(*tokens)) if tokens else []
+    column = {g: j for j, g in enumerate(vocabulary)}
+    matrix = np.zeros((len(tokens), max(1, len(vocabulary))), dtype=bool)
+    for i, item_tokens in enumerate(tokens):
+        matrix[i, [column[t] for t in item_tokens]] = True
+    return matrix
+
+
+def intra_list_diversity(ranked: np.ndarray, genres: np.ndarray) -> np.ndarray:
+    """Per user: mean Jaccard distance between the genre sets of every pair of items in the top-K.
+
+    A pair where neither item has a genre counts as distance 0 (nothing shows they differ); a list of one item is 0.
+    """
+    sets = genres[ranked].astype(np.float32)  # users x K x genres
+    inter = np.einsum("ukg,ulg->ukl", sets, sets)
+    sizes = sets.sum(axis=2)
+    union = sizes[:, :, None] + sizes[:, None, :] - inter
+    distance = np.divide(inter, union, out=np.ones_like(inter), where=union > 0)
+    distance = 1.0 - distance
+    k = ranked.shape[1]
+    if k < 2:
+        return np.zeros(ranked.shape[0])
+    upper = np.triu_indices(k, 1)
+    return distance[:, upper[0], upper[1]].mean(axis=1).astype(np.float64)
+
+
+def item_popularity(train: sp.csr_matrix) -> np.ndarray:
+    """Share of users with each item in their train history, add-one smoothed so unseen items stay finite."""
+    counts = np.asarray((train > 0).sum(axis=0)).ravel().astype(np.float64)
+    return (counts + 1.0) / (train.shape[0] + 1.0)
+
+
+def novelty(ranked: np.ndarray, popularity: np.ndarray) -> np.ndarray:
+    """Per user: mean self-information -log2(popularity) of the recommended items (higher = less obvious)."""
+    return (-np.log2(popularity[ranked])).mean(axis=1)
+
+
+# Time-based hold-out and user segments.
+
+def time_holdout(frame, share: float = 0.1):
+    """True for each user's later interactions: the last ceil(share * n) by timestamp (ties by item id), at least one,
+    and never all of them (a user with a single interaction has no hold-out). Index aligned with `frame`."""
+    import pandas as pd
+
+    ordered = frame.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
+    n = ordered.groupby("user_id", sort=False)["item_id"].transform("size").to_numpy()
+    position = ordered.groupby("user_id", sort=False).cumcount().to_numpy()
+    n_late = np.minimum(np.maximum(1, np.ceil(share * n - 1e-9)).astype(int), n - 1)
+    return pd.Series(position >= n - n_late, index=ordered.index, name="late").reindex(frame.index)
+
+
+HISTORY_BUCKETS = ((1, 5), (6, 20), (21, 50), (51, None))
+
+
+def history_bucket(length: int) -> str:
+    """Label of a user's history-length bucket: 1-5, 6-20, 21-50, >50 (0 for no history)."""
+    for low, high in HISTORY_BUCKETS:
+        if high is None and length >= low:
+            return f">{low - 1}"
+        if high is not None and low <= length <= high:
+            return f"{low}-{high}"
+    return "0"
+
+
+def user_segments(history_lengths: np.ndarray, new_user_max: int) -> dict[str, np.ndarray]:
+    """Boolean masks over users: all, each history-length bucket, new (<= new_user_max items) and warm."""
+    lengths = np.asarray(history_lengths)
+    labels = np.array([history_bucket(int(n)) for n in lengths], dtype=object)
+    segments = {"all": np.ones(len(lengths), dtype=bool)}
+    for low, high in HISTORY_BUCKETS:
+        label = f">{low - 1}" if high is None else f"{low}-{high}"
+        segments[f"history {label}"] = labels == label
+    segments[f"new (<={new_user_max})"] = lengths <= new_user_max
+    segments[f"warm (>{new_user_max})"] = lengths > new_user_max
+    return segments
+
+
+def segment_table(per_user: dict[str, dict[str, np.ndarray]], segments: dict[str, np.ndarray], metrics: tuple[str, ...],
+                  samples: int = 1000, seed: int = 0, level: float = 0.95) -> list[dict]:
+    """One row per (segment, contender, metric): users, mean and bootstrap CI over the segment's users (None for an
+    empty segment).
+
+    Every contender is measured on exactly the same users (the masks index the same rows for all)."""
+    rows = []
+    for segment, mask in segments.items():
+        for contender, values in per_user.items():
+            for metric in metrics:
+                chosen = np.asarray(values[metric])[mask]
+                low, high = bootstrap_ci(chosen, samples, seed, level) if len(chosen) else (None, None)
+                rows.append({"segment": segment, "contender": contender, "metric": metric, "users": int(len(chosen)),
+                             "mean": float(chosen.mean()) if len(chosen) else None,
+                             "ci_low": low, "ci_high": high})
+    return rows

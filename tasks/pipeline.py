@@ -42,10 +42,11 @@ def run_key_from(airflow_run_id: str) -> str:
 
 
 def plan(params: dict[str, Any], airflow_run_id: str, dag_id: str = "transfer_rec",
-         interval: tuple[Any, Any] | None = None) -> dict[str, Any]:
+         interval: tuple[Any, Any] | None = None, logical_date: Any = None) -> dict[str, Any]:
     """Resolve config + params into the run plan every task receives; open the MLflow parent run.
 
-    `interval` is the run's data interval (start, end): incremental platforms pull exactly that slice.
+    `interval` is the run's data interval (start, end): incremental platforms pull exactly that slice. The parent
+    run is tagged with the Airflow run (ids, logical date, interval, link) and keeps the resolved config.
     """
     overrides: dict[str, Any] = {}
     for param, (section, key) in PARAM_OVERRIDES.items():
@@ -61,7 +62,10 @@ def plan(params: dict[str, Any], airflow_run_id: str, dag_id: str = "transfer_re
         raise ValueError(f"param targets: {unknown} are not target platforms of the config (targets: {targets})")
     run_key = params.get("run_key") or run_key_from(airflow_run_id)
     layout = StateLayout.from_env()
-    parent = tracking.pipeline_run(layout, run_key, {"airflow.dag_id": dag_id, "airflow.run_id": airflow_run_id})
+    interval_iso = [_iso(t) for t in interval] if interval and None not in interval else None
+    parent = tracking.pipeline_run(layout, run_key, tracking.airflow_tags(dag_id, airflow_run_id, logical_date,
+                                                                          interval_iso))
+    tracking.log_config(parent, config, overrides)
     log.info("run %s: platforms %s, targets %s, MLflow parent run %s", run_key,
              [p.name for p in config.platforms], chosen, parent)
     return {
@@ -72,7 +76,7 @@ def plan(params: dict[str, Any], airflow_run_id: str, dag_id: str = "transfer_re
         "parent_run_id": parent,
         "gate_override": params.get("gate_override", "none"),
         "dry_run": bool(params.get("dry_run", False)),
-        "interval": [_iso(t) for t in interval] if interval and None not in interval else None,
+        "interval": interval_iso,
     }
 
 
@@ -111,7 +115,9 @@ def unify(run: dict[str, Any], validated: list[dict[str, Any]]) -> dict[str, Any
 
 def build_features(run: dict[str, Any], unified: dict[str, Any]) -> dict[str, Any]:
     config, layout = _resolve(run)
-    return features_stage.build_features(unified, config, layout, run["run_key"])
+    features = features_stage.build_features(unified, config, layout, run["run_key"])
+    tracking.log_lineage(layout, run["parent_run_id"], unified, features)
+    return features
 
 
 def pretrain(run: dict[str, Any], features: dict[str, Any]) -> dict[str, Any]:

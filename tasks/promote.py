@@ -35,7 +35,8 @@ def gate(metrics: dict[str, dict[str, float]], config: GateConfig, override: Ove
     m = config.metric
     checks = [
         (cand["ndcg"] >= config.min_ndcg, f"NDCG {cand['ndcg']:.4f} vs floor {config.min_ndcg}"),
-        (cand["retention"] >= config.min_retention, f"retention {cand['retention']:.4f} vs floor {config.min_retention}"),
+        (cand["retention"] >= config.min_retention,
+         f"retention (next period) {cand['retention']:.4f} vs floor {config.min_retention}"),
         (cand[m] > metrics["target_only"][m], f"{m} {cand[m]:.4f} vs target-only {metrics['target_only'][m]:.4f}"),
         (cand[m] > metrics["popularity"][m], f"{m} {cand[m]:.4f} vs popularity {metrics['popularity'][m]:.4f}"),
     ]
@@ -61,25 +62,74 @@ def gate(metrics: dict[str, dict[str, float]], config: GateConfig, override: Ove
     return GateDecision(passed, reasons)
 
 
+def _cell(value: float | None, interval: Any = None, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    if interval and interval[0] is not None:
+        text += f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+    return text
+
+
 def model_card(evaluation: dict[str, Any], decision: GateDecision, run_key: str) -> str:
-    """A short, reviewable description of a model version: data, metrics with CIs, and the gate's decision."""
+    """A short, reviewable description of a model version: data, metrics with CIs vs champion and baselines, metrics
+    by user segment, and the gate's decision."""
     k = evaluation["k"]
+    cis = evaluation.get("ci", {})
     lines = [f"transfer-rec model for target platform **{evaluation['target']}**, pipeline run `{run_key}`.", "",
              f"Held-out evaluation: {evaluation['test_users']} target users, full ranking of the target's items, "
-             f"history = train split, train and valid items masked, K = {k}.", "",
-             "| model | NDCG | Recall | retention (Hit) |", "|---|---|---|---|"]
+             f"history = train split, train and valid items masked, K = {k}."]
+    if "retention_users" in evaluation:
+        lines.append(f"Retention: {evaluation['retention_users']} users with a next-period hold-out (each user's last "
+                     f"{evaluation['time_holdout']:.0%} of interactions by timestamp); new users have at most "
+                     f"{evaluation['new_user_max_history']} history items.")
+    lines += ["", f"| model | NDCG@{k} | Recall@{k} | retention | retention, new users | coverage | diversity | "
+              "novelty |", "|---|---|---|---|---|---|---|---|"]
     for name, m in evaluation["metrics"].items():
-        ci = evaluation.get("ci", {}).get(name, {})
-
-        def cell(metric: str) -> str:
-            low_high = ci.get(metric)
-            return f"{m[metric]:.4f}" + (f" [{low_high[0]:.4f}, {low_high[1]:.4f}]" if low_high else "")
-
-        lines.append(f"| {name} | {cell('ndcg')} | {cell('recall')} | {cell('retention')} |")
-    lines += ["", "Brackets: 95% bootstrap confidence intervals over users.", "",
-              f"Gate: **{'promoted' if decision.promote else 'not promoted'}**"]
+        ci = cis.get(name, {})
+        lines.append(f"| {name} | {_cell(m['ndcg'], ci.get('ndcg'))} | {_cell(m['recall'], ci.get('recall'))} | "
+                     f"{_cell(m.get('retention'), ci.get('retention'))} | {_cell(m.get('retention_new'))} | "
+                     f"{_cell(m.get('coverage'), digits=3)} | {_cell(m.get('diversity'), ci.get('diversity'), 3)} | "
+                     f"{_cell(m.get('novelty'), ci.get('novelty'), 2)} |")
+    lines += ["", "Brackets: 95% bootstrap confidence intervals over users."]
+    paired = evaluation.get("paired_vs_champion")
+    if paired:
+        lines.append("Candidate minus champion, paired one-sided lower bounds: " +
+                     ", ".join(f"{m} {v:+.4f}" for m, v in paired.items()) + ".")
+    segments = [r for r in evaluation.get("segments", []) if r["metric"] in ("ndcg", "retention")
+                and r["segment"] != "all" and r["users"]]
+    if segments:
+        contenders = list(dict.fromkeys(r["contender"] for r in segments))
+        lines += ["", f"By user segment (train-history length), NDCG@{k} / retention:", "",
+                  "| segment | users (test / next period) | " + " | ".join(contenders) + " |",
+                  "|---|---|" + "---|" * len(contenders)]
+        for segment in dict.fromkeys(r["segment"] for r in segments):
+            rows = {(r["contender"], r["metric"]): r for r in segments if r["segment"] == segment}
+            users = "/".join(str(rows[(contenders[0], m)]["users"]) if (contenders[0], m) in rows else "0"
+                             for m in ("ndcg", "retention"))
+            cells = [" / ".join(f"{rows[(c, m)]['mean']:.3f}" if (c, m) in rows else "n/a"
+                                for m in ("ndcg", "retention")) for c in contenders]
+            lines.append(f"| {segment} | {users} | " + " | ".join(cells) + " |")
+    hashes = evaluation.get("data", {}).get("hashes", {})
+    if hashes:
+        lines += ["", "Data (sha256 of the pulled files): " + "; ".join(
+            f"{platform}: " + ", ".join(f"{f} {h[:12]}" for f, h in sorted(files.items()))
+            for platform, files in sorted(hashes.items()))]
+    lines += ["", f"Gate: **{'promoted' if decision.promote else 'not promoted'}**"]
     lines += [f"- {reason}" for reason in decision.reasons]
     return "\n".join(lines)
+
+
+def data_tags(evaluation: dict[str, Any]) -> dict[str, str]:
+    """Model-version tags naming the exact data: sha256 of every pulled file per platform, and the unified and
+    features versions."""
+    data = evaluation.get("data", {})
+    tags = {f"data.{platform}.{file}.sha256": digest
+            for platform, files in data.get("hashes", {}).items() for file, digest in files.items()}
+    for key in ("unified", "features"):
+        if data.get(key):
+            tags[f"data.{key}"] = str(data[key])
+    return tags
 
 
 def _version_for_run(client: MlflowClient, name: str, run_key: str, run_id: str):
@@ -111,7 +161,9 @@ def promote(evaluation: dict[str, Any], candidate: dict[str, Any], config: GateC
         "gate.decision": "promoted" if decision.promote else "rejected",
         "gate.reasons": " | ".join(decision.reasons),
         "gate.override": override,
-        **{f"test.{m}": f"{v:.4f}" for m, v in evaluation["metrics"]["candidate"].items()},
+        "source_run_id": candidate["run_id"],
+        **{f"test.{m}": f"{v:.4f}" for m, v in evaluation["metrics"]["candidate"].items() if v is not None},
+        **data_tags(evaluation),
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version.version, key, value)

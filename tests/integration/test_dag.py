@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import mlflow
 import pandas as pd
@@ -66,8 +67,40 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
     assert parent.tags["validation.village"] == "passed" and parent.metrics["validation_village_critical"] == 0
     assert "validation/campus.json" in [a.path for a in client.list_artifacts(summary["mlflow_parent_run_id"],
                                                                               "validation")]
+    # the parent run ties back to Airflow and holds the resolved config and each platform's data lineage
+    parent_tags = parent.tags
+    assert parent_tags["airflow.dag_id"] == "transfer_rec" and parent_tags["airflow.run_id"] == run.run_id
+    assert parent_tags["airflow.url"] == f"http://127.0.0.1:8080/dags/transfer_rec/runs/{quote(run.run_id, safe='')}"
+    assert parent_tags["airflow.logical_date"]
+    assert {"config/pipeline.resolved.json", "config/overrides.json"} <= {
+        a.path for a in client.list_artifacts(summary["mlflow_parent_run_id"], "config")}
+    unified = json.loads((Path(json.loads((env["state"] / "lake" / "features" / "itest" / "manifest.json")
+                                          .read_text())["unified"]) / "manifest.json").read_text())
+    lineage = {i.dataset.name: {t.key: t.value for t in i.tags}
+               for i in client.get_run(summary["mlflow_parent_run_id"]).inputs.dataset_inputs}
+    assert set(lineage) == {"campus", "village"}
+    assert lineage["village"]["sha256.interactions.txt"] == unified["hashes"]["village"]["interactions.txt"]
+    assert lineage["village"]["validation"] == "passed" and int(lineage["village"]["features.test"]) > 0
+
+    # the version names its data and source run; its card has CIs, baselines and segments
+    assert version.tags["source_run_id"] == version.run_id
+    for platform, files in unified["hashes"].items():
+        for file, digest in files.items():
+            assert version.tags[f"data.{platform}.{file}.sha256"] == digest
+    assert "| ease |" in version.description and "By user segment" in version.description
+
     run_data = client.get_run(version.run_id).data
     assert "test_candidate_ndcg_at_10" in run_data.metrics
+    for metric in ("coverage_at_10", "diversity_at_10", "novelty_at_10", "retention", "retention_ci_low"):
+        assert f"test_candidate_{metric}" in run_data.metrics, metric
+    assert 0 < run_data.metrics["test_candidate_coverage_at_10"] <= 1
+    artifacts = {a.path for folder in ("plots", "evaluation") for a in client.list_artifacts(version.run_id, folder)}
+    assert {"plots/segments.png", "plots/training_curves.png", "evaluation/segments.json"} <= artifacts
+    assert {i.dataset.name for i in client.get_run(version.run_id).inputs.dataset_inputs} == {"campus", "village"}
+    report = json.loads((env["state"] / "reports" / "itest" / "village" / "evaluation.json").read_text())
+    segments = {r["segment"] for r in report["segments"] if r["users"]}
+    assert "all" in segments and any(s.startswith("history ") for s in segments)
+    assert {r["contender"] for r in report["segments"]} == set(village["metrics"])
     assert "finetune_loss" in run_data.metrics
     assert run_data.tags["mlflow.parentRunId"] == summary["mlflow_parent_run_id"]
 

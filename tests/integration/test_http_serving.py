@@ -72,6 +72,8 @@ def test_known_and_new_users_over_http_and_bad_requests_are_4xx(served):
 
     status, body = post(f"{served}/invocations", {"dataframe_records": [{"user_id": "nobody", "history": []}]})
     assert 400 <= status < 500 and "nothing to recommend from" in json.dumps(body)
+    status, body = post(f"{served}/invocations", {"dataframe_records": [{"history": ["no-such-course"]}]})
+    assert 400 <= status < 500 and "is known to the model" in json.dumps(body)
     status, body = post(f"{served}/invocations", {"dataframe_records": [{"history": 42}]})
     assert 400 <= status < 500, body
     status, body = post(f"{served}/invocations", {"dataframe_records": [{"user_id": user, "history": []}], "params": {"k": 0}})

@@ -66,3 +66,5 @@ def test_champion_pyfunc_answers_known_and_new_users(pipeline_env):
     assert out.groupby("request")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
     with pytest.raises(RequestError, match="nothing to recommend from"):
         model.predict(pd.DataFrame({"user_id": ["nobody"], "history": [None]}))
+    with pytest.raises(RequestError, match="none of the history's 2 item ids is known"):
+        model.predict(pd.DataFrame({"user_id": [None], "history": [["no-such-course", "nor-this"]]}))
