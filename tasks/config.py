@@ -114,6 +114,17 @@ class PublishConfig(_Strict):
     k: int = Field(10, ge=1, le=1000)
 
 
+class ScheduleConfig(_Strict):
+    """When the training DAG runs by itself, and how often each platform's ingest DAG looks for new data."""
+
+    # A cron expression or preset (@daily, @weekly, ...), in UTC; null: manual triggers only.
+    training: str | None = "@weekly"
+    # Also run when a platform's ingest DAG announces a new validated batch (its Airflow Asset).
+    on_new_data: bool = True
+    # How often each transfer_rec_ingest_<platform> DAG pulls and validates; null: manual triggers only.
+    ingest: str | None = "@daily"
+
+
 class PipelineConfig(_Strict):
     platforms: list[PlatformConfig]
     vocabularies: dict[str, list[str]] = {}
@@ -123,6 +134,7 @@ class PipelineConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     gate: GateConfig = GateConfig()
     publish: PublishConfig = PublishConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
 
     @model_validator(mode="after")
     def _one_source_some_targets(self) -> "PipelineConfig":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from typing import Any
 
 from tasks import evaluate as evaluate_stage
@@ -17,7 +18,7 @@ from tasks import train as train_stage
 from tasks import tracking
 from tasks import unify as unify_stage
 from tasks import validate as validate_stage
-from tasks.config import PipelineConfig, load_config
+from tasks.config import PipelineConfig, ScheduleConfig, load_config
 from tasks.state import StateLayout
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,16 @@ PARAM_OVERRIDES = {
 def platform_names() -> list[str]:
     """Every platform of the registry (read when the DAG file is parsed)."""
     return [p.name for p in load_config().platforms]
+
+
+def platform_asset_uri(platform: str) -> str:
+    """The Airflow Asset a platform's ingest DAG updates when it lands a new validated batch."""
+    return f"transfer-rec://platform/{platform}"
+
+
+def schedule() -> ScheduleConfig:
+    """The DAGs' schedules (config `schedule:`, read when the DAG files are parsed)."""
+    return load_config().schedule
 
 
 def run_key_from(airflow_run_id: str) -> str:
@@ -57,6 +68,7 @@ def plan(params: dict[str, Any], airflow_run_id: str, dag_id: str = "transfer_re
     run_key = params.get("run_key") or run_key_from(airflow_run_id)
     layout = StateLayout.from_env()
     parent = tracking.pipeline_run(layout, run_key, {"airflow.dag_id": dag_id, "airflow.run_id": airflow_run_id})
+    experiment_id = tracking.configure(layout)
     log.info("run %s: platforms %s, targets %s, MLflow parent run %s", run_key,
              [p.name for p in config.platforms], chosen, parent)
     return {
@@ -65,6 +77,7 @@ def plan(params: dict[str, Any], airflow_run_id: str, dag_id: str = "transfer_re
         "platforms": [p.name for p in config.platforms],
         "targets": chosen,
         "parent_run_id": parent,
+        "experiment_id": experiment_id,
         "gate_override": params.get("gate_override", "none"),
         "dry_run": bool(params.get("dry_run", False)),
     }
@@ -169,3 +182,39 @@ def summarize(run: dict[str, Any], validated: list[dict[str, Any]], unified: dic
     (folder / "summary.json").write_text(text)
     (layout.reports / "latest.json").write_text(text)
     return {"summary": str(folder / "summary.json")}
+
+
+# Ingest DAGs (one per platform): land and validate a platform's export, and announce it only when it is new.
+ANNOUNCED_FILE = "_announced.json"
+
+
+def ingest_pull(platform: str, airflow_run_id: str) -> dict[str, Any]:
+    """Land a platform's export as batch `ingest_<airflow run>`; no MLflow run (nothing is trained here)."""
+    config, layout = load_config(), StateLayout.from_env()
+    return pull_stage.pull_platform(config.platform(platform), layout, "ingest_" + run_key_from(airflow_run_id))
+
+
+def fingerprint(pulled: dict[str, Any]) -> str:
+    """What makes two batches the same data: each table's file hash."""
+    return ",".join(f"{f['table']}={f['sha256']}" for f in sorted(pulled["files"], key=lambda f: f["table"]))
+
+
+def ingest_validate(pulled: dict[str, Any]) -> dict[str, Any]:
+    """Validate a landed batch (failure quarantines it and raises); `new` says whether its data differs from the
+    last batch announced for this platform. A repeat of that batch is removed from landing."""
+    config, layout = load_config(), StateLayout.from_env()
+    platform = pulled["platform"]
+    validated = validate_stage.validate_batch(pulled, config.platform(platform), layout)
+    record = layout.landing / platform / ANNOUNCED_FILE
+    last = json.loads(record.read_text()) if record.exists() else {}
+    current = fingerprint(pulled)
+    if last.get("fingerprint") == current:
+        shutil.rmtree(pulled["batch_dir"], ignore_errors=True)
+        log.info("platform %s: same data as batch %s, nothing new to announce", platform, last.get("batch_id"))
+        return {"platform": platform, "batch_id": pulled["batch_id"], "new": False, "same_as": last.get("batch_id")}
+    record.write_text(json.dumps({"batch_id": pulled["batch_id"], "fingerprint": current}, indent=2))
+    rows = {f["table"]: f["rows"] for f in pulled["files"]}
+    log.info("platform %s: new validated batch %s (%s): announcing %s", platform, pulled["batch_id"], rows,
+             platform_asset_uri(platform))
+    return {"platform": platform, "batch_id": pulled["batch_id"], "new": True, "rows": rows,
+            "warnings": len(validated["validation"]["warnings"])}

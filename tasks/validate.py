@@ -95,6 +95,7 @@ def validate_batch(manifest: dict[str, Any], platform: PlatformConfig, layout: S
     critical: list[str] = []
     warnings: list[str] = []
     tables: dict[str, Any] = {}
+    results: dict[str, Any] = {}
     for entry in manifest["files"]:
         table, file = entry["table"], entry["file"]
         path = batch_dir / file
@@ -111,6 +112,7 @@ def validate_batch(manifest: dict[str, Any], platform: PlatformConfig, layout: S
         suite = context.suites.get(suite_name(platform.name, table))
         batch = batch_def.get_batch(batch_parameters={"dataframe": _typed_batch(frame, platform, table)})
         result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5})
+        results[table] = result
         failed = [r for r in result.results if not r.success]
         for r in failed:
             line = _failure_line(platform.name, file, r)
@@ -132,6 +134,7 @@ def validate_batch(manifest: dict[str, Any], platform: PlatformConfig, layout: S
     }
     for line in warnings:
         log.warning("validation warning: %s", line)
+    build_data_docs(layout, summary, results)
     if critical:
         quarantined = quarantine(batch_dir, layout, platform.name, manifest["batch_id"], summary)
         raise DataValidationError(
@@ -152,3 +155,48 @@ def quarantine(batch_dir: Path, layout: StateLayout, platform: str, batch_id: st
     shutil.move(str(batch_dir), str(dest))
     (dest / VALIDATION_FILE).write_text(json.dumps(summary, indent=2))
     return dest
+
+
+def data_docs_page(platform: str, batch_id: str) -> str:
+    """A batch's Data Docs index, relative to the Data Docs folder (known before validation runs)."""
+    return f"{platform}/{batch_id}/index.html"
+
+
+def data_docs_root(layout: StateLayout) -> Path:
+    return layout.root / "data_docs"
+
+
+def build_data_docs(layout: StateLayout, summary: dict[str, Any], results: dict[str, Any]) -> Path | None:
+    """GX's validation-result pages for one batch (one per table) and an index, under data_docs/<platform>/<batch>/.
+
+    Docs are for people: a rendering problem is logged and never fails validation.
+    """
+    try:
+        from html import escape
+
+        from great_expectations.render.renderer import ValidationResultsPageRenderer
+        from great_expectations.render.view import DefaultJinjaPageView
+
+        page = data_docs_root(layout) / data_docs_page(summary["platform"], summary["batch_id"])
+        page.parent.mkdir(parents=True, exist_ok=True)
+        renderer, view = ValidationResultsPageRenderer(), DefaultJinjaPageView()
+        rows = []
+        for table, result in results.items():
+            (page.parent / f"{table}.html").write_text(view.render(renderer.render(result)), encoding="utf-8")
+            info = summary["tables"][table]
+            status = "passed" if result.success else "FAILED"
+            rows.append(f'<li><a href="{table}.html">{escape(table)}</a> ({escape(info["file"])}, '
+                        f'{info["rows"]:,} rows): {status}, {info["failed"]} of {info["expectations"]} '
+                        'expectations failed</li>')
+        problems = "".join(f"<li>{escape(line)}</li>" for line in summary["critical"] + summary["warnings"])
+        page.write_text(
+            f"<!doctype html><meta charset='utf-8'><title>{escape(summary['platform'])} {escape(summary['batch_id'])}"
+            f"</title><h1>Validation of {escape(summary['platform'])}, batch {escape(summary['batch_id'])}: "
+            f"{'passed' if summary['success'] else 'FAILED'}</h1><ul>{''.join(rows)}</ul>"
+            + (f"<h2>Failures and warnings</h2><ul>{problems}</ul>" if problems else ""), encoding="utf-8")
+        log.info("Data Docs: %s", page)
+        return page
+    except Exception:  # noqa: BLE001 - see docstring
+        log.warning("could not build Data Docs for %s batch %s", summary["platform"], summary["batch_id"],
+                    exc_info=True)
+        return None
