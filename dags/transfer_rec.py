@@ -31,7 +31,6 @@ from airflow.sdk import (Asset, AssetAny, AssetOrTimeSchedule, CronTriggerTimeta
 from airflow.sdk.exceptions import AirflowSkipException
 
 from tasks import alerts, links, pipeline
-from tasks.validate import data_docs_page
 
 
 def _on_failure(context: dict[str, Any]) -> None:
@@ -78,7 +77,7 @@ def _mlflow_link(run: dict[str, Any], run_id: str | None = None) -> None:
 
 def _data_docs_link(platform: str, batch_id: str) -> None:
     """Record the batch's Data Docs page before validating, so the link works on a failed validation too."""
-    get_current_context()["ti"].xcom_push(key=links.DATA_DOCS_KEY, value=data_docs_page(platform, batch_id))
+    get_current_context()["ti"].xcom_push(key=links.DATA_DOCS_KEY, value=links.data_docs_page(platform, batch_id))
 
 
 def platform_asset(platform: str) -> Asset:

@@ -19,7 +19,6 @@ from airflow.sdk import BaseOperatorLink
 
 from tasks import links
 from tasks.state import StateLayout
-from tasks.validate import data_docs_root
 
 
 def _xcom(ti_key: Any, key: str) -> str | None:
@@ -70,7 +69,7 @@ data_docs_app = FastAPI(title="transfer-rec Data Docs", docs_url=None, redoc_url
 @data_docs_app.get(links.DATA_DOCS_PREFIX.removeprefix(links.PLUGIN_PREFIX) + "/{page:path}")
 def data_docs(page: str) -> FileResponse:
     """A file of the Data Docs folder (state folder's data_docs/); nothing outside it."""
-    root = data_docs_root(StateLayout.from_env()).resolve()
+    root = StateLayout.from_env().data_docs.resolve()
     path = (root / (page or "index.html")).resolve()
     if path.is_dir():
         path = path / "index.html"

@@ -16,6 +16,11 @@ DATA_DOCS_PREFIX = f"{PLUGIN_PREFIX}/data-docs"
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 
 
+def data_docs_page(platform: str, batch_id: str) -> str:
+    """A batch's Data Docs index, relative to the Data Docs folder (known before validation runs)."""
+    return f"{platform}/{batch_id}/index.html"
+
+
 def mlflow_ui_url() -> str:
     """The MLflow UI operators open: $TRANSFER_REC_MLFLOW_UI_URL, default `make mlflow-ui`'s address."""
     return (os.environ.get("TRANSFER_REC_MLFLOW_UI_URL") or DEFAULT_MLFLOW_UI).rstrip("/")

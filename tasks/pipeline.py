@@ -1,5 +1,9 @@
 """The pipeline's stage entry points, as the DAG calls them: a run plan (plain dict) plus upstream manifests in,
-a manifest out. Each resolves config and state from the plan, so a task needs nothing else from Airflow."""
+a manifest out. Each resolves config and state from the plan, so a task needs nothing else from Airflow.
+
+Stage modules are imported by the function that runs them: Airflow parses the DAG file (which imports this module)
+in every task process and in the dag-processor, and importing GX, MLflow and torch there took ~25 s per task on a
+busy 2-core machine."""
 
 from __future__ import annotations
 
@@ -9,15 +13,6 @@ import re
 import shutil
 from typing import Any
 
-from tasks import evaluate as evaluate_stage
-from tasks import features as features_stage
-from tasks import promote as promote_stage
-from tasks import publish as publish_stage
-from tasks import pull as pull_stage
-from tasks import train as train_stage
-from tasks import tracking
-from tasks import unify as unify_stage
-from tasks import validate as validate_stage
 from tasks.config import PipelineConfig, ScheduleConfig, load_config
 from tasks.state import StateLayout
 
@@ -53,6 +48,8 @@ def run_key_from(airflow_run_id: str) -> str:
 
 def plan(params: dict[str, Any], airflow_run_id: str, dag_id: str = "transfer_rec") -> dict[str, Any]:
     """Resolve config + params into the run plan every task receives; open the MLflow parent run."""
+    from tasks import tracking
+
     overrides: dict[str, Any] = {}
     for param, (section, key) in PARAM_OVERRIDES.items():
         if params.get(param) is not None:
@@ -88,12 +85,17 @@ def _resolve(run: dict[str, Any]) -> tuple[PipelineConfig, StateLayout]:
 
 
 def pull(run: dict[str, Any], platform: str) -> dict[str, Any]:
+    from tasks import pull as pull_stage
+
     config, layout = _resolve(run)
     return pull_stage.pull_platform(config.platform(platform), layout, run["run_key"])
 
 
 def validate(run: dict[str, Any], pulled: dict[str, Any]) -> dict[str, Any]:
     """Validate a landed batch; its result goes to the pipeline's MLflow run whether it passes or not."""
+    from tasks import tracking
+    from tasks import validate as validate_stage
+
     config, layout = _resolve(run)
     platform = pulled["platform"]
     try:
@@ -107,38 +109,52 @@ def validate(run: dict[str, Any], pulled: dict[str, Any]) -> dict[str, Any]:
 
 
 def unify(run: dict[str, Any], validated: list[dict[str, Any]]) -> dict[str, Any]:
+    from tasks import unify as unify_stage
+
     config, layout = _resolve(run)
     return unify_stage.unify(validated, config, layout)
 
 
 def build_features(run: dict[str, Any], unified: dict[str, Any]) -> dict[str, Any]:
+    from tasks import features as features_stage
+
     config, layout = _resolve(run)
     return features_stage.build_features(unified, config, layout, run["run_key"])
 
 
 def pretrain(run: dict[str, Any], features: dict[str, Any]) -> dict[str, Any]:
+    from tasks import train as train_stage
+
     config, layout = _resolve(run)
     return train_stage.pretrain(features, config, layout, run["run_key"], run["parent_run_id"])
 
 
 def finetune(run: dict[str, Any], target: str, features: dict[str, Any], pretrained: dict[str, Any]) -> dict[str, Any]:
+    from tasks import train as train_stage
+
     config, layout = _resolve(run)
     return train_stage.finetune(target, features, pretrained, config, layout, run["run_key"], run["parent_run_id"])
 
 
 def evaluate(run: dict[str, Any], candidate: dict[str, Any], features: dict[str, Any]) -> dict[str, Any]:
+    from tasks import evaluate as evaluate_stage
+
     config, layout = _resolve(run)
     report = evaluate_stage.evaluate(candidate["target"], features, candidate, config, layout, run["run_key"])
     return {**report, "candidate": candidate}
 
 
 def promote(run: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    from tasks import promote as promote_stage
+
     config, layout = _resolve(run)
     return promote_stage.promote(evaluation, evaluation["candidate"], config.gate, layout, run["run_key"],
                                  override=run["gate_override"], dry_run=run["dry_run"])
 
 
 def publish(run: dict[str, Any], decision: dict[str, Any], features: dict[str, Any]) -> dict[str, Any]:
+    from tasks import publish as publish_stage
+
     config, layout = _resolve(run)
     if run["dry_run"]:
         return {"target": decision["target"], "published": False, "reason": "dry run"}
@@ -190,6 +206,8 @@ ANNOUNCED_FILE = "_announced.json"
 
 def ingest_pull(platform: str, airflow_run_id: str) -> dict[str, Any]:
     """Land a platform's export as batch `ingest_<airflow run>`; no MLflow run (nothing is trained here)."""
+    from tasks import pull as pull_stage
+
     config, layout = load_config(), StateLayout.from_env()
     return pull_stage.pull_platform(config.platform(platform), layout, "ingest_" + run_key_from(airflow_run_id))
 
@@ -202,6 +220,8 @@ def fingerprint(pulled: dict[str, Any]) -> str:
 def ingest_validate(pulled: dict[str, Any]) -> dict[str, Any]:
     """Validate a landed batch (failure quarantines it and raises); `new` says whether its data differs from the
     last batch announced for this platform. A repeat of that batch is removed from landing."""
+    from tasks import validate as validate_stage
+
     config, layout = load_config(), StateLayout.from_env()
     platform = pulled["platform"]
     validated = validate_stage.validate_batch(pulled, config.platform(platform), layout)

@@ -40,6 +40,11 @@ class StateLayout:
         return self.lake / "features"
 
     @property
+    def data_docs(self) -> Path:
+        """Great Expectations validation pages, data_docs/<platform>/<batch>/ (served by the Airflow plugin)."""
+        return self.root / "data_docs"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 

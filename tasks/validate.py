@@ -14,6 +14,7 @@ import pandas as pd
 from tasks.config import REPO_ROOT, PlatformConfig
 from tasks.expectations import FORBIDDEN_COLUMN_MARKERS, build_suite, suite_name
 from tasks.formats import FormatError, read_table
+from tasks.links import data_docs_page
 from tasks.state import StateLayout
 
 log = logging.getLogger(__name__)
@@ -157,15 +158,6 @@ def quarantine(batch_dir: Path, layout: StateLayout, platform: str, batch_id: st
     return dest
 
 
-def data_docs_page(platform: str, batch_id: str) -> str:
-    """A batch's Data Docs index, relative to the Data Docs folder (known before validation runs)."""
-    return f"{platform}/{batch_id}/index.html"
-
-
-def data_docs_root(layout: StateLayout) -> Path:
-    return layout.root / "data_docs"
-
-
 def build_data_docs(layout: StateLayout, summary: dict[str, Any], results: dict[str, Any]) -> Path | None:
     """GX's validation-result pages for one batch (one per table) and an index, under data_docs/<platform>/<batch>/.
 
@@ -177,7 +169,7 @@ def build_data_docs(layout: StateLayout, summary: dict[str, Any], results: dict[
         from great_expectations.render.renderer import ValidationResultsPageRenderer
         from great_expectations.render.view import DefaultJinjaPageView
 
-        page = data_docs_root(layout) / data_docs_page(summary["platform"], summary["batch_id"])
+        page = layout.data_docs / data_docs_page(summary["platform"], summary["batch_id"])
         page.parent.mkdir(parents=True, exist_ok=True)
         renderer, view = ValidationResultsPageRenderer(), DefaultJinjaPageView()
         rows = []
