@@ -25,7 +25,7 @@ export AIRFLOW__CORE__EXECUTION_API_SERVER_URL := http://127.0.0.1:8080/executio
 export GX_ANALYTICS_ENABLED := False
 export MLFLOW_TRACKING_URI ?= sqlite:///$(STATE)/mlflow/mlflow.db
 
-.PHONY: venv run test bench lock airflow-ui mlflow-ui serve clean
+.PHONY: venv run test test-prod bench lock airflow-ui mlflow-ui serve clean
 
 venv: $(VENV)/.installed
 
@@ -48,8 +48,12 @@ run: venv
 	  { tail -n 60 $(STATE)/last-run.log; echo "make run: the DAG failed, full log in $(STATE)/last-run.log"; exit 1; }
 	$(PY) -m tasks.cli summary
 
+# The production-path test (Celery worker, PostgreSQL, Redis, S3; ~7 min) runs under `make test-prod`.
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not prod" tests
+
+test-prod: venv
+	$(PY) -m pytest -q -m prod tests
 
 bench: venv
 	$(PY) -m tasks.benchmark --protocol --seeds 2022 2023 2024 --out $(STATE)/bench

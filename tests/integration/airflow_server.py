@@ -26,7 +26,7 @@ def airflow_env(home: Path, port: int, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
         "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
