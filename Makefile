@@ -25,7 +25,7 @@ export AIRFLOW__CORE__EXECUTION_API_SERVER_URL := http://127.0.0.1:8080/executio
 export GX_ANALYTICS_ENABLED := False
 export MLFLOW_TRACKING_URI ?= sqlite:///$(STATE)/mlflow/mlflow.db
 
-.PHONY: venv run test test-prod bench lock airflow-ui mlflow-ui serve clean
+.PHONY: venv run test test-servers test-prod bench lock airflow-ui mlflow-ui serve clean
 
 venv: $(VENV)/.installed
 
@@ -48,9 +48,13 @@ run: venv
 	  { tail -n 60 $(STATE)/last-run.log; echo "make run: the DAG failed, full log in $(STATE)/last-run.log"; exit 1; }
 	$(PY) -m tasks.cli summary
 
-# The production-path test (Celery worker, PostgreSQL, Redis, S3; ~7 min) runs under `make test-prod`.
+# Tests that start a real Airflow (REST-triggered runs, ~5 min each on 2 busy cores) run under `make test-servers`;
+# `make test-prod` runs only the production path (Celery worker, PostgreSQL, Redis, S3).
 test: venv
-	$(PY) -m pytest -q -m "not prod" tests
+	$(PY) -m pytest -q -m "not servers" tests
+
+test-servers: venv
+	$(PY) -m pytest -q -m servers tests
 
 test-prod: venv
 	$(PY) -m pytest -q -m prod tests

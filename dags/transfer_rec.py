@@ -69,7 +69,10 @@ def _label(name: str) -> None:
 
 
 def _mlflow_link(run: dict[str, Any], run_id: str | None = None) -> None:
-    """Record the MLflow run this task logs to (default: the pipeline's parent run) for the plugin's extra link."""
+    """Record the MLflow run this task logs to (default: the pipeline's parent run) for the plugin's extra link.
+    Plans made before links existed carry no experiment id: such a task just has no link."""
+    if not run.get("experiment_id"):
+        return
     ti = get_current_context()["ti"]
     ti.xcom_push(key=links.MLFLOW_EXPERIMENT_KEY, value=run["experiment_id"])
     ti.xcom_push(key=links.MLFLOW_RUN_KEY, value=run_id or run["parent_run_id"])

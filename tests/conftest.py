@@ -31,7 +31,9 @@ os.environ.update({
 
 from tasks.synthetic import SyntheticPlatform, generate, write_config  # noqa: E402
 
+
 def pytest_configure(config):
+    config.addinivalue_line("markers", "servers: starts a real Airflow (minutes each); `make test-servers`")
     config.addinivalue_line("markers", "prod: the production path (Celery, PostgreSQL, Redis, S3); `make test-prod`")
 
 

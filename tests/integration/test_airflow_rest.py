@@ -4,6 +4,7 @@ triggered through the REST API with params, rejects a mistyped param, and resolv
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -14,6 +15,9 @@ import pytest
 
 from airflow_server import airflow_env, start_standalone, stop_group, wait_for, wait_for_login
 from ports import free_port_pair
+
+# Starts a real Airflow (~4-6 min on a busy 2-core machine): `make test-servers`, not `make test`.
+pytestmark = pytest.mark.servers
 
 DAG = "/api/v2/dags/transfer_rec"
 
@@ -67,7 +71,8 @@ def test_rest_trigger_with_params_runs_to_success_and_links_resolve(airflow_api)
     assert {("finetune", "village"), ("validate", "campus"), ("validate", "village")} <= named
 
     # the params reached the training code
-    client = mlflow.MlflowClient()
+    # this test's MLflow DB: earlier in-process tests may have set another tracking URI on the mlflow module
+    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
     summary = json.loads((env["state"] / "reports" / "rest" / "summary.json").read_text())
     status, body = api.call("GET", f"{run}/taskInstances/finetune/links?map_index=0")
     assert status == 200, body

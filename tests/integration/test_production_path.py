@@ -2,7 +2,7 @@
 worker`), Airflow and MLflow metadata on PostgreSQL, Celery's broker on Redis, MLflow's artifacts on an S3 server
 (`weed mini`). It runs the DAG, triggered through the REST API, to success.
 
-Marked `prod` (`make test-prod`): about seven minutes on a busy 2-core machine. It uses the
+Marked `prod` (`make test-prod`, also part of `make test-servers`): about seven minutes on a busy 2-core machine. It uses the
 PostgreSQL (127.0.0.1:5432, trust auth) and Redis (127.0.0.1:6379) that the project's machines run as services, in a
 throwaway database pair and an unused Redis db number, and skips, saying so, only where they do not answer.
 """
@@ -23,7 +23,7 @@ import pytest
 from airflow_server import BIN, airflow_env, stop_group, wait_for, wait_for_login
 from ports import free_port_pair
 
-pytestmark = pytest.mark.prod
+pytestmark = [pytest.mark.servers, pytest.mark.prod]
 
 PG = "postgres@127.0.0.1:5432"
 DAG = "/api/v2/dags/transfer_rec"
