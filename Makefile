@@ -25,7 +25,7 @@ export AIRFLOW__CORE__EXECUTION_API_SERVER_URL := http://127.0.0.1:8080/executio
 export GX_ANALYTICS_ENABLED := False
 export MLFLOW_TRACKING_URI ?= sqlite:///$(STATE)/mlflow/mlflow.db
 
-.PHONY: venv run test bench check lock airflow-ui mlflow-ui serve clean
+.PHONY: venv run test test-servers test-prod bench check lock airflow-ui mlflow-ui serve clean
 
 venv: $(VENV)/.installed
 
@@ -48,8 +48,16 @@ run: venv
 	  { tail -n 60 $(STATE)/last-run.log; echo "make run: the DAG failed, full log in $(STATE)/last-run.log"; exit 1; }
 	$(PY) -m tasks.cli summary
 
+# Tests that start a real Airflow (REST-triggered runs, ~5 min each on 2 busy cores) run under `make test-servers`;
+# `make test-prod` runs only the production path (Celery worker, PostgreSQL, Redis, S3).
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not servers" tests
+
+test-servers: venv
+	$(PY) -m pytest -q -m servers tests
+
+test-prod: venv
+	$(PY) -m pytest -q -m prod tests
 
 ## Audit every pinned dependency for known vulnerabilities (pip-audit, run by uv in its own environment). It needs
 ## PyPI's JSON API or api.osv.dev (`AUDIT_SERVICE=osv`); where neither answers, it says so and fails.

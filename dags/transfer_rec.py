@@ -14,6 +14,11 @@ Stages (each task calls one module of `tasks/`; XCom carries small manifests, ne
 9. **promote** (one per target): register the candidate; alias `champion` only if the gate passes.
 10. **publish** (one per target): the champion's top-K for every target user, as Parquet.
 11. **summarize**: one report of the run for operators (`make run` prints it).
+
+Schedule (config `schedule:`): weekly by default, and also whenever a platform's ingest DAG
+(`transfer_rec_ingest_<platform>`) announces a new validated batch through its Asset `transfer-rec://platform/<name>`.
+Every task links to its MLflow run, and each validate task to its batch's Data Docs (extra links of the
+`transfer_rec` plugin).
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import (Asset, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag,
+                         get_current_context, task)
+from airflow.sdk.exceptions import AirflowSkipException
 
-from tasks import alerts, pipeline
+from tasks import alerts, links, pipeline
 
 
 def _on_failure(context: dict[str, Any]) -> None:
@@ -61,9 +68,39 @@ def _label(name: str) -> None:
     get_current_context()["label"] = name
 
 
+def _mlflow_link(run: dict[str, Any], run_id: str | None = None) -> None:
+    """Record the MLflow run this task logs to (default: the pipeline's parent run) for the plugin's extra link.
+    Plans made before links existed carry no experiment id: such a task just has no link."""
+    if not run.get("experiment_id"):
+        return
+    ti = get_current_context()["ti"]
+    ti.xcom_push(key=links.MLFLOW_EXPERIMENT_KEY, value=run["experiment_id"])
+    ti.xcom_push(key=links.MLFLOW_RUN_KEY, value=run_id or run["parent_run_id"])
+
+
+def _data_docs_link(platform: str, batch_id: str) -> None:
+    """Record the batch's Data Docs page before validating, so the link works on a failed validation too."""
+    get_current_context()["ti"].xcom_push(key=links.DATA_DOCS_KEY, value=links.data_docs_page(platform, batch_id))
+
+
+def platform_asset(platform: str) -> Asset:
+    """Updated by a platform's ingest DAG when it lands a new validated batch."""
+    return Asset(pipeline.platform_asset_uri(platform))
+
+
+def training_schedule():
+    """Config `schedule:`: the periodic retrain (cron, UTC), OR any platform's new validated batch, or both."""
+    config = pipeline.schedule()
+    timetable = CronTriggerTimetable(config.training, timezone="UTC") if config.training else None
+    if not config.on_new_data:
+        return timetable
+    assets = AssetAny(*(platform_asset(p) for p in pipeline.platform_names()))
+    return AssetOrTimeSchedule(timetable=timetable, assets=assets) if timetable else assets
+
+
 @dag(
     dag_id="transfer_rec",
-    schedule="@weekly",
+    schedule=training_schedule(),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -93,8 +130,10 @@ def transfer_rec() -> None:
     def plan(**context: Any) -> dict[str, Any]:
         """Resolve config and params; open the MLflow parent run."""
         interval = (context.get("data_interval_start"), context.get("data_interval_end"))
-        return pipeline.plan(dict(context["params"]), airflow_run_id=context["run_id"], dag_id=context["dag"].dag_id,
-                             interval=interval)
+        run = pipeline.plan(dict(context["params"]), airflow_run_id=context["run_id"], dag_id=context["dag"].dag_id,
+                            interval=interval)
+        _mlflow_link(run)
+        return run
 
     @task(**NO_RETRY)
     def select_targets(run: dict[str, Any]) -> list[str]:
@@ -105,52 +144,66 @@ def transfer_rec() -> None:
     def pull(platform: str, run: dict[str, Any]) -> dict[str, Any]:
         """Land one platform's export files with their hashes and row counts."""
         _label(platform)
+        _mlflow_link(run)
         return pipeline.pull(run, platform)
 
     @per_platform(**NO_RETRY)
     def validate(pulled: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         """Great Expectations on the raw batch; failure quarantines it and stops this run."""
         _label(pulled["platform"])
+        _mlflow_link(run)
+        _data_docs_link(pulled["platform"], pulled["batch_id"])
         return pipeline.validate(run, pulled)
 
     @task(**NO_RETRY)
     def unify(validated: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
         """One schema for all platforms, switched in atomically."""
+        _mlflow_link(run)
         return pipeline.unify(run, list(validated))
 
     @task(**NO_RETRY)
     def build_features(unified: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         """Implicit feedback, k-core, seeded per-user split of each target."""
+        _mlflow_link(run)
         return pipeline.build_features(run, unified)
 
     @task
     def pretrain(features: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         """Learn from the source platform."""
-        return pipeline.pretrain(run, features)
+        _mlflow_link(run)
+        pretrained = pipeline.pretrain(run, features)
+        _mlflow_link(run, pretrained["run_id"])
+        return pretrained
 
     @per_platform()
     def finetune(target: str, features: dict[str, Any], pretrained: dict[str, Any],
                  run: dict[str, Any]) -> dict[str, Any]:
         """Adapt to one target platform; the result is the candidate model."""
         _label(target)
-        return pipeline.finetune(run, target, features, pretrained)
+        _mlflow_link(run)
+        candidate = pipeline.finetune(run, target, features, pretrained)
+        _mlflow_link(run, candidate["run_id"])
+        return candidate
 
     @per_platform()
     def evaluate(candidate: dict[str, Any], features: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         """Candidate, champion and baselines on the same held-out users."""
         _label(candidate["target"])
+        _mlflow_link(run, candidate["run_id"])
         return pipeline.evaluate(run, candidate, features)
 
     @per_platform()
     def promote(evaluation: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         """Register the candidate; move `champion` only if the gate passes."""
         _label(evaluation["target"])
+        _mlflow_link(run, evaluation["candidate"]["run_id"])
         return pipeline.promote(run, evaluation)
 
     @per_platform()
     def publish(decision: dict[str, Any], features: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         """The champion's top-K for every user of the target."""
         _label(decision["target"])
+        _mlflow_link(run)
         return pipeline.publish(run, decision, features)
 
     @task
@@ -158,6 +211,7 @@ def transfer_rec() -> None:
                   pretrained: dict[str, Any], evaluations: list[dict[str, Any]], decisions: list[dict[str, Any]],
                   published: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
         """Write the run's report (var/reports/<run_key>/summary.json)."""
+        _mlflow_link(run)
         return pipeline.summarize(run, list(validated), unified, features, pretrained, list(evaluations),
                                   list(decisions), list(published))
 
@@ -176,3 +230,51 @@ def transfer_rec() -> None:
 
 
 transfer_rec()
+
+
+def ingest_dag(platform: str):
+    """`transfer_rec_ingest_<platform>`: land and validate the platform's export on the ingest schedule; a new
+    validated batch updates the platform's Asset, which triggers `transfer_rec` (config `schedule.on_new_data`)."""
+    asset = platform_asset(platform)
+
+    @dag(
+        dag_id=f"transfer_rec_ingest_{platform}",
+        schedule=pipeline.schedule().ingest,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        tags=["transfer-rec", "ingest"],
+        doc_md=f"""### transfer_rec_ingest_{platform}: look for new data of platform `{platform}`
+
+1. **pull**: land the export under `lake/landing/{platform}/ingest_<run>/`, with sha256 and row counts.
+2. **validate**: the platform's Great Expectations suites (a failure quarantines the batch, as in `transfer_rec`).
+   When the files differ from the last announced batch it updates the Asset `{asset.uri}`, which triggers
+   `transfer_rec`; the same data again is removed from landing and the task is skipped (no Asset event).
+""",
+    )
+    def ingest() -> None:
+        @task
+        def pull(**context: Any) -> dict[str, Any]:
+            """Land the platform's export files with their hashes and row counts."""
+            _label(platform)
+            return pipeline.ingest_pull(platform, context["run_id"])
+
+        @task(outlets=[asset], **NO_RETRY)
+        def validate(pulled: dict[str, Any], **context: Any) -> dict[str, Any]:
+            """Great Expectations on the batch; announce it (Asset event) only when its data is new."""
+            _label(platform)
+            _data_docs_link(platform, pulled["batch_id"])
+            result = pipeline.ingest_validate(pulled)
+            if not result["new"]:
+                raise AirflowSkipException(f"platform {platform}: same data as batch {result['same_as']}")
+            context["outlet_events"][asset].extra = {"batch_id": result["batch_id"], "rows": result["rows"]}
+            return result
+
+        validate(pull())
+
+    return ingest()
+
+
+for _platform in pipeline.platform_names():
+    ingest_dag(_platform)

@@ -140,6 +140,17 @@ class PublishConfig(_Strict):
     k: int = Field(10, ge=1, le=1000)
 
 
+class ScheduleConfig(_Strict):
+    """When the training DAG runs by itself, and how often each platform's ingest DAG looks for new data."""
+
+    # A cron expression or preset (@daily, @weekly, ...), in UTC; null: manual triggers only.
+    training: str | None = "@weekly"
+    # Also run when a platform's ingest DAG announces a new validated batch (its Airflow Asset).
+    on_new_data: bool = True
+    # How often each transfer_rec_ingest_<platform> DAG pulls and validates; null: manual triggers only.
+    ingest: str | None = "@daily"
+
+
 class PipelineConfig(_Strict):
     platforms: list[PlatformConfig]
     vocabularies: dict[str, list[str]] = {}
@@ -149,6 +160,7 @@ class PipelineConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     gate: GateConfig = GateConfig()
     publish: PublishConfig = PublishConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
     # Where platform exports may be read from: URI prefixes (pkg://, s3://bucket/) and local folders (relative to
     # the working directory). A location outside all of them is refused, `..` tricks and symlinks included.
     allowed_locations: list[str] = ["pkg://", "s3://", "exports"]

@@ -1,24 +1,20 @@
 """The pipeline's stage entry points, as the DAG calls them: a run plan (plain dict) plus upstream manifests in,
-a manifest out. Each resolves config and state from the plan, so a task needs nothing else from Airflow."""
+a manifest out. Each resolves config and state from the plan, so a task needs nothing else from Airflow.
+
+Stage modules are imported by the function that runs them: Airflow parses the DAG file (which imports this module)
+in every task process and in the dag-processor, and importing GX, MLflow and torch there took ~25 s per task on a
+busy 2-core machine."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
+import shutil
 from datetime import datetime
 from typing import Any
 
-from tasks import evaluate as evaluate_stage
-from tasks import features as features_stage
-from tasks import promote as promote_stage
-from tasks import publish as publish_stage
-from tasks import pull as pull_stage
-from tasks import train as train_stage
-from tasks import tracking
-from tasks import unify as unify_stage
-from tasks import validate as validate_stage
-from tasks.config import PipelineConfig, load_config
+from tasks.config import PipelineConfig, ScheduleConfig, load_config
 from tasks.state import StateLayout
 
 log = logging.getLogger(__name__)
@@ -36,6 +32,16 @@ def platform_names() -> list[str]:
     return [p.name for p in load_config().platforms]
 
 
+def platform_asset_uri(platform: str) -> str:
+    """The Airflow Asset a platform's ingest DAG updates when it lands a new validated batch."""
+    return f"transfer-rec://platform/{platform}"
+
+
+def schedule() -> ScheduleConfig:
+    """The DAGs' schedules (config `schedule:`, read when the DAG files are parsed)."""
+    return load_config().schedule
+
+
 def run_key_from(airflow_run_id: str) -> str:
     """A file-system and MLflow friendly name from an Airflow run id."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", airflow_run_id).strip("_")[:100]
@@ -48,6 +54,8 @@ def plan(params: dict[str, Any], airflow_run_id: str, dag_id: str = "transfer_re
     `interval` is the run's data interval (start, end): incremental platforms pull exactly that slice. The parent
     run is tagged with the Airflow run (ids, logical date, interval, link) and keeps the resolved config.
     """
+    from tasks import tracking
+
     overrides: dict[str, Any] = {}
     for param, (section, key) in PARAM_OVERRIDES.items():
         if params.get(param) is not None:
@@ -66,6 +74,7 @@ def plan(params: dict[str, Any], airflow_run_id: str, dag_id: str = "transfer_re
     parent = tracking.pipeline_run(layout, run_key, tracking.airflow_tags(dag_id, airflow_run_id, logical_date,
                                                                           interval_iso))
     tracking.log_config(parent, config, overrides)
+    experiment_id = tracking.configure(layout)
     log.info("run %s: platforms %s, targets %s, MLflow parent run %s", run_key,
              [p.name for p in config.platforms], chosen, parent)
     return {
@@ -74,6 +83,7 @@ def plan(params: dict[str, Any], airflow_run_id: str, dag_id: str = "transfer_re
         "platforms": [p.name for p in config.platforms],
         "targets": chosen,
         "parent_run_id": parent,
+        "experiment_id": experiment_id,
         "gate_override": params.get("gate_override", "none"),
         "dry_run": bool(params.get("dry_run", False)),
         "interval": interval_iso,
@@ -89,6 +99,8 @@ def _resolve(run: dict[str, Any]) -> tuple[PipelineConfig, StateLayout]:
 
 
 def pull(run: dict[str, Any], platform: str) -> dict[str, Any]:
+    from tasks import pull as pull_stage
+
     config, layout = _resolve(run)
     interval = tuple(datetime.fromisoformat(t) for t in run["interval"]) if run.get("interval") else None
     return pull_stage.pull_platform(config.platform(platform), layout, run["run_key"], interval)
@@ -96,6 +108,9 @@ def pull(run: dict[str, Any], platform: str) -> dict[str, Any]:
 
 def validate(run: dict[str, Any], pulled: dict[str, Any]) -> dict[str, Any]:
     """Validate a landed batch; its result goes to the pipeline's MLflow run whether it passes or not."""
+    from tasks import tracking
+    from tasks import validate as validate_stage
+
     config, layout = _resolve(run)
     platform = pulled["platform"]
     try:
@@ -109,11 +124,16 @@ def validate(run: dict[str, Any], pulled: dict[str, Any]) -> dict[str, Any]:
 
 
 def unify(run: dict[str, Any], validated: list[dict[str, Any]]) -> dict[str, Any]:
+    from tasks import unify as unify_stage
+
     config, layout = _resolve(run)
     return unify_stage.unify(validated, config, layout)
 
 
 def build_features(run: dict[str, Any], unified: dict[str, Any]) -> dict[str, Any]:
+    from tasks import features as features_stage
+    from tasks import tracking
+
     config, layout = _resolve(run)
     features = features_stage.build_features(unified, config, layout, run["run_key"])
     tracking.log_lineage(layout, run["parent_run_id"], unified, features)
@@ -121,28 +141,38 @@ def build_features(run: dict[str, Any], unified: dict[str, Any]) -> dict[str, An
 
 
 def pretrain(run: dict[str, Any], features: dict[str, Any]) -> dict[str, Any]:
+    from tasks import train as train_stage
+
     config, layout = _resolve(run)
     return train_stage.pretrain(features, config, layout, run["run_key"], run["parent_run_id"])
 
 
 def finetune(run: dict[str, Any], target: str, features: dict[str, Any], pretrained: dict[str, Any]) -> dict[str, Any]:
+    from tasks import train as train_stage
+
     config, layout = _resolve(run)
     return train_stage.finetune(target, features, pretrained, config, layout, run["run_key"], run["parent_run_id"])
 
 
 def evaluate(run: dict[str, Any], candidate: dict[str, Any], features: dict[str, Any]) -> dict[str, Any]:
+    from tasks import evaluate as evaluate_stage
+
     config, layout = _resolve(run)
     report = evaluate_stage.evaluate(candidate["target"], features, candidate, config, layout, run["run_key"])
     return {**report, "candidate": candidate}
 
 
 def promote(run: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    from tasks import promote as promote_stage
+
     config, layout = _resolve(run)
     return promote_stage.promote(evaluation, evaluation["candidate"], config.gate, layout, run["run_key"],
                                  override=run["gate_override"], dry_run=run["dry_run"])
 
 
 def publish(run: dict[str, Any], decision: dict[str, Any], features: dict[str, Any]) -> dict[str, Any]:
+    from tasks import publish as publish_stage
+
     config, layout = _resolve(run)
     if run["dry_run"]:
         return {"target": decision["target"], "published": False, "reason": "dry run"}
@@ -186,3 +216,43 @@ def summarize(run: dict[str, Any], validated: list[dict[str, Any]], unified: dic
     (folder / "summary.json").write_text(text)
     (layout.reports / "latest.json").write_text(text)
     return {"summary": str(folder / "summary.json")}
+
+
+# Ingest DAGs (one per platform): land and validate a platform's export, and announce it only when it is new.
+ANNOUNCED_FILE = "_announced.json"
+
+
+def ingest_pull(platform: str, airflow_run_id: str) -> dict[str, Any]:
+    """Land a platform's export as batch `ingest_<airflow run>`; no MLflow run (nothing is trained here)."""
+    from tasks import pull as pull_stage
+
+    config, layout = load_config(), StateLayout.from_env()
+    return pull_stage.pull_platform(config.platform(platform), layout, "ingest_" + run_key_from(airflow_run_id))
+
+
+def fingerprint(pulled: dict[str, Any]) -> str:
+    """What makes two batches the same data: each table's file hash."""
+    return ",".join(f"{f['table']}={f['sha256']}" for f in sorted(pulled["files"], key=lambda f: f["table"]))
+
+
+def ingest_validate(pulled: dict[str, Any]) -> dict[str, Any]:
+    """Validate a landed batch (failure quarantines it and raises); `new` says whether its data differs from the
+    last batch announced for this platform. A repeat of that batch is removed from landing."""
+    from tasks import validate as validate_stage
+
+    config, layout = load_config(), StateLayout.from_env()
+    platform = pulled["platform"]
+    validated = validate_stage.validate_batch(pulled, config.platform(platform), layout)
+    record = layout.landing / platform / ANNOUNCED_FILE
+    last = json.loads(record.read_text()) if record.exists() else {}
+    current = fingerprint(pulled)
+    if last.get("fingerprint") == current:
+        shutil.rmtree(pulled["batch_dir"], ignore_errors=True)
+        log.info("platform %s: same data as batch %s, nothing new to announce", platform, last.get("batch_id"))
+        return {"platform": platform, "batch_id": pulled["batch_id"], "new": False, "same_as": last.get("batch_id")}
+    record.write_text(json.dumps({"batch_id": pulled["batch_id"], "fingerprint": current}, indent=2))
+    rows = {f["table"]: f["rows"] for f in pulled["files"]}
+    log.info("platform %s: new validated batch %s (%s): announcing %s", platform, pulled["batch_id"], rows,
+             platform_asset_uri(platform))
+    return {"platform": platform, "batch_id": pulled["batch_id"], "new": True, "rows": rows,
+            "warnings": len(validated["validation"]["warnings"])}

@@ -40,6 +40,11 @@ class StateLayout:
         return self.lake / "features"
 
     @property
+    def data_docs(self) -> Path:
+        """Great Expectations validation pages, data_docs/<platform>/<batch>/ (served by the Airflow plugin)."""
+        return self.root / "data_docs"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 
@@ -54,10 +59,6 @@ class StateLayout:
     @property
     def reports(self) -> Path:
         return self.root / "reports"
-
-    def data_docs(self, platform: str) -> Path:
-        """The Great Expectations Data Docs site of a platform's validations (open index.html)."""
-        return self.reports / "data_docs" / platform
 
     def mlflow_uri(self) -> str:
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow / 'mlflow.db'}"

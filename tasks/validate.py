@@ -14,6 +14,7 @@ import pandas as pd
 from tasks.config import REPO_ROOT, PlatformConfig
 from tasks.expectations import FORBIDDEN_COLUMN_MARKERS, build_suite, native_column, suite_name
 from tasks.formats import FormatError, read_table
+from tasks.links import data_docs_page
 from tasks.state import StateLayout
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ def validate_batch(manifest: dict[str, Any], platform: PlatformConfig, layout: S
     ensure_suites(context, platform)
     # Batches are registered in an in-memory context: validating never rewrites the committed GX config, and
     # parallel validate tasks never write the same file. Its checkpoints render Data Docs under the state folder.
-    scratch = _scratch_context(layout.data_docs(platform.name))
+    docs = layout.data_docs / data_docs_page(platform.name, manifest["batch_id"])
+    scratch = _scratch_context(docs.parent)
     source = scratch.data_sources.add_pandas(f"landing-{platform.name}")
     critical: list[str] = []
     warnings: list[str] = []
@@ -134,7 +136,7 @@ def validate_batch(manifest: dict[str, Any], platform: PlatformConfig, layout: S
         "tables": tables,
         "critical": critical,
         "warnings": warnings,
-        "data_docs": str(layout.data_docs(platform.name) / "index.html"),
+        "data_docs": str(docs),
     }
     log.info("platform %s: Data Docs at %s", platform.name, summary["data_docs"])
     for line in warnings:
@@ -249,14 +251,15 @@ def validate_unified(tables: dict[str, pd.DataFrame], config: Any, layout: State
     from tasks.expectations import build_unified_suites, referential_columns
 
     tables = referential_columns(tables)
-    scratch = _scratch_context(layout.data_docs("unified"))
+    docs = layout.data_docs / data_docs_page("unified", version)
+    scratch = _scratch_context(docs.parent)
     source = scratch.data_sources.add_pandas("unified")
     critical: list[str] = []
     for table, expectations in build_unified_suites(tables, config).items():
         result = _run_checkpoint(scratch, source, expectations, f"unified.{version}.{table}", tables[table])
         critical += [_failure_line("unified", f"{table}.parquet", r) for r in result.results if not r.success]
     summary = {"success": not critical, "critical": critical,
-               "data_docs": str(layout.data_docs("unified") / "index.html")}
+               "data_docs": str(docs)}
     if critical:
         raise DataValidationError("unified tables failed validation; the previous version stays current:\n  - "
                                   + "\n  - ".join(critical))

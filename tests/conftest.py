@@ -31,6 +31,12 @@ os.environ.update({
 
 from tasks.synthetic import SyntheticPlatform, generate, write_config  # noqa: E402
 
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "servers: starts a real Airflow (minutes each); `make test-servers`")
+    config.addinivalue_line("markers", "prod: the production path (Celery, PostgreSQL, Redis, S3); `make test-prod`")
+
+
 FAST_TRAINING = {"epochs_pretrain": 3, "epochs_finetune": 4, "patience": 2, "hidden": 32, "batch_size": 128,
                  "learning_rate": 0.005, "seed": 7}
 

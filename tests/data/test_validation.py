@@ -81,15 +81,15 @@ def test_data_docs_are_built_under_the_state_folder_for_passed_and_failed_batche
     config, layout = load_config(), StateLayout.from_env()
     campus = validate_batch(pull_platform(config.platform("campus"), layout, "docs"), config.platform("campus"),
                             layout)
-    index = layout.data_docs("campus") / "index.html"
+    index = layout.data_docs / "campus" / "docs" / "index.html"
     assert campus["validation"]["data_docs"] == str(index) and index.is_file()
     assert "campus.docs" in index.read_text(), "the index lists this batch's validations"
     with pytest.raises(DataValidationError):
         validate_batch(pull_platform(config.platform("village"), layout, "docs"), config.platform("village"), layout)
-    pages = [p.read_text() for p in (layout.data_docs("village") / "validations").rglob("*.html")]
+    pages = [p.read_text() for p in (layout.data_docs / "village" / "docs" / "validations").rglob("*.html")]
     assert any("expect_column_values_to_be_between" in page or "values must be" in page for page in pages)
     result = json.loads((layout.quarantine / "village" / "docs" / "validation.json").read_text())
-    assert result["data_docs"].endswith("village/index.html")
+    assert result["data_docs"].endswith("village/docs/index.html")
 
 
 def test_unified_suite_refuses_broken_tables_and_keeps_the_current_version(pipeline_env):

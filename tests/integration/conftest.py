@@ -76,3 +76,11 @@ def s3_env(s3_server, monkeypatch):
     from tasks.storage import s3_client
 
     return s3_client()
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """The session's Airflow metadata DB (SQLite under the session folder), migrated once."""
+    from airflow.utils import db
+
+    db.initdb()

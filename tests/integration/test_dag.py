@@ -24,15 +24,15 @@ def load_dag():
     return bag.get_dag("transfer_rec")
 
 
-@pytest.fixture(scope="session")
-def airflow_db():
-    from airflow.utils import db
-
-    db.initdb()
-
-
 def test_dag_integrity(airflow_db):
+    from airflow.sdk import AssetOrTimeSchedule
+
     dag = load_dag()
+    # weekly, or when any platform's ingest DAG announces new validated data (config `schedule:`)
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)
+    assert dag.timetable.timetable.expression == "0 0 * * 0"
+    assert {a.uri for a in dag.timetable.asset_condition.objects} == {
+        "transfer-rec://platform/ml-1m", "transfer-rec://platform/ml-100k"}
     assert set(dag.task_dict) == EXPECTED_TASKS
     assert set(dag.tags) >= {"transfer-rec"}
     assert dag.max_active_runs == 1
@@ -44,6 +44,18 @@ def test_dag_integrity(airflow_db):
     for mapped in ("pull", "validate", "finetune", "evaluate", "promote", "publish"):
         assert dag.task_dict[mapped].map_index_template == "{{ label }}"
     assert set(dag.params.keys()) >= {"targets", "epochs_finetune", "strategy", "gate_override", "dry_run"}
+
+
+def test_one_ingest_dag_per_platform_updates_its_asset(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    for platform in ("ml-1m", "ml-100k"):
+        dag = bag.get_dag(f"transfer_rec_ingest_{platform}")
+        assert set(dag.task_dict) == {"pull", "validate"} and dag.max_active_runs == 1
+        assert [a.uri for a in dag.task_dict["validate"].outlets] == [f"transfer-rec://platform/{platform}"]
+        assert dag.task_dict["validate"].retries == 0 and dag.task_dict["pull"].retries == 2
+        assert all(task.doc_md and task.owner == "ml-platform" for task in dag.tasks)
 
 
 def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
@@ -89,6 +101,7 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
             assert version.tags[f"data.{platform}.{file}.sha256"] == digest
     assert "| ease |" in version.description and "By user segment" in version.description
 
+    _assert_extra_links(run, version.run_id, env["state"])
     run_data = client.get_run(version.run_id).data
     assert "test_candidate_ndcg_at_10" in run_data.metrics
     for metric in ("coverage_at_10", "diversity_at_10", "novelty_at_10", "retention", "retention_ci_low"):
@@ -129,6 +142,28 @@ def test_bad_batch_fails_the_run_names_the_cause_and_changes_nothing(pipeline_en
     assert "FAILED transfer_rec.validate[village] run=" in failures
     assert "expect_column_values_to_be_between" in failures or "failed validation" in failures
     assert (env["state"] / "lake" / "quarantine" / "village" / "bad" / "interactions.txt").exists()
+    # the failed batch has its Data Docs, naming the failed expectation
+    docs = env["state"] / "data_docs" / "village" / "bad"
+    assert (docs / "index.html").is_file() and list((docs / "validations").rglob("*.html"))
     assert not (env["state"] / "lake" / "unified" / "current").exists()
     assert mlflow.MlflowClient().search_registered_models() == []
     assert not (env["state"] / "recommendations").exists()
+
+
+def _assert_extra_links(run, candidate_run_id: str, state: Path) -> None:
+    """The plugin's links, resolved as the API server resolves them: from the XComs the tasks pushed."""
+    from airflow import plugins_manager
+
+    link = {lk.name: lk for lk in plugins_manager.get_global_operator_extra_links()}
+    tis = {(ti.task_id, ti.map_index): ti for ti in run.get_task_instances()}
+    experiment = mlflow.get_experiment_by_name("transfer_rec").experiment_id
+    finetune = link["MLflow run"].get_link(None, ti_key=tis[("finetune", 0)].key)
+    assert finetune == f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{candidate_run_id}"
+    unify = link["MLflow run"].get_link(None, ti_key=tis[("unify", -1)].key)
+    assert unify.endswith(f"/runs/{mlflow.MlflowClient().get_run(candidate_run_id).data.tags['mlflow.parentRunId']}")
+    docs = link["Data Docs"].get_link(None, ti_key=tis[("validate", 1)].key)
+    assert docs.endswith("/transfer-rec/data-docs/village/itest/index.html"), docs
+    page = state / "data_docs" / "village" / "itest"
+    assert "village.itest" in (page / "index.html").read_text(), "the index lists this batch's validations"
+    assert max(p.stat().st_size for p in (page / "validations").rglob("*.html")) > 1000
+    assert link["Data Docs"].get_link(None, ti_key=tis[("unify", -1)].key) == ""
