@@ -25,7 +25,7 @@ export AIRFLOW__CORE__EXECUTION_API_SERVER_URL := http://127.0.0.1:8080/executio
 export GX_ANALYTICS_ENABLED := False
 export MLFLOW_TRACKING_URI ?= sqlite:///$(STATE)/mlflow/mlflow.db
 
-.PHONY: venv run test test-servers test-prod bench check lock airflow-ui mlflow-ui serve clean
+.PHONY: venv run test test-servers test-prod bench load check lock airflow-ui mlflow-ui serve clean
 
 venv: $(VENV)/.installed
 
@@ -70,6 +70,12 @@ bench: venv
 	$(PY) -m tasks.benchmark --protocol --seeds 2022 2023 2024 --out $(STATE)/bench
 	$(PY) -m tasks.scale bench --interactions 20000000 --out $(STATE)/scale
 	$(PY) -m tasks.latency --model models:/transfer_rec-ml-100k@champion --out $(STATE)/bench/latency.json
+
+## The served champion under load: 200 requests/s for 60 s from this process to `mlflow models serve` (needs a
+## champion: `make run`), with the server's memory over the run.
+load: venv
+	$(PY) -m tasks.latency --model models:/transfer_rec-ml-100k@champion --requests 200 --rate 200 --seconds 60 \
+	  --out $(STATE)/bench/load.json
 
 airflow-ui: venv
 	$(PY) -m tasks.cli init

@@ -97,6 +97,40 @@ def start_server(model_uri: str, port: int, log_path: Path) -> subprocess.Popen:
     raise SystemExit(f"mlflow models serve did not answer /ping within 120 s: {log_path.read_text()[-2000:]}")
 
 
+class MemorySampler:
+    """The resident memory of a process and its children, sampled every second in a thread while a load runs."""
+
+    def __init__(self, pid: int):
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.samples: list[float] = [self._rss()]
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _rss(self) -> float:
+        import psutil
+
+        total = 0
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                pass
+        return total / 2 ** 20
+
+    def _run(self) -> None:
+        while not self._done.wait(1.0):
+            self.samples.append(self._rss())
+
+    def stop(self) -> dict[str, float]:
+        self._done.set()
+        self._thread.join()
+        self.samples.append(self._rss())
+        return {"start": self.samples[0], "end": self.samples[-1], "max": max(self.samples)}
+
+
 def http_load(port: int, users: list[str], rate: float, seconds: float, k: int = 10,
               warmup: int = 20) -> dict[str, Any]:
     """Open-loop load: request i is sent at start + i / rate; keep-alive connections, one per sender thread."""
@@ -173,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         proc = start_server(args.model, port, log_path)
         try:
             users = known_users(model, int(args.rate * args.seconds) + 20)
+            sampler = MemorySampler(proc.pid)
             result["http"] = h = http_load(port, users, args.rate, args.seconds)
+            h["server_rss_mib"] = sampler.stop()
         finally:
             stop_group(proc)
         met = h["p99_ms"] < HTTP_P99_MS and h["errors"] == 0
@@ -181,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
               f"s: p50 {h['p50_ms']:.2f} ms, p99 {h['p99_ms']:.2f} ms, max {h['max_ms']:.1f} ms, {h['errors']} errors "
               f"of {h['requests']} (achieved {h['achieved_rate']:.1f} req/s; target p99 < {HTTP_P99_MS} ms and no "
               f"errors: {'met' if met else 'NOT met'})")
+        rss = h["server_rss_mib"]
+        print(f"  server memory (RSS of its process tree): {rss['start']:.0f} MiB at the start, {rss['end']:.0f} MiB "
+              f"at the end, {rss['max']:.0f} MiB at most")
         if h["errors"]:
             print(f"  errors, e.g.: {h['error_examples']}")
         ok = h["errors"] == 0
