@@ -68,7 +68,7 @@ def baseline_scores(data: PlatformData, features: dict[str, Any], target: str, c
                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Scores of the baselines, fitted on target train (valid only for their selection): the same model trained on
     the target alone, EASE and popularity."""
-    from tasks.train import fit_target
+    from tasks.train import fit_target, train_history
 
     train, valid = data.matrix("train"), data.matrix("valid")
     started = time.perf_counter()
@@ -77,7 +77,7 @@ def baseline_scores(data: PlatformData, features: dict[str, Any], target: str, c
     started = time.perf_counter()
     ease, l2 = _ease(train, valid, data.item_mask(), config.evaluation.k)
     fitted.update(ease_seconds=time.perf_counter() - started, ease_l2=l2)
-    scores = {"target_only": target_only.score(train), "ease": ease.score(train),
+    scores = {"target_only": target_only.score(train_history(data, config)), "ease": ease.score(train),
               "popularity": Popularity().fit(train).score(train)}
     return scores, fitted
 
@@ -94,11 +94,13 @@ def held_out_metrics(data: PlatformData, scores: dict[str, np.ndarray], k: int) 
 def evaluate(target: str, features: dict[str, Any], candidate: dict[str, Any], config: PipelineConfig,
              layout: StateLayout, run_key: str) -> dict[str, Any]:
     """Test metrics (history = target train, train and valid items masked) for every contender; logged to MLflow."""
+    from tasks.train import train_history
+
     k = config.evaluation.k
     data = PlatformData(Path(features["dir"]), target, features["n_items"])
     train = data.matrix("train")
     bundle = ModelBundle.load(Path(candidate["bundle"]))
-    scores = {"candidate": bundle.model.score(train)}
+    scores = {"candidate": bundle.model.score(train_history(data, config))}
     baselines, fitted = baseline_scores(data, features, target, config)
     scores.update(baselines)
     l2 = fitted["ease_l2"]

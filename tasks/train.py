@@ -26,6 +26,11 @@ def model_config(config: PipelineConfig) -> TransferConfig:
     return TransferConfig(**config.training.model_dump(), k=config.evaluation.k)
 
 
+def train_history(data: PlatformData, config: PipelineConfig):
+    """A platform's train interactions as the model takes histories: rating-weighted when so configured."""
+    return data.matrix("train", rating_weight=config.training.rating_weight)
+
+
 def _log_epoch(entry: dict[str, Any]) -> None:
     log.info("%s epoch %d: %s", entry["stage"], entry["epoch"],
              ", ".join(f"{k}={v:.4f}" for k, v in entry.items() if isinstance(v, float)))
@@ -39,7 +44,7 @@ def pretrain(features: dict[str, Any], config: PipelineConfig, layout: StateLayo
     started = time.perf_counter()
     with tracking.stage_run(layout, run_key, "pretrain", parent_run_id, {"platform": config.source.name}) as run:
         mlflow.log_params({"platform": config.source.name, **model_config(config).__dict__})
-        history = model.pretrain(source.matrix(), log=_log_epoch)
+        history = model.pretrain(source.matrix(rating_weight=config.training.rating_weight), log=_log_epoch)
         tracking.log_epochs(history)
         checkpoint = layout.models / run_key / "pretrained.pt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +75,7 @@ def fit_target(features: dict[str, Any], target: str, config: PipelineConfig,
         model = TransferRecommender.from_state(pretrained.state())
     else:
         model = TransferRecommender(features["n_items"], model_config(config))
-    history = model.finetune(data.matrix("train"), data.matrix("valid"), data.item_mask(), log=_log_epoch,
+    history = model.finetune(train_history(data, config), data.matrix("valid"), data.item_mask(), log=_log_epoch,
                              checkpoint=checkpoint)
     return model, history, data
 

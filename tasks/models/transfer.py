@@ -1,9 +1,11 @@
 """The transfer recommender: pretrained on the source platform, fine-tuned on each target platform.
 
-A user is only the set of items in their history (inductive), so new users are scored at request time without
-retraining. The score of a user with history x is a blend of two standardised parts over the target's items:
+A user is only their history (inductive), so new users are scored at request time without retraining. A history x
+is a row over the items: 1 per item, or, with `rating_weight` > 0, 1 + rating_weight * (rating - 4) as built by
+PlatformData.matrix (a history given without ratings, as at serving, counts every item 1: a rating of 4). The score
+of a user with history x is a blend of two standardised parts over the target's items:
 
-    score(x) = z(x @ B) + beta * z(f(x))
+    score(x) = z(x @ B) + beta * z(f(items of x))
 
 - B, item-item: a zero-diagonal linear autoencoder (EASE with a dropout-equivalent regulariser) over the unified item
   space. Pretraining keeps the source co-occurrence matrix S'S; fine-tuning solves in closed form
@@ -62,6 +64,9 @@ class TransferConfig:
     # (alpha, lam, drop_p) settings of the item-item solve tried in fine-tuning, best on valid kept; empty: only
     # (alpha, lam, drop_p) above. The configured triple is always tried too.
     item_grid: tuple[tuple[float, float, float], ...] = ((0.5, 100.0, 0.5), (0.3, 300.0, 0.25), (0.7, 100.0, 0.5))
+    # interactions count 1 + rating_weight * (rating - 4) in the histories the model is trained and tested on (the
+    # data layer applies it: PlatformData.matrix); only the item-item part reads the weights, the encoder reads items
+    rating_weight: float = 0.0
     seed: int = 2022
     k: int = 10
 
@@ -94,6 +99,13 @@ class _Encoder(torch.nn.Module):
 
 def _dense(matrix: sp.spmatrix) -> torch.Tensor:
     return torch.from_numpy(np.asarray(sp.csr_matrix(matrix).toarray(), dtype=np.float32))
+
+
+def _binary(matrix: sp.spmatrix) -> sp.csr_matrix:
+    """The items of a (possibly rating-weighted) history: what the encoder reads."""
+    matrix = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+    matrix.data[:] = 1.0
+    return matrix
 
 
 def _zscore(scores: np.ndarray) -> np.ndarray:
@@ -195,9 +207,9 @@ class TransferRecommender:
         """Learn from the source platform's users: their item co-occurrences and the history encoder."""
         source = sp.csr_matrix(source, dtype=np.float32)
         source = source[np.flatnonzero(np.diff(source.indptr) > 0)]
-        self.source = source
+        self.source = _binary(source)
         self.source_gram = (source.T @ source).toarray().astype(np.float64)
-        rows = _dense(source)
+        rows = _dense(self.source)
         optimiser = torch.optim.Adam(self.encoder.parameters(), lr=self.config.learning_rate)
         history = []
         for epoch in range(1, self.config.epochs_pretrain + 1):
@@ -242,7 +254,7 @@ class TransferRecommender:
         else:
             item_item = self._choose_item_item(train, valid, emit)
 
-        target_rows = _dense(train[np.flatnonzero(np.diff(train.indptr) > 0)])
+        target_rows = _dense(_binary(train[np.flatnonzero(np.diff(train.indptr) > 0)]))
         source_rows = _dense(self.source) if self.source is not None and cfg.source_replay > 0 else None
         params = self.encoder.parameters() if cfg.strategy == "full" else self.encoder.dec.parameters()
         optimiser = torch.optim.Adam(params, lr=cfg.learning_rate)
@@ -335,7 +347,7 @@ class TransferRecommender:
     @torch.no_grad()
     def _encoded(self, history: sp.spmatrix) -> np.ndarray:
         self.encoder.eval()
-        history = sp.csr_matrix(history)
+        history = _binary(history)
         parts = [self.encoder(_dense(history[i:i + 2048])).numpy()[:, self.candidates]
                  for i in range(0, history.shape[0], 2048)]
         return np.concatenate(parts) if parts else np.zeros((0, len(self.candidates)), dtype=np.float32)
