@@ -32,7 +32,7 @@ from tasks.metrics import METRICS, mean_metrics, top_k
 from tasks.models.transfer import TransferRecommender
 from tasks.pull import pull_platform
 from tasks.state import StateLayout
-from tasks.train import fit_target, model_config
+from tasks.train import fit_target, model_config, train_history
 from tasks.unify import unify
 from tasks.validate import validate_batch
 
@@ -102,13 +102,12 @@ def run_files(args: argparse.Namespace, config: PipelineConfig) -> dict[str, Any
     target = PlatformData(Path(features["dir"]), TARGET, features["n_items"])
     started = time.perf_counter()
     model = TransferRecommender(features["n_items"], model_config(config))
-    model.pretrain(source.matrix(), log=lambda e: log.info("%s", e))
+    model.pretrain(source.matrix(rating_weight=config.training.rating_weight), log=lambda e: log.info("%s", e))
     pretrain_seconds = time.perf_counter() - started
     transfer, history, _ = fit_target(features, TARGET, config, model)
     fit_seconds = time.perf_counter() - started
-    train = target.matrix("train")
     started = time.perf_counter()
-    scores = {"transfer": transfer.score(train)}
+    scores = {"transfer": transfer.score(train_history(target, config))}
     score_seconds = time.perf_counter() - started
     baselines, fitted = baseline_scores(target, features, TARGET, config)
     scores.update(baselines)

@@ -84,10 +84,13 @@ def baseline_models(data: PlatformData, features: dict[str, Any], target: str, c
 
 def baseline_scores(data: PlatformData, features: dict[str, Any], target: str, config: PipelineConfig,
                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Scores of the baselines for every target user, history = target train."""
+    """Scores of the baselines for every target user, history = target train (rating-weighted for the target-only
+    twin of the transfer model when so configured, as the transfer model reads it)."""
+    from tasks.train import train_history
+
     models, fitted = baseline_models(data, features, target, config)
-    train = data.matrix("train")
-    return {name: score(train) for name, score in models.items()}, fitted
+    train, weighted = data.matrix("train"), train_history(data, config)
+    return {name: score(weighted if name == "target_only" else train) for name, score in models.items()}, fitted
 
 
 def held_out_metrics(data: PlatformData, scores: dict[str, np.ndarray], k: int) -> dict[str, dict[str, np.ndarray]]:
@@ -169,6 +172,8 @@ def evaluate(target: str, features: dict[str, Any], candidate: dict[str, Any], c
              layout: StateLayout, run_key: str) -> dict[str, Any]:
     """Every contender on the same held-out users: accuracy and beyond-accuracy on the random test split, retention on
     the next-period hold-out, each overall and per user segment with bootstrap CIs; logged to the candidate's run."""
+    from tasks.train import train_history
+
     k, gate = config.evaluation.k, config.gate
     new_max = config.evaluation.new_user_max_history
     data = PlatformData(Path(features["dir"]), target, features["n_items"])
@@ -183,7 +188,11 @@ def evaluate(target: str, features: dict[str, Any], candidate: dict[str, Any], c
     champion, champion_version = champion_bundle(target)
     if champion is not None:
         scorers["champion"] = _champion_scorer(champion, items["item_id"].to_numpy())
-    scores = {name: score(train) for name, score in scorers.items()}
+    # The transfer model (candidate and its target-only twin) reads rating-weighted histories when so configured;
+    # the others, and the champion (scored from item lists, as it is served), take the binary history.
+    weighted = train_history(data, config)
+    scores = {name: score(weighted if name in ("candidate", "target_only") else train)
+              for name, score in scorers.items()}
 
     per_user = held_out_metrics(data, scores, k)
     extra, coverage = beyond_accuracy(data, scores, k, genre_matrix(items["genres"].fillna("").to_numpy()))

@@ -18,6 +18,7 @@ from tasks.storage import atomic_dir
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
+RATING_PIVOT = 4.0  # the rating that counts 1 in a rating-weighted history (see PlatformData.matrix)
 
 
 def k_core(inter: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -117,11 +118,18 @@ class PlatformData:
         self.n_items = n_items
         self._row = pd.Series(np.arange(len(self.user_ids)), index=self.user_ids)
 
-    def matrix(self, *splits: str) -> sp.csr_matrix:
-        """Binary user x item matrix of the given splits (all interactions when none is given)."""
+    def matrix(self, *splits: str, rating_weight: float = 0.0) -> sp.csr_matrix:
+        """User x item matrix of the given splits (all interactions when none is given).
+
+        Binary by default; with `rating_weight` w an interaction counts 1 + w * (rating - 4) (at least 0.1): on the
+        1-5 scale a typical positive (4) counts 1, as does an item of a history given without ratings at serving.
+        """
         frame = self.frame if not splits else self.frame[self.frame["split"].isin(splits)]
         rows = self._row[frame["user_id"]].to_numpy()
         data = np.ones(len(frame), dtype=np.float32)
+        if rating_weight and "rating" in frame:
+            rating = pd.to_numeric(frame["rating"], errors="coerce").fillna(RATING_PIVOT).to_numpy()
+            data = np.maximum(1.0 + rating_weight * (rating - RATING_PIVOT), 0.1).astype(np.float32)
         shape = (len(self.user_ids), self.n_items)
         return sp.csr_matrix((data, (rows, frame["item_idx"].to_numpy())), shape=shape)
 

@@ -26,6 +26,11 @@ def model_config(config: PipelineConfig) -> TransferConfig:
     return TransferConfig(**config.training.model_dump(), k=config.evaluation.k)
 
 
+def train_history(data: PlatformData, config: PipelineConfig):
+    """A platform's train interactions as the model takes histories: rating-weighted when so configured."""
+    return data.matrix("train", rating_weight=config.training.rating_weight)
+
+
 def _log_epoch(entry: dict[str, Any]) -> None:
     log.info("%s epoch %d: %s", entry["stage"], entry["epoch"],
              ", ".join(f"{k}={v:.4f}" for k, v in entry.items() if isinstance(v, float)))
@@ -39,7 +44,7 @@ def pretrain(features: dict[str, Any], config: PipelineConfig, layout: StateLayo
     started = time.perf_counter()
     with tracking.stage_run(layout, run_key, "pretrain", parent_run_id, {"platform": config.source.name}) as run:
         mlflow.log_params({"platform": config.source.name, **model_config(config).__dict__})
-        history = model.pretrain(source.matrix(), log=_log_epoch)
+        history = model.pretrain(source.matrix(rating_weight=config.training.rating_weight), log=_log_epoch)
         tracking.log_epochs(history)
         checkpoint = layout.models / run_key / "pretrained.pt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -58,14 +63,20 @@ def load_pretrained(checkpoint: str, config: PipelineConfig) -> TransferRecommen
 
 
 def fit_target(features: dict[str, Any], target: str, config: PipelineConfig,
-               pretrained: TransferRecommender | None) -> tuple[TransferRecommender, list[dict[str, Any]], PlatformData]:
-    """Fine-tune a copy of the pretrained model, or train on the target alone when there is none."""
+               pretrained: TransferRecommender | None, checkpoint: Path | None = None,
+               ) -> tuple[TransferRecommender, list[dict[str, Any]], PlatformData]:
+    """Fine-tune a copy of the pretrained model, or train on the target alone when there is none.
+
+    With `checkpoint`, progress is saved there after every epoch and a rerun resumes from it (see
+    TransferRecommender.finetune); the file is removed once the fine-tune has finished.
+    """
     data = PlatformData(Path(features["dir"]), target, features["n_items"])
     if pretrained is not None:
         model = TransferRecommender.from_state(pretrained.state())
     else:
         model = TransferRecommender(features["n_items"], model_config(config))
-    history = model.finetune(data.matrix("train"), data.matrix("valid"), data.item_mask(), log=_log_epoch)
+    history = model.finetune(train_history(data, config), data.matrix("valid"), data.item_mask(), log=_log_epoch,
+                             checkpoint=checkpoint)
     return model, history, data
 
 
@@ -87,8 +98,10 @@ def finetune(target: str, features: dict[str, Any], pretrained: dict[str, Any], 
     with tracking.stage_run(layout, run_key, f"finetune {target}", parent_run_id, {"platform": target}) as run:
         mlflow.log_params({"platform": target, "pretrain_run_id": pretrained["run_id"],
                            **model_config(config).__dict__})
+        # a retried task (worker killed, node lost) resumes from the last finished epoch instead of starting over
+        checkpoint = layout.models / run_key / f"{target}.finetune.ckpt"
         model, history, data = fit_target(features, target, config,
-                                          load_pretrained(pretrained["checkpoint"], config))
+                                          load_pretrained(pretrained["checkpoint"], config), checkpoint)
         tracking.log_epochs(history)
         tuned = [e for e in history if e["stage"] == "finetune"]
         best = max(tuned, key=lambda e: e["valid_ndcg"]) if tuned else {"epoch": 0}

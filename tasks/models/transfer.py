@@ -1,9 +1,11 @@
 """The transfer recommender: pretrained on the source platform, fine-tuned on each target platform.
 
-A user is only the set of items in their history (inductive), so new users are scored at request time without
-retraining. The score of a user with history x is a blend of two standardised parts over the target's items:
+A user is only their history (inductive), so new users are scored at request time without retraining. A history x
+is a row over the items: 1 per item, or, with `rating_weight` > 0, 1 + rating_weight * (rating - 4) as built by
+PlatformData.matrix (a history given without ratings, as at serving, counts every item 1: a rating of 4). The score
+of a user with history x is a blend of two standardised parts over the target's items:
 
-    score(x) = z(x @ B) + beta * z(f(x))
+    score(x) = z(x @ B) + beta * z(f(items of x))
 
 - B, item-item: a zero-diagonal linear autoencoder (EASE with a dropout-equivalent regulariser) over the unified item
   space. Pretraining keeps the source co-occurrence matrix S'S; fine-tuning solves in closed form
@@ -15,12 +17,18 @@ retraining. The score of a user with history x is a blend of two standardised pa
 - beta is chosen on the target's validation split.
 
 The same class trained without `pretrain` is the target-only model: the transfer gain is the difference.
+Fine-tuning can checkpoint after every epoch and resume after an interruption to the same model (`finetune`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -29,6 +37,8 @@ import scipy.sparse as sp
 import torch
 
 from tasks.metrics import evaluate_scores
+
+log = logging.getLogger(__name__)
 
 EpochLog = Callable[[dict[str, Any]], None]
 STRATEGIES = ("full", "freeze_encoder")
@@ -54,6 +64,9 @@ class TransferConfig:
     # (alpha, lam, drop_p) settings of the item-item solve tried in fine-tuning, best on valid kept; empty: only
     # (alpha, lam, drop_p) above. The configured triple is always tried too.
     item_grid: tuple[tuple[float, float, float], ...] = ((0.5, 100.0, 0.5), (0.3, 300.0, 0.25), (0.7, 100.0, 0.5))
+    # interactions count 1 + rating_weight * (rating - 4) in the histories the model is trained and tested on (the
+    # data layer applies it: PlatformData.matrix); only the item-item part reads the weights, the encoder reads items
+    rating_weight: float = 0.0
     seed: int = 2022
     k: int = 10
 
@@ -86,6 +99,13 @@ class _Encoder(torch.nn.Module):
 
 def _dense(matrix: sp.spmatrix) -> torch.Tensor:
     return torch.from_numpy(np.asarray(sp.csr_matrix(matrix).toarray(), dtype=np.float32))
+
+
+def _binary(matrix: sp.spmatrix) -> sp.csr_matrix:
+    """The items of a (possibly rating-weighted) history: what the encoder reads."""
+    matrix = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+    matrix.data[:] = 1.0
+    return matrix
 
 
 def _zscore(scores: np.ndarray) -> np.ndarray:
@@ -125,6 +145,34 @@ def _sparse_from(state: dict[str, Any] | None) -> sp.csr_matrix | None:
                          shape=tuple(state["shape"]))
 
 
+def _save_checkpoint(path: Path, content: dict[str, Any]) -> None:
+    """Write atomically: a kill mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    with open(partial, "wb") as handle:
+        torch.save(content, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
+def _load_checkpoint(path: Path | None, fingerprint: str) -> dict[str, Any] | None:
+    """The saved fine-tune progress if `path` holds one for this very run, else None."""
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged file is not worth failing the run for: start over
+        log.warning("fine-tune checkpoint %s unreadable (%s); starting over", path, error)
+        return None
+    if content.get("fingerprint") != fingerprint:
+        log.warning("fine-tune checkpoint %s is for other data, settings or weights; starting over", path)
+        return None
+    log.info("resuming fine-tune from %s after epoch %d", path, content["progress"]["epoch"])
+    return content
+
+
 class TransferRecommender:
     def __init__(self, n_items: int, config: TransferConfig):
         if config.strategy not in STRATEGIES:
@@ -159,9 +207,9 @@ class TransferRecommender:
         """Learn from the source platform's users: their item co-occurrences and the history encoder."""
         source = sp.csr_matrix(source, dtype=np.float32)
         source = source[np.flatnonzero(np.diff(source.indptr) > 0)]
-        self.source = source
+        self.source = _binary(source)
         self.source_gram = (source.T @ source).toarray().astype(np.float64)
-        rows = _dense(source)
+        rows = _dense(self.source)
         optimiser = torch.optim.Adam(self.encoder.parameters(), lr=self.config.learning_rate)
         history = []
         for epoch in range(1, self.config.epochs_pretrain + 1):
@@ -177,22 +225,90 @@ class TransferRecommender:
         return float(np.mean(evaluate_scores(scores, train, valid, self.config.k)["ndcg"]))
 
     def finetune(self, train: sp.spmatrix, valid: sp.spmatrix, candidates: np.ndarray | None = None,
-                 log: EpochLog | None = None) -> list[dict[str, Any]]:
+                 log: EpochLog | None = None, checkpoint: Path | None = None) -> list[dict[str, Any]]:
         """Adapt to a target: item-item solve, encoder fine-tuning with early stopping, blend weight on valid.
 
         `candidates` (a boolean mask over items) are the target's items, the only ones ever recommended.
+        `checkpoint`: after the item-item choice and after every encoder epoch, the fine-tune's whole progress
+        (encoder, optimiser, random generators, best state, history) is written there atomically. A later call with
+        the same model, data and checkpoint resumes after the last finished epoch and ends with the same model as an
+        uninterrupted run. A checkpoint written for other data, settings or starting weights is ignored (and
+        overwritten). The file is removed when the fine-tune finishes.
         """
         cfg = self.config
         train = sp.csr_matrix(train, dtype=np.float32)
         valid = sp.csr_matrix(valid, dtype=np.float32)
         self.candidates = np.flatnonzero(candidates) if candidates is not None else np.arange(self.n_items)
-        history: list[dict[str, Any]] = []
+        fingerprint = self._fingerprint(train, valid) if checkpoint is not None else ""
+        saved = _load_checkpoint(checkpoint, fingerprint)
+        history: list[dict[str, Any]] = list(saved["history"]) if saved else []
 
         def emit(entry: dict[str, Any]) -> None:
             history.append(entry)
             if log:
                 log(entry)
 
+        if saved:
+            self.weights, self.item_params = saved["weights"].numpy(), tuple(saved["item_params"])
+            item_item = np.asarray(train @ self.weights)
+        else:
+            item_item = self._choose_item_item(train, valid, emit)
+
+        target_rows = _dense(_binary(train[np.flatnonzero(np.diff(train.indptr) > 0)]))
+        source_rows = _dense(self.source) if self.source is not None and cfg.source_replay > 0 else None
+        params = self.encoder.parameters() if cfg.strategy == "full" else self.encoder.dec.parameters()
+        optimiser = torch.optim.Adam(params, lr=cfg.learning_rate)
+        progress: dict[str, Any] = {"epoch": 0, "best": -1.0, "best_epoch": 0, "best_state": None, "stopped": False}
+        if saved:
+            self.encoder.load_state_dict(saved["encoder"])
+            optimiser.load_state_dict(saved["optimiser"])
+            self._generator.set_state(saved["generator"])
+            torch.set_rng_state(saved["torch_rng"])
+            progress = saved["progress"]
+
+        def save() -> None:
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, {
+                    "fingerprint": fingerprint, "history": history, "weights": torch.from_numpy(self.weights),
+                    "item_params": list(self.item_params), "encoder": self.encoder.state_dict(),
+                    "optimiser": optimiser.state_dict(), "generator": self._generator.get_state(),
+                    "torch_rng": torch.get_rng_state(), "progress": progress})
+
+        if not saved:
+            save()  # the item-item choice (a few solves) is not redone after a restart
+        while not progress["stopped"] and progress["epoch"] < cfg.epochs_finetune:
+            epoch = progress["epoch"] + 1
+            started = time.perf_counter()
+            rows = target_rows
+            if source_rows is not None:
+                n_replay = int(round(cfg.source_replay * len(source_rows)))
+                replay = torch.randperm(len(source_rows), generator=self._generator)[:n_replay]
+                rows = torch.cat([target_rows, source_rows[replay]])
+            loss = self._epoch(optimiser, rows)
+            ndcg = self._valid_ndcg(self._full(self._encoded(train)), train, valid)
+            emit({"stage": "finetune", "epoch": epoch, "loss": loss, "valid_ndcg": ndcg,
+                  "seconds": time.perf_counter() - started})
+            progress["epoch"] = epoch
+            if ndcg > progress["best"]:
+                progress.update(best=ndcg, best_epoch=epoch,
+                                best_state={k: v.clone() for k, v in self.encoder.state_dict().items()})
+            progress["stopped"] = epoch - progress["best_epoch"] >= cfg.patience
+            save()
+        if progress["best_state"] is not None:
+            self.encoder.load_state_dict(progress["best_state"])
+
+        z_item, z_encoded = _zscore(item_item), _zscore(self._encoded(train))
+        grid = {b: self._valid_ndcg(self._full(z_item + b * z_encoded), train, valid) for b in cfg.beta_grid}
+        self.beta = float(max(grid, key=lambda b: (grid[b], -b)))
+        emit({"stage": "blend", "epoch": 0, "beta": self.beta, "valid_ndcg": grid[self.beta], "seconds": 0.0})
+        if checkpoint is not None:
+            Path(checkpoint).unlink(missing_ok=True)
+        return history
+
+    def _choose_item_item(self, train: sp.csr_matrix, valid: sp.csr_matrix,
+                          emit: Callable[[dict[str, Any]], None]) -> np.ndarray:
+        """Solve the item-item part for each configured setting; keep the best on valid. Returns its train scores."""
+        cfg = self.config
         target_gram = (train.T @ train).toarray().astype(np.float64)
         settings = cfg.item_settings()
         if self.source_gram is None:  # alpha has no effect without a source: one solve per (lam, drop_p)
@@ -209,36 +325,20 @@ class TransferRecommender:
             if ndcg > best_item:
                 best_item, item_item, self.weights = ndcg, scores, weights
                 self.item_params = (float(alpha), float(lam), float(drop_p))
+        return item_item
 
-        target_rows = _dense(train[np.flatnonzero(np.diff(train.indptr) > 0)])
-        source_rows = _dense(self.source) if self.source is not None and cfg.source_replay > 0 else None
-        params = self.encoder.parameters() if cfg.strategy == "full" else self.encoder.dec.parameters()
-        optimiser = torch.optim.Adam(params, lr=cfg.learning_rate)
-        best, best_epoch, best_state = -1.0, 0, None
-        for epoch in range(1, cfg.epochs_finetune + 1):
-            started = time.perf_counter()
-            rows = target_rows
-            if source_rows is not None:
-                n_replay = int(round(cfg.source_replay * len(source_rows)))
-                replay = torch.randperm(len(source_rows), generator=self._generator)[:n_replay]
-                rows = torch.cat([target_rows, source_rows[replay]])
-            loss = self._epoch(optimiser, rows)
-            ndcg = self._valid_ndcg(self._full(self._encoded(train)), train, valid)
-            emit({"stage": "finetune", "epoch": epoch, "loss": loss, "valid_ndcg": ndcg,
-                  "seconds": time.perf_counter() - started})
-            if ndcg > best:
-                best, best_epoch = ndcg, epoch
-                best_state = {k: v.clone() for k, v in self.encoder.state_dict().items()}
-            if epoch - best_epoch >= cfg.patience:
-                break
-        if best_state is not None:
-            self.encoder.load_state_dict(best_state)
-
-        z_item, z_encoded = _zscore(item_item), _zscore(self._encoded(train))
-        grid = {b: self._valid_ndcg(self._full(z_item + b * z_encoded), train, valid) for b in cfg.beta_grid}
-        self.beta = float(max(grid, key=lambda b: (grid[b], -b)))
-        emit({"stage": "blend", "epoch": 0, "beta": self.beta, "valid_ndcg": grid[self.beta], "seconds": 0.0})
-        return history
+    def _fingerprint(self, train: sp.csr_matrix, valid: sp.csr_matrix) -> str:
+        """What a checkpoint must match to be resumed: settings, data, candidates and the starting weights."""
+        digest = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+        for matrix in (train, valid):
+            for part in (matrix.indptr, matrix.indices, matrix.data, np.asarray(matrix.shape)):
+                digest.update(np.ascontiguousarray(part).tobytes())
+        digest.update(self.candidates.astype(np.int64).tobytes())
+        for name, tensor in self.encoder.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+        digest.update(b"source" if self.source is not None else b"no source")
+        return digest.hexdigest()
 
     # -- scoring ---------------------------------------------------------------------------------------------
     def _item_item(self, history: sp.spmatrix) -> np.ndarray:
@@ -247,7 +347,7 @@ class TransferRecommender:
     @torch.no_grad()
     def _encoded(self, history: sp.spmatrix) -> np.ndarray:
         self.encoder.eval()
-        history = sp.csr_matrix(history)
+        history = _binary(history)
         parts = [self.encoder(_dense(history[i:i + 2048])).numpy()[:, self.candidates]
                  for i in range(0, history.shape[0], 2048)]
         return np.concatenate(parts) if parts else np.zeros((0, len(self.candidates)), dtype=np.float32)

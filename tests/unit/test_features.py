@@ -25,3 +25,16 @@ def test_split_is_seeded_and_per_user():
     counts = pd.crosstab(inter["user_id"], a)
     assert counts.loc["u"].to_dict() == {"test": 1, "train": 8, "valid": 1}
     assert counts.loc["v"].to_dict() == {"test": 2, "train": 16, "valid": 2}
+
+
+def test_a_rating_weighted_matrix_counts_a_rating_of_4_as_1(tmp_path):
+    from tasks.features import PlatformData
+
+    pd.DataFrame({"user_id": ["u", "u", "u", "v"], "item_id": ["a", "b", "c", "a"], "item_idx": [0, 1, 2, 0],
+                  "rating": [3.0, 4.0, 5.0, 5.0], "split": ["train"] * 3 + ["valid"]}).to_parquet(
+        tmp_path / "p.interactions.parquet")
+    pd.DataFrame({"user_id": ["u", "v"]}).to_parquet(tmp_path / "p.users.parquet")
+    data = PlatformData(tmp_path, "p", 3)
+    assert data.matrix("train").toarray().tolist() == [[1, 1, 1], [0, 0, 0]]
+    assert data.matrix("train", rating_weight=0.25).toarray().tolist() == [[0.75, 1, 1.25], [0, 0, 0]]
+    assert data.matrix(rating_weight=0.5).toarray()[1].tolist() == [1.5, 0, 0]

@@ -78,3 +78,12 @@ def test_finetune_keeps_the_item_item_setting_best_on_valid():
     assert model.item_params == (best["alpha"], best["lam"], best["drop_p"])
     copy = TransferRecommender.from_state(model.state())
     assert copy.item_params == model.item_params
+
+
+def test_rating_weights_reach_the_item_item_part_only():
+    model, train, _, _ = fitted()
+    weighted = train.copy()
+    weighted.data = np.random.default_rng(7).choice([0.75, 1.0, 1.25], size=len(weighted.data)).astype(np.float32)
+    np.testing.assert_array_equal(model._encoded(weighted), model._encoded(train))
+    np.testing.assert_allclose(model._item_item(weighted), weighted @ model.weights, rtol=1e-5)
+    assert not np.allclose(model.score(weighted), model.score(train))
