@@ -38,8 +38,10 @@ $(VENV)/.installed: requirements.txt requirements.lock requirements-data.txt
 
 ## Regenerate the full lock of the transitive set from requirements.txt.
 lock: $(VENV)/.installed
-	$(UV) pip compile requirements.txt --python-version 3.11 $(FIND_LINKS) --no-header -o requirements.lock
+	$(UV) pip compile requirements.txt --python-version 3.11 $(FIND_LINKS) $(if $(FIND_LINKS),--override requirements-override.txt,) \
+	  --no-header -o requirements.lock
 	sed -i 's/^torch==2.13.0+cpu/torch==2.13.0/' requirements.lock
+	! grep -qE '^(nvidia|cuda)-' requirements.lock || { echo 'make lock: the lock pulls CUDA packages'; exit 1; }
 
 ## Run the whole pipeline once, in-process, on the embedded MovieLens platforms, then print a summary.
 run: venv
