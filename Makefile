@@ -54,7 +54,7 @@ test: venv
 	$(PY) -m pytest -q tests
 
 bench: venv
-	$(PY) -m tasks.benchmark --protocol --seeds 2022 2023 2024 --out $(STATE)/bench
+	$(PY) -m tasks.benchmark --protocol --cold-start --seeds 2022 2023 2024 --out $(STATE)/bench
 
 airflow-ui: venv
 	$(PY) -m tasks.cli init
