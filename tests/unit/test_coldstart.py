@@ -139,3 +139,19 @@ def test_new_users_are_held_out_and_given_their_earliest_items(tmp_path):
     history, relevant = coldstart.new_user_tasks(split)[3]
     assert set(history[0].indices) == set(expected[:3]) and set(relevant[0].indices) == set(expected[3:])
     assert split.catalogue.sum() == 10
+
+
+def test_bundle_passes_profiles_to_the_models_profile_prior():
+    from tasks.bundle import ModelBundle
+
+    prior, matrix = planted_prior()
+    config = TransferConfig(hidden=8, epochs_pretrain=1, epochs_finetune=2, patience=2, batch_size=16, seed=3,
+                            item_grid=(), k=5)
+    model = TransferRecommender(8, config)
+    model.finetune(matrix[:30], matrix[30:], np.ones(8, dtype=bool))
+    model.side = SideComponents(prior)
+    bundle = ModelBundle(model, np.array(list("abcdefgh")), np.ones(8, dtype=bool),
+                         pd.DataFrame(columns=["user_id", "item_id"]))
+    young, old = bundle.recommend([[], []], k=3, profiles=USERS.iloc[:2]).item_ids
+    assert set(young) <= {"a", "b", "c", "g"}
+    assert set(old) <= {"d", "e", "f", "g"} and set(young) != set(old)
