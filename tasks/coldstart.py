@@ -164,8 +164,8 @@ def _simulations(model: TransferRecommender, split: ColdSplit) -> list[dict[str,
         base = model.score(history)[:, model.candidates]
         # as for a new user: everything after the n first items is relevant (the whole train: the warm protocol)
         relevant = valid if n is None else sp.csr_matrix((train - history) + valid)
-        sims.append({"history": history, "profiles": profiles, "base": base, "n": n, "exclude": history,
-                     "relevant": relevant})
+        sims.append({"history": history, "profiles": profiles, "base": base, "n": n, "full": n is None,
+                     "exclude": history, "relevant": relevant})
     model.side = side
     return sims
 
@@ -218,8 +218,8 @@ def _fit(pretrained: TransferRecommender | None, split: ColdSplit, config: Pipel
 
 
 def run_seed(features: dict[str, Any], config: PipelineConfig, seed: int, cache_dir: Path | None,
-             warm_ablation: bool = True) -> dict[str, Any]:
-    """Cold-start table and modality ablations of one split seed."""
+             warm_ablation: bool = True, variants: tuple[str, ...] = tuple(VARIANTS)) -> dict[str, Any]:
+    """Cold-start table and modality ablations (the given side variants) of one split seed."""
     config = config.model_copy(update={"training": config.training.model_copy(update={"seed": seed})})
     split = cold_split(features, config, seed)
     tasks = new_user_tasks(split)
@@ -252,7 +252,7 @@ def run_seed(features: dict[str, Any], config: PipelineConfig, seed: int, cache_
         log.info("seed %d: %s fine-tuned in %.1f s", seed, name, time.perf_counter() - started)
         sims, priors = _simulations(model, split), {}
         for variant, (use_profile, use_lift, parts) in VARIANTS.items():
-            if name == "target_only" and variant not in TARGET_ONLY_VARIANTS:
+            if variant not in variants or (name == "target_only" and variant not in TARGET_ONLY_VARIANTS):
                 continue
             report["selection"][f"{name} {variant}"] = attach_side(model, split, use_profile, use_lift, parts,
                                                                    source is not None, sims, cache_dir, priors)
@@ -336,13 +336,13 @@ def run(seeds: list[int], out: Path, config: PipelineConfig, warm_ablation: bool
     unified = unify(validated, config, layout)
     cache_dir = StateLayout.from_env().root / "cache" / "embeddings"
     reports = []
+    out.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         features = build_features(unified, config, layout, f"seed-{seed}", seed=seed)
         reports.append(run_seed(features, config, seed, cache_dir, warm_ablation))
-    summary = summarise(reports)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cold_start.json").write_text(json.dumps({"summary": summary, "seeds": reports}, indent=2,
-                                                    default=str))
+        summary = summarise(reports)  # rewritten after every seed: a long run leaves its finished seeds behind
+        (out / "cold_start.json").write_text(json.dumps({"summary": summary, "seeds": reports}, indent=2,
+                                                        default=str))
     return summary
 
 

@@ -114,31 +114,41 @@ class SideComponents:
 
     def select_weights(self, simulations: list[dict[str, Any]], candidates: np.ndarray,
                        ndcg: Callable[[np.ndarray, dict[str, Any]], float]) -> dict[str, Any]:
-        """Choose (a, c) of each part on simulated short histories: each simulation holds `base` (candidate scores),
-        `history`, `profiles`; `ndcg(scores, simulation)` is its validation NDCG. Content first, then the profile."""
+        """Choose gamma and (a, c) of each part on simulated short histories: each simulation holds `base`
+        (candidate scores), `history`, `profiles`, and `full` (True for users' whole histories: the warm case);
+        `ndcg(scores, simulation)` is its validation NDCG. The short ones are maximised; on the full ones a setting
+        may not do worse than the model without side parts (the side is for short histories, not a warm cost)."""
         prepared = []
         for sim in simulations:
             prior, content, lift = self.parts(sim["history"], sim.get("profiles"), candidates)
             prepared.append((sim, np.diff(sp.csr_matrix(sim["history"]).indptr), prior, content, lift))
 
-        def mean_ndcg(profile_weight, content_weight, gamma=None) -> float:
-            return float(np.mean([ndcg(self.blend(sim["base"], n, prior, content, profile_weight, content_weight,
-                                                  gamma, lift), sim)
-                                  for sim, n, prior, content, lift in prepared]))
+        def evaluate(profile_weight, content_weight, gamma=None) -> tuple[float, float]:
+            values = {True: [], False: []}
+            for sim, n, prior, content, lift in prepared:
+                scores = self.blend(sim["base"], n, prior, content, profile_weight, content_weight, gamma, lift)
+                values[bool(sim.get("full"))].append(ndcg(scores, sim))
+            return float(np.mean(values[False] or [0.0])), float(np.mean(values[True] or [np.inf]))
 
-        report: dict[str, Any] = {}
+        warm_floor = evaluate((0.0, 1.0), (0.0, 1.0), 0.0)[1]
+
+        def best(grid: dict[Any, tuple[float, float]], key) -> Any:
+            allowed = {w: v for w, v in grid.items() if v[1] >= warm_floor - 1e-9} or grid
+            return max(allowed, key=lambda w: (allowed[w][0], key(w)))
+
+        report: dict[str, Any] = {"warm_floor": warm_floor}
         if self.prior is not None and self.lift is not None:
-            # the naive-Bayes part on its own first (base and content with a small weight next to it)
-            grid = {g: mean_ndcg((16.0, float("inf")), (0.0, 1.0), g) for g in GAMMA_GRID}
-            self.gamma = max(grid, key=lambda g: (grid[g], -g))
+            # the naive-Bayes part on its own first (the base with a small weight next to it)
+            grid = {g: evaluate((16.0, float("inf")), (0.0, 1.0), g) for g in GAMMA_GRID}
+            self.gamma = max(grid, key=lambda g: (grid[g][0], -g))
             report["gamma"] = {"gamma": self.gamma, "valid_ndcg": grid[self.gamma]}
         if self.content is not None:
-            grid = {w: mean_ndcg((0.0, 1.0), w) for w in CONTENT_GRID}
-            self.content_weight = max(grid, key=lambda w: (grid[w], -w[0]))
+            grid = {w: evaluate((0.0, 1.0), w) for w in CONTENT_GRID}
+            self.content_weight = best(grid, lambda w: -w[0])
             report["content"] = {"weight": self.content_weight, "valid_ndcg": grid[self.content_weight]}
         if self.prior is not None:
-            grid = {w: mean_ndcg(w, self.content_weight) for w in PROFILE_GRID}
-            self.profile_weight = max(grid, key=lambda w: (grid[w], -w[0]))
+            grid = {w: evaluate(w, self.content_weight) for w in PROFILE_GRID}
+            self.profile_weight = best(grid, lambda w: (-w[0], -w[1]))
             report["profile"] = {"weight": self.profile_weight, "valid_ndcg": grid[self.profile_weight]}
         return report
 
