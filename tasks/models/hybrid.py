@@ -4,7 +4,7 @@ For a user with n history items, over the target's candidate items:
 
     score = base(history) + w_profile(n) * z(bayes) + w_content(n) * z(content(history))
     bayes = prior(profile) + gamma * sum over history items h of log lift(i, h)
-    w(n) = a * c / (c + n)            (a: weight at n = 0, c: history length where it has halved; c = inf: constant)
+    w(n) = a * (c / (c + n))^2        (a: weight at n = 0, c: history length where it is a quarter; c = inf: constant)
 
 base is the transfer model's own blend (EASE-like weights, which deliberately ignore popularity: right for long
 histories, weak for one or three items). bayes is a naive-Bayes update of the profile prior by the history, with
@@ -56,7 +56,8 @@ def cooccurrence_lift(matrices: list[sp.spmatrix], smoothing: float = 20.0) -> n
 
 def decay(a: float, c: float, n: np.ndarray) -> np.ndarray:
     n = np.asarray(n, dtype=np.float64)
-    return np.full(n.shape, a) if np.isinf(c) else a * c / (c + n)
+    # squared: strong for 1-5 items yet ~0 at a warm user's ~60 (a * c / (c + n) was either weak or a warm cost)
+    return np.full(n.shape, a) if np.isinf(c) else a * (c / (c + n)) ** 2
 
 
 class SideComponents:

@@ -60,7 +60,7 @@ def test_cooccurrence_lift_is_positive_for_items_seen_together():
 
 
 def test_side_blend_uses_the_prior_alone_without_history_and_decays_with_length():
-    assert decay(2.0, 3.0, np.array([0, 3]))[1] == 1.0 and decay(2.0, np.inf, np.array([5]))[0] == 2.0
+    assert decay(2.0, 3.0, np.array([0, 3]))[1] == 0.5 and decay(2.0, np.inf, np.array([5]))[0] == 2.0
     prior, matrix = planted_prior()
     side = SideComponents(prior, None, cooccurrence_lift([matrix]))
     side.profile_weight, side.gamma = (1.0, 1.0), 0.5
