@@ -38,8 +38,10 @@ $(VENV)/.installed: requirements.txt requirements.lock requirements-data.txt
 
 ## Regenerate the full lock of the transitive set from requirements.txt.
 lock: $(VENV)/.installed
-	$(UV) pip compile requirements.txt --python-version 3.11 $(FIND_LINKS) --no-header -o requirements.lock
+	$(UV) pip compile requirements.txt --python-version 3.11 $(FIND_LINKS) $(if $(FIND_LINKS),--override requirements-override.txt,) \
+	  --no-header -o requirements.lock
 	sed -i 's/^torch==2.13.0+cpu/torch==2.13.0/' requirements.lock
+	! grep -qE '^(nvidia|cuda)-' requirements.lock || { echo 'make lock: the lock pulls CUDA packages'; exit 1; }
 
 ## Run the whole pipeline once, in-process, on the embedded MovieLens platforms, then print a summary.
 run: venv
@@ -67,7 +69,7 @@ check: venv
 	  --disable-pip --progress-spinner off --vulnerability-service $(AUDIT_SERVICE) --strict
 
 bench: venv
-	$(PY) -m tasks.benchmark --protocol --seeds 2022 2023 2024 --out $(STATE)/bench
+	$(PY) -m tasks.benchmark --protocol --cold-start --seeds 2022 2023 2024 --out $(STATE)/bench
 	$(PY) -m tasks.scale bench --interactions 20000000 --out $(STATE)/scale
 	$(PY) -m tasks.latency --model models:/transfer_rec-ml-100k@champion --out $(STATE)/bench/latency.json
 

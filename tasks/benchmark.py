@@ -11,6 +11,8 @@ users are scored from their target train history.
 Protocol mode (`make bench`): pulls, validates, unifies and splits the embedded MovieLens platforms with each seed,
 then runs file mode on every split and prints the mean next to the peers' published numbers.
     python -m tasks.benchmark --protocol --seeds 2022 2023 2024 --out DIR
+--cold-start adds the cold-start protocol (new target users seen through their profile and first k items;
+tasks/coldstart.py) on the same seeds: DIR/cold_start.json and its table.
 """
 
 from __future__ import annotations
@@ -190,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tasks.benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocol", action="store_true", help="run the embedded protocol with --seeds")
+    parser.add_argument("--cold-start", action="store_true",
+                        help="with --protocol: also run the cold-start protocol (DIR/cold_start.json)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[2022, 2023, 2024])
     for name in ("source", "target-train", "target-valid", "target-test", "source-users", "source-items",
                  "target-users", "target-items"):
@@ -203,9 +207,15 @@ def main(argv: list[str] | None = None) -> None:
         reports = run_protocol(args.seeds, Path(args.out), config)
         Path(args.out, "summary.json").write_text(json.dumps(reports, indent=2, default=str))
         print_table(reports)
+        if args.cold_start:
+            from tasks import coldstart
+
+            coldstart.print_summary(coldstart.run(args.seeds, Path(args.out), config))
         return
     required = ("source", "target_train", "target_valid", "target_test")
     missing = [f"--{r.replace('_', '-')}" for r in required if not getattr(args, r)]
+    if args.cold_start:
+        parser.error("--cold-start needs --protocol (new users are drawn from the embedded target platform)")
     if missing:
         parser.error(f"file mode needs {', '.join(missing)} (or --protocol)")
     report = run_files(args, config)

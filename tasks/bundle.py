@@ -50,14 +50,16 @@ class ModelBundle:
         data = np.ones(len(rows), dtype=np.float32)
         return sp.csr_matrix((data, (rows, cols)), shape=(len(histories), len(self.item_ids))), unknown
 
-    def score(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
+    def score(self, histories: Sequence[Sequence[str]], profiles: pd.DataFrame | None = None) -> np.ndarray:
+        """`profiles` (age, gender, occupation per row) reach the model's profile prior, if it has one."""
         matrix, _ = self.history_matrix(histories)
-        return self.model.score(matrix)
+        return self.model.score(matrix, profiles) if profiles is not None else self.model.score(matrix)
 
-    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10) -> Recommendations:
+    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10,
+                  profiles: pd.DataFrame | None = None) -> Recommendations:
         """Top-k candidate items per history, items already in the history excluded."""
         matrix, unknown = self.history_matrix(histories)
-        scores = self.model.score(matrix)
+        scores = self.model.score(matrix, profiles) if profiles is not None else self.model.score(matrix)
         ranked = top_k(scores, k, exclude=matrix, candidates=self.candidates)
         top_scores = np.take_along_axis(scores, ranked, axis=1)
         return Recommendations(

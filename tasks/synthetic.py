@@ -32,17 +32,28 @@ class SyntheticPlatform:
     faults: list[str] = field(default_factory=list)
 
 
+OCCUPATIONS = ["student", "engineer", "teacher", "other"]
+AGE_EDGES = [18, 25, 35, 45, 50, 56]
+
+
 def generate(folder: Path, platforms: list[SyntheticPlatform], n_items: int = 300, dim: int = 8,
-             seed: int = 0, permute_target_items: bool = False) -> dict[str, Any]:
+             seed: int = 0, permute_target_items: bool = False, profile_taste: float = 0.0) -> dict[str, Any]:
     """Write each platform's export files under folder/<platform>/ and return a config dict for them.
 
     permute_target_items relabels the target platforms' item ids at random: the same ids then mean different
     items on each platform, which destroys the shared structure (a control for transfer tests).
+    profile_taste > 0 plants a profile -> taste structure shared by all platforms: a user's taste vector is
+    profile_taste * (effect of their age bucket + gender + occupation) plus their own part (0 keeps the old data).
     """
     rng = np.random.default_rng(seed)
     item_vectors = rng.normal(size=(n_items, dim))
     item_pop = rng.normal(scale=0.5, size=n_items)
     item_topic = rng.integers(0, len(TOPICS), size=n_items)
+    # a separate stream, so that profile_taste = 0 leaves every other draw as it was
+    profile_rng = np.random.default_rng(seed + 7919)
+    effects = {"age": profile_rng.normal(size=(len(AGE_EDGES) + 1, dim)),
+               "gender": profile_rng.normal(size=(2, dim)),
+               "occupation": profile_rng.normal(size=(len(OCCUPATIONS), dim))}
     config_platforms = []
     for platform in platforms:
         pdir = folder / platform.name
@@ -52,6 +63,13 @@ def generate(folder: Path, platforms: list[SyntheticPlatform], n_items: int = 30
         if permute_target_items and platform.role == "target":
             names = names[rng.permutation(n_items)]
         user_vectors = rng.normal(size=(platform.users, dim))
+        profile = {"age": profile_rng.integers(16, 70, size=platform.users),
+                   "gender": profile_rng.integers(0, 2, size=platform.users),
+                   "occupation": profile_rng.integers(0, len(OCCUPATIONS), size=platform.users)}
+        if profile_taste > 0:
+            planted = (effects["age"][np.searchsorted(AGE_EDGES, profile["age"], side="right")]
+                       + effects["gender"][profile["gender"]] + effects["occupation"][profile["occupation"]])
+            user_vectors = profile_taste * planted + user_vectors
         rows = []
         for u in range(platform.users):
             logits = user_vectors[u] @ item_vectors[visible].T / np.sqrt(dim) * 2.5 + item_pop[visible]
@@ -70,8 +88,12 @@ def generate(folder: Path, platforms: list[SyntheticPlatform], n_items: int = 30
             "uid": [f"{platform.name[:2]}{u}" for u in range(platform.users)],
             "age": rng.integers(16, 70, size=platform.users),
             "gender": rng.choice(["M", "F"], size=platform.users),
-            "occupation": rng.choice(["student", "engineer", "teacher", "other"], size=platform.users),
+            "occupation": rng.choice(OCCUPATIONS, size=platform.users),
         })
+        if profile_taste > 0:
+            users["age"] = profile["age"]
+            users["gender"] = np.array(["M", "F"])[profile["gender"]]
+            users["occupation"] = np.array(OCCUPATIONS)[profile["occupation"]]
         # titles follow the ids: in the permuted control the same id is the same course by its metadata too
         items = pd.DataFrame({"item_key": names[visible],
                               "title": [n.replace("course-", "Course ") for n in names[visible]],

@@ -188,6 +188,8 @@ class TransferRecommender:
         self.weights = np.zeros((n_items, n_items), dtype=np.float32)
         self.beta = 1.0
         self.item_params = (float(config.alpha), float(config.lam), float(config.drop_p))
+        # Optional profile prior and item content for short histories (tasks/models/hybrid.py); fitted apart.
+        self.side: Any = None
 
     # -- training --------------------------------------------------------------------------------------------
     def _epoch(self, optimiser: torch.optim.Optimizer, rows: torch.Tensor) -> float:
@@ -357,11 +359,17 @@ class TransferRecommender:
         out[:, self.candidates] = candidate_scores
         return out
 
-    def score(self, history: sp.spmatrix) -> np.ndarray:
-        """Scores of every item for arbitrary users given their history; items outside the target score -inf."""
+    def score(self, history: sp.spmatrix, profiles: Any = None) -> np.ndarray:
+        """Scores of every item for arbitrary users given their history; items outside the target score -inf.
+
+        `profiles` (a users frame with age, gender, occupation, rows aligned with history) feed the side components,
+        if the model holds any; without them the side's profile prior falls back to the target's popularity.
+        """
         scores = _zscore(self._item_item(history))
         if self.beta != 0.0:
             scores = scores + self.beta * _zscore(self._encoded(history))
+        if self.side is not None:
+            scores = self.side.adjust(scores, history, profiles, self.candidates)
         return self._full(scores)
 
     # -- persistence -----------------------------------------------------------------------------------------
@@ -371,6 +379,7 @@ class TransferRecommender:
             "n_items": self.n_items, "config": asdict(self.config), "encoder": self.encoder.state_dict(),
             "weights": torch.from_numpy(self.weights), "candidates": torch.from_numpy(self.candidates),
             "beta": self.beta, "item_params": list(self.item_params), "source": None, "source_gram": None,
+            "side": self.side.state() if self.side is not None else None,
         }
         if with_source and self.source is not None:
             state["source"] = _sparse_state(self.source)
@@ -390,4 +399,8 @@ class TransferRecommender:
         model.source = _sparse_from(state.get("source"))
         if state.get("source_gram") is not None:
             model.source_gram = state["source_gram"].numpy().astype(np.float64)
+        if state.get("side") is not None:
+            from tasks.models.hybrid import SideComponents  # imported here: hybrid is optional for the base model
+
+            model.side = SideComponents.from_state(state["side"])
         return model

