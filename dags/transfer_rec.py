@@ -258,7 +258,8 @@ def ingest_dag(platform: str):
         def pull(**context: Any) -> dict[str, Any]:
             """Land the platform's export files with their hashes and row counts."""
             _label(platform)
-            return pipeline.ingest_pull(platform, context["run_id"])
+            return pipeline.ingest_pull(platform, context["run_id"],
+                                        (context.get("data_interval_start"), context.get("data_interval_end")))
 
         @task(outlets=[asset], **NO_RETRY)
         def validate(pulled: dict[str, Any], **context: Any) -> dict[str, Any]:

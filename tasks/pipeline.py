@@ -222,12 +222,15 @@ def summarize(run: dict[str, Any], validated: list[dict[str, Any]], unified: dic
 ANNOUNCED_FILE = "_announced.json"
 
 
-def ingest_pull(platform: str, airflow_run_id: str) -> dict[str, Any]:
-    """Land a platform's export as batch `ingest_<airflow run>`; no MLflow run (nothing is trained here)."""
+def ingest_pull(platform: str, airflow_run_id: str, interval: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Land a platform's export as batch `ingest_<airflow run>` (an incremental platform: its data interval's slice);
+    no MLflow run (nothing is trained here)."""
     from tasks import pull as pull_stage
 
     config, layout = load_config(), StateLayout.from_env()
-    return pull_stage.pull_platform(config.platform(platform), layout, "ingest_" + run_key_from(airflow_run_id))
+    interval = tuple(datetime.fromisoformat(_iso(t)) for t in interval) if interval and None not in interval else None
+    return pull_stage.pull_platform(config.platform(platform), layout, "ingest_" + run_key_from(airflow_run_id),
+                                    interval)
 
 
 def fingerprint(pulled: dict[str, Any]) -> str:

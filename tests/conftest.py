@@ -58,6 +58,11 @@ def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         config = write_config(tmp_path / "pipeline.yaml", generated,
                               training={**FAST_TRAINING, **sections.pop("training", {})}, **sections)
         monkeypatch.setenv("TRANSFER_REC_CONFIG", str(config))
+        # default suites written for this world's platforms stay with it, not in the session's GX copy
+        gx_dir = tmp_path / "great_expectations"
+        if not gx_dir.exists():
+            shutil.copytree(_GX, gx_dir)
+        monkeypatch.setenv("TRANSFER_REC_GX_DIR", str(gx_dir))
         monkeypatch.setenv("TRANSFER_REC_STATE_DIR", str(tmp_path / "var"))
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
         return {"config": config, "state": tmp_path / "var", "exports": tmp_path / "exports"}

@@ -26,6 +26,9 @@ def _add_identity(folder: Path, sep: str, prefix: str, opt_out_every: int | None
 def test_no_raw_identity_leaves_landing_and_opted_out_users_are_excluded(pipeline_env, monkeypatch):
     env = pipeline_env()
     monkeypatch.setenv("TRANSFER_REC_PII_SALT", SALT)
+    # credentials in the environment, as a deployment has them: none may end up in any output or logged param
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-TEST-SENTINEL-KEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-sentinel-secret-0b5e7")
     village = _add_identity(env["exports"] / "village", ",", "vi", opt_out_every=4)
     _add_identity(env["exports"] / "campus", "\t", "ca", opt_out_every=None)   # same people by email: linkable
     raw = yaml.safe_load(env["config"].read_text())
@@ -36,7 +39,8 @@ def test_no_raw_identity_leaves_landing_and_opted_out_users_are_excluded(pipelin
     result = run_inline("privacy")
     assert result["published"]["opted_out_users"] > 0
     state = env["state"]
-    secrets = set(village["mail"]) | {m.lower() for m in village["mail"]} | set(village["tel"]) | {SALT}
+    secrets = set(village["mail"]) | {m.lower() for m in village["mail"]} | set(village["tel"]) | {
+        SALT, "AKIA-TEST-SENTINEL-KEY", "test-sentinel-secret-0b5e7"}
 
     # every file outside landing/quarantine: parquet cells parsed, anything else scanned as bytes
     for path in state.rglob("*"):
