@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 
 from tasks import coldstart
-from tasks.config import load_config
-from tasks.features import build_features
-from tasks.pull import pull_platform
-from tasks.state import StateLayout
-from tasks.synthetic import SyntheticPlatform, generate, write_config
-from tasks.unify import unify
-from tasks.validate import validate_batch
+from tasks.synthetic import SyntheticPlatform
+from tests.model.planted import planted_features
 
 TRAINING = {"epochs_pretrain": 8, "epochs_finetune": 15, "patience": 3, "hidden": 64, "batch_size": 128,
             "learning_rate": 0.005, "seed": 11, "item_grid": []}
@@ -27,14 +22,8 @@ def cold_report(tmp_path: Path, monkeypatch, permute: bool = False) -> dict:
     """A big source and a small target whose users' tastes follow their profile, through the cold-start protocol."""
     platforms = [SyntheticPlatform("big", "source", users=1500, interactions_per_user=30),
                  SyntheticPlatform("small", "target", users=150, interactions_per_user=10, catalogue_share=0.8)]
-    generated = generate(tmp_path / "exports", platforms, n_items=200, seed=5, permute_target_items=permute,
-                         profile_taste=1.0)
-    config_path = write_config(tmp_path / "pipeline.yaml", generated, training=TRAINING)
-    monkeypatch.setenv("TRANSFER_REC_CONFIG", str(config_path))
-    monkeypatch.setenv("TRANSFER_REC_STATE_DIR", str(tmp_path / "var"))
-    config, layout = load_config(), StateLayout.from_env()
-    validated = [validate_batch(pull_platform(p, layout, "b"), p, layout) for p in config.platforms]
-    features = build_features(unify(validated, config, layout), config, layout, "cold-test")
+    config, features = planted_features(tmp_path, monkeypatch, platforms, TRAINING, "cold-test",
+                                        permute_target_items=permute, profile_taste=1.0)
     return coldstart.run_seed(features, config, 11, None, warm_ablation=False, variants=("base", VARIANT))
 
 

@@ -7,16 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.config import load_config
-from tasks.features import PlatformData, build_features
+from tasks.features import PlatformData
 from tasks.metrics import evaluate_scores
-from tasks.pull import pull_platform
-from tasks.state import StateLayout
-from tasks.synthetic import SyntheticPlatform, generate, write_config
+from tasks.synthetic import SyntheticPlatform
 from tasks.train import fit_target, model_config
 from tasks.models.transfer import TransferRecommender
-from tasks.unify import unify
-from tasks.validate import validate_batch
+from tests.model.planted import planted_features
 
 TRAINING = {"epochs_pretrain": 8, "epochs_finetune": 15, "patience": 3, "hidden": 64, "batch_size": 128,
             "learning_rate": 0.005, "seed": 11}
@@ -26,13 +22,8 @@ def world(tmp_path: Path, monkeypatch, permute: bool = False) -> dict:
     """A big source and a small target whose users have short histories (the case transfer is for)."""
     platforms = [SyntheticPlatform("big", "source", users=1500, interactions_per_user=40),
                  SyntheticPlatform("small", "target", users=150, interactions_per_user=10, catalogue_share=0.8)]
-    generated = generate(tmp_path / "exports", platforms, n_items=200, seed=5, permute_target_items=permute)
-    config_path = write_config(tmp_path / "pipeline.yaml", generated, training=TRAINING)
-    monkeypatch.setenv("TRANSFER_REC_CONFIG", str(config_path))
-    monkeypatch.setenv("TRANSFER_REC_STATE_DIR", str(tmp_path / "var"))
-    config, layout = load_config(), StateLayout.from_env()
-    validated = [validate_batch(pull_platform(p, layout, "b"), p, layout) for p in config.platforms]
-    features = build_features(unify(validated, config, layout), config, layout, "model-test")
+    config, features = planted_features(tmp_path, monkeypatch, platforms, TRAINING, "model-test",
+                                        permute_target_items=permute)
     return {"config": config, "features": features}
 
 

@@ -1,0 +1,26 @@
+"""A planted two-platform world taken through the pipeline's own stages (pull, validate, unify, features)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tasks.config import PipelineConfig, load_config
+from tasks.features import build_features
+from tasks.pull import pull_platform
+from tasks.state import StateLayout
+from tasks.synthetic import SyntheticPlatform, generate, write_config
+from tasks.unify import unify
+from tasks.validate import validate_batch
+
+
+def planted_features(tmp_path: Path, monkeypatch: Any, platforms: list[SyntheticPlatform], training: dict,
+                     run_key: str, **generate_options: Any) -> tuple[PipelineConfig, dict[str, Any]]:
+    """Generate the platforms (200 items, seed 5), point config and state at tmp_path, and build the features."""
+    generated = generate(tmp_path / "exports", platforms, n_items=200, seed=5, **generate_options)
+    config_path = write_config(tmp_path / "pipeline.yaml", generated, training=training)
+    monkeypatch.setenv("TRANSFER_REC_CONFIG", str(config_path))
+    monkeypatch.setenv("TRANSFER_REC_STATE_DIR", str(tmp_path / "var"))
+    config, layout = load_config(), StateLayout.from_env()
+    validated = [validate_batch(pull_platform(p, layout, "b"), p, layout) for p in config.platforms]
+    return config, build_features(unify(validated, config, layout), config, layout, run_key)
