@@ -32,11 +32,10 @@ from tasks.evaluate import baseline_scores, held_out_metrics
 from tasks.features import PlatformData, build_features
 from tasks.metrics import METRICS, mean_metrics, top_k
 from tasks.models.transfer import TransferRecommender
-from tasks.pull import pull_platform
+from tasks.embedded import ingest
+from tasks.sideparts import fit_side_parts
 from tasks.state import StateLayout
 from tasks.train import fit_target, model_config, train_history
-from tasks.unify import unify
-from tasks.validate import validate_batch
 
 log = logging.getLogger("tasks.benchmark")
 
@@ -107,9 +106,12 @@ def run_files(args: argparse.Namespace, config: PipelineConfig) -> dict[str, Any
     model.pretrain(source.matrix(rating_weight=config.training.rating_weight), log=lambda e: log.info("%s", e))
     pretrain_seconds = time.perf_counter() - started
     transfer, history, _ = fit_target(features, TARGET, config, model)
+    # the side parts the pipeline's fine-tune gives the served model (profile prior etc., config `cold_start`)
+    fit_side_parts(transfer, features, config, TARGET, with_source=True,
+                   cache_dir=StateLayout.from_env().root / "cache" / "embeddings", source=SOURCE)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    scores = {"transfer": transfer.score(train_history(target, config))}
+    scores = {"transfer": transfer.score(train_history(target, config), target.profiles())}
     score_seconds = time.perf_counter() - started
     baselines, fitted = baseline_scores(target, features, TARGET, config)
     scores.update(baselines)
@@ -158,8 +160,7 @@ def export_split(features: dict[str, Any], config: PipelineConfig, out: Path) ->
 def run_protocol(seeds: list[int], out: Path, config: PipelineConfig) -> list[dict[str, Any]]:
     """The embedded MovieLens platforms through pull -> validate -> unify -> features (per seed) -> file mode."""
     layout = StateLayout(out / "state")
-    validated = [validate_batch(pull_platform(p, layout, "bench"), p, layout) for p in config.platforms]
-    unified = unify(validated, config, layout)
+    unified = ingest(config, layout)
     reports = []
     for seed in seeds:
         features = build_features(unified, config, layout, f"seed-{seed}", seed=seed)

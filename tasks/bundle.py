@@ -16,6 +16,7 @@ import scipy.sparse as sp
 import torch
 
 from tasks.metrics import top_k
+from tasks.models.profile import PROFILE_FIELDS
 from tasks.models.transfer import TransferRecommender
 
 
@@ -28,7 +29,7 @@ class Recommendations:
 
 class ModelBundle:
     def __init__(self, model: TransferRecommender, item_ids: np.ndarray, candidates: np.ndarray,
-                 histories: pd.DataFrame, meta: dict | None = None):
+                 histories: pd.DataFrame, meta: dict | None = None, profiles: pd.DataFrame | None = None):
         self.model = model
         self.item_ids = np.asarray(item_ids, dtype=object)
         self.candidates = np.asarray(candidates, dtype=bool)
@@ -36,6 +37,29 @@ class ModelBundle:
         # Known users' histories: user_id -> item ids, so a request may name just the user.
         self.histories = histories.groupby("user_id")["item_id"].agg(list).to_dict() if len(histories) else {}
         self.meta = meta or {}
+        # Known users' profiles (user_id, age, gender, occupation): a request by user id gets its profile from here.
+        self.profiles = (profiles.drop_duplicates("user_id").set_index("user_id") if profiles is not None
+                         else pd.DataFrame(columns=list(PROFILE_FIELDS), index=pd.Index([], name="user_id")))
+
+    @property
+    def profile_vocabulary(self) -> dict[str, list[str]] | None:
+        """The profile values the model's prior knows per field, or None when it has no profile prior."""
+        side = getattr(self.model, "side", None)
+        prior = getattr(side, "prior", None)
+        return None if prior is None else {f: list(prior.vocabulary.get(f, [])) for f in PROFILE_FIELDS}
+
+    def known_profiles(self, user_ids: Sequence[str | None]) -> pd.DataFrame:
+        """The stored profiles of these users (rows aligned; unknown users have empty fields)."""
+        columns = [c for c in PROFILE_FIELDS if c in self.profiles]
+        keys = [u if u is not None else "" for u in user_ids]
+        return self.profiles[columns].reindex(keys).reset_index(drop=True)
+
+    def profile_of(self, user_id: str | None) -> dict[str, str]:
+        """One known user's stored profile fields (only those it has)."""
+        if not hasattr(self, "_profile_rows"):
+            self._profile_rows = self.profiles.to_dict("index")
+        row = self._profile_rows.get(user_id, {}) if user_id is not None else {}
+        return {f: v for f, v in row.items() if f in PROFILE_FIELDS and isinstance(v, str)}
 
     def history_matrix(self, histories: Sequence[Sequence[str]]) -> tuple[sp.csr_matrix, list[list[str]]]:
         """Rows of item ids as a binary matrix over this model's items; ids it does not know are returned apart."""
@@ -75,6 +99,7 @@ class ModelBundle:
         rows = [(u, i) for u, items in self.histories.items() for i in items]
         pd.DataFrame(rows, columns=["user_id", "item_id"]).to_parquet(folder / "histories.parquet")
         (folder / "meta.json").write_text(json.dumps(self.meta, indent=2))
+        self.profiles.reset_index().to_parquet(folder / "profiles.parquet")
         return folder
 
     @classmethod
@@ -82,5 +107,7 @@ class ModelBundle:
         folder = Path(folder)
         state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
         items = pd.read_parquet(folder / "items.parquet")
+        profiles = pd.read_parquet(folder / "profiles.parquet") if (folder / "profiles.parquet").exists() else None
         return cls(TransferRecommender.from_state(state), items["item_id"].to_numpy(), items["candidate"].to_numpy(),
-                   pd.read_parquet(folder / "histories.parquet"), json.loads((folder / "meta.json").read_text()))
+                   pd.read_parquet(folder / "histories.parquet"), json.loads((folder / "meta.json").read_text()),
+                   profiles)

@@ -1,4 +1,4 @@
-"""Operator commands: `python -m tasks.cli init|summary|airflow-ui|rollback|suites` (the Makefile calls them)."""
+"""Operator commands: `python -m tasks.cli init|exports|summary|airflow-ui|rollback` (the Makefile calls them)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from tasks.state import StateLayout
 
 
 def init(layout: StateLayout) -> None:
-    """Create the state folder, migrate Airflow's and MLflow's databases (idempotent)."""
+    """Create the state folder, migrate Airflow's and MLflow's databases, fill the embedded platforms' export folders
+    (idempotent)."""
+    exports()
     for folder in (layout.lake, layout.models, layout.recommendations, layout.mlflow, layout.reports):
         folder.mkdir(parents=True, exist_ok=True)
     airflow_home = Path(os.environ.get("AIRFLOW_HOME", layout.root / "airflow"))
@@ -26,6 +28,15 @@ def init(layout: StateLayout) -> None:
     # Create the schema once, before parallel tasks write: concurrent creation corrupts a new SQLite DB.
     _quiet([str(bin_dir / "mlflow"), "db", "upgrade", uri], "mlflow db upgrade")
     print(f"state folder: {layout.root}\nAirflow home: {airflow_home}\nMLflow: {uri}")
+
+
+def exports() -> None:
+    """Fill the embedded demo platforms' export folders that do not exist yet (tasks/embedded.py)."""
+    from tasks.config import load_config
+    from tasks.embedded import export_all
+
+    for folder in export_all(load_config()):
+        print(f"embedded platform export written: {folder}")
 
 
 def _quiet(cmd: list[str], what: str) -> None:
@@ -134,7 +145,8 @@ def _port_open(port: int) -> bool:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tasks.cli", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("init", help="create the state folder and migrate the databases")
+    sub.add_parser("init", help="create the state folder, migrate the databases, fill the embedded platforms' exports")
+    sub.add_parser("exports", help="fill the embedded demo platforms' export folders (no databases touched)")
     sub.add_parser("summary", help="print the last run's report")
     sub.add_parser("airflow-ui", help="run Airflow standalone on 127.0.0.1:8080")
     rollback = sub.add_parser("rollback", help="move a target's champion alias back to previous_champion")
@@ -143,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     layout = StateLayout.from_env()
     if args.command == "init":
         init(layout)
+    elif args.command == "exports":
+        exports()
     elif args.command == "summary":
         summary(layout)
     elif args.command == "airflow-ui":

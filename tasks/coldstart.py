@@ -25,32 +25,25 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 import torch
 
 from tasks.config import PipelineConfig, load_config
 from tasks.metrics import evaluate_scores, mean_metrics
-from tasks.models.content import ContentSimilarity, content_vectors
 from tasks.models.ease import EASE
-from tasks.models.hybrid import SideComponents, cooccurrence_lift
 from tasks.models.popularity import Popularity
-from tasks.models.profile import ProfilePrior, profile_vocabulary
 from tasks.models.transfer import TransferRecommender
+from tasks.sideparts import K, ColdSplit, attach_side, cold_split, first_items, simulations
 from tasks.train import model_config
 
 log = logging.getLogger("tasks.coldstart")
 torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
 
 HISTORY_LENGTHS = (0, 1, 3, 5)
-SIMULATED_LENGTHS = (1, 3, 5)   # short histories simulated on warm users to choose the side weights
-NEW_USER_SHARE = 0.2
-K = 10
 EASE_L2_GRID = (100.0, 300.0, 1000.0)
 # side-component variants: (profile prior, co-occurrence lift, content parts); see tasks/models/hybrid.py
 VARIANTS = {
@@ -65,144 +58,14 @@ FULL = "+profile+cooc+content"
 TARGET_ONLY_VARIANTS = ("base", "+profile+cooc", FULL)
 
 
-@dataclass
-class ColdSplit:
-    """Warm users' matrices and profiles, new users' time-ordered items and profiles, the target's catalogue."""
-    n_items: int
-    catalogue: np.ndarray             # bool mask: items of the target platform (all its users)
-    warm: dict[str, sp.csr_matrix]    # train / valid / test, rows = warm users
-    warm_users: pd.DataFrame
-    warm_ordered: list[np.ndarray]    # each warm user's train items, earliest first
-    new_users: pd.DataFrame
-    new_ordered: list[np.ndarray]     # each new user's items, earliest first
-    source: sp.csr_matrix
-    source_users: pd.DataFrame
-    items: pd.DataFrame
-
-
-def _ordered(frame: pd.DataFrame, user_ids: np.ndarray) -> list[np.ndarray]:
-    frame = frame.sort_values(["user_id", "timestamp", "item_idx"], kind="stable")
-    groups = {u: g["item_idx"].to_numpy() for u, g in frame.groupby("user_id", sort=False)}
-    return [groups.get(u, np.zeros(0, dtype=np.int64)) for u in user_ids]
-
-
-def _matrix(frame: pd.DataFrame, user_ids: np.ndarray, n_items: int) -> sp.csr_matrix:
-    row = pd.Series(np.arange(len(user_ids)), index=user_ids)
-    return sp.csr_matrix((np.ones(len(frame), dtype=np.float32), (row[frame["user_id"]].to_numpy(),
-                                                                  frame["item_idx"].to_numpy())),
-                         shape=(len(user_ids), n_items))
-
-
-def _profiles(users: pd.DataFrame, user_ids: np.ndarray) -> pd.DataFrame:
-    return users.set_index("user_id").reindex(user_ids).reset_index()
-
-
-def cold_split(features: dict[str, Any], config: PipelineConfig, seed: int,
-               share: float = NEW_USER_SHARE) -> ColdSplit:
-    """Hold out `share` of the target's users (seeded) as new users; the rest keep the features' split."""
-    folder, n_items = Path(features["dir"]), features["n_items"]
-    target, source = config.targets[0].name, config.source.name
-    frame = pd.read_parquet(folder / f"{target}.interactions.parquet")
-    users = pd.read_parquet(folder / f"{target}.users.parquet")
-    user_ids = np.sort(frame["user_id"].unique())
-    rng = np.random.default_rng(seed)
-    new = np.sort(rng.permutation(user_ids)[:int(round(share * len(user_ids)))])
-    warm_ids = np.setdiff1d(user_ids, new)
-    warm_frame, new_frame = frame[frame["user_id"].isin(set(warm_ids))], frame[frame["user_id"].isin(set(new))]
-    catalogue = np.zeros(n_items, dtype=bool)
-    catalogue[frame["item_idx"].unique()] = True
-    source_frame = pd.read_parquet(folder / f"{source}.interactions.parquet")
-    source_ids = np.sort(source_frame["user_id"].unique())
-    return ColdSplit(
-        n_items=n_items, catalogue=catalogue,
-        warm={s: _matrix(warm_frame[warm_frame["split"] == s], warm_ids, n_items) for s in ("train", "valid", "test")},
-        warm_users=_profiles(users, warm_ids),
-        warm_ordered=_ordered(warm_frame[warm_frame["split"] == "train"], warm_ids),
-        new_users=_profiles(users, new), new_ordered=_ordered(new_frame, new),
-        source=_matrix(source_frame, source_ids, n_items),
-        source_users=_profiles(pd.read_parquet(folder / f"{source}.users.parquet"), source_ids),
-        items=pd.read_parquet(folder / "items.parquet"))
-
-
-def _rows(ordered: list[np.ndarray], n_items: int, first: int | None) -> sp.csr_matrix:
-    """Binary matrix of each user's `first` items (all of them when None)."""
-    picked = [o if first is None else o[:first] for o in ordered]
-    indptr = np.concatenate([[0], np.cumsum([len(p) for p in picked])])
-    indices = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
-    return sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(len(picked), n_items))
-
-
 def new_user_tasks(split: ColdSplit) -> dict[int, tuple[sp.csr_matrix, sp.csr_matrix]]:
     """Per k: (history = k earliest items, relevant = the remaining ones) of every new user."""
     tasks = {}
     for k in HISTORY_LENGTHS:
-        history = _rows(split.new_ordered, split.n_items, k)
-        everything = _rows(split.new_ordered, split.n_items, None)
+        history = first_items(split.new_ordered, split.n_items, k)
+        everything = first_items(split.new_ordered, split.n_items, None)
         tasks[k] = (history, sp.csr_matrix(everything - history))
     return tasks
-
-
-def _full(candidate_scores: np.ndarray, candidates: np.ndarray, n_items: int) -> np.ndarray:
-    out = np.full((candidate_scores.shape[0], n_items), -np.inf)
-    out[:, candidates] = candidate_scores
-    return out
-
-
-def _simulations(model: TransferRecommender, split: ColdSplit) -> list[dict[str, Any]]:
-    """Warm users with valid items, given their n earliest train items (and their whole train history).
-
-    The models were fitted on these users' train items, so the simulation flatters the history-based part a little;
-    the new users themselves are never looked at."""
-    users = np.flatnonzero(np.diff(split.warm["valid"].indptr) > 0)
-    ordered = [split.warm_ordered[u] for u in users]
-    profiles = split.warm_users.iloc[users].reset_index(drop=True)
-    side, model.side = model.side, None
-    sims = []
-    train, valid = split.warm["train"][users], split.warm["valid"][users]
-    for n in (*SIMULATED_LENGTHS, None):
-        history = _rows(ordered, split.n_items, n)
-        base = model.score(history)[:, model.candidates]
-        # as for a new user: everything after the n first items is relevant (the whole train: the warm protocol)
-        relevant = valid if n is None else sp.csr_matrix((train - history) + valid)
-        sims.append({"history": history, "profiles": profiles, "base": base, "n": n, "full": n is None,
-                     "exclude": history, "relevant": relevant})
-    model.side = side
-    return sims
-
-
-def attach_side(model: TransferRecommender, split: ColdSplit, use_profile: bool, use_lift: bool,
-                parts: tuple[str, ...], with_source: bool, sims: list[dict[str, Any]], cache_dir: Path | None,
-                priors: dict[Any, Any]) -> dict[str, Any]:
-    """Give the model a profile prior and/or a content similarity and choose their weights on warm valid."""
-    if not use_profile and not parts:
-        model.side = None
-        return {}
-    prior = None
-    if use_profile:
-        if with_source not in priors:
-            vocabulary = profile_vocabulary(split.source_users, split.warm_users)
-            platforms = [(split.warm["train"], split.warm_users)]
-            if with_source:
-                platforms.insert(0, (split.source, split.source_users))
-            started = time.perf_counter()
-            priors[with_source] = ProfilePrior(split.n_items, vocabulary).fit(platforms)
-            log.info("profile prior (source: %s) fitted in %.1f s", with_source, time.perf_counter() - started)
-        prior = priors[with_source]
-    lift = None
-    if use_lift:
-        key = ("lift", with_source)
-        if key not in priors:
-            priors[key] = cooccurrence_lift([split.source, split.warm["train"]] if with_source
-                                            else [split.warm["train"]])
-        lift = priors[key]
-    content = ContentSimilarity(content_vectors(split.items, parts, cache_dir)) if parts else None
-    model.side = SideComponents(prior, content, lift)
-
-    def ndcg(scores: np.ndarray, sim: dict[str, Any]) -> float:
-        full = _full(scores, model.candidates, split.n_items)
-        return float(np.mean(evaluate_scores(full, sim["exclude"], sim["relevant"], K)["ndcg"]))
-
-    return model.side.select_weights(sims, model.candidates, ndcg)
 
 
 def _cold_metrics(scores: np.ndarray, history: sp.csr_matrix, relevant: sp.csr_matrix,
@@ -250,7 +113,7 @@ def run_seed(features: dict[str, Any], config: PipelineConfig, seed: int, cache_
         started = time.perf_counter()
         model = _fit(source, split, config)
         log.info("seed %d: %s fine-tuned in %.1f s", seed, name, time.perf_counter() - started)
-        sims, priors = _simulations(model, split), {}
+        sims, priors = simulations(model, split), {}
         for variant, (use_profile, use_lift, parts) in VARIANTS.items():
             if variant not in variants or (name == "target_only" and variant not in TARGET_ONLY_VARIANTS):
                 continue
@@ -270,7 +133,7 @@ def warm_ablation_seed(features: dict[str, Any], config: PipelineConfig, seed: i
     """Test NDCG@10 on the benchmark's warm protocol (all target users, history = train) per side variant."""
     split = cold_split(features, config, seed, share=0.0)
     model = _fit(pretrained, split, config)
-    sims, priors, out = _simulations(model, split), {}, {}
+    sims, priors, out = simulations(model, split), {}, {}
     seen = split.warm["train"] + split.warm["valid"]
     for variant, (use_profile, use_lift, parts) in VARIANTS.items():
         selection = attach_side(model, split, use_profile, use_lift, parts, True, sims, cache_dir, priors)
@@ -325,15 +188,12 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 def run(seeds: list[int], out: Path, config: PipelineConfig, warm_ablation: bool = True) -> dict[str, Any]:
     """The embedded platforms through pull -> validate -> unify -> features per seed, then the cold-start protocol."""
+    from tasks.embedded import ingest
     from tasks.features import build_features
-    from tasks.pull import pull_platform
     from tasks.state import StateLayout
-    from tasks.unify import unify
-    from tasks.validate import validate_batch
 
     layout = StateLayout(out / "state")
-    validated = [validate_batch(pull_platform(p, layout, "bench"), p, layout) for p in config.platforms]
-    unified = unify(validated, config, layout)
+    unified = ingest(config, layout)
     cache_dir = StateLayout.from_env().root / "cache" / "embeddings"
     reports = []
     out.mkdir(parents=True, exist_ok=True)

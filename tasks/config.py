@@ -45,6 +45,9 @@ class PlatformConfig(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     role: Literal["source", "target"]
     location: str
+    # The embedded demo: a pkg://<package>/<folder> whose files fill the local `location` when it does not exist yet
+    # (tasks/embedded.py; `python -m tasks.cli init`). Pulls always read `location`.
+    embedded: str | None = Field(None, pattern=r"^pkg://")
     format: Literal["recbole", "csv", "tsv", "parquet", "jsonl"] = "recbole"
     delimiter: str | None = None
     files: dict[str, str]
@@ -117,6 +120,16 @@ class TrainingConfig(_Strict):
     item_grid: list[tuple[float, float, float]] = [(0.5, 100.0, 0.5), (0.3, 300.0, 0.25), (0.7, 100.0, 0.5)]
 
 
+class ColdStartConfig(_Strict):
+    """Side parts of the transfer model for users with short or no history (tasks/sideparts.py): a profile prior
+    learned from source and target users, its co-occurrence update by the history, and item content. Their weights
+    are chosen on the target's valid split; `profile_prior: false` leaves the model without side parts."""
+
+    profile_prior: bool = True
+    cooccurrence: bool = True
+    content: list[Literal["genres", "year", "title"]] = []
+
+
 class EvaluationConfig(_Strict):
     k: int = Field(10, ge=1, le=1000)
     # Retention's next-period hold-out: each target user's last share of interactions by timestamp (README, Retention).
@@ -158,6 +171,7 @@ class PipelineConfig(_Strict):
     value_maps: dict[str, dict[str, str]] = {}
     features: FeaturesConfig = FeaturesConfig()
     training: TrainingConfig = TrainingConfig()
+    cold_start: ColdStartConfig = ColdStartConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     gate: GateConfig = GateConfig()
     publish: PublishConfig = PublishConfig()

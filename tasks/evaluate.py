@@ -17,7 +17,7 @@ from tasks import plots, tracking
 from tasks.bundle import ModelBundle
 from tasks.config import PipelineConfig
 from tasks.features import PlatformData
-from tasks.metrics import (METRICS, catalogue_coverage, evaluate_scores, genre_matrix, intra_list_diversity,
+from tasks.metrics import (METRICS, bootstrap_ci, catalogue_coverage, evaluate_scores, genre_matrix, intra_list_diversity,
                            item_popularity, mean_metrics, novelty, paired_lower_bound, segment_table, time_holdout,
                            top_k, user_segments)
 from tasks.models.ease import EASE
@@ -55,9 +55,10 @@ def champion_bundle(target: str) -> tuple[ModelBundle | None, str | None]:
     return model.unwrap_python_model().bundle, version.version
 
 
-def _aligned_scores(bundle: ModelBundle, histories: list[list[str]], item_ids: np.ndarray) -> np.ndarray:
+def _aligned_scores(bundle: ModelBundle, histories: list[list[str]], item_ids: np.ndarray,
+                    profiles: pd.DataFrame | None = None) -> np.ndarray:
     """Scores of another model's bundle, re-indexed onto this run's items (items it does not know score -inf)."""
-    scores = bundle.score(histories)
+    scores = bundle.score(histories, profiles)
     position = pd.Series(np.arange(len(bundle.item_ids)), index=bundle.item_ids).reindex(item_ids)
     out = np.full((len(histories), len(item_ids)), -np.inf, dtype=np.float64)
     known = position.notna().to_numpy()
@@ -71,15 +72,21 @@ def baseline_models(data: PlatformData, features: dict[str, Any], target: str, c
     alone, EASE and popularity; each as a function from a history matrix to scores."""
     from tasks.train import fit_target
 
+    from tasks.sideparts import fit_side_parts
+
     train, valid = data.matrix("train"), data.matrix("valid")
     started = time.perf_counter()
     target_only, _, _ = fit_target(features, target, config, pretrained=None)
+    # the twin gets the same side parts as the candidate, learned from the target's users alone
+    fit_side_parts(target_only, features, config, target, with_source=False, cache_dir=None)
     fitted = {"target_only_seconds": time.perf_counter() - started}
     started = time.perf_counter()
     ease, l2 = _ease(train, valid, data.item_mask(), config.evaluation.k)
     fitted.update(ease_seconds=time.perf_counter() - started, ease_l2=l2)
     popularity = Popularity().fit(train)
-    return {"target_only": target_only.score, "ease": ease.score, "popularity": popularity.score}, fitted
+    profiles = data.profiles()
+    return {"target_only": lambda m: target_only.score(m, profiles), "ease": ease.score,
+            "popularity": popularity.score}, fitted
 
 
 def baseline_scores(data: PlatformData, features: dict[str, Any], target: str, config: PipelineConfig,
@@ -149,11 +156,37 @@ def retention_metrics(data: PlatformData, scorers: dict[str, Scorer], k: int, sh
     return per_user, np.diff(history.indptr)[users]
 
 
-def _champion_scorer(champion: ModelBundle, item_ids: np.ndarray) -> Scorer:
+COLD_START_LENGTHS = (0, 1, 3, 5, 10)
+
+
+def cold_start_curve(data: PlatformData, scorers: dict[str, Scorer], k: int, samples: int,
+                     lengths: tuple[int, ...] = COLD_START_LENGTHS) -> list[dict[str, Any]]:
+    """NDCG@k against history length: each test user seen as a new user with only their n earliest train items
+    (n = 0: the profile alone), ranked for their test items; their other train and valid items are masked (neither
+    input nor credit). One row per (n, contender) with the mean and a 95% bootstrap CI over the same users."""
+    train = data.frame[data.frame["split"] == "train"].sort_values(["user_id", "timestamp", "item_idx"], kind="stable")
+    rank = train.groupby("user_id", sort=False).cumcount().to_numpy()
+    rows_of = data._row[train["user_id"]].to_numpy()
+    exclude, test = data.matrix("train", "valid"), data.matrix("test")
+    out = []
+    for n in lengths:
+        first = rank < n
+        history = sp.csr_matrix((np.ones(int(first.sum()), dtype=np.float32),
+                                 (rows_of[first], train["item_idx"].to_numpy()[first])),
+                                shape=(len(data.user_ids), data.n_items))
+        for name, score in scorers.items():
+            ndcg = evaluate_scores(score(history), exclude, test, k, data.item_mask())["ndcg"]
+            low, high = bootstrap_ci(ndcg, samples, 0, 0.95)
+            out.append({"history_length": n, "contender": name, "users": int(len(ndcg)), "ndcg": float(ndcg.mean()),
+                        "ci_low": low, "ci_high": high})
+    return out
+
+
+def _champion_scorer(champion: ModelBundle, item_ids: np.ndarray, profiles: pd.DataFrame) -> Scorer:
     def score(matrix: sp.csr_matrix) -> np.ndarray:
         histories = [item_ids[matrix.indices[matrix.indptr[r]:matrix.indptr[r + 1]]].tolist()
                      for r in range(matrix.shape[0])]
-        return _aligned_scores(champion, histories, item_ids)
+        return _aligned_scores(champion, histories, item_ids, profiles)
 
     return score
 
@@ -179,7 +212,9 @@ def evaluate(target: str, features: dict[str, Any], candidate: dict[str, Any], c
     data = PlatformData(Path(features["dir"]), target, features["n_items"])
     train = data.matrix("train")
     bundle = ModelBundle.load(Path(candidate["bundle"]))
-    scorers: dict[str, Scorer] = {"candidate": bundle.model.score}
+    # Every contender that has a profile prior reads each user's profile next to the history, as when served.
+    profiles = data.profiles()
+    scorers: dict[str, Scorer] = {"candidate": lambda m: bundle.model.score(m, profiles)}
     baselines, fitted = baseline_models(data, features, target, config)
     scorers.update(baselines)
     l2 = fitted["ease_l2"]
@@ -187,7 +222,7 @@ def evaluate(target: str, features: dict[str, Any], candidate: dict[str, Any], c
     items = pd.read_parquet(Path(features["dir"]) / "items.parquet").sort_values("item_idx")
     champion, champion_version = champion_bundle(target)
     if champion is not None:
-        scorers["champion"] = _champion_scorer(champion, items["item_id"].to_numpy())
+        scorers["champion"] = _champion_scorer(champion, items["item_id"].to_numpy(), profiles)
     # The transfer model (candidate and its target-only twin) reads rating-weighted histories when so configured;
     # the others, and the champion (scored from item lists, as it is served), take the binary history.
     weighted = train_history(data, config)
@@ -199,6 +234,7 @@ def evaluate(target: str, features: dict[str, Any], candidate: dict[str, Any], c
     for name in per_user:
         per_user[name].update(extra[name])
     kept, kept_lengths = retention_metrics(data, scorers, k, config.evaluation.time_holdout)
+    curve = cold_start_curve(data, scorers, k, gate.bootstrap_samples)
     test_lengths = np.diff(train.indptr)[_test_users(data)]
     test_segments = user_segments(test_lengths, new_max)
     kept_segments = user_segments(kept_lengths, new_max)
@@ -232,7 +268,7 @@ def evaluate(target: str, features: dict[str, Any], candidate: dict[str, Any], c
     report = {"target": target, "k": k, "test_users": int(len(test_lengths)),
               "retention_users": int(len(kept_lengths)), "time_holdout": config.evaluation.time_holdout,
               "new_user_max_history": new_max, "metrics": metrics, "ci": intervals, "paired_vs_champion": paired,
-              "segments": segments, "champion_version": champion_version, "ease_l2": l2,
+              "segments": segments, "cold_start_curve": curve, "champion_version": champion_version, "ease_l2": l2,
               "data": {"hashes": unified_manifest.get("hashes", {}), "unified": features.get("unified"),
                        "features": features["dir"]},
               "per_user": str(report_dir / "per_user.npz")}
@@ -251,6 +287,11 @@ def evaluate(target: str, features: dict[str, Any], candidate: dict[str, Any], c
         mlflow.log_figure(plots.segment_bars(segments, ("ndcg", "recall", "retention"),
                                              f"{target}: metrics by user segment, 95% bootstrap CIs over users"),
                           "plots/segments.png")
+        mlflow.log_metrics({f"coldstart_k{row['history_length']}_{row['contender']}_ndcg": row["ndcg"]
+                            for row in curve})
+        mlflow.log_figure(plots.cold_start_curve(curve, f"{target}: NDCG@{k} of test users seen as new users with "
+                                                        f"their n earliest items, 95% bootstrap CIs"),
+                          "plots/cold_start_curve.png")
         mlflow.log_figure(plots.training_curves(_training_curves(candidate["run_id"]),
                                                 f"{target}: fine-tuning curves"), "plots/training_curves.png")
         if unified_manifest:

@@ -12,6 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from tasks.config import PipelineConfig
+from tasks.models.profile import PROFILE_FIELDS
 from tasks.state import StateLayout
 from tasks.storage import atomic_dir
 
@@ -132,6 +133,11 @@ class PlatformData:
             data = np.maximum(1.0 + rating_weight * (rating - RATING_PIVOT), 0.1).astype(np.float32)
         shape = (len(self.user_ids), self.n_items)
         return sp.csr_matrix((data, (rows, frame["item_idx"].to_numpy())), shape=shape)
+
+    def profiles(self) -> pd.DataFrame:
+        """Each user's profile (age, gender, occupation), rows aligned with the matrices' rows (empty if unknown)."""
+        columns = [c for c in PROFILE_FIELDS if c in self.users]
+        return self.users.set_index("user_id")[columns].reindex(self.user_ids).reset_index()
 
     def item_mask(self) -> np.ndarray:
         """Items that occur on this platform: the candidates its users are ranked over."""

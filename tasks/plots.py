@@ -1,4 +1,5 @@
-"""Figures a reviewer would rather look at than read: training curves and metrics by user segment with CIs.
+"""Figures a reviewer would rather look at than read: training curves, metrics by user segment with CIs and the
+cold-start curve.
 
 Matplotlib's object API on the Agg canvas (no pyplot, no display): safe in Airflow workers and threads.
 """
@@ -65,5 +66,29 @@ def segment_bars(rows: list[dict], metrics: Sequence[str], title: str) -> Figure
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8, ncol=len(contenders))
     fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def cold_start_curve(rows: list[dict], title: str) -> Figure:
+    """NDCG against history length, one line per contender with its 95% CI as a band.
+
+    `rows` are tasks.evaluate.cold_start_curve rows ({history_length, contender, ndcg, ci_low, ci_high})."""
+    fig = Figure(figsize=(7, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    present = {r["contender"] for r in rows}
+    for contender in [c for c in CONTENDER_ORDER if c in present] + sorted(present - set(CONTENDER_ORDER)):
+        chosen = sorted((r for r in rows if r["contender"] == contender), key=lambda r: r["history_length"])
+        x = [r["history_length"] for r in chosen]
+        ax.plot(x, [r["ndcg"] for r in chosen], marker="o", markersize=3, label=contender)
+        ax.fill_between(x, [r["ci_low"] for r in chosen], [r["ci_high"] for r in chosen], alpha=0.15)
+    lengths = sorted({r["history_length"] for r in rows})
+    ax.set_xticks(lengths)
+    ax.set_xlabel("history length n (0 = profile only)")
+    ax.set_ylabel("NDCG")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -29,7 +29,7 @@ def publish(target: str, features: dict[str, Any], config: PipelineConfig, layou
         return {"target": target, "published": False, "reason": "no champion in the registry"}
     data = PlatformData(Path(features["dir"]), target, features["n_items"])
     histories = data.frame.groupby("user_id")["item_id"].agg(list)
-    recs = bundle.recommend(histories.tolist(), config.publish.k)
+    recs = bundle.recommend(histories.tolist(), config.publish.k, bundle.known_profiles(histories.index.tolist()))
     frame = pd.DataFrame({
         "user_id": [u for u, items in zip(histories.index, recs.item_ids) for _ in items],
         "rank": [r for items in recs.item_ids for r in range(1, len(items) + 1)],

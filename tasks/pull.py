@@ -6,12 +6,13 @@ import json
 import logging
 import shutil
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from tasks.config import PlatformConfig
 from tasks.formats import count_rows
 from tasks.state import StateLayout
-from tasks.storage import Location, copy_to_local, exists, sha256_file
+from tasks.storage import Location, LocationError, copy_to_local, exists, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ def pull_platform(platform: PlatformConfig, layout: StateLayout, batch_id: str,
     named by the interval. Re-running a batch replaces its landing folder, so a retry never duplicates rows.
     """
     location = Location.parse(platform.location)
+    if platform.embedded and location.scheme == "file" and not Path(location.path).exists():
+        raise LocationError(f"platform {platform.name}: export folder {location.path} does not exist; "
+                            f"`python -m tasks.cli init` (run by `make run`) fills it from {platform.embedded}")
     if platform.pull.mode == "incremental" and interval is not None:
         batch_id = interval_batch_id(interval)
     names = export_files(platform, interval)

@@ -16,6 +16,7 @@ from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 from tasks.bundle import ModelBundle
+from tasks.models.profile import PROFILE_FIELDS
 
 DEFAULT_K = 10
 # Requests with at most this many rows are scored on one thread (see TransferRecModel.predict).
@@ -23,7 +24,8 @@ SMALL_REQUEST_ROWS = 64
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec(DataType.string, "user_id", required=False),
-                   ColSpec(Array(DataType.string), "history", required=False)]),
+                   ColSpec(Array(DataType.string), "history", required=False),
+                   *(ColSpec(DataType.string, field, required=False) for field in PROFILE_FIELDS)]),
     outputs=Schema([ColSpec(DataType.long, "request"), ColSpec(DataType.string, "user_id", required=False),
                     ColSpec(DataType.long, "rank"), ColSpec(DataType.string, "item_id"),
                     ColSpec(DataType.double, "score"), ColSpec(Array(DataType.string), "unknown_items")]),
@@ -39,14 +41,22 @@ class RequestError(MlflowException):
 
 
 def input_example(bundle: ModelBundle) -> pd.DataFrame:
-    """A known user by id, and a new user by a short history."""
+    """A known user by id, a new user by a short history and, if the model has a profile prior, a new user by
+    profile alone."""
     known = next(iter(bundle.histories))
-    return pd.DataFrame({"user_id": [known, None], "history": [None, list(bundle.histories[known][:3])]})
+    example = pd.DataFrame({"user_id": [known, None], "history": [None, list(bundle.histories[known][:3])]})
+    vocabulary = bundle.profile_vocabulary
+    if vocabulary and all(vocabulary[f] for f in PROFILE_FIELDS):
+        profile = {f: vocabulary[f][len(vocabulary[f]) // 2] for f in PROFILE_FIELDS}
+        example = pd.concat([example, pd.DataFrame([{"user_id": None, "history": None, **profile}])],
+                            ignore_index=True)
+    return example
 
 
 class TransferRecModel(mlflow.pyfunc.PythonModel):
-    """Input rows: `user_id` (a known user) and/or `history` (a list of item ids). Output: one row per recommended
-    item with the request row, user_id, rank, item_id, score and the history's unknown item ids."""
+    """Input rows: `user_id` (a known user), `history` (a list of item ids) and profile fields (age, gender,
+    occupation: the unified values), each optional; a row needs at least one usable part. Output: one row per
+    recommended item with the request row, user_id, rank, item_id, score and the history's unknown item ids."""
 
     def load_context(self, context: Any) -> None:
         self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]))
@@ -73,10 +83,31 @@ class TransferRecModel(mlflow.pyfunc.PythonModel):
             torch.set_num_threads(threads)
 
 
+def _profile(request: dict[str, Any], row: int, stored: dict[str, str],
+             vocabulary: dict[str, list[str]] | None) -> dict[str, Any] | None:
+    """The row's profile: the request's fields over the known user's stored ones; None if the model has no prior or
+    the row has no profile. A value the model does not know is a clear error naming the field and the values."""
+    given = {}
+    for field in PROFILE_FIELDS:
+        value = request.get(field)
+        if value is None or (isinstance(value, float) and pd.isna(value)):
+            continue
+        if not isinstance(value, str):
+            raise RequestError(f"row {row}: profile field {field!r} must be a string, got {type(value).__name__}")
+        if vocabulary is not None and value not in vocabulary[field]:
+            raise RequestError(f"row {row}: unknown {field} {value!r}; the model knows {vocabulary[field]}")
+        given[field] = value
+    if vocabulary is None:
+        return None
+    return (stored | given) or None
+
+
 def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAULT_K) -> pd.DataFrame:
-    if not isinstance(requests, pd.DataFrame) or not ({"user_id", "history"} & set(requests.columns)):
-        raise RequestError("requests need a 'user_id' column, a 'history' column (list of item ids), or both")
-    histories = []
+    if not isinstance(requests, pd.DataFrame) or not ({"user_id", "history", *PROFILE_FIELDS} & set(requests.columns)):
+        raise RequestError("requests need a 'user_id' column, a 'history' column (list of item ids) or profile "
+                           f"columns ({', '.join(PROFILE_FIELDS)}), or several of them")
+    vocabulary = bundle.profile_vocabulary
+    histories, profiles = [], []
     for row, request in enumerate(requests.to_dict("records")):
         history = request.get("history")
         history = [] if history is None or (isinstance(history, float) and pd.isna(history)) else history
@@ -91,14 +122,18 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
             raise RequestError(f"row {row}: 'user_id' must be a string, got {type(user).__name__}")
         known = bundle.histories.get(user, []) if user is not None else []
         merged = list(known) + [str(i) for i in list(history)]
-        if not merged:
-            raise RequestError(f"row {row}: unknown user {user!r} and no history: nothing to recommend from")
-        if not known and not any(item in bundle._index.index for item in merged):
-            # Nothing usable: no known user and not one known item (a profile, once served, would be usable).
-            raise RequestError(f"row {row}: unknown user {user!r} and none of the history's {len(merged)} item ids "
-                               f"is known to the model (e.g. {merged[0]!r}): nothing to recommend from")
+        profile = _profile(request, row, bundle.profile_of(user), vocabulary)
+        usable = bool(known) or any(item in bundle._index.index for item in merged) or profile is not None
+        if not usable:
+            what = (f"none of the history's {len(merged)} item ids is known to the model (e.g. {merged[0]!r})"
+                    if merged else "no history")
+            hint = "" if vocabulary is not None else " (this model has no profile prior, so a profile cannot help)"
+            raise RequestError(f"row {row}: unknown user {user!r}, {what} and no profile: nothing to recommend "
+                               f"from{hint}")
         histories.append(merged)
-    recs = bundle.recommend(histories, k)
+        profiles.append(profile or {})
+    recs = bundle.recommend(histories, k, pd.DataFrame(profiles, columns=list(PROFILE_FIELDS))
+                            if vocabulary is not None else None)
     rows = []
     for row, request in enumerate(requests.to_dict("records")):
         for rank, (item, score) in enumerate(zip(recs.item_ids[row], recs.scores[row]), start=1):

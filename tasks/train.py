@@ -86,7 +86,7 @@ def bundle_for(model: TransferRecommender, features: dict[str, Any], data: Platf
 
     items = pd.read_parquet(Path(features["dir"]) / "items.parquet").sort_values("item_idx")
     known = data.frame[data.frame["split"].isin(splits)][["user_id", "item_id"]]
-    return ModelBundle(model, items["item_id"].to_numpy(), data.item_mask(), known, meta)
+    return ModelBundle(model, items["item_id"].to_numpy(), data.item_mask(), known, meta, data.profiles())
 
 
 def finetune(target: str, features: dict[str, Any], pretrained: dict[str, Any], config: PipelineConfig,
@@ -103,6 +103,11 @@ def finetune(target: str, features: dict[str, Any], pretrained: dict[str, Any], 
         model, history, data = fit_target(features, target, config,
                                           load_pretrained(pretrained["checkpoint"], config), checkpoint)
         tracking.log_epochs(history)
+        from tasks.sideparts import fit_side_parts
+
+        side = fit_side_parts(model, features, config, target, with_source=True,
+                              cache_dir=layout.root / "cache" / "embeddings")
+        mlflow.log_dict(side, "side_parts.json")
         tuned = [e for e in history if e["stage"] == "finetune"]
         best = max(tuned, key=lambda e: e["valid_ndcg"]) if tuned else {"epoch": 0}
         blend = history[-1]

@@ -108,13 +108,21 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
         assert f"test_candidate_{metric}" in run_data.metrics, metric
     assert 0 < run_data.metrics["test_candidate_coverage_at_10"] <= 1
     artifacts = {a.path for folder in ("plots", "evaluation") for a in client.list_artifacts(version.run_id, folder)}
-    assert {"plots/segments.png", "plots/training_curves.png", "evaluation/segments.json"} <= artifacts
+    assert {"plots/segments.png", "plots/training_curves.png", "plots/cold_start_curve.png",
+            "evaluation/segments.json"} <= artifacts
     assert {i.dataset.name for i in client.get_run(version.run_id).inputs.dataset_inputs} == {"campus", "village"}
     report = json.loads((env["state"] / "reports" / "itest" / "village" / "evaluation.json").read_text())
     segments = {r["segment"] for r in report["segments"] if r["users"]}
     assert "all" in segments and any(s.startswith("history ") for s in segments)
     assert {r["contender"] for r in report["segments"]} == set(village["metrics"])
     assert "finetune_loss" in run_data.metrics
+    # the cold-start curve: every contender at every history length, on the same users, the metric logged
+    curve = report["cold_start_curve"]
+    assert {(r["history_length"], r["contender"]) for r in curve} == {
+        (n, c) for n in (0, 1, 3, 5, 10) for c in village["metrics"]}
+    assert len({r["users"] for r in curve}) == 1 and curve[0]["users"] > 0
+    assert all(r["ci_low"] <= r["ndcg"] <= r["ci_high"] for r in curve)
+    assert "coldstart_k0_candidate_ndcg" in run_data.metrics
     assert run_data.tags["mlflow.parentRunId"] == summary["mlflow_parent_run_id"]
 
     recs_path = env["state"] / "recommendations" / "village" / "recommendations.parquet"

