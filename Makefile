@@ -25,7 +25,7 @@ export AIRFLOW__CORE__EXECUTION_API_SERVER_URL := http://127.0.0.1:8080/executio
 export GX_ANALYTICS_ENABLED := False
 export MLFLOW_TRACKING_URI ?= sqlite:///$(STATE)/mlflow/mlflow.db
 
-.PHONY: venv run test test-servers test-prod bench load check lock airflow-ui mlflow-ui serve clean
+.PHONY: venv run test test-servers test-prod test-browser bench load check lock airflow-ui mlflow-ui serve clean
 
 venv: $(VENV)/.installed
 
@@ -60,6 +60,11 @@ test-servers: venv
 
 test-prod: venv
 	$(PY) -m pytest -q -m prod tests
+
+# Only the operator's path in headless Chromium (needs Debian's chromium: apt-get install chromium chromium-driver);
+# screenshots in var/test-artifacts/ui/.
+test-browser: venv
+	$(PY) -m pytest -q -m browser tests
 
 ## Audit every pinned dependency for known vulnerabilities (pip-audit, run by uv in its own environment). It needs
 ## PyPI's JSON API or api.osv.dev (`AUDIT_SERVICE=osv`); where neither answers, it says so and fails.

@@ -108,7 +108,9 @@ def training_schedule():
     tags=["transfer-rec", "recommendation", "mlops"],
     doc_md=__doc__,
     params={
-        "run_key": Param("", type="string", pattern=r"^[A-Za-z0-9_.-]{0,100}$",
+        # nullable: the UI's trigger form refuses an empty value of a required (non-null) param, so a default of ""
+        # would make every operator type a run key before the Trigger button works
+        "run_key": Param(None, type=["null", "string"], pattern=r"^[A-Za-z0-9_.-]{0,100}$",
                          description="Name of this run's outputs (lake, models, MLflow). Empty: the Airflow run id."),
         "targets": Param([], type="array", items={"type": "string"},
                          description="Target platforms to fine-tune. Empty: every target in config/pipeline.yaml."),

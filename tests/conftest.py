@@ -35,6 +35,8 @@ from tasks.synthetic import SyntheticPlatform, generate, write_config  # noqa: E
 def pytest_configure(config):
     config.addinivalue_line("markers", "servers: starts a real Airflow (minutes each); `make test-servers`")
     config.addinivalue_line("markers", "prod: the production path (Celery, PostgreSQL, Redis, S3); `make test-prod`")
+    config.addinivalue_line("markers", "browser: drives the Airflow and MLflow UIs in headless Chromium (Debian's "
+                                       "/usr/bin/chromium); also marked servers")
 
 
 FAST_TRAINING = {"epochs_pretrain": 3, "epochs_finetune": 4, "patience": 2, "hidden": 32, "batch_size": 128,

@@ -137,7 +137,7 @@ def test_dag_params_of_wrong_type_or_out_of_range_are_refused():
     db.initdb()
     dag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags")).get_dag("transfer_rec")
     for bad in ({"epochs_finetune": "lots"}, {"epochs_finetune": 0}, {"strategy": "magic"},
-                {"gate_override": "sometimes"}, {"dry_run": "maybe"}):
+                {"gate_override": "sometimes"}, {"dry_run": "maybe"}, {"run_key": "../elsewhere"}):
         params = ParamsDict({k: v for k, v in dag.params.items()})
         with pytest.raises(ParamValidationError, match=f"Invalid input for param {next(iter(bad))}"):
             params.update(bad)

@@ -1,5 +1,6 @@
 """A real Airflow on loopback for integration tests: `airflow standalone` (scheduler, dag-processor, triggerer and
-API server, LocalExecutor on SQLite), as `make airflow-ui` runs it, plus a small REST client with JWT auth."""
+API server, LocalExecutor on SQLite), as `make airflow-ui` runs it, plus a small REST client with JWT auth, and the
+MLflow UI (`mlflow server`, as `make mlflow-ui` runs it) for the extra links to open."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from ports import free_port_pair
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+# written by the simple auth manager (Airflow 3's default) under AIRFLOW_HOME when the API server starts
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 
 
 def airflow_env(home: Path, port: int, **extra: str) -> dict[str, str]:
@@ -78,22 +81,52 @@ def start_standalone(env: dict[str, str], log_path: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def admin_login(home: Path) -> tuple[str, str]:
+    """The simple auth manager's generated admin (username, password), as `make airflow-ui` prints it."""
+    return next(iter(json.loads((home / PASSWORDS_FILE).read_text()).items()))
+
+
 def wait_for_login(proc: subprocess.Popen, home: Path, base: str, log_path: Path, timeout: float = 240) -> AirflowApi:
     """Wait until the API server answers and the generated admin password exists; log in as admin."""
-    password_file = home / "simple_auth_manager_passwords.json.generated"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"airflow exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
-        if password_file.exists():
+        if (home / PASSWORDS_FILE).exists():
             try:
                 with urllib.request.urlopen(base + "/api/v2/monitor/health", timeout=5):
-                    username, password = next(iter(json.loads(password_file.read_text()).items()))
-                    return AirflowApi(base, username, password)
+                    return AirflowApi(base, *admin_login(home))
             except (OSError, ValueError, StopIteration):
                 pass
         time.sleep(2)
     raise AssertionError(f"Airflow did not answer on {base} within {timeout} s: {log_path.read_text()[-3000:]}")
+
+
+def start_mlflow_ui(tracking_uri: str, port: int, folder: Path) -> subprocess.Popen:
+    """`mlflow server` with one worker on loopback, over the test's tracking DB (log: folder/mlflow-ui.log); in its
+    own process group (stop it with tasks.cli.stop_group). Artifacts the server itself would store go to folder.
+    Its job runner (a huey consumer per job type, 7 processes) is off: the UI needs none of it."""
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1", "--artifacts-destination", str(folder / "mlartifacts")]
+    return subprocess.Popen(cmd, cwd=folder, env=env, stdout=open(folder / "mlflow-ui.log", "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for_http(proc: subprocess.Popen, url: str, log_path: Path, timeout: float = 180) -> None:
+    """Wait until url answers 200 (a server starting); fail with its log if it exits or never answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args[0]} exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(2)
+    raise AssertionError(f"{url} did not answer within {timeout} s: {log_path.read_text()[-3000:]}")
 
 
 def wait_for(api: AirflowApi, path: str, done, timeout: float, what: str) -> dict:
@@ -108,4 +141,5 @@ def wait_for(api: AirflowApi, path: str, done, timeout: float, what: str) -> dic
     raise AssertionError(f"{what}: not reached within {timeout} s (last answer {status}: {str(body)[:1000]})")
 
 
-__all__ = ["AirflowApi", "airflow_env", "start_standalone", "stop_group", "wait_for", "wait_for_login"]
+__all__ = ["AirflowApi", "admin_login", "airflow_env", "start_mlflow_ui", "start_standalone", "stop_group", "wait_for",
+           "wait_for_http", "wait_for_login"]

@@ -1,7 +1,9 @@
-"""Real servers on loopback for integration tests: an S3-compatible store (SeaweedFS `weed mini`)."""
+"""Real servers on loopback for integration tests: an S3-compatible store (SeaweedFS `weed mini`), and Airflow
+(`airflow standalone`) over a synthetic world, optionally with the MLflow UI its extra links point at."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -13,6 +15,7 @@ import pytest
 
 from tasks.cli import stop_group
 
+from airflow_server import airflow_env, start_mlflow_ui, start_standalone, wait_for_http, wait_for_login
 from ports import free_port_pair
 
 S3_KEY, S3_SECRET = "transfer-rec-test-key", "transfer-rec-test-secret"
@@ -84,3 +87,42 @@ def airflow_db():
     from airflow.utils import db
 
     db.initdb()
+
+
+@contextlib.contextmanager
+def _airflow_world(pipeline_env, tmp_path: Path, mlflow_ui: bool):
+    """A synthetic world (no scheduled runs: schedules are null) and Airflow serving it; yields (api, env). With
+    mlflow_ui, `mlflow server` serves the world's tracking DB and the plugin's MLflow links point at it."""
+    env = pipeline_env(schedule={"training": None, "ingest": None, "on_new_data": True})
+    port = free_port_pair()
+    home = tmp_path / "airflow"
+    os_env = airflow_env(home, port)
+    # the state folder and both databases first, as `make airflow-ui` does (`tasks.cli init`)
+    subprocess.run([sys.executable, "-m", "tasks.cli", "init"], env=os_env, check=True, capture_output=True)
+    with contextlib.ExitStack() as stack:
+        if mlflow_ui:
+            mlflow_url = f"http://127.0.0.1:{free_port_pair()}"
+            mlflow_proc = start_mlflow_ui(os_env["MLFLOW_TRACKING_URI"], int(mlflow_url.rsplit(":", 1)[1]), tmp_path)
+            stack.callback(stop_group, mlflow_proc)
+            wait_for_http(mlflow_proc, mlflow_url + "/health", tmp_path / "mlflow-ui.log")
+            # read by the API server when it builds the links (tasks/links.py)
+            os_env["TRANSFER_REC_MLFLOW_UI_URL"] = env["mlflow_ui"] = mlflow_url
+        log = tmp_path / "standalone.log"
+        proc = start_standalone(os_env, log)
+        stack.callback(stop_group, proc)
+        api = wait_for_login(proc, home, f"http://127.0.0.1:{port}", log)
+        yield api, {**env, "log": log, "home": home}
+
+
+@pytest.fixture
+def airflow_api(pipeline_env, tmp_path):
+    """Airflow over a synthetic world; yields (api, env) (env: config, state, exports, log, home)."""
+    with _airflow_world(pipeline_env, tmp_path, mlflow_ui=False) as world:
+        yield world
+
+
+@pytest.fixture
+def airflow_with_mlflow_ui(pipeline_env, tmp_path):
+    """As airflow_api, with the MLflow UI served (env["mlflow_ui"]) and the extra links pointing at it."""
+    with _airflow_world(pipeline_env, tmp_path, mlflow_ui=True) as world:
+        yield world

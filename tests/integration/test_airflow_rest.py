@@ -5,39 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import urllib.request
-from pathlib import Path
 
 import mlflow
 import pytest
 
-from airflow_server import airflow_env, start_standalone, stop_group, wait_for, wait_for_login
-from ports import free_port_pair
+from airflow_server import wait_for
 
 # Starts a real Airflow (~4-6 min on a busy 2-core machine): `make test-servers`, not `make test`.
 pytestmark = pytest.mark.servers
 
 DAG = "/api/v2/dags/transfer_rec"
-
-
-@pytest.fixture
-def airflow_api(pipeline_env, tmp_path):
-    """A synthetic world (no scheduled runs: schedules are null) and Airflow serving it; yields (api, env)."""
-    env = pipeline_env(schedule={"training": None, "ingest": None, "on_new_data": True})
-    port = free_port_pair()
-    home = tmp_path / "airflow"
-    os_env = airflow_env(home, port)
-    # the state folder and both databases first, as `make airflow-ui` does (`tasks.cli init`)
-    subprocess.run([sys.executable, "-m", "tasks.cli", "init"], env=os_env, check=True, capture_output=True)
-    log = tmp_path / "standalone.log"
-    proc = start_standalone(os_env, log)
-    try:
-        api = wait_for_login(proc, home, f"http://127.0.0.1:{port}", log)
-        yield api, {**env, "log": log, "home": home}
-    finally:
-        stop_group(proc)
 
 
 def test_rest_trigger_with_params_runs_to_success_and_links_resolve(airflow_api):

@@ -1,0 +1,187 @@
+"""The operator's path in a real browser: headless Chromium (Debian's /usr/bin/chromium, driven by Playwright's
+client; no browser is downloaded) logs in to the Airflow UI, opens the trigger form and finds the typed params with
+their descriptions, triggers a dry run, sees the mapped fine-tune tasks named by target platform and follows the
+MLflow extra link to the run's page in the MLflow UI.
+
+Screenshots of every step are kept in var/test-artifacts/ui/ (or $TRANSFER_REC_UI_ARTIFACTS), replaced by each run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import urllib.parse
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from airflow_server import REPO, admin_login, wait_for
+
+# Starts Airflow, the MLflow UI and Chromium (~6-10 min on a busy 2-core machine): `make test-servers`.
+pytestmark = [pytest.mark.servers, pytest.mark.browser]
+
+CHROMIUM = Path(os.environ.get("TRANSFER_REC_CHROMIUM") or "/usr/bin/chromium")  # Debian's package
+# Headless, and quiet on a machine without a network: no background, update, sync or QUIC traffic.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(os.environ.get("TRANSFER_REC_UI_ARTIFACTS") or REPO / "var" / "test-artifacts" / "ui")
+DAG = "/api/v2/dags/transfer_rec"
+TARGET = "village"  # the synthetic world's target platform (tests/conftest.py two_platforms)
+TIMEOUT_MS = 90_000  # a page or element on a busy 2-core machine
+
+
+class Screenshots:
+    """Numbered screenshots of the steps, in ARTIFACTS (the previous run's are removed first)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.count = folder, 0
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in [*folder.glob("*.png"), *folder.glob("failure-*.html")]:
+            old.unlink()
+        print(f"\nscreenshots: {folder}")
+
+    def take(self, page, name: str) -> Path:
+        self.count += 1
+        path = self.folder / f"{self.count:02d}-{name}.png"
+        page.screenshot(path=str(path))
+        return path
+
+    @contextlib.contextmanager
+    def on_failure(self, context):
+        """On a failing step, keep every open page as a screenshot and its HTML (failure-N.png/.html)."""
+        try:
+            yield
+        except BaseException:
+            for n, page in enumerate(context.pages):
+                try:
+                    page.screenshot(path=str(self.folder / f"failure-{n}.png"))
+                    (self.folder / f"failure-{n}.html").write_text(page.content())
+                except Exception as error:  # the page may be gone; the original failure matters
+                    print(f"no failure capture of {page.url}: {error}")
+            raise
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    """A headless Chromium with a fresh profile (a Playwright browser context); skips when Chromium is missing."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium chromium-driver")
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1600})
+        context.set_default_timeout(TIMEOUT_MS)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+def param_field(dialog, name: str):
+    """The trigger form's row of one param: its label and its description (the field's helper text)."""
+    # a `has` locator is matched inside each candidate, so it starts from the page, not from the dialog
+    label = dialog.page.locator('[data-scope="field"][data-part="label"]',
+                                has_text=re.compile(rf"^\s*{name}(\s|\*|$)"))
+    return dialog.locator('[data-scope="field"][data-part="root"]').filter(has=label)
+
+
+# `chromium` first: without a browser the test skips before Airflow is started.
+def test_operator_triggers_a_dry_run_in_the_ui_and_follows_the_mlflow_link(chromium, airflow_with_mlflow_ui):
+    from playwright.sync_api import expect
+
+    api, env = airflow_with_mlflow_ui
+    shots = Screenshots(ARTIFACTS)
+    wait_for(api, DAG, lambda body: body.get("dag_id") == "transfer_rec", 300, "dag-processor parsed transfer_rec")
+    status, body = api.call("PATCH", DAG, {"is_paused": False})
+    assert status == 200 and body["is_paused"] is False, body
+    params = api.call("GET", f"{DAG}/details")[1]["params"]
+    assert {"run_key", "targets", "epochs_finetune", "strategy", "dry_run"} <= set(params), params
+    page = chromium.pages[0] if chromium.pages else chromium.new_page()  # the profile's first tab
+    with shots.on_failure(chromium):
+        # 1. log in: the UI sends a stranger to the simple auth manager's form; the generated admin signs in
+        page.goto(api.base + "/")
+        page.wait_for_url(re.compile(r"/auth/login"))
+        username, password = admin_login(env["home"])
+        page.get_by_label("Username").fill(username)
+        page.get_by_label("Password").fill(password)
+        shots.take(page, "login")
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(lambda url: "/auth/" not in url)
+        page.goto(f"{api.base}/dags/transfer_rec")
+        expect(page.get_by_role("heading", name="transfer_rec", exact=True)).to_be_visible()
+        shots.take(page, "dag")
+
+        # 2. the trigger form shows every param, each with its description, and triggers with the defaults
+        page.get_by_test_id("trigger-dag-button").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog.get_by_text("Trigger Dag - transfer_rec")).to_be_visible()
+        for name, spec in params.items():
+            assert spec.get("description"), f"param {name} has no description"
+            field = param_field(dialog, name)
+            expect(field).to_have_count(1)
+            expect(field.locator('[data-part="helper-text"]')).to_have_text(spec["description"])
+            expect(field.locator('[data-part="helper-text"]')).to_be_visible()
+        submit = dialog.get_by_test_id("trigger-dag-submit")
+        expect(submit).to_be_enabled()  # no param needs typing (an empty required one would disable the button)
+        shots.take(page, "trigger-form")
+
+        # a dry run with few fine-tuning epochs, set in the typed fields
+        field = param_field(dialog, "dry_run")
+        field.locator('[data-scope="switch"][data-part="root"]').click()
+        expect(field.locator('input[type="checkbox"]')).to_be_checked()
+        param_field(dialog, "epochs_finetune").get_by_role("spinbutton").fill("2")
+        dialog.get_by_role("button", name="Advanced Options").click()
+        expect(dialog).to_contain_text(re.compile(r'"dry_run":\s*true'))
+        expect(dialog).to_contain_text(re.compile(r'"epochs_finetune":\s*2'))
+        shots.take(page, "trigger-dry-run")
+        submit.click()
+
+        # 3. the UI opens the new run; it runs to success with the params as typed
+        page.wait_for_url(re.compile(r"/dags/transfer_rec/runs/[^/]+$"))
+        run_id = urllib.parse.unquote(page.url.rsplit("/runs/", 1)[1])
+        run = f"{DAG}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        conf = api.call("GET", run)[1]["conf"]
+        assert conf["dry_run"] is True and conf["epochs_finetune"] == 2, conf
+        final = wait_for(api, run, lambda b: b["state"] in ("success", "failed"), 1200, f"run {run_id} finished")
+        assert final["state"] == "success", env["log"].read_text()[-3000:]
+        page.reload()
+        header = page.locator("h2", has_text=run_id).locator("xpath=..")
+        expect(header).to_contain_text("Success")
+        shots.take(page, "run-success")
+
+        # 4. the grid's fine-tune cell of this run lists the mapped instances, named by target platform
+        page.get_by_test_id(f"grid-{run_id}-finetune").click()
+        page.wait_for_url(re.compile(r"/tasks/finetune/mapped$"))
+        rows = page.get_by_role("row").filter(has=page.get_by_role("link", name=TARGET, exact=True))
+        expect(rows).to_have_count(1)
+        expect(rows).to_contain_text("Success")
+        shots.take(page, "finetune-mapped")
+
+        # 5. the village instance's details carry the MLflow extra link, to the MLflow UI the fixture serves
+        rows.get_by_role("link", name=TARGET, exact=True).click()
+        page.wait_for_url(re.compile(r"/tasks/finetune/mapped/0$"))
+        expect(page.get_by_role("heading", name=f"finetune [{TARGET}]")).to_be_visible()
+        page.get_by_role("link", name="Details", exact=True).click()
+        link = page.get_by_role("link", name="MLflow run", exact=True)
+        expect(link).to_have_attribute("href", re.compile("^" + re.escape(env["mlflow_ui"] + "/#/experiments/")))
+        shots.take(page, "finetune-extra-links")
+
+        # 6. following it opens the fine-tune's MLflow run page
+        mlflow_run_id = link.get_attribute("href").rsplit("/runs/", 1)[1]
+        client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+        mlflow_run = client.get_run(mlflow_run_id)
+        assert mlflow_run.data.tags["transfer_rec.stage"] == f"finetune {TARGET}"
+        with chromium.expect_page() as opened:
+            link.click()
+        mlflow_page = opened.value
+        mlflow_page.wait_for_load_state("load")
+        expect(mlflow_page).to_have_url(env["mlflow_ui"] + f"/#/experiments/{mlflow_run.info.experiment_id}/runs/"
+                                        + mlflow_run_id)
+        expect(mlflow_page.get_by_role("heading", name=mlflow_run.info.run_name, exact=True)).to_be_visible()
+        expect(mlflow_page.get_by_text(mlflow_run_id, exact=True).first).to_be_visible()
+        shots.take(mlflow_page, "mlflow-run")
