@@ -108,7 +108,8 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
                            f"columns ({', '.join(PROFILE_FIELDS)}), or several of them")
     vocabulary = bundle.profile_vocabulary
     histories, profiles = [], []
-    for row, request in enumerate(requests.to_dict("records")):
+    records = requests.to_dict("records")
+    for row, request in enumerate(records):
         history = request.get("history")
         history = [] if history is None or (isinstance(history, float) and pd.isna(history)) else history
         if isinstance(history, str):
@@ -132,13 +133,17 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
                                f"from{hint}")
         histories.append(merged)
         profiles.append(profile or {})
-    recs = bundle.recommend(histories, k, pd.DataFrame(profiles, columns=list(PROFILE_FIELDS))
+    recs = bundle.recommend(histories, k, pd.DataFrame({f: [p.get(f) for p in profiles] for f in PROFILE_FIELDS})
                             if vocabulary is not None else None)
-    rows = []
-    for row, request in enumerate(requests.to_dict("records")):
-        for rank, (item, score) in enumerate(zip(recs.item_ids[row], recs.scores[row]), start=1):
-            user = request.get("user_id")
-            rows.append({"request": row, "user_id": None if isinstance(user, float) else user, "rank": rank,
-                         "item_id": item,
-                         "score": score, "unknown_items": recs.unknown_items[row]})
-    return pd.DataFrame(rows, columns=["request", "user_id", "rank", "item_id", "score", "unknown_items"])
+    out: dict[str, list] = {"request": [], "user_id": [], "rank": [], "item_id": [], "score": [], "unknown_items": []}
+    for row, request in enumerate(records):
+        user = request.get("user_id")
+        user = None if isinstance(user, float) else user
+        items = recs.item_ids[row]
+        out["request"] += [row] * len(items)
+        out["user_id"] += [user] * len(items)
+        out["rank"] += list(range(1, len(items) + 1))
+        out["item_id"] += items
+        out["score"] += recs.scores[row]
+        out["unknown_items"] += [recs.unknown_items[row]] * len(items)
+    return pd.DataFrame(out)

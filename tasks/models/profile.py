@@ -38,8 +38,11 @@ def profile_features(users: pd.DataFrame, vocabulary: dict[str, list[str]]) -> s
     rows: list[np.ndarray] = []
     offset = 0
     n = len(users)
-    values = {f: users[f].astype(object).where(users[f].notna(), None).to_numpy() if f in users else [None] * n
-              for f in PROFILE_FIELDS}
+    values = {}
+    for f in PROFILE_FIELDS:
+        # plain object arrays, not pandas' where/astype: a one-user serving request pays ~5 ms for those
+        column = users[f].to_numpy(dtype=object) if f in users else np.full(n, None, dtype=object)
+        values[f] = np.where(pd.isna(column), None, column)
     values["age_gender"] = np.array([f"{a}|{g}" if a is not None and g is not None else None
                                      for a, g in zip(values["age"], values["gender"])], dtype=object)
     for field in (*PROFILE_FIELDS, "age_gender"):
