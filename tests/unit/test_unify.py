@@ -22,7 +22,7 @@ def unified(tmp_path_factory):
         for name in platform.files.values():
             if name.endswith(".inter") and platform.name == "ml-1m":
                 continue  # the 1M-row interactions are not needed for profile checks
-            copy_to_local(f"{platform.location}/{name}", folder / name)
+            copy_to_local(f"{platform.embedded}/{name}", folder / name)  # the package the demo exports come from
         if platform.name == "ml-1m":
             # a small interactions file in ml-1m's native schema
             (folder / "ml-1m.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
