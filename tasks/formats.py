@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import pandas as pd
@@ -11,23 +12,66 @@ class FormatError(ValueError):
     """A file cannot be parsed as its configured format."""
 
 
-def read_table(path: Path, fmt: str, delimiter: str | None = None) -> pd.DataFrame:
+def read_table(path: Path, fmt: str, delimiter: str | None = None, categorical: Collection[str] = ()) -> pd.DataFrame:
     """Read one exported table with its native column names: text formats as text (typed later), Parquet with its
     numeric columns as numbers and the others as text.
 
     recbole: RecBole atomic files (tab-separated, header cells `name:type`); csv/tsv: a header row and a delimiter;
-    parquet; jsonl: one JSON object per line.
+    parquet; jsonl: one JSON object per line. Text columns named in `categorical` come as pandas categoricals of
+    that text (the same values; from Parquet read straight from its dictionary pages).
     """
     if fmt == "parquet":
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-            raise FormatError(f"{path}: not a readable Parquet file: {exc}") from exc
+        frame = _read_parquet(path, categorical)
         # Numbers stay numbers (the file is typed); everything else becomes text with nulls kept.
         for column in frame.columns:
-            if not pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]):
-                frame[column] = frame[column].astype(str).where(frame[column].notna())
+            values = frame[column]
+            if isinstance(values.dtype, pd.CategoricalDtype):
+                continue
+            if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+                frame[column] = values.astype(str).where(values.notna())
+                if column in categorical:
+                    frame[column] = frame[column].astype("category")
         return frame
+    return _as_categorical(_read_text(path, fmt, delimiter), categorical)
+
+
+def to_numbers(values: pd.Series) -> pd.Series:
+    """pd.to_numeric(values, errors="coerce"), with fast paths for what exports mostly hold: a numeric column as it is,
+    and text of whole numbers without gaps parsed by pyarrow (which refuses everything to_numeric would read
+    differently: signs, spaces, decimals, exponents, out-of-range values)."""
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values
+    if isinstance(values.array, pd.arrays.ArrowStringArray) and len(values) and not values.isna().any():
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        try:
+            parsed = pc.cast(pa.array(values.array), pa.int64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        else:
+            return pd.Series(parsed.to_numpy(), index=values.index, name=values.name)
+    return pd.to_numeric(values, errors="coerce")
+
+
+def _read_parquet(path: Path, categorical: Collection[str]) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        dictionary = [f.name for f in pq.read_schema(path) if f.name in categorical
+                      and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))] if categorical else []
+        return pd.read_parquet(path, read_dictionary=dictionary) if dictionary else pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+        raise FormatError(f"{path}: not a readable Parquet file: {exc}") from exc
+
+
+def _as_categorical(frame: pd.DataFrame, columns: Collection[str]) -> pd.DataFrame:
+    converted = {c: frame[c].astype("category") for c in columns if c in frame}
+    return frame.assign(**converted) if converted else frame
+
+
+def _read_text(path: Path, fmt: str, delimiter: str | None) -> pd.DataFrame:
     if fmt == "jsonl":
         try:
             return pd.read_json(path, lines=True, dtype=False).astype(object).where(lambda f: f.notna(), None) \

@@ -8,17 +8,18 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from tasks.config import PipelineConfig, PlatformConfig
 from tasks.expectations import USER_COLUMNS as UNIFIED_USER_COLUMNS
-from tasks.formats import read_table
+from tasks.formats import read_table, to_numbers
+from tasks.parallel import Forked, can_fork, workers
 from tasks.state import StateLayout
 from tasks.storage import atomic_dir
-from tasks.validate import VALIDATION_FILE, validate_unified
+from tasks.validate import PARALLEL_MIN_ROWS, VALIDATION_FILE, validate_unified
 
 log = logging.getLogger(__name__)
 
@@ -74,26 +75,75 @@ def canonical_item_key(raw: pd.Series) -> pd.Series:
     """Align items across platforms: normalised 'title (year)' (case, spacing and punctuation folded)."""
     codes, uniques = pd.factorize(raw.astype(str))
     # Normalise each distinct id once (a platform has far fewer items than interactions).
-    text = pd.Series(uniques, dtype=object).str.lower().str.normalize("NFKC")
-    text = text.str.replace(r"[^\w()]+", " ", regex=True).str.replace(r"\s+", " ", regex=True).str.strip()
-    return pd.Series(text.to_numpy()[codes], index=raw.index)
+    return pd.Series(_canonical_text(pd.Series(uniques, dtype=object)).to_numpy()[codes], index=raw.index)
+
+
+def _canonical_text(uniques: pd.Series) -> pd.Series:
+    text = uniques.str.lower().str.normalize("NFKC")
+    return text.str.replace(r"[^\w()]+", " ", regex=True).str.replace(r"\s+", " ", regex=True).str.strip()
 
 
 def user_key(platform: str, native: pd.Series) -> pd.Series:
     """Users are namespaced by platform: the same native id on two platforms is two people."""
     codes, uniques = pd.factorize(native.astype(str))   # each distinct id once: far fewer users than interactions
-    keys = (platform + ":" + pd.Series(uniques, dtype=str)).to_numpy()
+    keys = _user_text(platform, pd.Series(uniques, dtype=str)).to_numpy()
     return pd.Series(keys[codes], index=native.index, dtype=str)
+
+
+def _user_text(platform: str, uniques: pd.Series) -> pd.Series:
+    return platform + ":" + uniques
+
+
+def _sorted_key_codes(native: pd.Series, keys_of: Callable[[pd.Series], pd.Series]) -> tuple[np.ndarray, pd.Index]:
+    """The unified keys of a native id column as codes into its distinct keys in sorted order (the order of the keys
+    themselves), and those keys. Each distinct native id is mapped once; a categorical column is not expanded."""
+    if isinstance(native.dtype, pd.CategoricalDtype):
+        codes = native.cat.codes.to_numpy()
+        uniques = native.cat.categories.astype(str)
+    else:
+        codes, uniques = pd.factorize(native.astype(str))
+    key_codes, keys = pd.factorize(keys_of(pd.Series(uniques, dtype=str)), sort=True)
+    return key_codes[codes].astype(np.int64), keys
+
+
+def _strings(keys: pd.Index, codes: np.ndarray) -> pd.arrays.ArrowStringArray:
+    """keys[codes] as a pandas string array, gathered by pyarrow (no Python string per row)."""
+    import pyarrow as pa
+
+    values = pa.array(np.asarray(keys, dtype=object), type=pa.large_string()).take(pa.array(codes))
+    return pd.array(values, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
+
+
+def _repeated(text: str, count: int) -> pd.arrays.ArrowStringArray:
+    """One string `count` times as a pandas string array, built from its Arrow buffers (no per-row work)."""
+    import pyarrow as pa
+
+    data = text.encode()
+    offsets = np.arange(count + 1, dtype=np.int64) * len(data)
+    values = pa.LargeStringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(data * count))
+    return pd.array(values, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
+
+
+def _arrow_strings(values: Any):
+    """A pyarrow (chunked) array of large strings holding the values (zero-copy for pandas' pyarrow strings)."""
+    import pyarrow as pa
+
+    if isinstance(values, (pd.Series, pd.Index)):
+        values = values.array
+    if isinstance(values, pd.arrays.ArrowStringArray):
+        array = pa.array(values)   # its own buffers
+    else:
+        array = pa.array(np.asarray(values, dtype=object), from_pandas=True)
+    return array if array.type == pa.large_string() else array.cast(pa.large_string())
 
 
 def is_member(keys: pd.Series, values: pd.Series | np.ndarray) -> np.ndarray:
     """keys.isin(values) through a hash set (pyarrow), fast on millions of string keys."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
-    value_set = pa.array(pd.unique(np.asarray(values, dtype=object)), type=pa.string())
-    return pc.is_in(pa.array(np.asarray(keys, dtype=object), type=pa.string()), value_set=value_set) \
-        .to_numpy(zero_copy_only=False)
+    value_set = pc.unique(_arrow_strings(values))
+    value_set = value_set.combine_chunks() if hasattr(value_set, "combine_chunks") else value_set
+    return pc.is_in(_arrow_strings(keys), value_set=value_set).to_numpy(zero_copy_only=False)
 
 
 def _map_values(series: pd.Series, map_name: str, config: PipelineConfig, vocabulary: list[str]) -> pd.Series:
@@ -128,10 +178,44 @@ def interaction_files(manifest: dict[str, Any], platform: PlatformConfig, layout
 
 
 def _read_interactions(paths: list[Path], platform: PlatformConfig) -> pd.DataFrame:
-    frames = [_native(read_table(p, platform.format, platform.delimiter), platform, "interactions") for p in paths]
+    ids = [native for native, unified in platform.columns["interactions"].items() if unified in ("user_id", "item_id")]
+    frames = [_native(read_table(p, platform.format, platform.delimiter, categorical=ids), platform, "interactions")
+              for p in paths]
     if not frames:
         return pd.DataFrame(columns=["user_id", "item_id", "rating", "timestamp"])
+    if len(frames) > 1:   # partitions: their id categoricals have different categories
+        frames = [f.astype({c: str for c in ("user_id", "item_id") if c in f}) for f in frames]
     return pd.concat(frames, ignore_index=True)
+
+
+def _first_per_pair(users: np.ndarray, items: np.ndarray, n_items: int, timestamps: np.ndarray) -> np.ndarray:
+    """The rows to keep, in (user, item) order: of the rows of one (user, item) pair, the earliest (then the first
+    in file order). The same rows and order as a stable sort by (user, item, timestamp) keeping each pair's first,
+    with one stable sort of an integer pair key (a 3-key lexsort is ~10x slower on 18 M rows) and a lexsort of the
+    duplicated pairs only."""
+    if len(users) and n_items and int(users.max()) >= (2 ** 62) // n_items:   # the pair key would overflow
+        order = np.lexsort((timestamps, items, users))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = (np.diff(users[order]) != 0) | (np.diff(items[order]) != 0)
+        return order[first]
+    pair = users * max(n_items, 1) + items
+    order = np.argsort(pair, kind="stable")
+    pair = pair[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = pair[1:] != pair[:-1]
+    kept = order[first]
+    if first.all():
+        return kept
+    group = np.cumsum(first) - 1                        # the kept row each sorted row belongs with
+    repeated = np.zeros(len(kept), dtype=bool)
+    repeated[group[~first]] = True
+    rows, groups = order[repeated[group]], group[repeated[group]]   # rows of repeated pairs, in file order per pair
+    by_time = np.lexsort((timestamps[rows], groups))
+    rows, groups = rows[by_time], groups[by_time]
+    head = np.ones(len(rows), dtype=bool)
+    head[1:] = groups[1:] != groups[:-1]
+    kept[groups[head]] = rows[head]
+    return kept
 
 
 def unify_platform(batch_dir: Path, platform: PlatformConfig, config: PipelineConfig,
@@ -141,31 +225,22 @@ def unify_platform(batch_dir: Path, platform: PlatformConfig, config: PipelineCo
     files = platform.files
     raw = _read_interactions(interactions if interactions is not None else [batch_dir / files["interactions"]],
                              platform)
-    inter = pd.DataFrame({
-        "platform": platform.name,
-        "user_id": user_key(platform.name, raw["user_id"]),
-        "item_id": canonical_item_key(raw["item_id"]),
-        "rating": pd.to_numeric(raw.get("rating", pd.Series(1.0, index=raw.index)), errors="coerce"),
-        "timestamp": pd.to_numeric(raw.get("timestamp", pd.Series(0, index=raw.index)), errors="coerce"),
-    })
-    rows_in = len(inter)
-    unusable = inter["rating"].isna() | inter["timestamp"].isna()
-    inter = inter[~unusable]
-    # Order by (user, item, timestamp), stable, and keep the earliest of duplicate (user, item) rows. Sorting
-    # integer codes (factorised in sorted order) is the same order as sorting the strings, many times faster.
-    user_codes = pd.factorize(inter["user_id"], sort=True)[0].astype(np.int64)
-    item_codes, item_uniques = pd.factorize(inter["item_id"], sort=True)
-    order = np.lexsort((inter["timestamp"].to_numpy(), item_codes, user_codes))
-    pair = (user_codes * max(len(item_uniques), 1) + item_codes)[order]
-    first = np.ones(len(pair), dtype=bool)
-    first[1:] = pair[1:] != pair[:-1]
-    duplicated = pd.Series(~first)
-    inter = inter.iloc[order[first]].copy()
-    inter["timestamp"] = inter["timestamp"].astype("int64")
-    inter["rating"] = inter["rating"].astype("float64")
-    inter["label"] = (inter["rating"] >= config.features.min_rating).astype("int8")
-    inter = inter[INTERACTION_COLUMNS].reset_index(drop=True)
-
+    rows_in = len(raw)
+    # Ids as codes into their sorted distinct unified keys: ordering by code is ordering by key, and each distinct
+    # id is namespaced / normalised once.
+    user_codes, user_keys = _sorted_key_codes(raw["user_id"], lambda u: _user_text(platform.name, u))
+    item_codes, item_keys = _sorted_key_codes(raw["item_id"], _canonical_text)
+    rating = to_numbers(raw.get("rating", pd.Series(1.0, index=raw.index))).to_numpy()
+    timestamp = to_numbers(raw.get("timestamp", pd.Series(0, index=raw.index))).to_numpy()
+    unusable_rows = np.flatnonzero(pd.isna(rating) | pd.isna(timestamp))
+    unusable = len(unusable_rows)
+    # Order by (user, item, timestamp), stable, and keep the earliest of duplicate (user, item) rows.
+    if unusable:
+        rows = np.delete(np.arange(rows_in), unusable_rows)
+        kept = rows[_first_per_pair(user_codes[rows], item_codes[rows], len(item_keys), timestamp[rows])]
+    else:
+        kept = _first_per_pair(user_codes, item_codes, len(item_keys), timestamp)
+    duplicated = rows_in - unusable - len(kept)
     users = pd.DataFrame(columns=USER_COLUMNS)
     if "users" in files:
         u = _native(read_table(batch_dir / files["users"], platform.format, platform.delimiter), platform, "users")
@@ -184,10 +259,24 @@ def unify_platform(batch_dir: Path, platform: PlatformConfig, config: PipelineCo
         users["consent"] = consent_flags(u).values
     # Opted-out users' interactions never enter training or evaluation; they keep a users row (consent False) so
     # publishing can still give them non-personalised recommendations.
-    opted_out = (pd.Series(is_member(inter["user_id"], users.loc[~users["consent"].astype(bool), "user_id"]),
-                           index=inter.index) if len(users) else None)
-    if opted_out is not None and opted_out.any():
-        inter = inter[~opted_out].reset_index(drop=True)
+    opted_out = 0
+    if len(users):
+        out = is_member(user_keys, users.loc[~users["consent"].astype(bool), "user_id"])   # per distinct user
+        leaving = out[user_codes[kept]]
+        opted_out = int(leaving.sum())
+        if opted_out:
+            kept = kept[~leaving]
+    users_kept, items_kept = user_codes[kept], item_codes[kept]
+    rating_kept = rating[kept].astype("float64")
+    inter = pd.DataFrame({
+        "platform": _repeated(platform.name, len(kept)),
+        "user_id": _strings(user_keys, users_kept),
+        "item_id": _strings(item_keys, items_kept),
+        "rating": rating_kept,
+        "label": (rating_kept >= config.features.min_rating).astype("int8"),
+        "timestamp": timestamp[kept].astype("int64"),
+    })[INTERACTION_COLUMNS]
+    present_items = np.flatnonzero(np.bincount(items_kept, minlength=len(item_keys)))
     items = pd.DataFrame(columns=ITEM_COLUMNS)
     if "items" in files:
         it = _native(read_table(batch_dir / files["items"], platform.format, platform.delimiter), platform, "items")
@@ -205,13 +294,42 @@ def unify_platform(batch_dir: Path, platform: PlatformConfig, config: PipelineCo
         "counts": {
             "rows_in": rows_in,
             "rows_out": len(inter),
-            "dropped": {"unparseable_rating_or_timestamp": int(unusable.sum()),
-                        "duplicate_user_item": int(duplicated.sum()),
-                        "opted_out": int(opted_out.sum()) if opted_out is not None else 0},
-            "users": int(inter["user_id"].nunique()),
-            "items": int(inter["item_id"].nunique()),
+            "dropped": {"unparseable_rating_or_timestamp": unusable,
+                        "duplicate_user_item": duplicated,
+                        "opted_out": opted_out},
+            "users": int(np.count_nonzero(np.bincount(users_kept, minlength=len(user_keys)))),
+            "items": len(present_items),
         },
+        # the distinct items of the kept interactions (what the source and a target share is counted on them)
+        "item_keys": item_keys[present_items],
     }
+
+
+def _write_tables(tables: dict[str, pd.DataFrame], out: Path) -> None:
+    for name, frame in tables.items():
+        frame.to_parquet(out / f"{name}.parquet", index=False)
+
+
+def _unify_platforms(validated: list[dict[str, Any]], config: PipelineConfig,
+                     layout: StateLayout) -> dict[str, dict[str, Any]]:
+    """unify_platform for every validated batch, in platform order: the one with the most rows here, the others
+    meanwhile in forked processes when the batches are large (their results come back pickled)."""
+    work = [(m["platform"], Path(m["batch_dir"]), config.platform(m["platform"])) for m in validated]
+    files = {name: interaction_files(m, platform, layout) for m, (name, _, platform) in zip(validated, work)}
+    rows = {m["platform"]: sum(f["rows"] for f in m["files"] if f["table"] == "interactions") for m in validated}
+    largest = max(rows, key=rows.__getitem__) if rows else None
+    concurrent = sum(rows.values()) >= PARALLEL_MIN_ROWS and len(work) > 1 and can_fork() and workers() > 1
+    others = {name: Forked(unify_platform, folder, platform, config, files[name])
+              for name, folder, platform in work if concurrent and name != largest}
+    try:
+        parts = {name: unify_platform(folder, platform, config, files[name])
+                 for name, folder, platform in work if name not in others}
+    except BaseException:
+        for other in others.values():
+            other.cancel()
+        raise
+    parts.update({name: other.result() for name, other in others.items()})
+    return {name: parts[name] for name, _, _ in work}
 
 
 class ItemCollisionError(ValueError):
@@ -233,12 +351,9 @@ def check_item_collisions(items: pd.DataFrame, shown: int = 3) -> None:
 
 def unify(validated: list[dict[str, Any]], config: PipelineConfig, layout: StateLayout) -> dict[str, Any]:
     """Unify all validated batches into lake/unified/{interactions,users,items}.parquet, switched in atomically."""
-    parts = {}
-    for m in validated:
-        platform = config.platform(m["platform"])
-        parts[m["platform"]] = unify_platform(Path(m["batch_dir"]), platform, config,
-                                              interaction_files(m, platform, layout))
-    interactions = pd.concat([p["interactions"] for p in parts.values()], ignore_index=True)
+    parts = _unify_platforms(validated, config, layout)
+    # each platform's rows are dropped as soon as they are in the concatenation
+    interactions = pd.concat([p.pop("interactions") for p in parts.values()], ignore_index=True)
     users = pd.concat([p["users"] for p in parts.values() if len(p["users"])] or [pd.DataFrame(columns=USER_COLUMNS)],
                       ignore_index=True)
     items = pd.concat([p["items"].assign(_platform=name) for name, p in parts.items() if len(p["items"])]
@@ -246,26 +361,38 @@ def unify(validated: list[dict[str, Any]], config: PipelineConfig, layout: State
     check_item_collisions(items)
     items = items.drop(columns="_platform")
     # Items seen in interactions but missing from every item table still get a row (title from the id).
-    missing = np.setdiff1d(interactions["item_id"].unique(), items["item_id"].unique())
+    seen = pd.unique(np.concatenate([np.asarray(p["item_keys"], dtype=object) for p in parts.values()])) \
+        if parts else np.array([], dtype=object)
+    missing = np.sort(seen[~is_member(seen, items["item_id"])]) if len(seen) else seen
     if len(missing):
         items = pd.concat([items, pd.DataFrame({"item_id": missing, "title": missing, "year": pd.NA, "genres": ""})],
                           ignore_index=True)
     items = items.drop_duplicates("item_id", keep="first").reset_index(drop=True)
     items["year"] = items["year"].astype("Int64")
 
-    source_items = set(parts[config.source.name]["interactions"]["item_id"]) if config.source.name in parts else set()
+    source_items = set(parts[config.source.name]["item_keys"]) if config.source.name in parts else set()
     counts = {}
     for name, part in parts.items():
-        target_items = set(part["interactions"]["item_id"])
+        target_items = set(part["item_keys"])
         counts[name] = {**part["counts"], "items_shared_with_source": len(target_items & source_items)}
         log.info("unified %s: %s", name, counts[name])
     final = layout.unified / "current"
     with atomic_dir(final) as out:
-        validation = validate_unified({"interactions": interactions, "users": users, "items": items}, config,
-                                      layout, out.name)
-        interactions.to_parquet(out / "interactions.parquet", index=False)
-        users.to_parquet(out / "users.parquet", index=False)
-        items.to_parquet(out / "items.parquet", index=False)
+        tables = {"interactions": interactions, "users": users, "items": items}
+        # Large tables are written by a forked process while the suite checks them (a refused version is discarded
+        # whole), small ones first.
+        writer = Forked(_write_tables, tables, out) \
+            if len(interactions) >= PARALLEL_MIN_ROWS and can_fork() and workers() > 1 else None
+        if writer is None:
+            _write_tables(tables, out)
+        try:
+            validation = validate_unified(tables, config, layout, out.name)
+        except BaseException:
+            if writer:
+                writer.cancel()
+            raise
+        if writer:
+            writer.result()
         manifest = {
             # Downstream stages read this exact version, even if a later run switches "current" meanwhile.
             "dir": str(out),

@@ -41,3 +41,17 @@ def test_a_file_in_another_format_than_configured_is_refused(tmp_path):
     bad.write_text('{"learner": "a"}\nnot json\n')
     with pytest.raises(FormatError, match="malformed JSON lines"):
         read_table(bad, "jsonl")
+
+
+def test_to_numbers_reads_exactly_what_to_numeric_reads():
+    from tasks.formats import to_numbers
+
+    cases = [["4", "5", "10"], ["4", "+4", "04"], ["4", "4.5"], ["4", " 4"], ["1e3", "2"], ["4", None], ["x", "4"],
+             ["9223372036854775808", "1"], [], ["-3", "0"]]
+    for values in cases:
+        text = pd.Series(values, dtype=str)
+        expected = pd.to_numeric(text, errors="coerce")
+        got = to_numbers(text)
+        pd.testing.assert_series_equal(got, expected, check_exact=True)
+    numbers = pd.Series([1, 2, 3])
+    assert to_numbers(numbers) is numbers

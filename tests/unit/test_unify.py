@@ -59,3 +59,23 @@ def test_items_are_aligned_and_duplicates_dropped_and_counted(unified):
     assert out["ml-100k"]["counts"]["dropped"]["duplicate_user_item"] == 307
     genres = out["ml-100k"]["items"].set_index("item_id").loc["toy story (1995)", "genres"]
     assert genres == "Animation|Children's|Comedy"
+
+
+def test_first_per_pair_keeps_the_rows_a_stable_three_key_sort_keeps():
+    import numpy as np
+
+    from tasks.unify import _first_per_pair
+
+    rng = np.random.default_rng(4)
+    for n, users, items in [(2000, 40, 30), (500, 5, 3), (1, 1, 1), (0, 1, 1)]:
+        u, i = rng.integers(0, users, n), rng.integers(0, items, n)
+        t = rng.integers(0, 5, n).astype(float)          # many ties: the file order decides
+        order = np.lexsort((t, i, u))
+        pair = (u * items + i)[order]
+        first = np.ones(n, dtype=bool)
+        first[1:] = pair[1:] != pair[:-1]
+        assert _first_per_pair(u, i, items, t).tolist() == order[first].tolist()
+    # ids too many for an integer (user, item) key take the lexsort path, with the same result
+    u, i, t = rng.integers(0, 3, 50), rng.integers(0, 3, 50), rng.integers(0, 3, 50)
+    big = u * (2 ** 61)
+    assert _first_per_pair(big, i, 4, t).tolist() == _first_per_pair(u, i, 4, t).tolist()

@@ -1,0 +1,36 @@
+"""Work in forked processes: the result comes back, an exception is raised in the parent, a child can be stopped."""
+
+import os
+import time
+
+import pytest
+
+from tasks.parallel import Forked
+
+
+def _pid_and(value):
+    return os.getpid(), value
+
+
+def _fail(message):
+    raise ValueError(message)
+
+
+def _sleep(seconds):
+    time.sleep(seconds)
+
+
+def test_a_forked_call_returns_its_result_or_raises_its_error():
+    pid, value = Forked(_pid_and, {"rows": [1, 2]}).result()
+    assert value == {"rows": [1, 2]} and pid != os.getpid()
+    with pytest.raises(ValueError, match="bad batch"):
+        Forked(_fail, "bad batch").result()
+
+
+def test_a_cancelled_call_stops_its_process():
+    started = time.monotonic()
+    call = Forked(_sleep, 30)
+    call.cancel()
+    assert time.monotonic() - started < 10
+    with pytest.raises(RuntimeError, match="cancelled"):
+        call.result()
