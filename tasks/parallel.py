@@ -64,9 +64,10 @@ class Forked:
         return value
 
     def cancel(self) -> None:
-        """Stop the child if it is still running (its result is dropped)."""
+        """Stop the child if it is still running (its result is dropped). SIGKILL: a SIGTERM handler inherited from
+        the parent (Airflow's task runner installs one) would let the child run on."""
         if self._process is not None:
-            self._process.terminate()
+            self._process.kill()
             self._process.join()
             self._receive.close()
             self._process = None
