@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -118,6 +118,11 @@ class TrainingConfig(_Strict):
     rating_weight: float = Field(0.0, ge=0, le=1)
     # (alpha, lam, drop_p) settings of the item-item solve also tried in fine-tuning; the best on valid is kept
     item_grid: list[tuple[float, float, float]] = [(0.5, 100.0, 0.5), (0.3, 300.0, 0.25), (0.7, 100.0, 0.5)]
+    # user-kernel part (tasks/models/kernel.py): its ridge settings and blend weights tried on valid (weight 0: off);
+    # an empty list leaves the part out
+    kernel_lams: list[Annotated[float, Field(gt=0)]] = [0.1, 0.3]
+    kernel_weights: list[Annotated[float, Field(ge=0)]] = [0.0, 0.5, 1.0, 1.5, 2.0]
+    kernel_max_users: int = Field(5000, ge=1, le=50000)
 
 
 class ColdStartConfig(_Strict):

@@ -108,7 +108,10 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
                            f"columns ({', '.join(PROFILE_FIELDS)}), or several of them")
     vocabulary = bundle.profile_vocabulary
     histories, profiles = [], []
-    records = requests.to_dict("records")
+    # column by column: DataFrame.to_dict("records") alone cost ~1 ms of a one-user request
+    wanted = [c for c in ("user_id", "history", *PROFILE_FIELDS) if c in requests.columns]
+    columns = {c: requests[c].tolist() for c in wanted}
+    records = [{c: columns[c][row] for c in wanted} for row in range(len(requests))]
     for row, request in enumerate(records):
         history = request.get("history")
         history = [] if history is None or (isinstance(history, float) and pd.isna(history)) else history
@@ -124,7 +127,7 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
         known = bundle.histories.get(user, []) if user is not None else []
         merged = list(known) + [str(i) for i in list(history)]
         profile = _profile(request, row, bundle.profile_of(user), vocabulary)
-        usable = bool(known) or any(item in bundle._index.index for item in merged) or profile is not None
+        usable = bool(known) or any(item in bundle.position for item in merged) or profile is not None
         if not usable:
             what = (f"none of the history's {len(merged)} item ids is known to the model (e.g. {merged[0]!r})"
                     if merged else "no history")
@@ -133,7 +136,7 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
                                f"from{hint}")
         histories.append(merged)
         profiles.append(profile or {})
-    recs = bundle.recommend(histories, k, pd.DataFrame({f: [p.get(f) for p in profiles] for f in PROFILE_FIELDS})
+    recs = bundle.recommend(histories, k, {f: [p.get(f) for p in profiles] for f in PROFILE_FIELDS}
                             if vocabulary is not None else None)
     out: dict[str, list] = {"request": [], "user_id": [], "rank": [], "item_id": [], "score": [], "unknown_items": []}
     for row, request in enumerate(records):

@@ -110,9 +110,9 @@ def finetune(target: str, features: dict[str, Any], pretrained: dict[str, Any], 
         mlflow.log_dict(side, "side_parts.json")
         tuned = [e for e in history if e["stage"] == "finetune"]
         best = max(tuned, key=lambda e: e["valid_ndcg"]) if tuned else {"epoch": 0}
-        blend = history[-1]
-        mlflow.log_metrics({"valid_ndcg": blend["valid_ndcg"], "best_epoch": best["epoch"], "beta": blend["beta"],
-                            "fit_seconds": time.perf_counter() - started})
+        blend = next(e for e in reversed(history) if e["stage"] == "blend")
+        mlflow.log_metrics({"valid_ndcg": model.valid_ndcg, "best_epoch": best["epoch"], "beta": blend["beta"],
+                            "kernel_weight": model.kernel_weight, "fit_seconds": time.perf_counter() - started})
         bundle = bundle_for(model, features, data, ("train", "valid"),
                             {"target": target, "run_key": run_key, "features": features["dir"]})
         folder = bundle.save(layout.models / run_key / target / "candidate")
@@ -120,7 +120,8 @@ def finetune(target: str, features: dict[str, Any], pretrained: dict[str, Any], 
                                        artifacts={"bundle": str(folder)}, signature=SIGNATURE,
                                        input_example=input_example(bundle),
                                        code_paths=[str(Path(__file__).resolve().parent)])
-    log.info("fine-tuned %s: best epoch %d, blend beta %.2f, valid NDCG@%d %.4f; MLflow run %s", target,
-             best["epoch"], blend["beta"], config.evaluation.k, blend["valid_ndcg"], run.info.run_id)
+    log.info("fine-tuned %s: best epoch %d, blend beta %.2f, kernel weight %.2f, valid NDCG@%d %.4f; MLflow run %s",
+             target, best["epoch"], blend["beta"], model.kernel_weight, config.evaluation.k, model.valid_ndcg,
+             run.info.run_id)
     return {"target": target, "bundle": str(folder), "run_id": run.info.run_id, "model_uri": info.model_uri,
-            "valid_ndcg": blend["valid_ndcg"], "epochs": len(tuned)}
+            "valid_ndcg": model.valid_ndcg, "epochs": len(tuned)}

@@ -20,12 +20,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 import torch
 
 from tasks.models.content import ContentSimilarity
-from tasks.models.profile import ProfilePrior
+from tasks.models.profile import ProfilePrior, Profiles
 
 PROFILE_GRID = tuple((a, c) for a in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0) for c in (1.0, 3.0, 10.0, 30.0))
 GAMMA_GRID = (0.0, 0.1, 0.2, 0.4, 0.8)
@@ -70,7 +69,7 @@ class SideComponents:
         self.profile_weight = (0.0, 1.0)
         self.content_weight = (0.0, float("inf"))
 
-    def parts(self, history: sp.spmatrix, profiles: pd.DataFrame | None,
+    def parts(self, history: sp.spmatrix, profiles: Profiles | None,
               candidates: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         """Prior logits, z-scored content scores and the history's summed log lifts over the candidates (None for a
         part the model does not hold)."""
@@ -78,8 +77,8 @@ class SideComponents:
         history = sp.csr_matrix(history, dtype=np.float32)
         prior = content = lift = None
         if self.prior is not None:
-            users = profiles if profiles is not None else pd.DataFrame(index=range(n_users))
-            prior = self.prior.score(users.reset_index(drop=True))[:, candidates].astype(np.float64)
+            prior = self.prior.score(profiles if profiles is not None else {}, n_users)[:, candidates]
+            prior = prior.astype(np.float64)
         if self.content is not None:
             content = _zscore(self.content.score(history)[:, candidates])
         if self.lift is not None:
@@ -116,7 +115,7 @@ class SideComponents:
             scores[empty] = prior[empty]
         return scores
 
-    def adjust(self, base: np.ndarray, history: sp.spmatrix, profiles: pd.DataFrame | None,
+    def adjust(self, base: np.ndarray, history: sp.spmatrix, profiles: Profiles | None,
                candidates: np.ndarray) -> np.ndarray:
         """The transfer model's candidate scores with the side parts added (see the module docstring)."""
         lengths = np.diff(sp.csr_matrix(history).indptr)

@@ -14,7 +14,7 @@ honest target-only profile prior.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -32,16 +32,28 @@ class ProfileConfig:
     seed: int = 2022
 
 
-def profile_features(users: pd.DataFrame, vocabulary: dict[str, list[str]]) -> sp.csr_matrix:
-    """One-hot profile features (each field, plus the age x gender cell); unknown or missing values have none."""
+# Users' profiles: a users frame, or (at serving, where building a frame costs more than scoring) a mapping of
+# field -> one value per user; missing fields and values are unknown. Rows are taken by position.
+Profiles = Union[pd.DataFrame, Mapping[str, Sequence[Any]]]
+
+
+def profile_features(users: Profiles, vocabulary: dict[str, list[str]], n: int | None = None) -> sp.csr_matrix:
+    """One-hot profile features (each field, plus the age x gender cell); unknown or missing values have none.
+    `n`, the number of users, is needed only for a mapping without any profile field."""
     columns: list[np.ndarray] = []
     rows: list[np.ndarray] = []
     offset = 0
-    n = len(users)
+    present = [f for f in PROFILE_FIELDS if f in users]
+    if isinstance(users, pd.DataFrame):
+        n = len(users)
+    elif present:
+        n = len(users[present[0]])
+    elif n is None:
+        raise ValueError("profile_features: say how many users a mapping without profile fields stands for")
     values = {}
     for f in PROFILE_FIELDS:
         # plain object arrays, not pandas' where/astype: a one-user serving request pays ~5 ms for those
-        column = users[f].to_numpy(dtype=object) if f in users else np.full(n, None, dtype=object)
+        column = np.asarray(list(users[f]), dtype=object) if f in users else np.full(n, None, dtype=object)
         values[f] = np.where(pd.isna(column), None, column)
     values["age_gender"] = np.array([f"{a}|{g}" if a is not None and g is not None else None
                                      for a, g in zip(values["age"], values["gender"])], dtype=object)
@@ -113,9 +125,9 @@ class ProfilePrior:
         self.weights = weights.detach().numpy().copy()
         return self
 
-    def score(self, users: pd.DataFrame) -> np.ndarray:
+    def score(self, users: Profiles, n: int | None = None) -> np.ndarray:
         """Item logits of the target platform for each user's profile (users without a profile: popularity)."""
-        return self.bias[None, :] + np.asarray(profile_features(users, self.vocabulary) @ self.weights)
+        return self.bias[None, :] + np.asarray(profile_features(users, self.vocabulary, n) @ self.weights)
 
     def state(self) -> dict[str, Any]:
         return {"n_items": self.n_items, "vocabulary": self.vocabulary, "config": asdict(self.config),

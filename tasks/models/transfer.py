@@ -5,7 +5,7 @@ is a row over the items: 1 per item, or, with `rating_weight` > 0, 1 + rating_we
 PlatformData.matrix (a history given without ratings, as at serving, counts every item 1: a rating of 4). The score
 of a user with history x is a blend of two standardised parts over the target's items:
 
-    score(x) = z(x @ B) + beta * z(f(items of x))
+    score(x) = z(x @ B) + beta * z(f(items of x)) + w * z(kernel(x))
 
 - B, item-item: a zero-diagonal linear autoencoder (EASE with a dropout-equivalent regulariser) over the unified item
   space. Pretraining keeps the source co-occurrence matrix S'S; fine-tuning solves in closed form
@@ -14,6 +14,9 @@ of a user with history x is a blend of two standardised parts over the target's 
   chosen on the target's validation split among the configured setting and `item_grid` (a solve is a few seconds).
 - f, history encoder: a multinomial denoising autoencoder (Mult-DAE), pretrained on source users and fine-tuned on
   target users while a share of source users is replayed; early stopping on the target's validation NDCG@k.
+- kernel, user-based: kernel ridge regression over the target's training users with the neural tangent kernel of an
+  infinitely wide autoencoder (tasks/models/kernel.py). Its ridge setting and weight w (0: left out) are chosen on
+  the target's validation split after beta.
 - beta is chosen on the target's validation split.
 
 The same class trained without `pretrain` is the target-only model: the transfer gain is the difference.
@@ -37,6 +40,7 @@ import scipy.sparse as sp
 import torch
 
 from tasks.metrics import evaluate_scores
+from tasks.models.kernel import UserKernel
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +71,18 @@ class TransferConfig:
     # interactions count 1 + rating_weight * (rating - 4) in the histories the model is trained and tested on (the
     # data layer applies it: PlatformData.matrix); only the item-item part reads the weights, the encoder reads items
     rating_weight: float = 0.0
+    # user-kernel part: ridge settings and blend weights chosen on valid (weight 0 leaves it out); at most
+    # kernel_max_users training users form its basis
+    kernel_lams: tuple[float, ...] = (0.1, 0.3)
+    kernel_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
+    kernel_max_users: int = 5000
     seed: int = 2022
     k: int = 10
 
     def __post_init__(self) -> None:
         self.beta_grid = tuple(float(b) for b in self.beta_grid)
+        self.kernel_lams = tuple(float(v) for v in self.kernel_lams)
+        self.kernel_weights = tuple(float(v) for v in self.kernel_weights)
         self.item_grid = tuple(tuple(float(v) for v in triple) for triple in self.item_grid)
         if any(len(triple) != 3 for triple in self.item_grid):
             raise ValueError("item_grid holds (alpha, lam, drop_p) triples")
@@ -104,6 +115,7 @@ def _dense(matrix: sp.spmatrix) -> torch.Tensor:
 def _binary(matrix: sp.spmatrix) -> sp.csr_matrix:
     """The items of a (possibly rating-weighted) history: what the encoder reads."""
     matrix = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+    matrix.sum_duplicates()
     matrix.data[:] = 1.0
     return matrix
 
@@ -188,6 +200,9 @@ class TransferRecommender:
         self.weights = np.zeros((n_items, n_items), dtype=np.float32)
         self.beta = 1.0
         self.item_params = (float(config.alpha), float(config.lam), float(config.drop_p))
+        self.kernel: UserKernel | None = None
+        self.kernel_weight = 0.0
+        self.valid_ndcg = float("nan")   # the fine-tuned model's validation NDCG@k (set by finetune)
         # Optional profile prior and item content for short histories (tasks/models/hybrid.py); fitted apart.
         self.side: Any = None
 
@@ -303,6 +318,7 @@ class TransferRecommender:
         grid = {b: self._valid_ndcg(self._full(z_item + b * z_encoded), train, valid) for b in cfg.beta_grid}
         self.beta = float(max(grid, key=lambda b: (grid[b], -b)))
         emit({"stage": "blend", "epoch": 0, "beta": self.beta, "valid_ndcg": grid[self.beta], "seconds": 0.0})
+        self.valid_ndcg = self._choose_kernel(train, valid, z_item + self.beta * z_encoded, grid[self.beta], emit)
         if checkpoint is not None:
             Path(checkpoint).unlink(missing_ok=True)
         return history
@@ -329,6 +345,30 @@ class TransferRecommender:
                 self.item_params = (float(alpha), float(lam), float(drop_p))
         return item_item
 
+    def _choose_kernel(self, train: sp.csr_matrix, valid: sp.csr_matrix, blend: np.ndarray, blend_ndcg: float,
+                       emit: Callable[[dict[str, Any]], None]) -> float:
+        """Fit the user-kernel part for each ridge setting; keep it with the blend weight best on valid, or leave it
+        out (weight 0) when no weight beats the blend without it. Returns the final model's valid NDCG."""
+        cfg = self.config
+        self.kernel, self.kernel_weight = None, 0.0
+        weights = [w for w in cfg.kernel_weights if w > 0]
+        best = blend_ndcg
+        if not weights:
+            return best
+        trials: list[tuple[float, float]] = []
+        for lam in cfg.kernel_lams:
+            started = time.perf_counter()
+            part = UserKernel(lam, cfg.kernel_max_users, cfg.seed).fit(train, self.candidates)
+            z_kernel = _zscore(part.score(train))
+            for weight in weights:
+                ndcg = self._valid_ndcg(self._full(blend + weight * z_kernel), train, valid)
+                emit({"stage": "kernel", "epoch": len(trials), "lam": lam, "weight": weight, "valid_ndcg": ndcg,
+                      "seconds": time.perf_counter() - started})
+                trials.append((lam, weight))
+                if ndcg > best:
+                    best, self.kernel, self.kernel_weight = ndcg, part, weight
+        return best
+
     def _fingerprint(self, train: sp.csr_matrix, valid: sp.csr_matrix) -> str:
         """What a checkpoint must match to be resumed: settings, data, candidates and the starting weights."""
         digest = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
@@ -346,13 +386,31 @@ class TransferRecommender:
     def _item_item(self, history: sp.spmatrix) -> np.ndarray:
         return np.asarray(sp.csr_matrix(history, dtype=np.float32) @ self.weights)
 
-    @torch.no_grad()
+    def _encoder_arrays(self) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
+        """The encoder's weights for scoring: the input layer row-major by item (a history reads only its own
+        items' rows) and the output layer cut to the candidates, built once per weights and candidate set (the
+        dense forward pass over every item cost most of a one-user request)."""
+        layers = (self.encoder.enc.weight, self.encoder.enc.bias, self.encoder.dec.weight, self.encoder.dec.bias)
+        # in-place updates (optimiser steps, load_state_dict) bump a tensor's version
+        key = (tuple((t.data_ptr(), t._version) for t in layers), hash(self.candidates.tobytes()))
+        cached = getattr(self, "_encoder_cut", None)
+        if cached is None or cached[0] != key:
+            enc_w, enc_b, dec_w, dec_b = (t.detach().numpy() for t in layers)
+            cached = (key, (np.ascontiguousarray(enc_w.T), enc_b.copy(),
+                            torch.from_numpy(np.ascontiguousarray(dec_w[self.candidates].T)),
+                            torch.from_numpy(dec_b[self.candidates].copy())))
+            self._encoder_cut = cached
+        return cached[1]
+
     def _encoded(self, history: sp.spmatrix) -> np.ndarray:
-        self.encoder.eval()
-        history = _binary(history)
-        parts = [self.encoder(_dense(history[i:i + 2048])).numpy()[:, self.candidates]
-                 for i in range(0, history.shape[0], 2048)]
-        return np.concatenate(parts) if parts else np.zeros((0, len(self.candidates)), dtype=np.float32)
+        """The encoder's (eval mode) item logits over the candidates: L2-normalised history -> tanh -> output."""
+        enc_w, enc_b, dec_w, dec_b = self._encoder_arrays()
+        normalised = _binary(history)
+        lengths = np.diff(normalised.indptr)  # binary rows: the L2 norm is the root of the length
+        normalised.data *= np.repeat((1.0 / np.maximum(np.sqrt(lengths), 1e-12)).astype(np.float32), lengths)
+        hidden = np.tanh(np.asarray(normalised @ enc_w, dtype=np.float32) + enc_b)
+        # torch's matmul, not numpy's: it keeps to torch's thread setting (one thread for small requests)
+        return torch.addmm(dec_b, torch.from_numpy(hidden), dec_w).numpy()
 
     def _full(self, candidate_scores: np.ndarray) -> np.ndarray:
         out = np.full((candidate_scores.shape[0], self.n_items), -np.inf, dtype=np.float64)
@@ -368,6 +426,8 @@ class TransferRecommender:
         scores = _zscore(self._item_item(history))
         if self.beta != 0.0:
             scores = scores + self.beta * _zscore(self._encoded(history))
+        if self.kernel is not None and self.kernel_weight != 0.0:
+            scores = scores + self.kernel_weight * _zscore(self.kernel.score(history))
         if self.side is not None:
             scores = self.side.adjust(scores, history, profiles, self.candidates)
         return self._full(scores)
@@ -380,6 +440,7 @@ class TransferRecommender:
             "weights": torch.from_numpy(self.weights), "candidates": torch.from_numpy(self.candidates),
             "beta": self.beta, "item_params": list(self.item_params), "source": None, "source_gram": None,
             "side": self.side.state() if self.side is not None else None,
+            "kernel": self.kernel.state() if self.kernel is not None else None, "kernel_weight": self.kernel_weight,
         }
         if with_source and self.source is not None:
             state["source"] = _sparse_state(self.source)
@@ -396,6 +457,9 @@ class TransferRecommender:
         model.beta = float(state["beta"])
         if state.get("item_params") is not None:
             model.item_params = tuple(float(v) for v in state["item_params"])
+        if state.get("kernel") is not None:
+            model.kernel = UserKernel.from_state(state["kernel"])
+            model.kernel_weight = float(state["kernel_weight"])
         model.source = _sparse_from(state.get("source"))
         if state.get("source_gram") is not None:
             model.source_gram = state["source_gram"].numpy().astype(np.float64)

@@ -1,0 +1,107 @@
+"""The user-kernel part: the kernel's closed form, what it learns on planted groups, persistence, the user cap, and
+its place in the transfer model's blend."""
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from tasks.models.kernel import UserKernel, ntk
+from tasks.models.transfer import TransferConfig, TransferRecommender, _dense
+
+
+def rows(*lists: list[int], n_items: int = 6) -> sp.csr_matrix:
+    dense = np.zeros((len(lists), n_items), dtype=np.float64)
+    for r, items in enumerate(lists):
+        dense[r, items] = 1.0
+    return sp.csr_matrix(dense)
+
+
+def kernel_of(a: sp.csr_matrix, b: sp.csr_matrix) -> np.ndarray:
+    norm = lambda m: np.sqrt(np.asarray(m.multiply(m).sum(1)).ravel())  # noqa: E731
+    return ntk(a, b, norm(a), norm(b))
+
+
+def test_ntk_closed_form_on_equal_orthogonal_and_empty_rows():
+    x = rows([0, 1], [2, 3], [0, 1, 2, 4], [])
+    k = kernel_of(x, x)
+    # equal rows (cosine 1): <x,x> * 1 + |x|^2 * 1
+    assert np.isclose(k[0, 0], 2 * 2.0)
+    # orthogonal rows (cosine 0): 0 + |x||y| / pi
+    assert np.isclose(k[0, 1], 2.0 / np.pi)
+    # cosine 1/sqrt(2): dot 2, |x||y| = sqrt(2) * 2
+    u = 2 / (np.sqrt(2) * 2)
+    angle = np.pi - np.arccos(u)
+    expected = (2 * angle + np.sqrt(2) * 2 * (np.sqrt(1 - u * u) + angle * u)) / np.pi
+    assert np.isclose(k[0, 2], expected)
+    assert np.allclose(k[3], 0.0) and np.allclose(k, k.T)
+
+
+def test_kernel_part_recommends_the_planted_group_of_a_new_history():
+    rng = np.random.default_rng(0)
+    group_a = [list(rng.choice(10, 5, replace=False)) for _ in range(40)]
+    group_b = [list(10 + rng.choice(10, 5, replace=False)) for _ in range(40)]
+    train = rows(*group_a, *group_b, n_items=20)
+    part = UserKernel(lam=0.3).fit(train, np.arange(20))
+    scores = part.score(rows([1, 2], [12], n_items=20))
+    # the best unseen items are the history's group's; the other group's items all rank below them
+    first = np.argsort(-np.where(np.isin(np.arange(20), [1, 2]), -np.inf, scores[0]))
+    assert set(first[:5]) <= set(range(10)) and np.median(scores[0, 10:]) < np.median(scores[0, :10])
+    second = np.argsort(-np.where(np.arange(20) == 12, -np.inf, scores[1]))
+    assert set(second[:5]) <= set(range(10, 20))
+
+
+def test_kernel_state_round_trip_and_user_cap():
+    rng = np.random.default_rng(1)
+    train = sp.csr_matrix((rng.random((50, 12)) < 0.3).astype(np.float64))
+    candidates = np.arange(0, 12, 2)
+    part = UserKernel(lam=0.1, max_users=20, seed=4).fit(train, candidates)
+    assert part.rows.shape[0] == 20 and part.dual.shape == (20, len(candidates))
+    copy = UserKernel.from_state(part.state())
+    np.testing.assert_array_equal(copy.score(train), part.score(train))
+
+
+def planted_target(seed: int = 0) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Two user groups with their own items; each user's items split into train and valid."""
+    rng = np.random.default_rng(seed)
+    train, valid = [], []
+    for user in range(80):
+        items = list((user % 2) * 15 + rng.choice(15, 8, replace=False))
+        train.append(items[:6])
+        valid.append(items[6:])
+    return rows(*train, n_items=30).astype(np.float32), rows(*valid, n_items=30).astype(np.float32)
+
+
+def test_transfer_model_keeps_the_kernel_only_when_valid_says_so():
+    train, valid = planted_target()
+    config = TransferConfig(hidden=8, epochs_finetune=2, patience=1, batch_size=16, seed=3, item_grid=())
+    model = TransferRecommender(30, config)
+    history = model.finetune(train, valid)
+    chosen = [e for e in history if e["stage"] == "kernel"]
+    assert {(e["lam"], e["weight"]) for e in chosen} == {(lam, w) for lam in (0.1, 0.3) for w in (0.5, 1.0, 1.5, 2.0)}
+    blend = [e for e in history if e["stage"] == "blend"][0]["valid_ndcg"]
+    if model.kernel is None:
+        assert model.kernel_weight == 0.0 and max(e["valid_ndcg"] for e in chosen) <= blend
+    else:
+        best = max(chosen, key=lambda e: e["valid_ndcg"])
+        assert best["valid_ndcg"] > blend and model.kernel_weight == best["weight"]
+        copy = TransferRecommender.from_state(model.state(with_source=False))
+        np.testing.assert_array_equal(copy.score(train), model.score(train))
+    off = TransferRecommender(30, TransferConfig(**{**config.__dict__, "kernel_weights": (0.0,)}))
+    assert not [e for e in off.finetune(train, valid) if e["stage"] == "kernel"] and off.kernel is None
+
+
+def test_sparse_encoder_path_matches_the_torch_forward_pass_and_follows_training():
+    train, valid = planted_target(1)
+    model = TransferRecommender(30, TransferConfig(hidden=8, epochs_pretrain=2, seed=5))
+    model.candidates = np.arange(0, 30, 3)
+    before = model._encoded(train)
+    model.encoder.eval()
+    with torch.no_grad():
+        reference = model.encoder(_dense(train)).numpy()[:, model.candidates]
+    np.testing.assert_allclose(before, reference, atol=1e-5)
+    model.pretrain(train)  # the cached weights must follow the optimiser's in-place updates
+    with torch.no_grad():
+        model.encoder.eval()
+        reference = model.encoder(_dense(train)).numpy()[:, model.candidates]
+    np.testing.assert_allclose(model._encoded(train), reference, atol=1e-5)
+    assert not np.allclose(model._encoded(train), before, atol=1e-4)
