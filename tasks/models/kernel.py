@@ -28,9 +28,11 @@ def _norms(rows: sp.csr_matrix) -> np.ndarray:
     return np.sqrt(np.asarray(rows.multiply(rows).sum(axis=1), dtype=np.float64).ravel())
 
 
-def ntk(a: sp.csr_matrix, b: sp.csr_matrix, norms_a: np.ndarray, norms_b: np.ndarray) -> np.ndarray:
-    """The one-hidden-layer ReLU NTK between the rows of a and of b (an empty row has zero kernel with all)."""
-    dot = np.asarray((a @ b.T).toarray(), dtype=np.float64)
+def ntk(a: sp.csr_matrix, b: sp.csr_matrix, norms_a: np.ndarray, norms_b: np.ndarray,
+        b_columns: sp.csr_matrix | None = None) -> np.ndarray:
+    """The one-hidden-layer ReLU NTK between the rows of a and of b (an empty row has zero kernel with all).
+    `b_columns`, b transposed as CSR, saves transposing b on every call."""
+    dot = np.asarray((a @ (b.T if b_columns is None else b_columns)).toarray(), dtype=np.float64)
     outer = norms_a[:, None] * norms_b[None, :]
     cosine = np.clip(np.divide(dot, outer, out=np.zeros_like(dot), where=outer > 0), -1.0, 1.0)
     angle = np.pi - np.arccos(cosine)
@@ -64,9 +66,17 @@ class UserKernel:
         """Scores over the candidates the part was fitted for, one row per history."""
         assert self.rows is not None and self.dual is not None, "fit first"
         history = sp.csr_matrix(history, dtype=np.float32)
-        kernel = ntk(history, self.rows, _norms(history), self.norms).astype(np.float32)
+        kernel = ntk(history, self.rows, _norms(history), self.norms, self._columns()).astype(np.float32)
         # torch's matmul keeps to torch's thread setting (one thread for small serving requests)
         return (torch.from_numpy(kernel) @ torch.from_numpy(self.dual)).numpy()
+
+    def _columns(self) -> sp.csr_matrix:
+        """The training rows transposed, as CSR: a history then reads only its own items' rows (transposing per
+        request cost ~0.4 ms of a one-user request)."""
+        assert self.rows is not None, "fit first"
+        if getattr(self, "_rows_t", None) is None or self._rows_t.shape[1] != self.rows.shape[0]:
+            self._rows_t = sp.csr_matrix(self.rows.T)
+        return self._rows_t
 
     def state(self) -> dict[str, Any]:
         assert self.rows is not None and self.dual is not None, "fit first"
