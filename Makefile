@@ -76,7 +76,7 @@ check: venv
 bench: venv
 	$(PY) -m tasks.benchmark --protocol --cold-start --seeds 2022 2023 2024 --out $(STATE)/bench
 	$(PY) -m tasks.scale bench --interactions 20000000 --out $(STATE)/scale
-	$(PY) -m tasks.latency --model models:/transfer_rec-ml-100k@champion --out $(STATE)/bench/latency.json
+	$(PY) -m tasks.latency --model models:/transfer_rec-ml-100k@champion --workers 2 --out $(STATE)/bench/latency.json
 
 ## The served champion under load: 200 requests/s for 60 s from this process to `mlflow models serve` (needs a
 ## champion: `make run`), with the server's memory over the run.
@@ -92,7 +92,7 @@ mlflow-ui: venv
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000 --workers 1
 
 serve: venv
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow models serve -m models:/transfer_rec-ml-100k@champion --env-manager local -h 127.0.0.1 -p 5001
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow models serve -m models:/transfer_rec-ml-100k@champion --env-manager local -h 127.0.0.1 -p 5001 -w 2
 
 clean:
 	rm -rf $(STATE)
