@@ -27,6 +27,10 @@ class Recommendations:
     unknown_items: list[list[str]]
 
 
+# Known users x items scores precomputed at load (float64: 200 MB at most); past that, every request is scored.
+KNOWN_SCORES_MAX = 25_000_000
+
+
 class ModelBundle:
     def __init__(self, model: TransferRecommender, item_ids: np.ndarray, candidates: np.ndarray,
                  histories: pd.DataFrame, meta: dict | None = None, profiles: pd.DataFrame | None = None):
@@ -81,11 +85,47 @@ class ModelBundle:
         matrix, _ = self.history_matrix(histories)
         return self.model.score(matrix, profiles) if profiles is not None else self.model.score(matrix)
 
-    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10,
-                  profiles: Profiles | None = None) -> Recommendations:
-        """Top-k candidate items per history, items already in the history excluded."""
+    def precompute_known(self, max_entries: int = KNOWN_SCORES_MAX) -> bool:
+        """Score every known user once, from their stored history and profile, so that a request naming only a known
+        user is a lookup (`recommend(..., known=...)`); new users and requests that add items or profile fields are
+        still scored at request time. Skipped (False) past `max_entries` users x items."""
+        users = list(self.histories)
+        if not users or len(users) * len(self.item_ids) > max_entries:
+            return False
+        parts = []
+        for start in range(0, len(users), 2048):
+            chunk = users[start:start + 2048]
+            profiles = None
+            if self.profile_vocabulary is not None:
+                stored = [self.profile_of(u) for u in chunk]
+                profiles = {f: [p.get(f) for p in stored] for f in PROFILE_FIELDS}
+            parts.append(self.score([self.histories[u] for u in chunk], profiles))
+        self._known_scores = np.concatenate(parts)
+        self._known_row = {u: row for row, u in enumerate(users)}
+        return True
+
+    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10, profiles: Profiles | None = None,
+                  known: Sequence[str | None] | None = None) -> Recommendations:
+        """Top-k candidate items per history, items already in the history excluded.
+
+        `known`, per row, names a known user whose request is exactly their stored history and profile: with
+        `precompute_known` done, that row's scores are looked up instead of computed (the same scores)."""
         matrix, unknown = self.history_matrix(histories)
-        scores = self.model.score(matrix, profiles) if profiles is not None else self.model.score(matrix)
+        cache = getattr(self, "_known_scores", None)
+        rows = [self._known_row.get(u) if u is not None else None for u in known] \
+            if known is not None and cache is not None else [None] * len(histories)
+        todo = [i for i, row in enumerate(rows) if row is None]
+        if len(todo) == len(rows):
+            scores = self.model.score(matrix, profiles) if profiles is not None else self.model.score(matrix)
+        else:
+            scores = np.empty((len(rows), len(self.item_ids)), dtype=np.float64)
+            done = [i for i, row in enumerate(rows) if row is not None]
+            scores[done] = cache[[rows[i] for i in done]]
+            if todo:
+                subset = None if profiles is None else profiles.iloc[todo] if isinstance(profiles, pd.DataFrame) \
+                    else {f: [list(v)[i] for i in todo] for f, v in profiles.items()}
+                scores[todo] = self.model.score(matrix[todo], subset) if subset is not None \
+                    else self.model.score(matrix[todo])
         ranked = top_k(scores, k, exclude=matrix, candidates=self.candidates)
         top_scores = np.take_along_axis(scores, ranked, axis=1)
         return Recommendations(

@@ -1,0 +1,44 @@
+"""Known users' scores precomputed at load: a request naming only a known user is a lookup that answers exactly as
+scoring at request time does; anything the request adds (items, profile fields) is scored at request time."""
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from tasks.bundle import ModelBundle
+from tasks.models.transfer import TransferConfig, TransferRecommender
+from tasks.serving import recommend_frame
+
+ITEMS = np.array([f"i{j}" for j in range(12)])
+
+
+def bundle() -> ModelBundle:
+    rng = np.random.default_rng(0)
+    train = sp.csr_matrix((rng.random((30, 12)) < 0.35).astype(np.float32))
+    valid = sp.csr_matrix((rng.random((30, 12)) < 0.1).astype(np.float32))
+    model = TransferRecommender(12, TransferConfig(hidden=8, epochs_finetune=2, patience=1, batch_size=8, seed=1))
+    model.finetune(train, valid, np.arange(12) < 10)
+    rows, cols = train.nonzero()
+    histories = pd.DataFrame({"user_id": [f"u{r}" for r in rows], "item_id": ITEMS[cols]})
+    return ModelBundle(model, ITEMS, np.arange(12) < 10, histories)
+
+
+def test_known_user_lookup_answers_as_request_time_scoring():
+    online, cached = bundle(), bundle()
+    assert cached.precompute_known()
+    scored = []
+    score = cached.model.score
+    cached.model.score = lambda history, *rest: scored.append(history.shape[0]) or score(history, *rest)
+    requests = pd.DataFrame({"user_id": ["u1", "u2", None, "u3"],
+                             "history": [[], ["i11"], ["i0", "i4"], []]})
+    expected = recommend_frame(online, requests, 5)
+    got = recommend_frame(cached, requests, 5)
+    pd.testing.assert_frame_equal(got, expected)
+    # u1 and u3 were looked up; u2 (an added item) and the new user were scored at request time
+    assert scored == [2]
+
+
+def test_cache_is_skipped_past_its_size_limit():
+    model_bundle = bundle()
+    assert not model_bundle.precompute_known(max_entries=10)
+    assert getattr(model_bundle, "_known_scores", None) is None
