@@ -123,6 +123,7 @@ class TrainingConfig(_Strict):
     kernel_lams: list[Annotated[float, Field(gt=0)]] = [0.1, 0.3]
     kernel_weights: list[Annotated[float, Field(ge=0)]] = [0.0, 0.5, 1.0, 1.5, 2.0]
     kernel_max_users: int = Field(5000, ge=1, le=50000)
+    kernel_min_history: int = Field(20, ge=0)
 
 
 class ColdStartConfig(_Strict):
