@@ -123,7 +123,7 @@ class ModelBundle:
             scores[done] = cache[[rows[i] for i in done]]
             if todo:
                 subset = None if profiles is None else profiles.iloc[todo] if isinstance(profiles, pd.DataFrame) \
-                    else {f: [list(v)[i] for i in todo] for f, v in profiles.items()}
+                    else {f: [values[i] for i in todo] for f, values in ((f, list(v)) for f, v in profiles.items())}
                 scores[todo] = self.model.score(matrix[todo], subset) if subset is not None \
                     else self.model.score(matrix[todo])
         ranked = top_k(scores, k, exclude=matrix, candidates=self.candidates)

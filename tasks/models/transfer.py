@@ -74,7 +74,7 @@ class TransferConfig:
     # user-kernel part: ridge settings and blend weights chosen on valid (weight 0 leaves it out); at most
     # kernel_max_users training users form its basis
     kernel_lams: tuple[float, ...] = (0.1, 0.3)
-    kernel_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
+    kernel_weights: tuple[float, ...] = (0.0,)   # off unless weights > 0 are offered (config/pipeline.yaml)
     kernel_max_users: int = 5000
     kernel_min_history: int = 20  # shorter histories leave the kernel part out (it hurt 1-5 item histories)
     seed: int = 2022

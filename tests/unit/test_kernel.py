@@ -74,7 +74,7 @@ def planted_target(seed: int = 0) -> tuple[sp.csr_matrix, sp.csr_matrix]:
 def test_transfer_model_keeps_the_kernel_only_when_valid_says_so():
     train, valid = planted_target()
     config = TransferConfig(hidden=8, epochs_finetune=2, patience=1, batch_size=16, seed=3, item_grid=(),
-                            kernel_min_history=0)
+                            kernel_weights=(0.0, 0.5, 1.0, 1.5, 2.0), kernel_min_history=0)
     model = TransferRecommender(30, config)
     history = model.finetune(train, valid)
     chosen = [e for e in history if e["stage"] == "kernel"]
