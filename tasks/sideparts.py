@@ -161,6 +161,10 @@ def attach_side(model: TransferRecommender, split: ColdSplit, use_profile: bool,
         lift = priors[key]
     content = ContentSimilarity(content_vectors(split.items, parts, cache_dir)) if parts else None
     model.side = SideComponents(prior, content, lift)
+    # Two regimes: side parts serve histories shorter than warm_min_history, the user-kernel part (when valid
+    # chose it) the longer ones. Side parts on warm histories were held to the warm floor and chose small weights
+    # (on top of the kernel part ~none: new users lost a quarter of their NDCG@10 at k = 1).
+    model.side.short_below = model.config.warm_min_history
 
     def ndcg(scores: np.ndarray, sim: dict[str, Any]) -> float:
         full = full_scores(scores, model.candidates, split.n_items)

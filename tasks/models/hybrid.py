@@ -5,6 +5,7 @@ For a user with n history items, over the target's candidate items:
     score = base(history) + w_profile(n) * z(bayes) + w_content(n) * z(content(history))
     bayes = prior(profile) + gamma * sum over history items h of log lift(i, h)
     w(n) = a * (c / (c + n))^2        (a: weight at n = 0, c: history length where it is a quarter; c = inf: constant)
+w(n) = 0 for n >= short_below     (when set: the model's user-kernel part serves those histories instead)
 
 base is the transfer model's own blend (EASE-like weights, which deliberately ignore popularity: right for long
 histories, weak for one or three items). bayes is a naive-Bayes update of the profile prior by the history, with
@@ -68,6 +69,8 @@ class SideComponents:
         self.gamma = 0.0
         self.profile_weight = (0.0, 1.0)
         self.content_weight = (0.0, float("inf"))
+        # histories of at least this many items get no side parts (None: every history gets them)
+        self.short_below: int | None = None
 
     def parts(self, history: sp.spmatrix, profiles: Profiles | None,
               candidates: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
@@ -106,11 +109,12 @@ class SideComponents:
         elif prior is not None:
             prior = _zscore(prior)
         content_weight = content_weight or self.content_weight
+        short = np.ones(len(lengths)) if self.short_below is None else (lengths < self.short_below).astype(np.float64)
         scores = np.array(base, dtype=np.float64, copy=True)
         if content is not None:
-            scores += decay(*content_weight, lengths)[:, None] * content
+            scores += (short * decay(*content_weight, lengths))[:, None] * content
         if prior is not None:
-            scores += decay(*profile_weight, lengths)[:, None] * prior
+            scores += (short * decay(*profile_weight, lengths))[:, None] * prior
             empty = lengths == 0
             scores[empty] = prior[empty]
         return scores
@@ -166,7 +170,8 @@ class SideComponents:
         return {"prior": self.prior.state() if self.prior is not None else None, "gamma": self.gamma,
                 "lift": torch.from_numpy(self.lift) if self.lift is not None else None,
                 "content": self.content.state() if self.content is not None else None,
-                "profile_weight": list(self.profile_weight), "content_weight": list(self.content_weight)}
+                "profile_weight": list(self.profile_weight), "content_weight": list(self.content_weight),
+                "short_below": self.short_below}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "SideComponents":
@@ -176,4 +181,5 @@ class SideComponents:
         side.gamma = float(state.get("gamma", 0.0))
         side.profile_weight = tuple(float(v) for v in state["profile_weight"])
         side.content_weight = tuple(float(v) for v in state["content_weight"])
+        side.short_below = state.get("short_below")
         return side

@@ -15,8 +15,8 @@ of a user with history x is a blend of two standardised parts over the target's 
 - f, history encoder: a multinomial denoising autoencoder (Mult-DAE), pretrained on source users and fine-tuned on
   target users while a share of source users is replayed; early stopping on the target's validation NDCG@k.
 - kernel, user-based: kernel ridge regression over the target's training users with the neural tangent kernel of an
-  infinitely wide autoencoder (tasks/models/kernel.py), for histories of at least kernel_min_history items (it hurt
-  short ones). Its ridge setting and weight w (0: left out) are chosen on the target's validation split after beta.
+  infinitely wide autoencoder (tasks/models/kernel.py), for histories of at least warm_min_history items (it hurt
+  short ones, which the side parts of tasks/models/hybrid.py serve instead). Its ridge setting and weight w (0: left out) are chosen on the target's validation split after beta.
 - beta is chosen on the target's validation split.
 
 The same class trained without `pretrain` is the target-only model: the transfer gain is the difference.
@@ -76,7 +76,9 @@ class TransferConfig:
     kernel_lams: tuple[float, ...] = (0.1, 0.3)
     kernel_weights: tuple[float, ...] = (0.0,)   # off unless weights > 0 are offered (config/pipeline.yaml)
     kernel_max_users: int = 5000
-    kernel_min_history: int = 20  # shorter histories leave the kernel part out (it hurt 1-5 item histories)
+    # histories shorter than this leave the kernel part out (it hurt 1-5 item histories); the side parts
+    # (tasks/models/hybrid.py) serve only them
+    warm_min_history: int = 6
     seed: int = 2022
     k: int = 10
 
@@ -373,9 +375,9 @@ class TransferRecommender:
 
     def _with_kernel(self, scores: np.ndarray, history: sp.spmatrix, part: UserKernel, weight: float,
                      z_kernel: np.ndarray | None = None) -> np.ndarray:
-        """The blend plus the kernel part for histories of at least kernel_min_history items (on the cold-start
-        protocol the part cost new users with 1-5 items a tenth of their NDCG@10)."""
-        rows = np.flatnonzero(np.diff(sp.csr_matrix(history).indptr) >= self.config.kernel_min_history)
+        """The blend plus the kernel part for histories of at least warm_min_history items (on the cold-start
+        protocol the part cost new users with 1-5 items a tenth of their NDCG@10; side parts serve them)."""
+        rows = np.flatnonzero(np.diff(sp.csr_matrix(history).indptr) >= self.config.warm_min_history)
         if not len(rows):
             return scores
         if z_kernel is None:
@@ -467,6 +469,8 @@ class TransferRecommender:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "TransferRecommender":
         config = dict(state["config"])
+        if "kernel_min_history" in config:   # its name before the side parts used it too
+            config["warm_min_history"] = config.pop("kernel_min_history")
         model = cls(state["n_items"], TransferConfig(**config))
         model.encoder.load_state_dict(state["encoder"])
         model.weights = state["weights"].numpy().astype(np.float32)

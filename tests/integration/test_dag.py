@@ -8,7 +8,6 @@ from urllib.parse import quote
 
 import mlflow
 import pandas as pd
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -118,7 +118,7 @@ CHILD_WRITER = textwrap.dedent("""
 
 @pytest.mark.parametrize("folder", ["lake/unified/current", "recommendations/village"])
 def test_a_writer_killed_mid_write_leaves_the_previous_version_visible(pipeline_env, folder):
-    env = pipeline_env()
+    pipeline_env()
     layout = StateLayout.from_env()
     final = layout.root / folder
     from tasks.storage import atomic_dir

@@ -73,6 +73,22 @@ def test_side_blend_uses_the_prior_alone_without_history_and_decays_with_length(
     assert not np.allclose(scores[1], base[1])
 
 
+def test_side_parts_leave_histories_the_kernel_serves_alone_and_keep_that_in_their_state():
+    prior, matrix = planted_prior()
+    side = SideComponents(prior, ContentSimilarity(np.eye(8, dtype=np.float32)), cooccurrence_lift([matrix]))
+    side.profile_weight, side.gamma, side.content_weight = (4.0, np.inf), 0.5, (0.2, np.inf)
+    history = sp.csr_matrix(np.array([[0] * 8, [1, 0, 0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0]],
+                                     dtype=np.float32))
+    base = np.random.default_rng(1).normal(size=(3, 8))
+    everywhere = side.adjust(base, history, USERS.iloc[:3], np.arange(8))
+    side.short_below = 2
+    split = side.adjust(base, history, USERS.iloc[:3], np.arange(8))
+    np.testing.assert_array_equal(split[:2], everywhere[:2])   # 0 and 1 items: short, side parts as before
+    assert not np.allclose(everywhere[2], base[2])
+    np.testing.assert_array_equal(split[2], base[2])           # 3 items: left to the kernel part
+    assert SideComponents.from_state(side.state()).short_below == 2
+
+
 def test_transfer_model_with_side_round_trips_and_old_calls_work():
     config = TransferConfig(hidden=8, epochs_pretrain=1, epochs_finetune=2, patience=2, batch_size=16, seed=3,
                             item_grid=(), k=5)

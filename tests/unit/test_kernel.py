@@ -74,7 +74,7 @@ def planted_target(seed: int = 0) -> tuple[sp.csr_matrix, sp.csr_matrix]:
 def test_transfer_model_keeps_the_kernel_only_when_valid_says_so():
     train, valid = planted_target()
     config = TransferConfig(hidden=8, epochs_finetune=2, patience=1, batch_size=16, seed=3, item_grid=(),
-                            kernel_weights=(0.0, 0.5, 1.0, 1.5, 2.0), kernel_min_history=0)
+                            kernel_weights=(0.0, 0.5, 1.0, 1.5, 2.0), warm_min_history=0)
     model = TransferRecommender(30, config)
     history = model.finetune(train, valid)
     chosen = [e for e in history if e["stage"] == "kernel"]
@@ -111,7 +111,7 @@ def test_sparse_encoder_path_matches_the_torch_forward_pass_and_follows_training
 def test_kernel_part_leaves_short_histories_alone():
     rng = np.random.default_rng(2)
     train = sp.csr_matrix((rng.random((60, 40)) < 0.5).astype(np.float32))
-    model = TransferRecommender(40, TransferConfig(hidden=8, seed=1, kernel_min_history=20))
+    model = TransferRecommender(40, TransferConfig(hidden=8, seed=1, warm_min_history=20))
     without = model.score(train)
     model.kernel, model.kernel_weight = UserKernel(0.1).fit(train, model.candidates), 1.5
     with_kernel = model.score(train)
