@@ -73,17 +73,27 @@ UNIFIED_TYPES = {"interactions": {"rating": "float64", "timestamp": "int64", "la
 GENDERS = ["F", "M", "O"]
 
 
-def referential_columns(tables: dict) -> dict:
+def reference_sets(tables: dict) -> dict:
+    """The value sets `referential_columns` looks interactions up in: item ids, user ids and the platforms that
+    export profiles (build them once to check many partitions of the interactions)."""
+    from tasks.unify import value_set
+
+    return {"items": value_set(tables["items"]["item_id"]), "users": value_set(tables["users"]["user_id"]),
+            "profiled": value_set(tables["users"]["platform"])}
+
+
+def referential_columns(tables: dict, sets: dict | None = None) -> dict:
     """Interactions with, per key, a column holding the key where it has no row in its table (null otherwise), so
     the suite checks referential integrity with a null check whose failures show the dangling ids. (A value-set
-    expectation over every user id would hold hundreds of thousands of values in its configuration.)"""
+    expectation over every user id would hold hundreds of thousands of values in its configuration.) `sets`: the
+    tables' `reference_sets`, if already built."""
     from tasks.unify import is_member
 
+    sets = sets or reference_sets(tables)
     inter = tables["interactions"]
-    checked = {"item_id_not_in_items": inter["item_id"].where(~is_member(inter["item_id"], tables["items"]["item_id"]))}
-    profiled = inter["platform"].isin(set(tables["users"]["platform"])).to_numpy()
+    checked = {"item_id_not_in_items": inter["item_id"].where(~is_member(inter["item_id"], sets["items"]))}
     # only platforms that export profiles can be checked: the others have no users table
-    dangling = profiled & ~is_member(inter["user_id"], tables["users"]["user_id"])
+    dangling = is_member(inter["platform"], sets["profiled"]) & ~is_member(inter["user_id"], sets["users"])
     checked["user_id_not_in_users"] = inter["user_id"].where(dangling)
     return {**tables, "interactions": inter.assign(**checked)}
 

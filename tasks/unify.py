@@ -137,13 +137,23 @@ def _arrow_strings(values: Any):
     return array if array.type == pa.large_string() else array.cast(pa.large_string())
 
 
-def is_member(keys: pd.Series, values: pd.Series | np.ndarray) -> np.ndarray:
-    """keys.isin(values) through a hash set (pyarrow), fast on millions of string keys."""
+def value_set(values: pd.Series | np.ndarray | Any):
+    """The distinct values as a pyarrow array of large strings: the set `is_member` looks keys up in (build it once
+    to look up many batches of keys in the same values)."""
     import pyarrow.compute as pc
 
-    value_set = pc.unique(_arrow_strings(values))
-    value_set = value_set.combine_chunks() if hasattr(value_set, "combine_chunks") else value_set
-    return pc.is_in(_arrow_strings(keys), value_set=value_set).to_numpy(zero_copy_only=False)
+    distinct = pc.unique(_arrow_strings(values))
+    return distinct.combine_chunks() if hasattr(distinct, "combine_chunks") else distinct
+
+
+def is_member(keys: pd.Series, values: pd.Series | np.ndarray | Any) -> np.ndarray:
+    """keys.isin(values) through a hash set (pyarrow), fast on millions of string keys; `values` may be a
+    `value_set` already."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = values if isinstance(values, pa.Array) else value_set(values)
+    return pc.is_in(_arrow_strings(keys), value_set=values).to_numpy(zero_copy_only=False)
 
 
 def _map_values(series: pd.Series, map_name: str, config: PipelineConfig, vocabulary: list[str]) -> pd.Series:

@@ -497,10 +497,12 @@ def validate_unified(tables: dict[str, pd.DataFrame], config: Any, layout: State
     Raises DataValidationError naming table, column, rule and example values; the caller then discards the
     version, so the current unified tables stay as they were.
     """
-    from tasks.expectations import build_unified_suites, referential_columns
+    from tasks.expectations import build_unified_suites, reference_sets, referential_columns
+
+    sets = reference_sets(tables)   # built once here, shared by every partition's worker
 
     def with_references(interactions: pd.DataFrame) -> pd.DataFrame:
-        return referential_columns({**tables, "interactions": interactions})["interactions"]
+        return referential_columns({**tables, "interactions": interactions}, sets)["interactions"]
 
     docs = layout.data_docs / data_docs_page("unified", version)
     scratch = _scratch_context(docs.parent)
