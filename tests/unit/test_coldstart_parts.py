@@ -171,3 +171,30 @@ def test_bundle_passes_profiles_to_the_models_profile_prior():
     young, old = bundle.recommend([[], []], k=3, profiles=USERS.iloc[:2]).item_ids
     assert set(young) <= {"a", "b", "c", "g"}
     assert set(old) <= {"d", "e", "f", "g"} and set(young) != set(old)
+
+
+def test_attached_side_parts_serve_only_histories_under_the_warm_threshold():
+    from types import SimpleNamespace
+
+    from tasks.sideparts import attach_side
+
+    _, planted = planted_prior()
+    matrix = sp.csr_matrix(sp.hstack([planted, planted]))   # 16 items: more than the top-10 the weights are chosen on
+    model = TransferRecommender(16, TransferConfig(hidden=8, epochs_finetune=2, patience=2, batch_size=16, seed=3,
+                                                   item_grid=(), k=5, warm_min_history=5))
+    model.finetune(matrix[:30], matrix[30:], np.ones(16, dtype=bool))
+    split = SimpleNamespace(source_users=USERS, warm_users=USERS, warm={"train": matrix}, source=matrix, n_items=16)
+    first = np.zeros(16)
+    first[[0, 3]] = 1
+    history = sp.csr_matrix(matrix[:10].multiply(sp.csr_matrix(first[None, :])))   # one item each
+    sims = [{"history": history, "profiles": USERS.iloc[:10], "base": model.score(history)[:, model.candidates],
+             "full": False, "exclude": history, "relevant": sp.csr_matrix(matrix[:10] - history)}]
+    attach_side(model, split, True, False, (), True, sims, None, {})
+    assert model.side.short_below == 5
+    model.side.profile_weight = (4.0, np.inf)   # whatever valid chose: a weight that shows where the parts act
+    whole = matrix[:4]   # 6 or 8 items each: warm, so the side parts leave them to the model's own blend
+    side, model.side = model.side, None
+    plain = model.score(whole)
+    model.side = side
+    np.testing.assert_array_equal(model.score(whole, USERS.iloc[:4]), plain)
+    assert not np.allclose(model.score(history[:4], USERS.iloc[:4]), model.score(history[:4]))
