@@ -121,7 +121,7 @@ class TrainingConfig(_Strict):
     # user-kernel part (tasks/models/kernel.py): its ridge settings and blend weights tried on valid (weight 0: off);
     # an empty list leaves the part out
     kernel_lams: list[Annotated[float, Field(gt=0)]] = [0.1, 0.3]
-    kernel_weights: list[Annotated[float, Field(ge=0)]] = [0.0, 0.5, 1.0, 1.5, 2.0]
+    kernel_weights: list[Annotated[float, Field(ge=0)]] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0]
     kernel_max_users: int = Field(5000, ge=1, le=50000)
     # histories of at least this many items: the kernel part (if chosen) serves them; shorter ones: the side parts
     warm_min_history: int = Field(6, ge=0)
