@@ -5,8 +5,9 @@
 In-process: one user per call, top-10, through the pyfunc loaded from the registry (signature checks included),
 timed call by call: known users by id (their scores are precomputed when the model loads), then new users given 5
 items (scored at request time). HTTP: known users, the model served on loopback (`--env-manager local`, --workers
-processes), requests sent open-loop at a fixed rate (a request is sent at its scheduled time whether or not earlier ones have returned,
-so a slow server shows up as latency instead of silently lowering the load); latency is send to full response.
+processes), requests sent open-loop at a fixed rate (a request is sent at its scheduled time whether or not earlier
+ones have returned, so a slow server shows up as latency instead of silently lowering the load); latency is send to
+full response.
 Targets from issue #5: in-process p99 < 5 ms; HTTP p99 < 50 ms with zero errors.
 """
 

@@ -5,7 +5,7 @@ For a user with n history items, over the target's candidate items:
     score = base(history) + w_profile(n) * z(bayes) + w_content(n) * z(content(history))
     bayes = prior(profile) + gamma * sum over history items h of log lift(i, h)
     w(n) = a * (c / (c + n))^2        (a: weight at n = 0, c: history length where it is a quarter; c = inf: constant)
-w(n) = 0 for n >= short_below     (when set: the model's user-kernel part serves those histories instead)
+    w(n) = 0 for n >= short_below     (when set: the model's user-kernel part serves those histories instead)
 
 base is the transfer model's own blend (EASE-like weights, which deliberately ignore popularity: right for long
 histories, weak for one or three items). bayes is a naive-Bayes update of the profile prior by the history, with

@@ -16,7 +16,8 @@ of a user with history x is a blend of two standardised parts over the target's 
   target users while a share of source users is replayed; early stopping on the target's validation NDCG@k.
 - kernel, user-based: kernel ridge regression over the target's training users with the neural tangent kernel of an
   infinitely wide autoencoder (tasks/models/kernel.py), for histories of at least warm_min_history items (it hurt
-  short ones, which the side parts of tasks/models/hybrid.py serve instead). Its ridge setting and weight w (0: left out) are chosen on the target's validation split after beta.
+  short ones, which the side parts of tasks/models/hybrid.py serve instead). Its ridge setting and weight w (0: left
+  out) are chosen on the target's validation split after beta.
 - beta is chosen on the target's validation split.
 
 The same class trained without `pretrain` is the target-only model: the transfer gain is the difference.
