@@ -13,7 +13,9 @@ of a user with history x is a blend of two standardised parts over the target's 
   the source's users act as a prior, weighted by alpha, that the target's users refine. (alpha, lam, drop_p) is
   chosen on the target's validation split among the configured setting and `item_grid` (a solve is a few seconds).
 - f, history encoder: a multinomial denoising autoencoder (Mult-DAE), pretrained on source users and fine-tuned on
-  target users while a share of source users is replayed; early stopping on the target's validation NDCG@k.
+  target users while a share of source users is replayed; early stopping on the target's validation NDCG@k. With
+  `encoders` > 1 that many independent encoders (own weights, own dropout masks) train side by side on the same
+  batches, and f is the mean of their standardised logits: a cheap ensemble that steadies the part.
 - kernel, user-based: kernel ridge regression over the target's training users with the neural tangent kernel of an
   infinitely wide autoencoder (tasks/models/kernel.py), for histories of at least warm_min_history items (it hurt
   short ones, which the side parts of tasks/models/hybrid.py serve instead). Its ridge setting and weight w (0: left
@@ -58,6 +60,7 @@ class TransferConfig:
     # history encoder
     hidden: int = 600
     input_dropout: float = 0.5
+    encoders: int = 1             # independent history encoders trained side by side; their scores are averaged
     learning_rate: float = 2e-3
     batch_size: int = 256
     epochs_pretrain: int = 15
@@ -98,18 +101,28 @@ class TransferConfig:
 
 
 class _Encoder(torch.nn.Module):
-    """Mult-DAE: L2-normalised multi-hot history -> dropout -> tanh hidden -> item logits."""
+    """Mult-DAE: L2-normalised multi-hot history -> dropout -> tanh hidden -> item logits; `members` independent
+    ones side by side (each its own weights and dropout masks; the input layers as one wide matrix), trained on the
+    same batches. forward gives (batch, members, items) logits."""
 
-    def __init__(self, n_items: int, hidden: int, dropout: float):
+    def __init__(self, n_items: int, hidden: int, dropout: float, members: int = 1):
         super().__init__()
-        self.enc = torch.nn.Linear(n_items, hidden)
-        self.dec = torch.nn.Linear(hidden, n_items)
+        self.members, self.hidden = members, hidden
+        self.enc = torch.nn.Linear(n_items, members * hidden)
+        self.dec = torch.nn.Linear(hidden, members * n_items)   # member m's rows: m * n_items ... (m + 1) * n_items
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.nn.functional.normalize(x, dim=1)
-        h = torch.nn.functional.dropout(h, self.dropout, self.training)
-        return self.dec(torch.tanh(self.enc(h)))
+        m, n_items = self.members, x.shape[1]
+        if m == 1:
+            hidden = self.enc(torch.nn.functional.dropout(h, self.dropout, self.training))[:, None, :]
+        else:
+            h = torch.nn.functional.dropout(h[:, None, :].expand(-1, m, -1), self.dropout, self.training)
+            hidden = torch.einsum("bmn,mhn->bmh", h, self.enc.weight.view(m, self.hidden, n_items))
+            hidden = hidden + self.enc.bias.view(m, self.hidden)
+        out = torch.einsum("bmh,mnh->bmn", torch.tanh(hidden), self.dec.weight.view(m, n_items, self.hidden))
+        return out + self.dec.bias.view(m, n_items)
 
 
 def _dense(matrix: sp.spmatrix) -> torch.Tensor:
@@ -197,7 +210,7 @@ class TransferRecommender:
         self.config = config
         torch.manual_seed(config.seed)
         self._generator = torch.Generator().manual_seed(config.seed)
-        self.encoder = _Encoder(n_items, config.hidden, config.input_dropout)
+        self.encoder = _Encoder(n_items, config.hidden, config.input_dropout, config.encoders)
         self.source_gram: np.ndarray | None = None
         self.source: sp.csr_matrix | None = None
         self.candidates = np.arange(n_items)
@@ -217,7 +230,8 @@ class TransferRecommender:
         total = 0.0
         for start in range(0, len(rows), self.config.batch_size):
             x = rows[order[start:start + self.config.batch_size]]
-            loss = -(torch.log_softmax(self.encoder(x), dim=1) * x).sum(dim=1).mean()
+            # every member's multinomial likelihood (summed: each member learns as it would alone)
+            loss = -(torch.log_softmax(self.encoder(x), dim=2) * x[:, None, :]).sum(dim=2).sum(dim=1).mean()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -408,29 +422,37 @@ class TransferRecommender:
 
     def _encoder_arrays(self) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
         """The encoder's weights for scoring: the input layer row-major by item (a history reads only its own
-        items' rows) and the output layer cut to the candidates, built once per weights and candidate set (the
-        dense forward pass over every item cost most of a one-user request)."""
+        items' rows) and each member's output layer cut to the candidates (members x hidden x candidates), built once
+        per weights and candidate set (the dense forward pass over every item cost most of a one-user request)."""
         layers = (self.encoder.enc.weight, self.encoder.enc.bias, self.encoder.dec.weight, self.encoder.dec.bias)
         # in-place updates (optimiser steps, load_state_dict) bump a tensor's version
         key = (tuple((t.data_ptr(), t._version) for t in layers), hash(self.candidates.tobytes()))
         cached = getattr(self, "_encoder_cut", None)
         if cached is None or cached[0] != key:
             enc_w, enc_b, dec_w, dec_b = (t.detach().numpy() for t in layers)
+            m = self.encoder.members
+            dec_w = dec_w.reshape(m, self.n_items, -1)[:, self.candidates]
             cached = (key, (np.ascontiguousarray(enc_w.T), enc_b.copy(),
-                            torch.from_numpy(np.ascontiguousarray(dec_w[self.candidates].T)),
-                            torch.from_numpy(dec_b[self.candidates].copy())))
+                            torch.from_numpy(np.ascontiguousarray(dec_w.transpose(0, 2, 1))),
+                            torch.from_numpy(dec_b.reshape(m, self.n_items)[:, self.candidates].copy())))
             self._encoder_cut = cached
         return cached[1]
 
     def _encoded(self, history: sp.spmatrix) -> np.ndarray:
-        """The encoder's (eval mode) item logits over the candidates: L2-normalised history -> tanh -> output."""
+        """The encoder's (eval mode) item logits over the candidates: L2-normalised history -> tanh -> output; with
+        several members, the mean of their standardised logits."""
         enc_w, enc_b, dec_w, dec_b = self._encoder_arrays()
         normalised = _binary(history)
         lengths = np.diff(normalised.indptr)  # binary rows: the L2 norm is the root of the length
         normalised.data *= np.repeat((1.0 / np.maximum(np.sqrt(lengths), 1e-12)).astype(np.float32), lengths)
-        hidden = np.tanh(np.asarray(normalised @ enc_w, dtype=np.float32) + enc_b)
+        hidden = torch.from_numpy(np.tanh(np.asarray(normalised @ enc_w, dtype=np.float32) + enc_b))
         # torch's matmul, not numpy's: it keeps to torch's thread setting (one thread for small requests)
-        return torch.addmm(dec_b, torch.from_numpy(hidden), dec_w).numpy()
+        if len(dec_w) == 1:
+            return torch.addmm(dec_b[0], hidden, dec_w[0]).numpy()
+        size = hidden.shape[1] // len(dec_w)
+        members = [_zscore(torch.addmm(dec_b[m], hidden[:, m * size:(m + 1) * size], dec_w[m]).numpy())
+                   for m in range(len(dec_w))]
+        return np.mean(members, axis=0)
 
     def _full(self, candidate_scores: np.ndarray) -> np.ndarray:
         out = np.full((candidate_scores.shape[0], self.n_items), -np.inf, dtype=np.float64)

@@ -2,6 +2,7 @@
 its place in the transfer model's blend."""
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import torch
 
@@ -91,21 +92,39 @@ def test_transfer_model_keeps_the_kernel_only_when_valid_says_so():
     assert not [e for e in off.finetune(train, valid) if e["stage"] == "kernel"] and off.kernel is None
 
 
-def test_sparse_encoder_path_matches_the_torch_forward_pass_and_follows_training():
-    train, valid = planted_target(1)
-    model = TransferRecommender(30, TransferConfig(hidden=8, epochs_pretrain=2, seed=5))
-    model.candidates = np.arange(0, 30, 3)
-    before = model._encoded(train)
+def _forward(model: TransferRecommender, history) -> np.ndarray:
+    """The torch forward pass in eval mode, members combined as scoring combines them."""
     model.encoder.eval()
     with torch.no_grad():
-        reference = model.encoder(_dense(train)).numpy()[:, model.candidates]
-    np.testing.assert_allclose(before, reference, atol=1e-5)
+        logits = model.encoder(_dense(history)).numpy()[:, :, model.candidates]
+    if logits.shape[1] == 1:
+        return logits[:, 0]
+    standardised = (logits - logits.mean(2, keepdims=True)) / (logits.std(2, keepdims=True) + 1e-12)
+    return standardised.mean(1)
+
+
+@pytest.mark.parametrize("encoders", [1, 3])
+def test_sparse_encoder_path_matches_the_torch_forward_pass_and_follows_training(encoders):
+    train, valid = planted_target(1)
+    model = TransferRecommender(30, TransferConfig(hidden=8, epochs_pretrain=2, seed=5, encoders=encoders))
+    model.candidates = np.arange(0, 30, 3)
+    before = model._encoded(train)
+    np.testing.assert_allclose(before, _forward(model, train), atol=1e-4)
     model.pretrain(train)  # the cached weights must follow the optimiser's in-place updates
-    with torch.no_grad():
-        model.encoder.eval()
-        reference = model.encoder(_dense(train)).numpy()[:, model.candidates]
-    np.testing.assert_allclose(model._encoded(train), reference, atol=1e-5)
+    np.testing.assert_allclose(model._encoded(train), _forward(model, train), atol=1e-4)
     assert not np.allclose(model._encoded(train), before, atol=1e-4)
+
+
+def test_encoder_members_end_apart():
+    """Members start from different weights and see their own dropout masks: they end apart, not as copies."""
+    train, _ = planted_target(1)
+    model = TransferRecommender(30, TransferConfig(hidden=8, epochs_pretrain=3, seed=5, encoders=2))
+    model.pretrain(train)
+    model.encoder.eval()
+    with torch.no_grad():
+        logits = model.encoder(_dense(train)).numpy()
+    assert logits.shape == (train.shape[0], 2, 30)
+    assert not np.allclose(logits[:, 0], logits[:, 1], atol=1e-3)
 
 
 def test_kernel_part_leaves_short_histories_alone():
