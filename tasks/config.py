@@ -108,7 +108,7 @@ class TrainingConfig(_Strict):
     # history encoder
     hidden: int = Field(600, ge=2, le=4096)
     input_dropout: float = Field(0.5, ge=0, lt=1)
-    encoders: int = Field(1, ge=1, le=8)   # independent history encoders side by side, their scores averaged
+    encoders: int = Field(2, ge=1, le=8)   # independent history encoders side by side, their scores averaged
     learning_rate: float = Field(2e-3, gt=0)
     batch_size: int = Field(256, ge=1)
     epochs_pretrain: int = Field(15, ge=0, le=500)

@@ -93,6 +93,8 @@ class TransferConfig:
         self.item_grid = tuple(tuple(float(v) for v in triple) for triple in self.item_grid)
         if any(len(triple) != 3 for triple in self.item_grid):
             raise ValueError("item_grid holds (alpha, lam, drop_p) triples")
+        if int(self.encoders) != self.encoders or self.encoders < 1:
+            raise ValueError(f"encoders must be a whole number of at least 1, not {self.encoders!r}")
 
     def item_settings(self) -> list[tuple[float, float, float]]:
         """The item-item settings fine-tuning chooses among: the configured one first, then the grid's others."""
@@ -115,7 +117,7 @@ class _Encoder(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.nn.functional.normalize(x, dim=1)
         m, n_items = self.members, x.shape[1]
-        if m == 1:
+        if m == 1:   # the plain layer: the same numbers as before there were members
             hidden = self.enc(torch.nn.functional.dropout(h, self.dropout, self.training))[:, None, :]
         else:
             h = torch.nn.functional.dropout(h[:, None, :].expand(-1, m, -1), self.dropout, self.training)

@@ -54,19 +54,20 @@ def finetune_epochs(history: list[dict]) -> list[int]:
     return [e["epoch"] for e in history if e["stage"] == "finetune"]
 
 
-@pytest.mark.parametrize("strategy", ["full", "freeze_encoder"])
-def test_resumed_finetune_ends_like_an_uninterrupted_one(tmp_path, strategy):
+@pytest.mark.parametrize("strategy, encoders", [("full", 1), ("freeze_encoder", 1), ("full", 2)])
+def test_resumed_finetune_ends_like_an_uninterrupted_one(tmp_path, strategy, encoders):
     train, valid, candidates = data()
-    reference = pretrained(strategy=strategy)
+    reference = pretrained(strategy=strategy, encoders=encoders)
     expected = reference.finetune(train, valid, candidates)
 
     checkpoint = tmp_path / "target.finetune.ckpt"
     with pytest.raises(Killed):
-        pretrained(strategy=strategy).finetune(train, valid, candidates, log=kill_at(3), checkpoint=checkpoint)
+        pretrained(strategy=strategy, encoders=encoders).finetune(train, valid, candidates, log=kill_at(3),
+                                                                  checkpoint=checkpoint)
     assert checkpoint.exists()
 
     rerun: list[dict] = []
-    resumed = pretrained(strategy=strategy)
+    resumed = pretrained(strategy=strategy, encoders=encoders)
     history = resumed.finetune(train, valid, candidates, log=rerun.append, checkpoint=checkpoint)
     # epoch 3 was interrupted before its checkpoint: the rerun starts there and does not redo the item-item choice
     assert finetune_epochs(rerun) == list(range(3, 9))
