@@ -27,7 +27,8 @@ import torch
 from tasks.models.content import ContentSimilarity
 from tasks.models.profile import ProfilePrior, Profiles
 
-# a up to 128: valid chose the former edge, 32, on seeds 2022-2024 (the prior all but replaces the base there)
+# a up to 128: valid chose the former edge, 32, on seed 2022; once it could, 32-64 for transfer and 128 for the
+# target-only twin on seeds 2022-2024 (README, Cold start)
 PROFILE_GRID = tuple((a, c) for a in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
                      for c in (1.0, 3.0, 10.0, 30.0))
 GAMMA_GRID = (0.0, 0.1, 0.2, 0.4, 0.8)
