@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,11 @@ from tasks.models.transfer import TransferRecommender
 
 log = logging.getLogger(__name__)
 
-SIMULATED_LENGTHS = (1, 3, 5)   # short histories simulated on warm users to choose the side weights
+# short histories simulated on warm users to choose the side weights (0: the profile alone; it does not move the
+# weights, whose parts it never reaches, but it counts in the choice of the source's share)
+SIMULATED_LENGTHS = (0, 1, 3, 5)
+# the source's share in the profile prior and the co-occurrences (attach_side), most source first
+SOURCE_SHARES = (1.0, 0.5, 0.0)
 NEW_USER_SHARE = 0.2
 K = 10
 
@@ -66,9 +70,13 @@ def _profiles(users: pd.DataFrame, user_ids: np.ndarray) -> pd.DataFrame:
 
 def cold_split(features: dict[str, Any], config: PipelineConfig, seed: int,
                share: float = NEW_USER_SHARE, target: str | None = None,
-               source: str | None = None, with_source: bool = True) -> ColdSplit:
+               source: str | None = None, with_source: bool = True, warm_share: float = 1.0) -> ColdSplit:
     """Hold out `share` of the target's users (seeded) as new users; the rest keep the features' split. Without
-    `with_source` the source's users are left out (an empty source), as for a target-only model."""
+    `with_source` the source's users are left out (an empty source), as for a target-only model. `warm_share` < 1
+    keeps only that share of the other users (seeded, drawn after the new users, so these stay the same): a smaller
+    target platform with the same new users."""
+    if not 0.0 < warm_share <= 1.0:
+        raise ValueError(f"cold_split: warm_share must be in (0, 1], got {warm_share}")
     folder, n_items = Path(features["dir"]), features["n_items"]
     target, source = target or config.targets[0].name, source or config.source.name
     frame = pd.read_parquet(folder / f"{target}.interactions.parquet")
@@ -77,6 +85,8 @@ def cold_split(features: dict[str, Any], config: PipelineConfig, seed: int,
     rng = np.random.default_rng(seed)
     new = np.sort(rng.permutation(user_ids)[:int(round(share * len(user_ids)))])
     warm_ids = np.setdiff1d(user_ids, new)
+    if warm_share < 1.0:
+        warm_ids = np.sort(rng.permutation(warm_ids)[:max(1, int(round(warm_share * len(warm_ids))))])
     warm_frame, new_frame = frame[frame["user_id"].isin(set(warm_ids))], frame[frame["user_id"].isin(set(new))]
     catalogue = np.zeros(n_items, dtype=bool)
     catalogue[frame["item_idx"].unique()] = True
@@ -129,48 +139,120 @@ def simulations(model: TransferRecommender, split: ColdSplit) -> list[dict[str, 
         # as for a new user: everything after the n first items is relevant (the whole train: the warm protocol)
         relevant = valid if n is None else sp.csr_matrix((train - history) + valid)
         sims.append({"history": history, "profiles": profiles, "base": base, "n": n, "full": n is None,
-                     "exclude": history, "relevant": relevant})
+                     "exclude": history, "relevant": relevant, "users": users})
     model.side = side
     return sims
+
+
+def _fitted_prior(split: ColdSplit, with_source: bool, priors: dict[Any, Any]) -> ProfilePrior:
+    """The profile prior learned from the target's users and, `with_source`, the source's (cached in `priors`)."""
+    if with_source not in priors:
+        vocabulary = profile_vocabulary(split.source_users, split.warm_users)
+        platforms = [(split.warm["train"], split.warm_users)]
+        if with_source:
+            platforms.insert(0, (split.source, split.source_users))
+        started = time.perf_counter()
+        priors[with_source] = ProfilePrior(split.n_items, vocabulary).fit(platforms)
+        log.info("profile prior (source: %s) fitted in %.1f s", with_source, time.perf_counter() - started)
+    return priors[with_source]
+
+
+def _fitted_lift(split: ColdSplit, with_source: bool, priors: dict[Any, Any]) -> np.ndarray:
+    key = ("lift", with_source)
+    if key not in priors:
+        priors[key] = cooccurrence_lift([split.source, split.warm["train"]] if with_source else [split.warm["train"]])
+    return priors[key]
+
+
+def _side(model: TransferRecommender, split: ColdSplit, use_profile: bool, use_lift: bool,
+          content: ContentSimilarity | None, with_source: bool, share: float,
+          priors: dict[Any, Any]) -> SideComponents:
+    """Side parts whose prior and co-occurrences are `share` x the pooled ones + the rest the target's own."""
+    prior = lift = None
+    if use_profile:
+        prior = _fitted_prior(split, with_source, priors)
+        if with_source and share < 1.0:
+            prior = prior.mixed(_fitted_prior(split, False, priors), share)
+    if use_lift:
+        lift = _fitted_lift(split, with_source, priors)
+        if with_source and share < 1.0:
+            lift = share * lift + (1.0 - share) * _fitted_lift(split, False, priors)
+    side = SideComponents(prior, content, lift)
+    # Two regimes: side parts serve histories shorter than warm_min_history, the user-kernel part (when valid chose
+    # it) the longer ones. Side parts on warm histories were held to the warm floor and chose small weights (on top
+    # of the kernel part ~none: new users lost a quarter of their NDCG@10 at k = 1).
+    side.short_below = model.config.warm_min_history
+    return side
+
+
+def _without_users(split: ColdSplit, rows: np.ndarray) -> ColdSplit:
+    keep = np.setdiff1d(np.arange(split.warm_users.shape[0]), rows)
+    return replace(split, warm={name: m[keep] for name, m in split.warm.items()},
+                   warm_users=split.warm_users.iloc[keep].reset_index(drop=True),
+                   warm_ordered=[split.warm_ordered[u] for u in keep])
+
+
+def _sim_rows(sim: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
+    return {**sim, "history": sim["history"][rows], "profiles": sim["profiles"].iloc[rows].reset_index(drop=True),
+            "base": sim["base"][rows], "exclude": sim["exclude"][rows], "relevant": sim["relevant"][rows],
+            "users": sim["users"][rows]}
+
+
+def choose_source_share(model: TransferRecommender, split: ColdSplit, use_lift: bool,
+                        content: ContentSimilarity | None, sims: list[dict[str, Any]]) -> tuple[float, dict]:
+    """The source's share in the profile prior and co-occurrences, chosen by two-fold cross-fitting over the warm
+    users with valid items: side parts fitted without one half (source users always in) are scored on that half's
+    simulated short histories. Fitting and scoring on the same users would flatter the target's own prior, which
+    has seen them (on planted data it then beat a far better pooled prior)."""
+    folds = np.random.default_rng(model.config.seed).permutation(len(sims[0]["users"])) % 2
+    ndcg = _simulation_ndcg(model, split)
+    totals = dict.fromkeys(SOURCE_SHARES, 0.0)
+    for fold in (0, 1):
+        rows = np.flatnonzero(folds == fold)
+        fitted, held, priors = _without_users(split, sims[0]["users"][rows]), [_sim_rows(s, rows) for s in sims], {}
+        for share in SOURCE_SHARES:
+            side = _side(model, fitted, True, use_lift, content, True, share, priors)
+            model.side = side
+            totals[share] += side.select_weights(held, model.candidates, ndcg)["short_valid_ndcg"] * len(rows)
+    by_share = {share: total / len(folds) for share, total in totals.items()}
+    # the shares go from the most source to the least: a tie keeps the source
+    share = max(SOURCE_SHARES, key=lambda s: (round(by_share[s], 9), s))
+    log.info("side parts: source share %.2f chosen by cross-fitting (short-history valid NDCG@%d by share: %s)",
+             share, K, {s: round(v, 4) for s, v in by_share.items()})
+    return share, {"share": share, "short_valid_ndcg": by_share}
 
 
 def attach_side(model: TransferRecommender, split: ColdSplit, use_profile: bool, use_lift: bool,
                 parts: tuple[str, ...], with_source: bool, sims: list[dict[str, Any]], cache_dir: Path | None,
                 priors: dict[Any, Any]) -> dict[str, Any]:
-    """Give the model a profile prior and/or a content similarity and choose their weights on warm valid."""
+    """Give the model a profile prior and/or a content similarity and choose their weights on warm valid.
+
+    With the source, the prior and the co-occurrences are a mix of the pooled ones (source and target users) and
+    the target's own; the source's share is chosen among SOURCE_SHARES (choose_source_share): a guard against
+    negative transfer, where a source whose users' tastes or items do not match the target's gets share 0."""
     if not use_profile and not parts:
         model.side = None
         return {}
-    prior = None
-    if use_profile:
-        if with_source not in priors:
-            vocabulary = profile_vocabulary(split.source_users, split.warm_users)
-            platforms = [(split.warm["train"], split.warm_users)]
-            if with_source:
-                platforms.insert(0, (split.source, split.source_users))
-            started = time.perf_counter()
-            priors[with_source] = ProfilePrior(split.n_items, vocabulary).fit(platforms)
-            log.info("profile prior (source: %s) fitted in %.1f s", with_source, time.perf_counter() - started)
-        prior = priors[with_source]
-    lift = None
-    if use_lift:
-        key = ("lift", with_source)
-        if key not in priors:
-            priors[key] = cooccurrence_lift([split.source, split.warm["train"]] if with_source
-                                            else [split.warm["train"]])
-        lift = priors[key]
     content = ContentSimilarity(content_vectors(split.items, parts, cache_dir)) if parts else None
-    model.side = SideComponents(prior, content, lift)
-    # Two regimes: side parts serve histories shorter than warm_min_history, the user-kernel part (when valid
-    # chose it) the longer ones. Side parts on warm histories were held to the warm floor and chose small weights
-    # (on top of the kernel part ~none: new users lost a quarter of their NDCG@10 at k = 1).
-    model.side.short_below = model.config.warm_min_history
+    guard = None
+    share = 1.0
+    if with_source and use_profile:
+        key = ("share", use_lift, parts)
+        if key not in priors:
+            priors[key] = choose_source_share(model, split, use_lift, content, sims)
+        share, guard = priors[key]
+    model.side = _side(model, split, use_profile, use_lift, content, with_source, share, priors)
+    report = model.side.select_weights(sims, model.candidates, _simulation_ndcg(model, split))
+    if guard is not None:
+        report["source_share"] = guard
+    return report
 
+
+def _simulation_ndcg(model: TransferRecommender, split: ColdSplit):
     def ndcg(scores: np.ndarray, sim: dict[str, Any]) -> float:
         full = full_scores(scores, model.candidates, split.n_items)
         return float(np.mean(evaluate_scores(full, sim["exclude"], sim["relevant"], K)["ndcg"]))
-
-    return model.side.select_weights(sims, model.candidates, ndcg)
+    return ndcg
 
 
 def fit_side_parts(model: TransferRecommender, features: dict[str, Any], config: PipelineConfig, target: str,

@@ -167,6 +167,7 @@ class SideComponents:
             grid = {w: evaluate(w, self.content_weight) for w in PROFILE_GRID}
             self.profile_weight = best(grid, lambda w: (-w[0], -w[1]))
             report["profile"] = {"weight": self.profile_weight, "valid_ndcg": grid[self.profile_weight]}
+        report["short_valid_ndcg"] = evaluate(self.profile_weight, self.content_weight)[0]
         return report
 
     def state(self) -> dict[str, Any]:

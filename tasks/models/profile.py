@@ -133,6 +133,15 @@ class ProfilePrior:
         return {"n_items": self.n_items, "vocabulary": self.vocabulary, "config": asdict(self.config),
                 "weights": torch.from_numpy(self.weights), "bias": torch.from_numpy(self.bias)}
 
+    def mixed(self, other: "ProfilePrior", share: float) -> "ProfilePrior":
+        """The prior whose logits are `share` x this one's + (1 - share) x `other`'s (same items and vocabulary)."""
+        if self.vocabulary != other.vocabulary or self.n_items != other.n_items:
+            raise ValueError("ProfilePrior.mixed: the two priors must share their items and profile vocabulary")
+        prior = ProfilePrior(self.n_items, self.vocabulary, self.config)
+        prior.weights = (share * self.weights + (1.0 - share) * other.weights).astype(np.float32)
+        prior.bias = (share * self.bias + (1.0 - share) * other.bias).astype(np.float32)
+        return prior
+
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "ProfilePrior":
         prior = cls(state["n_items"], state["vocabulary"], ProfileConfig(**state["config"]))

@@ -8,6 +8,7 @@ import types
 
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.sparse as sp
 
 from tasks import coldstart
@@ -49,6 +50,19 @@ def test_profile_prior_learns_what_each_profile_likes_and_round_trips():
     np.testing.assert_array_equal(copy.score(USERS), prior.score(USERS))
     # no profile: the target's popularity
     assert np.argmax(prior.score(pd.DataFrame(index=range(1)))[0]) == 6
+
+
+def test_mixed_prior_blends_the_logits_of_two_priors_over_the_same_vocabulary():
+    prior, matrix = planted_prior()
+    flipped = ProfilePrior(8, prior.vocabulary, ProfileConfig(steps=200, seed=1)).fit(
+        [(sp.csr_matrix(matrix.toarray()[:, [3, 4, 5, 0, 1, 2, 6, 7]]), USERS)])
+    np.testing.assert_allclose(prior.mixed(flipped, 1.0).score(USERS), prior.score(USERS), atol=1e-5)
+    np.testing.assert_allclose(prior.mixed(flipped, 0.0).score(USERS), flipped.score(USERS), atol=1e-5)
+    np.testing.assert_allclose(prior.mixed(flipped, 0.25).score(USERS),
+                               0.25 * prior.score(USERS) + 0.75 * flipped.score(USERS), atol=1e-5)
+    other = ProfilePrior(8, profile_vocabulary(USERS.assign(occupation="artist")))
+    with pytest.raises(ValueError, match="vocabulary"):
+        prior.mixed(other, 0.5)
 
 
 def test_cooccurrence_lift_is_positive_for_items_seen_together():
@@ -155,6 +169,13 @@ def test_new_users_are_held_out_and_given_their_earliest_items(tmp_path):
     history, relevant = coldstart.new_user_tasks(split)[3]
     assert set(history[0].indices) == set(expected[:3]) and set(relevant[0].indices) == set(expected[3:])
     assert split.catalogue.sum() == 10
+    # a smaller target: half the other users train, the new users are the same ones
+    smaller = coldstart.cold_split({"dir": str(tmp_path), "n_items": 12}, config, seed=3, warm_share=0.5)
+    pd.testing.assert_frame_equal(smaller.new_users, split.new_users)
+    assert len(smaller.warm_ordered) == 8 and set(smaller.warm_users["user_id"]) < set(split.warm_users["user_id"])
+    assert smaller.warm["train"].shape[0] == 8
+    with pytest.raises(ValueError, match="warm_share"):
+        coldstart.cold_split({"dir": str(tmp_path), "n_items": 12}, config, seed=3, warm_share=0.0)
 
 
 def test_bundle_passes_profiles_to_the_models_profile_prior():
@@ -189,7 +210,7 @@ def test_attached_side_parts_serve_only_histories_under_the_warm_threshold():
     history = sp.csr_matrix(matrix[:10].multiply(sp.csr_matrix(first[None, :])))   # one item each
     sims = [{"history": history, "profiles": USERS.iloc[:10], "base": model.score(history)[:, model.candidates],
              "full": False, "exclude": history, "relevant": sp.csr_matrix(matrix[:10] - history)}]
-    attach_side(model, split, True, False, (), True, sims, None, {})
+    attach_side(model, split, True, False, (), False, sims, None, {})
     assert model.side.short_below == 5
     model.side.profile_weight = (4.0, np.inf)   # whatever valid chose: a weight that shows where the parts act
     whole = matrix[:4]   # 6 or 8 items each: warm, so the side parts leave them to the model's own blend
