@@ -26,14 +26,17 @@ def top_k(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None,
 def per_user_metrics(ranked: np.ndarray, relevant: sp.csr_matrix, k: int) -> dict[str, np.ndarray]:
     """Metric values per row of `ranked` (top-k item indices) against `relevant` (rows with >= 1 relevant item)."""
     relevant = relevant.tocsr()
-    hits = np.zeros(ranked.shape, dtype=bool)
-    for row in range(ranked.shape[0]):
-        truth = relevant.indices[relevant.indptr[row]:relevant.indptr[row + 1]]
-        hits[row] = np.isin(ranked[row, :k], truth)
+    ranked = ranked[:, :k]
+    # one lookup for all users (a per-user loop cost ~40 ms per call on 750 users): (row, item) pairs as flat keys
+    width = max(relevant.shape[1], int(ranked.max(initial=-1)) + 1)
+    rows = np.repeat(np.arange(relevant.shape[0], dtype=np.int64), np.diff(relevant.indptr))
+    keys = np.arange(ranked.shape[0], dtype=np.int64)[:, None] * width + ranked
+    hits = np.isin(keys, rows * width + relevant.indices)
     n_relevant = np.diff(relevant.indptr).astype(np.float64)
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    discounts = 1.0 / np.log2(np.arange(2, ranked.shape[1] + 2))
     dcg = (hits * discounts).sum(axis=1)
-    ideal = np.array([discounts[: int(min(n, k))].sum() for n in n_relevant])
+    ideal = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])[
+        np.minimum(n_relevant, k).astype(np.int64)]
     first = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, 0)
     n_hits = hits.sum(axis=1)
     return {

@@ -202,8 +202,9 @@ def choose_source_share(model: TransferRecommender, split: ColdSplit, use_lift: 
                         content: ContentSimilarity | None, sims: list[dict[str, Any]]) -> tuple[float, dict]:
     """The source's share in the profile prior and co-occurrences, chosen by two-fold cross-fitting over the warm
     users with valid items: side parts fitted without one half (source users always in) are scored on that half's
-    simulated short histories. Fitting and scoring on the same users would flatter the target's own prior, which
-    has seen them (on planted data it then beat a far better pooled prior)."""
+    simulated short histories, their weights chosen on coarse grids (the full grids made the guard ~70 s on the
+    protocol). Fitting and scoring on the same users would flatter the target's own prior, which has seen them (on
+    planted data it then beat a far better pooled prior)."""
     folds = np.random.default_rng(model.config.seed).permutation(len(sims[0]["users"])) % 2
     ndcg = _simulation_ndcg(model, split)
     totals = dict.fromkeys(SOURCE_SHARES, 0.0)
@@ -213,7 +214,8 @@ def choose_source_share(model: TransferRecommender, split: ColdSplit, use_lift: 
         for share in SOURCE_SHARES:
             side = _side(model, fitted, True, use_lift, content, True, share, priors)
             model.side = side
-            totals[share] += side.select_weights(held, model.candidates, ndcg)["short_valid_ndcg"] * len(rows)
+            report = side.select_weights(held, model.candidates, ndcg, coarse=True)
+            totals[share] += report["short_valid_ndcg"] * len(rows)
     by_share = {share: total / len(folds) for share, total in totals.items()}
     # the shares go from the most source to the least: a tie keeps the source
     share = max(SOURCE_SHARES, key=lambda s: (round(by_share[s], 9), s))

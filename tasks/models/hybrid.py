@@ -32,6 +32,9 @@ from tasks.models.profile import ProfilePrior, Profiles
 PROFILE_GRID = tuple((a, c) for a in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
                      for c in (1.0, 3.0, 10.0, 30.0))
 GAMMA_GRID = (0.0, 0.1, 0.2, 0.4, 0.8)
+# coarse grids for comparing side parts cheaply (tasks/sideparts.py, the source-share guard): 6 and 3 points
+COARSE_PROFILE_GRID = tuple((a, c) for a in (8.0, 32.0, 128.0) for c in (3.0, 30.0))
+COARSE_GAMMA_GRID = (0.0, 0.2, 0.8)
 CONTENT_GRID = tuple((a, c) for a in (0.0, 0.05, 0.1, 0.2, 0.4) for c in (3.0, float("inf")))
 
 
@@ -130,11 +133,12 @@ class SideComponents:
         return self.blend(base, lengths, prior, content, history_lift=lift)
 
     def select_weights(self, simulations: list[dict[str, Any]], candidates: np.ndarray,
-                       ndcg: Callable[[np.ndarray, dict[str, Any]], float]) -> dict[str, Any]:
+                       ndcg: Callable[[np.ndarray, dict[str, Any]], float], coarse: bool = False) -> dict[str, Any]:
         """Choose gamma and (a, c) of each part on simulated short histories: each simulation holds `base`
         (candidate scores), `history`, `profiles`, and `full` (True for users' whole histories: the warm case);
         `ndcg(scores, simulation)` is its validation NDCG. The short ones are maximised; on the full ones a setting
-        may not do worse than the model without side parts (the side is for short histories, not a warm cost)."""
+        may not do worse than the model without side parts (the side is for short histories, not a warm cost).
+        `coarse` uses COARSE_PROFILE_GRID and COARSE_GAMMA_GRID: cheaper, for comparing side parts."""
         prepared = []
         for sim in simulations:
             prior, content, lift = self.parts(sim["history"], sim.get("profiles"), candidates)
@@ -156,7 +160,8 @@ class SideComponents:
         report: dict[str, Any] = {"warm_floor": warm_floor}
         if self.prior is not None and self.lift is not None:
             # the naive-Bayes part on its own first (the base with a small weight next to it)
-            grid = {g: evaluate((16.0, float("inf")), (0.0, 1.0), g) for g in GAMMA_GRID}
+            grid = {g: evaluate((16.0, float("inf")), (0.0, 1.0), g)
+                    for g in (COARSE_GAMMA_GRID if coarse else GAMMA_GRID)}
             self.gamma = max(grid, key=lambda g: (grid[g][0], -g))
             report["gamma"] = {"gamma": self.gamma, "valid_ndcg": grid[self.gamma]}
         if self.content is not None:
@@ -164,7 +169,7 @@ class SideComponents:
             self.content_weight = best(grid, lambda w: -w[0])
             report["content"] = {"weight": self.content_weight, "valid_ndcg": grid[self.content_weight]}
         if self.prior is not None:
-            grid = {w: evaluate(w, self.content_weight) for w in PROFILE_GRID}
+            grid = {w: evaluate(w, self.content_weight) for w in (COARSE_PROFILE_GRID if coarse else PROFILE_GRID)}
             self.profile_weight = best(grid, lambda w: (-w[0], -w[1]))
             report["profile"] = {"weight": self.profile_weight, "valid_ndcg": grid[self.profile_weight]}
         report["short_valid_ndcg"] = evaluate(self.profile_weight, self.content_weight)[0]
