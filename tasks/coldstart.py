@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-warm-ablation", action="store_true", help="skip the warm-protocol ablation")
     parser.add_argument("--target-share", type=float, default=1.0,
                         help="train on this share of the target's other users only (a smaller target platform; "
-                             "the new users stay the same)")
+                             "the new users stay the same); the warm ablation always uses all target users")
     args = parser.parse_args(argv)
     if not 0.0 < args.target_share <= 1.0:
         parser.error("--target-share must be in (0, 1]")

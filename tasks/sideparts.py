@@ -205,18 +205,22 @@ def choose_source_share(model: TransferRecommender, split: ColdSplit, use_lift: 
     simulated short histories, their weights chosen on coarse grids (the full grids made the guard ~70 s on the
     protocol). Fitting and scoring on the same users would flatter the target's own prior, which has seen them (on
     planted data it then beat a far better pooled prior)."""
-    folds = np.random.default_rng(model.config.seed).permutation(len(sims[0]["users"])) % 2
+    n_users = len(sims[0]["users"])
+    if n_users < 2:
+        log.info("side parts: %d warm user(s) with valid items, too few to cross-fit the source share: 1", n_users)
+        return 1.0, {"share": 1.0, "skipped": f"{n_users} warm user(s) with valid items; two folds need 2"}
+    fold_of = np.random.default_rng(model.config.seed).permutation(n_users) % 2
     ndcg = _simulation_ndcg(model, split)
     totals = dict.fromkeys(SOURCE_SHARES, 0.0)
     for fold in (0, 1):
-        rows = np.flatnonzero(folds == fold)
+        rows = np.flatnonzero(fold_of == fold)
         fitted, held, priors = _without_users(split, sims[0]["users"][rows]), [_sim_rows(s, rows) for s in sims], {}
         for share in SOURCE_SHARES:
             side = _side(model, fitted, True, use_lift, content, True, share, priors)
             model.side = side
             report = side.select_weights(held, model.candidates, ndcg, coarse=True)
             totals[share] += report["short_valid_ndcg"] * len(rows)
-    by_share = {share: total / len(folds) for share, total in totals.items()}
+    by_share = {share: total / n_users for share, total in totals.items()}   # the mean over all users
     # the shares go from the most source to the least: a tie keeps the source
     share = max(SOURCE_SHARES, key=lambda s: (round(by_share[s], 9), s))
     log.info("side parts: source share %.2f chosen by cross-fitting (short-history valid NDCG@%d by share: %s)",

@@ -219,3 +219,14 @@ def test_attached_side_parts_serve_only_histories_under_the_warm_threshold():
     model.side = side
     np.testing.assert_array_equal(model.score(whole, USERS.iloc[:4]), plain)
     assert not np.allclose(model.score(history[:4], USERS.iloc[:4]), model.score(history[:4]))
+
+
+def test_source_share_is_not_cross_fitted_on_fewer_than_two_users():
+    from types import SimpleNamespace
+
+    from tasks.sideparts import choose_source_share
+
+    model = SimpleNamespace(config=TransferConfig(seed=1))
+    one_user = [{"users": np.array([4])}]
+    share, report = choose_source_share(model, None, True, None, one_user)
+    assert share == 1.0 and "2" in report["skipped"], report
