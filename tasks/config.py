@@ -119,6 +119,8 @@ class TrainingConfig(_Strict):
     rating_weight: float = Field(0.0, ge=0, le=1)
     # (alpha, lam, drop_p) settings of the item-item solve also tried in fine-tuning; the best on valid is kept
     item_grid: list[tuple[float, float, float]] = [(0.5, 100.0, 0.5), (0.3, 300.0, 0.25), (0.7, 100.0, 0.5)]
+    # best: keep the setting best on valid; mean: the mean of all the settings' weights
+    item_combine: Literal["best", "mean"] = "mean"
     # user-kernel part (tasks/models/kernel.py): its ridge settings and blend weights tried on valid (weight 0: off);
     # an empty list leaves the part out
     kernel_lams: list[Annotated[float, Field(gt=0)]] = [0.1, 0.3]

@@ -10,8 +10,9 @@ of a user with history x is a blend of two standardised parts over the target's 
 - B, item-item: a zero-diagonal linear autoencoder (EASE with a dropout-equivalent regulariser) over the unified item
   space. Pretraining keeps the source co-occurrence matrix S'S; fine-tuning solves in closed form
   min ||X_t - X_t B||^2 + alpha^2 ||S - S B||^2 + ||Lambda^1/2 B||^2, diag(B) = 0, Lambda = lam + p/(1-p) diag(G):
-  the source's users act as a prior, weighted by alpha, that the target's users refine. (alpha, lam, drop_p) is
-  chosen on the target's validation split among the configured setting and `item_grid` (a solve is a few seconds).
+  the source's users act as a prior, weighted by alpha, that the target's users refine. B is solved for the
+  configured (alpha, lam, drop_p) and each of `item_grid` (a solve is a few seconds); with `item_combine: mean` B is
+  the mean of their weights, with `best` the one best on the target's validation split.
 - f, history encoder: a multinomial denoising autoencoder (Mult-DAE), pretrained on source users and fine-tuned on
   target users while a share of source users is replayed; early stopping on the target's validation NDCG@k. With
   `encoders` > 1 that many independent encoders (own weights, own dropout masks) train side by side on the same
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 EpochLog = Callable[[dict[str, Any]], None]
 STRATEGIES = ("full", "freeze_encoder")
+ITEM_COMBINE = ("best", "mean")
 
 
 @dataclass
@@ -72,6 +74,9 @@ class TransferConfig:
     # (alpha, lam, drop_p) settings of the item-item solve tried in fine-tuning, best on valid kept; empty: only
     # (alpha, lam, drop_p) above. The configured triple is always tried too.
     item_grid: tuple[tuple[float, float, float], ...] = ((0.5, 100.0, 0.5), (0.3, 300.0, 0.25), (0.7, 100.0, 0.5))
+    # best: keep the setting best on valid; mean: keep the mean of all settings' weights (no choice to get wrong;
+    # the pipeline's default, config/pipeline.yaml)
+    item_combine: str = "best"
     # interactions count 1 + rating_weight * (rating - 4) in the histories the model is trained and tested on (the
     # data layer applies it: PlatformData.matrix); only the item-item part reads the weights, the encoder reads items
     rating_weight: float = 0.0
@@ -93,6 +98,8 @@ class TransferConfig:
         self.item_grid = tuple(tuple(float(v) for v in triple) for triple in self.item_grid)
         if any(len(triple) != 3 for triple in self.item_grid):
             raise ValueError("item_grid holds (alpha, lam, drop_p) triples")
+        if self.item_combine not in ITEM_COMBINE:
+            raise ValueError(f"item_combine must be one of {ITEM_COMBINE}, not {self.item_combine!r}")
         if int(self.encoders) != self.encoders or self.encoders < 1:
             raise ValueError(f"encoders must be a whole number of at least 1, not {self.encoders!r}")
 
@@ -345,13 +352,15 @@ class TransferRecommender:
 
     def _choose_item_item(self, train: sp.csr_matrix, valid: sp.csr_matrix,
                           emit: Callable[[dict[str, Any]], None]) -> np.ndarray:
-        """Solve the item-item part for each configured setting; keep the best on valid. Returns its train scores."""
+        """Solve the item-item part for each configured setting. `item_combine: best` keeps the best on valid;
+        `mean` keeps the mean of all settings' weights (item_params still names the best on valid). Returns the
+        kept part's train scores."""
         cfg = self.config
         target_gram = (train.T @ train).toarray().astype(np.float64)
         settings = cfg.item_settings()
         if self.source_gram is None:  # alpha has no effect without a source: one solve per (lam, drop_p)
             settings = list(dict.fromkeys((cfg.alpha, lam, drop_p) for _, lam, drop_p in settings))
-        best_item, item_item = -1.0, None
+        best_item, item_item, total = -1.0, None, None
         for index, (alpha, lam, drop_p) in enumerate(settings):
             started = time.perf_counter()
             gram = target_gram if self.source_gram is None else target_gram + alpha ** 2 * self.source_gram
@@ -360,9 +369,17 @@ class TransferRecommender:
             ndcg = self._valid_ndcg(self._full(scores), train, valid)
             emit({"stage": "item_item", "epoch": index, "alpha": float(alpha), "lam": float(lam),
                   "drop_p": float(drop_p), "valid_ndcg": ndcg, "seconds": time.perf_counter() - started})
+            total = weights.copy() if total is None else total + weights
             if ndcg > best_item:
                 best_item, item_item, self.weights = ndcg, scores, weights
                 self.item_params = (float(alpha), float(lam), float(drop_p))
+        if cfg.item_combine == "mean" and len(settings) > 1:
+            # valid tells the settings apart by less than its own noise (seed to seed the best one changes); their
+            # mean does not depend on that choice
+            self.weights = (total / len(settings)).astype(np.float32)
+            item_item = np.asarray(train @ self.weights)
+            emit({"stage": "item_mean", "epoch": 0, "settings": float(len(settings)),
+                  "valid_ndcg": self._valid_ndcg(self._full(item_item), train, valid), "seconds": 0.0})
         return item_item
 
     def _choose_kernel(self, train: sp.csr_matrix, valid: sp.csr_matrix, blend: np.ndarray, blend_ndcg: float,

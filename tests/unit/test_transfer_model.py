@@ -1,6 +1,7 @@
 """The transfer recommender's mechanics on tiny random data: candidates, persistence, strategies."""
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import torch
 
@@ -78,6 +79,30 @@ def test_finetune_keeps_the_item_item_setting_best_on_valid():
     assert model.item_params == (best["alpha"], best["lam"], best["drop_p"])
     copy = TransferRecommender.from_state(model.state())
     assert copy.item_params == model.item_params
+
+
+def test_finetune_can_keep_the_mean_of_the_item_item_settings():
+    grid = ((0.1, 1.0, 0.0), (2.0, 50.0, 0.5))
+    config = TransferConfig(**{**CONFIG.__dict__, "item_grid": grid, "item_combine": "mean"})
+    model = TransferRecommender(30, config)
+    model.pretrain(random_rows(60, 30, 1))
+    candidates = np.arange(30) < 20
+    train = random_rows(25, 30, 2).multiply(candidates).tocsr()
+    history = model.finetune(train, random_rows(25, 30, 3).multiply(candidates).tocsr(), candidates)
+    gram = (train.T @ train).toarray().astype(np.float64)
+    solved = [item_item_solve(gram + alpha ** 2 * model.source_gram, lam, drop_p)[:, candidates]
+              for alpha, lam, drop_p in config.item_settings()]
+    np.testing.assert_allclose(model.weights, np.mean(solved, axis=0), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(model.weights, solved[0], atol=1e-4)
+    tried = [e for e in history if e["stage"] == "item_item"]
+    best = max(tried, key=lambda e: e["valid_ndcg"])
+    assert model.item_params == (best["alpha"], best["lam"], best["drop_p"])   # still names valid's favourite
+    assert [e["settings"] for e in history if e["stage"] == "item_mean"] == [len(solved)]
+
+
+def test_unknown_item_combine_is_refused():
+    with pytest.raises(ValueError, match="item_combine"):
+        TransferConfig(item_combine="median")
 
 
 def test_rating_weights_reach_the_item_item_part_only():
