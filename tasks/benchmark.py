@@ -157,15 +157,21 @@ def export_split(features: dict[str, Any], config: PipelineConfig, out: Path) ->
                               source_items=None, target_items=paths["target_items"], out=out)
 
 
-def run_protocol(seeds: list[int], out: Path, config: PipelineConfig) -> list[dict[str, Any]]:
-    """The embedded MovieLens platforms through pull -> validate -> unify -> features (per seed) -> file mode."""
+def protocol_splits(seeds: list[int], out: Path, config: PipelineConfig):
+    """The embedded MovieLens platforms through pull -> validate -> unify once, then features per seed, exported as
+    the file mode's input files under out/seed-<seed>: yields (seed, file-mode args, config with that seed)."""
     layout = StateLayout(out / "state")
     unified = ingest(config, layout)
-    reports = []
     for seed in seeds:
         features = build_features(unified, config, layout, f"seed-{seed}", seed=seed)
         args = export_split(features, config, out / f"seed-{seed}")
-        seeded = config.model_copy(update={"training": config.training.model_copy(update={"seed": seed})})
+        yield seed, args, config.model_copy(update={"training": config.training.model_copy(update={"seed": seed})})
+
+
+def run_protocol(seeds: list[int], out: Path, config: PipelineConfig) -> list[dict[str, Any]]:
+    """The protocol's splits (protocol_splits), each through file mode."""
+    reports = []
+    for seed, args, seeded in protocol_splits(seeds, out, config):
         report = run_files(args, seeded)
         report["seed"] = seed
         reports.append(report)

@@ -55,11 +55,14 @@ def pretrain(features: dict[str, Any], config: PipelineConfig, layout: StateLayo
             "users": int(len(source.user_ids)), "seconds": seconds}
 
 
+def with_settings(state: dict[str, Any], config: PipelineConfig) -> TransferRecommender:
+    """A model from its state with this run's training settings (fine-tuning may use other ones than pretraining)."""
+    return TransferRecommender.from_state({**state, "config": model_config(config).__dict__})
+
+
 def load_pretrained(checkpoint: str, config: PipelineConfig) -> TransferRecommender:
-    """The pretrained model, with this run's training settings (fine-tuning may use other ones than pretraining)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    state["config"] = model_config(config).__dict__
-    return TransferRecommender.from_state(state)
+    """The pretrained model, with this run's training settings."""
+    return with_settings(torch.load(checkpoint, map_location="cpu", weights_only=True), config)
 
 
 def fit_target(features: dict[str, Any], target: str, config: PipelineConfig,

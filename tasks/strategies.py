@@ -1,0 +1,105 @@
+"""Fine-tuning strategies side by side: full fine-tuning, a frozen encoder, and how much source data is replayed.
+
+    python -m tasks.strategies --seeds 2022 2023 2024 --out DIR
+
+On the benchmark protocol's splits (the same as `python -m tasks.benchmark --protocol`), the source is pretrained
+once per split and every variant is fine-tuned from that same pretrained model, so the variants differ only in how
+they fine-tune. Each is scored as the recommender alone, without side parts (those touch only histories shorter
+than warm_min_history), on the protocol's test items. Writes DIR/strategies.json and prints the mean per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.config import PipelineConfig, load_config
+from tasks.evaluate import held_out_metrics
+from tasks.features import PlatformData
+from tasks.metrics import METRICS, mean_metrics
+from tasks.models.transfer import TransferRecommender
+from tasks.train import fit_target, model_config, train_history, with_settings
+
+log = logging.getLogger("tasks.strategies")
+
+# name -> changes to the configured training settings (config/pipeline.yaml, training:)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full, configured replay": {},
+    "freeze_encoder": {"strategy": "freeze_encoder"},
+    "full, no replay": {"source_replay": 0.0},
+    "full, replay 0.5": {"source_replay": 0.5},
+}
+
+
+def with_training(config: PipelineConfig, **update: Any) -> PipelineConfig:
+    return config.model_copy(update={"training": config.training.model_copy(update=update)})
+
+
+def compare(features: dict[str, Any], config: PipelineConfig, source: str, target: str,
+            variants: dict[str, dict[str, Any]] = VARIANTS) -> dict[str, Any]:
+    """Pretrain on `source` once, fine-tune every variant on `target` from it; held-out metrics per variant."""
+    folder, n_items = Path(features["dir"]), features["n_items"]
+    data = PlatformData(folder, target, n_items)
+    started = time.perf_counter()
+    pretrained = TransferRecommender(n_items, model_config(config))
+    pretrained.pretrain(PlatformData(folder, source, n_items).matrix(rating_weight=config.training.rating_weight))
+    report: dict[str, Any] = {"pretrain_seconds": time.perf_counter() - started, "variants": {}}
+    for name, update in variants.items():
+        variant = with_training(config, **update)
+        started = time.perf_counter()
+        model, history, _ = fit_target(features, target, variant, with_settings(pretrained.state(), variant))
+        seconds = time.perf_counter() - started
+        scores = model.score(train_history(data, variant))
+        report["variants"][name] = {
+            "strategy": model.config.strategy, "source_replay": model.config.source_replay,
+            "metrics": mean_metrics(held_out_metrics(data, {name: scores}, config.evaluation.k)[name]),
+            "valid_ndcg": model.valid_ndcg,
+            "encoder_valid_ndcg": [e["valid_ndcg"] for e in history if e["stage"] == "finetune"],
+            "epochs": sum(e["stage"] == "finetune" for e in history),
+            "finetune_seconds": seconds}
+        log.info("%s: %s", name, report["variants"][name])
+    return report
+
+
+def run(seeds: list[int], out: Path, config: PipelineConfig) -> list[dict[str, Any]]:
+    from tasks.benchmark import SOURCE, TARGET, features_from_files, protocol_splits
+
+    reports = []
+    for seed, args, seeded in protocol_splits(seeds, out, config):
+        report = compare(features_from_files(args, Path(args.out) / "features"), seeded, SOURCE, TARGET)
+        reports.append({"seed": seed, **report})
+        (out / "strategies.json").write_text(json.dumps(reports, indent=2, default=str))
+    return reports
+
+
+def print_table(reports: list[dict[str, Any]]) -> None:
+    print(f"\nFine-tuning strategies, recommender only, mean of seeds {[r['seed'] for r in reports]}")
+    print(f"{'variant':<26}{'NDCG@10':>9}{'Recall':>9}{'Hit':>9}{'MRR':>9}{'Prec':>9}{'epochs':>8}{'seconds':>9}")
+    for name in reports[0]["variants"]:
+        rows = [r["variants"][name] for r in reports]
+        means = [np.mean([row["metrics"][m] for row in rows]) for m in METRICS]
+        print(f"{name:<26}" + "".join(f"{v:>9.4f}" for v in means)
+              + f"{np.mean([row['epochs'] for row in rows]):>8.1f}"
+              + f"{np.mean([row['finetune_seconds'] for row in rows]):>9.1f}")
+    print(f"pretraining (shared by the variants): {np.mean([r['pretrain_seconds'] for r in reports]):.1f} s per seed")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tasks.strategies", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2022, 2023, 2024])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--config", help="pipeline config (default: config/pipeline.yaml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    print_table(run(args.seeds, Path(args.out), load_config(args.config)))
+
+
+if __name__ == "__main__":
+    main()
