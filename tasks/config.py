@@ -117,7 +117,7 @@ class TrainingConfig(_Strict):
     source_replay: float = Field(0.15, ge=0, le=1)
     strategy: Literal["full", "freeze_encoder"] = "full"
     rating_weight: float = Field(0.0, ge=0, le=1)
-    # (alpha, lam, drop_p) settings of the item-item solve also tried in fine-tuning; the best on valid is kept
+    # (alpha, lam, drop_p) settings of the item-item solve also solved in fine-tuning (item_combine: how they are used)
     item_grid: list[tuple[float, float, float]] = [(0.5, 100.0, 0.5), (0.3, 300.0, 0.25), (0.7, 100.0, 0.5)]
     # best: keep the setting best on valid; mean: the mean of all the settings' weights
     item_combine: Literal["best", "mean"] = "mean"

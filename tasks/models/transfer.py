@@ -71,8 +71,8 @@ class TransferConfig:
     source_replay: float = 0.15   # share of source users replayed in each fine-tuning epoch
     strategy: str = "full"        # full | freeze_encoder (only the output layer adapts to the target)
     beta_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
-    # (alpha, lam, drop_p) settings of the item-item solve tried in fine-tuning, best on valid kept; empty: only
-    # (alpha, lam, drop_p) above. The configured triple is always tried too.
+    # (alpha, lam, drop_p) settings of the item-item solve tried in fine-tuning (item_combine: how they are used);
+    # empty: only (alpha, lam, drop_p) above. The configured triple is always tried too.
     item_grid: tuple[tuple[float, float, float], ...] = ((0.5, 100.0, 0.5), (0.3, 300.0, 0.25), (0.7, 100.0, 0.5))
     # best: keep the setting best on valid; mean: keep the mean of all settings' weights (no choice to get wrong;
     # the pipeline's default, config/pipeline.yaml)
