@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.config import PipelineConfig, load_config
-from tasks.evaluate import baseline_scores, held_out_metrics
+from tasks.evaluate import baseline_scores, held_out_item_segments, held_out_metrics
 from tasks.features import PlatformData, build_features
 from tasks.metrics import METRICS, mean_metrics, top_k
 from tasks.models.transfer import TransferRecommender
@@ -125,6 +125,7 @@ def run_files(args: argparse.Namespace, config: PipelineConfig) -> dict[str, Any
                          "rank": np.tile(np.arange(1, K + 1), len(test_users))})
     recs.to_csv(out / "recommendations.tsv", sep="\t", index=False)
     report = {"k": K, "test_users": int(len(test_users)), "metrics": metrics,
+              "item_segments": held_out_item_segments(target, source.matrix(), scores, K),
               "seconds": {"pretrain": pretrain_seconds, "pretrain_and_finetune": fit_seconds,
                           "score_all_target_users": score_seconds, **fitted},
               "finetune_epochs": len(history), "config": model_config(config).__dict__}
@@ -189,6 +190,13 @@ def print_table(reports: list[dict[str, Any]]) -> None:
         print(f"{'transfer-rec ' + name:<28}" + "".join(f"{values[m]:>9.4f}" for m in METRICS) + f"{sd:>9.4f}")
     for name, (ndcg, recall, hit, mrr) in PEERS.items():
         print(f"{name + ' *':<28}{ndcg:>9.4f}{recall:>9.4f}{hit:>9.4f}{mrr:>9.4f}{'':>9}{'':>9}")
+    segments = list(reports[0]["item_segments"][names[0]])
+    print("\nShare of test interactions found in the top 10, by item segment (test interactions per seed in brackets)")
+    print(f"{'model':<28}" + "".join(f"{name:>22}" for name in segments))
+    for name in names:
+        cells = [f"{np.mean([r['item_segments'][name][seg]['found'] for r in reports]):.4f} "
+                 f"({np.mean([r['item_segments'][name][seg]['relevant'] for r in reports]):.0f})" for seg in segments]
+        print(f"{'transfer-rec ' + name:<28}" + "".join(f"{c:>22}" for c in cells))
     fit = np.mean([r["seconds"]["pretrain_and_finetune"] for r in reports])
     score = np.mean([r["seconds"]["score_all_target_users"] for r in reports])
     print(f"\ntransfer: pretrain + fine-tune {fit:.1f} s, scoring all target users {score:.2f} s (mean per seed)")

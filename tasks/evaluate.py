@@ -18,8 +18,8 @@ from tasks.bundle import ModelBundle
 from tasks.config import PipelineConfig
 from tasks.features import PlatformData
 from tasks.metrics import (METRICS, bootstrap_ci, catalogue_coverage, evaluate_scores, genre_matrix, intra_list_diversity,
-                           item_popularity, mean_metrics, novelty, paired_lower_bound, segment_table, time_holdout,
-                           top_k, user_segments)
+                           item_popularity, item_segment_hits, mean_metrics, novelty, paired_lower_bound, segment_table,
+                           time_holdout, top_k, user_segments)
 from tasks.models.ease import EASE
 from tasks.models.popularity import Popularity
 from tasks.state import StateLayout
@@ -104,6 +104,31 @@ def held_out_metrics(data: PlatformData, scores: dict[str, np.ndarray], k: int) 
     """Per-user test metrics of every contender: train and valid items masked, target items only."""
     seen, test, candidates = data.matrix("train", "valid"), data.matrix("test"), data.item_mask()
     return {name: evaluate_scores(s, seen, test, k, candidates) for name, s in scores.items()}
+
+
+# item segments by the item's interactions in the target's train split: [low, high) bounds
+ITEM_TRAIN_BUCKETS = ((0, 5), (5, 20), (20, None))
+
+
+def item_segments(source: sp.csr_matrix, target_train: sp.csr_matrix, candidates: np.ndarray) -> dict[str, np.ndarray]:
+    """The target's items the source never saw, and the target's items by how often they occur in its train split."""
+    in_source = np.asarray((source != 0).sum(axis=0)).ravel() > 0
+    counts = np.asarray((target_train != 0).sum(axis=0)).ravel()
+    segments = {"not on the source": candidates & ~in_source}
+    for low, high in ITEM_TRAIN_BUCKETS:
+        name = f"target train {low}-{high - 1}" if high else f"target train {low}+"
+        segments[name] = candidates & (counts >= low) & (counts < (high or np.inf))
+    return segments
+
+
+def held_out_item_segments(data: PlatformData, source: sp.csr_matrix, scores: dict[str, np.ndarray],
+                           k: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Per contender and item segment: the test interactions in it and the share found in the user's top-k."""
+    users = _test_users(data)
+    seen, test, candidates = data.matrix("train", "valid"), data.matrix("test"), data.item_mask()
+    segments = item_segments(source, data.matrix("train"), candidates)
+    return {name: item_segment_hits(top_k(s[users], k, seen[users], candidates), test[users], segments)
+            for name, s in scores.items()}
 
 
 def _test_users(data: PlatformData) -> np.ndarray:

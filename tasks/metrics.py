@@ -48,6 +48,23 @@ def per_user_metrics(ranked: np.ndarray, relevant: sp.csr_matrix, k: int) -> dic
     }
 
 
+def item_segment_hits(ranked: np.ndarray, relevant: sp.csr_matrix,
+                      segments: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Per item segment (a boolean mask over items): how many relevant (row, item) pairs fall in it, and the share
+    of them whose item is in that row's top-k (`ranked`): which kinds of items a recommender finds."""
+    relevant = relevant.tocsr()
+    width = max(relevant.shape[1], int(ranked.max(initial=-1)) + 1)
+    rows = np.repeat(np.arange(relevant.shape[0], dtype=np.int64), np.diff(relevant.indptr))
+    found = np.isin(rows * width + relevant.indices,
+                    (np.arange(ranked.shape[0], dtype=np.int64)[:, None] * width + ranked).ravel())
+    out = {}
+    for name, mask in segments.items():
+        inside = np.asarray(mask, dtype=bool)[relevant.indices]
+        count = int(inside.sum())
+        out[name] = {"relevant": count, "found": float(found[inside].mean()) if count else 0.0}
+    return out
+
+
 def evaluate_scores(scores: np.ndarray, exclude: sp.csr_matrix, test: sp.csr_matrix, k: int,
                     candidates: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-user metrics over the users that have at least one test item."""

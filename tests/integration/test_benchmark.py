@@ -34,6 +34,15 @@ def test_file_mode_writes_top10_without_seen_items_and_all_contenders(pipeline_e
                                   for s in ("train", "valid", "test")])["item_id"])
     assert set(recs["item_id"]) <= target_items, "only target items are recommended"
 
+    # item segments: the train-count buckets split the test interactions, and their hits add up to precision's
+    test_rows = len(pd.read_csv(args.target_test, sep="\t", dtype=str).drop_duplicates(["user_id", "item_id"]))
+    for name, segments in report["item_segments"].items():
+        buckets = [v for seg, v in segments.items() if seg.startswith("target train")]
+        assert sum(v["relevant"] for v in buckets) == test_rows
+        hits = sum(v["found"] * v["relevant"] for v in buckets)
+        assert hits == pytest.approx(report["metrics"][name]["precision"] * 10 * report["test_users"])
+        assert segments["not on the source"]["relevant"] <= test_rows
+
 
 def test_a_file_without_the_key_columns_is_named(tmp_path):
     bad = tmp_path / "source.tsv"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tasks.metrics import evaluate_scores, mean_metrics, per_user_metrics, top_k
+from tasks.metrics import evaluate_scores, item_segment_hits, mean_metrics, per_user_metrics, top_k
 
 
 def test_top_k_excludes_seen_and_non_candidates():
@@ -47,3 +47,15 @@ def test_bootstrap_interval_covers_the_mean_and_paired_bound_sees_a_shift():
     assert paired_lower_bound(better, values, samples=500) == pytest.approx(0.05)
     noisy = values + rng.normal(0.0, 0.3, size=500)
     assert paired_lower_bound(noisy, values, samples=500) < 0
+
+
+def test_item_segment_hits_count_relevant_pairs_per_segment_and_the_share_found():
+    ranked = np.array([[0, 1], [2, 3]])
+    relevant = sp.csr_matrix(np.array([[1, 0, 1, 0, 1], [0, 0, 1, 0, 1]], dtype=np.float32))
+    # relevant pairs: (0,0) found, (0,2) not, (0,4) not, (1,2) found, (1,4) not
+    segments = {"low": np.array([1, 1, 1, 0, 0], bool), "item 4": np.array([0, 0, 0, 0, 1], bool),
+                "none": np.zeros(5, bool)}
+    out = item_segment_hits(ranked, relevant, segments)
+    assert out["low"] == {"relevant": 3, "found": pytest.approx(2 / 3)}
+    assert out["item 4"] == {"relevant": 2, "found": 0.0}
+    assert out["none"] == {"relevant": 0, "found": 0.0}
