@@ -35,7 +35,7 @@ from tasks.models.transfer import TransferRecommender
 from tasks.embedded import ingest
 from tasks.sideparts import fit_side_parts
 from tasks.state import StateLayout
-from tasks.train import fit_target, model_config, train_history
+from tasks.train import fit_target, model_config, train_history, with_training
 
 log = logging.getLogger("tasks.benchmark")
 
@@ -166,7 +166,7 @@ def protocol_splits(seeds: list[int], out: Path, config: PipelineConfig):
     for seed in seeds:
         features = build_features(unified, config, layout, f"seed-{seed}", seed=seed)
         args = export_split(features, config, out / f"seed-{seed}")
-        yield seed, args, config.model_copy(update={"training": config.training.model_copy(update={"seed": seed})})
+        yield seed, args, with_training(config, seed=seed)
 
 
 def run_protocol(seeds: list[int], out: Path, config: PipelineConfig) -> list[dict[str, Any]]:

@@ -38,7 +38,7 @@ from tasks.models.ease import EASE
 from tasks.models.popularity import Popularity
 from tasks.models.transfer import TransferRecommender
 from tasks.sideparts import K, ColdSplit, attach_side, cold_split, first_items, simulations
-from tasks.train import model_config
+from tasks.train import model_config, with_training
 
 log = logging.getLogger("tasks.coldstart")
 torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
@@ -85,7 +85,7 @@ def run_seed(features: dict[str, Any], config: PipelineConfig, seed: int, cache_
              warm_share: float = 1.0) -> dict[str, Any]:
     """Cold-start table and modality ablations (the given side variants) of one split seed; `warm_share` < 1 trains
     every contender on that share of the target's other users only (a smaller target, the same new users)."""
-    config = config.model_copy(update={"training": config.training.model_copy(update={"seed": seed})})
+    config = with_training(config, seed=seed)
     split = cold_split(features, config, seed, warm_share=warm_share)
     tasks = new_user_tasks(split)
     started = time.perf_counter()

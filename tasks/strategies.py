@@ -24,7 +24,7 @@ from tasks.evaluate import held_out_metrics
 from tasks.features import PlatformData
 from tasks.metrics import METRICS, mean_metrics
 from tasks.models.transfer import TransferRecommender
-from tasks.train import fit_target, model_config, train_history, with_settings
+from tasks.train import fit_target, model_config, train_history, with_settings, with_training
 
 log = logging.getLogger("tasks.strategies")
 
@@ -35,10 +35,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "full, no replay": {"source_replay": 0.0},
     "full, replay 0.5": {"source_replay": 0.5},
 }
-
-
-def with_training(config: PipelineConfig, **update: Any) -> PipelineConfig:
-    return config.model_copy(update={"training": config.training.model_copy(update=update)})
 
 
 def compare(features: dict[str, Any], config: PipelineConfig, source: str, target: str,

@@ -12,7 +12,7 @@ import torch
 
 from tasks import tracking
 from tasks.bundle import ModelBundle
-from tasks.config import PipelineConfig
+from tasks.config import PipelineConfig, TrainingConfig
 from tasks.features import PlatformData
 from tasks.models.transfer import TransferConfig, TransferRecommender
 from tasks.state import StateLayout
@@ -53,6 +53,12 @@ def pretrain(features: dict[str, Any], config: PipelineConfig, layout: StateLayo
         mlflow.log_metric("fit_seconds", seconds)
     return {"checkpoint": str(checkpoint), "run_id": run.info.run_id, "epochs": len(history),
             "users": int(len(source.user_ids)), "seconds": seconds}
+
+
+def with_training(config: PipelineConfig, **update: Any) -> PipelineConfig:
+    """The config with some training settings changed (validated like the config file: a bad value is refused)."""
+    training = TrainingConfig.model_validate({**config.training.model_dump(), **update})
+    return config.model_copy(update={"training": training})
 
 
 def with_settings(state: dict[str, Any], config: PipelineConfig) -> TransferRecommender:

@@ -18,6 +18,17 @@ def test_overrides_are_validated():
         load_config(overrides={"training": {"strategy": "magic"}})
 
 
+def test_training_changes_in_code_are_validated_too():
+    from tasks.train import with_training
+
+    config = load_config()
+    changed = with_training(config, seed=5, source_replay=0.0)
+    assert (changed.training.seed, changed.training.source_replay) == (5, 0.0)
+    assert config.training.seed != 5, "the given config is left as it was"
+    with pytest.raises(ValidationError, match="item_combine"):
+        with_training(config, item_combine="median")
+
+
 def test_platform_file_names_cannot_escape_the_location(tmp_path):
     config = load_config()
     raw = config.model_dump()
