@@ -14,7 +14,8 @@ Side weights (profile prior, content) are chosen on the warm users' valid items 
 their train interactions (tasks/models/hybrid.py), never on the new users.
 
 The same run also measures the modality ablation on the warm protocol (all target users, the benchmark's split):
-what the profile prior, genres/year and title text add to the transfer model's test NDCG@10.
+what the profile prior, genres/year and title text add to the transfer model's test NDCG@10; and, as a reference
+that is no contender, how much a profile can say about a new user at k = 0 at all (`profile_ceiling`).
 
     python -m tasks.coldstart --seeds 2022 2023 2024 --out DIR     (also: python -m tasks.benchmark --cold-start)
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 
@@ -56,6 +58,9 @@ VARIANTS = {
 }
 FULL = "+profile+cooc+content"
 TARGET_ONLY_VARIANTS = ("base", "+profile+cooc", FULL)
+# profile_ceiling: the profile cells (user columns) and smoothing (pseudo-users) it tries
+CEILING_CELLS = (("gender",), ("age",), ("occupation",), ("gender", "age"), ("gender", "age", "occupation"))
+CEILING_SMOOTHING = (0.0, 3.0, 10.0, 30.0, 100.0)
 
 
 def new_user_tasks(split: ColdSplit) -> dict[int, tuple[sp.csr_matrix, sp.csr_matrix]]:
@@ -71,6 +76,40 @@ def new_user_tasks(split: ColdSplit) -> dict[int, tuple[sp.csr_matrix, sp.csr_ma
 def _cold_metrics(scores: np.ndarray, history: sp.csr_matrix, relevant: sp.csr_matrix,
                   catalogue: np.ndarray) -> dict[str, float]:
     return mean_metrics(evaluate_scores(scores, history, relevant, K, catalogue))
+
+
+def profile_ceiling(split: ColdSplit) -> dict[str, Any]:
+    """How much a profile says about a new user's items, measured with the answers in hand: a reference for k = 0,
+    not a contender (it looks at the new users' items, which no model may).
+
+    Each new user's items are ranked by their share among the users of the same profile cell (equal values of the
+    cell's columns), counted over every target user: the warm users' train, valid and test items and the other new
+    users' items, the user themself left out; smoothed towards the whole target's share by m pseudo-users. The cell
+    definition (CEILING_CELLS) and m (CEILING_SMOOTHING) kept are the best on the new users themselves."""
+    new_items = first_items(split.new_ordered, split.n_items, None)
+    everyone = sp.vstack([split.warm["train"] + split.warm["valid"] + split.warm["test"], new_items]).tocsr()
+    everyone.data[:] = 1.0
+    users = pd.concat([split.warm_users, split.new_users], ignore_index=True)
+    new_rows = np.arange(everyone.shape[0] - new_items.shape[0], everyone.shape[0])
+    own = new_items.toarray()
+    others = everyone.shape[0] - 1
+    overall = (np.asarray(everyone.sum(0)).ravel()[None, :] - own) / max(others, 1)   # the target, user left out
+    no_history = sp.csr_matrix(new_items.shape, dtype=np.float32)
+    grid = []
+    for cells in CEILING_CELLS:
+        key = users[list(cells)].astype(str).agg("|".join, axis=1).to_numpy()
+        counts, sizes = np.zeros_like(own), np.zeros(len(new_rows))
+        for cell in np.unique(key[new_rows]):
+            members, rows = np.flatnonzero(key == cell), np.flatnonzero(key[new_rows] == cell)
+            counts[rows] = np.asarray(everyone[members].sum(0)).ravel()[None, :] - own[rows]
+            sizes[rows] = len(members) - 1
+        for m in CEILING_SMOOTHING:
+            weight = sizes + m
+            scores = np.where(weight[:, None] > 0, (counts + m * overall) / np.maximum(weight, 1e-12)[:, None],
+                              overall)
+            grid.append({"cells": list(cells), "smoothing": m,
+                         **_cold_metrics(scores, no_history, new_items, split.catalogue)})
+    return {"best": max(grid, key=lambda g: g["ndcg"]), "grid": grid}
 
 
 def _fit(pretrained: TransferRecommender | None, split: ColdSplit, config: PipelineConfig) -> TransferRecommender:
@@ -94,7 +133,7 @@ def run_seed(features: dict[str, Any], config: PipelineConfig, seed: int, cache_
     log.info("seed %d: pretrained in %.1f s", seed, time.perf_counter() - started)
     report: dict[str, Any] = {"seed": seed, "warm_share": warm_share, "new_users": len(split.new_ordered),
                               "warm_users": len(split.warm_ordered),
-                              "cold": {}, "selection": {}}
+                              "cold": {}, "selection": {}, "profile_ceiling": profile_ceiling(split)}
 
     def record(name: str, score) -> None:
         report["cold"][name] = {k: _cold_metrics(score(history), history, relevant, split.catalogue)
@@ -165,6 +204,10 @@ def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
                     "gain_vs_target_only": transfer["ndcg"] / max(contenders[best_name]["ndcg"], 1e-12) - 1}
     summary: dict[str, Any] = {"seeds": [r["seed"] for r in reports], "table": table, "mean": mean,
                                "warm_users": [r["warm_users"] for r in reports]}
+    if all("profile_ceiling" in r for r in reports):
+        best = [r["profile_ceiling"]["best"] for r in reports]
+        summary["profile_ceiling"] = {m: float(np.mean([b[m] for b in best])) for m in ("ndcg", "recall")}
+        summary["profile_ceiling"]["cells"] = [{"cells": b["cells"], "smoothing": b["smoothing"]} for b in best]
     if all("warm" in r for r in reports):
         summary["warm"] = {v: {"ndcg": float(np.mean([r["warm"][v]["ndcg"] for r in reports])),
                                "sd": float(np.std([r["warm"][v]["ndcg"] for r in reports]))}
@@ -181,6 +224,13 @@ def print_summary(summary: dict[str, Any]) -> None:
         cells = [row[c] for c in ("popularity", "best_target_only", "transfer")]
         print(f"{k:>3}  " + "  ".join(f"{c['ndcg']:>9.4f}{c['recall']:>10.4f}" for c in cells)
               + f"  {row['gain_vs_target_only']:>+7.1%}  {row['best_target_only']['model']}")
+    if "profile_ceiling" in summary:
+        ceiling, first = summary["profile_ceiling"], summary["table"][min(summary["table"])]
+        reference = first["best_target_only"]["ndcg"]
+        print(f"\nReference, no contender (it looks at the new users' items): the profile's ceiling at k = 0, each "
+              f"new user's profile cell's item shares over all target users but them: NDCG@10 {ceiling['ndcg']:.4f}, "
+              f"Recall@10 {ceiling['recall']:.4f} ({ceiling['ndcg'] / max(reference, 1e-12) - 1:+.1%} over the best "
+              f"target-only model; +20% needs {1.2 * reference:.4f})")
     print("\nAblation, cold start NDCG@10 per k (side components on the same fine-tuned model)")
     ks = list(summary["table"])
     print(f"{'model':<36}" + "".join(f"{'k=' + str(k):>9}" for k in ks))

@@ -230,3 +230,45 @@ def test_source_share_is_not_cross_fitted_on_fewer_than_two_users():
     one_user = [{"users": np.array([4])}]
     share, report = choose_source_share(model, None, True, None, one_user)
     assert share == 1.0 and "2" in report["skipped"], report
+
+
+def _split_for_ceiling(warm_items, warm_genders, new_items, new_genders, n_items=12):
+    """A ColdSplit with the given users' item sets (all warm items in train) and genders; one age for all."""
+    from tasks.sideparts import ColdSplit
+
+    def matrix(item_sets):
+        rows = np.zeros((len(item_sets), n_items), dtype=np.float32)
+        for row, items in enumerate(item_sets):
+            rows[row, list(items)] = 1
+        return sp.csr_matrix(rows)
+
+    def users(prefix, genders):
+        return pd.DataFrame({"user_id": [f"{prefix}{i}" for i in range(len(genders))], "gender": genders,
+                             "age": "25-34", "occupation": "other"})
+
+    empty = sp.csr_matrix((len(warm_items), n_items), dtype=np.float32)
+    return ColdSplit(n_items=n_items, catalogue=np.ones(n_items, dtype=bool),
+                     warm={"train": matrix(warm_items), "valid": empty, "test": empty},
+                     warm_users=users("w", warm_genders), warm_ordered=[np.array(sorted(s)) for s in warm_items],
+                     new_users=users("n", new_genders), new_ordered=[np.array(sorted(s)) for s in new_items],
+                     source=sp.csr_matrix((0, n_items), dtype=np.float32), source_users=pd.DataFrame(),
+                     items=pd.DataFrame({"item_idx": range(n_items)}))
+
+
+def test_profile_ceiling_finds_the_cell_that_tells_users_apart():
+    # every warm woman takes items 0-2, every warm man 3-5; items 6-9, taken by three of four of each, lead overall
+    popular = {6, 7, 8, 9}
+    warm = [{0, 1, 2} | popular] * 3 + [{0, 1, 2}] + [{3, 4, 5} | popular] * 3 + [{3, 4, 5}]
+    split = _split_for_ceiling(warm, ["F"] * 4 + ["M"] * 4, [{0, 1, 2}, {3, 4, 5}], ["F", "M"])
+    ceiling = coldstart.profile_ceiling(split)
+    assert "gender" in ceiling["best"]["cells"]
+    assert ceiling["best"]["ndcg"] == pytest.approx(1.0)   # each new user's three items lead their cell's shares
+    by_age = [g for g in ceiling["grid"] if g["cells"] == ["age"]]   # one age for all: the whole population
+    assert max(g["ndcg"] for g in by_age) < 0.8
+
+
+def test_profile_ceiling_leaves_each_new_user_out_of_their_own_counts():
+    # ten warm men take one of items 0-9 each; the one new user, a woman, takes only item 11. Counted with her, item
+    # 11 would lead her cell; counted without her it has no share anywhere and ranks below items 0-9
+    split = _split_for_ceiling([{i} for i in range(10)], ["M"] * 10, [{11}], ["F"])
+    assert coldstart.profile_ceiling(split)["best"]["ndcg"] == 0.0
