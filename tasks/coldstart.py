@@ -61,6 +61,7 @@ TARGET_ONLY_VARIANTS = ("base", "+profile+cooc", FULL)
 # profile_ceiling: the profile cells (user columns) and smoothing (pseudo-users) it tries
 CEILING_CELLS = (("gender",), ("age",), ("occupation",), ("gender", "age"), ("gender", "age", "occupation"))
 CEILING_SMOOTHING = (0.0, 3.0, 10.0, 30.0, 100.0)
+CEILING_SOURCE_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def new_user_tasks(split: ColdSplit) -> dict[int, tuple[sp.csr_matrix, sp.csr_matrix]]:
@@ -78,38 +79,57 @@ def _cold_metrics(scores: np.ndarray, history: sp.csr_matrix, relevant: sp.csr_m
     return mean_metrics(evaluate_scores(scores, history, relevant, K, catalogue))
 
 
+def _cell_shares(items: sp.csr_matrix, keys: np.ndarray, asked: np.ndarray, own: np.ndarray, member: bool,
+                 m: float) -> np.ndarray:
+    """Per asker (their cell key in `asked`): each item's share among the rows of `items` whose key is the same,
+    smoothed towards its share over all rows by m pseudo-users. A `member` asker is one of the rows: their own items
+    (`own`, one row per asker) and the asker are left out."""
+    left_out = 1 if member else 0
+    overall = (np.asarray(items.sum(0)).ravel()[None, :] - own) / max(items.shape[0] - left_out, 1)
+    counts, sizes = np.zeros_like(own), np.zeros(len(asked))
+    for cell in np.unique(asked):
+        rows, members = np.flatnonzero(asked == cell), np.flatnonzero(keys == cell)
+        counts[rows] = np.asarray(items[members].sum(0)).ravel()[None, :] - own[rows]
+        sizes[rows] = len(members) - left_out
+    weight = sizes + m
+    return np.where(weight[:, None] > 0, (counts + m * overall) / np.maximum(weight, 1e-12)[:, None], overall)
+
+
 def profile_ceiling(split: ColdSplit) -> dict[str, Any]:
     """How much a profile says about a new user's items, measured with the answers in hand: a reference for k = 0,
     not a contender (it looks at the new users' items, which no model may).
 
     Each new user's items are ranked by their share among the users of the same profile cell (equal values of the
     cell's columns), counted over every target user: the warm users' train, valid and test items and the other new
-    users' items, the user themself left out; smoothed towards the whole target's share by m pseudo-users. The cell
-    definition (CEILING_CELLS) and m (CEILING_SMOOTHING) kept are the best on the new users themselves."""
+    users' items, the user themself left out; smoothed towards the whole target's share by m pseudo-users. With a
+    source, a share s of the score is the same cell's shares among the source's users. The cell definition
+    (CEILING_CELLS), m (CEILING_SMOOTHING) and s (CEILING_SOURCE_SHARES) kept are the best on the new users
+    themselves: `best`; `best_target` is the best with s = 0 (the target's users alone)."""
     new_items = first_items(split.new_ordered, split.n_items, None)
     everyone = sp.vstack([split.warm["train"] + split.warm["valid"] + split.warm["test"], new_items]).tocsr()
     everyone.data[:] = 1.0
     users = pd.concat([split.warm_users, split.new_users], ignore_index=True)
-    new_rows = np.arange(everyone.shape[0] - new_items.shape[0], everyone.shape[0])
+    source = sp.csr_matrix(split.source, copy=True)
+    source.data[:] = 1.0
+    shares = CEILING_SOURCE_SHARES if source.shape[0] and source.nnz else (0.0,)
     own = new_items.toarray()
-    others = everyone.shape[0] - 1
-    overall = (np.asarray(everyone.sum(0)).ravel()[None, :] - own) / max(others, 1)   # the target, user left out
     no_history = sp.csr_matrix(new_items.shape, dtype=np.float32)
     grid = []
     for cells in CEILING_CELLS:
-        key = users[list(cells)].astype(str).agg("|".join, axis=1).to_numpy()
-        counts, sizes = np.zeros_like(own), np.zeros(len(new_rows))
-        for cell in np.unique(key[new_rows]):
-            members, rows = np.flatnonzero(key == cell), np.flatnonzero(key[new_rows] == cell)
-            counts[rows] = np.asarray(everyone[members].sum(0)).ravel()[None, :] - own[rows]
-            sizes[rows] = len(members) - 1
+        keys = users[list(cells)].astype(str).agg("|".join, axis=1).to_numpy()
+        asked = keys[everyone.shape[0] - new_items.shape[0]:]
+        source_keys = (split.source_users[list(cells)].astype(str).agg("|".join, axis=1).to_numpy()
+                       if len(shares) > 1 else None)
         for m in CEILING_SMOOTHING:
-            weight = sizes + m
-            scores = np.where(weight[:, None] > 0, (counts + m * overall) / np.maximum(weight, 1e-12)[:, None],
-                              overall)
-            grid.append({"cells": list(cells), "smoothing": m,
-                         **_cold_metrics(scores, no_history, new_items, split.catalogue)})
-    return {"best": max(grid, key=lambda g: g["ndcg"]), "grid": grid}
+            target = _cell_shares(everyone, keys, asked, own, True, m)
+            pooled = (_cell_shares(source, source_keys, asked, np.zeros_like(own), False, m)
+                      if source_keys is not None else target)
+            for share in shares:
+                scores = (1.0 - share) * target + share * pooled
+                grid.append({"cells": list(cells), "smoothing": m, "source_share": share,
+                             **_cold_metrics(scores, no_history, new_items, split.catalogue)})
+    return {"best": max(grid, key=lambda g: g["ndcg"]),
+            "best_target": max((g for g in grid if g["source_share"] == 0.0), key=lambda g: g["ndcg"]), "grid": grid}
 
 
 def _fit(pretrained: TransferRecommender | None, split: ColdSplit, config: PipelineConfig) -> TransferRecommender:
@@ -207,7 +227,8 @@ def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
     if all("profile_ceiling" in r for r in reports):
         best = [r["profile_ceiling"]["best"] for r in reports]
         summary["profile_ceiling"] = {m: float(np.mean([b[m] for b in best])) for m in ("ndcg", "recall")}
-        summary["profile_ceiling"]["cells"] = [{"cells": b["cells"], "smoothing": b["smoothing"]} for b in best]
+        summary["profile_ceiling"]["chosen"] = [{k: b[k] for k in ("cells", "smoothing", "source_share")}
+                                                for b in best]
     if all("warm" in r for r in reports):
         summary["warm"] = {v: {"ndcg": float(np.mean([r["warm"][v]["ndcg"] for r in reports])),
                                "sd": float(np.std([r["warm"][v]["ndcg"] for r in reports]))}
@@ -227,10 +248,11 @@ def print_summary(summary: dict[str, Any]) -> None:
     if "profile_ceiling" in summary:
         ceiling, first = summary["profile_ceiling"], summary["table"][min(summary["table"])]
         reference = first["best_target_only"]["ndcg"]
-        print(f"\nReference, no contender (it looks at the new users' items): the profile's ceiling at k = 0, each "
-              f"new user's profile cell's item shares over all target users but them: NDCG@10 {ceiling['ndcg']:.4f}, "
-              f"Recall@10 {ceiling['recall']:.4f} ({ceiling['ndcg'] / max(reference, 1e-12) - 1:+.1%} over the best "
-              f"target-only model; +20% needs {1.2 * reference:.4f})")
+        print("\nReference, no contender (it looks at the new users' items): the profile's ceiling at k = 0, each new "
+              "user's items ranked by their profile cell's item shares over all target users but them (and the "
+              f"source's users): NDCG@10 {ceiling['ndcg']:.4f}, Recall@10 {ceiling['recall']:.4f}, "
+              f"{ceiling['ndcg'] / max(reference, 1e-12) - 1:+.1%} over the best target-only model "
+              f"(+20% needs {1.2 * reference:.4f})")
     print("\nAblation, cold start NDCG@10 per k (side components on the same fine-tuned model)")
     ks = list(summary["table"])
     print(f"{'model':<36}" + "".join(f"{'k=' + str(k):>9}" for k in ks))

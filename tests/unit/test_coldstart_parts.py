@@ -232,12 +232,14 @@ def test_source_share_is_not_cross_fitted_on_fewer_than_two_users():
     assert share == 1.0 and "2" in report["skipped"], report
 
 
-def _split_for_ceiling(warm_items, warm_genders, new_items, new_genders, n_items=12):
+def _split_for_ceiling(warm_items, warm_genders, new_items, new_genders, source_items=(), source_genders=(),
+                       n_items=12):
     """A ColdSplit with the given users' item sets (all warm items in train) and genders; one age for all."""
     from tasks.sideparts import ColdSplit
 
     def matrix(item_sets):
         rows = np.zeros((len(item_sets), n_items), dtype=np.float32)
+        item_sets = list(item_sets)
         for row, items in enumerate(item_sets):
             rows[row, list(items)] = 1
         return sp.csr_matrix(rows)
@@ -251,7 +253,7 @@ def _split_for_ceiling(warm_items, warm_genders, new_items, new_genders, n_items
                      warm={"train": matrix(warm_items), "valid": empty, "test": empty},
                      warm_users=users("w", warm_genders), warm_ordered=[np.array(sorted(s)) for s in warm_items],
                      new_users=users("n", new_genders), new_ordered=[np.array(sorted(s)) for s in new_items],
-                     source=sp.csr_matrix((0, n_items), dtype=np.float32), source_users=pd.DataFrame(),
+                     source=matrix(source_items), source_users=users("s", list(source_genders)),
                      items=pd.DataFrame({"item_idx": range(n_items)}))
 
 
@@ -272,3 +274,12 @@ def test_profile_ceiling_leaves_each_new_user_out_of_their_own_counts():
     # 11 would lead her cell; counted without her it has no share anywhere and ranks below items 0-9
     split = _split_for_ceiling([{i} for i in range(10)], ["M"] * 10, [{11}], ["F"])
     assert coldstart.profile_ceiling(split)["best"]["ndcg"] == 0.0
+
+
+def test_profile_ceiling_mixes_in_the_source_users_cells_where_they_tell_more():
+    # the target's warm users all take the same items; on the source, women take items 0-2 and men 3-5
+    split = _split_for_ceiling([{6, 7, 8, 9}] * 8, ["F", "M"] * 4, [{0, 1, 2}, {3, 4, 5}], ["F", "M"],
+                               [{0, 1, 2}] * 5 + [{3, 4, 5}] * 5, ["F"] * 5 + ["M"] * 5)
+    ceiling = coldstart.profile_ceiling(split)
+    assert ceiling["best"]["source_share"] > 0 and ceiling["best"]["ndcg"] == pytest.approx(1.0)
+    assert ceiling["best_target"]["source_share"] == 0.0 and ceiling["best_target"]["ndcg"] < 0.8
