@@ -239,7 +239,6 @@ def _split_for_ceiling(warm_items, warm_genders, new_items, new_genders, source_
 
     def matrix(item_sets):
         rows = np.zeros((len(item_sets), n_items), dtype=np.float32)
-        item_sets = list(item_sets)
         for row, items in enumerate(item_sets):
             rows[row, list(items)] = 1
         return sp.csr_matrix(rows)
