@@ -47,17 +47,19 @@ torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
 
 HISTORY_LENGTHS = (0, 1, 3, 5)
 EASE_L2_GRID = (100.0, 300.0, 1000.0)
-# side-component variants: (profile prior, co-occurrence lift, content parts); see tasks/models/hybrid.py
+# side-component variants: (profile prior, co-occurrence lift, content parts, position shift); see
+# tasks/models/hybrid.py
 VARIANTS = {
-    "base": (False, False, ()),
-    "+profile": (True, False, ()),
-    "+profile+cooc": (True, True, ()),
-    "+genres/year": (False, False, ("genres", "year")),
-    "+title": (False, False, ("title",)),
-    "+profile+cooc+content": (True, True, ("genres", "year", "title")),
+    "base": (False, False, (), False),
+    "+profile": (True, False, (), False),
+    "+profile+cooc": (True, True, (), False),
+    "+profile+cooc+shift": (True, True, (), True),
+    "+genres/year": (False, False, ("genres", "year"), False),
+    "+title": (False, False, ("title",), False),
+    "+profile+cooc+shift+content": (True, True, ("genres", "year", "title"), True),
 }
-FULL = "+profile+cooc+content"
-TARGET_ONLY_VARIANTS = ("base", "+profile+cooc", FULL)
+FULL = "+profile+cooc+shift+content"
+TARGET_ONLY_VARIANTS = ("base", "+profile+cooc", "+profile+cooc+shift", FULL)
 # profile_ceiling: the profile cells (user columns) and smoothing (pseudo-users) it tries
 CEILING_CELLS = (("gender",), ("age",), ("occupation",), ("gender", "age"), ("gender", "age", "occupation"))
 CEILING_SMOOTHING = (0.0, 3.0, 10.0, 30.0, 100.0)
@@ -176,11 +178,12 @@ def run_seed(features: dict[str, Any], config: PipelineConfig, seed: int, cache_
         model = _fit(source, split, config)
         log.info("seed %d: %s fine-tuned in %.1f s", seed, name, time.perf_counter() - started)
         sims, priors = simulations(model, split), {}
-        for variant, (use_profile, use_lift, parts) in VARIANTS.items():
+        for variant, (use_profile, use_lift, parts, use_shift) in VARIANTS.items():
             if variant not in variants or (name == "target_only" and variant not in TARGET_ONLY_VARIANTS):
                 continue
             report["selection"][f"{name} {variant}"] = attach_side(model, split, use_profile, use_lift, parts,
-                                                                   source is not None, sims, cache_dir, priors)
+                                                                   source is not None, sims, cache_dir, priors,
+                                                                   use_shift)
             record(f"{name} {variant}",
                    lambda history: model.score(history, split.new_users if model.side is not None else None))
             log.info("seed %d: %s %s: %s", seed, name, variant,
@@ -197,8 +200,8 @@ def warm_ablation_seed(features: dict[str, Any], config: PipelineConfig, seed: i
     model = _fit(pretrained, split, config)
     sims, priors, out = simulations(model, split), {}, {}
     seen = split.warm["train"] + split.warm["valid"]
-    for variant, (use_profile, use_lift, parts) in VARIANTS.items():
-        selection = attach_side(model, split, use_profile, use_lift, parts, True, sims, cache_dir, priors)
+    for variant, (use_profile, use_lift, parts, use_shift) in VARIANTS.items():
+        selection = attach_side(model, split, use_profile, use_lift, parts, True, sims, cache_dir, priors, use_shift)
         scores = model.score(split.warm["train"], split.warm_users if model.side is not None else None)
         out[variant] = {**mean_metrics(evaluate_scores(scores, seen, split.warm["test"], K, split.catalogue)),
                         "selection": selection}

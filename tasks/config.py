@@ -132,11 +132,13 @@ class TrainingConfig(_Strict):
 
 class ColdStartConfig(_Strict):
     """Side parts of the transfer model for users with short or no history (tasks/sideparts.py): a profile prior
-    learned from source and target users, its co-occurrence update by the history, and item content. Their weights
-    are chosen on the target's valid split; `profile_prior: false` leaves the model without side parts."""
+    learned from source and target users, its co-occurrence update by the history, what users take after their first
+    items (`position_shift`, a correction of the prior by history length), and item content. Their weights are chosen
+    on the target's valid split; `profile_prior: false` leaves the model without side parts."""
 
     profile_prior: bool = True
     cooccurrence: bool = True
+    position_shift: bool = True
     content: list[Literal["genres", "year", "title"]] = []
 
 

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from tasks.config import PipelineConfig
 from tasks.metrics import evaluate_scores
 from tasks.models.content import ContentSimilarity, content_vectors
-from tasks.models.hybrid import SideComponents, cooccurrence_lift
+from tasks.models.hybrid import SideComponents, cooccurrence_lift, position_shift
 from tasks.models.profile import PROFILE_FIELDS, ProfilePrior, profile_vocabulary
 from tasks.models.transfer import TransferRecommender
 
@@ -164,20 +164,33 @@ def _fitted_lift(split: ColdSplit, with_source: bool, priors: dict[Any, Any]) ->
     return priors[key]
 
 
+def _fitted_shift(split: ColdSplit, max_n: int, priors: dict[Any, Any]) -> np.ndarray:
+    """What the target's users take after their first 1 .. max_n items (position_shift): always the target's own,
+    for transfer too (how users go on after signing up is the platform's own; the source's shift, from other
+    years' sign-up pages, pulled new users towards the wrong items)."""
+    key = ("shift", max_n)
+    if key not in priors:
+        priors[key] = position_shift(split.warm_ordered, split.n_items, max_n)
+    return priors[key]
+
+
 def _side(model: TransferRecommender, split: ColdSplit, use_profile: bool, use_lift: bool,
           content: ContentSimilarity | None, with_source: bool, share: float,
-          priors: dict[Any, Any]) -> SideComponents:
-    """Side parts whose prior and co-occurrences are `share` x the pooled ones + the rest the target's own."""
-    prior = lift = None
+          priors: dict[Any, Any], use_shift: bool = False) -> SideComponents:
+    """Side parts whose prior and co-occurrences are `share` x the pooled ones + the rest the target's own; with
+    `use_shift` (and a prior) the target's position shift for histories of 1 .. warm_min_history - 1 items."""
+    prior = lift = shift = None
     if use_profile:
         prior = _fitted_prior(split, with_source, priors)
         if with_source and share < 1.0:
             prior = prior.mixed(_fitted_prior(split, False, priors), share)
+        if use_shift:
+            shift = _fitted_shift(split, max(model.config.warm_min_history - 1, 1), priors)
     if use_lift:
         lift = _fitted_lift(split, with_source, priors)
         if with_source and share < 1.0:
             lift = share * lift + (1.0 - share) * _fitted_lift(split, False, priors)
-    side = SideComponents(prior, content, lift)
+    side = SideComponents(prior, content, lift, shift)
     # Two regimes: side parts serve histories shorter than warm_min_history, the user-kernel part (when valid chose
     # it) the longer ones. Side parts on warm histories were held to the warm floor and chose small weights (on top
     # of the kernel part ~none: new users lost a quarter of their NDCG@10 at k = 1).
@@ -199,7 +212,8 @@ def _sim_rows(sim: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
 
 
 def choose_source_share(model: TransferRecommender, split: ColdSplit, use_lift: bool,
-                        content: ContentSimilarity | None, sims: list[dict[str, Any]]) -> tuple[float, dict]:
+                        content: ContentSimilarity | None, sims: list[dict[str, Any]],
+                        use_shift: bool = False) -> tuple[float, dict]:
     """The source's share in the profile prior and co-occurrences, chosen by two-fold cross-fitting over the warm
     users with valid items: side parts fitted without one half (source users always in) are scored on that half's
     simulated short histories, their weights chosen on coarse grids (the full grids made the guard ~70 s on the
@@ -216,7 +230,7 @@ def choose_source_share(model: TransferRecommender, split: ColdSplit, use_lift: 
         rows = np.flatnonzero(fold_of == fold)
         fitted, held, priors = _without_users(split, sims[0]["users"][rows]), [_sim_rows(s, rows) for s in sims], {}
         for share in SOURCE_SHARES:
-            side = _side(model, fitted, True, use_lift, content, True, share, priors)
+            side = _side(model, fitted, True, use_lift, content, True, share, priors, use_shift)
             model.side = side
             report = side.select_weights(held, model.candidates, ndcg, coarse=True)
             totals[share] += report["short_valid_ndcg"] * len(rows)
@@ -230,8 +244,9 @@ def choose_source_share(model: TransferRecommender, split: ColdSplit, use_lift: 
 
 def attach_side(model: TransferRecommender, split: ColdSplit, use_profile: bool, use_lift: bool,
                 parts: tuple[str, ...], with_source: bool, sims: list[dict[str, Any]], cache_dir: Path | None,
-                priors: dict[Any, Any]) -> dict[str, Any]:
-    """Give the model a profile prior and/or a content similarity and choose their weights on warm valid.
+                priors: dict[Any, Any], use_shift: bool = False) -> dict[str, Any]:
+    """Give the model a profile prior and/or a content similarity and choose their weights on warm valid; with
+    `use_shift`, the prior also learns what users take after their first items (position_shift).
 
     With the source, the prior and the co-occurrences are a mix of the pooled ones (source and target users) and
     the target's own; the source's share is chosen among SOURCE_SHARES (choose_source_share): a guard against
@@ -243,11 +258,11 @@ def attach_side(model: TransferRecommender, split: ColdSplit, use_profile: bool,
     guard = None
     share = 1.0
     if with_source and use_profile:
-        key = ("share", use_lift, parts)
+        key = ("share", use_lift, parts, use_shift)
         if key not in priors:
-            priors[key] = choose_source_share(model, split, use_lift, content, sims)
+            priors[key] = choose_source_share(model, split, use_lift, content, sims, use_shift)
         share, guard = priors[key]
-    model.side = _side(model, split, use_profile, use_lift, content, with_source, share, priors)
+    model.side = _side(model, split, use_profile, use_lift, content, with_source, share, priors, use_shift)
     report = model.side.select_weights(sims, model.candidates, _simulation_ndcg(model, split))
     if guard is not None:
         report["source_share"] = guard
@@ -278,6 +293,6 @@ def fit_side_parts(model: TransferRecommender, features: dict[str, Any], config:
         model.side = None
         return {}
     selection = attach_side(model, split, use_profile, use_profile and wanted.cooccurrence, tuple(wanted.content),
-                            with_source, simulations(model, split), cache_dir, {})
+                            with_source, simulations(model, split), cache_dir, {}, wanted.position_shift)
     log.info("side parts of %s fitted in %.1f s: %s", target, time.perf_counter() - started, selection)
     return selection

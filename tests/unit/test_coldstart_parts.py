@@ -13,8 +13,9 @@ import scipy.sparse as sp
 
 from tasks import coldstart
 from tasks.config import load_config
+from tasks.metrics import evaluate_scores
 from tasks.models.content import ContentSimilarity, content_vectors, title_embeddings
-from tasks.models.hybrid import SideComponents, cooccurrence_lift, decay
+from tasks.models.hybrid import SideComponents, cooccurrence_lift, decay, position_shift
 from tasks.models.profile import ProfileConfig, ProfilePrior, profile_features, profile_vocabulary
 from tasks.models.transfer import TransferConfig, TransferRecommender
 
@@ -85,6 +86,59 @@ def test_side_blend_uses_the_prior_alone_without_history_and_decays_with_length(
     p = prior.score(USERS.iloc[:1])[0]
     np.testing.assert_allclose(scores[0], (p - p.mean()) / p.std(), atol=1e-5)
     assert not np.allclose(scores[1], base[1])
+
+
+def test_position_shift_favours_what_users_take_after_their_first_items():
+    # everyone starts with item 0; item 1 always comes last; item 2 comes second
+    ordered = [np.array([0, 2, 1]), np.array([0, 2, 3, 1]), np.array([0, 2, 1])]
+    shift = position_shift(ordered, 5, 2)
+    assert shift.shape == (2, 5) and shift.dtype == np.float32
+    assert shift[0, 0] < 0 < shift[0, 1]                 # after one item, item 0 is done with, item 1 is to come
+    assert shift[0, 2] > 0 > shift[1, 2]                 # item 2 is still to come after one item, not after two
+    assert shift[1, 1] > shift[0, 1]                     # the later, the surer item 1 is what comes next
+    # an item nobody took: add-one shares, 1 / (7 later items + 5) over 1 / (10 items + 5)
+    assert shift[0, 4] == pytest.approx(np.log(15 / 12), abs=1e-6)
+
+
+def test_side_blend_adds_the_position_shift_by_history_length_and_round_trips_it():
+    prior, _ = planted_prior()
+    shift = np.zeros((2, 8), dtype=np.float32)
+    shift[:, 7] = 50.0   # item 7, which nobody's profile favours, is what users take after their first items
+    side = SideComponents(prior, shift=shift)
+    side.profile_weight = (1.0, np.inf)
+    history = sp.csr_matrix(np.array([[0] * 8, [1, 0, 0, 0, 0, 0, 0, 0]], dtype=np.float32))
+    base = np.zeros((2, 8))
+    without = side.adjust(base, history, USERS.iloc[:2], np.arange(8))
+    plain = SideComponents(prior)
+    plain.profile_weight = (1.0, np.inf)
+    np.testing.assert_array_equal(without, plain.adjust(base, history, USERS.iloc[:2], np.arange(8)))  # weight 0
+    side.shift_weight = 1.0
+    shifted = side.adjust(base, history, USERS.iloc[:2], np.arange(8))
+    np.testing.assert_allclose(shifted[0], without[0], atol=1e-12)   # no items yet: nothing comes "after"
+    assert np.argmax(shifted[1]) == 7 and np.argmax(without[1]) != 7
+    copy = SideComponents.from_state(side.state())
+    np.testing.assert_array_equal(copy.adjust(base, history, USERS.iloc[:2], np.arange(8)), shifted)
+
+
+@pytest.mark.parametrize("later_item, chosen", [(7, True), (None, False)])
+def test_side_weights_take_the_position_shift_only_where_it_finds_the_later_items(later_item, chosen):
+    prior, matrix = planted_prior()
+    shift = np.zeros((3, 8), dtype=np.float32)
+    shift[:, 7] = 50.0   # claims: after their first items, users take item 7
+    side = SideComponents(prior, shift=shift)
+    history = sp.csr_matrix(matrix[:20].multiply(sp.csr_matrix(np.eye(8, dtype=np.float32)[[0, 3] * 10])))
+    relevant = sp.csr_matrix(matrix[:20] - history)
+    if later_item is not None:   # they do take it, and none of their profile's items
+        relevant = sp.csr_matrix(np.eye(8, dtype=np.float32)[[later_item] * 20])
+    sims = [{"history": history, "profiles": USERS.iloc[:20], "base": np.zeros((20, 8)), "relevant": relevant}]
+
+    def ndcg(scores, sim):
+        scores = np.where(sim["history"].toarray() > 0, -np.inf, scores)
+        return float(np.mean(evaluate_scores(scores, sim["history"], sim["relevant"], 3)["ndcg"]))
+
+    report = side.select_weights(sims, np.arange(8), ndcg)
+    assert (side.shift_weight > 0) == chosen, report
+    assert report["shift"]["weight"] == side.shift_weight
 
 
 def test_side_parts_leave_histories_the_kernel_serves_alone_and_keep_that_in_their_state():
