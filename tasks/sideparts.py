@@ -167,7 +167,7 @@ def _fitted_lift(split: ColdSplit, with_source: bool, priors: dict[Any, Any]) ->
 def _fitted_shift(split: ColdSplit, max_n: int, priors: dict[Any, Any]) -> np.ndarray:
     """What the target's users take after their first 1 .. max_n items (position_shift): always the target's own,
     for transfer too (how users go on after signing up is the platform's own; the source's shift, from other
-    years' sign-up pages, pulled new users towards the wrong items)."""
+    years' sign-up pages, did about as well as none for the target's new users)."""
     key = ("shift", max_n)
     if key not in priors:
         priors[key] = position_shift(split.warm_ordered, split.n_items, max_n)
