@@ -10,8 +10,8 @@ Contenders, all fitted on the warm users only:
 - target-only: popularity, EASE (L2 on valid), and our model trained without the source, its profile prior learned
   from the target's users alone (the best of them per k in the table);
 - transfer: pretrained on the source, fine-tuned on the target, profile prior learned from source and target users.
-Side weights (profile prior, content) are chosen on the warm users' valid items by simulating short histories from
-their train interactions (tasks/models/hybrid.py), never on the new users.
+Side weights (profile prior, co-occurrence, position shift, content) are chosen on the warm users' valid items by
+simulating short histories from their train interactions (tasks/models/hybrid.py), never on the new users.
 
 The same run also measures the modality ablation on the warm protocol (all target users, the benchmark's split):
 what the profile prior, genres/year and title text add to the transfer model's test NDCG@10; and, as a reference

@@ -37,7 +37,7 @@ PROFILE_GRID = tuple((a, c) for a in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 
                      for c in (1.0, 3.0, 10.0, 30.0))
 GAMMA_GRID = (0.0, 0.1, 0.2, 0.4, 0.8)
 SHIFT_GRID = (0.0, 0.5, 1.0)   # delta, the weight of the position shift (chosen jointly with gamma)
-# coarse grids for comparing side parts cheaply (tasks/sideparts.py, the source-share guard): 6 and 3 points
+# coarse grids for comparing side parts cheaply (tasks/sideparts.py, the source-share guard): 6, 3 and 2 points
 COARSE_PROFILE_GRID = tuple((a, c) for a in (8.0, 32.0, 128.0) for c in (3.0, 30.0))
 COARSE_GAMMA_GRID = (0.0, 0.2, 0.8)
 COARSE_SHIFT_GRID = (0.0, 1.0)
