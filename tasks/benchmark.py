@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.config import PipelineConfig, load_config
+from tasks.config import PipelineConfig, PlatformConfig, load_config
 from tasks.evaluate import baseline_scores, held_out_item_segments, held_out_metrics
 from tasks.features import PlatformData, build_features
 from tasks.metrics import METRICS, mean_metrics, top_k
@@ -36,6 +36,7 @@ from tasks.embedded import ingest
 from tasks.sideparts import fit_side_parts
 from tasks.state import StateLayout
 from tasks.train import fit_target, model_config, train_history, with_training
+from tasks.unify import unified_item_columns, unified_profiles
 
 log = logging.getLogger("tasks.benchmark")
 
@@ -68,15 +69,34 @@ def _read(path: str | Path, required: tuple[str, ...] = INTERACTION_KEYS) -> pd.
     return frame
 
 
-def features_from_files(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    """Lay the given split out as a features folder, exactly as the pipeline's features stage writes one."""
+def read_described(path: str | Path | None, platform: PlatformConfig, table: str,
+               config: PipelineConfig) -> pd.DataFrame | None:
+    """A users or items file in the unified columns and vocabularies, read the way unification reads the
+    platform's own export (its column names and value maps in the config), so native MovieLens files and files
+    already unified (export_split) give the same profiles and item descriptions."""
+    if not path:
+        return None
+    frame = _read(path, ("user_id",) if table == "users" else ("item_id",))
+    frame = frame.rename(columns={k: v for k, v in platform.columns.get(table, {}).items()
+                                  if k in frame and v not in frame})
+    if table == "items":
+        return unified_item_columns(frame)
+    return pd.concat([frame[["user_id"]], unified_profiles(frame, platform, config, keep_unified=True)],
+                     axis=1)
+
+
+def features_from_files(args: argparse.Namespace, folder: Path, config: PipelineConfig) -> dict[str, Any]:
+    """Lay the given split out as a features folder, exactly as the pipeline's features stage writes one. Users and
+    items files are read as the config's source and first target platform export them (read_described)."""
     folder.mkdir(parents=True, exist_ok=True)
     parts = {SOURCE: {"train": _read(args.source)},
              TARGET: {"train": _read(args.target_train), "valid": _read(args.target_valid),
                       "test": _read(args.target_test)}}
     item_ids = np.sort(pd.unique(pd.concat([f["item_id"] for p in parts.values() for f in p.values()])))
     index = pd.DataFrame({"item_id": item_ids, "item_idx": np.arange(len(item_ids))})
-    item_tables = [_read(path, ("item_id",)) for path in (args.source_items, args.target_items) if path]
+    platforms = {SOURCE: config.source, TARGET: config.targets[0]}
+    item_tables = [t for t in (read_described(args.source_items, config.source, "items", config),
+                               read_described(args.target_items, config.targets[0], "items", config)) if t is not None]
     items = index
     if item_tables:
         # The first file that describes an item wins (source first, as in unification).
@@ -88,7 +108,9 @@ def features_from_files(args: argparse.Namespace, folder: Path) -> dict[str, Any
         frame = frame.drop_duplicates(["user_id", "item_id"]).merge(index, on="item_id")
         frame.assign(platform=platform).to_parquet(folder / f"{platform}.interactions.parquet", index=False)
         users_path = args.source_users if platform == SOURCE else args.target_users
-        users = _read(users_path, ("user_id",)) if users_path else pd.DataFrame({"user_id": frame["user_id"].unique()})
+        users = read_described(users_path, platforms[platform], "users", config)
+        if users is None:
+            users = pd.DataFrame({"user_id": frame["user_id"].unique()})
         users.assign(platform=platform).to_parquet(folder / f"{platform}.users.parquet", index=False)
     manifest = {"dir": str(folder), "n_items": int(len(item_ids))}
     (folder / "manifest.json").write_text(json.dumps(manifest))
@@ -98,7 +120,7 @@ def features_from_files(args: argparse.Namespace, folder: Path) -> dict[str, Any
 def run_files(args: argparse.Namespace, config: PipelineConfig) -> dict[str, Any]:
     """Fit transfer and baselines on one split; write recommendations.tsv and metrics.json under args.out."""
     out = Path(args.out)
-    features = features_from_files(args, out / "features")
+    features = features_from_files(args, out / "features", config)
     source = PlatformData(Path(features["dir"]), SOURCE, features["n_items"])
     target = PlatformData(Path(features["dir"]), TARGET, features["n_items"])
     started = time.perf_counter()

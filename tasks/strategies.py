@@ -68,7 +68,7 @@ def run(seeds: list[int], out: Path, config: PipelineConfig) -> list[dict[str, A
 
     reports = []
     for seed, args, seeded in protocol_splits(seeds, out, config):
-        report = compare(features_from_files(args, Path(args.out) / "features"), seeded, SOURCE, TARGET)
+        report = compare(features_from_files(args, Path(args.out) / "features", seeded), seeded, SOURCE, TARGET)
         reports.append({"seed": seed, **report})
         (out / "strategies.json").write_text(json.dumps(reports, indent=2, default=str))
     return reports

@@ -165,6 +165,35 @@ def _map_values(series: pd.Series, map_name: str, config: PipelineConfig, vocabu
     return series.astype(str).map(mapping)
 
 
+def unified_profiles(users: pd.DataFrame, platform: PlatformConfig, config: PipelineConfig,
+                     keep_unified: bool = False) -> pd.DataFrame:
+    """A users table's age, gender and occupation (columns already named as unified) in the shared vocabularies:
+    each through the platform's value map, gender as its upper-case first letter. With `keep_unified`, a column whose
+    values all are already in the shared vocabulary is taken as it is (a table unified before, re-read)."""
+    out = pd.DataFrame(index=users.index)
+    for column in ("age", "gender", "occupation"):
+        values = users[column] if column in users else pd.Series(np.nan, index=users.index)
+        vocabulary = config.vocabularies.get(column, [])
+        known = keep_unified and bool(vocabulary) and values.dropna().astype(str).isin(vocabulary).all()
+        if column in platform.value_maps and not known:
+            values = _map_values(values, platform.value_maps[column], config, vocabulary)
+        out[column] = values
+    out["gender"] = out["gender"].astype(str).str.upper().str[:1].where(out["gender"].notna())
+    return out
+
+
+def unified_item_columns(items: pd.DataFrame) -> pd.DataFrame:
+    """An items table (columns already named as unified) as item_id, title, year (integer) and genres ('|'-joined;
+    a native list may be space- or '|'-separated)."""
+    out = pd.DataFrame({"item_id": items["item_id"].values})
+    out["title"] = items["title"].values if "title" in items else items["item_id"].values
+    year = pd.to_numeric(items["year"], errors="coerce") if "year" in items else pd.Series(np.nan, index=items.index)
+    out["year"] = year.astype("Int64").values
+    genres = items["genres"] if "genres" in items else pd.Series("", index=items.index)
+    out["genres"] = genres.fillna("").astype(str).str.replace("|", " ", regex=False).str.split().str.join("|").values
+    return out
+
+
 def _native(frame: pd.DataFrame, platform: PlatformConfig, table: str) -> pd.DataFrame:
     mapping = platform.columns[table]
     return frame[[c for c in mapping if c in frame]].rename(columns=mapping)
@@ -256,12 +285,8 @@ def unify_platform(batch_dir: Path, platform: PlatformConfig, config: PipelineCo
         u = _native(read_table(batch_dir / files["users"], platform.format, platform.delimiter), platform, "users")
         u = u.drop_duplicates("user_id", keep="first")
         users = pd.DataFrame({"platform": platform.name, "user_id": user_key(platform.name, u["user_id"])})
-        for column in ("age", "gender", "occupation"):
-            values = u[column] if column in u else pd.Series(np.nan, index=u.index)
-            if column in platform.value_maps:
-                values = _map_values(values, platform.value_maps[column], config, config.vocabularies.get(column, []))
+        for column, values in unified_profiles(u, platform, config).items():
             users[column] = values.values
-        users["gender"] = users["gender"].astype(str).str.upper().str[:1].where(users["gender"].notna())
         # Only a coarse region leaves landing: the first two characters of a postal code.
         region = u["region"].astype(str).str[:2] if "region" in u else pd.Series(np.nan, index=u.index)
         users["region"] = region.values
@@ -290,12 +315,7 @@ def unify_platform(batch_dir: Path, platform: PlatformConfig, config: PipelineCo
     items = pd.DataFrame(columns=ITEM_COLUMNS)
     if "items" in files:
         it = _native(read_table(batch_dir / files["items"], platform.format, platform.delimiter), platform, "items")
-        items = pd.DataFrame({"item_id": canonical_item_key(it["item_id"])})
-        items["title"] = it["title"].values if "title" in it else it["item_id"].values
-        year = pd.to_numeric(it["year"], errors="coerce") if "year" in it else pd.Series(np.nan, index=it.index)
-        items["year"] = year.astype("Int64").values
-        genres = it["genres"] if "genres" in it else pd.Series("", index=it.index)
-        items["genres"] = genres.fillna("").astype(str).str.split().str.join("|").values
+        items = unified_item_columns(it.assign(item_id=canonical_item_key(it["item_id"])))
         items = items.drop_duplicates("item_id", keep="first")
     return {
         "interactions": inter,

@@ -5,6 +5,7 @@ import pytest
 
 from tasks.config import load_config
 from tasks.storage import copy_to_local
+from tasks.benchmark import read_described
 from tasks.unify import canonical_item_key, unify_platform
 
 
@@ -79,3 +80,24 @@ def test_first_per_pair_keeps_the_rows_a_stable_three_key_sort_keeps():
     u, i, t = rng.integers(0, 3, 50), rng.integers(0, 3, 50), rng.integers(0, 3, 50)
     big = u * (2 ** 61)
     assert _first_per_pair(big, i, 4, t).tolist() == _first_per_pair(u, i, 4, t).tolist()
+
+
+def test_benchmark_file_mode_reads_native_and_unified_files_as_unification_does(unified, tmp_path):
+    """The benchmark's file mode (another library's split, with the platforms' own users and items files) must give
+    the profiles and item descriptions the pipeline's unification gives, and read its own exported files unchanged."""
+    config, out = unified
+    for platform in config.platforms:
+        for table in ("users", "items"):
+            native = tmp_path / platform.files[table]
+            copy_to_local(f"{platform.embedded}/{platform.files[table]}", native)
+            described = read_described(native, platform, table, config)
+            expected = out[platform.name][table].reset_index(drop=True)
+            columns = ["age", "gender", "occupation"] if table == "users" else ["title", "year", "genres"]
+            if table == "items":   # unification keys items by their canonical title (duplicates dropped)
+                described = described[~canonical_item_key(described["item_id"]).duplicated()]
+            got = described.reset_index(drop=True)[columns]
+            pd.testing.assert_frame_equal(got, expected[columns], check_dtype=False)
+            again = tmp_path / f"unified-{platform.name}-{table}.tsv"
+            described.to_csv(again, sep="\t", index=False)
+            reread = read_described(again, platform, table, config).reset_index(drop=True)[columns]
+            pd.testing.assert_frame_equal(reread, got, check_dtype=False)
