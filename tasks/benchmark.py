@@ -70,10 +70,11 @@ def _read(path: str | Path, required: tuple[str, ...] = INTERACTION_KEYS) -> pd.
 
 
 def read_described(path: str | Path | None, platform: PlatformConfig, table: str,
-               config: PipelineConfig) -> pd.DataFrame | None:
+                   config: PipelineConfig) -> pd.DataFrame | None:
     """A users or items file in the unified columns and vocabularies, read the way unification reads the
     platform's own export (its column names and value maps in the config), so native MovieLens files and files
-    already unified (export_split) give the same profiles and item descriptions."""
+    already unified (export_split) give the same profiles and item descriptions. A profile value that the platform's
+    value map does not know is read as unknown, with a warning naming the file and column."""
     if not path:
         return None
     frame = _read(path, ("user_id",) if table == "users" else ("item_id",))
@@ -81,8 +82,14 @@ def read_described(path: str | Path | None, platform: PlatformConfig, table: str
                                   if k in frame and v not in frame})
     if table == "items":
         return unified_item_columns(frame)
-    return pd.concat([frame[["user_id"]], unified_profiles(frame, platform, config, keep_unified=True)],
-                     axis=1)
+    profiles = unified_profiles(frame, platform, config, keep_unified=True)
+    for column in profiles:
+        lost = frame[column][frame[column].notna() & profiles[column].isna()] if column in frame else []
+        if len(lost):
+            log.warning("%s: column %s: %d value(s) outside the value map %r of platform %s (e.g. %s), read as "
+                        "unknown", path, column, len(lost), platform.value_maps.get(column), platform.name,
+                        sorted(set(lost.astype(str)))[:3])
+    return pd.concat([frame[["user_id"]], profiles], axis=1)
 
 
 def features_from_files(args: argparse.Namespace, folder: Path, config: PipelineConfig) -> dict[str, Any]:
@@ -95,8 +102,8 @@ def features_from_files(args: argparse.Namespace, folder: Path, config: Pipeline
     item_ids = np.sort(pd.unique(pd.concat([f["item_id"] for p in parts.values() for f in p.values()])))
     index = pd.DataFrame({"item_id": item_ids, "item_idx": np.arange(len(item_ids))})
     platforms = {SOURCE: config.source, TARGET: config.targets[0]}
-    item_tables = [t for t in (read_described(args.source_items, config.source, "items", config),
-                               read_described(args.target_items, config.targets[0], "items", config)) if t is not None]
+    item_tables = [t for t in (read_described(args.source_items, platforms[SOURCE], "items", config),
+                               read_described(args.target_items, platforms[TARGET], "items", config)) if t is not None]
     items = index
     if item_tables:
         # The first file that describes an item wins (source first, as in unification).
