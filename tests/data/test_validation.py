@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from tasks.config import load_config
-from tasks.pull import pull_platform
-from tasks.state import StateLayout
-from tasks.unify import unify
-from tasks.validate import DataValidationError, validate_batch
+from transfer_rec.config import load_config
+from transfer_rec.io.state import StateLayout
+from transfer_rec.stages.pull import pull_platform
+from transfer_rec.stages.unify import unify
+from transfer_rec.stages.validate import DataValidationError, validate_batch
 
 
 def land_and_validate(batch_id: str):
@@ -19,10 +19,10 @@ def land_and_validate(batch_id: str):
 def test_good_batches_pass_and_unify(pipeline_env):
     pipeline_env()
     validated = land_and_validate("good")
-    assert all(v["validation"]["success"] for v in validated)
+    assert all(v.validation.success for v in validated)
     manifest = unify(validated, load_config(), StateLayout.from_env())
-    assert manifest["platforms"]["village"]["items_shared_with_source"] > 0
-    assert manifest["platforms"]["campus"]["rows_out"] == manifest["platforms"]["campus"]["rows_in"]
+    assert manifest.platforms["village"]["items_shared_with_source"] > 0
+    assert manifest.platforms["campus"]["rows_out"] == manifest.platforms["campus"]["rows_in"]
 
 
 @pytest.mark.parametrize("fault,expected", [
@@ -57,14 +57,14 @@ def test_each_fault_is_refused_quarantined_and_changes_nothing_downstream(pipeli
     assert not (layout.landing / "village" / "bad").exists()
     # the unified tables stay exactly as they were
     now = json.loads((layout.unified / "current" / "manifest.json").read_text())
-    assert now["dir"] == before["dir"]
+    assert now["dir"] == before.dir
     assert sorted(p.name for p in (layout.unified / "current").iterdir()) == before_files
 
 
 def test_a_failed_validation_is_recorded_on_the_pipeline_run(pipeline_env):
     import mlflow
 
-    from tasks import pipeline
+    from transfer_rec.stages import pipeline
 
     pipeline_env(faults=["out_of_range"])
     run = pipeline.plan({"run_key": "bad-run"}, airflow_run_id="bad-run")
@@ -82,7 +82,7 @@ def test_data_docs_are_built_under_the_state_folder_for_passed_and_failed_batche
     campus = validate_batch(pull_platform(config.platform("campus"), layout, "docs"), config.platform("campus"),
                             layout)
     index = layout.data_docs / "campus" / "docs" / "index.html"
-    assert campus["validation"]["data_docs"] == str(index) and index.is_file()
+    assert campus.validation.data_docs == str(index) and index.is_file()
     assert "campus.docs" in index.read_text(), "the index lists this batch's validations"
     with pytest.raises(DataValidationError):
         validate_batch(pull_platform(config.platform("village"), layout, "docs"), config.platform("village"), layout)
@@ -98,7 +98,7 @@ def test_unified_suite_refuses_broken_tables_and_keeps_the_current_version(pipel
     env = pipeline_env()
     layout = StateLayout.from_env()
     before = unify(land_and_validate("good"), load_config(), layout)
-    assert before["validation"]["success"]
+    assert before.validation["success"]
     users = env["exports"] / "village" / "users.txt"
     frame = pd.read_csv(users)
     frame.loc[0, "gender"] = "unknown"   # not in the unified gender vocabulary once mapped ("U")
@@ -107,14 +107,14 @@ def test_unified_suite_refuses_broken_tables_and_keeps_the_current_version(pipel
         unify(land_and_validate("odd"), load_config(), layout)
     assert "users.parquet" in str(caught.value) and "'column': 'gender'" in str(caught.value)
     assert "'U'" in str(caught.value)
-    assert json.loads((layout.unified / "current" / "manifest.json").read_text())["dir"] == before["dir"]
+    assert json.loads((layout.unified / "current" / "manifest.json").read_text())["dir"] == before.dir
     assert len(list((layout.unified / ".versions").iterdir())) == 1, "the refused version was discarded"
 
 
 def test_unified_suite_checks_referential_integrity():
     import pandas as pd
 
-    from tasks.validate import validate_unified
+    from transfer_rec.stages.validate import validate_unified
 
     config = load_config()
     tables = {

@@ -13,9 +13,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tasks.cli import stop_group
-
 from ports import free_port_pair
+
+from transfer_rec.runtime.processes import stop_group
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -76,7 +76,7 @@ class AirflowApi:
 
 
 def start_standalone(env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    """`airflow standalone` in its own process group (stop it with tasks.cli.stop_group)."""
+    """`airflow standalone` in its own process group (stop it with transfer_rec.cli.stop_group)."""
     return subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=open(log_path, "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -104,7 +104,7 @@ def wait_for_login(proc: subprocess.Popen, home: Path, base: str, log_path: Path
 
 def start_mlflow_ui(tracking_uri: str, port: int, folder: Path) -> subprocess.Popen:
     """`mlflow server` with one worker on loopback, over the test's tracking DB (log: folder/mlflow-ui.log); in its
-    own process group (stop it with tasks.cli.stop_group). Artifacts the server itself would store go to folder.
+    own process group (stop it with transfer_rec.cli.stop_group). Artifacts the server itself would store go to folder.
     Its job runner (a huey consumer per job type, 7 processes) is off: the UI needs none of it."""
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1",

@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tasks.cli import stop_group
-
 from airflow_server import airflow_env, start_mlflow_ui, start_standalone, wait_for_http, wait_for_login
 from ports import free_port_pair
+
+from transfer_rec.runtime.processes import stop_group
 
 S3_KEY, S3_SECRET = "transfer-rec-test-key", "transfer-rec-test-secret"
 
@@ -76,7 +75,7 @@ def s3_env(s3_server, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    from tasks.storage import s3_client
+    from transfer_rec.io.storage import s3_client
 
     return s3_client()
 
@@ -97,8 +96,8 @@ def _airflow_world(pipeline_env, tmp_path: Path, mlflow_ui: bool):
     port = free_port_pair()
     home = tmp_path / "airflow"
     os_env = airflow_env(home, port)
-    # the state folder and both databases first, as `make airflow-ui` does (`tasks.cli init`)
-    subprocess.run([sys.executable, "-m", "tasks.cli", "init"], env=os_env, check=True, capture_output=True)
+    # the state folder and both databases first, as `make airflow-ui` does (`transfer_rec.cli init`)
+    subprocess.run([sys.executable, "-m", "transfer_rec.cli", "init"], env=os_env, check=True, capture_output=True)
     with contextlib.ExitStack() as stack:
         if mlflow_ui:
             mlflow_url = f"http://127.0.0.1:{free_port_pair()}"

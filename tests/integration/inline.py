@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks import pipeline
+from transfer_rec.stages import pipeline
 
 
 def run_inline(run_key: str, **params) -> dict:

@@ -9,7 +9,6 @@ import urllib.request
 
 import mlflow
 import pytest
-
 from airflow_server import wait_for
 
 # Starts a real Airflow (~4-6 min on a busy 2-core machine): `make test-servers`, not `make test`.

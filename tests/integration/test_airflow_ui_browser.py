@@ -16,7 +16,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-
 from airflow_server import REPO, admin_login, wait_for
 
 # Starts Airflow, the MLflow UI and Chromium (~6-10 min on a busy 2-core machine): `make test-servers`.

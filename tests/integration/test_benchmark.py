@@ -5,13 +5,14 @@ import json
 import pandas as pd
 import pytest
 
-from tasks.benchmark import export_split, run_files
-from tasks.config import load_config
-from tasks.features import build_features
-from tasks.pull import pull_platform
-from tasks.state import StateLayout
-from tasks.unify import unify
-from tasks.validate import validate_batch
+from bench.protocol import export_split
+from transfer_rec.benchmark import run_files
+from transfer_rec.config import load_config
+from transfer_rec.io.state import StateLayout
+from transfer_rec.stages.features import build_features
+from transfer_rec.stages.pull import pull_platform
+from transfer_rec.stages.unify import unify
+from transfer_rec.stages.validate import validate_batch
 
 
 def test_file_mode_writes_top10_without_seen_items_and_all_contenders(pipeline_env, tmp_path):

@@ -16,15 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from tasks.config import load_config
-from tasks.pull import pull_platform
-from tasks.state import StateLayout
-from tasks.storage import LocationError, StorageFullError
-from tasks.unify import unify
-from tasks.validate import validate_batch
-
 from test_s3_pull import s3_config, upload_platform
+
+from transfer_rec.config import load_config
+from transfer_rec.io.state import StateLayout
+from transfer_rec.io.storage import LocationError, StorageFullError
+from transfer_rec.stages.pull import pull_platform
+from transfer_rec.stages.unify import unify
+from transfer_rec.stages.validate import validate_batch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,7 +84,7 @@ def test_s3_outage_during_pull_then_recovery_lands_every_row_once(pipeline_env, 
         assert (landed / name).read_bytes() == (env["exports"] / "village" / name).read_bytes()
     assert sorted(p.name for p in (layout.landing / "village").iterdir()) == ["retry-me"], "no leftovers"
     rows = len(pd.read_csv(env["exports"] / "village" / "interactions.txt"))
-    assert next(f["rows"] for f in manifest["files"] if f["table"] == "interactions") == rows
+    assert next(f.rows for f in manifest.files if f.table == "interactions") == rows
 
 
 def test_pull_and_publish_tasks_retry_with_backoff_validation_does_not():
@@ -104,7 +103,7 @@ def test_pull_and_publish_tasks_retry_with_backoff_validation_does_not():
 CHILD_WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from tasks.storage import atomic_dir
+    from transfer_rec.io.storage import atomic_dir
     final = Path(sys.argv[1])
     with atomic_dir(final) as out:
         (out / "manifest.json").write_text('{"run": "killed"}')
@@ -121,12 +120,11 @@ def test_a_writer_killed_mid_write_leaves_the_previous_version_visible(pipeline_
     pipeline_env()
     layout = StateLayout.from_env()
     final = layout.root / folder
-    from tasks.storage import atomic_dir
+    from transfer_rec.io.storage import atomic_dir
 
     with atomic_dir(final) as out:
         (out / "manifest.json").write_text('{"run": "complete"}')
-    child = subprocess.Popen([sys.executable, "-c", CHILD_WRITER, str(final)], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    child = subprocess.Popen([sys.executable, "-c", CHILD_WRITER, str(final)], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "writing"
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
@@ -143,11 +141,11 @@ def test_a_writer_killed_mid_write_leaves_the_previous_version_visible(pipeline_
 CHILD_UNIFY = textwrap.dedent("""
     import resource, signal, sys
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # writes past the limit fail with EFBIG, like a full disk
-    from tasks.config import load_config
-    from tasks.state import StateLayout
-    from tasks.pull import pull_platform
-    from tasks.validate import validate_batch
-    from tasks.unify import unify
+    from transfer_rec.config import load_config
+    from transfer_rec.io.state import StateLayout
+    from transfer_rec.stages.pull import pull_platform
+    from transfer_rec.stages.validate import validate_batch
+    from transfer_rec.stages.unify import unify
     config, layout = load_config(), StateLayout.from_env()
     validated = [validate_batch(pull_platform(p, layout, "full"), p, layout) for p in config.platforms]
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
@@ -161,13 +159,12 @@ def test_a_full_disk_while_unifying_fails_clearly_and_corrupts_nothing(pipeline_
     validated = [validate_batch(pull_platform(p, layout, "before"), p, layout) for p in config.platforms]
     before = unify(validated, config, layout)
     rows = len(pd.read_parquet(layout.unified / "current" / "interactions.parquet"))
-    child = subprocess.run([sys.executable, "-c", CHILD_UNIFY, str(20_000)], capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": str(REPO)})
+    child = subprocess.run([sys.executable, "-c", CHILD_UNIFY, str(20_000)], capture_output=True, text=True)
     assert child.returncode != 0
     assert "StorageFullError" in child.stderr and "out of space while writing a new version" in child.stderr
     assert "the previous version stays current" in child.stderr
     now = json.loads((layout.unified / "current" / "manifest.json").read_text())
-    assert now["dir"] == before["dir"]
+    assert now["dir"] == before.dir
     assert len(pd.read_parquet(layout.unified / "current" / "interactions.parquet")) == rows
     assert len([p for p in (layout.unified / ".versions").iterdir()]) == 1, "the partial version was removed"
 
@@ -178,13 +175,12 @@ def test_a_full_disk_while_pulling_names_the_file_and_lands_nothing(pipeline_env
         import resource, signal
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-        from tasks.config import load_config
-        from tasks.pull import pull_platform
-        from tasks.state import StateLayout
+        from transfer_rec.config import load_config
+        from transfer_rec.stages.pull import pull_platform
+        from transfer_rec.io.state import StateLayout
         pull_platform(load_config().platform("campus"), StateLayout.from_env(), "tiny")
     """)
-    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": str(REPO)})
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert child.returncode != 0 and "StorageFullError" in child.stderr
     assert "interactions.txt: out of space while pulling" in child.stderr
     landing = StateLayout.from_env().landing / "campus"
@@ -218,10 +214,10 @@ def test_registry_outage_at_promotion_then_retries_register_once(pipeline_env, t
     """The MLflow server dies before promotion: the task fails naming the server; after it is back, the retry and
     a second run for the same interval neither add versions nor move aliases twice, and publish the same lists."""
     import mlflow
-
-    from tasks import pipeline
-    from tasks.cli import stop_group
     from tests.integration.inline import run_inline
+
+    from transfer_rec.runtime.processes import stop_group
+    from transfer_rec.stages import pipeline
 
     pipeline_env()
     db = tmp_path / "mlflow.db"      # the pipeline_env's tracking DB; the server below serves the same one

@@ -12,11 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from tasks.cli import stop_group
-
 from inline import run_inline
 from ports import free_port_pair
+
+from transfer_rec.runtime.processes import stop_group
 
 
 def post(url: str, payload: dict) -> tuple[int, dict]:

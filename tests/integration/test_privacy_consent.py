@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-
-from tasks.synthetic import write_config
 from tests.integration.inline import run_inline
+
+from bench.synthetic import write_config
 
 SALT = "pii-salt-for-the-privacy-test-0123"
 

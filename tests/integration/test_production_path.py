@@ -19,7 +19,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from airflow_server import BIN, airflow_env, stop_group, wait_for, wait_for_login
 from ports import free_port_pair
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 import pytest
+from inline import run_inline
 from mlflow.exceptions import MlflowException
 
-from tasks.promote import rollback
-from tasks.serving import RequestError
-from tasks.state import StateLayout
-
-from inline import run_inline
+from transfer_rec.io.state import StateLayout
+from transfer_rec.serving.pyfunc import RequestError
+from transfer_rec.stages.promote import rollback
 
 MODEL = "transfer_rec-village"
 
@@ -86,7 +85,7 @@ def test_champion_answers_a_profile_only_request(pipeline_env):
     assert out.groupby("request").size().tolist() == [10, 10]
     lists = out.groupby("request")["item_id"].apply(list)
     assert lists[0] != lists[1], "the profile, the only input, must change the list"
-    prior = bundle.model.side.prior.score(pd.DataFrame([first]))[0]
+    prior = bundle.model.short_history.prior.score(pd.DataFrame([first]))[0]
     expected = bundle.item_ids[bundle.candidates][pd.Series(prior[bundle.candidates]).nlargest(10).index]
     assert lists[0] == expected.tolist(), "with no history the list is the profile prior's top 10"
     # a known user's stored profile is used; a request's own field overrides it
@@ -96,6 +95,6 @@ def test_champion_answers_a_profile_only_request(pipeline_env):
         model.predict(pd.DataFrame([{"user_id": None, "history": None, **first, "gender": "X"}]))
     with pytest.raises(MlflowException, match="input types for column age"):  # the signature refuses it first
         model.predict(pd.DataFrame([{"user_id": None, "history": None, "age": 7}]))
-    bundle.model.side = None  # a model without a prior cannot answer by profile, and says so
+    bundle.model.short_history = None  # a model without a prior cannot answer by profile, and says so
     with pytest.raises(RequestError, match="no profile prior"):
         model.predict(pd.DataFrame([{"user_id": None, "history": None, **first}]))

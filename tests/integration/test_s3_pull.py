@@ -1,12 +1,14 @@
 """Pulling a platform from a real S3-compatible server on loopback, including the errors operators will meet."""
 
+from datetime import UTC
+
 import pytest
 
-from tasks.config import load_config
-from tasks.pull import pull_platform
-from tasks.state import StateLayout
-from tasks.storage import LocationError
-from tasks.synthetic import write_config
+from bench.synthetic import write_config
+from transfer_rec.config import load_config
+from transfer_rec.io.state import StateLayout
+from transfer_rec.io.storage import LocationError
+from transfer_rec.stages.pull import pull_platform
 
 
 def upload_platform(client, folder, bucket, prefix):
@@ -28,17 +30,17 @@ def test_pull_from_s3_lands_identical_files_with_hashes(pipeline_env, s3_env):
     s3_config(env, "s3://raw/exports/village")
     platform = load_config().platform("village")
     manifest = pull_platform(platform, StateLayout.from_env(), "s3batch")
-    landed = {f["file"]: f for f in manifest["files"]}
+    landed = {f.file: f for f in manifest.files}
     for name in ("interactions.txt", "users.txt", "items.txt"):
         original = (env["exports"] / "village" / name).read_bytes()
         assert (StateLayout.from_env().landing / "village" / "s3batch" / name).read_bytes() == original
-        assert landed[name]["source_uri"] == f"s3://raw/exports/village/{name}"
-        assert landed[name]["size"] == len(original)
-    assert landed["interactions.txt"]["rows"] == len(
+        assert landed[name].source_uri == f"s3://raw/exports/village/{name}"
+        assert landed[name].size == len(original)
+    assert landed["interactions.txt"].rows == len(
         (env["exports"] / "village" / "interactions.txt").read_text().splitlines()) - 1
     # a re-pull of the same batch replaces it: no duplicated files or rows
     again = pull_platform(platform, StateLayout.from_env(), "s3batch")
-    assert [f["sha256"] for f in again["files"]] == [f["sha256"] for f in manifest["files"]]
+    assert [f.sha256 for f in again.files] == [f.sha256 for f in manifest.files]
 
 
 def test_wrong_credentials_are_named(pipeline_env, s3_env, monkeypatch):
@@ -62,11 +64,11 @@ def test_missing_bucket_and_missing_object_are_named(pipeline_env, s3_env):
 
 
 def test_incremental_pull_from_s3_takes_only_the_interval_partitions(pipeline_env, s3_env):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     import yaml
 
-    from tasks.synthetic import partition_by_day
+    from bench.synthetic import partition_by_day
 
     env = pipeline_env()
     folder = env["exports"] / "village"
@@ -77,9 +79,9 @@ def test_incremental_pull_from_s3_takes_only_the_interval_partitions(pipeline_en
     raw["platforms"][1]["location"] = "s3://raw/inc"
     raw["platforms"][1]["pull"] = {"mode": "incremental"}
     write_config(env["config"], raw)
-    start = datetime.fromisoformat(days[0].removeprefix("dt=")).replace(tzinfo=timezone.utc)
-    end = datetime.fromisoformat(days[2].removeprefix("dt=")).replace(tzinfo=timezone.utc)
+    start = datetime.fromisoformat(days[0].removeprefix("dt=")).replace(tzinfo=UTC)
+    end = datetime.fromisoformat(days[2].removeprefix("dt=")).replace(tzinfo=UTC)
     manifest = pull_platform(load_config().platform("village"), StateLayout.from_env(), "b", (start, end))
-    partitions = sorted(f["file"].split("/")[0] for f in manifest["files"] if f["table"] == "interactions")
+    partitions = sorted(f.file.split("/")[0] for f in manifest.files if f.table == "interactions")
     assert partitions == days[:2]
-    assert all(f["source_uri"].startswith("s3://raw/inc/") for f in manifest["files"])
+    assert all(f.source_uri.startswith("s3://raw/inc/") for f in manifest.files)

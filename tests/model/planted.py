@@ -5,17 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tasks.config import PipelineConfig, load_config
-from tasks.features import build_features
-from tasks.pull import pull_platform
-from tasks.state import StateLayout
-from tasks.synthetic import SyntheticPlatform, generate, write_config
-from tasks.unify import unify
-from tasks.validate import validate_batch
+from bench.synthetic import SyntheticPlatform, generate, write_config
+from transfer_rec.config import PipelineConfig, load_config
+from transfer_rec.io.state import StateLayout
+from transfer_rec.manifests import FeatureSet
+from transfer_rec.stages.features import build_features
+from transfer_rec.stages.pull import pull_platform
+from transfer_rec.stages.unify import unify
+from transfer_rec.stages.validate import validate_batch
 
 
 def planted_features(tmp_path: Path, monkeypatch: Any, platforms: list[SyntheticPlatform], training: dict,
-                     run_key: str, **generate_options: Any) -> tuple[PipelineConfig, dict[str, Any]]:
+                     run_key: str, **generate_options: Any) -> tuple[PipelineConfig, FeatureSet]:
     """Generate the platforms (200 items, seed 5), point config and state at tmp_path, and build the features."""
     generated = generate(tmp_path / "exports", platforms, n_items=200, seed=5, **generate_options)
     config_path = write_config(tmp_path / "pipeline.yaml", generated, training=training)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from tests.support import training
 
-from tasks.models.transfer import TransferConfig, TransferRecommender
+from transfer_rec.recommender.transfer import TransferRecommender
 
 REPO = Path(__file__).resolve().parents[2]
 # patience above the epoch count: all epochs run, so an interruption always has work left to skip
@@ -34,7 +35,7 @@ def data() -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
 
 
 def pretrained(**overrides) -> TransferRecommender:
-    model = TransferRecommender(N_ITEMS, TransferConfig(**{**CONFIG, **overrides}))
+    model = TransferRecommender(N_ITEMS, training(**{**CONFIG, **overrides}))
     model.pretrain(rows(80, 1))
     return model
 

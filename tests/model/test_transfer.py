@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tasks.features import PlatformData
-from tasks.metrics import evaluate_scores
-from tasks.synthetic import SyntheticPlatform
-from tasks.train import fit_target, model_config
-from tasks.models.transfer import TransferRecommender
 from tests.model.planted import planted_features
+
+from bench.synthetic import SyntheticPlatform
+from transfer_rec.metrics.ranking import evaluate_scores
+from transfer_rec.recommender.transfer import TransferRecommender
+from transfer_rec.stages.features import PlatformData
+from transfer_rec.stages.train import fit_target, new_model
 
 TRAINING = {"epochs_pretrain": 8, "epochs_finetune": 15, "patience": 3, "hidden": 64, "batch_size": 128,
             "learning_rate": 0.005, "seed": 11}
@@ -29,8 +29,8 @@ def world(tmp_path: Path, monkeypatch, permute: bool = False) -> dict:
 
 def source_model(w: dict) -> TransferRecommender:
     config, features = w["config"], w["features"]
-    model = TransferRecommender(features["n_items"], model_config(config))
-    model.pretrain(PlatformData(Path(features["dir"]), config.source.name, features["n_items"]).matrix())
+    model = new_model(features.n_items, config)
+    model.pretrain(PlatformData.of(features, config.source.name).matrix())
     return model
 
 

@@ -1,5 +1,5 @@
-from tasks.alerts import failure_line, record_failure
-from tasks.state import StateLayout
+from transfer_rec.io.state import StateLayout
+from transfer_rec.ops.alerts import failure_line, record_failure
 
 
 def test_failure_line_is_one_line_with_platform_error_and_log():

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from tasks.metrics import (catalogue_coverage, genre_matrix, history_bucket, intra_list_diversity, item_popularity,
-                           novelty, segment_table, time_holdout, user_segments)
+from transfer_rec.metrics.beyond import catalogue_coverage, genre_matrix, intra_list_diversity, item_popularity, novelty
+from transfer_rec.metrics.segments import history_bucket, segment_table, time_holdout, user_segments
+
 
 def test_coverage_counts_distinct_candidate_items_in_any_top_k():
     ranked = np.array([[0, 1], [1, 2], [0, 2]])
@@ -73,8 +74,8 @@ def test_segment_table_gives_means_and_cis_on_the_same_users_for_every_contender
     assert empty["users"] == 0 and empty["mean"] is None and empty["ci_low"] is None
 
 def test_next_period_split_uses_later_unfitted_interactions_and_masks_the_rest(tmp_path):
-    from tasks.evaluate import time_holdout_split
-    from tasks.features import PlatformData
+    from transfer_rec.stages.evaluate import time_holdout_split
+    from transfer_rec.stages.features import PlatformData
 
     # one user, 10 interactions in time order; the last (t=10, item 9) is in test, the one before in train
     frame = pd.DataFrame({"user_id": ["u"] * 10, "item_id": [f"i{j}" for j in range(10)], "item_idx": range(10),
@@ -92,7 +93,7 @@ def test_next_period_split_uses_later_unfitted_interactions_and_masks_the_rest(t
     assert relevant.indices.tolist() == [9] and 8 in exclude.indices and 8 not in history.indices
 
 def test_airflow_tags_link_back_to_the_run(monkeypatch):
-    from tasks.tracking import airflow_tags
+    from transfer_rec.registry.tracking import airflow_tags
 
     monkeypatch.setenv("AIRFLOW_BASE_URL", "https://airflow.example/")
     monkeypatch.setenv("AIRFLOW_CTX_DAG_RUN_ID", "manual__2026-11-23T10:00:00+00:00")
@@ -109,7 +110,7 @@ def test_airflow_tags_link_back_to_the_run(monkeypatch):
 def test_lineage_inputs_carry_hashes_counts_and_validation(tmp_path):
     import json
 
-    from tasks.tracking import lineage_inputs
+    from transfer_rec.registry.tracking import lineage_inputs
 
     (tmp_path / "shop" / "b1").mkdir(parents=True)
     (tmp_path / "shop" / "b1" / "validation.json").write_text(json.dumps(
@@ -127,7 +128,7 @@ def test_lineage_inputs_carry_hashes_counts_and_validation(tmp_path):
     assert other.dataset.digest != entry.dataset.digest, "the digest follows the data"
 
 def test_model_card_and_version_tags_name_metrics_cis_and_data():
-    from tasks.promote import GateDecision, data_tags, model_card
+    from transfer_rec.stages.promote import GateDecision, data_tags, model_card
 
     metrics = {"ndcg": 0.3, "recall": 0.2, "hit": 0.7, "mrr": 0.4, "precision": 0.1, "diversity": 0.6,
                "novelty": 3.2, "coverage": 0.4, "retention": 0.8, "retention_new": None}

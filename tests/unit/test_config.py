@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from tasks.config import load_config
+from transfer_rec.config import load_config
 
 
 def test_repo_config_loads_with_one_source_and_targets():
@@ -19,7 +19,7 @@ def test_overrides_are_validated():
 
 
 def test_training_changes_in_code_are_validated_too():
-    from tasks.train import with_training
+    from transfer_rec.stages.train import with_training
 
     config = load_config()
     changed = with_training(config, seed=5, source_replay=0.0)

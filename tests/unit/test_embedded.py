@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.config import load_config
-from tasks.embedded import export_all, export_embedded
-from tasks.pull import pull_platform
-from tasks.state import StateLayout
-from tasks.storage import LocationError
+from transfer_rec.config import load_config
+from transfer_rec.io.embedded import export_all, export_embedded
+from transfer_rec.io.state import StateLayout
+from transfer_rec.io.storage import LocationError
+from transfer_rec.stages.pull import pull_platform
 
 
 def _embedded_config(root: Path):
@@ -64,8 +64,8 @@ def test_a_failed_export_leaves_no_folder_and_pull_says_how_to_fill_it(tmp_path)
     with pytest.raises(LocationError, match="no such file"):
         export_embedded(broken)
     assert not Path(platform.location).exists() and not list((tmp_path / "exports").glob(".*"))
-    with pytest.raises(LocationError, match="tasks.cli init"):
+    with pytest.raises(LocationError, match="transfer-rec init"):
         pull_platform(platform, StateLayout(tmp_path / "state"), "b1")
     export_embedded(platform)
     manifest = pull_platform(platform, StateLayout(tmp_path / "state"), "b1")
-    assert manifest["files"][0]["source_uri"].startswith(str(tmp_path / "exports" / "ml-100k"))
+    assert manifest.files[0].source_uri.startswith(str(tmp_path / "exports" / "ml-100k"))

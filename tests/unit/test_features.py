@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from tasks.features import k_core, split_sizes, split_users
+from transfer_rec.stages.features import k_core, split_sizes, split_users
 
 
 def test_k_core_repeats_until_stable():
@@ -28,7 +28,7 @@ def test_split_is_seeded_and_per_user():
 
 
 def test_a_rating_weighted_matrix_counts_a_rating_of_4_as_1(tmp_path):
-    from tasks.features import PlatformData
+    from transfer_rec.stages.features import PlatformData
 
     pd.DataFrame({"user_id": ["u", "u", "u", "v"], "item_id": ["a", "b", "c", "a"], "item_idx": [0, 1, 2, 0],
                   "rating": [3.0, 4.0, 5.0, 5.0], "split": ["train"] * 3 + ["valid"]}).to_parquet(

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from tasks.formats import FormatError, count_rows, read_table
+from transfer_rec.io.formats import FormatError, count_rows, read_table
 
 FRAME = pd.DataFrame({"learner": ["a", "b", "c"], "course": ["x", "y", "z"], "score": [4, 5, 3]})
 
@@ -44,7 +44,7 @@ def test_a_file_in_another_format_than_configured_is_refused(tmp_path):
 
 
 def test_to_numbers_reads_exactly_what_to_numeric_reads():
-    from tasks.formats import to_numbers
+    from transfer_rec.io.formats import to_numbers
 
     cases = [["4", "5", "10"], ["4", "+4", "04"], ["4", "4.5"], ["4", " 4"], ["1e3", "2"], ["4", None], ["x", "4"],
              ["9223372036854775808", "1"], [], ["-3", "0"]]

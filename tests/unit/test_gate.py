@@ -1,5 +1,5 @@
-from tasks.config import GateConfig
-from tasks.promote import gate
+from transfer_rec.config import GateConfig
+from transfer_rec.stages.promote import gate
 
 
 def metrics(cand, target_only=0.1, pop=0.05, champion=None, retention=0.6):

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from tests.support import small_model
 
-from tasks.models.kernel import UserKernel, ntk
-from tasks.models.transfer import TransferConfig, TransferRecommender, _dense
+from transfer_rec.recommender.kernel import UserKernel, ntk
+from transfer_rec.recommender.transfer import TransferRecommender, _dense
 
 
 def rows(*lists: list[int], n_items: int = 6) -> sp.csr_matrix:
@@ -18,7 +19,7 @@ def rows(*lists: list[int], n_items: int = 6) -> sp.csr_matrix:
 
 
 def kernel_of(a: sp.csr_matrix, b: sp.csr_matrix) -> np.ndarray:
-    norm = lambda m: np.sqrt(np.asarray(m.multiply(m).sum(1)).ravel())  # noqa: E731
+    norm = lambda m: np.sqrt(np.asarray(m.multiply(m).sum(1)).ravel())
     return ntk(a, b, norm(a), norm(b))
 
 
@@ -72,24 +73,42 @@ def planted_target(seed: int = 0) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     return rows(*train, n_items=30).astype(np.float32), rows(*valid, n_items=30).astype(np.float32)
 
 
-def test_transfer_model_keeps_the_kernel_only_when_valid_says_so():
+def test_transfer_model_tries_every_kernel_setting_after_beta():
     train, valid = planted_target()
-    config = TransferConfig(hidden=8, epochs_finetune=2, patience=1, batch_size=16, seed=3, item_grid=(),
-                            kernel_weights=(0.0, 0.5, 1.0, 1.5, 2.0), warm_min_history=0)
-    model = TransferRecommender(30, config)
+    model = small_model(30, hidden=8, epochs_finetune=2, patience=1, batch_size=16, seed=3, item_grid=[],
+                        kernel_weights=[0.0, 0.5, 1.0, 1.5, 2.0], warm_min_history=0)
     history = model.finetune(train, valid)
-    chosen = [e for e in history if e["stage"] == "kernel"]
-    assert {(e["lam"], e["weight"]) for e in chosen} == {(lam, w) for lam in (0.1, 0.3) for w in (0.5, 1.0, 1.5, 2.0)}
-    blend = [e for e in history if e["stage"] == "blend"][0]["valid_ndcg"]
-    if model.kernel is None:
-        assert model.kernel_weight == 0.0 and max(e["valid_ndcg"] for e in chosen) <= blend
-    else:
-        best = max(chosen, key=lambda e: e["valid_ndcg"])
-        assert best["valid_ndcg"] > blend and model.kernel_weight == best["weight"]
-        copy = TransferRecommender.from_state(model.state(with_source=False))
-        np.testing.assert_array_equal(copy.score(train), model.score(train))
-    off = TransferRecommender(30, TransferConfig(**{**config.__dict__, "kernel_weights": (0.0,)}))
+    tried = [e for e in history if e["stage"] == "kernel"]
+    assert {(e["lam"], e["weight"]) for e in tried} == {(lam, w) for lam in (0.1, 0.3) for w in (0.5, 1.0, 1.5, 2.0)}
+    off = small_model(30, hidden=8, epochs_finetune=2, patience=1, batch_size=16, seed=3, item_grid=[],
+                      kernel_weights=[0.0])
     assert not [e for e in off.finetune(train, valid) if e["stage"] == "kernel"] and off.kernel is None
+
+
+def _chosen_kernel(blend: np.ndarray) -> TransferRecommender:
+    """A model whose kernel part is chosen next to the given blend scores (over all 30 items) on the planted data."""
+    train, valid = planted_target()
+    model = small_model(30, hidden=8, seed=3, kernel_weights=[0.0, 0.5, 1.0, 2.0], warm_min_history=0)
+    model.candidates = np.arange(30)
+    blend_ndcg = model._valid_ndcg(model._full(blend), train, valid)
+    model.valid_ndcg = model._choose_kernel(train, valid, blend, blend_ndcg, lambda entry: None)
+    return model
+
+
+def test_kernel_part_is_kept_when_it_beats_a_blend_that_knows_nothing():
+    train, _ = planted_target()
+    noise = np.random.default_rng(5).normal(size=(train.shape[0], 30))
+    model = _chosen_kernel(noise)
+    assert model.kernel is not None and model.kernel_weight > 0
+    copy = TransferRecommender.from_state(model.state(with_source=False))
+    np.testing.assert_array_equal(copy.score(train), model.score(train))
+
+
+def test_kernel_part_is_left_out_when_the_blend_already_ranks_valid_first():
+    train, valid = planted_target()
+    oracle = 10.0 * valid.toarray() + np.random.default_rng(5).normal(scale=0.01, size=valid.shape)
+    model = _chosen_kernel(oracle)
+    assert model.kernel is None and model.kernel_weight == 0.0 and model.valid_ndcg == pytest.approx(1.0)
 
 
 def _forward(model: TransferRecommender, history) -> np.ndarray:
@@ -106,7 +125,7 @@ def _forward(model: TransferRecommender, history) -> np.ndarray:
 @pytest.mark.parametrize("encoders", [1, 3])
 def test_sparse_encoder_path_matches_the_torch_forward_pass_and_follows_training(encoders):
     train, valid = planted_target(1)
-    model = TransferRecommender(30, TransferConfig(hidden=8, epochs_pretrain=2, seed=5, encoders=encoders))
+    model = small_model(30, hidden=8, epochs_pretrain=2, seed=5, encoders=encoders)
     model.candidates = np.arange(0, 30, 3)
     before = model._encoded(train)
     np.testing.assert_allclose(before, _forward(model, train), atol=1e-5)
@@ -119,7 +138,7 @@ def test_encoder_members_end_apart():
     """Members start from different weights and train side by side: they end apart, not as copies. A member count
     below one is refused by name."""
     train, _ = planted_target(1)
-    model = TransferRecommender(30, TransferConfig(hidden=8, epochs_pretrain=3, seed=5, encoders=2))
+    model = small_model(30, hidden=8, epochs_pretrain=3, seed=5, encoders=2)
     model.pretrain(train)
     model.encoder.eval()
     with torch.no_grad():
@@ -127,13 +146,13 @@ def test_encoder_members_end_apart():
     assert logits.shape == (train.shape[0], 2, 30)
     assert not np.allclose(logits[:, 0], logits[:, 1], atol=1e-3)
     with pytest.raises(ValueError, match="encoders"):
-        TransferConfig(encoders=0)
+        small_model(30, encoders=0)
 
 
 def test_kernel_part_leaves_short_histories_alone():
     rng = np.random.default_rng(2)
     train = sp.csr_matrix((rng.random((60, 40)) < 0.5).astype(np.float32))
-    model = TransferRecommender(40, TransferConfig(hidden=8, seed=1, warm_min_history=20))
+    model = small_model(40, hidden=8, seed=1, warm_min_history=20)
     without = model.score(train)
     model.kernel, model.kernel_weight = UserKernel(0.1).fit(train, model.candidates), 1.5
     with_kernel = model.score(train)

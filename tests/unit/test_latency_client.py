@@ -1,4 +1,4 @@
-"""The HTTP load client of `tasks.latency` against a real loopback server that drops keep-alive connections after
+"""The HTTP load client of `bench.latency` against a real loopback server that drops keep-alive connections after
 each answer (as uvicorn does with idle ones): the client reopens them, so the drop is not an error of the served
 model, while real failures still count."""
 
@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tasks.latency import http_load
+from bench.latency import http_load
 
 
 def serve(status: int):

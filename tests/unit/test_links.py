@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import links
+from transfer_rec.ops import links
 
 
 def test_mlflow_run_url_uses_the_configured_ui(monkeypatch):
@@ -39,9 +39,8 @@ def test_plugin_loads_with_its_links_and_web_app():
 
 
 def test_plugin_serves_data_docs_and_nothing_outside(tmp_path, monkeypatch):
-    from fastapi.testclient import TestClient
-
     from airflow import plugins_manager
+    from fastapi.testclient import TestClient
 
     monkeypatch.setenv("TRANSFER_REC_STATE_DIR", str(tmp_path / "var"))
     page = tmp_path / "var" / "data_docs" / "village" / "b1" / "index.html"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tasks.metrics import evaluate_scores, item_segment_hits, mean_metrics, per_user_metrics, top_k
+from transfer_rec.metrics.ranking import evaluate_scores, item_segment_hits, mean_metrics, per_user_metrics, top_k
 
 
 def test_top_k_excludes_seen_and_non_candidates():
@@ -37,7 +37,7 @@ def test_users_without_test_items_are_not_counted():
 
 
 def test_bootstrap_interval_covers_the_mean_and_paired_bound_sees_a_shift():
-    from tasks.metrics import bootstrap_ci, paired_lower_bound
+    from transfer_rec.metrics.uncertainty import bootstrap_ci, paired_lower_bound
 
     rng = np.random.default_rng(0)
     values = rng.random(500)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tasks.parallel import Forked
+from transfer_rec.runtime.workers import Forked
 
 
 def _pid_and(value):

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from tasks.unify import PII_SALT_ENV, PrivacyError, consent_flags, link_ids
+from transfer_rec.stages.unify import PII_SALT_ENV, PrivacyError, consent_flags, link_ids
 
 
 def test_the_same_person_links_across_platforms_and_only_through_the_salt(monkeypatch):

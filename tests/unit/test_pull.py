@@ -1,21 +1,21 @@
 """Incremental pulls by data interval: disjoint slices, idempotent re-runs, nothing doubled after unification."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
 import yaml
 
-from tasks.config import load_config
-from tasks.pull import interval_batch_id, interval_days, pull_platform
-from tasks.state import StateLayout
-from tasks.synthetic import partition_by_day, write_config
-from tasks.unify import interaction_files, unify
-from tasks.validate import validate_batch
+from bench.synthetic import partition_by_day, write_config
+from transfer_rec.config import load_config
+from transfer_rec.io.state import StateLayout
+from transfer_rec.stages.pull import interval_batch_id, interval_days, pull_platform
+from transfer_rec.stages.unify import interaction_files, unify
+from transfer_rec.stages.validate import validate_batch
 
 
 def utc(day: str) -> datetime:
-    return datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(day).replace(tzinfo=UTC)
 
 
 def test_interval_days_cover_start_inclusive_end_exclusive():
@@ -53,28 +53,28 @@ def test_two_intervals_pull_disjoint_slices_and_rerunning_one_changes_nothing(in
     env, days, total = incremental
     middle = days[len(days) // 2]
     first, second = _pull(days[0], middle), _pull(middle, "2100-01-01")
-    parts = [{f["file"] for f in m["files"] if f["table"] == "interactions"} for m in (first, second)]
+    parts = [{f.file for f in m.files if f.table == "interactions"} for m in (first, second)]
     assert parts[0] and parts[1] and not parts[0] & parts[1]
     assert len(parts[0]) + len(parts[1]) == len(days) == 8
     assert all(f"dt={middle}/" not in name for name in parts[0]), "the interval's end day belongs to the next one"
-    assert first["batch_id"] == interval_batch_id((utc(days[0]), utc(middle)))
+    assert first.batch_id == interval_batch_id((utc(days[0]), utc(middle)))
     # profiles and catalogue are pulled whole with every slice
-    assert {"users.txt", "items.txt"} <= {f["file"] for f in first["files"]}
-    pulled_rows = sum(f["rows"] for m in (first, second) for f in m["files"] if f["table"] == "interactions")
+    assert {"users.txt", "items.txt"} <= {f.file for f in first.files}
+    pulled_rows = sum(f.rows for m in (first, second) for f in m.files if f.table == "interactions")
     assert pulled_rows == total
 
     config, layout = load_config(), StateLayout.from_env()
     files = interaction_files(second, config.platform("village"), layout)
     assert len(files) == len(days)
     again = _pull(days[0], middle)   # a retry / backfill of the first slice
-    assert again["batch_id"] == first["batch_id"]
+    assert again.batch_id == first.batch_id
     assert len(list((layout.landing / "village").iterdir())) == 2, "a re-run replaces its batch"
     assert interaction_files(again, config.platform("village"), layout) == files
 
     source = pull_platform(config.platform("campus"), layout, "snap")
     validated = [validate_batch(source, config.platform("campus"), layout), again]
     manifest = unify(validated, config, layout)
-    counts = manifest["platforms"]["village"]
+    counts = manifest.platforms["village"]
     assert counts["rows_in"] == total
     inter = pd.read_parquet(layout.unified / "current" / "interactions.parquet")
     assert (inter["platform"] == "village").sum() == counts["rows_out"]

@@ -3,9 +3,9 @@ its exports pass the pipeline's own pull + validate + unify."""
 
 import pandas as pd
 
-from tasks.config import load_config
-from tasks.formats import read_table
-from tasks.scale import generate, ingest
+from bench.scale import generate, ingest
+from transfer_rec.config import load_config
+from transfer_rec.io.formats import read_table
 
 
 def test_generated_platforms_differ_and_ingest_cleanly(tmp_path):

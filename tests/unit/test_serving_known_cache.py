@@ -4,10 +4,10 @@ scoring at request time does; anything the request adds (items, profile fields) 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from tests.support import small_model
 
-from tasks.bundle import ModelBundle
-from tasks.models.transfer import TransferConfig, TransferRecommender
-from tasks.serving import recommend_frame
+from transfer_rec.serving.bundle import ModelBundle
+from transfer_rec.serving.pyfunc import recommend_frame
 
 ITEMS = np.array([f"i{j}" for j in range(12)])
 
@@ -16,7 +16,7 @@ def bundle() -> ModelBundle:
     rng = np.random.default_rng(0)
     train = sp.csr_matrix((rng.random((30, 12)) < 0.35).astype(np.float32))
     valid = sp.csr_matrix((rng.random((30, 12)) < 0.1).astype(np.float32))
-    model = TransferRecommender(12, TransferConfig(hidden=8, epochs_finetune=2, patience=1, batch_size=8, seed=1))
+    model = small_model(12, hidden=8, epochs_finetune=2, patience=1, batch_size=8, seed=1)
     model.finetune(train, valid, np.arange(12) < 10)
     rows, cols = train.nonzero()
     histories = pd.DataFrame({"user_id": [f"u{r}" for r in rows], "item_id": ITEMS[cols]})

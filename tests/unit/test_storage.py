@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from tasks.storage import Location, LocationError, atomic_dir, copy_to_local, sha256_file
+from transfer_rec.io.storage import Location, LocationError, atomic_dir, copy_to_local, sha256_file
 
 
 def test_location_parsing_and_join():
@@ -34,10 +34,9 @@ def test_atomic_dir_switches_whole_versions_and_keeps_previous_on_failure(tmp_pa
     with atomic_dir(final) as out:
         (out / "a.txt").write_text("v1")
     assert (final / "a.txt").read_text() == "v1"
-    with pytest.raises(RuntimeError):
-        with atomic_dir(final) as out:
-            (out / "a.txt").write_text("half")
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), atomic_dir(final) as out:
+        (out / "a.txt").write_text("half")
+        raise RuntimeError("killed mid-write")
     assert (final / "a.txt").read_text() == "v1"
     with atomic_dir(final) as out:
         (out / "a.txt").write_text("v2")

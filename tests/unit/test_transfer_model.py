@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from tests.support import training
 
-from tasks.models.transfer import TransferConfig, TransferRecommender, item_item_solve
+from transfer_rec.recommender.transfer import TransferRecommender, item_item_solve, item_settings
 
-CONFIG = TransferConfig(hidden=8, epochs_pretrain=2, epochs_finetune=3, patience=2, batch_size=16, seed=3)
+CONFIG = {"hidden": 8, "epochs_pretrain": 2, "epochs_finetune": 3, "patience": 2, "batch_size": 16, "seed": 3}
 
 
 def random_rows(n_users: int, n_items: int, seed: int) -> sp.csr_matrix:
@@ -16,7 +17,7 @@ def random_rows(n_users: int, n_items: int, seed: int) -> sp.csr_matrix:
 
 
 def fitted(strategy: str = "full") -> tuple[TransferRecommender, sp.csr_matrix, np.ndarray, dict]:
-    config = TransferConfig(**{**CONFIG.__dict__, "strategy": strategy})
+    config = training(**CONFIG, strategy=strategy)
     model = TransferRecommender(30, config)
     model.pretrain(random_rows(60, 30, 1))
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
@@ -67,14 +68,14 @@ def test_item_item_solve_matches_a_general_inverse():
 
 def test_finetune_keeps_the_item_item_setting_best_on_valid():
     grid = ((0.1, 1.0, 0.0), (2.0, 50.0, 0.5))
-    config = TransferConfig(**{**CONFIG.__dict__, "item_grid": grid})
+    config = training(**CONFIG, item_grid=grid)
     model = TransferRecommender(30, config)
     model.pretrain(random_rows(60, 30, 1))
     candidates = np.arange(30) < 20
     train = random_rows(25, 30, 2).multiply(candidates).tocsr()
     history = model.finetune(train, random_rows(25, 30, 3).multiply(candidates).tocsr(), candidates)
     tried = [e for e in history if e["stage"] == "item_item"]
-    assert [(e["alpha"], e["lam"], e["drop_p"]) for e in tried] == config.item_settings()
+    assert [(e["alpha"], e["lam"], e["drop_p"]) for e in tried] == item_settings(config)
     best = max(tried, key=lambda e: e["valid_ndcg"])
     assert model.item_params == (best["alpha"], best["lam"], best["drop_p"])
     copy = TransferRecommender.from_state(model.state())
@@ -83,7 +84,7 @@ def test_finetune_keeps_the_item_item_setting_best_on_valid():
 
 def test_finetune_can_keep_the_mean_of_the_item_item_settings():
     grid = ((0.1, 1.0, 0.0), (2.0, 50.0, 0.5))
-    config = TransferConfig(**{**CONFIG.__dict__, "item_grid": grid, "item_combine": "mean"})
+    config = training(**CONFIG, item_grid=grid, item_combine="mean")
     model = TransferRecommender(30, config)
     model.pretrain(random_rows(60, 30, 1))
     candidates = np.arange(30) < 20
@@ -91,7 +92,7 @@ def test_finetune_can_keep_the_mean_of_the_item_item_settings():
     history = model.finetune(train, random_rows(25, 30, 3).multiply(candidates).tocsr(), candidates)
     gram = (train.T @ train).toarray().astype(np.float64)
     solved = [item_item_solve(gram + alpha ** 2 * model.source_gram, lam, drop_p)[:, candidates]
-              for alpha, lam, drop_p in config.item_settings()]
+              for alpha, lam, drop_p in item_settings(config)]
     np.testing.assert_allclose(model.weights, np.mean(solved, axis=0), rtol=1e-4, atol=1e-6)
     assert not np.allclose(model.weights, solved[0], atol=1e-4)
     tried = [e for e in history if e["stage"] == "item_item"]
@@ -102,7 +103,7 @@ def test_finetune_can_keep_the_mean_of_the_item_item_settings():
 
 def test_unknown_item_combine_is_refused():
     with pytest.raises(ValueError, match="item_combine"):
-        TransferConfig(item_combine="median")
+        training(item_combine="median")
 
 
 def test_rating_weights_reach_the_item_item_part_only():

@@ -3,10 +3,10 @@
 import pandas as pd
 import pytest
 
-from tasks.config import load_config
-from tasks.storage import copy_to_local
-from tasks.benchmark import read_described
-from tasks.unify import canonical_item_key, unify_platform
+from transfer_rec.benchmark import read_described
+from transfer_rec.config import load_config
+from transfer_rec.io.storage import copy_to_local
+from transfer_rec.stages.unify import canonical_item_key, unify_platform
 
 
 def test_canonical_item_key_folds_case_spacing_and_punctuation():
@@ -65,7 +65,7 @@ def test_items_are_aligned_and_duplicates_dropped_and_counted(unified):
 def test_first_per_pair_keeps_the_rows_a_stable_three_key_sort_keeps():
     import numpy as np
 
-    from tasks.unify import _first_per_pair
+    from transfer_rec.stages.unify import _first_per_pair
 
     rng = np.random.default_rng(4)
     for n, users, items in [(2000, 40, 30), (500, 5, 3), (1, 1, 1), (0, 1, 1)]:
@@ -108,7 +108,7 @@ def test_benchmark_file_mode_names_the_file_and_column_of_a_profile_value_it_can
     source = config.source
     native = tmp_path / "users.tsv"
     native.write_text("user_id\tage\tgender\toccupation\tzip_code\nu1\t25\tM\t12\t12345\nu2\t25\tF\t99\t54321\n")
-    with caplog.at_level("WARNING", logger="tasks.benchmark"):
+    with caplog.at_level("WARNING", logger="transfer_rec.benchmark"):
         users = read_described(native, source, "users", config)
     assert users["occupation"].tolist()[0] == "programmer" and pd.isna(users["occupation"].tolist()[1])
     assert users["age"].tolist() == ["25-34", "25-34"]

@@ -1,0 +1,204 @@
+"""`transfer-rec`: the operator's commands (the Makefile calls them too)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from transfer_rec.io.state import StateLayout
+from transfer_rec.runtime.processes import stop_group
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (airflow, mlflow), next to the running interpreter."""
+    return str(Path(sys.executable).parent / name)
+
+
+def init(layout: StateLayout) -> None:
+    """Create the state folder, migrate Airflow's and MLflow's databases, fill the embedded platforms' export folders
+    (idempotent)."""
+    exports()
+    for folder in (layout.lake, layout.models, layout.recommendations, layout.mlflow, layout.reports):
+        folder.mkdir(parents=True, exist_ok=True)
+    airflow_home = Path(os.environ.get("AIRFLOW_HOME", layout.root / "airflow"))
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    _quiet([_bin("airflow"), "db", "migrate"], "airflow db migrate")
+    uri = layout.mlflow_uri()
+    # Create the schema once, before parallel tasks write: concurrent creation corrupts a new SQLite DB.
+    _quiet([_bin("mlflow"), "db", "upgrade", uri], "mlflow db upgrade")
+    print(f"state folder: {layout.root}\nAirflow home: {airflow_home}\nMLflow: {uri}")
+
+
+def exports() -> None:
+    """Fill the embedded demo platforms' export folders that do not exist yet (io/embedded.py)."""
+    from transfer_rec.config import load_config
+    from transfer_rec.io.embedded import export_all
+
+    for folder in export_all(load_config()):
+        print(f"embedded platform export written: {folder}")
+
+
+def suites() -> None:
+    """Write the default Great Expectations suites of the config's platforms that have no reviewed suite yet."""
+    from transfer_rec.config import load_config
+    from transfer_rec.stages.validate import ensure_suites, gx_context
+
+    context = gx_context()
+    for platform in load_config().platforms:
+        print(f"{platform.name}: {', '.join(ensure_suites(context, platform))}")
+
+
+def _quiet(cmd: list[str], what: str) -> None:
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
+        raise SystemExit(f"{what} failed (exit {result.returncode})")
+
+
+def run(layout: StateLayout) -> None:
+    """`make run`: init, the transfer_rec DAG once in this process's environment (`airflow dags test`), summary."""
+    init(layout)
+    log = layout.root / "last-run.log"
+    with open(log, "w") as out:
+        code = subprocess.run([_bin("airflow"), "dags", "test", "transfer_rec"], stdout=out,
+                              stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        print("".join(log.read_text().splitlines(keepends=True)[-60:]))
+        raise SystemExit(f"transfer-rec run: the DAG failed, full log in {log}")
+    summary(layout)
+
+
+def summary(layout: StateLayout) -> None:
+    """Print the last pipeline run's report."""
+    path = layout.reports / "latest.json"
+    if not path.exists():
+        raise SystemExit(f"no run report at {path}: run `make run` first")
+    report = json.loads(path.read_text())
+    print(f"\ntransfer-rec run {report['run_key']}")
+    print("\nplatforms               rows pulled   validation         unified        kept")
+    for name, p in report["platforms"].items():
+        status = p["validation"] + (f" ({p['validation_warnings']} warn)" if p["validation_warnings"] else "")
+        print(f"  {name:<10} {p['role']:<7} {p['rows_pulled']:>11,}   {status:<17} {p['rows_unified']:>8,} "
+              f"{p['rows_kept']:>10,}")
+    print(f"\npretrain on the source: {report['pretrain']['epochs']} epochs, {report['pretrain']['seconds']} s")
+    for target, t in report["targets"].items():
+        k = t["k"]
+        print(f"\ntarget {target}: {t['test_users']} held-out users, metrics at K={k}")
+        columns = (("NDCG", "ndcg"), ("Recall", "recall"), ("Hit", "hit"), ("MRR", "mrr"), ("Prec", "precision"),
+                   ("Cover", "coverage"), ("Divers", "diversity"), ("Novel", "novelty"), ("Retain", "retention"),
+                   ("RetNew", "retention_new"))
+        print(f"  {'model':<13}" + "".join(f"{title:>8}" for title, _ in columns))
+        for name, m in t["metrics"].items():
+            print(f"  {name:<13}" + "".join(f"{m[x]:>8.4f}" if m.get(x) is not None else f"{'n/a':>8}"
+                                            for _, x in columns))
+        print("  (retention: share of users with a hit in their top-K on their next period; docs/evaluation.md)")
+        d = t["decision"]
+        print(f"  decision: {d['model']} v{d['version']} {'PROMOTED to champion' if d['promoted'] else 'not promoted'}")
+        for reason in d["reasons"]:
+            print(f"    - {reason}")
+        pub = t["published"] or {}
+        if pub.get("published"):
+            print(f"  published: {pub['rows']:,} recommendations for {pub['users']:,} users -> {pub['path']}")
+        else:
+            print(f"  published: nothing ({pub.get('reason', 'n/a')})")
+    print("\nnext: `make airflow-ui` (Airflow on http://127.0.0.1:8080), `make mlflow-ui` (http://127.0.0.1:5000), "
+          "`make serve` (the champion over HTTP)")
+
+
+def airflow_ui(layout: StateLayout) -> None:
+    """`airflow standalone` on 127.0.0.1 until Ctrl-C; stops its whole process tree (no orphans)."""
+    home = Path(os.environ["AIRFLOW_HOME"])
+    # Ctrl-C, or a SIGTERM from a supervisor, stops everything (background shells start us with SIGINT ignored).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(["airflow", "standalone"], env=env, start_new_session=True,
+                            stdout=open(layout.root / "airflow-standalone.log", "w"), stderr=subprocess.STDOUT)
+    password_file = home / "simple_auth_manager_passwords.json.generated"
+    print("starting Airflow (log: var/airflow-standalone.log) ...")
+    try:
+        for _ in range(120):
+            if password_file.exists() and _port_open(8080):
+                break
+            if proc.poll() is not None:
+                raise SystemExit(f"airflow standalone exited with {proc.returncode}: see var/airflow-standalone.log")
+            time.sleep(1)
+        logins = json.loads(password_file.read_text()) if password_file.exists() else {}
+        print("Airflow UI: http://127.0.0.1:8080  " + ", ".join(f"login {u} / {p}" for u, p in logins.items()))
+        print("the DAG transfer_rec is unpaused; press Ctrl-C to stop")
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_group(proc)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+BENCHMARK = """The side-by-side benchmark: a source and a target split given as files, run through the stage code the
+DAG runs (no Airflow). Writes DIR/recommendations.tsv (user_id, item_id, rank: the top 10 of every test user, train
+and valid items excluded) and DIR/metrics.json. Interaction files are TSV with a header (user_id, item_id, rating,
+timestamp); users and items files are read as the config's source and first target export them."""
+BENCHMARK_FILES = ("source", "target-train", "target-valid", "target-test", "source-users", "source-items",
+                   "target-users", "target-items")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="transfer-rec", description="transfer-rec: the operator's commands.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("init", help="create the state folder, migrate the databases, fill the embedded platforms' exports")
+    sub.add_parser("run", help="init, run the transfer_rec DAG once in this process, print the summary (make run)")
+    sub.add_parser("summary", help="print the last run's report")
+    sub.add_parser("exports", help="fill the embedded demo platforms' export folders (no databases touched)")
+    sub.add_parser("suites", help="write the default GX suites of platforms that have no reviewed suite yet")
+    sub.add_parser("airflow-ui", help="run Airflow standalone on 127.0.0.1:8080 until Ctrl-C")
+    rollback = sub.add_parser("rollback", help="move a target's champion alias back to previous_champion")
+    rollback.add_argument("target")
+    bench = sub.add_parser("benchmark", help="the side-by-side benchmark on a split given as files",
+                           description=BENCHMARK)
+    for name in BENCHMARK_FILES:
+        bench.add_argument(f"--{name}", metavar="FILE")
+    bench.add_argument("--out", required=True, metavar="DIR")
+    bench.add_argument("--config", help="pipeline config (default: config/pipeline.yaml)")
+    args = parser.parse_args(argv)
+    layout = StateLayout.from_env()
+    if args.command == "init":
+        init(layout)
+    elif args.command == "run":
+        run(layout)
+    elif args.command == "summary":
+        summary(layout)
+    elif args.command == "exports":
+        exports()
+    elif args.command == "suites":
+        suites()
+    elif args.command == "airflow-ui":
+        airflow_ui(layout)
+    elif args.command == "rollback":
+        from transfer_rec.stages.promote import rollback as do_rollback
+
+        print(json.dumps(do_rollback(args.target, layout), indent=2))
+    elif args.command == "benchmark":
+        from transfer_rec import benchmark
+
+        benchmark.run(args, bench)
+
+
+if __name__ == "__main__":
+    main()

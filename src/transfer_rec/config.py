@@ -1,0 +1,303 @@
+"""The one typed configuration of the pipeline, loaded from config/pipeline.yaml and overridable by DAG params."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+HOME_ENV = "TRANSFER_REC_HOME"
+
+
+def project_root() -> Path:
+    """The project folder (config/, great_expectations/, var/): $TRANSFER_REC_HOME, else the source checkout this
+    package is installed from (editable), else the working directory (an installed package, as in the image)."""
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).resolve()
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").exists() and (checkout / "config").is_dir():
+        return checkout
+    return Path.cwd().resolve()
+
+
+REPO_ROOT = project_root()
+DEFAULT_CONFIG = REPO_ROOT / "config" / "pipeline.yaml"
+
+TABLES = ("interactions", "users", "items")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PullConfig(_Strict):
+    """How a platform's exports are pulled: the whole snapshot each run, or only the DAG run's data interval.
+
+    Incremental: the `partitioned` tables' files live in one folder per day under the location, named by
+    `partition` ({date} = YYYY-MM-DD), e.g. <location>/dt=2026-11-16/interactions.csv; a run pulls the days of its
+    data interval [start, end). The other tables (profiles, catalogue) are pulled whole every run.
+    """
+
+    mode: Literal["snapshot", "incremental"] = "snapshot"
+    partition: str = Field("dt={date}", pattern=r"^[A-Za-z0-9_=.-]*\{date\}[A-Za-z0-9_=.-]*$")
+    partitioned: list[Literal["interactions", "users", "items"]] = ["interactions"]
+
+
+class DriftConfig(_Strict):
+    """Checks of a snapshot batch against the platform's previous validated batch (0 turns a check off)."""
+
+    volume_factor: float = Field(5.0, ge=0)   # rows outside [previous / f, previous * f]: a volume anomaly
+    rating_shift: float = Field(0.15, ge=0)   # mean rating moved by more than this share of the rating scale
+
+
+class PlatformConfig(_Strict):
+    """One platform of the registry: where its exports live and how its native schema maps to the unified one."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    role: Literal["source", "target"]
+    location: str
+    # The embedded demo: a pkg://<package>/<folder> whose files fill the local `location` when it does not exist yet
+    # (io/embedded.py; `transfer-rec init`). Pulls always read `location`.
+    embedded: str | None = Field(None, pattern=r"^pkg://")
+    format: Literal["recbole", "csv", "tsv", "parquet", "jsonl"] = "recbole"
+    delimiter: str | None = None
+    files: dict[str, str]
+    rating_scale: tuple[float, float] = (1.0, 5.0)
+    columns: dict[str, dict[str, str]]
+    value_maps: dict[str, str] = {}
+    # Severity of duplicate (user, item, timestamp) rows in the raw export: "critical" stops the run, "warning" logs
+    # them and unification de-duplicates.
+    duplicate_interactions: Literal["critical", "warning"] = "critical"
+    pull: PullConfig = PullConfig()
+    drift: DriftConfig = DriftConfig()
+
+    @field_validator("files")
+    @classmethod
+    def _interactions_required(cls, files: dict[str, str]) -> dict[str, str]:
+        unknown = set(files) - set(TABLES)
+        if unknown:
+            raise ValueError(f"unknown table(s) {sorted(unknown)}; expected some of {TABLES}")
+        if "interactions" not in files:
+            raise ValueError("a platform must export an interactions file")
+        for name in files.values():
+            if "/" in name or name.startswith(".."):
+                raise ValueError(f"file name {name!r} must be a plain name inside the platform's location")
+        return files
+
+    @model_validator(mode="after")
+    def _columns_map_ids(self) -> PlatformConfig:
+        required = {"interactions": {"user_id", "item_id"}, "users": {"user_id"}, "items": {"item_id"}}
+        for table in self.files:
+            missing = required[table] - set(self.columns.get(table, {}).values())
+            if missing:
+                raise ValueError(f"platform {self.name}: columns.{table} maps no native column to {sorted(missing)}")
+        return self
+
+
+class FeaturesConfig(_Strict):
+    min_rating: float = 3
+    min_interactions: int = Field(5, ge=1)
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 2022
+
+    @field_validator("split")
+    @classmethod
+    def _sums_to_one(cls, split: tuple[float, float, float]) -> tuple[float, float, float]:
+        if abs(sum(split) - 1.0) > 1e-6 or min(split) <= 0:
+            raise ValueError(f"split {split} must be three positive shares summing to 1")
+        return split
+
+
+class TrainingConfig(_Strict):
+    """Settings of the transfer recommender (recommender/transfer.py explains each part). These defaults are the ones
+    the product ships with; config/pipeline.yaml overrides only what a deployment changes."""
+
+    seed: int = 2022
+    # item-item part: the source's co-occurrences, weighted by alpha, are a prior that the target's users refine
+    alpha: float = Field(0.5, ge=0)
+    lam: float = Field(300.0, gt=0)           # L2 regulariser of the item-item solve
+    drop_p: float = Field(0.25, ge=0, lt=1)   # dropout-equivalent regulariser of the item-item solve
+    # more (alpha, lam, drop_p) settings solved next to the one above in fine-tuning (item_combine: how they are used)
+    item_grid: list[tuple[float, float, float]] = [(0.5, 100.0, 0.5), (0.3, 300.0, 0.25), (0.7, 100.0, 0.5)]
+    # mean: the item-item part is the mean of all the settings' weights; best: the one best on valid. Valid tells
+    # these settings apart by less than its own noise, so the mean avoids a choice it cannot make well.
+    item_combine: Literal["best", "mean"] = "mean"
+    # history encoder (Mult-DAE): pretrained on the sources, fine-tuned per target with early stopping
+    hidden: int = Field(600, ge=2, le=4096)
+    input_dropout: float = Field(0.5, ge=0, lt=1)
+    # independent encoders trained side by side (own weights and dropout masks), their standardised scores averaged
+    encoders: int = Field(2, ge=1, le=8)
+    learning_rate: float = Field(2e-3, gt=0)
+    batch_size: int = Field(256, ge=1)
+    epochs_pretrain: int = Field(15, ge=0, le=500)
+    epochs_finetune: int = Field(80, ge=1, le=500)
+    patience: int = Field(8, ge=1)
+    source_replay: float = Field(0.15, ge=0, le=1)   # share of source users replayed in every fine-tuning epoch
+    strategy: Literal["full", "freeze_encoder"] = "full"   # freeze_encoder: only the output layer adapts
+    # the encoder's weight next to the item-item part, chosen on valid among these
+    beta_grid: list[Annotated[float, Field(ge=0)]] = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0]
+    # an interaction counts 1 + rating_weight * (rating - 4) in the item-item part's histories (ratings 3/4/5 count
+    # 0.75/1/1.25 at 0.25; at least 0.1); 0 gives binary histories. The encoder reads only which items.
+    rating_weight: float = Field(0.25, ge=0, le=1)
+    # user-kernel part (recommender/kernel.py): ridge settings and blend weights tried on valid (weight 0: off);
+    # an empty list leaves the part out. Its basis is at most kernel_max_users training users (a seeded subset).
+    kernel_lams: list[Annotated[float, Field(gt=0)]] = [0.1, 0.3]
+    kernel_weights: list[Annotated[float, Field(ge=0)]] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0]
+    kernel_max_users: int = Field(5000, ge=1, le=50000)
+    # two regimes by history length: from this many items on, the kernel part (if chosen) serves a history; shorter
+    # ones get the short-history parts instead (the kernel part hurts histories of a few items)
+    warm_min_history: int = Field(6, ge=0)
+
+
+class ShortHistoryConfig(_Strict):
+    """The recommender's short-history parts, for users with no or few items on the target (recommender/
+    short_history.py): a profile prior learned from source and target users, its co-occurrence update by the
+    history, what users take after their first items (`position_shift`, a correction of the prior by history
+    length), and item content. Their weights are chosen on the target's valid split (selection/short_history.py);
+    `profile_prior: false` and no content leave the model without them."""
+
+    profile_prior: bool = True
+    cooccurrence: bool = True
+    position_shift: bool = True
+    content: list[Literal["genres", "year", "title"]] = []
+    # the profile prior's fit: full-batch Adam over the (platform, profile) cells, L2 on the demographic weights
+    prior_l2: float = Field(1e-4, ge=0)
+    prior_learning_rate: float = Field(0.1, gt=0)
+    prior_steps: int = Field(150, ge=1, le=10000)
+
+
+class EvaluationConfig(_Strict):
+    k: int = Field(10, ge=1, le=1000)
+    # Retention's next-period hold-out: each target user's last share of interactions by timestamp (docs/evaluation.md, Retention).
+    time_holdout: float = Field(0.1, gt=0, lt=1)
+    # Users with at most this many history items count as new users in the segments and in `retention_new`.
+    new_user_max_history: int = Field(20, ge=1)
+
+
+class GateConfig(_Strict):
+    metric: Literal["ndcg", "recall", "hit", "mrr", "precision"] = "ndcg"
+    min_ndcg: float = Field(0.05, ge=0, le=1)
+    min_retention: float = Field(0.2, ge=0, le=1)
+    ndcg_margin: float = Field(0.005, ge=0, le=1)
+    retention_margin: float = Field(0.01, ge=0, le=1)
+    # Candidate vs champion is judged on the same users by a paired bootstrap: the one-sided lower confidence
+    # bound of the mean per-user difference must not fall below -margin.
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    bootstrap_samples: int = Field(1000, ge=100, le=100000)
+
+
+class PublishConfig(_Strict):
+    k: int = Field(10, ge=1, le=1000)
+
+
+class ScheduleConfig(_Strict):
+    """When the training DAG runs by itself, and how often each platform's ingest DAG looks for new data."""
+
+    # A cron expression or preset (@daily, @weekly, ...), in UTC; null: manual triggers only.
+    training: str | None = "@weekly"
+    # Also run when a platform's ingest DAG announces a new validated batch (its Airflow Asset).
+    on_new_data: bool = True
+    # How often each transfer_rec_ingest_<platform> DAG pulls and validates; null: manual triggers only.
+    ingest: str | None = "@daily"
+
+
+class RuntimeConfig(_Strict):
+    """How a stage uses the machine it runs on."""
+
+    # torch's intra-op threads for training and scoring; null: the CPUs this process may run on
+    torch_threads: int | None = Field(None, ge=1, le=256)
+    # worker processes for parallel ingest work (validation partitions, platforms unified side by side); null: the
+    # CPUs this process may run on ($TRANSFER_REC_WORKERS overrides)
+    workers: int | None = Field(None, ge=1, le=256)
+
+
+class PipelineConfig(_Strict):
+    platforms: list[PlatformConfig]
+    vocabularies: dict[str, list[str]] = {}
+    value_maps: dict[str, dict[str, str]] = {}
+    features: FeaturesConfig = FeaturesConfig()
+    training: TrainingConfig = TrainingConfig()
+    short_history: ShortHistoryConfig = ShortHistoryConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    gate: GateConfig = GateConfig()
+    publish: PublishConfig = PublishConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    # Where platform exports may be read from: URI prefixes (pkg://, s3://bucket/) and local folders (relative to
+    # the working directory). A location outside all of them is refused, `..` tricks and symlinks included.
+    allowed_locations: list[str] = ["pkg://", "s3://", "exports"]
+
+    @model_validator(mode="after")
+    def _locations_allowed(self) -> PipelineConfig:
+        for p in self.platforms:
+            if not location_allowed(p.location, self.allowed_locations):
+                raise ValueError(f"platform {p.name}: location {p.location!r} is outside the allowed locations "
+                                 f"{self.allowed_locations} (rule: allowed_locations)")
+        return self
+
+    @model_validator(mode="after")
+    def _one_source_some_targets(self) -> PipelineConfig:
+        names = [p.name for p in self.platforms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"platform names must be unique, got {names}")
+        if sum(p.role == "source" for p in self.platforms) != 1:
+            raise ValueError("exactly one platform must have role 'source'")
+        if not self.targets:
+            raise ValueError("at least one platform must have role 'target'")
+        for p in self.platforms:
+            for column, map_name in p.value_maps.items():
+                if map_name != "age_years" and map_name not in self.value_maps:
+                    raise ValueError(f"platform {p.name}: value map {map_name!r} for {column!r} is not defined")
+        return self
+
+    @property
+    def source(self) -> PlatformConfig:
+        return next(p for p in self.platforms if p.role == "source")
+
+    @property
+    def targets(self) -> list[PlatformConfig]:
+        return [p for p in self.platforms if p.role == "target"]
+
+    def platform(self, name: str) -> PlatformConfig:
+        for p in self.platforms:
+            if p.name == name:
+                return p
+        raise KeyError(f"no platform named {name!r} in the config (known: {[p.name for p in self.platforms]})")
+
+
+def location_allowed(location: str, allowed: list[str]) -> bool:
+    """Whether a platform location lies under one of the allowed prefixes (URIs) or folders (local paths)."""
+    scheme = location.split("://", 1)[0] if "://" in location else "file"
+    if scheme not in ("file", "pkg", "s3"):
+        return False
+    if scheme != "file":
+        if ".." in location.split("://", 1)[1].split("/"):
+            return False
+        return any("://" in root and location.startswith(root) for root in allowed)
+    path = Path(os.path.realpath(location.removeprefix("file://")))
+    roots = [Path(os.path.realpath(root.removeprefix("file://"))) for root in allowed
+             if "://" not in root or root.startswith("file://")]
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load the YAML config (default: $TRANSFER_REC_CONFIG or config/pipeline.yaml), apply overrides, validate."""
+    path = Path(path or os.environ.get("TRANSFER_REC_CONFIG") or DEFAULT_CONFIG)
+    with open(path, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh) or {}
+    if overrides:
+        raw = _deep_merge(raw, overrides)
+    return PipelineConfig.model_validate(raw)

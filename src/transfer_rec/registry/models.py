@@ -1,0 +1,111 @@
+"""The model registry: one registered model per target platform, versions tagged with their provenance, and the
+aliases `champion`, `previous_champion` and `challenger` (no stages)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from transfer_rec.registry.tracking import RUN_KEY_TAG
+from transfer_rec.serving.bundle import ModelBundle
+
+log = logging.getLogger(__name__)
+
+CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous_champion", "challenger"
+
+
+def registered_model_name(target: str) -> str:
+    """One registered model per target platform."""
+    return f"transfer_rec-{target}"
+
+
+def alias_version(target: str, alias: str = CHAMPION):
+    """The model version an alias points at, or None."""
+    try:
+        return MlflowClient().get_model_version_by_alias(registered_model_name(target), alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def champion_bundle(target: str) -> tuple[ModelBundle | None, str | None]:
+    """The registry's current champion for a target, loaded as it is served, with its version."""
+    version = alias_version(target)
+    if version is None:
+        return None, None
+    model = mlflow.pyfunc.load_model(f"models:/{registered_model_name(target)}@{CHAMPION}")
+    return model.unwrap_python_model().bundle, str(version.version)
+
+
+def register_candidate(target: str, model_uri: str, run_id: str, run_key: str):
+    """The candidate's model version (registered once per pipeline run: a retried task finds its version)."""
+    client = MlflowClient()
+    name = registered_model_name(target)
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name, description=f"transfer-rec recommender for target platform {target}")
+    for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        if version.tags.get(RUN_KEY_TAG) == run_key:
+            return version
+    return mlflow.register_model(model_uri, name, tags={RUN_KEY_TAG: run_key, "source_run_id": run_id})
+
+
+def describe(target: str, version: str, tags: dict[str, str], description: str) -> None:
+    client = MlflowClient()
+    name = registered_model_name(target)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.update_model_version(name, version, description=description)
+
+
+def crown(target: str, version: str) -> str | None:
+    """Make `version` the champion; the one it replaces becomes previous_champion. Returns that one's version."""
+    client = MlflowClient()
+    name = registered_model_name(target)
+    current = alias_version(target)
+    previous = current.version if current is not None else None
+    if previous is not None and previous != version:
+        client.set_registered_model_alias(name, PREVIOUS, previous)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    return previous
+
+
+def mark_challenger(target: str, version: str) -> None:
+    MlflowClient().set_registered_model_alias(registered_model_name(target), CHALLENGER, version)
+
+
+def rollback(target: str) -> dict[str, Any]:
+    """Move `champion` back to `previous_champion` (and the other way round)."""
+    client = MlflowClient()
+    name = registered_model_name(target)
+    previous = client.get_model_version_by_alias(name, PREVIOUS).version
+    current = client.get_model_version_by_alias(name, CHAMPION).version
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_registered_model_alias(name, PREVIOUS, current)
+    client.set_model_version_tag(name, previous, "rollback.from", current)
+    return {"model": name, "champion": previous, "rolled_back_from": current}
+
+
+SERVING_ROOTS = ["transfer_rec.serving.pyfunc"]
+
+
+def log_candidate_model(bundle: ModelBundle, folder, staging: Path) -> str:
+    """Log the candidate to the active MLflow run as a pyfunc model carrying only the code serving needs; returns
+    its model URI."""
+    from transfer_rec.registry.code import stage_code
+    from transfer_rec.serving.pyfunc import SIGNATURE, TransferRecModel, input_example
+
+    code = stage_code(SERVING_ROOTS, Path(staging) / uuid.uuid4().hex[:12])
+    try:
+        info = mlflow.pyfunc.log_model(name="model", python_model=TransferRecModel(), artifacts={"bundle": str(folder)},
+                                       signature=SIGNATURE, input_example=input_example(bundle),
+                                       code_paths=[str(code)])
+    finally:
+        shutil.rmtree(code.parent, ignore_errors=True)
+    return info.model_uri

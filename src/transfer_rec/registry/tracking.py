@@ -1,0 +1,170 @@
+"""MLflow tracking: one parent run per pipeline run, nested runs per stage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from transfer_rec.io.state import StateLayout
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "transfer_rec"
+RUN_KEY_TAG = "transfer_rec.run_key"
+STAGE_TAG = "transfer_rec.stage"
+
+
+def configure(layout: StateLayout) -> str:
+    """Point MLflow at the configured tracking URI and make sure the experiment exists; return the experiment id."""
+    os.environ.setdefault("MLFLOW_TRACKING_URI", layout.mlflow_uri())
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        mlflow.set_experiment(EXPERIMENT)
+        return experiment.experiment_id
+    artifacts = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        artifacts = (layout.mlflow / "artifacts").as_uri()
+    try:
+        experiment_id = client.create_experiment(EXPERIMENT, artifact_location=artifacts)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another task
+        experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    mlflow.set_experiment(EXPERIMENT)
+    return experiment_id
+
+
+def _find_run(experiment_id: str, filters: str) -> str | None:
+    runs = MlflowClient().search_runs([experiment_id], filter_string=filters, max_results=1,
+                                      order_by=["attributes.start_time ASC"])
+    return runs[0].info.run_id if runs else None
+
+
+def pipeline_run(layout: StateLayout, run_key: str, tags: dict[str, str] | None = None) -> str:
+    """The parent run of a pipeline run (found by its run key, created once): every stage nests under it."""
+    experiment_id = configure(layout)
+    found = _find_run(experiment_id, f"tags.`{RUN_KEY_TAG}` = '{run_key}' and tags.`{STAGE_TAG}` = 'pipeline'")
+    if found:
+        for key, value in (tags or {}).items():  # a re-planned run (retry) keeps its run and refreshes the tags
+            MlflowClient().set_tag(found, key, value)
+        return found
+    run = MlflowClient().create_run(experiment_id, run_name=f"pipeline {run_key}",
+                                    tags={RUN_KEY_TAG: run_key, STAGE_TAG: "pipeline", **(tags or {})})
+    MlflowClient().set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+@contextmanager
+def stage_run(layout: StateLayout, run_key: str, stage: str, parent_run_id: str,
+              tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """A nested run for one stage; a retry of the same stage reuses (and overwrites) its run instead of adding one."""
+    experiment_id = configure(layout)
+    existing = _find_run(experiment_id, f"tags.`{RUN_KEY_TAG}` = '{run_key}' and tags.`{STAGE_TAG}` = '{stage}'")
+    all_tags = {RUN_KEY_TAG: run_key, STAGE_TAG: stage, "mlflow.parentRunId": parent_run_id, **(tags or {})}
+    if existing:
+        with mlflow.start_run(run_id=existing) as run:
+            mlflow.set_tags(all_tags)
+            yield run
+        return
+    with mlflow.start_run(run_name=stage, experiment_id=experiment_id, tags=all_tags) as run:
+        yield run
+
+
+def log_validation(layout: StateLayout, run_id: str, platform: str, summary: dict[str, Any]) -> None:
+    """A platform's validation result on the pipeline run: the full result as an artifact, counts as metrics."""
+    configure(layout)
+    client = MlflowClient()
+    client.log_dict(run_id, summary, f"validation/{platform}.json")
+    client.log_metric(run_id, f"validation_{platform}_critical", len(summary["critical"]))
+    client.log_metric(run_id, f"validation_{platform}_warnings", len(summary["warnings"]))
+    client.set_tag(run_id, f"validation.{platform}", "passed" if summary["success"] else "failed")
+
+
+def log_epochs(history: list[dict[str, Any]]) -> None:
+    """Per-epoch curves: loss, validation NDCG and time, with the epoch as the step."""
+    offset = 0
+    for entry in history:
+        metrics = {f"{entry['stage']}_{k}": float(v) for k, v in entry.items()
+                   if k not in ("stage", "epoch") and isinstance(v, (int, float))}
+        mlflow.log_metrics(metrics, step=offset + int(entry["epoch"]))
+
+
+DEFAULT_AIRFLOW_URL = "http://127.0.0.1:8080"
+
+
+def airflow_tags(dag_id: str, run_id: str, logical_date: str | None = None,
+                 interval: list[str] | None = None) -> dict[str, str]:
+    """Tags that tie the pipeline's parent run to its Airflow DAG run, with a link back (base from AIRFLOW_BASE_URL).
+
+    The logical date falls back to the one Airflow exports to the task's environment for this very run."""
+    if logical_date is None and os.environ.get("AIRFLOW_CTX_DAG_RUN_ID") == run_id:
+        logical_date = os.environ.get("AIRFLOW_CTX_LOGICAL_DATE") or None
+    base = os.environ.get("AIRFLOW_BASE_URL", DEFAULT_AIRFLOW_URL).rstrip("/")
+    tags = {"airflow.dag_id": dag_id, "airflow.run_id": run_id,
+            "airflow.url": f"{base}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"}
+    if logical_date:
+        tags["airflow.logical_date"] = str(logical_date)
+    if interval:
+        tags["airflow.data_interval_start"], tags["airflow.data_interval_end"] = (str(t) for t in interval)
+    return tags
+
+
+def log_config(run_id: str, config: Any, overrides: dict[str, Any]) -> None:
+    """The resolved configuration (YAML + this run's overrides) and the overrides alone, as artifacts."""
+    client = MlflowClient()
+    client.log_dict(run_id, config.model_dump(mode="json"), "config/pipeline.resolved.json")
+    client.log_dict(run_id, overrides, "config/overrides.json")
+
+
+def _source_of(location: str):
+    from mlflow.data.sources import LocalArtifactDatasetSource, S3ArtifactDatasetSource
+
+    return S3ArtifactDatasetSource(location) if location.startswith("s3://") else LocalArtifactDatasetSource(location)
+
+
+def lineage_inputs(landing: Path, unified: dict[str, Any], features: dict[str, Any] | None = None) -> list[Any]:
+    """One MLflow dataset input per platform: the pulled files' sha256 (digest and tags), row counts through
+    unification and features, and the validation result read from the landed batch."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = []
+    for platform, hashes in sorted(unified.get("hashes", {}).items()):
+        counts = unified.get("platforms", {}).get(platform, {})
+        kept = (features or {}).get("platforms", {}).get(platform, {})
+        batch = unified.get("batches", {}).get(platform, "")
+        batch_dir = Path(landing) / platform / str(batch)
+        digest = hashlib.sha256("".join(f"{f}:{h}" for f, h in sorted(hashes.items())).encode()).hexdigest()[:16]
+        dataset = MetaDataset(_source_of(str(batch_dir)), name=platform, digest=digest)
+        tags = {"platform": platform, "role": kept.get("role", ""), "batch": str(batch),
+                **{f"sha256.{f}": h for f, h in hashes.items()},
+                **{f"rows.{k}": str(v) for k, v in counts.items() if isinstance(v, (int, float))},
+                **{f"features.{k}": str(v) for k, v in kept.items() if isinstance(v, (int, float))}}
+        validation = batch_dir / "validation.json"
+        if validation.exists():
+            summary = json.loads(validation.read_text())
+            tags.update({"validation": "passed" if summary.get("success") else "failed",
+                         "validation.critical": str(len(summary.get("critical", []))),
+                         "validation.warnings": str(len(summary.get("warnings", [])))})
+        tags["mlflow.data.context"] = kept.get("role") or "platform"
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), [InputTag(k, v[:500]) for k, v in tags.items()]))
+    return inputs
+
+
+def log_lineage(layout: StateLayout, run_id: str, unified: dict[str, Any],
+                features: dict[str, Any] | None = None) -> None:
+    """Record each platform's data as a dataset input of the run (Datasets column and run page in the MLflow UI)."""
+    configure(layout)
+    inputs = lineage_inputs(layout.landing, unified, features)
+    if inputs:
+        MlflowClient().log_inputs(run_id, datasets=inputs)

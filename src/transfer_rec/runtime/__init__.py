@@ -1,0 +1,1 @@
+"""How stages use the machine: worker processes, torch threads, progress lines, time bounds."""

@@ -1,0 +1,156 @@
+"""A trained model with everything needed to recommend: item vocabulary, candidates and known users' histories.
+
+The same bundle backs evaluation, the MLflow pyfunc model and publishing, so all three rank in exactly one way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from transfer_rec.metrics.ranking import top_k
+from transfer_rec.recommender.profile import Profiles
+from transfer_rec.recommender.transfer import TransferRecommender
+from transfer_rec.schema.unified import PROFILE_FIELDS
+
+
+@dataclass
+class Recommendations:
+    item_ids: list[list[str]]
+    scores: list[list[float]]
+    unknown_items: list[list[str]]
+
+
+# Known users x items scores precomputed at load (float64: 200 MB at most); past that, every request is scored.
+KNOWN_SCORES_MAX = 25_000_000
+
+
+class ModelBundle:
+    def __init__(self, model: TransferRecommender, item_ids: np.ndarray, candidates: np.ndarray,
+                 histories: pd.DataFrame, meta: dict | None = None, profiles: pd.DataFrame | None = None):
+        self.model = model
+        self.item_ids = np.asarray(item_ids, dtype=object)
+        self.candidates = np.asarray(candidates, dtype=bool)
+        # item id -> column, for requests: a dict lookup per item (a pandas reindex per request cost ~1 ms)
+        self.position = {item: column for column, item in enumerate(self.item_ids.tolist())}
+        # Known users' histories: user_id -> item ids, so a request may name just the user.
+        self.histories = histories.groupby("user_id")["item_id"].agg(list).to_dict() if len(histories) else {}
+        self.meta = meta or {}
+        # Known users' profiles (user_id, age, gender, occupation): a request by user id gets its profile from here.
+        self.profiles = (profiles.drop_duplicates("user_id").set_index("user_id") if profiles is not None
+                         else pd.DataFrame(columns=list(PROFILE_FIELDS), index=pd.Index([], name="user_id")))
+
+    @property
+    def profile_vocabulary(self) -> dict[str, list[str]] | None:
+        """The profile values the model's prior knows per field, or None when it has no profile prior."""
+        parts = getattr(self.model, "short_history", None)
+        prior = getattr(parts, "prior", None)
+        return None if prior is None else {f: list(prior.vocabulary.get(f, [])) for f in PROFILE_FIELDS}
+
+    def known_profiles(self, user_ids: Sequence[str | None]) -> pd.DataFrame:
+        """The stored profiles of these users (rows aligned; unknown users have empty fields)."""
+        columns = [c for c in PROFILE_FIELDS if c in self.profiles]
+        keys = [u if u is not None else "" for u in user_ids]
+        return self.profiles[columns].reindex(keys).reset_index(drop=True)
+
+    def profile_of(self, user_id: str | None) -> dict[str, str]:
+        """One known user's stored profile fields (only those it has)."""
+        if not hasattr(self, "_profile_rows"):
+            self._profile_rows = self.profiles.to_dict("index")
+        row = self._profile_rows.get(user_id, {}) if user_id is not None else {}
+        return {f: v for f, v in row.items() if f in PROFILE_FIELDS and isinstance(v, str)}
+
+    def history_matrix(self, histories: Sequence[Sequence[str]]) -> tuple[sp.csr_matrix, list[list[str]]]:
+        """Rows of item ids as a binary matrix over this model's items; ids it does not know are returned apart."""
+        indptr, cols, unknown = [0], [], []
+        for items in histories:
+            items = list(dict.fromkeys(str(i) for i in items))
+            idx = [self.position.get(i) for i in items]
+            unknown.append([i for i, p in zip(items, idx) if p is None])
+            cols.extend(sorted(p for p in idx if p is not None))
+            indptr.append(len(cols))
+        data = np.ones(len(cols), dtype=np.float32)
+        matrix = sp.csr_matrix((data, np.asarray(cols, dtype=np.int32), np.asarray(indptr, dtype=np.int32)),
+                               shape=(len(histories), len(self.item_ids)))
+        return matrix, unknown
+
+    def score(self, histories: Sequence[Sequence[str]], profiles: Profiles | None = None) -> np.ndarray:
+        """`profiles` (age, gender, occupation per row) reach the model's profile prior, if it has one."""
+        matrix, _ = self.history_matrix(histories)
+        return self.model.score(matrix, profiles) if profiles is not None else self.model.score(matrix)
+
+    def precompute_known(self, max_entries: int = KNOWN_SCORES_MAX) -> bool:
+        """Score every known user once, from their stored history and profile, so that a request naming only a known
+        user is a lookup (`recommend(..., known=...)`); new users and requests that add items or profile fields are
+        still scored at request time. Skipped (False) past `max_entries` users x items."""
+        users = list(self.histories)
+        if not users or len(users) * len(self.item_ids) > max_entries:
+            return False
+        parts = []
+        for start in range(0, len(users), 2048):
+            chunk = users[start:start + 2048]
+            profiles = None
+            if self.profile_vocabulary is not None:
+                stored = [self.profile_of(u) for u in chunk]
+                profiles = {f: [p.get(f) for p in stored] for f in PROFILE_FIELDS}
+            parts.append(self.score([self.histories[u] for u in chunk], profiles))
+        self._known_scores = np.concatenate(parts)
+        self._known_row = {u: row for row, u in enumerate(users)}
+        return True
+
+    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10, profiles: Profiles | None = None,
+                  known: Sequence[str | None] | None = None) -> Recommendations:
+        """Top-k candidate items per history, items already in the history excluded.
+
+        `known`, per row, names a known user whose request is exactly their stored history and profile: with
+        `precompute_known` done, that row's scores are looked up instead of computed (the same scores)."""
+        matrix, unknown = self.history_matrix(histories)
+        cache = getattr(self, "_known_scores", None)
+        rows = [self._known_row.get(u) if u is not None else None for u in known] \
+            if known is not None and cache is not None else [None] * len(histories)
+        todo = [i for i, row in enumerate(rows) if row is None]
+        if len(todo) == len(rows):
+            scores = self.model.score(matrix, profiles) if profiles is not None else self.model.score(matrix)
+        else:
+            scores = np.empty((len(rows), len(self.item_ids)), dtype=np.float64)
+            done = [i for i, row in enumerate(rows) if row is not None]
+            scores[done] = cache[[rows[i] for i in done]]
+            if todo:
+                subset = None if profiles is None else profiles.iloc[todo] if isinstance(profiles, pd.DataFrame) \
+                    else {f: [values[i] for i in todo] for f, values in ((f, list(v)) for f, v in profiles.items())}
+                scores[todo] = self.model.score(matrix[todo], subset) if subset is not None \
+                    else self.model.score(matrix[todo])
+        ranked = top_k(scores, k, exclude=matrix, candidates=self.candidates)
+        top_scores = np.take_along_axis(scores, ranked, axis=1)
+        return Recommendations(
+            item_ids=[self.item_ids[r].tolist() for r in ranked],
+            scores=[s.astype(float).tolist() for s in top_scores],
+            unknown_items=unknown,
+        )
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state(with_source=False), folder / "model.pt")
+        pd.DataFrame({"item_id": self.item_ids, "candidate": self.candidates}).to_parquet(folder / "items.parquet")
+        rows = [(u, i) for u, items in self.histories.items() for i in items]
+        pd.DataFrame(rows, columns=["user_id", "item_id"]).to_parquet(folder / "histories.parquet")
+        (folder / "meta.json").write_text(json.dumps(self.meta, indent=2))
+        self.profiles.reset_index().to_parquet(folder / "profiles.parquet")
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> ModelBundle:
+        folder = Path(folder)
+        state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+        items = pd.read_parquet(folder / "items.parquet")
+        profiles = pd.read_parquet(folder / "profiles.parquet") if (folder / "profiles.parquet").exists() else None
+        return cls(TransferRecommender.from_state(state), items["item_id"].to_numpy(), items["candidate"].to_numpy(),
+                   pd.read_parquet(folder / "histories.parquet"), json.loads((folder / "meta.json").read_text()),
+                   profiles)

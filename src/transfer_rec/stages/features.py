@@ -1,0 +1,151 @@
+"""Stage 4, features: implicit feedback, k-core filtering and the seeded per-user split of each target platform."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from transfer_rec.config import PipelineConfig
+from transfer_rec.io.state import StateLayout
+from transfer_rec.io.storage import atomic_dir
+from transfer_rec.manifests import FeatureSet, UnifiedVersion
+from transfer_rec.schema.unified import PROFILE_FIELDS
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+RATING_PIVOT = 4.0  # the rating that counts 1 in a rating-weighted history (see PlatformData.matrix)
+
+
+def k_core(inter: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Drop users and items with fewer than k interactions, repeating until stable."""
+    users, _ = pd.factorize(inter["user_id"])
+    items, _ = pd.factorize(inter["item_id"])
+    alive = np.ones(len(inter), dtype=bool)
+    while True:
+        user_counts = np.bincount(users[alive], minlength=users.max() + 1 if len(users) else 0)
+        item_counts = np.bincount(items[alive], minlength=items.max() + 1 if len(items) else 0)
+        keep = alive & (user_counts[users] >= k) & (item_counts[items] >= k)
+        if (keep == alive).all():
+            return inter[alive]
+        alive = keep
+
+
+def split_sizes(n: int, shares: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Per-user split sizes: valid and test get floor(share*n), at least 1 when share*n > 0; train the rest."""
+    valid, test = int(shares[1] * n), int(shares[2] * n)
+    train = n - valid - test
+    for share, which in ((shares[2], "test"), (shares[1], "valid")):
+        if train <= 1:
+            break
+        if 0 < share * n < 1:
+            train -= 1
+            valid, test = (valid + 1, test) if which == "valid" else (valid, test + 1)
+    return train, valid, test
+
+
+def split_users(inter: pd.DataFrame, shares: tuple[float, float, float], seed: int) -> pd.Series:
+    """Shuffle each user's interactions (seeded) and label them train/valid/test by the shares."""
+    rng = np.random.default_rng(seed)
+    inter = inter.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
+    labels = np.empty(len(inter), dtype=object)
+    start = 0
+    for n in inter.groupby("user_id", sort=True).size().to_numpy():
+        order = rng.permutation(n)
+        train, valid, _ = split_sizes(int(n), shares)
+        block = np.array(["test"] * n, dtype=object)
+        block[order[:train]] = "train"
+        block[order[train:train + valid]] = "valid"
+        labels[start:start + n] = block
+        start += n
+    return pd.Series(labels, index=inter.index, name="split")
+
+
+def build_features(unified: UnifiedVersion, config: PipelineConfig, layout: StateLayout, run_key: str,
+                   seed: int | None = None) -> FeatureSet:
+    """Write features/<run_key>/: source interactions, per-target train/valid/test, the item and user index."""
+    udir = Path(unified.dir)
+    inter = pd.read_parquet(udir / "interactions.parquet")
+    users = pd.read_parquet(udir / "users.parquet")
+    items = pd.read_parquet(udir / "items.parquet")
+    seed = config.features.seed if seed is None else seed
+    positive = inter[inter["label"] == 1]
+    kept = {p.name: k_core(positive[positive["platform"] == p.name], config.features.min_interactions)
+            for p in config.platforms}
+    item_ids = np.sort(np.unique(np.concatenate([k["item_id"].unique() for k in kept.values()])))
+    item_index = pd.DataFrame({"item_id": item_ids, "item_idx": np.arange(len(item_ids))})
+    item_table = item_index.merge(items, on="item_id", how="left")
+    counts: dict[str, Any] = {}
+    final = layout.features / run_key
+    with atomic_dir(final) as out:
+        item_table.to_parquet(out / "items.parquet", index=False)
+        for platform in config.platforms:
+            frame = kept[platform.name].merge(item_index, on="item_id")
+            platform_users = users[users["platform"] == platform.name]
+            if platform.role == "target":
+                frame = frame.assign(split=split_users(frame, config.features.split, seed))
+            else:
+                frame = frame.assign(split="train")
+            frame.to_parquet(out / f"{platform.name}.interactions.parquet", index=False)
+            platform_users[platform_users["user_id"].isin(set(frame["user_id"].unique()))].to_parquet(
+                out / f"{platform.name}.users.parquet", index=False)
+            counts[platform.name] = {
+                "role": platform.role,
+                "interactions_in": int((inter["platform"] == platform.name).sum()),
+                "interactions": int(len(frame)),
+                "users": int(frame["user_id"].nunique()),
+                "items": int(frame["item_id"].nunique()),
+                **{s: int((frame["split"] == s).sum()) for s in SPLITS if platform.role == "target"},
+            }
+            log.info("features %s: %s", platform.name, counts[platform.name])
+        manifest = FeatureSet(dir=str(out), run_key=run_key, seed=seed, n_items=int(len(item_ids)), platforms=counts,
+                              unified=unified.dir)
+        (out / "manifest.json").write_text(json.dumps(manifest.to_xcom(), indent=2))
+    return manifest
+
+
+class PlatformData:
+    """One platform's training set in matrix form: users by the unified item index."""
+
+    @classmethod
+    def of(cls, features: FeatureSet, platform: str) -> PlatformData:
+        return cls(Path(features.dir), platform, features.n_items)
+
+    def __init__(self, features_dir: Path, platform: str, n_items: int):
+        self.frame = pd.read_parquet(Path(features_dir) / f"{platform}.interactions.parquet")
+        self.users = pd.read_parquet(Path(features_dir) / f"{platform}.users.parquet")
+        self.user_ids = np.sort(self.frame["user_id"].unique())
+        self.n_items = n_items
+        self._row = pd.Series(np.arange(len(self.user_ids)), index=self.user_ids)
+
+    def matrix(self, *splits: str, rating_weight: float = 0.0) -> sp.csr_matrix:
+        """User x item matrix of the given splits (all interactions when none is given).
+
+        Binary by default; with `rating_weight` w an interaction counts 1 + w * (rating - 4) (at least 0.1): on the
+        1-5 scale a typical positive (4) counts 1, as does an item of a history given without ratings at serving.
+        """
+        frame = self.frame if not splits else self.frame[self.frame["split"].isin(splits)]
+        rows = self._row[frame["user_id"]].to_numpy()
+        data = np.ones(len(frame), dtype=np.float32)
+        if rating_weight and "rating" in frame:
+            rating = pd.to_numeric(frame["rating"], errors="coerce").fillna(RATING_PIVOT).to_numpy()
+            data = np.maximum(1.0 + rating_weight * (rating - RATING_PIVOT), 0.1).astype(np.float32)
+        shape = (len(self.user_ids), self.n_items)
+        return sp.csr_matrix((data, (rows, frame["item_idx"].to_numpy())), shape=shape)
+
+    def profiles(self) -> pd.DataFrame:
+        """Each user's profile (age, gender, occupation), rows aligned with the matrices' rows (empty if unknown)."""
+        columns = [c for c in PROFILE_FIELDS if c in self.users]
+        return self.users.set_index("user_id")[columns].reindex(self.user_ids).reset_index()
+
+    def item_mask(self) -> np.ndarray:
+        """Items that occur on this platform: the candidates its users are ranked over."""
+        mask = np.zeros(self.n_items, dtype=bool)
+        mask[self.frame["item_idx"].unique()] = True
+        return mask

@@ -1,0 +1,95 @@
+"""Stage 1, pull: copy a platform's export files as they came into the landing area, with a manifest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from transfer_rec.config import PlatformConfig
+from transfer_rec.io.formats import count_rows
+from transfer_rec.io.state import StateLayout
+from transfer_rec.io.storage import Location, LocationError, copy_to_local, exists, sha256_file
+from transfer_rec.manifests import PulledBatch, PulledFile
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+Interval = tuple[datetime, datetime]
+
+
+def interval_days(interval: Interval) -> list[date]:
+    """The calendar days (UTC) a data interval [start, end) touches; an empty interval touches its start day."""
+    start, end = (t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC) for t in interval)
+    if end < start:
+        raise ValueError(f"data interval ends ({end.isoformat()}) before it starts ({start.isoformat()})")
+    last = (end - timedelta(microseconds=1)).date() if end > start else start.date()
+    return [start.date() + timedelta(days=n) for n in range((last - start.date()).days + 1)]
+
+
+def interval_batch_id(interval: Interval) -> str:
+    """One landing batch per data interval: re-pulling an interval replaces its batch, never adds a second one."""
+    start, end = (t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC) for t in interval)
+    return f"interval_{start:%Y%m%dT%H%M%S}_{end:%Y%m%dT%H%M%S}"
+
+
+def export_files(platform: PlatformConfig, interval: Interval | None) -> list[tuple[str, str]]:
+    """(table, file name relative to the location) to pull: every file for a snapshot, the interval's partitions
+    of the partitioned tables (those that exist) plus the other tables whole for an incremental pull."""
+    if platform.pull.mode == "snapshot":
+        return list(platform.files.items())
+    if interval is None:
+        raise ValueError(f"platform {platform.name}: pull mode is incremental but the run has no data interval")
+    location = Location.parse(platform.location)
+    files = []
+    for table, name in platform.files.items():
+        if table not in platform.pull.partitioned:
+            files.append((table, name))
+            continue
+        for day in interval_days(interval):
+            relative = f"{platform.pull.partition.format(date=day.isoformat())}/{name}"
+            if exists(location.join(relative)):
+                files.append((table, relative))
+    return files
+
+
+def pull_platform(platform: PlatformConfig, layout: StateLayout, batch_id: str,
+                  interval: Interval | None = None) -> PulledBatch:
+    """Land the export files of `platform` under landing/<platform>/<batch>/ and return the pull manifest.
+
+    A snapshot lands every file under `batch_id`; an incremental pull lands the days of `interval` under a batch
+    named by the interval. Re-running a batch replaces its landing folder, so a retry never duplicates rows.
+    """
+    location = Location.parse(platform.location)
+    if platform.embedded and location.scheme == "file" and not Path(location.path).exists():
+        raise LocationError(f"platform {platform.name}: export folder {location.path} does not exist; "
+                            f"`transfer-rec init` (run by `make run`) fills it from {platform.embedded}")
+    if platform.pull.mode == "incremental" and interval is not None:
+        batch_id = interval_batch_id(interval)
+    names = export_files(platform, interval)
+    batch_dir = layout.landing / platform.name / batch_id
+    staging = batch_dir.with_name(f".{batch_id}.pulling")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    files = []
+    for table, name in names:
+        uri = location.join(name)
+        dest = staging / name
+        copy_to_local(uri, dest)
+        entry = PulledFile(table=table, file=name, source_uri=uri, size=dest.stat().st_size,
+                           sha256=sha256_file(dest), rows=count_rows(dest, platform.format))
+        log.info("pulled %s: %s rows, %s bytes, sha256 %s", uri, entry.rows, entry.size, entry.sha256[:12])
+        files.append(entry)
+    manifest = PulledBatch(platform=platform.name, role=platform.role, mode=platform.pull.mode, batch_id=batch_id,
+                           batch_dir=str(batch_dir), interval=[t.isoformat() for t in interval] if interval else None,
+                           pulled_at=datetime.now(UTC).isoformat(), files=files)
+    (staging / MANIFEST).write_text(json.dumps(manifest.to_xcom(), indent=2))
+    if batch_dir.exists():
+        shutil.rmtree(batch_dir)
+    staging.rename(batch_dir)
+    return manifest

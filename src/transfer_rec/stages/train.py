@@ -1,0 +1,200 @@
+"""Stages 5 and 6: pretrain the recommender on the source platform, fine-tune it on each target platform, and fit the
+baselines it is judged against on the same split."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from transfer_rec.config import PipelineConfig, TrainingConfig
+from transfer_rec.io.state import StateLayout
+from transfer_rec.manifests import Candidate, FeatureSet, Pretrained
+from transfer_rec.metrics.ranking import evaluate_scores
+from transfer_rec.recommender.baselines import Baselines
+from transfer_rec.recommender.ease import EASE
+from transfer_rec.recommender.popularity import Popularity
+from transfer_rec.recommender.transfer import TransferRecommender
+from transfer_rec.registry import models as registry
+from transfer_rec.registry import tracking
+from transfer_rec.runtime.threads import use_torch_threads
+from transfer_rec.selection.short_history import ShortHistoryData, fit_short_history, ordered_items
+from transfer_rec.serving.bundle import ModelBundle
+from transfer_rec.stages.features import PlatformData
+
+log = logging.getLogger(__name__)
+
+EASE_L2_GRID = (100.0, 200.0, 300.0, 500.0, 1000.0, 2000.0)
+
+
+def new_model(n_items: int, config: PipelineConfig) -> TransferRecommender:
+    """An untrained recommender with the config's training settings."""
+    return TransferRecommender(n_items, config.training, config.evaluation.k)
+
+
+def train_history(data: PlatformData, config: PipelineConfig) -> sp.csr_matrix:
+    """A platform's train interactions as the model takes histories: rating-weighted when so configured."""
+    return data.matrix("train", rating_weight=config.training.rating_weight)
+
+
+def _log_epoch(entry: dict[str, Any]) -> None:
+    log.info("%s epoch %d: %s", entry["stage"], entry["epoch"],
+             ", ".join(f"{k}={v:.4f}" for k, v in entry.items() if isinstance(v, float)))
+
+
+def _model_params(config: PipelineConfig) -> dict[str, Any]:
+    return {**config.training.model_dump(), "k": config.evaluation.k}
+
+
+def pretrain(features: FeatureSet, config: PipelineConfig, layout: StateLayout, run_key: str,
+             parent_run_id: str) -> Pretrained:
+    """Train on every source interaction; save the checkpoint under models/<run_key>/pretrained.pt."""
+    use_torch_threads(config.runtime.torch_threads)
+    source = PlatformData.of(features, config.source.name)
+    model = new_model(features.n_items, config)
+    started = time.perf_counter()
+    with tracking.stage_run(layout, run_key, "pretrain", parent_run_id, {"platform": config.source.name}) as run:
+        mlflow.log_params({"platform": config.source.name, **_model_params(config)})
+        history = model.pretrain(source.matrix(rating_weight=config.training.rating_weight), log=_log_epoch)
+        tracking.log_epochs(history)
+        checkpoint = layout.models / run_key / "pretrained.pt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state(), checkpoint)
+        seconds = time.perf_counter() - started
+        mlflow.log_metric("fit_seconds", seconds)
+    return Pretrained(checkpoint=str(checkpoint), run_id=run.info.run_id, epochs=len(history),
+                      users=int(len(source.user_ids)), seconds=seconds)
+
+
+def with_training(config: PipelineConfig, **update: Any) -> PipelineConfig:
+    """The config with some training settings changed (validated like the config file: a bad value is refused)."""
+    training = TrainingConfig.model_validate({**config.training.model_dump(), **update})
+    return config.model_copy(update={"training": training})
+
+
+def with_settings(state: dict[str, Any], config: PipelineConfig) -> TransferRecommender:
+    """A model from its state with this run's training settings (fine-tuning may use other ones than pretraining)."""
+    return TransferRecommender.from_state({**state, "config": config.training.model_dump(), "k": config.evaluation.k})
+
+
+def load_pretrained(checkpoint: str, config: PipelineConfig) -> TransferRecommender:
+    """The pretrained model, with this run's training settings."""
+    return with_settings(torch.load(checkpoint, map_location="cpu", weights_only=True), config)
+
+
+def fit_target(features: FeatureSet, target: str, config: PipelineConfig,
+               pretrained: TransferRecommender | None, checkpoint: Path | None = None,
+               ) -> tuple[TransferRecommender, list[dict[str, Any]], PlatformData]:
+    """Fine-tune a copy of the pretrained model, or train on the target alone when there is none.
+
+    With `checkpoint`, progress is saved there after every epoch and a rerun resumes from it (see
+    TransferRecommender.finetune); the file is removed once the fine-tune has finished.
+    """
+    use_torch_threads(config.runtime.torch_threads)
+    data = PlatformData.of(features, target)
+    if pretrained is not None:
+        model = TransferRecommender.from_state(pretrained.state())
+    else:
+        model = new_model(features.n_items, config)
+    history = model.finetune(train_history(data, config), data.matrix("valid"), data.item_mask(), log=_log_epoch,
+                             checkpoint=checkpoint)
+    return model, history, data
+
+
+def short_history_data(features: FeatureSet, target: PlatformData, source: str | None) -> ShortHistoryData:
+    """What the short-history parts learn from: the target's users and, with `source`, that platform's users."""
+    n_items = features.n_items
+    train = target.frame[target.frame["split"] == "train"]
+    if source is not None:
+        sources = PlatformData.of(features, source)
+        source_matrix, source_users = sources.matrix(), sources.profiles()
+    else:
+        source_matrix = sp.csr_matrix((0, n_items), dtype=np.float32)
+        source_users = pd.DataFrame({"user_id": pd.Series(dtype=object)})
+    return ShortHistoryData(
+        n_items=n_items, catalogue=target.item_mask(), train=target.matrix("train"), valid=target.matrix("valid"),
+        users=target.profiles(), ordered=ordered_items(train, target.user_ids), source=source_matrix,
+        source_users=source_users, items=pd.read_parquet(Path(features.dir) / "items.parquet"))
+
+
+def fit_short_history_parts(model: TransferRecommender, features: FeatureSet, target: PlatformData,
+                            config: PipelineConfig, with_source: bool, cache_dir: Path | None,
+                            source: str | None = None) -> dict[str, Any]:
+    """The short-history parts config `short_history` asks for (selection/short_history.py), learned from the
+    target's users and, `with_source`, the source platform's (`source`: its name, default the config's source)."""
+    data = short_history_data(features, target, (source or config.source.name) if with_source else None)
+    return fit_short_history(model, data, config.short_history, with_source, cache_dir, config.training.seed)
+
+
+def _ease(train: sp.csr_matrix, valid: sp.csr_matrix, candidates: np.ndarray, k: int) -> EASE:
+    """EASE with its L2 strength chosen on the validation split."""
+    best, best_ndcg = None, -1.0
+    for l2 in EASE_L2_GRID:
+        model = EASE(l2).fit(train)
+        ndcg = float(np.mean(evaluate_scores(model.score(train), train, valid, k, candidates)["ndcg"]))
+        if ndcg > best_ndcg:
+            best, best_ndcg = model, ndcg
+    return best
+
+
+def fit_baselines(features: FeatureSet, target: str, config: PipelineConfig, cache_dir: Path | None = None,
+                  source: str | None = None) -> Baselines:
+    """The contenders, fitted on target train (valid only for their choices): the same model trained on the target
+    alone (with short-history parts learned from the target's users alone), EASE and popularity."""
+    started = time.perf_counter()
+    twin, _, data = fit_target(features, target, config, pretrained=None)
+    fit_short_history_parts(twin, features, data, config, with_source=False, cache_dir=cache_dir, source=source)
+    info: dict[str, Any] = {"target_only_seconds": time.perf_counter() - started}
+    started = time.perf_counter()
+    train = data.matrix("train")
+    ease = _ease(train, data.matrix("valid"), data.item_mask(), config.evaluation.k)
+    info.update(ease_seconds=time.perf_counter() - started, ease_l2=ease.l2)
+    return Baselines(twin, ease, Popularity().fit(train), info)
+
+
+def bundle_for(model: TransferRecommender, features: FeatureSet, data: PlatformData, splits: tuple[str, ...],
+               meta: dict[str, Any]) -> ModelBundle:
+    items = pd.read_parquet(Path(features.dir) / "items.parquet").sort_values("item_idx")
+    known = data.frame[data.frame["split"].isin(splits)][["user_id", "item_id"]]
+    return ModelBundle(model, items["item_id"].to_numpy(), data.item_mask(), known, meta, data.profiles())
+
+
+def finetune(target: str, features: FeatureSet, pretrained: Pretrained, config: PipelineConfig,
+             layout: StateLayout, run_key: str, parent_run_id: str) -> Candidate:
+    """Fine-tune the pretrained model on one target; log it to MLflow as a pyfunc model (the candidate). The
+    baselines are fitted on the same split and saved beside it for evaluation."""
+    started = time.perf_counter()
+    cache_dir = layout.root / "cache" / "embeddings"
+    with tracking.stage_run(layout, run_key, f"finetune {target}", parent_run_id, {"platform": target}) as run:
+        mlflow.log_params({"platform": target, "pretrain_run_id": pretrained.run_id, **_model_params(config)})
+        # a retried task (worker killed, node lost) resumes from the last finished epoch instead of starting over
+        checkpoint = layout.models / run_key / f"{target}.finetune.ckpt"
+        model, history, data = fit_target(features, target, config, load_pretrained(pretrained.checkpoint, config),
+                                          checkpoint)
+        tracking.log_epochs(history)
+        chosen = fit_short_history_parts(model, features, data, config, with_source=True, cache_dir=cache_dir)
+        mlflow.log_dict(chosen, "short_history_parts.json")
+        tuned = [e for e in history if e["stage"] == "finetune"]
+        best = max(tuned, key=lambda e: e["valid_ndcg"]) if tuned else {"epoch": 0}
+        blend = next(e for e in reversed(history) if e["stage"] == "blend")
+        mlflow.log_metrics({"valid_ndcg": model.valid_ndcg, "best_epoch": best["epoch"], "beta": blend["beta"],
+                            "kernel_weight": model.kernel_weight, "fit_seconds": time.perf_counter() - started})
+        bundle = bundle_for(model, features, data, ("train", "valid"),
+                            {"target": target, "run_key": run_key, "features": features.dir})
+        folder = bundle.save(layout.models / run_key / target / "candidate")
+        model_uri = registry.log_candidate_model(bundle, folder, layout.root / "cache" / "model-code")
+        baselines = fit_baselines(features, target, config, cache_dir)
+        baselines_dir = baselines.save(layout.models / run_key / target / "baselines")
+        mlflow.log_params({"baseline.ease_l2": baselines.ease.l2})
+    log.info("fine-tuned %s: best epoch %d, blend beta %.2f, kernel weight %.2f, valid NDCG@%d %.4f; MLflow run %s",
+             target, best["epoch"], blend["beta"], model.kernel_weight, config.evaluation.k, model.valid_ndcg,
+             run.info.run_id)
+    return Candidate(target=target, bundle=str(folder), baselines=str(baselines_dir), run_id=run.info.run_id,
+                     model_uri=model_uri, valid_ndcg=model.valid_ndcg, epochs=len(tuned))

@@ -1,0 +1,400 @@
+"""Stage 3, unify: map every platform's native schema onto one schema and write the unified tables atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from transfer_rec.config import PipelineConfig, PlatformConfig
+from transfer_rec.io.formats import read_table, to_numbers
+from transfer_rec.io.state import StateLayout
+from transfer_rec.io.storage import atomic_dir
+from transfer_rec.manifests import PulledBatch, UnifiedVersion, ValidatedBatch
+from transfer_rec.runtime.workers import Forked, can_fork, workers
+from transfer_rec.schema.unified import INTERACTION_COLUMNS, ITEM_COLUMNS, USER_COLUMNS
+from transfer_rec.schema.values import is_member
+from transfer_rec.stages.validate import PARALLEL_MIN_ROWS, VALIDATION_FILE, validate_unified
+
+log = logging.getLogger(__name__)
+
+# Identity columns a platform may export to link the same person across platforms: only a salted hash leaves
+# landing. The salt is a secret from the environment, never stored with the data.
+IDENTITY_COLUMNS = ("email", "phone")
+PII_SALT_ENV = "TRANSFER_REC_PII_SALT"
+CONSENT_VALUES = {"1", "true", "t", "yes", "y", "opt-in", "opt_in", "granted"}
+
+
+class PrivacyError(RuntimeError):
+    """Identity columns were exported but no salt is configured to hash them."""
+
+
+def _normalise_identity(column: str, values: pd.Series) -> pd.Series:
+    text = values.astype("string").str.strip().str.lower()
+    if column == "phone":
+        text = text.str.replace(r"[^0-9+]", "", regex=True)
+    return text.where(text.str.len() > 0)
+
+
+def link_ids(platform: str, users: pd.DataFrame) -> pd.Series:
+    """A salted HMAC-SHA256 of the first identity column present (email before phone): equal for the same person
+    on every platform, meaningless without the salt. Null when the platform exports no identity column."""
+    present = [c for c in IDENTITY_COLUMNS if c in users]
+    if not present:
+        return pd.Series(pd.NA, index=users.index, dtype="string")
+    salt = os.environ.get(PII_SALT_ENV, "")
+    if len(salt) < 16:
+        raise PrivacyError(f"platform {platform}: users column(s) {present} identify people; set the secret "
+                           f"{PII_SALT_ENV} (at least 16 characters) so they are linked by a salted hash, never kept")
+    key = salt.encode()
+    identity = _normalise_identity(present[0], users[present[0]])
+    for column in present[1:]:
+        identity = identity.fillna(_normalise_identity(column, users[column]))
+    hashed = [pd.NA if pd.isna(v) else hmac.new(key, f"{present[0]}:{v}".encode(), hashlib.sha256).hexdigest()
+              for v in identity]
+    return pd.Series(hashed, index=users.index, dtype="string")
+
+
+def consent_flags(users: pd.DataFrame) -> pd.Series:
+    """True unless the platform exports a consent column and the user did not give consent (missing = no)."""
+    if "consent" not in users:
+        return pd.Series(True, index=users.index)
+    return users["consent"].astype("string").str.strip().str.lower().isin(CONSENT_VALUES).fillna(False).astype(bool)
+AGE_BINS = [0, 18, 25, 35, 45, 50, 56, 200]
+
+
+def canonical_item_key(raw: pd.Series) -> pd.Series:
+    """Align items across platforms: normalised 'title (year)' (case, spacing and punctuation folded)."""
+    codes, uniques = pd.factorize(raw.astype(str))
+    # Normalise each distinct id once (a platform has far fewer items than interactions).
+    return pd.Series(_canonical_text(pd.Series(uniques, dtype=object)).to_numpy()[codes], index=raw.index)
+
+
+def _canonical_text(uniques: pd.Series) -> pd.Series:
+    text = uniques.str.lower().str.normalize("NFKC")
+    return text.str.replace(r"[^\w()]+", " ", regex=True).str.replace(r"\s+", " ", regex=True).str.strip()
+
+
+def user_key(platform: str, native: pd.Series) -> pd.Series:
+    """Users are namespaced by platform: the same native id on two platforms is two people."""
+    codes, uniques = pd.factorize(native.astype(str))   # each distinct id once: far fewer users than interactions
+    keys = _user_text(platform, pd.Series(uniques, dtype=str)).to_numpy()
+    return pd.Series(keys[codes], index=native.index, dtype=str)
+
+
+def _user_text(platform: str, uniques: pd.Series) -> pd.Series:
+    return platform + ":" + uniques
+
+
+def _sorted_key_codes(native: pd.Series, keys_of: Callable[[pd.Series], pd.Series]) -> tuple[np.ndarray, pd.Index]:
+    """The unified keys of a native id column as codes into its distinct keys in sorted order (the order of the keys
+    themselves), and those keys. Each distinct native id is mapped once; a categorical column is not expanded."""
+    if isinstance(native.dtype, pd.CategoricalDtype):
+        codes = native.cat.codes.to_numpy()
+        uniques = native.cat.categories.astype(str)
+    else:
+        codes, uniques = pd.factorize(native.astype(str))
+    key_codes, keys = pd.factorize(keys_of(pd.Series(uniques, dtype=str)), sort=True)
+    return key_codes[codes].astype(np.int64), keys
+
+
+def _strings(keys: pd.Index, codes: np.ndarray) -> pd.arrays.ArrowStringArray:
+    """keys[codes] as a pandas string array, gathered by pyarrow (no Python string per row)."""
+    import pyarrow as pa
+
+    values = pa.array(np.asarray(keys, dtype=object), type=pa.large_string()).take(pa.array(codes))
+    return pd.array(values, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
+
+
+def _repeated(text: str, count: int) -> pd.arrays.ArrowStringArray:
+    """One string `count` times as a pandas string array, built from its Arrow buffers (no per-row work)."""
+    import pyarrow as pa
+
+    data = text.encode()
+    offsets = np.arange(count + 1, dtype=np.int64) * len(data)
+    values = pa.LargeStringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(data * count))
+    return pd.array(values, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
+
+
+def _map_values(series: pd.Series, map_name: str, config: PipelineConfig, vocabulary: list[str]) -> pd.Series:
+    if map_name == "age_years":
+        years = pd.to_numeric(series, errors="coerce")
+        labels = vocabulary or [str(b) for b in AGE_BINS[:-1]]
+        return pd.cut(years, bins=AGE_BINS, right=False, labels=labels).astype(object)
+    mapping = config.value_maps[map_name]
+    return series.astype(str).map(mapping)
+
+
+def unified_profiles(users: pd.DataFrame, platform: PlatformConfig, config: PipelineConfig,
+                     keep_unified: bool = False) -> pd.DataFrame:
+    """A users table's age, gender and occupation (columns already named as unified) in the shared vocabularies:
+    each through the platform's value map, gender as its upper-case first letter. With `keep_unified`, a column whose
+    values all are already in the shared vocabulary is taken as it is (a table unified before, re-read)."""
+    out = pd.DataFrame(index=users.index)
+    for column in ("age", "gender", "occupation"):
+        values = users[column] if column in users else pd.Series(np.nan, index=users.index)
+        vocabulary = config.vocabularies.get(column, [])
+        known = keep_unified and bool(vocabulary) and values.dropna().astype(str).isin(vocabulary).all()
+        if column in platform.value_maps and not known:
+            values = _map_values(values, platform.value_maps[column], config, vocabulary)
+        out[column] = values
+    out["gender"] = out["gender"].astype(str).str.upper().str[:1].where(out["gender"].notna())
+    return out
+
+
+def unified_item_columns(items: pd.DataFrame) -> pd.DataFrame:
+    """An items table (columns already named as unified) as item_id, title, year (integer) and genres ('|'-joined;
+    a native list may be space- or '|'-separated)."""
+    out = pd.DataFrame({"item_id": items["item_id"].values})
+    out["title"] = items["title"].values if "title" in items else items["item_id"].values
+    year = pd.to_numeric(items["year"], errors="coerce") if "year" in items else pd.Series(np.nan, index=items.index)
+    out["year"] = year.astype("Int64").values
+    genres = items["genres"] if "genres" in items else pd.Series("", index=items.index)
+    out["genres"] = genres.fillna("").astype(str).str.replace("|", " ", regex=False).str.split().str.join("|").values
+    return out
+
+
+def _native(frame: pd.DataFrame, platform: PlatformConfig, table: str) -> pd.DataFrame:
+    mapping = platform.columns[table]
+    return frame[[c for c in mapping if c in frame]].rename(columns=mapping)
+
+
+def interaction_files(manifest: PulledBatch, platform: PlatformConfig, layout: StateLayout) -> list[Path]:
+    """The landed interaction files that make up a platform's data.
+
+    Snapshot: the batch's own file. Incremental: every validated partition landed so far for this platform (each
+    partition once: the most recent pull of it wins), so re-pulling an interval replaces its rows, never adds them.
+    """
+    if platform.pull.mode == "snapshot":
+        return [Path(manifest.batch_dir) / platform.files["interactions"]]
+    latest: dict[str, tuple[str, Path]] = {}
+    for validation in sorted((layout.landing / platform.name).glob(f"*/{VALIDATION_FILE}")):
+        batch = json.loads((validation.parent / "manifest.json").read_text())
+        for entry in batch["files"]:
+            if entry["table"] == "interactions" and latest.get(entry["file"], ("",))[0] <= batch["pulled_at"]:
+                latest[entry["file"]] = (batch["pulled_at"], validation.parent / entry["file"])
+    return [path for _, path in (latest[name] for name in sorted(latest))]
+
+
+def _read_interactions(paths: list[Path], platform: PlatformConfig) -> pd.DataFrame:
+    ids = [native for native, unified in platform.columns["interactions"].items() if unified in ("user_id", "item_id")]
+    frames = [_native(read_table(p, platform.format, platform.delimiter, categorical=ids), platform, "interactions")
+              for p in paths]
+    if not frames:
+        return pd.DataFrame(columns=["user_id", "item_id", "rating", "timestamp"])
+    if len(frames) > 1:   # partitions: their id categoricals have different categories
+        frames = [f.astype({c: str for c in ("user_id", "item_id") if c in f}) for f in frames]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _first_per_pair(users: np.ndarray, items: np.ndarray, n_items: int, timestamps: np.ndarray) -> np.ndarray:
+    """The rows to keep, in (user, item) order: of the rows of one (user, item) pair, the earliest (then the first
+    in file order). The same rows and order as a stable sort by (user, item, timestamp) keeping each pair's first,
+    with one stable sort of an integer pair key (a 3-key lexsort is ~10x slower on 18 M rows) and a lexsort of the
+    duplicated pairs only."""
+    if len(users) and n_items and int(users.max()) >= (2 ** 62) // n_items:   # the pair key would overflow
+        order = np.lexsort((timestamps, items, users))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = (np.diff(users[order]) != 0) | (np.diff(items[order]) != 0)
+        return order[first]
+    pair = users * max(n_items, 1) + items
+    order = np.argsort(pair, kind="stable")
+    pair = pair[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = pair[1:] != pair[:-1]
+    kept = order[first]
+    if first.all():
+        return kept
+    group = np.cumsum(first) - 1                        # the kept row each sorted row belongs with
+    repeated = np.zeros(len(kept), dtype=bool)
+    repeated[group[~first]] = True
+    rows, groups = order[repeated[group]], group[repeated[group]]   # rows of repeated pairs, in file order per pair
+    by_time = np.lexsort((timestamps[rows], groups))
+    rows, groups = rows[by_time], groups[by_time]
+    head = np.ones(len(rows), dtype=bool)
+    head[1:] = groups[1:] != groups[:-1]
+    kept[groups[head]] = rows[head]
+    return kept
+
+
+def unify_platform(batch_dir: Path, platform: PlatformConfig, config: PipelineConfig,
+                   interactions: list[Path] | None = None) -> dict[str, Any]:
+    """Read one validated batch (and, incrementally, the interaction partitions given) into unified tables and
+    counts (nothing written)."""
+    files = platform.files
+    raw = _read_interactions(interactions if interactions is not None else [batch_dir / files["interactions"]],
+                             platform)
+    rows_in = len(raw)
+    # Ids as codes into their sorted distinct unified keys: ordering by code is ordering by key, and each distinct
+    # id is namespaced / normalised once.
+    user_codes, user_keys = _sorted_key_codes(raw["user_id"], lambda u: _user_text(platform.name, u))
+    item_codes, item_keys = _sorted_key_codes(raw["item_id"], _canonical_text)
+    rating = to_numbers(raw.get("rating", pd.Series(1.0, index=raw.index))).to_numpy()
+    timestamp = to_numbers(raw.get("timestamp", pd.Series(0, index=raw.index))).to_numpy()
+    unusable_rows = np.flatnonzero(pd.isna(rating) | pd.isna(timestamp))
+    unusable = len(unusable_rows)
+    # Order by (user, item, timestamp), stable, and keep the earliest of duplicate (user, item) rows.
+    if unusable:
+        rows = np.delete(np.arange(rows_in), unusable_rows)
+        kept = rows[_first_per_pair(user_codes[rows], item_codes[rows], len(item_keys), timestamp[rows])]
+    else:
+        kept = _first_per_pair(user_codes, item_codes, len(item_keys), timestamp)
+    duplicated = rows_in - unusable - len(kept)
+    users = pd.DataFrame(columns=list(USER_COLUMNS))
+    if "users" in files:
+        u = _native(read_table(batch_dir / files["users"], platform.format, platform.delimiter), platform, "users")
+        u = u.drop_duplicates("user_id", keep="first")
+        users = pd.DataFrame({"platform": platform.name, "user_id": user_key(platform.name, u["user_id"])})
+        for column, values in unified_profiles(u, platform, config).items():
+            users[column] = values.values
+        # Only a coarse region leaves landing: the first two characters of a postal code.
+        region = u["region"].astype(str).str[:2] if "region" in u else pd.Series(np.nan, index=u.index)
+        users["region"] = region.values
+        users["link_id"] = link_ids(platform.name, u).values
+        users["consent"] = consent_flags(u).values
+    # Opted-out users' interactions never enter training or evaluation; they keep a users row (consent False) so
+    # publishing can still give them non-personalised recommendations.
+    opted_out = 0
+    if len(users):
+        out = is_member(user_keys, users.loc[~users["consent"].astype(bool), "user_id"])   # per distinct user
+        leaving = out[user_codes[kept]]
+        opted_out = int(leaving.sum())
+        if opted_out:
+            kept = kept[~leaving]
+    users_kept, items_kept = user_codes[kept], item_codes[kept]
+    rating_kept = rating[kept].astype("float64")
+    inter = pd.DataFrame({
+        "platform": _repeated(platform.name, len(kept)),
+        "user_id": _strings(user_keys, users_kept),
+        "item_id": _strings(item_keys, items_kept),
+        "rating": rating_kept,
+        "label": (rating_kept >= config.features.min_rating).astype("int8"),
+        "timestamp": timestamp[kept].astype("int64"),
+    })[list(INTERACTION_COLUMNS)]
+    present_items = np.flatnonzero(np.bincount(items_kept, minlength=len(item_keys)))
+    items = pd.DataFrame(columns=list(ITEM_COLUMNS))
+    if "items" in files:
+        it = _native(read_table(batch_dir / files["items"], platform.format, platform.delimiter), platform, "items")
+        items = unified_item_columns(it.assign(item_id=canonical_item_key(it["item_id"])))
+        items = items.drop_duplicates("item_id", keep="first")
+    return {
+        "interactions": inter,
+        "users": users,
+        "items": items,
+        "counts": {
+            "rows_in": rows_in,
+            "rows_out": len(inter),
+            "dropped": {"unparseable_rating_or_timestamp": unusable,
+                        "duplicate_user_item": duplicated,
+                        "opted_out": opted_out},
+            "users": int(np.count_nonzero(np.bincount(users_kept, minlength=len(user_keys)))),
+            "items": len(present_items),
+        },
+        # the distinct items of the kept interactions (what the source and a target share is counted on them)
+        "item_keys": item_keys[present_items],
+    }
+
+
+def _write_tables(tables: dict[str, pd.DataFrame], out: Path) -> None:
+    for name, frame in tables.items():
+        frame.to_parquet(out / f"{name}.parquet", index=False)
+
+
+def _unify_platforms(validated: list[ValidatedBatch], config: PipelineConfig,
+                     layout: StateLayout) -> dict[str, dict[str, Any]]:
+    """unify_platform for every validated batch, in platform order: the one with the most rows here, the others
+    meanwhile in forked processes when the batches are large (their results come back pickled)."""
+    work = [(m.platform, Path(m.batch_dir), config.platform(m.platform)) for m in validated]
+    files = {name: interaction_files(m, platform, layout) for m, (name, _, platform) in zip(validated, work)}
+    rows = {m.platform: m.interaction_rows() for m in validated}
+    largest = max(rows, key=rows.__getitem__) if rows else None
+    concurrent = sum(rows.values()) >= PARALLEL_MIN_ROWS and len(work) > 1 and can_fork() and workers() > 1
+    others = {name: Forked(unify_platform, folder, platform, config, files[name])
+              for name, folder, platform in work if concurrent and name != largest}
+    try:
+        parts = {name: unify_platform(folder, platform, config, files[name])
+                 for name, folder, platform in work if name not in others}
+    except BaseException:
+        for other in others.values():
+            other.cancel()
+        raise
+    parts.update({name: other.result() for name, other in others.items()})
+    return {name: parts[name] for name, _, _ in work}
+
+
+class ItemCollisionError(ValueError):
+    """The same item id names different items on two platforms: aligning them would mix their interactions."""
+
+
+def check_item_collisions(items: pd.DataFrame, shown: int = 3) -> None:
+    """Refuse item ids that two platforms use for different titles (compared after normalisation)."""
+    titles = items.assign(_title=canonical_item_key(items["title"].astype(str)))
+    spread = titles.groupby("item_id")["_title"].nunique()
+    clashes = spread[spread > 1].index
+    if len(clashes):
+        examples = titles[titles["item_id"].isin(clashes[:shown])].groupby("item_id").apply(
+            lambda g: dict(zip(g["_platform"], g["title"])), include_groups=False).to_dict()
+        raise ItemCollisionError(f"{len(clashes)} item id(s) name different items on different platforms (rule: "
+                                 f"an item id is one item on every platform), e.g. {examples}; give those platforms "
+                                 "distinct item ids or an item key that tells them apart")
+
+
+def unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout) -> UnifiedVersion:
+    """Unify all validated batches into lake/unified/{interactions,users,items}.parquet, switched in atomically."""
+    parts = _unify_platforms(validated, config, layout)
+    # each platform's rows are dropped as soon as they are in the concatenation
+    interactions = pd.concat([p.pop("interactions") for p in parts.values()], ignore_index=True)
+    users = pd.concat([p["users"] for p in parts.values() if len(p["users"])] or [pd.DataFrame(columns=list(USER_COLUMNS))],
+                      ignore_index=True)
+    items = pd.concat([p["items"].assign(_platform=name) for name, p in parts.items() if len(p["items"])]
+                      or [pd.DataFrame(columns=[*ITEM_COLUMNS, "_platform"])], ignore_index=True)
+    check_item_collisions(items)
+    items = items.drop(columns="_platform")
+    # Items seen in interactions but missing from every item table still get a row (title from the id).
+    seen = pd.unique(np.concatenate([np.asarray(p["item_keys"], dtype=object) for p in parts.values()])) \
+        if parts else np.array([], dtype=object)
+    missing = np.sort(seen[~is_member(seen, items["item_id"])]) if len(seen) else seen
+    if len(missing):
+        items = pd.concat([items, pd.DataFrame({"item_id": missing, "title": missing, "year": pd.NA, "genres": ""})],
+                          ignore_index=True)
+    items = items.drop_duplicates("item_id", keep="first").reset_index(drop=True)
+    items["year"] = items["year"].astype("Int64")
+
+    source_items = set(parts[config.source.name]["item_keys"]) if config.source.name in parts else set()
+    counts = {}
+    for name, part in parts.items():
+        target_items = set(part["item_keys"])
+        counts[name] = {**part["counts"], "items_shared_with_source": len(target_items & source_items)}
+        log.info("unified %s: %s", name, counts[name])
+    final = layout.unified / "current"
+    with atomic_dir(final) as out:
+        tables = {"interactions": interactions, "users": users, "items": items}
+        # Large tables are written by a forked process while the suite checks them (a refused version is discarded
+        # whole), small ones first.
+        writer = Forked(_write_tables, tables, out) \
+            if len(interactions) >= PARALLEL_MIN_ROWS and can_fork() and workers() > 1 else None
+        if writer is None:
+            _write_tables(tables, out)
+        try:
+            validation = validate_unified(tables, config, layout, out.name)
+        except BaseException:
+            if writer:
+                writer.cancel()
+            raise
+        if writer:
+            writer.result()
+        # Downstream stages read this exact version (dir), even if a later run switches "current" meanwhile.
+        manifest = UnifiedVersion(dir=str(out), current=str(final), platforms=counts,
+                                  batches={m.platform: m.batch_id for m in validated},
+                                  hashes={m.platform: {f.file: f.sha256 for f in m.files} for m in validated},
+                                  validation=validation)
+        (out / "manifest.json").write_text(json.dumps(manifest.to_xcom(), indent=2))
+    return manifest

@@ -1,0 +1,515 @@
+"""Stage 2, validate: run the platform's Great Expectations suites on its landed batch; quarantine it on failure."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from transfer_rec.config import REPO_ROOT, PlatformConfig
+from transfer_rec.io.formats import FormatError, read_table, to_numbers
+from transfer_rec.io.state import StateLayout
+from transfer_rec.manifests import PulledBatch, TableCheck, ValidatedBatch, ValidationSummary
+from transfer_rec.ops.links import data_docs_page
+from transfer_rec.runtime.workers import can_fork, workers
+from transfer_rec.schema.suites import FORBIDDEN_COLUMN_MARKERS, build_suite, native_column, suite_name
+
+log = logging.getLogger(__name__)
+
+VALIDATION_FILE = "validation.json"
+DOCS_SITE = "transfer_rec"
+NUMERIC_COLUMNS = ("rating", "timestamp")
+# A table with more rows than this is validated in partitions of about this size, split by its user column so that
+# every row of one user lands in the same partition: each partition gets every row-level expectation, uniqueness
+# over keys that include the user column stays exact, and the expectations on the table as a whole (row count,
+# means) run once on the whole table. Partitions run in parallel worker processes (TRANSFER_REC_WORKERS, default:
+# the CPUs this process may use) and keep pandas' hash tables small enough to stay fast.
+PARTITION_ROWS = 1_500_000
+# Below this many rows in a batch, its checkpoints run in this process (forking workers would cost more).
+PARALLEL_MIN_ROWS = 1_000_000
+# Expectations whose verdict on a table is the conjunction of their verdicts on any partition of its rows (every
+# partition has all the columns, so the table-schema ones hold alike), as long as `mostly` is not below 1.
+ROW_LEVEL = frozenset({
+    "expect_table_columns_to_match_set", "expect_table_columns_to_match_ordered_list", "expect_column_to_exist",
+    "expect_table_column_count_to_equal", "expect_table_column_count_to_be_between",
+    "expect_column_values_to_not_be_null", "expect_column_values_to_be_null", "expect_column_values_to_be_between",
+    "expect_column_values_to_match_regex", "expect_column_values_to_not_match_regex",
+    "expect_column_values_to_match_regex_list", "expect_column_values_to_not_match_regex_list",
+    "expect_column_values_to_be_in_set", "expect_column_values_to_not_be_in_set",
+    "expect_column_value_lengths_to_be_between", "expect_column_value_lengths_to_equal",
+    "expect_column_values_to_be_of_type", "expect_column_values_to_be_in_type_list",
+    "expect_column_values_to_match_strftime_format", "expect_column_values_to_be_dateutil_parseable",
+    "expect_column_values_to_be_json_parseable", "expect_column_pair_values_to_be_equal",
+    "expect_column_pair_values_a_to_be_greater_than_b", "expect_column_pair_values_to_be_in_set",
+    "expect_select_column_values_to_be_unique_within_record", "expect_multicolumn_sum_to_equal",
+})
+# Uniqueness across rows: exact per partition only when the partition column is part of the key.
+KEYED = {"expect_compound_columns_to_be_unique": "column_list", "expect_column_values_to_be_unique": "column"}
+# Table-level expectations that read no column: on the whole table they need only its rows.
+ROW_COUNT = frozenset({"expect_table_row_count_to_be_between", "expect_table_row_count_to_equal"})
+
+
+class DataValidationError(RuntimeError):
+    """A batch failed a critical expectation; the message names platform, file, expectation and bad values."""
+
+
+def gx_context(root: Path | None = None):
+    """The file-backed GX context (default: the repo's great_expectations/, or $TRANSFER_REC_GX_DIR)."""
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    root = root or Path(os.environ.get("TRANSFER_REC_GX_DIR", REPO_ROOT / "great_expectations"))
+    context = gx.get_context(mode="file", context_root_dir=str(root))
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def ensure_suites(context: Any, platform: PlatformConfig) -> list[str]:
+    """Store the default suites for a platform's tables unless a reviewed one already exists; return their names."""
+    names = []
+    for table in platform.files:
+        name = suite_name(platform.name, table)
+        try:
+            context.suites.get(name)
+        except Exception:  # GX raises its own not-found error type here
+            context.suites.add(build_suite(platform, table))
+            log.info("created default expectation suite %s: review and commit it", name)
+        names.append(name)
+    return names
+
+
+def _typed_batch(frame: pd.DataFrame, platform: PlatformConfig, table: str) -> pd.DataFrame:
+    """Numeric native columns as numbers next to the raw text, so range checks run on numbers.
+
+    Whole numbers stay int64 (GX's regex check then turns them into text with pyarrow's cast instead of one Python
+    str() per value; "4" and "4.0" both match the numeric pattern), other numbers become float64."""
+    typed = {}
+    for native, unified in platform.columns.get(table, {}).items():
+        if unified in NUMERIC_COLUMNS and native in frame:
+            raw = frame[native]
+            if isinstance(raw.dtype, pd.CategoricalDtype):
+                raw = raw.astype(object).where(raw.notna(), None)
+            numeric = to_numbers(raw)
+            if numeric is raw or numeric.notna().sum() == raw.notna().sum():
+                # all numbers: a numeric column (fast checks)
+                whole = numeric.dtype.kind == "i" or (numeric.dtype.kind == "u" and numeric.max() < 2 ** 63)
+                typed[native] = numeric.astype("int64" if whole else "float64")
+                continue
+            # Keep non-numeric text visible to the regex expectation, numbers to the range expectation.
+            typed[native] = numeric.astype(object).where(numeric.notna(), raw)
+    return frame.assign(**typed) if typed else frame
+
+
+def _failure_line(platform: str, file: str, result: Any) -> str:
+    config = result.expectation_config
+    kwargs = {k: (f"<{len(v)} values>" if isinstance(v, (list, tuple, set)) and len(v) > 10 else v)
+              for k, v in config.kwargs.items() if k not in ("batch_id", "result_format")}
+    details = result.result or {}
+    examples = details.get("partial_unexpected_list") or details.get("details", {}).get("mismatched") or ""
+    count = details.get("unexpected_count")
+    observed = details.get("observed_value")
+    observed = observed.item() if hasattr(observed, "item") else observed   # numpy scalars print as plain numbers
+    what = f"{count} unexpected value(s), e.g. {examples[:5]!r}" if count else f"observed {observed!r}"
+    if result.exception_info and result.exception_info.get("raised_exception"):
+        what = f"could not be evaluated: {result.exception_info.get('exception_message')}"
+    return f"platform {platform}, file {file}: {config.type}({kwargs}) failed: {what}"
+
+
+def _failed(results: list[Any]) -> list[Any]:
+    """The failed expectations of one table's validation results (one result per partition when it was validated
+    in partitions): one entry per expectation, its unexpected counts summed and its examples pooled."""
+    merged: dict[str, Any] = {}
+    for suite_result in results:
+        for r in suite_result.results:
+            if r.success:
+                continue
+            config = r.expectation_config
+            kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "result_format")}
+            key = json.dumps([config.type, kwargs], sort_keys=True, default=str)
+            if key not in merged:
+                merged[key] = SimpleNamespace(expectation_config=config, result=dict(r.result or {}),
+                                              exception_info=r.exception_info)
+                continue
+            into, details = merged[key].result, r.result or {}
+            if details.get("unexpected_count"):
+                into["unexpected_count"] = (into.get("unexpected_count") or 0) + details["unexpected_count"]
+                into["partial_unexpected_list"] = list(into.get("partial_unexpected_list") or []) \
+                    + list(details.get("partial_unexpected_list") or [])
+    return list(merged.values())
+
+
+def validate_batch(manifest: PulledBatch, platform: PlatformConfig, layout: StateLayout,
+                   context_root: Path | None = None) -> ValidatedBatch:
+    """Validate every landed file of a pull manifest; on a critical failure move the batch to quarantine and raise."""
+    batch_dir = Path(manifest.batch_dir)
+    context = gx_context(context_root)
+    ensure_suites(context, platform)
+    # Batches are registered in an in-memory context: validating never rewrites the committed GX config, and
+    # parallel validate tasks never write the same file. Its checkpoints render Data Docs under the state folder.
+    docs = layout.data_docs / data_docs_page(platform.name, manifest.batch_id)
+    scratch = _scratch_context(docs.parent)
+    source = scratch.data_sources.add_pandas(f"landing-{platform.name}")
+    critical: list[str] = []
+    warnings: list[str] = []
+    tables: dict[str, TableCheck] = {}
+    checked: list[tuple[str, str, pd.DataFrame | None, list[str], int]] = []  # table, file, frame, problems, batch
+    batches: list[Batch] = []
+    for index, entry in enumerate(manifest.files):
+        table, file = entry.table, entry.file
+        path = batch_dir / file
+        try:
+            # Id columns as categoricals: GX's null, uniqueness and fingerprint passes then work on integer codes.
+            frame = read_table(path, platform.format, platform.delimiter, categorical=_id_columns(platform, table))
+        except FormatError as exc:
+            checked.append((table, file, None, [f"platform {platform.name}, file {file}: cannot be read: {exc}"], -1))
+            continue
+        forbidden = [c for c in frame.columns if any(m in c.lower() for m in FORBIDDEN_COLUMN_MARKERS)]
+        problems = [f"platform {platform.name}, file {file}: forbidden PII column(s) {forbidden} "
+                    "(rule: no password/secret columns may be exported)"] if forbidden else []
+        typed = _typed_batch(frame, platform, table)
+        expectations = context.suites.get(suite_name(platform.name, table)).expectations
+        expectations = expectations + drift_expectations(platform, table, previous_stats(layout, platform, table,
+                                                                                         manifest.batch_id))
+        checked.append((table, file, typed, problems, len(batches)))
+        batches.append(Batch(f"{platform.name}.{manifest.batch_id}.{index}.{file.replace('/', '_')}", typed,
+                             expectations, native_column(platform, table, "user_id")))
+    results = validate_frames(scratch, source, batches)
+    for table, file, typed, problems, batch in checked:
+        critical += problems
+        if typed is None:
+            continue
+        failed = _failed(results[batch])
+        for r in failed:
+            line = _failure_line(platform.name, file, r)
+            severity = getattr(r.expectation_config, "severity", "critical")
+            (warnings if str(getattr(severity, "value", severity)) != "critical" else critical).append(line)
+        tables[file] = TableCheck(table=table, rows=int(len(typed)), expectations=len(batches[batch].expectations),
+                                  failed=len(failed), **batch_stats(typed, platform, table))
+    # One Data Docs build for the whole batch (every file's and partition's validation result, and the index).
+    scratch.build_data_docs(site_names=[DOCS_SITE])
+    summary = ValidationSummary(platform=platform.name, batch_id=manifest.batch_id, success=not critical,
+                                tables=tables, critical=critical, warnings=warnings, data_docs=str(docs))
+    log.info("platform %s: Data Docs at %s", platform.name, summary.data_docs)
+    for line in warnings:
+        log.warning("validation warning: %s", line)
+    if critical:
+        quarantined = quarantine(batch_dir, layout, platform.name, manifest.batch_id, summary.to_xcom())
+        raise DataValidationError(
+            f"platform {platform.name}: batch {manifest.batch_id} failed validation and was moved to "
+            f"{quarantined}:\n  - " + "\n  - ".join(critical)
+        )
+    (batch_dir / VALIDATION_FILE).write_text(json.dumps(summary.to_xcom(), indent=2))
+    log.info("platform %s: %d table(s) passed validation (%d warning(s))", platform.name, len(tables), len(warnings))
+    return ValidatedBatch(**manifest.model_dump(), validation=summary)
+
+
+def batch_stats(frame: pd.DataFrame, platform: PlatformConfig, table: str) -> dict[str, float]:
+    """What the next batch is compared with: its rating mean (interactions)."""
+    rating = native_column(platform, table, "rating")
+    if table != "interactions" or not rating or rating not in frame:
+        return {}
+    values = pd.to_numeric(frame[rating], errors="coerce")
+    return {"rating_mean": float(values.mean())} if values.notna().any() else {}
+
+
+def previous_stats(layout: StateLayout, platform: PlatformConfig, table: str, batch_id: str) -> dict[str, float]:
+    """Rows and rating mean of the platform's most recent validated batch of a table (other than this batch).
+
+    Snapshots only: incremental slices differ in size by nature."""
+    if platform.pull.mode != "snapshot":
+        return {}
+    latest: tuple[str, dict[str, float]] = ("", {})
+    for validation in (layout.landing / platform.name).glob(f"*/{VALIDATION_FILE}"):
+        if validation.parent.name == batch_id:
+            continue
+        summary = json.loads(validation.read_text())
+        pulled_at = json.loads((validation.parent / "manifest.json").read_text()).get("pulled_at", "")
+        for stats in summary.get("tables", {}).values():
+            if stats.get("table") == table and pulled_at > latest[0]:
+                latest = (pulled_at, stats)
+    return latest[1]
+
+
+def drift_expectations(platform: PlatformConfig, table: str, previous: dict[str, float]) -> list[Any]:
+    """Expectations against the previous batch: row count within `drift.volume_factor` of it (a volume anomaly),
+    and the rating mean within `drift.rating_shift` (a share of the rating scale) of its mean."""
+    from great_expectations import expectations as gxe
+
+    drift = platform.drift
+    checks: list[Any] = []
+    if previous.get("rows") and drift.volume_factor:
+        rows = previous["rows"]
+        checks.append(gxe.ExpectTableRowCountToBeBetween(min_value=int(rows / drift.volume_factor),
+                                                         max_value=int(rows * drift.volume_factor) + 1))
+    rating = native_column(platform, table, "rating")
+    if rating and "rating_mean" in previous and drift.rating_shift:
+        low, high = platform.rating_scale
+        shift = drift.rating_shift * (high - low)
+        checks.append(gxe.ExpectColumnMeanToBeBetween(column=rating, min_value=previous["rating_mean"] - shift,
+                                                      max_value=previous["rating_mean"] + shift))
+    return checks
+
+
+def _scratch_context(docs_dir: Path):
+    """An in-memory GX context whose Data Docs site is a folder of the state (one site per platform)."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    scratch = gx.get_context(mode="ephemeral")
+    scratch.variables.progress_bars = ProgressBarsConfig(globally=False)
+    scratch.add_data_docs_site(site_name=DOCS_SITE, site_config={
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    })
+    return scratch
+
+
+def _id_columns(platform: PlatformConfig, table: str) -> list[str]:
+    """The native columns of a table that hold ids (read as categoricals for validation)."""
+    return [c for c in (native_column(platform, table, u) for u in ("user_id", "item_id")) if c]
+
+
+def _checkpoint(scratch: Any, source: Any, expectations: list[Any], name: str) -> Any:
+    """A checkpoint validating one dataframe (given when it runs) against expectations. It has no actions: Data
+    Docs are built once per batch, after all its checkpoints ran."""
+    import great_expectations as gx
+
+    suite = scratch.suites.add(gx.ExpectationSuite(name=name, expectations=[
+        e.__class__(**e.configuration.kwargs, severity=e.severity) for e in expectations]))
+    batch_def = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole")
+    definition = scratch.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
+    return scratch.checkpoints.add(gx.Checkpoint(
+        name=name, validation_definitions=[definition], actions=[],
+        result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5}))
+
+
+def _splits_by(expectation: Any, key: str) -> bool:
+    """Whether an expectation's verdict on a table is the conjunction of its verdicts on partitions by `key`."""
+    config = expectation.configuration
+    if (config.kwargs.get("mostly") or 1) < 1:
+        return False
+    if config.type in KEYED:
+        on = config.kwargs.get(KEYED[config.type])
+        return key == on or (isinstance(on, (list, tuple)) and key in on)
+    return config.type in ROW_LEVEL
+
+
+def _columns_read(expectations: list[Any], frame: pd.DataFrame) -> list[str]:
+    """The columns some expectations read (all of them if one of them looks at the table as a whole)."""
+    wanted: set[str] = set()
+    for e in expectations:
+        kwargs = e.configuration.kwargs
+        named = [kwargs.get("column"), kwargs.get("column_A"), kwargs.get("column_B"), *(kwargs.get("column_list") or [])]
+        named = [c for c in named if c]
+        if not named and e.configuration.type not in ROW_COUNT:
+            return list(frame.columns)
+        wanted.update(named)
+    return [c for c in frame.columns if c in wanted] or list(frame.columns[:1])
+
+
+def partitions(frame: pd.DataFrame, key: str | None, rows: int | None = None) -> list[slice | np.ndarray] | None:
+    """The frame's rows in partitions of about `rows` rows, all rows of one `key` value in the same partition, each
+    in file order; None when the frame needs no partitioning. When each key value's rows are adjacent (a file
+    written user by user, the unified table) the partitions are slices of the frame (no copy), else row positions
+    (rows with no key all in the first partition)."""
+    rows = rows or PARTITION_ROWS
+    if key is None or key not in frame or len(frame) <= rows:
+        return None
+    column = frame[key]
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes = column.cat.codes.to_numpy()
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        grouped = codes.min() >= 0 and len(np.unique(codes[starts])) == len(starts)
+    else:
+        codes = None
+        starts, distinct = _runs(column)
+        grouped = distinct == len(starts)
+    count = min(-(-len(frame) // rows), len(starts))
+    if count < 2:
+        return None
+    if grouped:   # cut at the first run of a key at or after each multiple of len/count
+        cuts = starts[np.minimum(np.searchsorted(starts, np.arange(1, count) * len(frame) // count), len(starts) - 1)]
+        bounds = np.unique(np.r_[0, cuts, len(frame)])
+        return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    # dense codes of the values present (missing: -1), so every residue below their count occurs: no empty partition
+    if codes is None:
+        codes = pd.factorize(column)[0]
+    else:
+        present = codes >= 0
+        codes = np.where(present, 0, -1)
+        codes[present] = pd.factorize(column.cat.codes.to_numpy()[present])[0]
+    count = min(count, int(codes.max()) + 1)
+    if count < 2:
+        return None
+    part = np.where(codes < 0, 0, codes % count)
+    order = np.argsort(part.astype(np.int16), kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(count + 1))
+    return [order[bounds[k]:bounds[k + 1]] for k in range(count)]
+
+
+def _runs(column: pd.Series) -> tuple[np.ndarray, int]:
+    """The positions where a run of equal values starts, and how many distinct values start a run (missing values
+    count as one value: apart in two runs, they do not look grouped)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        values = pa.array(column.array) if isinstance(column.array, pd.arrays.ArrowStringArray) \
+            else pa.array(column.to_numpy(), from_pandas=True)
+        equal = pc.equal(values[:-1], values[1:]).fill_null(False).to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(np.r_[True, ~equal])
+        heads = values.take(pa.array(starts))
+        return starts, pc.count_distinct(heads, mode="all").as_py()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):   # values pyarrow cannot hold
+        values = column.to_numpy()
+        starts = np.flatnonzero(np.r_[True, ~(np.asarray(values[:-1] == values[1:], dtype=bool)
+                                              & pd.notna(values[:-1]))])
+        return starts, pd.Series(values[starts]).nunique(dropna=False)
+
+
+class Batch(NamedTuple):
+    """A frame to validate against expectations: `key` is the column it may be partitioned by, `prepare` adds
+    derived columns to the rows validated (it runs where they are validated, on a partition in its worker)."""
+
+    name: str
+    frame: pd.DataFrame
+    expectations: list[Any]
+    key: str | None = None
+    prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+
+
+class Job(NamedTuple):
+    """One checkpoint run: on the frame's `rows` (a slice or positions; all when None), prepared, then `columns`."""
+
+    checkpoint: Any
+    frame: pd.DataFrame
+    rows: slice | np.ndarray | None = None
+    prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+    columns: list[str] | None = None
+
+
+def validate_frames(scratch: Any, source: Any, batches: list[Batch], partition_rows: int | None = None) -> list[list[Any]]:
+    """Validate each batch through GX checkpoints of the scratch context and return, per batch, its validation
+    results (stored in the context for its Data Docs).
+
+    A large frame is validated in partitions by its key column (see PARTITION_ROWS): the expectations that split by
+    it run on every partition, the others once on the whole table (given the columns they read)."""
+    jobs: list[Job] = []
+    owners: list[int] = []
+    for number, batch in enumerate(batches):
+        parts = partitions(batch.frame, batch.key, partition_rows)
+        split = [e for e in batch.expectations if parts and _splits_by(e, batch.key)]
+        whole = [e for e in batch.expectations if not (parts and _splits_by(e, batch.key))]
+        if parts and split:
+            for k, rows in enumerate(parts):
+                name = f"{batch.name}.part{k + 1:02d}of{len(parts):02d}"
+                jobs.append(Job(_checkpoint(scratch, source, split, name), batch.frame, rows, batch.prepare))
+                owners.append(number)
+        if whole or not parts:
+            shape = batch.prepare(batch.frame.iloc[:0]) if batch.prepare else batch.frame
+            jobs.append(Job(_checkpoint(scratch, source, whole, f"{batch.name}.table" if parts else batch.name),
+                            batch.frame, None, batch.prepare, _columns_read(whole, shape) if parts else None))
+            owners.append(number)
+    results: list[list[Any]] = [[] for _ in batches]
+    for owner, result in zip(owners, _run_checkpoints(scratch, jobs)):
+        results[owner].append(result)
+    return results
+
+
+_JOBS: list[Job] = []
+
+
+def _run_job(index: int, jobs: list[Job] | None = None) -> list[tuple[Any, Any]]:
+    job = (jobs or _JOBS)[index]
+    # a partition is gathered where it is validated (a slice is a view; gathered rows are the worker's own copy)
+    frame = job.frame if job.rows is None else job.frame.iloc[job.rows] if isinstance(job.rows, slice) \
+        else job.frame.take(job.rows)
+    frame = job.prepare(frame) if job.prepare else frame
+    frame = frame[job.columns] if job.columns is not None else frame
+    return list(job.checkpoint.run(batch_parameters={"dataframe": frame}).run_results.items())
+
+
+def _run_checkpoints(scratch: Any, jobs: list[Job]) -> list[Any]:
+    """Run the jobs' checkpoints and return their validation results in order. Large work runs in forked worker
+    processes, which share the frames with this process (nothing is copied to them); their results are stored in
+    this process's context, as a run here stores them."""
+    global _JOBS
+
+    sizes = [len(range(len(job.frame))[job.rows]) if isinstance(job.rows, slice)
+             else len(job.frame if job.rows is None else job.rows) for job in jobs]
+    count = min(workers(), len(jobs))
+    if count < 2 or sum(sizes) < PARALLEL_MIN_ROWS or not can_fork():
+        return [result for index in range(len(jobs)) for _, result in _run_job(index, jobs)]
+    _JOBS = jobs
+    try:
+        # the largest first, so the last job to start is a small one
+        order = sorted(range(len(jobs)), key=lambda i: -sizes[i])
+        with multiprocessing.get_context("fork").Pool(count) as pool:
+            done = dict(zip(order, pool.imap(_run_job, order, chunksize=1)))
+    finally:
+        _JOBS = []
+    store = scratch.validation_results_store
+    results = []
+    for index in range(len(jobs)):
+        for key, result in done[index]:
+            store.store_validation_results(suite_validation_result=result, suite_validation_result_identifier=key,
+                                           expectation_suite_identifier=key.expectation_suite_identifier)
+            results.append(result)
+    return results
+
+
+def quarantine(batch_dir: Path, layout: StateLayout, platform: str, batch_id: str, summary: dict[str, Any]) -> Path:
+    """Move a landed batch, untouched, to quarantine/<platform>/<batch_id>/ with its validation result."""
+    dest = layout.quarantine / platform / batch_id
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(batch_dir), str(dest))
+    (dest / VALIDATION_FILE).write_text(json.dumps(summary, indent=2))
+    return dest
+
+
+def validate_unified(tables: dict[str, pd.DataFrame], config: Any, layout: StateLayout, version: str) -> dict[str, Any]:
+    """The unified-table suite (referential integrity, types, shared vocabularies) on tables about to be published.
+
+    Raises DataValidationError naming table, column, rule and example values; the caller then discards the
+    version, so the current unified tables stay as they were.
+    """
+    from transfer_rec.schema.suites import build_unified_suites, reference_sets, referential_columns
+
+    sets = reference_sets(tables)   # built once here, shared by every partition's worker
+
+    def with_references(interactions: pd.DataFrame) -> pd.DataFrame:
+        return referential_columns({**tables, "interactions": interactions}, sets)["interactions"]
+
+    docs = layout.data_docs / data_docs_page("unified", version)
+    scratch = _scratch_context(docs.parent)
+    source = scratch.data_sources.add_pandas("unified")
+    # The referential columns are added where the interactions are validated (per partition, in the workers).
+    suites = build_unified_suites({**tables, "interactions": with_references(tables["interactions"].iloc[:0])}, config)
+    results = validate_frames(scratch, source, [
+        Batch(f"unified.{version}.{table}", tables[table], expectations, "user_id", with_references)
+        if table == "interactions" else Batch(f"unified.{version}.{table}", tables[table], expectations)
+        for table, expectations in suites.items()])
+    critical: list[str] = []
+    for table, table_results in zip(suites, results):
+        critical += [_failure_line("unified", f"{table}.parquet", r) for r in _failed(table_results)]
+    scratch.build_data_docs(site_names=[DOCS_SITE])
+    summary = {"success": not critical, "critical": critical,
+               "data_docs": str(docs)}
+    if critical:
+        raise DataValidationError("unified tables failed validation; the previous version stays current:\n  - "
+                                  + "\n  - ".join(critical))
+    return summary
