@@ -86,22 +86,24 @@ class ColdSplit:
     data: ShortHistoryData
     test: sp.csr_matrix
     new_users: pd.DataFrame
-    new_ordered: list[np.ndarray]     # each new user's items, earliest first
+    new_ordered: list[np.ndarray]  # each new user's items, earliest first
 
 
 def _matrix(frame: pd.DataFrame, user_ids: np.ndarray, n_items: int) -> sp.csr_matrix:
     row = pd.Series(np.arange(len(user_ids)), index=user_ids)
-    return sp.csr_matrix((np.ones(len(frame), dtype=np.float32), (row[frame["user_id"]].to_numpy(),
-                                                                  frame["item_idx"].to_numpy())),
-                         shape=(len(user_ids), n_items))
+    return sp.csr_matrix(
+        (np.ones(len(frame), dtype=np.float32), (row[frame["user_id"]].to_numpy(), frame["item_idx"].to_numpy())),
+        shape=(len(user_ids), n_items),
+    )
 
 
 def _profiles(users: pd.DataFrame, user_ids: np.ndarray) -> pd.DataFrame:
     return users.set_index("user_id").reindex(user_ids).reset_index()
 
 
-def cold_split(features: FeatureSet, config: PipelineConfig, seed: int, share: float = NEW_USER_SHARE,
-               warm_share: float = 1.0) -> ColdSplit:
+def cold_split(
+    features: FeatureSet, config: PipelineConfig, seed: int, share: float = NEW_USER_SHARE, warm_share: float = 1.0
+) -> ColdSplit:
     """Hold out `share` of the first target's users (seeded) as new users; the rest keep the features' split.
     `warm_share` < 1 keeps only that share of the other users (seeded, drawn after the new users, so these stay the
     same): a smaller target platform with the same new users."""
@@ -113,10 +115,10 @@ def cold_split(features: FeatureSet, config: PipelineConfig, seed: int, share: f
     users = pd.read_parquet(folder / f"{target}.users.parquet")
     user_ids = np.sort(frame["user_id"].unique())
     rng = np.random.default_rng(seed)
-    new = np.sort(rng.permutation(user_ids)[:int(round(share * len(user_ids)))])
+    new = np.sort(rng.permutation(user_ids)[: int(round(share * len(user_ids)))])
     warm_ids = np.setdiff1d(user_ids, new)
     if warm_share < 1.0:
-        warm_ids = np.sort(rng.permutation(warm_ids)[:max(1, int(round(warm_share * len(warm_ids))))])
+        warm_ids = np.sort(rng.permutation(warm_ids)[: max(1, int(round(warm_share * len(warm_ids))))])
     warm_frame, new_frame = frame[frame["user_id"].isin(set(warm_ids))], frame[frame["user_id"].isin(set(new))]
     catalogue = np.zeros(n_items, dtype=bool)
     catalogue[frame["item_idx"].unique()] = True
@@ -125,12 +127,19 @@ def cold_split(features: FeatureSet, config: PipelineConfig, seed: int, share: f
     source_ids = np.sort(source_frame["user_id"].unique())
     split = {s: _matrix(warm_frame[warm_frame["split"] == s], warm_ids, n_items) for s in ("train", "valid", "test")}
     data = ShortHistoryData(
-        n_items=n_items, catalogue=catalogue, train=split["train"], valid=split["valid"],
-        users=_profiles(users, warm_ids), ordered=ordered_items(warm_frame[warm_frame["split"] == "train"], warm_ids),
-        source=_matrix(source_frame, source_ids, n_items), source_users=_profiles(source_users, source_ids),
-        items=pd.read_parquet(folder / "items.parquet"))
-    return ColdSplit(data=data, test=split["test"], new_users=_profiles(users, new),
-                     new_ordered=ordered_items(new_frame, new))
+        n_items=n_items,
+        catalogue=catalogue,
+        train=split["train"],
+        valid=split["valid"],
+        users=_profiles(users, warm_ids),
+        ordered=ordered_items(warm_frame[warm_frame["split"] == "train"], warm_ids),
+        source=_matrix(source_frame, source_ids, n_items),
+        source_users=_profiles(source_users, source_ids),
+        items=pd.read_parquet(folder / "items.parquet"),
+    )
+    return ColdSplit(
+        data=data, test=split["test"], new_users=_profiles(users, new), new_ordered=ordered_items(new_frame, new)
+    )
 
 
 def new_user_tasks(split: ColdSplit) -> dict[int, tuple[sp.csr_matrix, sp.csr_matrix]]:
@@ -143,13 +152,15 @@ def new_user_tasks(split: ColdSplit) -> dict[int, tuple[sp.csr_matrix, sp.csr_ma
     return tasks
 
 
-def _cold_metrics(scores: np.ndarray, history: sp.csr_matrix, relevant: sp.csr_matrix,
-                  catalogue: np.ndarray) -> dict[str, float]:
+def _cold_metrics(
+    scores: np.ndarray, history: sp.csr_matrix, relevant: sp.csr_matrix, catalogue: np.ndarray
+) -> dict[str, float]:
     return mean_metrics(evaluate_scores(scores, history, relevant, K, catalogue))
 
 
-def _cell_shares(items: sp.csr_matrix, keys: np.ndarray, asked: np.ndarray, own: np.ndarray, member: bool,
-                 m: float) -> np.ndarray:
+def _cell_shares(
+    items: sp.csr_matrix, keys: np.ndarray, asked: np.ndarray, own: np.ndarray, member: bool, m: float
+) -> np.ndarray:
     """Per asker (their cell key in `asked`): each item's share among the rows of `items` whose key is the same,
     smoothed towards its share over all rows by m pseudo-users. A `member` asker is one of the rows: their own items
     (`own`, one row per asker) and the asker are left out."""
@@ -186,31 +197,55 @@ def profile_ceiling(split: ColdSplit) -> dict[str, Any]:
     grid = []
     for cells in CEILING_CELLS:
         keys = users[list(cells)].astype(str).agg("|".join, axis=1).to_numpy()
-        asked = keys[everyone.shape[0] - new_items.shape[0]:]
-        source_keys = (split.data.source_users[list(cells)].astype(str).agg("|".join, axis=1).to_numpy()
-                       if len(shares) > 1 else None)
+        asked = keys[everyone.shape[0] - new_items.shape[0] :]
+        source_keys = (
+            split.data.source_users[list(cells)].astype(str).agg("|".join, axis=1).to_numpy()
+            if len(shares) > 1
+            else None
+        )
         for m in CEILING_SMOOTHING:
             target = _cell_shares(everyone, keys, asked, own, True, m)
-            pooled = (_cell_shares(source, source_keys, asked, np.zeros_like(own), False, m)
-                      if source_keys is not None else target)
+            pooled = (
+                _cell_shares(source, source_keys, asked, np.zeros_like(own), False, m)
+                if source_keys is not None
+                else target
+            )
             for share in shares:
                 scores = (1.0 - share) * target + share * pooled
-                grid.append({"cells": list(cells), "smoothing": m, "source_share": share,
-                             **_cold_metrics(scores, no_history, new_items, split.data.catalogue)})
-    return {"best": max(grid, key=lambda g: g["ndcg"]),
-            "best_target": max((g for g in grid if g["source_share"] == 0.0), key=lambda g: g["ndcg"]), "grid": grid}
+                grid.append(
+                    {
+                        "cells": list(cells),
+                        "smoothing": m,
+                        "source_share": share,
+                        **_cold_metrics(scores, no_history, new_items, split.data.catalogue),
+                    }
+                )
+    return {
+        "best": max(grid, key=lambda g: g["ndcg"]),
+        "best_target": max((g for g in grid if g["source_share"] == 0.0), key=lambda g: g["ndcg"]),
+        "grid": grid,
+    }
 
 
 def _fit(pretrained: TransferRecommender | None, split: ColdSplit, config: PipelineConfig) -> TransferRecommender:
-    model = (TransferRecommender.from_state(pretrained.state()) if pretrained is not None
-             else new_model(split.data.n_items, config))
+    model = (
+        TransferRecommender.from_state(pretrained.state())
+        if pretrained is not None
+        else new_model(split.data.n_items, config)
+    )
     model.finetune(split.data.train, split.data.valid, split.data.catalogue)
     return model
 
 
-def run_seed(features: FeatureSet, config: PipelineConfig, seed: int, cache_dir: Path | None,
-             warm_ablation: bool = True, variants: tuple[str, ...] = tuple(VARIANTS),
-             warm_share: float = 1.0) -> dict[str, Any]:
+def run_seed(
+    features: FeatureSet,
+    config: PipelineConfig,
+    seed: int,
+    cache_dir: Path | None,
+    warm_ablation: bool = True,
+    variants: tuple[str, ...] = tuple(VARIANTS),
+    warm_share: float = 1.0,
+) -> dict[str, Any]:
     """Cold-start table and modality ablations (the given side variants) of one split seed; `warm_share` < 1 trains
     every contender on that share of the target's other users only (a smaller target, the same new users)."""
     config = with_training(config, seed=seed)
@@ -221,13 +256,21 @@ def run_seed(features: FeatureSet, config: PipelineConfig, seed: int, cache_dir:
     pretrained = new_model(split.data.n_items, config)
     pretrained.pretrain(split.data.source)
     log.info("seed %d: pretrained in %.1f s", seed, time.perf_counter() - started)
-    report: dict[str, Any] = {"seed": seed, "warm_share": warm_share, "new_users": len(split.new_ordered),
-                              "warm_users": len(split.data.ordered),
-                              "cold": {}, "selection": {}, "profile_ceiling": profile_ceiling(split)}
+    report: dict[str, Any] = {
+        "seed": seed,
+        "warm_share": warm_share,
+        "new_users": len(split.new_ordered),
+        "warm_users": len(split.data.ordered),
+        "cold": {},
+        "selection": {},
+        "profile_ceiling": profile_ceiling(split),
+    }
 
     def record(name: str, score) -> None:
-        report["cold"][name] = {k: _cold_metrics(score(history), history, relevant, split.data.catalogue)
-                                for k, (history, relevant) in tasks.items()}
+        report["cold"][name] = {
+            k: _cold_metrics(score(history), history, relevant, split.data.catalogue)
+            for k, (history, relevant) in tasks.items()
+        }
 
     train = split.data.train
     popularity = Popularity().fit(train)
@@ -235,8 +278,9 @@ def run_seed(features: FeatureSet, config: PipelineConfig, seed: int, cache_dir:
     best, best_ndcg = None, -1.0
     for l2 in EASE_L2_GRID:
         ease = EASE(l2).fit(train)
-        ndcg = float(np.mean(evaluate_scores(ease.score(train), train, split.data.valid, K,
-                                             split.data.catalogue)["ndcg"]))
+        ndcg = float(
+            np.mean(evaluate_scores(ease.score(train), train, split.data.valid, K, split.data.catalogue)["ndcg"])
+        )
         if ndcg > best_ndcg:
             best, best_ndcg = ease, ndcg
     record("ease", best.score)
@@ -249,19 +293,30 @@ def run_seed(features: FeatureSet, config: PipelineConfig, seed: int, cache_dir:
         for variant, (use_profile, use_lift, parts, use_shift) in VARIANTS.items():
             if variant not in variants or (name == "target_only" and variant not in TARGET_ONLY_VARIANTS):
                 continue
-            report["selection"][f"{name} {variant}"] = attach(model, fitted, use_profile, use_lift, parts,
-                                                              source is not None, sims, cache_dir, use_shift)
-            record(f"{name} {variant}",
-                   lambda history: model.score(history, split.new_users if model.short_history is not None else None))
-            log.info("seed %d: %s %s: %s", seed, name, variant,
-                     {k: round(v["ndcg"], 4) for k, v in report["cold"][f"{name} {variant}"].items()})
+            report["selection"][f"{name} {variant}"] = attach(
+                model, fitted, use_profile, use_lift, parts, source is not None, sims, cache_dir, use_shift
+            )
+            record(
+                f"{name} {variant}",
+                lambda history, model=model: model.score(
+                    history, split.new_users if model.short_history is not None else None
+                ),
+            )
+            log.info(
+                "seed %d: %s %s: %s",
+                seed,
+                name,
+                variant,
+                {k: round(v["ndcg"], 4) for k, v in report["cold"][f"{name} {variant}"].items()},
+            )
     if warm_ablation:
         report["warm"] = warm_ablation_seed(features, config, seed, pretrained, cache_dir)
     return report
 
 
-def warm_ablation_seed(features: FeatureSet, config: PipelineConfig, seed: int,
-                       pretrained: TransferRecommender, cache_dir: Path | None) -> dict[str, Any]:
+def warm_ablation_seed(
+    features: FeatureSet, config: PipelineConfig, seed: int, pretrained: TransferRecommender, cache_dir: Path | None
+) -> dict[str, Any]:
     """Test NDCG@10 on the benchmark's warm protocol (all target users, history = train) per side variant."""
     split = cold_split(features, config, seed, share=0.0)
     model = _fit(pretrained, split, config)
@@ -271,8 +326,10 @@ def warm_ablation_seed(features: FeatureSet, config: PipelineConfig, seed: int,
     for variant, (use_profile, use_lift, parts, use_shift) in VARIANTS.items():
         selection = attach(model, fitted, use_profile, use_lift, parts, True, sims, cache_dir, use_shift)
         scores = model.score(split.data.train, split.data.users if model.short_history is not None else None)
-        out[variant] = {**mean_metrics(evaluate_scores(scores, seen, split.test, K, split.data.catalogue)),
-                        "selection": selection}
+        out[variant] = {
+            **mean_metrics(evaluate_scores(scores, seen, split.test, K, split.data.catalogue)),
+            "selection": selection,
+        }
         log.info("seed %d: warm %s NDCG@10 %.4f", seed, variant, out[variant]["ndcg"])
     return out
 
@@ -280,50 +337,72 @@ def warm_ablation_seed(features: FeatureSet, config: PipelineConfig, seed: int,
 def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Means over seeds per contender and k; the best target-only contender per k."""
     names = list(reports[0]["cold"])
-    mean = {name: {k: {m: float(np.mean([r["cold"][name][k][m] for r in reports])) for m in ("ndcg", "recall")}
-                   for k in reports[0]["cold"][name]} for name in names}
+    mean = {
+        name: {
+            k: {m: float(np.mean([r["cold"][name][k][m] for r in reports])) for m in ("ndcg", "recall")}
+            for k in reports[0]["cold"][name]
+        }
+        for name in names
+    }
     table = {}
     for k in mean["popularity"]:
         # popularity is a target-only model too: with a small target it can beat the others on new users
-        contenders = {n: mean[n][k] for n in ("popularity", "ease",
-                                              *(f"target_only {v}" for v in TARGET_ONLY_VARIANTS))}
+        contenders = {
+            n: mean[n][k] for n in ("popularity", "ease", *(f"target_only {v}" for v in TARGET_ONLY_VARIANTS))
+        }
         best_name = max(contenders, key=lambda n: contenders[n]["ndcg"])
         transfer = mean[f"transfer {FULL}"][k]
-        table[k] = {"popularity": mean["popularity"][k], "best_target_only": {**contenders[best_name],
-                                                                             "model": best_name},
-                    "transfer": transfer,
-                    "gain_vs_target_only": transfer["ndcg"] / max(contenders[best_name]["ndcg"], 1e-12) - 1}
-    summary: dict[str, Any] = {"seeds": [r["seed"] for r in reports], "table": table, "mean": mean,
-                               "warm_users": [r["warm_users"] for r in reports]}
+        table[k] = {
+            "popularity": mean["popularity"][k],
+            "best_target_only": {**contenders[best_name], "model": best_name},
+            "transfer": transfer,
+            "gain_vs_target_only": transfer["ndcg"] / max(contenders[best_name]["ndcg"], 1e-12) - 1,
+        }
+    summary: dict[str, Any] = {
+        "seeds": [r["seed"] for r in reports],
+        "table": table,
+        "mean": mean,
+        "warm_users": [r["warm_users"] for r in reports],
+    }
     if all("profile_ceiling" in r for r in reports):
         best = [r["profile_ceiling"]["best"] for r in reports]
         summary["profile_ceiling"] = {m: float(np.mean([b[m] for b in best])) for m in ("ndcg", "recall")}
-        summary["profile_ceiling"]["chosen"] = [{k: b[k] for k in ("cells", "smoothing", "source_share")}
-                                                for b in best]
+        summary["profile_ceiling"]["chosen"] = [{k: b[k] for k in ("cells", "smoothing", "source_share")} for b in best]
     if all("warm" in r for r in reports):
-        summary["warm"] = {v: {"ndcg": float(np.mean([r["warm"][v]["ndcg"] for r in reports])),
-                               "sd": float(np.std([r["warm"][v]["ndcg"] for r in reports]))}
-                           for v in reports[0]["warm"]}
+        summary["warm"] = {
+            v: {
+                "ndcg": float(np.mean([r["warm"][v]["ndcg"] for r in reports])),
+                "sd": float(np.std([r["warm"][v]["ndcg"] for r in reports])),
+            }
+            for v in reports[0]["warm"]
+        }
     return summary
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    print(f"\nCold start on MovieLens-100K: 20% new users, history = k earliest items, K={K}, "
-          f"mean of seeds {summary['seeds']}, trained on {summary['warm_users']} target users")
+    print(
+        f"\nCold start on MovieLens-100K: 20% new users, history = k earliest items, K={K}, "
+        f"mean of seeds {summary['seeds']}, trained on {summary['warm_users']} target users"
+    )
     print(f"{'k':>3}  {'popularity':>19}  {'best target-only':>19}  {'transfer':>19}  {'gain':>7}  best target-only")
     print(f"{'':>3}  {'NDCG    Recall':>19}  {'NDCG    Recall':>19}  {'NDCG    Recall':>19}")
     for k, row in summary["table"].items():
         cells = [row[c] for c in ("popularity", "best_target_only", "transfer")]
-        print(f"{k:>3}  " + "  ".join(f"{c['ndcg']:>9.4f}{c['recall']:>10.4f}" for c in cells)
-              + f"  {row['gain_vs_target_only']:>+7.1%}  {row['best_target_only']['model']}")
+        print(
+            f"{k:>3}  "
+            + "  ".join(f"{c['ndcg']:>9.4f}{c['recall']:>10.4f}" for c in cells)
+            + f"  {row['gain_vs_target_only']:>+7.1%}  {row['best_target_only']['model']}"
+        )
     if "profile_ceiling" in summary:
         ceiling, first = summary["profile_ceiling"], summary["table"][min(summary["table"])]
         reference = first["best_target_only"]["ndcg"]
-        print("\nReference, no contender (it looks at the new users' items): the profile's ceiling at k = 0, each new "
-              "user's items ranked by their profile cell's item shares over all target users but them (and the "
-              f"source's users): NDCG@10 {ceiling['ndcg']:.4f}, Recall@10 {ceiling['recall']:.4f}, "
-              f"{ceiling['ndcg'] / max(reference, 1e-12) - 1:+.1%} over the best target-only model "
-              f"(+20% needs {1.2 * reference:.4f})")
+        print(
+            "\nReference, no contender (it looks at the new users' items): the profile's ceiling at k = 0, each new "
+            "user's items ranked by their profile cell's item shares over all target users but them (and the "
+            f"source's users): NDCG@10 {ceiling['ndcg']:.4f}, Recall@10 {ceiling['recall']:.4f}, "
+            f"{ceiling['ndcg'] / max(reference, 1e-12) - 1:+.1%} over the best target-only model "
+            f"(+20% needs {1.2 * reference:.4f})"
+        )
     print("\nAblation, cold start NDCG@10 per k (side components on the same fine-tuned model)")
     ks = list(summary["table"])
     print(f"{'model':<36}" + "".join(f"{'k=' + str(k):>9}" for k in ks))
@@ -335,8 +414,9 @@ def print_summary(summary: dict[str, Any]) -> None:
             print(f"{'transfer ' + variant:<36}{values['ndcg']:>9.4f}  (sd {values['sd']:.4f})")
 
 
-def run(seeds: list[int], out: Path, config: PipelineConfig, warm_ablation: bool = True,
-        warm_share: float = 1.0) -> dict[str, Any]:
+def run(
+    seeds: list[int], out: Path, config: PipelineConfig, warm_ablation: bool = True, warm_share: float = 1.0
+) -> dict[str, Any]:
     """The embedded platforms through pull -> validate -> unify -> features per seed, then the cold-start protocol."""
     from transfer_rec.io.state import StateLayout
     from transfer_rec.stages.features import build_features
@@ -351,27 +431,32 @@ def run(seeds: list[int], out: Path, config: PipelineConfig, warm_ablation: bool
         features = build_features(unified, config, layout, f"seed-{seed}", seed=seed)
         reports.append(run_seed(features, config, seed, cache_dir, warm_ablation, warm_share=warm_share))
         summary = summarise(reports)  # rewritten after every seed: a long run leaves its finished seeds behind
-        (out / "cold_start.json").write_text(json.dumps({"summary": summary, "seeds": reports}, indent=2,
-                                                        default=str))
+        (out / "cold_start.json").write_text(json.dumps({"summary": summary, "seeds": reports}, indent=2, default=str))
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.coldstart", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.coldstart", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[2022, 2023, 2024])
     parser.add_argument("--out", required=True)
     parser.add_argument("--config", help="pipeline config (default: config/pipeline.yaml)")
     parser.add_argument("--no-warm-ablation", action="store_true", help="skip the warm-protocol ablation")
-    parser.add_argument("--target-share", type=float, default=1.0,
-                        help="train on this share of the target's other users only (a smaller target platform; "
-                             "the new users stay the same); the warm ablation always uses all target users")
+    parser.add_argument(
+        "--target-share",
+        type=float,
+        default=1.0,
+        help="train on this share of the target's other users only (a smaller target platform; "
+        "the new users stay the same); the warm ablation always uses all target users",
+    )
     args = parser.parse_args(argv)
     if not 0.0 < args.target_share <= 1.0:
         parser.error("--target-share must be in (0, 1]")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print_summary(run(args.seeds, Path(args.out), load_config(args.config), not args.no_warm_ablation,
-                      args.target_share))
+    print_summary(
+        run(args.seeds, Path(args.out), load_config(args.config), not args.no_warm_ablation, args.target_share)
+    )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,12 @@ def percentiles(latencies_ms: list[float]) -> dict[str, float]:
     values = np.asarray(latencies_ms, dtype=np.float64)
     if not len(values):
         return {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
-    return {"n": int(len(values)), "p50_ms": float(np.percentile(values, 50)),
-            "p99_ms": float(np.percentile(values, 99)), "max_ms": float(values.max())}
+    return {
+        "n": int(len(values)),
+        "p50_ms": float(np.percentile(values, 50)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "max_ms": float(values.max()),
+    }
 
 
 def known_users(model: Any, n: int) -> list[str]:
@@ -58,8 +62,11 @@ def in_process(model: Any, requests: int, k: int = 10, warmup: int = 50, new_use
     histories = model.unwrap_python_model().bundle.histories
     latencies = []
     for index, user in enumerate(users):
-        frame = pd.DataFrame({"user_id": [None], "history": [list(histories[user][:5])]}) if new_users \
+        frame = (
+            pd.DataFrame({"user_id": [None], "history": [list(histories[user][:5])]})
+            if new_users
             else pd.DataFrame({"user_id": [user], "history": [[]]})
+        )
         started = time.perf_counter()
         out = model.predict(frame, params={"k": k})
         elapsed = (time.perf_counter() - started) * 1000
@@ -80,10 +87,27 @@ def start_server(model_uri: str, port: int, log_path: Path, workers: int = 1) ->
     """`mlflow models serve` on loopback with the local environment (never another env manager: see STACK-NOTES)."""
     bin_dir = Path(sys.executable).parent
     log = open(log_path, "w")
-    proc = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-                             "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)],
-                            env={**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"},
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(bin_dir / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            model_uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            str(workers),
+        ],
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -123,7 +147,7 @@ class MemorySampler:
                 total += proc.memory_info().rss
             except psutil.Error:
                 pass
-        return total / 2 ** 20
+        return total / 2**20
 
     def _run(self) -> None:
         while not self._done.wait(1.0):
@@ -136,8 +160,9 @@ class MemorySampler:
         return {"start": self.samples[0], "end": self.samples[-1], "max": max(self.samples)}
 
 
-def http_load(port: int, users: list[str], rate: float, seconds: float, k: int = 10,
-              warmup: int = 20) -> dict[str, Any]:
+def http_load(
+    port: int, users: list[str], rate: float, seconds: float, k: int = 10, warmup: int = 20
+) -> dict[str, Any]:
     """Open-loop load: request i is sent at start + i / rate; keep-alive connections, one per sender thread."""
     local = threading.local()
 
@@ -183,15 +208,24 @@ def http_load(port: int, users: list[str], rate: float, seconds: float, k: int =
         results = [f.result() for f in futures]
         elapsed = time.perf_counter() - start
     errors = [reason for _, ok, reason in results if not ok]
-    return {**percentiles([ms for ms, _, _ in results]), "requests": total, "errors": len(errors),
-            "error_examples": sorted(set(errors))[:3], "offered_rate": rate, "achieved_rate": total / elapsed,
-            "send_lateness_p99_ms": float(np.percentile(lateness, 99)) if lateness else 0.0}
+    return {
+        **percentiles([ms for ms, _, _ in results]),
+        "requests": total,
+        "errors": len(errors),
+        "error_examples": sorted(set(errors))[:3],
+        "offered_rate": rate,
+        "achieved_rate": total / elapsed,
+        "send_lateness_p99_ms": float(np.percentile(lateness, 99)) if lateness else 0.0,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="models:/transfer_rec-ml-100k@champion",
-                        help="model URI (default: the embedded target's champion; `make run` creates it)")
+    parser.add_argument(
+        "--model",
+        default="models:/transfer_rec-ml-100k@champion",
+        help="model URI (default: the embedded target's champion; `make run` creates it)",
+    )
     parser.add_argument("--requests", type=int, default=2000, help="in-process calls")
     parser.add_argument("--rate", type=float, default=50.0, help="HTTP requests per second")
     parser.add_argument("--seconds", type=float, default=30.0, help="HTTP load duration")
@@ -208,14 +242,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = mlflow.pyfunc.load_model(args.model)
     except mlflow.exceptions.MlflowException as error:
-        raise SystemExit(f"cannot load {args.model}: {error}\n(run `make run` first, or pass --model)")
-    result: dict[str, Any] = {"model": args.model, "workers": args.workers,
-                              "in_process": in_process(model, args.requests),
-                              "in_process_new_user": in_process(model, args.requests, new_users=True)}
+        raise SystemExit(f"cannot load {args.model}: {error}\n(run `make run` first, or pass --model)") from error
+    result: dict[str, Any] = {
+        "model": args.model,
+        "workers": args.workers,
+        "in_process": in_process(model, args.requests),
+        "in_process_new_user": in_process(model, args.requests, new_users=True),
+    }
     for key, what in (("in_process", "one known user"), ("in_process_new_user", "one new user (5-item history)")):
         ip = result[key]
-        print(f"in-process, {what}, top-10: p50 {ip['p50_ms']:.2f} ms, p99 {ip['p99_ms']:.2f} ms over {ip['n']} "
-              f"calls (target p99 < {IN_PROCESS_P99_MS} ms: {'met' if ip['p99_ms'] < IN_PROCESS_P99_MS else 'NOT met'})")
+        print(
+            f"in-process, {what}, top-10: p50 {ip['p50_ms']:.2f} ms, p99 {ip['p99_ms']:.2f} ms over {ip['n']} "
+            f"calls (target p99 < {IN_PROCESS_P99_MS} ms: {'met' if ip['p99_ms'] < IN_PROCESS_P99_MS else 'NOT met'})"
+        )
     # Latency targets are reported (a shared machine is noisy); failed requests fail the command.
     ok = True
     if not args.skip_http:
@@ -232,13 +271,18 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop_group(proc)
         met = h["p99_ms"] < HTTP_P99_MS and h["errors"] == 0
-        print(f"HTTP (mlflow models serve, {args.workers} worker(s), loopback) at {h['offered_rate']:.0f} req/s for {args.seconds:.0f} "
-              f"s: p50 {h['p50_ms']:.2f} ms, p99 {h['p99_ms']:.2f} ms, max {h['max_ms']:.1f} ms, {h['errors']} errors "
-              f"of {h['requests']} (achieved {h['achieved_rate']:.1f} req/s; target p99 < {HTTP_P99_MS} ms and no "
-              f"errors: {'met' if met else 'NOT met'})")
+        print(
+            f"HTTP (mlflow models serve, {args.workers} worker(s), loopback) "
+            f"at {h['offered_rate']:.0f} req/s for {args.seconds:.0f} "
+            f"s: p50 {h['p50_ms']:.2f} ms, p99 {h['p99_ms']:.2f} ms, max {h['max_ms']:.1f} ms, {h['errors']} errors "
+            f"of {h['requests']} (achieved {h['achieved_rate']:.1f} req/s; target p99 < {HTTP_P99_MS} ms and no "
+            f"errors: {'met' if met else 'NOT met'})"
+        )
         rss = h["server_rss_mib"]
-        print(f"  server memory (RSS of its process tree): {rss['start']:.0f} MiB at the start, {rss['end']:.0f} MiB "
-              f"at the end, {rss['max']:.0f} MiB at most")
+        print(
+            f"  server memory (RSS of its process tree): {rss['start']:.0f} MiB at the start, {rss['end']:.0f} MiB "
+            f"at the end, {rss['max']:.0f} MiB at most"
+        )
         if h["errors"]:
             print(f"  errors, e.g.: {h['error_examples']}")
         ok = h["errors"] == 0

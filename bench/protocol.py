@@ -56,13 +56,20 @@ def export_split(features: FeatureSet, config: PipelineConfig, out: Path) -> arg
             frame[frame["split"] == split][columns].to_csv(paths[key], sep="\t", index=False)
         paths[f"{role}_users"] = split_dir / f"{role}_users.tsv"
         pd.read_parquet(folder / f"{name}.users.parquet").drop(columns=["platform"]).to_csv(
-            paths[f"{role}_users"], sep="\t", index=False)
+            paths[f"{role}_users"], sep="\t", index=False
+        )
     paths["target_items"] = split_dir / "items.tsv"
-    pd.read_parquet(folder / "items.parquet").drop(columns=["item_idx"]).to_csv(paths["target_items"], sep="\t",
-                                                                                 index=False)
-    return argparse.Namespace(**{k: paths[k] for k in ("source", "target_train", "target_valid", "target_test")},
-                              source_users=paths["source_users"], target_users=paths["target_users"],
-                              source_items=None, target_items=paths["target_items"], out=out)
+    pd.read_parquet(folder / "items.parquet").drop(columns=["item_idx"]).to_csv(
+        paths["target_items"], sep="\t", index=False
+    )
+    return argparse.Namespace(
+        **{k: paths[k] for k in ("source", "target_train", "target_valid", "target_test")},
+        source_users=paths["source_users"],
+        target_users=paths["target_users"],
+        source_items=None,
+        target_items=paths["target_items"],
+        out=out,
+    )
 
 
 def protocol_features(seeds: list[int], out: Path, config: PipelineConfig):
@@ -99,8 +106,9 @@ def print_peers() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.protocol", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.protocol", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[2022, 2023, 2024])
     parser.add_argument("--cold-start", action="store_true", help="also run the cold-start protocol")
     parser.add_argument("--out", required=True)

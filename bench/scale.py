@@ -38,7 +38,7 @@ log = logging.getLogger("bench.scale")
 TOPICS = ["math", "physics", "biology", "history", "art", "music", "coding", "languages", "economics", "law"]
 LEVELS = ["intro", "intermediate", "advanced"]
 OCCUPATIONS = ["student", "engineer", "teacher", "nurse", "retired", "other"]
-START, SPAN = 1_672_531_200, 365 * 86_400   # 2023-01-01, one year of activity
+START, SPAN = 1_672_531_200, 365 * 86_400  # 2023-01-01, one year of activity
 CHUNK_USERS = 2_000
 
 
@@ -46,21 +46,23 @@ CHUNK_USERS = 2_000
 class ScalePlatform:
     name: str
     role: str
-    share: float               # share of all interactions
-    catalogue_share: float     # share of the course catalogue it offers
-    per_user: int              # mean interactions per learner
-    fmt: str                   # parquet | csv | jsonl
-    columns: tuple[str, str, str, str]   # native (user, item, rating, timestamp)
+    share: float  # share of all interactions
+    catalogue_share: float  # share of the course catalogue it offers
+    per_user: int  # mean interactions per learner
+    fmt: str  # parquet | csv | jsonl
+    columns: tuple[str, str, str, str]  # native (user, item, rating, timestamp)
     rating_scale: tuple[int, int]
-    cold_cohort: float = 0.0   # share of learners with only 1-3 interactions
+    cold_cohort: float = 0.0  # share of learners with only 1-3 interactions
 
 
 PLATFORMS = (
-    ScalePlatform("academy", "source", 0.90, 0.85, 60, "parquet", ("learner_id", "course_code", "stars", "event_time"),
-                  (1, 5)),
+    ScalePlatform(
+        "academy", "source", 0.90, 0.85, 60, "parquet", ("learner_id", "course_code", "stars", "event_time"), (1, 5)
+    ),
     ScalePlatform("bootcamp", "target", 0.08, 0.45, 40, "csv", ("student", "course", "grade", "ts"), (1, 10)),
-    ScalePlatform("nightschool", "target", 0.02, 0.30, 25, "jsonl", ("uid", "class_id", "score", "time"), (0, 5),
-                  cold_cohort=0.3),
+    ScalePlatform(
+        "nightschool", "target", 0.02, 0.30, 25, "jsonl", ("uid", "class_id", "score", "time"), (0, 5), cold_cohort=0.3
+    ),
 )
 
 
@@ -78,26 +80,52 @@ def generate(out: Path, interactions: int, n_items: int = 20_000, dim: int = 16,
         folder.mkdir(parents=True, exist_ok=True)
         visible = np.sort(rng.choice(n_items, size=int(n_items * platform.catalogue_share), replace=False))
         n_users = max(1, int(interactions * platform.share / platform.per_user))
-        written = _write_interactions(folder, platform, rng, items[visible], popularity[visible], codes[visible],
-                                      n_users, int(interactions * platform.share))
+        written = _write_interactions(
+            folder,
+            platform,
+            rng,
+            items[visible],
+            popularity[visible],
+            codes[visible],
+            n_users,
+            int(interactions * platform.share),
+        )
         _write_profiles(folder, platform, rng, n_users, codes[visible], topic[visible], level[visible])
         log.info("generated %s: %d learners, %d interactions", platform.name, n_users, written)
         entries.append(_config_entry(folder, platform))
     config = {
         "platforms": entries,
         "allowed_locations": [str(out / "exports")],
-        "vocabularies": {"age": ["under-18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"],
-                         "occupation": ["student", "engineer", "educator", "healthcare", "retired", "other"]},
-        "value_maps": {"scale_occupation": {"student": "student", "engineer": "engineer", "teacher": "educator",
-                                            "nurse": "healthcare", "retired": "retired", "other": "other"}},
+        "vocabularies": {
+            "age": ["under-18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"],
+            "occupation": ["student", "engineer", "educator", "healthcare", "retired", "other"],
+        },
+        "value_maps": {
+            "scale_occupation": {
+                "student": "student",
+                "engineer": "engineer",
+                "teacher": "educator",
+                "nurse": "healthcare",
+                "retired": "retired",
+                "other": "other",
+            }
+        },
     }
     path = out / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
-def _write_interactions(folder: Path, platform: ScalePlatform, rng: np.random.Generator, vectors: np.ndarray,
-                        popularity: np.ndarray, codes: np.ndarray, n_users: int, target_rows: int) -> int:
+def _write_interactions(
+    folder: Path,
+    platform: ScalePlatform,
+    rng: np.random.Generator,
+    vectors: np.ndarray,
+    popularity: np.ndarray,
+    codes: np.ndarray,
+    n_users: int,
+    target_rows: int,
+) -> int:
     """Sample each learner's courses without replacement from a softmax over taste + popularity (Gumbel top-k)."""
     ucol, icol, rcol, tcol = platform.columns
     low, high = platform.rating_scale
@@ -122,14 +150,19 @@ def _write_interactions(folder: Path, platform: ScalePlatform, rng: np.random.Ge
             rows, cols = np.nonzero(take)
             item = top[rows, cols]
             affinity = np.einsum("ij,ij->i", taste[rows], vectors[item]) / np.sqrt(vectors.shape[1])
-            stars = np.clip(np.round((low + high) / 2 + affinity * (high - low) / 4
-                                     + rng.normal(scale=0.5, size=len(rows))), low, high).astype(np.int64)
-            frame = pd.DataFrame({
-                ucol: np.char.add(platform.name[:2], (start + rows).astype(str)),
-                icol: codes[item],
-                rcol: stars,
-                tcol: START + rng.integers(0, SPAN, size=len(rows)),
-            })
+            stars = np.clip(
+                np.round((low + high) / 2 + affinity * (high - low) / 4 + rng.normal(scale=0.5, size=len(rows))),
+                low,
+                high,
+            ).astype(np.int64)
+            frame = pd.DataFrame(
+                {
+                    ucol: np.char.add(platform.name[:2], (start + rows).astype(str)),
+                    icol: codes[item],
+                    rcol: stars,
+                    tcol: START + rng.integers(0, SPAN, size=len(rows)),
+                }
+            )
             written += len(frame)
             if platform.fmt == "parquet":
                 table = pa.Table.from_pandas(frame, preserve_index=False)
@@ -146,15 +179,30 @@ def _write_interactions(folder: Path, platform: ScalePlatform, rng: np.random.Ge
     return written
 
 
-def _write_profiles(folder: Path, platform: ScalePlatform, rng: np.random.Generator, n_users: int,
-                    codes: np.ndarray, topic: np.ndarray, level: np.ndarray) -> None:
-    users = pd.DataFrame({
-        "learner": np.char.add(platform.name[:2], np.arange(n_users).astype(str)),
-        "age": rng.integers(15, 75, size=n_users),
-        "occupation": rng.choice(OCCUPATIONS, size=n_users),
-    })
-    catalogue = pd.DataFrame({"code": codes, "name": [f"Course {c}" for c in codes],
-                              "topic": [TOPICS[t] for t in topic], "level": [LEVELS[v] for v in level]})
+def _write_profiles(
+    folder: Path,
+    platform: ScalePlatform,
+    rng: np.random.Generator,
+    n_users: int,
+    codes: np.ndarray,
+    topic: np.ndarray,
+    level: np.ndarray,
+) -> None:
+    users = pd.DataFrame(
+        {
+            "learner": np.char.add(platform.name[:2], np.arange(n_users).astype(str)),
+            "age": rng.integers(15, 75, size=n_users),
+            "occupation": rng.choice(OCCUPATIONS, size=n_users),
+        }
+    )
+    catalogue = pd.DataFrame(
+        {
+            "code": codes,
+            "name": [f"Course {c}" for c in codes],
+            "topic": [TOPICS[t] for t in topic],
+            "level": [LEVELS[v] for v in level],
+        }
+    )
     _write_table(users, folder / f"learners.{_suffix(platform.fmt)}", platform.fmt)
     _write_table(catalogue, folder / f"courses.{_suffix(platform.fmt)}", platform.fmt)
 
@@ -176,14 +224,22 @@ def _config_entry(folder: Path, platform: ScalePlatform) -> dict[str, Any]:
     ucol, icol, rcol, tcol = platform.columns
     suffix = _suffix(platform.fmt)
     return {
-        "name": platform.name, "role": platform.role, "location": str(folder), "format": platform.fmt,
+        "name": platform.name,
+        "role": platform.role,
+        "location": str(folder),
+        "format": platform.fmt,
         **({"delimiter": ";"} if platform.fmt == "csv" else {}),
-        "files": {"interactions": f"interactions.{suffix}", "users": f"learners.{suffix}",
-                  "items": f"courses.{suffix}"},
+        "files": {
+            "interactions": f"interactions.{suffix}",
+            "users": f"learners.{suffix}",
+            "items": f"courses.{suffix}",
+        },
         "rating_scale": list(platform.rating_scale),
-        "columns": {"interactions": {ucol: "user_id", icol: "item_id", rcol: "rating", tcol: "timestamp"},
-                    "users": {"learner": "user_id", "age": "age", "occupation": "occupation"},
-                    "items": {"code": "item_id", "name": "title", "topic": "genres"}},
+        "columns": {
+            "interactions": {ucol: "user_id", icol: "item_id", rcol: "rating", tcol: "timestamp"},
+            "users": {"learner": "user_id", "age": "age", "occupation": "occupation"},
+            "items": {"code": "item_id", "name": "title", "topic": "genres"},
+        },
         "value_maps": {"age": "age_years", "occupation": "scale_occupation"},
     }
 
@@ -216,8 +272,9 @@ def ingest(config_path: Path, state: Path) -> dict[str, Any]:
     gx_dir = Path(os.environ.get("TRANSFER_REC_GX_DIR") or state / "great_expectations")
     if not gx_dir.exists():
         shutil.copytree(REPO_ROOT / "great_expectations", gx_dir, ignore=shutil.ignore_patterns("uncommitted"))
-    with _environment(TRANSFER_REC_CONFIG=str(config_path), TRANSFER_REC_STATE_DIR=str(state),
-                      TRANSFER_REC_GX_DIR=str(gx_dir)):
+    with _environment(
+        TRANSFER_REC_CONFIG=str(config_path), TRANSFER_REC_STATE_DIR=str(state), TRANSFER_REC_GX_DIR=str(gx_dir)
+    ):
         return _timed_ingest(load_config(config_path))
 
 
@@ -236,7 +293,7 @@ def _tree_memory(pid: int) -> tuple[int, int]:
                     pss, rss = (pss + kib, rss) if line.startswith("Pss:") else (pss, rss + kib)
             for task in os.listdir(f"/proc/{current}/task"):
                 stack += [int(c) for c in Path(f"/proc/{current}/task/{task}/children").read_text().split()]
-        except (OSError, ValueError, IndexError):   # the process (or thread) ended meanwhile
+        except (OSError, ValueError, IndexError):  # the process (or thread) ended meanwhile
             continue
     return pss, rss
 
@@ -275,8 +332,9 @@ def _validate_concurrently(pulled: list[Any], config: Any, layout: Any) -> list[
 
     rows = [sum(f.rows for f in m.files) for m in pulled]
     largest = max(range(len(pulled)), key=rows.__getitem__)
-    others = {i: Forked(validate_batch, m, config.platform(m.platform), layout)
-              for i, m in enumerate(pulled) if i != largest}
+    others = {
+        i: Forked(validate_batch, m, config.platform(m.platform), layout) for i, m in enumerate(pulled) if i != largest
+    }
     results: dict[int, Any] = {}
     error: BaseException | None = None
     try:
@@ -312,23 +370,31 @@ def _timed_ingest(config: Any) -> dict[str, Any]:
         seconds["unify"] = time.perf_counter() - mark
         total = time.perf_counter() - started
     rows = sum(m.interaction_rows() for m in pulled)
-    return {"rows": rows, "seconds": {**seconds, "total": total}, "rows_per_second": rows / total,
-            # this process and its validation workers together (PSS, see PeakMemory), their RSS summed (counts
-            # the pages workers share with this process twice), and this process alone
-            "peak_memory_gib": memory.pss / 2 ** 30,
-            "peak_rss_sum_gib": memory.rss / 2 ** 30,
-            "peak_rss_main_process_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
-            # CPU seconds of this process (since it started, imports included) and its finished workers: less
-            # sensitive to other jobs on the machine than wall time
-            "cpu_seconds": sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF,
-                               resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime")),
-            "load_average": os.getloadavg(),
-            "rows_out": {name: c["rows_out"] for name, c in manifest.platforms.items()}}
+    return {
+        "rows": rows,
+        "seconds": {**seconds, "total": total},
+        "rows_per_second": rows / total,
+        # this process and its validation workers together (PSS, see PeakMemory), their RSS summed (counts
+        # the pages workers share with this process twice), and this process alone
+        "peak_memory_gib": memory.pss / 2**30,
+        "peak_rss_sum_gib": memory.rss / 2**30,
+        "peak_rss_main_process_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        # CPU seconds of this process (since it started, imports included) and its finished workers: less
+        # sensitive to other jobs on the machine than wall time
+        "cpu_seconds": sum(
+            getattr(resource.getrusage(who), f)
+            for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+            for f in ("ru_utime", "ru_stime")
+        ),
+        "load_average": os.getloadavg(),
+        "rows_out": {name: c["rows_out"] for name, c in manifest.platforms.items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.scale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="write the synthetic exports and their config")
     gen.add_argument("--interactions", type=int, default=20_000_000)
@@ -361,16 +427,22 @@ def _bench(interactions: int, out: Path) -> None:
     state = out / "state"
     subprocess.run(["rm", "-rf", str(state)], check=True)
     # a fresh process, so peak memory is the ingest's own
-    done = subprocess.run([sys.executable, "-m", "bench.scale", "ingest", "--config", str(out / "pipeline.yaml"),
-                           "--state", str(state)], check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.scale", "ingest", "--config", str(out / "pipeline.yaml"), "--state", str(state)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     result = json.loads(done.stdout)
     (out / "ingest.json").write_text(json.dumps(result, indent=2))
     s = result["seconds"]
-    print(f"\ningest of {result['rows']:,} interactions (pull + validate + unify, 2 cores): {s['total']:.1f} s "
-          f"(pull {s['pull']:.1f}, validate {s['validate']:.1f}, unify {s['unify']:.1f}), "
-          f"{result['rows_per_second']:,.0f} rows/s, peak memory {result['peak_memory_gib']:.2f} GiB with its worker "
-          f"processes (targets: >= 500,000 rows/s, < 8 GiB); load average "
-          f"{' '.join(f'{x:.2f}' for x in result['load_average'])}")
+    print(
+        f"\ningest of {result['rows']:,} interactions (pull + validate + unify, 2 cores): {s['total']:.1f} s "
+        f"(pull {s['pull']:.1f}, validate {s['validate']:.1f}, unify {s['unify']:.1f}), "
+        f"{result['rows_per_second']:,.0f} rows/s, peak memory {result['peak_memory_gib']:.2f} GiB with its worker "
+        f"processes (targets: >= 500,000 rows/s, < 8 GiB); load average "
+        f"{' '.join(f'{x:.2f}' for x in result['load_average'])}"
+    )
 
 
 if __name__ == "__main__":

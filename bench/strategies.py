@@ -5,7 +5,8 @@
 On the benchmark protocol's splits (the same as `python -m bench.protocol`), the source is pretrained once per
 split and every variant is fine-tuned from that same pretrained model, so the variants differ only in how
 they fine-tune. Each is scored as the recommender alone, without short-history parts (those touch only histories
-shorter than warm_min_history), on the protocol's test items. Writes DIR/strategies.json and prints the mean per variant.
+shorter than warm_min_history), on the protocol's test items. Writes DIR/strategies.json and prints the mean per
+variant.
 """
 
 from __future__ import annotations
@@ -38,8 +39,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def compare(features: FeatureSet, config: PipelineConfig, source: str, target: str,
-            variants: dict[str, dict[str, Any]] = VARIANTS) -> dict[str, Any]:
+def compare(
+    features: FeatureSet,
+    config: PipelineConfig,
+    source: str,
+    target: str,
+    variants: dict[str, dict[str, Any]] = VARIANTS,
+) -> dict[str, Any]:
     """Pretrain on `source` once, fine-tune every variant on `target` from it; held-out metrics per variant."""
     use_torch_threads(config.runtime.torch_threads)
     data = PlatformData.of(features, target)
@@ -54,12 +60,14 @@ def compare(features: FeatureSet, config: PipelineConfig, source: str, target: s
         seconds = time.perf_counter() - started
         scores = model.score(train_history(data, variant))
         report["variants"][name] = {
-            "strategy": model.config.strategy, "source_replay": model.config.source_replay,
+            "strategy": model.config.strategy,
+            "source_replay": model.config.source_replay,
             "metrics": mean_metrics(held_out_metrics(data, {name: scores}, config.evaluation.k)[name]),
             "valid_ndcg": model.valid_ndcg,
             "encoder_valid_ndcg": [e["valid_ndcg"] for e in history if e["stage"] == "finetune"],
             "epochs": sum(e["stage"] == "finetune" for e in history),
-            "finetune_seconds": seconds}
+            "finetune_seconds": seconds,
+        }
         log.info("%s: %s", name, report["variants"][name])
     return report
 
@@ -82,15 +90,19 @@ def print_table(reports: list[dict[str, Any]]) -> None:
     for name in reports[0]["variants"]:
         rows = [r["variants"][name] for r in reports]
         means = [np.mean([row["metrics"][m] for row in rows]) for m in METRICS]
-        print(f"{name:<26}" + "".join(f"{v:>9.4f}" for v in means)
-              + f"{np.mean([row['epochs'] for row in rows]):>8.1f}"
-              + f"{np.mean([row['finetune_seconds'] for row in rows]):>9.1f}")
+        print(
+            f"{name:<26}"
+            + "".join(f"{v:>9.4f}" for v in means)
+            + f"{np.mean([row['epochs'] for row in rows]):>8.1f}"
+            + f"{np.mean([row['finetune_seconds'] for row in rows]):>9.1f}"
+        )
     print(f"pretraining (shared by the variants): {np.mean([r['pretrain_seconds'] for r in reports]):.1f} s per seed")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.strategies", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.strategies", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[2022, 2023, 2024])
     parser.add_argument("--out", required=True)
     parser.add_argument("--config", help="pipeline config (default: config/pipeline.yaml)")

@@ -36,8 +36,15 @@ OCCUPATIONS = ["student", "engineer", "teacher", "other"]
 AGE_EDGES = [18, 25, 35, 45, 50, 56]
 
 
-def generate(folder: Path, platforms: list[SyntheticPlatform], n_items: int = 300, dim: int = 8,
-             seed: int = 0, permute_target_items: bool = False, profile_taste: float = 0.0) -> dict[str, Any]:
+def generate(
+    folder: Path,
+    platforms: list[SyntheticPlatform],
+    n_items: int = 300,
+    dim: int = 8,
+    seed: int = 0,
+    permute_target_items: bool = False,
+    profile_taste: float = 0.0,
+) -> dict[str, Any]:
     """Write each platform's export files under folder/<platform>/ and return a config dict for them.
 
     permute_target_items relabels the target platforms' item ids at random: the same ids then mean different
@@ -51,9 +58,11 @@ def generate(folder: Path, platforms: list[SyntheticPlatform], n_items: int = 30
     item_topic = rng.integers(0, len(TOPICS), size=n_items)
     # a separate stream, so that profile_taste = 0 leaves every other draw as it was
     profile_rng = np.random.default_rng(seed + 7919)
-    effects = {"age": profile_rng.normal(size=(len(AGE_EDGES) + 1, dim)),
-               "gender": profile_rng.normal(size=(2, dim)),
-               "occupation": profile_rng.normal(size=(len(OCCUPATIONS), dim))}
+    effects = {
+        "age": profile_rng.normal(size=(len(AGE_EDGES) + 1, dim)),
+        "gender": profile_rng.normal(size=(2, dim)),
+        "occupation": profile_rng.normal(size=(len(OCCUPATIONS), dim)),
+    }
     config_platforms = []
     for platform in platforms:
         pdir = folder / platform.name
@@ -63,12 +72,17 @@ def generate(folder: Path, platforms: list[SyntheticPlatform], n_items: int = 30
         if permute_target_items and platform.role == "target":
             names = names[rng.permutation(n_items)]
         user_vectors = rng.normal(size=(platform.users, dim))
-        profile = {"age": profile_rng.integers(16, 70, size=platform.users),
-                   "gender": profile_rng.integers(0, 2, size=platform.users),
-                   "occupation": profile_rng.integers(0, len(OCCUPATIONS), size=platform.users)}
+        profile = {
+            "age": profile_rng.integers(16, 70, size=platform.users),
+            "gender": profile_rng.integers(0, 2, size=platform.users),
+            "occupation": profile_rng.integers(0, len(OCCUPATIONS), size=platform.users),
+        }
         if profile_taste > 0:
-            planted = (effects["age"][np.searchsorted(AGE_EDGES, profile["age"], side="right")]
-                       + effects["gender"][profile["gender"]] + effects["occupation"][profile["occupation"]])
+            planted = (
+                effects["age"][np.searchsorted(AGE_EDGES, profile["age"], side="right")]
+                + effects["gender"][profile["gender"]]
+                + effects["occupation"][profile["occupation"]]
+            )
             user_vectors = profile_taste * planted + user_vectors
         rows = []
         for u in range(platform.users):
@@ -84,20 +98,26 @@ def generate(folder: Path, platforms: list[SyntheticPlatform], n_items: int = 30
                 rows.append((f"{platform.name[:2]}{u}", names[item], rating, int(t)))
         ucol, icol, rcol, tcol = platform.columns
         inter = pd.DataFrame(rows, columns=[ucol, icol, rcol, tcol])
-        users = pd.DataFrame({
-            "uid": [f"{platform.name[:2]}{u}" for u in range(platform.users)],
-            "age": rng.integers(16, 70, size=platform.users),
-            "gender": rng.choice(["M", "F"], size=platform.users),
-            "occupation": rng.choice(OCCUPATIONS, size=platform.users),
-        })
+        users = pd.DataFrame(
+            {
+                "uid": [f"{platform.name[:2]}{u}" for u in range(platform.users)],
+                "age": rng.integers(16, 70, size=platform.users),
+                "gender": rng.choice(["M", "F"], size=platform.users),
+                "occupation": rng.choice(OCCUPATIONS, size=platform.users),
+            }
+        )
         if profile_taste > 0:
             users["age"] = profile["age"]
             users["gender"] = np.array(["M", "F"])[profile["gender"]]
             users["occupation"] = np.array(OCCUPATIONS)[profile["occupation"]]
         # titles follow the ids: in the permuted control the same id is the same course by its metadata too
-        items = pd.DataFrame({"item_key": names[visible],
-                              "title": [n.replace("course-", "Course ") for n in names[visible]],
-                              "topic": [TOPICS[t] for t in item_topic[visible]]})
+        items = pd.DataFrame(
+            {
+                "item_key": names[visible],
+                "title": [n.replace("course-", "Course ") for n in names[visible]],
+                "topic": [TOPICS[t] for t in item_topic[visible]],
+            }
+        )
         inter = _inject(inter, platform, rng)
         sep = platform.delimiter
         inter_file = pdir / "interactions.txt"
@@ -110,28 +130,38 @@ def generate(folder: Path, platforms: list[SyntheticPlatform], n_items: int = 30
                 fh.write(f"{platform.name[:2]}0{sep}caf\xe9{sep}4{sep}1650000000\n".encode("latin-1"))
         users.to_csv(pdir / "users.txt", sep=sep, index=False)
         items.to_csv(pdir / "items.txt", sep=sep, index=False)
-        config_platforms.append({
-            "name": platform.name,
-            "role": platform.role,
-            "location": str(pdir),
-            "format": "tsv" if sep == "\t" else "csv",
-            "delimiter": sep,
-            "files": {"interactions": "interactions.txt", "users": "users.txt", "items": "items.txt"},
-            "rating_scale": [1, 5],
-            "columns": {
-                "interactions": {ucol: "user_id", icol: "item_id", rcol: "rating", tcol: "timestamp"},
-                "users": {"uid": "user_id", "age": "age", "gender": "gender", "occupation": "occupation"},
-                "items": {"item_key": "item_id", "title": "title", "topic": "genres"},
-            },
-            "value_maps": {"age": "age_years", "occupation": "synthetic_occupation"},
-        })
+        config_platforms.append(
+            {
+                "name": platform.name,
+                "role": platform.role,
+                "location": str(pdir),
+                "format": "tsv" if sep == "\t" else "csv",
+                "delimiter": sep,
+                "files": {"interactions": "interactions.txt", "users": "users.txt", "items": "items.txt"},
+                "rating_scale": [1, 5],
+                "columns": {
+                    "interactions": {ucol: "user_id", icol: "item_id", rcol: "rating", tcol: "timestamp"},
+                    "users": {"uid": "user_id", "age": "age", "gender": "gender", "occupation": "occupation"},
+                    "items": {"item_key": "item_id", "title": "title", "topic": "genres"},
+                },
+                "value_maps": {"age": "age_years", "occupation": "synthetic_occupation"},
+            }
+        )
     return {
         "platforms": config_platforms,
         "allowed_locations": [str(folder), "s3://"],
-        "vocabularies": {"age": ["under-18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"],
-                         "occupation": ["student", "engineer", "educator", "other"]},
-        "value_maps": {"synthetic_occupation": {"student": "student", "engineer": "engineer",
-                                                "teacher": "educator", "other": "other"}},
+        "vocabularies": {
+            "age": ["under-18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"],
+            "occupation": ["student", "engineer", "educator", "other"],
+        },
+        "value_maps": {
+            "synthetic_occupation": {
+                "student": "student",
+                "engineer": "engineer",
+                "teacher": "educator",
+                "other": "other",
+            }
+        },
     }
 
 
@@ -158,8 +188,9 @@ def write_config(path: Path, generated: dict[str, Any], **sections: Any) -> Path
     return path
 
 
-def partition_by_day(export_dir: Path, file: str, timestamp_column: str, partition: str = "dt={date}",
-                     delimiter: str = "\t") -> list[str]:
+def partition_by_day(
+    export_dir: Path, file: str, timestamp_column: str, partition: str = "dt={date}", delimiter: str = "\t"
+) -> list[str]:
     """Re-export a platform's interactions file as one file per day (UTC) of its timestamps, in folders named by
     `partition`, as an incrementally pulled platform exports them; the unpartitioned file is removed. Returns the
     partition folder names, oldest first."""

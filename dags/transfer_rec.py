@@ -45,9 +45,17 @@ from transfer_rec.stages import pipeline
 def _on_failure(context: dict[str, Any]) -> None:
     """One line for the operator: what failed, on which platform, and where the log is."""
     ti = context["ti"]
-    alerts.record_failure(alerts.failure_line(
-        ti.dag_id, ti.task_id, context.get("label") or str(getattr(ti, "map_index", "")), ti.run_id,
-        getattr(ti, "try_number", 0), context.get("exception"), getattr(ti, "log_url", None)))
+    alerts.record_failure(
+        alerts.failure_line(
+            ti.dag_id,
+            ti.task_id,
+            context.get("label") or str(getattr(ti, "map_index", "")),
+            ti.run_id,
+            getattr(ti, "try_number", 0),
+            context.get("exception"),
+            getattr(ti, "log_url", None),
+        )
+    )
 
 
 DEFAULT_ARGS = {
@@ -119,21 +127,45 @@ def training_schedule():
     params={
         # nullable: the UI's trigger form refuses an empty value of a required (non-null) param, so a default of ""
         # would make every operator type a run key before the Trigger button works
-        "run_key": Param(None, type=["null", "string"], pattern=r"^[A-Za-z0-9_.-]{0,100}$",
-                         description="Name of this run's outputs (lake, models, MLflow). Empty: the Airflow run id."),
-        "targets": Param([], type="array", items={"type": "string"},
-                         description="Target platforms to fine-tune. Empty: every target in config/pipeline.yaml."),
-        "epochs_finetune": Param(None, type=["null", "integer"], minimum=1, maximum=500,
-                                 description="Maximum fine-tuning epochs (early stopping may end sooner)."),
-        "strategy": Param(None, type=["null", "string"], enum=[None, "full", "freeze_encoder"],
-                          description="Fine-tuning strategy: full, or freeze_encoder (only the output layer adapts). "
-                                      "Empty: the config's."),
-        "seed": Param(None, type=["null", "integer"], minimum=0,
-                      description="Seed of the split and of training. Empty: the config's."),
-        "gate_override": Param("none", type="string", enum=["none", "promote", "reject"],
-                               description="Manual override of the promotion gate, recorded on the model version."),
-        "dry_run": Param(False, type="boolean",
-                         description="Train and evaluate but never promote or publish."),
+        "run_key": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^[A-Za-z0-9_.-]{0,100}$",
+            description="Name of this run's outputs (lake, models, MLflow). Empty: the Airflow run id.",
+        ),
+        "targets": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            description="Target platforms to fine-tune. Empty: every target in config/pipeline.yaml.",
+        ),
+        "epochs_finetune": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=500,
+            description="Maximum fine-tuning epochs (early stopping may end sooner).",
+        ),
+        "strategy": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "full", "freeze_encoder"],
+            description="Fine-tuning strategy: full, or freeze_encoder (only the output layer adapts). "
+            "Empty: the config's.",
+        ),
+        "seed": Param(
+            None,
+            type=["null", "integer"],
+            minimum=0,
+            description="Seed of the split and of training. Empty: the config's.",
+        ),
+        "gate_override": Param(
+            "none",
+            type="string",
+            enum=["none", "promote", "reject"],
+            description="Manual override of the promotion gate, recorded on the model version.",
+        ),
+        "dry_run": Param(False, type="boolean", description="Train and evaluate but never promote or publish."),
     },
 )
 def transfer_rec() -> None:
@@ -141,8 +173,9 @@ def transfer_rec() -> None:
     def plan(**context: Any) -> dict[str, Any]:
         """Resolve config and params; open the MLflow parent run."""
         interval = (context.get("data_interval_start"), context.get("data_interval_end"))
-        run = pipeline.plan(dict(context["params"]), airflow_run_id=context["run_id"], dag_id=context["dag"].dag_id,
-                            interval=interval)
+        run = pipeline.plan(
+            dict(context["params"]), airflow_run_id=context["run_id"], dag_id=context["dag"].dag_id, interval=interval
+        )
         _mlflow_link(run)
         return run
 
@@ -187,8 +220,9 @@ def transfer_rec() -> None:
         return pretrained
 
     @per_platform()
-    def finetune(target: str, features: dict[str, Any], pretrained: dict[str, Any],
-                 run: dict[str, Any]) -> dict[str, Any]:
+    def finetune(
+        target: str, features: dict[str, Any], pretrained: dict[str, Any], run: dict[str, Any]
+    ) -> dict[str, Any]:
         """Adapt to one target platform; the result is the candidate model."""
         _label(target)
         _mlflow_link(run)
@@ -218,13 +252,21 @@ def transfer_rec() -> None:
         return pipeline.publish(run, decision, features)
 
     @task
-    def summarize(validated: list[dict[str, Any]], unified: dict[str, Any], features: dict[str, Any],
-                  pretrained: dict[str, Any], evaluations: list[dict[str, Any]], decisions: list[dict[str, Any]],
-                  published: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
+    def summarize(
+        validated: list[dict[str, Any]],
+        unified: dict[str, Any],
+        features: dict[str, Any],
+        pretrained: dict[str, Any],
+        evaluations: list[dict[str, Any]],
+        decisions: list[dict[str, Any]],
+        published: list[dict[str, Any]],
+        run: dict[str, Any],
+    ) -> dict[str, Any]:
         """Write the run's report (var/reports/<run_key>/summary.json)."""
         _mlflow_link(run)
-        return pipeline.summarize(run, list(validated), unified, features, pretrained, list(evaluations),
-                                  list(decisions), list(published))
+        return pipeline.summarize(
+            run, list(validated), unified, features, pretrained, list(evaluations), list(decisions), list(published)
+        )
 
     run = plan()
     # The platform registry is static configuration: one pull/validate pair per platform, visible in the graph.
@@ -269,8 +311,9 @@ def ingest_dag(platform: str):
         def pull(**context: Any) -> dict[str, Any]:
             """Land the platform's export files with their hashes and row counts."""
             _label(platform)
-            return pipeline.ingest_pull(platform, context["run_id"],
-                                        (context.get("data_interval_start"), context.get("data_interval_end")))
+            return pipeline.ingest_pull(
+                platform, context["run_id"], (context.get("data_interval_start"), context.get("data_interval_end"))
+            )
 
         @task(outlets=[asset], **NO_RETRY)
         def validate(pulled: dict[str, Any], **context: Any) -> dict[str, Any]:

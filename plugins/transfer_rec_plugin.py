@@ -1,8 +1,9 @@
 """Airflow plugin of transfer-rec: extra links from a task to its MLflow run and from a validate task to its batch's
 Data Docs, and the Data Docs folder served under the API server (browsers do not open file:// links from the UI).
 
-The link logic lives in src/transfer_rec/ops/links.py (plain functions, unit-tested); this file only wires it into Airflow. The links
-are global: every task shows them, and they are enabled where the task pushed the XComs named in src/transfer_rec/ops/links.py.
+The link logic lives in src/transfer_rec/ops/links.py (plain functions, unit-tested); this file only wires it into
+Airflow. The links are global: every task shows them, and they are enabled where the task pushed the XComs named in
+src/transfer_rec/ops/links.py.
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ def _xcom(ti_key: Any, key: str) -> str | None:
 
     with create_session() as session:
         row = session.execute(
-            XComModel.get_many(key=key, run_id=ti_key.run_id, dag_ids=ti_key.dag_id, task_ids=ti_key.task_id,
-                               map_indexes=ti_key.map_index).with_only_columns(XComModel.value)
+            XComModel.get_many(
+                key=key,
+                run_id=ti_key.run_id,
+                dag_ids=ti_key.dag_id,
+                task_ids=ti_key.task_id,
+                map_indexes=ti_key.map_index,
+            ).with_only_columns(XComModel.value)
         ).first()
     if row is None or row.value is None:
         return None
@@ -56,8 +62,11 @@ class DataDocsLink(BaseOperatorLink):
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         from airflow.configuration import conf
 
-        base = links.api_base_url(conf.get("api", "base_url", fallback=None), conf.get("api", "host", fallback=None),
-                                  conf.get("api", "port", fallback=None))
+        base = links.api_base_url(
+            conf.get("api", "base_url", fallback=None),
+            conf.get("api", "host", fallback=None),
+            conf.get("api", "port", fallback=None),
+        )
         return links.data_docs_url(_xcom(ti_key, links.DATA_DOCS_KEY), base)
 
 
@@ -79,5 +88,4 @@ def data_docs(page: str) -> FileResponse:
 class TransferRecPlugin(AirflowPlugin):
     name = "transfer_rec"
     global_operator_extra_links = [MlflowRunLink(), DataDocsLink()]
-    fastapi_apps = [{"app": data_docs_app, "url_prefix": links.PLUGIN_PREFIX,
-                     "name": "transfer-rec Data Docs"}]
+    fastapi_apps = [{"app": data_docs_app, "url_prefix": links.PLUGIN_PREFIX, "name": "transfer-rec Data Docs"}]

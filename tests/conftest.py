@@ -17,17 +17,19 @@ atexit.register(shutil.rmtree, _SESSION, ignore_errors=True)
 _GX = _SESSION / "great_expectations"
 shutil.copytree(REPO / "great_expectations", _GX, ignore=shutil.ignore_patterns("uncommitted"))
 
-os.environ.update({
-    "AIRFLOW_HOME": str(_SESSION / "airflow"),
-    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-    "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-    "GX_ANALYTICS_ENABLED": "False",
-    "TRANSFER_REC_GX_DIR": str(_GX),
-    "TRANSFER_REC_STATE_DIR": str(_SESSION / "var"),
-    "MLFLOW_TRACKING_URI": f"sqlite:///{_SESSION / 'mlflow.db'}",
-})
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_SESSION / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "GX_ANALYTICS_ENABLED": "False",
+        "TRANSFER_REC_GX_DIR": str(_GX),
+        "TRANSFER_REC_STATE_DIR": str(_SESSION / "var"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{_SESSION / 'mlflow.db'}",
+    }
+)
 
 from bench.synthetic import SyntheticPlatform, generate, write_config  # noqa: E402
 
@@ -35,19 +37,37 @@ from bench.synthetic import SyntheticPlatform, generate, write_config  # noqa: E
 def pytest_configure(config):
     config.addinivalue_line("markers", "servers: starts a real Airflow (minutes each); `make test-servers`")
     config.addinivalue_line("markers", "prod: the production path (Celery, PostgreSQL, Redis, S3); `make test-prod`")
-    config.addinivalue_line("markers", "browser: drives the Airflow and MLflow UIs in headless Chromium (Debian's "
-                                       "/usr/bin/chromium); also marked servers")
+    config.addinivalue_line(
+        "markers",
+        "browser: drives the Airflow and MLflow UIs in headless Chromium (Debian's "
+        "/usr/bin/chromium); also marked servers",
+    )
 
 
-FAST_TRAINING = {"epochs_pretrain": 3, "epochs_finetune": 4, "patience": 2, "hidden": 32, "batch_size": 128,
-                 "learning_rate": 0.005, "seed": 7}
+FAST_TRAINING = {
+    "epochs_pretrain": 3,
+    "epochs_finetune": 4,
+    "patience": 2,
+    "hidden": 32,
+    "batch_size": 128,
+    "learning_rate": 0.005,
+    "seed": 7,
+}
 
 
 def two_platforms(faults: list[str] | None = None) -> list[SyntheticPlatform]:
     return [
         SyntheticPlatform("campus", "source", users=300, interactions_per_user=30),
-        SyntheticPlatform("village", "target", users=80, interactions_per_user=15, catalogue_share=0.7,
-                          columns=("learner", "course", "score", "ts"), delimiter=",", faults=faults or []),
+        SyntheticPlatform(
+            "village",
+            "target",
+            users=80,
+            interactions_per_user=15,
+            catalogue_share=0.7,
+            columns=("learner", "course", "score", "ts"),
+            delimiter=",",
+            faults=faults or [],
+        ),
     ]
 
 
@@ -57,8 +77,12 @@ def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     def make(faults: list[str] | None = None, **sections) -> dict:
         generated = generate(tmp_path / "exports", two_platforms(faults), n_items=120, seed=3)
-        config = write_config(tmp_path / "pipeline.yaml", generated,
-                              training={**FAST_TRAINING, **sections.pop("training", {})}, **sections)
+        config = write_config(
+            tmp_path / "pipeline.yaml",
+            generated,
+            training={**FAST_TRAINING, **sections.pop("training", {})},
+            **sections,
+        )
         monkeypatch.setenv("TRANSFER_REC_CONFIG", str(config))
         # default suites written for this world's platforms stay with it, not in the session's GX copy
         gx_dir = tmp_path / "great_expectations"

@@ -51,8 +51,9 @@ def _read(path: str | Path, required: tuple[str, ...] = INTERACTION_KEYS) -> pd.
     return frame
 
 
-def read_described(path: str | Path | None, platform: PlatformConfig, table: str,
-                   config: PipelineConfig) -> pd.DataFrame | None:
+def read_described(
+    path: str | Path | None, platform: PlatformConfig, table: str, config: PipelineConfig
+) -> pd.DataFrame | None:
     """A users or items file in the unified columns and vocabularies, read the way unification reads the
     platform's own export (its column names and value maps in the config), so native MovieLens files and files
     already unified (export_split) give the same profiles and item descriptions. A profile value that the platform's
@@ -60,17 +61,24 @@ def read_described(path: str | Path | None, platform: PlatformConfig, table: str
     if not path:
         return None
     frame = _read(path, ("user_id",) if table == "users" else ("item_id",))
-    frame = frame.rename(columns={k: v for k, v in platform.columns.get(table, {}).items()
-                                  if k in frame and v not in frame})
+    frame = frame.rename(
+        columns={k: v for k, v in platform.columns.get(table, {}).items() if k in frame and v not in frame}
+    )
     if table == "items":
         return unified_item_columns(frame)
     profiles = unified_profiles(frame, platform, config, keep_unified=True)
     for column in profiles:
         lost = frame[column][frame[column].notna() & profiles[column].isna()] if column in frame else []
         if len(lost):
-            log.warning("%s: column %s: %d value(s) outside the value map %r of platform %s (e.g. %s), read as "
-                        "unknown", path, column, len(lost), platform.value_maps.get(column), platform.name,
-                        sorted(set(lost.astype(str)))[:3])
+            log.warning(
+                "%s: column %s: %d value(s) outside the value map %r of platform %s (e.g. %s), read as unknown",
+                path,
+                column,
+                len(lost),
+                platform.value_maps.get(column),
+                platform.name,
+                sorted(set(lost.astype(str)))[:3],
+            )
     return pd.concat([frame[["user_id"]], profiles], axis=1)
 
 
@@ -78,14 +86,21 @@ def features_from_files(args: argparse.Namespace, folder: Path, config: Pipeline
     """Lay the given split out as a features folder, exactly as the pipeline's features stage writes one. Users and
     items files are read as the config's source and first target platform export them (read_described)."""
     folder.mkdir(parents=True, exist_ok=True)
-    parts = {SOURCE: {"train": _read(args.source)},
-             TARGET: {"train": _read(args.target_train), "valid": _read(args.target_valid),
-                      "test": _read(args.target_test)}}
+    parts = {
+        SOURCE: {"train": _read(args.source)},
+        TARGET: {"train": _read(args.target_train), "valid": _read(args.target_valid), "test": _read(args.target_test)},
+    }
     item_ids = np.sort(pd.unique(pd.concat([f["item_id"] for p in parts.values() for f in p.values()])))
     index = pd.DataFrame({"item_id": item_ids, "item_idx": np.arange(len(item_ids))})
     platforms = {SOURCE: config.source, TARGET: config.targets[0]}
-    item_tables = [t for t in (read_described(args.source_items, platforms[SOURCE], "items", config),
-                               read_described(args.target_items, platforms[TARGET], "items", config)) if t is not None]
+    item_tables = [
+        t
+        for t in (
+            read_described(args.source_items, platforms[SOURCE], "items", config),
+            read_described(args.target_items, platforms[TARGET], "items", config),
+        )
+        if t is not None
+    ]
     items = index
     if item_tables:
         # The first file that describes an item wins (source first, as in unification).
@@ -101,8 +116,9 @@ def features_from_files(args: argparse.Namespace, folder: Path, config: Pipeline
         if users is None:
             users = pd.DataFrame({"user_id": frame["user_id"].unique()})
         users.assign(platform=platform).to_parquet(folder / f"{platform}.users.parquet", index=False)
-    manifest = FeatureSet(dir=str(folder), run_key="benchmark", seed=config.features.seed, n_items=int(len(item_ids)),
-                          platforms={})
+    manifest = FeatureSet(
+        dir=str(folder), run_key="benchmark", seed=config.features.seed, n_items=int(len(item_ids)), platforms={}
+    )
     (folder / "manifest.json").write_text(json.dumps(manifest.to_xcom()))
     return manifest
 
@@ -129,23 +145,40 @@ def run_files(args: argparse.Namespace, config: PipelineConfig) -> dict[str, Any
     score_seconds = time.perf_counter() - started
     baselines = fit_baselines(features, TARGET, config, cache_dir=None, source=SOURCE)
     train = target.matrix("train")
-    scores.update({name: score(weighted if name == "target_only" else train)
-                   for name, score in baseline_scorers(baselines, target.profiles()).items()})
+    scores.update(
+        {
+            name: score(weighted if name == "target_only" else train)
+            for name, score in baseline_scorers(baselines, target.profiles()).items()
+        }
+    )
     fitted = dict(baselines.info)
     metrics = {name: mean_metrics(values) for name, values in held_out_metrics(target, scores, K).items()}
 
     test_users = np.flatnonzero(np.diff(target.matrix("test").indptr) > 0)
-    ranked = top_k(scores["transfer"][test_users], K, target.matrix("train", "valid")[test_users],
-                   target.item_mask())
+    ranked = top_k(scores["transfer"][test_users], K, target.matrix("train", "valid")[test_users], target.item_mask())
     items = pd.read_parquet(Path(features.dir) / "items.parquet").sort_values("item_idx")["item_id"].to_numpy()
-    recs = pd.DataFrame({"user_id": np.repeat(target.user_ids[test_users], K), "item_id": items[ranked.ravel()],
-                         "rank": np.tile(np.arange(1, K + 1), len(test_users))})
+    recs = pd.DataFrame(
+        {
+            "user_id": np.repeat(target.user_ids[test_users], K),
+            "item_id": items[ranked.ravel()],
+            "rank": np.tile(np.arange(1, K + 1), len(test_users)),
+        }
+    )
     recs.to_csv(out / "recommendations.tsv", sep="\t", index=False)
-    report = {"k": K, "test_users": int(len(test_users)), "metrics": metrics,
-              "item_segments": held_out_item_segments(target, source.matrix(), scores, K),
-              "seconds": {"pretrain": pretrain_seconds, "pretrain_and_finetune": fit_seconds,
-                          "score_all_target_users": score_seconds, **fitted},
-              "finetune_epochs": len(history), "config": {**config.training.model_dump(), "k": config.evaluation.k}}
+    report = {
+        "k": K,
+        "test_users": int(len(test_users)),
+        "metrics": metrics,
+        "item_segments": held_out_item_segments(target, source.matrix(), scores, K),
+        "seconds": {
+            "pretrain": pretrain_seconds,
+            "pretrain_and_finetune": fit_seconds,
+            "score_all_target_users": score_seconds,
+            **fitted,
+        },
+        "finetune_epochs": len(history),
+        "config": {**config.training.model_dump(), "k": config.evaluation.k},
+    }
     (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
     return report
 
@@ -167,8 +200,11 @@ def print_details(reports: list[dict[str, Any]]) -> None:
     print("\nShare of test interactions found in the top 10, by item segment (test interactions per split in brackets)")
     print(f"{'model':<28}" + "".join(f"{name:>22}" for name in segments))
     for name in names:
-        cells = [f"{np.mean([r['item_segments'][name][seg]['found'] for r in reports]):.4f} "
-                 f"({np.mean([r['item_segments'][name][seg]['relevant'] for r in reports]):.0f})" for seg in segments]
+        cells = [
+            f"{np.mean([r['item_segments'][name][seg]['found'] for r in reports]):.4f} "
+            f"({np.mean([r['item_segments'][name][seg]['relevant'] for r in reports]):.0f})"
+            for seg in segments
+        ]
         print(f"{'transfer-rec ' + name:<28}" + "".join(f"{c:>22}" for c in cells))
     fit = np.mean([r["seconds"]["pretrain_and_finetune"] for r in reports])
     score = np.mean([r["seconds"]["score_all_target_users"] for r in reports])

@@ -66,8 +66,9 @@ def run(layout: StateLayout) -> None:
     init(layout)
     log = layout.root / "last-run.log"
     with open(log, "w") as out:
-        code = subprocess.run([_bin("airflow"), "dags", "test", "transfer_rec"], stdout=out,
-                              stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(
+            [_bin("airflow"), "dags", "test", "transfer_rec"], stdout=out, stderr=subprocess.STDOUT
+        ).returncode
     if code != 0:
         print("".join(log.read_text().splitlines(keepends=True)[-60:]))
         raise SystemExit(f"transfer-rec run: the DAG failed, full log in {log}")
@@ -84,19 +85,32 @@ def summary(layout: StateLayout) -> None:
     print("\nplatforms               rows pulled   validation         unified        kept")
     for name, p in report["platforms"].items():
         status = p["validation"] + (f" ({p['validation_warnings']} warn)" if p["validation_warnings"] else "")
-        print(f"  {name:<10} {p['role']:<7} {p['rows_pulled']:>11,}   {status:<17} {p['rows_unified']:>8,} "
-              f"{p['rows_kept']:>10,}")
+        print(
+            f"  {name:<10} {p['role']:<7} {p['rows_pulled']:>11,}   {status:<17} {p['rows_unified']:>8,} "
+            f"{p['rows_kept']:>10,}"
+        )
     print(f"\npretrain on the source: {report['pretrain']['epochs']} epochs, {report['pretrain']['seconds']} s")
     for target, t in report["targets"].items():
         k = t["k"]
         print(f"\ntarget {target}: {t['test_users']} held-out users, metrics at K={k}")
-        columns = (("NDCG", "ndcg"), ("Recall", "recall"), ("Hit", "hit"), ("MRR", "mrr"), ("Prec", "precision"),
-                   ("Cover", "coverage"), ("Divers", "diversity"), ("Novel", "novelty"), ("Retain", "retention"),
-                   ("RetNew", "retention_new"))
+        columns = (
+            ("NDCG", "ndcg"),
+            ("Recall", "recall"),
+            ("Hit", "hit"),
+            ("MRR", "mrr"),
+            ("Prec", "precision"),
+            ("Cover", "coverage"),
+            ("Divers", "diversity"),
+            ("Novel", "novelty"),
+            ("Retain", "retention"),
+            ("RetNew", "retention_new"),
+        )
         print(f"  {'model':<13}" + "".join(f"{title:>8}" for title, _ in columns))
         for name, m in t["metrics"].items():
-            print(f"  {name:<13}" + "".join(f"{m[x]:>8.4f}" if m.get(x) is not None else f"{'n/a':>8}"
-                                            for _, x in columns))
+            print(
+                f"  {name:<13}"
+                + "".join(f"{m[x]:>8.4f}" if m.get(x) is not None else f"{'n/a':>8}" for _, x in columns)
+            )
         print("  (retention: share of users with a hit in their top-K on their next period; docs/evaluation.md)")
         d = t["decision"]
         print(f"  decision: {d['model']} v{d['version']} {'PROMOTED to champion' if d['promoted'] else 'not promoted'}")
@@ -107,8 +121,10 @@ def summary(layout: StateLayout) -> None:
             print(f"  published: {pub['rows']:,} recommendations for {pub['users']:,} users -> {pub['path']}")
         else:
             print(f"  published: nothing ({pub.get('reason', 'n/a')})")
-    print("\nnext: `make airflow-ui` (Airflow on http://127.0.0.1:8080), `make mlflow-ui` (http://127.0.0.1:5000), "
-          "`make serve` (the champion over HTTP)")
+    print(
+        "\nnext: `make airflow-ui` (Airflow on http://127.0.0.1:8080), `make mlflow-ui` (http://127.0.0.1:5000), "
+        "`make serve` (the champion over HTTP)"
+    )
 
 
 def airflow_ui(layout: StateLayout) -> None:
@@ -118,8 +134,13 @@ def airflow_ui(layout: StateLayout) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    proc = subprocess.Popen(["airflow", "standalone"], env=env, start_new_session=True,
-                            stdout=open(layout.root / "airflow-standalone.log", "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        ["airflow", "standalone"],
+        env=env,
+        start_new_session=True,
+        stdout=open(layout.root / "airflow-standalone.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     password_file = home / "simple_auth_manager_passwords.json.generated"
     print("starting Airflow (log: var/airflow-standalone.log) ...")
     try:
@@ -155,8 +176,16 @@ BENCHMARK = """The side-by-side benchmark: a source and a target split given as 
 DAG runs (no Airflow). Writes DIR/recommendations.tsv (user_id, item_id, rank: the top 10 of every test user, train
 and valid items excluded) and DIR/metrics.json. Interaction files are TSV with a header (user_id, item_id, rating,
 timestamp); users and items files are read as the config's source and first target export them."""
-BENCHMARK_FILES = ("source", "target-train", "target-valid", "target-test", "source-users", "source-items",
-                   "target-users", "target-items")
+BENCHMARK_FILES = (
+    "source",
+    "target-train",
+    "target-valid",
+    "target-test",
+    "source-users",
+    "source-items",
+    "target-users",
+    "target-items",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,8 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("airflow-ui", help="run Airflow standalone on 127.0.0.1:8080 until Ctrl-C")
     rollback = sub.add_parser("rollback", help="move a target's champion alias back to previous_champion")
     rollback.add_argument("target")
-    bench = sub.add_parser("benchmark", help="the side-by-side benchmark on a split given as files",
-                           description=BENCHMARK)
+    bench = sub.add_parser(
+        "benchmark", help="the side-by-side benchmark on a split given as files", description=BENCHMARK
+    )
     for name in BENCHMARK_FILES:
         bench.add_argument(f"--{name}", metavar="FILE")
     bench.add_argument("--out", required=True, metavar="DIR")

@@ -49,8 +49,8 @@ class PullConfig(_Strict):
 class DriftConfig(_Strict):
     """Checks of a snapshot batch against the platform's previous validated batch (0 turns a check off)."""
 
-    volume_factor: float = Field(5.0, ge=0)   # rows outside [previous / f, previous * f]: a volume anomaly
-    rating_shift: float = Field(0.15, ge=0)   # mean rating moved by more than this share of the rating scale
+    volume_factor: float = Field(5.0, ge=0)  # rows outside [previous / f, previous * f]: a volume anomaly
+    rating_shift: float = Field(0.15, ge=0)  # mean rating moved by more than this share of the rating scale
 
 
 class PlatformConfig(_Strict):
@@ -118,8 +118,8 @@ class TrainingConfig(_Strict):
     seed: int = 2022
     # item-item part: the source's co-occurrences, weighted by alpha, are a prior that the target's users refine
     alpha: float = Field(0.5, ge=0)
-    lam: float = Field(300.0, gt=0)           # L2 regulariser of the item-item solve
-    drop_p: float = Field(0.25, ge=0, lt=1)   # dropout-equivalent regulariser of the item-item solve
+    lam: float = Field(300.0, gt=0)  # L2 regulariser of the item-item solve
+    drop_p: float = Field(0.25, ge=0, lt=1)  # dropout-equivalent regulariser of the item-item solve
     # more (alpha, lam, drop_p) settings solved next to the one above in fine-tuning (item_combine: how they are used)
     item_grid: list[tuple[float, float, float]] = [(0.5, 100.0, 0.5), (0.3, 300.0, 0.25), (0.7, 100.0, 0.5)]
     # mean: the item-item part is the mean of all the settings' weights; best: the one best on valid. Valid tells
@@ -135,8 +135,8 @@ class TrainingConfig(_Strict):
     epochs_pretrain: int = Field(15, ge=0, le=500)
     epochs_finetune: int = Field(80, ge=1, le=500)
     patience: int = Field(8, ge=1)
-    source_replay: float = Field(0.15, ge=0, le=1)   # share of source users replayed in every fine-tuning epoch
-    strategy: Literal["full", "freeze_encoder"] = "full"   # freeze_encoder: only the output layer adapts
+    source_replay: float = Field(0.15, ge=0, le=1)  # share of source users replayed in every fine-tuning epoch
+    strategy: Literal["full", "freeze_encoder"] = "full"  # freeze_encoder: only the output layer adapts
     # the encoder's weight next to the item-item part, chosen on valid among these
     beta_grid: list[Annotated[float, Field(ge=0)]] = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0]
     # an interaction counts 1 + rating_weight * (rating - 4) in the item-item part's histories (ratings 3/4/5 count
@@ -171,7 +171,8 @@ class ShortHistoryConfig(_Strict):
 
 class EvaluationConfig(_Strict):
     k: int = Field(10, ge=1, le=1000)
-    # Retention's next-period hold-out: each target user's last share of interactions by timestamp (docs/evaluation.md, Retention).
+    # Retention's next-period hold-out: each target user's last share of interactions by timestamp
+    # (docs/evaluation.md, Retention).
     time_holdout: float = Field(0.1, gt=0, lt=1)
     # Users with at most this many history items count as new users in the segments and in `retention_new`.
     new_user_max_history: int = Field(20, ge=1)
@@ -234,8 +235,10 @@ class PipelineConfig(_Strict):
     def _locations_allowed(self) -> PipelineConfig:
         for p in self.platforms:
             if not location_allowed(p.location, self.allowed_locations):
-                raise ValueError(f"platform {p.name}: location {p.location!r} is outside the allowed locations "
-                                 f"{self.allowed_locations} (rule: allowed_locations)")
+                raise ValueError(
+                    f"platform {p.name}: location {p.location!r} is outside the allowed locations "
+                    f"{self.allowed_locations} (rule: allowed_locations)"
+                )
         return self
 
     @model_validator(mode="after")
@@ -278,8 +281,11 @@ def location_allowed(location: str, allowed: list[str]) -> bool:
             return False
         return any("://" in root and location.startswith(root) for root in allowed)
     path = Path(os.path.realpath(location.removeprefix("file://")))
-    roots = [Path(os.path.realpath(root.removeprefix("file://"))) for root in allowed
-             if "://" not in root or root.startswith("file://")]
+    roots = [
+        Path(os.path.realpath(root.removeprefix("file://")))
+        for root in allowed
+        if "://" not in root or root.startswith("file://")
+    ]
     return any(path == root or path.is_relative_to(root) for root in roots)
 
 

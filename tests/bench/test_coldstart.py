@@ -26,12 +26,15 @@ def test_new_users_are_held_out_and_given_their_earliest_items(tmp_path):
             rows.append((f"t{u}", int(item), 1000 - j, ["train", "train", "train", "train", "valid", "test"][j]))
     frame = pd.DataFrame(rows, columns=["user_id", "item_idx", "timestamp", "split"])
     frame.to_parquet(tmp_path / f"{target}.interactions.parquet")
-    pd.DataFrame({"user_id": frame["user_id"].unique(), "age": "18-24", "gender": "F", "occupation": "student"}
-                 ).to_parquet(tmp_path / f"{target}.users.parquet")
+    pd.DataFrame(
+        {"user_id": frame["user_id"].unique(), "age": "18-24", "gender": "F", "occupation": "student"}
+    ).to_parquet(tmp_path / f"{target}.users.parquet")
     pd.DataFrame({"user_id": ["s0"], "item_idx": [11], "timestamp": [1], "split": ["train"]}).to_parquet(
-        tmp_path / f"{source}.interactions.parquet")
+        tmp_path / f"{source}.interactions.parquet"
+    )
     pd.DataFrame({"user_id": ["s0"], "age": "56+", "gender": "M", "occupation": "other"}).to_parquet(
-        tmp_path / f"{source}.users.parquet")
+        tmp_path / f"{source}.users.parquet"
+    )
     pd.DataFrame({"item_idx": range(12), "item_id": list("abcdefghijkl")}).to_parquet(tmp_path / "items.parquet")
     (tmp_path / "manifest.json").write_text(json.dumps({"n_items": 12}))
     features = FeatureSet(dir=str(tmp_path), run_key="t", seed=3, n_items=12, platforms={})
@@ -53,10 +56,9 @@ def test_new_users_are_held_out_and_given_their_earliest_items(tmp_path):
         coldstart.cold_split(features, config, seed=3, warm_share=0.0)
 
 
-
-
-def _split_for_ceiling(warm_items, warm_genders, new_items, new_genders, source_items=(), source_genders=(),
-                       n_items=12):
+def _split_for_ceiling(
+    warm_items, warm_genders, new_items, new_genders, source_items=(), source_genders=(), n_items=12
+):
     """A ColdSplit with the given users' item sets (all warm items in train) and genders; one age for all."""
 
     def matrix(item_sets):
@@ -66,17 +68,30 @@ def _split_for_ceiling(warm_items, warm_genders, new_items, new_genders, source_
         return sp.csr_matrix(rows)
 
     def users(prefix, genders):
-        return pd.DataFrame({"user_id": [f"{prefix}{i}" for i in range(len(genders))], "gender": genders,
-                             "age": "25-34", "occupation": "other"})
+        return pd.DataFrame(
+            {
+                "user_id": [f"{prefix}{i}" for i in range(len(genders))],
+                "gender": genders,
+                "age": "25-34",
+                "occupation": "other",
+            }
+        )
 
     empty = sp.csr_matrix((len(warm_items), n_items), dtype=np.float32)
-    data = ShortHistoryData(n_items=n_items, catalogue=np.ones(n_items, dtype=bool), train=matrix(warm_items),
-                            valid=empty, users=users("w", warm_genders),
-                            ordered=[np.array(sorted(s)) for s in warm_items], source=matrix(source_items),
-                            source_users=users("s", list(source_genders)),
-                            items=pd.DataFrame({"item_idx": range(n_items)}))
-    return coldstart.ColdSplit(data=data, test=empty, new_users=users("n", new_genders),
-                               new_ordered=[np.array(sorted(s)) for s in new_items])
+    data = ShortHistoryData(
+        n_items=n_items,
+        catalogue=np.ones(n_items, dtype=bool),
+        train=matrix(warm_items),
+        valid=empty,
+        users=users("w", warm_genders),
+        ordered=[np.array(sorted(s)) for s in warm_items],
+        source=matrix(source_items),
+        source_users=users("s", list(source_genders)),
+        items=pd.DataFrame({"item_idx": range(n_items)}),
+    )
+    return coldstart.ColdSplit(
+        data=data, test=empty, new_users=users("n", new_genders), new_ordered=[np.array(sorted(s)) for s in new_items]
+    )
 
 
 def test_profile_ceiling_finds_the_cell_that_tells_users_apart():
@@ -86,8 +101,8 @@ def test_profile_ceiling_finds_the_cell_that_tells_users_apart():
     split = _split_for_ceiling(warm, ["F"] * 4 + ["M"] * 4, [{0, 1, 2}, {3, 4, 5}], ["F", "M"])
     ceiling = coldstart.profile_ceiling(split)
     assert "gender" in ceiling["best"]["cells"]
-    assert ceiling["best"]["ndcg"] == pytest.approx(1.0)   # each new user's three items lead their cell's shares
-    by_age = [g for g in ceiling["grid"] if g["cells"] == ["age"]]   # one age for all: the whole population
+    assert ceiling["best"]["ndcg"] == pytest.approx(1.0)  # each new user's three items lead their cell's shares
+    by_age = [g for g in ceiling["grid"] if g["cells"] == ["age"]]  # one age for all: the whole population
     assert max(g["ndcg"] for g in by_age) < 0.8
 
 
@@ -100,8 +115,14 @@ def test_profile_ceiling_leaves_each_new_user_out_of_their_own_counts():
 
 def test_profile_ceiling_mixes_in_the_source_users_cells_where_they_tell_more():
     # the target's warm users all take the same items; on the source, women take items 0-2 and men 3-5
-    split = _split_for_ceiling([{6, 7, 8, 9}] * 8, ["F", "M"] * 4, [{0, 1, 2}, {3, 4, 5}], ["F", "M"],
-                               [{0, 1, 2}] * 5 + [{3, 4, 5}] * 5, ["F"] * 5 + ["M"] * 5)
+    split = _split_for_ceiling(
+        [{6, 7, 8, 9}] * 8,
+        ["F", "M"] * 4,
+        [{0, 1, 2}, {3, 4, 5}],
+        ["F", "M"],
+        [{0, 1, 2}] * 5 + [{3, 4, 5}] * 5,
+        ["F"] * 5 + ["M"] * 5,
+    )
     ceiling = coldstart.profile_ceiling(split)
     assert ceiling["best"]["source_share"] > 0 and ceiling["best"]["ndcg"] == pytest.approx(1.0)
     assert ceiling["best_target"]["source_share"] == 0.0 and ceiling["best_target"]["ndcg"] < 0.8

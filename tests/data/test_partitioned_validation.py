@@ -63,14 +63,17 @@ def test_good_batches_pass_partitioned(pipeline_env, partitioned):
 def test_whole_table_expectations_run_once_on_all_rows(partitioned, tmp_path):
     rng = np.random.default_rng(0)
     users = np.repeat([f"u{i}" for i in range(60)], 10)
-    frame = pd.DataFrame({"user": users, "item": np.tile([f"i{i}" for i in range(10)], 60),
-                          "rating": rng.integers(1, 6, size=600)})
-    frame.loc[[5, 305], "item"] = frame.loc[[4, 304], "item"].to_numpy()   # two duplicates, far apart
-    frame.loc[[17, 420, 599], "rating"] = 9                               # out of range in three partitions
-    suite = [gxe.ExpectCompoundColumnsToBeUnique(column_list=["user", "item"]),
-             gxe.ExpectColumnValuesToBeBetween(column="rating", min_value=1, max_value=5),
-             gxe.ExpectTableRowCountToBeBetween(min_value=1, max_value=500),
-             gxe.ExpectColumnMeanToBeBetween(column="rating", min_value=0, max_value=3)]
+    frame = pd.DataFrame(
+        {"user": users, "item": np.tile([f"i{i}" for i in range(10)], 60), "rating": rng.integers(1, 6, size=600)}
+    )
+    frame.loc[[5, 305], "item"] = frame.loc[[4, 304], "item"].to_numpy()  # two duplicates, far apart
+    frame.loc[[17, 420, 599], "rating"] = 9  # out of range in three partitions
+    suite = [
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["user", "item"]),
+        gxe.ExpectColumnValuesToBeBetween(column="rating", min_value=1, max_value=5),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, max_value=500),
+        gxe.ExpectColumnMeanToBeBetween(column="rating", min_value=0, max_value=3),
+    ]
     scratch = validate._scratch_context(tmp_path / "docs")
     source = scratch.data_sources.add_pandas("test")
     results = validate_frames(scratch, source, [Batch("t", frame, suite, "user")])[0]
@@ -106,16 +109,34 @@ def test_unified_suite_in_partitions_finds_dangling_ids_and_duplicates(partition
 
     pipeline_env()
     users = [f"a:{u}" for u in range(50)]
-    interactions = pd.DataFrame({"platform": "a", "user_id": np.repeat(users, 8),
-                                 "item_id": np.tile([f"i{i}" for i in range(8)], 50), "rating": 4.0,
-                                 "label": pd.Series(1, index=range(400), dtype="int8"), "timestamp": 1})
-    interactions.loc[[10, 390], "item_id"] = "ghost"                 # no such item, in two partitions
-    interactions.loc[[200, 201], "item_id"] = "i3"                   # three rows of one (user, item) pair
-    tables = {"interactions": interactions,
-              "users": pd.DataFrame({"platform": "a", "user_id": users[:-1], "age": None, "gender": "F",
-                                     "occupation": None, "region": "12", "link_id": "0" * 64, "consent": True}),
-              "items": pd.DataFrame({"item_id": [f"i{i}" for i in range(8)], "title": "x", "year": 2000,
-                                     "genres": ""})}
+    interactions = pd.DataFrame(
+        {
+            "platform": "a",
+            "user_id": np.repeat(users, 8),
+            "item_id": np.tile([f"i{i}" for i in range(8)], 50),
+            "rating": 4.0,
+            "label": pd.Series(1, index=range(400), dtype="int8"),
+            "timestamp": 1,
+        }
+    )
+    interactions.loc[[10, 390], "item_id"] = "ghost"  # no such item, in two partitions
+    interactions.loc[[200, 201], "item_id"] = "i3"  # three rows of one (user, item) pair
+    tables = {
+        "interactions": interactions,
+        "users": pd.DataFrame(
+            {
+                "platform": "a",
+                "user_id": users[:-1],
+                "age": None,
+                "gender": "F",
+                "occupation": None,
+                "region": "12",
+                "link_id": "0" * 64,
+                "consent": True,
+            }
+        ),
+        "items": pd.DataFrame({"item_id": [f"i{i}" for i in range(8)], "title": "x", "year": 2000, "genres": ""}),
+    }
     with pytest.raises(DataValidationError) as caught:
         validate_unified(tables, load_config(), StateLayout.from_env(), "parts")
     found = failures(str(caught.value))

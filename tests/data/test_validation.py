@@ -1,4 +1,5 @@
-"""GX suites on good and bad batches: bad data is refused loudly, quarantined as it came, and nothing downstream moves."""
+"""GX suites on good and bad batches: bad data is refused loudly, quarantined as it came, and nothing downstream
+moves."""
 
 import json
 
@@ -25,15 +26,18 @@ def test_good_batches_pass_and_unify(pipeline_env):
     assert manifest.platforms["campus"]["rows_out"] == manifest.platforms["campus"]["rows_in"]
 
 
-@pytest.mark.parametrize("fault,expected", [
-    ("nulls", "expect_column_values_to_not_be_null({'column': 'learner'})"),
-    ("out_of_range", "expect_column_values_to_be_between({'column': 'score'"),
-    ("missing_column", "expect_table_columns_to_match_set"),
-    ("pii_column", "forbidden PII column(s) ['password']"),
-    ("empty_file", "the file is empty"),
-    ("non_utf8", "not valid UTF-8"),
-    ("duplicates", "expect_compound_columns_to_be_unique"),
-])
+@pytest.mark.parametrize(
+    "fault,expected",
+    [
+        ("nulls", "expect_column_values_to_not_be_null({'column': 'learner'})"),
+        ("out_of_range", "expect_column_values_to_be_between({'column': 'score'"),
+        ("missing_column", "expect_table_columns_to_match_set"),
+        ("pii_column", "forbidden PII column(s) ['password']"),
+        ("empty_file", "the file is empty"),
+        ("non_utf8", "not valid UTF-8"),
+        ("duplicates", "expect_compound_columns_to_be_unique"),
+    ],
+)
 def test_each_fault_is_refused_quarantined_and_changes_nothing_downstream(pipeline_env, fault, expected):
     env = pipeline_env()
     layout = StateLayout.from_env()
@@ -51,7 +55,9 @@ def test_each_fault_is_refused_quarantined_and_changes_nothing_downstream(pipeli
     assert "platform village" in message and "interactions.txt" in message
     assert expected in message
     quarantined = layout.quarantine / "village" / "bad"
-    assert (quarantined / "interactions.txt").read_bytes() == (env["exports"] / "village" / "interactions.txt").read_bytes()
+    assert (quarantined / "interactions.txt").read_bytes() == (
+        env["exports"] / "village" / "interactions.txt"
+    ).read_bytes()
     result = json.loads((quarantined / "validation.json").read_text())
     assert result["success"] is False and result["critical"]
     assert not (layout.landing / "village" / "bad").exists()
@@ -79,8 +85,7 @@ def test_a_failed_validation_is_recorded_on_the_pipeline_run(pipeline_env):
 def test_data_docs_are_built_under_the_state_folder_for_passed_and_failed_batches(pipeline_env):
     pipeline_env(faults=["out_of_range"])
     config, layout = load_config(), StateLayout.from_env()
-    campus = validate_batch(pull_platform(config.platform("campus"), layout, "docs"), config.platform("campus"),
-                            layout)
+    campus = validate_batch(pull_platform(config.platform("campus"), layout, "docs"), config.platform("campus"), layout)
     index = layout.data_docs / "campus" / "docs" / "index.html"
     assert campus.validation.data_docs == str(index) and index.is_file()
     assert "campus.docs" in index.read_text(), "the index lists this batch's validations"
@@ -101,7 +106,7 @@ def test_unified_suite_refuses_broken_tables_and_keeps_the_current_version(pipel
     assert before.validation["success"]
     users = env["exports"] / "village" / "users.txt"
     frame = pd.read_csv(users)
-    frame.loc[0, "gender"] = "unknown"   # not in the unified gender vocabulary once mapped ("U")
+    frame.loc[0, "gender"] = "unknown"  # not in the unified gender vocabulary once mapped ("U")
     frame.to_csv(users, index=False)
     with pytest.raises(DataValidationError) as caught:
         unify(land_and_validate("odd"), load_config(), layout)
@@ -118,11 +123,26 @@ def test_unified_suite_checks_referential_integrity():
 
     config = load_config()
     tables = {
-        "interactions": pd.DataFrame({"platform": ["a", "a"], "user_id": ["a:1", "a:2"], "item_id": ["x", "ghost"],
-                                      "rating": [4.0, 5.0], "label": pd.Series([1, 1], dtype="int8"),
-                                      "timestamp": [1, 2]}),
-        "users": pd.DataFrame({"platform": ["a"], "user_id": ["a:1"], "age": [None], "gender": ["F"],
-                               "occupation": [None], "region": ["12"]}),
+        "interactions": pd.DataFrame(
+            {
+                "platform": ["a", "a"],
+                "user_id": ["a:1", "a:2"],
+                "item_id": ["x", "ghost"],
+                "rating": [4.0, 5.0],
+                "label": pd.Series([1, 1], dtype="int8"),
+                "timestamp": [1, 2],
+            }
+        ),
+        "users": pd.DataFrame(
+            {
+                "platform": ["a"],
+                "user_id": ["a:1"],
+                "age": [None],
+                "gender": ["F"],
+                "occupation": [None],
+                "region": ["12"],
+            }
+        ),
         "items": pd.DataFrame({"item_id": ["x"], "title": ["X"], "year": [2000], "genres": [""]}),
     }
     with pytest.raises(DataValidationError) as caught:

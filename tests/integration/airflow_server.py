@@ -77,8 +77,13 @@ class AirflowApi:
 
 def start_standalone(env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """`airflow standalone` in its own process group (stop it with transfer_rec.cli.stop_group)."""
-    return subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=open(log_path, "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [str(BIN / "airflow"), "standalone"],
+        env=env,
+        stdout=open(log_path, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def admin_login(home: Path) -> tuple[str, str]:
@@ -107,10 +112,28 @@ def start_mlflow_ui(tracking_uri: str, port: int, folder: Path) -> subprocess.Po
     own process group (stop it with transfer_rec.cli.stop_group). Artifacts the server itself would store go to folder.
     Its job runner (a huey consumer per job type, 7 processes) is off: the UI needs none of it."""
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1",
-           "--port", str(port), "--workers", "1", "--artifacts-destination", str(folder / "mlartifacts")]
-    return subprocess.Popen(cmd, cwd=folder, env=env, stdout=open(folder / "mlflow-ui.log", "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    cmd = [
+        str(BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        tracking_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--artifacts-destination",
+        str(folder / "mlartifacts"),
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=folder,
+        env=env,
+        stdout=open(folder / "mlflow-ui.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def wait_for_http(proc: subprocess.Popen, url: str, log_path: Path, timeout: float = 180) -> None:
@@ -141,5 +164,14 @@ def wait_for(api: AirflowApi, path: str, done, timeout: float, what: str) -> dic
     raise AssertionError(f"{what}: not reached within {timeout} s (last answer {status}: {str(body)[:1000]})")
 
 
-__all__ = ["AirflowApi", "admin_login", "airflow_env", "start_mlflow_ui", "start_standalone", "stop_group", "wait_for",
-           "wait_for_http", "wait_for_login"]
+__all__ = [
+    "AirflowApi",
+    "admin_login",
+    "airflow_env",
+    "start_mlflow_ui",
+    "start_standalone",
+    "stop_group",
+    "wait_for",
+    "wait_for_http",
+    "wait_for_login",
+]

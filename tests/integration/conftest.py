@@ -32,10 +32,20 @@ def s3_server(tmp_path_factory):
     """`weed mini` on 127.0.0.1 with access keys and buckets `raw` and `lake`; yields its endpoint URL."""
     data = tmp_path_factory.mktemp("weed")
     ports = {name: free_port_pair() for name in ("master", "volume", "filer", "s3")}
-    cmd = [_weed(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-bucket=raw,lake",
-           "-admin.ui=false", "-webdav=false",
-           f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
-           f"-filer.port={ports['filer']}", f"-s3.port={ports['s3']}"]
+    cmd = [
+        _weed(),
+        "mini",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-bucket=raw,lake",
+        "-admin.ui=false",
+        "-webdav=false",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}",
+        f"-s3.port={ports['s3']}",
+    ]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
     log = open(data / "weed.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -51,9 +61,14 @@ def _wait_for_buckets(endpoint: str, proc: subprocess.Popen, log: Path) -> None:
     import boto3
     from botocore.config import Config
 
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_KEY, aws_secret_access_key=S3_SECRET,
-                          region_name="us-east-1", config=Config(s3={"addressing_style": "path"},
-                                                                 retries={"max_attempts": 1}))
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_KEY,
+        aws_secret_access_key=S3_SECRET,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -23,8 +23,16 @@ pytestmark = [pytest.mark.servers, pytest.mark.browser]
 
 CHROMIUM = Path(os.environ.get("TRANSFER_REC_CHROMIUM") or "/usr/bin/chromium")  # Debian's package
 # Headless, and quiet on a machine without a network: no background, update, sync or QUIC traffic.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = Path(os.environ.get("TRANSFER_REC_UI_ARTIFACTS") or REPO / "var" / "test-artifacts" / "ui")
 DAG = "/api/v2/dags/transfer_rec"
 TARGET = "village"  # the synthetic world's target platform (tests/conftest.py two_platforms)
@@ -72,8 +80,12 @@ def chromium(tmp_path):
     expect.set_options(timeout=TIMEOUT_MS)
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1600})
+            str(tmp_path / "chromium-profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1600},
+        )
         context.set_default_timeout(TIMEOUT_MS)
         try:
             yield context
@@ -84,8 +96,7 @@ def chromium(tmp_path):
 def param_field(dialog, name: str):
     """The trigger form's row of one param: its label and its description (the field's helper text)."""
     # a `has` locator is matched inside each candidate, so it starts from the page, not from the dialog
-    label = dialog.page.locator('[data-scope="field"][data-part="label"]',
-                                has_text=re.compile(rf"^\s*{name}(\s|\*|$)"))
+    label = dialog.page.locator('[data-scope="field"][data-part="label"]', has_text=re.compile(rf"^\s*{name}(\s|\*|$)"))
     return dialog.locator('[data-scope="field"][data-part="root"]').filter(has=label)
 
 
@@ -179,8 +190,9 @@ def test_operator_triggers_a_dry_run_in_the_ui_and_follows_the_mlflow_link(chrom
             link.click()
         mlflow_page = opened.value
         mlflow_page.wait_for_load_state("load")
-        expect(mlflow_page).to_have_url(env["mlflow_ui"] + f"/#/experiments/{mlflow_run.info.experiment_id}/runs/"
-                                        + mlflow_run_id)
+        expect(mlflow_page).to_have_url(
+            env["mlflow_ui"] + f"/#/experiments/{mlflow_run.info.experiment_id}/runs/" + mlflow_run_id
+        )
         expect(mlflow_page.get_by_role("heading", name=mlflow_run.info.run_name, exact=True)).to_be_visible()
         expect(mlflow_page.get_by_text(mlflow_run_id, exact=True).first).to_be_visible()
         shots.take(mlflow_page, "mlflow-run")

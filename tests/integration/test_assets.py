@@ -15,8 +15,11 @@ def _asset_events() -> list:
     from sqlalchemy import select
 
     with create_session() as session:
-        return list(session.scalars(select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-                                    .where(AssetModel.uri == URI)).all())
+        return list(
+            session.scalars(
+                select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id).where(AssetModel.uri == URI)
+            ).all()
+        )
 
 
 def _queued_for_training() -> int:
@@ -25,9 +28,12 @@ def _queued_for_training() -> int:
     from sqlalchemy import func, select
 
     with create_session() as session:
-        return session.scalar(select(func.count()).select_from(AssetDagRunQueue)
-                              .join(AssetModel, AssetDagRunQueue.asset_id == AssetModel.id)
-                              .where(AssetModel.uri == URI, AssetDagRunQueue.target_dag_id == "transfer_rec"))
+        return session.scalar(
+            select(func.count())
+            .select_from(AssetDagRunQueue)
+            .join(AssetModel, AssetDagRunQueue.asset_id == AssetModel.id)
+            .where(AssetModel.uri == URI, AssetDagRunQueue.target_dag_id == "transfer_rec")
+        )
 
 
 def _unpause_training() -> None:
@@ -43,8 +49,11 @@ def _unpause_training() -> None:
     manager.sync_bundles_to_db()
     for bundle in manager.get_all_dag_bundles():
         bundle.initialize()
-        sync_bag_to_db(BundleDagBag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name),
-                       bundle.name, bundle.version)
+        sync_bag_to_db(
+            BundleDagBag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name),
+            bundle.name,
+            bundle.version,
+        )
     with create_session() as session:
         session.execute(update(DagModel).where(DagModel.dag_id == "transfer_rec").values(is_paused=False))
 

@@ -1,4 +1,5 @@
-"""The benchmark's file mode, fed the way another library's split would be: files in, recommendations and metrics out."""
+"""The benchmark's file mode, fed the way another library's split would be: files in, recommendations and metrics
+out."""
 
 import json
 
@@ -28,11 +29,15 @@ def test_file_mode_writes_top10_without_seen_items_and_all_contenders(pipeline_e
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["test_users"] == report["test_users"]
     recs = pd.read_csv(tmp_path / "out" / "recommendations.tsv", sep="\t", dtype=str)
     assert recs.groupby("user_id").size().eq(10).all() and recs["user_id"].nunique() == report["test_users"]
-    seen = pd.concat([pd.read_csv(args.target_train, sep="\t", dtype=str),
-                      pd.read_csv(args.target_valid, sep="\t", dtype=str)])
+    seen = pd.concat(
+        [pd.read_csv(args.target_train, sep="\t", dtype=str), pd.read_csv(args.target_valid, sep="\t", dtype=str)]
+    )
     assert not set(zip(recs["user_id"], recs["item_id"])) & set(zip(seen["user_id"], seen["item_id"]))
-    target_items = set(pd.concat([pd.read_csv(getattr(args, f"target_{s}"), sep="\t", dtype=str)
-                                  for s in ("train", "valid", "test")])["item_id"])
+    target_items = set(
+        pd.concat([pd.read_csv(getattr(args, f"target_{s}"), sep="\t", dtype=str) for s in ("train", "valid", "test")])[
+            "item_id"
+        ]
+    )
     assert set(recs["item_id"]) <= target_items, "only target items are recommended"
 
     # item segments: the train-count buckets split the test interactions, and their hits add up to precision's
@@ -48,8 +53,20 @@ def test_file_mode_writes_top10_without_seen_items_and_all_contenders(pipeline_e
 def test_a_file_without_the_key_columns_is_named(tmp_path):
     bad = tmp_path / "source.tsv"
     bad.write_text("user\titem\nu\ti\n")
-    args = type("Args", (), {"source": bad, "target_train": bad, "target_valid": bad, "target_test": bad,
-                             "source_users": None, "source_items": None, "target_users": None,
-                             "target_items": None, "out": tmp_path / "out"})()
+    args = type(
+        "Args",
+        (),
+        {
+            "source": bad,
+            "target_train": bad,
+            "target_valid": bad,
+            "target_test": bad,
+            "source_users": None,
+            "source_items": None,
+            "target_users": None,
+            "target_items": None,
+            "out": tmp_path / "out",
+        },
+    )()
     with pytest.raises(SystemExit, match=r"source.tsv: missing column\(s\) \['item_id', 'user_id'\]"):
         run_files(args, load_config())

@@ -183,7 +183,9 @@ def test_every_published_port_binds_loopback(raw):
                 assert port.get("host_ip") == "127.0.0.1", f"{name}: {port}"
             else:
                 spec = str(port)
-                assert spec.startswith("127.0.0.1:") and spec.count(":") == 2, f"{name}: {spec!r} is not 127.0.0.1:HOST:CONTAINER"
+                assert spec.startswith("127.0.0.1:") and spec.count(":") == 2, (
+                    f"{name}: {spec!r} is not 127.0.0.1:HOST:CONTAINER"
+                )
     assert seen >= 3, "expected the Airflow, MLflow and MinIO console ports"
 
 
@@ -243,8 +245,12 @@ def test_healthchecks_and_startup_order(raw):
 def test_airflow_services_share_the_common_block(raw):
     airflow = {n: s for n, s in raw["services"].items() if n.startswith("airflow-")}
     assert set(airflow) == {
-        "airflow-init", "airflow-apiserver", "airflow-scheduler",
-        "airflow-dag-processor", "airflow-triggerer", "airflow-worker",
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker",
     }
     common = raw["x-airflow-common"]
     for name, svc in airflow.items():

@@ -11,8 +11,20 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[2]
 
-EXPECTED_TASKS = {"plan", "select_targets", "pull", "validate", "unify", "build_features", "pretrain", "finetune",
-                  "evaluate", "promote", "publish", "summarize"}
+EXPECTED_TASKS = {
+    "plan",
+    "select_targets",
+    "pull",
+    "validate",
+    "unify",
+    "build_features",
+    "pretrain",
+    "finetune",
+    "evaluate",
+    "promote",
+    "publish",
+    "summarize",
+}
 
 
 def load_dag():
@@ -31,7 +43,9 @@ def test_dag_integrity(airflow_db):
     assert isinstance(dag.timetable, AssetOrTimeSchedule)
     assert dag.timetable.timetable.expression == "0 0 * * 0"
     assert {a.uri for a in dag.timetable.asset_condition.objects} == {
-        "transfer-rec://platform/ml-1m", "transfer-rec://platform/ml-100k"}
+        "transfer-rec://platform/ml-1m",
+        "transfer-rec://platform/ml-100k",
+    }
     assert set(dag.task_dict) == EXPECTED_TASKS
     assert set(dag.tags) >= {"transfer-rec"}
     assert dag.max_active_runs == 1
@@ -76,19 +90,27 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
     assert version.tags["gate.reasons"]
     parent = client.get_run(summary["mlflow_parent_run_id"]).data
     assert parent.tags["validation.village"] == "passed" and parent.metrics["validation_village_critical"] == 0
-    assert "validation/campus.json" in [a.path for a in client.list_artifacts(summary["mlflow_parent_run_id"],
-                                                                              "validation")]
+    assert "validation/campus.json" in [
+        a.path for a in client.list_artifacts(summary["mlflow_parent_run_id"], "validation")
+    ]
     # the parent run ties back to Airflow and holds the resolved config and each platform's data lineage
     parent_tags = parent.tags
     assert parent_tags["airflow.dag_id"] == "transfer_rec" and parent_tags["airflow.run_id"] == run.run_id
     assert parent_tags["airflow.url"] == f"http://127.0.0.1:8080/dags/transfer_rec/runs/{quote(run.run_id, safe='')}"
     assert parent_tags["airflow.logical_date"]
     assert {"config/pipeline.resolved.json", "config/overrides.json"} <= {
-        a.path for a in client.list_artifacts(summary["mlflow_parent_run_id"], "config")}
-    unified = json.loads((Path(json.loads((env["state"] / "lake" / "features" / "itest" / "manifest.json")
-                                          .read_text())["unified"]) / "manifest.json").read_text())
-    lineage = {i.dataset.name: {t.key: t.value for t in i.tags}
-               for i in client.get_run(summary["mlflow_parent_run_id"]).inputs.dataset_inputs}
+        a.path for a in client.list_artifacts(summary["mlflow_parent_run_id"], "config")
+    }
+    unified = json.loads(
+        (
+            Path(json.loads((env["state"] / "lake" / "features" / "itest" / "manifest.json").read_text())["unified"])
+            / "manifest.json"
+        ).read_text()
+    )
+    lineage = {
+        i.dataset.name: {t.key: t.value for t in i.tags}
+        for i in client.get_run(summary["mlflow_parent_run_id"]).inputs.dataset_inputs
+    }
     assert set(lineage) == {"campus", "village"}
     assert lineage["village"]["sha256.interactions.txt"] == unified["hashes"]["village"]["interactions.txt"]
     assert lineage["village"]["validation"] == "passed" and int(lineage["village"]["features.test"]) > 0
@@ -107,8 +129,12 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
         assert f"test_candidate_{metric}" in run_data.metrics, metric
     assert 0 < run_data.metrics["test_candidate_coverage_at_10"] <= 1
     artifacts = {a.path for folder in ("plots", "evaluation") for a in client.list_artifacts(version.run_id, folder)}
-    assert {"plots/segments.png", "plots/training_curves.png", "plots/cold_start_curve.png",
-            "evaluation/segments.json"} <= artifacts
+    assert {
+        "plots/segments.png",
+        "plots/training_curves.png",
+        "plots/cold_start_curve.png",
+        "evaluation/segments.json",
+    } <= artifacts
     assert {i.dataset.name for i in client.get_run(version.run_id).inputs.dataset_inputs} == {"campus", "village"}
     report = json.loads((env["state"] / "reports" / "itest" / "village" / "evaluation.json").read_text())
     segments = {r["segment"] for r in report["segments"] if r["users"]}
@@ -118,7 +144,8 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
     # the cold-start curve: every contender at every history length, on the same users, the metric logged
     curve = report["cold_start_curve"]
     assert {(r["history_length"], r["contender"]) for r in curve} == {
-        (n, c) for n in (0, 1, 3, 5, 10) for c in village["metrics"]}
+        (n, c) for n in (0, 1, 3, 5, 10) for c in village["metrics"]
+    }
     assert len({r["users"] for r in curve}) == 1 and curve[0]["users"] > 0
     assert all(r["ci_low"] <= r["ndcg"] <= r["ci_high"] for r in curve)
     assert "coldstart_k0_candidate_ndcg" in run_data.metrics
@@ -129,8 +156,10 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
         recs = pd.read_parquet(recs_path)
         assert recs.groupby("user_id").size().eq(10).all()
         assert recs["model_version"].eq(str(version.version)).all()
-        history = pd.read_parquet(Path(json.loads((env["state"] / "lake" / "features" / "itest" / "manifest.json")
-                                                 .read_text())["dir"]) / "village.interactions.parquet")
+        history = pd.read_parquet(
+            Path(json.loads((env["state"] / "lake" / "features" / "itest" / "manifest.json").read_text())["dir"])
+            / "village.interactions.parquet"
+        )
         seen = set(zip(history["user_id"], history["item_id"]))
         assert not any((u, i) in seen for u, i in zip(recs["user_id"], recs["item_id"])), "seen items recommended"
     else:

@@ -59,8 +59,7 @@ class _Silent:
 
 
 @pytest.mark.parametrize("outage", ["down", "hangs"])
-def test_s3_outage_during_pull_then_recovery_lands_every_row_once(pipeline_env, s3_env, s3_server, monkeypatch,
-                                                                  outage):
+def test_s3_outage_during_pull_then_recovery_lands_every_row_once(pipeline_env, s3_env, s3_server, monkeypatch, outage):
     env = pipeline_env()
     upload_platform(s3_env, env["exports"] / "village", "raw", f"outage-{outage}/village")
     s3_config(env, f"s3://raw/outage-{outage}/village")
@@ -193,11 +192,26 @@ def _mlflow_server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
     import urllib.request
 
     log = open(db.with_suffix(f".{port}.log"), "a")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-                             f"sqlite:///{db}", "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--artifacts-destination",
+            str(artifacts),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -220,7 +234,7 @@ def test_registry_outage_at_promotion_then_retries_register_once(pipeline_env, t
     from transfer_rec.stages import pipeline
 
     pipeline_env()
-    db = tmp_path / "mlflow.db"      # the pipeline_env's tracking DB; the server below serves the same one
+    db = tmp_path / "mlflow.db"  # the pipeline_env's tracking DB; the server below serves the same one
     run = pipeline.plan({"run_key": "outage"}, airflow_run_id="outage")
     validated = [pipeline.validate(run, pipeline.pull(run, p)) for p in run["platforms"]]
     features = pipeline.build_features(run, pipeline.unify(run, validated))
@@ -231,12 +245,12 @@ def test_registry_outage_at_promotion_then_retries_register_once(pipeline_env, t
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
-    with pytest.raises(Exception, match=f"127.0.0.1:{port}"):   # the registry is down at promotion
+    with pytest.raises(Exception, match=f"127.0.0.1:{port}"):  # the registry is down at promotion
         pipeline.promote(run, evaluation)
     server = _mlflow_server(db, tmp_path / "served-artifacts", port)
     try:
-        first = pipeline.promote(run, evaluation)          # the task's retry, once the server is back
-        again = pipeline.promote(run, evaluation)          # a retry after a success
+        first = pipeline.promote(run, evaluation)  # the task's retry, once the server is back
+        again = pipeline.promote(run, evaluation)  # a retry after a success
         client = mlflow.MlflowClient()
         versions = client.search_model_versions("name = 'transfer_rec-village'")
         assert [v.version for v in versions] == [first["version"]] == [again["version"]]
@@ -246,14 +260,18 @@ def test_registry_outage_at_promotion_then_retries_register_once(pipeline_env, t
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     published = pipeline.publish(run, first, features)
-    rerun = run_inline("outage")                           # a second run for the same interval
+    rerun = run_inline("outage")  # a second run for the same interval
     client = mlflow.MlflowClient()
     assert len(client.search_model_versions("name = 'transfer_rec-village'")) == 1
     assert str(rerun["decision"]["version"]) == str(first["version"])
-    pd.testing.assert_frame_equal(pd.read_parquet(Path(published["path"])),
-                                  pd.read_parquet(Path(rerun["published"]["path"])))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(Path(published["path"])), pd.read_parquet(Path(rerun["published"]["path"]))
+    )
     unified = pd.read_parquet(StateLayout.from_env().unified / "current" / "interactions.parquet")
     assert not unified.duplicated(["user_id", "item_id"]).any()
-    assert len(unified) == sum(v["validation"]["tables"][f]["rows"] for v in validated
-                               for f in v["validation"]["tables"] if v["validation"]["tables"][f]["table"]
-                               == "interactions")
+    assert len(unified) == sum(
+        v["validation"]["tables"][f]["rows"]
+        for v in validated
+        for f in v["validation"]["tables"]
+        if v["validation"]["tables"][f]["table"] == "interactions"
+    )

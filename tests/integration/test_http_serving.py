@@ -19,7 +19,9 @@ from transfer_rec.runtime.processes import stop_group
 
 
 def post(url: str, payload: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -34,11 +36,28 @@ def served(pipeline_env, tmp_path):
     port = free_port_pair()
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([mlflow_bin, "models", "serve", "-m", "models:/transfer_rec-village@champion",
-                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-                            # the server starts `uvicorn` by name: the venv's bin must be on PATH
-                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            mlflow_bin,
+            "models",
+            "serve",
+            "-m",
+            "models:/transfer_rec-village@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "1",
+        ],
+        # the server starts `uvicorn` by name: the venv's bin must be on PATH
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -62,8 +81,10 @@ def test_known_and_new_users_over_http_and_bad_requests_are_4xx(served):
     user = next(iter(bundle.histories))
     history = bundle.histories[user][:2]
     # the signature types `history` as a list of strings: known users send an empty one
-    status, body = post(f"{served}/invocations", {"dataframe_records": [
-        {"user_id": user, "history": []}, {"history": history + ["no-such-course"]}]})
+    status, body = post(
+        f"{served}/invocations",
+        {"dataframe_records": [{"user_id": user, "history": []}, {"history": history + ["no-such-course"]}]},
+    )
     assert status == 200, body
     rows = body["predictions"]
     assert [r["request"] for r in rows].count(0) == 10 and [r["request"] for r in rows].count(1) == 10
@@ -79,11 +100,16 @@ def test_known_and_new_users_over_http_and_bad_requests_are_4xx(served):
     profile = {f: values[0] for f, values in bundle.profile_vocabulary.items()}
     status, body = post(f"{served}/invocations", {"dataframe_records": [{"history": [], **profile}]})
     assert status == 200 and len(body["predictions"]) == 10, body
-    status, body = post(f"{served}/invocations", {"dataframe_records": [{"history": [], **profile,
-                                                                          "occupation": "astronaut"}]})
+    status, body = post(
+        f"{served}/invocations", {"dataframe_records": [{"history": [], **profile, "occupation": "astronaut"}]}
+    )
     assert 400 <= status < 500 and "unknown occupation 'astronaut'" in json.dumps(body), body
-    status, body = post(f"{served}/invocations", {"dataframe_records": [{"user_id": user, "history": []}], "params": {"k": 0}})
+    status, body = post(
+        f"{served}/invocations", {"dataframe_records": [{"user_id": user, "history": []}], "params": {"k": 0}}
+    )
     assert 400 <= status < 500 and "between 1 and 1000" in json.dumps(body)
     # the server is still healthy after bad requests
-    status, _ = post(f"{served}/invocations", {"dataframe_records": [{"user_id": user, "history": []}], "params": {"k": 3}})
+    status, _ = post(
+        f"{served}/invocations", {"dataframe_records": [{"user_id": user, "history": []}], "params": {"k": 3}}
+    )
     assert status == 200

@@ -30,7 +30,7 @@ def test_no_raw_identity_leaves_landing_and_opted_out_users_are_excluded(pipelin
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-TEST-SENTINEL-KEY")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-sentinel-secret-0b5e7")
     village = _add_identity(env["exports"] / "village", ",", "vi", opt_out_every=4)
-    _add_identity(env["exports"] / "campus", "\t", "ca", opt_out_every=None)   # same people by email: linkable
+    _add_identity(env["exports"] / "campus", "\t", "ca", opt_out_every=None)  # same people by email: linkable
     raw = yaml.safe_load(env["config"].read_text())
     raw["platforms"][0]["columns"]["users"].update({"mail": "email", "tel": "phone"})
     raw["platforms"][1]["columns"]["users"].update({"mail": "email", "tel": "phone", "consent": "consent"})
@@ -39,8 +39,12 @@ def test_no_raw_identity_leaves_landing_and_opted_out_users_are_excluded(pipelin
     result = run_inline("privacy")
     assert result["published"]["opted_out_users"] > 0
     state = env["state"]
-    secrets = set(village["mail"]) | {m.lower() for m in village["mail"]} | set(village["tel"]) | {
-        SALT, "AKIA-TEST-SENTINEL-KEY", "test-sentinel-secret-0b5e7"}
+    secrets = (
+        set(village["mail"])
+        | {m.lower() for m in village["mail"]}
+        | set(village["tel"])
+        | {SALT, "AKIA-TEST-SENTINEL-KEY", "test-sentinel-secret-0b5e7"}
+    )
 
     # every file outside landing/quarantine: parquet cells parsed, anything else scanned as bytes
     for path in state.rglob("*"):

@@ -2,9 +2,9 @@
 worker`), Airflow and MLflow metadata on PostgreSQL, Celery's broker on Redis, MLflow's artifacts on an S3 server
 (`weed mini`). It runs the DAG, triggered through the REST API, to success.
 
-Marked `prod` (`make test-prod`, also part of `make test-servers`): about seven minutes on a busy 2-core machine. It uses the
-PostgreSQL (127.0.0.1:5432, trust auth) and Redis (127.0.0.1:6379) that the project's machines run as services, in a
-throwaway database pair and an unused Redis db number, and skips, saying so, only where they do not answer.
+Marked `prod` (`make test-prod`, also part of `make test-servers`): about seven minutes on a busy 2-core machine. It
+uses the PostgreSQL (127.0.0.1:5432, trust auth) and Redis (127.0.0.1:6379) that the project's machines run as services,
+in a throwaway database pair and an unused Redis db number, and skips, saying so, only where they do not answer.
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ def _answers(port: int) -> bool:
 def postgres_databases():
     """Two throwaway databases (Airflow's, MLflow's) on the machine's PostgreSQL; dropped afterwards."""
     if not _answers(5432):
-        pytest.skip("PostgreSQL does not answer on 127.0.0.1:5432 (trust auth, user postgres): start it as in "
-                    "../shared/STACK-NOTES.md to run the production-path test")
+        pytest.skip(
+            "PostgreSQL does not answer on 127.0.0.1:5432 (trust auth, user postgres): start it as in "
+            "../shared/STACK-NOTES.md to run the production-path test"
+        )
     import psycopg2
 
     suffix = uuid.uuid4().hex[:10]
@@ -62,8 +64,10 @@ def postgres_databases():
 def redis_db():
     """An empty Redis db number, claimed with a marker key so parallel sessions do not share it; flushed after."""
     if not _answers(6379):
-        pytest.skip("Redis does not answer on 127.0.0.1:6379: start it as in ../shared/STACK-NOTES.md to run the "
-                    "production-path test")
+        pytest.skip(
+            "Redis does not answer on 127.0.0.1:6379: start it as in ../shared/STACK-NOTES.md to run the "
+            "production-path test"
+        )
     import redis
 
     for number in range(15, 0, -1):
@@ -111,36 +115,63 @@ def test_celery_postgres_redis_s3_run_the_dag(pipeline_env, postgres_databases, 
         mlflow_port = free_port_pair()
         # s3_env put the S3 server's endpoint and keys into os.environ
         s3 = {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
-        procs.append(_start([str(BIN / "mlflow"), "server", "--backend-store-uri",
-                             f"postgresql+psycopg2://{PG}/{postgres_databases['mlflow']}",
-                             "--artifacts-destination", "s3://lake/mlflow", "--workers", "1",
-                             "--host", "127.0.0.1", "--port", str(mlflow_port)],
-                            {**os.environ, **s3, "PATH": f"{BIN}:{os.environ['PATH']}"}, logs / "mlflow.log"))
+        procs.append(
+            _start(
+                [
+                    str(BIN / "mlflow"),
+                    "server",
+                    "--backend-store-uri",
+                    f"postgresql+psycopg2://{PG}/{postgres_databases['mlflow']}",
+                    "--artifacts-destination",
+                    "s3://lake/mlflow",
+                    "--workers",
+                    "1",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(mlflow_port),
+                ],
+                {**os.environ, **s3, "PATH": f"{BIN}:{os.environ['PATH']}"},
+                logs / "mlflow.log",
+            )
+        )
         mlflow_uri = f"http://127.0.0.1:{mlflow_port}"
 
         port = free_port_pair()
         home = tmp_path / "airflow"
         af_db = f"postgresql+psycopg2://{PG}/{postgres_databases['airflow']}"
-        os_env = airflow_env(home, port, **s3, **{
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": af_db,
-            "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
-            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + af_db.replace("+psycopg2", ""),
-            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
-            "MLFLOW_TRACKING_URI": mlflow_uri,
-        })
+        os_env = airflow_env(
+            home,
+            port,
+            **s3,
+            **{
+                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": af_db,
+                "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
+                "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + af_db.replace("+psycopg2", ""),
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+                "MLFLOW_TRACKING_URI": mlflow_uri,
+            },
+        )
         migrate = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=os_env, capture_output=True, text=True)
         assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-2000:]
-        for name, cmd in (("api-server", ["api-server", "--port", str(port)]), ("scheduler", ["scheduler"]),
-                          ("dag-processor", ["dag-processor"]), ("worker", ["celery", "worker"])):
+        for name, cmd in (
+            ("api-server", ["api-server", "--port", str(port)]),
+            ("scheduler", ["scheduler"]),
+            ("dag-processor", ["dag-processor"]),
+            ("worker", ["celery", "worker"]),
+        ):
             procs.append(_start([str(BIN / "airflow"), *cmd], os_env, logs / f"{name}.log"))
         _wait_http(f"{mlflow_uri}/health", procs[0], logs / "mlflow.log")
         api = wait_for_login(procs[1], home, f"http://127.0.0.1:{port}", logs / "api-server.log")
 
         wait_for(api, DAG, lambda body: body.get("dag_id") == "transfer_rec", 240, "dag-processor parsed transfer_rec")
         assert api.call("PATCH", DAG, {"is_paused": False})[0] == 200
-        status, body = api.call("POST", f"{DAG}/dagRuns", {"logical_date": None, "conf": {
-            "run_key": "prod", "epochs_finetune": 2, "gate_override": "promote"}})
+        status, body = api.call(
+            "POST",
+            f"{DAG}/dagRuns",
+            {"logical_date": None, "conf": {"run_key": "prod", "epochs_finetune": 2, "gate_override": "promote"}},
+        )
         assert status == 200, body
         run = f"{DAG}/dagRuns/{urllib.request.quote(body['dag_run_id'], safe='')}"
         wait_for(api, run, lambda b: b["state"] in ("success", "failed"), 900, "the run finished")
@@ -165,8 +196,11 @@ def test_celery_postgres_redis_s3_run_the_dag(pipeline_env, postgres_databases, 
             cur.execute("SELECT name, alias FROM registered_model_aliases")
             aliases = cur.fetchall()
     assert versions == [("transfer_rec-village", 1)] and ("transfer_rec-village", "champion") in aliases
-    keys = [o["Key"] for page in s3_env.get_paginator("list_objects_v2").paginate(Bucket="lake", Prefix="mlflow/")
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3_env.get_paginator("list_objects_v2").paginate(Bucket="lake", Prefix="mlflow/")
+        for o in page.get("Contents", [])
+    ]
     assert any(k.endswith("MLmodel") for k in keys), keys[:20]
     summary = json.loads((env["state"] / "reports" / "prod" / "summary.json").read_text())
     assert summary["targets"]["village"]["decision"]["promoted"] is True

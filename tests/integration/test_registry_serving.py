@@ -80,8 +80,9 @@ def test_champion_answers_a_profile_only_request(pipeline_env):
     assert vocabulary is not None, "the pipeline's fine-tune gives the served model a profile prior"
     first = {f: values[0] for f, values in vocabulary.items()}
     last = {f: values[-1] for f, values in vocabulary.items()}
-    out = model.predict(pd.DataFrame([{"user_id": None, "history": None, **first},
-                                      {"user_id": None, "history": None, **last}]))
+    out = model.predict(
+        pd.DataFrame([{"user_id": None, "history": None, **first}, {"user_id": None, "history": None, **last}])
+    )
     assert out.groupby("request").size().tolist() == [10, 10]
     lists = out.groupby("request")["item_id"].apply(list)
     assert lists[0] != lists[1], "the profile, the only input, must change the list"

@@ -36,8 +36,10 @@ def test_pull_from_s3_lands_identical_files_with_hashes(pipeline_env, s3_env):
         assert (StateLayout.from_env().landing / "village" / "s3batch" / name).read_bytes() == original
         assert landed[name].source_uri == f"s3://raw/exports/village/{name}"
         assert landed[name].size == len(original)
-    assert landed["interactions.txt"].rows == len(
-        (env["exports"] / "village" / "interactions.txt").read_text().splitlines()) - 1
+    assert (
+        landed["interactions.txt"].rows
+        == len((env["exports"] / "village" / "interactions.txt").read_text().splitlines()) - 1
+    )
     # a re-pull of the same batch replaces it: no duplicated files or rows
     again = pull_platform(platform, StateLayout.from_env(), "s3batch")
     assert [f.sha256 for f in again.files] == [f.sha256 for f in manifest.files]

@@ -15,8 +15,14 @@ from transfer_rec.stages.unify import unify
 from transfer_rec.stages.validate import validate_batch
 
 
-def planted_features(tmp_path: Path, monkeypatch: Any, platforms: list[SyntheticPlatform], training: dict,
-                     run_key: str, **generate_options: Any) -> tuple[PipelineConfig, FeatureSet]:
+def planted_features(
+    tmp_path: Path,
+    monkeypatch: Any,
+    platforms: list[SyntheticPlatform],
+    training: dict,
+    run_key: str,
+    **generate_options: Any,
+) -> tuple[PipelineConfig, FeatureSet]:
     """Generate the platforms (200 items, seed 5), point config and state at tmp_path, and build the features."""
     generated = generate(tmp_path / "exports", platforms, n_items=200, seed=5, **generate_options)
     config_path = write_config(tmp_path / "pipeline.yaml", generated, training=training)

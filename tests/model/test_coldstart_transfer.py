@@ -12,18 +12,29 @@ from tests.model.planted import planted_features
 from bench import coldstart
 from bench.synthetic import SyntheticPlatform
 
-TRAINING = {"epochs_pretrain": 8, "epochs_finetune": 15, "patience": 3, "hidden": 64, "batch_size": 128,
-            "learning_rate": 0.005, "seed": 11, "item_grid": []}
+TRAINING = {
+    "epochs_pretrain": 8,
+    "epochs_finetune": 15,
+    "patience": 3,
+    "hidden": 64,
+    "batch_size": 128,
+    "learning_rate": 0.005,
+    "seed": 11,
+    "item_grid": [],
+}
 VARIANT = "+profile+cooc"
 SHORT = (0, 1, 3)
 
 
 def cold_report(tmp_path: Path, monkeypatch, permute: bool = False) -> dict:
     """A big source and a small target whose users' tastes follow their profile, through the cold-start protocol."""
-    platforms = [SyntheticPlatform("big", "source", users=1500, interactions_per_user=30),
-                 SyntheticPlatform("small", "target", users=150, interactions_per_user=10, catalogue_share=0.8)]
-    config, features = planted_features(tmp_path, monkeypatch, platforms, TRAINING, "cold-test",
-                                        permute_target_items=permute, profile_taste=1.0)
+    platforms = [
+        SyntheticPlatform("big", "source", users=1500, interactions_per_user=30),
+        SyntheticPlatform("small", "target", users=150, interactions_per_user=10, catalogue_share=0.8),
+    ]
+    config, features = planted_features(
+        tmp_path, monkeypatch, platforms, TRAINING, "cold-test", permute_target_items=permute, profile_taste=1.0
+    )
     return coldstart.run_seed(features, config, 11, None, warm_ablation=False, variants=("base", VARIANT))
 
 
@@ -82,7 +93,7 @@ def test_source_share_guard_keeps_a_matching_source_and_drops_a_permuted_one(sha
     """Cross-fitted on valid: the pooled prior stays where the platforms share their items; where they do not, the
     target's own prior replaces it, so new users with no history fare as well as under the target-only model
     (unguarded, the permuted source's prior put them far below popularity)."""
-    for name, report in (("shared items", shared), ("permuted items", permuted)):   # pytest -s shows them
+    for name, report in (("shared items", shared), ("permuted items", permuted)):  # pytest -s shows them
         print(f"\n{name}: NDCG@10 by k, source share {source_share(report)}")
         for contender, per_k in report["cold"].items():
             print(f"  {contender:<28}" + " ".join(f"{per_k[k]['ndcg']:.4f}" for k in per_k))

@@ -19,8 +19,7 @@ from transfer_rec.recommender.transfer import TransferRecommender
 
 REPO = Path(__file__).resolve().parents[2]
 # patience above the epoch count: all epochs run, so an interruption always has work left to skip
-CONFIG = dict(hidden=16, epochs_pretrain=2, epochs_finetune=8, patience=100, batch_size=16, source_replay=0.3,
-              seed=5)
+CONFIG = dict(hidden=16, epochs_pretrain=2, epochs_finetune=8, patience=100, batch_size=16, source_replay=0.3, seed=5)
 N_ITEMS = 40
 
 
@@ -48,6 +47,7 @@ def kill_at(epoch: int):
     def log(entry: dict) -> None:
         if entry["stage"] == "finetune" and entry["epoch"] == epoch:
             raise Killed
+
     return log
 
 
@@ -63,8 +63,9 @@ def test_resumed_finetune_ends_like_an_uninterrupted_one(tmp_path, strategy, enc
 
     checkpoint = tmp_path / "target.finetune.ckpt"
     with pytest.raises(Killed):
-        pretrained(strategy=strategy, encoders=encoders).finetune(train, valid, candidates, log=kill_at(3),
-                                                                  checkpoint=checkpoint)
+        pretrained(strategy=strategy, encoders=encoders).finetune(
+            train, valid, candidates, log=kill_at(3), checkpoint=checkpoint
+        )
     assert checkpoint.exists()
 
     rerun: list[dict] = []

@@ -14,16 +14,26 @@ from transfer_rec.recommender.transfer import TransferRecommender
 from transfer_rec.stages.features import PlatformData
 from transfer_rec.stages.train import fit_target, new_model
 
-TRAINING = {"epochs_pretrain": 8, "epochs_finetune": 15, "patience": 3, "hidden": 64, "batch_size": 128,
-            "learning_rate": 0.005, "seed": 11}
+TRAINING = {
+    "epochs_pretrain": 8,
+    "epochs_finetune": 15,
+    "patience": 3,
+    "hidden": 64,
+    "batch_size": 128,
+    "learning_rate": 0.005,
+    "seed": 11,
+}
 
 
 def world(tmp_path: Path, monkeypatch, permute: bool = False) -> dict:
     """A big source and a small target whose users have short histories (the case transfer is for)."""
-    platforms = [SyntheticPlatform("big", "source", users=1500, interactions_per_user=40),
-                 SyntheticPlatform("small", "target", users=150, interactions_per_user=10, catalogue_share=0.8)]
-    config, features = planted_features(tmp_path, monkeypatch, platforms, TRAINING, "model-test",
-                                        permute_target_items=permute)
+    platforms = [
+        SyntheticPlatform("big", "source", users=1500, interactions_per_user=40),
+        SyntheticPlatform("small", "target", users=150, interactions_per_user=10, catalogue_share=0.8),
+    ]
+    config, features = planted_features(
+        tmp_path, monkeypatch, platforms, TRAINING, "model-test", permute_target_items=permute
+    )
     return {"config": config, "features": features}
 
 
@@ -37,8 +47,9 @@ def source_model(w: dict) -> TransferRecommender:
 def test_ndcg(w: dict, pretrained: TransferRecommender | None) -> float:
     model, _, data = fit_target(w["features"], "small", w["config"], pretrained)
     train, test = data.matrix("train"), data.matrix("test")
-    return float(np.mean(evaluate_scores(model.score(train), data.matrix("train", "valid"), test, 10,
-                                         data.item_mask())["ndcg"]))
+    return float(
+        np.mean(evaluate_scores(model.score(train), data.matrix("train", "valid"), test, 10, data.item_mask())["ndcg"])
+    )
 
 
 test_ndcg.__test__ = False  # a helper, not a test

@@ -18,6 +18,7 @@ def test_coverage_counts_distinct_candidate_items_in_any_top_k():
     assert catalogue_coverage(ranked, candidates) == pytest.approx(3 / 5)
     assert catalogue_coverage(np.array([[0, 0]]), candidates) == pytest.approx(1 / 5)
 
+
 def test_diversity_is_mean_pairwise_jaccard_distance_of_genres():
     genres = genre_matrix(["a|b", "a", "c", "", ""])
     # pairs of [0, 1, 2]: (a|b, a) 1 - 1/2; (a|b, c) 1; (a, c) 1 -> mean 5/6
@@ -27,34 +28,50 @@ def test_diversity_is_mean_pairwise_jaccard_distance_of_genres():
     assert values[1] == pytest.approx(0.0)
     assert values[2] == pytest.approx((0 + 1 + 1) / 3)
 
+
 def test_novelty_is_mean_self_information_of_recommended_items():
     train = sp.csr_matrix(np.array([[1, 1, 0], [1, 0, 0], [1, 0, 0]]))
     popularity = item_popularity(train)  # add-one smoothed share of users: (3+1)/4, (1+1)/4, (0+1)/4
     assert popularity.tolist() == pytest.approx([1.0, 0.5, 0.25])
     assert novelty(np.array([[0, 1], [1, 2]]), popularity).tolist() == pytest.approx([0.5, 1.5])
 
+
 def test_time_holdout_takes_each_users_latest_interactions():
-    frame = pd.DataFrame({
-        "user_id": ["a"] * 10 + ["b"] * 3 + ["c"],
-        "item_id": [f"i{j}" for j in range(10)] + ["x", "y", "z"] + ["w"],
-        # a's timestamps are shuffled: the hold-out follows time, not row order
-        "timestamp": [5, 1, 9, 3, 7, 2, 8, 4, 6, 10] + [3, 1, 2] + [1],
-    }, index=np.arange(100, 114))
+    frame = pd.DataFrame(
+        {
+            "user_id": ["a"] * 10 + ["b"] * 3 + ["c"],
+            "item_id": [f"i{j}" for j in range(10)] + ["x", "y", "z"] + ["w"],
+            # a's timestamps are shuffled: the hold-out follows time, not row order
+            "timestamp": [5, 1, 9, 3, 7, 2, 8, 4, 6, 10] + [3, 1, 2] + [1],
+        },
+        index=np.arange(100, 114),
+    )
     late = time_holdout(frame, share=0.1)
     assert late.index.equals(frame.index)
     assert frame["item_id"][late].tolist() == ["i9", "x"]  # a: last 1 of 10; b: ceil(0.3) = 1; c: single -> none
     late = time_holdout(frame, share=0.25)
     assert sorted(frame["item_id"][late & (frame["user_id"] == "a")]) == ["i2", "i6", "i9"]  # ceil(2.5) = 3
 
+
 def test_history_buckets_and_new_versus_warm_segments():
     assert [history_bucket(n) for n in (0, 1, 5, 6, 20, 21, 50, 51, 400)] == [
-        "0", "1-5", "1-5", "6-20", "6-20", "21-50", "21-50", ">50", ">50"]
+        "0",
+        "1-5",
+        "1-5",
+        "6-20",
+        "6-20",
+        "21-50",
+        "21-50",
+        ">50",
+        ">50",
+    ]
     segments = user_segments(np.array([3, 10, 30, 80]), new_user_max=20)
     assert segments["history 1-5"].tolist() == [True, False, False, False]
     assert segments["history >50"].tolist() == [False, False, False, True]
     assert segments["new (<=20)"].tolist() == [True, True, False, False]
     assert segments["warm (>20)"].tolist() == [False, False, True, True]
     assert segments["all"].all()
+
 
 def test_segment_table_gives_means_and_cis_on_the_same_users_for_every_contender():
     rng = np.random.default_rng(0)
@@ -73,13 +90,21 @@ def test_segment_table_gives_means_and_cis_on_the_same_users_for_every_contender
     empty = by[("history 6-20", "candidate")]
     assert empty["users"] == 0 and empty["mean"] is None and empty["ci_low"] is None
 
+
 def test_next_period_split_uses_later_unfitted_interactions_and_masks_the_rest(tmp_path):
     from transfer_rec.stages.evaluate import time_holdout_split
     from transfer_rec.stages.features import PlatformData
 
     # one user, 10 interactions in time order; the last (t=10, item 9) is in test, the one before in train
-    frame = pd.DataFrame({"user_id": ["u"] * 10, "item_id": [f"i{j}" for j in range(10)], "item_idx": range(10),
-                          "timestamp": range(1, 11), "split": ["train"] * 8 + ["valid", "test"]})
+    frame = pd.DataFrame(
+        {
+            "user_id": ["u"] * 10,
+            "item_id": [f"i{j}" for j in range(10)],
+            "item_idx": range(10),
+            "timestamp": range(1, 11),
+            "split": ["train"] * 8 + ["valid", "test"],
+        }
+    )
     frame.to_parquet(tmp_path / "t.interactions.parquet")
     pd.DataFrame({"user_id": ["u"]}).to_parquet(tmp_path / "t.users.parquet")
     data = PlatformData(tmp_path, "t", 12)
@@ -92,20 +117,27 @@ def test_next_period_split_uses_later_unfitted_interactions_and_masks_the_rest(t
     history, exclude, relevant = time_holdout_split(PlatformData(tmp_path, "t", 12), share=0.2)
     assert relevant.indices.tolist() == [9] and 8 in exclude.indices and 8 not in history.indices
 
+
 def test_airflow_tags_link_back_to_the_run(monkeypatch):
     from transfer_rec.registry.tracking import airflow_tags
 
     monkeypatch.setenv("AIRFLOW_BASE_URL", "https://airflow.example/")
     monkeypatch.setenv("AIRFLOW_CTX_DAG_RUN_ID", "manual__2026-11-23T10:00:00+00:00")
     monkeypatch.setenv("AIRFLOW_CTX_LOGICAL_DATE", "2026-11-23T10:00:00+00:00")
-    tags = airflow_tags("transfer_rec", "manual__2026-11-23T10:00:00+00:00", None,
-                        ["2026-11-16T00:00:00+00:00", "2026-11-23T00:00:00+00:00"])
-    assert tags["airflow.url"] == ("https://airflow.example/dags/transfer_rec/runs/"
-                                   "manual__2026-11-23T10%3A00%3A00%2B00%3A00")
+    tags = airflow_tags(
+        "transfer_rec",
+        "manual__2026-11-23T10:00:00+00:00",
+        None,
+        ["2026-11-16T00:00:00+00:00", "2026-11-23T00:00:00+00:00"],
+    )
+    assert tags["airflow.url"] == (
+        "https://airflow.example/dags/transfer_rec/runs/manual__2026-11-23T10%3A00%3A00%2B00%3A00"
+    )
     assert tags["airflow.logical_date"] == "2026-11-23T10:00:00+00:00"
     assert tags["airflow.data_interval_end"] == "2026-11-23T00:00:00+00:00"
     # the environment of another run never leaks into this one's tags
     assert "airflow.logical_date" not in airflow_tags("transfer_rec", "other_run")
+
 
 def test_lineage_inputs_carry_hashes_counts_and_validation(tmp_path):
     import json
@@ -113,10 +145,14 @@ def test_lineage_inputs_carry_hashes_counts_and_validation(tmp_path):
     from transfer_rec.registry.tracking import lineage_inputs
 
     (tmp_path / "shop" / "b1").mkdir(parents=True)
-    (tmp_path / "shop" / "b1" / "validation.json").write_text(json.dumps(
-        {"success": True, "critical": [], "warnings": ["w"]}))
-    unified = {"hashes": {"shop": {"inter.csv": "ab" * 32}}, "batches": {"shop": "b1"},
-               "platforms": {"shop": {"rows_in": 12, "rows_out": 10}}}
+    (tmp_path / "shop" / "b1" / "validation.json").write_text(
+        json.dumps({"success": True, "critical": [], "warnings": ["w"]})
+    )
+    unified = {
+        "hashes": {"shop": {"inter.csv": "ab" * 32}},
+        "batches": {"shop": "b1"},
+        "platforms": {"shop": {"rows_in": 12, "rows_out": 10}},
+    }
     features = {"platforms": {"shop": {"role": "target", "interactions": 9, "train": 7}}}
     [entry] = lineage_inputs(tmp_path, unified, features)
     tags = {t.key: t.value for t in entry.tags}
@@ -127,18 +163,46 @@ def test_lineage_inputs_carry_hashes_counts_and_validation(tmp_path):
     other = lineage_inputs(tmp_path, {**unified, "hashes": {"shop": {"inter.csv": "cd" * 32}}}, features)[0]
     assert other.dataset.digest != entry.dataset.digest, "the digest follows the data"
 
+
 def test_model_card_and_version_tags_name_metrics_cis_and_data():
     from transfer_rec.stages.promote import GateDecision, data_tags, model_card
 
-    metrics = {"ndcg": 0.3, "recall": 0.2, "hit": 0.7, "mrr": 0.4, "precision": 0.1, "diversity": 0.6,
-               "novelty": 3.2, "coverage": 0.4, "retention": 0.8, "retention_new": None}
-    evaluation = {"target": "shop", "k": 10, "test_users": 90, "retention_users": 80, "time_holdout": 0.1,
-                  "new_user_max_history": 20,
-                  "metrics": {"candidate": metrics, "champion": {**metrics, "ndcg": 0.25}},
-                  "ci": {"candidate": {"ndcg": [0.28, 0.32]}}, "paired_vs_champion": {"ndcg": 0.02},
-                  "segments": [{"segment": "history 1-5", "contender": c, "metric": "ndcg", "users": 4, "mean": m,
-                                "ci_low": 0, "ci_high": 1} for c, m in (("candidate", 0.5), ("champion", 0.1))],
-                  "data": {"hashes": {"shop": {"inter.csv": "ab" * 32}}, "unified": "/lake/u1"}}
+    metrics = {
+        "ndcg": 0.3,
+        "recall": 0.2,
+        "hit": 0.7,
+        "mrr": 0.4,
+        "precision": 0.1,
+        "diversity": 0.6,
+        "novelty": 3.2,
+        "coverage": 0.4,
+        "retention": 0.8,
+        "retention_new": None,
+    }
+    evaluation = {
+        "target": "shop",
+        "k": 10,
+        "test_users": 90,
+        "retention_users": 80,
+        "time_holdout": 0.1,
+        "new_user_max_history": 20,
+        "metrics": {"candidate": metrics, "champion": {**metrics, "ndcg": 0.25}},
+        "ci": {"candidate": {"ndcg": [0.28, 0.32]}},
+        "paired_vs_champion": {"ndcg": 0.02},
+        "segments": [
+            {
+                "segment": "history 1-5",
+                "contender": c,
+                "metric": "ndcg",
+                "users": 4,
+                "mean": m,
+                "ci_low": 0,
+                "ci_high": 1,
+            }
+            for c, m in (("candidate", 0.5), ("champion", 0.1))
+        ],
+        "data": {"hashes": {"shop": {"inter.csv": "ab" * 32}}, "unified": "/lake/u1"},
+    }
     card = model_card(evaluation, GateDecision(True, ["pass: x"]), "r1")
     assert "| candidate | 0.3000 [0.2800, 0.3200] |" in card and "| champion | 0.2500 |" in card
     assert "ndcg +0.0200" in card and "| history 1-5 | 4/0 | 0.500 / n/a | 0.100 / n/a |" in card

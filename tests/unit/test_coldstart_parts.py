@@ -18,8 +18,14 @@ from transfer_rec.recommender.profile import ProfileConfig, ProfilePrior, profil
 from transfer_rec.recommender.short_history import ShortHistoryParts, cooccurrence_lift, decay, position_shift
 from transfer_rec.recommender.transfer import TransferRecommender
 
-USERS = pd.DataFrame({"user_id": [f"u{i}" for i in range(40)],
-                      "age": ["18-24", "56+"] * 20, "gender": ["F", "M"] * 20, "occupation": ["student"] * 40})
+USERS = pd.DataFrame(
+    {
+        "user_id": [f"u{i}" for i in range(40)],
+        "age": ["18-24", "56+"] * 20,
+        "gender": ["F", "M"] * 20,
+        "occupation": ["student"] * 40,
+    }
+)
 
 
 def planted_prior() -> tuple[ProfilePrior, sp.csr_matrix]:
@@ -29,7 +35,9 @@ def planted_prior() -> tuple[ProfilePrior, sp.csr_matrix]:
     rows[1::2, 3:6] = 1
     rows[:, 6] = 1
     matrix = sp.csr_matrix(rows)
-    prior = ProfilePrior(8, profile_vocabulary(USERS), ProfileConfig(l2=1e-4, learning_rate=0.1, steps=200, seed=1)).fit([(matrix, USERS)])
+    prior = ProfilePrior(
+        8, profile_vocabulary(USERS), ProfileConfig(l2=1e-4, learning_rate=0.1, steps=200, seed=1)
+    ).fit([(matrix, USERS)])
     return prior, matrix
 
 
@@ -55,11 +63,13 @@ def test_profile_prior_learns_what_each_profile_likes_and_round_trips():
 def test_mixed_prior_blends_the_logits_of_two_priors_over_the_same_vocabulary():
     prior, matrix = planted_prior()
     flipped = ProfilePrior(8, prior.vocabulary, ProfileConfig(l2=1e-4, learning_rate=0.1, steps=200, seed=1)).fit(
-        [(sp.csr_matrix(matrix.toarray()[:, [3, 4, 5, 0, 1, 2, 6, 7]]), USERS)])
+        [(sp.csr_matrix(matrix.toarray()[:, [3, 4, 5, 0, 1, 2, 6, 7]]), USERS)]
+    )
     np.testing.assert_allclose(prior.mixed(flipped, 1.0).score(USERS), prior.score(USERS), atol=1e-5)
     np.testing.assert_allclose(prior.mixed(flipped, 0.0).score(USERS), flipped.score(USERS), atol=1e-5)
-    np.testing.assert_allclose(prior.mixed(flipped, 0.25).score(USERS),
-                               0.25 * prior.score(USERS) + 0.75 * flipped.score(USERS), atol=1e-5)
+    np.testing.assert_allclose(
+        prior.mixed(flipped, 0.25).score(USERS), 0.25 * prior.score(USERS) + 0.75 * flipped.score(USERS), atol=1e-5
+    )
     other = ProfilePrior(8, profile_vocabulary(USERS.assign(occupation="artist")), prior.config)
     with pytest.raises(ValueError, match="vocabulary"):
         prior.mixed(other, 0.5)
@@ -92,9 +102,9 @@ def test_position_shift_favours_what_users_take_after_their_first_items():
     ordered = [np.array([0, 2, 1]), np.array([0, 2, 3, 1]), np.array([0, 2, 1])]
     shift = position_shift(ordered, 5, 2)
     assert shift.shape == (2, 5) and shift.dtype == np.float32
-    assert shift[0, 0] < 0 < shift[0, 1]                 # after one item, item 0 is done with, item 1 is to come
-    assert shift[0, 2] > 0 > shift[1, 2]                 # item 2 is still to come after one item, not after two
-    assert shift[1, 1] > shift[0, 1]                     # the later, the surer item 1 is what comes next
+    assert shift[0, 0] < 0 < shift[0, 1]  # after one item, item 0 is done with, item 1 is to come
+    assert shift[0, 2] > 0 > shift[1, 2]  # item 2 is still to come after one item, not after two
+    assert shift[1, 1] > shift[0, 1]  # the later, the surer item 1 is what comes next
     # an item nobody took: add-one shares, 1 / (7 later items + 5) over 1 / (10 items + 5)
     assert shift[0, 4] == pytest.approx(np.log(15 / 12), abs=1e-6)
 
@@ -102,7 +112,7 @@ def test_position_shift_favours_what_users_take_after_their_first_items():
 def test_short_history_blend_adds_the_position_shift_by_history_length_and_round_trips_it():
     prior, _ = planted_prior()
     shift = np.zeros((2, 8), dtype=np.float32)
-    shift[:, 7] = 50.0   # item 7, which nobody's profile favours, is what users take after their first items
+    shift[:, 7] = 50.0  # item 7, which nobody's profile favours, is what users take after their first items
     parts = ShortHistoryParts(prior, shift=shift)
     parts.profile_weight = (1.0, np.inf)
     history = sp.csr_matrix(np.array([[0] * 8, [1, 0, 0, 0, 0, 0, 0, 0]], dtype=np.float32))
@@ -113,7 +123,7 @@ def test_short_history_blend_adds_the_position_shift_by_history_length_and_round
     np.testing.assert_array_equal(without, plain.adjust(base, history, USERS.iloc[:2], np.arange(8)))  # weight 0
     parts.shift_weight = 1.0
     shifted = parts.adjust(base, history, USERS.iloc[:2], np.arange(8))
-    np.testing.assert_allclose(shifted[0], without[0], atol=1e-12)   # no items yet: nothing comes "after"
+    np.testing.assert_allclose(shifted[0], without[0], atol=1e-12)  # no items yet: nothing comes "after"
     assert np.argmax(shifted[1]) == 7 and np.argmax(without[1]) != 7
     copy = ShortHistoryParts.from_state(parts.state())
     np.testing.assert_array_equal(copy.adjust(base, history, USERS.iloc[:2], np.arange(8)), shifted)
@@ -123,11 +133,11 @@ def test_short_history_blend_adds_the_position_shift_by_history_length_and_round
 def test_short_history_weights_take_the_position_shift_only_where_it_finds_the_later_items(later_item, chosen):
     prior, matrix = planted_prior()
     shift = np.zeros((3, 8), dtype=np.float32)
-    shift[:, 7] = 50.0   # claims: after their first items, users take item 7
+    shift[:, 7] = 50.0  # claims: after their first items, users take item 7
     parts = ShortHistoryParts(prior, shift=shift)
     history = sp.csr_matrix(matrix[:20].multiply(sp.csr_matrix(np.eye(8, dtype=np.float32)[[0, 3] * 10])))
     relevant = sp.csr_matrix(matrix[:20] - history)
-    if later_item is not None:   # they do take it, and none of their profile's items
+    if later_item is not None:  # they do take it, and none of their profile's items
         relevant = sp.csr_matrix(np.eye(8, dtype=np.float32)[[later_item] * 20])
     sims = [{"history": history, "profiles": USERS.iloc[:20], "base": np.zeros((20, 8)), "relevant": relevant}]
 
@@ -144,44 +154,54 @@ def test_short_history_parts_leave_histories_the_kernel_serves_alone_and_keep_th
     prior, matrix = planted_prior()
     parts = ShortHistoryParts(prior, ContentSimilarity(np.eye(8, dtype=np.float32)), cooccurrence_lift([matrix]))
     parts.profile_weight, parts.gamma, parts.content_weight = (4.0, np.inf), 0.5, (0.2, np.inf)
-    history = sp.csr_matrix(np.array([[0] * 8, [1, 0, 0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0]],
-                                     dtype=np.float32))
+    history = sp.csr_matrix(np.array([[0] * 8, [1, 0, 0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0]], dtype=np.float32))
     base = np.random.default_rng(1).normal(size=(3, 8))
     everywhere = parts.adjust(base, history, USERS.iloc[:3], np.arange(8))
     parts.short_below = 2
     split = parts.adjust(base, history, USERS.iloc[:3], np.arange(8))
-    np.testing.assert_array_equal(split[:2], everywhere[:2])   # 0 and 1 items: short, the parts as before
+    np.testing.assert_array_equal(split[:2], everywhere[:2])  # 0 and 1 items: short, the parts as before
     assert not np.allclose(everywhere[2], base[2])
-    np.testing.assert_array_equal(split[2], base[2])           # 3 items: left to the kernel part
+    np.testing.assert_array_equal(split[2], base[2])  # 3 items: left to the kernel part
     assert ShortHistoryParts.from_state(parts.state()).short_below == 2
 
 
 def test_transfer_model_with_short_history_parts_round_trips_and_scores_without_profiles():
     prior, matrix = planted_prior()
-    model = small_model(8, k=5, hidden=8, epochs_pretrain=1, epochs_finetune=2, patience=2, batch_size=16, seed=3,
-                        item_grid=[])
+    model = small_model(
+        8, k=5, hidden=8, epochs_pretrain=1, epochs_finetune=2, patience=2, batch_size=16, seed=3, item_grid=[]
+    )
     model.finetune(matrix[:30], matrix[30:], np.ones(8, dtype=bool))
     plain = model.score(matrix[:2])
-    model.short_history = ShortHistoryParts(prior, ContentSimilarity(np.eye(8, dtype=np.float32)),
-                                            cooccurrence_lift([matrix]))
+    model.short_history = ShortHistoryParts(
+        prior, ContentSimilarity(np.eye(8, dtype=np.float32)), cooccurrence_lift([matrix])
+    )
     parts = model.short_history
     parts.profile_weight, parts.gamma, parts.content_weight = (1.0, 3.0), 0.3, (0.1, np.inf)
     # no profiles: the prior falls back to the target's popularity, which still moves the scores
     without = model.score(matrix[:2])
     assert np.isfinite(without).all() and not np.allclose(without, plain)
     young, old = model.score(matrix[:2], USERS.iloc[:2])
-    assert not np.allclose(young, old)   # the same items, other profiles: other scores
+    assert not np.allclose(young, old)  # the same items, other profiles: other scores
     copy = TransferRecommender.from_state(model.state())
     np.testing.assert_array_equal(copy.score(matrix[:2], USERS.iloc[:2]), model.score(matrix[:2], USERS.iloc[:2]))
-    legacy = {**model.state(), "side": model.state()["short_history"]}   # a model saved before the rename
+    legacy = {**model.state(), "side": model.state()["short_history"]}  # a model saved before the rename
     del legacy["short_history"]
-    np.testing.assert_array_equal(TransferRecommender.from_state(legacy).score(matrix[:2], USERS.iloc[:2]),
-                                  model.score(matrix[:2], USERS.iloc[:2]))
+    np.testing.assert_array_equal(
+        TransferRecommender.from_state(legacy).score(matrix[:2], USERS.iloc[:2]),
+        model.score(matrix[:2], USERS.iloc[:2]),
+    )
 
 
 def test_content_vectors_put_items_of_a_genre_and_era_together(tmp_path):
-    items = pd.DataFrame({"item_idx": [0, 1, 2], "item_id": ["a", "b", "c"], "title": ["A", "B", "C"],
-                          "year": [1995, 1996, 1950], "genres": ["Drama|War", "Drama|War", "Comedy"]})
+    items = pd.DataFrame(
+        {
+            "item_idx": [0, 1, 2],
+            "item_id": ["a", "b", "c"],
+            "title": ["A", "B", "C"],
+            "year": [1995, 1996, 1950],
+            "genres": ["Drama|War", "Drama|War", "Comedy"],
+        }
+    )
     vectors = content_vectors(items, ("genres", "year"))
     sim = ContentSimilarity(vectors, neighbours=1).similarity
     assert sim[0, 1] > 0 and sim[0, 2] == 0 and sim[0, 0] == 0
@@ -208,12 +228,14 @@ def test_bundle_passes_profiles_to_the_models_profile_prior():
     from transfer_rec.serving.bundle import ModelBundle
 
     prior, matrix = planted_prior()
-    model = small_model(8, k=5, hidden=8, epochs_pretrain=1, epochs_finetune=2, patience=2, batch_size=16, seed=3,
-                        item_grid=[])
+    model = small_model(
+        8, k=5, hidden=8, epochs_pretrain=1, epochs_finetune=2, patience=2, batch_size=16, seed=3, item_grid=[]
+    )
     model.finetune(matrix[:30], matrix[30:], np.ones(8, dtype=bool))
     model.short_history = ShortHistoryParts(prior)
-    bundle = ModelBundle(model, np.array(list("abcdefgh")), np.ones(8, dtype=bool),
-                         pd.DataFrame(columns=["user_id", "item_id"]))
+    bundle = ModelBundle(
+        model, np.array(list("abcdefgh")), np.ones(8, dtype=bool), pd.DataFrame(columns=["user_id", "item_id"])
+    )
     young, old = bundle.recommend([[], []], k=3, profiles=USERS.iloc[:2]).item_ids
     assert set(young) <= {"a", "b", "c", "g"}
     assert set(old) <= {"d", "e", "f", "g"} and set(young) != set(old)
@@ -224,21 +246,39 @@ def test_attached_short_history_parts_serve_only_histories_under_the_warm_thresh
     from transfer_rec.selection.short_history import ShortHistoryData, attach, fitter
 
     _, planted = planted_prior()
-    matrix = sp.csr_matrix(sp.hstack([planted, planted]))   # 16 items: more than the top-10 the weights are chosen on
-    model = small_model(16, k=5, hidden=8, epochs_finetune=2, patience=2, batch_size=16, seed=3, item_grid=[],
-                        warm_min_history=5)
+    matrix = sp.csr_matrix(sp.hstack([planted, planted]))  # 16 items: more than the top-10 the weights are chosen on
+    model = small_model(
+        16, k=5, hidden=8, epochs_finetune=2, patience=2, batch_size=16, seed=3, item_grid=[], warm_min_history=5
+    )
     model.finetune(matrix[:30], matrix[30:], np.ones(16, dtype=bool))
-    data = ShortHistoryData(n_items=16, catalogue=np.ones(16, dtype=bool), train=matrix, valid=matrix, users=USERS,
-                            ordered=[], source=matrix, source_users=USERS, items=pd.DataFrame())
+    data = ShortHistoryData(
+        n_items=16,
+        catalogue=np.ones(16, dtype=bool),
+        train=matrix,
+        valid=matrix,
+        users=USERS,
+        ordered=[],
+        source=matrix,
+        source_users=USERS,
+        items=pd.DataFrame(),
+    )
     first = np.zeros(16)
     first[[0, 3]] = 1
-    history = sp.csr_matrix(matrix[:10].multiply(sp.csr_matrix(first[None, :])))   # one item each
-    sims = [{"history": history, "profiles": USERS.iloc[:10], "base": model.score(history)[:, model.candidates],
-             "full": False, "exclude": history, "relevant": sp.csr_matrix(matrix[:10] - history)}]
+    history = sp.csr_matrix(matrix[:10].multiply(sp.csr_matrix(first[None, :])))  # one item each
+    sims = [
+        {
+            "history": history,
+            "profiles": USERS.iloc[:10],
+            "base": model.score(history)[:, model.candidates],
+            "full": False,
+            "exclude": history,
+            "relevant": sp.csr_matrix(matrix[:10] - history),
+        }
+    ]
     attach(model, fitter(data, ShortHistoryConfig(), 1), True, False, (), False, sims, None)
     assert model.short_history.short_below == 5
-    model.short_history.profile_weight = (4.0, np.inf)   # whatever valid chose: a weight that shows where they act
-    whole = matrix[:4]   # 6 or 8 items each: warm, so the parts leave them to the model's own blend
+    model.short_history.profile_weight = (4.0, np.inf)  # whatever valid chose: a weight that shows where they act
+    whole = matrix[:4]  # 6 or 8 items each: warm, so the parts leave them to the model's own blend
     parts, model.short_history = model.short_history, None
     plain = model.score(whole)
     model.short_history = parts

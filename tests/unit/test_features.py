@@ -17,10 +17,14 @@ def test_split_sizes(n, expected):
 
 
 def test_split_is_seeded_and_per_user():
-    inter = pd.DataFrame({"user_id": ["u"] * 10 + ["v"] * 20, "item_id": [f"i{i}" for i in range(30)],
-                          "timestamp": range(30)})
-    a, b, c = split_users(inter, (0.8, 0.1, 0.1), 1), split_users(inter, (0.8, 0.1, 0.1), 1), \
-        split_users(inter, (0.8, 0.1, 0.1), 2)
+    inter = pd.DataFrame(
+        {"user_id": ["u"] * 10 + ["v"] * 20, "item_id": [f"i{i}" for i in range(30)], "timestamp": range(30)}
+    )
+    a, b, c = (
+        split_users(inter, (0.8, 0.1, 0.1), 1),
+        split_users(inter, (0.8, 0.1, 0.1), 1),
+        split_users(inter, (0.8, 0.1, 0.1), 2),
+    )
     assert a.equals(b) and not a.equals(c)
     counts = pd.crosstab(inter["user_id"], a)
     assert counts.loc["u"].to_dict() == {"test": 1, "train": 8, "valid": 1}
@@ -30,9 +34,15 @@ def test_split_is_seeded_and_per_user():
 def test_a_rating_weighted_matrix_counts_a_rating_of_4_as_1(tmp_path):
     from transfer_rec.stages.features import PlatformData
 
-    pd.DataFrame({"user_id": ["u", "u", "u", "v"], "item_id": ["a", "b", "c", "a"], "item_idx": [0, 1, 2, 0],
-                  "rating": [3.0, 4.0, 5.0, 5.0], "split": ["train"] * 3 + ["valid"]}).to_parquet(
-        tmp_path / "p.interactions.parquet")
+    pd.DataFrame(
+        {
+            "user_id": ["u", "u", "u", "v"],
+            "item_id": ["a", "b", "c", "a"],
+            "item_idx": [0, 1, 2, 0],
+            "rating": [3.0, 4.0, 5.0, 5.0],
+            "split": ["train"] * 3 + ["valid"],
+        }
+    ).to_parquet(tmp_path / "p.interactions.parquet")
     pd.DataFrame({"user_id": ["u", "v"]}).to_parquet(tmp_path / "p.users.parquet")
     data = PlatformData(tmp_path, "p", 3)
     assert data.matrix("train").toarray().tolist() == [[1, 1, 1], [0, 0, 0]]

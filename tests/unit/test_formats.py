@@ -6,19 +6,22 @@ from transfer_rec.io.formats import FormatError, count_rows, read_table
 FRAME = pd.DataFrame({"learner": ["a", "b", "c"], "course": ["x", "y", "z"], "score": [4, 5, 3]})
 
 
-@pytest.mark.parametrize("fmt,writer,delimiter", [
-    ("csv", lambda f, p: f.to_csv(p, index=False), None),
-    ("csv", lambda f, p: f.to_csv(p, index=False, sep=";"), ";"),
-    ("tsv", lambda f, p: f.to_csv(p, index=False, sep="\t"), None),
-    ("parquet", lambda f, p: f.to_parquet(p, index=False), None),
-    ("jsonl", lambda f, p: f.to_json(p, orient="records", lines=True), None),
-])
+@pytest.mark.parametrize(
+    "fmt,writer,delimiter",
+    [
+        ("csv", lambda f, p: f.to_csv(p, index=False), None),
+        ("csv", lambda f, p: f.to_csv(p, index=False, sep=";"), ";"),
+        ("tsv", lambda f, p: f.to_csv(p, index=False, sep="\t"), None),
+        ("parquet", lambda f, p: f.to_parquet(p, index=False), None),
+        ("jsonl", lambda f, p: f.to_json(p, orient="records", lines=True), None),
+    ],
+)
 def test_every_format_reads_the_same_table_and_counts_rows(tmp_path, fmt, writer, delimiter):
     path = tmp_path / f"inter.{fmt}"
     writer(FRAME, path)
     table = read_table(path, fmt, delimiter)
     assert list(table.columns) == ["learner", "course", "score"]
-    if fmt == "parquet":   # a typed format: numbers stay numbers, the rest is text
+    if fmt == "parquet":  # a typed format: numbers stay numbers, the rest is text
         assert table["score"].tolist() == [4, 5, 3] and table["learner"].tolist() == ["a", "b", "c"]
     else:
         assert table["score"].tolist() == ["4", "5", "3"], "native values of text formats arrive as text"
@@ -46,8 +49,18 @@ def test_a_file_in_another_format_than_configured_is_refused(tmp_path):
 def test_to_numbers_reads_exactly_what_to_numeric_reads():
     from transfer_rec.io.formats import to_numbers
 
-    cases = [["4", "5", "10"], ["4", "+4", "04"], ["4", "4.5"], ["4", " 4"], ["1e3", "2"], ["4", None], ["x", "4"],
-             ["9223372036854775808", "1"], [], ["-3", "0"]]
+    cases = [
+        ["4", "5", "10"],
+        ["4", "+4", "04"],
+        ["4", "4.5"],
+        ["4", " 4"],
+        ["1e3", "2"],
+        ["4", None],
+        ["x", "4"],
+        ["9223372036854775808", "1"],
+        [],
+        ["-3", "0"],
+    ]
     for values in cases:
         text = pd.Series(values, dtype=str)
         expected = pd.to_numeric(text, errors="coerce")

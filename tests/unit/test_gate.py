@@ -3,8 +3,11 @@ from transfer_rec.stages.promote import gate
 
 
 def metrics(cand, target_only=0.1, pop=0.05, champion=None, retention=0.6):
-    m = {"candidate": {"ndcg": cand, "retention": retention}, "target_only": {"ndcg": target_only},
-         "popularity": {"ndcg": pop}}
+    m = {
+        "candidate": {"ndcg": cand, "retention": retention},
+        "target_only": {"ndcg": target_only},
+        "popularity": {"ndcg": pop},
+    }
     if champion is not None:
         m["champion"] = {"ndcg": champion, "retention": retention}
     return m

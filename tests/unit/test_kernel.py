@@ -75,13 +75,23 @@ def planted_target(seed: int = 0) -> tuple[sp.csr_matrix, sp.csr_matrix]:
 
 def test_transfer_model_tries_every_kernel_setting_after_beta():
     train, valid = planted_target()
-    model = small_model(30, hidden=8, epochs_finetune=2, patience=1, batch_size=16, seed=3, item_grid=[],
-                        kernel_weights=[0.0, 0.5, 1.0, 1.5, 2.0], warm_min_history=0)
+    model = small_model(
+        30,
+        hidden=8,
+        epochs_finetune=2,
+        patience=1,
+        batch_size=16,
+        seed=3,
+        item_grid=[],
+        kernel_weights=[0.0, 0.5, 1.0, 1.5, 2.0],
+        warm_min_history=0,
+    )
     history = model.finetune(train, valid)
     tried = [e for e in history if e["stage"] == "kernel"]
     assert {(e["lam"], e["weight"]) for e in tried} == {(lam, w) for lam in (0.1, 0.3) for w in (0.5, 1.0, 1.5, 2.0)}
-    off = small_model(30, hidden=8, epochs_finetune=2, patience=1, batch_size=16, seed=3, item_grid=[],
-                      kernel_weights=[0.0])
+    off = small_model(
+        30, hidden=8, epochs_finetune=2, patience=1, batch_size=16, seed=3, item_grid=[], kernel_weights=[0.0]
+    )
     assert not [e for e in off.finetune(train, valid) if e["stage"] == "kernel"] and off.kernel is None
 
 

@@ -24,7 +24,7 @@ def serve(status: int):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
-            self.close_connection = True   # closed without saying so: the client's next send on it fails
+            self.close_connection = True  # closed without saying so: the client's next send on it fails
 
         def log_message(self, *args):
             pass

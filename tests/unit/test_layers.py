@@ -58,7 +58,7 @@ def test_the_import_graph_has_no_cycles():
         state[module] = 1
         for dep in sorted(graph.get(module, ())):
             if state.get(dep) == 1:
-                cycles.append(path[path.index(dep):] + [dep] if dep in path else [module, dep])
+                cycles.append(path[path.index(dep) :] + [dep] if dep in path else [module, dep])
             elif dep not in state:
                 visit(dep, path + [dep])
         state[module] = 2
@@ -94,7 +94,9 @@ def test_a_registered_model_carries_the_serving_closure_only(tmp_path: Path):
     staged = stage_code(["transfer_rec.serving.pyfunc"], tmp_path)
     files = {p.relative_to(staged).as_posix() for p in staged.rglob("*.py")}
     assert "serving/pyfunc.py" in files
-    assert not [f for f in files if f.startswith(("stages/", "registry/", "selection/")) or f in {"cli.py", "benchmark.py"}]
+    assert not [
+        f for f in files if f.startswith(("stages/", "registry/", "selection/")) or f in {"cli.py", "benchmark.py"}
+    ]
     # and it is closed: every package module a staged file imports is staged too
     modules = closure(["transfer_rec.serving.pyfunc"])
     for module in modules:

@@ -19,8 +19,10 @@ def test_data_docs_url_stays_inside_the_docs_folder():
     base = links.api_base_url(None, "0.0.0.0", 8793)
     assert base == "http://127.0.0.1:8793"
     assert links.api_base_url("https://airflow.example.com/", "127.0.0.1", 8080) == "https://airflow.example.com"
-    assert (links.data_docs_url("ml-100k/run 1/index.html", base)
-            == "http://127.0.0.1:8793/transfer-rec/data-docs/ml-100k/run%201/index.html")
+    assert (
+        links.data_docs_url("ml-100k/run 1/index.html", base)
+        == "http://127.0.0.1:8793/transfer-rec/data-docs/ml-100k/run%201/index.html"
+    )
     assert links.data_docs_url(None, base) == ""
     for bad in ("/etc/passwd", "ml-100k/../../secret"):
         with pytest.raises(ValueError, match="inside the Data Docs folder"):

@@ -53,8 +53,11 @@ def test_item_segment_hits_count_relevant_pairs_per_segment_and_the_share_found(
     ranked = np.array([[0, 1], [2, 3]])
     relevant = sp.csr_matrix(np.array([[1, 0, 1, 0, 1], [0, 0, 1, 0, 1]], dtype=np.float32))
     # relevant pairs: (0,0) found, (0,2) not, (0,4) not, (1,2) found, (1,4) not
-    segments = {"low": np.array([1, 1, 1, 0, 0], bool), "item 4": np.array([0, 0, 0, 0, 1], bool),
-                "none": np.zeros(5, bool)}
+    segments = {
+        "low": np.array([1, 1, 1, 0, 0], bool),
+        "item 4": np.array([0, 0, 0, 0, 1], bool),
+        "none": np.zeros(5, bool),
+    }
     out = item_segment_hits(ranked, relevant, segments)
     assert out["low"] == {"relevant": 3, "found": pytest.approx(2 / 3)}
     assert out["item 4"] == {"relevant": 2, "found": 0.0}

@@ -21,8 +21,11 @@ def test_the_same_person_links_across_platforms_and_only_through_the_salt(monkey
 
 def test_identity_columns_without_a_salt_are_refused(monkeypatch):
     monkeypatch.delenv(PII_SALT_ENV, raising=False)
-    with pytest.raises(PrivacyError, match=r"platform shop: users column\(s\) \['email'\] identify people; "
-                                           r"set the secret TRANSFER_REC_PII_SALT"):
+    with pytest.raises(
+        PrivacyError,
+        match=r"platform shop: users column\(s\) \['email'\] identify people; "
+        r"set the secret TRANSFER_REC_PII_SALT",
+    ):
         link_ids("shop", pd.DataFrame({"email": ["x@y.z"]}))
     assert link_ids("shop", pd.DataFrame({"age": [3]})).isna().all(), "no identity column: nothing to hash"
 

@@ -20,9 +20,13 @@ def utc(day: str) -> datetime:
 
 def test_interval_days_cover_start_inclusive_end_exclusive():
     assert [d.isoformat() for d in interval_days((utc("2026-11-16"), utc("2026-11-18")))] == [
-        "2026-11-16", "2026-11-17"]
+        "2026-11-16",
+        "2026-11-17",
+    ]
     assert [d.isoformat() for d in interval_days((utc("2026-11-16T12:00"), utc("2026-11-17T01:00")))] == [
-        "2026-11-16", "2026-11-17"]
+        "2026-11-16",
+        "2026-11-17",
+    ]
     with pytest.raises(ValueError, match="ends .* before it starts"):
         interval_days((utc("2026-11-18"), utc("2026-11-16")))
 
@@ -32,7 +36,7 @@ def incremental(pipeline_env):
     env = pipeline_env()
     export = env["exports"] / "village" / "interactions.txt"
     frame = pd.read_csv(export)
-    frame["ts"] = 1_700_006_400 + frame["ts"] % (8 * 86_400)   # eight days of activity from 2023-11-15
+    frame["ts"] = 1_700_006_400 + frame["ts"] % (8 * 86_400)  # eight days of activity from 2023-11-15
     frame.to_csv(export, index=False)
     days = partition_by_day(env["exports"] / "village", "interactions.txt", "ts", delimiter=",")
     raw = yaml.safe_load(env["config"].read_text())
@@ -66,7 +70,7 @@ def test_two_intervals_pull_disjoint_slices_and_rerunning_one_changes_nothing(in
     config, layout = load_config(), StateLayout.from_env()
     files = interaction_files(second, config.platform("village"), layout)
     assert len(files) == len(days)
-    again = _pull(days[0], middle)   # a retry / backfill of the first slice
+    again = _pull(days[0], middle)  # a retry / backfill of the first slice
     assert again.batch_id == first.batch_id
     assert len(list((layout.landing / "village").iterdir())) == 2, "a re-run replaces its batch"
     assert interaction_files(again, config.platform("village"), layout) == files

@@ -13,8 +13,10 @@ def test_generated_platforms_differ_and_ingest_cleanly(tmp_path):
     config = load_config(config_path)
     assert [p.format for p in config.platforms] == ["parquet", "csv", "jsonl"]
     assert len({tuple(p.columns["interactions"]) for p in config.platforms}) == 3, "native schemas differ"
-    frames = {p.name: read_table(tmp_path / "exports" / p.name / p.files["interactions"], p.format, p.delimiter)
-              for p in config.platforms}
+    frames = {
+        p.name: read_table(tmp_path / "exports" / p.name / p.files["interactions"], p.format, p.delimiter)
+        for p in config.platforms
+    }
     counts = {name: f.groupby(f.columns[0]).size() for name, f in frames.items()}
     assert (counts["nightschool"] <= 3).mean() > 0.2, "a cold-start cohort with 1-3 interactions"
     assert (counts["academy"] >= 5).all()

@@ -29,8 +29,7 @@ def test_known_user_lookup_answers_as_request_time_scoring():
     scored = []
     score = cached.model.score
     cached.model.score = lambda history, *rest: scored.append(history.shape[0]) or score(history, *rest)
-    requests = pd.DataFrame({"user_id": ["u1", "u2", None, "u3"],
-                             "history": [[], ["i11"], ["i0", "i4"], []]})
+    requests = pd.DataFrame({"user_id": ["u1", "u2", None, "u3"], "history": [[], ["i11"], ["i0", "i4"], []]})
     expected = recommend_frame(online, requests, 5)
     got = recommend_frame(cached, requests, 5)
     pd.testing.assert_frame_equal(got, expected)

@@ -91,13 +91,15 @@ def test_finetune_can_keep_the_mean_of_the_item_item_settings():
     train = random_rows(25, 30, 2).multiply(candidates).tocsr()
     history = model.finetune(train, random_rows(25, 30, 3).multiply(candidates).tocsr(), candidates)
     gram = (train.T @ train).toarray().astype(np.float64)
-    solved = [item_item_solve(gram + alpha ** 2 * model.source_gram, lam, drop_p)[:, candidates]
-              for alpha, lam, drop_p in item_settings(config)]
+    solved = [
+        item_item_solve(gram + alpha**2 * model.source_gram, lam, drop_p)[:, candidates]
+        for alpha, lam, drop_p in item_settings(config)
+    ]
     np.testing.assert_allclose(model.weights, np.mean(solved, axis=0), rtol=1e-4, atol=1e-6)
     assert not np.allclose(model.weights, solved[0], atol=1e-4)
     tried = [e for e in history if e["stage"] == "item_item"]
     best = max(tried, key=lambda e: e["valid_ndcg"])
-    assert model.item_params == (best["alpha"], best["lam"], best["drop_p"])   # still names valid's favourite
+    assert model.item_params == (best["alpha"], best["lam"], best["drop_p"])  # still names valid's favourite
     assert [e["settings"] for e in history if e["stage"] == "item_mean"] == [len(solved)]
 
 

@@ -26,9 +26,11 @@ def unified(tmp_path_factory):
             copy_to_local(f"{platform.embedded}/{name}", folder / name)  # the package the demo exports come from
         if platform.name == "ml-1m":
             # a small interactions file in ml-1m's native schema
-            (folder / "ml-1m.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-                                                "1m_1\tToy Story (1995)\t5\t978300760\n"
-                                                "1m_1\tToy Story (1995)\t4\t978300761\n")
+            (folder / "ml-1m.inter").write_text(
+                "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                "1m_1\tToy Story (1995)\t5\t978300760\n"
+                "1m_1\tToy Story (1995)\t4\t978300761\n"
+            )
         out[platform.name] = unify_platform(folder, platform, config)
     return config, out
 
@@ -42,7 +44,7 @@ def test_both_platforms_share_the_age_and_occupation_vocabularies(unified):
         assert users["age"].notna().all() and users["occupation"].notna().all(), f"{name}: unmapped values"
         assert users["user_id"].str.startswith(f"{name}:").all()
     one_m = out["ml-1m"]["users"].set_index("user_id")
-    assert one_m.loc["ml-1m:1m_1", "age"] == "under-18"      # ML-1M age code 1
+    assert one_m.loc["ml-1m:1m_1", "age"] == "under-18"  # ML-1M age code 1
     assert one_m.loc["ml-1m:1m_2", "occupation"] == "self-employed"  # ML-1M occupation code 16
     hundred_k = out["ml-100k"]["users"].set_index("user_id")
     assert hundred_k.loc["ml-100k:100k_1", "age"] == "18-24"  # 24 years
@@ -70,7 +72,7 @@ def test_first_per_pair_keeps_the_rows_a_stable_three_key_sort_keeps():
     rng = np.random.default_rng(4)
     for n, users, items in [(2000, 40, 30), (500, 5, 3), (1, 1, 1), (0, 1, 1)]:
         u, i = rng.integers(0, users, n), rng.integers(0, items, n)
-        t = rng.integers(0, 5, n).astype(float)          # many ties: the file order decides
+        t = rng.integers(0, 5, n).astype(float)  # many ties: the file order decides
         order = np.lexsort((t, i, u))
         pair = (u * items + i)[order]
         first = np.ones(n, dtype=bool)
@@ -78,7 +80,7 @@ def test_first_per_pair_keeps_the_rows_a_stable_three_key_sort_keeps():
         assert _first_per_pair(u, i, items, t).tolist() == order[first].tolist()
     # ids too many for an integer (user, item) key take the lexsort path, with the same result
     u, i, t = rng.integers(0, 3, 50), rng.integers(0, 3, 50), rng.integers(0, 3, 50)
-    big = u * (2 ** 61)
+    big = u * (2**61)
     assert _first_per_pair(big, i, 4, t).tolist() == _first_per_pair(u, i, 4, t).tolist()
 
 
@@ -93,7 +95,7 @@ def test_benchmark_file_mode_reads_native_and_unified_files_as_unification_does(
             described = read_described(native, platform, table, config)
             expected = out[platform.name][table].reset_index(drop=True)
             columns = ["age", "gender", "occupation"] if table == "users" else ["title", "year", "genres"]
-            if table == "items":   # unification keys items by their canonical title (duplicates dropped)
+            if table == "items":  # unification keys items by their canonical title (duplicates dropped)
                 described = described[~canonical_item_key(described["item_id"]).duplicated()]
             got = described.reset_index(drop=True)[columns]
             pd.testing.assert_frame_equal(got, expected[columns], check_dtype=False)

@@ -1,10 +1,11 @@
 """The embedded demo platforms: each one's export, shipped in a data package, copied into its local export folder.
 
 A platform of the registry with `embedded: pkg://<package>/<folder>` has its export folder (`location`, a local path)
-filled from that package folder when it does not exist yet: `transfer-rec init` (and so `make run`) and the benchmark do it. From then on it is an ordinary local platform export, pulled like any other; its native schema is the
-package's (MovieLens-1M: age as a bucket code, occupation as a code, genre as a space-separated token; MovieLens-100K:
-age in years, occupation as a name, genres as a token sequence). An existing folder is never written to: it is the
-platform's, and the pipeline only reads it.
+filled from that package folder when it does not exist yet: `transfer-rec init` (and so `make run`) and the benchmark do
+it. From then on it is an ordinary local platform export, pulled like any other; its native schema is the package's
+(MovieLens-1M: age as a bucket code, occupation as a code, genre as a space-separated token; MovieLens-100K: age in
+years, occupation as a name, genres as a token sequence). An existing folder is never written to: it is the platform's,
+and the pipeline only reads it.
 """
 
 from __future__ import annotations

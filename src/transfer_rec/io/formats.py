@@ -59,8 +59,15 @@ def _read_parquet(path: Path, categorical: Collection[str]) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     try:
-        dictionary = [f.name for f in pq.read_schema(path) if f.name in categorical
-                      and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))] if categorical else []
+        dictionary = (
+            [
+                f.name
+                for f in pq.read_schema(path)
+                if f.name in categorical and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+            ]
+            if categorical
+            else []
+        )
         return pd.read_parquet(path, read_dictionary=dictionary) if dictionary else pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
         raise FormatError(f"{path}: not a readable Parquet file: {exc}") from exc
@@ -74,16 +81,27 @@ def _as_categorical(frame: pd.DataFrame, columns: Collection[str]) -> pd.DataFra
 def _read_text(path: Path, fmt: str, delimiter: str | None) -> pd.DataFrame:
     if fmt == "jsonl":
         try:
-            return pd.read_json(path, lines=True, dtype=False).astype(object).where(lambda f: f.notna(), None) \
+            return (
+                pd.read_json(path, lines=True, dtype=False)
+                .astype(object)
+                .where(lambda f: f.notna(), None)
                 .map(lambda v: None if v is None else str(v))
+            )
         except ValueError as exc:
             raise FormatError(f"{path}: malformed JSON lines: {exc}") from exc
     sep = {"recbole": "\t", "tsv": "\t", "csv": ","}.get(fmt)
     if sep is None:
         raise FormatError(f"{path}: unsupported format {fmt!r}")
     try:
-        frame = pd.read_csv(path, sep=delimiter or sep, dtype=str, keep_default_na=False, na_values=[""],
-                            encoding="utf-8", quoting=3 if fmt == "recbole" else 0)
+        frame = pd.read_csv(
+            path,
+            sep=delimiter or sep,
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+            encoding="utf-8",
+            quoting=3 if fmt == "recbole" else 0,
+        )
     except UnicodeDecodeError as exc:
         raise FormatError(f"{path}: not valid UTF-8 at byte {exc.start}") from exc
     except pd.errors.ParserError as exc:

@@ -53,7 +53,8 @@ class Location:
 
 
 def s3_client():
-    """A boto3 S3 client configured from the environment (AWS_* variables, AWS_ENDPOINT_URL for S3-compatible servers)."""
+    """A boto3 S3 client configured from the environment (AWS_* variables, AWS_ENDPOINT_URL for S3-compatible
+    servers)."""
     import boto3
     from botocore.config import Config
 
@@ -63,8 +64,12 @@ def s3_client():
         "s3",
         endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
         region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"},
-                      connect_timeout=S3_TIMEOUT(), read_timeout=S3_TIMEOUT()),
+        config=Config(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=S3_TIMEOUT(),
+            read_timeout=S3_TIMEOUT(),
+        ),
     )
 
 
@@ -91,8 +96,10 @@ def copy_to_local(uri: str, dest: Path) -> None:
         space = _no_space(exc)
         if space is None:
             raise
-        raise StorageFullError(space.errno, f"{dest}: out of space while pulling {uri} ({space.strerror or space}); "
-                               "the partial copy was removed") from exc
+        raise StorageFullError(
+            space.errno,
+            f"{dest}: out of space while pulling {uri} ({space.strerror or space}); the partial copy was removed",
+        ) from exc
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -145,8 +152,9 @@ def _no_space(exc: BaseException) -> OSError | None:
     """The out-of-space error behind an exception (pyarrow and pandas wrap the OS error), if any."""
     seen = exc
     while seen is not None:
-        if isinstance(seen, OSError) and (seen.errno in NO_SPACE or "No space left" in str(seen)
-                                          or "File too large" in str(seen)):
+        if isinstance(seen, OSError) and (
+            seen.errno in NO_SPACE or "No space left" in str(seen) or "File too large" in str(seen)
+        ):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
@@ -165,7 +173,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a fresh version folder; on success `final` (a symlink) is switched to it in one atomic rename.
 
     Readers that open `final` see either the previous complete version or the new complete one, never a partial
-    one; on failure the half-written version is removed and `final` is untouched. Versions older than the previous one are pruned.
+    one; on failure the half-written version is removed and `final` is untouched.
+    Versions older than the previous one are pruned.
     """
     versions = final.parent / ".versions"
     versions.mkdir(parents=True, exist_ok=True)
@@ -177,8 +186,11 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(version, ignore_errors=True)
         space = _no_space(exc)
         if space is not None:
-            raise StorageFullError(space.errno, f"{final}: out of space while writing a new version "
-                                   f"({space.strerror or space}); the previous version stays current") from exc
+            raise StorageFullError(
+                space.errno,
+                f"{final}: out of space while writing a new version "
+                f"({space.strerror or space}); the previous version stays current",
+            ) from exc
         raise
     if final.exists() and not final.is_symlink():
         raise LocationError(f"{final} is a real folder, expected a link to a version: move it away")

@@ -41,7 +41,8 @@ def training_curves(curves: dict[str, Sequence[tuple[int, float]]], title: str) 
 def segment_bars(rows: list[dict], metrics: Sequence[str], title: str) -> Figure:
     """Grouped bars per user segment, one bar per contender, 95% CI as error bars; one panel per metric.
 
-    `rows` are transfer_rec.metrics.ranking.segment_table rows ({segment, contender, metric, users, mean, ci_low, ci_high})."""
+    `rows` are transfer_rec.metrics.ranking.segment_table rows
+    ({segment, contender, metric, users, mean, ci_low, ci_high})."""
     fig = Figure(figsize=(11, 3.8 * len(metrics)))
     FigureCanvasAgg(fig)
     for index, metric in enumerate(metrics, start=1):
@@ -73,7 +74,7 @@ def segment_bars(rows: list[dict], metrics: Sequence[str], title: str) -> Figure
 def cold_start_curve(rows: list[dict], title: str) -> Figure:
     """NDCG against history length, one line per contender with its 95% CI as a band.
 
-    `rows` are transfer_rec.stages.evaluate.cold_start_curve rows ({history_length, contender, ndcg, ci_low, ci_high})."""
+    `rows` are cold-start curve rows ({history_length, contender, ndcg, ci_low, ci_high})."""
     fig = Figure(figsize=(7, 4.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)

@@ -8,8 +8,9 @@ import scipy.sparse as sp
 METRICS = ("ndcg", "recall", "hit", "mrr", "precision")
 
 
-def top_k(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None,
-          candidates: np.ndarray | None = None) -> np.ndarray:
+def top_k(
+    scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None, candidates: np.ndarray | None = None
+) -> np.ndarray:
     """Indices of the k best items per row, best first; excluded and non-candidate items never appear."""
     scores = np.array(scores, dtype=np.float64, copy=True)
     if candidates is not None:
@@ -36,7 +37,8 @@ def per_user_metrics(ranked: np.ndarray, relevant: sp.csr_matrix, k: int) -> dic
     discounts = 1.0 / np.log2(np.arange(2, ranked.shape[1] + 2))
     dcg = (hits * discounts).sum(axis=1)
     ideal = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])[
-        np.minimum(n_relevant, k).astype(np.int64)]
+        np.minimum(n_relevant, k).astype(np.int64)
+    ]
     first = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, 0)
     n_hits = hits.sum(axis=1)
     return {
@@ -48,15 +50,17 @@ def per_user_metrics(ranked: np.ndarray, relevant: sp.csr_matrix, k: int) -> dic
     }
 
 
-def item_segment_hits(ranked: np.ndarray, relevant: sp.csr_matrix,
-                      segments: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+def item_segment_hits(
+    ranked: np.ndarray, relevant: sp.csr_matrix, segments: dict[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
     """Per item segment (a boolean mask over items): how many relevant (row, item) pairs fall in it, and the share
     of them whose item is in that row's top-k (`ranked`): which kinds of items a recommender finds."""
     relevant = relevant.tocsr()
     width = max(relevant.shape[1], int(ranked.max(initial=-1)) + 1)
     rows = np.repeat(np.arange(relevant.shape[0], dtype=np.int64), np.diff(relevant.indptr))
-    found = np.isin(rows * width + relevant.indices,
-                    (np.arange(ranked.shape[0], dtype=np.int64)[:, None] * width + ranked).ravel())
+    found = np.isin(
+        rows * width + relevant.indices, (np.arange(ranked.shape[0], dtype=np.int64)[:, None] * width + ranked).ravel()
+    )
     out = {}
     for name, mask in segments.items():
         inside = np.asarray(mask, dtype=bool)[relevant.indices]
@@ -65,8 +69,9 @@ def item_segment_hits(ranked: np.ndarray, relevant: sp.csr_matrix,
     return out
 
 
-def evaluate_scores(scores: np.ndarray, exclude: sp.csr_matrix, test: sp.csr_matrix, k: int,
-                    candidates: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def evaluate_scores(
+    scores: np.ndarray, exclude: sp.csr_matrix, test: sp.csr_matrix, k: int, candidates: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Per-user metrics over the users that have at least one test item."""
     users = np.flatnonzero(np.diff(test.tocsr().indptr) > 0)
     ranked = top_k(scores[users], k, exclude[users], candidates)

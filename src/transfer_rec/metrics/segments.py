@@ -45,8 +45,14 @@ def user_segments(history_lengths: np.ndarray, new_user_max: int) -> dict[str, n
     return segments
 
 
-def segment_table(per_user: dict[str, dict[str, np.ndarray]], segments: dict[str, np.ndarray], metrics: tuple[str, ...],
-                  samples: int = 1000, seed: int = 0, level: float = 0.95) -> list[dict]:
+def segment_table(
+    per_user: dict[str, dict[str, np.ndarray]],
+    segments: dict[str, np.ndarray],
+    metrics: tuple[str, ...],
+    samples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> list[dict]:
     """One row per (segment, contender, metric): users, mean and bootstrap CI over the segment's users (None for an
     empty segment).
 
@@ -57,7 +63,15 @@ def segment_table(per_user: dict[str, dict[str, np.ndarray]], segments: dict[str
             for metric in metrics:
                 chosen = np.asarray(values[metric])[mask]
                 low, high = bootstrap_ci(chosen, samples, seed, level) if len(chosen) else (None, None)
-                rows.append({"segment": segment, "contender": contender, "metric": metric, "users": int(len(chosen)),
-                             "mean": float(chosen.mean()) if len(chosen) else None,
-                             "ci_low": low, "ci_high": high})
+                rows.append(
+                    {
+                        "segment": segment,
+                        "contender": contender,
+                        "metric": metric,
+                        "users": int(len(chosen)),
+                        "mean": float(chosen.mean()) if len(chosen) else None,
+                        "ci_low": low,
+                        "ci_high": high,
+                    }
+                )
     return rows

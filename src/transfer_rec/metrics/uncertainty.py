@@ -21,8 +21,9 @@ def bootstrap_ci(values: np.ndarray, samples: int = 1000, seed: int = 0, level: 
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
-def paired_lower_bound(candidate: np.ndarray, reference: np.ndarray, samples: int = 1000, seed: int = 0,
-                       level: float = 0.95) -> float:
+def paired_lower_bound(
+    candidate: np.ndarray, reference: np.ndarray, samples: int = 1000, seed: int = 0, level: float = 0.95
+) -> float:
     """One-sided lower confidence bound of mean(candidate - reference) over the same users (paired bootstrap)."""
     diff = np.asarray(candidate, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
     return float(np.percentile(bootstrap_means(diff, samples, seed), (1 - level) * 100))

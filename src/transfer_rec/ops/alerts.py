@@ -1,4 +1,5 @@
-"""What an operator reads first when a task fails: one line naming the stage, the platform, the error and where to look."""
+"""What an operator reads first when a task fails: one line naming the stage, the platform, the error and where to
+look."""
 
 from __future__ import annotations
 
@@ -12,14 +13,22 @@ log = logging.getLogger(__name__)
 FAILURES_FILE = "failures.log"
 
 
-def failure_line(dag_id: str, task_id: str, label: str | None, run_id: str, attempt: int, error: BaseException | str | None,
-                 log_url: str | None) -> str:
+def failure_line(
+    dag_id: str,
+    task_id: str,
+    label: str | None,
+    run_id: str,
+    attempt: int,
+    error: BaseException | str | None,
+    log_url: str | None,
+) -> str:
     """A single line: which task of which run failed, on which platform, with the error's first line."""
     where = f"{task_id}[{label}]" if label not in (None, "", "-1") else task_id
     text = str(error).strip().splitlines()[0] if error else "no exception recorded"
     kind = type(error).__name__ if isinstance(error, BaseException) else "Error"
-    return (f"FAILED {dag_id}.{where} run={run_id} attempt={attempt}: {kind}: {text}"
-            + (f" | log: {log_url}" if log_url else ""))
+    return f"FAILED {dag_id}.{where} run={run_id} attempt={attempt}: {kind}: {text}" + (
+        f" | log: {log_url}" if log_url else ""
+    )
 
 
 def record_failure(line: str, layout: StateLayout | None = None) -> None:

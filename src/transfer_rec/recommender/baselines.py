@@ -21,7 +21,7 @@ class Baselines:
     target_only: TransferRecommender
     ease: EASE
     popularity: Popularity
-    info: dict[str, Any] = field(default_factory=dict)   # how they were fitted: EASE's L2, seconds
+    info: dict[str, Any] = field(default_factory=dict)  # how they were fitted: EASE's L2, seconds
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
@@ -39,6 +39,7 @@ class Baselines:
         ease.weights = np.load(folder / "ease_weights.npy")
         popularity = Popularity()
         popularity.counts = np.load(folder / "popularity.npy")
-        twin = TransferRecommender.from_state(torch.load(folder / "target_only.pt", map_location="cpu",
-                                                         weights_only=True))
+        twin = TransferRecommender.from_state(
+            torch.load(folder / "target_only.pt", map_location="cpu", weights_only=True)
+        )
         return cls(twin, ease, popularity, info)

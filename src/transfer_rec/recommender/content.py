@@ -52,8 +52,9 @@ def title_embeddings(titles: list[str], cache_dir: Path | None) -> np.ndarray:
     return vectors
 
 
-def content_vectors(items: pd.DataFrame, parts: tuple[str, ...] = CONTENT_PARTS,
-                    cache_dir: Path | None = None) -> np.ndarray:
+def content_vectors(
+    items: pd.DataFrame, parts: tuple[str, ...] = CONTENT_PARTS, cache_dir: Path | None = None
+) -> np.ndarray:
     """One unit vector per item (rows in item_idx order) from the requested content parts."""
     items = items.sort_values("item_idx")
     blocks = []

@@ -28,8 +28,9 @@ def _norms(rows: sp.csr_matrix) -> np.ndarray:
     return np.sqrt(np.asarray(rows.multiply(rows).sum(axis=1), dtype=np.float64).ravel())
 
 
-def ntk(a: sp.csr_matrix, b: sp.csr_matrix, norms_a: np.ndarray, norms_b: np.ndarray,
-        b_columns: sp.csr_matrix | None = None) -> np.ndarray:
+def ntk(
+    a: sp.csr_matrix, b: sp.csr_matrix, norms_a: np.ndarray, norms_b: np.ndarray, b_columns: sp.csr_matrix | None = None
+) -> np.ndarray:
     """The one-hidden-layer ReLU NTK between the rows of a and of b (an empty row has zero kernel with all).
     `b_columns`, b transposed as CSR, saves transposing b on every call."""
     dot = np.asarray((a @ (b.T if b_columns is None else b_columns)).toarray(), dtype=np.float64)
@@ -81,17 +82,23 @@ class UserKernel:
     def state(self) -> dict[str, Any]:
         assert self.rows is not None and self.dual is not None, "fit first"
         rows = self.rows
-        return {"lam": self.lam, "max_users": self.max_users, "seed": self.seed,
-                "indptr": torch.from_numpy(rows.indptr.astype(np.int64)),
-                "indices": torch.from_numpy(rows.indices.astype(np.int64)),
-                "data": torch.from_numpy(rows.data.astype(np.float32)), "shape": list(rows.shape),
-                "dual": torch.from_numpy(self.dual)}
+        return {
+            "lam": self.lam,
+            "max_users": self.max_users,
+            "seed": self.seed,
+            "indptr": torch.from_numpy(rows.indptr.astype(np.int64)),
+            "indices": torch.from_numpy(rows.indices.astype(np.int64)),
+            "data": torch.from_numpy(rows.data.astype(np.float32)),
+            "shape": list(rows.shape),
+            "dual": torch.from_numpy(self.dual),
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> UserKernel:
         part = cls(state["lam"], state["max_users"], state["seed"])
-        part.rows = sp.csr_matrix((state["data"].numpy(), state["indices"].numpy(), state["indptr"].numpy()),
-                                  shape=tuple(state["shape"]))
+        part.rows = sp.csr_matrix(
+            (state["data"].numpy(), state["indices"].numpy(), state["indptr"].numpy()), shape=tuple(state["shape"])
+        )
         part.norms = _norms(part.rows)
         part.dual = state["dual"].numpy()
         return part

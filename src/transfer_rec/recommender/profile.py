@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,15 +29,15 @@ from transfer_rec.schema.unified import PROFILE_FIELDS
 class ProfileConfig:
     """The prior's fit (defaults: config `short_history`)."""
 
-    l2: float              # penalty on the demographic weights W (the item biases are free)
+    l2: float  # penalty on the demographic weights W (the item biases are free)
     learning_rate: float
-    steps: int             # full-batch Adam steps over the (platform, profile) cells
+    steps: int  # full-batch Adam steps over the (platform, profile) cells
     seed: int
 
 
 # Users' profiles: a users frame, or (at serving, where building a frame costs more than scoring) a mapping of
 # field -> one value per user; missing fields and values are unknown. Rows are taken by position.
-Profiles = Union[pd.DataFrame, Mapping[str, Sequence[Any]]]
+Profiles = pd.DataFrame | Mapping[str, Sequence[Any]]
 
 
 def profile_features(users: Profiles, vocabulary: dict[str, list[str]], n: int | None = None) -> sp.csr_matrix:
@@ -58,8 +58,10 @@ def profile_features(users: Profiles, vocabulary: dict[str, list[str]], n: int |
         # plain object arrays, not pandas' where/astype: a one-user serving request pays ~5 ms for those
         column = np.asarray(list(users[f]), dtype=object) if f in users else np.full(n, None, dtype=object)
         values[f] = np.where(pd.isna(column), None, column)
-    values["age_gender"] = np.array([f"{a}|{g}" if a is not None and g is not None else None
-                                     for a, g in zip(values["age"], values["gender"])], dtype=object)
+    values["age_gender"] = np.array(
+        [f"{a}|{g}" if a is not None and g is not None else None for a, g in zip(values["age"], values["gender"])],
+        dtype=object,
+    )
     for field in (*PROFILE_FIELDS, "age_gender"):
         position = {v: i for i, v in enumerate(vocabulary.get(field, []))}
         codes = np.array([position.get(v, -1) for v in values[field]], dtype=np.int64)
@@ -99,11 +101,17 @@ class ProfilePrior:
         for index, (matrix, users) in enumerate(platforms):
             matrix = sp.csr_matrix(matrix, dtype=np.float32)
             features = profile_features(users, self.vocabulary)
-            keys = pd.Series([",".join(map(str, features.indices[features.indptr[r]:features.indptr[r + 1]]))
-                              for r in range(features.shape[0])])
+            keys = pd.Series(
+                [
+                    ",".join(map(str, features.indices[features.indptr[r] : features.indptr[r + 1]]))
+                    for r in range(features.shape[0])
+                ]
+            )
             codes, uniques = pd.factorize(keys)
-            members = sp.csr_matrix((np.ones(len(codes), dtype=np.float32), (codes, np.arange(len(codes)))),
-                                    shape=(len(uniques), len(codes)))
+            members = sp.csr_matrix(
+                (np.ones(len(codes), dtype=np.float32), (codes, np.arange(len(codes)))),
+                shape=(len(uniques), len(codes)),
+            )
             first = np.unique(codes, return_index=True)[1]
             cells.append(features[first])
             counts.append(members @ matrix)
@@ -120,7 +128,7 @@ class ProfilePrior:
         for _ in range(self.config.steps):
             logits = bias[platform] + x @ weights
             # y holds each cell's share of all interactions: the mean log-likelihood per interaction
-            loss = -(torch.log_softmax(logits, 1) * y).sum() + self.config.l2 * (weights ** 2).sum()
+            loss = -(torch.log_softmax(logits, 1) * y).sum() + self.config.l2 * (weights**2).sum()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -133,8 +141,13 @@ class ProfilePrior:
         return self.bias[None, :] + np.asarray(profile_features(users, self.vocabulary, n) @ self.weights)
 
     def state(self) -> dict[str, Any]:
-        return {"n_items": self.n_items, "vocabulary": self.vocabulary, "config": asdict(self.config),
-                "weights": torch.from_numpy(self.weights), "bias": torch.from_numpy(self.bias)}
+        return {
+            "n_items": self.n_items,
+            "vocabulary": self.vocabulary,
+            "config": asdict(self.config),
+            "weights": torch.from_numpy(self.weights),
+            "bias": torch.from_numpy(self.bias),
+        }
 
     def mixed(self, other: ProfilePrior, share: float) -> ProfilePrior:
         """The prior whose logits are `share` x this one's + (1 - share) x `other`'s (same items and vocabulary)."""

@@ -32,10 +32,11 @@ import torch
 from transfer_rec.recommender.content import ContentSimilarity
 from transfer_rec.recommender.profile import ProfilePrior, Profiles
 
-PROFILE_GRID = tuple((a, c) for a in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
-                     for c in (1.0, 3.0, 10.0, 30.0))
+PROFILE_GRID = tuple(
+    (a, c) for a in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0) for c in (1.0, 3.0, 10.0, 30.0)
+)
 GAMMA_GRID = (0.0, 0.1, 0.2, 0.4, 0.8)
-SHIFT_GRID = (0.0, 0.5, 1.0)   # delta, the weight of the position shift (chosen jointly with gamma)
+SHIFT_GRID = (0.0, 0.5, 1.0)  # delta, the weight of the position shift (chosen jointly with gamma)
 # coarse grids for comparing parts cheaply (the source-share guard of selection/short_history.py)
 COARSE_PROFILE_GRID = tuple((a, c) for a in (8.0, 32.0, 128.0) for c in (3.0, 30.0))
 COARSE_GAMMA_GRID = (0.0, 0.2, 0.8)
@@ -87,12 +88,17 @@ def decay(a: float, c: float, n: np.ndarray) -> np.ndarray:
 
 
 class ShortHistoryParts:
-    def __init__(self, prior: ProfilePrior | None = None, content: ContentSimilarity | None = None,
-                 lift: np.ndarray | None = None, shift: np.ndarray | None = None):
+    def __init__(
+        self,
+        prior: ProfilePrior | None = None,
+        content: ContentSimilarity | None = None,
+        lift: np.ndarray | None = None,
+        shift: np.ndarray | None = None,
+    ):
         self.prior = prior
         self.content = content
         self.lift = lift
-        self.shift = shift   # position_shift rows (n = 1 .. len): only with a prior
+        self.shift = shift  # position_shift rows (n = 1 .. len): only with a prior
         self.gamma = 0.0
         self.shift_weight = 0.0
         self.profile_weight = (0.0, 1.0)
@@ -100,8 +106,9 @@ class ShortHistoryParts:
         # histories of at least this many items get none of these parts (None: every history gets them)
         self.short_below: int | None = None
 
-    def parts(self, history: sp.spmatrix, profiles: Profiles | None,
-              candidates: np.ndarray) -> tuple[np.ndarray | None, ...]:
+    def parts(
+        self, history: sp.spmatrix, profiles: Profiles | None, candidates: np.ndarray
+    ) -> tuple[np.ndarray | None, ...]:
         """Prior logits, z-scored content scores, the history's summed log lifts and each history length's position
         shift over the candidates (None for a part the model does not hold)."""
         n_users = history.shape[0]
@@ -117,7 +124,7 @@ class ShortHistoryParts:
         if self.shift is not None and self.prior is not None:
             lengths = np.diff(history.indptr)
             rows = np.vstack([np.zeros((1, len(candidates)), dtype=np.float32), self.shift[:, candidates]])
-            shift = rows[np.minimum(lengths, len(self.shift))].astype(np.float64)   # n = 0: nothing taken yet
+            shift = rows[np.minimum(lengths, len(self.shift))].astype(np.float64)  # n = 0: nothing taken yet
         return prior, content, lift, shift
 
     def _candidate_lift(self, candidates: np.ndarray) -> np.ndarray:
@@ -130,11 +137,19 @@ class ShortHistoryParts:
             self._lift_cut = cached
         return cached[1]
 
-    def blend(self, base: np.ndarray, lengths: np.ndarray, prior: np.ndarray | None, content: np.ndarray | None,
-              profile_weight: tuple[float, float] | None = None,
-              content_weight: tuple[float, float] | None = None, gamma: float | None = None,
-              history_lift: np.ndarray | None = None, shift: np.ndarray | None = None,
-              shift_weight: float | None = None) -> np.ndarray:
+    def blend(
+        self,
+        base: np.ndarray,
+        lengths: np.ndarray,
+        prior: np.ndarray | None,
+        content: np.ndarray | None,
+        profile_weight: tuple[float, float] | None = None,
+        content_weight: tuple[float, float] | None = None,
+        gamma: float | None = None,
+        history_lift: np.ndarray | None = None,
+        shift: np.ndarray | None = None,
+        shift_weight: float | None = None,
+    ) -> np.ndarray:
         profile_weight = profile_weight or self.profile_weight
         gamma = self.gamma if gamma is None else gamma
         shift_weight = self.shift_weight if shift_weight is None else shift_weight
@@ -155,15 +170,21 @@ class ShortHistoryParts:
             scores[empty] = prior[empty]
         return scores
 
-    def adjust(self, base: np.ndarray, history: sp.spmatrix, profiles: Profiles | None,
-               candidates: np.ndarray) -> np.ndarray:
+    def adjust(
+        self, base: np.ndarray, history: sp.spmatrix, profiles: Profiles | None, candidates: np.ndarray
+    ) -> np.ndarray:
         """The transfer model's candidate scores with the short-history parts added (see the module docstring)."""
         lengths = np.diff(sp.csr_matrix(history).indptr)
         prior, content, lift, shift = self.parts(history, profiles, candidates)
         return self.blend(base, lengths, prior, content, history_lift=lift, shift=shift)
 
-    def select_weights(self, simulations: list[dict[str, Any]], candidates: np.ndarray,
-                       ndcg: Callable[[np.ndarray, dict[str, Any]], float], coarse: bool = False) -> dict[str, Any]:
+    def select_weights(
+        self,
+        simulations: list[dict[str, Any]],
+        candidates: np.ndarray,
+        ndcg: Callable[[np.ndarray, dict[str, Any]], float],
+        coarse: bool = False,
+    ) -> dict[str, Any]:
         """Choose gamma and (a, c) of each part on simulated short histories: each simulation holds `base`
         (candidate scores), `history`, `profiles`, and `full` (True for users' whole histories: the warm case);
         `ndcg(scores, simulation)` is its validation NDCG. The short ones are maximised; on the full ones a setting
@@ -177,8 +198,9 @@ class ShortHistoryParts:
         def evaluate(profile_weight, content_weight, gamma=None, shift_weight=None) -> tuple[float, float]:
             values = {True: [], False: []}
             for sim, n, prior, content, lift, shift in prepared:
-                scores = self.blend(sim["base"], n, prior, content, profile_weight, content_weight, gamma, lift,
-                                    shift, shift_weight)
+                scores = self.blend(
+                    sim["base"], n, prior, content, profile_weight, content_weight, gamma, lift, shift, shift_weight
+                )
                 values[bool(sim.get("full"))].append(ndcg(scores, sim))
             return float(np.mean(values[False] or [0.0])), float(np.mean(values[True] or [np.inf]))
 
@@ -198,8 +220,10 @@ class ShortHistoryParts:
             self.gamma, self.shift_weight = max(grid, key=lambda w: (grid[w][0], -w[0], -w[1]))
             report["gamma"] = {"gamma": self.gamma, "valid_ndcg": grid[(self.gamma, self.shift_weight)]}
             if has_shift:
-                report["shift"] = {"weight": self.shift_weight,
-                                   "valid_ndcg_by_weight": {d: grid[(self.gamma, d)][0] for d in shifts}}
+                report["shift"] = {
+                    "weight": self.shift_weight,
+                    "valid_ndcg_by_weight": {d: grid[(self.gamma, d)][0] for d in shifts},
+                }
         if self.content is not None:
             grid = {w: evaluate((0.0, 1.0), w) for w in CONTENT_GRID}
             self.content_weight = best(grid, lambda w: -w[0])
@@ -212,20 +236,26 @@ class ShortHistoryParts:
         return report
 
     def state(self) -> dict[str, Any]:
-        return {"prior": self.prior.state() if self.prior is not None else None, "gamma": self.gamma,
-                "lift": torch.from_numpy(self.lift) if self.lift is not None else None,
-                "shift": torch.from_numpy(self.shift) if self.shift is not None else None,
-                "shift_weight": self.shift_weight,
-                "content": self.content.state() if self.content is not None else None,
-                "profile_weight": list(self.profile_weight), "content_weight": list(self.content_weight),
-                "short_below": self.short_below}
+        return {
+            "prior": self.prior.state() if self.prior is not None else None,
+            "gamma": self.gamma,
+            "lift": torch.from_numpy(self.lift) if self.lift is not None else None,
+            "shift": torch.from_numpy(self.shift) if self.shift is not None else None,
+            "shift_weight": self.shift_weight,
+            "content": self.content.state() if self.content is not None else None,
+            "profile_weight": list(self.profile_weight),
+            "content_weight": list(self.content_weight),
+            "short_below": self.short_below,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> ShortHistoryParts:
-        parts = cls(ProfilePrior.from_state(state["prior"]) if state.get("prior") is not None else None,
-                   ContentSimilarity.from_state(state["content"]) if state.get("content") is not None else None,
-                   state["lift"].numpy() if state.get("lift") is not None else None,
-                   state["shift"].numpy() if state.get("shift") is not None else None)
+        parts = cls(
+            ProfilePrior.from_state(state["prior"]) if state.get("prior") is not None else None,
+            ContentSimilarity.from_state(state["content"]) if state.get("content") is not None else None,
+            state["lift"].numpy() if state.get("lift") is not None else None,
+            state["shift"].numpy() if state.get("shift") is not None else None,
+        )
         parts.gamma = float(state.get("gamma", 0.0))
         parts.shift_weight = float(state.get("shift_weight", 0.0))
         parts.profile_weight = tuple(float(v) for v in state["profile_weight"])

@@ -19,8 +19,8 @@ of a user with history x is a blend of two standardised parts over the target's 
   batches, and f is the mean of their standardised logits: a cheap ensemble that steadies the part.
 - kernel, user-based: kernel ridge regression over the target's training users with the neural tangent kernel of an
   infinitely wide autoencoder (recommender/kernel.py), for histories of at least warm_min_history items (it hurt
-  short ones, which the short-history parts of recommender/short_history.py serve instead). Its ridge setting and weight w (0: left
-  out) are chosen on the target's validation split after beta.
+  short ones, which the short-history parts of recommender/short_history.py serve instead). Its ridge setting and
+  weight w (0: left out) are chosen on the target's validation split after beta.
 - beta is chosen on the target's validation split.
 
 The same class trained without `pretrain` is the target-only model: the transfer gain is the difference.
@@ -68,13 +68,13 @@ class _Encoder(torch.nn.Module):
         super().__init__()
         self.members, self.hidden = members, hidden
         self.enc = torch.nn.Linear(n_items, members * hidden)
-        self.dec = torch.nn.Linear(hidden, members * n_items)   # member m's rows: m * n_items ... (m + 1) * n_items
+        self.dec = torch.nn.Linear(hidden, members * n_items)  # member m's rows: m * n_items ... (m + 1) * n_items
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.nn.functional.normalize(x, dim=1)
         m, n_items = self.members, x.shape[1]
-        if m == 1:   # the plain layer: the same numbers as before there were members
+        if m == 1:  # the plain layer: the same numbers as before there were members
             hidden = self.enc(torch.nn.functional.dropout(h, self.dropout, self.training))[:, None, :]
         else:
             h = torch.nn.functional.dropout(h[:, None, :].expand(-1, m, -1), self.dropout, self.training)
@@ -121,16 +121,20 @@ def item_item_solve(gram: np.ndarray, lam: float, drop_p: float = 0.0) -> np.nda
 def _sparse_state(matrix: sp.csr_matrix | None) -> dict[str, Any] | None:
     if matrix is None:
         return None
-    return {"indptr": torch.from_numpy(matrix.indptr.astype(np.int64)),
-            "indices": torch.from_numpy(matrix.indices.astype(np.int64)), "shape": list(matrix.shape)}
+    return {
+        "indptr": torch.from_numpy(matrix.indptr.astype(np.int64)),
+        "indices": torch.from_numpy(matrix.indices.astype(np.int64)),
+        "shape": list(matrix.shape),
+    }
 
 
 def _sparse_from(state: dict[str, Any] | None) -> sp.csr_matrix | None:
     if state is None:
         return None
     indices = state["indices"].numpy()
-    return sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, state["indptr"].numpy()),
-                         shape=tuple(state["shape"]))
+    return sp.csr_matrix(
+        (np.ones(len(indices), dtype=np.float32), indices, state["indptr"].numpy()), shape=tuple(state["shape"])
+    )
 
 
 def _save_checkpoint(path: Path, content: dict[str, Any]) -> None:
@@ -165,7 +169,7 @@ class TransferRecommender:
     def __init__(self, n_items: int, config: TrainingConfig, k: int = 10):
         self.n_items = n_items
         self.config = config
-        self.k = k   # the cut-off of the validation NDCG that early stopping and every choice on valid maximise
+        self.k = k  # the cut-off of the validation NDCG that early stopping and every choice on valid maximise
         torch.manual_seed(config.seed)
         self._generator = torch.Generator().manual_seed(config.seed)
         self.encoder = _Encoder(n_items, config.hidden, config.input_dropout, config.encoders)
@@ -177,7 +181,7 @@ class TransferRecommender:
         self.item_params = (float(config.alpha), float(config.lam), float(config.drop_p))
         self.kernel: UserKernel | None = None
         self.kernel_weight = 0.0
-        self.valid_ndcg = float("nan")   # the fine-tuned model's validation NDCG@k (set by finetune)
+        self.valid_ndcg = float("nan")  # the fine-tuned model's validation NDCG@k (set by finetune)
         # Optional parts for short histories (recommender/short_history.py), fitted apart (selection/).
         self.short_history: Any = None
 
@@ -187,7 +191,7 @@ class TransferRecommender:
         order = torch.randperm(len(rows), generator=self._generator)
         total = 0.0
         for start in range(0, len(rows), self.config.batch_size):
-            x = rows[order[start:start + self.config.batch_size]]
+            x = rows[order[start : start + self.config.batch_size]]
             # every member's multinomial likelihood (summed: each member learns as it would alone)
             loss = -(torch.log_softmax(self.encoder(x), dim=2) * x[:, None, :]).sum(dim=2).sum(dim=1).mean()
             optimiser.zero_grad()
@@ -207,8 +211,12 @@ class TransferRecommender:
         history = []
         for epoch in range(1, self.config.epochs_pretrain + 1):
             started = time.perf_counter()
-            entry = {"stage": "pretrain", "epoch": epoch, "loss": self._epoch(optimiser, rows),
-                     "seconds": time.perf_counter() - started}
+            entry = {
+                "stage": "pretrain",
+                "epoch": epoch,
+                "loss": self._epoch(optimiser, rows),
+                "seconds": time.perf_counter() - started,
+            }
             history.append(entry)
             if log:
                 log(entry)
@@ -217,8 +225,14 @@ class TransferRecommender:
     def _valid_ndcg(self, scores: np.ndarray, train: sp.csr_matrix, valid: sp.csr_matrix) -> float:
         return float(np.mean(evaluate_scores(scores, train, valid, self.k)["ndcg"]))
 
-    def finetune(self, train: sp.spmatrix, valid: sp.spmatrix, candidates: np.ndarray | None = None,
-                 log: EpochLog | None = None, checkpoint: Path | None = None) -> list[dict[str, Any]]:
+    def finetune(
+        self,
+        train: sp.spmatrix,
+        valid: sp.spmatrix,
+        candidates: np.ndarray | None = None,
+        log: EpochLog | None = None,
+        checkpoint: Path | None = None,
+    ) -> list[dict[str, Any]]:
         """Adapt to a target: item-item solve, encoder fine-tuning with early stopping, blend weight on valid.
 
         `candidates` (a boolean mask over items) are the target's items, the only ones ever recommended.
@@ -261,11 +275,20 @@ class TransferRecommender:
 
         def save() -> None:
             if checkpoint is not None:
-                _save_checkpoint(checkpoint, {
-                    "fingerprint": fingerprint, "history": history, "weights": torch.from_numpy(self.weights),
-                    "item_params": list(self.item_params), "encoder": self.encoder.state_dict(),
-                    "optimiser": optimiser.state_dict(), "generator": self._generator.get_state(),
-                    "torch_rng": torch.get_rng_state(), "progress": progress})
+                _save_checkpoint(
+                    checkpoint,
+                    {
+                        "fingerprint": fingerprint,
+                        "history": history,
+                        "weights": torch.from_numpy(self.weights),
+                        "item_params": list(self.item_params),
+                        "encoder": self.encoder.state_dict(),
+                        "optimiser": optimiser.state_dict(),
+                        "generator": self._generator.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "progress": progress,
+                    },
+                )
 
         if not saved:
             save()  # the item-item choice (a few solves) is not redone after a restart
@@ -279,12 +302,20 @@ class TransferRecommender:
                 rows = torch.cat([target_rows, source_rows[replay]])
             loss = self._epoch(optimiser, rows)
             ndcg = self._valid_ndcg(self._full(self._encoded(train)), train, valid)
-            emit({"stage": "finetune", "epoch": epoch, "loss": loss, "valid_ndcg": ndcg,
-                  "seconds": time.perf_counter() - started})
+            emit(
+                {
+                    "stage": "finetune",
+                    "epoch": epoch,
+                    "loss": loss,
+                    "valid_ndcg": ndcg,
+                    "seconds": time.perf_counter() - started,
+                }
+            )
             progress["epoch"] = epoch
             if ndcg > progress["best"]:
-                progress.update(best=ndcg, best_epoch=epoch,
-                                best_state={k: v.clone() for k, v in self.encoder.state_dict().items()})
+                progress.update(
+                    best=ndcg, best_epoch=epoch, best_state={k: v.clone() for k, v in self.encoder.state_dict().items()}
+                )
             progress["stopped"] = epoch - progress["best_epoch"] >= cfg.patience
             save()
         if progress["best_state"] is not None:
@@ -299,8 +330,9 @@ class TransferRecommender:
             Path(checkpoint).unlink(missing_ok=True)
         return history
 
-    def _choose_item_item(self, train: sp.csr_matrix, valid: sp.csr_matrix,
-                          emit: Callable[[dict[str, Any]], None]) -> np.ndarray:
+    def _choose_item_item(
+        self, train: sp.csr_matrix, valid: sp.csr_matrix, emit: Callable[[dict[str, Any]], None]
+    ) -> np.ndarray:
         """Solve the item-item part for each configured setting. `item_combine: best` keeps the best on valid;
         `mean` keeps the mean of all settings' weights (item_params still names the best on valid). Returns the
         kept part's train scores."""
@@ -312,12 +344,21 @@ class TransferRecommender:
         best_item, item_item, total = -1.0, None, None
         for index, (alpha, lam, drop_p) in enumerate(settings):
             started = time.perf_counter()
-            gram = target_gram if self.source_gram is None else target_gram + alpha ** 2 * self.source_gram
+            gram = target_gram if self.source_gram is None else target_gram + alpha**2 * self.source_gram
             weights = item_item_solve(gram, lam, drop_p)[:, self.candidates].astype(np.float32)
             scores = np.asarray(train @ weights)
             ndcg = self._valid_ndcg(self._full(scores), train, valid)
-            emit({"stage": "item_item", "epoch": index, "alpha": float(alpha), "lam": float(lam),
-                  "drop_p": float(drop_p), "valid_ndcg": ndcg, "seconds": time.perf_counter() - started})
+            emit(
+                {
+                    "stage": "item_item",
+                    "epoch": index,
+                    "alpha": float(alpha),
+                    "lam": float(lam),
+                    "drop_p": float(drop_p),
+                    "valid_ndcg": ndcg,
+                    "seconds": time.perf_counter() - started,
+                }
+            )
             total = weights.copy() if total is None else total + weights
             if ndcg > best_item:
                 best_item, item_item, self.weights = ndcg, scores, weights
@@ -327,12 +368,25 @@ class TransferRecommender:
             # mean does not depend on that choice
             self.weights = (total / len(settings)).astype(np.float32)
             item_item = np.asarray(train @ self.weights)
-            emit({"stage": "item_mean", "epoch": 0, "settings": float(len(settings)),
-                  "valid_ndcg": self._valid_ndcg(self._full(item_item), train, valid), "seconds": 0.0})
+            emit(
+                {
+                    "stage": "item_mean",
+                    "epoch": 0,
+                    "settings": float(len(settings)),
+                    "valid_ndcg": self._valid_ndcg(self._full(item_item), train, valid),
+                    "seconds": 0.0,
+                }
+            )
         return item_item
 
-    def _choose_kernel(self, train: sp.csr_matrix, valid: sp.csr_matrix, blend: np.ndarray, blend_ndcg: float,
-                       emit: Callable[[dict[str, Any]], None]) -> float:
+    def _choose_kernel(
+        self,
+        train: sp.csr_matrix,
+        valid: sp.csr_matrix,
+        blend: np.ndarray,
+        blend_ndcg: float,
+        emit: Callable[[dict[str, Any]], None],
+    ) -> float:
         """Fit the user-kernel part for each ridge setting; keep it with the blend weight best on valid, or leave it
         out (weight 0) when no weight beats the blend without it. Returns the final model's valid NDCG."""
         cfg = self.config
@@ -347,19 +401,34 @@ class TransferRecommender:
             part = UserKernel(lam, cfg.kernel_max_users, cfg.seed).fit(train, self.candidates)
             z_kernel = _zscore(part.score(train))
             for weight in weights:
-                ndcg = self._valid_ndcg(self._full(self._with_kernel(blend, train, part, weight, z_kernel)), train,
-                                        valid)
-                emit({"stage": "kernel", "epoch": len(trials), "lam": lam, "weight": weight, "valid_ndcg": ndcg,
-                      "seconds": time.perf_counter() - started})
+                ndcg = self._valid_ndcg(
+                    self._full(self._with_kernel(blend, train, part, weight, z_kernel)), train, valid
+                )
+                emit(
+                    {
+                        "stage": "kernel",
+                        "epoch": len(trials),
+                        "lam": lam,
+                        "weight": weight,
+                        "valid_ndcg": ndcg,
+                        "seconds": time.perf_counter() - started,
+                    }
+                )
                 trials.append((lam, weight))
                 if ndcg > best:
                     best, self.kernel, self.kernel_weight = ndcg, part, weight
         return best
 
-    def _with_kernel(self, scores: np.ndarray, history: sp.spmatrix, part: UserKernel, weight: float,
-                     z_kernel: np.ndarray | None = None) -> np.ndarray:
-        """The blend plus the kernel part for histories of at least warm_min_history items (on the cold-start
-        protocol the part cost new users with 1-5 items a tenth of their NDCG@10; the short-history parts serve them)."""
+    def _with_kernel(
+        self,
+        scores: np.ndarray,
+        history: sp.spmatrix,
+        part: UserKernel,
+        weight: float,
+        z_kernel: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The blend plus the kernel part for histories of at least warm_min_history items (it hurts short histories,
+        which the short-history parts serve; docs/model.md)."""
         rows = np.flatnonzero(np.diff(sp.csr_matrix(history).indptr) >= self.config.warm_min_history)
         if not len(rows):
             return scores
@@ -373,7 +442,9 @@ class TransferRecommender:
 
     def _fingerprint(self, train: sp.csr_matrix, valid: sp.csr_matrix) -> str:
         """What a checkpoint must match to be resumed: settings, data, candidates and the starting weights."""
-        digest = hashlib.sha256(json.dumps({**self.config.model_dump(mode="json"), "k": self.k}, sort_keys=True).encode())
+        digest = hashlib.sha256(
+            json.dumps({**self.config.model_dump(mode="json"), "k": self.k}, sort_keys=True).encode()
+        )
         for matrix in (train, valid):
             for part in (matrix.indptr, matrix.indices, matrix.data, np.asarray(matrix.shape)):
                 digest.update(np.ascontiguousarray(part).tobytes())
@@ -400,9 +471,15 @@ class TransferRecommender:
             enc_w, enc_b, dec_w, dec_b = (t.detach().numpy() for t in layers)
             m = self.encoder.members
             dec_w = dec_w.reshape(m, self.n_items, -1)[:, self.candidates]
-            cached = (key, (np.ascontiguousarray(enc_w.T), enc_b.copy(),
-                            torch.from_numpy(np.ascontiguousarray(dec_w.transpose(0, 2, 1))),
-                            torch.from_numpy(dec_b.reshape(m, self.n_items)[:, self.candidates].copy())))
+            cached = (
+                key,
+                (
+                    np.ascontiguousarray(enc_w.T),
+                    enc_b.copy(),
+                    torch.from_numpy(np.ascontiguousarray(dec_w.transpose(0, 2, 1))),
+                    torch.from_numpy(dec_b.reshape(m, self.n_items)[:, self.candidates].copy()),
+                ),
+            )
             self._encoder_cut = cached
         return cached[1]
 
@@ -418,8 +495,10 @@ class TransferRecommender:
         if len(dec_w) == 1:
             return torch.addmm(dec_b[0], hidden, dec_w[0]).numpy()
         size = hidden.shape[1] // len(dec_w)
-        members = [_zscore(torch.addmm(dec_b[m], hidden[:, m * size:(m + 1) * size], dec_w[m]).numpy())
-                   for m in range(len(dec_w))]
+        members = [
+            _zscore(torch.addmm(dec_b[m], hidden[:, m * size : (m + 1) * size], dec_w[m]).numpy())
+            for m in range(len(dec_w))
+        ]
         return np.mean(members, axis=0)
 
     def _full(self, candidate_scores: np.ndarray) -> np.ndarray:
@@ -446,11 +525,19 @@ class TransferRecommender:
     def state(self, with_source: bool = True) -> dict[str, Any]:
         """Everything to rebuild the model; the source statistics are only needed to fine-tune, not to serve."""
         state: dict[str, Any] = {
-            "n_items": self.n_items, "config": self.config.model_dump(mode="json"), "k": self.k, "encoder": self.encoder.state_dict(),
-            "weights": torch.from_numpy(self.weights), "candidates": torch.from_numpy(self.candidates),
-            "beta": self.beta, "item_params": list(self.item_params), "source": None, "source_gram": None,
+            "n_items": self.n_items,
+            "config": self.config.model_dump(mode="json"),
+            "k": self.k,
+            "encoder": self.encoder.state_dict(),
+            "weights": torch.from_numpy(self.weights),
+            "candidates": torch.from_numpy(self.candidates),
+            "beta": self.beta,
+            "item_params": list(self.item_params),
+            "source": None,
+            "source_gram": None,
             "short_history": self.short_history.state() if self.short_history is not None else None,
-            "kernel": self.kernel.state() if self.kernel is not None else None, "kernel_weight": self.kernel_weight,
+            "kernel": self.kernel.state() if self.kernel is not None else None,
+            "kernel_weight": self.kernel_weight,
         }
         if with_source and self.source is not None:
             state["source"] = _sparse_state(self.source)
@@ -474,7 +561,7 @@ class TransferRecommender:
         model.source = _sparse_from(state.get("source"))
         if state.get("source_gram") is not None:
             model.source_gram = state["source_gram"].numpy().astype(np.float64)
-        parts = state.get("short_history", state.get("side"))   # "side": the key of models saved before 0.5
+        parts = state.get("short_history", state.get("side"))  # "side": the key of models saved before 0.5
         if parts is not None:
             model.short_history = ShortHistoryParts.from_state(parts)
         return model

@@ -36,7 +36,9 @@ def imports_of(module: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             names = [base] + [f"{base}.{alias.name}" for alias in node.names]
         else:
             continue
@@ -66,7 +68,7 @@ def closure(roots: list[str]) -> set[str]:
             continue
         seen.add(module)
         parts = module.split(".")
-        todo.extend(".".join(parts[:n]) for n in range(1, len(parts)))   # parent packages' __init__
+        todo.extend(".".join(parts[:n]) for n in range(1, len(parts)))  # parent packages' __init__
         todo.extend(imports_of(module))
     return seen
 

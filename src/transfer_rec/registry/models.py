@@ -103,9 +103,14 @@ def log_candidate_model(bundle: ModelBundle, folder, staging: Path) -> str:
 
     code = stage_code(SERVING_ROOTS, Path(staging) / uuid.uuid4().hex[:12])
     try:
-        info = mlflow.pyfunc.log_model(name="model", python_model=TransferRecModel(), artifacts={"bundle": str(folder)},
-                                       signature=SIGNATURE, input_example=input_example(bundle),
-                                       code_paths=[str(code)])
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=TransferRecModel(),
+            artifacts={"bundle": str(folder)},
+            signature=SIGNATURE,
+            input_example=input_example(bundle),
+            code_paths=[str(code)],
+        )
     finally:
         shutil.rmtree(code.parent, ignore_errors=True)
     return info.model_uri

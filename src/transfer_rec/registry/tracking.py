@@ -45,8 +45,9 @@ def configure(layout: StateLayout) -> str:
 
 
 def _find_run(experiment_id: str, filters: str) -> str | None:
-    runs = MlflowClient().search_runs([experiment_id], filter_string=filters, max_results=1,
-                                      order_by=["attributes.start_time ASC"])
+    runs = MlflowClient().search_runs(
+        [experiment_id], filter_string=filters, max_results=1, order_by=["attributes.start_time ASC"]
+    )
     return runs[0].info.run_id if runs else None
 
 
@@ -58,15 +59,19 @@ def pipeline_run(layout: StateLayout, run_key: str, tags: dict[str, str] | None 
         for key, value in (tags or {}).items():  # a re-planned run (retry) keeps its run and refreshes the tags
             MlflowClient().set_tag(found, key, value)
         return found
-    run = MlflowClient().create_run(experiment_id, run_name=f"pipeline {run_key}",
-                                    tags={RUN_KEY_TAG: run_key, STAGE_TAG: "pipeline", **(tags or {})})
+    run = MlflowClient().create_run(
+        experiment_id,
+        run_name=f"pipeline {run_key}",
+        tags={RUN_KEY_TAG: run_key, STAGE_TAG: "pipeline", **(tags or {})},
+    )
     MlflowClient().set_terminated(run.info.run_id)
     return run.info.run_id
 
 
 @contextmanager
-def stage_run(layout: StateLayout, run_key: str, stage: str, parent_run_id: str,
-              tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+def stage_run(
+    layout: StateLayout, run_key: str, stage: str, parent_run_id: str, tags: dict[str, str] | None = None
+) -> Iterator[mlflow.ActiveRun]:
     """A nested run for one stage; a retry of the same stage reuses (and overwrites) its run instead of adding one."""
     experiment_id = configure(layout)
     existing = _find_run(experiment_id, f"tags.`{RUN_KEY_TAG}` = '{run_key}' and tags.`{STAGE_TAG}` = '{stage}'")
@@ -94,24 +99,31 @@ def log_epochs(history: list[dict[str, Any]]) -> None:
     """Per-epoch curves: loss, validation NDCG and time, with the epoch as the step."""
     offset = 0
     for entry in history:
-        metrics = {f"{entry['stage']}_{k}": float(v) for k, v in entry.items()
-                   if k not in ("stage", "epoch") and isinstance(v, (int, float))}
+        metrics = {
+            f"{entry['stage']}_{k}": float(v)
+            for k, v in entry.items()
+            if k not in ("stage", "epoch") and isinstance(v, (int, float))
+        }
         mlflow.log_metrics(metrics, step=offset + int(entry["epoch"]))
 
 
 DEFAULT_AIRFLOW_URL = "http://127.0.0.1:8080"
 
 
-def airflow_tags(dag_id: str, run_id: str, logical_date: str | None = None,
-                 interval: list[str] | None = None) -> dict[str, str]:
+def airflow_tags(
+    dag_id: str, run_id: str, logical_date: str | None = None, interval: list[str] | None = None
+) -> dict[str, str]:
     """Tags that tie the pipeline's parent run to its Airflow DAG run, with a link back (base from AIRFLOW_BASE_URL).
 
     The logical date falls back to the one Airflow exports to the task's environment for this very run."""
     if logical_date is None and os.environ.get("AIRFLOW_CTX_DAG_RUN_ID") == run_id:
         logical_date = os.environ.get("AIRFLOW_CTX_LOGICAL_DATE") or None
     base = os.environ.get("AIRFLOW_BASE_URL", DEFAULT_AIRFLOW_URL).rstrip("/")
-    tags = {"airflow.dag_id": dag_id, "airflow.run_id": run_id,
-            "airflow.url": f"{base}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"}
+    tags = {
+        "airflow.dag_id": dag_id,
+        "airflow.run_id": run_id,
+        "airflow.url": f"{base}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}",
+    }
     if logical_date:
         tags["airflow.logical_date"] = str(logical_date)
     if interval:
@@ -146,23 +158,32 @@ def lineage_inputs(landing: Path, unified: dict[str, Any], features: dict[str, A
         batch_dir = Path(landing) / platform / str(batch)
         digest = hashlib.sha256("".join(f"{f}:{h}" for f, h in sorted(hashes.items())).encode()).hexdigest()[:16]
         dataset = MetaDataset(_source_of(str(batch_dir)), name=platform, digest=digest)
-        tags = {"platform": platform, "role": kept.get("role", ""), "batch": str(batch),
-                **{f"sha256.{f}": h for f, h in hashes.items()},
-                **{f"rows.{k}": str(v) for k, v in counts.items() if isinstance(v, (int, float))},
-                **{f"features.{k}": str(v) for k, v in kept.items() if isinstance(v, (int, float))}}
+        tags = {
+            "platform": platform,
+            "role": kept.get("role", ""),
+            "batch": str(batch),
+            **{f"sha256.{f}": h for f, h in hashes.items()},
+            **{f"rows.{k}": str(v) for k, v in counts.items() if isinstance(v, (int, float))},
+            **{f"features.{k}": str(v) for k, v in kept.items() if isinstance(v, (int, float))},
+        }
         validation = batch_dir / "validation.json"
         if validation.exists():
             summary = json.loads(validation.read_text())
-            tags.update({"validation": "passed" if summary.get("success") else "failed",
-                         "validation.critical": str(len(summary.get("critical", []))),
-                         "validation.warnings": str(len(summary.get("warnings", [])))})
+            tags.update(
+                {
+                    "validation": "passed" if summary.get("success") else "failed",
+                    "validation.critical": str(len(summary.get("critical", []))),
+                    "validation.warnings": str(len(summary.get("warnings", []))),
+                }
+            )
         tags["mlflow.data.context"] = kept.get("role") or "platform"
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), [InputTag(k, v[:500]) for k, v in tags.items()]))
     return inputs
 
 
-def log_lineage(layout: StateLayout, run_id: str, unified: dict[str, Any],
-                features: dict[str, Any] | None = None) -> None:
+def log_lineage(
+    layout: StateLayout, run_id: str, unified: dict[str, Any], features: dict[str, Any] | None = None
+) -> None:
     """Record each platform's data as a dataset input of the run (Datasets column and run page in the MLflow UI)."""
     configure(layout)
     inputs = lineage_inputs(layout.landing, unified, features)

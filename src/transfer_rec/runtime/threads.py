@@ -9,7 +9,7 @@ def available_cpus() -> int:
     """The CPUs this process may run on (its affinity, which containers and taskset narrow)."""
     try:
         return len(os.sched_getaffinity(0))
-    except AttributeError:   # not Linux
+    except AttributeError:  # not Linux
         return os.cpu_count() or 1
 
 

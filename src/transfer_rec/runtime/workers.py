@@ -4,7 +4,8 @@ not copied to it; only its result travels back (pickled). Used to keep both core
 from __future__ import annotations
 
 import multiprocessing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def can_fork() -> bool:
@@ -23,11 +24,11 @@ def workers() -> int:
 def _call(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
     try:
         outcome = ("ok", fn(*args))
-    except BaseException as exc:  # noqa: BLE001 - handed to the parent, which raises it
+    except BaseException as exc:
         outcome = ("error", exc)
     try:
         conn.send(outcome)
-    except Exception as exc:  # noqa: BLE001 - a result or exception that does not pickle
+    except Exception as exc:
         conn.send(("error", RuntimeError(f"{fn.__name__} in a forked process: {outcome[1]!r} ({exc})")))
     finally:
         conn.close()
@@ -53,8 +54,12 @@ class Forked:
             try:
                 self._outcome = self._receive.recv()
             except EOFError:
-                self._outcome = ("error", RuntimeError(f"{self.name} in a forked process ended without a result "
-                                                       f"(exit code {self._process.exitcode})"))
+                self._outcome = (
+                    "error",
+                    RuntimeError(
+                        f"{self.name} in a forked process ended without a result (exit code {self._process.exitcode})"
+                    ),
+                )
             self._process.join()
             self._receive.close()
             self._process = None

@@ -55,8 +55,9 @@ def build_suite(platform: PlatformConfig, table: str) -> gx.ExpectationSuite:
         if timestamp:
             suite.add_expectation(gxe.ExpectColumnValuesToMatchRegex(column=timestamp, regex=NUMERIC_PATTERN))
             suite.add_expectation(
-                gxe.ExpectColumnValuesToBeBetween(column=timestamp, min_value=TIMESTAMP_RANGE[0],
-                                                  max_value=TIMESTAMP_RANGE[1])
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=timestamp, min_value=TIMESTAMP_RANGE[0], max_value=TIMESTAMP_RANGE[1]
+                )
             )
         keys = [c for c in (native_column(platform, table, u) for u in ("user_id", "item_id", "timestamp")) if c]
         suite.add_expectation(
@@ -69,13 +70,14 @@ def build_suite(platform: PlatformConfig, table: str) -> gx.ExpectationSuite:
     return suite
 
 
-
-
 def reference_sets(tables: dict) -> dict:
     """The value sets `referential_columns` looks interactions up in: item ids, user ids and the platforms that
     export profiles (build them once to check many partitions of the interactions)."""
-    return {"items": value_set(tables["items"]["item_id"]), "users": value_set(tables["users"]["user_id"]),
-            "profiled": value_set(tables["users"]["platform"])}
+    return {
+        "items": value_set(tables["items"]["item_id"]),
+        "users": value_set(tables["users"]["user_id"]),
+        "profiled": value_set(tables["users"]["platform"]),
+    }
 
 
 def referential_columns(tables: dict, sets: dict | None = None) -> dict:
@@ -106,12 +108,14 @@ def build_unified_suites(tables: dict, config: PipelineConfig) -> dict[str, list
         gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id"]),
     ]
     interactions += [gxe.ExpectColumnValuesToBeOfType(column=c, type_=t) for c, t in TYPES["interactions"].items()]
-    users = [gxe.ExpectTableColumnsToMatchSet(column_set=list(USER_COLUMNS), exact_match=True),
-             gxe.ExpectColumnValuesToBeUnique(column="user_id"),
-             gxe.ExpectColumnValuesToMatchRegex(column="link_id", regex=r"^[0-9a-f]{64}$"),
-             gxe.ExpectColumnValuesToBeInSet(column="consent", value_set=[True, False]),
-             gxe.ExpectColumnValuesToBeInSet(column="gender", value_set=list(GENDERS), mostly=1.0),
-             gxe.ExpectColumnValueLengthsToBeBetween(column="region", max_value=2)]
+    users = [
+        gxe.ExpectTableColumnsToMatchSet(column_set=list(USER_COLUMNS), exact_match=True),
+        gxe.ExpectColumnValuesToBeUnique(column="user_id"),
+        gxe.ExpectColumnValuesToMatchRegex(column="link_id", regex=r"^[0-9a-f]{64}$"),
+        gxe.ExpectColumnValuesToBeInSet(column="consent", value_set=[True, False]),
+        gxe.ExpectColumnValuesToBeInSet(column="gender", value_set=list(GENDERS), mostly=1.0),
+        gxe.ExpectColumnValueLengthsToBeBetween(column="region", max_value=2),
+    ]
     for column in ("age", "occupation"):
         if config.vocabularies.get(column):
             users.append(gxe.ExpectColumnValuesToBeInSet(column=column, value_set=config.vocabularies[column]))

@@ -15,7 +15,7 @@ def arrow_strings(values: Any):
     if isinstance(values, (pd.Series, pd.Index)):
         values = values.array
     if isinstance(values, pd.arrays.ArrowStringArray):
-        array = pa.array(values)   # its own buffers
+        array = pa.array(values)  # its own buffers
     else:
         array = pa.array(np.asarray(values, dtype=object), from_pandas=True)
     return array if array.type == pa.large_string() else array.cast(pa.large_string())

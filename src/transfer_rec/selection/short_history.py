@@ -43,19 +43,22 @@ class ShortHistoryData:
     target-only model) and the item descriptions."""
 
     n_items: int
-    catalogue: np.ndarray          # bool mask: items of the target platform
+    catalogue: np.ndarray  # bool mask: items of the target platform
     train: sp.csr_matrix
     valid: sp.csr_matrix
-    users: pd.DataFrame            # profiles, rows aligned with train / valid
-    ordered: list[np.ndarray]      # each user's train items, earliest first
+    users: pd.DataFrame  # profiles, rows aligned with train / valid
+    ordered: list[np.ndarray]  # each user's train items, earliest first
     source: sp.csr_matrix
     source_users: pd.DataFrame
-    items: pd.DataFrame            # item_idx, title, year, genres
+    items: pd.DataFrame  # item_idx, title, year, genres
 
     def without_source(self) -> ShortHistoryData:
         """The same target with no source users: what a target-only model may learn from."""
-        return replace(self, source=sp.csr_matrix((0, self.n_items), dtype=np.float32),
-                       source_users=pd.DataFrame({"user_id": pd.Series(dtype=object)}))
+        return replace(
+            self,
+            source=sp.csr_matrix((0, self.n_items), dtype=np.float32),
+            source_users=pd.DataFrame({"user_id": pd.Series(dtype=object)}),
+        )
 
 
 def ordered_items(frame: pd.DataFrame, user_ids: np.ndarray) -> list[np.ndarray]:
@@ -95,8 +98,18 @@ def simulations(model: TransferRecommender, data: ShortHistoryData) -> list[dict
         base = model.score(history)[:, model.candidates]
         # as for a new user: everything after the n first items is relevant (the whole train: the warm protocol)
         relevant = valid if n is None else sp.csr_matrix((train - history) + valid)
-        sims.append({"history": history, "profiles": profiles, "base": base, "n": n, "full": n is None,
-                     "exclude": history, "relevant": relevant, "users": users})
+        sims.append(
+            {
+                "history": history,
+                "profiles": profiles,
+                "base": base,
+                "n": n,
+                "full": n is None,
+                "exclude": history,
+                "relevant": relevant,
+                "users": users,
+            }
+        )
     model.short_history = parts
     return sims
 
@@ -118,8 +131,12 @@ class _Fitted:
             if with_source:
                 platforms.insert(0, (data.source, data.source_users))
             started = time.perf_counter()
-            config = ProfileConfig(l2=self.settings.prior_l2, learning_rate=self.settings.prior_learning_rate,
-                                   steps=self.settings.prior_steps, seed=self.seed)
+            config = ProfileConfig(
+                l2=self.settings.prior_l2,
+                learning_rate=self.settings.prior_learning_rate,
+                steps=self.settings.prior_steps,
+                seed=self.seed,
+            )
             self.cache[("prior", with_source)] = ProfilePrior(data.n_items, vocabulary, config).fit(platforms)
             log.info("profile prior (source: %s) fitted in %.1f s", with_source, time.perf_counter() - started)
         return self.cache[("prior", with_source)]
@@ -127,8 +144,9 @@ class _Fitted:
     def lift(self, with_source: bool) -> np.ndarray:
         if ("lift", with_source) not in self.cache:
             data = self.data
-            self.cache[("lift", with_source)] = cooccurrence_lift([data.source, data.train] if with_source
-                                                                  else [data.train])
+            self.cache[("lift", with_source)] = cooccurrence_lift(
+                [data.source, data.train] if with_source else [data.train]
+            )
         return self.cache[("lift", with_source)]
 
     def shift(self, max_n: int) -> np.ndarray:
@@ -139,9 +157,16 @@ class _Fitted:
         return self.cache[("shift", max_n)]
 
 
-def _parts(model: TransferRecommender, fitted: _Fitted, use_profile: bool, use_lift: bool,
-           content: ContentSimilarity | None, with_source: bool, share: float,
-           use_shift: bool = False) -> ShortHistoryParts:
+def _parts(
+    model: TransferRecommender,
+    fitted: _Fitted,
+    use_profile: bool,
+    use_lift: bool,
+    content: ContentSimilarity | None,
+    with_source: bool,
+    share: float,
+    use_shift: bool = False,
+) -> ShortHistoryParts:
     """Parts whose prior and co-occurrences are `share` x the pooled ones + the rest the target's own; with
     `use_shift` (and a prior) the target's position shift for histories of 1 .. warm_min_history - 1 items."""
     prior = lift = shift = None
@@ -164,27 +189,42 @@ def _parts(model: TransferRecommender, fitted: _Fitted, use_profile: bool, use_l
 
 def _without_users(data: ShortHistoryData, rows: np.ndarray) -> ShortHistoryData:
     keep = np.setdiff1d(np.arange(data.users.shape[0]), rows)
-    return replace(data, train=data.train[keep], valid=data.valid[keep],
-                   users=data.users.iloc[keep].reset_index(drop=True), ordered=[data.ordered[u] for u in keep])
+    return replace(
+        data,
+        train=data.train[keep],
+        valid=data.valid[keep],
+        users=data.users.iloc[keep].reset_index(drop=True),
+        ordered=[data.ordered[u] for u in keep],
+    )
 
 
 def _sim_rows(sim: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
-    return {**sim, "history": sim["history"][rows], "profiles": sim["profiles"].iloc[rows].reset_index(drop=True),
-            "base": sim["base"][rows], "exclude": sim["exclude"][rows], "relevant": sim["relevant"][rows],
-            "users": sim["users"][rows]}
+    return {
+        **sim,
+        "history": sim["history"][rows],
+        "profiles": sim["profiles"].iloc[rows].reset_index(drop=True),
+        "base": sim["base"][rows],
+        "exclude": sim["exclude"][rows],
+        "relevant": sim["relevant"][rows],
+        "users": sim["users"][rows],
+    }
 
 
-def choose_source_share(model: TransferRecommender, fitted: _Fitted, use_lift: bool,
-                        content: ContentSimilarity | None, sims: list[dict[str, Any]],
-                        use_shift: bool = False) -> tuple[float, dict]:
+def choose_source_share(
+    model: TransferRecommender,
+    fitted: _Fitted,
+    use_lift: bool,
+    content: ContentSimilarity | None,
+    sims: list[dict[str, Any]],
+    use_shift: bool = False,
+) -> tuple[float, dict]:
     """The source's share in the profile prior and co-occurrences, chosen by two-fold cross-fitting over the users
     with valid items: parts fitted without one half (source users always in) are scored on that half's simulated
     short histories, their weights chosen on coarse grids. Fitting and scoring on the same users would flatter the
     target's own prior, which has seen them."""
     n_users = len(sims[0]["users"])
     if n_users < 2:
-        log.info("short-history parts: %d user(s) with valid items, too few to cross-fit the source share: 1",
-                 n_users)
+        log.info("short-history parts: %d user(s) with valid items, too few to cross-fit the source share: 1", n_users)
         return 1.0, {"share": 1.0, "skipped": f"{n_users} user(s) with valid items; two folds need 2"}
     fold_of = np.random.default_rng(model.config.seed).permutation(n_users) % 2
     ndcg = _simulation_ndcg(model, fitted.data)
@@ -198,16 +238,28 @@ def choose_source_share(model: TransferRecommender, fitted: _Fitted, use_lift: b
             model.short_history = parts
             report = parts.select_weights(held, model.candidates, ndcg, coarse=True)
             totals[share] += report["short_valid_ndcg"] * len(rows)
-    by_share = {share: total / n_users for share, total in totals.items()}   # the mean over all users
+    by_share = {share: total / n_users for share, total in totals.items()}  # the mean over all users
     share = max(SOURCE_SHARES, key=lambda s: (round(by_share[s], 9), s))
-    log.info("short-history parts: source share %.2f chosen by cross-fitting (short-history valid NDCG@%d by "
-             "share: %s)", share, K, {s: round(v, 4) for s, v in by_share.items()})
+    log.info(
+        "short-history parts: source share %.2f chosen by cross-fitting (short-history valid NDCG@%d by share: %s)",
+        share,
+        K,
+        {s: round(v, 4) for s, v in by_share.items()},
+    )
     return share, {"share": share, "short_valid_ndcg": by_share}
 
 
-def attach(model: TransferRecommender, fitted: _Fitted, use_profile: bool, use_lift: bool,
-           parts: tuple[str, ...], with_source: bool, sims: list[dict[str, Any]], cache_dir: Path | None,
-           use_shift: bool = False) -> dict[str, Any]:
+def attach(
+    model: TransferRecommender,
+    fitted: _Fitted,
+    use_profile: bool,
+    use_lift: bool,
+    parts: tuple[str, ...],
+    with_source: bool,
+    sims: list[dict[str, Any]],
+    cache_dir: Path | None,
+    use_shift: bool = False,
+) -> dict[str, Any]:
     """Give the model a profile prior and/or a content similarity and choose their weights on valid; with
     `use_shift`, the prior also learns what users take after their first items (position_shift).
 
@@ -236,6 +288,7 @@ def _simulation_ndcg(model: TransferRecommender, data: ShortHistoryData):
     def ndcg(scores: np.ndarray, sim: dict[str, Any]) -> float:
         full = full_scores(scores, model.candidates, data.n_items)
         return float(np.mean(evaluate_scores(full, sim["exclude"], sim["relevant"], K)["ndcg"]))
+
     return ndcg
 
 
@@ -244,8 +297,14 @@ def fitter(data: ShortHistoryData, settings: ShortHistoryConfig, seed: int) -> _
     return _Fitted(data, settings, seed)
 
 
-def fit_short_history(model: TransferRecommender, data: ShortHistoryData, settings: ShortHistoryConfig,
-                      with_source: bool, cache_dir: Path | None, seed: int) -> dict[str, Any]:
+def fit_short_history(
+    model: TransferRecommender,
+    data: ShortHistoryData,
+    settings: ShortHistoryConfig,
+    with_source: bool,
+    cache_dir: Path | None,
+    seed: int,
+) -> dict[str, Any]:
     """Give a fine-tuned model the short-history parts `settings` asks for, fitted on all of the target's users
     (train items; valid for the weights) and, `with_source`, the source's. Returns the chosen weights."""
     started = time.perf_counter()
@@ -258,8 +317,16 @@ def fit_short_history(model: TransferRecommender, data: ShortHistoryData, settin
         return {}
     if not with_source:
         data = data.without_source()
-    selection = attach(model, fitter(data, settings, seed), use_profile, use_profile and settings.cooccurrence,
-                       tuple(settings.content), with_source, simulations(model, data), cache_dir,
-                       settings.position_shift)
+    selection = attach(
+        model,
+        fitter(data, settings, seed),
+        use_profile,
+        use_profile and settings.cooccurrence,
+        tuple(settings.content),
+        with_source,
+        simulations(model, data),
+        cache_dir,
+        settings.position_shift,
+    )
     log.info("short-history parts fitted in %.1f s: %s", time.perf_counter() - started, selection)
     return selection

@@ -33,8 +33,15 @@ KNOWN_SCORES_MAX = 25_000_000
 
 
 class ModelBundle:
-    def __init__(self, model: TransferRecommender, item_ids: np.ndarray, candidates: np.ndarray,
-                 histories: pd.DataFrame, meta: dict | None = None, profiles: pd.DataFrame | None = None):
+    def __init__(
+        self,
+        model: TransferRecommender,
+        item_ids: np.ndarray,
+        candidates: np.ndarray,
+        histories: pd.DataFrame,
+        meta: dict | None = None,
+        profiles: pd.DataFrame | None = None,
+    ):
         self.model = model
         self.item_ids = np.asarray(item_ids, dtype=object)
         self.candidates = np.asarray(candidates, dtype=bool)
@@ -44,8 +51,11 @@ class ModelBundle:
         self.histories = histories.groupby("user_id")["item_id"].agg(list).to_dict() if len(histories) else {}
         self.meta = meta or {}
         # Known users' profiles (user_id, age, gender, occupation): a request by user id gets its profile from here.
-        self.profiles = (profiles.drop_duplicates("user_id").set_index("user_id") if profiles is not None
-                         else pd.DataFrame(columns=list(PROFILE_FIELDS), index=pd.Index([], name="user_id")))
+        self.profiles = (
+            profiles.drop_duplicates("user_id").set_index("user_id")
+            if profiles is not None
+            else pd.DataFrame(columns=list(PROFILE_FIELDS), index=pd.Index([], name="user_id"))
+        )
 
     @property
     def profile_vocabulary(self) -> dict[str, list[str]] | None:
@@ -77,8 +87,10 @@ class ModelBundle:
             cols.extend(sorted(p for p in idx if p is not None))
             indptr.append(len(cols))
         data = np.ones(len(cols), dtype=np.float32)
-        matrix = sp.csr_matrix((data, np.asarray(cols, dtype=np.int32), np.asarray(indptr, dtype=np.int32)),
-                               shape=(len(histories), len(self.item_ids)))
+        matrix = sp.csr_matrix(
+            (data, np.asarray(cols, dtype=np.int32), np.asarray(indptr, dtype=np.int32)),
+            shape=(len(histories), len(self.item_ids)),
+        )
         return matrix, unknown
 
     def score(self, histories: Sequence[Sequence[str]], profiles: Profiles | None = None) -> np.ndarray:
@@ -95,7 +107,7 @@ class ModelBundle:
             return False
         parts = []
         for start in range(0, len(users), 2048):
-            chunk = users[start:start + 2048]
+            chunk = users[start : start + 2048]
             profiles = None
             if self.profile_vocabulary is not None:
                 stored = [self.profile_of(u) for u in chunk]
@@ -105,16 +117,24 @@ class ModelBundle:
         self._known_row = {u: row for row, u in enumerate(users)}
         return True
 
-    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10, profiles: Profiles | None = None,
-                  known: Sequence[str | None] | None = None) -> Recommendations:
+    def recommend(
+        self,
+        histories: Sequence[Sequence[str]],
+        k: int = 10,
+        profiles: Profiles | None = None,
+        known: Sequence[str | None] | None = None,
+    ) -> Recommendations:
         """Top-k candidate items per history, items already in the history excluded.
 
         `known`, per row, names a known user whose request is exactly their stored history and profile: with
         `precompute_known` done, that row's scores are looked up instead of computed (the same scores)."""
         matrix, unknown = self.history_matrix(histories)
         cache = getattr(self, "_known_scores", None)
-        rows = [self._known_row.get(u) if u is not None else None for u in known] \
-            if known is not None and cache is not None else [None] * len(histories)
+        rows = (
+            [self._known_row.get(u) if u is not None else None for u in known]
+            if known is not None and cache is not None
+            else [None] * len(histories)
+        )
         todo = [i for i, row in enumerate(rows) if row is None]
         if len(todo) == len(rows):
             scores = self.model.score(matrix, profiles) if profiles is not None else self.model.score(matrix)
@@ -123,10 +143,16 @@ class ModelBundle:
             done = [i for i, row in enumerate(rows) if row is not None]
             scores[done] = cache[[rows[i] for i in done]]
             if todo:
-                subset = None if profiles is None else profiles.iloc[todo] if isinstance(profiles, pd.DataFrame) \
+                subset = (
+                    None
+                    if profiles is None
+                    else profiles.iloc[todo]
+                    if isinstance(profiles, pd.DataFrame)
                     else {f: [values[i] for i in todo] for f, values in ((f, list(v)) for f, v in profiles.items())}
-                scores[todo] = self.model.score(matrix[todo], subset) if subset is not None \
-                    else self.model.score(matrix[todo])
+                )
+                scores[todo] = (
+                    self.model.score(matrix[todo], subset) if subset is not None else self.model.score(matrix[todo])
+                )
         ranked = top_k(scores, k, exclude=matrix, candidates=self.candidates)
         top_scores = np.take_along_axis(scores, ranked, axis=1)
         return Recommendations(
@@ -151,6 +177,11 @@ class ModelBundle:
         state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
         items = pd.read_parquet(folder / "items.parquet")
         profiles = pd.read_parquet(folder / "profiles.parquet") if (folder / "profiles.parquet").exists() else None
-        return cls(TransferRecommender.from_state(state), items["item_id"].to_numpy(), items["candidate"].to_numpy(),
-                   pd.read_parquet(folder / "histories.parquet"), json.loads((folder / "meta.json").read_text()),
-                   profiles)
+        return cls(
+            TransferRecommender.from_state(state),
+            items["item_id"].to_numpy(),
+            items["candidate"].to_numpy(),
+            pd.read_parquet(folder / "histories.parquet"),
+            json.loads((folder / "meta.json").read_text()),
+            profiles,
+        )

@@ -23,12 +23,23 @@ DEFAULT_K = 10
 SMALL_REQUEST_ROWS = 64
 
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec(DataType.string, "user_id", required=False),
-                   ColSpec(Array(DataType.string), "history", required=False),
-                   *(ColSpec(DataType.string, field, required=False) for field in PROFILE_FIELDS)]),
-    outputs=Schema([ColSpec(DataType.long, "request"), ColSpec(DataType.string, "user_id", required=False),
-                    ColSpec(DataType.long, "rank"), ColSpec(DataType.string, "item_id"),
-                    ColSpec(DataType.double, "score"), ColSpec(Array(DataType.string), "unknown_items")]),
+    inputs=Schema(
+        [
+            ColSpec(DataType.string, "user_id", required=False),
+            ColSpec(Array(DataType.string), "history", required=False),
+            *(ColSpec(DataType.string, field, required=False) for field in PROFILE_FIELDS),
+        ]
+    ),
+    outputs=Schema(
+        [
+            ColSpec(DataType.long, "request"),
+            ColSpec(DataType.string, "user_id", required=False),
+            ColSpec(DataType.long, "rank"),
+            ColSpec(DataType.string, "item_id"),
+            ColSpec(DataType.double, "score"),
+            ColSpec(Array(DataType.string), "unknown_items"),
+        ]
+    ),
     params=ParamSchema([ParamSpec("k", DataType.long, DEFAULT_K)]),
 )
 
@@ -48,8 +59,7 @@ def input_example(bundle: ModelBundle) -> pd.DataFrame:
     vocabulary = bundle.profile_vocabulary
     if vocabulary and all(vocabulary[f] for f in PROFILE_FIELDS):
         profile = {f: vocabulary[f][len(vocabulary[f]) // 2] for f in PROFILE_FIELDS}
-        example = pd.concat([example, pd.DataFrame([{"user_id": None, "history": None, **profile}])],
-                            ignore_index=True)
+        example = pd.concat([example, pd.DataFrame([{"user_id": None, "history": None, **profile}])], ignore_index=True)
     return example
 
 
@@ -89,8 +99,9 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and pd.isna(value))
 
 
-def _profile(request: dict[str, Any], row: int, stored: dict[str, str],
-             vocabulary: dict[str, list[str]] | None) -> dict[str, Any] | None:
+def _profile(
+    request: dict[str, Any], row: int, stored: dict[str, str], vocabulary: dict[str, list[str]] | None
+) -> dict[str, Any] | None:
     """The row's profile: the request's fields over the known user's stored ones; None if the model has no prior or
     the row has no profile. A value the model does not know is a clear error naming the field and the values."""
     given = {}
@@ -110,8 +121,10 @@ def _profile(request: dict[str, Any], row: int, stored: dict[str, str],
 
 def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAULT_K) -> pd.DataFrame:
     if not isinstance(requests, pd.DataFrame) or not ({"user_id", "history", *PROFILE_FIELDS} & set(requests.columns)):
-        raise RequestError("requests need a 'user_id' column, a 'history' column (list of item ids) or profile "
-                           f"columns ({', '.join(PROFILE_FIELDS)}), or several of them")
+        raise RequestError(
+            "requests need a 'user_id' column, a 'history' column (list of item ids) or profile "
+            f"columns ({', '.join(PROFILE_FIELDS)}), or several of them"
+        )
     vocabulary = bundle.profile_vocabulary
     histories, profiles, plain_known = [], [], []
     # column by column: DataFrame.to_dict("records") alone cost ~1 ms of a one-user request
@@ -135,18 +148,26 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
         profile = _profile(request, row, bundle.profile_of(user), vocabulary)
         usable = bool(known) or any(item in bundle.position for item in merged) or profile is not None
         if not usable:
-            what = (f"none of the history's {len(merged)} item ids is known to the model (e.g. {merged[0]!r})"
-                    if merged else "no history")
+            what = (
+                f"none of the history's {len(merged)} item ids is known to the model (e.g. {merged[0]!r})"
+                if merged
+                else "no history"
+            )
             hint = "" if vocabulary is not None else " (this model has no profile prior, so a profile cannot help)"
-            raise RequestError(f"row {row}: unknown user {user!r}, {what} and no profile: nothing to recommend "
-                               f"from{hint}")
+            raise RequestError(
+                f"row {row}: unknown user {user!r}, {what} and no profile: nothing to recommend from{hint}"
+            )
         histories.append(merged)
         profiles.append(profile or {})
         # exactly the stored user: no items or profile fields added by the request
         adds = bool(len(merged) - len(known)) or any(not _missing(request.get(f)) for f in PROFILE_FIELDS)
         plain_known.append(user if known and not adds else None)
-    recs = bundle.recommend(histories, k, {f: [p.get(f) for p in profiles] for f in PROFILE_FIELDS}
-                            if vocabulary is not None else None, known=plain_known)
+    recs = bundle.recommend(
+        histories,
+        k,
+        {f: [p.get(f) for p in profiles] for f in PROFILE_FIELDS} if vocabulary is not None else None,
+        known=plain_known,
+    )
     out: dict[str, list] = {"request": [], "user_id": [], "rank": [], "item_id": [], "score": [], "unknown_items": []}
     for row, request in enumerate(records):
         user = request.get("user_id")

@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 # A fitted contender: history matrix (users x items) -> scores.
 Scorer = Callable[[sp.csr_matrix], np.ndarray]
 
-def _aligned_scores(bundle: ModelBundle, histories: list[list[str]], item_ids: np.ndarray,
-                    profiles: pd.DataFrame | None = None) -> np.ndarray:
+
+def _aligned_scores(
+    bundle: ModelBundle, histories: list[list[str]], item_ids: np.ndarray, profiles: pd.DataFrame | None = None
+) -> np.ndarray:
     """Scores of another model's bundle, re-indexed onto this run's items (items it does not know score -inf)."""
     scores = bundle.score(histories, profiles)
     position = pd.Series(np.arange(len(bundle.item_ids)), index=bundle.item_ids).reindex(item_ids)
@@ -48,8 +50,11 @@ def _aligned_scores(bundle: ModelBundle, histories: list[list[str]], item_ids: n
 def baseline_scorers(baselines: Baselines, profiles: pd.DataFrame) -> dict[str, Scorer]:
     """The baselines fitted by the train stage, each as a function from a history matrix to scores (the target-only
     twin reads each user's profile next to the history, as the candidate does)."""
-    return {"target_only": lambda m: baselines.target_only.score(m, profiles), "ease": baselines.ease.score,
-            "popularity": baselines.popularity.score}
+    return {
+        "target_only": lambda m: baselines.target_only.score(m, profiles),
+        "ease": baselines.ease.score,
+        "popularity": baselines.popularity.score,
+    }
 
 
 def held_out_metrics(data: PlatformData, scores: dict[str, np.ndarray], k: int) -> dict[str, dict[str, np.ndarray]]:
@@ -73,22 +78,29 @@ def item_segments(source: sp.csr_matrix, target_train: sp.csr_matrix, candidates
     return segments
 
 
-def held_out_item_segments(data: PlatformData, source: sp.csr_matrix, scores: dict[str, np.ndarray],
-                           k: int) -> dict[str, dict[str, dict[str, float]]]:
+def held_out_item_segments(
+    data: PlatformData, source: sp.csr_matrix, scores: dict[str, np.ndarray], k: int
+) -> dict[str, dict[str, dict[str, float]]]:
     """Per contender and item segment: the test interactions in it and the share found in the user's top-k."""
     users = _test_users(data)
     seen, test, candidates = data.matrix("train", "valid"), data.matrix("test"), data.item_mask()
     segments = item_segments(source, data.matrix("train"), candidates)
-    return {name: item_segment_hits(top_k(s[users], k, seen[users], candidates), test[users], segments)
-            for name, s in scores.items()}
+    return {
+        name: item_segment_hits(top_k(s[users], k, seen[users], candidates), test[users], segments)
+        for name, s in scores.items()
+    }
 
 
 def _test_users(data: PlatformData) -> np.ndarray:
     return np.flatnonzero(np.diff(data.matrix("test").indptr) > 0)
 
 
-def beyond_accuracy(data: PlatformData, scores: dict[str, np.ndarray], k: int, genres: np.ndarray,
-                    ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
+def beyond_accuracy(
+    data: PlatformData,
+    scores: dict[str, np.ndarray],
+    k: int,
+    genres: np.ndarray,
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
     """Per-user diversity and novelty, and catalogue coverage, of each contender's top-K for the test users (the
     same lists the accuracy metrics judge)."""
     users = _test_users(data)
@@ -114,14 +126,20 @@ def time_holdout_split(data: PlatformData, share: float) -> tuple[sp.csr_matrix,
 
     def matrix(mask: np.ndarray) -> sp.csr_matrix:
         rows = data._row[frame["user_id"][mask]].to_numpy()
-        return sp.csr_matrix((np.ones(int(mask.sum()), dtype=np.float32), (rows, frame["item_idx"][mask].to_numpy())),
-                             shape=(len(data.user_ids), data.n_items))
+        return sp.csr_matrix(
+            (np.ones(int(mask.sum()), dtype=np.float32), (rows, frame["item_idx"][mask].to_numpy())),
+            shape=(len(data.user_ids), data.n_items),
+        )
 
     return matrix(~late), matrix(~relevant), matrix(relevant)
 
 
-def retention_metrics(data: PlatformData, scorers: dict[str, Scorer], k: int, share: float,
-                      ) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray]:
+def retention_metrics(
+    data: PlatformData,
+    scorers: dict[str, Scorer],
+    k: int,
+    share: float,
+) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray]:
     """Per-user metrics on the next-period hold-out (retention = hit) for every contender, and the history length of
     each evaluated user."""
     history, exclude, relevant = time_holdout_split(data, share)
@@ -136,8 +154,9 @@ def retention_metrics(data: PlatformData, scorers: dict[str, Scorer], k: int, sh
 COLD_START_LENGTHS = (0, 1, 3, 5, 10)
 
 
-def cold_start_curve(data: PlatformData, scorers: dict[str, Scorer], k: int, samples: int,
-                     lengths: tuple[int, ...] = COLD_START_LENGTHS) -> list[dict[str, Any]]:
+def cold_start_curve(
+    data: PlatformData, scorers: dict[str, Scorer], k: int, samples: int, lengths: tuple[int, ...] = COLD_START_LENGTHS
+) -> list[dict[str, Any]]:
     """NDCG@k against history length: each test user seen as a new user with only their n earliest train items
     (n = 0: the profile alone), ranked for their test items; their other train and valid items are masked (neither
     input nor credit). One row per (n, contender) with the mean and a 95% bootstrap CI over the same users."""
@@ -148,21 +167,31 @@ def cold_start_curve(data: PlatformData, scorers: dict[str, Scorer], k: int, sam
     out = []
     for n in lengths:
         first = rank < n
-        history = sp.csr_matrix((np.ones(int(first.sum()), dtype=np.float32),
-                                 (rows_of[first], train["item_idx"].to_numpy()[first])),
-                                shape=(len(data.user_ids), data.n_items))
+        history = sp.csr_matrix(
+            (np.ones(int(first.sum()), dtype=np.float32), (rows_of[first], train["item_idx"].to_numpy()[first])),
+            shape=(len(data.user_ids), data.n_items),
+        )
         for name, score in scorers.items():
             ndcg = evaluate_scores(score(history), exclude, test, k, data.item_mask())["ndcg"]
             low, high = bootstrap_ci(ndcg, samples, 0, 0.95)
-            out.append({"history_length": n, "contender": name, "users": int(len(ndcg)), "ndcg": float(ndcg.mean()),
-                        "ci_low": low, "ci_high": high})
+            out.append(
+                {
+                    "history_length": n,
+                    "contender": name,
+                    "users": int(len(ndcg)),
+                    "ndcg": float(ndcg.mean()),
+                    "ci_low": low,
+                    "ci_high": high,
+                }
+            )
     return out
 
 
 def _champion_scorer(champion: ModelBundle, item_ids: np.ndarray, profiles: pd.DataFrame) -> Scorer:
     def score(matrix: sp.csr_matrix) -> np.ndarray:
-        histories = [item_ids[matrix.indices[matrix.indptr[r]:matrix.indptr[r + 1]]].tolist()
-                     for r in range(matrix.shape[0])]
+        histories = [
+            item_ids[matrix.indices[matrix.indptr[r] : matrix.indptr[r + 1]]].tolist() for r in range(matrix.shape[0])
+        ]
         return _aligned_scores(champion, histories, item_ids, profiles)
 
     return score
@@ -170,16 +199,19 @@ def _champion_scorer(champion: ModelBundle, item_ids: np.ndarray, profiles: pd.D
 
 def _training_curves(run_id: str) -> dict[str, list[tuple[int, float]]]:
     client = mlflow.MlflowClient()
-    return {name: [(m.step, m.value) for m in client.get_metric_history(run_id, name)]
-            for name in ("finetune_loss", "finetune_valid_ndcg")}
+    return {
+        name: [(m.step, m.value) for m in client.get_metric_history(run_id, name)]
+        for name in ("finetune_loss", "finetune_valid_ndcg")
+    }
 
 
 def _metric_name(contender: str, metric: str, k: int) -> str:
     return f"test_{contender}_{metric}" if metric.startswith("retention") else f"test_{contender}_{metric}_at_{k}"
 
 
-def evaluate(candidate: Candidate, features: FeatureSet, config: PipelineConfig, layout: StateLayout,
-             run_key: str) -> Evaluation:
+def evaluate(
+    candidate: Candidate, features: FeatureSet, config: PipelineConfig, layout: StateLayout, run_key: str
+) -> Evaluation:
     """Every contender on the same held-out users: accuracy and beyond-accuracy on the random test split, retention on
     the next-period hold-out, each overall and per user segment with bootstrap CIs; logged to the candidate's run.
     The whole report is written to reports/<run_key>/<target>/evaluation.json; the manifest names it."""
@@ -204,8 +236,9 @@ def evaluate(candidate: Candidate, features: FeatureSet, config: PipelineConfig,
     # The transfer model (candidate and its target-only twin) reads rating-weighted histories when so configured;
     # the others, and the champion (scored from item lists, as it is served), take the binary history.
     weighted = train_history(data, config)
-    scores = {name: score(weighted if name in ("candidate", "target_only") else train)
-              for name, score in scorers.items()}
+    scores = {
+        name: score(weighted if name in ("candidate", "target_only") else train) for name, score in scorers.items()
+    }
 
     per_user = held_out_metrics(data, scores, k)
     extra, coverage = beyond_accuracy(data, scores, k, genre_matrix(items["genres"].fillna("").to_numpy()))
@@ -221,35 +254,69 @@ def evaluate(candidate: Candidate, features: FeatureSet, config: PipelineConfig,
     metrics = {}
     for name in per_user:
         new_users = kept[name]["retention"][kept_segments[new_label]]
-        metrics[name] = {**mean_metrics(per_user[name]), "coverage": coverage[name],
-                         "retention": float(np.mean(kept[name]["retention"])) if kept_lengths.size else 0.0,
-                         "retention_new": float(np.mean(new_users)) if new_users.size else None}
+        metrics[name] = {
+            **mean_metrics(per_user[name]),
+            "coverage": coverage[name],
+            "retention": float(np.mean(kept[name]["retention"])) if kept_lengths.size else 0.0,
+            "retention_new": float(np.mean(new_users)) if new_users.size else None,
+        }
     accuracy = METRICS + ("diversity", "novelty")
-    segments = [{"platform": target, "split": "test", **row} for row in
-                segment_table(per_user, test_segments, accuracy, gate.bootstrap_samples, 0, 0.95)]
-    segments += [{"platform": target, "split": "next_period", **row} for row in
-                 segment_table(kept, kept_segments, ("retention",), gate.bootstrap_samples, 0, 0.95)]
-    intervals = {name: {row["metric"]: (row["ci_low"], row["ci_high"]) for row in segments
-                        if row["contender"] == name and row["segment"] == "all"} for name in per_user}
+    segments = [
+        {"platform": target, "split": "test", **row}
+        for row in segment_table(per_user, test_segments, accuracy, gate.bootstrap_samples, 0, 0.95)
+    ]
+    segments += [
+        {"platform": target, "split": "next_period", **row}
+        for row in segment_table(kept, kept_segments, ("retention",), gate.bootstrap_samples, 0, 0.95)
+    ]
+    intervals = {
+        name: {
+            row["metric"]: (row["ci_low"], row["ci_high"])
+            for row in segments
+            if row["contender"] == name and row["segment"] == "all"
+        }
+        for name in per_user
+    }
     paired = None
     if "champion" in per_user:
-        paired = {"ndcg": paired_lower_bound(per_user["candidate"]["ndcg"], per_user["champion"]["ndcg"],
-                                             gate.bootstrap_samples, 0, gate.confidence),
-                  "retention": paired_lower_bound(kept["candidate"]["retention"], kept["champion"]["retention"],
-                                                  gate.bootstrap_samples, 0, gate.confidence)}
+        paired = {
+            "ndcg": paired_lower_bound(
+                per_user["candidate"]["ndcg"], per_user["champion"]["ndcg"], gate.bootstrap_samples, 0, gate.confidence
+            ),
+            "retention": paired_lower_bound(
+                kept["candidate"]["retention"],
+                kept["champion"]["retention"],
+                gate.bootstrap_samples,
+                0,
+                gate.confidence,
+            ),
+        }
 
     report_dir = layout.reports / run_key / target
     report_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(report_dir / "per_user.npz", **{f"{n}.{m}": v for n, vals in per_user.items() for m, v in vals.items()},
-             **{f"{n}.next_period.{m}": v for n, vals in kept.items() for m, v in vals.items()})
+    np.savez(
+        report_dir / "per_user.npz",
+        **{f"{n}.{m}": v for n, vals in per_user.items() for m, v in vals.items()},
+        **{f"{n}.next_period.{m}": v for n, vals in kept.items() for m, v in vals.items()},
+    )
     unified_manifest = _unified_manifest(features)
-    report = {"target": target, "k": k, "test_users": int(len(test_lengths)),
-              "retention_users": int(len(kept_lengths)), "time_holdout": config.evaluation.time_holdout,
-              "new_user_max_history": new_max, "metrics": metrics, "ci": intervals, "paired_vs_champion": paired,
-              "segments": segments, "cold_start_curve": curve, "champion_version": champion_version, "ease_l2": l2,
-              "data": {"hashes": unified_manifest.get("hashes", {}), "unified": features.unified,
-                       "features": features.dir},
-              "per_user": str(report_dir / "per_user.npz")}
+    report = {
+        "target": target,
+        "k": k,
+        "test_users": int(len(test_lengths)),
+        "retention_users": int(len(kept_lengths)),
+        "time_holdout": config.evaluation.time_holdout,
+        "new_user_max_history": new_max,
+        "metrics": metrics,
+        "ci": intervals,
+        "paired_vs_champion": paired,
+        "segments": segments,
+        "cold_start_curve": curve,
+        "champion_version": champion_version,
+        "ease_l2": l2,
+        "data": {"hashes": unified_manifest.get("hashes", {}), "unified": features.unified, "features": features.dir},
+        "per_user": str(report_dir / "per_user.npz"),
+    }
     (report_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     pd.DataFrame(segments).to_csv(report_dir / "segments.csv", index=False)
     with mlflow.start_run(run_id=candidate.run_id):
@@ -262,28 +329,61 @@ def evaluate(candidate: Candidate, features: FeatureSet, config: PipelineConfig,
                 mlflow.log_metric(f"segment_{_slug(row['segment'])}_{row['metric']}", row["mean"])
         mlflow.log_artifact(str(report_dir / "evaluation.json"))
         mlflow.log_table(pd.DataFrame(segments), "evaluation/segments.json")
-        mlflow.log_figure(plots.segment_bars(segments, ("ndcg", "recall", "retention"),
-                                             f"{target}: metrics by user segment, 95% bootstrap CIs over users"),
-                          "plots/segments.png")
-        mlflow.log_metrics({f"coldstart_k{row['history_length']}_{row['contender']}_ndcg": row["ndcg"]
-                            for row in curve})
-        mlflow.log_figure(plots.cold_start_curve(curve, f"{target}: NDCG@{k} of test users seen as new users with "
-                                                        f"their n earliest items, 95% bootstrap CIs"),
-                          "plots/cold_start_curve.png")
-        mlflow.log_figure(plots.training_curves(_training_curves(candidate.run_id),
-                                                f"{target}: fine-tuning curves"), "plots/training_curves.png")
+        mlflow.log_figure(
+            plots.segment_bars(
+                segments,
+                ("ndcg", "recall", "retention"),
+                f"{target}: metrics by user segment, 95% bootstrap CIs over users",
+            ),
+            "plots/segments.png",
+        )
+        mlflow.log_metrics(
+            {f"coldstart_k{row['history_length']}_{row['contender']}_ndcg": row["ndcg"] for row in curve}
+        )
+        mlflow.log_figure(
+            plots.cold_start_curve(
+                curve,
+                f"{target}: NDCG@{k} of test users seen as new users with their n earliest items, 95% bootstrap CIs",
+            ),
+            "plots/cold_start_curve.png",
+        )
+        mlflow.log_figure(
+            plots.training_curves(_training_curves(candidate.run_id), f"{target}: fine-tuning curves"),
+            "plots/training_curves.png",
+        )
         if unified_manifest:
-            mlflow.MlflowClient().log_inputs(candidate.run_id, datasets=tracking.lineage_inputs(
-                layout.landing, unified_manifest, features.to_xcom()))
+            mlflow.MlflowClient().log_inputs(
+                candidate.run_id, datasets=tracking.lineage_inputs(layout.landing, unified_manifest, features.to_xcom())
+            )
     for name, values in metrics.items():
-        log.info("%s %-12s NDCG@%d %.4f  Recall %.4f  Hit %.4f  MRR %.4f  coverage %.3f  diversity %.3f  novelty %.2f"
-                 "  retention %.4f (new users %.4f)", target, name, k, values["ndcg"], values["recall"],
-                 values["hit"], values["mrr"], values["coverage"], values["diversity"], values["novelty"],
-                 values["retention"], values["retention_new"] if values["retention_new"] is not None else float("nan"))
+        log.info(
+            "%s %-12s NDCG@%d %.4f  Recall %.4f  Hit %.4f  MRR %.4f  coverage %.3f  diversity %.3f  novelty %.2f"
+            "  retention %.4f (new users %.4f)",
+            target,
+            name,
+            k,
+            values["ndcg"],
+            values["recall"],
+            values["hit"],
+            values["mrr"],
+            values["coverage"],
+            values["diversity"],
+            values["novelty"],
+            values["retention"],
+            values["retention_new"] if values["retention_new"] is not None else float("nan"),
+        )
     log.info("%s: %d test users, %d users on the next-period hold-out", target, len(test_lengths), len(kept_lengths))
-    return Evaluation(target=target, k=k, test_users=report["test_users"], retention_users=report["retention_users"],
-                      metrics=metrics, paired_vs_champion=paired, champion_version=champion_version,
-                      report=str(report_dir / "evaluation.json"), candidate=candidate)
+    return Evaluation(
+        target=target,
+        k=k,
+        test_users=report["test_users"],
+        retention_users=report["retention_users"],
+        metrics=metrics,
+        paired_vs_champion=paired,
+        champion_version=champion_version,
+        report=str(report_dir / "evaluation.json"),
+        candidate=candidate,
+    )
 
 
 def _slug(text: str) -> str:

@@ -61,14 +61,15 @@ def split_users(inter: pd.DataFrame, shares: tuple[float, float, float], seed: i
         train, valid, _ = split_sizes(int(n), shares)
         block = np.array(["test"] * n, dtype=object)
         block[order[:train]] = "train"
-        block[order[train:train + valid]] = "valid"
-        labels[start:start + n] = block
+        block[order[train : train + valid]] = "valid"
+        labels[start : start + n] = block
         start += n
     return pd.Series(labels, index=inter.index, name="split")
 
 
-def build_features(unified: UnifiedVersion, config: PipelineConfig, layout: StateLayout, run_key: str,
-                   seed: int | None = None) -> FeatureSet:
+def build_features(
+    unified: UnifiedVersion, config: PipelineConfig, layout: StateLayout, run_key: str, seed: int | None = None
+) -> FeatureSet:
     """Write features/<run_key>/: source interactions, per-target train/valid/test, the item and user index."""
     udir = Path(unified.dir)
     inter = pd.read_parquet(udir / "interactions.parquet")
@@ -76,8 +77,10 @@ def build_features(unified: UnifiedVersion, config: PipelineConfig, layout: Stat
     items = pd.read_parquet(udir / "items.parquet")
     seed = config.features.seed if seed is None else seed
     positive = inter[inter["label"] == 1]
-    kept = {p.name: k_core(positive[positive["platform"] == p.name], config.features.min_interactions)
-            for p in config.platforms}
+    kept = {
+        p.name: k_core(positive[positive["platform"] == p.name], config.features.min_interactions)
+        for p in config.platforms
+    }
     item_ids = np.sort(np.unique(np.concatenate([k["item_id"].unique() for k in kept.values()])))
     item_index = pd.DataFrame({"item_id": item_ids, "item_idx": np.arange(len(item_ids))})
     item_table = item_index.merge(items, on="item_id", how="left")
@@ -94,7 +97,8 @@ def build_features(unified: UnifiedVersion, config: PipelineConfig, layout: Stat
                 frame = frame.assign(split="train")
             frame.to_parquet(out / f"{platform.name}.interactions.parquet", index=False)
             platform_users[platform_users["user_id"].isin(set(frame["user_id"].unique()))].to_parquet(
-                out / f"{platform.name}.users.parquet", index=False)
+                out / f"{platform.name}.users.parquet", index=False
+            )
             counts[platform.name] = {
                 "role": platform.role,
                 "interactions_in": int((inter["platform"] == platform.name).sum()),
@@ -104,8 +108,9 @@ def build_features(unified: UnifiedVersion, config: PipelineConfig, layout: Stat
                 **{s: int((frame["split"] == s).sum()) for s in SPLITS if platform.role == "target"},
             }
             log.info("features %s: %s", platform.name, counts[platform.name])
-        manifest = FeatureSet(dir=str(out), run_key=run_key, seed=seed, n_items=int(len(item_ids)), platforms=counts,
-                              unified=unified.dir)
+        manifest = FeatureSet(
+            dir=str(out), run_key=run_key, seed=seed, n_items=int(len(item_ids)), platforms=counts, unified=unified.dir
+        )
         (out / "manifest.json").write_text(json.dumps(manifest.to_xcom(), indent=2))
     return manifest
 

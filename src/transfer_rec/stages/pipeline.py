@@ -62,8 +62,13 @@ def run_key_from(airflow_run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", airflow_run_id).strip("_")[:100]
 
 
-def plan(params: dict[str, Any], airflow_run_id: str, dag_id: str = "transfer_rec",
-         interval: tuple[Any, Any] | None = None, logical_date: Any = None) -> Json:
+def plan(
+    params: dict[str, Any],
+    airflow_run_id: str,
+    dag_id: str = "transfer_rec",
+    interval: tuple[Any, Any] | None = None,
+    logical_date: Any = None,
+) -> Json:
     """Resolve config + params into the run plan every task receives; open the MLflow parent run.
 
     `interval` is the run's data interval (start, end): incremental platforms pull exactly that slice. The parent
@@ -86,16 +91,29 @@ def plan(params: dict[str, Any], airflow_run_id: str, dag_id: str = "transfer_re
     run_key = params.get("run_key") or run_key_from(airflow_run_id)
     layout = StateLayout.from_env()
     interval_iso = [_iso(t) for t in interval] if interval and None not in interval else None
-    parent = tracking.pipeline_run(layout, run_key, tracking.airflow_tags(dag_id, airflow_run_id, logical_date,
-                                                                          interval_iso))
+    parent = tracking.pipeline_run(
+        layout, run_key, tracking.airflow_tags(dag_id, airflow_run_id, logical_date, interval_iso)
+    )
     tracking.log_config(parent, config, overrides)
     experiment_id = tracking.configure(layout)
-    log.info("run %s: platforms %s, targets %s, MLflow parent run %s", run_key,
-             [p.name for p in config.platforms], chosen, parent)
-    return RunPlan(run_key=run_key, overrides=overrides, platforms=[p.name for p in config.platforms],
-                   targets=chosen, parent_run_id=parent, experiment_id=experiment_id,
-                   gate_override=params.get("gate_override", "none"), dry_run=bool(params.get("dry_run", False)),
-                   interval=interval_iso).to_xcom()
+    log.info(
+        "run %s: platforms %s, targets %s, MLflow parent run %s",
+        run_key,
+        [p.name for p in config.platforms],
+        chosen,
+        parent,
+    )
+    return RunPlan(
+        run_key=run_key,
+        overrides=overrides,
+        platforms=[p.name for p in config.platforms],
+        targets=chosen,
+        parent_run_id=parent,
+        experiment_id=experiment_id,
+        gate_override=params.get("gate_override", "none"),
+        dry_run=bool(params.get("dry_run", False)),
+        interval=interval_iso,
+    ).to_xcom()
 
 
 def _iso(moment: Any) -> str:
@@ -154,32 +172,47 @@ def pretrain(run: Json, features: Json) -> Json:
     from transfer_rec.stages import train as train_stage
 
     plan_, config, layout = _resolve(run)
-    return train_stage.pretrain(FeatureSet.model_validate(features), config, layout, plan_.run_key,
-                                plan_.parent_run_id).to_xcom()
+    return train_stage.pretrain(
+        FeatureSet.model_validate(features), config, layout, plan_.run_key, plan_.parent_run_id
+    ).to_xcom()
 
 
 def finetune(run: Json, target: str, features: Json, pretrained: Json) -> Json:
     from transfer_rec.stages import train as train_stage
 
     plan_, config, layout = _resolve(run)
-    return train_stage.finetune(target, FeatureSet.model_validate(features), Pretrained.model_validate(pretrained),
-                                config, layout, plan_.run_key, plan_.parent_run_id).to_xcom()
+    return train_stage.finetune(
+        target,
+        FeatureSet.model_validate(features),
+        Pretrained.model_validate(pretrained),
+        config,
+        layout,
+        plan_.run_key,
+        plan_.parent_run_id,
+    ).to_xcom()
 
 
 def evaluate(run: Json, candidate: Json, features: Json) -> Json:
     from transfer_rec.stages import evaluate as evaluate_stage
 
     plan_, config, layout = _resolve(run)
-    return evaluate_stage.evaluate(Candidate.model_validate(candidate), FeatureSet.model_validate(features), config,
-                                   layout, plan_.run_key).to_xcom()
+    return evaluate_stage.evaluate(
+        Candidate.model_validate(candidate), FeatureSet.model_validate(features), config, layout, plan_.run_key
+    ).to_xcom()
 
 
 def promote(run: Json, evaluation: Json) -> Json:
     from transfer_rec.stages import promote as promote_stage
 
     plan_, config, layout = _resolve(run)
-    return promote_stage.promote(Evaluation.model_validate(evaluation), config.gate, layout, plan_.run_key,
-                                 override=plan_.gate_override, dry_run=plan_.dry_run).to_xcom()
+    return promote_stage.promote(
+        Evaluation.model_validate(evaluation),
+        config.gate,
+        layout,
+        plan_.run_key,
+        override=plan_.gate_override,
+        dry_run=plan_.dry_run,
+    ).to_xcom()
 
 
 def publish(run: Json, decision: Json, features: Json) -> Json:
@@ -189,12 +222,19 @@ def publish(run: Json, decision: Json, features: Json) -> Json:
     target = Decision.model_validate(decision).target
     if plan_.dry_run:
         return Published(target=target, published=False, reason="dry run").to_xcom()
-    return publish_stage.publish(target, FeatureSet.model_validate(features), config, layout,
-                                 plan_.run_key).to_xcom()
+    return publish_stage.publish(target, FeatureSet.model_validate(features), config, layout, plan_.run_key).to_xcom()
 
 
-def summarize(run: Json, validated: list[Json], unified: Json, features: Json, pretrained: Json,
-              evaluations: list[Json], decisions: list[Json], published: list[Json]) -> Json:
+def summarize(
+    run: Json,
+    validated: list[Json],
+    unified: Json,
+    features: Json,
+    pretrained: Json,
+    evaluations: list[Json],
+    decisions: list[Json],
+    published: list[Json],
+) -> Json:
     """The run's report for operators, written to reports/<run_key>/summary.json and reports/latest.json."""
     plan_, _, layout = _resolve(run)
     batches = [ValidatedBatch.model_validate(v) for v in validated]
@@ -218,8 +258,14 @@ def summarize(run: Json, validated: list[Json], unified: Json, features: Json, p
         },
         "pretrain": {"epochs": pretrained_.epochs, "seconds": round(pretrained_.seconds, 1)},
         "targets": {
-            e.target: {"k": e.k, "test_users": e.test_users, "metrics": e.metrics, "report": e.report,
-                       "decision": decided[e.target], "published": out.get(e.target)}
+            e.target: {
+                "k": e.k,
+                "test_users": e.test_users,
+                "metrics": e.metrics,
+                "report": e.report,
+                "decision": decided[e.target],
+                "published": out.get(e.target),
+            }
             for e in (Evaluation.model_validate(e) for e in evaluations)
         },
     }
@@ -255,8 +301,9 @@ def ingest_pull(platform: str, airflow_run_id: str, interval: tuple[Any, Any] | 
 
     config, layout = load_config(), StateLayout.from_env()
     interval = tuple(datetime.fromisoformat(_iso(t)) for t in interval) if interval and None not in interval else None
-    return pull_stage.pull_platform(config.platform(platform), layout, "ingest_" + run_key_from(airflow_run_id),
-                                    interval).to_xcom()
+    return pull_stage.pull_platform(
+        config.platform(platform), layout, "ingest_" + run_key_from(airflow_run_id), interval
+    ).to_xcom()
 
 
 def fingerprint(pulled: PulledBatch) -> str:
@@ -279,11 +326,18 @@ def ingest_validate(pulled: Json) -> Json:
     if last.get("fingerprint") == current:
         shutil.rmtree(batch.batch_dir, ignore_errors=True)
         log.info("platform %s: same data as batch %s, nothing new to announce", platform, last.get("batch_id"))
-        return IngestResult(platform=platform, batch_id=batch.batch_id, new=False,
-                            same_as=last.get("batch_id")).to_xcom()
+        return IngestResult(
+            platform=platform, batch_id=batch.batch_id, new=False, same_as=last.get("batch_id")
+        ).to_xcom()
     record.write_text(json.dumps({"batch_id": batch.batch_id, "fingerprint": current}, indent=2))
     rows = {f.table: f.rows for f in batch.files}
-    log.info("platform %s: new validated batch %s (%s): announcing %s", platform, batch.batch_id, rows,
-             platform_asset_uri(platform))
-    return IngestResult(platform=platform, batch_id=batch.batch_id, new=True, rows=rows,
-                        warnings=len(validated.validation.warnings)).to_xcom()
+    log.info(
+        "platform %s: new validated batch %s (%s): announcing %s",
+        platform,
+        batch.batch_id,
+        rows,
+        platform_asset_uri(platform),
+    )
+    return IngestResult(
+        platform=platform, batch_id=batch.batch_id, new=True, rows=rows, warnings=len(validated.validation.warnings)
+    ).to_xcom()

@@ -25,8 +25,12 @@ class GateDecision:
     reasons: list[str] = field(default_factory=list)
 
 
-def gate(metrics: dict[str, dict[str, float]], config: GateConfig, override: Override = "none",
-         paired: dict[str, float] | None = None) -> GateDecision:
+def gate(
+    metrics: dict[str, dict[str, float]],
+    config: GateConfig,
+    override: Override = "none",
+    paired: dict[str, float] | None = None,
+) -> GateDecision:
     """Decide on the candidate from held-out metrics of candidate, baselines and (if any) the champion.
 
     `paired` holds the paired-bootstrap lower bounds of candidate minus champion (`ndcg`, `retention`); without
@@ -36,8 +40,10 @@ def gate(metrics: dict[str, dict[str, float]], config: GateConfig, override: Ove
     m = config.metric
     checks = [
         (cand["ndcg"] >= config.min_ndcg, f"NDCG {cand['ndcg']:.4f} vs floor {config.min_ndcg}"),
-        (cand["retention"] >= config.min_retention,
-         f"retention (next period) {cand['retention']:.4f} vs floor {config.min_retention}"),
+        (
+            cand["retention"] >= config.min_retention,
+            f"retention (next period) {cand['retention']:.4f} vs floor {config.min_retention}",
+        ),
         (cand[m] > metrics["target_only"][m], f"{m} {cand[m]:.4f} vs target-only {metrics['target_only'][m]:.4f}"),
         (cand[m] > metrics["popularity"][m], f"{m} {cand[m]:.4f} vs popularity {metrics['popularity'][m]:.4f}"),
     ]
@@ -46,12 +52,20 @@ def gate(metrics: dict[str, dict[str, float]], config: GateConfig, override: Ove
         for name, margin in (("ndcg", config.ndcg_margin), ("retention", config.retention_margin)):
             if paired is not None:
                 bound = paired[name]
-                checks.append((bound >= -margin,
-                               f"{name} vs champion: {cand[name]:.4f} vs {champ[name]:.4f}, paired "
-                               f"{config.confidence:.0%} lower bound of the difference {bound:+.4f} (margin {margin})"))
+                checks.append(
+                    (
+                        bound >= -margin,
+                        f"{name} vs champion: {cand[name]:.4f} vs {champ[name]:.4f}, paired "
+                        f"{config.confidence:.0%} lower bound of the difference {bound:+.4f} (margin {margin})",
+                    )
+                )
             else:
-                checks.append((cand[name] >= champ[name] - margin,
-                               f"{name} {cand[name]:.4f} vs champion {champ[name]:.4f} (margin {margin})"))
+                checks.append(
+                    (
+                        cand[name] >= champ[name] - margin,
+                        f"{name} {cand[name]:.4f} vs champion {champ[name]:.4f} (margin {margin})",
+                    )
+                )
     else:
         checks.append((True, "no champion yet: compared with floors and baselines only"))
     reasons = [("pass: " if ok else "FAIL: ") + text for ok, text in checks]
@@ -77,45 +91,74 @@ def model_card(evaluation: dict[str, Any], decision: GateDecision, run_key: str)
     by user segment, and the gate's decision."""
     k = evaluation["k"]
     cis = evaluation.get("ci", {})
-    lines = [f"transfer-rec model for target platform **{evaluation['target']}**, pipeline run `{run_key}`.", "",
-             f"Held-out evaluation: {evaluation['test_users']} target users, full ranking of the target's items, "
-             f"history = train split, train and valid items masked, K = {k}."]
+    lines = [
+        f"transfer-rec model for target platform **{evaluation['target']}**, pipeline run `{run_key}`.",
+        "",
+        f"Held-out evaluation: {evaluation['test_users']} target users, full ranking of the target's items, "
+        f"history = train split, train and valid items masked, K = {k}.",
+    ]
     if "retention_users" in evaluation:
-        lines.append(f"Retention: {evaluation['retention_users']} users with a next-period hold-out (each user's last "
-                     f"{evaluation['time_holdout']:.0%} of interactions by timestamp); new users have at most "
-                     f"{evaluation['new_user_max_history']} history items.")
-    lines += ["", f"| model | NDCG@{k} | Recall@{k} | retention | retention, new users | coverage | diversity | "
-              "novelty |", "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"Retention: {evaluation['retention_users']} users with a next-period hold-out (each user's last "
+            f"{evaluation['time_holdout']:.0%} of interactions by timestamp); new users have at most "
+            f"{evaluation['new_user_max_history']} history items."
+        )
+    lines += [
+        "",
+        f"| model | NDCG@{k} | Recall@{k} | retention | retention, new users | coverage | diversity | novelty |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, m in evaluation["metrics"].items():
         ci = cis.get(name, {})
-        lines.append(f"| {name} | {_cell(m['ndcg'], ci.get('ndcg'))} | {_cell(m['recall'], ci.get('recall'))} | "
-                     f"{_cell(m.get('retention'), ci.get('retention'))} | {_cell(m.get('retention_new'))} | "
-                     f"{_cell(m.get('coverage'), digits=3)} | {_cell(m.get('diversity'), ci.get('diversity'), 3)} | "
-                     f"{_cell(m.get('novelty'), ci.get('novelty'), 2)} |")
+        lines.append(
+            f"| {name} | {_cell(m['ndcg'], ci.get('ndcg'))} | {_cell(m['recall'], ci.get('recall'))} | "
+            f"{_cell(m.get('retention'), ci.get('retention'))} | {_cell(m.get('retention_new'))} | "
+            f"{_cell(m.get('coverage'), digits=3)} | {_cell(m.get('diversity'), ci.get('diversity'), 3)} | "
+            f"{_cell(m.get('novelty'), ci.get('novelty'), 2)} |"
+        )
     lines += ["", "Brackets: 95% bootstrap confidence intervals over users."]
     paired = evaluation.get("paired_vs_champion")
     if paired:
-        lines.append("Candidate minus champion, paired one-sided lower bounds: " +
-                     ", ".join(f"{m} {v:+.4f}" for m, v in paired.items()) + ".")
-    segments = [r for r in evaluation.get("segments", []) if r["metric"] in ("ndcg", "retention")
-                and r["segment"] != "all" and r["users"]]
+        lines.append(
+            "Candidate minus champion, paired one-sided lower bounds: "
+            + ", ".join(f"{m} {v:+.4f}" for m, v in paired.items())
+            + "."
+        )
+    segments = [
+        r
+        for r in evaluation.get("segments", [])
+        if r["metric"] in ("ndcg", "retention") and r["segment"] != "all" and r["users"]
+    ]
     if segments:
         contenders = list(dict.fromkeys(r["contender"] for r in segments))
-        lines += ["", f"By user segment (train-history length), NDCG@{k} / retention:", "",
-                  "| segment | users (test / next period) | " + " | ".join(contenders) + " |",
-                  "|---|---|" + "---|" * len(contenders)]
+        lines += [
+            "",
+            f"By user segment (train-history length), NDCG@{k} / retention:",
+            "",
+            "| segment | users (test / next period) | " + " | ".join(contenders) + " |",
+            "|---|---|" + "---|" * len(contenders),
+        ]
         for segment in dict.fromkeys(r["segment"] for r in segments):
             rows = {(r["contender"], r["metric"]): r for r in segments if r["segment"] == segment}
-            users = "/".join(str(rows[(contenders[0], m)]["users"]) if (contenders[0], m) in rows else "0"
-                             for m in ("ndcg", "retention"))
-            cells = [" / ".join(f"{rows[(c, m)]['mean']:.3f}" if (c, m) in rows else "n/a"
-                                for m in ("ndcg", "retention")) for c in contenders]
+            users = "/".join(
+                str(rows[(contenders[0], m)]["users"]) if (contenders[0], m) in rows else "0"
+                for m in ("ndcg", "retention")
+            )
+            cells = [
+                " / ".join(f"{rows[(c, m)]['mean']:.3f}" if (c, m) in rows else "n/a" for m in ("ndcg", "retention"))
+                for c in contenders
+            ]
             lines.append(f"| {segment} | {users} | " + " | ".join(cells) + " |")
     hashes = evaluation.get("data", {}).get("hashes", {})
     if hashes:
-        lines += ["", "Data (sha256 of the pulled files): " + "; ".join(
-            f"{platform}: " + ", ".join(f"{f} {h[:12]}" for f, h in sorted(files.items()))
-            for platform, files in sorted(hashes.items()))]
+        lines += [
+            "",
+            "Data (sha256 of the pulled files): "
+            + "; ".join(
+                f"{platform}: " + ", ".join(f"{f} {h[:12]}" for f, h in sorted(files.items()))
+                for platform, files in sorted(hashes.items())
+            ),
+        ]
     lines += ["", f"Gate: **{'promoted' if decision.promote else 'not promoted'}**"]
     lines += [f"- {reason}" for reason in decision.reasons]
     return "\n".join(lines)
@@ -125,16 +168,25 @@ def data_tags(evaluation: dict[str, Any]) -> dict[str, str]:
     """Model-version tags naming the exact data: sha256 of every pulled file per platform, and the unified and
     features versions."""
     data = evaluation.get("data", {})
-    tags = {f"data.{platform}.{file}.sha256": digest
-            for platform, files in data.get("hashes", {}).items() for file, digest in files.items()}
+    tags = {
+        f"data.{platform}.{file}.sha256": digest
+        for platform, files in data.get("hashes", {}).items()
+        for file, digest in files.items()
+    }
     for key in ("unified", "features"):
         if data.get(key):
             tags[f"data.{key}"] = str(data[key])
     return tags
 
 
-def promote(evaluation: Evaluation, config: GateConfig, layout: StateLayout, run_key: str,
-            override: Override = "none", dry_run: bool = False) -> Decision:
+def promote(
+    evaluation: Evaluation,
+    config: GateConfig,
+    layout: StateLayout,
+    run_key: str,
+    override: Override = "none",
+    dry_run: bool = False,
+) -> Decision:
     """Register the candidate (once per run), apply the gate, move aliases, record the decision on the version."""
     tracking.configure(layout)
     target = evaluation.target
@@ -162,8 +214,14 @@ def promote(evaluation: Evaluation, config: GateConfig, layout: StateLayout, run
     for line in decision.reasons:
         log.info("gate %s v%s: %s", name, version.version, line)
     log.info("gate %s v%s: %s", name, version.version, tags["gate.decision"].upper())
-    return Decision(target=target, model=name, version=str(version.version), promoted=decision.promote,
-                    previous_champion=previous, reasons=decision.reasons)
+    return Decision(
+        target=target,
+        model=name,
+        version=str(version.version),
+        promoted=decision.promote,
+        previous_champion=previous,
+        reasons=decision.reasons,
+    )
 
 
 def rollback(target: str, layout: StateLayout) -> dict[str, Any]:

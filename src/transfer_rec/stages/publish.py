@@ -19,8 +19,7 @@ from transfer_rec.stages.features import PlatformData
 log = logging.getLogger(__name__)
 
 
-def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: StateLayout,
-            run_key: str) -> Published:
+def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: StateLayout, run_key: str) -> Published:
     """Score every known user of the target with the registry's champion and publish recommendations/<target>/."""
     tracking.configure(layout)
     bundle, version = champion_bundle(target)
@@ -30,12 +29,14 @@ def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: S
     data = PlatformData.of(features, target)
     histories = data.frame.groupby("user_id")["item_id"].agg(list)
     recs = bundle.recommend(histories.tolist(), config.publish.k, bundle.known_profiles(histories.index.tolist()))
-    frame = pd.DataFrame({
-        "user_id": [u for u, items in zip(histories.index, recs.item_ids) for _ in items],
-        "rank": [r for items in recs.item_ids for r in range(1, len(items) + 1)],
-        "item_id": [i for items in recs.item_ids for i in items],
-        "score": [s for scores in recs.scores for s in scores],
-    })
+    frame = pd.DataFrame(
+        {
+            "user_id": [u for u, items in zip(histories.index, recs.item_ids) for _ in items],
+            "rank": [r for items in recs.item_ids for r in range(1, len(items) + 1)],
+            "item_id": [i for items in recs.item_ids for i in items],
+            "score": [s for scores in recs.scores for s in scores],
+        }
+    )
     frame["personalised"] = True
     opted_out = _opted_out_users(features, target)
     if len(opted_out):
@@ -46,12 +47,24 @@ def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: S
     final = layout.recommendations / target
     with atomic_dir(final) as out:
         frame.to_parquet(out / "recommendations.parquet", index=False)
-        manifest = Published(target=target, published=True, path=str(final / "recommendations.parquet"),
-                             users=int(histories.size + len(opted_out)), opted_out_users=int(len(opted_out)),
-                             rows=int(len(frame)), model_version=str(version))
+        manifest = Published(
+            target=target,
+            published=True,
+            path=str(final / "recommendations.parquet"),
+            users=int(histories.size + len(opted_out)),
+            opted_out_users=int(len(opted_out)),
+            rows=int(len(frame)),
+            model_version=str(version),
+        )
         (out / "manifest.json").write_text(json.dumps(manifest.to_xcom(), indent=2))
-    log.info("published %d recommendations for %d %s users (champion v%s) to %s", len(frame), histories.size,
-             target, version, final)
+    log.info(
+        "published %d recommendations for %d %s users (champion v%s) to %s",
+        len(frame),
+        histories.size,
+        target,
+        version,
+        final,
+    )
     return manifest
 
 
@@ -66,10 +79,12 @@ def _non_personalised(data: PlatformData, users: list[str], k: int) -> pd.DataFr
     """The target's most popular training items, the same list for everyone: nothing about the user is used."""
     train = data.frame[data.frame["split"] == "train"]
     popular = train["item_id"].value_counts().head(k)
-    return pd.DataFrame({
-        "user_id": [u for u in users for _ in range(len(popular))],
-        "rank": [r for _ in users for r in range(1, len(popular) + 1)],
-        "item_id": [i for _ in users for i in popular.index],
-        "score": [float(s) for _ in users for s in popular.to_numpy()],
-        "personalised": False,
-    })
+    return pd.DataFrame(
+        {
+            "user_id": [u for u in users for _ in range(len(popular))],
+            "rank": [r for _ in users for r in range(1, len(popular) + 1)],
+            "item_id": [i for _ in users for i in popular.index],
+            "score": [float(s) for _ in users for s in popular.to_numpy()],
+            "personalised": False,
+        }
+    )

@@ -57,8 +57,9 @@ def export_files(platform: PlatformConfig, interval: Interval | None) -> list[tu
     return files
 
 
-def pull_platform(platform: PlatformConfig, layout: StateLayout, batch_id: str,
-                  interval: Interval | None = None) -> PulledBatch:
+def pull_platform(
+    platform: PlatformConfig, layout: StateLayout, batch_id: str, interval: Interval | None = None
+) -> PulledBatch:
     """Land the export files of `platform` under landing/<platform>/<batch>/ and return the pull manifest.
 
     A snapshot lands every file under `batch_id`; an incremental pull lands the days of `interval` under a batch
@@ -66,8 +67,10 @@ def pull_platform(platform: PlatformConfig, layout: StateLayout, batch_id: str,
     """
     location = Location.parse(platform.location)
     if platform.embedded and location.scheme == "file" and not Path(location.path).exists():
-        raise LocationError(f"platform {platform.name}: export folder {location.path} does not exist; "
-                            f"`transfer-rec init` (run by `make run`) fills it from {platform.embedded}")
+        raise LocationError(
+            f"platform {platform.name}: export folder {location.path} does not exist; "
+            f"`transfer-rec init` (run by `make run`) fills it from {platform.embedded}"
+        )
     if platform.pull.mode == "incremental" and interval is not None:
         batch_id = interval_batch_id(interval)
     names = export_files(platform, interval)
@@ -81,13 +84,26 @@ def pull_platform(platform: PlatformConfig, layout: StateLayout, batch_id: str,
         uri = location.join(name)
         dest = staging / name
         copy_to_local(uri, dest)
-        entry = PulledFile(table=table, file=name, source_uri=uri, size=dest.stat().st_size,
-                           sha256=sha256_file(dest), rows=count_rows(dest, platform.format))
+        entry = PulledFile(
+            table=table,
+            file=name,
+            source_uri=uri,
+            size=dest.stat().st_size,
+            sha256=sha256_file(dest),
+            rows=count_rows(dest, platform.format),
+        )
         log.info("pulled %s: %s rows, %s bytes, sha256 %s", uri, entry.rows, entry.size, entry.sha256[:12])
         files.append(entry)
-    manifest = PulledBatch(platform=platform.name, role=platform.role, mode=platform.pull.mode, batch_id=batch_id,
-                           batch_dir=str(batch_dir), interval=[t.isoformat() for t in interval] if interval else None,
-                           pulled_at=datetime.now(UTC).isoformat(), files=files)
+    manifest = PulledBatch(
+        platform=platform.name,
+        role=platform.role,
+        mode=platform.pull.mode,
+        batch_id=batch_id,
+        batch_dir=str(batch_dir),
+        interval=[t.isoformat() for t in interval] if interval else None,
+        pulled_at=datetime.now(UTC).isoformat(),
+        files=files,
+    )
     (staging / MANIFEST).write_text(json.dumps(manifest.to_xcom(), indent=2))
     if batch_dir.exists():
         shutil.rmtree(batch_dir)

@@ -45,16 +45,21 @@ def train_history(data: PlatformData, config: PipelineConfig) -> sp.csr_matrix:
 
 
 def _log_epoch(entry: dict[str, Any]) -> None:
-    log.info("%s epoch %d: %s", entry["stage"], entry["epoch"],
-             ", ".join(f"{k}={v:.4f}" for k, v in entry.items() if isinstance(v, float)))
+    log.info(
+        "%s epoch %d: %s",
+        entry["stage"],
+        entry["epoch"],
+        ", ".join(f"{k}={v:.4f}" for k, v in entry.items() if isinstance(v, float)),
+    )
 
 
 def _model_params(config: PipelineConfig) -> dict[str, Any]:
     return {**config.training.model_dump(), "k": config.evaluation.k}
 
 
-def pretrain(features: FeatureSet, config: PipelineConfig, layout: StateLayout, run_key: str,
-             parent_run_id: str) -> Pretrained:
+def pretrain(
+    features: FeatureSet, config: PipelineConfig, layout: StateLayout, run_key: str, parent_run_id: str
+) -> Pretrained:
     """Train on every source interaction; save the checkpoint under models/<run_key>/pretrained.pt."""
     use_torch_threads(config.runtime.torch_threads)
     source = PlatformData.of(features, config.source.name)
@@ -69,8 +74,13 @@ def pretrain(features: FeatureSet, config: PipelineConfig, layout: StateLayout, 
         torch.save(model.state(), checkpoint)
         seconds = time.perf_counter() - started
         mlflow.log_metric("fit_seconds", seconds)
-    return Pretrained(checkpoint=str(checkpoint), run_id=run.info.run_id, epochs=len(history),
-                      users=int(len(source.user_ids)), seconds=seconds)
+    return Pretrained(
+        checkpoint=str(checkpoint),
+        run_id=run.info.run_id,
+        epochs=len(history),
+        users=int(len(source.user_ids)),
+        seconds=seconds,
+    )
 
 
 def with_training(config: PipelineConfig, **update: Any) -> PipelineConfig:
@@ -89,9 +99,13 @@ def load_pretrained(checkpoint: str, config: PipelineConfig) -> TransferRecommen
     return with_settings(torch.load(checkpoint, map_location="cpu", weights_only=True), config)
 
 
-def fit_target(features: FeatureSet, target: str, config: PipelineConfig,
-               pretrained: TransferRecommender | None, checkpoint: Path | None = None,
-               ) -> tuple[TransferRecommender, list[dict[str, Any]], PlatformData]:
+def fit_target(
+    features: FeatureSet,
+    target: str,
+    config: PipelineConfig,
+    pretrained: TransferRecommender | None,
+    checkpoint: Path | None = None,
+) -> tuple[TransferRecommender, list[dict[str, Any]], PlatformData]:
     """Fine-tune a copy of the pretrained model, or train on the target alone when there is none.
 
     With `checkpoint`, progress is saved there after every epoch and a rerun resumes from it (see
@@ -103,8 +117,9 @@ def fit_target(features: FeatureSet, target: str, config: PipelineConfig,
         model = TransferRecommender.from_state(pretrained.state())
     else:
         model = new_model(features.n_items, config)
-    history = model.finetune(train_history(data, config), data.matrix("valid"), data.item_mask(), log=_log_epoch,
-                             checkpoint=checkpoint)
+    history = model.finetune(
+        train_history(data, config), data.matrix("valid"), data.item_mask(), log=_log_epoch, checkpoint=checkpoint
+    )
     return model, history, data
 
 
@@ -119,14 +134,27 @@ def short_history_data(features: FeatureSet, target: PlatformData, source: str |
         source_matrix = sp.csr_matrix((0, n_items), dtype=np.float32)
         source_users = pd.DataFrame({"user_id": pd.Series(dtype=object)})
     return ShortHistoryData(
-        n_items=n_items, catalogue=target.item_mask(), train=target.matrix("train"), valid=target.matrix("valid"),
-        users=target.profiles(), ordered=ordered_items(train, target.user_ids), source=source_matrix,
-        source_users=source_users, items=pd.read_parquet(Path(features.dir) / "items.parquet"))
+        n_items=n_items,
+        catalogue=target.item_mask(),
+        train=target.matrix("train"),
+        valid=target.matrix("valid"),
+        users=target.profiles(),
+        ordered=ordered_items(train, target.user_ids),
+        source=source_matrix,
+        source_users=source_users,
+        items=pd.read_parquet(Path(features.dir) / "items.parquet"),
+    )
 
 
-def fit_short_history_parts(model: TransferRecommender, features: FeatureSet, target: PlatformData,
-                            config: PipelineConfig, with_source: bool, cache_dir: Path | None,
-                            source: str | None = None) -> dict[str, Any]:
+def fit_short_history_parts(
+    model: TransferRecommender,
+    features: FeatureSet,
+    target: PlatformData,
+    config: PipelineConfig,
+    with_source: bool,
+    cache_dir: Path | None,
+    source: str | None = None,
+) -> dict[str, Any]:
     """The short-history parts config `short_history` asks for (selection/short_history.py), learned from the
     target's users and, `with_source`, the source platform's (`source`: its name, default the config's source)."""
     data = short_history_data(features, target, (source or config.source.name) if with_source else None)
@@ -144,8 +172,9 @@ def _ease(train: sp.csr_matrix, valid: sp.csr_matrix, candidates: np.ndarray, k:
     return best
 
 
-def fit_baselines(features: FeatureSet, target: str, config: PipelineConfig, cache_dir: Path | None = None,
-                  source: str | None = None) -> Baselines:
+def fit_baselines(
+    features: FeatureSet, target: str, config: PipelineConfig, cache_dir: Path | None = None, source: str | None = None
+) -> Baselines:
     """The contenders, fitted on target train (valid only for their choices): the same model trained on the target
     alone (with short-history parts learned from the target's users alone), EASE and popularity."""
     started = time.perf_counter()
@@ -159,15 +188,23 @@ def fit_baselines(features: FeatureSet, target: str, config: PipelineConfig, cac
     return Baselines(twin, ease, Popularity().fit(train), info)
 
 
-def bundle_for(model: TransferRecommender, features: FeatureSet, data: PlatformData, splits: tuple[str, ...],
-               meta: dict[str, Any]) -> ModelBundle:
+def bundle_for(
+    model: TransferRecommender, features: FeatureSet, data: PlatformData, splits: tuple[str, ...], meta: dict[str, Any]
+) -> ModelBundle:
     items = pd.read_parquet(Path(features.dir) / "items.parquet").sort_values("item_idx")
     known = data.frame[data.frame["split"].isin(splits)][["user_id", "item_id"]]
     return ModelBundle(model, items["item_id"].to_numpy(), data.item_mask(), known, meta, data.profiles())
 
 
-def finetune(target: str, features: FeatureSet, pretrained: Pretrained, config: PipelineConfig,
-             layout: StateLayout, run_key: str, parent_run_id: str) -> Candidate:
+def finetune(
+    target: str,
+    features: FeatureSet,
+    pretrained: Pretrained,
+    config: PipelineConfig,
+    layout: StateLayout,
+    run_key: str,
+    parent_run_id: str,
+) -> Candidate:
     """Fine-tune the pretrained model on one target; log it to MLflow as a pyfunc model (the candidate). The
     baselines are fitted on the same split and saved beside it for evaluation."""
     started = time.perf_counter()
@@ -176,25 +213,48 @@ def finetune(target: str, features: FeatureSet, pretrained: Pretrained, config: 
         mlflow.log_params({"platform": target, "pretrain_run_id": pretrained.run_id, **_model_params(config)})
         # a retried task (worker killed, node lost) resumes from the last finished epoch instead of starting over
         checkpoint = layout.models / run_key / f"{target}.finetune.ckpt"
-        model, history, data = fit_target(features, target, config, load_pretrained(pretrained.checkpoint, config),
-                                          checkpoint)
+        model, history, data = fit_target(
+            features, target, config, load_pretrained(pretrained.checkpoint, config), checkpoint
+        )
         tracking.log_epochs(history)
         chosen = fit_short_history_parts(model, features, data, config, with_source=True, cache_dir=cache_dir)
         mlflow.log_dict(chosen, "short_history_parts.json")
         tuned = [e for e in history if e["stage"] == "finetune"]
         best = max(tuned, key=lambda e: e["valid_ndcg"]) if tuned else {"epoch": 0}
         blend = next(e for e in reversed(history) if e["stage"] == "blend")
-        mlflow.log_metrics({"valid_ndcg": model.valid_ndcg, "best_epoch": best["epoch"], "beta": blend["beta"],
-                            "kernel_weight": model.kernel_weight, "fit_seconds": time.perf_counter() - started})
-        bundle = bundle_for(model, features, data, ("train", "valid"),
-                            {"target": target, "run_key": run_key, "features": features.dir})
+        mlflow.log_metrics(
+            {
+                "valid_ndcg": model.valid_ndcg,
+                "best_epoch": best["epoch"],
+                "beta": blend["beta"],
+                "kernel_weight": model.kernel_weight,
+                "fit_seconds": time.perf_counter() - started,
+            }
+        )
+        bundle = bundle_for(
+            model, features, data, ("train", "valid"), {"target": target, "run_key": run_key, "features": features.dir}
+        )
         folder = bundle.save(layout.models / run_key / target / "candidate")
         model_uri = registry.log_candidate_model(bundle, folder, layout.root / "cache" / "model-code")
         baselines = fit_baselines(features, target, config, cache_dir)
         baselines_dir = baselines.save(layout.models / run_key / target / "baselines")
         mlflow.log_params({"baseline.ease_l2": baselines.ease.l2})
-    log.info("fine-tuned %s: best epoch %d, blend beta %.2f, kernel weight %.2f, valid NDCG@%d %.4f; MLflow run %s",
-             target, best["epoch"], blend["beta"], model.kernel_weight, config.evaluation.k, model.valid_ndcg,
-             run.info.run_id)
-    return Candidate(target=target, bundle=str(folder), baselines=str(baselines_dir), run_id=run.info.run_id,
-                     model_uri=model_uri, valid_ndcg=model.valid_ndcg, epochs=len(tuned))
+    log.info(
+        "fine-tuned %s: best epoch %d, blend beta %.2f, kernel weight %.2f, valid NDCG@%d %.4f; MLflow run %s",
+        target,
+        best["epoch"],
+        blend["beta"],
+        model.kernel_weight,
+        config.evaluation.k,
+        model.valid_ndcg,
+        run.info.run_id,
+    )
+    return Candidate(
+        target=target,
+        bundle=str(folder),
+        baselines=str(baselines_dir),
+        run_id=run.info.run_id,
+        model_uri=model_uri,
+        valid_ndcg=model.valid_ndcg,
+        epochs=len(tuned),
+    )

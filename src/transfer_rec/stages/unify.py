@@ -52,14 +52,18 @@ def link_ids(platform: str, users: pd.DataFrame) -> pd.Series:
         return pd.Series(pd.NA, index=users.index, dtype="string")
     salt = os.environ.get(PII_SALT_ENV, "")
     if len(salt) < 16:
-        raise PrivacyError(f"platform {platform}: users column(s) {present} identify people; set the secret "
-                           f"{PII_SALT_ENV} (at least 16 characters) so they are linked by a salted hash, never kept")
+        raise PrivacyError(
+            f"platform {platform}: users column(s) {present} identify people; set the secret "
+            f"{PII_SALT_ENV} (at least 16 characters) so they are linked by a salted hash, never kept"
+        )
     key = salt.encode()
     identity = _normalise_identity(present[0], users[present[0]])
     for column in present[1:]:
         identity = identity.fillna(_normalise_identity(column, users[column]))
-    hashed = [pd.NA if pd.isna(v) else hmac.new(key, f"{present[0]}:{v}".encode(), hashlib.sha256).hexdigest()
-              for v in identity]
+    hashed = [
+        pd.NA if pd.isna(v) else hmac.new(key, f"{present[0]}:{v}".encode(), hashlib.sha256).hexdigest()
+        for v in identity
+    ]
     return pd.Series(hashed, index=users.index, dtype="string")
 
 
@@ -68,6 +72,8 @@ def consent_flags(users: pd.DataFrame) -> pd.Series:
     if "consent" not in users:
         return pd.Series(True, index=users.index)
     return users["consent"].astype("string").str.strip().str.lower().isin(CONSENT_VALUES).fillna(False).astype(bool)
+
+
 AGE_BINS = [0, 18, 25, 35, 45, 50, 56, 200]
 
 
@@ -85,7 +91,7 @@ def _canonical_text(uniques: pd.Series) -> pd.Series:
 
 def user_key(platform: str, native: pd.Series) -> pd.Series:
     """Users are namespaced by platform: the same native id on two platforms is two people."""
-    codes, uniques = pd.factorize(native.astype(str))   # each distinct id once: far fewer users than interactions
+    codes, uniques = pd.factorize(native.astype(str))  # each distinct id once: far fewer users than interactions
     keys = _user_text(platform, pd.Series(uniques, dtype=str)).to_numpy()
     return pd.Series(keys[codes], index=native.index, dtype=str)
 
@@ -133,8 +139,9 @@ def _map_values(series: pd.Series, map_name: str, config: PipelineConfig, vocabu
     return series.astype(str).map(mapping)
 
 
-def unified_profiles(users: pd.DataFrame, platform: PlatformConfig, config: PipelineConfig,
-                     keep_unified: bool = False) -> pd.DataFrame:
+def unified_profiles(
+    users: pd.DataFrame, platform: PlatformConfig, config: PipelineConfig, keep_unified: bool = False
+) -> pd.DataFrame:
     """A users table's age, gender and occupation (columns already named as unified) in the shared vocabularies:
     each through the platform's value map, gender as its upper-case first letter. With `keep_unified`, a column whose
     values all are already in the shared vocabulary is taken as it is (a table unified before, re-read)."""
@@ -186,11 +193,13 @@ def interaction_files(manifest: PulledBatch, platform: PlatformConfig, layout: S
 
 def _read_interactions(paths: list[Path], platform: PlatformConfig) -> pd.DataFrame:
     ids = [native for native, unified in platform.columns["interactions"].items() if unified in ("user_id", "item_id")]
-    frames = [_native(read_table(p, platform.format, platform.delimiter, categorical=ids), platform, "interactions")
-              for p in paths]
+    frames = [
+        _native(read_table(p, platform.format, platform.delimiter, categorical=ids), platform, "interactions")
+        for p in paths
+    ]
     if not frames:
         return pd.DataFrame(columns=["user_id", "item_id", "rating", "timestamp"])
-    if len(frames) > 1:   # partitions: their id categoricals have different categories
+    if len(frames) > 1:  # partitions: their id categoricals have different categories
         frames = [f.astype({c: str for c in ("user_id", "item_id") if c in f}) for f in frames]
     return pd.concat(frames, ignore_index=True)
 
@@ -200,7 +209,7 @@ def _first_per_pair(users: np.ndarray, items: np.ndarray, n_items: int, timestam
     in file order). The same rows and order as a stable sort by (user, item, timestamp) keeping each pair's first,
     with one stable sort of an integer pair key (a 3-key lexsort is ~10x slower on 18 M rows) and a lexsort of the
     duplicated pairs only."""
-    if len(users) and n_items and int(users.max()) >= (2 ** 62) // n_items:   # the pair key would overflow
+    if len(users) and n_items and int(users.max()) >= (2**62) // n_items:  # the pair key would overflow
         order = np.lexsort((timestamps, items, users))
         first = np.ones(len(order), dtype=bool)
         first[1:] = (np.diff(users[order]) != 0) | (np.diff(items[order]) != 0)
@@ -213,10 +222,10 @@ def _first_per_pair(users: np.ndarray, items: np.ndarray, n_items: int, timestam
     kept = order[first]
     if first.all():
         return kept
-    group = np.cumsum(first) - 1                        # the kept row each sorted row belongs with
+    group = np.cumsum(first) - 1  # the kept row each sorted row belongs with
     repeated = np.zeros(len(kept), dtype=bool)
     repeated[group[~first]] = True
-    rows, groups = order[repeated[group]], group[repeated[group]]   # rows of repeated pairs, in file order per pair
+    rows, groups = order[repeated[group]], group[repeated[group]]  # rows of repeated pairs, in file order per pair
     by_time = np.lexsort((timestamps[rows], groups))
     rows, groups = rows[by_time], groups[by_time]
     head = np.ones(len(rows), dtype=bool)
@@ -225,13 +234,15 @@ def _first_per_pair(users: np.ndarray, items: np.ndarray, n_items: int, timestam
     return kept
 
 
-def unify_platform(batch_dir: Path, platform: PlatformConfig, config: PipelineConfig,
-                   interactions: list[Path] | None = None) -> dict[str, Any]:
+def unify_platform(
+    batch_dir: Path, platform: PlatformConfig, config: PipelineConfig, interactions: list[Path] | None = None
+) -> dict[str, Any]:
     """Read one validated batch (and, incrementally, the interaction partitions given) into unified tables and
     counts (nothing written)."""
     files = platform.files
-    raw = _read_interactions(interactions if interactions is not None else [batch_dir / files["interactions"]],
-                             platform)
+    raw = _read_interactions(
+        interactions if interactions is not None else [batch_dir / files["interactions"]], platform
+    )
     rows_in = len(raw)
     # Ids as codes into their sorted distinct unified keys: ordering by code is ordering by key, and each distinct
     # id is namespaced / normalised once.
@@ -264,21 +275,23 @@ def unify_platform(batch_dir: Path, platform: PlatformConfig, config: PipelineCo
     # publishing can still give them non-personalised recommendations.
     opted_out = 0
     if len(users):
-        out = is_member(user_keys, users.loc[~users["consent"].astype(bool), "user_id"])   # per distinct user
+        out = is_member(user_keys, users.loc[~users["consent"].astype(bool), "user_id"])  # per distinct user
         leaving = out[user_codes[kept]]
         opted_out = int(leaving.sum())
         if opted_out:
             kept = kept[~leaving]
     users_kept, items_kept = user_codes[kept], item_codes[kept]
     rating_kept = rating[kept].astype("float64")
-    inter = pd.DataFrame({
-        "platform": _repeated(platform.name, len(kept)),
-        "user_id": _strings(user_keys, users_kept),
-        "item_id": _strings(item_keys, items_kept),
-        "rating": rating_kept,
-        "label": (rating_kept >= config.features.min_rating).astype("int8"),
-        "timestamp": timestamp[kept].astype("int64"),
-    })[list(INTERACTION_COLUMNS)]
+    inter = pd.DataFrame(
+        {
+            "platform": _repeated(platform.name, len(kept)),
+            "user_id": _strings(user_keys, users_kept),
+            "item_id": _strings(item_keys, items_kept),
+            "rating": rating_kept,
+            "label": (rating_kept >= config.features.min_rating).astype("int8"),
+            "timestamp": timestamp[kept].astype("int64"),
+        }
+    )[list(INTERACTION_COLUMNS)]
     present_items = np.flatnonzero(np.bincount(items_kept, minlength=len(item_keys)))
     items = pd.DataFrame(columns=list(ITEM_COLUMNS))
     if "items" in files:
@@ -292,9 +305,11 @@ def unify_platform(batch_dir: Path, platform: PlatformConfig, config: PipelineCo
         "counts": {
             "rows_in": rows_in,
             "rows_out": len(inter),
-            "dropped": {"unparseable_rating_or_timestamp": unusable,
-                        "duplicate_user_item": duplicated,
-                        "opted_out": opted_out},
+            "dropped": {
+                "unparseable_rating_or_timestamp": unusable,
+                "duplicate_user_item": duplicated,
+                "opted_out": opted_out,
+            },
             "users": int(np.count_nonzero(np.bincount(users_kept, minlength=len(user_keys)))),
             "items": len(present_items),
         },
@@ -308,8 +323,9 @@ def _write_tables(tables: dict[str, pd.DataFrame], out: Path) -> None:
         frame.to_parquet(out / f"{name}.parquet", index=False)
 
 
-def _unify_platforms(validated: list[ValidatedBatch], config: PipelineConfig,
-                     layout: StateLayout) -> dict[str, dict[str, Any]]:
+def _unify_platforms(
+    validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout
+) -> dict[str, dict[str, Any]]:
     """unify_platform for every validated batch, in platform order: the one with the most rows here, the others
     meanwhile in forked processes when the batches are large (their results come back pickled)."""
     work = [(m.platform, Path(m.batch_dir), config.platform(m.platform)) for m in validated]
@@ -317,11 +333,17 @@ def _unify_platforms(validated: list[ValidatedBatch], config: PipelineConfig,
     rows = {m.platform: m.interaction_rows() for m in validated}
     largest = max(rows, key=rows.__getitem__) if rows else None
     concurrent = sum(rows.values()) >= PARALLEL_MIN_ROWS and len(work) > 1 and can_fork() and workers() > 1
-    others = {name: Forked(unify_platform, folder, platform, config, files[name])
-              for name, folder, platform in work if concurrent and name != largest}
+    others = {
+        name: Forked(unify_platform, folder, platform, config, files[name])
+        for name, folder, platform in work
+        if concurrent and name != largest
+    }
     try:
-        parts = {name: unify_platform(folder, platform, config, files[name])
-                 for name, folder, platform in work if name not in others}
+        parts = {
+            name: unify_platform(folder, platform, config, files[name])
+            for name, folder, platform in work
+            if name not in others
+        }
     except BaseException:
         for other in others.values():
             other.cancel()
@@ -340,11 +362,17 @@ def check_item_collisions(items: pd.DataFrame, shown: int = 3) -> None:
     spread = titles.groupby("item_id")["_title"].nunique()
     clashes = spread[spread > 1].index
     if len(clashes):
-        examples = titles[titles["item_id"].isin(clashes[:shown])].groupby("item_id").apply(
-            lambda g: dict(zip(g["_platform"], g["title"])), include_groups=False).to_dict()
-        raise ItemCollisionError(f"{len(clashes)} item id(s) name different items on different platforms (rule: "
-                                 f"an item id is one item on every platform), e.g. {examples}; give those platforms "
-                                 "distinct item ids or an item key that tells them apart")
+        examples = (
+            titles[titles["item_id"].isin(clashes[:shown])]
+            .groupby("item_id")
+            .apply(lambda g: dict(zip(g["_platform"], g["title"])), include_groups=False)
+            .to_dict()
+        )
+        raise ItemCollisionError(
+            f"{len(clashes)} item id(s) name different items on different platforms (rule: "
+            f"an item id is one item on every platform), e.g. {examples}; give those platforms "
+            "distinct item ids or an item key that tells them apart"
+        )
 
 
 def unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout) -> UnifiedVersion:
@@ -352,19 +380,29 @@ def unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: State
     parts = _unify_platforms(validated, config, layout)
     # each platform's rows are dropped as soon as they are in the concatenation
     interactions = pd.concat([p.pop("interactions") for p in parts.values()], ignore_index=True)
-    users = pd.concat([p["users"] for p in parts.values() if len(p["users"])] or [pd.DataFrame(columns=list(USER_COLUMNS))],
-                      ignore_index=True)
-    items = pd.concat([p["items"].assign(_platform=name) for name, p in parts.items() if len(p["items"])]
-                      or [pd.DataFrame(columns=[*ITEM_COLUMNS, "_platform"])], ignore_index=True)
+    users = pd.concat(
+        [p["users"] for p in parts.values() if len(p["users"])] or [pd.DataFrame(columns=list(USER_COLUMNS))],
+        ignore_index=True,
+    )
+    items = pd.concat(
+        [p["items"].assign(_platform=name) for name, p in parts.items() if len(p["items"])]
+        or [pd.DataFrame(columns=[*ITEM_COLUMNS, "_platform"])],
+        ignore_index=True,
+    )
     check_item_collisions(items)
     items = items.drop(columns="_platform")
     # Items seen in interactions but missing from every item table still get a row (title from the id).
-    seen = pd.unique(np.concatenate([np.asarray(p["item_keys"], dtype=object) for p in parts.values()])) \
-        if parts else np.array([], dtype=object)
+    seen = (
+        pd.unique(np.concatenate([np.asarray(p["item_keys"], dtype=object) for p in parts.values()]))
+        if parts
+        else np.array([], dtype=object)
+    )
     missing = np.sort(seen[~is_member(seen, items["item_id"])]) if len(seen) else seen
     if len(missing):
-        items = pd.concat([items, pd.DataFrame({"item_id": missing, "title": missing, "year": pd.NA, "genres": ""})],
-                          ignore_index=True)
+        items = pd.concat(
+            [items, pd.DataFrame({"item_id": missing, "title": missing, "year": pd.NA, "genres": ""})],
+            ignore_index=True,
+        )
     items = items.drop_duplicates("item_id", keep="first").reset_index(drop=True)
     items["year"] = items["year"].astype("Int64")
 
@@ -379,8 +417,11 @@ def unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: State
         tables = {"interactions": interactions, "users": users, "items": items}
         # Large tables are written by a forked process while the suite checks them (a refused version is discarded
         # whole), small ones first.
-        writer = Forked(_write_tables, tables, out) \
-            if len(interactions) >= PARALLEL_MIN_ROWS and can_fork() and workers() > 1 else None
+        writer = (
+            Forked(_write_tables, tables, out)
+            if len(interactions) >= PARALLEL_MIN_ROWS and can_fork() and workers() > 1
+            else None
+        )
         if writer is None:
             _write_tables(tables, out)
         try:
@@ -392,9 +433,13 @@ def unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: State
         if writer:
             writer.result()
         # Downstream stages read this exact version (dir), even if a later run switches "current" meanwhile.
-        manifest = UnifiedVersion(dir=str(out), current=str(final), platforms=counts,
-                                  batches={m.platform: m.batch_id for m in validated},
-                                  hashes={m.platform: {f.file: f.sha256 for f in m.files} for m in validated},
-                                  validation=validation)
+        manifest = UnifiedVersion(
+            dir=str(out),
+            current=str(final),
+            platforms=counts,
+            batches={m.platform: m.batch_id for m in validated},
+            hashes={m.platform: {f.file: f.sha256 for f in m.files} for m in validated},
+            validation=validation,
+        )
         (out / "manifest.json").write_text(json.dumps(manifest.to_xcom(), indent=2))
     return manifest

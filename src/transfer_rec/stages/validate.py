@@ -38,20 +38,36 @@ PARTITION_ROWS = 1_500_000
 PARALLEL_MIN_ROWS = 1_000_000
 # Expectations whose verdict on a table is the conjunction of their verdicts on any partition of its rows (every
 # partition has all the columns, so the table-schema ones hold alike), as long as `mostly` is not below 1.
-ROW_LEVEL = frozenset({
-    "expect_table_columns_to_match_set", "expect_table_columns_to_match_ordered_list", "expect_column_to_exist",
-    "expect_table_column_count_to_equal", "expect_table_column_count_to_be_between",
-    "expect_column_values_to_not_be_null", "expect_column_values_to_be_null", "expect_column_values_to_be_between",
-    "expect_column_values_to_match_regex", "expect_column_values_to_not_match_regex",
-    "expect_column_values_to_match_regex_list", "expect_column_values_to_not_match_regex_list",
-    "expect_column_values_to_be_in_set", "expect_column_values_to_not_be_in_set",
-    "expect_column_value_lengths_to_be_between", "expect_column_value_lengths_to_equal",
-    "expect_column_values_to_be_of_type", "expect_column_values_to_be_in_type_list",
-    "expect_column_values_to_match_strftime_format", "expect_column_values_to_be_dateutil_parseable",
-    "expect_column_values_to_be_json_parseable", "expect_column_pair_values_to_be_equal",
-    "expect_column_pair_values_a_to_be_greater_than_b", "expect_column_pair_values_to_be_in_set",
-    "expect_select_column_values_to_be_unique_within_record", "expect_multicolumn_sum_to_equal",
-})
+ROW_LEVEL = frozenset(
+    {
+        "expect_table_columns_to_match_set",
+        "expect_table_columns_to_match_ordered_list",
+        "expect_column_to_exist",
+        "expect_table_column_count_to_equal",
+        "expect_table_column_count_to_be_between",
+        "expect_column_values_to_not_be_null",
+        "expect_column_values_to_be_null",
+        "expect_column_values_to_be_between",
+        "expect_column_values_to_match_regex",
+        "expect_column_values_to_not_match_regex",
+        "expect_column_values_to_match_regex_list",
+        "expect_column_values_to_not_match_regex_list",
+        "expect_column_values_to_be_in_set",
+        "expect_column_values_to_not_be_in_set",
+        "expect_column_value_lengths_to_be_between",
+        "expect_column_value_lengths_to_equal",
+        "expect_column_values_to_be_of_type",
+        "expect_column_values_to_be_in_type_list",
+        "expect_column_values_to_match_strftime_format",
+        "expect_column_values_to_be_dateutil_parseable",
+        "expect_column_values_to_be_json_parseable",
+        "expect_column_pair_values_to_be_equal",
+        "expect_column_pair_values_a_to_be_greater_than_b",
+        "expect_column_pair_values_to_be_in_set",
+        "expect_select_column_values_to_be_unique_within_record",
+        "expect_multicolumn_sum_to_equal",
+    }
+)
 # Uniqueness across rows: exact per partition only when the partition column is part of the key.
 KEYED = {"expect_compound_columns_to_be_unique": "column_list", "expect_column_values_to_be_unique": "column"}
 # Table-level expectations that read no column: on the whole table they need only its rows.
@@ -103,7 +119,7 @@ def _typed_batch(frame: pd.DataFrame, platform: PlatformConfig, table: str) -> p
             numeric = to_numbers(raw)
             if numeric is raw or numeric.notna().sum() == raw.notna().sum():
                 # all numbers: a numeric column (fast checks)
-                whole = numeric.dtype.kind == "i" or (numeric.dtype.kind == "u" and numeric.max() < 2 ** 63)
+                whole = numeric.dtype.kind == "i" or (numeric.dtype.kind == "u" and numeric.max() < 2**63)
                 typed[native] = numeric.astype("int64" if whole else "float64")
                 continue
             # Keep non-numeric text visible to the regex expectation, numbers to the range expectation.
@@ -113,13 +129,16 @@ def _typed_batch(frame: pd.DataFrame, platform: PlatformConfig, table: str) -> p
 
 def _failure_line(platform: str, file: str, result: Any) -> str:
     config = result.expectation_config
-    kwargs = {k: (f"<{len(v)} values>" if isinstance(v, (list, tuple, set)) and len(v) > 10 else v)
-              for k, v in config.kwargs.items() if k not in ("batch_id", "result_format")}
+    kwargs = {
+        k: (f"<{len(v)} values>" if isinstance(v, (list, tuple, set)) and len(v) > 10 else v)
+        for k, v in config.kwargs.items()
+        if k not in ("batch_id", "result_format")
+    }
     details = result.result or {}
     examples = details.get("partial_unexpected_list") or details.get("details", {}).get("mismatched") or ""
     count = details.get("unexpected_count")
     observed = details.get("observed_value")
-    observed = observed.item() if hasattr(observed, "item") else observed   # numpy scalars print as plain numbers
+    observed = observed.item() if hasattr(observed, "item") else observed  # numpy scalars print as plain numbers
     what = f"{count} unexpected value(s), e.g. {examples[:5]!r}" if count else f"observed {observed!r}"
     if result.exception_info and result.exception_info.get("raised_exception"):
         what = f"could not be evaluated: {result.exception_info.get('exception_message')}"
@@ -138,19 +157,22 @@ def _failed(results: list[Any]) -> list[Any]:
             kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "result_format")}
             key = json.dumps([config.type, kwargs], sort_keys=True, default=str)
             if key not in merged:
-                merged[key] = SimpleNamespace(expectation_config=config, result=dict(r.result or {}),
-                                              exception_info=r.exception_info)
+                merged[key] = SimpleNamespace(
+                    expectation_config=config, result=dict(r.result or {}), exception_info=r.exception_info
+                )
                 continue
             into, details = merged[key].result, r.result or {}
             if details.get("unexpected_count"):
                 into["unexpected_count"] = (into.get("unexpected_count") or 0) + details["unexpected_count"]
-                into["partial_unexpected_list"] = list(into.get("partial_unexpected_list") or []) \
-                    + list(details.get("partial_unexpected_list") or [])
+                into["partial_unexpected_list"] = list(into.get("partial_unexpected_list") or []) + list(
+                    details.get("partial_unexpected_list") or []
+                )
     return list(merged.values())
 
 
-def validate_batch(manifest: PulledBatch, platform: PlatformConfig, layout: StateLayout,
-                   context_root: Path | None = None) -> ValidatedBatch:
+def validate_batch(
+    manifest: PulledBatch, platform: PlatformConfig, layout: StateLayout, context_root: Path | None = None
+) -> ValidatedBatch:
     """Validate every landed file of a pull manifest; on a critical failure move the batch to quarantine and raise."""
     batch_dir = Path(manifest.batch_dir)
     context = gx_context(context_root)
@@ -175,15 +197,28 @@ def validate_batch(manifest: PulledBatch, platform: PlatformConfig, layout: Stat
             checked.append((table, file, None, [f"platform {platform.name}, file {file}: cannot be read: {exc}"], -1))
             continue
         forbidden = [c for c in frame.columns if any(m in c.lower() for m in FORBIDDEN_COLUMN_MARKERS)]
-        problems = [f"platform {platform.name}, file {file}: forbidden PII column(s) {forbidden} "
-                    "(rule: no password/secret columns may be exported)"] if forbidden else []
+        problems = (
+            [
+                f"platform {platform.name}, file {file}: forbidden PII column(s) {forbidden} "
+                "(rule: no password/secret columns may be exported)"
+            ]
+            if forbidden
+            else []
+        )
         typed = _typed_batch(frame, platform, table)
         expectations = context.suites.get(suite_name(platform.name, table)).expectations
-        expectations = expectations + drift_expectations(platform, table, previous_stats(layout, platform, table,
-                                                                                         manifest.batch_id))
+        expectations = expectations + drift_expectations(
+            platform, table, previous_stats(layout, platform, table, manifest.batch_id)
+        )
         checked.append((table, file, typed, problems, len(batches)))
-        batches.append(Batch(f"{platform.name}.{manifest.batch_id}.{index}.{file.replace('/', '_')}", typed,
-                             expectations, native_column(platform, table, "user_id")))
+        batches.append(
+            Batch(
+                f"{platform.name}.{manifest.batch_id}.{index}.{file.replace('/', '_')}",
+                typed,
+                expectations,
+                native_column(platform, table, "user_id"),
+            )
+        )
     results = validate_frames(scratch, source, batches)
     for table, file, typed, problems, batch in checked:
         critical += problems
@@ -194,12 +229,24 @@ def validate_batch(manifest: PulledBatch, platform: PlatformConfig, layout: Stat
             line = _failure_line(platform.name, file, r)
             severity = getattr(r.expectation_config, "severity", "critical")
             (warnings if str(getattr(severity, "value", severity)) != "critical" else critical).append(line)
-        tables[file] = TableCheck(table=table, rows=int(len(typed)), expectations=len(batches[batch].expectations),
-                                  failed=len(failed), **batch_stats(typed, platform, table))
+        tables[file] = TableCheck(
+            table=table,
+            rows=int(len(typed)),
+            expectations=len(batches[batch].expectations),
+            failed=len(failed),
+            **batch_stats(typed, platform, table),
+        )
     # One Data Docs build for the whole batch (every file's and partition's validation result, and the index).
     scratch.build_data_docs(site_names=[DOCS_SITE])
-    summary = ValidationSummary(platform=platform.name, batch_id=manifest.batch_id, success=not critical,
-                                tables=tables, critical=critical, warnings=warnings, data_docs=str(docs))
+    summary = ValidationSummary(
+        platform=platform.name,
+        batch_id=manifest.batch_id,
+        success=not critical,
+        tables=tables,
+        critical=critical,
+        warnings=warnings,
+        data_docs=str(docs),
+    )
     log.info("platform %s: Data Docs at %s", platform.name, summary.data_docs)
     for line in warnings:
         log.warning("validation warning: %s", line)
@@ -250,14 +297,20 @@ def drift_expectations(platform: PlatformConfig, table: str, previous: dict[str,
     checks: list[Any] = []
     if previous.get("rows") and drift.volume_factor:
         rows = previous["rows"]
-        checks.append(gxe.ExpectTableRowCountToBeBetween(min_value=int(rows / drift.volume_factor),
-                                                         max_value=int(rows * drift.volume_factor) + 1))
+        checks.append(
+            gxe.ExpectTableRowCountToBeBetween(
+                min_value=int(rows / drift.volume_factor), max_value=int(rows * drift.volume_factor) + 1
+            )
+        )
     rating = native_column(platform, table, "rating")
     if rating and "rating_mean" in previous and drift.rating_shift:
         low, high = platform.rating_scale
         shift = drift.rating_shift * (high - low)
-        checks.append(gxe.ExpectColumnMeanToBeBetween(column=rating, min_value=previous["rating_mean"] - shift,
-                                                      max_value=previous["rating_mean"] + shift))
+        checks.append(
+            gxe.ExpectColumnMeanToBeBetween(
+                column=rating, min_value=previous["rating_mean"] - shift, max_value=previous["rating_mean"] + shift
+            )
+        )
     return checks
 
 
@@ -268,11 +321,14 @@ def _scratch_context(docs_dir: Path):
 
     scratch = gx.get_context(mode="ephemeral")
     scratch.variables.progress_bars = ProgressBarsConfig(globally=False)
-    scratch.add_data_docs_site(site_name=DOCS_SITE, site_config={
-        "class_name": "SiteBuilder",
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-    })
+    scratch.add_data_docs_site(
+        site_name=DOCS_SITE,
+        site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
     return scratch
 
 
@@ -286,13 +342,21 @@ def _checkpoint(scratch: Any, source: Any, expectations: list[Any], name: str) -
     Docs are built once per batch, after all its checkpoints ran."""
     import great_expectations as gx
 
-    suite = scratch.suites.add(gx.ExpectationSuite(name=name, expectations=[
-        e.__class__(**e.configuration.kwargs, severity=e.severity) for e in expectations]))
+    suite = scratch.suites.add(
+        gx.ExpectationSuite(
+            name=name, expectations=[e.__class__(**e.configuration.kwargs, severity=e.severity) for e in expectations]
+        )
+    )
     batch_def = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole")
     definition = scratch.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
-    return scratch.checkpoints.add(gx.Checkpoint(
-        name=name, validation_definitions=[definition], actions=[],
-        result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5}))
+    return scratch.checkpoints.add(
+        gx.Checkpoint(
+            name=name,
+            validation_definitions=[definition],
+            actions=[],
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
+        )
+    )
 
 
 def _splits_by(expectation: Any, key: str) -> bool:
@@ -311,7 +375,12 @@ def _columns_read(expectations: list[Any], frame: pd.DataFrame) -> list[str]:
     wanted: set[str] = set()
     for e in expectations:
         kwargs = e.configuration.kwargs
-        named = [kwargs.get("column"), kwargs.get("column_A"), kwargs.get("column_B"), *(kwargs.get("column_list") or [])]
+        named = [
+            kwargs.get("column"),
+            kwargs.get("column_A"),
+            kwargs.get("column_B"),
+            *(kwargs.get("column_list") or []),
+        ]
         named = [c for c in named if c]
         if not named and e.configuration.type not in ROW_COUNT:
             return list(frame.columns)
@@ -339,7 +408,7 @@ def partitions(frame: pd.DataFrame, key: str | None, rows: int | None = None) ->
     count = min(-(-len(frame) // rows), len(starts))
     if count < 2:
         return None
-    if grouped:   # cut at the first run of a key at or after each multiple of len/count
+    if grouped:  # cut at the first run of a key at or after each multiple of len/count
         cuts = starts[np.minimum(np.searchsorted(starts, np.arange(1, count) * len(frame) // count), len(starts) - 1)]
         bounds = np.unique(np.r_[0, cuts, len(frame)])
         return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -356,7 +425,7 @@ def partitions(frame: pd.DataFrame, key: str | None, rows: int | None = None) ->
     part = np.where(codes < 0, 0, codes % count)
     order = np.argsort(part.astype(np.int16), kind="stable")
     bounds = np.searchsorted(part[order], np.arange(count + 1))
-    return [order[bounds[k]:bounds[k + 1]] for k in range(count)]
+    return [order[bounds[k] : bounds[k + 1]] for k in range(count)]
 
 
 def _runs(column: pd.Series) -> tuple[np.ndarray, int]:
@@ -366,16 +435,20 @@ def _runs(column: pd.Series) -> tuple[np.ndarray, int]:
     import pyarrow.compute as pc
 
     try:
-        values = pa.array(column.array) if isinstance(column.array, pd.arrays.ArrowStringArray) \
+        values = (
+            pa.array(column.array)
+            if isinstance(column.array, pd.arrays.ArrowStringArray)
             else pa.array(column.to_numpy(), from_pandas=True)
+        )
         equal = pc.equal(values[:-1], values[1:]).fill_null(False).to_numpy(zero_copy_only=False)
         starts = np.flatnonzero(np.r_[True, ~equal])
         heads = values.take(pa.array(starts))
         return starts, pc.count_distinct(heads, mode="all").as_py()
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):   # values pyarrow cannot hold
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):  # values pyarrow cannot hold
         values = column.to_numpy()
-        starts = np.flatnonzero(np.r_[True, ~(np.asarray(values[:-1] == values[1:], dtype=bool)
-                                              & pd.notna(values[:-1]))])
+        starts = np.flatnonzero(
+            np.r_[True, ~(np.asarray(values[:-1] == values[1:], dtype=bool) & pd.notna(values[:-1]))]
+        )
         return starts, pd.Series(values[starts]).nunique(dropna=False)
 
 
@@ -400,7 +473,9 @@ class Job(NamedTuple):
     columns: list[str] | None = None
 
 
-def validate_frames(scratch: Any, source: Any, batches: list[Batch], partition_rows: int | None = None) -> list[list[Any]]:
+def validate_frames(
+    scratch: Any, source: Any, batches: list[Batch], partition_rows: int | None = None
+) -> list[list[Any]]:
     """Validate each batch through GX checkpoints of the scratch context and return, per batch, its validation
     results (stored in the context for its Data Docs).
 
@@ -419,8 +494,15 @@ def validate_frames(scratch: Any, source: Any, batches: list[Batch], partition_r
                 owners.append(number)
         if whole or not parts:
             shape = batch.prepare(batch.frame.iloc[:0]) if batch.prepare else batch.frame
-            jobs.append(Job(_checkpoint(scratch, source, whole, f"{batch.name}.table" if parts else batch.name),
-                            batch.frame, None, batch.prepare, _columns_read(whole, shape) if parts else None))
+            jobs.append(
+                Job(
+                    _checkpoint(scratch, source, whole, f"{batch.name}.table" if parts else batch.name),
+                    batch.frame,
+                    None,
+                    batch.prepare,
+                    _columns_read(whole, shape) if parts else None,
+                )
+            )
             owners.append(number)
     results: list[list[Any]] = [[] for _ in batches]
     for owner, result in zip(owners, _run_checkpoints(scratch, jobs)):
@@ -434,8 +516,13 @@ _JOBS: list[Job] = []
 def _run_job(index: int, jobs: list[Job] | None = None) -> list[tuple[Any, Any]]:
     job = (jobs or _JOBS)[index]
     # a partition is gathered where it is validated (a slice is a view; gathered rows are the worker's own copy)
-    frame = job.frame if job.rows is None else job.frame.iloc[job.rows] if isinstance(job.rows, slice) \
+    frame = (
+        job.frame
+        if job.rows is None
+        else job.frame.iloc[job.rows]
+        if isinstance(job.rows, slice)
         else job.frame.take(job.rows)
+    )
     frame = job.prepare(frame) if job.prepare else frame
     frame = frame[job.columns] if job.columns is not None else frame
     return list(job.checkpoint.run(batch_parameters={"dataframe": frame}).run_results.items())
@@ -447,8 +534,12 @@ def _run_checkpoints(scratch: Any, jobs: list[Job]) -> list[Any]:
     this process's context, as a run here stores them."""
     global _JOBS
 
-    sizes = [len(range(len(job.frame))[job.rows]) if isinstance(job.rows, slice)
-             else len(job.frame if job.rows is None else job.rows) for job in jobs]
+    sizes = [
+        len(range(len(job.frame))[job.rows])
+        if isinstance(job.rows, slice)
+        else len(job.frame if job.rows is None else job.rows)
+        for job in jobs
+    ]
     count = min(workers(), len(jobs))
     if count < 2 or sum(sizes) < PARALLEL_MIN_ROWS or not can_fork():
         return [result for index in range(len(jobs)) for _, result in _run_job(index, jobs)]
@@ -464,8 +555,11 @@ def _run_checkpoints(scratch: Any, jobs: list[Job]) -> list[Any]:
     results = []
     for index in range(len(jobs)):
         for key, result in done[index]:
-            store.store_validation_results(suite_validation_result=result, suite_validation_result_identifier=key,
-                                           expectation_suite_identifier=key.expectation_suite_identifier)
+            store.store_validation_results(
+                suite_validation_result=result,
+                suite_validation_result_identifier=key,
+                expectation_suite_identifier=key.expectation_suite_identifier,
+            )
             results.append(result)
     return results
 
@@ -489,7 +583,7 @@ def validate_unified(tables: dict[str, pd.DataFrame], config: Any, layout: State
     """
     from transfer_rec.schema.suites import build_unified_suites, reference_sets, referential_columns
 
-    sets = reference_sets(tables)   # built once here, shared by every partition's worker
+    sets = reference_sets(tables)  # built once here, shared by every partition's worker
 
     def with_references(interactions: pd.DataFrame) -> pd.DataFrame:
         return referential_columns({**tables, "interactions": interactions}, sets)["interactions"]
@@ -499,17 +593,23 @@ def validate_unified(tables: dict[str, pd.DataFrame], config: Any, layout: State
     source = scratch.data_sources.add_pandas("unified")
     # The referential columns are added where the interactions are validated (per partition, in the workers).
     suites = build_unified_suites({**tables, "interactions": with_references(tables["interactions"].iloc[:0])}, config)
-    results = validate_frames(scratch, source, [
-        Batch(f"unified.{version}.{table}", tables[table], expectations, "user_id", with_references)
-        if table == "interactions" else Batch(f"unified.{version}.{table}", tables[table], expectations)
-        for table, expectations in suites.items()])
+    results = validate_frames(
+        scratch,
+        source,
+        [
+            Batch(f"unified.{version}.{table}", tables[table], expectations, "user_id", with_references)
+            if table == "interactions"
+            else Batch(f"unified.{version}.{table}", tables[table], expectations)
+            for table, expectations in suites.items()
+        ],
+    )
     critical: list[str] = []
     for table, table_results in zip(suites, results):
         critical += [_failure_line("unified", f"{table}.parquet", r) for r in _failed(table_results)]
     scratch.build_data_docs(site_names=[DOCS_SITE])
-    summary = {"success": not critical, "critical": critical,
-               "data_docs": str(docs)}
+    summary = {"success": not critical, "critical": critical, "data_docs": str(docs)}
     if critical:
-        raise DataValidationError("unified tables failed validation; the previous version stays current:\n  - "
-                                  + "\n  - ".join(critical))
+        raise DataValidationError(
+            "unified tables failed validation; the previous version stays current:\n  - " + "\n  - ".join(critical)
+        )
     return summary
