@@ -46,9 +46,10 @@ lock: $(VENV)/.installed
 	sed -i 's/^torch==2.13.0+cpu/torch==2.13.0/' requirements.lock
 	! grep -qE '^(nvidia|cuda)-' requirements.lock || { echo 'make lock: the lock pulls CUDA packages'; exit 1; }
 
-## Run the whole pipeline once, in-process, on the embedded platforms, then print a summary.
+## Run the whole pipeline once, in-process, on the embedded platforms, then print a summary
+## (`make run RUN_ARGS=--force` retrains even when data and config are the champion's).
 run: venv
-	$(CLI) run
+	$(CLI) run $(RUN_ARGS)
 
 # Tests that start a real Airflow (REST-triggered runs, ~5 min each on 2 busy cores) run under `make test-servers`;
 # `make test-prod` runs only the production path (Celery worker, PostgreSQL, Redis, S3).

@@ -23,6 +23,7 @@ Every task links to its MLflow run, and each validate task to its batch's Data D
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,7 +37,7 @@ from airflow.sdk import (
     get_current_context,
     task,
 )
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from transfer_rec.ops import alerts, links
 from transfer_rec.stages import pipeline
@@ -63,21 +64,40 @@ DEFAULT_ARGS = {
     "retries": 2,
     "retry_delay": timedelta(seconds=30),
     "retry_exponential_backoff": True,
-    "execution_timeout": timedelta(hours=2),
+    "execution_timeout": timedelta(minutes=pipeline.stage_timeout_minutes("default")),
     "on_failure_callback": _on_failure,
 }
 # Deterministic stages: a retry would fail the same way, so fail fast.
 NO_RETRY = {"retries": 0}
 
 
+def fail_fast(fn):
+    """A deterministic error (bad params or config, refused data) fails the task at once: a retry would fail alike."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except pipeline.DETERMINISTIC as error:
+            raise AirflowFailException(f"{type(error).__name__}: {error}") from error
+
+    return run
+
+
+def stage(**kwargs: Any):
+    """A stage task: its time limit from config (`runtime.stage_timeout_minutes`), deterministic errors not retried."""
+
+    def wrap(fn):
+        limit = timedelta(minutes=pipeline.stage_timeout_minutes(fn.__name__))
+        return task(execution_timeout=limit, doc_md=fn.__doc__, **kwargs)(fail_fast(fn))
+
+    return wrap
+
+
 def per_platform(**kwargs: Any):
     """A mapped stage: each instance is named by its platform in the UI and documented by the function's docstring
     (mapped tasks do not pick docstrings up by themselves)."""
-
-    def wrap(fn):
-        return task(map_index_template="{{ label }}", doc_md=fn.__doc__, **kwargs)(fn)
-
-    return wrap
+    return stage(map_index_template="{{ label }}", **kwargs)
 
 
 def _label(name: str) -> None:
@@ -166,10 +186,15 @@ def training_schedule():
             description="Manual override of the promotion gate, recorded on the model version.",
         ),
         "dry_run": Param(False, type="boolean", description="Train and evaluate but never promote or publish."),
+        "force": Param(
+            False,
+            type="boolean",
+            description="Retrain even when the data files and config are those the champions were trained on.",
+        ),
     },
 )
 def transfer_rec() -> None:
-    @task
+    @stage()
     def plan(**context: Any) -> dict[str, Any]:
         """Resolve config and params; open the MLflow parent run."""
         interval = (context.get("data_interval_start"), context.get("data_interval_end"))
@@ -179,7 +204,7 @@ def transfer_rec() -> None:
         _mlflow_link(run)
         return run
 
-    @task(**NO_RETRY)
+    @stage(**NO_RETRY)
     def select_targets(run: dict[str, Any]) -> list[str]:
         """The target platforms this run fine-tunes (param `targets`, default all)."""
         return run["targets"]
@@ -199,19 +224,27 @@ def transfer_rec() -> None:
         _data_docs_link(pulled["platform"], pulled["batch_id"])
         return pipeline.validate(run, pulled)
 
-    @task(**NO_RETRY)
+    @stage(**NO_RETRY)
     def unify(validated: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
         """One schema for all platforms, switched in atomically."""
         _mlflow_link(run)
         return pipeline.unify(run, list(validated))
 
-    @task(**NO_RETRY)
+    @stage(**NO_RETRY)
+    def check_inputs(unified: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+        """Skip the rest of the run when the data files and config are those every champion was trained on."""
+        checked = pipeline.check_inputs(run, unified)
+        if not checked["changed"]:
+            raise AirflowSkipException(checked["reason"])
+        return checked
+
+    @stage(**NO_RETRY)
     def build_features(unified: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         """Implicit feedback, k-core, seeded per-user split of each target."""
         _mlflow_link(run)
         return pipeline.build_features(run, unified)
 
-    @task
+    @stage()
     def pretrain(features: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         """Learn from the source platform."""
         _mlflow_link(run)
@@ -251,7 +284,7 @@ def transfer_rec() -> None:
         _mlflow_link(run)
         return pipeline.publish(run, decision, features)
 
-    @task
+    @stage()
     def summarize(
         validated: list[dict[str, Any]],
         unified: dict[str, Any],
@@ -274,6 +307,7 @@ def transfer_rec() -> None:
     validated = validate.partial(run=run).expand(pulled=pulled)
     unified = unify(validated, run)
     features = build_features(unified, run)
+    check_inputs(unified, run) >> features
     pretrained = pretrain(features, run)
     candidates = finetune.partial(features=features, pretrained=pretrained, run=run).expand(target=select_targets(run))
     evaluations = evaluate.partial(features=features, run=run).expand(candidate=candidates)
@@ -307,7 +341,7 @@ def ingest_dag(platform: str):
 """,
     )
     def ingest() -> None:
-        @task
+        @stage()
         def pull(**context: Any) -> dict[str, Any]:
             """Land the platform's export files with their hashes and row counts."""
             _label(platform)
@@ -315,7 +349,7 @@ def ingest_dag(platform: str):
                 platform, context["run_id"], (context.get("data_interval_start"), context.get("data_interval_end"))
             )
 
-        @task(outlets=[asset], **NO_RETRY)
+        @stage(outlets=[asset], **NO_RETRY)
         def validate(pulled: dict[str, Any], **context: Any) -> dict[str, Any]:
             """Great Expectations on the batch; announce it (Asset event) only when its data is new."""
             _label(platform)

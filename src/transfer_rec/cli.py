@@ -61,14 +61,17 @@ def _quiet(cmd: list[str], what: str) -> None:
         raise SystemExit(f"{what} failed (exit {result.returncode})")
 
 
-def run(layout: StateLayout) -> None:
-    """`make run`: init, the transfer_rec DAG once in this process's environment (`airflow dags test`), summary."""
+def run(layout: StateLayout, force: bool = False) -> None:
+    """`make run`: init, the transfer_rec DAG once in this process's environment (`airflow dags test`), summary.
+    When the data and config are those the champion was trained on, the run says so and trains nothing (`force`
+    retrains anyway)."""
     init(layout)
     log = layout.root / "last-run.log"
+    command = [_bin("airflow"), "dags", "test", "transfer_rec"]
+    if force:
+        command += ["--conf", json.dumps({"force": True})]
     with open(log, "w") as out:
-        code = subprocess.run(
-            [_bin("airflow"), "dags", "test", "transfer_rec"], stdout=out, stderr=subprocess.STDOUT
-        ).returncode
+        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
     if code != 0:
         print("".join(log.read_text().splitlines(keepends=True)[-60:]))
         raise SystemExit(f"transfer-rec run: the DAG failed, full log in {log}")
@@ -82,6 +85,9 @@ def summary(layout: StateLayout) -> None:
         raise SystemExit(f"no run report at {path}: run `make run` first")
     report = json.loads(path.read_text())
     print(f"\ntransfer-rec run {report['run_key']}")
+    if report.get("skipped"):
+        print(f"\n{report['skipped']}")
+        return
     print("\nplatforms               rows pulled   validation         unified        kept")
     for name, p in report["platforms"].items():
         status = p["validation"] + (f" ({p['validation_warnings']} warn)" if p["validation_warnings"] else "")
@@ -192,7 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="transfer-rec", description="transfer-rec: the operator's commands.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("init", help="create the state folder, migrate the databases, fill the embedded platforms' exports")
-    sub.add_parser("run", help="init, run the transfer_rec DAG once in this process, print the summary (make run)")
+    run_parser = sub.add_parser(
+        "run", help="init, run the transfer_rec DAG once in this process, print the summary (make run)"
+    )
+    run_parser.add_argument("--force", action="store_true", help="retrain even when data and config are the champion's")
     sub.add_parser("summary", help="print the last run's report")
     sub.add_parser("exports", help="fill the embedded demo platforms' export folders (no databases touched)")
     sub.add_parser("suites", help="write the default GX suites of platforms that have no reviewed suite yet")
@@ -211,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "init":
         init(layout)
     elif args.command == "run":
-        run(layout)
+        run(layout, force=args.force)
     elif args.command == "summary":
         summary(layout)
     elif args.command == "exports":

@@ -31,6 +31,7 @@ class RunPlan(Manifest):
     experiment_id: str | None = None
     gate_override: str = "none"
     dry_run: bool = False
+    force: bool = False
     interval: list[str] | None = None
 
 
@@ -135,6 +136,7 @@ class Evaluation(Manifest):
     metrics: dict[str, dict[str, float | None]]
     paired_vs_champion: dict[str, float] | None = None
     champion_version: str | None = None
+    same_as_champion: bool = False
     report: str
     candidate: Candidate
 

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 EXPECTED_TASKS = {
     "plan",
     "select_targets",
+    "check_inputs",
     "pull",
     "validate",
     "unify",
@@ -56,7 +57,7 @@ def test_dag_integrity(airflow_db):
     assert dag.task_dict["validate"].retries == 0, "validation failures are deterministic: no retries"
     for mapped in ("pull", "validate", "finetune", "evaluate", "promote", "publish"):
         assert dag.task_dict[mapped].map_index_template == "{{ label }}"
-    assert set(dag.params.keys()) >= {"targets", "epochs_finetune", "strategy", "gate_override", "dry_run"}
+    assert set(dag.params.keys()) >= {"targets", "epochs_finetune", "strategy", "gate_override", "dry_run", "force"}
 
 
 def test_one_ingest_dag_per_platform_updates_its_asset(airflow_db):

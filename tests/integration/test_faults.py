@@ -95,8 +95,32 @@ def test_pull_and_publish_tasks_retry_with_backoff_validation_does_not():
     for task_id in ("pull", "publish", "promote"):
         task = dag.get_task(task_id)
         assert task.retries >= 2 and task.retry_exponential_backoff, task_id
-    for task_id in ("validate", "unify", "build_features"):
+    for task_id in ("validate", "unify", "check_inputs", "build_features"):
         assert dag.get_task(task_id).retries == 0, f"{task_id} is deterministic: a retry cannot help"
+
+
+def test_every_task_has_its_configured_time_limit_and_bad_params_fail_once(pipeline_env, monkeypatch):
+    from datetime import timedelta
+
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.utils import db
+
+    env = pipeline_env()
+    db.initdb()
+    raw = yaml.safe_load(env["config"].read_text())
+    raw["runtime"] = {"stage_timeout_minutes": {"pretrain": 7, "unify": 3}}
+    env["config"].write_text(yaml.safe_dump(raw))
+    dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("transfer_rec")
+    assert dag.get_task("pretrain").execution_timeout == timedelta(minutes=7)
+    assert dag.get_task("unify").execution_timeout == timedelta(minutes=3)
+    assert dag.get_task("finetune").execution_timeout == timedelta(minutes=7), "unlisted: the longest limit"
+    assert all(t.execution_timeout is not None for t in dag.tasks)
+    # an unknown target is a deterministic error: the plan task fails without retries (AirflowFailException)
+    plan = dag.get_task("plan").python_callable
+    with pytest.raises(AirflowFailException, match="no-such-platform"):
+        plan(params={"targets": ["no-such-platform"]}, run_id="bad", dag=dag)
 
 
 CHILD_WRITER = textwrap.dedent("""

@@ -19,3 +19,12 @@ def test_record_failure_appends(tmp_path):
     record_failure("FAILED b", layout)
     lines = (tmp_path / "reports" / "failures.log").read_text().splitlines()
     assert [line.split(" ", 1)[1] for line in lines] == ["FAILED a", "FAILED b"]
+
+
+def test_an_error_without_a_message_or_an_enormous_one_still_gives_one_bounded_line():
+    from transfer_rec.ops.alerts import MAX_MESSAGE, failure_line
+
+    empty = failure_line("transfer_rec", "finetune", "ml-100k", "r1", 1, StopIteration(), None)
+    assert "StopIteration: (the error carries no message)" in empty and "\n" not in empty
+    huge = failure_line("transfer_rec", "unify", None, "r1", 1, ValueError("x" * 500_000), None)
+    assert len(huge) < MAX_MESSAGE + 200 and "500,000 characters" in huge

@@ -39,3 +39,18 @@ def test_paired_bound_decides_against_the_champion():
     assert gate(m, config, paired={"ndcg": -0.005, "retention": -0.005}).promote
     reasons = gate(m, config, paired={"ndcg": -0.03, "retention": 0.0}).reasons
     assert any(r.startswith("FAIL: ndcg vs champion") and "lower bound" in r for r in reasons)
+
+
+def test_a_candidate_equal_to_the_champion_for_every_user_is_no_change():
+    decision = gate(metrics(0.22, champion=0.22), GateConfig(), same_as_champion=True)
+    assert not decision.promote and any(r.startswith("no change") for r in decision.reasons)
+    # equal means, different users: another model, judged by the margins as usual
+    assert gate(metrics(0.22, champion=0.22), GateConfig()).promote
+
+
+def test_gate_floors_per_target_override_the_defaults():
+    config = GateConfig.model_validate({"min_retention": 0.2, "targets": {"ml-1m": {"min_retention": 0.1}}})
+    low = metrics(0.3, retention=0.165)
+    assert not gate(low, config.for_target("ml-100k")).promote
+    assert gate(low, config.for_target("ml-1m")).promote
+    assert config.for_target("ml-1m").min_ndcg == config.min_ndcg, "only the floors given are replaced"

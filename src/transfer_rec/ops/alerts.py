@@ -13,6 +13,9 @@ log = logging.getLogger(__name__)
 FAILURES_FILE = "failures.log"
 
 
+MAX_MESSAGE = 500
+
+
 def failure_line(
     dag_id: str,
     task_id: str,
@@ -22,9 +25,16 @@ def failure_line(
     error: BaseException | str | None,
     log_url: str | None,
 ) -> str:
-    """A single line: which task of which run failed, on which platform, with the error's first line."""
+    """A single line: which task of which run failed, on which platform, with the error's first line (at most
+    MAX_MESSAGE characters: an error can quote a whole input)."""
     where = f"{task_id}[{label}]" if label not in (None, "", "-1") else task_id
-    text = str(error).strip().splitlines()[0] if error else "no exception recorded"
+    if error is None or error == "":
+        text = "no exception recorded"
+    else:
+        lines = str(error).strip().splitlines()
+        text = lines[0] if lines else "(the error carries no message)"
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE] + f"... ({len(text):,} characters)"
     kind = type(error).__name__ if isinstance(error, BaseException) else "Error"
     return f"FAILED {dag_id}.{where} run={run_id} attempt={attempt}: {kind}: {text}" + (
         f" | log: {log_url}" if log_url else ""

@@ -98,6 +98,28 @@ class ModelBundle:
         matrix, _ = self.history_matrix(histories)
         return self.model.score(matrix, profiles) if profiles is not None else self.model.score(matrix)
 
+    def score_aligned(
+        self, matrix: sp.csr_matrix, item_ids: np.ndarray, profiles: Profiles | None = None
+    ) -> np.ndarray:
+        """Scores for histories given as a (weighted) matrix over another item index `item_ids`, returned over that
+        index: the history's weights reach this model unchanged (what a re-scored champion must see to score as it
+        did when it was promoted), and items this model does not know score -inf."""
+        matrix = sp.csr_matrix(matrix)
+        own = pd.Series(self.position, dtype="float64").reindex(item_ids).to_numpy()
+        known = ~np.isnan(own)
+        rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+        keep = known[matrix.indices]
+        remapped = sp.csr_matrix(
+            (matrix.data[keep], (rows[keep], own[matrix.indices[keep]].astype(np.int64))),
+            shape=(matrix.shape[0], len(self.item_ids)),
+            dtype=np.float32,
+        )
+        remapped.sort_indices()
+        scores = self.model.score(remapped, profiles) if profiles is not None else self.model.score(remapped)
+        out = np.full((matrix.shape[0], len(item_ids)), -np.inf, dtype=np.float64)
+        out[:, known] = scores[:, own[known].astype(int)]
+        return out
+
     def precompute_known(self, max_entries: int = KNOWN_SCORES_MAX) -> bool:
         """Score every known user once, from their stored history and profile, so that a request naming only a known
         user is a lookup (`recommend(..., known=...)`); new users and requests that add items or profile fields are

@@ -35,18 +35,6 @@ log = logging.getLogger(__name__)
 Scorer = Callable[[sp.csr_matrix], np.ndarray]
 
 
-def _aligned_scores(
-    bundle: ModelBundle, histories: list[list[str]], item_ids: np.ndarray, profiles: pd.DataFrame | None = None
-) -> np.ndarray:
-    """Scores of another model's bundle, re-indexed onto this run's items (items it does not know score -inf)."""
-    scores = bundle.score(histories, profiles)
-    position = pd.Series(np.arange(len(bundle.item_ids)), index=bundle.item_ids).reindex(item_ids)
-    out = np.full((len(histories), len(item_ids)), -np.inf, dtype=np.float64)
-    known = position.notna().to_numpy()
-    out[:, known] = scores[:, position[known].astype(int).to_numpy()]
-    return out
-
-
 def baseline_scorers(baselines: Baselines, profiles: pd.DataFrame) -> dict[str, Scorer]:
     """The baselines fitted by the train stage, each as a function from a history matrix to scores (the target-only
     twin reads each user's profile next to the history, as the candidate does)."""
@@ -188,13 +176,9 @@ def cold_start_curve(
 
 
 def _champion_scorer(champion: ModelBundle, item_ids: np.ndarray, profiles: pd.DataFrame) -> Scorer:
-    def score(matrix: sp.csr_matrix) -> np.ndarray:
-        histories = [
-            item_ids[matrix.indices[matrix.indptr[r] : matrix.indptr[r + 1]]].tolist() for r in range(matrix.shape[0])
-        ]
-        return _aligned_scores(champion, histories, item_ids, profiles)
-
-    return score
+    """The champion as it was scored when it was promoted: the same (weighted) history matrix as the candidate,
+    re-indexed onto its own items."""
+    return lambda matrix: champion.score_aligned(matrix, item_ids, profiles)
 
 
 def _training_curves(run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -233,11 +217,12 @@ def evaluate(
     champion, champion_version = champion_bundle(target)
     if champion is not None:
         scorers["champion"] = _champion_scorer(champion, items["item_id"].to_numpy(), profiles)
-    # The transfer model (candidate and its target-only twin) reads rating-weighted histories when so configured;
-    # the others, and the champion (scored from item lists, as it is served), take the binary history.
+    # The transfer models (candidate, its target-only twin and the champion) read rating-weighted histories when so
+    # configured; EASE and popularity take the binary history.
     weighted = train_history(data, config)
     scores = {
-        name: score(weighted if name in ("candidate", "target_only") else train) for name, score in scorers.items()
+        name: score(weighted if name in ("candidate", "target_only", "champion") else train)
+        for name, score in scorers.items()
     }
 
     per_user = held_out_metrics(data, scores, k)
@@ -278,6 +263,10 @@ def evaluate(
         for name in per_user
     }
     paired = None
+    # the same model: its scores for every user and item equal the champion's (to float tolerance)
+    same_as_champion = "champion" in scores and bool(
+        np.allclose(scores["candidate"], scores["champion"], rtol=1e-5, atol=1e-6)
+    )
     if "champion" in per_user:
         paired = {
             "ndcg": paired_lower_bound(
@@ -313,6 +302,7 @@ def evaluate(
         "segments": segments,
         "cold_start_curve": curve,
         "champion_version": champion_version,
+        "same_as_champion": same_as_champion,
         "ease_l2": l2,
         "data": {"hashes": unified_manifest.get("hashes", {}), "unified": features.unified, "features": features.dir},
         "per_user": str(report_dir / "per_user.npz"),
@@ -381,6 +371,7 @@ def evaluate(
         metrics=metrics,
         paired_vs_champion=paired,
         champion_version=champion_version,
+        same_as_champion=same_as_champion,
         report=str(report_dir / "evaluation.json"),
         candidate=candidate,
     )

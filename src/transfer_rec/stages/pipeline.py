@@ -7,12 +7,15 @@ busy 2-core machine."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from transfer_rec.config import PipelineConfig, ScheduleConfig, load_config
 from transfer_rec.io.state import StateLayout
@@ -29,6 +32,7 @@ from transfer_rec.manifests import (
     UnifiedVersion,
     ValidatedBatch,
 )
+from transfer_rec.runtime.signals import stage_guard
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,30 @@ PARAM_OVERRIDES = {
     "strategy": ("training", "strategy"),
     "seed": ("training", "seed"),
 }
+
+
+# Errors that a retry would meet again (bad params or config, refused data, a file that is not what it claims): the
+# DAG fails such a task at once. Anything else (I/O, network, database, a worker past its deadline) keeps its retries.
+DETERMINISTIC: tuple[type[BaseException], ...] = (ValueError, LookupError, TypeError)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _guarded(fn: F) -> F:
+    """Run a stage inside stage_guard: SIGTERM stops it (workers killed, partial output removed) and a heartbeat
+    line reaches the task log every minute while it runs."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with stage_guard(fn.__name__):
+            return fn(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
+
+
+def stage_timeout_minutes(stage: str) -> int:
+    """A stage's time limit (config `runtime.stage_timeout_minutes`, read when the DAG file is parsed)."""
+    return load_config().runtime.stage_timeout(stage)
 
 
 def platform_names() -> list[str]:
@@ -112,6 +140,7 @@ def plan(
         experiment_id=experiment_id,
         gate_override=params.get("gate_override", "none"),
         dry_run=bool(params.get("dry_run", False)),
+        force=bool(params.get("force", False)),
         interval=interval_iso,
     ).to_xcom()
 
@@ -125,6 +154,7 @@ def _resolve(run: Json) -> tuple[RunPlan, PipelineConfig, StateLayout]:
     return plan_, load_config(overrides=plan_.overrides), StateLayout.from_env()
 
 
+@_guarded
 def pull(run: Json, platform: str) -> Json:
     from transfer_rec.stages import pull as pull_stage
 
@@ -133,6 +163,7 @@ def pull(run: Json, platform: str) -> Json:
     return pull_stage.pull_platform(config.platform(platform), layout, plan_.run_key, interval).to_xcom()
 
 
+@_guarded
 def validate(run: Json, pulled: Json) -> Json:
     """Validate a landed batch; its result goes to the pipeline's MLflow run whether it passes or not."""
     from transfer_rec.registry import tracking
@@ -150,6 +181,7 @@ def validate(run: Json, pulled: Json) -> Json:
     return validated.to_xcom()
 
 
+@_guarded
 def unify(run: Json, validated: list[Json]) -> Json:
     from transfer_rec.stages import unify as unify_stage
 
@@ -157,6 +189,7 @@ def unify(run: Json, validated: list[Json]) -> Json:
     return unify_stage.unify([ValidatedBatch.model_validate(v) for v in validated], config, layout).to_xcom()
 
 
+@_guarded
 def build_features(run: Json, unified: Json) -> Json:
     from transfer_rec.registry import tracking
     from transfer_rec.stages import features as features_stage
@@ -168,6 +201,7 @@ def build_features(run: Json, unified: Json) -> Json:
     return features.to_xcom()
 
 
+@_guarded
 def pretrain(run: Json, features: Json) -> Json:
     from transfer_rec.stages import train as train_stage
 
@@ -177,6 +211,7 @@ def pretrain(run: Json, features: Json) -> Json:
     ).to_xcom()
 
 
+@_guarded
 def finetune(run: Json, target: str, features: Json, pretrained: Json) -> Json:
     from transfer_rec.stages import train as train_stage
 
@@ -192,6 +227,7 @@ def finetune(run: Json, target: str, features: Json, pretrained: Json) -> Json:
     ).to_xcom()
 
 
+@_guarded
 def evaluate(run: Json, candidate: Json, features: Json) -> Json:
     from transfer_rec.stages import evaluate as evaluate_stage
 
@@ -201,20 +237,73 @@ def evaluate(run: Json, candidate: Json, features: Json) -> Json:
     ).to_xcom()
 
 
+@_guarded
 def promote(run: Json, evaluation: Json) -> Json:
     from transfer_rec.stages import promote as promote_stage
 
     plan_, config, layout = _resolve(run)
+    evaluation_ = Evaluation.model_validate(evaluation)
+    hashes = json.loads(open(evaluation_.report).read()).get("data", {}).get("hashes", {})
     return promote_stage.promote(
-        Evaluation.model_validate(evaluation),
-        config.gate,
+        evaluation_,
+        config.gate.for_target(evaluation_.target),
         layout,
         plan_.run_key,
         override=plan_.gate_override,
         dry_run=plan_.dry_run,
+        inputs=inputs_fingerprint(hashes, config),
     ).to_xcom()
 
 
+def inputs_fingerprint(hashes: dict[str, dict[str, str]], config: PipelineConfig) -> str:
+    """sha256 of what a model is trained from: every pulled file's sha256 per platform and the resolved config
+    (its schedules and time limits aside: they change when runs happen, not what they produce)."""
+    settings = config.model_dump(mode="json", exclude={"schedule": True, "runtime": {"stage_timeout_minutes"}})
+    payload = json.dumps({"data": hashes, "config": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@_guarded
+def check_inputs(run: Json, unified: Json) -> Json:
+    """Whether this run would train on exactly what every target's champion was trained on (same data files, same
+    config). {"changed": bool, "reason": str}; param `force` retrains anyway. An unchanged run writes its summary
+    (the reason) so that `transfer-rec run` and the reports say why nothing was trained."""
+    from transfer_rec.registry.models import alias_version
+    from transfer_rec.stages.promote import INPUTS_TAG
+
+    plan_, config, layout = _resolve(run)
+    fingerprint = inputs_fingerprint(UnifiedVersion.model_validate(unified).hashes, config)
+    if plan_.force:
+        return {"changed": True, "reason": "param force: retrain whatever the inputs"}
+    from transfer_rec.registry import tracking
+
+    tracking.configure(layout)
+    versions = {t: alias_version(t) for t in plan_.targets}
+    differ = [t for t, v in versions.items() if v is None or (v.tags or {}).get(INPUTS_TAG) != fingerprint]
+    if differ:
+        return {"changed": True, "reason": f"new inputs for {', '.join(differ)}"}
+    reason = (
+        "no change: the data files (sha256) and the config are those the champion"
+        + ("s" if len(versions) > 1 else "")
+        + " ("
+        + ", ".join(f"{t} v{v.version}" for t, v in versions.items())
+        + ") were trained on; nothing to retrain (trigger with force=true to retrain anyway)"
+    )
+    _write_summary(layout, plan_.run_key, {"run_key": plan_.run_key, "skipped": reason})
+    log.info(reason)
+    return {"changed": False, "reason": reason}
+
+
+def _write_summary(layout: StateLayout, run_key: str, summary: Json) -> str:
+    folder = layout.reports / run_key
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(summary, indent=2, default=str)
+    (folder / "summary.json").write_text(text)
+    (layout.reports / "latest.json").write_text(text)
+    return str(folder / "summary.json")
+
+
+@_guarded
 def publish(run: Json, decision: Json, features: Json) -> Json:
     from transfer_rec.stages import publish as publish_stage
 
@@ -269,12 +358,7 @@ def summarize(
             for e in (Evaluation.model_validate(e) for e in evaluations)
         },
     }
-    folder = layout.reports / plan_.run_key
-    folder.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(summary, indent=2, default=str)
-    (folder / "summary.json").write_text(text)
-    (layout.reports / "latest.json").write_text(text)
-    return {"summary": str(folder / "summary.json")}
+    return {"summary": _write_summary(layout, plan_.run_key, summary)}
 
 
 def ingest_all(config: PipelineConfig, layout: StateLayout, batch_id: str) -> UnifiedVersion:
@@ -311,6 +395,23 @@ def fingerprint(pulled: PulledBatch) -> str:
     return ",".join(f"{f.table}={f.sha256}" for f in sorted(pulled.files, key=lambda f: f.table))
 
 
+def _champions_trained_on(batch: PulledBatch, config: PipelineConfig) -> str | None:
+    """'champion <model> v<n>, ...' when every target's champion was trained on exactly these files of the platform
+    (its data tags), else None: announcing such a batch would only queue a retrain on the same data."""
+    from transfer_rec.registry import tracking
+    from transfer_rec.registry.models import alias_version
+
+    tracking.configure(StateLayout.from_env())
+    named = []
+    for target in config.targets:
+        version = alias_version(target.name)
+        tags = (version.tags or {}) if version is not None else {}
+        if version is None or any(tags.get(f"data.{batch.platform}.{f.file}.sha256") != f.sha256 for f in batch.files):
+            return None
+        named.append(f"champion {version.name} v{version.version}")
+    return ", ".join(named) or None
+
+
 def ingest_validate(pulled: Json) -> Json:
     """Validate a landed batch (failure quarantines it and raises); `new` says whether its data differs from the
     last batch announced for this platform. A repeat of that batch is removed from landing."""
@@ -323,12 +424,12 @@ def ingest_validate(pulled: Json) -> Json:
     record = layout.landing / platform / ANNOUNCED_FILE
     last = json.loads(record.read_text()) if record.exists() else {}
     current = fingerprint(batch)
-    if last.get("fingerprint") == current:
+    same_as = last.get("batch_id") if last.get("fingerprint") == current else _champions_trained_on(batch, config)
+    if same_as:
         shutil.rmtree(batch.batch_dir, ignore_errors=True)
-        log.info("platform %s: same data as batch %s, nothing new to announce", platform, last.get("batch_id"))
-        return IngestResult(
-            platform=platform, batch_id=batch.batch_id, new=False, same_as=last.get("batch_id")
-        ).to_xcom()
+        log.info("platform %s: same data as %s, nothing new to announce", platform, same_as)
+        record.write_text(json.dumps({"batch_id": same_as, "fingerprint": current}, indent=2))
+        return IngestResult(platform=platform, batch_id=batch.batch_id, new=False, same_as=same_as).to_xcom()
     record.write_text(json.dumps({"batch_id": batch.batch_id, "fingerprint": current}, indent=2))
     rows = {f.table: f.rows for f in batch.files}
     log.info(

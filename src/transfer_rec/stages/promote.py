@@ -25,16 +25,22 @@ class GateDecision:
     reasons: list[str] = field(default_factory=list)
 
 
+# The model-version tag holding the sha256 of the inputs (data files' hashes and resolved config) it was trained on.
+INPUTS_TAG = "inputs.fingerprint"
+
+
 def gate(
     metrics: dict[str, dict[str, float]],
     config: GateConfig,
     override: Override = "none",
     paired: dict[str, float] | None = None,
+    same_as_champion: bool = False,
 ) -> GateDecision:
     """Decide on the candidate from held-out metrics of candidate, baselines and (if any) the champion.
 
     `paired` holds the paired-bootstrap lower bounds of candidate minus champion (`ndcg`, `retention`); without
-    it the point estimates are compared.
+    it the point estimates are compared. `same_as_champion`: the candidate's per-user results equal the champion's
+    on every held-out user, so it is the same model and promoting it would only add a version ("no change").
     """
     cand = metrics["candidate"]
     m = config.metric
@@ -70,6 +76,9 @@ def gate(
         checks.append((True, "no champion yet: compared with floors and baselines only"))
     reasons = [("pass: " if ok else "FAIL: ") + text for ok, text in checks]
     passed = all(ok for ok, _ in checks)
+    if "champion" in metrics and same_as_champion:
+        passed = False
+        reasons.append("no change: the candidate's result equals the champion's for every held-out user")
     if override == "promote":
         return GateDecision(True, reasons + ["override: promoted by manual override"])
     if override == "reject":
@@ -186,12 +195,14 @@ def promote(
     run_key: str,
     override: Override = "none",
     dry_run: bool = False,
+    inputs: str | None = None,
 ) -> Decision:
-    """Register the candidate (once per run), apply the gate, move aliases, record the decision on the version."""
+    """Register the candidate (once per run), apply the gate, move aliases, record the decision on the version
+    (`inputs`: the fingerprint of the data and config it was trained on, so an identical later run can skip)."""
     tracking.configure(layout)
     target = evaluation.target
     report = json.loads(Path(evaluation.report).read_text())
-    decision = gate(evaluation.metrics, config, override, evaluation.paired_vs_champion)
+    decision = gate(evaluation.metrics, config, override, evaluation.paired_vs_champion, evaluation.same_as_champion)
     if dry_run:
         decision = GateDecision(False, decision.reasons + ["dry run: never promotes"])
     candidate = evaluation.candidate
@@ -203,6 +214,7 @@ def promote(
         "source_run_id": candidate.run_id,
         **{f"test.{m}": f"{v:.4f}" for m, v in evaluation.metrics["candidate"].items() if v is not None},
         **data_tags(report),
+        **({INPUTS_TAG: inputs} if inputs else {}),
     }
     registry.describe(target, version.version, tags, model_card(report, decision, run_key))
     previous = None

@@ -344,11 +344,10 @@ def _unify_platforms(
             for name, folder, platform in work
             if name not in others
         }
-    except BaseException:
-        for other in others.values():
+        parts.update({name: other.result() for name, other in others.items()})
+    finally:
+        for other in others.values():  # no child outlives this stage, whatever ended it
             other.cancel()
-        raise
-    parts.update({name: other.result() for name, other in others.items()})
     return {name: parts[name] for name, _, _ in work}
 
 
@@ -415,23 +414,20 @@ def unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: State
     final = layout.unified / "current"
     with atomic_dir(final) as out:
         tables = {"interactions": interactions, "users": users, "items": items}
-        # Large tables are written by a forked process while the suite checks them (a refused version is discarded
-        # whole), small ones first.
-        writer = (
-            Forked(_write_tables, tables, out)
-            if len(interactions) >= PARALLEL_MIN_ROWS and can_fork() and workers() > 1
-            else None
-        )
+        # Large tables are written by a forked process while the suite checks them (a process, not a thread: the
+        # suite forks its own workers, and a fork must not copy a writer thread's locks); a refused version is
+        # discarded whole.
+        large = len(interactions) >= PARALLEL_MIN_ROWS and can_fork() and workers() > 1
+        writer = Forked(_write_tables, tables, out) if large else None
         if writer is None:
             _write_tables(tables, out)
         try:
             validation = validate_unified(tables, config, layout, out.name)
-        except BaseException:
-            if writer:
+            if writer is not None:
+                writer.result()
+        finally:
+            if writer is not None:
                 writer.cancel()
-            raise
-        if writer:
-            writer.result()
         # Downstream stages read this exact version (dir), even if a later run switches "current" meanwhile.
         manifest = UnifiedVersion(
             dir=str(out),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from transfer_rec.io.formats import FormatError, read_table, to_numbers
 from transfer_rec.io.state import StateLayout
 from transfer_rec.manifests import PulledBatch, TableCheck, ValidatedBatch, ValidationSummary
 from transfer_rec.ops.links import data_docs_page
-from transfer_rec.runtime.workers import can_fork, workers
+from transfer_rec.runtime.workers import can_fork, forked_map, workers
 from transfer_rec.schema.suites import FORBIDDEN_COLUMN_MARKERS, build_suite, native_column, suite_name
 
 log = logging.getLogger(__name__)
@@ -547,8 +546,7 @@ def _run_checkpoints(scratch: Any, jobs: list[Job]) -> list[Any]:
     try:
         # the largest first, so the last job to start is a small one
         order = sorted(range(len(jobs)), key=lambda i: -sizes[i])
-        with multiprocessing.get_context("fork").Pool(count) as pool:
-            done = dict(zip(order, pool.imap(_run_job, order, chunksize=1)))
+        done = forked_map(_run_job, order, count)
     finally:
         _JOBS = []
     store = scratch.validation_results_store

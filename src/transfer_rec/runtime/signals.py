@@ -1,0 +1,98 @@
+"""A stage stops when it is told to: SIGTERM becomes an exception in the stage's code, so its `finally` blocks run
+(worker processes killed, half-written outputs removed) and the process ends.
+
+Airflow 3's task runner handles SIGTERM by calling the operator's on_kill() and returning; a stage blocked in a
+wait would then never notice it. The handler installed here calls that previous handler first, then raises.
+A heartbeat thread logs that a long stage is still alive, with its children, so a quiet log is never ambiguous.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Terminated(SystemExit):
+    """The process was asked to stop (SIGTERM) while a stage ran. A SystemExit, so no `except Exception` in a stage
+    swallows it; the exit code is 128 + SIGTERM, as if the signal had ended the process."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"stopped by {signal.Signals(self.signum).name}"
+
+
+@contextmanager
+def terminate_raises() -> Iterator[None]:
+    """While inside, SIGTERM (after whatever handler was installed before has run) raises Terminated in the main
+    thread. Outside the main thread signal handlers cannot be set; there it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: Any) -> None:
+        if callable(previous):
+            try:
+                previous(signum, frame)
+            except Exception:
+                log.exception("the previous SIGTERM handler failed")
+        log.warning("SIGTERM: stopping the stage (pid %d)", os.getpid())
+        raise Terminated(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextmanager
+def heartbeat(name: str, every: float = 60.0) -> Iterator[None]:
+    """Log '<name> still running after N s' every `every` seconds (with live child processes) until the block ends."""
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            log.info(
+                "%s still running after %.0f s (pid %d; worker processes: %s)",
+                name,
+                time.monotonic() - started,
+                os.getpid(),
+                _children() or "none",
+            )
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=1.0)
+
+
+def _children() -> str:
+    try:
+        import psutil
+    except ImportError:  # psutil ships with the dev tools; production images may lack it
+        return "unknown"
+    children = psutil.Process().children(recursive=True)
+    return ", ".join(f"{c.pid} ({c.status()})" for c in children)
+
+
+@contextmanager
+def stage_guard(name: str, every: float = 60.0) -> Iterator[None]:
+    """What every stage runs inside: SIGTERM stops it, and it reports that it is alive."""
+    with terminate_raises(), heartbeat(name, every):
+        yield

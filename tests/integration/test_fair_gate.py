@@ -1,0 +1,50 @@
+"""The gate judges the champion as it was promoted, and a run on the champion's own inputs trains nothing."""
+
+from __future__ import annotations
+
+import mlflow
+import yaml
+from inline import run_inline
+
+from transfer_rec.stages import pipeline
+from transfer_rec.stages.promote import INPUTS_TAG
+
+MODEL = "transfer_rec-village"
+
+
+def test_a_retrain_on_the_same_data_rescores_the_champion_exactly_and_is_no_change(pipeline_env):
+    pipeline_env()
+    first = run_inline("fair1")
+    assert first["decision"]["promoted"]
+    again = run_inline("fair2")  # same data, same config, same seed: the same model
+    metrics = again["evaluation"]["metrics"]
+    for name, value in metrics["candidate"].items():
+        if value is not None:
+            assert abs(value - metrics["champion"][name]) < 1e-9, name
+    # and the champion scores now what it scored when it was promoted
+    assert abs(metrics["champion"]["ndcg"] - first["evaluation"]["metrics"]["candidate"]["ndcg"]) < 1e-9
+    assert again["evaluation"]["same_as_champion"]
+    decision = again["decision"]
+    assert not decision["promoted"] and any(r.startswith("no change") for r in decision["reasons"])
+    assert {a: str(v) for a, v in mlflow.MlflowClient().get_registered_model(MODEL).aliases.items()}["champion"] == "1"
+
+
+def test_identical_inputs_skip_the_run_force_or_new_config_do_not(pipeline_env):
+    env = pipeline_env()
+    run_inline("inputs1")
+    version = mlflow.MlflowClient().get_model_version(MODEL, "1")
+    assert len(version.tags[INPUTS_TAG]) == 64
+
+    def check(**params):
+        run = pipeline.plan({"run_key": "inputs-check", **params}, airflow_run_id="inputs-check")
+        validated = [pipeline.validate(run, pipeline.pull(run, p)) for p in run["platforms"]]
+        return pipeline.check_inputs(run, pipeline.unify(run, validated))
+
+    same = check()
+    assert not same["changed"] and "no change" in same["reason"] and "village v1" in same["reason"]
+    assert check(force=True)["changed"]
+    raw = yaml.safe_load(env["config"].read_text())
+    raw.setdefault("training", {})["rating_weight"] = 0.5  # another model would come out of these data
+    env["config"].write_text(yaml.safe_dump(raw))
+    changed = check()
+    assert changed["changed"] and "village" in changed["reason"]

@@ -1,0 +1,135 @@
+"""Work in forked processes: the result comes back, an exception is raised in the parent, a child can be stopped."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from transfer_rec.runtime.workers import Forked, WorkerTimeout, forked_map
+
+
+def _pid_and(value):
+    return os.getpid(), value
+
+
+def _fail(message):
+    raise ValueError(message)
+
+
+def _sleep(seconds):
+    time.sleep(seconds)
+
+
+def test_a_forked_call_returns_its_result_or_raises_its_error():
+    pid, value = Forked(_pid_and, {"rows": [1, 2]}).result()
+    assert value == {"rows": [1, 2]} and pid != os.getpid()
+    with pytest.raises(ValueError, match="bad batch"):
+        Forked(_fail, "bad batch").result()
+
+
+def test_a_cancelled_call_stops_its_process():
+    # a SIGTERM handler that ignores the signal, as a task runner's may be, is inherited by the child
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        call = Forked(_sleep, 600)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    process = call._process
+    call.cancel()  # joins the child: without the kill this would wait for the sleep
+    assert not process.is_alive() and process.exitcode == -9, "killed, not left to finish"
+    with pytest.raises(RuntimeError, match="cancelled"):
+        call.result()
+
+
+def test_a_child_takes_the_default_sigterm_action_whatever_its_parent_installed():
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # as Airflow's task runner does
+    try:
+        call = Forked(_sleep, 600)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    process = call._process
+    time.sleep(0.5)  # let the child reset its handlers
+    os.kill(process.pid, signal.SIGTERM)
+    process.join(10)
+    assert process.exitcode == -signal.SIGTERM
+    with pytest.raises(RuntimeError, match="without a result"):
+        call.result()
+
+
+def test_a_call_past_its_deadline_is_killed_and_named():
+    call = Forked(_sleep, 600)
+    process = call._process
+    with pytest.raises(WorkerTimeout, match="_sleep.*deadline of 1 s"):
+        call.result(timeout=1)
+    assert not process.is_alive()
+
+
+def _job(index):
+    if index == 2:
+        raise ValueError("job 2 is bad")
+    if index == 3:
+        time.sleep(600)
+    return index * 10
+
+
+def test_forked_map_returns_every_result_in_at_most_count_children():
+    assert forked_map(lambda i: (i, os.getpid()), range(4), count=2).keys() == {0, 1, 2, 3}
+    pids = {pid for _, pid in forked_map(lambda i: (i, os.getpid()), range(4), count=2).values()}
+    assert os.getpid() not in pids and len(pids) == 4
+
+
+def test_forked_map_raises_the_first_error_and_leaves_no_child_behind():
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(ValueError, match="job 2 is bad"):
+        forked_map(_job, [3, 2, 0], count=2)  # 3 sleeps for ten minutes: it must be killed, not waited for
+    left = {p.pid for p in psutil.Process().children(recursive=True)} - before
+    assert not [p for p in left if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_forked_map_kills_a_child_past_its_deadline():
+    with pytest.raises(WorkerTimeout, match="_job\\(3\\)"):
+        forked_map(_job, [0, 3], count=2, timeout=1)
+
+
+HUNG_STAGE = """
+import logging, signal, sys, time
+logging.basicConfig(level=logging.INFO)
+from transfer_rec.runtime.signals import stage_guard
+from transfer_rec.runtime.workers import forked_map
+
+def block(index):
+    time.sleep(600)
+
+# Airflow's task runner: SIGTERM only calls on_kill() and returns
+signal.signal(signal.SIGTERM, lambda *_: print("on_kill", flush=True))
+with stage_guard("unify", every=0.2):
+    print("ready", flush=True)
+    forked_map(block, range(2), count=2)
+"""
+
+
+def test_sigterm_stops_a_stage_waiting_on_its_workers_and_kills_them(tmp_path):
+    script = tmp_path / "stage.py"
+    script.write_text(HUNG_STAGE)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 20
+        while len(psutil.Process(proc.pid).children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        children = psutil.Process(proc.pid).children()
+        assert len(children) == 2
+        time.sleep(1.0)  # a few heartbeats
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert "on_kill" in out, "the previous handler still runs"
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "still running after" in err, "the heartbeat logs"
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
