@@ -53,6 +53,19 @@ class DriftConfig(_Strict):
     rating_shift: float = Field(0.15, ge=0)  # mean rating moved by more than this share of the rating scale
 
 
+class RulesConfig(_Strict):
+    """Rules every batch meets as it came, checked by unification before it fills in or drops anything
+    (schema/rules.py); a batch that breaks one is quarantined with the rule's name in the message."""
+
+    # repeated (user, item) rows past this share of a file mean a broken export
+    max_duplicate_share: float = Field(0.05, ge=0, le=1)
+    # an id longer than this is not an id
+    max_id_length: int = Field(256, ge=1)
+    # interactions whose item the platform's items file lacks: refuse the batch, or fill the items in (no title or
+    # genres; counted in the log). A platform without an items file always gets its items filled in.
+    missing_items: Literal["refuse", "fill"] = "refuse"
+
+
 class PlatformConfig(_Strict):
     """One platform of the registry: where its exports live and how its native schema maps to the unified one."""
 
@@ -256,6 +269,7 @@ class PipelineConfig(_Strict):
     vocabularies: dict[str, list[str]] = {}
     value_maps: dict[str, dict[str, str]] = {}
     features: FeaturesConfig = FeaturesConfig()
+    rules: RulesConfig = RulesConfig()
     training: TrainingConfig = TrainingConfig()
     short_history: ShortHistoryConfig = ShortHistoryConfig()
     runtime: RuntimeConfig = RuntimeConfig()

@@ -103,6 +103,7 @@ def _read_text(path: Path, fmt: str, delimiter: str | None) -> pd.DataFrame:
             quoting=3 if fmt == "recbole" else 0,
         )
     except UnicodeDecodeError as exc:
+        refuse_compressed(path, fmt)
         raise FormatError(f"{path}: not valid UTF-8 at byte {exc.start}") from exc
     except pd.errors.ParserError as exc:
         raise FormatError(f"{path}: malformed {fmt} file: {exc}") from exc
@@ -113,8 +114,27 @@ def _read_text(path: Path, fmt: str, delimiter: str | None) -> pd.DataFrame:
     return frame
 
 
+# What a compressed file starts with: read as text it is "not valid UTF-8 at byte 1" and its line count is wrong.
+MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"PK\x03\x04": "zip", b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ": "xz"}
+
+
+def refuse_compressed(path: Path, fmt: str) -> None:
+    """A text export must be plain text: a compressed file under a plain name is refused, saying so."""
+    if fmt == "parquet":
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    for magic, kind in MAGIC.items():
+        if head.startswith(magic):
+            raise FormatError(
+                f"{path}: the file is {kind}-compressed, but the platform's format is {fmt} (plain text); "
+                "decompress it before export"
+            )
+
+
 def count_rows(path: Path, fmt: str = "csv") -> int:
     """Data rows of an export file: Parquet from its metadata; text formats streamed line by line."""
+    refuse_compressed(path, fmt)
     if fmt == "parquet":
         import pyarrow.parquet as pq
 

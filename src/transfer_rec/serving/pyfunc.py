@@ -21,6 +21,11 @@ from transfer_rec.serving.bundle import ModelBundle
 DEFAULT_K = 10
 # Requests with at most this many rows are scored on one thread (see TransferRecModel.predict).
 SMALL_REQUEST_ROWS = 64
+# What one request may ask, refused with a 400 before any scoring: rows, items per history, and answer rows
+# (rows x k). A request past them is a batch job, not a serving call: publish covers every user of a target.
+MAX_ROWS = 1_000
+MAX_HISTORY = 10_000
+MAX_ANSWER_ROWS = 100_000
 
 SIGNATURE = ModelSignature(
     inputs=Schema(
@@ -66,7 +71,8 @@ def input_example(bundle: ModelBundle) -> pd.DataFrame:
 class TransferRecModel(mlflow.pyfunc.PythonModel):
     """Input rows: `user_id` (a known user), `history` (a list of item ids) and profile fields (age, gender,
     occupation: the unified values), each optional; a row needs at least one usable part. Output: one row per
-    recommended item with the request row, user_id, rank, item_id, score and the history's unknown item ids."""
+    recommended item with the request row, user_id, rank, item_id, score and the history's unknown item ids (on the
+    request's first answer row only)."""
 
     def load_context(self, context: Any) -> None:
         self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]))
@@ -119,12 +125,27 @@ def _profile(
     return (stored | given) or None
 
 
+def check_size(requests: pd.DataFrame, k: int) -> None:
+    """Refuse a request past the serving limits, naming the limit."""
+    if len(requests) > MAX_ROWS:
+        raise RequestError(f"{len(requests):,} rows in one request; at most {MAX_ROWS:,} (split the request)")
+    if len(requests) * k > MAX_ANSWER_ROWS:
+        raise RequestError(
+            f"{len(requests):,} rows x k = {k} would answer {len(requests) * k:,} rows; at most {MAX_ANSWER_ROWS:,}"
+        )
+    if "history" in requests:
+        for row, history in enumerate(requests["history"].tolist()):
+            if hasattr(history, "__len__") and not isinstance(history, str) and len(history) > MAX_HISTORY:
+                raise RequestError(f"row {row}: a history of {len(history):,} items; at most {MAX_HISTORY:,}")
+
+
 def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAULT_K) -> pd.DataFrame:
     if not isinstance(requests, pd.DataFrame) or not ({"user_id", "history", *PROFILE_FIELDS} & set(requests.columns)):
         raise RequestError(
             "requests need a 'user_id' column, a 'history' column (list of item ids) or profile "
             f"columns ({', '.join(PROFILE_FIELDS)}), or several of them"
         )
+    check_size(requests, k)
     vocabulary = bundle.profile_vocabulary
     histories, profiles, plain_known = [], [], []
     # column by column: DataFrame.to_dict("records") alone cost ~1 ms of a one-user request
@@ -178,5 +199,7 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
         out["rank"] += list(range(1, len(items) + 1))
         out["item_id"] += items
         out["score"] += recs.scores[row]
-        out["unknown_items"] += [recs.unknown_items[row]] * len(items)
+        # once per request row (on its first answer row), not on every answer row: a long list of unknown ids
+        # repeated k times made a 140 KB request answer with 102 MB
+        out["unknown_items"] += [recs.unknown_items[row]] + [[] for _ in range(len(items) - 1)] if items else []
     return pd.DataFrame(out)

@@ -81,6 +81,15 @@ def build_features(
         p.name: k_core(positive[positive["platform"] == p.name], config.features.min_interactions)
         for p in config.platforms
     }
+    # a platform with nothing left would train on nothing and fail far downstream: say so here
+    for p in config.platforms:
+        if kept[p.name].empty:
+            raw = int((inter["platform"] == p.name).sum())
+            raise ValueError(
+                f"platform {p.name}: no interactions left for training ({raw:,} unified, "
+                f"{int((positive['platform'] == p.name).sum()):,} positive, 0 after the "
+                f"{config.features.min_interactions}-core filter): nothing to train or evaluate on"
+            )
     item_ids = np.sort(np.unique(np.concatenate([k["item_id"].unique() for k in kept.values()])))
     item_index = pd.DataFrame({"item_id": item_ids, "item_idx": np.arange(len(item_ids))})
     item_table = item_index.merge(items, on="item_id", how="left")

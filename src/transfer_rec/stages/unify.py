@@ -20,9 +20,10 @@ from transfer_rec.io.state import StateLayout
 from transfer_rec.io.storage import atomic_dir
 from transfer_rec.manifests import PulledBatch, UnifiedVersion, ValidatedBatch
 from transfer_rec.runtime.workers import Forked, can_fork, workers
+from transfer_rec.schema import rules
 from transfer_rec.schema.unified import INTERACTION_COLUMNS, ITEM_COLUMNS, USER_COLUMNS
 from transfer_rec.schema.values import is_member
-from transfer_rec.stages.validate import PARALLEL_MIN_ROWS, VALIDATION_FILE, validate_unified
+from transfer_rec.stages.validate import PARALLEL_MIN_ROWS, VALIDATION_FILE, quarantine, validate_unified
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,17 @@ def _read_interactions(paths: list[Path], platform: PlatformConfig) -> pd.DataFr
     return pd.concat(frames, ignore_index=True)
 
 
+def _distinct(frame: pd.DataFrame, columns: tuple[str, ...]) -> dict[str, pd.Series]:
+    """Each id column's distinct values (a categorical's categories: no pass over every row)."""
+    out = {}
+    for column in columns:
+        if column in frame:
+            values = frame[column]
+            categorical = isinstance(values.dtype, pd.CategoricalDtype)
+            out[column] = pd.Series(values.cat.categories if categorical else values.dropna().unique())
+    return out
+
+
 def _first_per_pair(users: np.ndarray, items: np.ndarray, n_items: int, timestamps: np.ndarray) -> np.ndarray:
     """The rows to keep, in (user, item) order: of the rows of one (user, item) pair, the earliest (then the first
     in file order). The same rows and order as a stable sort by (user, item, timestamp) keeping each pair's first,
@@ -240,10 +252,14 @@ def unify_platform(
     """Read one validated batch (and, incrementally, the interaction partitions given) into unified tables and
     counts (nothing written)."""
     files = platform.files
+    limits = config.rules
     raw = _read_interactions(
         interactions if interactions is not None else [batch_dir / files["interactions"]], platform
     )
     rows_in = len(raw)
+    rules.check_id_length(
+        _distinct(raw, ("user_id", "item_id")), limits.max_id_length, platform.name, files["interactions"]
+    )
     # Ids as codes into their sorted distinct unified keys: ordering by code is ordering by key, and each distinct
     # id is namespaced / normalised once.
     user_codes, user_keys = _sorted_key_codes(raw["user_id"], lambda u: _user_text(platform.name, u))
@@ -259,9 +275,17 @@ def unify_platform(
     else:
         kept = _first_per_pair(user_codes, item_codes, len(item_keys), timestamp)
     duplicated = rows_in - unusable - len(kept)
+    rules.check_duplicate_share(duplicated, rows_in, limits.max_duplicate_share, platform.name, files["interactions"])
     users = pd.DataFrame(columns=list(USER_COLUMNS))
     if "users" in files:
         u = _native(read_table(batch_dir / files["users"], platform.format, platform.delimiter), platform, "users")
+        rules.check_id_length(_distinct(u, ("user_id",)), limits.max_id_length, platform.name, files["users"])
+        # a user listed twice with different profiles is refused; exact repeats are dropped and counted
+        repeats = rules.check_conflicts(
+            u, "user_id", [c for c in u.columns if c != "user_id"], platform.name, files["users"]
+        )
+        if repeats:
+            log.info("platform %s, %s: %d repeated user row(s) dropped", platform.name, files["users"], repeats)
         u = u.drop_duplicates("user_id", keep="first")
         users = pd.DataFrame({"platform": platform.name, "user_id": user_key(platform.name, u["user_id"])})
         for column, values in unified_profiles(u, platform, config).items():
@@ -296,8 +320,30 @@ def unify_platform(
     items = pd.DataFrame(columns=list(ITEM_COLUMNS))
     if "items" in files:
         it = _native(read_table(batch_dir / files["items"], platform.format, platform.delimiter), platform, "items")
+        rules.check_id_length(_distinct(it, ("item_id",)), limits.max_id_length, platform.name, files["items"])
+        rules.check_titles(it, platform.name, files["items"])
         items = unified_item_columns(it.assign(item_id=canonical_item_key(it["item_id"])))
+        repeats = rules.check_conflicts(items, "item_id", ["title"], platform.name, files["items"])
+        if repeats:
+            log.info("platform %s, %s: %d repeated item row(s) dropped", platform.name, files["items"], repeats)
         items = items.drop_duplicates("item_id", keep="first")
+        # referential rule on the data as it came: every interaction's item is in the items file
+        missing, filled_rows = rules.check_items_known(
+            pd.Series(item_keys[present_items]),
+            items["item_id"],
+            limits.missing_items,
+            platform.name,
+            files["interactions"],
+        )
+        if missing:
+            log.warning(
+                "platform %s: rule missing_items=fill: %d item(s) of %d interaction(s) are not in %s; they "
+                "are added without title or genres",
+                platform.name,
+                missing,
+                filled_rows,
+                files["items"],
+            )
     return {
         "interactions": inter,
         "users": users,
@@ -375,8 +421,50 @@ def check_item_collisions(items: pd.DataFrame, shown: int = 3) -> None:
 
 
 def unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout) -> UnifiedVersion:
-    """Unify all validated batches into lake/unified/{interactions,users,items}.parquet, switched in atomically."""
+    """Unify all validated batches into lake/unified/{interactions,users,items}.parquet, switched in atomically.
+    A batch that breaks a rule (schema/rules.py) is quarantined with the reason, as a refusal at validation is, so
+    it never becomes the drift baseline of the next batch; the current version stays."""
+    try:
+        return _unify(validated, config, layout)
+    except rules.BatchRefused as refused:
+        batch = next((m for m in validated if m.platform == refused.platform), None)
+        if batch is not None and Path(batch.batch_dir).exists():
+            summary = {
+                "platform": batch.platform,
+                "batch_id": batch.batch_id,
+                "success": False,
+                "stage": "unify",
+                "rule": refused.rule,
+                "critical": [str(refused)],
+                "validation": batch.validation.to_xcom(),
+            }
+            where = quarantine(Path(batch.batch_dir), layout, batch.platform, batch.batch_id, summary)
+            log.error("%s; batch quarantined in %s", refused, where)
+        raise
+
+
+def _previous_rows(layout: StateLayout) -> dict[str, int]:
+    """Interactions per platform in the current unified version (none yet: empty)."""
+    manifest = layout.unified / "current" / "manifest.json"
+    if not manifest.exists():
+        return {}
+    platforms = json.loads(manifest.read_text()).get("platforms", {})
+    return {name: int(counts.get("rows_out", 0)) for name, counts in platforms.items()}
+
+
+def _unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout) -> UnifiedVersion:
     parts = _unify_platforms(validated, config, layout)
+    previous = _previous_rows(layout)
+    for name, part in parts.items():
+        platform = config.platform(name)
+        if platform.pull.mode == "snapshot":
+            rules.check_shrink(
+                part["counts"]["rows_out"],
+                previous.get(name),
+                platform.drift.volume_factor,
+                name,
+                platform.files["interactions"],
+            )
     # each platform's rows are dropped as soon as they are in the concatenation
     interactions = pd.concat([p.pop("interactions") for p in parts.values()], ignore_index=True)
     users = pd.concat(
@@ -390,7 +478,8 @@ def unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: State
     )
     check_item_collisions(items)
     items = items.drop(columns="_platform")
-    # Items seen in interactions but missing from every item table still get a row (title from the id).
+    # Items named only by interactions (a platform without an items file, or rules.missing_items: fill; with
+    # `refuse` a platform's own items file was checked above) get a row with the id as title: counted and logged.
     seen = (
         pd.unique(np.concatenate([np.asarray(p["item_keys"], dtype=object) for p in parts.values()]))
         if parts
@@ -398,6 +487,12 @@ def unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: State
     )
     missing = np.sort(seen[~is_member(seen, items["item_id"])]) if len(seen) else seen
     if len(missing):
+        log.warning(
+            "rule missing_items: %d item(s) named only by interactions get a row with the id as title and no "
+            "year or genres, e.g. %s",
+            len(missing),
+            rules.shown(missing),
+        )
         items = pd.concat(
             [items, pd.DataFrame({"item_id": missing, "title": missing, "year": pd.NA, "genres": ""})],
             ignore_index=True,

@@ -1,0 +1,139 @@
+"""Rules a platform's batch must meet as it came, checked before unification fills anything in or drops anything.
+
+Each rule has a name (config `rules:` sets its bound) and a refusal names the platform, the file, the column, the
+rule, how many rows break it and a few examples, cut short: a message never quotes a whole input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+EXAMPLES = 3
+MIN_SHARE_ROWS = 100
+EXAMPLE_CHARS = 40
+
+
+class BatchRefused(ValueError):
+    """A batch breaks a rule of its own data; it is quarantined with this message and changes nothing downstream."""
+
+    def __init__(self, platform: str, file: str, column: str | None, rule: str, detail: str) -> None:
+        self.platform, self.file, self.column, self.rule = platform, file, column, rule
+        where = f"{file}, column {column!r}" if column else file
+        super().__init__(f"platform {platform}, {where}: rule {rule}: {detail}")
+
+
+def shown(values: Iterable[Any], limit: int = EXAMPLES) -> str:
+    """A few values, each cut to EXAMPLE_CHARS characters (with its length when cut)."""
+    out = []
+    for value in list(values)[:limit]:
+        text = str(value)
+        out.append(repr(text) if len(text) <= EXAMPLE_CHARS else f"{text[:EXAMPLE_CHARS]!r}... ({len(text):,} chars)")
+    return ", ".join(out)
+
+
+def check_id_length(ids: dict[str, pd.Series], limit: int, platform: str, file: str) -> None:
+    """Refuse ids longer than `limit` characters (rule max_id_length); `ids`: each id column's distinct values."""
+    for column, values in ids.items():
+        text = values.astype(str)
+        long = text[text.str.len() > limit]
+        if len(long):
+            raise BatchRefused(
+                platform,
+                file,
+                column,
+                "max_id_length",
+                f"{len(long):,} row(s) have an id longer than {limit} characters, e.g. {shown(long.unique())}",
+            )
+
+
+def check_duplicate_share(duplicates: int, rows: int, limit: float, platform: str, file: str) -> None:
+    """Refuse a batch whose share of repeated (user, item) rows passes `limit` (rule max_duplicate_share): past a
+    few, repeated rows mean a broken export, not a user who came back. Files under MIN_SHARE_ROWS rows are too small
+    for a share to say anything."""
+    if rows >= MIN_SHARE_ROWS and duplicates / rows > limit:
+        raise BatchRefused(
+            platform,
+            file,
+            "user_id, item_id",
+            "max_duplicate_share",
+            f"{duplicates:,} of {rows:,} rows ({duplicates / rows:.1%}) repeat a (user, item) pair already in the "
+            f"file; at most {limit:.1%} may",
+        )
+
+
+def check_conflicts(frame: pd.DataFrame, key: str, columns: Iterable[str], platform: str, file: str) -> int:
+    """Refuse a key listed twice with different values (rule one_row_per_<key>); exact repeats are harmless and
+    counted (returned) for the caller to drop and log."""
+    columns = [c for c in columns if c in frame]
+    repeated = frame[frame.duplicated(key, keep=False)]
+    if repeated.empty:
+        return 0
+    distinct = repeated.drop_duplicates([key, *columns])
+    conflicting = distinct[distinct.duplicated(key, keep=False)]
+    if len(conflicting):
+        keys = conflicting[key].unique()
+        first = conflicting[conflicting[key] == keys[0]]
+        differ = [c for c in columns if first[c].astype(str).nunique(dropna=False) > 1]
+        raise BatchRefused(
+            platform,
+            file,
+            key,
+            f"one_row_per_{key}",
+            f"{len(keys):,} {key}(s) are listed more than once with different values, e.g. {shown(keys)} "
+            f"(differing in {', '.join(differ) or 'values'}); keep one row per {key}",
+        )
+    return int(len(repeated) - repeated[key].nunique())
+
+
+def check_titles(items: pd.DataFrame, platform: str, file: str, column: str = "title") -> None:
+    """Refuse items without a title (rule item_has_title)."""
+    if column not in items:
+        return
+    empty = items[items[column].isna() | (items[column].astype(str).str.strip() == "")]
+    if len(empty):
+        raise BatchRefused(
+            platform,
+            file,
+            column,
+            "item_has_title",
+            f"{len(empty):,} of {len(items):,} items ({len(empty) / len(items):.1%}) have an empty title, e.g. item "
+            f"id(s) {shown(empty['item_id'].unique())}",
+        )
+
+
+def check_items_known(
+    interaction_items: pd.Series, item_ids: pd.Series, policy: str, platform: str, file: str
+) -> tuple[int, int]:
+    """Interactions whose item the platform's items file lacks (rule missing_items). `refuse`: the batch is refused;
+    `fill`: returned as (items, interactions) for the caller to fill in and log."""
+    missing = ~interaction_items.isin(set(item_ids))
+    if not missing.any():
+        return 0, 0
+    ids = interaction_items[missing].unique()
+    if policy == "refuse":
+        raise BatchRefused(
+            platform,
+            file,
+            "item_id",
+            "missing_items",
+            f"{int(missing.sum()):,} interaction(s) name {len(ids):,} item(s) the items file lacks, e.g. {shown(ids)} "
+            "(config rules.missing_items: fill adds them without title or genres)",
+        )
+    return len(ids), int(missing.sum())
+
+
+def check_shrink(rows: int, previous: int | None, factor: float, platform: str, file: str) -> None:
+    """Refuse a batch that would shrink the platform's unified table below previous / factor (rule shrink; the
+    platform's drift.volume_factor, 0 = off)."""
+    if previous and factor and rows < previous / factor:
+        raise BatchRefused(
+            platform,
+            file,
+            None,
+            "shrink",
+            f"unification keeps {rows:,} interactions where the current version has {previous:,} (more than "
+            f"{factor:g}x fewer: drift.volume_factor); the current version stays",
+        )
