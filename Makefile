@@ -54,7 +54,7 @@ run: venv
 # Tests that start a real Airflow (REST-triggered runs, ~5 min each on 2 busy cores) run under `make test-servers`;
 # `make test-prod` runs only the production path (Celery worker, PostgreSQL, Redis, S3).
 test: venv
-	$(PY) -m pytest -q -m "not servers" tests
+	$(PY) -m pytest -q -m "not servers and not soak" tests
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -65,7 +65,7 @@ format: venv
 	$(VENV)/bin/ruff format .
 
 test-servers: venv
-	$(PY) -m pytest -q -m servers tests
+	$(PY) -m pytest -q -m "servers or soak" tests
 
 test-prod: venv
 	$(PY) -m pytest -q -m prod tests

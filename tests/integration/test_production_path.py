@@ -100,8 +100,17 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180
 
 def test_celery_executor_loads():
     """celery 5.7.0 removed celery.backends.database.retry, which apache-airflow-providers-celery 3.26.0 imports:
-    with it no CeleryExecutor loads (requirements.txt pins celery 5.6.3)."""
-    from airflow.providers.celery.executors.celery_executor import CeleryExecutor  # noqa: F401
+    with it no CeleryExecutor loads (the lock pins celery 5.6.3). Loaded by name, as the scheduler does."""
+    import importlib
+
+    from airflow.executors.base_executor import BaseExecutor
+    from airflow.executors.executor_constants import CELERY_EXECUTOR
+    from airflow.executors.executor_loader import ExecutorLoader
+
+    path = ExecutorLoader.executors[CELERY_EXECUTOR]  # the module path the scheduler resolves the name to
+    module, _, name = path.rpartition(".")
+    executor = getattr(importlib.import_module(module), name)
+    assert issubclass(executor, BaseExecutor) and executor.__name__ == "CeleryExecutor"
 
 
 def test_celery_postgres_redis_s3_run_the_dag(pipeline_env, postgres_databases, redis_db, s3_env, tmp_path):

@@ -4,10 +4,15 @@ from pydantic import ValidationError
 from transfer_rec.config import load_config
 
 
-def test_repo_config_loads_with_one_source_and_targets():
-    config = load_config()
-    assert config.source.name == "ml-1m"
-    assert [t.name for t in config.targets] == ["ml-100k"]
+def test_config_roles_and_per_target_gate_floors_resolve():
+    config = load_config(overrides={"gate": {"targets": {config_target(): {"min_retention": 0.1}}}})
+    assert all(p.role == "target" for p in config.targets) and config.source.role == "source"
+    assert config.gate.for_target(config_target()).min_retention == 0.1
+    assert config.gate.for_target("elsewhere").min_retention == config.gate.min_retention
+
+
+def config_target() -> str:
+    return load_config().targets[0].name
 
 
 def test_overrides_are_validated():

@@ -1,0 +1,57 @@
+"""Soak: the whole DAG, as `make run` runs it (`airflow dags test`), several times in a row on the embedded
+platforms while both cores are kept busy. Fails on a run past its limit (a hang), a process left behind, or
+results that differ between runs. Marked `soak` (in `make test-servers`, not in `make test`): ~25 minutes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from transfer_rec.runtime.processes import stop_group
+
+REPO = Path(__file__).resolve().parents[2]
+RUNS = 3
+LIMIT_S = 30 * 60
+
+pytestmark = pytest.mark.soak
+
+
+def _busy() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+
+
+def test_repeated_runs_under_load_finish_leave_nothing_and_agree(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW", "TRANSFER_REC"))}
+    load = [_busy() for _ in range(os.cpu_count() or 2)]
+    results = []
+    try:
+        for n in range(RUNS):
+            run = subprocess.Popen(
+                ["make", "-C", str(REPO), "run", f"STATE={tmp_path / 'var'}", "RUN_ARGS=--force"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                start_new_session=True,
+            )
+            try:
+                out, _ = run.communicate(timeout=LIMIT_S)
+            except subprocess.TimeoutExpired:
+                stop_group(run)
+                pytest.fail(f"run {n + 1} hung: no end after {LIMIT_S} s")
+            assert run.returncode == 0, out[-3000:]
+            mine = {p.pid for p in load}
+            left = [p for p in psutil.Process().children(recursive=True) if p.pid not in mine]
+            assert left == [], f"run {n + 1} left processes behind: {[p.cmdline()[:3] for p in left]}"
+            summary = json.loads((tmp_path / "var" / "reports" / "latest.json").read_text())
+            results.append({t: v["metrics"] for t, v in summary["targets"].items()})
+    finally:
+        for p in load:
+            stop_group(p, grace=(1.0, 1.0))
+    assert all(r == results[0] for r in results), "results differ between runs on the same data and seed"
