@@ -70,8 +70,19 @@ def run(layout: StateLayout, force: bool = False) -> None:
     command = [_bin("airflow"), "dags", "test", "transfer_rec"]
     if force:
         command += ["--conf", json.dumps({"force": True})]
-    with open(log, "w") as out:
-        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+    from transfer_rec.runtime.processes import stop_group
+    from transfer_rec.runtime.signals import terminate_raises
+
+    # `airflow dags test` runs every task in its own process and, when a task is stopped, waits to retry it: so the
+    # run gets a process group of its own, and Ctrl-C, SIGTERM or any error here stops that whole group
+    with open(log, "w") as out, terminate_raises():
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:
+                print("transfer-rec run: stopping the pipeline run", file=sys.stderr)
+                stop_group(proc, grace=(10.0, 5.0))
     if code != 0:
         print("".join(log.read_text().splitlines(keepends=True)[-60:]))
         raise SystemExit(f"transfer-rec run: the DAG failed, full log in {log}")
