@@ -54,3 +54,19 @@ def test_gate_floors_per_target_override_the_defaults():
     assert not gate(low, config.for_target("ml-100k")).promote
     assert gate(low, config.for_target("ml-1m")).promote
     assert config.for_target("ml-1m").min_ndcg == config.min_ndcg, "only the floors given are replaced"
+
+
+def test_same_recommendations_compares_ranked_top_k_not_scores():
+    import numpy as np
+    import scipy.sparse as sp
+
+    from transfer_rec.stages.evaluate import same_recommendations
+
+    rng = np.random.default_rng(0)
+    a = rng.random((5, 20))
+    seen = sp.csr_matrix((np.ones(3), ([0, 1, 2], [3, 4, 5])), shape=(5, 20))
+    candidates = np.ones(20, dtype=bool)
+    assert same_recommendations(a, a * 1.01 + 1e-7, seen, 10, candidates), "scores differ, lists do not"
+    b = a.copy()
+    b[3, np.argsort(-a[3])[0]] = -1  # user 3 (nothing seen) loses their first item
+    assert not same_recommendations(a, b, seen, 10, candidates)

@@ -282,12 +282,12 @@ def check_inputs(run: Json, unified: Json) -> Json:
     differ = [t for t, v in versions.items() if v is None or (v.tags or {}).get(INPUTS_TAG) != fingerprint]
     if differ:
         return {"changed": True, "reason": f"new inputs for {', '.join(differ)}"}
+    champions = ", ".join(f"{t} v{v.version}" for t, v in versions.items())
     reason = (
-        "no change: the data files (sha256) and the config are those the champion"
-        + ("s" if len(versions) > 1 else "")
-        + " ("
-        + ", ".join(f"{t} v{v.version}" for t, v in versions.items())
-        + ") were trained on; nothing to retrain (trigger with force=true to retrain anyway)"
+        f"no change: the data files (sha256) and the config are those the "
+        f"{'champions' if len(versions) > 1 else 'champion'} ({champions}) "
+        f"{'were' if len(versions) > 1 else 'was'} trained on; nothing to retrain "
+        "(trigger with force=true to retrain anyway)"
     )
     _write_summary(layout, plan_.run_key, {"run_key": plan_.run_key, "skipped": reason})
     log.info(reason)

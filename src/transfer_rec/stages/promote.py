@@ -39,8 +39,8 @@ def gate(
     """Decide on the candidate from held-out metrics of candidate, baselines and (if any) the champion.
 
     `paired` holds the paired-bootstrap lower bounds of candidate minus champion (`ndcg`, `retention`); without
-    it the point estimates are compared. `same_as_champion`: the candidate's per-user results equal the champion's
-    on every held-out user, so it is the same model and promoting it would only add a version ("no change").
+    it the point estimates are compared. `same_as_champion`: the candidate gives every user the champion's top-K in
+    the same order, so promoting it would only add a version ("no change").
     """
     cand = metrics["candidate"]
     m = config.metric
@@ -78,7 +78,7 @@ def gate(
     passed = all(ok for ok, _ in checks)
     if "champion" in metrics and same_as_champion:
         passed = False
-        reasons.append("no change: the candidate's result equals the champion's for every held-out user")
+        reasons.append("no change: the candidate recommends the champion's top-K, in the same order, to every user")
     if override == "promote":
         return GateDecision(True, reasons + ["override: promoted by manual override"])
     if override == "reject":
