@@ -7,22 +7,13 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import psutil
-
-REPO = Path(__file__).resolve().parents[2]
+from make_run import start_make_run
 
 
 def test_sigterm_to_transfer_rec_run_stops_the_whole_run(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW", "TRANSFER_REC"))}
-    make = subprocess.Popen(
-        ["make", "-C", str(REPO), "run", f"STATE={tmp_path / 'var'}", "RUN_ARGS=--force"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
+    make = start_make_run(tmp_path / "var", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = tmp_path / "var" / "last-run.log"
     try:
         deadline = time.monotonic() + 600

@@ -8,14 +8,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import psutil
 import pytest
+from make_run import start_make_run
 
 from transfer_rec.runtime.processes import stop_group
 
-REPO = Path(__file__).resolve().parents[2]
 RUNS = 3
 LIMIT_S = 30 * 60
 
@@ -27,19 +26,11 @@ def _busy() -> subprocess.Popen:
 
 
 def test_repeated_runs_under_load_finish_leave_nothing_and_agree(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW", "TRANSFER_REC"))}
     load = [_busy() for _ in range(os.cpu_count() or 2)]
     results = []
     try:
         for n in range(RUNS):
-            run = subprocess.Popen(
-                ["make", "-C", str(REPO), "run", f"STATE={tmp_path / 'var'}", "RUN_ARGS=--force"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=env,
-                start_new_session=True,
-            )
+            run = start_make_run(tmp_path / "var", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             try:
                 out, _ = run.communicate(timeout=LIMIT_S)
             except subprocess.TimeoutExpired:
