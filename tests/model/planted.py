@@ -14,6 +14,17 @@ from transfer_rec.stages.pull import pull_platform
 from transfer_rec.stages.unify import unify
 from transfer_rec.stages.validate import validate_batch
 
+# Small, fast training settings under which the planted transfer signal is still learnt.
+PLANTED_TRAINING = {
+    "epochs_pretrain": 8,
+    "epochs_finetune": 15,
+    "patience": 3,
+    "hidden": 64,
+    "batch_size": 128,
+    "learning_rate": 0.005,
+    "seed": 11,
+}
+
 
 def planted_features(
     tmp_path: Path,

@@ -7,21 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.model.planted import planted_features
+from tests.model.planted import PLANTED_TRAINING, planted_features
 
 from bench import coldstart
 from bench.synthetic import SyntheticPlatform
 
-TRAINING = {
-    "epochs_pretrain": 8,
-    "epochs_finetune": 15,
-    "patience": 3,
-    "hidden": 64,
-    "batch_size": 128,
-    "learning_rate": 0.005,
-    "seed": 11,
-    "item_grid": [],
-}
+TRAINING = {**PLANTED_TRAINING, "item_grid": []}
 VARIANT = "+profile+cooc"
 SHORT = (0, 1, 3)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.model.planted import planted_features
+from tests.model.planted import PLANTED_TRAINING, planted_features
 
 from bench.synthetic import SyntheticPlatform
 from transfer_rec.metrics.ranking import evaluate_scores
@@ -14,15 +14,7 @@ from transfer_rec.recommender.transfer import TransferRecommender
 from transfer_rec.stages.features import PlatformData
 from transfer_rec.stages.train import fit_target, new_model
 
-TRAINING = {
-    "epochs_pretrain": 8,
-    "epochs_finetune": 15,
-    "patience": 3,
-    "hidden": 64,
-    "batch_size": 128,
-    "learning_rate": 0.005,
-    "seed": 11,
-}
+TRAINING = PLANTED_TRAINING
 
 
 def world(tmp_path: Path, monkeypatch, permute: bool = False) -> dict:
