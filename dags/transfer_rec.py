@@ -6,7 +6,9 @@ Stages (each task calls one stage of `transfer_rec.stages`; XCom carries typed m
 1. **plan**: resolve the config (`config/pipeline.yaml` + this run's params), open the MLflow parent run.
 2. **pull** (one per platform): land each export file as it came, with sha256 and row counts.
 3. **validate** (one per platform): Great Expectations suites on the raw batch; a failure quarantines the batch.
-4. **unify**: map native schemas onto one schema; written atomically to `lake/unified/current`.
+4. **unify**: map native schemas onto one schema; written atomically to `lake/unified/current`. Then
+   **check_inputs** skips the rest when the data files and config are those the champions were trained on
+   (param `force` retrains anyway).
 5. **build_features**: implicit feedback, k-core filter, seeded train/valid/test split per target.
 6. **pretrain**: the recommender learns from the source platform.
 7. **finetune** (one per target): adapt to the target with early stopping on its validation split.
