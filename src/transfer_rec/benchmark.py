@@ -212,7 +212,20 @@ def print_details(reports: list[dict[str, Any]]) -> None:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """`transfer-rec benchmark`: one split from files."""
+    """`transfer-rec benchmark`: one split from files; with --platforms, a world of several linked platforms."""
+    if getattr(args, "platforms", None):
+        from transfer_rec import benchmark_linked
+
+        if args.source:
+            parser.error("--platforms names the sources itself: leave out --source")
+        required = ("target_train", "target_valid", "target_test")
+        missing = [f"--{r.replace('_', '-')}" for r in required if not getattr(args, r)]
+        if missing:
+            parser.error(f"the benchmark needs {', '.join(missing)}")
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        report = benchmark_linked.run_platforms(args, load_config(args.config))
+        benchmark_linked.print_report(report)
+        return report
     required = ("source", "target_train", "target_valid", "target_test")
     missing = [f"--{r.replace('_', '-')}" for r in required if not getattr(args, r)]
     if missing:

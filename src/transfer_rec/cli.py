@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     for name in BENCHMARK_FILES:
         bench.add_argument(f"--{name}", metavar="FILE")
+    bench.add_argument(
+        "--platforms", metavar="FILE", help="a platform registry (several linked platforms): see docs/evaluation.md"
+    )
     bench.add_argument("--out", required=True, metavar="DIR")
     bench.add_argument("--config", help="pipeline config (default: config/pipeline.yaml)")
     args = parser.parse_args(argv)

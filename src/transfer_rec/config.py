@@ -93,8 +93,6 @@ class PlatformConfig(_Strict):
         unknown = set(files) - set(TABLES)
         if unknown:
             raise ValueError(f"unknown table(s) {sorted(unknown)}; expected some of {TABLES}")
-        if "interactions" not in files:
-            raise ValueError("a platform must export an interactions file")
         for name in files.values():
             if "/" in name or name.startswith(".."):
                 raise ValueError(f"file name {name!r} must be a plain name inside the platform's location")
@@ -296,6 +294,9 @@ class PipelineConfig(_Strict):
         names = [p.name for p in self.platforms]
         if len(set(names)) != len(names):
             raise ValueError(f"platform names must be unique, got {names}")
+        for p in self.platforms:
+            if "interactions" not in p.files:
+                raise ValueError(f"platform {p.name}: a platform must export an interactions file")
         if sum(p.role == "source" for p in self.platforms) != 1:
             raise ValueError("exactly one platform must have role 'source'")
         if not self.targets:

@@ -27,7 +27,7 @@ LAYERS = [
     ["transfer_rec.stages.promote"],
     ["transfer_rec.stages.publish"],
     ["transfer_rec.stages.pipeline", "transfer_rec.stages"],
-    ["transfer_rec.benchmark", "transfer_rec.cli"],
+    ["transfer_rec.benchmark", "transfer_rec.benchmark_linked", "transfer_rec.cli"],
 ]
 
 

@@ -1,0 +1,298 @@
+"""The benchmark on a world of several platforms that share people (docs/evaluation.md, "Linked worlds").
+
+    transfer-rec benchmark --platforms FILE --target-train F --target-valid F --target-test F --out DIR
+
+FILE holds a `platforms:` list in config/pipeline.yaml's form (name, role, location, format, files, columns,
+value_maps). Exactly one platform has role `target`; its files name only users and items (its interactions are the
+three split files, TSV with user_id and item_id columns); every source names interactions, users and items. A users
+column mapped to `email` (or `phone`) links people: it is hashed with the secret $TRANSFER_REC_PII_SALT as soon as it
+is read and never kept; a `consent` column, if mapped, leaves people who did not consent unlinked. Relative
+locations are relative to FILE's folder.
+
+Writes DIR/recommendations.tsv (the top 10 of every test user, new-to-target users included; train and valid items
+excluded) and DIR/metrics.json: every contender's NDCG@10 (with a 95% bootstrap interval), Recall, Hit and MRR for
+warm users, new-to-target users, and new users by how many sources they are linked on; the settings chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import yaml
+
+from transfer_rec.config import PipelineConfig, PlatformConfig
+from transfer_rec.io.formats import read_table
+from transfer_rec.metrics.ranking import METRICS, per_user_metrics, top_k
+from transfer_rec.metrics.uncertainty import bootstrap_ci
+from transfer_rec.recommender.linked import LinkedRecommender, binary, ease_target_columns, joint_rows
+from transfer_rec.selection.linked import choose, ndcg_of
+from transfer_rec.stages.unify import IDENTITY_COLUMNS, consent_flags, link_ids
+
+log = logging.getLogger("transfer_rec.benchmark")
+
+K = 10
+# The newcomers' regulariser of the cross-platform EASE contender is searched far above the warm one: someone with
+# no target history needs much stronger shrinkage of the source-to-target weights (../shared/LINKED-WORLD.md).
+CONTENDER_NEW_L2 = (1000.0, 4000.0, 16000.0, 64000.0)
+
+
+class World:
+    """The platforms' tables as people x items matrices, rows aligned by person (one row per link id; an unlinked
+    user is a person of their own)."""
+
+    def __init__(self, registry: Path, splits: dict[str, str]) -> None:
+        platforms = read_registry(registry)
+        self.target = next(p for p in platforms if p.role == "target")
+        self.source_configs = [p for p in platforms if p.role == "source"]
+        base = registry.parent
+        person_of: dict[str, dict[str, str]] = {}
+        for p in platforms:
+            person_of[p.name] = people_of(p, base)
+        inter = {p.name: read_interactions(p, base) for p in self.source_configs}
+        split_frames = {s: read_split(path) for s, path in splits.items()}
+        persons: list[str] = []
+        index: dict[str, int] = {}
+
+        def person(platform: str, user: str) -> int:
+            key = person_of[platform].get(user) or f"{platform}:{user}"
+            if key not in index:
+                index[key] = len(persons)
+                persons.append(key)
+            return index[key]
+
+        for name, frame in [*inter.items(), *((self.target.name, f) for f in split_frames.values())]:
+            frame["person"] = [person(name, u) for u in frame["user_id"]]
+        self.n_people = len(persons)
+        self.items = {p.name: items_of(p, base, inter.get(p.name)) for p in self.source_configs}
+        target_items = items_of(self.target, base, pd.concat(split_frames.values()))
+        self.target_items = target_items
+        self.sources = {n: self._matrix(f, self.items[n]) for n, f in inter.items()}
+        self.splits = {s: self._matrix(f, target_items) for s, f in split_frames.items()}
+        # the target's native user id of each person that has one
+        self.target_user = np.full(self.n_people, None, dtype=object)
+        for frame in split_frames.values():
+            self.target_user[frame["person"].to_numpy()] = frame["user_id"].to_numpy()
+        self.linked_sources = sum((np.diff(m.indptr) > 0).astype(int) for m in self.sources.values())
+
+    def _matrix(self, frame: pd.DataFrame, items: pd.Index) -> sp.csr_matrix:
+        cols = items.get_indexer(frame["item_id"])
+        rows = frame["person"].to_numpy()
+        return binary(sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(self.n_people, len(items))))
+
+
+def read_registry(path: Path) -> list[PlatformConfig]:
+    try:
+        entries = yaml.safe_load(path.read_text())["platforms"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise SystemExit(f"{path}: not a platform registry with a `platforms:` list ({exc})") from exc
+    platforms = [PlatformConfig.model_validate(e) for e in entries]
+    targets = [p.name for p in platforms if p.role == "target"]
+    if len(targets) != 1:
+        raise SystemExit(f"{path}: exactly one platform must have role 'target', found {targets}")
+    for p in platforms:
+        needed = {"users", "items"} | ({"interactions"} if p.role == "source" else set())
+        if needed - set(p.files):
+            raise SystemExit(f"{path}: platform {p.name} ({p.role}) must name files {sorted(needed - set(p.files))}")
+    return platforms
+
+
+def _table(p: PlatformConfig, base: Path, table: str) -> pd.DataFrame:
+    path = base / p.location / p.files[table]
+    frame = read_table(path, p.format, p.delimiter)
+    mapping = p.columns.get(table, {})
+    missing = [native for native in mapping if native not in frame.columns]
+    if missing:
+        raise SystemExit(f"platform {p.name}: {path}: column(s) {missing} named in columns.{table} are missing")
+    return frame[list(mapping)].rename(columns=mapping)
+
+
+def people_of(p: PlatformConfig, base: Path) -> dict[str, str]:
+    """user id -> link id for the platform's consenting users with an identity column; raw identities dropped here."""
+    users = _table(p, base, "users")
+    users["user_id"] = users["user_id"].astype(str)
+    links = link_ids(p.name, users).where(consent_flags(users))
+    users = users.drop(columns=[c for c in IDENTITY_COLUMNS if c in users])
+    linked = links.notna()
+    return dict(zip(users["user_id"][linked], links[linked].astype(str), strict=True))
+
+
+def read_interactions(p: PlatformConfig, base: Path) -> pd.DataFrame:
+    frame = _table(p, base, "interactions")[["user_id", "item_id"]].astype(str)
+    return frame.drop_duplicates().reset_index(drop=True)
+
+
+def read_split(path: str) -> pd.DataFrame:
+    frame = pd.read_csv(path, sep="\t", dtype=str, quoting=3)
+    frame.columns = [c.split(":", 1)[0] for c in frame.columns]
+    missing = {"user_id", "item_id"} - set(frame.columns)
+    if missing:
+        raise SystemExit(f"{path}: missing column(s) {sorted(missing)} (need user_id, item_id)")
+    return frame[["user_id", "item_id"]].drop_duplicates().reset_index(drop=True)
+
+
+def items_of(p: PlatformConfig, base: Path, interactions: pd.DataFrame | None) -> pd.Index:
+    """The platform's catalogue: its items file, and any item its interactions name."""
+    described = _table(p, base, "items")["item_id"].astype(str)
+    seen = interactions["item_id"] if interactions is not None else pd.Series([], dtype=str)
+    return pd.Index(pd.unique(pd.concat([described, seen])))
+
+
+def group_metrics(ranked: np.ndarray, relevant: sp.csr_matrix, users: np.ndarray) -> dict[str, Any]:
+    if not len(users):
+        return {"users": 0}
+    values = per_user_metrics(ranked[users], relevant[users], K)
+    low, high = bootstrap_ci(values["ndcg"])
+    return {"users": int(len(users)), **{m: float(values[m].mean()) for m in METRICS}, "ndcg_ci95": [low, high]}
+
+
+def report_groups(world: World, scores: np.ndarray, test_users: np.ndarray, warm: np.ndarray) -> dict[str, Any]:
+    seen = world.splits["train"] + world.splits["valid"]
+    ranked = top_k(scores, K, seen[test_users])
+    relevant = world.splits["test"][test_users]
+    is_warm = np.isin(test_users, warm)
+    out = {
+        "warm": group_metrics(ranked, relevant, np.flatnonzero(is_warm)),
+        "new": group_metrics(ranked, relevant, np.flatnonzero(~is_warm)),
+    }
+    n_sources = world.linked_sources[test_users]
+    for count in range(len(world.sources) + 1):
+        out[f"new_on_{count}_sources"] = group_metrics(
+            ranked, relevant, np.flatnonzero(~is_warm & (n_sources == count))
+        )
+    return out
+
+
+def contenders(world: World, warm: np.ndarray, test_users: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The reference methods of ../shared/LINKED-WORLD.md, each scoring every test user."""
+    train, valid = world.splits["train"], world.splits["valid"]
+    n_target = train.shape[1]
+    popularity = np.asarray(train.sum(axis=0)).ravel().astype(np.float32)
+    new = np.setdiff1d(test_users, warm)
+    judges = np.flatnonzero((np.diff(valid.indptr) > 0) & (np.diff(train.indptr) > 0))
+    out: dict[str, np.ndarray] = {}
+    base = np.tile(popularity, (len(test_users), 1))
+    out["popularity"] = base.copy()
+
+    def valid_best(joint: sp.csr_matrix) -> np.ndarray:
+        best = max(
+            (
+                (ndcg_of(np.asarray(joint[judges] @ w), valid[judges], train[judges], K), i, w)
+                for i, w in enumerate(ease_target_columns(joint, n_target, l2) for l2 in (100.0, 250.0, 500.0, 1000.0))
+            ),
+            key=lambda t: (t[0], -t[1]),
+        )
+        return best[2]
+
+    at = {u: i for i, u in enumerate(test_users)}
+    rows_warm = np.array([at[u] for u in test_users if u not in set(new)], dtype=int)
+    warm_test = test_users[rows_warm]
+    ease = valid_best(train)
+    scores = base.copy()
+    scores[rows_warm] = np.asarray(train[warm_test] @ ease)
+    out["ease_target"] = scores
+
+    all_sources = {n: 1.0 for n in world.sources}
+    joint = joint_rows(world.sources, all_sources, train)
+    weights = valid_best(joint)
+    n_source_cols = joint.shape[1] - n_target
+    rows_new = np.setdiff1d(np.arange(len(test_users)), rows_warm)
+    on_source = world.linked_sources[new] > 0
+    scores = base.copy()
+    scores[rows_warm] = np.asarray(joint[warm_test] @ weights)
+    scores[rows_new[on_source]] = np.asarray(joint[new[on_source], :n_source_cols] @ weights[:n_source_cols])
+    out["cross_ease"] = scores.copy()
+
+    # newcomers' regulariser chosen on simulated newcomers (warm people on a source, their target rows withheld)
+    simulated = np.flatnonzero((np.diff(train.indptr) > 0) & (world.linked_sources > 0))
+    fold = np.random.default_rng(seed).integers(0, 2, len(simulated))
+    known = binary(train + valid)
+    best = (-1.0, CONTENDER_NEW_L2[0])
+    for l2 in CONTENDER_NEW_L2:
+        values = []
+        for f in (0, 1):
+            held = simulated[fold == f]
+            keep = np.ones(train.shape[0])
+            keep[held] = 0
+            fit = joint_rows(world.sources, all_sources, sp.diags(keep) @ train)
+            w = ease_target_columns(fit, n_target, l2)
+            ranked = top_k(np.asarray(fit[held, :n_source_cols] @ w[:n_source_cols]), K)
+            values.append(per_user_metrics(ranked, known[held], K)["ndcg"])
+        best = max(best, (float(np.concatenate(values).mean()) if len(simulated) else 0.0, l2))
+    log.info("cross-platform EASE contender: newcomers' l2 %s (simulated-newcomer NDCG %.4f)", best[1], best[0])
+    newcomer = ease_target_columns(joint, n_target, best[1])
+    scores[rows_new[on_source]] = np.asarray(joint[new[on_source], :n_source_cols] @ newcomer[:n_source_cols])
+    out["cross_ease_newcomer_l2"] = scores
+    return out
+
+
+def run_platforms(args: argparse.Namespace, config: PipelineConfig) -> dict[str, Any]:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    world = World(
+        Path(args.platforms),
+        {"train": args.target_train, "valid": args.target_valid, "test": args.target_test},
+    )
+    read_seconds = time.perf_counter() - started
+    train, valid, test = (world.splits[s] for s in ("train", "valid", "test"))
+    warm = np.flatnonzero(np.diff(train.indptr) > 0)
+    test_users = np.flatnonzero(np.diff(test.indptr) > 0)
+    log.info(
+        "world: %d people; target %s: %d items, %d warm and %d new test users; sources %s",
+        world.n_people,
+        world.target.name,
+        train.shape[1],
+        int(np.isin(test_users, warm).sum()),
+        int((~np.isin(test_users, warm)).sum()),
+        {n: m.shape[1] for n, m in world.sources.items()},
+    )
+    started = time.perf_counter()
+    choice = choose(world.sources, train, valid, k=K, seed=config.training.seed)
+    model = LinkedRecommender(choice.settings).fit(world.sources, train)
+    fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    scores = {"linked": model.score({n: m[test_users] for n, m in world.sources.items()}, train[test_users])}
+    score_seconds = time.perf_counter() - started
+    scores.update(contenders(world, warm, test_users, config.training.seed))
+    metrics = {name: report_groups(world, s, test_users, warm) for name, s in scores.items()}
+
+    seen = train + valid
+    ranked = top_k(scores["linked"], K, seen[test_users])
+    recs = pd.DataFrame(
+        {
+            "user_id": np.repeat(world.target_user[test_users], K),
+            "item_id": np.asarray(world.target_items)[ranked.ravel()],
+            "rank": np.tile(np.arange(1, K + 1), len(test_users)),
+        }
+    )
+    recs.to_csv(out / "recommendations.tsv", sep="\t", index=False)
+    report = {
+        "k": K,
+        "target": world.target.name,
+        "sources": list(world.sources),
+        "test_users": int(len(test_users)),
+        "metrics": metrics,
+        "settings": choice.summary(),
+        "seconds": {"read": read_seconds, "choose_and_fit": fit_seconds, "score_test_users": score_seconds},
+    }
+    (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    groups = list(next(iter(report["metrics"].values())))
+    print(f"\ntarget {report['target']}, sources {report['sources']}: NDCG@{report['k']} (users)")
+    print(f"{'contender':<26}" + "".join(f"{g:>18}" for g in groups))
+    for name, by_group in report["metrics"].items():
+        cells = [f"{v['ndcg']:.4f} ({v['users']})" if v["users"] else "-" for v in by_group.values()]
+        print(f"{name:<26}" + "".join(f"{c:>18}" for c in cells))
+    print(f"settings: {report['settings']}")
+    print(f"seconds: {report['seconds']}")

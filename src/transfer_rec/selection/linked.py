@@ -1,0 +1,149 @@
+"""Choosing the linked recommender's settings on the target's own data (recommender/linked.py).
+
+- Warm part: each setting is fitted on target train and judged on target valid (users never see their own valid
+  items in the fit).
+- Newcomers' part: judged on simulated newcomers: people with a target history and a source history, their target
+  rows withheld from the fit (cross-fitted over seeded folds, so nobody judges a model that learned from them) and
+  their whole known target history (train and valid) to be found from their sources alone. The new users' own test
+  items are never looked at.
+- Sources: every part starts with all sources and drops, one at a time, any source whose removal does not lower the
+  part's score: a source that does not help gets no weight (a wrongly linked or permuted source is dropped).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from transfer_rec.metrics.ranking import per_user_metrics, top_k
+from transfer_rec.recommender.linked import (
+    LinkedSettings,
+    binary,
+    ease_target_columns,
+    joint_rows,
+    ridge_map,
+    ridge_scores,
+)
+
+log = logging.getLogger(__name__)
+
+WARM_L2 = (100.0, 250.0, 500.0, 1000.0, 2500.0)
+NEW_L2 = (25.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+
+
+@dataclass
+class LinkedChoice:
+    settings: LinkedSettings
+    # (part, sources used, l2) -> NDCG@k on that part's judges
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "warm_l2": s.warm_l2,
+            "new_l2": s.new_l2,
+            **{f"warm_weight.{k}": v for k, v in s.warm_sources.items()},
+            **{f"new_weight.{k}": v for k, v in s.new_sources.items()},
+        }
+
+
+def ndcg_of(scores: np.ndarray, relevant: sp.csr_matrix, exclude: sp.csr_matrix | None, k: int) -> float:
+    ranked = top_k(scores, k, exclude)
+    return float(per_user_metrics(ranked, relevant, k)["ndcg"].mean()) if relevant.shape[0] else 0.0
+
+
+def _best_subset(
+    names: Sequence[str], judge: Callable[[dict[str, float]], tuple[float, float]]
+) -> tuple[dict[str, float], float, float]:
+    """Backward elimination: drop a source while dropping it scores at least as well. judge -> (score, l2)."""
+    weights = {n: 1.0 for n in names}
+    score, l2 = judge(weights)
+    improved = True
+    while improved and any(weights.values()):
+        improved = False
+        for name in [n for n, w in weights.items() if w > 0]:
+            trial = {**weights, name: 0.0}
+            trial_score, trial_l2 = judge(trial)
+            if trial_score >= score:
+                weights, score, l2, improved = trial, trial_score, trial_l2, True
+                break
+    return weights, score, l2
+
+
+def choose(
+    sources: dict[str, sp.csr_matrix],
+    train: sp.csr_matrix,
+    valid: sp.csr_matrix,
+    k: int = 10,
+    folds: int = 2,
+    seed: int = 0,
+    warm_l2: Sequence[float] = WARM_L2,
+    new_l2: Sequence[float] = NEW_L2,
+) -> LinkedChoice:
+    """sources, train, valid: people x items, rows aligned by person."""
+    train, valid = binary(train), binary(valid)
+    trials: list[dict[str, Any]] = []
+    judges = np.flatnonzero((np.diff(valid.indptr) > 0) & (np.diff(train.indptr) > 0))
+
+    def judge_warm(weights: dict[str, float]) -> tuple[float, float]:
+        joint = joint_rows(sources, weights, train)
+        best = (-1.0, warm_l2[0])
+        for l2 in warm_l2:
+            columns = ease_target_columns(joint, train.shape[1], l2)
+            score = ndcg_of(np.asarray(joint[judges] @ columns), valid[judges], train[judges], k)
+            trials.append({"part": "warm", "sources": _used(weights), "l2": l2, "ndcg": score})
+            best = max(best, (score, l2))
+        return best
+
+    known = binary(train + valid)
+    has_target = np.diff(train.indptr) > 0
+    on_source = np.zeros(train.shape[0], dtype=bool)
+    for matrix in sources.values():
+        on_source |= np.diff(binary(matrix).indptr) > 0
+    simulated = np.flatnonzero(has_target & on_source)
+    fold = np.random.default_rng(seed).integers(0, folds, len(simulated))
+
+    def judge_new(weights: dict[str, float]) -> tuple[float, float]:
+        best = (-1.0, new_l2[0])
+        for l2 in new_l2:
+            scores = []
+            for f in range(folds):
+                held = simulated[fold == f]
+                fit_rows = np.setdiff1d(np.flatnonzero(has_target), held)
+                features = joint_rows({n: m[fit_rows] for n, m in sources.items()}, weights)
+                mapping = ridge_map(features, train[fit_rows], l2)
+                held_features = joint_rows({n: m[held] for n, m in sources.items()}, weights)
+                ranked = top_k(ridge_scores(mapping, held_features, len(held)), k)
+                scores.append(per_user_metrics(ranked, known[held], k)["ndcg"])
+            score = float(np.concatenate(scores).mean()) if len(simulated) else 0.0
+            trials.append({"part": "new", "sources": _used(weights), "l2": l2, "ndcg": score})
+            best = max(best, (score, l2))
+        return best
+
+    names = list(sources)
+    warm_weights, warm_score, chosen_warm_l2 = _best_subset(names, judge_warm)
+    log.info(
+        "linked, warm part: sources %s, l2 %s, valid NDCG@%d %.4f", _used(warm_weights), chosen_warm_l2, k, warm_score
+    )
+    new_weights, new_score, chosen_new_l2 = _best_subset(names, judge_new)
+    log.info(
+        "linked, newcomers' part: sources %s, l2 %s, NDCG@%d %.4f on %d simulated newcomers",
+        _used(new_weights),
+        chosen_new_l2,
+        k,
+        new_score,
+        len(simulated),
+    )
+    settings = LinkedSettings(
+        warm_l2=chosen_warm_l2, new_l2=chosen_new_l2, warm_sources=warm_weights, new_sources=new_weights
+    )
+    return LinkedChoice(settings, trials)
+
+
+def _used(weights: dict[str, float]) -> list[str]:
+    return [n for n, w in weights.items() if w > 0]

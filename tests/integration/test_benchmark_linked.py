@@ -1,0 +1,131 @@
+"""The benchmark's platform-registry mode on planted linked people written as files, as another team would hand
+over a world: native ids per platform, an e-mail column as the only link."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from tests.model.planted_linked import planted_people
+
+from transfer_rec import cli
+from transfer_rec.stages.unify import PrivacyError
+
+SALT = "a-test-salt-of-enough-length"
+
+
+def _write_world(folder, opted_out=()):
+    world = planted_people(seed=5, people=500)
+    email = [f"person{p}@people.example" for p in range(len(world.group))]
+    entries = []
+
+    def write_platform(name, matrix, role):
+        people = np.flatnonzero(np.diff(matrix.indptr) > 0) if role == "source" else None
+        if people is None:
+            people = np.flatnonzero(np.diff((world.train + world.valid + world.test).indptr) > 0)
+        users = pd.DataFrame(
+            {
+                "uid": [f"{name[0]}{p}" for p in people],
+                "mail": [email[p] for p in people],
+                "ok": ["no" if p in opted_out else "yes" for p in people],
+            }
+        )
+        users.to_csv(folder / f"{name}_users.tsv", sep="\t", index=False)
+        pd.DataFrame({"iid": [f"{name[0]}i{i}" for i in range(matrix.shape[1])]}).to_csv(
+            folder / f"{name}_items.tsv", sep="\t", index=False
+        )
+        files = {"users": f"{name}_users.tsv", "items": f"{name}_items.tsv"}
+        if role == "source":
+            rows, cols = matrix.nonzero()
+            pd.DataFrame({"user": [f"{name[0]}{r}" for r in rows], "item": [f"{name[0]}i{c}" for c in cols]}).to_csv(
+                folder / f"{name}.tsv", sep="\t", index=False
+            )
+            files["interactions"] = f"{name}.tsv"
+        entries.append(
+            {
+                "name": name,
+                "role": role,
+                "location": ".",
+                "format": "tsv",
+                "files": files,
+                "columns": {
+                    "users": {"uid": "user_id", "mail": "email", "ok": "consent"},
+                    "items": {"iid": "item_id"},
+                    **({"interactions": {"user": "user_id", "item": "item_id"}} if role == "source" else {}),
+                },
+            }
+        )
+
+    for name, matrix in world.sources.items():
+        write_platform(name, matrix, "source")
+    write_platform("courses", world.train, "target")
+    for split in ("train", "valid", "test"):
+        rows, cols = getattr(world, split).nonzero()
+        pd.DataFrame({"user_id": [f"c{r}" for r in rows], "item_id": [f"ci{c}" for c in cols]}).to_csv(
+            folder / f"target_{split}.tsv", sep="\t", index=False
+        )
+    (folder / "platforms.yaml").write_text(yaml.safe_dump({"platforms": entries}))
+    return world
+
+
+def _benchmark(folder, out, monkeypatch, salt=SALT):
+    """`transfer-rec benchmark --platforms ...`, in this process (the CLI's own entry point)."""
+    monkeypatch.setenv("TRANSFER_REC_PII_SALT", salt)
+    args = ["benchmark", "--platforms", str(folder / "platforms.yaml")]
+    for split in ("train", "valid", "test"):
+        args += [f"--target-{split}", str(folder / f"target_{split}.tsv")]
+    cli.main([*args, "--out", str(out)])
+
+
+def test_every_test_user_gets_a_top10_and_newcomers_are_reported_apart(tmp_path, pipeline_env, monkeypatch):
+    pipeline_env()
+    world = _write_world(tmp_path)
+    _benchmark(tmp_path, tmp_path / "out", monkeypatch)
+    recs = pd.read_csv(tmp_path / "out" / "recommendations.tsv", sep="\t", dtype=str)
+    test = pd.read_csv(tmp_path / "target_test.tsv", sep="\t", dtype=str)
+    assert set(recs["user_id"]) == set(test["user_id"])
+    assert recs.groupby("user_id").size().eq(10).all()
+    seen = pd.concat([pd.read_csv(tmp_path / f"target_{s}.tsv", sep="\t", dtype=str) for s in ("train", "valid")])
+    assert not set(zip(recs["user_id"], recs["item_id"])) & set(zip(seen["user_id"], seen["item_id"]))
+
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    linked = report["metrics"]["linked"]
+    assert linked["new"]["users"] == len(world.new)
+    assert linked["warm"]["users"] + linked["new"]["users"] == test["user_id"].nunique()
+    assert sum(linked[f"new_on_{n}_sources"]["users"] for n in range(3)) == len(world.new)
+    # linked newcomers are found through their sources; people on no source get no such help
+    assert linked["new_on_2_sources"]["ndcg"] > report["metrics"]["popularity"]["new_on_2_sources"]["ndcg"] + 0.1
+    low, high = linked["new"]["ndcg_ci95"]
+    assert low <= linked["new"]["ndcg"] <= high
+    # raw identities reach no output
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert "@people.example" not in path.read_text(errors="ignore"), path
+
+
+def test_opted_out_people_are_not_linked(tmp_path, pipeline_env, monkeypatch):
+    pipeline_env()
+    world = _write_world(tmp_path, opted_out=set(range(500)))
+    _benchmark(tmp_path, tmp_path / "out", monkeypatch)
+    linked = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]["linked"]
+    assert linked["new_on_0_sources"]["users"] == len(world.new)
+
+
+def test_identities_without_a_salt_are_refused(tmp_path, pipeline_env, monkeypatch):
+    pipeline_env()
+    _write_world(tmp_path)
+    with pytest.raises(PrivacyError, match="platform books.*TRANSFER_REC_PII_SALT"):
+        _benchmark(tmp_path, tmp_path / "out", monkeypatch, salt="")
+    assert not (tmp_path / "out" / "recommendations.tsv").exists()
+
+
+@pytest.mark.parametrize("drop", ["interactions", "users"])
+def test_a_source_without_its_files_is_named(tmp_path, pipeline_env, monkeypatch, drop):
+    pipeline_env()
+    _write_world(tmp_path)
+    registry = yaml.safe_load((tmp_path / "platforms.yaml").read_text())
+    del registry["platforms"][0]["files"][drop]
+    (tmp_path / "platforms.yaml").write_text(yaml.safe_dump(registry))
+    with pytest.raises(SystemExit, match=f"platform books.*{drop}"):
+        _benchmark(tmp_path, tmp_path / "out", monkeypatch)

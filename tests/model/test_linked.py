@@ -1,0 +1,63 @@
+"""The linked recommender on planted people: newcomers are found through their sources, and a source that carries
+nothing (wrong links, meaningless items) is guarded against."""
+
+import numpy as np
+import pytest
+from tests.model.planted_linked import planted_people, scrambled_items, shuffled_links
+
+from transfer_rec.metrics.ranking import per_user_metrics, top_k
+from transfer_rec.recommender.linked import LinkedRecommender, LinkedSettings
+from transfer_rec.selection.linked import choose
+
+
+def ndcg(world, scores, users):
+    seen = world.train + world.valid
+    ranked = top_k(scores[users], 10, seen[users])
+    return float(per_user_metrics(ranked, world.test[users], 10)["ndcg"].mean())
+
+
+def fitted(world, sources):
+    choice = choose(sources, world.train, world.valid, seed=3)
+    model = LinkedRecommender(choice.settings).fit(sources, world.train)
+    return choice, model.score(sources, world.train)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return planted_people(seed=5)
+
+
+def test_newcomers_are_found_through_their_sources(world):
+    _, scores = fitted(world, world.sources)
+    on_source = world.new[sum(np.diff(m.indptr)[world.new] > 0 for m in world.sources.values()) > 0]
+    popularity = np.tile(np.asarray(world.train.sum(axis=0)).ravel(), (world.train.shape[0], 1))
+    linked, popular = ndcg(world, scores, on_source), ndcg(world, popularity, on_source)
+    assert linked > popular + 0.2, (linked, popular)
+
+
+def test_two_sources_do_better_than_one_for_newcomers(world):
+    _, both = fitted(world, world.sources)
+    _, one = fitted(world, {"books": world.sources["books"]})
+    on = {name: np.diff(matrix.indptr)[world.new] > 0 for name, matrix in world.sources.items()}
+    on_both = world.new[on["books"] & on["films"]]
+    assert ndcg(world, both, on_both) > ndcg(world, one, on_both)
+
+
+@pytest.mark.parametrize("spoil", [shuffled_links, scrambled_items], ids=["shuffled-links", "scrambled-items"])
+def test_a_source_that_carries_nothing_costs_at_most_one_percent(world, spoil):
+    good = {"books": world.sources["books"]}
+    choice, with_bad = fitted(world, {**good, "noise": spoil(world.sources["films"], seed=9)})
+    _, without = fitted(world, good)
+    users = np.flatnonzero(np.diff(world.test.indptr) > 0)
+    assert ndcg(world, with_bad, users) >= 0.99 * ndcg(world, without, users)
+    assert choice.settings.new_sources["noise"] == 0.0
+    assert choice.settings.new_sources["books"] == 1.0
+
+
+def test_someone_on_no_platform_gets_the_target_popularity(world):
+    model = LinkedRecommender(LinkedSettings(new_sources={"books": 1.0, "films": 1.0})).fit(world.sources, world.train)
+    empty = {name: matrix[[0]] * 0 for name, matrix in world.sources.items()}
+    scores = model.score_new(empty, 1)[0]
+    popularity = np.asarray(world.train[np.diff(world.train.indptr) > 0].sum(axis=0)).ravel()
+    assert np.argmax(scores) == np.argmax(popularity)
+    assert np.corrcoef(scores, popularity)[0, 1] > 0.95
