@@ -89,7 +89,7 @@ bench: venv
 	$(PY) -m bench.scale bench --interactions 20000000 --out $(STATE)/scale
 	$(PY) -m bench.latency --model models:/transfer_rec-ml-100k@champion --workers 2 --out $(STATE)/bench/latency.json
 
-## The served champion under load: 200 requests/s for 60 s from this process to `mlflow models serve` (needs a
+## The served champion under load: 200 requests/s for 60 s from this process to `transfer-rec serve` (needs a
 ## champion: `make run`), with the server's memory over the run.
 load: venv
 	$(PY) -m bench.latency --model models:/transfer_rec-ml-100k@champion --requests 200 --rate 200 --seconds 60 \
@@ -102,8 +102,10 @@ airflow-ui: venv
 mlflow-ui: venv
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000 --workers 1
 
+## The champion over HTTP on 127.0.0.1:5001: MLflow's scoring server (as `mlflow models serve` runs it) behind a
+## request body limit (413 past 1 MiB).
 serve: venv
-	$(VENV)/bin/mlflow models serve -m models:/transfer_rec-ml-100k@champion --env-manager local -h 127.0.0.1 -p 5001 -w 2
+	$(CLI) serve --model models:/transfer_rec-ml-100k@champion --host 127.0.0.1 --port 5001 --workers 2
 
 clean:
 	rm -rf $(STATE)

@@ -1,4 +1,4 @@
-"""Serving latency benchmark of a registered model: in-process pyfunc calls, and HTTP through `mlflow models serve`.
+"""Serving latency benchmark of a registered model: in-process pyfunc calls, and HTTP through `transfer-rec serve`.
 
     python -m bench.latency --model models:/transfer_rec-ml-100k@champion [--rate 50 --seconds 30]
 
@@ -84,25 +84,11 @@ def _free_port() -> int:
 
 
 def start_server(model_uri: str, port: int, log_path: Path, workers: int = 1) -> subprocess.Popen:
-    """`mlflow models serve` on loopback with the local environment (never another env manager: see STACK-NOTES)."""
+    """`transfer-rec serve` on loopback (what `make serve` runs: MLflow's scoring server behind the body limit)."""
     bin_dir = Path(sys.executable).parent
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [
-            str(bin_dir / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            model_uri,
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-w",
-            str(workers),
-        ],
+        [str(bin_dir / "transfer-rec"), "serve", "--model", model_uri, "--port", str(port), "--workers", str(workers)],
         env={**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"},
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -111,7 +97,7 @@ def start_server(model_uri: str, port: int, log_path: Path, workers: int = 1) ->
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"mlflow models serve exited ({proc.returncode}): {log_path.read_text()[-2000:]}")
+            raise SystemExit(f"transfer-rec serve exited ({proc.returncode}): {log_path.read_text()[-2000:]}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/ping")
@@ -123,7 +109,7 @@ def start_server(model_uri: str, port: int, log_path: Path, workers: int = 1) ->
     from transfer_rec.runtime.processes import stop_group
 
     stop_group(proc)
-    raise SystemExit(f"mlflow models serve did not answer /ping within 120 s: {log_path.read_text()[-2000:]}")
+    raise SystemExit(f"transfer-rec serve did not answer /ping within 120 s: {log_path.read_text()[-2000:]}")
 
 
 class MemorySampler:
@@ -219,6 +205,51 @@ def http_load(
     }
 
 
+def heavy_body(model: Any, distinct: int = 5000, k: int = 1000) -> tuple[bytes, int]:
+    """The heavy request of issue #25: one row whose history names `distinct` ids, half the catalogue's items and the
+    rest ids the model does not know, at k = 1000. Returns the body and the number of unknown ids."""
+    bundle = model.unwrap_python_model().bundle
+    catalogue = sorted({item for history in bundle.histories.values() for item in history})
+    known = catalogue[: min(len(catalogue) // 2, distinct)]
+    unknown = [f"unknown-item-{i:05d}" for i in range(distinct - len(known))]
+    body = json.dumps({"dataframe_records": [{"history": known + unknown}], "params": {"k": k}})
+    return body.encode(), len(unknown)
+
+
+def heavy_load(port: int, body: bytes, concurrent: int) -> dict[str, Any]:
+    """`concurrent` heavy requests sent at the same moment, each on its own connection; latency, status, size."""
+    barrier = threading.Barrier(concurrent)
+
+    def send(_: int) -> tuple[float, int, int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        barrier.wait()
+        started = time.perf_counter()
+        try:
+            conn.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            payload = response.read()
+            return (time.perf_counter() - started) * 1000, response.status, len(payload), ""
+        except Exception as error:  # counted and reported
+            return (time.perf_counter() - started) * 1000, 0, 0, repr(error)[:200]
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(max_workers=concurrent) as pool:
+        results = list(pool.map(send, range(concurrent)))
+    statuses: dict[str, int] = {}
+    for _, status, _, _ in results:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    return {
+        **percentiles([ms for ms, _, _, _ in results]),
+        "concurrent": concurrent,
+        "request_bytes": len(body),
+        "statuses": statuses,
+        "server_errors": sum(1 for _, status, _, _ in results if status >= 500 or status == 0),
+        "response_bytes_max": max(size for _, _, size, _ in results),
+        "error_examples": sorted({reason for _, _, _, reason in results if reason})[:3],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -229,8 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="in-process calls")
     parser.add_argument("--rate", type=float, default=50.0, help="HTTP requests per second")
     parser.add_argument("--seconds", type=float, default=30.0, help="HTTP load duration")
-    parser.add_argument("--workers", type=int, default=1, help="`mlflow models serve` worker processes")
+    parser.add_argument("--workers", type=int, default=1, help="`transfer-rec serve` worker processes")
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument(
+        "--heavy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also send one heavy request alone, then N at once (5,000 distinct ids, most unknown, k = 1000)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
     args = parser.parse_args(argv)
 
@@ -268,11 +306,18 @@ def main(argv: list[str] | None = None) -> int:
             sampler = MemorySampler(proc.pid)
             result["http"] = h = http_load(port, users, args.rate, args.seconds)
             h["server_rss_mib"] = sampler.stop()
+            if args.heavy:
+                body, n_unknown = heavy_body(model)
+                sampler = MemorySampler(proc.pid)
+                alone = heavy_load(port, body, 1)
+                together = heavy_load(port, body, args.heavy)
+                result["heavy"] = {"unknown_ids": n_unknown, "alone": alone, "together": together}
+                result["heavy"]["server_rss_mib"] = sampler.stop()
         finally:
             stop_group(proc)
         met = h["p99_ms"] < HTTP_P99_MS and h["errors"] == 0
         print(
-            f"HTTP (mlflow models serve, {args.workers} worker(s), loopback) "
+            f"HTTP (transfer-rec serve, {args.workers} worker(s), loopback) "
             f"at {h['offered_rate']:.0f} req/s for {args.seconds:.0f} "
             f"s: p50 {h['p50_ms']:.2f} ms, p99 {h['p99_ms']:.2f} ms, max {h['max_ms']:.1f} ms, {h['errors']} errors "
             f"of {h['requests']} (achieved {h['achieved_rate']:.1f} req/s; target p99 < {HTTP_P99_MS} ms and no "
@@ -286,6 +331,17 @@ def main(argv: list[str] | None = None) -> int:
         if h["errors"]:
             print(f"  errors, e.g.: {h['error_examples']}")
         ok = h["errors"] == 0
+        if args.heavy:
+            heavy = result["heavy"]
+            alone, together, rss = heavy["alone"], heavy["together"], heavy["server_rss_mib"]
+            print(
+                f"heavy request ({alone['request_bytes']:,} bytes, {heavy['unknown_ids']:,} unknown ids, k = 1000): "
+                f"alone {alone['max_ms']:.0f} ms, {alone['response_bytes_max']:,} bytes back "
+                f"(targets < 2,000 ms, < 1 MB); {together['concurrent']} at once: p50 {together['p50_ms']:.0f} ms, "
+                f"p99 {together['p99_ms']:.0f} ms, statuses {together['statuses']}, "
+                f"{together['server_errors']} 5xx or failed; server {rss['start']:.0f} -> {rss['max']:.0f} MiB at most"
+            )
+            ok = ok and alone["server_errors"] == 0 and together["server_errors"] == 0
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

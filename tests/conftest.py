@@ -77,21 +77,32 @@ def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A synthetic two-platform world with its config, state folder and MLflow DB, all under tmp_path."""
 
     def make(faults: list[str] | None = None, **sections) -> dict:
-        generated = generate(tmp_path / "exports", two_platforms(faults), n_items=120, seed=3)
-        config = write_config(
-            tmp_path / "pipeline.yaml",
-            generated,
-            training={**FAST_TRAINING, **sections.pop("training", {})},
-            **sections,
-        )
-        monkeypatch.setenv("TRANSFER_REC_CONFIG", str(config))
-        # default suites written for this world's platforms stay with it, not in the session's GX copy
-        gx_dir = tmp_path / "great_expectations"
-        if not gx_dir.exists():
-            shutil.copytree(_GX, gx_dir)
-        monkeypatch.setenv("TRANSFER_REC_GX_DIR", str(gx_dir))
-        monkeypatch.setenv("TRANSFER_REC_STATE_DIR", str(tmp_path / "var"))
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-        return {"config": config, "state": tmp_path / "var", "exports": tmp_path / "exports"}
+        return make_world(tmp_path, monkeypatch, faults, **sections)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def world_maker():
+    """make_world, for fixtures wider than one test (a module's trained world)."""
+    return make_world
+
+
+def make_world(root: Path, monkeypatch: pytest.MonkeyPatch, faults: list[str] | None = None, **sections) -> dict:
+    """pipeline_env's world under `root`, its settings in the environment through `monkeypatch` (any scope)."""
+    generated = generate(root / "exports", two_platforms(faults), n_items=120, seed=3)
+    config = write_config(
+        root / "pipeline.yaml",
+        generated,
+        training={**FAST_TRAINING, **sections.pop("training", {})},
+        **sections,
+    )
+    monkeypatch.setenv("TRANSFER_REC_CONFIG", str(config))
+    # default suites written for this world's platforms stay with it, not in the session's GX copy
+    gx_dir = root / "great_expectations"
+    if not gx_dir.exists():
+        shutil.copytree(_GX, gx_dir)
+    monkeypatch.setenv("TRANSFER_REC_GX_DIR", str(gx_dir))
+    monkeypatch.setenv("TRANSFER_REC_STATE_DIR", str(root / "var"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    return {"config": config, "state": root / "var", "exports": root / "exports"}

@@ -23,7 +23,7 @@ def _bin(name: str) -> str:
 def init(layout: StateLayout) -> None:
     """Create the state folder, migrate Airflow's and MLflow's databases, fill the embedded platforms' export folders
     (idempotent)."""
-    exports()
+    exports(layout)
     for folder in (layout.lake, layout.models, layout.recommendations, layout.mlflow, layout.reports):
         folder.mkdir(parents=True, exist_ok=True)
     airflow_home = Path(os.environ.get("AIRFLOW_HOME", layout.root / "airflow"))
@@ -35,12 +35,13 @@ def init(layout: StateLayout) -> None:
     print(f"state folder: {layout.root}\nAirflow home: {airflow_home}\nMLflow: {uri}")
 
 
-def exports() -> None:
-    """Fill the embedded demo platforms' export folders that do not exist yet (io/embedded.py)."""
+def exports(layout: StateLayout, refill: bool = False) -> None:
+    """Fill the embedded demo platforms' export folders that do not exist yet (io/embedded.py); one filled before and
+    deleted since only with `refill`."""
     from transfer_rec.config import load_config
     from transfer_rec.io.embedded import export_all
 
-    for folder in export_all(load_config()):
+    for folder in export_all(load_config(), layout.embedded_record, refill):
         print(f"embedded platform export written: {folder}")
 
 
@@ -214,9 +215,24 @@ def main(argv: list[str] | None = None) -> None:
     )
     run_parser.add_argument("--force", action="store_true", help="retrain even when data and config are the champion's")
     sub.add_parser("summary", help="print the last run's report")
-    sub.add_parser("exports", help="fill the embedded demo platforms' export folders (no databases touched)")
+    exports_parser = sub.add_parser(
+        "exports", help="fill the embedded demo platforms' export folders (no databases touched)"
+    )
+    exports_parser.add_argument(
+        "--refill", action="store_true", help="also fill folders that were filled once and deleted since"
+    )
     sub.add_parser("suites", help="write the default GX suites of platforms that have no reviewed suite yet")
     sub.add_parser("airflow-ui", help="run Airflow standalone on 127.0.0.1:8080 until Ctrl-C")
+    serve_parser = sub.add_parser(
+        "serve", help="serve a registered model over HTTP (MLflow's scoring server with a request body limit)"
+    )
+    serve_parser.add_argument("--model", default="models:/transfer_rec-ml-100k@champion", help="model URI")
+    serve_parser.add_argument("--host", default="127.0.0.1")
+    serve_parser.add_argument("--port", type=int, default=5001)
+    serve_parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    serve_parser.add_argument(
+        "--max-body-bytes", type=int, default=None, help="larger request bodies get HTTP 413 (default 1 MiB)"
+    )
     rollback = sub.add_parser("rollback", help="move a target's champion alias back to previous_champion")
     rollback.add_argument("target")
     bench = sub.add_parser(
@@ -238,11 +254,16 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "summary":
         summary(layout)
     elif args.command == "exports":
-        exports()
+        exports(layout, args.refill)
     elif args.command == "suites":
         suites()
     elif args.command == "airflow-ui":
         airflow_ui(layout)
+    elif args.command == "serve":
+        from transfer_rec.serving import http
+
+        os.environ.setdefault("MLFLOW_TRACKING_URI", layout.mlflow_uri())
+        http.serve(args.model, args.host, args.port, args.workers, args.max_body_bytes or http.max_body_bytes())
     elif args.command == "rollback":
         from transfer_rec.stages.promote import rollback as do_rollback
 

@@ -1,7 +1,9 @@
-"""The champion served over HTTP by `mlflow models serve` (as `make serve` does), on loopback."""
+"""The champion served over HTTP by `transfer-rec serve` (as `make serve` does: MLflow's scoring server behind a body
+limit), on loopback."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
@@ -9,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,8 @@ from inline import run_inline
 from ports import free_port_pair
 
 from transfer_rec.runtime.processes import stop_group
+
+MAX_BODY = 64 * 1024
 
 
 def post(url: str, payload: dict) -> tuple[int, dict]:
@@ -29,31 +34,25 @@ def post(url: str, payload: dict) -> tuple[int, dict]:
         return error.code, json.loads(error.read() or b"{}")
 
 
-@pytest.fixture
-def served(pipeline_env, tmp_path):
-    pipeline_env()
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, world_maker):
+    """One trained world and one server for the module's tests (training it is most of their time)."""
+    tmp_path = tmp_path_factory.mktemp("served")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        world_maker(tmp_path, monkeypatch)
+        yield from _serve(tmp_path)
+
+
+def _serve(tmp_path: Path):
     run_inline("http", gate_override="promote")
     port = free_port_pair()
-    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    bin_dir = Path(sys.executable).parent
     log = open(tmp_path / "serve.log", "w")
+    # what `make serve` runs: MLflow's scoring server behind the body limit, here with a 64 KiB limit
     proc = subprocess.Popen(
-        [
-            mlflow_bin,
-            "models",
-            "serve",
-            "-m",
-            "models:/transfer_rec-village@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-w",
-            "1",
-        ],
-        # the server starts `uvicorn` by name: the venv's bin must be on PATH
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        [str(bin_dir / "transfer-rec"), "serve", "--model", "models:/transfer_rec-village@champion"]
+        + ["--port", str(port), "--workers", "1", "--max-body-bytes", str(MAX_BODY)],
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -67,7 +66,7 @@ def served(pipeline_env, tmp_path):
                     break
             except Exception:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow models serve did not start: {(tmp_path / 'serve.log').read_text()[-3000:]}")
+                    pytest.fail(f"transfer-rec serve did not start: {(tmp_path / 'serve.log').read_text()[-3000:]}")
                 time.sleep(1)
         yield base
     finally:
@@ -113,3 +112,73 @@ def test_known_and_new_users_over_http_and_bad_requests_are_4xx(served):
         f"{served}/invocations", {"dataframe_records": [{"user_id": user, "history": []}], "params": {"k": 3}}
     )
     assert status == 200
+
+
+def _raw_post(base: str, body: bytes | list[bytes]) -> tuple[int, dict]:
+    """POST a body as given (a list is sent chunked, without Content-Length)."""
+    port = int(base.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        if isinstance(body, list):
+            conn.request("POST", "/invocations", iter(body), {"Content-Type": "application/json"}, encode_chunked=True)
+        else:
+            conn.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def test_a_body_past_the_limit_is_refused_with_413_before_it_is_parsed(served):
+    # a request the model would refuse anyway (too many rows), but it must not even be parsed; ~2 MB, more than the
+    # socket buffers take: a server that answered without reading it would reset the connection instead
+    rows = [{"user_id": f"u{i}", "history": []} for i in range(50_000)]
+    big = json.dumps({"dataframe_records": rows}).encode()
+    assert len(big) > 25 * MAX_BODY
+    status, body = _raw_post(served, big)
+    assert status == 413 and body["error_code"] == "REQUEST_TOO_LARGE", body
+    assert f"at most {MAX_BODY:,} bytes" in body["message"] and f"{len(big):,}" in body["message"]
+    # chunked, so no Content-Length tells the size up front
+    status, body = _raw_post(served, [big[i : i + 8192] for i in range(0, len(big), 8192)])
+    assert status == 413 and "at most" in body["message"], body
+    # a body under the limit, chunked, is handed to the model whole
+    import mlflow
+
+    bundle = mlflow.pyfunc.load_model("models:/transfer_rec-village@champion").unwrap_python_model().bundle
+    small = json.dumps({"dataframe_records": [{"user_id": next(iter(bundle.histories)), "history": []}]}).encode()
+    status, body = _raw_post(served, [small[:10], small[10:]])
+    assert status == 200 and len(body["predictions"]) == 10, body
+
+
+def test_heavy_requests_get_small_answers_and_no_5xx_when_sent_together(served):
+    """The heavy request of the issue, scaled to this catalogue: a history of every known item plus twice as many
+    unknown ids, k = 1000; the unknown ids come back once, not once per answer row."""
+    import mlflow
+
+    bundle = mlflow.pyfunc.load_model("models:/transfer_rec-village@champion").unwrap_python_model().bundle
+    target_items = sorted({item for history in bundle.histories.values() for item in history})
+    known = target_items[: len(target_items) // 2]
+    unknown = [f"nope-{i}" for i in range(2 * len(known))]
+    body = json.dumps({"dataframe_records": [{"history": known + unknown}], "params": {"k": 1000}}).encode()
+    assert len(body) < MAX_BODY
+
+    def send(_: int) -> tuple[int, int, dict]:
+        port = int(served.rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        try:
+            conn.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            payload = response.read()
+            return response.status, len(payload), json.loads(payload)
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(send, range(10)))
+    assert [status for status, _, _ in answers] == [200] * 10
+    for _, size, payload in answers:
+        rows = payload["predictions"]
+        assert sorted(rows[0]["unknown_items"]) == sorted(unknown)
+        assert all(r["unknown_items"] == [] for r in rows[1:])
+        # the answer grows with k, not with k x the unknown ids
+        assert size < 200 * len(rows) + 40 * len(unknown), size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -69,3 +70,19 @@ def test_a_failed_export_leaves_no_folder_and_pull_says_how_to_fill_it(tmp_path)
     export_embedded(platform)
     manifest = pull_platform(platform, StateLayout(tmp_path / "state"), "b1")
     assert manifest.files[0].source_uri.startswith(str(tmp_path / "exports" / "ml-100k"))
+
+
+def test_a_deleted_export_folder_is_not_refilled_with_demo_data_unasked(tmp_path, caplog):
+    config = _embedded_config(tmp_path)
+    layout = StateLayout(tmp_path / "state")
+    assert len(export_all(config, layout.embedded_record)) == 2
+    platform = config.platforms[1]
+    shutil.rmtree(platform.location)
+    # the platform's data is gone: init must not quietly train on the demo data instead
+    assert export_all(config, layout.embedded_record) == []
+    assert not Path(platform.location).exists()
+    assert "deleted since" in caplog.text and "--refill" in caplog.text
+    with pytest.raises(LocationError, match="deleted since.*--refill"):
+        pull_platform(platform, layout, "b1")
+    assert export_all(config, layout.embedded_record, refill=True) == [Path(platform.location).resolve()]
+    assert pull_platform(platform, layout, "b1").files

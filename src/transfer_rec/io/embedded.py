@@ -5,11 +5,14 @@ filled from that package folder when it does not exist yet: `transfer-rec init` 
 it. From then on it is an ordinary local platform export, pulled like any other; its native schema is the package's
 (MovieLens-1M: age as a bucket code, occupation as a code, genre as a space-separated token; MovieLens-100K: age in
 years, occupation as a name, genres as a token sequence). An existing folder is never written to: it is the platform's,
-and the pipeline only reads it.
+and the pipeline only reads it. A folder filled once and later deleted is not filled again (the state folder's
+`embedded.json` remembers which were filled): deleting a platform's data must not bring the demo data back unasked;
+`transfer-rec exports --refill` does it on purpose.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -43,6 +46,46 @@ def export_embedded(platform: PlatformConfig) -> Path | None:
     return folder
 
 
-def export_all(config: PipelineConfig) -> list[Path]:
-    """Every embedded platform's export folder that did not exist yet, written now."""
-    return [folder for p in config.platforms if (folder := export_embedded(p)) is not None]
+def export_folder(platform: PlatformConfig) -> Path:
+    return Path(os.path.realpath(Location.parse(platform.location).path))
+
+
+def export_all(config: PipelineConfig, record: Path | None = None, refill: bool = False) -> list[Path]:
+    """Every embedded platform's export folder that did not exist yet, written now.
+
+    With `record` (a JSON file of the folders filled so far), a folder that was filled before and is gone now is
+    left missing, with a warning, unless `refill`: its pull then fails and says so.
+    """
+    filled = set(json.loads(record.read_text())) if record is not None and record.exists() else set()
+    written = []
+    for platform in config.platforms:
+        if platform.embedded is None:
+            continue
+        folder = export_folder(platform)
+        if str(folder) in filled and not folder.exists() and not refill:
+            log.warning(
+                "platform %s: export folder %s was filled with the embedded demo data once and has been deleted "
+                "since; not filled again (`transfer-rec exports --refill` restores the demo data)",
+                platform.name,
+                folder,
+            )
+            continue
+        if export_embedded(platform) is not None:
+            written.append(folder)
+            filled.add(str(folder))
+    if record is not None and written:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        staging = record.with_name(f".{record.name}.{uuid.uuid4().hex[:12]}")
+        staging.write_text(json.dumps(sorted(filled), indent=2))
+        os.replace(staging, record)
+    return written
+
+
+def refilled_hint(platform: PlatformConfig, record: Path | None) -> str:
+    """What a pull of a missing embedded folder tells the operator: how it gets filled, or why it was not."""
+    if record is not None and record.exists() and str(export_folder(platform)) in json.loads(record.read_text()):
+        return (
+            f"it was filled with the embedded demo data ({platform.embedded}) once and deleted since; "
+            "`transfer-rec exports --refill` restores the demo data"
+        )
+    return f"`transfer-rec init` (run by `make run`) fills it from {platform.embedded}"

@@ -60,5 +60,10 @@ class StateLayout:
     def reports(self) -> Path:
         return self.root / "reports"
 
+    @property
+    def embedded_record(self) -> Path:
+        """The embedded demo export folders filled so far (io/embedded.py): a deleted one is not filled again."""
+        return self.root / "embedded.json"
+
     def mlflow_uri(self) -> str:
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow / 'mlflow.db'}"

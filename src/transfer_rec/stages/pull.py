@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from transfer_rec.config import PlatformConfig
+from transfer_rec.io.embedded import refilled_hint
 from transfer_rec.io.formats import count_rows
 from transfer_rec.io.state import StateLayout
 from transfer_rec.io.storage import Location, LocationError, copy_to_local, exists, sha256_file
@@ -69,7 +70,7 @@ def pull_platform(
     if platform.embedded and location.scheme == "file" and not Path(location.path).exists():
         raise LocationError(
             f"platform {platform.name}: export folder {location.path} does not exist; "
-            f"`transfer-rec init` (run by `make run`) fills it from {platform.embedded}"
+            f"{refilled_hint(platform, layout.embedded_record)}"
         )
     if platform.pull.mode == "incremental" and interval is not None:
         batch_id = interval_batch_id(interval)
