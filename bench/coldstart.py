@@ -110,7 +110,7 @@ def cold_split(
     if not 0.0 < warm_share <= 1.0:
         raise ValueError(f"cold_split: warm_share must be in (0, 1], got {warm_share}")
     folder, n_items = Path(features.dir), features.n_items
-    target, source = config.targets[0].name, config.source.name
+    target, source = config.targets[0].name, config.sources[0].name
     frame = pd.read_parquet(folder / f"{target}.interactions.parquet")
     users = pd.read_parquet(folder / f"{target}.users.parquet")
     user_ids = np.sort(frame["user_id"].unique())

@@ -47,7 +47,7 @@ def export_split(features: FeatureSet, config: PipelineConfig, out: Path) -> arg
     folder = Path(features.dir)
     columns = ["user_id", "item_id", "rating", "timestamp"]
     paths: dict[str, Path] = {}
-    for role, name in ((SOURCE, config.source.name), (TARGET, config.targets[0].name)):
+    for role, name in ((SOURCE, config.sources[0].name), (TARGET, config.targets[0].name)):
         frame = pd.read_parquet(folder / f"{name}.interactions.parquet")
         splits = ("train",) if role == SOURCE else ("train", "valid", "test")
         for split in splits:

@@ -76,8 +76,8 @@ def two_platforms(faults: list[str] | None = None) -> list[SyntheticPlatform]:
 def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A synthetic two-platform world with its config, state folder and MLflow DB, all under tmp_path."""
 
-    def make(faults: list[str] | None = None, **sections) -> dict:
-        return make_world(tmp_path, monkeypatch, faults, **sections)
+    def make(faults: list[str] | None = None, extra: list[SyntheticPlatform] | None = None, **sections) -> dict:
+        return make_world(tmp_path, monkeypatch, faults, extra, **sections)
 
     return make
 
@@ -88,9 +88,16 @@ def world_maker():
     return make_world
 
 
-def make_world(root: Path, monkeypatch: pytest.MonkeyPatch, faults: list[str] | None = None, **sections) -> dict:
-    """pipeline_env's world under `root`, its settings in the environment through `monkeypatch` (any scope)."""
-    generated = generate(root / "exports", two_platforms(faults), n_items=120, seed=3)
+def make_world(
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    faults: list[str] | None = None,
+    extra: list[SyntheticPlatform] | None = None,
+    **sections,
+) -> dict:
+    """pipeline_env's world under `root` (its two platforms and any `extra` ones), its settings in the environment
+    through `monkeypatch` (any scope)."""
+    generated = generate(root / "exports", [*two_platforms(faults), *(extra or [])], n_items=120, seed=3)
     config = write_config(
         root / "pipeline.yaml",
         generated,

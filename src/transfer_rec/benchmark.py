@@ -92,7 +92,7 @@ def features_from_files(args: argparse.Namespace, folder: Path, config: Pipeline
     }
     item_ids = np.sort(pd.unique(pd.concat([f["item_id"] for p in parts.values() for f in p.values()])))
     index = pd.DataFrame({"item_id": item_ids, "item_idx": np.arange(len(item_ids))})
-    platforms = {SOURCE: config.source, TARGET: config.targets[0]}
+    platforms = {SOURCE: config.sources[0], TARGET: config.targets[0]}
     item_tables = [
         t
         for t in (
@@ -137,13 +137,13 @@ def run_files(args: argparse.Namespace, config: PipelineConfig) -> dict[str, Any
     pretrain_seconds = time.perf_counter() - started
     transfer, history, _ = fit_target(features, TARGET, config, model)
     # the short-history parts the pipeline's fine-tune gives the served model (config `short_history`)
-    fit_short_history_parts(transfer, features, target, config, with_source=True, cache_dir=cache_dir, source=SOURCE)
+    fit_short_history_parts(transfer, features, target, config, with_source=True, cache_dir=cache_dir, sources=[SOURCE])
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     weighted = train_history(target, config)
     scores = {"transfer": transfer.score(weighted, target.profiles())}
     score_seconds = time.perf_counter() - started
-    baselines = fit_baselines(features, TARGET, config, cache_dir=None, source=SOURCE)
+    baselines = fit_baselines(features, TARGET, config, cache_dir=None)
     train = target.matrix("train")
     scores.update(
         {

@@ -107,10 +107,23 @@ def summary(layout: StateLayout) -> None:
             f"  {name:<10} {p['role']:<7} {p['rows_pulled']:>11,}   {status:<17} {p['rows_unified']:>8,} "
             f"{p['rows_kept']:>10,}"
         )
-    print(f"\npretrain on the source: {report['pretrain']['epochs']} epochs, {report['pretrain']['seconds']} s")
+    sources = ", ".join(name for name, p in report["platforms"].items() if p["role"] == "source")
+    print(
+        f"\npretrain on the sources ({sources}): {report['pretrain']['epochs']} epochs, "
+        f"{report['pretrain']['seconds']} s"
+    )
     for target, t in report["targets"].items():
         k = t["k"]
         print(f"\ntarget {target}: {t['test_users']} held-out users, metrics at K={k}")
+        evaluation = Path(t["report"]) if t.get("report") else None
+        weights = (
+            json.loads(evaluation.read_text()).get("source_weights") if evaluation and evaluation.exists() else None
+        )
+        if weights:
+            shown = ", ".join(
+                f"{name} {'used' if w > 0 else 'left out (no help on valid)'}" for name, w in weights.items()
+            )
+            print(f"  sources in the item-item prior: {shown}")
         columns = (
             ("NDCG", "ndcg"),
             ("Recall", "recall"),

@@ -290,15 +290,15 @@ class PipelineConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _one_source_some_targets(self) -> PipelineConfig:
+    def _sources_and_targets(self) -> PipelineConfig:
         names = [p.name for p in self.platforms]
         if len(set(names)) != len(names):
             raise ValueError(f"platform names must be unique, got {names}")
         for p in self.platforms:
             if "interactions" not in p.files:
                 raise ValueError(f"platform {p.name}: a platform must export an interactions file")
-        if sum(p.role == "source" for p in self.platforms) != 1:
-            raise ValueError("exactly one platform must have role 'source'")
+        if not self.sources:
+            raise ValueError("at least one platform must have role 'source'")
         if not self.targets:
             raise ValueError("at least one platform must have role 'target'")
         for p in self.platforms:
@@ -308,8 +308,9 @@ class PipelineConfig(_Strict):
         return self
 
     @property
-    def source(self) -> PlatformConfig:
-        return next(p for p in self.platforms if p.role == "source")
+    def sources(self) -> list[PlatformConfig]:
+        """The source platforms: every target learns from all of them (each one's prior kept only where it helps)."""
+        return [p for p in self.platforms if p.role == "source"]
 
     @property
     def targets(self) -> list[PlatformConfig]:

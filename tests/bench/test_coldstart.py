@@ -18,7 +18,7 @@ from transfer_rec.selection.short_history import ShortHistoryData
 
 def test_new_users_are_held_out_and_given_their_earliest_items(tmp_path):
     config = load_config()
-    target, source = config.targets[0].name, config.source.name
+    target, source = config.targets[0].name, config.sources[0].name
     rng = np.random.default_rng(0)
     rows = []
     for u in range(20):

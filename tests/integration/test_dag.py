@@ -9,6 +9,8 @@ from urllib.parse import quote
 import mlflow
 import pandas as pd
 
+from bench.synthetic import SyntheticPlatform
+
 REPO = Path(__file__).resolve().parents[2]
 
 EXPECTED_TASKS = {
@@ -73,7 +75,8 @@ def test_one_ingest_dag_per_platform_updates_its_asset(airflow_db):
 
 
 def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
-    env = pipeline_env()
+    # two sources: the target learns from both, and the fine-tune records what each one weighs
+    env = pipeline_env(extra=[SyntheticPlatform("plaza", "source", users=150, interactions_per_user=20)])
     dag = load_dag()
     run = dag.test(run_conf={"run_key": "itest"})
     assert run.state == "success", [(ti.task_id, ti.map_index, ti.state) for ti in run.get_task_instances()]
@@ -112,7 +115,7 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
         i.dataset.name: {t.key: t.value for t in i.tags}
         for i in client.get_run(summary["mlflow_parent_run_id"]).inputs.dataset_inputs
     }
-    assert set(lineage) == {"campus", "village"}
+    assert set(lineage) == {"campus", "plaza", "village"}
     assert lineage["village"]["sha256.interactions.txt"] == unified["hashes"]["village"]["interactions.txt"]
     assert lineage["village"]["validation"] == "passed" and int(lineage["village"]["features.test"]) > 0
 
@@ -136,7 +139,14 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
         "plots/cold_start_curve.png",
         "evaluation/segments.json",
     } <= artifacts
-    assert {i.dataset.name for i in client.get_run(version.run_id).inputs.dataset_inputs} == {"campus", "village"}
+    assert {i.dataset.name for i in client.get_run(version.run_id).inputs.dataset_inputs} == {
+        "campus",
+        "plaza",
+        "village",
+    }
+    weights = {k: float(v) for k, v in run_data.params.items() if k.startswith("source_weight.")}
+    assert set(weights) == {"source_weight.campus", "source_weight.plaza"} and set(weights.values()) <= {0.0, 1.0}
+    assert "Sources (weight in the item-item prior" in version.description
     report = json.loads((env["state"] / "reports" / "itest" / "village" / "evaluation.json").read_text())
     segments = {r["segment"] for r in report["segments"] if r["users"]}
     assert "all" in segments and any(s.startswith("history ") for s in segments)

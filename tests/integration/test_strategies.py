@@ -20,7 +20,7 @@ def test_each_variant_fine_tunes_the_same_pretrained_model_with_its_own_settings
     config, layout = load_config(), StateLayout.from_env()
     validated = [validate_batch(pull_platform(p, layout, "s"), p, layout) for p in config.platforms]
     features = build_features(unify(validated, config, layout), config, layout, "strategies")
-    source, target = config.source.name, config.targets[0].name
+    source, target = config.sources[0].name, config.targets[0].name
     variants = {"configured": {}, "frozen, no replay": {"strategy": "freeze_encoder", "source_replay": 0.0}}
     report = compare(features, config, source, target, variants)
 

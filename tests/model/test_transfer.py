@@ -32,7 +32,7 @@ def world(tmp_path: Path, monkeypatch, permute: bool = False) -> dict:
 def source_model(w: dict) -> TransferRecommender:
     config, features = w["config"], w["features"]
     model = new_model(features.n_items, config)
-    model.pretrain(PlatformData.of(features, config.source.name).matrix())
+    model.pretrain(PlatformData.of(features, config.sources[0].name).matrix())
     return model
 
 

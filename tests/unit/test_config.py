@@ -6,7 +6,7 @@ from transfer_rec.config import load_config
 
 def test_config_roles_and_per_target_gate_floors_resolve():
     config = load_config(overrides={"gate": {"targets": {config_target(): {"min_retention": 0.1}}}})
-    assert all(p.role == "target" for p in config.targets) and config.source.role == "source"
+    assert all(p.role == "target" for p in config.targets) and all(p.role == "source" for p in config.sources)
     assert config.gate.for_target(config_target()).min_retention == 0.1
     assert config.gate.for_target("elsewhere").min_retention == config.gate.min_retention
 
@@ -42,8 +42,11 @@ def test_platform_file_names_cannot_escape_the_location(tmp_path):
         type(config).model_validate(raw)
 
 
-def test_exactly_one_source_is_required():
+def test_several_sources_are_allowed_and_at_least_one_is_required():
     raw = load_config().model_dump()
-    raw["platforms"][1]["role"] = "source"
-    with pytest.raises(ValidationError, match="exactly one platform"):
+    second = {**raw["platforms"][0], "name": "ml-1m-copy", "location": "exports/ml-1m-copy"}
+    config = type(load_config()).model_validate({**raw, "platforms": [*raw["platforms"], second]})
+    assert [p.name for p in config.sources] == ["ml-1m", "ml-1m-copy"]
+    raw["platforms"][0]["role"] = "target"
+    with pytest.raises(ValidationError, match="at least one platform must have role 'source'"):
         type(load_config()).model_validate(raw)

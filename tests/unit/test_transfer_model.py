@@ -70,10 +70,13 @@ def test_finetune_keeps_the_item_item_setting_best_on_valid():
     grid = ((0.1, 1.0, 0.0), (2.0, 50.0, 0.5))
     config = training(**CONFIG, item_grid=grid)
     model = TransferRecommender(30, config)
-    model.pretrain(random_rows(60, 30, 1))
     candidates = np.arange(30) < 20
     train = random_rows(25, 30, 2).multiply(candidates).tocsr()
-    history = model.finetune(train, random_rows(25, 30, 3).multiply(candidates).tocsr(), candidates)
+    valid = random_rows(25, 30, 3).multiply(candidates).tocsr()
+    # a source that knows valid's co-occurrences: kept, so every alpha of the grid is tried
+    model.pretrain(sp.vstack([valid] * 3))
+    history = model.finetune(train, valid, candidates)
+    assert model.source_weights == {"source": 1.0}
     tried = [e for e in history if e["stage"] == "item_item"]
     assert [(e["alpha"], e["lam"], e["drop_p"]) for e in tried] == item_settings(config)
     best = max(tried, key=lambda e: e["valid_ndcg"])
@@ -86,10 +89,11 @@ def test_finetune_can_keep_the_mean_of_the_item_item_settings():
     grid = ((0.1, 1.0, 0.0), (2.0, 50.0, 0.5))
     config = training(**CONFIG, item_grid=grid, item_combine="mean")
     model = TransferRecommender(30, config)
-    model.pretrain(random_rows(60, 30, 1))
     candidates = np.arange(30) < 20
     train = random_rows(25, 30, 2).multiply(candidates).tocsr()
-    history = model.finetune(train, random_rows(25, 30, 3).multiply(candidates).tocsr(), candidates)
+    valid = random_rows(25, 30, 3).multiply(candidates).tocsr()
+    model.pretrain(sp.vstack([valid] * 3))
+    history = model.finetune(train, valid, candidates)
     gram = (train.T @ train).toarray().astype(np.float64)
     solved = [
         item_item_solve(gram + alpha**2 * model.source_gram, lam, drop_p)[:, candidates]
@@ -115,3 +119,24 @@ def test_rating_weights_reach_the_item_item_part_only():
     np.testing.assert_array_equal(model._encoded(weighted), model._encoded(train))
     np.testing.assert_allclose(model._item_item(weighted), weighted @ model.weights, rtol=1e-5)
     assert not np.allclose(model.score(weighted), model.score(train))
+
+
+def test_a_source_that_does_not_help_gets_no_weight():
+    config = training(**CONFIG)
+    candidates = np.arange(30) < 20
+    train = random_rows(25, 30, 2).multiply(candidates).tocsr()
+    valid = random_rows(25, 30, 3).multiply(candidates).tocsr()
+    # "echo" knows valid's co-occurrences; "noise" is the same rows with the items permuted (wrong neighbours)
+    useful = sp.vstack([valid] * 3).tocsr()
+    noise = useful[:, np.random.default_rng(9).permutation(30)].tocsr()
+    model = TransferRecommender(30, config)
+    history = model.pretrain({"echo": useful, "noise": noise})
+    assert len(history) == CONFIG["epochs_pretrain"] and model.source.shape[0] == 2 * useful.shape[0]
+    history = model.finetune(train, valid, candidates)
+    assert model.source_weights == {"echo": 1.0, "noise": 0.0}
+    np.testing.assert_array_equal(model.source_gram, (useful.T @ useful).toarray())
+    assert [(e["source"], e["weight"]) for e in history if e["stage"] == "source"] == [("echo", 1.0), ("noise", 0.0)]
+    # the choice is part of the model: a copy scores the same and keeps the weights
+    copy = TransferRecommender.from_state(model.state())
+    assert copy.source_weights == model.source_weights
+    np.testing.assert_array_equal(copy.score(train), model.score(train))

@@ -107,7 +107,7 @@ def test_benchmark_file_mode_reads_native_and_unified_files_as_unification_does(
 
 def test_benchmark_file_mode_names_the_file_and_column_of_a_profile_value_it_cannot_map(tmp_path, caplog):
     config = load_config()
-    source = config.source
+    source = config.sources[0]
     native = tmp_path / "users.tsv"
     native.write_text("user_id\tage\tgender\toccupation\tzip_code\nu1\t25\tM\t12\t12345\nu2\t25\tF\t99\t54321\n")
     with caplog.at_level("WARNING", logger="transfer_rec.benchmark"):

@@ -1,4 +1,4 @@
-"""The transfer recommender: pretrained on the source platform, fine-tuned on each target platform.
+"""The transfer recommender: pretrained on the source platforms, fine-tuned on each target platform.
 
 A user is only their history (inductive), so new users are scored at request time without retraining. A history x
 is a row over the items: 1 per item, or, with `rating_weight` > 0, 1 + rating_weight * (rating - 4) as built by
@@ -10,10 +10,13 @@ of a user with history x is a blend of two standardised parts over the target's 
 - B, item-item: a zero-diagonal linear autoencoder (EASE with a dropout-equivalent regulariser) over the unified item
   space. Pretraining keeps the source co-occurrence matrix S'S; fine-tuning solves in closed form
   min ||X_t - X_t B||^2 + alpha^2 ||S - S B||^2 + ||Lambda^1/2 B||^2, diag(B) = 0, Lambda = lam + p/(1-p) diag(G):
-  the source's users act as a prior, weighted by alpha, that the target's users refine. B is solved for the
+  the source's users act as a prior, weighted by alpha, that the target's users refine. With several sources, S'S is
+  the sum of the sources' co-occurrences that help: each target first drops, one by one, every source whose prior
+  does not raise its validation NDCG at the configured setting (backward elimination; `source_weights` records 1 or
+  0 per source), so a source that does not help gets no weight. B is solved for the
   configured (alpha, lam, drop_p) and each of `item_grid` (a solve is a few seconds); with `item_combine: mean` B is
   the mean of their weights, with `best` the one best on the target's validation split.
-- f, history encoder: a multinomial denoising autoencoder (Mult-DAE), pretrained on source users and fine-tuned on
+- f, history encoder: a multinomial denoising autoencoder (Mult-DAE), pretrained on all source users and fine-tuned on
   target users while a share of source users is replayed; early stopping on the target's validation NDCG@k. With
   `encoders` > 1 that many independent encoders (own weights, own dropout masks) train side by side on the same
   batches, and f is the mean of their standardised logits: a cheap ensemble that steadies the part.
@@ -34,7 +37,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +176,9 @@ class TransferRecommender:
         torch.manual_seed(config.seed)
         self._generator = torch.Generator().manual_seed(config.seed)
         self.encoder = _Encoder(n_items, config.hidden, config.input_dropout, config.encoders)
-        self.source_gram: np.ndarray | None = None
+        # each source platform's item co-occurrences, and whether a target's item-item part uses them (1 or 0)
+        self.source_grams: dict[str, np.ndarray] = {}
+        self.source_weights: dict[str, float] = {}
         self.source: sp.csr_matrix | None = None
         self.candidates = np.arange(n_items)
         self.weights = np.zeros((n_items, n_items), dtype=np.float32)
@@ -200,12 +205,28 @@ class TransferRecommender:
             total += float(loss.detach()) * len(x)
         return total / max(len(rows), 1)
 
-    def pretrain(self, source: sp.spmatrix, log: EpochLog | None = None) -> list[dict[str, Any]]:
-        """Learn from the source platform's users: their item co-occurrences and the history encoder."""
-        source = sp.csr_matrix(source, dtype=np.float32)
-        source = source[np.flatnonzero(np.diff(source.indptr) > 0)]
-        self.source = _binary(source)
-        self.source_gram = (source.T @ source).toarray().astype(np.float64)
+    @property
+    def source_gram(self) -> np.ndarray | None:
+        """The item-item part's prior: the co-occurrences of the sources in use (None without a source)."""
+        if not self.source_grams:
+            return None
+        used = [gram for name, gram in self.source_grams.items() if self.source_weights.get(name, 1.0) > 0]
+        return sum(used, np.zeros((self.n_items, self.n_items)))
+
+    def pretrain(
+        self, source: sp.spmatrix | Mapping[str, sp.spmatrix], log: EpochLog | None = None
+    ) -> list[dict[str, Any]]:
+        """Learn from the source platforms' users (one matrix, or one per source by name): their item co-occurrences
+        (kept per source) and the history encoder (on all of them)."""
+        sources = dict(source) if isinstance(source, Mapping) else {"source": source}
+        kept = []
+        for name, matrix in sources.items():
+            matrix = sp.csr_matrix(matrix, dtype=np.float32)
+            matrix = matrix[np.flatnonzero(np.diff(matrix.indptr) > 0)]
+            self.source_grams[name] = (matrix.T @ matrix).toarray().astype(np.float64)
+            self.source_weights[name] = 1.0
+            kept.append(matrix)
+        self.source = _binary(sp.vstack(kept).tocsr())
         rows = _dense(self.source)
         optimiser = torch.optim.Adam(self.encoder.parameters(), lr=self.config.learning_rate)
         history = []
@@ -338,13 +359,16 @@ class TransferRecommender:
         kept part's train scores."""
         cfg = self.config
         target_gram = (train.T @ train).toarray().astype(np.float64)
+        if self.source_grams:
+            self._choose_sources(target_gram, train, valid, emit)
         settings = item_settings(cfg)
-        if self.source_gram is None:  # alpha has no effect without a source: one solve per (lam, drop_p)
+        prior = self.source_gram if any(w > 0 for w in self.source_weights.values()) else None
+        if prior is None:  # alpha has no effect without a source: one solve per (lam, drop_p)
             settings = list(dict.fromkeys((cfg.alpha, lam, drop_p) for _, lam, drop_p in settings))
         best_item, item_item, total = -1.0, None, None
         for index, (alpha, lam, drop_p) in enumerate(settings):
             started = time.perf_counter()
-            gram = target_gram if self.source_gram is None else target_gram + alpha**2 * self.source_gram
+            gram = target_gram if prior is None else target_gram + alpha**2 * prior
             weights = item_item_solve(gram, lam, drop_p)[:, self.candidates].astype(np.float32)
             scores = np.asarray(train @ weights)
             ndcg = self._valid_ndcg(self._full(scores), train, valid)
@@ -378,6 +402,35 @@ class TransferRecommender:
                 }
             )
         return item_item
+
+    def _choose_sources(
+        self,
+        target_gram: np.ndarray,
+        train: sp.csr_matrix,
+        valid: sp.csr_matrix,
+        emit: Callable[[dict[str, Any]], None],
+    ) -> None:
+        """Backward elimination of sources at the configured (alpha, lam, drop_p): while leaving some source out
+        scores at least as well on valid as keeping it, leave out the one whose absence scores best."""
+        alpha, lam, drop_p = self.config.alpha, self.config.lam, self.config.drop_p
+
+        def valid_ndcg(used: list[str]) -> float:
+            gram = target_gram + alpha**2 * sum((self.source_grams[n] for n in used), np.zeros_like(target_gram))
+            weights = item_item_solve(gram, lam, drop_p)[:, self.candidates].astype(np.float32)
+            return self._valid_ndcg(self._full(np.asarray(train @ weights)), train, valid)
+
+        used = list(self.source_grams)
+        current = valid_ndcg(used)
+        while used:
+            trials = {name: valid_ndcg([n for n in used if n != name]) for name in used}
+            name, without = max(trials.items(), key=lambda kv: kv[1])
+            if without < current:
+                break
+            used.remove(name)
+            current = without
+        self.source_weights = {name: float(name in used) for name in self.source_grams}
+        for index, (name, weight) in enumerate(self.source_weights.items()):
+            emit({"stage": "source", "epoch": index, "source": name, "weight": weight, "valid_ndcg": current})
 
     def _choose_kernel(
         self,
@@ -452,7 +505,7 @@ class TransferRecommender:
         for name, tensor in self.encoder.state_dict().items():
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().numpy().tobytes())
-        digest.update(b"source" if self.source is not None else b"no source")
+        digest.update(json.dumps(sorted(self.source_grams)).encode() if self.source is not None else b"no source")
         return digest.hexdigest()
 
     # -- scoring ---------------------------------------------------------------------------------------------
@@ -534,14 +587,17 @@ class TransferRecommender:
             "beta": self.beta,
             "item_params": list(self.item_params),
             "source": None,
-            "source_gram": None,
+            "source_grams": None,
+            "source_weights": dict(self.source_weights),
             "short_history": self.short_history.state() if self.short_history is not None else None,
             "kernel": self.kernel.state() if self.kernel is not None else None,
             "kernel_weight": self.kernel_weight,
         }
         if with_source and self.source is not None:
             state["source"] = _sparse_state(self.source)
-            state["source_gram"] = torch.from_numpy(self.source_gram.astype(np.float32))
+            state["source_grams"] = {
+                name: torch.from_numpy(gram.astype(np.float32)) for name, gram in self.source_grams.items()
+            }
         return state
 
     @classmethod
@@ -559,8 +615,11 @@ class TransferRecommender:
             model.kernel = UserKernel.from_state(state["kernel"])
             model.kernel_weight = float(state["kernel_weight"])
         model.source = _sparse_from(state.get("source"))
-        if state.get("source_gram") is not None:
-            model.source_gram = state["source_gram"].numpy().astype(np.float64)
+        grams = state.get("source_grams")
+        if grams is None and state.get("source_gram") is not None:  # one unnamed source: models saved before 0.6
+            grams = {"source": state["source_gram"]}
+        model.source_grams = {name: gram.numpy().astype(np.float64) for name, gram in (grams or {}).items()}
+        model.source_weights = {name: 1.0 for name in model.source_grams} | dict(state.get("source_weights") or {})
         parts = state.get("short_history", state.get("side"))  # "side": the key of models saved before 0.5
         if parts is not None:
             model.short_history = ShortHistoryParts.from_state(parts)

@@ -304,6 +304,8 @@ def evaluate(
         "retention_users": int(len(kept_lengths)),
         "time_holdout": config.evaluation.time_holdout,
         "new_user_max_history": new_max,
+        # the candidate's sources and whether its item-item part uses each (1) or left it out as no help (0)
+        "source_weights": dict(getattr(bundle.model, "source_weights", {})),
         "metrics": metrics,
         "ci": intervals,
         "paired_vs_champion": paired,

@@ -112,6 +112,12 @@ def model_card(evaluation: dict[str, Any], decision: GateDecision, run_key: str)
             f"{evaluation['time_holdout']:.0%} of interactions by timestamp); new users have at most "
             f"{evaluation['new_user_max_history']} history items."
         )
+    weights = evaluation.get("source_weights") or {}
+    if weights:
+        lines.append(
+            "Sources (weight in the item-item prior, chosen on the target's validation split; 0: left out as no "
+            "help): " + ", ".join(f"{name} {weight:g}" for name, weight in weights.items()) + "."
+        )
     lines += [
         "",
         f"| model | NDCG@{k} | Recall@{k} | retention | retention, new users | coverage | diversity | novelty |",

@@ -1,4 +1,4 @@
-"""Stages 5 and 6: pretrain the recommender on the source platform, fine-tune it on each target platform, and fit the
+"""Stages 5 and 6: pretrain the recommender on the source platforms, fine-tune it on each target platform, and fit the
 baselines it is judged against on the same split."""
 
 from __future__ import annotations
@@ -60,14 +60,16 @@ def _model_params(config: PipelineConfig) -> dict[str, Any]:
 def pretrain(
     features: FeatureSet, config: PipelineConfig, layout: StateLayout, run_key: str, parent_run_id: str
 ) -> Pretrained:
-    """Train on every source interaction; save the checkpoint under models/<run_key>/pretrained.pt."""
+    """Train on every source platform's interactions; save the checkpoint under models/<run_key>/pretrained.pt."""
     use_torch_threads(config.runtime.torch_threads)
-    source = PlatformData.of(features, config.source.name)
+    sources = {p.name: PlatformData.of(features, p.name) for p in config.sources}
+    names = ",".join(sources)
     model = new_model(features.n_items, config)
     started = time.perf_counter()
-    with tracking.stage_run(layout, run_key, "pretrain", parent_run_id, {"platform": config.source.name}) as run:
-        mlflow.log_params({"platform": config.source.name, **_model_params(config)})
-        history = model.pretrain(source.matrix(rating_weight=config.training.rating_weight), log=_log_epoch)
+    with tracking.stage_run(layout, run_key, "pretrain", parent_run_id, {"platform": names}) as run:
+        mlflow.log_params({"platform": names, **_model_params(config)})
+        weight = config.training.rating_weight
+        history = model.pretrain({n: d.matrix(rating_weight=weight) for n, d in sources.items()}, log=_log_epoch)
         tracking.log_epochs(history)
         checkpoint = layout.models / run_key / "pretrained.pt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +80,7 @@ def pretrain(
         checkpoint=str(checkpoint),
         run_id=run.info.run_id,
         epochs=len(history),
-        users=int(len(source.user_ids)),
+        users=int(sum(len(d.user_ids) for d in sources.values())),
         seconds=seconds,
     )
 
@@ -123,13 +125,14 @@ def fit_target(
     return model, history, data
 
 
-def short_history_data(features: FeatureSet, target: PlatformData, source: str | None) -> ShortHistoryData:
-    """What the short-history parts learn from: the target's users and, with `source`, that platform's users."""
+def short_history_data(features: FeatureSet, target: PlatformData, sources: list[str]) -> ShortHistoryData:
+    """What the short-history parts learn from: the target's users and the given source platforms' users."""
     n_items = features.n_items
     train = target.frame[target.frame["split"] == "train"]
-    if source is not None:
-        sources = PlatformData.of(features, source)
-        source_matrix, source_users = sources.matrix(), sources.profiles()
+    if sources:
+        datas = [PlatformData.of(features, name) for name in sources]
+        source_matrix = sp.vstack([d.matrix() for d in datas]).tocsr()
+        source_users = pd.concat([d.profiles() for d in datas], ignore_index=True)
     else:
         source_matrix = sp.csr_matrix((0, n_items), dtype=np.float32)
         source_users = pd.DataFrame({"user_id": pd.Series(dtype=object)})
@@ -153,11 +156,12 @@ def fit_short_history_parts(
     config: PipelineConfig,
     with_source: bool,
     cache_dir: Path | None,
-    source: str | None = None,
+    sources: list[str] | None = None,
 ) -> dict[str, Any]:
     """The short-history parts config `short_history` asks for (selection/short_history.py), learned from the
-    target's users and, `with_source`, the source platform's (`source`: its name, default the config's source)."""
-    data = short_history_data(features, target, (source or config.source.name) if with_source else None)
+    target's users and, `with_source`, the source platforms' (`sources`: their names, default the config's)."""
+    names = (sources if sources is not None else [p.name for p in config.sources]) if with_source else []
+    data = short_history_data(features, target, names)
     return fit_short_history(model, data, config.short_history, with_source, cache_dir, config.training.seed)
 
 
@@ -173,13 +177,13 @@ def _ease(train: sp.csr_matrix, valid: sp.csr_matrix, candidates: np.ndarray, k:
 
 
 def fit_baselines(
-    features: FeatureSet, target: str, config: PipelineConfig, cache_dir: Path | None = None, source: str | None = None
+    features: FeatureSet, target: str, config: PipelineConfig, cache_dir: Path | None = None
 ) -> Baselines:
     """The contenders, fitted on target train (valid only for their choices): the same model trained on the target
     alone (with short-history parts learned from the target's users alone), EASE and popularity."""
     started = time.perf_counter()
     twin, _, data = fit_target(features, target, config, pretrained=None)
-    fit_short_history_parts(twin, features, data, config, with_source=False, cache_dir=cache_dir, source=source)
+    fit_short_history_parts(twin, features, data, config, with_source=False, cache_dir=cache_dir)
     info: dict[str, Any] = {"target_only_seconds": time.perf_counter() - started}
     started = time.perf_counter()
     train = data.matrix("train")
@@ -217,7 +221,13 @@ def finetune(
             features, target, config, load_pretrained(pretrained.checkpoint, config), checkpoint
         )
         tracking.log_epochs(history)
-        chosen = fit_short_history_parts(model, features, data, config, with_source=True, cache_dir=cache_dir)
+        # the sources the item-item part kept (a source that does not help this target gets no weight) also teach
+        # the short-history parts
+        used = [name for name, weight in model.source_weights.items() if weight > 0]
+        mlflow.log_params({f"source_weight.{name}": weight for name, weight in model.source_weights.items()})
+        chosen = fit_short_history_parts(
+            model, features, data, config, with_source=bool(used), cache_dir=cache_dir, sources=used
+        )
         mlflow.log_dict(chosen, "short_history_parts.json")
         tuned = [e for e in history if e["stage"] == "finetune"]
         best = max(tuned, key=lambda e: e["valid_ndcg"]) if tuned else {"epoch": 0}
@@ -240,8 +250,10 @@ def finetune(
         baselines_dir = baselines.save(layout.models / run_key / target / "baselines")
         mlflow.log_params({"baseline.ease_l2": baselines.ease.l2})
     log.info(
-        "fine-tuned %s: best epoch %d, blend beta %.2f, kernel weight %.2f, valid NDCG@%d %.4f; MLflow run %s",
+        "fine-tuned %s: sources %s, best epoch %d, blend beta %.2f, kernel weight %.2f, valid NDCG@%d %.4f; "
+        "MLflow run %s",
         target,
+        ", ".join(f"{name} {weight:g}" for name, weight in model.source_weights.items()),
         best["epoch"],
         blend["beta"],
         model.kernel_weight,

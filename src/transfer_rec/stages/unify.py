@@ -500,7 +500,7 @@ def _unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: Stat
     items = items.drop_duplicates("item_id", keep="first").reset_index(drop=True)
     items["year"] = items["year"].astype("Int64")
 
-    source_items = set(parts[config.source.name]["item_keys"]) if config.source.name in parts else set()
+    source_items = set().union(*(parts[p.name]["item_keys"] for p in config.sources if p.name in parts))
     counts = {}
     for name, part in parts.items():
         target_items = set(part["item_keys"])
