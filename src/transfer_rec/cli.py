@@ -115,6 +115,9 @@ def summary(layout: StateLayout) -> None:
     for target, t in report["targets"].items():
         k = t["k"]
         print(f"\ntarget {target}: {t['test_users']} held-out users, metrics at K={k}")
+        linked = report["platforms"].get(target, {}).get("users_linked_to_a_source")
+        if linked:
+            print(f"  people: {linked:,} of its users also have an account on a source (same link id)")
         evaluation = Path(t["report"]) if t.get("report") else None
         weights = (
             json.loads(evaluation.read_text()).get("source_weights") if evaluation and evaluation.exists() else None

@@ -150,3 +150,33 @@ def test_unified_suite_checks_referential_integrity():
     message = str(caught.value)
     assert "expect_column_values_to_be_null({'column': 'item_id_not_in_items'})" in message and "ghost" in message
     assert "expect_column_values_to_be_null({'column': 'user_id_not_in_users'})" in message and "a:2" in message
+
+
+def test_unified_suite_refuses_a_raw_identity_in_the_link_table():
+    import pandas as pd
+
+    from transfer_rec.stages.validate import validate_unified
+
+    users = {"platform": ["a"], "user_id": ["a:1"], "age": [None], "gender": ["F"], "occupation": [None]}
+    tables = {
+        "interactions": pd.DataFrame(
+            {
+                "platform": ["a"],
+                "user_id": ["a:1"],
+                "item_id": ["x"],
+                "rating": [4.0],
+                "label": pd.Series([1], dtype="int8"),
+                "timestamp": [1],
+            }
+        ),
+        "users": pd.DataFrame({**users, "region": ["12"], "link_id": ["f" * 64], "consent": [True]}),
+        "items": pd.DataFrame({"item_id": ["x"], "title": ["X"], "year": [2000], "genres": [""]}),
+        "links": pd.DataFrame({"link_id": ["ann@example.com"], "platform": ["a"], "user_id": ["a:1"]}),
+    }
+    with pytest.raises(DataValidationError) as caught:
+        validate_unified(tables, load_config(), StateLayout.from_env(), "links")
+    message = str(caught.value)
+    assert "links.parquet" in message and "expect_column_values_to_match_regex({'column': 'link_id'" in message
+    assert "ann@" not in message, "a value that fails the hash rule may be a raw identity: never shown"
+    tables["links"]["link_id"] = ["f" * 64]
+    validate_unified(tables, load_config(), StateLayout.from_env(), "links-ok")

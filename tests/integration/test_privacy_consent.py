@@ -1,6 +1,7 @@
 """A full pipeline run on platforms that export emails, phones and consent flags: no raw identity leaves landing,
 opted-out users never reach training or evaluation data, and they get only non-personalised recommendations."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -66,6 +67,19 @@ def test_no_raw_identity_leaves_landing_and_opted_out_users_are_excluded(pipelin
     assert (linked == 2).sum() >= 10, "people present on both platforms share a link id"
     opted_out = set("village:" + village.loc[village["consent"] == "no", "uid"])
     assert opted_out and opted_out <= set(users.loc[~users["consent"], "user_id"])
+    # the link table: hashes and account keys only, and no opted-out person in it
+    links = pd.read_parquet(unified / "links.parquet")
+    assert list(links.columns) == ["link_id", "platform", "user_id"]
+    assert not links["user_id"].isin(opted_out).any() and users.loc[~users["consent"], "link_id"].isna().all()
+    assert (links.groupby("link_id")["platform"].nunique() == 2).sum() >= 10
+    # evaluation reports the target's users by the sources they are linked on, with CIs
+    report = json.loads(Path(result["evaluation"]["report"]).read_text())
+    linked = [
+        r
+        for r in report["segments"]
+        if r["segment"] == "linked on 1 source" and r["contender"] == "candidate" and r["metric"] == "ndcg"
+    ]
+    assert linked and linked[0]["users"] > 0 and linked[0]["ci_low"] <= linked[0]["mean"] <= linked[0]["ci_high"]
     inter = pd.read_parquet(unified / "interactions.parquet")
     assert not inter["user_id"].isin(opted_out).any()
     for path in (state / "lake" / "features").rglob("*.parquet"):

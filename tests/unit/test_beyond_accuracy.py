@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from transfer_rec.metrics.beyond import catalogue_coverage, genre_matrix, intra_list_diversity, item_popularity, novelty
-from transfer_rec.metrics.segments import history_bucket, segment_table, time_holdout, user_segments
+from transfer_rec.metrics.segments import history_bucket, linked_segments, segment_table, time_holdout, user_segments
 
 
 def test_coverage_counts_distinct_candidate_items_in_any_top_k():
@@ -71,6 +71,22 @@ def test_history_buckets_and_new_versus_warm_segments():
     assert segments["new (<=20)"].tolist() == [True, True, False, False]
     assert segments["warm (>20)"].tolist() == [False, False, True, True]
     assert segments["all"].all()
+
+
+def test_linked_segments_split_all_and_new_users_by_the_sources_they_are_linked_on():
+    new = np.array([True, True, False, False, True])
+    segments = linked_segments(np.array([0, 2, 1, 2, 1]), new, "new (<=20)")
+    assert list(segments) == [
+        "linked on 0 sources",
+        "new (<=20), on 0 sources",
+        "linked on 1 source",
+        "new (<=20), on 1 source",
+        "linked on 2 sources",
+        "new (<=20), on 2 sources",
+    ]
+    assert segments["linked on 2 sources"].tolist() == [False, True, False, True, False]
+    assert segments["new (<=20), on 2 sources"].tolist() == [False, True, False, False, False]
+    assert segments["new (<=20), on 1 source"].tolist() == [False, False, False, False, True]
 
 
 def test_segment_table_gives_means_and_cis_on_the_same_users_for_every_contender():

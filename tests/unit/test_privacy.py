@@ -34,3 +34,45 @@ def test_consent_is_opt_in_when_the_platform_exports_it():
     flags = consent_flags(pd.DataFrame({"consent": ["yes", "no", None, "1", "FALSE", "opt-in"]}))
     assert flags.tolist() == [True, False, False, True, False, True]
     assert consent_flags(pd.DataFrame({"age": [1, 2]})).all()
+
+
+def test_the_link_table_holds_linkable_accounts_only_and_counts_targets_linked_to_a_source():
+    from transfer_rec.config import load_config
+    from transfer_rec.stages.unify import link_counts, link_table
+
+    users = pd.DataFrame(
+        {
+            "platform": ["ml-1m", "ml-1m", "ml-100k", "ml-100k", "ml-100k"],
+            "user_id": ["ml-1m:1", "ml-1m:2", "ml-100k:1", "ml-100k:2", "ml-100k:3"],
+            "link_id": ["b" * 64, "a" * 64, "a" * 64, None, "c" * 64],
+            "consent": [True, True, True, True, True],
+            "age": ["18-24"] * 5,
+        }
+    )
+    links = link_table(users)
+    assert list(links.columns) == ["link_id", "platform", "user_id"], "no profile column in the link table"
+    assert links["user_id"].tolist() == ["ml-100k:1", "ml-1m:2", "ml-1m:1", "ml-100k:3"]
+    # ml-1m is the embedded config's source, ml-100k its target: one target user shares a link id with a source
+    assert link_counts(links, load_config()) == {"ml-100k": 1}
+
+
+def test_an_opted_out_person_is_never_linked(monkeypatch, tmp_path):
+    from transfer_rec.config import load_config
+    from transfer_rec.stages.unify import unify_platform
+
+    monkeypatch.setenv(PII_SALT_ENV, "a-test-salt-of-sufficient-length")
+    config = load_config()
+    raw = config.platform("ml-100k").model_dump()
+    raw.update(format="csv", delimiter=",", files={"interactions": "i.csv", "users": "u.csv"})
+    raw["columns"] = {
+        "interactions": {"uid": "user_id", "iid": "item_id", "r": "rating", "t": "timestamp"},
+        "users": {"uid": "user_id", "mail": "email", "ok": "consent"},
+    }
+    raw["value_maps"] = {}
+    platform = type(config.platform("ml-100k")).model_validate(raw)
+    (tmp_path / "i.csv").write_text("uid,iid,r,t\n1,x,5,1\n2,x,5,2\n")
+    (tmp_path / "u.csv").write_text("uid,mail,ok\n1,ann@example.com,yes\n2,bob@example.com,no\n")
+    part = unify_platform(tmp_path, platform, config, [tmp_path / "i.csv"])
+    users = part["users"].set_index("user_id")
+    assert len(users.loc["ml-100k:1", "link_id"]) == 64
+    assert pd.isna(users.loc["ml-100k:2", "link_id"]) and not users.loc["ml-100k:2", "consent"]

@@ -45,6 +45,18 @@ def user_segments(history_lengths: np.ndarray, new_user_max: int) -> dict[str, n
     return segments
 
 
+def linked_segments(sources: np.ndarray, new: np.ndarray, new_label: str) -> dict[str, np.ndarray]:
+    """Boolean masks over users by how many source platforms the same person is linked on (0, 1, ... the most any
+    user has), for all users and for new users (`new`: their mask, `new_label`: its segment's name)."""
+    sources = np.asarray(sources)
+    segments = {}
+    for n in range(int(sources.max(initial=0)) + 1):
+        on = f"on {n} source{'s' if n != 1 else ''}"
+        segments[f"linked {on}"] = sources == n
+        segments[f"{new_label}, {on}"] = (sources == n) & new
+    return segments
+
+
 def segment_table(
     per_user: dict[str, dict[str, np.ndarray]],
     segments: dict[str, np.ndarray],

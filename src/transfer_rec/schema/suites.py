@@ -10,7 +10,7 @@ import great_expectations as gx
 from great_expectations import expectations as gxe
 
 from transfer_rec.config import PipelineConfig, PlatformConfig
-from transfer_rec.schema.unified import GENDERS, TYPES, USER_COLUMNS
+from transfer_rec.schema.unified import GENDERS, LINK_COLUMNS, TYPES, USER_COLUMNS
 from transfer_rec.schema.values import is_member, value_set
 
 # Columns that must never be read past landing (case-insensitive substrings of a column name).
@@ -120,4 +120,12 @@ def build_unified_suites(tables: dict, config: PipelineConfig) -> dict[str, list
         if config.vocabularies.get(column):
             users.append(gxe.ExpectColumnValuesToBeInSet(column=column, value_set=config.vocabularies[column]))
     items = [gxe.ExpectColumnValuesToBeUnique(column="item_id"), gxe.ExpectColumnValuesToNotBeNull(column="item_id")]
-    return {"interactions": interactions, "users": users, "items": items}
+    suites = {"interactions": interactions, "users": users, "items": items}
+    if "links" in tables:  # the link table holds hashes only: a raw identity there breaks the regex
+        suites["links"] = [
+            gxe.ExpectTableColumnsToMatchSet(column_set=list(LINK_COLUMNS), exact_match=True),
+            gxe.ExpectColumnValuesToNotBeNull(column="link_id"),
+            gxe.ExpectColumnValuesToMatchRegex(column="link_id", regex=r"^[0-9a-f]{64}$"),
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["platform", "user_id"]),
+        ]
+    return suites

@@ -19,14 +19,14 @@ from transfer_rec.manifests import Candidate, Evaluation, FeatureSet
 from transfer_rec.metrics import plots
 from transfer_rec.metrics.beyond import catalogue_coverage, genre_matrix, intra_list_diversity, item_popularity, novelty
 from transfer_rec.metrics.ranking import METRICS, evaluate_scores, item_segment_hits, mean_metrics, top_k
-from transfer_rec.metrics.segments import segment_table, time_holdout, user_segments
+from transfer_rec.metrics.segments import linked_segments, segment_table, time_holdout, user_segments
 from transfer_rec.metrics.uncertainty import bootstrap_ci, paired_lower_bound
 from transfer_rec.recommender.baselines import Baselines
 from transfer_rec.registry import tracking
 from transfer_rec.registry.models import champion_bundle
 from transfer_rec.runtime.threads import use_torch_threads
 from transfer_rec.serving.bundle import ModelBundle
-from transfer_rec.stages.features import PlatformData
+from transfer_rec.stages.features import PlatformData, sources_linked
 from transfer_rec.stages.train import train_history
 
 log = logging.getLogger(__name__)
@@ -134,16 +134,16 @@ def retention_metrics(
     scorers: dict[str, Scorer],
     k: int,
     share: float,
-) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray]:
-    """Per-user metrics on the next-period hold-out (retention = hit) for every contender, and the history length of
-    each evaluated user."""
+) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray, np.ndarray]:
+    """Per-user metrics on the next-period hold-out (retention = hit) for every contender, and the history length
+    and row of each evaluated user."""
     history, exclude, relevant = time_holdout_split(data, share)
     per_user = {}
     for name, score in scorers.items():
         values = evaluate_scores(score(history), exclude, relevant, k, data.item_mask())
         per_user[name] = {"retention": values["hit"]}
     users = np.flatnonzero(np.diff(relevant.indptr) > 0)
-    return per_user, np.diff(history.indptr)[users]
+    return per_user, np.diff(history.indptr)[users], users
 
 
 COLD_START_LENGTHS = (0, 1, 3, 5, 10)
@@ -236,12 +236,18 @@ def evaluate(
     extra, coverage = beyond_accuracy(data, scores, k, genre_matrix(items["genres"].fillna("").to_numpy()))
     for name in per_user:
         per_user[name].update(extra[name])
-    kept, kept_lengths = retention_metrics(data, scorers, k, config.evaluation.time_holdout)
+    kept, kept_lengths, kept_users = retention_metrics(data, scorers, k, config.evaluation.time_holdout)
     curve = cold_start_curve(data, scorers, k, gate.bootstrap_samples)
-    test_lengths = np.diff(train.indptr)[_test_users(data)]
+    test_users = _test_users(data)
+    test_lengths = np.diff(train.indptr)[test_users]
     test_segments = user_segments(test_lengths, new_max)
     kept_segments = user_segments(kept_lengths, new_max)
     new_label = f"new (<={new_max})"
+    # where the target's people can be linked: the same segments by how many sources each is linked on
+    if any(link is not None for link in data.link_ids()):
+        linked = sources_linked(features, data, [p.name for p in config.sources])
+        test_segments |= linked_segments(linked[test_users], test_segments[new_label], new_label)
+        kept_segments |= linked_segments(linked[kept_users], kept_segments[new_label], new_label)
 
     metrics = {}
     for name in per_user:

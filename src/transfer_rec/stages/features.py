@@ -158,8 +158,25 @@ class PlatformData:
         columns = [c for c in PROFILE_FIELDS if c in self.users]
         return self.users.set_index("user_id")[columns].reindex(self.user_ids).reset_index()
 
+    def link_ids(self) -> np.ndarray:
+        """Each user's link id (None where the user cannot be linked), rows aligned with the matrices' rows."""
+        if "link_id" not in self.users:
+            return np.full(len(self.user_ids), None, dtype=object)
+        linked = self.users.set_index("user_id")["link_id"].reindex(self.user_ids)
+        return linked.astype(object).where(linked.notna(), None).to_numpy()
+
     def item_mask(self) -> np.ndarray:
         """Items that occur on this platform: the candidates its users are ranked over."""
         mask = np.zeros(self.n_items, dtype=bool)
         mask[self.frame["item_idx"].unique()] = True
         return mask
+
+
+def sources_linked(features: FeatureSet, target: PlatformData, sources: list[str]) -> np.ndarray:
+    """Per target user (matrix rows): on how many of the sources the same person has a history (by link id)."""
+    mine = target.link_ids()
+    counts = np.zeros(len(mine), dtype=np.int64)
+    for name in sources:
+        theirs = {link for link in PlatformData.of(features, name).link_ids() if link is not None}
+        counts += np.fromiter((link is not None and link in theirs for link in mine), dtype=bool, count=len(mine))
+    return counts

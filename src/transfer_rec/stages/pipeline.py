@@ -342,6 +342,8 @@ def summarize(
                 "validation_warnings": len(b.validation.warnings),
                 "rows_unified": unified_.platforms[b.platform]["rows_out"],
                 "rows_kept": features_.platforms[b.platform]["interactions"],
+                "linked_users": unified_.platforms[b.platform].get("linked_users", 0),
+                "users_linked_to_a_source": unified_.platforms[b.platform].get("users_linked_to_a_source"),
             }
             for b in batches
         },

@@ -148,7 +148,8 @@ def model_card(evaluation: dict[str, Any], decision: GateDecision, run_key: str)
         contenders = list(dict.fromkeys(r["contender"] for r in segments))
         lines += [
             "",
-            f"By user segment (train-history length), NDCG@{k} / retention:",
+            "By user segment (train-history length; where people are linked, also the sources they are linked on), "
+            f"NDCG@{k} / retention:",
             "",
             "| segment | users (test / next period) | " + " | ".join(contenders) + " |",
             "|---|---|" + "---|" * len(contenders),

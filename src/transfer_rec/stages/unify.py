@@ -21,7 +21,7 @@ from transfer_rec.io.storage import atomic_dir
 from transfer_rec.manifests import PulledBatch, UnifiedVersion, ValidatedBatch
 from transfer_rec.runtime.workers import Forked, can_fork, workers
 from transfer_rec.schema import rules
-from transfer_rec.schema.unified import INTERACTION_COLUMNS, ITEM_COLUMNS, USER_COLUMNS
+from transfer_rec.schema.unified import INTERACTION_COLUMNS, ITEM_COLUMNS, LINK_COLUMNS, USER_COLUMNS
 from transfer_rec.schema.values import is_member
 from transfer_rec.stages.validate import PARALLEL_MIN_ROWS, VALIDATION_FILE, quarantine, validate_unified
 
@@ -293,8 +293,10 @@ def unify_platform(
         # Only a coarse region leaves landing: the first two characters of a postal code.
         region = u["region"].astype(str).str[:2] if "region" in u else pd.Series(np.nan, index=u.index)
         users["region"] = region.values
-        users["link_id"] = link_ids(platform.name, u).values
-        users["consent"] = consent_flags(u).values
+        consent = consent_flags(u).values
+        # an opted-out person is never linked: their accounts stay apart
+        users["link_id"] = link_ids(platform.name, u).where(consent).values
+        users["consent"] = consent
     # Opted-out users' interactions never enter training or evaluation; they keep a users row (consent False) so
     # publishing can still give them non-personalised recommendations.
     opted_out = 0
@@ -397,6 +399,22 @@ def _unify_platforms(
     return {name: parts[name] for name, _, _ in work}
 
 
+def link_table(users: pd.DataFrame) -> pd.DataFrame:
+    """Every linkable account (a link id: the platform exports an identity column and the user consented) as
+    (link_id, platform, user_id), sorted by link id so a person's accounts sit together."""
+    linked = users.loc[users["link_id"].notna(), list(LINK_COLUMNS)]
+    return linked.sort_values(["link_id", "platform"], kind="stable").reset_index(drop=True)
+
+
+def link_counts(links: pd.DataFrame, config: PipelineConfig) -> dict[str, int]:
+    """Per target: how many of its linkable users also have an account on at least one source."""
+    sources = {p.name for p in config.sources}
+    on_source = set(links.loc[links["platform"].isin(sources), "link_id"])
+    return {
+        t.name: int(links.loc[links["platform"] == t.name, "link_id"].isin(on_source).sum()) for t in config.targets
+    }
+
+
 class ItemCollisionError(ValueError):
     """The same item id names different items on two platforms: aligning them would mix their interactions."""
 
@@ -421,7 +439,7 @@ def check_item_collisions(items: pd.DataFrame, shown: int = 3) -> None:
 
 
 def unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout) -> UnifiedVersion:
-    """Unify all validated batches into lake/unified/{interactions,users,items}.parquet, switched in atomically.
+    """Unify all validated batches into lake/unified/{interactions,users,items,links}.parquet, switched in atomically.
     A batch that breaks a rule (schema/rules.py) is quarantined with the reason, as a refusal at validation is, so
     it never becomes the drift baseline of the next batch; the current version stays."""
     try:
@@ -500,15 +518,23 @@ def _unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: Stat
     items = items.drop_duplicates("item_id", keep="first").reset_index(drop=True)
     items["year"] = items["year"].astype("Int64")
 
+    links = link_table(users)
+    linked_to_sources = link_counts(links, config)
     source_items = set().union(*(parts[p.name]["item_keys"] for p in config.sources if p.name in parts))
     counts = {}
     for name, part in parts.items():
         target_items = set(part["item_keys"])
-        counts[name] = {**part["counts"], "items_shared_with_source": len(target_items & source_items)}
+        counts[name] = {
+            **part["counts"],
+            "items_shared_with_source": len(target_items & source_items),
+            "linked_users": int((links["platform"] == name).sum()),
+        }
+        if name in linked_to_sources:
+            counts[name]["users_linked_to_a_source"] = linked_to_sources[name]
         log.info("unified %s: %s", name, counts[name])
     final = layout.unified / "current"
     with atomic_dir(final) as out:
-        tables = {"interactions": interactions, "users": users, "items": items}
+        tables = {"interactions": interactions, "users": users, "items": items, "links": links}
         # Large tables are written by a forked process while the suite checks them (a process, not a thread: the
         # suite forks its own workers, and a fork must not copy a writer thread's locks); a refused version is
         # discarded whole.

@@ -135,6 +135,8 @@ def _failure_line(platform: str, file: str, result: Any) -> str:
     }
     details = result.result or {}
     examples = details.get("partial_unexpected_list") or details.get("details", {}).get("mismatched") or ""
+    if config.kwargs.get("column") == "link_id":  # what fails a hash's rule may be a raw identity: never shown
+        examples = ["<withheld: identity column>"] if examples else ""
     count = details.get("unexpected_count")
     observed = details.get("observed_value")
     observed = observed.item() if hasattr(observed, "item") else observed  # numpy scalars print as plain numbers
