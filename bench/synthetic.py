@@ -147,8 +147,13 @@ def generate(
                 "value_maps": {"age": "age_years", "occupation": "synthetic_occupation"},
             }
         )
+    return {"platforms": config_platforms, **registry_settings(folder)}
+
+
+def registry_settings(folder: Path) -> dict[str, Any]:
+    """The config sections generated platforms share: where they may be pulled from, and the shared vocabularies and
+    value maps their profile columns use (`age_years`, `synthetic_occupation`)."""
     return {
-        "platforms": config_platforms,
         "allowed_locations": [str(folder), "s3://"],
         "vocabularies": {
             "age": ["under-18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"],

@@ -98,6 +98,12 @@ def make_world(
     """pipeline_env's world under `root` (its two platforms and any `extra` ones), its settings in the environment
     through `monkeypatch` (any scope)."""
     generated = generate(root / "exports", [*two_platforms(faults), *(extra or [])], n_items=120, seed=3)
+    return use_world(root, monkeypatch, generated, **sections)
+
+
+def use_world(root: Path, monkeypatch: pytest.MonkeyPatch, generated: dict, **sections) -> dict:
+    """Point the pipeline at generated platforms under `root`: config (fast training unless `training` says
+    otherwise), GX suites, state folder and MLflow DB, through `monkeypatch`."""
     config = write_config(
         root / "pipeline.yaml",
         generated,

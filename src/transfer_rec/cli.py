@@ -92,6 +92,8 @@ def run(layout: StateLayout, force: bool = False) -> None:
 
 def summary(layout: StateLayout) -> None:
     """Print the last pipeline run's report."""
+    from transfer_rec.stages.promote import linked_line
+
     path = layout.reports / "latest.json"
     if not path.exists():
         raise SystemExit(f"no run report at {path}: run `make run` first")
@@ -119,14 +121,15 @@ def summary(layout: StateLayout) -> None:
         if linked:
             print(f"  people: {linked:,} of its users also have an account on a source (same link id)")
         evaluation = Path(t["report"]) if t.get("report") else None
-        weights = (
-            json.loads(evaluation.read_text()).get("source_weights") if evaluation and evaluation.exists() else None
-        )
+        evaluated = json.loads(evaluation.read_text()) if evaluation and evaluation.exists() else {}
+        weights = evaluated.get("source_weights")
         if weights:
             shown = ", ".join(
                 f"{name} {'used' if w > 0 else 'left out (no help on valid)'}" for name, w in weights.items()
             )
             print(f"  sources in the item-item prior: {shown}")
+        if evaluated.get("linked"):
+            print(f"  {linked_line(evaluated['linked'])}")
         columns = (
             ("NDCG", "ndcg"),
             ("Recall", "recall"),

@@ -112,6 +112,9 @@ class FeaturesConfig(_Strict):
     min_rating: float = 3
     min_interactions: int = Field(5, ge=1)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    # share of each target's users held out whole, every interaction of theirs in test: people new to the target,
+    # as a linked platform meets them (evaluation reports them as their own segment)
+    new_users: float = Field(0.0, ge=0, lt=1)
     seed: int = 2022
 
     @field_validator("split")

@@ -3,10 +3,11 @@ nothing (wrong links, meaningless items) is guarded against."""
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from tests.model.planted_linked import planted_people, scrambled_items, shuffled_links
 
 from transfer_rec.metrics.ranking import per_user_metrics, top_k
-from transfer_rec.recommender.linked import LinkedRecommender, LinkedSettings
+from transfer_rec.recommender.linked import LinkedPart, LinkedRecommender, LinkedSettings
 from transfer_rec.selection.linked import choose
 
 
@@ -61,3 +62,28 @@ def test_someone_on_no_platform_gets_the_target_popularity(world):
     popularity = np.asarray(world.train[np.diff(world.train.indptr) > 0].sum(axis=0)).ravel()
     assert np.argmax(scores) == np.argmax(popularity)
     assert np.corrcoef(scores, popularity)[0, 1] > 0.95
+
+
+def test_the_part_in_a_model_answers_linked_newcomers_and_survives_save_and_load(world, tmp_path):
+    # the unified item index of a pipeline: books 0-59, films 60-119, the target 120-167
+    columns = {"books": np.arange(60), "films": np.arange(60, 120)}
+    target_columns = np.arange(120, 168)
+    people = np.array([f"{p:064x}" for p in range(world.train.shape[0])], dtype=object)
+    choice = choose(world.sources, world.train, world.valid, seed=3)
+    model = LinkedRecommender(choice.settings).fit(world.sources, world.train)
+    part = LinkedPart(model, "shop", target_columns, columns, people, world.sources)
+    wide = sp.hstack([sp.csr_matrix((world.train.shape[0], 120)), world.train], format="csr")
+    on_source = sum(np.diff(m.indptr) > 0 for m in world.sources.values()) > 0
+    newcomer = int(world.new[on_source[world.new]][0])
+    stranger = int(np.flatnonzero(~on_source)[0])
+    links = [people[newcomer], people[stranger], None]
+    rows, scores, used = part.answer(wide[[newcomer, stranger, stranger]] * 0, links)
+    # the newcomer known on a source is answered, from the target's columns only; nobody else
+    assert rows.tolist() == [0]
+    assert np.isinf(scores[0, :120]).all() and np.isfinite(scores[0, 120:]).all()
+    assert np.allclose(scores[0, 120:], model.score_new({k: m[[newcomer]] for k, m in world.sources.items()}, 1)[0])
+    assert used[0] == [k for k in ("books", "films") if world.sources[k][newcomer].nnz]
+    part.save(tmp_path / "linked")
+    again = LinkedPart.load(tmp_path / "linked")
+    rows2, scores2, used2 = again.answer(wide[[newcomer, stranger, stranger]] * 0, links)
+    assert rows2.tolist() == rows.tolist() and used2 == used and np.allclose(scores2, scores)

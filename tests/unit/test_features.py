@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from transfer_rec.stages.features import k_core, split_sizes, split_users
+from transfer_rec.stages.features import hold_out_users, k_core, split_sizes, split_users
 
 
 def test_k_core_repeats_until_stable():
@@ -48,3 +48,25 @@ def test_a_rating_weighted_matrix_counts_a_rating_of_4_as_1(tmp_path):
     assert data.matrix("train").toarray().tolist() == [[1, 1, 1], [0, 0, 0]]
     assert data.matrix("train", rating_weight=0.25).toarray().tolist() == [[0.75, 1, 1.25], [0, 0, 0]]
     assert data.matrix(rating_weight=0.5).toarray()[1].tolist() == [1.5, 0, 0]
+
+
+def test_users_new_to_the_target_are_held_out_whole_and_seeded():
+    frame = pd.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in range(20) for _ in range(6)],
+            "item_id": [f"i{i}" for _ in range(20) for i in range(6)],
+            "timestamp": 0,
+        }
+    )
+    split = split_users(frame, (0.8, 0.1, 0.1), seed=1)
+    held = hold_out_users(frame, split, 0.25, seed=1)
+    per_user = held.groupby(frame["user_id"]).agg(set)
+    newcomers = per_user[per_user == {"test"}].index
+    assert len(newcomers) == 5
+    # everyone else keeps the per-user split exactly
+    others = ~frame["user_id"].isin(newcomers)
+    assert held[others].equals(split[others])
+    assert set(newcomers) == set(
+        hold_out_users(frame, split, 0.25, seed=1).groupby(frame["user_id"]).agg(set).loc[lambda s: s == {"test"}].index
+    )
+    assert hold_out_users(frame, split, 0.0, seed=1).equals(split)

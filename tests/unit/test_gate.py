@@ -70,3 +70,23 @@ def test_same_recommendations_compares_ranked_top_k_not_scores():
     b = a.copy()
     b[3, np.argsort(-a[3])[0]] = -1  # user 3 (nothing seen) loses their first item
     assert not same_recommendations(a, b, seen, 10, candidates)
+
+
+def test_users_new_to_the_target_are_judged_against_the_champion_on_their_own():
+    config = GateConfig(ndcg_margin=0.01, retention_margin=0.01)
+    m = metrics(0.22, champion=0.22)
+    m["candidate"]["ndcg_new_to_target"], m["champion"]["ndcg_new_to_target"] = 0.30, 0.45
+    # as good overall, much worse for newcomers: refused, and the reason names them
+    decision = gate(m, config, paired={"ndcg": 0.0, "retention": 0.0, "ndcg_new_to_target": -0.12})
+    assert not decision.promote
+    assert any(r.startswith("FAIL") and "new to the target" in r for r in decision.reasons)
+    assert gate(m, config, paired={"ndcg": 0.0, "retention": 0.0, "ndcg_new_to_target": -0.005}).promote
+
+
+def test_the_model_card_says_what_the_linked_part_does():
+    from transfer_rec.stages.promote import linked_line
+
+    line = linked_line({"newcomers_from": ["books", "films"], "warm_from": [], "answers_warm": False, "people": 1192})
+    assert "1,192" in line and "on books, films" in line and "not better on valid" in line
+    none = linked_line({"newcomers_from": [], "warm_from": ["books"], "answers_warm": True, "people": 5})
+    assert "no source" in none and "also from their source histories" in none

@@ -22,6 +22,7 @@ LAYERS = [
     ["transfer_rec.stages.validate"],
     ["transfer_rec.stages.unify"],
     ["transfer_rec.stages.features"],
+    ["transfer_rec.stages.linked"],
     ["transfer_rec.stages.train"],
     ["transfer_rec.stages.evaluate"],
     ["transfer_rec.stages.promote"],

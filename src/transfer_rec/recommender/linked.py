@@ -15,7 +15,9 @@ source that does not help contributes nothing.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -106,3 +108,142 @@ class LinkedRecommender:
         if len(warm):
             scores[warm] = self.score_warm({k: m[warm] for k, m in sources.items()}, target[warm])
         return scores
+
+
+def rows_by_link(
+    histories: dict[str, sp.csr_matrix], row_of: dict[str, int], link_ids: list[str | None]
+) -> dict[str, sp.csr_matrix]:
+    """Per source, the rows of `histories` (people x that source's items, `row_of`: link id -> row) for these
+    people, aligned with `link_ids`; an unknown or missing link id gets an empty row."""
+    rows = np.array([row_of.get(link, -1) if link is not None else -1 for link in link_ids], dtype=np.int64)
+    known = sp.diags((rows >= 0).astype(np.float64))
+    out = {}
+    for name, matrix in histories.items():
+        picked = sp.csr_matrix(known @ matrix[np.maximum(rows, 0)])
+        picked.eliminate_zeros()
+        out[name] = picked
+    return out
+
+
+@dataclass
+class LinkedPart:
+    """The linked recommender inside a target's model, over the unified item index: which people it knows on which
+    source (by link id, with their source histories), and which of a target's users it answers.
+
+    A person with no target history and a history on a kept source is answered by the newcomers' part; a person with
+    a target history only when `warm` (chosen on the target's valid split against the model it sits in). Everyone
+    else is left to the rest of the model."""
+
+    model: LinkedRecommender
+    target: str
+    target_columns: np.ndarray
+    source_columns: dict[str, np.ndarray]
+    link_ids: np.ndarray
+    histories: dict[str, sp.csr_matrix]
+    warm: bool = False
+
+    def __post_init__(self) -> None:
+        self._row = {link: row for row, link in enumerate(self.link_ids.tolist())}
+
+    def describe(self) -> dict:
+        """What the part does, for reports: the sources each part uses, whether it answers warm users, how many
+        people it knows."""
+        s = self.model.settings
+        return {
+            "newcomers_from": [k for k, w in s.new_sources.items() if w > 0],
+            "warm_from": [k for k, w in s.warm_sources.items() if w > 0],
+            "answers_warm": self.warm,
+            "people": len(self.link_ids),
+        }
+
+    def knows(self, link_id: str) -> bool:
+        """Whether this person has a history on any source the part uses."""
+        row = self._row.get(link_id)
+        if row is None:
+            return False
+        s = self.model.settings
+        used = {k for k, w in (s.new_sources | s.warm_sources).items() if w > 0}
+        return any(self.histories[k].indptr[row + 1] > self.histories[k].indptr[row] for k in used)
+
+    def source_rows(self, link_ids: list[str | None]) -> dict[str, sp.csr_matrix]:
+        """Each source's histories for these people, rows aligned (an unknown or missing link id: an empty row)."""
+        return rows_by_link(self.histories, self._row, link_ids)
+
+    def answer(
+        self, target_rows: sp.csr_matrix, link_ids: list[str | None]
+    ) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+        """(rows this part answers, their scores over the unified item index with -inf off the target's columns, per
+        answered row the platforms whose histories were used)."""
+        n = target_rows.shape[0]
+        sources = self.source_rows(link_ids)
+        target = binary(sp.csr_matrix(target_rows)[:, self.target_columns])
+        has_target = np.diff(target.indptr) > 0
+
+        def on(weights: dict[str, float]) -> np.ndarray:
+            found = np.zeros(n, dtype=bool)
+            for name, w in weights.items():
+                if w > 0:
+                    found |= np.diff(sources[name].indptr) > 0
+            return found
+
+        new = np.flatnonzero(~has_target & on(self.model.settings.new_sources))
+        warm = np.flatnonzero(has_target & on(self.model.settings.warm_sources)) if self.warm else np.array([], int)
+        rows = np.concatenate([new, warm]).astype(np.int64)
+        scores = np.full((len(rows), target_rows.shape[1]), -np.inf, dtype=np.float64)
+        if len(new):
+            local = self.model.score_new({k: m[new] for k, m in sources.items()}, len(new))
+            scores[: len(new), self.target_columns] = local
+        if len(warm):
+            local = self.model.score_warm({k: m[warm] for k, m in sources.items()}, target[warm])
+            scores[len(new) :, self.target_columns] = local
+        settings = self.model.settings
+        used = [self._used(sources, r, settings.new_sources) for r in new]
+        used += [self._used(sources, r, settings.warm_sources) + [self.target] for r in warm]
+        return rows, scores, used
+
+    @staticmethod
+    def _used(sources: dict[str, sp.csr_matrix], row: int, weights: dict[str, float]) -> list[str]:
+        return [k for k, w in weights.items() if w > 0 and sources[k].indptr[row + 1] > sources[k].indptr[row]]
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        s = self.model.settings
+        arrays: dict[str, np.ndarray] = {
+            "warm": self.model.warm,
+            "new": self.model.new,
+            "target_columns": self.target_columns,
+            "link_ids": self.link_ids.astype(str),
+        }
+        for i, name in enumerate(self.histories):
+            m = self.histories[name]
+            arrays |= {f"s{i}_columns": self.source_columns[name], f"s{i}_indptr": m.indptr, f"s{i}_indices": m.indices}
+        np.savez_compressed(folder / "linked.npz", **arrays)
+        meta = {
+            "target": self.target,
+            "sources": list(self.histories),
+            "warm": self.warm,
+            "settings": {
+                "warm_l2": s.warm_l2,
+                "new_l2": s.new_l2,
+                "warm_sources": s.warm_sources,
+                "new_sources": s.new_sources,
+            },
+        }
+        (folder / "linked.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> LinkedPart:
+        meta = json.loads((folder / "linked.json").read_text())
+        arrays = np.load(folder / "linked.npz", allow_pickle=False)
+        model = LinkedRecommender(LinkedSettings(**meta["settings"]))
+        model.warm, model.new = arrays["warm"], arrays["new"]
+        model.n_target = len(arrays["target_columns"])
+        link_ids = arrays["link_ids"].astype(object)
+        columns, histories = {}, {}
+        for i, name in enumerate(meta["sources"]):
+            columns[name] = arrays[f"s{i}_columns"]
+            indices = arrays[f"s{i}_indices"]
+            histories[name] = sp.csr_matrix(
+                (np.ones(len(indices)), indices, arrays[f"s{i}_indptr"]), shape=(len(link_ids), len(columns[name]))
+            )
+        return cls(model, meta["target"], arrays["target_columns"], columns, link_ids, histories, meta["warm"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ import scipy.sparse as sp
 import torch
 
 from transfer_rec.metrics.ranking import top_k
+from transfer_rec.recommender.linked import LinkedPart
 from transfer_rec.recommender.profile import Profiles
 from transfer_rec.recommender.transfer import TransferRecommender
 from transfer_rec.schema.unified import PROFILE_FIELDS
@@ -26,6 +27,8 @@ class Recommendations:
     item_ids: list[list[str]]
     scores: list[list[float]]
     unknown_items: list[list[str]]
+    # per row, the platforms whose histories the ranking used (the target's, a linked person's sources')
+    platforms: list[list[str]] = field(default_factory=list)
 
 
 # Known users x items scores precomputed at load (float64: 200 MB at most); past that, every request is scored.
@@ -41,8 +44,15 @@ class ModelBundle:
         histories: pd.DataFrame,
         meta: dict | None = None,
         profiles: pd.DataFrame | None = None,
+        linked: LinkedPart | None = None,
+        accounts: pd.DataFrame | None = None,
     ):
         self.model = model
+        # people known on the source platforms (recommender/linked.py), and the accounts (platform, user_id, link_id)
+        # a request may name them by: the target's own users and the sources'
+        self.linked = linked
+        self.accounts = accounts if accounts is not None else pd.DataFrame(columns=["platform", "user_id", "link_id"])
+        self._link_of = dict(zip(zip(self.accounts["platform"], self.accounts["user_id"]), self.accounts["link_id"]))
         self.item_ids = np.asarray(item_ids, dtype=object)
         self.candidates = np.asarray(candidates, dtype=bool)
         # item id -> column, for requests: a dict lookup per item (a pandas reindex per request cost ~1 ms)
@@ -77,6 +87,34 @@ class ModelBundle:
         row = self._profile_rows.get(user_id, {}) if user_id is not None else {}
         return {f: v for f, v in row.items() if f in PROFILE_FIELDS and isinstance(v, str)}
 
+    @property
+    def target(self) -> str:
+        return str(self.meta.get("target", ""))
+
+    def link_of(self, platform: str, user_id: str | None) -> str | None:
+        """The link id of a platform's user (its unified id, or the id the platform itself uses), if the model knows
+        the account."""
+        if user_id is None:
+            return None
+        return self._link_of.get((platform, user_id)) or self._link_of.get((platform, f"{platform}:{user_id}"))
+
+    def score_rows(
+        self, matrix: sp.csr_matrix, profiles: Profiles | None = None, link_ids: Sequence[str | None] | None = None
+    ) -> tuple[np.ndarray, list[list[str]]]:
+        """Scores of history rows over this model's items, and per row the platforms whose histories were used: rows
+        of people the linked part knows on a source (by `link_ids`) are answered by it, the others by the model."""
+        scores = self.model.score(matrix, profiles) if profiles is not None else self.model.score(matrix)
+        own = [[self.target] if n else [] for n in np.diff(sp.csr_matrix(matrix).indptr)]
+        if self.linked is None or link_ids is None:
+            return scores, own
+        rows, linked, used = self.linked.answer(matrix, list(link_ids))
+        if len(rows):
+            scores = np.array(scores, dtype=np.float64)
+            scores[rows] = linked
+            for row, platforms in zip(rows.tolist(), used, strict=True):
+                own[row] = platforms
+        return scores, own
+
     def history_matrix(self, histories: Sequence[Sequence[str]]) -> tuple[sp.csr_matrix, list[list[str]]]:
         """Rows of item ids as a binary matrix over this model's items; ids it does not know are returned apart."""
         indptr, cols, unknown = [0], [], []
@@ -93,13 +131,23 @@ class ModelBundle:
         )
         return matrix, unknown
 
-    def score(self, histories: Sequence[Sequence[str]], profiles: Profiles | None = None) -> np.ndarray:
-        """`profiles` (age, gender, occupation per row) reach the model's profile prior, if it has one."""
+    def score(
+        self,
+        histories: Sequence[Sequence[str]],
+        profiles: Profiles | None = None,
+        link_ids: Sequence[str | None] | None = None,
+    ) -> np.ndarray:
+        """`profiles` (age, gender, occupation per row) reach the model's profile prior, if it has one; `link_ids`
+        the linked part, if it has one."""
         matrix, _ = self.history_matrix(histories)
-        return self.model.score(matrix, profiles) if profiles is not None else self.model.score(matrix)
+        return self.score_rows(matrix, profiles, link_ids)[0]
 
     def score_aligned(
-        self, matrix: sp.csr_matrix, item_ids: np.ndarray, profiles: Profiles | None = None
+        self,
+        matrix: sp.csr_matrix,
+        item_ids: np.ndarray,
+        profiles: Profiles | None = None,
+        link_ids: Sequence[str | None] | None = None,
     ) -> np.ndarray:
         """Scores for histories given as a (weighted) matrix over another item index `item_ids`, returned over that
         index: the history's weights reach this model unchanged (what a re-scored champion must see to score as it
@@ -115,7 +163,7 @@ class ModelBundle:
             dtype=np.float32,
         )
         remapped.sort_indices()
-        scores = self.model.score(remapped, profiles) if profiles is not None else self.model.score(remapped)
+        scores = self.score_rows(remapped, profiles, link_ids)[0]
         out = np.full((matrix.shape[0], len(item_ids)), -np.inf, dtype=np.float64)
         out[:, known] = scores[:, own[known].astype(int)]
         return out
@@ -127,15 +175,19 @@ class ModelBundle:
         users = list(self.histories)
         if not users or len(users) * len(self.item_ids) > max_entries:
             return False
-        parts = []
+        parts, used = [], []
         for start in range(0, len(users), 2048):
             chunk = users[start : start + 2048]
             profiles = None
             if self.profile_vocabulary is not None:
                 stored = [self.profile_of(u) for u in chunk]
                 profiles = {f: [p.get(f) for p in stored] for f in PROFILE_FIELDS}
-            parts.append(self.score([self.histories[u] for u in chunk], profiles))
+            matrix, _ = self.history_matrix([self.histories[u] for u in chunk])
+            scores, platforms = self.score_rows(matrix, profiles, [self.link_of(self.target, u) for u in chunk])
+            parts.append(scores)
+            used += platforms
         self._known_scores = np.concatenate(parts)
+        self._known_used = used
         self._known_row = {u: row for row, u in enumerate(users)}
         return True
 
@@ -145,11 +197,13 @@ class ModelBundle:
         k: int = 10,
         profiles: Profiles | None = None,
         known: Sequence[str | None] | None = None,
+        link_ids: Sequence[str | None] | None = None,
     ) -> Recommendations:
         """Top-k candidate items per history, items already in the history excluded.
 
         `known`, per row, names a known user whose request is exactly their stored history and profile: with
-        `precompute_known` done, that row's scores are looked up instead of computed (the same scores)."""
+        `precompute_known` done, that row's scores are looked up instead of computed (the same scores). `link_ids`,
+        per row, names the person for the linked part (a known user's own is looked up when not given)."""
         matrix, unknown = self.history_matrix(histories)
         cache = getattr(self, "_known_scores", None)
         rows = (
@@ -158,29 +212,39 @@ class ModelBundle:
             else [None] * len(histories)
         )
         todo = [i for i, row in enumerate(rows) if row is None]
-        if len(todo) == len(rows):
-            scores = self.model.score(matrix, profiles) if profiles is not None else self.model.score(matrix)
-        else:
-            scores = np.empty((len(rows), len(self.item_ids)), dtype=np.float64)
-            done = [i for i, row in enumerate(rows) if row is not None]
+        platforms: list[list[str]] = [[] for _ in rows]
+        scores = np.empty((len(rows), len(self.item_ids)), dtype=np.float64)
+        done = [i for i, row in enumerate(rows) if row is not None]
+        if done:
             scores[done] = cache[[rows[i] for i in done]]
-            if todo:
-                subset = (
-                    None
-                    if profiles is None
-                    else profiles.iloc[todo]
-                    if isinstance(profiles, pd.DataFrame)
-                    else {f: [values[i] for i in todo] for f, values in ((f, list(v)) for f, v in profiles.items())}
-                )
-                scores[todo] = (
-                    self.model.score(matrix[todo], subset) if subset is not None else self.model.score(matrix[todo])
-                )
+            for i in done:
+                platforms[i] = self._known_used[rows[i]]
+        if todo:
+            subset = (
+                None
+                if profiles is None
+                else profiles
+                if len(todo) == len(rows)
+                else profiles.iloc[todo]
+                if isinstance(profiles, pd.DataFrame)
+                else {f: [values[i] for i in todo] for f, values in ((f, list(v)) for f, v in profiles.items())}
+            )
+            links = None
+            if self.linked is not None:
+                given = list(link_ids) if link_ids is not None else [None] * len(rows)
+                own = list(known) if known is not None else [None] * len(rows)
+                links = [given[i] if given[i] is not None else self.link_of(self.target, own[i]) for i in todo]
+            part = matrix if len(todo) == len(rows) else matrix[todo]
+            scores[todo], used = self.score_rows(part, subset, links)
+            for i, u in zip(todo, used, strict=True):
+                platforms[i] = u
         ranked = top_k(scores, k, exclude=matrix, candidates=self.candidates)
         top_scores = np.take_along_axis(scores, ranked, axis=1)
         return Recommendations(
             item_ids=[self.item_ids[r].tolist() for r in ranked],
             scores=[s.astype(float).tolist() for s in top_scores],
             unknown_items=unknown,
+            platforms=platforms,
         )
 
     def save(self, folder: Path) -> Path:
@@ -191,6 +255,9 @@ class ModelBundle:
         pd.DataFrame(rows, columns=["user_id", "item_id"]).to_parquet(folder / "histories.parquet")
         (folder / "meta.json").write_text(json.dumps(self.meta, indent=2))
         self.profiles.reset_index().to_parquet(folder / "profiles.parquet")
+        if self.linked is not None:
+            self.linked.save(folder / "linked")
+            self.accounts.to_parquet(folder / "linked" / "accounts.parquet", index=False)
         return folder
 
     @classmethod
@@ -199,6 +266,7 @@ class ModelBundle:
         state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
         items = pd.read_parquet(folder / "items.parquet")
         profiles = pd.read_parquet(folder / "profiles.parquet") if (folder / "profiles.parquet").exists() else None
+        linked = folder / "linked"
         return cls(
             TransferRecommender.from_state(state),
             items["item_id"].to_numpy(),
@@ -206,4 +274,6 @@ class ModelBundle:
             pd.read_parquet(folder / "histories.parquet"),
             json.loads((folder / "meta.json").read_text()),
             profiles,
+            LinkedPart.load(linked) if linked.exists() else None,
+            pd.read_parquet(linked / "accounts.parquet") if linked.exists() else None,
         )

@@ -33,6 +33,9 @@ SIGNATURE = ModelSignature(
             ColSpec(DataType.string, "user_id", required=False),
             ColSpec(Array(DataType.string), "history", required=False),
             *(ColSpec(DataType.string, field, required=False) for field in PROFILE_FIELDS),
+            # the platform `user_id` is an account of (default: this model's target), or the person's link id
+            ColSpec(DataType.string, "platform", required=False),
+            ColSpec(DataType.string, "link_id", required=False),
         ]
     ),
     outputs=Schema(
@@ -43,6 +46,7 @@ SIGNATURE = ModelSignature(
             ColSpec(DataType.string, "item_id"),
             ColSpec(DataType.double, "score"),
             ColSpec(Array(DataType.string), "unknown_items"),
+            ColSpec(Array(DataType.string), "platforms_used"),
         ]
     ),
     params=ParamSchema([ParamSpec("k", DataType.long, DEFAULT_K)]),
@@ -69,10 +73,11 @@ def input_example(bundle: ModelBundle) -> pd.DataFrame:
 
 
 class TransferRecModel(mlflow.pyfunc.PythonModel):
-    """Input rows: `user_id` (a known user), `history` (a list of item ids) and profile fields (age, gender,
-    occupation: the unified values), each optional; a row needs at least one usable part. Output: one row per
-    recommended item with the request row, user_id, rank, item_id, score and the history's unknown item ids (on the
-    request's first answer row only)."""
+    """Input rows: `user_id` (a known user; with `platform`, an account on another platform the model knows),
+    `link_id` (a person by link id), `history` (a list of item ids) and profile fields (age, gender, occupation: the
+    unified values), each optional; a row needs at least one usable part. Output: one row per recommended item with
+    the request row, user_id, rank, item_id, score, and on the request's first answer row only the history's unknown
+    item ids and the platforms whose histories were used."""
 
     def load_context(self, context: Any) -> None:
         self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]))
@@ -103,6 +108,35 @@ class TransferRecModel(mlflow.pyfunc.PythonModel):
 
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and pd.isna(value))
+
+
+def _text(request: dict[str, Any], column: str, row: int) -> str | None:
+    value = request.get(column)
+    if _missing(value):
+        return None
+    if not isinstance(value, str):
+        raise RequestError(f"row {row}: {column!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _person(bundle: ModelBundle, request: dict[str, Any], row: int) -> tuple[str | None, str | None]:
+    """(the target user the row names, if any; the person's link id, if the model can link them)."""
+    user, platform, link = (
+        _text(request, "user_id", row),
+        _text(request, "platform", row),
+        _text(request, "link_id", row),
+    )
+    if platform is not None and platform != bundle.target:
+        if user is None:
+            raise RequestError(f"row {row}: 'platform' {platform!r} names whose account? give its 'user_id' too")
+        known_platforms = sorted(set(bundle.accounts["platform"]) - {bundle.target})
+        if platform not in known_platforms:
+            raise RequestError(
+                f"row {row}: platform {platform!r} is not linked to {bundle.target!r} in this model "
+                f"(linked: {known_platforms or 'none'})"
+            )
+        return None, link or bundle.link_of(platform, user)
+    return user, link or bundle.link_of(bundle.target, user)
 
 
 def _profile(
@@ -140,16 +174,18 @@ def check_size(requests: pd.DataFrame, k: int) -> None:
 
 
 def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAULT_K) -> pd.DataFrame:
-    if not isinstance(requests, pd.DataFrame) or not ({"user_id", "history", *PROFILE_FIELDS} & set(requests.columns)):
+    if not isinstance(requests, pd.DataFrame) or not (
+        {"user_id", "link_id", "history", *PROFILE_FIELDS} & set(requests.columns)
+    ):
         raise RequestError(
-            "requests need a 'user_id' column, a 'history' column (list of item ids) or profile "
-            f"columns ({', '.join(PROFILE_FIELDS)}), or several of them"
+            "requests need a 'user_id' column (with 'platform' for another platform's account), a 'link_id' column, "
+            f"a 'history' column (list of item ids) or profile columns ({', '.join(PROFILE_FIELDS)}), or several"
         )
     check_size(requests, k)
     vocabulary = bundle.profile_vocabulary
-    histories, profiles, plain_known = [], [], []
+    histories, profiles, plain_known, links = [], [], [], []
     # column by column: DataFrame.to_dict("records") alone cost ~1 ms of a one-user request
-    wanted = [c for c in ("user_id", "history", *PROFILE_FIELDS) if c in requests.columns]
+    wanted = [c for c in ("user_id", "history", *PROFILE_FIELDS, "platform", "link_id") if c in requests.columns]
     columns = {c: requests[c].tolist() for c in wanted}
     records = [{c: columns[c][row] for c in wanted} for row in range(len(requests))]
     for row, request in enumerate(records):
@@ -159,15 +195,12 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
             history = [history]
         if not isinstance(history, (list, tuple)) and not hasattr(history, "tolist"):
             raise RequestError(f"row {row}: 'history' must be a list of item ids, got {type(history).__name__}")
-        user = request.get("user_id")
-        if isinstance(user, float) and pd.isna(user):
-            user = None
-        if user is not None and not isinstance(user, str):
-            raise RequestError(f"row {row}: 'user_id' must be a string, got {type(user).__name__}")
+        user, link = _person(bundle, request, row)
         known = bundle.histories.get(user, []) if user is not None else []
         merged = list(known) + [str(i) for i in list(history)]
         profile = _profile(request, row, bundle.profile_of(user), vocabulary)
-        usable = bool(known) or any(item in bundle.position for item in merged) or profile is not None
+        linked = bundle.linked is not None and link is not None and bundle.linked.knows(link)
+        usable = bool(known) or any(item in bundle.position for item in merged) or profile is not None or linked
         if not usable:
             what = (
                 f"none of the history's {len(merged)} item ids is known to the model (e.g. {merged[0]!r})"
@@ -175,21 +208,33 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
                 else "no history"
             )
             hint = "" if vocabulary is not None else " (this model has no profile prior, so a profile cannot help)"
-            raise RequestError(
-                f"row {row}: unknown user {user!r}, {what} and no profile: nothing to recommend from{hint}"
+            who = f"unknown user {request.get('user_id')!r}" + (
+                f" on {request.get('platform')!r}" if not _missing(request.get("platform")) else ""
             )
+            raise RequestError(f"row {row}: {who}, {what} and no profile: nothing to recommend from{hint}")
         histories.append(merged)
         profiles.append(profile or {})
         # exactly the stored user: no items or profile fields added by the request
         adds = bool(len(merged) - len(known)) or any(not _missing(request.get(f)) for f in PROFILE_FIELDS)
-        plain_known.append(user if known and not adds else None)
+        # a link id from the request, not the known user's own, is scored afresh
+        plain_known.append(user if known and not adds and link == bundle.link_of(bundle.target, user) else None)
+        links.append(link)
     recs = bundle.recommend(
         histories,
         k,
         {f: [p.get(f) for p in profiles] for f in PROFILE_FIELDS} if vocabulary is not None else None,
         known=plain_known,
+        link_ids=links,
     )
-    out: dict[str, list] = {"request": [], "user_id": [], "rank": [], "item_id": [], "score": [], "unknown_items": []}
+    out: dict[str, list] = {
+        "request": [],
+        "user_id": [],
+        "rank": [],
+        "item_id": [],
+        "score": [],
+        "unknown_items": [],
+        "platforms_used": [],
+    }
     for row, request in enumerate(records):
         user = request.get("user_id")
         user = None if isinstance(user, float) else user
@@ -202,4 +247,5 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
         # once per request row (on its first answer row), not on every answer row: a long list of unknown ids
         # repeated k times made a 140 KB request answer with 102 MB
         out["unknown_items"] += [recs.unknown_items[row]] + [[] for _ in range(len(items) - 1)] if items else []
+        out["platforms_used"] += [recs.platforms[row]] + [[] for _ in range(len(items) - 1)] if items else []
     return pd.DataFrame(out)

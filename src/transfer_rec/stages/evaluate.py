@@ -31,6 +31,8 @@ from transfer_rec.stages.train import train_history
 
 log = logging.getLogger(__name__)
 
+# test users with no train or valid interaction on the target (features.new_users holds them out whole)
+NEW_TO_TARGET = "new to the target"
 # A fitted contender: history matrix (users x items) -> scores.
 Scorer = Callable[[sp.csr_matrix], np.ndarray]
 
@@ -182,10 +184,12 @@ def cold_start_curve(
     return out
 
 
-def _champion_scorer(champion: ModelBundle, item_ids: np.ndarray, profiles: pd.DataFrame) -> Scorer:
-    """The champion as it was scored when it was promoted: the same (weighted) history matrix as the candidate,
-    re-indexed onto its own items."""
-    return lambda matrix: champion.score_aligned(matrix, item_ids, profiles)
+def _champion_scorer(
+    champion: ModelBundle, item_ids: np.ndarray, profiles: pd.DataFrame, links: list[str | None]
+) -> Scorer:
+    """The champion as it was scored when it was promoted: the same (weighted) history matrix and people as the
+    candidate, re-indexed onto its own items."""
+    return lambda matrix: champion.score_aligned(matrix, item_ids, profiles, links)
 
 
 def _training_curves(run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -215,7 +219,9 @@ def evaluate(
     bundle = ModelBundle.load(Path(candidate.bundle))
     # Every contender that has a profile prior reads each user's profile next to the history, as when served.
     profiles = data.profiles()
-    scorers: dict[str, Scorer] = {"candidate": lambda m: bundle.model.score(m, profiles)}
+    # the same rows' people for the linked part, if the model has one (a person known on a source)
+    links = list(data.link_ids())
+    scorers: dict[str, Scorer] = {"candidate": lambda m: bundle.score_rows(m, profiles, links)[0]}
     baselines = Baselines.load(Path(candidate.baselines))
     scorers.update(baseline_scorers(baselines, profiles))
     l2 = baselines.ease.l2
@@ -223,7 +229,7 @@ def evaluate(
     items = pd.read_parquet(Path(features.dir) / "items.parquet").sort_values("item_idx")
     champion, champion_version = champion_bundle(target)
     if champion is not None:
-        scorers["champion"] = _champion_scorer(champion, items["item_id"].to_numpy(), profiles)
+        scorers["champion"] = _champion_scorer(champion, items["item_id"].to_numpy(), profiles, links)
     # The transfer models (candidate, its target-only twin and the champion) read rating-weighted histories when so
     # configured; EASE and popularity take the binary history.
     weighted = train_history(data, config)
@@ -243,11 +249,21 @@ def evaluate(
     test_segments = user_segments(test_lengths, new_max)
     kept_segments = user_segments(kept_lengths, new_max)
     new_label = f"new (<={new_max})"
+    # people the target has never seen (every interaction of theirs held out: features.new_users)
+    newcomers = test_lengths == 0
+    if newcomers.any():
+        test_segments[NEW_TO_TARGET] = newcomers
     # where the target's people can be linked: the same segments by how many sources each is linked on
-    if any(link is not None for link in data.link_ids()):
+    if any(link is not None for link in links):
         linked = sources_linked(features, data, [p.name for p in config.sources])
         test_segments |= linked_segments(linked[test_users], test_segments[new_label], new_label)
         kept_segments |= linked_segments(linked[kept_users], kept_segments[new_label], new_label)
+        if newcomers.any():
+            test_segments |= {
+                name: mask
+                for name, mask in linked_segments(linked[test_users], newcomers, NEW_TO_TARGET).items()
+                if name.startswith(NEW_TO_TARGET)
+            }
 
     metrics = {}
     for name in per_user:
@@ -257,6 +273,7 @@ def evaluate(
             "coverage": coverage[name],
             "retention": float(np.mean(kept[name]["retention"])) if kept_lengths.size else 0.0,
             "retention_new": float(np.mean(new_users)) if new_users.size else None,
+            "ndcg_new_to_target": float(np.mean(per_user[name]["ndcg"][newcomers])) if newcomers.any() else None,
         }
     accuracy = METRICS + ("diversity", "novelty")
     segments = [
@@ -294,6 +311,15 @@ def evaluate(
                 gate.confidence,
             ),
         }
+        # people new to the target are judged on their own too: a model may win overall and lose them
+        if newcomers.any():
+            paired["ndcg_new_to_target"] = paired_lower_bound(
+                per_user["candidate"]["ndcg"][newcomers],
+                per_user["champion"]["ndcg"][newcomers],
+                gate.bootstrap_samples,
+                0,
+                gate.confidence,
+            )
 
     report_dir = layout.reports / run_key / target
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -312,6 +338,7 @@ def evaluate(
         "new_user_max_history": new_max,
         # the candidate's sources and whether its item-item part uses each (1) or left it out as no help (0)
         "source_weights": dict(getattr(bundle.model, "source_weights", {})),
+        "linked": bundle.linked.describe() if bundle.linked is not None else None,
         "metrics": metrics,
         "ci": intervals,
         "paired_vs_champion": paired,

@@ -67,6 +67,16 @@ def split_users(inter: pd.DataFrame, shares: tuple[float, float, float], seed: i
     return pd.Series(labels, index=inter.index, name="split")
 
 
+def hold_out_users(inter: pd.DataFrame, split: pd.Series, share: float, seed: int) -> pd.Series:
+    """A seeded share of the users (at least one when share > 0) get every interaction in test: new to the target."""
+    if share <= 0:
+        return split
+    users = np.sort(inter["user_id"].unique())
+    n = max(1, int(round(share * len(users))))
+    chosen = np.random.default_rng([seed, 1]).choice(users, size=min(n, len(users) - 1), replace=False)
+    return split.where(~inter["user_id"].isin(set(chosen)), "test")
+
+
 def build_features(
     unified: UnifiedVersion, config: PipelineConfig, layout: StateLayout, run_key: str, seed: int | None = None
 ) -> FeatureSet:
@@ -101,7 +111,8 @@ def build_features(
             frame = kept[platform.name].merge(item_index, on="item_id")
             platform_users = users[users["platform"] == platform.name]
             if platform.role == "target":
-                frame = frame.assign(split=split_users(frame, config.features.split, seed))
+                split = split_users(frame, config.features.split, seed)
+                frame = frame.assign(split=hold_out_users(frame, split, config.features.new_users, seed))
             else:
                 frame = frame.assign(split="train")
             frame.to_parquet(out / f"{platform.name}.interactions.parquet", index=False)

@@ -72,6 +72,16 @@ def gate(
                         f"{name} {cand[name]:.4f} vs champion {champ[name]:.4f} (margin {margin})",
                     )
                 )
+        new = "ndcg_new_to_target"
+        if paired is not None and paired.get(new) is not None and champ.get(new) is not None:
+            checks.append(
+                (
+                    paired[new] >= -config.ndcg_margin,
+                    f"NDCG of users new to the target vs champion: {cand[new]:.4f} vs {champ[new]:.4f}, paired "
+                    f"{config.confidence:.0%} lower bound of the difference {paired[new]:+.4f} "
+                    f"(margin {config.ndcg_margin})",
+                )
+            )
     else:
         checks.append((True, "no champion yet: compared with floors and baselines only"))
     reasons = [("pass: " if ok else "FAIL: ") + text for ok, text in checks]
@@ -84,6 +94,20 @@ def gate(
     if override == "reject":
         return GateDecision(False, reasons + ["override: rejected by manual override"])
     return GateDecision(passed, reasons)
+
+
+def linked_line(linked: dict[str, Any]) -> str:
+    """One sentence on the linked part (recommender/linked.py) of a model, for the model card and the run summary."""
+    new = ", ".join(linked["newcomers_from"]) or "no source (none helped on simulated newcomers)"
+    warm = (
+        "also from their source histories (better on valid)"
+        if linked["answers_warm"]
+        else "from their target history (the linked part was not better on valid)"
+    )
+    return (
+        f"Linked people ({linked['people']:,} known on the sources by link id): users new to the target are "
+        f"recommended from their histories on {new}; users with a target history {warm}."
+    )
 
 
 def _cell(value: float | None, interval: Any = None, digits: int = 4) -> str:
@@ -118,6 +142,9 @@ def model_card(evaluation: dict[str, Any], decision: GateDecision, run_key: str)
             "Sources (weight in the item-item prior, chosen on the target's validation split; 0: left out as no "
             "help): " + ", ".join(f"{name} {weight:g}" for name, weight in weights.items()) + "."
         )
+    linked = evaluation.get("linked")
+    if linked:
+        lines.append(linked_line(linked))
     lines += [
         "",
         f"| model | NDCG@{k} | Recall@{k} | retention | retention, new users | coverage | diversity | novelty |",

@@ -28,6 +28,7 @@ from transfer_rec.runtime.threads import use_torch_threads
 from transfer_rec.selection.short_history import ShortHistoryData, fit_short_history, ordered_items
 from transfer_rec.serving.bundle import ModelBundle
 from transfer_rec.stages.features import PlatformData
+from transfer_rec.stages.linked import LinkedFit, fit_linked
 
 log = logging.getLogger(__name__)
 
@@ -193,11 +194,41 @@ def fit_baselines(
 
 
 def bundle_for(
-    model: TransferRecommender, features: FeatureSet, data: PlatformData, splits: tuple[str, ...], meta: dict[str, Any]
+    model: TransferRecommender,
+    features: FeatureSet,
+    data: PlatformData,
+    splits: tuple[str, ...],
+    meta: dict[str, Any],
+    linked: LinkedFit | None = None,
 ) -> ModelBundle:
     items = pd.read_parquet(Path(features.dir) / "items.parquet").sort_values("item_idx")
     known = data.frame[data.frame["split"].isin(splits)][["user_id", "item_id"]]
-    return ModelBundle(model, items["item_id"].to_numpy(), data.item_mask(), known, meta, data.profiles())
+    part, accounts = (linked.part, linked.accounts) if linked is not None and linked.part is not None else (None, None)
+    return ModelBundle(
+        model, items["item_id"].to_numpy(), data.item_mask(), known, meta, data.profiles(), part, accounts
+    )
+
+
+def fit_linked_part(
+    model: TransferRecommender, features: FeatureSet, data: PlatformData, target: str, config: PipelineConfig
+) -> LinkedFit:
+    """The linked part (stages/linked.py) next to the fine-tuned model, which is the bar it must clear for warm
+    users."""
+    profiles = data.profiles()
+    weighted = train_history(data, config)
+
+    def base_scores(rows: np.ndarray) -> np.ndarray:
+        return model.score(weighted[rows], profiles.iloc[rows].reset_index(drop=True))
+
+    return fit_linked(
+        features,
+        data,
+        target,
+        [p.name for p in config.sources],
+        config.evaluation.k,
+        config.training.seed,
+        base_scores,
+    )
 
 
 def finetune(
@@ -229,6 +260,9 @@ def finetune(
             model, features, data, config, with_source=bool(used), cache_dir=cache_dir, sources=used
         )
         mlflow.log_dict(chosen, "short_history_parts.json")
+        linked = fit_linked_part(model, features, data, target, config)
+        mlflow.log_params(linked.params if linked.part is not None else {"linked": linked.reason})
+        mlflow.log_metrics(linked.metrics)
         tuned = [e for e in history if e["stage"] == "finetune"]
         best = max(tuned, key=lambda e: e["valid_ndcg"]) if tuned else {"epoch": 0}
         blend = next(e for e in reversed(history) if e["stage"] == "blend")
@@ -242,7 +276,12 @@ def finetune(
             }
         )
         bundle = bundle_for(
-            model, features, data, ("train", "valid"), {"target": target, "run_key": run_key, "features": features.dir}
+            model,
+            features,
+            data,
+            ("train", "valid"),
+            {"target": target, "run_key": run_key, "features": features.dir},
+            linked,
         )
         folder = bundle.save(layout.models / run_key / target / "candidate")
         model_uri = registry.log_candidate_model(bundle, folder, layout.root / "cache" / "model-code")
