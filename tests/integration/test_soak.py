@@ -36,6 +36,10 @@ def test_repeated_runs_under_load_finish_leave_nothing_and_agree(tmp_path):
             except subprocess.TimeoutExpired:
                 stop_group(run)
                 pytest.fail(f"run {n + 1} hung: no end after {LIMIT_S} s")
+            except BaseException:
+                # an interrupted soak (Ctrl-C, a CI timeout) must not leave its run behind: it has a session of its own
+                stop_group(run)
+                raise
             assert run.returncode == 0, out[-3000:]
             mine = {p.pid for p in load}
             left = [p for p in psutil.Process().children(recursive=True) if p.pid not in mine]
