@@ -26,6 +26,7 @@ Every task links to its MLflow run, and each validate task to its batch's Data D
 from __future__ import annotations
 
 import functools
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,14 +40,18 @@ from airflow.sdk import (
     get_current_context,
     task,
 )
+from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from transfer_rec.ops import alerts, links
 from transfer_rec.stages import pipeline
 
+log = logging.getLogger(__name__)
+
 
 def _on_failure(context: dict[str, Any]) -> None:
-    """One line for the operator: what failed, on which platform, and where the log is."""
+    """One line for the operator: what failed, on which platform, and where the log is; the run's MLflow parent run
+    ends FAILED (a task's failure callback runs once its retries are spent)."""
     ti = context["ti"]
     alerts.record_failure(
         alerts.failure_line(
@@ -56,9 +61,21 @@ def _on_failure(context: dict[str, Any]) -> None:
             ti.run_id,
             getattr(ti, "try_number", 0),
             context.get("exception"),
-            getattr(ti, "log_url", None),
+            links.task_log_url(
+                getattr(ti, "log_url", None),
+                links.api_base_url(
+                    conf.get("api", "base_url", fallback=None),
+                    conf.get("api", "host", fallback=None),
+                    conf.get("api", "port", fallback=None),
+                ),
+            ),
         )
     )
+    if ti.dag_id == "transfer_rec" and ti.task_id != "plan":
+        try:
+            pipeline.run_failed(ti.xcom_pull(task_ids="plan"), context.get("exception"))
+        except Exception:  # the alert above is what must not be lost; a tracking outage only leaves the run open
+            log.exception("could not mark the MLflow parent run failed")
 
 
 DEFAULT_ARGS = {
@@ -137,6 +154,9 @@ def training_schedule():
     return AssetOrTimeSchedule(timetable=timetable, assets=assets) if timetable else assets
 
 
+TARGETS = pipeline.target_names()
+
+
 @dag(
     dag_id="transfer_rec",
     schedule=training_schedule(),
@@ -155,31 +175,41 @@ def training_schedule():
             pattern=r"^[A-Za-z0-9_.-]{0,100}$",
             description="Name of this run's outputs (lake, models, MLflow). Empty: the Airflow run id.",
         ),
+        # a multi-select of the configured targets (the form lists `examples`); a name outside them is refused
+        # when the run is triggered, not three retries later
         "targets": Param(
             [],
-            type="array",
-            items={"type": "string"},
-            description="Target platforms to fine-tune. Empty: every target in config/pipeline.yaml.",
+            type=["null", "array"],
+            items={"type": "string", "enum": TARGETS},
+            examples=TARGETS,
+            description=f"Target platforms to fine-tune, of {', '.join(TARGETS)}. Empty: every target.",
         ),
+        # Bounds as exclusive ones: the form's number field clamps to `minimum`/`maximum` silently (-3 was sent as
+        # 1); it ignores the exclusive forms, so an out-of-range value reaches the trigger's validation, which
+        # refuses the run and says why.
         "epochs_finetune": Param(
             None,
             type=["null", "integer"],
-            minimum=1,
-            maximum=500,
-            description="Maximum fine-tuning epochs (early stopping may end sooner).",
+            exclusiveMinimum=0,
+            exclusiveMaximum=501,
+            description="Maximum fine-tuning epochs, 1 to 500 (early stopping may end sooner). Empty: the config's.",
         ),
         "strategy": Param(
             None,
             type=["null", "string"],
             enum=[None, "full", "freeze_encoder"],
-            description="Fine-tuning strategy: full, or freeze_encoder (only the output layer adapts). "
-            "Empty: the config's.",
+            values_display={
+                "null": "the config's",
+                "full": "full: every layer adapts",
+                "freeze_encoder": "freeze_encoder: only the output layer adapts",
+            },
+            description="Fine-tuning strategy. Empty: the config's.",
         ),
         "seed": Param(
             None,
             type=["null", "integer"],
-            minimum=0,
-            description="Seed of the split and of training. Empty: the config's.",
+            exclusiveMinimum=-1,
+            description="Seed of the split and of training, 0 or more. Empty: the config's.",
         ),
         "gate_override": Param(
             "none",

@@ -140,6 +140,22 @@ def test_operator_triggers_a_dry_run_in_the_ui_and_follows_the_mlflow_link(chrom
         expect(submit).to_be_enabled()  # no param needs typing (an empty required one would disable the button)
         shots.take(page, "trigger-form")
 
+        # targets is optional (no required mark); strategy's empty choice reads as the config's, not "null"
+        expect(param_field(dialog, "targets").locator('[data-part="required-indicator"]')).to_have_count(0)
+        expect(param_field(dialog, "strategy")).to_contain_text("the config's")
+        expect(param_field(dialog, "strategy")).not_to_contain_text("null")
+
+        # an out-of-range number is kept as typed and refused at the trigger, naming the param: no run is queued
+        runs_before = api.call("GET", f"{DAG}/dagRuns")[1]["total_entries"]
+        epochs = param_field(dialog, "epochs_finetune").get_by_role("spinbutton")
+        epochs.fill("-3")
+        epochs.blur()
+        expect(epochs).to_have_value("-3")
+        submit.click()
+        expect(dialog).to_contain_text(re.compile(r"epochs_finetune.*-3|-3.*minimum"))
+        shots.take(page, "trigger-refused")
+        assert api.call("GET", f"{DAG}/dagRuns")[1]["total_entries"] == runs_before
+
         # a dry run with few fine-tuning epochs, set in the typed fields
         field = param_field(dialog, "dry_run")
         field.locator('[data-scope="switch"][data-part="root"]').click()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from urllib.parse import quote
 
 import mlflow
 import pandas as pd
+import pytest
 
 from bench.synthetic import SyntheticPlatform
+from transfer_rec.stages.promote import platform_digest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,6 +64,21 @@ def test_dag_integrity(airflow_db):
         assert dag.task_dict[mapped].map_index_template == "{{ label }}"
     assert set(dag.params.keys()) >= {"targets", "epochs_finetune", "strategy", "gate_override", "dry_run", "force"}
 
+    # what the trigger form sends is validated at the trigger: out of range or unknown is refused, never clamped
+    def validate(**conf):
+        params = copy.deepcopy(dag.params)
+        for key, value in conf.items():
+            params[key] = value
+        return params.validate()
+
+    assert validate(epochs_finetune=500, seed=0, targets=["ml-100k"])["epochs_finetune"] == 500
+    for bad in ({"epochs_finetune": -3}, {"epochs_finetune": 0}, {"epochs_finetune": 501}, {"seed": -1}):
+        with pytest.raises(Exception, match="epochs_finetune|seed"):
+            validate(**bad)
+    with pytest.raises(Exception, match="targets"):
+        validate(targets=["no-such-platform"])
+    assert dag.params.get_param("targets").schema["examples"] == ["ml-100k"]
+
 
 def test_one_ingest_dag_per_platform_updates_its_asset(airflow_db):
     from airflow.dag_processing.dagbag import DagBag
@@ -87,6 +105,8 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
     assert 0 < village["metrics"]["candidate"]["ndcg"] <= 1
 
     client = mlflow.MlflowClient()
+    # the MLflow UI opens the experiment as a training record, not in its GenAI view
+    assert client.get_experiment_by_name("transfer_rec").tags["mlflow.experimentKind"] == "custom_model_development"
     versions = client.search_model_versions("name = 'transfer_rec-village'")
     assert len(versions) == 1
     version = versions[0]
@@ -100,6 +120,11 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
     # the parent run ties back to Airflow and holds the resolved config and each platform's data lineage
     parent_tags = parent.tags
     assert parent_tags["airflow.dag_id"] == "transfer_rec" and parent_tags["airflow.run_id"] == run.run_id
+    # it spans the DAG run (ended by summarize, not at once), holds the run's params and links to Airflow
+    parent_info = client.get_run(summary["mlflow_parent_run_id"]).info
+    assert parent_info.status == "FINISHED" and parent_info.end_time - parent_info.start_time > 10_000
+    assert parent.params["param.run_key"] == "itest" and "village: " in parent_tags["transfer_rec.outcome"]
+    assert f"]({parent_tags['airflow.url']})" in parent_tags["mlflow.note.content"]
     assert parent_tags["airflow.url"] == f"http://127.0.0.1:8080/dags/transfer_rec/runs/{quote(run.run_id, safe='')}"
     assert parent_tags["airflow.logical_date"]
     assert {"config/pipeline.resolved.json", "config/overrides.json"} <= {
@@ -121,17 +146,26 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
 
     # the version names its data and source run; its card has CIs, baselines and segments
     assert version.tags["source_run_id"] == version.run_id
+    # few readable tags; every file's sha256 is in provenance.json on the run
+    assert len(version.tags) <= 15, sorted(version.tags)
+    provenance = client.download_artifacts(version.run_id, "provenance.json")
+    assert json.loads(Path(provenance).read_text())["data"]["hashes"] == unified["hashes"]
     for platform, files in unified["hashes"].items():
-        for file, digest in files.items():
-            assert version.tags[f"data.{platform}.{file}.sha256"] == digest
+        assert version.tags[f"data.{platform}.sha256"] == platform_digest(files)
     assert "| ease |" in version.description and "By user segment" in version.description
 
     _assert_extra_links(run, version.run_id, env["state"])
     run_data = client.get_run(version.run_id).data
-    assert "test_candidate_ndcg_at_10" in run_data.metrics
-    for metric in ("coverage_at_10", "diversity_at_10", "novelty_at_10", "retention", "retention_ci_low"):
-        assert f"test_candidate_{metric}" in run_data.metrics, metric
-    assert 0 < run_data.metrics["test_candidate_coverage_at_10"] <= 1
+    # metrics named for people, metric first; chosen settings are params, not metrics
+    assert "ndcg_at_10.candidate" in run_data.metrics and "ndcg_at_10.ease" in run_data.metrics
+    for metric in ("coverage_at_10", "diversity_at_10", "novelty_at_10", "retention", "retention.candidate.ci_low"):
+        assert metric in run_data.metrics or f"{metric}.candidate" in run_data.metrics, metric
+    assert 0 < run_data.metrics["coverage_at_10.candidate"] <= 1
+    assert any(m.startswith("ndcg_at_10.segment.history_") for m in run_data.metrics)
+    assert not any("__" in m for m in run_data.metrics), "no mangled names"
+    assert {"chosen.best_epoch", "chosen.blend_beta", "chosen.kernel_weight"} <= set(run_data.params)
+    assert not {"beta", "kernel_weight", "best_epoch"} & set(run_data.metrics)
+    assert all(len(repr(v)) <= 12 for m, v in run_data.metrics.items() if "." in m), "values to 4 digits"
     artifacts = {a.path for folder in ("plots", "evaluation") for a in client.list_artifacts(version.run_id, folder)}
     assert {
         "plots/segments.png",
@@ -159,13 +193,16 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
     }
     assert len({r["users"] for r in curve}) == 1 and curve[0]["users"] > 0
     assert all(r["ci_low"] <= r["ndcg"] <= r["ci_high"] for r in curve)
-    assert "coldstart_k0_candidate_ndcg" in run_data.metrics
+    assert "ndcg_at_10.cold_start.history_0.candidate" in run_data.metrics
     assert run_data.tags["mlflow.parentRunId"] == summary["mlflow_parent_run_id"]
 
     recs_path = env["state"] / "recommendations" / "village" / "recommendations.parquet"
     if version.tags["gate.decision"] == "promoted":
         recs = pd.read_parquet(recs_path)
         assert recs.groupby("user_id").size().eq(10).all()
+        # beside the unified keys, the platform's own ids ("vi3", "course-00012")
+        assert (("village:" + recs["platform_user_id"]) == recs["user_id"]).all()
+        assert recs["platform_item_id"].str.startswith("course-").all()
         assert recs["model_version"].eq(str(version.version)).all()
         history = pd.read_parquet(
             Path(json.loads((env["state"] / "lake" / "features" / "itest" / "manifest.json").read_text())["dir"])
@@ -195,6 +232,11 @@ def test_bad_batch_fails_the_run_names_the_cause_and_changes_nothing(pipeline_en
     assert not (env["state"] / "lake" / "unified" / "current").exists()
     assert mlflow.MlflowClient().search_registered_models() == []
     assert not (env["state"] / "recommendations").exists()
+    # the run's MLflow parent run ends FAILED, naming the cause
+    (parent,) = mlflow.MlflowClient().search_runs(
+        [mlflow.get_experiment_by_name("transfer_rec").experiment_id], "tags.`transfer_rec.stage` = 'pipeline'"
+    )
+    assert parent.info.status == "FAILED" and parent.data.tags["transfer_rec.outcome"].startswith("failed: ")
 
 
 def _assert_extra_links(run, candidate_run_id: str, state: Path) -> None:

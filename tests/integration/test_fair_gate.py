@@ -42,6 +42,9 @@ def test_identical_inputs_skip_the_run_force_or_new_config_do_not(pipeline_env):
 
     same = check()
     assert not same["changed"] and "no change" in same["reason"] and "village v1" in same["reason"]
+    # the ingest DAG, given the data the champion was trained on, announces nothing (no retrain is queued)
+    ingest = pipeline.ingest_validate(pipeline.ingest_pull("village", "ingest-check"))
+    assert not ingest["new"] and "champion transfer_rec-village v1" in ingest["same_as"], ingest
     assert check(force=True)["changed"]
     raw = yaml.safe_load(env["config"].read_text())
     raw.setdefault("training", {})["rating_weight"] = 0.5  # another model would come out of these data

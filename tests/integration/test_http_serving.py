@@ -114,6 +114,36 @@ def test_known_and_new_users_over_http_and_bad_requests_are_4xx(served):
     assert status == 200
 
 
+def test_requests_and_answers_in_the_platforms_own_ids(served):
+    import mlflow
+
+    bundle = mlflow.pyfunc.load_model("models:/transfer_rec-village@champion").unwrap_python_model().bundle
+    user = next(iter(bundle.histories))
+    own_user = user.removeprefix("village:")
+    keys = bundle.histories[user][:2]
+    own_items = [bundle.native_of[key] for key in keys]
+    assert own_user != user and own_items != keys  # the platform's ids ("course-00012") are not the keys
+    status, body = post(
+        f"{served}/invocations",
+        {
+            "dataframe_records": [
+                {"user_id": own_user, "history": []},
+                {"user_id": user, "history": []},
+                {"history": own_items},
+                {"history": keys},
+            ]
+        },
+    )
+    assert status == 200, body
+    answers = [[(r["item_id"], r["score"]) for r in body["predictions"] if r["request"] == n] for n in range(4)]
+    assert answers[0] == answers[1] and answers[2] == answers[3] and all(len(a) == 10 for a in answers)
+    assert {item for a in answers for item, _ in a} <= set(bundle.native_of.values())
+    assert [r["unknown_items"] for r in body["predictions"] if r["request"] == 2][0] == []
+    # a refusal starts with its reason, not with the request printed back
+    status, body = post(f"{served}/invocations", {"dataframe_records": [{"user_id": "nobody", "history": []}]})
+    assert status == 400 and body["message"].startswith("row 0: unknown user 'nobody'"), body
+
+
 def _raw_post(base: str, body: bytes | list[bytes]) -> tuple[int, dict]:
     """POST a body as given (a list is sent chunked, without Content-Length)."""
     port = int(base.rsplit(":", 1)[1])

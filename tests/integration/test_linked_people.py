@@ -76,7 +76,7 @@ def test_a_request_may_name_a_person_by_another_platforms_account_or_link_id(lin
     native = books["user_id"].iloc[0].split(":", 1)[1]
     by_account = model.predict(pd.DataFrame({"platform": ["books"], "user_id": [native]}))
     by_link = model.predict(pd.DataFrame({"link_id": [person]}))
-    assert len(by_account) == 10 and by_account["item_id"].str.startswith("shop ").all()
+    assert len(by_account) == 10 and by_account["item_id"].str.startswith("shop-").all()
     assert list(by_account["item_id"]) == list(by_link["item_id"])
     used = list(by_account["platforms_used"].iloc[0])
     assert "books" in used and "shop" not in used, used

@@ -60,8 +60,11 @@ def test_champion_pyfunc_answers_known_and_new_users(pipeline_env):
     out = model.predict(requests)
     assert sorted(out["request"].unique()) == [0, 1]
     assert out.groupby("request").size().tolist() == [10, 10]
-    assert not set(out[out["request"] == 0]["item_id"]) & set(bundle.histories[known_user])
-    assert not set(out[out["request"] == 1]["item_id"]) & set(some_items)
+    # answers name items by the platform's own ids
+    own = bundle.native_of
+    assert set(out["item_id"]) <= set(own.values())
+    assert not set(out[out["request"] == 0]["item_id"]) & {own[i] for i in bundle.histories[known_user]}
+    assert not set(out[out["request"] == 1]["item_id"]) & {own[i] for i in some_items}
     assert out[out["request"] == 1]["unknown_items"].iloc[0] == ["no-such-course"]
     assert out.groupby("request")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
     with pytest.raises(RequestError, match="nothing to recommend from"):
@@ -87,7 +90,7 @@ def test_champion_answers_a_profile_only_request(pipeline_env):
     lists = out.groupby("request")["item_id"].apply(list)
     assert lists[0] != lists[1], "the profile, the only input, must change the list"
     prior = bundle.model.short_history.prior.score(pd.DataFrame([first]))[0]
-    expected = bundle.item_ids[bundle.candidates][pd.Series(prior[bundle.candidates]).nlargest(10).index]
+    expected = bundle.native_ids[bundle.candidates][pd.Series(prior[bundle.candidates]).nlargest(10).index]
     assert lists[0] == expected.tolist(), "with no history the list is the profile prior's top 10"
     # a known user's stored profile is used; a request's own field overrides it
     user = next(iter(bundle.histories))

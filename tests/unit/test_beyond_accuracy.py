@@ -223,4 +223,8 @@ def test_model_card_and_version_tags_name_metrics_cis_and_data():
     assert "| candidate | 0.3000 [0.2800, 0.3200] |" in card and "| champion | 0.2500 |" in card
     assert "ndcg +0.0200" in card and "| history 1-5 | 4/0 | 0.500 / n/a | 0.100 / n/a |" in card
     assert "shop: inter.csv abababababab" in card
-    assert data_tags(evaluation) == {"data.shop.inter.csv.sha256": "ab" * 32, "data.unified": "/lake/u1"}
+    # one tag per platform, its digest following every file's sha256
+    tags = data_tags(evaluation)
+    assert list(tags) == ["data.shop.sha256"] and len(tags["data.shop.sha256"]) == 64
+    evaluation["data"]["hashes"]["shop"]["inter.csv"] = "cd" * 32
+    assert data_tags(evaluation) != tags

@@ -58,3 +58,15 @@ def test_plugin_serves_data_docs_and_nothing_outside(tmp_path, monkeypatch):
     assert client.get(f"{prefix}/../secret.txt").status_code == 404
     assert client.get(f"{prefix}/%2E%2E/secret.txt").status_code == 404
     assert client.get(f"{prefix}/village/nothing.html").status_code == 404
+
+
+def test_a_task_log_link_on_airflows_default_base_points_where_the_api_server_listens():
+    from transfer_rec.ops.links import task_log_url
+
+    url = "http://localhost:8080/dags/transfer_rec/runs/manual__1/tasks/unify?try_number=1"
+    assert task_log_url(url, "http://127.0.0.1:8080") == (
+        "http://127.0.0.1:8080/dags/transfer_rec/runs/manual__1/tasks/unify?try_number=1"
+    )
+    behind_proxy = "https://airflow.example.org/dags/transfer_rec/runs/r/tasks/unify"
+    assert task_log_url(behind_proxy, "https://airflow.example.org") == behind_proxy
+    assert task_log_url(None, "http://127.0.0.1:8080") is None

@@ -62,3 +62,30 @@ def test_item_segment_hits_count_relevant_pairs_per_segment_and_the_share_found(
     assert out["low"] == {"relevant": 3, "found": pytest.approx(2 / 3)}
     assert out["item 4"] == {"relevant": 2, "found": 0.0}
     assert out["none"] == {"relevant": 0, "found": 0.0}
+
+
+def test_segment_bars_leave_out_segments_too_small_for_a_ci_and_name_them():
+    from transfer_rec.metrics import plots
+
+    def row(segment, users, mean):
+        return {"segment": segment, "contender": "candidate", "metric": "ndcg", "users": users, "mean": mean}
+
+    rows = [{**row("all", 50, 0.3), "ci_low": 0.25, "ci_high": 0.35}, {**row("history 1-5", 1, 1.0), "ci_low": 1.0}]
+    rows[1]["ci_high"] = 1.0
+    ax = plots.segment_bars(rows, ("ndcg",), "segments").axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["all\n(n=50)"]
+    assert "history 1-5 (n=1)" in ax.get_title(loc="left")
+    # every segment too small: an empty panel that says so, not an error
+    ax = plots.segment_bars(rows[1:], ("ndcg",), "segments").axes[0]
+    assert ax.get_xticklabels() == [] and "history 1-5" in ax.get_title(loc="left")
+
+
+def test_segment_names_become_readable_metric_names():
+    from transfer_rec.stages.evaluate import _metric_name, _segment_key
+
+    assert _segment_key("new (<=20)") == "new_le_20"
+    assert _segment_key("history >50") == "history_over_50"
+    assert _segment_key("history 1-5") == "history_1-5"
+    assert _segment_key("new to the target, on 2 sources") == "new_to_the_target_on_2_sources"
+    assert _metric_name("candidate", "ndcg", 10) == "ndcg_at_10.candidate"
+    assert _metric_name("ease", "retention", 10) == "retention.ease"

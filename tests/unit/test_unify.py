@@ -6,12 +6,16 @@ import pytest
 from transfer_rec.benchmark import read_described
 from transfer_rec.config import load_config
 from transfer_rec.io.storage import copy_to_local
+from transfer_rec.schema.unified import item_key
 from transfer_rec.stages.unify import canonical_item_key, unify_platform
 
 
 def test_canonical_item_key_folds_case_spacing_and_punctuation():
     keys = canonical_item_key(pd.Series(["Toy Story (1995)", "toy  story (1995)", "Toy Story: (1995)", "Heat (1995)"]))
     assert keys.tolist() == ["toy story (1995)"] * 3 + ["heat (1995)"]
+    # a key folds to itself, so serving may be asked by key or by a platform's own id
+    assert [item_key(k) for k in keys] == keys.tolist()
+    assert item_key("Cit\u00e9  des Enfants Perdus, La (1995)") == "cité des enfants perdus la (1995)"
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +62,19 @@ def test_items_are_aligned_and_duplicates_dropped_and_counted(unified):
     assert "toy story (1995)" in shared and len(shared) > 1000
     one_m = out["ml-1m"]
     assert len(one_m["interactions"]) == 1 and one_m["counts"]["dropped"]["duplicate_user_item"] == 1
+
     assert one_m["interactions"]["rating"].iloc[0] == 5, "the earliest of duplicate rows is kept"
     assert out["ml-100k"]["counts"]["dropped"]["duplicate_user_item"] == 307
     genres = out["ml-100k"]["items"].set_index("item_id").loc["toy story (1995)", "genres"]
     assert genres == "Animation|Children's|Comedy"
+
+
+def test_each_platform_keeps_its_own_item_ids_beside_the_keys(unified):
+    _, out = unified
+    ids = out["ml-100k"]["item_ids"].set_index("item_id")
+    assert (ids["platform"] == "ml-100k").all() and ids.index.is_unique
+    assert ids.loc["toy story (1995)", "native_id"] == "Toy Story (1995)"
+    assert set(ids.index) >= set(out["ml-100k"]["items"]["item_id"])
 
 
 def test_first_per_pair_keeps_the_rows_a_stable_three_key_sort_keeps():

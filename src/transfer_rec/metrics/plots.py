@@ -38,8 +38,14 @@ def training_curves(curves: dict[str, Sequence[tuple[int, float]]], title: str) 
     return fig
 
 
-def segment_bars(rows: list[dict], metrics: Sequence[str], title: str) -> Figure:
-    """Grouped bars per user segment, one bar per contender, 95% CI as error bars; one panel per metric.
+# Segments with fewer users than this are left out of the bars and named under the panel: a bootstrap CI over a
+# handful of users says nothing, and a one-user segment's 0 or 1 dwarfed every real bar.
+MIN_SEGMENT_USERS = 20
+
+
+def segment_bars(rows: list[dict], metrics: Sequence[str], title: str, min_users: int = MIN_SEGMENT_USERS) -> Figure:
+    """Grouped bars per user segment, one bar per contender, 95% CI as error bars; one panel per metric. Segments
+    with fewer than `min_users` users are named under the panel instead of drawn.
 
     `rows` are transfer_rec.metrics.ranking.segment_table rows
     ({segment, contender, metric, users, mean, ci_low, ci_high})."""
@@ -47,7 +53,8 @@ def segment_bars(rows: list[dict], metrics: Sequence[str], title: str) -> Figure
     FigureCanvasAgg(fig)
     for index, metric in enumerate(metrics, start=1):
         ax = fig.add_subplot(len(metrics), 1, index)
-        chosen = [r for r in rows if r["metric"] == metric and r["users"] > 0]
+        small = {r["segment"]: r["users"] for r in rows if r["metric"] == metric and 0 < r["users"] < min_users}
+        chosen = [r for r in rows if r["metric"] == metric and r["users"] >= min_users]
         segments = list(dict.fromkeys(r["segment"] for r in chosen))
         present = {r["contender"] for r in chosen}
         contenders = [c for c in CONTENDER_ORDER if c in present] + sorted(present - set(CONTENDER_ORDER))
@@ -65,7 +72,11 @@ def segment_bars(rows: list[dict], metrics: Sequence[str], title: str) -> Figure
         ax.set_xticklabels([f"{s}\n(n={users.get(s, '?')})" for s in segments], fontsize=8)
         ax.set_ylabel(metric)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8, ncol=len(contenders))
+        if contenders:
+            ax.legend(fontsize=8, ncol=len(contenders))
+        if small:
+            shown = ", ".join(f"{s} (n={n})" for s, n in small.items())
+            ax.set_title(f"not drawn, fewer than {min_users} users: {shown}", fontsize=7, loc="left")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig

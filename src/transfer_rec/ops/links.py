@@ -41,6 +41,18 @@ def api_base_url(base_url: str | None, host: str | None, port: int | str | None)
     return f"http://{host}:{port or 8080}"
 
 
+# Airflow's task log address is built on [api] base_url, and this is its default when it is not set.
+AIRFLOW_DEFAULT_BASE = "http://localhost:8080"
+
+
+def task_log_url(url: str | None, api_base: str) -> str | None:
+    """A task's log address as a browser reaches it: Airflow's default base (localhost, which may resolve to ::1,
+    where nothing listens) becomes the address the API server listens on (`api_base`, from api_base_url)."""
+    if url and url.startswith(AIRFLOW_DEFAULT_BASE + "/"):
+        return api_base + url[len(AIRFLOW_DEFAULT_BASE) :]
+    return url
+
+
 def data_docs_url(page: str | None, api_base: str) -> str:
     """A Data Docs page (relative to the Data Docs folder) as served by the plugin; empty without a page."""
     if not page:

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "transfer_rec"
 RUN_KEY_TAG = "transfer_rec.run_key"
 STAGE_TAG = "transfer_rec.stage"
+# The MLflow UI opens an experiment without this tag in its GenAI view (traces, token dashboards); this one is a
+# training record: runs, metrics, models.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def configure(layout: StateLayout) -> str:
@@ -30,18 +33,20 @@ def configure(layout: StateLayout) -> str:
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     client = MlflowClient()
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is not None:
-        mlflow.set_experiment(EXPERIMENT)
-        return experiment.experiment_id
-    artifacts = None
-    if mlflow.get_tracking_uri().startswith("sqlite:"):
-        artifacts = (layout.mlflow / "artifacts").as_uri()
-    try:
-        experiment_id = client.create_experiment(EXPERIMENT, artifact_location=artifacts)
-    except mlflow.exceptions.MlflowException:  # created concurrently by another task
-        experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    if experiment is None:
+        artifacts = None
+        if mlflow.get_tracking_uri().startswith("sqlite:"):
+            artifacts = (layout.mlflow / "artifacts").as_uri()
+        try:
+            client.create_experiment(EXPERIMENT, artifact_location=artifacts, tags=EXPERIMENT_TAGS)
+        except mlflow.exceptions.MlflowException:  # created concurrently by another task
+            pass
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+    for key, value in EXPERIMENT_TAGS.items():  # an experiment made before the tags existed gets them once
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     mlflow.set_experiment(EXPERIMENT)
-    return experiment_id
+    return experiment.experiment_id
 
 
 def _find_run(experiment_id: str, filters: str) -> str | None:
@@ -56,16 +61,32 @@ def pipeline_run(layout: StateLayout, run_key: str, tags: dict[str, str] | None 
     experiment_id = configure(layout)
     found = _find_run(experiment_id, f"tags.`{RUN_KEY_TAG}` = '{run_key}' and tags.`{STAGE_TAG}` = 'pipeline'")
     if found:
-        for key, value in (tags or {}).items():  # a re-planned run (retry) keeps its run and refreshes the tags
+        for key, value in {**(tags or {}), **_note(tags or {})}.items():  # a retried plan refreshes the tags
             MlflowClient().set_tag(found, key, value)
         return found
+    # open while the DAG run runs: end_pipeline_run closes it when the run ends (finished, skipped or failed)
     run = MlflowClient().create_run(
         experiment_id,
         run_name=f"pipeline {run_key}",
-        tags={RUN_KEY_TAG: run_key, STAGE_TAG: "pipeline", **(tags or {})},
+        tags={RUN_KEY_TAG: run_key, STAGE_TAG: "pipeline", **(tags or {}), **_note(tags or {})},
     )
-    MlflowClient().set_terminated(run.info.run_id)
     return run.info.run_id
+
+
+def _note(tags: dict[str, str]) -> dict[str, str]:
+    """The run's description (rendered as Markdown on its page): a clickable link to the Airflow run."""
+    url = tags.get("airflow.url")
+    if not url:
+        return {}
+    return {"mlflow.note.content": f"Airflow DAG run: [{tags.get('airflow.run_id', url)}]({url})"}
+
+
+def end_pipeline_run(run_id: str, failed: bool = False, outcome: str | None = None) -> None:
+    """Close the parent run with the DAG run's end: FINISHED, or FAILED when a task failed for good."""
+    client = MlflowClient()
+    if outcome:
+        client.set_tag(run_id, "transfer_rec.outcome", outcome[:500])
+    client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
 
 @contextmanager
@@ -85,6 +106,17 @@ def stage_run(
         yield run
 
 
+def log_dict(run_id: str, data: dict[str, Any], path: str) -> None:
+    """A JSON artifact on a finished run."""
+    MlflowClient().log_dict(run_id, data, path)
+
+
+def readable(value: float) -> float:
+    """A metric value to four significant digits: what the CIs of these metrics can tell apart, and what a person
+    reads in the MLflow UI (not 16 digits); the evaluation report keeps full precision."""
+    return float(f"{value:.4g}")
+
+
 def log_validation(layout: StateLayout, run_id: str, platform: str, summary: dict[str, Any]) -> None:
     """A platform's validation result on the pipeline run: the full result as an artifact, counts as metrics."""
     configure(layout)
@@ -95,16 +127,30 @@ def log_validation(layout: StateLayout, run_id: str, platform: str, summary: dic
     client.set_tag(run_id, f"validation.{platform}", "passed" if summary["success"] else "failed")
 
 
+# Stages whose entries are epochs of training (curves); the others are trials of a setting chosen on valid.
+CURVE_STAGES = ("pretrain", "finetune")
+
+
 def log_epochs(history: list[dict[str, Any]]) -> None:
-    """Per-epoch curves: loss, validation NDCG and time, with the epoch as the step."""
+    """Per-epoch curves as metrics (loss, validation NDCG and time, the epoch as the step); the settings tried on
+    valid (blend, item-item, sources, kernel) as one table, `selection/trials.json`: a tried setting is not a
+    metric."""
     offset = 0
+    trials = []
     for entry in history:
+        if entry["stage"] not in CURVE_STAGES:
+            trials.append(entry)
+            continue
         metrics = {
             f"{entry['stage']}_{k}": float(v)
             for k, v in entry.items()
             if k not in ("stage", "epoch") and isinstance(v, (int, float))
         }
         mlflow.log_metrics(metrics, step=offset + int(entry["epoch"]))
+    if trials:
+        import pandas as pd
+
+        mlflow.log_table(pd.DataFrame(trials), "selection/trials.json")
 
 
 DEFAULT_AIRFLOW_URL = "http://127.0.0.1:8080"
@@ -129,6 +175,13 @@ def airflow_tags(
     if interval:
         tags["airflow.data_interval_start"], tags["airflow.data_interval_end"] = (str(t) for t in interval)
     return tags
+
+
+def log_params(run_id: str, params: dict[str, Any]) -> None:
+    """Params on a run (lists joined by commas: `targets` ['a', 'b'] reads a, b)."""
+    client = MlflowClient()
+    for key, value in params.items():
+        client.log_param(run_id, key, ", ".join(map(str, value)) if isinstance(value, list) else value)
 
 
 def log_config(run_id: str, config: Any, overrides: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ import great_expectations as gx
 from great_expectations import expectations as gxe
 
 from transfer_rec.config import PipelineConfig, PlatformConfig
-from transfer_rec.schema.unified import GENDERS, LINK_COLUMNS, TYPES, USER_COLUMNS
+from transfer_rec.schema.unified import GENDERS, ITEM_ID_COLUMNS, LINK_COLUMNS, TYPES, USER_COLUMNS
 from transfer_rec.schema.values import is_member, value_set
 
 # Columns that must never be read past landing (case-insensitive substrings of a column name).
@@ -127,5 +127,11 @@ def build_unified_suites(tables: dict, config: PipelineConfig) -> dict[str, list
             gxe.ExpectColumnValuesToNotBeNull(column="link_id"),
             gxe.ExpectColumnValuesToMatchRegex(column="link_id", regex=r"^[0-9a-f]{64}$"),
             gxe.ExpectCompoundColumnsToBeUnique(column_list=["platform", "user_id"]),
+        ]
+    if "item_ids" in tables:
+        suites["item_ids"] = [
+            gxe.ExpectTableColumnsToMatchSet(column_set=list(ITEM_ID_COLUMNS), exact_match=True),
+            *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ITEM_ID_COLUMNS),
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["platform", "item_id"]),
         ]
     return suites

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
 INTERACTION_COLUMNS = ("platform", "user_id", "item_id", "rating", "label", "timestamp")
 # Nothing else (no e-mail, phone or password) leaves landing: people are linked only through link_id, a salted hash.
 USER_COLUMNS = ("platform", "user_id", "age", "gender", "occupation", "region", "link_id", "consent")
@@ -9,7 +12,23 @@ ITEM_COLUMNS = ("item_id", "title", "year", "genres")
 # The link table: one row per account of a person who can be linked (a platform exports an identity column and the
 # user consented), so a person's histories on other platforms can be found by link id or by any of their accounts.
 LINK_COLUMNS = ("link_id", "platform", "user_id")
+# Each platform's own id of each of its items (native_id), next to the unified key: serving answers in the former.
+ITEM_ID_COLUMNS = ("platform", "native_id", "item_id")
 TYPES = {"interactions": {"rating": "float64", "timestamp": "int64", "label": "int8"}}
 GENDERS = ("F", "M", "O")
 # The profile a user may carry: what the short-history parts and a profile-only request read.
 PROFILE_FIELDS = ("age", "gender", "occupation")
+
+_NOT_IN_KEY = re.compile(r"[^\w()]+")
+
+
+def item_key(native: str) -> str:
+    """An item's unified key: its id with case, Unicode forms, spacing and punctuation folded, so that 'Toy Story
+    (1995)' on one platform and 'toy story (1995)' on another are one item. A key folds to itself, so a request may
+    name an item by either."""
+    return _NOT_IN_KEY.sub(" ", unicodedata.normalize("NFKC", native.lower())).strip()
+
+
+def user_key(platform: str, native: str) -> str:
+    """A user's unified key: namespaced by platform, since the same native id on two platforms is two people."""
+    return f"{platform}:{native}"

@@ -19,7 +19,7 @@ from transfer_rec.metrics.ranking import top_k
 from transfer_rec.recommender.linked import LinkedPart
 from transfer_rec.recommender.profile import Profiles
 from transfer_rec.recommender.transfer import TransferRecommender
-from transfer_rec.schema.unified import PROFILE_FIELDS
+from transfer_rec.schema.unified import PROFILE_FIELDS, item_key, user_key
 
 
 @dataclass
@@ -46,6 +46,7 @@ class ModelBundle:
         profiles: pd.DataFrame | None = None,
         linked: LinkedPart | None = None,
         accounts: pd.DataFrame | None = None,
+        native_ids: np.ndarray | None = None,
     ):
         self.model = model
         # people known on the source platforms (recommender/linked.py), and the accounts (platform, user_id, link_id)
@@ -57,6 +58,14 @@ class ModelBundle:
         self.candidates = np.asarray(candidates, dtype=bool)
         # item id -> column, for requests: a dict lookup per item (a pandas reindex per request cost ~1 ms)
         self.position = {item: column for column, item in enumerate(self.item_ids.tolist())}
+        # The target platform's own item ids (aligned with item_ids; None where it lacks the item): requests may name
+        # items by them and answers name items by them. A bundle from before the table has none.
+        self.native_ids = (
+            np.asarray(native_ids, dtype=object) if native_ids is not None else np.full(len(self.item_ids), None)
+        )
+        self.native_of = {
+            key: native for key, native in zip(self.item_ids.tolist(), self.native_ids.tolist()) if native is not None
+        }
         # Known users' histories: user_id -> item ids, so a request may name just the user.
         self.histories = histories.groupby("user_id")["item_id"].agg(list).to_dict() if len(histories) else {}
         self.meta = meta or {}
@@ -91,12 +100,24 @@ class ModelBundle:
     def target(self) -> str:
         return str(self.meta.get("target", ""))
 
+    def user_key(self, user_id: str) -> str:
+        """A target user's unified key from the id a request names them by: the platform's own id or the key."""
+        if user_id in self.histories or user_id in self.profiles.index:
+            return user_id
+        key = user_key(self.target, user_id)
+        return key if key in self.histories or key in self.profiles.index else user_id
+
+    def item_position(self, item_id: str) -> int | None:
+        """The column of an item named by its unified key or by any platform's own id for it."""
+        column = self.position.get(item_id)
+        return column if column is not None else self.position.get(item_key(item_id))
+
     def link_of(self, platform: str, user_id: str | None) -> str | None:
         """The link id of a platform's user (its unified id, or the id the platform itself uses), if the model knows
         the account."""
         if user_id is None:
             return None
-        return self._link_of.get((platform, user_id)) or self._link_of.get((platform, f"{platform}:{user_id}"))
+        return self._link_of.get((platform, user_id)) or self._link_of.get((platform, user_key(platform, user_id)))
 
     def score_rows(
         self, matrix: sp.csr_matrix, profiles: Profiles | None = None, link_ids: Sequence[str | None] | None = None
@@ -120,9 +141,10 @@ class ModelBundle:
         indptr, cols, unknown = [0], [], []
         for items in histories:
             items = list(dict.fromkeys(str(i) for i in items))
-            idx = [self.position.get(i) for i in items]
+            idx = [self.item_position(i) for i in items]
             unknown.append([i for i, p in zip(items, idx) if p is None])
-            cols.extend(sorted(p for p in idx if p is not None))
+            # one column once, even when named by both its key and the platform's own id
+            cols.extend(sorted({p for p in idx if p is not None}))
             indptr.append(len(cols))
         data = np.ones(len(cols), dtype=np.float32)
         matrix = sp.csr_matrix(
@@ -250,7 +272,9 @@ class ModelBundle:
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(self.model.state(with_source=False), folder / "model.pt")
-        pd.DataFrame({"item_id": self.item_ids, "candidate": self.candidates}).to_parquet(folder / "items.parquet")
+        pd.DataFrame({"item_id": self.item_ids, "candidate": self.candidates, "native_id": self.native_ids}).to_parquet(
+            folder / "items.parquet"
+        )
         rows = [(u, i) for u, items in self.histories.items() for i in items]
         pd.DataFrame(rows, columns=["user_id", "item_id"]).to_parquet(folder / "histories.parquet")
         (folder / "meta.json").write_text(json.dumps(self.meta, indent=2))
@@ -276,4 +300,5 @@ class ModelBundle:
             profiles,
             LinkedPart.load(linked) if linked.exists() else None,
             pd.read_parquet(linked / "accounts.parquet") if linked.exists() else None,
+            items["native_id"].to_numpy() if "native_id" in items else None,
         )

@@ -15,7 +15,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
-from transfer_rec.schema.unified import PROFILE_FIELDS
+from transfer_rec.schema.unified import PROFILE_FIELDS, user_key
 from transfer_rec.serving.bundle import ModelBundle
 
 DEFAULT_K = 10
@@ -54,17 +54,33 @@ SIGNATURE = ModelSignature(
 
 
 class RequestError(MlflowException):
-    """A serving request that cannot be answered; the message says which row and why (HTTP 400 when served)."""
+    """A serving request that cannot be answered; the message says which row and why (HTTP 400 when served).
+
+    The message is the reason alone: MLflow's scoring server prefixes a caught error's message with the whole
+    request printed as a DataFrame, which buried the reason under the caller's own data; that prefix is dropped."""
 
     def __init__(self, message: str):
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._reason
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_reason"):
+            self._reason = value
 
 
 def input_example(bundle: ModelBundle) -> pd.DataFrame:
     """A known user by id, a new user by a short history and, if the model has a profile prior, a new user by
     profile alone."""
     known = next(iter(bundle.histories))
-    example = pd.DataFrame({"user_id": [known, None], "history": [None, list(bundle.histories[known][:3])]})
+    # in the target platform's own ids, as the platform calling the model knows them
+    prefix = user_key(bundle.target, "")
+    user = known[len(prefix) :] if bundle.target and known.startswith(prefix) else known
+    history = [bundle.native_of.get(item, item) for item in bundle.histories[known][:3]]
+    example = pd.DataFrame({"user_id": [user, None], "history": [None, history]})
     vocabulary = bundle.profile_vocabulary
     if vocabulary and all(vocabulary[f] for f in PROFILE_FIELDS):
         profile = {f: vocabulary[f][len(vocabulary[f]) // 2] for f in PROFILE_FIELDS}
@@ -75,9 +91,10 @@ def input_example(bundle: ModelBundle) -> pd.DataFrame:
 class TransferRecModel(mlflow.pyfunc.PythonModel):
     """Input rows: `user_id` (a known user; with `platform`, an account on another platform the model knows),
     `link_id` (a person by link id), `history` (a list of item ids) and profile fields (age, gender, occupation: the
-    unified values), each optional; a row needs at least one usable part. Output: one row per recommended item with
-    the request row, user_id, rank, item_id, score, and on the request's first answer row only the history's unknown
-    item ids and the platforms whose histories were used."""
+    unified values), each optional; a row needs at least one usable part. Users and items are named as the target
+    platform names them (its own ids); the unified keys are accepted too. Output: one row per recommended item with
+    the request row, user_id, rank, item_id (the target's own id), score, and on the request's first answer row only
+    the history's unknown item ids and the platforms whose histories were used."""
 
     def load_context(self, context: Any) -> None:
         self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]))
@@ -136,6 +153,8 @@ def _person(bundle: ModelBundle, request: dict[str, Any], row: int) -> tuple[str
                 f"(linked: {known_platforms or 'none'})"
             )
         return None, link or bundle.link_of(platform, user)
+    if user is not None:
+        user = bundle.user_key(user)
     return user, link or bundle.link_of(bundle.target, user)
 
 
@@ -200,7 +219,12 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
         merged = list(known) + [str(i) for i in list(history)]
         profile = _profile(request, row, bundle.profile_of(user), vocabulary)
         linked = bundle.linked is not None and link is not None and bundle.linked.knows(link)
-        usable = bool(known) or any(item in bundle.position for item in merged) or profile is not None or linked
+        usable = (
+            bool(known)
+            or any(bundle.item_position(item) is not None for item in merged)
+            or profile is not None
+            or linked
+        )
         if not usable:
             what = (
                 f"none of the history's {len(merged)} item ids is known to the model (e.g. {merged[0]!r})"
@@ -242,7 +266,7 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
         out["request"] += [row] * len(items)
         out["user_id"] += [user] * len(items)
         out["rank"] += list(range(1, len(items) + 1))
-        out["item_id"] += items
+        out["item_id"] += [bundle.native_of.get(item, item) for item in items]
         out["score"] += recs.scores[row]
         # once per request row (on its first answer row), not on every answer row: a long list of unknown ids
         # repeated k times made a 140 KB request answer with 102 MB

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -200,8 +201,20 @@ def _training_curves(run_id: str) -> dict[str, list[tuple[int, float]]]:
     }
 
 
+def _at_k(metric: str, k: int) -> str:
+    return metric if metric.startswith("retention") else f"{metric}_at_{k}"
+
+
 def _metric_name(contender: str, metric: str, k: int) -> str:
-    return f"test_{contender}_{metric}" if metric.startswith("retention") else f"test_{contender}_{metric}_at_{k}"
+    """Named for the person reading the run: the metric first, then whose ("ndcg_at_10.candidate")."""
+    return f"{_at_k(metric, k)}.{contender}"
+
+
+def _segment_key(segment: str) -> str:
+    """A segment's name as a metric name part: "new (<=20)" -> "new_le_20", "history >50" -> "history_over_50",
+    "new to the target, on 2 sources" -> "new_to_the_target_on_2_sources"."""
+    text = segment.replace("<=", " le ").replace(">=", " ge ").replace("<", " under ").replace(">", " over ")
+    return "_".join(re.sub(r"[^\w\-]+", " ", text).split())
 
 
 def evaluate(
@@ -354,12 +367,19 @@ def evaluate(
     pd.DataFrame(segments).to_csv(report_dir / "segments.csv", index=False)
     with mlflow.start_run(run_id=candidate.run_id):
         for name, values in metrics.items():
-            mlflow.log_metrics({_metric_name(name, m, k): v for m, v in values.items() if v is not None})
+            mlflow.log_metrics(
+                {_metric_name(name, m, k): tracking.readable(v) for m, v in values.items() if v is not None}
+            )
         for m, (low, high) in intervals["candidate"].items():
-            mlflow.log_metrics({f"test_candidate_{m}_ci_low": low, f"test_candidate_{m}_ci_high": high})
-        for row in segments:
-            if row["contender"] == "candidate" and row["segment"] != "all" and row["users"]:
-                mlflow.log_metric(f"segment_{_slug(row['segment'])}_{row['metric']}", row["mean"])
+            name = _metric_name("candidate", m, k)
+            mlflow.log_metrics({f"{name}.ci_low": tracking.readable(low), f"{name}.ci_high": tracking.readable(high)})
+        mlflow.log_metrics(
+            {
+                f"{_at_k(row['metric'], k)}.segment.{_segment_key(row['segment'])}": tracking.readable(row["mean"])
+                for row in segments
+                if row["contender"] == "candidate" and row["segment"] != "all" and row["users"]
+            }
+        )
         mlflow.log_artifact(str(report_dir / "evaluation.json"))
         mlflow.log_table(pd.DataFrame(segments), "evaluation/segments.json")
         mlflow.log_figure(
@@ -371,7 +391,12 @@ def evaluate(
             "plots/segments.png",
         )
         mlflow.log_metrics(
-            {f"coldstart_k{row['history_length']}_{row['contender']}_ndcg": row["ndcg"] for row in curve}
+            {
+                f"ndcg_at_{k}.cold_start.history_{row['history_length']}.{row['contender']}": tracking.readable(
+                    row["ndcg"]
+                )
+                for row in curve
+            }
         )
         mlflow.log_figure(
             plots.cold_start_curve(
@@ -418,10 +443,6 @@ def evaluate(
         report=str(report_dir / "evaluation.json"),
         candidate=candidate,
     )
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
 
 
 def _unified_manifest(features: FeatureSet) -> dict[str, Any]:

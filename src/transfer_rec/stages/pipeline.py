@@ -75,6 +75,11 @@ def platform_names() -> list[str]:
     return [p.name for p in load_config().platforms]
 
 
+def target_names() -> list[str]:
+    """Every target platform of the registry (read when the DAG file is parsed: the trigger form's choices)."""
+    return [p.name for p in load_config().targets]
+
+
 def platform_asset_uri(platform: str) -> str:
     """The Airflow Asset a platform's ingest DAG updates when it lands a new validated batch."""
     return f"transfer-rec://platform/{platform}"
@@ -123,6 +128,8 @@ def plan(
         layout, run_key, tracking.airflow_tags(dag_id, airflow_run_id, logical_date, interval_iso)
     )
     tracking.log_config(parent, config, overrides)
+    # the trigger's params as the run's params (those left empty fall back to the config, logged as an artifact)
+    tracking.log_params(parent, {f"param.{k}": v for k, v in sorted(params.items()) if v not in (None, [], "")})
     experiment_id = tracking.configure(layout)
     log.info(
         "run %s: platforms %s, targets %s, MLflow parent run %s",
@@ -290,8 +297,21 @@ def check_inputs(run: Json, unified: Json) -> Json:
         "(trigger with force=true to retrain anyway)"
     )
     _write_summary(layout, plan_.run_key, {"run_key": plan_.run_key, "skipped": reason})
+    tracking.end_pipeline_run(plan_.parent_run_id, outcome=reason)
     log.info(reason)
     return {"changed": False, "reason": reason}
+
+
+def run_failed(run: Json | None, error: BaseException | str | None) -> None:
+    """A task of the run failed for good (no retry left): its MLflow parent run ends FAILED, naming the error. A
+    failure before the plan existed has no parent run to close."""
+    if not run or not run.get("parent_run_id"):
+        return
+    from transfer_rec.registry import tracking
+
+    tracking.configure(StateLayout.from_env())
+    text = str(error).strip().splitlines()[0] if error else "no exception recorded"
+    tracking.end_pipeline_run(run["parent_run_id"], failed=True, outcome=f"failed: {text}")
 
 
 def _write_summary(layout: StateLayout, run_key: str, summary: Json) -> str:
@@ -360,7 +380,14 @@ def summarize(
             for e in (Evaluation.model_validate(e) for e in evaluations)
         },
     }
-    return {"summary": _write_summary(layout, plan_.run_key, summary)}
+    path = _write_summary(layout, plan_.run_key, summary)
+    from transfer_rec.registry import tracking
+
+    tracking.end_pipeline_run(
+        plan_.parent_run_id,
+        outcome="; ".join(f"{t}: {'promoted' if d['promoted'] else 'not promoted'}" for t, d in decided.items()),
+    )
+    return {"summary": path}
 
 
 def ingest_all(config: PipelineConfig, layout: StateLayout, batch_id: str) -> UnifiedVersion:
@@ -402,13 +429,15 @@ def _champions_trained_on(batch: PulledBatch, config: PipelineConfig) -> str | N
     (its data tags), else None: announcing such a batch would only queue a retrain on the same data."""
     from transfer_rec.registry import tracking
     from transfer_rec.registry.models import alias_version
+    from transfer_rec.stages.promote import platform_digest
 
     tracking.configure(StateLayout.from_env())
     named = []
     for target in config.targets:
         version = alias_version(target.name)
         tags = (version.tags or {}) if version is not None else {}
-        if version is None or any(tags.get(f"data.{batch.platform}.{f.file}.sha256") != f.sha256 for f in batch.files):
+        digest = platform_digest({f.file: f.sha256 for f in batch.files})
+        if version is None or tags.get(f"data.{batch.platform}.sha256") != digest:
             return None
         named.append(f"champion {version.name} v{version.version}")
     return ", ".join(named) or None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ class GateDecision:
 
 # The model-version tag holding the sha256 of the inputs (data files' hashes and resolved config) it was trained on.
 INPUTS_TAG = "inputs.fingerprint"
+# The metrics a model version's tags show (all of them are in its model card and provenance.json).
+HEADLINE_METRICS = ("ndcg", "recall", "retention")
 
 
 def gate(
@@ -207,19 +210,27 @@ def model_card(evaluation: dict[str, Any], decision: GateDecision, run_key: str)
     return "\n".join(lines)
 
 
+def platform_digest(files: dict[str, str]) -> str:
+    """One sha256 for a platform's data: over its files' names and sha256s (each file's is in provenance.json)."""
+    text = "\n".join(f"{file}={digest}" for file, digest in sorted(files.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def data_tags(evaluation: dict[str, Any]) -> dict[str, str]:
-    """Model-version tags naming the exact data: sha256 of every pulled file per platform, and the unified and
-    features versions."""
-    data = evaluation.get("data", {})
-    tags = {
-        f"data.{platform}.{file}.sha256": digest
-        for platform, files in data.get("hashes", {}).items()
-        for file, digest in files.items()
+    """Model-version tags naming the exact data, one per platform: the digest of its pulled files."""
+    hashes = evaluation.get("data", {}).get("hashes", {})
+    return {f"data.{platform}.sha256": platform_digest(files) for platform, files in sorted(hashes.items())}
+
+
+def provenance(evaluation: dict[str, Any], decision: GateDecision, run_key: str) -> dict[str, Any]:
+    """The long record a version's few tags point to (`provenance.json` on its run): every pulled file's sha256,
+    the unified and features versions it was trained on, every test metric and the gate's reasons."""
+    return {
+        "run_key": run_key,
+        "data": evaluation.get("data", {}),
+        "metrics": evaluation.get("metrics", {}),
+        "gate": {"promoted": decision.promote, "reasons": decision.reasons},
     }
-    for key in ("unified", "features"):
-        if data.get(key):
-            tags[f"data.{key}"] = str(data[key])
-    return tags
 
 
 def promote(
@@ -241,15 +252,18 @@ def promote(
         decision = GateDecision(False, decision.reasons + ["dry run: never promotes"])
     candidate = evaluation.candidate
     version = registry.register_candidate(target, candidate.model_uri, candidate.run_id, run_key)
+    # few tags a person can read on the version's page; the long record is provenance.json on the source run
+    metrics = evaluation.metrics["candidate"]
     tags = {
         "gate.decision": "promoted" if decision.promote else "rejected",
         "gate.reasons": " | ".join(decision.reasons),
         "gate.override": override,
         "source_run_id": candidate.run_id,
-        **{f"test.{m}": f"{v:.4f}" for m, v in evaluation.metrics["candidate"].items() if v is not None},
+        **{f"test.{m}": f"{metrics[m]:.4f}" for m in HEADLINE_METRICS if metrics.get(m) is not None},
         **data_tags(report),
         **({INPUTS_TAG: inputs} if inputs else {}),
     }
+    tracking.log_dict(candidate.run_id, provenance(report, decision, run_key), "provenance.json")
     registry.describe(target, version.version, tags, model_card(report, decision, run_key))
     previous = None
     if decision.promote:

@@ -14,6 +14,7 @@ from transfer_rec.io.storage import atomic_dir
 from transfer_rec.manifests import FeatureSet, Published
 from transfer_rec.registry import tracking
 from transfer_rec.registry.models import champion_bundle, registered_model_name
+from transfer_rec.schema.unified import user_key
 from transfer_rec.stages.features import PlatformData
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,11 @@ def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: S
     opted_out = _opted_out_users(features, target)
     if len(opted_out):
         frame = pd.concat([frame, _non_personalised(data, opted_out, config.publish.k)], ignore_index=True)
+    # the platform's own ids beside the unified keys: what the platform reading the table knows its users and
+    # items by
+    prefix = user_key(target, "")
+    frame["platform_user_id"] = frame["user_id"].str.slice(len(prefix)).where(frame["user_id"].str.startswith(prefix))
+    frame["platform_item_id"] = frame["item_id"].map(bundle.native_of).fillna(frame["item_id"])
     frame["model"] = registered_model_name(target)
     frame["model_version"] = str(version)
     frame["run_key"] = run_key

@@ -205,8 +205,27 @@ def bundle_for(
     known = data.frame[data.frame["split"].isin(splits)][["user_id", "item_id"]]
     part, accounts = (linked.part, linked.accounts) if linked is not None and linked.part is not None else (None, None)
     return ModelBundle(
-        model, items["item_id"].to_numpy(), data.item_mask(), known, meta, data.profiles(), part, accounts
+        model,
+        items["item_id"].to_numpy(),
+        data.item_mask(),
+        known,
+        meta,
+        data.profiles(),
+        part,
+        accounts,
+        native_item_ids(features, str(meta["target"]), items["item_id"]),
     )
+
+
+def native_item_ids(features: FeatureSet, platform: str, item_ids: pd.Series) -> np.ndarray | None:
+    """The platform's own id of each item (None for items it does not have), from the unified version's item id
+    table; None when that version predates the table."""
+    table = Path(features.unified or "") / "item_ids.parquet"
+    if features.unified is None or not table.exists():
+        return None
+    ids = pd.read_parquet(table)
+    own = ids[ids["platform"] == platform].set_index("item_id")["native_id"]
+    return own.reindex(item_ids.to_numpy()).astype(object).where(lambda v: v.notna(), None).to_numpy()
 
 
 def fit_linked_part(
@@ -262,17 +281,22 @@ def finetune(
         mlflow.log_dict(chosen, "short_history_parts.json")
         linked = fit_linked_part(model, features, data, target, config)
         mlflow.log_params(linked.params if linked.part is not None else {"linked": linked.reason})
-        mlflow.log_metrics(linked.metrics)
+        mlflow.log_metrics({name: tracking.readable(value) for name, value in linked.metrics.items()})
         tuned = [e for e in history if e["stage"] == "finetune"]
         best = max(tuned, key=lambda e: e["valid_ndcg"]) if tuned else {"epoch": 0}
         blend = next(e for e in reversed(history) if e["stage"] == "blend")
+        # what fine-tuning chose is a setting of this model (a param); what it scored, a metric
+        mlflow.log_params(
+            {
+                "chosen.best_epoch": best["epoch"],
+                "chosen.blend_beta": blend["beta"],
+                "chosen.kernel_weight": model.kernel_weight,
+            }
+        )
         mlflow.log_metrics(
             {
-                "valid_ndcg": model.valid_ndcg,
-                "best_epoch": best["epoch"],
-                "beta": blend["beta"],
-                "kernel_weight": model.kernel_weight,
-                "fit_seconds": time.perf_counter() - started,
+                "valid_ndcg": tracking.readable(model.valid_ndcg),
+                "fit_seconds": tracking.readable(time.perf_counter() - started),
             }
         )
         bundle = bundle_for(

@@ -21,7 +21,14 @@ from transfer_rec.io.storage import atomic_dir
 from transfer_rec.manifests import PulledBatch, UnifiedVersion, ValidatedBatch
 from transfer_rec.runtime.workers import Forked, can_fork, workers
 from transfer_rec.schema import rules
-from transfer_rec.schema.unified import INTERACTION_COLUMNS, ITEM_COLUMNS, LINK_COLUMNS, USER_COLUMNS
+from transfer_rec.schema.unified import (
+    INTERACTION_COLUMNS,
+    ITEM_COLUMNS,
+    ITEM_ID_COLUMNS,
+    LINK_COLUMNS,
+    USER_COLUMNS,
+    item_key,
+)
 from transfer_rec.schema.values import is_member
 from transfer_rec.stages.validate import PARALLEL_MIN_ROWS, VALIDATION_FILE, quarantine, validate_unified
 
@@ -86,8 +93,7 @@ def canonical_item_key(raw: pd.Series) -> pd.Series:
 
 
 def _canonical_text(uniques: pd.Series) -> pd.Series:
-    text = uniques.str.lower().str.normalize("NFKC")
-    return text.str.replace(r"[^\w()]+", " ", regex=True).str.replace(r"\s+", " ", regex=True).str.strip()
+    return uniques.map(item_key)
 
 
 def user_key(platform: str, native: pd.Series) -> pd.Series:
@@ -98,19 +104,24 @@ def user_key(platform: str, native: pd.Series) -> pd.Series:
 
 
 def _user_text(platform: str, uniques: pd.Series) -> pd.Series:
+    # schema.unified.user_key, vectorised: a platform may have millions of users
     return platform + ":" + uniques
 
 
-def _sorted_key_codes(native: pd.Series, keys_of: Callable[[pd.Series], pd.Series]) -> tuple[np.ndarray, pd.Index]:
+def _sorted_key_codes(
+    native: pd.Series, keys_of: Callable[[pd.Series], pd.Series]
+) -> tuple[np.ndarray, pd.Index, np.ndarray]:
     """The unified keys of a native id column as codes into its distinct keys in sorted order (the order of the keys
-    themselves), and those keys. Each distinct native id is mapped once; a categorical column is not expanded."""
+    themselves), those keys, and per key the first native id that maps to it. Each distinct native id is mapped
+    once; a categorical column is not expanded."""
     if isinstance(native.dtype, pd.CategoricalDtype):
         codes = native.cat.codes.to_numpy()
         uniques = native.cat.categories.astype(str)
     else:
         codes, uniques = pd.factorize(native.astype(str))
     key_codes, keys = pd.factorize(keys_of(pd.Series(uniques, dtype=str)), sort=True)
-    return key_codes[codes].astype(np.int64), keys
+    _, first = np.unique(key_codes, return_index=True)
+    return key_codes[codes].astype(np.int64), keys, np.asarray(uniques, dtype=object)[first]
 
 
 def _strings(keys: pd.Index, codes: np.ndarray) -> pd.arrays.ArrowStringArray:
@@ -262,8 +273,8 @@ def unify_platform(
     )
     # Ids as codes into their sorted distinct unified keys: ordering by code is ordering by key, and each distinct
     # id is namespaced / normalised once.
-    user_codes, user_keys = _sorted_key_codes(raw["user_id"], lambda u: _user_text(platform.name, u))
-    item_codes, item_keys = _sorted_key_codes(raw["item_id"], _canonical_text)
+    user_codes, user_keys, _ = _sorted_key_codes(raw["user_id"], lambda u: _user_text(platform.name, u))
+    item_codes, item_keys, item_natives = _sorted_key_codes(raw["item_id"], _canonical_text)
     rating = to_numbers(raw.get("rating", pd.Series(1.0, index=raw.index))).to_numpy()
     timestamp = to_numbers(raw.get("timestamp", pd.Series(0, index=raw.index))).to_numpy()
     unusable_rows = np.flatnonzero(pd.isna(rating) | pd.isna(timestamp))
@@ -319,12 +330,20 @@ def unify_platform(
         }
     )[list(INTERACTION_COLUMNS)]
     present_items = np.flatnonzero(np.bincount(items_kept, minlength=len(item_keys)))
+    # the platform's own id of each of its items, so that serving can speak the platform's ids
+    item_ids = pd.DataFrame(
+        {"platform": platform.name, "native_id": item_natives[present_items], "item_id": item_keys[present_items]}
+    )
     items = pd.DataFrame(columns=list(ITEM_COLUMNS))
     if "items" in files:
         it = _native(read_table(batch_dir / files["items"], platform.format, platform.delimiter), platform, "items")
         rules.check_id_length(_distinct(it, ("item_id",)), limits.max_id_length, platform.name, files["items"])
         rules.check_titles(it, platform.name, files["items"])
-        items = unified_item_columns(it.assign(item_id=canonical_item_key(it["item_id"])))
+        described = it.assign(native_id=it["item_id"].astype(str), item_id=canonical_item_key(it["item_id"]))
+        item_ids = pd.concat(
+            [item_ids, described.assign(platform=platform.name)[list(ITEM_ID_COLUMNS)]], ignore_index=True
+        ).drop_duplicates("item_id", keep="first")
+        items = unified_item_columns(described)
         repeats = rules.check_conflicts(items, "item_id", ["title"], platform.name, files["items"])
         if repeats:
             log.info("platform %s, %s: %d repeated item row(s) dropped", platform.name, files["items"], repeats)
@@ -350,6 +369,7 @@ def unify_platform(
         "interactions": inter,
         "users": users,
         "items": items,
+        "item_ids": item_ids[list(ITEM_ID_COLUMNS)],
         "counts": {
             "rows_in": rows_in,
             "rows_out": len(inter),
@@ -518,6 +538,9 @@ def _unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: Stat
     items = items.drop_duplicates("item_id", keep="first").reset_index(drop=True)
     items["year"] = items["year"].astype("Int64")
 
+    item_ids = pd.concat(
+        [p["item_ids"] for p in parts.values()] or [pd.DataFrame(columns=list(ITEM_ID_COLUMNS))], ignore_index=True
+    ).sort_values(["platform", "item_id"], kind="stable", ignore_index=True)
     links = link_table(users)
     linked_to_sources = link_counts(links, config)
     source_items = set().union(*(parts[p.name]["item_keys"] for p in config.sources if p.name in parts))
@@ -534,7 +557,7 @@ def _unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: Stat
         log.info("unified %s: %s", name, counts[name])
     final = layout.unified / "current"
     with atomic_dir(final) as out:
-        tables = {"interactions": interactions, "users": users, "items": items, "links": links}
+        tables = {"interactions": interactions, "users": users, "items": items, "links": links, "item_ids": item_ids}
         # Large tables are written by a forked process while the suite checks them (a process, not a thread: the
         # suite forks its own workers, and a fork must not copy a writer thread's locks); a refused version is
         # discarded whole.
