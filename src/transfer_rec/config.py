@@ -164,6 +164,9 @@ class TrainingConfig(_Strict):
     # two regimes by history length: from this many items on, the kernel part (if chosen) serves a history; shorter
     # ones get the short-history parts instead (the kernel part hurts histories of a few items)
     warm_min_history: int = Field(6, ge=0)
+    # the linked part (recommender/linked.py) solves densely over the kept sources' and the target's items together:
+    # memory ~ items^2 x 8 bytes per copy (12,000 items: 1.1 GiB). Past this many it is left out, with the reason.
+    linked_max_items: int = Field(12000, ge=1)
 
 
 class ShortHistoryConfig(_Strict):

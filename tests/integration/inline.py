@@ -15,4 +15,4 @@ def run_inline(run_key: str, target: str = "village", **params) -> dict:
     evaluation = pipeline.evaluate(run, candidate, features)
     decision = pipeline.promote(run, evaluation)
     published = pipeline.publish(run, decision, features)
-    return {"evaluation": evaluation, "decision": decision, "published": published}
+    return {"evaluation": evaluation, "decision": decision, "published": published, "features": features}

@@ -103,3 +103,16 @@ def test_no_raw_email_reaches_the_model_artifacts(linked_run):
         if path.is_file():
             blob = path.read_bytes() if path.suffix != ".parquet" else pd.read_parquet(path).to_csv().encode()
             assert not {s for s in secrets if s.encode() in blob}, path
+
+
+def test_a_joint_catalogue_past_the_limit_leaves_the_part_out_and_says_why(linked_run):
+    import numpy as np
+
+    from transfer_rec.manifests import FeatureSet
+    from transfer_rec.stages.features import PlatformData
+    from transfer_rec.stages.linked import fit_linked
+
+    features = FeatureSet.model_validate(linked_run["features"])
+    target = PlatformData.of(features, "shop")
+    fit = fit_linked(features, target, "shop", ["books", "films"], 10, 0, lambda rows: np.zeros(1), max_items=20)
+    assert fit.part is None and "exceed training.linked_max_items (20)" in fit.reason, fit.reason

@@ -47,6 +47,7 @@ def fit_linked(
     k: int,
     seed: int,
     base_scores: Callable[[np.ndarray], np.ndarray],
+    max_items: int | None = None,
 ) -> LinkedFit:
     """The linked part for one target. `base_scores(rows)`: the rest of the model's scores (over the unified items)
     for those target rows from their train history, the bar the part must clear to answer warm users."""
@@ -75,6 +76,14 @@ def fit_linked(
         rows = person_row[a["link_id"].to_numpy()].to_numpy()[picked.row]
         histories[name] = sp.csr_matrix(
             (np.ones(len(rows)), (rows, picked.col)), shape=(len(people), len(columns[name]))
+        )
+    joint = len(target_columns) + sum(len(c) for c in columns.values())
+    if max_items is not None and joint > max_items:
+        return LinkedFit(
+            None,
+            empty,
+            reason=f"the sources' and the target's items together ({joint:,}) exceed training.linked_max_items "
+            f"({max_items:,}): the part's dense solve would need ~{joint**2 * 8 / 2**30:.1f} GiB per copy",
         )
     only_source = [link for link in people.tolist() if link not in on_target]
     source_rows = rows_by_link(histories, person_row.to_dict(), list(target_links) + only_source)

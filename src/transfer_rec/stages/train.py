@@ -247,6 +247,7 @@ def fit_linked_part(
         config.evaluation.k,
         config.training.seed,
         base_scores,
+        config.training.linked_max_items,
     )
 
 
