@@ -247,7 +247,10 @@ def _assert_extra_links(run, candidate_run_id: str, state: Path) -> None:
     tis = {(ti.task_id, ti.map_index): ti for ti in run.get_task_instances()}
     experiment = mlflow.get_experiment_by_name("transfer_rec").experiment_id
     finetune = link["MLflow run"].get_link(None, ti_key=tis[("finetune", 0)].key)
-    assert finetune == f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{candidate_run_id}"
+    assert (
+        finetune
+        == f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{candidate_run_id}?workflowType=machine_learning"
+    )
     unify = link["MLflow run"].get_link(None, ti_key=tis[("unify", -1)].key)
     assert unify.endswith(f"/runs/{mlflow.MlflowClient().get_run(candidate_run_id).data.tags['mlflow.parentRunId']}")
     docs = link["Data Docs"].get_link(None, ti_key=tis[("validate", 1)].key)

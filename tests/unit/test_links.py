@@ -9,9 +9,15 @@ from transfer_rec.ops import links
 
 def test_mlflow_run_url_uses_the_configured_ui(monkeypatch):
     monkeypatch.delenv("TRANSFER_REC_MLFLOW_UI_URL", raising=False)
-    assert links.mlflow_run_url("3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    assert (
+        links.mlflow_run_url("3", "abc")
+        == "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    )
     monkeypatch.setenv("TRANSFER_REC_MLFLOW_UI_URL", "https://mlflow.example.com/")
-    assert links.mlflow_run_url("3", "abc") == "https://mlflow.example.com/#/experiments/3/runs/abc"
+    assert (
+        links.mlflow_run_url("3", "abc")
+        == "https://mlflow.example.com/#/experiments/3/runs/abc?workflowType=machine_learning"
+    )
     assert links.mlflow_run_url("3", None) == "" and links.mlflow_run_url(None, "abc") == ""
 
 

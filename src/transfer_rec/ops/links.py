@@ -30,7 +30,13 @@ def mlflow_run_url(experiment_id: str | None, run_id: str | None, base: str | No
     """The MLflow UI page of a run; empty when the task recorded no run (Airflow then shows the link disabled)."""
     if not run_id or not experiment_id:
         return ""
-    return f"{(base or mlflow_ui_url()).rstrip('/')}/#/experiments/{quote(str(experiment_id))}/runs/{quote(run_id)}"
+    page = f"{(base or mlflow_ui_url()).rstrip('/')}/#/experiments/{quote(str(experiment_id))}/runs/{quote(run_id)}"
+    return page + TRAINING_VIEW
+
+
+# MLflow 3's UI shows every experiment in its GenAI view (traces, judges, an assistant) unless the page is asked for
+# its model-training view: a UI-wide toggle remembered per browser, or this query on the page's address.
+TRAINING_VIEW = "?workflowType=machine_learning"
 
 
 def api_base_url(base_url: str | None, host: str | None, port: int | str | None) -> str:

@@ -142,7 +142,7 @@ def log_epochs(history: list[dict[str, Any]]) -> None:
             trials.append(entry)
             continue
         metrics = {
-            f"{entry['stage']}_{k}": float(v)
+            f"{entry['stage']}_{k}": readable(float(v))
             for k, v in entry.items()
             if k not in ("stage", "epoch") and isinstance(v, (int, float))
         }
