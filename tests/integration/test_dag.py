@@ -252,7 +252,8 @@ def _assert_extra_links(run, candidate_run_id: str, state: Path) -> None:
         == f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{candidate_run_id}?workflowType=machine_learning"
     )
     unify = link["MLflow run"].get_link(None, ti_key=tis[("unify", -1)].key)
-    assert unify.endswith(f"/runs/{mlflow.MlflowClient().get_run(candidate_run_id).data.tags['mlflow.parentRunId']}")
+    parent = mlflow.MlflowClient().get_run(candidate_run_id).data.tags["mlflow.parentRunId"]
+    assert unify.endswith(f"/runs/{parent}?workflowType=machine_learning"), unify
     docs = link["Data Docs"].get_link(None, ti_key=tis[("validate", 1)].key)
     assert docs.endswith("/transfer-rec/data-docs/village/itest/index.html"), docs
     page = state / "data_docs" / "village" / "itest"
