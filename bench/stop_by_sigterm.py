@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 
+from transfer_rec.runtime.processes import stop_group
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -36,21 +38,24 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    log = args.state / "last-run.log"
-    deadline = time.monotonic() + args.wait
-    while not (log.exists() and f"starting task_id={args.stage}" in log.read_text()):
-        if time.monotonic() > deadline or make.poll() is not None:
-            os.killpg(make.pid, signal.SIGKILL) if make.poll() is None else None
-            raise SystemExit(f"the {args.stage} task never started")
-        time.sleep(0.5)
-    time.sleep(args.inside)
-    family = psutil.Process(make.pid).children(recursive=True)
-    runner = next(p for p in family if "transfer-rec" in " ".join(p.cmdline()))
-    sent = time.monotonic()
-    runner.send_signal(signal.SIGTERM)
-    make.wait(timeout=120)
-    exited = time.monotonic() - sent
-    _, alive = psutil.wait_procs(family, timeout=60)
+    try:
+        log = args.state / "last-run.log"
+        deadline = time.monotonic() + args.wait
+        while not (log.exists() and f"starting task_id={args.stage}" in log.read_text()):
+            if time.monotonic() > deadline or make.poll() is not None:
+                raise SystemExit(f"the {args.stage} task never started")
+            time.sleep(0.5)
+        time.sleep(args.inside)
+        family = psutil.Process(make.pid).children(recursive=True)
+        runner = next(p for p in family if "transfer-rec" in " ".join(p.cmdline()))
+        sent = time.monotonic()
+        runner.send_signal(signal.SIGTERM)
+        make.wait(timeout=120)
+        exited = time.monotonic() - sent
+        _, alive = psutil.wait_procs(family, timeout=60)
+    finally:
+        # whatever ended the measurement (no such stage, Ctrl-C, a run that did not stop), the run does not outlive it
+        stop_group(make, grace=(1.0, 1.0))
     print(
         f"stage {args.stage}: make exited {exited:.1f} s after SIGTERM (exit {make.returncode}); every process it "
         f"started gone after {time.monotonic() - sent:.1f} s; still alive: {[p.cmdline()[:3] for p in alive]}; "

@@ -63,6 +63,8 @@ def pipeline_run(layout: StateLayout, run_key: str, tags: dict[str, str] | None 
     if found:
         for key, value in {**(tags or {}), **_note(tags or {})}.items():  # a retried plan refreshes the tags
             MlflowClient().set_tag(found, key, value)
+        # a run key used again reopens its run, which the earlier run ended
+        MlflowClient().update_run(found, status="RUNNING")
         return found
     # open while the DAG run runs: end_pipeline_run closes it when the run ends (finished, skipped or failed)
     run = MlflowClient().create_run(
@@ -178,10 +180,23 @@ def airflow_tags(
 
 
 def log_params(run_id: str, params: dict[str, Any]) -> None:
-    """Params on a run (lists joined by commas: `targets` ['a', 'b'] reads a, b)."""
+    """Params on a run (lists joined by commas: `targets` ['a', 'b'] reads a, b). MLflow refuses to change a param, so
+    on a run that already has one (a run key used again with other params) the first value stays and the change is
+    logged, instead of failing the run."""
     client = MlflowClient()
+    logged = client.get_run(run_id).data.params
     for key, value in params.items():
-        client.log_param(run_id, key, ", ".join(map(str, value)) if isinstance(value, list) else value)
+        text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        if key not in logged:
+            client.log_param(run_id, key, text)
+        elif logged[key] != text:
+            log.warning(
+                "run %s keeps param %s = %r (this plan asked %r): MLflow params cannot change",
+                run_id,
+                key,
+                logged[key],
+                text,
+            )
 
 
 def log_config(run_id: str, config: Any, overrides: dict[str, Any]) -> None:

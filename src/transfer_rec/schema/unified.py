@@ -24,8 +24,8 @@ _NOT_IN_KEY = re.compile(r"[^\w()]+")
 
 def item_key(native: str) -> str:
     """An item's unified key: its id with case, Unicode forms, spacing and punctuation folded, so that 'Toy Story
-    (1995)' on one platform and 'toy story (1995)' on another are one item. A key folds to itself, so a request may
-    name an item by either."""
+    (1995)' on one platform and 'toy story (1995)' on another are one item. Serving looks a requested id up as a key
+    first and folds it only when that fails, so a request may name an item by either."""
     return _NOT_IN_KEY.sub(" ", unicodedata.normalize("NFKC", native.lower())).strip()
 
 
