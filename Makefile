@@ -27,7 +27,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(STATE)/mlflow/mlflow.db
 PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: venv run test lint format test-servers test-prod test-browser bench load check lock airflow-ui \
-	mlflow-ui serve clean
+	mlflow-ui serve clean data-docs-assets
 
 venv: $(VENV)/.installed
 
@@ -74,6 +74,10 @@ test-prod: venv
 # screenshots in var/test-artifacts/ui/.
 test-browser: venv
 	$(PY) -m pytest -q -m browser tests
+
+## Fetch the files GX's Data Docs pages load from CDNs into the package's copy (after a GX upgrade; npm registry).
+data-docs-assets: venv
+	$(PY) tools/data_docs_assets.py
 
 ## Audit every pinned dependency for known vulnerabilities (pip-audit, run by uv in its own environment). It needs
 ## PyPI's JSON API or api.osv.dev (`AUDIT_SERVICE=osv`); where neither answers, it says so and fails.

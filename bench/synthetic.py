@@ -119,6 +119,8 @@ def generate(
             }
         )
         inter = _inject(inter, platform, rng)
+        if "duplicate_items" in platform.faults:  # a warning, not a stop: the unifier keeps the first row
+            items = pd.concat([items, items.head(2)], ignore_index=True)
         sep = platform.delimiter
         inter_file = pdir / "interactions.txt"
         if "empty_file" in platform.faults:

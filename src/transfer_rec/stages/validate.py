@@ -18,6 +18,7 @@ from transfer_rec.config import REPO_ROOT, PlatformConfig
 from transfer_rec.io.formats import FormatError, read_table, to_numbers
 from transfer_rec.io.state import StateLayout
 from transfer_rec.manifests import PulledBatch, TableCheck, ValidatedBatch, ValidationSummary
+from transfer_rec.ops.data_docs import make_offline
 from transfer_rec.ops.links import data_docs_page
 from transfer_rec.runtime.workers import can_fork, forked_map, workers
 from transfer_rec.schema.suites import FORBIDDEN_COLUMN_MARKERS, build_suite, native_column, suite_name
@@ -228,8 +229,7 @@ def validate_batch(
         failed = _failed(results[batch])
         for r in failed:
             line = _failure_line(platform.name, file, r)
-            severity = getattr(r.expectation_config, "severity", "critical")
-            (warnings if str(getattr(severity, "value", severity)) != "critical" else critical).append(line)
+            (warnings if _severity(r) != "critical" else critical).append(line)
         tables[file] = TableCheck(
             table=table,
             rows=int(len(typed)),
@@ -239,6 +239,7 @@ def validate_batch(
         )
     # One Data Docs build for the whole batch (every file's and partition's validation result, and the index).
     scratch.build_data_docs(site_names=[DOCS_SITE])
+    make_offline(docs.parent, layout.data_docs)
     summary = ValidationSummary(
         platform=platform.name,
         batch_id=manifest.batch_id,
@@ -543,18 +544,20 @@ def _run_checkpoints(scratch: Any, jobs: list[Job]) -> list[Any]:
     ]
     count = min(workers(), len(jobs))
     if count < 2 or sum(sizes) < PARALLEL_MIN_ROWS or not can_fork():
-        return [result for index in range(len(jobs)) for _, result in _run_job(index, jobs)]
-    _JOBS = jobs
-    try:
-        # the largest first, so the last job to start is a small one
-        order = sorted(range(len(jobs)), key=lambda i: -sizes[i])
-        done = forked_map(_run_job, order, count)
-    finally:
-        _JOBS = []
+        done = [_run_job(index, jobs) for index in range(len(jobs))]
+    else:
+        _JOBS = jobs
+        try:
+            # the largest first, so the last job to start is a small one
+            order = sorted(range(len(jobs)), key=lambda i: -sizes[i])
+            done = forked_map(_run_job, order, count)
+        finally:
+            _JOBS = []
     store = scratch.validation_results_store
     results = []
     for index in range(len(jobs)):
         for key, result in done[index]:
+            result.success = _passes(result)
             store.store_validation_results(
                 suite_validation_result=result,
                 suite_validation_result_identifier=key,
@@ -562,6 +565,17 @@ def _run_checkpoints(scratch: Any, jobs: list[Job]) -> list[Any]:
             )
             results.append(result)
     return results
+
+
+def _passes(result: Any) -> bool:
+    """The pipeline's verdict on one validation result: only critical expectations fail it (warnings are listed,
+    and the Data Docs page then says "Succeeded" above its failed warnings, as the task log says "passed")."""
+    return all(r.success or _severity(r) != "critical" for r in result.results)
+
+
+def _severity(r: Any) -> str:
+    severity = getattr(r.expectation_config, "severity", "critical")
+    return str(getattr(severity, "value", severity))
 
 
 def quarantine(batch_dir: Path, layout: StateLayout, platform: str, batch_id: str, summary: dict[str, Any]) -> Path:
@@ -607,6 +621,7 @@ def validate_unified(tables: dict[str, pd.DataFrame], config: Any, layout: State
     for table, table_results in zip(suites, results):
         critical += [_failure_line("unified", f"{table}.parquet", r) for r in _failed(table_results)]
     scratch.build_data_docs(site_names=[DOCS_SITE])
+    make_offline(docs.parent, layout.data_docs)
     summary = {"success": not critical, "critical": critical, "data_docs": str(docs)}
     if critical:
         raise DataValidationError(
