@@ -6,6 +6,7 @@ from transfer_rec.ops.data_docs import (
     ASSETS_DIR,
     CDN_ASSETS,
     GX_IMAGES,
+    STYLESHEET,
     MissingAssetError,
     install_assets,
     localize_page,
@@ -30,6 +31,10 @@ def test_cdn_files_point_at_the_copy_and_lose_the_cdns_integrity():
     assert "vega" not in page
     assert 'src="../static/images/logo-long.png"' in page
     assert 'href="https://greatexpectations.io"' in page
+    assert page.count("transfer-rec.css") == 0  # no </head> here: nothing to add it to
+    full = localize_page(f"<html><head>{HEAD}</head></html>", "_assets", "static/images")
+    assert full.count('<link rel="stylesheet" href="_assets/transfer-rec.css">') == 1
+    assert localize_page(full, "_assets", "static/images") == full  # localizing twice changes nothing
 
 
 def test_a_remote_file_the_copy_lacks_is_refused_by_name():
@@ -42,6 +47,7 @@ def test_every_listed_asset_is_in_the_copy(tmp_path):
     assert installed == tmp_path / ASSETS_DIR
     for asset in CDN_ASSETS:
         assert (installed / asset.local).is_file(), asset.url
+    assert (installed / STYLESHEET).is_file()
     # installed once: a second call keeps the copy and leaves no staging folder behind
     marker = installed / "bootstrap-4.3.1" / "kept"
     marker.write_text("")

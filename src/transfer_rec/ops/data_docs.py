@@ -18,6 +18,9 @@ from pathlib import Path
 # README), and where it goes in the Data Docs folder: beside every site, so a page works from the plugin and from disk.
 ASSETS = Path(__file__).parent / "data_docs_assets"
 ASSETS_DIR = "_assets"
+# transfer-rec's own stylesheet for the pages, kept apart from the fetched copy (which the fetch tool replaces whole).
+EXTRA = Path(__file__).parent / "data_docs_extra"
+STYLESHEET = "transfer-rec.css"
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,9 @@ def localize_page(html: str, assets_href: str, images_href: str) -> str:
         return _INTEGRITY.sub("", text)
 
     page = _mark_warnings(_TAG.sub(replace, html))
+    own = f'<link rel="stylesheet" href="{assets_href}/{STYLESHEET}">'
+    if own not in page:
+        page = page.replace("</head>", own + "\n</head>", 1)
     left = remote_assets(page)
     if left:
         raise MissingAssetError(
@@ -141,8 +147,8 @@ def _mark_warnings(html: str) -> str:
 def install_assets(root: Path) -> Path:
     """Copy the assets to <root>/_assets, once per content. Validate tasks of several platforms run at once: each
     copies to its own staging folder and renames it into place, so a reader never sees half a copy."""
-    files = sorted(p for p in ASSETS.rglob("*") if p.is_file())
-    stamp = hashlib.sha256(b"".join(p.relative_to(ASSETS).as_posix().encode() + p.read_bytes() for p in files))
+    files = sorted((p.relative_to(folder).as_posix(), p) for folder in (ASSETS, EXTRA) for p in folder.rglob("*"))
+    stamp = hashlib.sha256(b"".join(name.encode() + p.read_bytes() for name, p in files if p.is_file()))
     stamp_text = stamp.hexdigest()
     dest = root / ASSETS_DIR
     staging = root / f".{ASSETS_DIR}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
@@ -152,6 +158,7 @@ def install_assets(root: Path) -> Path:
                 return dest
             if not staging.exists():
                 shutil.copytree(ASSETS, staging)
+                shutil.copytree(EXTRA, staging, dirs_exist_ok=True)
                 (staging / ".stamp").write_text(stamp_text)
             try:
                 staging.rename(dest)
