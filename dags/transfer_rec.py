@@ -28,8 +28,10 @@ from __future__ import annotations
 import functools
 import logging
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import jinja2
 from airflow.sdk import (
     Asset,
     AssetAny,
@@ -43,7 +45,7 @@ from airflow.sdk import (
 from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from transfer_rec.ops import alerts, links
+from transfer_rec.ops import alerts, links, task_log
 from transfer_rec.stages import pipeline
 
 log = logging.getLogger(__name__)
@@ -103,12 +105,30 @@ def fail_fast(fn):
     return run
 
 
+def with_log_file(fn):
+    """Under `transfer-rec run` (in-process tasks), the task's log also goes where the UI reads it."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with task_log.captured(_log_file() if task_log.wanted() else None, fn.__name__):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def _log_file() -> Path:
+    """This task instance's log file as the UI finds it ([logging] base_log_folder and log_filename_template)."""
+    ti = get_current_context()["ti"]
+    template = jinja2.Template(conf.get("logging", "log_filename_template"))
+    return Path(conf.get("logging", "base_log_folder")) / template.render(ti=ti, try_number=ti.try_number)
+
+
 def stage(**kwargs: Any):
     """A stage task: its time limit from config (`runtime.stage_timeout_minutes`), deterministic errors not retried."""
 
     def wrap(fn):
         limit = timedelta(minutes=pipeline.stage_timeout_minutes(fn.__name__))
-        return task(execution_timeout=limit, doc_md=fn.__doc__, **kwargs)(fail_fast(fn))
+        return task(execution_timeout=limit, doc_md=fn.__doc__, **kwargs)(fail_fast(with_log_file(fn)))
 
     return wrap
 
@@ -164,7 +184,8 @@ TARGETS = pipeline.target_names()
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
-    tags=["transfer-rec", "recommendation", "mlops"],
+    # the schedule as a tag: the DAG list shows a time-or-assets schedule as its assets alone
+    tags=["transfer-rec", "recommendation", "mlops", pipeline.schedule_label(pipeline.schedule())],
     doc_md=__doc__,
     params={
         # nullable: the UI's trigger form refuses an empty value of a required (non-null) param, so a default of ""
@@ -299,8 +320,10 @@ def transfer_rec() -> None:
     def evaluate(candidate: dict[str, Any], features: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         """Candidate, champion and baselines on the same held-out users."""
         _label(candidate["target"])
-        _mlflow_link(run, candidate["run_id"])
-        return pipeline.evaluate(run, candidate, features)
+        _mlflow_link(run, candidate["run_id"])  # until the evaluation's own run exists
+        evaluation = pipeline.evaluate(run, candidate, features)
+        _mlflow_link(run, evaluation.get("run_id") or candidate["run_id"])
+        return evaluation
 
     @per_platform()
     def promote(evaluation: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:

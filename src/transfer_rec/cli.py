@@ -71,13 +71,15 @@ def run(layout: StateLayout, force: bool = False) -> None:
     command = [_bin("airflow"), "dags", "test", "transfer_rec"]
     if force:
         command += ["--conf", json.dumps({"force": True})]
+    from transfer_rec.ops import task_log
     from transfer_rec.runtime.processes import stop_group
     from transfer_rec.runtime.signals import terminate_raises
 
     # `airflow dags test` runs every task in its own process and, when a task is stopped, waits to retry it: so the
     # run gets a process group of its own, and Ctrl-C, SIGTERM or any error here stops that whole group
     with open(log, "w") as out, terminate_raises():
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**os.environ, task_log.ENV: "1"}  # the UI's log tab shows in-process tasks' logs too
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
             code = proc.wait()
         finally:

@@ -139,6 +139,7 @@ class Evaluation(Manifest):
     same_as_champion: bool = False
     report: str
     candidate: Candidate
+    run_id: str | None = None  # the evaluation's MLflow run (nested under the candidate's); None before 2026-12-04
 
 
 class Decision(Manifest):

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from bench.synthetic import SyntheticPlatform
+from transfer_rec.ops import task_log
 from transfer_rec.stages.promote import platform_digest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,7 +54,8 @@ def test_dag_integrity(airflow_db):
         "transfer-rec://platform/ml-100k",
     }
     assert set(dag.task_dict) == EXPECTED_TASKS
-    assert set(dag.tags) >= {"transfer-rec"}
+    # the DAG list shows only the asset part of the schedule: the whole of it is a tag there
+    assert set(dag.tags) >= {"transfer-rec", "schedule: @weekly UTC or new data"}
     assert dag.max_active_runs == 1
     for task in dag.tasks:
         assert task.owner == "ml-platform"
@@ -92,12 +94,14 @@ def test_one_ingest_dag_per_platform_updates_its_asset(airflow_db):
         assert all(task.doc_md and task.owner == "ml-platform" for task in dag.tasks)
 
 
-def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
+def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db, monkeypatch):
     # two sources: the target learns from both, and the fine-tune records what each one weighs
     env = pipeline_env(extra=[SyntheticPlatform("plaza", "source", users=150, interactions_per_user=20)])
+    monkeypatch.setenv(task_log.ENV, "1")  # as `transfer-rec run` sets it for its in-process run
     dag = load_dag()
     run = dag.test(run_conf={"run_key": "itest"})
     assert run.state == "success", [(ti.task_id, ti.map_index, ti.state) for ti in run.get_task_instances()]
+    _assert_task_logs_readable(run)
 
     summary = json.loads((env["state"] / "reports" / "itest" / "summary.json").read_text())
     village = summary["targets"]["village"]
@@ -156,23 +160,27 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
 
     _assert_extra_links(run, version.run_id, env["state"])
     run_data = client.get_run(version.run_id).data
+    # the evaluation is its own run, nested under the model's (fine-tune) run, which keeps the headline
+    evaluation = client.get_run(run_data.tags["evaluation_run_id"])
+    assert evaluation.data.tags["mlflow.parentRunId"] == version.run_id
+    assert evaluation.data.tags["transfer_rec.stage"] == "evaluate village"
+    assert run_data.metrics["ndcg_at_10.candidate"] == evaluation.data.metrics["ndcg_at_10.candidate"]
+    assert "ndcg_at_10.ease" not in run_data.metrics
+    metrics = evaluation.data.metrics
     # metrics named for people, metric first; chosen settings are params, not metrics
-    assert "ndcg_at_10.candidate" in run_data.metrics and "ndcg_at_10.ease" in run_data.metrics
+    assert "ndcg_at_10.candidate" in metrics and "ndcg_at_10.ease" in metrics
     for metric in ("coverage_at_10", "diversity_at_10", "novelty_at_10", "retention", "retention.candidate.ci_low"):
-        assert metric in run_data.metrics or f"{metric}.candidate" in run_data.metrics, metric
-    assert 0 < run_data.metrics["coverage_at_10.candidate"] <= 1
-    assert any(m.startswith("ndcg_at_10.segment.history_") for m in run_data.metrics)
-    assert not any("__" in m for m in run_data.metrics), "no mangled names"
+        assert metric in metrics or f"{metric}.candidate" in metrics, metric
+    assert 0 < metrics["coverage_at_10.candidate"] <= 1
+    assert any(m.startswith("ndcg_at_10.segment.history_") for m in metrics)
+    assert not any("__" in m for m in [*metrics, *run_data.metrics]), "no mangled names"
     assert {"chosen.best_epoch", "chosen.blend_beta", "chosen.kernel_weight"} <= set(run_data.params)
     assert not {"beta", "kernel_weight", "best_epoch"} & set(run_data.metrics)
-    assert all(len(repr(v)) <= 12 for m, v in run_data.metrics.items() if "." in m), "values to 4 digits"
-    artifacts = {a.path for folder in ("plots", "evaluation") for a in client.list_artifacts(version.run_id, folder)}
-    assert {
-        "plots/segments.png",
-        "plots/training_curves.png",
-        "plots/cold_start_curve.png",
-        "evaluation/segments.json",
-    } <= artifacts
+    assert all(len(repr(v)) <= 12 for m, v in metrics.items() if "." in m), "values to 4 digits"
+    listed = client.list_artifacts
+    evaluated = {a.path for folder in ("plots", "evaluation") for a in listed(evaluation.info.run_id, folder)}
+    assert {"plots/segments.png", "plots/cold_start_curve.png", "evaluation/segments.json"} <= evaluated
+    assert "plots/training_curves.png" in {a.path for a in client.list_artifacts(version.run_id, "plots")}
     assert {i.dataset.name for i in client.get_run(version.run_id).inputs.dataset_inputs} == {
         "campus",
         "plaza",
@@ -193,7 +201,7 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db):
     }
     assert len({r["users"] for r in curve}) == 1 and curve[0]["users"] > 0
     assert all(r["ci_low"] <= r["ndcg"] <= r["ci_high"] for r in curve)
-    assert "ndcg_at_10.cold_start.history_0.candidate" in run_data.metrics
+    assert "ndcg_at_10.cold_start.history_0.candidate" in metrics
     assert run_data.tags["mlflow.parentRunId"] == summary["mlflow_parent_run_id"]
 
     recs_path = env["state"] / "recommendations" / "village" / "recommendations.parquet"
@@ -239,6 +247,19 @@ def test_bad_batch_fails_the_run_names_the_cause_and_changes_nothing(pipeline_en
     assert parent.info.status == "FAILED" and parent.data.tags["transfer_rec.outcome"].startswith("failed: ")
 
 
+def _assert_task_logs_readable(run) -> None:
+    """The UI's log tab (Airflow's own reader) shows what an in-process task logged, its mapped instances too."""
+    from airflow.utils.log.log_reader import TaskLogReader
+
+    tis = {(ti.task_id, ti.map_index): ti for ti in run.get_task_instances()}
+    for key, expected in {("validate", 1): "passed validation", ("unify", -1): "unified village: "}.items():
+        ti = tis[key]
+        logs, _ = TaskLogReader().read_log_chunks(ti, ti.try_number, {})
+        events = [getattr(m, "event", str(m)) for m in logs]
+        assert any(expected in e for e in events), (key, events[:10])
+        assert any("started (log written by transfer-rec run" in e for e in events), (key, events[:10])
+
+
 def _assert_extra_links(run, candidate_run_id: str, state: Path) -> None:
     """The plugin's links, resolved as the API server resolves them: from the XComs the tasks pushed."""
     from airflow import plugins_manager
@@ -251,6 +272,9 @@ def _assert_extra_links(run, candidate_run_id: str, state: Path) -> None:
         finetune
         == f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{candidate_run_id}?workflowType=machine_learning"
     )
+    evaluate = link["MLflow run"].get_link(None, ti_key=tis[("evaluate", 0)].key)
+    evaluation = mlflow.MlflowClient().get_run(candidate_run_id).data.tags["evaluation_run_id"]
+    assert evaluate.endswith(f"/runs/{evaluation}?workflowType=machine_learning"), evaluate
     unify = link["MLflow run"].get_link(None, ti_key=tis[("unify", -1)].key)
     parent = mlflow.MlflowClient().get_run(candidate_run_id).data.tags["mlflow.parentRunId"]
     assert unify.endswith(f"/runs/{parent}?workflowType=machine_learning"), unify

@@ -50,3 +50,13 @@ def test_several_sources_are_allowed_and_at_least_one_is_required():
     raw["platforms"][0]["role"] = "target"
     with pytest.raises(ValidationError, match="at least one platform must have role 'source'"):
         type(load_config()).model_validate(raw)
+
+
+def test_the_schedule_in_a_few_words():
+    from transfer_rec.config import ScheduleConfig
+    from transfer_rec.stages.pipeline import schedule_label
+
+    assert schedule_label(ScheduleConfig()) == "schedule: @weekly UTC or new data"
+    assert schedule_label(ScheduleConfig(training="0 3 * * 1", on_new_data=False)) == "schedule: 0 3 * * 1 UTC"
+    assert schedule_label(ScheduleConfig(training=None, on_new_data=True)) == "schedule: new data"
+    assert schedule_label(ScheduleConfig(training=None, on_new_data=False)) == "schedule: manual only"

@@ -221,8 +221,9 @@ def evaluate(
     candidate: Candidate, features: FeatureSet, config: PipelineConfig, layout: StateLayout, run_key: str
 ) -> Evaluation:
     """Every contender on the same held-out users: accuracy and beyond-accuracy on the random test split, retention on
-    the next-period hold-out, each overall and per user segment with bootstrap CIs; logged to the candidate's run.
-    The whole report is written to reports/<run_key>/<target>/evaluation.json; the manifest names it."""
+    the next-period hold-out, each overall and per user segment with bootstrap CIs; logged to an evaluation run
+    nested under the candidate's run. The whole report is written to reports/<run_key>/<target>/evaluation.json; the
+    manifest names it."""
     use_torch_threads(config.runtime.torch_threads)
     target = candidate.target
     k, gate = config.evaluation.k, config.gate
@@ -365,46 +366,20 @@ def evaluate(
     }
     (report_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     pd.DataFrame(segments).to_csv(report_dir / "segments.csv", index=False)
+    tags = {"platform": target, "candidate_run_id": candidate.run_id}
+    with tracking.stage_run(layout, run_key, f"evaluate {target}", candidate.run_id, tags) as run:
+        evaluation_run_id = run.info.run_id
+        _log_evaluation(metrics, intervals["candidate"], segments, curve, report_dir, target, k)
     with mlflow.start_run(run_id=candidate.run_id):
-        for name, values in metrics.items():
-            mlflow.log_metrics(
-                {_metric_name(name, m, k): tracking.readable(v) for m, v in values.items() if v is not None}
-            )
-        for m, (low, high) in intervals["candidate"].items():
-            name = _metric_name("candidate", m, k)
-            mlflow.log_metrics({f"{name}.ci_low": tracking.readable(low), f"{name}.ci_high": tracking.readable(high)})
+        # the model's own run keeps the headline (what its registry page shows) and its training record
         mlflow.log_metrics(
             {
-                f"{_at_k(row['metric'], k)}.segment.{_segment_key(row['segment'])}": tracking.readable(row["mean"])
-                for row in segments
-                if row["contender"] == "candidate" and row["segment"] != "all" and row["users"]
+                _metric_name("candidate", m, k): tracking.readable(metrics["candidate"][m])
+                for m in HEADLINE
+                if metrics["candidate"].get(m) is not None
             }
         )
-        mlflow.log_artifact(str(report_dir / "evaluation.json"))
-        mlflow.log_table(pd.DataFrame(segments), "evaluation/segments.json")
-        mlflow.log_figure(
-            plots.segment_bars(
-                segments,
-                ("ndcg", "recall", "retention"),
-                f"{target}: metrics by user segment, 95% bootstrap CIs over users",
-            ),
-            "plots/segments.png",
-        )
-        mlflow.log_metrics(
-            {
-                f"ndcg_at_{k}.cold_start.history_{row['history_length']}.{row['contender']}": tracking.readable(
-                    row["ndcg"]
-                )
-                for row in curve
-            }
-        )
-        mlflow.log_figure(
-            plots.cold_start_curve(
-                curve,
-                f"{target}: NDCG@{k} of test users seen as new users with their n earliest items, 95% bootstrap CIs",
-            ),
-            "plots/cold_start_curve.png",
-        )
+        mlflow.set_tag("evaluation_run_id", evaluation_run_id)
         mlflow.log_figure(
             plots.training_curves(_training_curves(candidate.run_id), f"{target}: fine-tuning curves"),
             "plots/training_curves.png",
@@ -442,6 +417,56 @@ def evaluate(
         same_as_champion=same_as_champion,
         report=str(report_dir / "evaluation.json"),
         candidate=candidate,
+        run_id=evaluation_run_id,
+    )
+
+
+# The candidate's metrics its fine-tune run (the model version's source run) repeats from its evaluation run.
+HEADLINE = ("ndcg", "recall", "retention", "retention_new")
+
+
+def _log_evaluation(
+    metrics: dict[str, dict[str, float | None]],
+    intervals: dict[str, tuple[float, float]],
+    segments: list[dict[str, Any]],
+    curve: list[dict[str, Any]],
+    report_dir: Path,
+    target: str,
+    k: int,
+) -> None:
+    """The evaluation run's record: every contender's test metrics, the candidate's CIs and segments, the cold-start
+    curve, the report and the plots."""
+    for name, values in metrics.items():
+        mlflow.log_metrics({_metric_name(name, m, k): tracking.readable(v) for m, v in values.items() if v is not None})
+    for m, (low, high) in intervals.items():
+        name = _metric_name("candidate", m, k)
+        mlflow.log_metrics({f"{name}.ci_low": tracking.readable(low), f"{name}.ci_high": tracking.readable(high)})
+    mlflow.log_metrics(
+        {
+            f"{_at_k(row['metric'], k)}.segment.{_segment_key(row['segment'])}": tracking.readable(row["mean"])
+            for row in segments
+            if row["contender"] == "candidate" and row["segment"] != "all" and row["users"]
+        }
+    )
+    mlflow.log_metrics(
+        {
+            f"ndcg_at_{k}.cold_start.history_{row['history_length']}.{row['contender']}": tracking.readable(row["ndcg"])
+            for row in curve
+        }
+    )
+    mlflow.log_artifact(str(report_dir / "evaluation.json"))
+    mlflow.log_table(pd.DataFrame(segments), "evaluation/segments.json")
+    mlflow.log_figure(
+        plots.segment_bars(
+            segments, ("ndcg", "recall", "retention"), f"{target}: metrics by user segment, 95% bootstrap CIs"
+        ),
+        "plots/segments.png",
+    )
+    mlflow.log_figure(
+        plots.cold_start_curve(
+            curve, f"{target}: NDCG@{k} of test users seen as new users with their n earliest items, 95% bootstrap CIs"
+        ),
+        "plots/cold_start_curve.png",
     )
 
 

@@ -90,6 +90,15 @@ def schedule() -> ScheduleConfig:
     return load_config().schedule
 
 
+def schedule_label(config: ScheduleConfig) -> str:
+    """The training schedule in a few words, for the DAG list (whose schedule column shows only the asset part of a
+    schedule that is time OR assets): "schedule: @weekly UTC or new data"."""
+    parts = [f"{config.training} UTC"] if config.training else []
+    if config.on_new_data:
+        parts.append("new data")
+    return "schedule: " + (" or ".join(parts) or "manual only")
+
+
 def run_key_from(airflow_run_id: str) -> str:
     """A file-system and MLflow friendly name from an Airflow run id."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", airflow_run_id).strip("_")[:100]
