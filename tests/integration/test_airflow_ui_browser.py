@@ -1,7 +1,8 @@
 """The operator's path in a real browser: headless Chromium (Debian's /usr/bin/chromium, driven by Playwright's
 client; no browser is downloaded) logs in to the Airflow UI, opens the trigger form and finds the typed params with
-their descriptions, triggers a dry run, sees the mapped fine-tune tasks named by target platform and follows the
-MLflow extra link to the run's page in the MLflow UI.
+their descriptions, has an out-of-range value refused, triggers a run, sees the mapped fine-tune tasks named by
+target platform, follows the MLflow extra link to the run's page in the MLflow UI and opens the registered model
+version (its tags and model card).
 
 Screenshots of every step are kept in var/test-artifacts/ui/ (or $TRANSFER_REC_UI_ARTIFACTS), replaced by each run.
 """
@@ -93,15 +94,19 @@ def test_operator_triggers_a_dry_run_in_the_ui_and_follows_the_mlflow_link(chrom
         shots.take(page, "trigger-refused")
         assert api.call("GET", f"{DAG}/dagRuns")[1]["total_entries"] == runs_before
 
-        # a dry run with few fine-tuning epochs, set in the typed fields
+        # a run with few fine-tuning epochs, set in the typed field (dry_run toggled on and off again: the switch
+        # works and the run registers a model version, whose page is checked below)
         field = param_field(dialog, "dry_run")
-        field.locator('[data-scope="switch"][data-part="root"]').click()
+        switch = field.locator('[data-scope="switch"][data-part="root"]')
+        switch.click()
         expect(field.locator('input[type="checkbox"]')).to_be_checked()
+        switch.click()
+        expect(field.locator('input[type="checkbox"]')).not_to_be_checked()
         param_field(dialog, "epochs_finetune").get_by_role("spinbutton").fill("2")
         dialog.get_by_role("button", name="Advanced Options").click()
-        expect(dialog).to_contain_text(re.compile(r'"dry_run":\s*true'))
+        expect(dialog).to_contain_text(re.compile(r'"dry_run":\s*false'))
         expect(dialog).to_contain_text(re.compile(r'"epochs_finetune":\s*2'))
-        shots.take(page, "trigger-dry-run")
+        shots.take(page, "trigger-run")
         submit.click()
 
         # 3. the UI opens the new run; it runs to success with the params as typed
@@ -109,7 +114,7 @@ def test_operator_triggers_a_dry_run_in_the_ui_and_follows_the_mlflow_link(chrom
         run_id = urllib.parse.unquote(page.url.rsplit("/runs/", 1)[1])
         run = f"{DAG}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
         conf = api.call("GET", run)[1]["conf"]
-        assert conf["dry_run"] is True and conf["epochs_finetune"] == 2, conf
+        assert conf["dry_run"] is False and conf["epochs_finetune"] == 2, conf
         final = wait_for(api, run, lambda b: b["state"] in ("success", "failed"), 1200, f"run {run_id} finished")
         assert final["state"] == "success", env["log"].read_text()[-3000:]
         page.reload()
@@ -155,3 +160,50 @@ def test_operator_triggers_a_dry_run_in_the_ui_and_follows_the_mlflow_link(chrom
         expect(mlflow_page.get_by_text("Judges", exact=True)).to_have_count(0)
         expect(mlflow_page.get_by_text("ndcg_at_10.candidate", exact=True).first).to_be_visible()
         shots.take(mlflow_page, "mlflow-run")
+
+        # 7. the registered model version: a few readable tags, and a model card whose tables read as tables
+        version = client.get_model_version(f"transfer_rec-{TARGET}", "1")
+        assert version.run_id == mlflow_run_id
+        mlflow_page.goto(f"{env['mlflow_ui']}/#/models/transfer_rec-{TARGET}/versions/1?workflowType=machine_learning")
+        expect(mlflow_page.get_by_role("heading", name="Version 1", exact=True)).to_be_visible()
+        expect(mlflow_page.get_by_text("Accuracy and retention")).to_be_visible()
+        description = mlflow_page.get_by_text("transfer-rec model for target platform").locator("xpath=../..")
+        tables = description.locator("table", has_text="candidate")
+        expect(tables.first).to_be_visible()
+        assert tables.count() >= 3, "accuracy, beyond accuracy, segments"
+        for n in range(tables.count()):
+            layout = tables.nth(n).evaluate(TABLE_LAYOUT)
+            assert layout["gap"] >= 6, f"table {n}: adjacent cells' text {layout['gap']:.1f} px apart"
+            assert layout["tallest"] < 1.8 * layout["line"], f"table {n}: a cell wraps ({layout})"
+        assert not re.search(r"\b[0-9a-f]{64}\b", description.inner_text()), "full sha256s belong in provenance.json"
+        tags = mlflow_page.get_by_test_id("editable-table").locator("tbody tr:not([aria-hidden])")
+        expect(tags.first).to_be_visible()
+        assert 5 <= len(version.tags) <= 15 and tags.count() == len(version.tags), (tags.count(), version.tags)
+        shots.take(mlflow_page, "mlflow-model-version", full_page=True)
+
+
+# The narrowest gap between the text of two adjacent cells, the tallest cell and a line's height, in px.
+TABLE_LAYOUT = """table => {
+  const textRect = cell => {
+    const range = document.createRange();
+    range.selectNodeContents(cell);
+    const text = cell.textContent.replace(/\\s+$/u, "");
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    let node, seen = 0, last = null;
+    while ((node = walker.nextNode())) {
+      if (seen + node.length >= text.length) { last = node; break; }
+      seen += node.length;
+    }
+    if (last) range.setEnd(last, text.length - seen);
+    return range.getBoundingClientRect();
+  };
+  let gap = Infinity, tallest = 0;
+  for (const row of table.querySelectorAll("tr")) {
+    const cells = [...row.children];
+    cells.forEach(c => { tallest = Math.max(tallest, c.getBoundingClientRect().height); });
+    for (let i = 0; i + 1 < cells.length; i++) {
+      gap = Math.min(gap, textRect(cells[i + 1]).left - textRect(cells[i]).right);
+    }
+  }
+  return {gap, tallest, line: parseFloat(getComputedStyle(table).lineHeight) || 20};
+}"""

@@ -220,9 +220,15 @@ def test_model_card_and_version_tags_name_metrics_cis_and_data():
         "data": {"hashes": {"shop": {"inter.csv": "ab" * 32}}, "unified": "/lake/u1"},
     }
     card = model_card(evaluation, GateDecision(True, ["pass: x"]), "r1")
-    assert "| candidate | 0.3000 [0.2800, 0.3200] |" in card and "| champion | 0.2500 |" in card
-    assert "ndcg +0.0200" in card and "| history 1-5 | 4/0 | 0.500 / n/a | 0.100 / n/a |" in card
-    assert "shop: inter.csv abababababab" in card
+    # cells end in an em space: MLflow pads no table cell, and adjacent numbers would run together
+    assert "| candidate&emsp; |" in card
+    card = card.replace("&emsp; |", " |")
+    assert "| candidate | 0.300 (0.280-0.320) | 0.200 |" in card and "| champion | 0.250 | 0.200 |" in card
+    assert "| candidate | 0.400 | 0.600 | 3.20 |" in card
+    # segments: a table per metric; a segment of too few users to compare on is marked
+    assert "ndcg +0.0200" in card and "| history 1-5* | 4 | 0.500 | 0.100 |" in card
+    assert "retention (next period)" not in card  # no retention rows in this report
+    assert "- shop: inter.csv `abababababab`" in card and "ab" * 32 not in card
     # one tag per platform, its digest following every file's sha256
     tags = data_tags(evaluation)
     assert list(tags) == ["data.shop.sha256"] and len(tags["data.shop.sha256"]) == 64

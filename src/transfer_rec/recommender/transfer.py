@@ -88,6 +88,7 @@ class _Encoder(torch.nn.Module):
 
 
 def _dense(matrix: sp.spmatrix) -> torch.Tensor:
+    """A minibatch of rows as the encoder reads them (never a whole platform: that is users x items)."""
     return torch.from_numpy(np.asarray(sp.csr_matrix(matrix).toarray(), dtype=np.float32))
 
 
@@ -191,19 +192,22 @@ class TransferRecommender:
         self.short_history: Any = None
 
     # -- training --------------------------------------------------------------------------------------------
-    def _epoch(self, optimiser: torch.optim.Optimizer, rows: torch.Tensor) -> float:
+    def _epoch(self, optimiser: torch.optim.Optimizer, rows: sp.csr_matrix) -> float:
+        """One pass over the rows in shuffled minibatches. The rows stay sparse; only a minibatch is made dense
+        (batch x items), so memory grows with the interactions, not with users x items."""
         self.encoder.train()
-        order = torch.randperm(len(rows), generator=self._generator)
+        n_rows = rows.shape[0]
+        order = torch.randperm(n_rows, generator=self._generator).numpy()
         total = 0.0
-        for start in range(0, len(rows), self.config.batch_size):
-            x = rows[order[start : start + self.config.batch_size]]
+        for start in range(0, n_rows, self.config.batch_size):
+            x = _dense(rows[order[start : start + self.config.batch_size]])
             # every member's multinomial likelihood (summed: each member learns as it would alone)
             loss = -(torch.log_softmax(self.encoder(x), dim=2) * x[:, None, :]).sum(dim=2).sum(dim=1).mean()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             total += float(loss.detach()) * len(x)
-        return total / max(len(rows), 1)
+        return total / max(n_rows, 1)
 
     @property
     def source_gram(self) -> np.ndarray | None:
@@ -227,7 +231,7 @@ class TransferRecommender:
             self.source_weights[name] = 1.0
             kept.append(matrix)
         self.source = _binary(sp.vstack(kept).tocsr())
-        rows = _dense(self.source)
+        rows = self.source
         optimiser = torch.optim.Adam(self.encoder.parameters(), lr=self.config.learning_rate)
         history = []
         for epoch in range(1, self.config.epochs_pretrain + 1):
@@ -282,8 +286,8 @@ class TransferRecommender:
         else:
             item_item = self._choose_item_item(train, valid, emit)
 
-        target_rows = _dense(_binary(train[np.flatnonzero(np.diff(train.indptr) > 0)]))
-        source_rows = _dense(self.source) if self.source is not None and cfg.source_replay > 0 else None
+        target_rows = _binary(train[np.flatnonzero(np.diff(train.indptr) > 0)])
+        source_rows = self.source if self.source is not None and cfg.source_replay > 0 else None
         params = self.encoder.parameters() if cfg.strategy == "full" else self.encoder.dec.parameters()
         optimiser = torch.optim.Adam(params, lr=cfg.learning_rate)
         progress: dict[str, Any] = {"epoch": 0, "best": -1.0, "best_epoch": 0, "best_state": None, "stopped": False}
@@ -318,9 +322,9 @@ class TransferRecommender:
             started = time.perf_counter()
             rows = target_rows
             if source_rows is not None:
-                n_replay = int(round(cfg.source_replay * len(source_rows)))
-                replay = torch.randperm(len(source_rows), generator=self._generator)[:n_replay]
-                rows = torch.cat([target_rows, source_rows[replay]])
+                n_replay = int(round(cfg.source_replay * source_rows.shape[0]))
+                replay = torch.randperm(source_rows.shape[0], generator=self._generator)[:n_replay].numpy()
+                rows = sp.vstack([target_rows, source_rows[replay]], format="csr")
             loss = self._epoch(optimiser, rows)
             ndcg = self._valid_ndcg(self._full(self._encoded(train)), train, valid)
             emit(

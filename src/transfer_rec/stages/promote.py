@@ -113,18 +113,35 @@ def linked_line(linked: dict[str, Any]) -> str:
     )
 
 
-def _cell(value: float | None, interval: Any = None, digits: int = 4) -> str:
+def _cell(value: float | None, interval: Any = None, digits: int = 3) -> str:
     if value is None:
         return "n/a"
     text = f"{value:.{digits}f}"
     if interval and interval[0] is not None:
-        text += f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+        text += f" ({interval[0]:.{digits}f}-{interval[1]:.{digits}f})"
     return text
+
+
+# A segment of fewer users than this has a CI too wide to compare contenders on; the card marks it.
+FEW_USERS = 20
+# MLflow draws a description's tables with neither borders nor cell padding, so adjacent numbers ran together
+# ("0.3150.000"); an em space ends every cell, written as an entity because its Markdown renderer trims a literal
+# one.
+CELL_END = "&emsp;"
+
+
+def _row(*cells: Any) -> str:
+    """One Markdown table row of the model card."""
+    return "| " + " | ".join(f"{cell}{CELL_END}" for cell in cells) + " |"
+
+
+def _rule(columns: int) -> str:
+    return "|" + "---|" * columns
 
 
 def model_card(evaluation: dict[str, Any], decision: GateDecision, run_key: str) -> str:
     """A short, reviewable description of a model version: data, metrics with CIs vs champion and baselines, metrics
-    by user segment, and the gate's decision."""
+    by user segment, and the gate's decision. Narrow tables with short cells: MLflow renders them without borders."""
     k = evaluation["k"]
     cis = evaluation.get("ci", {})
     lines = [
@@ -148,66 +165,72 @@ def model_card(evaluation: dict[str, Any], decision: GateDecision, run_key: str)
     linked = evaluation.get("linked")
     if linked:
         lines.append(linked_line(linked))
+    metrics = evaluation["metrics"]
     lines += [
         "",
-        f"| model | NDCG@{k} | Recall@{k} | retention | retention, new users | coverage | diversity | novelty |",
-        "|---|---|---|---|---|---|---|---|",
+        "**Accuracy and retention** (95% bootstrap CIs over users in brackets)",
+        "",
+        _row("model", f"NDCG@{k}", f"Recall@{k}", "retention", "retention, new users"),
+        _rule(5),
     ]
-    for name, m in evaluation["metrics"].items():
+    for name, m in metrics.items():
         ci = cis.get(name, {})
         lines.append(
-            f"| {name} | {_cell(m['ndcg'], ci.get('ndcg'))} | {_cell(m['recall'], ci.get('recall'))} | "
-            f"{_cell(m.get('retention'), ci.get('retention'))} | {_cell(m.get('retention_new'))} | "
-            f"{_cell(m.get('coverage'), digits=3)} | {_cell(m.get('diversity'), ci.get('diversity'), 3)} | "
-            f"{_cell(m.get('novelty'), ci.get('novelty'), 2)} |"
+            _row(
+                name,
+                _cell(m["ndcg"], ci.get("ndcg")),
+                _cell(m["recall"], ci.get("recall")),
+                _cell(m.get("retention"), ci.get("retention")),
+                _cell(m.get("retention_new")),
+            )
         )
-    lines += ["", "Brackets: 95% bootstrap confidence intervals over users."]
+    lines += ["", "**Beyond accuracy**", "", _row("model", f"coverage@{k}", f"diversity@{k}", f"novelty@{k}"), _rule(4)]
+    for name, m in metrics.items():
+        lines.append(_row(name, _cell(m.get("coverage")), _cell(m.get("diversity")), _cell(m.get("novelty"), digits=2)))
     paired = evaluation.get("paired_vs_champion")
     if paired:
-        lines.append(
+        lines += [
+            "",
             "Candidate minus champion, paired one-sided lower bounds: "
             + ", ".join(f"{m} {v:+.4f}" for m, v in paired.items())
-            + "."
-        )
-    segments = [
-        r
-        for r in evaluation.get("segments", [])
-        if r["metric"] in ("ndcg", "retention") and r["segment"] != "all" and r["users"]
-    ]
-    if segments:
-        contenders = list(dict.fromkeys(r["contender"] for r in segments))
-        lines += [
-            "",
-            "By user segment (train-history length; where people are linked, also the sources they are linked on), "
-            f"NDCG@{k} / retention:",
-            "",
-            "| segment | users (test / next period) | " + " | ".join(contenders) + " |",
-            "|---|---|" + "---|" * len(contenders),
+            + ".",
         ]
-        for segment in dict.fromkeys(r["segment"] for r in segments):
-            rows = {(r["contender"], r["metric"]): r for r in segments if r["segment"] == segment}
-            users = "/".join(
-                str(rows[(contenders[0], m)]["users"]) if (contenders[0], m) in rows else "0"
-                for m in ("ndcg", "retention")
-            )
-            cells = [
-                " / ".join(f"{rows[(c, m)]['mean']:.3f}" if (c, m) in rows else "n/a" for m in ("ndcg", "retention"))
-                for c in contenders
-            ]
-            lines.append(f"| {segment} | {users} | " + " | ".join(cells) + " |")
+    lines += _segment_tables(evaluation.get("segments", []), k)
     hashes = evaluation.get("data", {}).get("hashes", {})
     if hashes:
+        lines += ["", "**Data** (first 12 hex digits of each pulled file's sha256; all of them in provenance.json)", ""]
         lines += [
-            "",
-            "Data (sha256 of the pulled files): "
-            + "; ".join(
-                f"{platform}: " + ", ".join(f"{f} {h[:12]}" for f, h in sorted(files.items()))
-                for platform, files in sorted(hashes.items())
-            ),
+            f"- {platform}: " + ", ".join(f"{f} `{h[:12]}`" for f, h in sorted(files.items()))
+            for platform, files in sorted(hashes.items())
         ]
-    lines += ["", f"Gate: **{'promoted' if decision.promote else 'not promoted'}**"]
+    lines += ["", f"**Gate: {'promoted' if decision.promote else 'not promoted'}**", ""]
     lines += [f"- {reason}" for reason in decision.reasons]
     return "\n".join(lines)
+
+
+def _segment_tables(segments: list[dict[str, Any]], k: int) -> list[str]:
+    """One table per metric (NDCG, retention): a row per user segment, a column per contender; segments of fewer
+    than FEW_USERS users are marked, not hidden."""
+    rows = [r for r in segments if r["metric"] in ("ndcg", "retention") and r["segment"] != "all" and r["users"]]
+    if not rows:
+        return []
+    contenders = list(dict.fromkeys(r["contender"] for r in rows))
+    lines = [
+        "",
+        "By user segment (train-history length; where people are linked, also the sources they are linked on). "
+        f"Marked *: fewer than {FEW_USERS} users, too few to compare on.",
+    ]
+    for metric, title in (("ndcg", f"NDCG@{k}"), ("retention", "retention (next period)")):
+        table = {(r["segment"], r["contender"]): r for r in rows if r["metric"] == metric}
+        if not table:
+            continue
+        lines += ["", _row(f"segment ({title})", "users", *contenders), _rule(2 + len(contenders))]
+        for segment in dict.fromkeys(s for s, _ in table):
+            users = next(table[(segment, c)]["users"] for c in contenders if (segment, c) in table)
+            mark = "*" if users < FEW_USERS else ""
+            cells = [f"{table[(segment, c)]['mean']:.3f}" if (segment, c) in table else "n/a" for c in contenders]
+            lines.append(_row(f"{segment}{mark}", users, *cells))
+    return lines
 
 
 def platform_digest(files: dict[str, str]) -> str:

@@ -1,0 +1,74 @@
+"""Peak memory and time of the model itself: TransferRecommender pretrain then fine-tune (one epoch each, the
+config's other settings) on synthetic power-law data, in a fresh process per size.
+
+    python -m bench.model_memory --source-users 50000 --items 8000 [--target-users 2000] [--per-user 50]
+
+Prints one JSON line: sizes, wall seconds per phase, and the process's peak resident memory (GiB, ru_maxrss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def power_law(users: int, items: int, per_user: int, seed: int) -> sp.csr_matrix:
+    """Users x items, each user `per_user` draws from a Zipf-like item popularity (duplicates merged)."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, items + 1) ** 0.8
+    weights /= weights.sum()
+    rows = np.repeat(np.arange(users), per_user)
+    cols = rng.choice(items, size=users * per_user, p=weights)
+    matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(users, items))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.model_memory", description=__doc__)
+    parser.add_argument("--source-users", type=int, default=20_000)
+    parser.add_argument("--target-users", type=int, default=2_000)
+    parser.add_argument("--items", type=int, default=4_000)
+    parser.add_argument("--per-user", type=int, default=50)
+    args = parser.parse_args(argv)
+
+    from transfer_rec.config import load_config
+    from transfer_rec.recommender.transfer import TransferRecommender
+
+    source = power_law(args.source_users, args.items, args.per_user, 1)
+    target = power_law(args.target_users, args.items, args.per_user, 2)
+    # a tenth of each target user's items held out as valid
+    coo = target.tocoo()
+    held = np.random.default_rng(3).random(coo.nnz) < 0.1
+    train = sp.csr_matrix((coo.data[~held], (coo.row[~held], coo.col[~held])), shape=target.shape)
+    valid = sp.csr_matrix((coo.data[held], (coo.row[held], coo.col[held])), shape=target.shape)
+    config = load_config().training.model_copy(update={"epochs_pretrain": 1, "epochs_finetune": 1})
+    model = TransferRecommender(args.items, config)
+    started = time.perf_counter()
+    model.pretrain({"source": source})
+    pretrained = time.perf_counter()
+    model.finetune(train, valid)
+    done = time.perf_counter()
+    print(
+        json.dumps(
+            {
+                "source_users": args.source_users,
+                "target_users": args.target_users,
+                "items": args.items,
+                "source_interactions": int(source.nnz),
+                "pretrain_seconds": round(pretrained - started, 1),
+                "finetune_seconds": round(done - pretrained, 1),
+                "peak_memory_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
