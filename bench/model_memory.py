@@ -2,6 +2,7 @@
 config's other settings) on synthetic power-law data, in a fresh process per size.
 
     python -m bench.model_memory --source-users 50000 --items 8000 [--target-users 2000] [--per-user 50]
+        [--pretrain-only]
 
 Prints one JSON line: sizes, wall seconds per phase, and the process's peak resident memory (GiB, ru_maxrss).
 """
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-users", type=int, default=2_000)
     parser.add_argument("--items", type=int, default=4_000)
     parser.add_argument("--per-user", type=int, default=50)
+    parser.add_argument("--pretrain-only", action="store_true", help="stop after pretraining (its own peak)")
     args = parser.parse_args(argv)
 
     from transfer_rec.config import load_config
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     model.pretrain({"source": source})
     pretrained = time.perf_counter()
-    model.finetune(train, valid)
+    if not args.pretrain_only:
+        model.finetune(train, valid)
     done = time.perf_counter()
     print(
         json.dumps(
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
                 "items": args.items,
                 "source_interactions": int(source.nnz),
                 "pretrain_seconds": round(pretrained - started, 1),
-                "finetune_seconds": round(done - pretrained, 1),
+                "finetune_seconds": None if args.pretrain_only else round(done - pretrained, 1),
                 "peak_memory_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
             }
         )

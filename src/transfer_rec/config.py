@@ -242,6 +242,9 @@ class RuntimeConfig(_Strict):
 
     # torch's intra-op threads for training and scoring; null: the CPUs this process may run on
     torch_threads: int | None = Field(None, ge=1, le=256)
+    # where the recommender's encoder trains: "cpu", "cuda", "cuda:<n>" or "mps"; a GPU configured but absent here
+    # falls back to the CPU with a warning (recommender/transfer.py resolve_device)
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$")
     # worker processes for parallel ingest work (validation partitions, platforms unified side by side); null: the
     # CPUs this process may run on ($TRANSFER_REC_WORKERS overrides)
     workers: int | None = Field(None, ge=1, le=256)

@@ -87,6 +87,21 @@ class _Encoder(torch.nn.Module):
         return out + self.dec.bias.view(m, n_items)
 
 
+def resolve_device(name: str | torch.device = "cpu") -> torch.device:
+    """The torch device to train on: the configured one when this machine has it, else the CPU (with a warning, so a
+    GPU setting carried to a machine without one slows the run down instead of failing it)."""
+    device = torch.device(name)
+    present = (
+        device.type == "cpu"
+        or (device.type == "cuda" and torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count())
+        or (device.type == "mps" and torch.backends.mps.is_available())
+    )
+    if not present:
+        log.warning("runtime.device %s is not available on this machine: training on the CPU", name)
+        return torch.device("cpu")
+    return device
+
+
 def _dense(matrix: sp.spmatrix) -> torch.Tensor:
     """A minibatch of rows as the encoder reads them (never a whole platform: that is users x items)."""
     return torch.from_numpy(np.asarray(sp.csr_matrix(matrix).toarray(), dtype=np.float32))
@@ -170,13 +185,16 @@ def _load_checkpoint(path: Path | None, fingerprint: str) -> dict[str, Any] | No
 
 
 class TransferRecommender:
-    def __init__(self, n_items: int, config: TrainingConfig, k: int = 10):
+    def __init__(self, n_items: int, config: TrainingConfig, k: int = 10, device: str | torch.device = "cpu"):
         self.n_items = n_items
         self.config = config
         self.k = k  # the cut-off of the validation NDCG that early stopping and every choice on valid maximise
         torch.manual_seed(config.seed)
         self._generator = torch.Generator().manual_seed(config.seed)
-        self.encoder = _Encoder(n_items, config.hidden, config.input_dropout, config.encoders)
+        # The encoder trains on `device`; the minibatch order stays on the CPU generator, and scoring reads the
+        # weights on the CPU (a request is one sparse row: a GPU round trip would cost more than it saves).
+        self.device = resolve_device(device)
+        self.encoder = _Encoder(n_items, config.hidden, config.input_dropout, config.encoders).to(self.device)
         # each source platform's item co-occurrences, and whether a target's item-item part uses them (1 or 0)
         self.source_grams: dict[str, np.ndarray] = {}
         self.source_weights: dict[str, float] = {}
@@ -200,7 +218,7 @@ class TransferRecommender:
         order = torch.randperm(n_rows, generator=self._generator).numpy()
         total = 0.0
         for start in range(0, n_rows, self.config.batch_size):
-            x = _dense(rows[order[start : start + self.config.batch_size]])
+            x = _dense(rows[order[start : start + self.config.batch_size]]).to(self.device)
             # every member's multinomial likelihood (summed: each member learns as it would alone)
             loss = -(torch.log_softmax(self.encoder(x), dim=2) * x[:, None, :]).sum(dim=2).sum(dim=1).mean()
             optimiser.zero_grad()
@@ -525,7 +543,7 @@ class TransferRecommender:
         key = (tuple((t.data_ptr(), t._version) for t in layers), hash(self.candidates.tobytes()))
         cached = getattr(self, "_encoder_cut", None)
         if cached is None or cached[0] != key:
-            enc_w, enc_b, dec_w, dec_b = (t.detach().numpy() for t in layers)
+            enc_w, enc_b, dec_w, dec_b = (t.detach().cpu().numpy() for t in layers)
             m = self.encoder.members
             dec_w = dec_w.reshape(m, self.n_items, -1)[:, self.candidates]
             cached = (
@@ -585,7 +603,7 @@ class TransferRecommender:
             "n_items": self.n_items,
             "config": self.config.model_dump(mode="json"),
             "k": self.k,
-            "encoder": self.encoder.state_dict(),
+            "encoder": {name: value.cpu() for name, value in self.encoder.state_dict().items()},
             "weights": torch.from_numpy(self.weights),
             "candidates": torch.from_numpy(self.candidates),
             "beta": self.beta,
@@ -605,10 +623,10 @@ class TransferRecommender:
         return state
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> TransferRecommender:
+    def from_state(cls, state: dict[str, Any], device: str | torch.device = "cpu") -> TransferRecommender:
         config = dict(state["config"])
         k = int(config.pop("k", state.get("k", 10)))
-        model = cls(state["n_items"], TrainingConfig.model_validate(config), k)
+        model = cls(state["n_items"], TrainingConfig.model_validate(config), k, device)
         model.encoder.load_state_dict(state["encoder"])
         model.weights = state["weights"].numpy().astype(np.float32)
         model.candidates = state["candidates"].numpy()

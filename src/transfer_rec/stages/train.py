@@ -37,7 +37,7 @@ EASE_L2_GRID = (100.0, 200.0, 300.0, 500.0, 1000.0, 2000.0)
 
 def new_model(n_items: int, config: PipelineConfig) -> TransferRecommender:
     """An untrained recommender with the config's training settings."""
-    return TransferRecommender(n_items, config.training, config.evaluation.k)
+    return TransferRecommender(n_items, config.training, config.evaluation.k, config.runtime.device)
 
 
 def train_history(data: PlatformData, config: PipelineConfig) -> sp.csr_matrix:
@@ -94,7 +94,9 @@ def with_training(config: PipelineConfig, **update: Any) -> PipelineConfig:
 
 def with_settings(state: dict[str, Any], config: PipelineConfig) -> TransferRecommender:
     """A model from its state with this run's training settings (fine-tuning may use other ones than pretraining)."""
-    return TransferRecommender.from_state({**state, "config": config.training.model_dump(), "k": config.evaluation.k})
+    return TransferRecommender.from_state(
+        {**state, "config": config.training.model_dump(), "k": config.evaluation.k}, config.runtime.device
+    )
 
 
 def load_pretrained(checkpoint: str, config: PipelineConfig) -> TransferRecommender:
@@ -117,7 +119,7 @@ def fit_target(
     use_torch_threads(config.runtime.torch_threads)
     data = PlatformData.of(features, target)
     if pretrained is not None:
-        model = TransferRecommender.from_state(pretrained.state())
+        model = TransferRecommender.from_state(pretrained.state(), config.runtime.device)
     else:
         model = new_model(features.n_items, config)
     history = model.finetune(
