@@ -27,7 +27,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(STATE)/mlflow/mlflow.db
 PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: venv run test lint format test-servers test-prod test-browser bench load check lock airflow-ui \
-	mlflow-ui serve clean data-docs-assets
+	mlflow-ui serve clean data-docs-assets bench-scale
 
 venv: $(VENV)/.installed
 
@@ -92,6 +92,13 @@ bench: venv
 	$(PY) -m bench.protocol --cold-start --seeds 2022 2023 2024 --out $(STATE)/bench
 	$(PY) -m bench.scale bench --interactions 20000000 --out $(STATE)/scale
 	$(PY) -m bench.latency --model models:/transfer_rec-ml-100k@champion --workers 2 --out $(STATE)/bench/latency.json
+
+## The whole fit, pull to registered candidates, at one size of the online-education generator: every stage's wall
+## seconds, CPU seconds and peak memory (with its workers) in var/scale/fit.json.
+INTERACTIONS ?= 1000000
+ITEMS ?= 5000
+bench-scale: venv
+	$(PY) -m bench.scale fit --interactions $(INTERACTIONS) --items $(ITEMS) --out $(STATE)/scale
 
 ## The served champion under load: 200 requests/s for 60 s from this process to `transfer-rec serve` (needs a
 ## champion: `make run`), with the server's memory over the run.

@@ -7,8 +7,13 @@ with one to three interactions.
 
     python -m bench.scale generate --interactions 20000000 --out DIR    # writes DIR/exports/* and DIR/pipeline.yaml
     python -m bench.scale ingest --config DIR/pipeline.yaml --state DIR/state   # pull + validate + unify, timed
+    python -m bench.scale fit --interactions 1000000 --items 5000 --out DIR     # pull to registered candidates
 
-`make bench` runs both on 20 M interactions (the generated data is kept and reused while its parameters match).
+`make bench` runs generate + ingest on 20 M interactions (the generated data is kept and reused while its parameters
+match). `make bench-scale INTERACTIONS=1000000 ITEMS=5000` runs `fit`: every stage of the pipeline from pull to the
+registered candidates (plan, pull, validate, unify, features, pretrain, then fine-tune, evaluate and promote per
+target), in a fresh process, each stage's wall seconds, CPU seconds (the process and its finished workers) and peak
+memory of the process with its workers, written to DIR/fit.json.
 """
 
 from __future__ import annotations
@@ -391,6 +396,113 @@ def _timed_ingest(config: Any) -> dict[str, Any]:
     }
 
 
+STAGES = ("plan", "pull", "validate", "unify", "features", "pretrain", "finetune", "evaluate", "promote")
+
+
+def _cpu_seconds() -> float:
+    return sum(
+        getattr(resource.getrusage(who), f)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for f in ("ru_utime", "ru_stime")
+    )
+
+
+def fit(config_path: Path, state: Path) -> dict[str, Any]:
+    """The pipeline from pull to registered candidates (the DAG's stages, in this process, through the same facade
+    the DAG calls), each stage timed and its peak memory sampled; the mapped stages summed over targets."""
+    import shutil
+
+    from transfer_rec.config import REPO_ROOT
+    from transfer_rec.stages import pipeline
+
+    gx_dir = Path(os.environ.get("TRANSFER_REC_GX_DIR") or state / "great_expectations")
+    if not gx_dir.exists():
+        shutil.copytree(REPO_ROOT / "great_expectations", gx_dir, ignore=shutil.ignore_patterns("uncommitted"))
+    stages: dict[str, dict[str, float]] = {}
+
+    @contextmanager
+    def stage(name: str):
+        wall, cpu = time.perf_counter(), _cpu_seconds()
+        with PeakMemory() as memory:
+            yield
+        entry = stages.setdefault(name, {"wall_seconds": 0.0, "cpu_seconds": 0.0, "peak_memory_gib": 0.0})
+        entry["wall_seconds"] += time.perf_counter() - wall
+        entry["cpu_seconds"] += _cpu_seconds() - cpu
+        entry["peak_memory_gib"] = max(entry["peak_memory_gib"], memory.pss / 2**30)
+        log.info("%s: %.1f s wall, %.1f s CPU, peak %.2f GiB", name, *entry.values())
+
+    env = {
+        "TRANSFER_REC_CONFIG": str(config_path),
+        "TRANSFER_REC_STATE_DIR": str(state),
+        "TRANSFER_REC_GX_DIR": str(gx_dir),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{state / 'mlflow.db'}",
+    }
+    started = time.perf_counter()
+    with _environment(**env):
+        with stage("plan"):
+            run = pipeline.plan({"run_key": "scale"}, airflow_run_id="scale")
+        with stage("pull"):
+            pulled = [pipeline.pull(run, p) for p in run["platforms"]]
+        with stage("validate"):
+            validated = [pipeline.validate(run, p) for p in pulled]
+        with stage("unify"):
+            unified = pipeline.unify(run, validated)
+        with stage("features"):
+            features = pipeline.build_features(run, unified)
+        with stage("pretrain"):
+            pretrained = pipeline.pretrain(run, features)
+        decisions = {}
+        for target in run["targets"]:
+            with stage("finetune"):
+                candidate = pipeline.finetune(run, target, features, pretrained)
+            with stage("evaluate"):
+                evaluation = pipeline.evaluate(run, candidate, features)
+            with stage("promote"):
+                decisions[target] = pipeline.promote(run, evaluation)["version"]
+    total = time.perf_counter() - started
+    rows = sum(f.get("rows", 0) for p in pulled for f in p.get("files", []) if f.get("table") == "interactions")
+    return {
+        "stages": stages,
+        "total": {
+            "wall_seconds": total,
+            "cpu_seconds": sum(s["cpu_seconds"] for s in stages.values()),
+            "peak_memory_gib": max(s["peak_memory_gib"] for s in stages.values()),
+        },
+        "interaction_rows": rows,
+        "registered_versions": decisions,
+        "load_average": os.getloadavg(),
+    }
+
+
+def _bench_fit(interactions: int, items: int, out: Path) -> None:
+    """Generate (unless the same data is there) and fit in a fresh process; write out/fit.json and print a summary."""
+    marker = out / "generated.json"
+    wanted = {"interactions": interactions, "items": items, "seed": 0, "platforms": [p.name for p in PLATFORMS]}
+    if not marker.exists() or json.loads(marker.read_text()) != wanted:
+        generate(out, interactions, n_items=items)
+        marker.write_text(json.dumps(wanted))
+    state = out / "state"
+    subprocess.run(["rm", "-rf", str(state)], check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.scale", "fit-run", "--config", str(out / "pipeline.yaml"), "--state", str(state)],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    result = {**wanted, **json.loads(done.stdout)}
+    (out / "fit.json").write_text(json.dumps(result, indent=2))
+    print(f"\nfit of {interactions:,} interactions, {items:,} items (pull to registered candidates, 2 cores):")
+    for name, s in result["stages"].items():
+        print(
+            f"  {name:<9} {s['wall_seconds']:8.1f} s wall {s['cpu_seconds']:8.1f} s CPU {s['peak_memory_gib']:6.2f} GiB"
+        )
+    t = result["total"]
+    print(
+        f"  {'total':<9} {t['wall_seconds']:8.1f} s wall {t['cpu_seconds']:8.1f} s CPU {t['peak_memory_gib']:6.2f} GiB"
+    )
+    print(f"  load average {' '.join(f'{x:.2f}' for x in result['load_average'])}; {out / 'fit.json'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.scale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -406,12 +518,24 @@ def main(argv: list[str] | None = None) -> None:
     bench = sub.add_parser("bench", help="generate (unless already there) and ingest in a fresh process")
     bench.add_argument("--interactions", type=int, default=20_000_000)
     bench.add_argument("--out", type=Path, required=True)
+    fit_ = sub.add_parser("fit", help="generate (unless already there), then pull to registered candidates, timed")
+    fit_.add_argument("--interactions", type=int, default=1_000_000)
+    fit_.add_argument("--items", type=int, default=5_000)
+    fit_.add_argument("--out", type=Path, required=True)
+    fit_run = sub.add_parser("fit-run", help="(fit's fresh process) the timed stages of a config; prints JSON")
+    fit_run.add_argument("--config", type=Path, required=True)
+    fit_run.add_argument("--state", type=Path, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # logs to stderr: fit-run's stdout is its JSON result
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     if args.command == "generate":
         print(generate(args.out, args.interactions, seed=args.seed))
     elif args.command == "ingest":
         print(json.dumps(ingest(args.config, args.state), indent=2))
+    elif args.command == "fit":
+        _bench_fit(args.interactions, args.items, args.out)
+    elif args.command == "fit-run":
+        print(json.dumps(fit(args.config, args.state), indent=2))
     else:
         _bench(args.interactions, args.out)
 

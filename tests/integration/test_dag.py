@@ -156,7 +156,8 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db, mon
     assert json.loads(Path(provenance).read_text())["data"]["hashes"] == unified["hashes"]
     for platform, files in unified["hashes"].items():
         assert version.tags[f"data.{platform}.sha256"] == platform_digest(files)
-    assert "| ease |" in version.description and "By user segment" in version.description
+    card = version.description.replace("&emsp;", "")  # each cell ends in an em space (promote.CELL_END)
+    assert "| ease |" in card and "By user segment" in card
 
     _assert_extra_links(run, version.run_id, env["state"])
     run_data = client.get_run(version.run_id).data

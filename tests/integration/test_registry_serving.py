@@ -33,7 +33,7 @@ def test_gate_aliases_override_dry_run_and_rollback(pipeline_env):
     assert aliases() == {"champion": "1", "challenger": "2"}
     assert "champion" in second["evaluation"]["metrics"], "later candidates are compared with the champion"
     assert set(second["evaluation"]["paired_vs_champion"]) == {"ndcg", "retention"}
-    card = mlflow.MlflowClient().get_model_version(MODEL, "2").description
+    card = mlflow.MlflowClient().get_model_version(MODEL, "2").description.replace("&emsp;", "")
     assert "| candidate |" in card and "| champion |" in card and "not promoted" in card
     tags = mlflow.MlflowClient().get_model_version(MODEL, "2").tags
     assert tags["gate.decision"] == "rejected" and "override" in tags["gate.reasons"]

@@ -103,8 +103,19 @@ def resolve_device(name: str | torch.device = "cpu") -> torch.device:
 
 
 def _dense(matrix: sp.spmatrix) -> torch.Tensor:
-    """A minibatch of rows as the encoder reads them (never a whole platform: that is users x items)."""
     return torch.from_numpy(np.asarray(sp.csr_matrix(matrix).toarray(), dtype=np.float32))
+
+
+# Training rows up to this size (users x items x 4 bytes) are made dense once per epoch: indexing a dense tensor is
+# faster per minibatch than slicing a CSR matrix, which matters on small platforms with many small batches. Past it,
+# the rows stay sparse and only a minibatch is made dense, so memory grows with the interactions.
+DENSE_ROWS_BYTES = 256 * 2**20
+
+
+def _training_rows(matrix: sp.csr_matrix | torch.Tensor) -> torch.Tensor | sp.csr_matrix:
+    if isinstance(matrix, torch.Tensor) or matrix.shape[0] * matrix.shape[1] * 4 > DENSE_ROWS_BYTES:
+        return matrix
+    return _dense(matrix)
 
 
 def _binary(matrix: sp.spmatrix) -> sp.csr_matrix:
@@ -210,15 +221,18 @@ class TransferRecommender:
         self.short_history: Any = None
 
     # -- training --------------------------------------------------------------------------------------------
-    def _epoch(self, optimiser: torch.optim.Optimizer, rows: sp.csr_matrix) -> float:
-        """One pass over the rows in shuffled minibatches. The rows stay sparse; only a minibatch is made dense
-        (batch x items), so memory grows with the interactions, not with users x items."""
+    def _epoch(self, optimiser: torch.optim.Optimizer, rows: sp.csr_matrix | torch.Tensor) -> float:
+        """One pass over the rows in shuffled minibatches. Large rows stay sparse and only a minibatch is made dense
+        (batch x items), so memory grows with the interactions, not with users x items (DENSE_ROWS_BYTES)."""
         self.encoder.train()
+        rows = _training_rows(rows)
         n_rows = rows.shape[0]
-        order = torch.randperm(n_rows, generator=self._generator).numpy()
+        order = torch.randperm(n_rows, generator=self._generator)
         total = 0.0
         for start in range(0, n_rows, self.config.batch_size):
-            x = _dense(rows[order[start : start + self.config.batch_size]]).to(self.device)
+            batch = order[start : start + self.config.batch_size]
+            x = rows[batch] if isinstance(rows, torch.Tensor) else _dense(rows[batch.numpy()])
+            x = x.to(self.device)
             # every member's multinomial likelihood (summed: each member learns as it would alone)
             loss = -(torch.log_softmax(self.encoder(x), dim=2) * x[:, None, :]).sum(dim=2).sum(dim=1).mean()
             optimiser.zero_grad()
@@ -249,7 +263,7 @@ class TransferRecommender:
             self.source_weights[name] = 1.0
             kept.append(matrix)
         self.source = _binary(sp.vstack(kept).tocsr())
-        rows = self.source
+        rows = _training_rows(self.source)
         optimiser = torch.optim.Adam(self.encoder.parameters(), lr=self.config.learning_rate)
         history = []
         for epoch in range(1, self.config.epochs_pretrain + 1):
