@@ -13,6 +13,7 @@ import pytest
 
 from bench.synthetic import SyntheticPlatform
 from transfer_rec.ops import task_log
+from transfer_rec.registry.models import serving_requirements
 from transfer_rec.stages.promote import platform_digest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,6 +160,9 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db, mon
     card = version.description.replace("&emsp;", "")  # each cell ends in an em space (promote.CELL_END)
     assert "| ease |" in card and "By user segment" in card
 
+    # the served model names its packages, pinned to this environment (given, not inferred in a subprocess)
+    requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/transfer_rec-village/1")).read_text().split()
+    assert requirements == serving_requirements()
     _assert_extra_links(run, version.run_id, env["state"])
     run_data = client.get_run(version.run_id).data
     # the evaluation is its own run, nested under the model's (fine-tune) run, which keeps the headline
