@@ -283,6 +283,15 @@ def ingest(config_path: Path, state: Path) -> dict[str, Any]:
         return _timed_ingest(load_config(config_path))
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process (since it started) and its finished workers."""
+    return sum(
+        getattr(resource.getrusage(who), f)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for f in ("ru_utime", "ru_stime")
+    )
+
+
 def _tree_memory(pid: int) -> tuple[int, int]:
     """(PSS, RSS) bytes of a process and all its descendants, from Linux /proc. PSS counts a page shared by n
     processes (the frames forked workers share with the parent) as 1/n in each, so its sum is the memory they use
@@ -386,25 +395,10 @@ def _timed_ingest(config: Any) -> dict[str, Any]:
         "peak_rss_main_process_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         # CPU seconds of this process (since it started, imports included) and its finished workers: less
         # sensitive to other jobs on the machine than wall time
-        "cpu_seconds": sum(
-            getattr(resource.getrusage(who), f)
-            for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-            for f in ("ru_utime", "ru_stime")
-        ),
+        "cpu_seconds": _cpu_seconds(),
         "load_average": os.getloadavg(),
         "rows_out": {name: c["rows_out"] for name, c in manifest.platforms.items()},
     }
-
-
-STAGES = ("plan", "pull", "validate", "unify", "features", "pretrain", "finetune", "evaluate", "promote")
-
-
-def _cpu_seconds() -> float:
-    return sum(
-        getattr(resource.getrusage(who), f)
-        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-        for f in ("ru_utime", "ru_stime")
-    )
 
 
 def fit(config_path: Path, state: Path) -> dict[str, Any]:
@@ -474,6 +468,29 @@ def fit(config_path: Path, state: Path) -> dict[str, Any]:
     }
 
 
+# A measuring process past this is stopped (with its workers) and the benchmark fails: it never hangs.
+FRESH_PROCESS_HOURS = 6.0
+
+
+def _fresh_process(arguments: list[str]) -> dict[str, Any]:
+    """`python -m bench.scale <arguments>` in a fresh process (so its peak memory is its own) and its JSON result.
+    Its logs pass through to stderr. Ctrl-C, SIGTERM or FRESH_PROCESS_HOURS stop its whole process group."""
+    from transfer_rec.runtime.processes import stop_group
+    from transfer_rec.runtime.signals import terminate_raises
+
+    command = [sys.executable, "-m", "bench.scale", *arguments]
+    with terminate_raises():
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            stdout, _ = proc.communicate(timeout=FRESH_PROCESS_HOURS * 3600)
+        finally:
+            if proc.poll() is None:
+                stop_group(proc, grace=(5.0, 10.0))
+    if proc.returncode != 0:
+        raise SystemExit(f"bench.scale {arguments[0]} failed (exit {proc.returncode})")
+    return json.loads(stdout)
+
+
 def _bench_fit(interactions: int, items: int, out: Path) -> None:
     """Generate (unless the same data is there) and fit in a fresh process; write out/fit.json and print a summary."""
     marker = out / "generated.json"
@@ -483,23 +500,12 @@ def _bench_fit(interactions: int, items: int, out: Path) -> None:
         marker.write_text(json.dumps(wanted))
     state = out / "state"
     subprocess.run(["rm", "-rf", str(state)], check=True)
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.scale", "fit-run", "--config", str(out / "pipeline.yaml"), "--state", str(state)],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    result = {**wanted, **json.loads(done.stdout)}
+    result = {**wanted, **_fresh_process(["fit-run", "--config", str(out / "pipeline.yaml"), "--state", str(state)])}
     (out / "fit.json").write_text(json.dumps(result, indent=2))
     print(f"\nfit of {interactions:,} interactions, {items:,} items (pull to registered candidates, 2 cores):")
-    for name, s in result["stages"].items():
-        print(
-            f"  {name:<9} {s['wall_seconds']:8.1f} s wall {s['cpu_seconds']:8.1f} s CPU {s['peak_memory_gib']:6.2f} GiB"
-        )
-    t = result["total"]
-    print(
-        f"  {'total':<9} {t['wall_seconds']:8.1f} s wall {t['cpu_seconds']:8.1f} s CPU {t['peak_memory_gib']:6.2f} GiB"
-    )
+    for name, s in [*result["stages"].items(), ("total", result["total"])]:
+        wall, cpu, peak = s["wall_seconds"], s["cpu_seconds"], s["peak_memory_gib"]
+        print(f"  {name:<9} {wall:8.1f} s wall {cpu:8.1f} s CPU {peak:6.2f} GiB")
     print(f"  load average {' '.join(f'{x:.2f}' for x in result['load_average'])}; {out / 'fit.json'}")
 
 
@@ -551,13 +557,7 @@ def _bench(interactions: int, out: Path) -> None:
     state = out / "state"
     subprocess.run(["rm", "-rf", str(state)], check=True)
     # a fresh process, so peak memory is the ingest's own
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.scale", "ingest", "--config", str(out / "pipeline.yaml"), "--state", str(state)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    result = json.loads(done.stdout)
+    result = _fresh_process(["ingest", "--config", str(out / "pipeline.yaml"), "--state", str(state)])
     (out / "ingest.json").write_text(json.dumps(result, indent=2))
     s = result["seconds"]
     print(
