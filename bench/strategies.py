@@ -107,8 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--config", help="pipeline config (default: config/pipeline.yaml)")
     args = parser.parse_args(argv)
+    from bench.protocol import protocol_config
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print_table(run(args.seeds, Path(args.out), load_config(args.config)))
+    print_table(run(args.seeds, Path(args.out), protocol_config(load_config(args.config))))
 
 
 if __name__ == "__main__":

@@ -21,9 +21,14 @@ def _bin(name: str) -> str:
 
 
 def init(layout: StateLayout) -> None:
-    """Create the state folder, migrate Airflow's and MLflow's databases, fill the embedded platforms' export folders
-    (idempotent)."""
+    """Create the state folder, migrate Airflow's and MLflow's databases, fill the embedded platforms' export folders,
+    make the linking salt if a file is named for it and none is set (idempotent)."""
+    from transfer_rec.stages.unify import PII_SALT_ENV, PII_SALT_FILE_ENV, ensure_salt_file
+
     exports(layout)
+    salt_file = os.environ.get(PII_SALT_FILE_ENV)
+    if not os.environ.get(PII_SALT_ENV) and salt_file and ensure_salt_file(Path(salt_file)):
+        print(f"linking salt written: {salt_file} (keep it: a new salt gives everyone new link ids)")
     for folder in (layout.lake, layout.models, layout.recommendations, layout.mlflow, layout.reports):
         folder.mkdir(parents=True, exist_ok=True)
     airflow_home = Path(os.environ.get("AIRFLOW_HOME", layout.root / "airflow"))
@@ -94,7 +99,7 @@ def run(layout: StateLayout, force: bool = False) -> None:
 
 def summary(layout: StateLayout) -> None:
     """Print the last pipeline run's report."""
-    from transfer_rec.stages.promote import linked_line
+    from transfer_rec.stages.promote import linked_line, newcomers_line
 
     path = layout.reports / "latest.json"
     if not path.exists():
@@ -111,11 +116,12 @@ def summary(layout: StateLayout) -> None:
             f"  {name:<10} {p['role']:<7} {p['rows_pulled']:>11,}   {status:<17} {p['rows_unified']:>8,} "
             f"{p['rows_kept']:>10,}"
         )
-    sources = ", ".join(name for name, p in report["platforms"].items() if p["role"] == "source")
-    print(
-        f"\npretrain on the sources ({sources}): {report['pretrain']['epochs']} epochs, "
-        f"{report['pretrain']['seconds']} s"
-    )
+    print()
+    for family in report["pretrain"]:
+        print(
+            f"pretrain on {', '.join(family['sources'])} (for {', '.join(family['targets'])}): "
+            f"{family['epochs']} epochs, {family['seconds']} s"
+        )
     for target, t in report["targets"].items():
         k = t["k"]
         print(f"\ntarget {target}: {t['test_users']} held-out users, metrics at K={k}")
@@ -132,6 +138,9 @@ def summary(layout: StateLayout) -> None:
             print(f"  sources in the item-item prior: {shown}")
         if evaluated.get("linked"):
             print(f"  {linked_line(evaluated['linked'])}")
+        newcomers = newcomers_line(evaluated.get("segments", []), k)
+        if newcomers:
+            print(f"  {newcomers}")
         columns = (
             ("NDCG", "ndcg"),
             ("Recall", "recall"),

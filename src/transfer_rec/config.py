@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 HOME_ENV = "TRANSFER_REC_HOME"
 
@@ -66,6 +66,16 @@ class RulesConfig(_Strict):
     missing_items: Literal["refuse", "fill"] = "refuse"
 
 
+class LinkedWorldConfig(_Strict):
+    """An embedded family of platforms that share people, cut from MovieLens-1M (io/linked_world.py): the platforms
+    that name the same `location` share one export folder, written once."""
+
+    target: Literal["action", "family", "drama"]
+    seed: int = 2022
+    target_keep: float = Field(0.25, gt=0, le=1)  # share of the target's people it keeps (a small, young platform)
+    source_drop: float = Field(0.3, ge=0, lt=1)  # share of each source's people it drops (some are on no source)
+
+
 class PlatformConfig(_Strict):
     """One platform of the registry: where its exports live and how its native schema maps to the unified one."""
 
@@ -75,6 +85,15 @@ class PlatformConfig(_Strict):
     # The embedded demo: a pkg://<package>/<folder> whose files fill the local `location` when it does not exist yet
     # (io/embedded.py; `transfer-rec init`). Pulls always read `location`.
     embedded: str | None = Field(None, pattern=r"^pkg://")
+    # With `embedded`: the export folder is a linked world cut from that package folder's MovieLens-1M files.
+    world: LinkedWorldConfig | None = None
+    # A target's source platforms (default: every source). Platforms come in families: a target learns only from
+    # its own family's sources, so another family's people and items never reach its model.
+    sources: list[str] | None = None
+    # A target's share of users held out whole as new to it (default: features.new_users).
+    new_users: float | None = Field(None, ge=0, lt=1)
+    # A target's own training settings over the `training` section, e.g. shorter fine-tuning on a small platform.
+    training: dict[str, Any] = {}
     format: Literal["recbole", "csv", "tsv", "parquet", "jsonl"] = "recbole"
     delimiter: str | None = None
     files: dict[str, str]
@@ -105,6 +124,8 @@ class PlatformConfig(_Strict):
             missing = required[table] - set(self.columns.get(table, {}).values())
             if missing:
                 raise ValueError(f"platform {self.name}: columns.{table} maps no native column to {sorted(missing)}")
+        if self.world is not None and self.embedded is None:
+            raise ValueError(f"platform {self.name}: `world` needs `embedded`, the package folder it is cut from")
         return self
 
 
@@ -123,6 +144,12 @@ class FeaturesConfig(_Strict):
         if abs(sum(split) - 1.0) > 1e-6 or min(split) <= 0:
             raise ValueError(f"split {split} must be three positive shares summing to 1")
         return split
+
+
+# Settings that shape the pretrained model, which the targets of one family share.
+PRETRAIN_SETTINGS = frozenset(
+    {"seed", "hidden", "input_dropout", "encoders", "learning_rate", "batch_size", "epochs_pretrain", "rating_weight"}
+)
 
 
 class TrainingConfig(_Strict):
@@ -310,7 +337,39 @@ class PipelineConfig(_Strict):
             raise ValueError("at least one platform must have role 'source'")
         if not self.targets:
             raise ValueError("at least one platform must have role 'target'")
+        source_names = {p.name for p in self.sources}
+        for members in self.source_families([t.name for t in self.targets]).values():
+            shared = {
+                tuple(sorted((k, repr(v)) for k, v in t.training.items() if k in PRETRAIN_SETTINGS))
+                for t in map(self.platform, members)
+            }
+            if len(shared) > 1:
+                raise ValueError(
+                    f"targets {members} share one pretrained model and must give the same {sorted(PRETRAIN_SETTINGS)} "
+                    "in their `training`"
+                )
         for p in self.platforms:
+            if p.role == "source" and (p.sources is not None or p.new_users is not None or p.training):
+                raise ValueError(
+                    f"platform {p.name}: `sources`, `new_users` and `training` are settings of a target platform"
+                )
+            if p.training:
+                try:
+                    TrainingConfig.model_validate({**self.training.model_dump(), **p.training})
+                except ValidationError as error:
+                    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+                    raise ValueError(f"platform {p.name}: training: {problems}") from error
+            if p.sources is not None and (not p.sources or set(p.sources) - source_names):
+                raise ValueError(
+                    f"platform {p.name}: sources {p.sources} must name one or more source platforms of the config "
+                    f"(sources: {sorted(source_names)})"
+                )
+            sharing = [q for q in self.platforms if q.world is not None and q.location == p.location]
+            if p.world is not None and any(q.world != p.world or q.embedded != p.embedded for q in sharing):
+                raise ValueError(
+                    f"platform {p.name}: the platforms at {p.location!r} share one linked world export and must "
+                    "give the same `embedded` and `world`"
+                )
             for column, map_name in p.value_maps.items():
                 if map_name != "age_years" and map_name not in self.value_maps:
                     raise ValueError(f"platform {p.name}: value map {map_name!r} for {column!r} is not defined")
@@ -324,6 +383,43 @@ class PipelineConfig(_Strict):
     @property
     def targets(self) -> list[PlatformConfig]:
         return [p for p in self.platforms if p.role == "target"]
+
+    def sources_of(self, target: str) -> list[PlatformConfig]:
+        """The source platforms a target learns from (its family's; every source unless it names them)."""
+        chosen = self.platform(target).sources
+        return [p for p in self.sources if chosen is None or p.name in chosen]
+
+    def pretraining_of(self, targets: list[str]) -> TrainingConfig:
+        """The settings a family's shared model is pretrained with: its targets' (they agree on PRETRAIN_SETTINGS)."""
+        return self.training_of(targets[0])
+
+    def source_families(self, targets: list[str]) -> dict[tuple[str, ...], list[str]]:
+        """The targets grouped by the sources they learn from: one pretrained model per group."""
+        families: dict[tuple[str, ...], list[str]] = {}
+        for target in targets:
+            families.setdefault(tuple(p.name for p in self.sources_of(target)), []).append(target)
+        return families
+
+    def training_of(self, target: str) -> TrainingConfig:
+        """The training settings a target is fine-tuned with: the `training` section and the target's own."""
+        overrides = self.platform(target).training
+        if not overrides:
+            return self.training
+        return TrainingConfig.model_validate({**self.training.model_dump(), **overrides})
+
+    def for_target(self, target: str) -> PipelineConfig:
+        """This config as one target's fine-tuning sees it (its own training settings in `training`)."""
+        return self.model_copy(update={"training": self.training_of(target)})
+
+    def family(self, target: str) -> PipelineConfig:
+        """This config with only the target and its sources: a harness that measures one family (the MovieLens
+        protocol) neither pays for nor is changed by the others' platforms."""
+        keep = {target, *(p.name for p in self.sources_of(target))}
+        return self.model_copy(update={"platforms": [p for p in self.platforms if p.name in keep]})
+
+    def new_users_share(self, target: str) -> float:
+        share = self.platform(target).new_users
+        return self.features.new_users if share is None else share
 
     def platform(self, name: str) -> PlatformConfig:
         for p in self.platforms:

@@ -106,12 +106,30 @@ class FeatureSet(Manifest):
     unified: str | None = None
 
 
-class Pretrained(Manifest):
+class PretrainedFamily(Manifest):
+    """The model pretrained on one family's sources, for the targets that learn from them."""
+
+    sources: list[str]
+    targets: list[str]
     checkpoint: str
     run_id: str
     epochs: int
     users: int
     seconds: float
+
+
+class Pretrained(Manifest):
+    """One pretrained model per family of sources (config: a target's `sources`)."""
+
+    families: list[PretrainedFamily]
+    # the MLflow run an operator opens from the pretrain task: the first family's
+    run_id: str
+
+    def of(self, target: str) -> PretrainedFamily:
+        for family in self.families:
+            if target in family.targets:
+                return family
+        raise KeyError(f"target {target}: no pretrained model of its sources in this run")
 
 
 class Candidate(Manifest):

@@ -51,8 +51,7 @@ def test_dag_integrity(airflow_db):
     assert isinstance(dag.timetable, AssetOrTimeSchedule)
     assert dag.timetable.timetable.expression == "0 0 * * 0"
     assert {a.uri for a in dag.timetable.asset_condition.objects} == {
-        "transfer-rec://platform/ml-1m",
-        "transfer-rec://platform/ml-100k",
+        f"transfer-rec://platform/{name}" for name in ("ml-1m", "ml-100k", "action", "family", "drama")
     }
     assert set(dag.task_dict) == EXPECTED_TASKS
     # the DAG list shows only the asset part of the schedule: the whole of it is a tag there
@@ -80,14 +79,14 @@ def test_dag_integrity(airflow_db):
             validate(**bad)
     with pytest.raises(Exception, match="targets"):
         validate(targets=["no-such-platform"])
-    assert dag.params.get_param("targets").schema["examples"] == ["ml-100k"]
+    assert dag.params.get_param("targets").schema["examples"] == ["ml-100k", "action"]
 
 
 def test_one_ingest_dag_per_platform_updates_its_asset(airflow_db):
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
-    for platform in ("ml-1m", "ml-100k"):
+    for platform in ("ml-1m", "ml-100k", "action", "family", "drama"):
         dag = bag.get_dag(f"transfer_rec_ingest_{platform}")
         assert set(dag.task_dict) == {"pull", "validate"} and dag.max_active_runs == 1
         assert [a.uri for a in dag.task_dict["validate"].outlets] == [f"transfer-rec://platform/{platform}"]
@@ -127,7 +126,11 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db, mon
     assert parent_tags["airflow.dag_id"] == "transfer_rec" and parent_tags["airflow.run_id"] == run.run_id
     # it spans the DAG run (ended by summarize, not at once), holds the run's params and links to Airflow
     parent_info = client.get_run(summary["mlflow_parent_run_id"]).info
-    assert parent_info.status == "FINISHED" and parent_info.end_time - parent_info.start_time > 10_000
+    stages = client.search_runs(
+        [parent_info.experiment_id], f"tags.mlflow.parentRunId = '{summary['mlflow_parent_run_id']}'"
+    )
+    assert {"pretrain", "finetune village"} <= {r.info.run_name for r in stages}
+    assert parent_info.status == "FINISHED" and parent_info.end_time >= max(r.info.end_time for r in stages)
     assert parent.params["param.run_key"] == "itest" and "village: " in parent_tags["transfer_rec.outcome"]
     assert f"]({parent_tags['airflow.url']})" in parent_tags["mlflow.note.content"]
     assert parent_tags["airflow.url"] == f"http://127.0.0.1:8080/dags/transfer_rec/runs/{quote(run.run_id, safe='')}"

@@ -46,9 +46,43 @@ def test_several_sources_are_allowed_and_at_least_one_is_required():
     raw = load_config().model_dump()
     second = {**raw["platforms"][0], "name": "ml-1m-copy", "location": "exports/ml-1m-copy"}
     config = type(load_config()).model_validate({**raw, "platforms": [*raw["platforms"], second]})
-    assert [p.name for p in config.sources] == ["ml-1m", "ml-1m-copy"]
-    raw["platforms"][0]["role"] = "target"
+    assert [p.name for p in config.sources] == ["ml-1m", "family", "drama", "ml-1m-copy"]
+    for p in raw["platforms"]:
+        p["role"], p["sources"], p["new_users"] = "target", None, None
     with pytest.raises(ValidationError, match="at least one platform must have role 'source'"):
+        type(load_config()).model_validate(raw)
+
+
+def test_targets_learn_from_their_family_of_sources():
+    config = load_config()
+    assert [p.name for p in config.sources_of("action")] == ["family", "drama"]
+    assert [p.name for p in config.sources_of("ml-100k")] == ["ml-1m"]
+    assert config.source_families(["ml-100k", "action"]) == {("ml-1m",): ["ml-100k"], ("family", "drama"): ["action"]}
+    assert config.source_families(["action"]) == {("family", "drama"): ["action"]}
+    assert config.new_users_share("action") == 0.3 and config.new_users_share("ml-100k") == 0.0
+    raw = config.model_dump()
+    # a target without `sources` learns from every source
+    raw["platforms"][1]["sources"] = None
+    assert [p.name for p in type(config).model_validate(raw).sources_of("ml-100k")] == ["ml-1m", "family", "drama"]
+
+
+@pytest.mark.parametrize(
+    ("platform", "change", "message"),
+    [
+        (1, {"sources": ["books"]}, r"platform ml-100k: sources \['books'\] must name one or more source platforms"),
+        (1, {"sources": ["action"]}, r"sources \['action'\] must name one or more source platforms"),
+        (1, {"sources": []}, "must name one or more source platforms"),
+        (0, {"new_users": 0.2}, "platform ml-1m: `sources`, `new_users` and `training` are settings of a target"),
+        (2, {"training": {"epochs_finetune": 0}}, "platform action: training: .*epochs_finetune"),
+        (2, {"training": {"no_such_setting": 1}}, "platform action: training: .*no_such_setting"),
+        (3, {"embedded": None}, "platform family: `world` needs `embedded`"),
+        (4, {"world": {"target": "drama", "seed": 1}}, "share one linked world export and must give the same"),
+    ],
+)
+def test_families_and_worlds_are_checked(platform, change, message):
+    raw = load_config().model_dump()
+    raw["platforms"][platform].update(change)
+    with pytest.raises(ValidationError, match=message):
         type(load_config()).model_validate(raw)
 
 
@@ -60,3 +94,26 @@ def test_the_schedule_in_a_few_words():
     assert schedule_label(ScheduleConfig(training="0 3 * * 1", on_new_data=False)) == "schedule: 0 3 * * 1 UTC"
     assert schedule_label(ScheduleConfig(training=None, on_new_data=True)) == "schedule: new data"
     assert schedule_label(ScheduleConfig(training=None, on_new_data=False)) == "schedule: manual only"
+
+
+def test_a_target_has_its_own_training_settings_and_a_family_shares_its_pretraining():
+    config = load_config()
+    assert config.training_of("ml-100k") == config.training
+    action = config.training_of("action")
+    assert (action.encoders, action.epochs_finetune) == (1, 20) and action.lam == config.training.lam
+    assert config.for_target("action").training == action and config.for_target("action").gate == config.gate
+    assert config.pretraining_of(["action"]).epochs_pretrain == 8
+    raw = config.model_dump()
+    twin = {**raw["platforms"][2], "name": "action-two", "training": {"encoders": 2}}
+    with pytest.raises(ValidationError, match=r"targets \['action', 'action-two'\] share one pretrained model"):
+        type(config).model_validate({**raw, "platforms": [*raw["platforms"], twin]})
+    # settings that only fine-tuning reads may differ within a family
+    twin["training"] = {**raw["platforms"][2]["training"], "epochs_finetune": 5}
+    assert type(config).model_validate({**raw, "platforms": [*raw["platforms"], twin]}).training_of("action-two")
+
+
+def test_a_family_is_a_target_and_its_sources():
+    config = load_config()
+    assert [p.name for p in config.family("ml-100k").platforms] == ["ml-1m", "ml-100k"]
+    assert [p.name for p in config.family("action").platforms] == ["action", "family", "drama"]
+    assert config.family("action").sources_of("action") == config.sources_of("action")

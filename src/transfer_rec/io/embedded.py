@@ -8,6 +8,10 @@ years, occupation as a name, genres as a token sequence). An existing folder is 
 and the pipeline only reads it. A folder filled once and later deleted is not filled again (the state folder's
 `embedded.json` remembers which were filled): deleting a platform's data must not bring the demo data back unasked;
 `transfer-rec exports --refill` does it on purpose.
+
+A platform with `world` gets a linked world cut from the package's MovieLens-1M instead (io/linked_world.py): the
+three platforms of the world (action, family, drama: disjoint catalogues, shared people linked by e-mail) written
+together into the folder they share.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -37,13 +42,33 @@ def export_embedded(platform: PlatformConfig) -> Path | None:
         return None
     staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:12]}.part")
     try:
-        for name in platform.files.values():
-            copy_to_local(f"{platform.embedded.rstrip('/')}/{name}", staging / name)
+        if platform.world is not None:
+            _write_world(platform, staging)
+        else:
+            for name in platform.files.values():
+                copy_to_local(f"{platform.embedded.rstrip('/')}/{name}", staging / name)
         os.rename(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("platform %s: export folder %s filled from %s", platform.name, folder, platform.embedded)
     return folder
+
+
+def _write_world(platform: PlatformConfig, staging: Path) -> None:
+    from transfer_rec.io.linked_world import WorldOptions, write_exports
+
+    assert platform.world is not None and platform.embedded is not None
+    world = platform.world
+    options = WorldOptions(world.target, world.seed, world.target_keep, world.source_drop)
+    with tempfile.TemporaryDirectory(prefix="ml-1m-") as cache:
+        written = write_exports(staging, options, Path(cache), platform.embedded)
+    missing = sorted(name for name in platform.files.values() if not (staging / name).exists())
+    if missing:
+        raise LocationError(
+            f"platform {platform.name}: the linked world writes {sorted(p.name for p in staging.iterdir())}, not "
+            f"{missing}: name the platform's files <platform>_interactions.tsv, _users.tsv, _items.tsv"
+        )
+    log.info("linked world %s written: %s", world.model_dump(), written)
 
 
 def export_folder(platform: PlatformConfig) -> Path:

@@ -45,6 +45,10 @@ def user_segments(history_lengths: np.ndarray, new_user_max: int) -> dict[str, n
     return segments
 
 
+# test users with no train or valid interaction on the target (a target's new_users holds them out whole)
+NEW_TO_TARGET = "new to the target"
+
+
 def linked_segments(sources: np.ndarray, new: np.ndarray, new_label: str) -> dict[str, np.ndarray]:
     """Boolean masks over users by how many source platforms the same person is linked on (0, 1, ... the most any
     user has), for all users and for new users (`new`: their mask, `new_label`: its segment's name)."""

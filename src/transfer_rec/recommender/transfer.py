@@ -132,6 +132,14 @@ def _zscore(scores: np.ndarray) -> np.ndarray:
 
 def item_item_solve(gram: np.ndarray, lam: float, drop_p: float = 0.0) -> np.ndarray:
     """Closed-form zero-diagonal item-item weights (EASE when drop_p = 0)."""
+    # An item nobody has (zero diagonal: its whole row and column are zero) is decoupled from the others and gets
+    # zero weights, so only the items that occur are solved: the item index spans every family of platforms, and
+    # the solve is cubic in its size.
+    active = np.flatnonzero(np.diag(gram) > 0)
+    if 0 < len(active) < gram.shape[0]:
+        weights = np.zeros(gram.shape, dtype=np.float64)
+        weights[np.ix_(active, active)] = item_item_solve(gram[np.ix_(active, active)], lam, drop_p)
+        return weights
     gram = np.array(gram, dtype=np.float64, copy=True)
     diagonal = np.diag(gram).copy()
     gram[np.diag_indices_from(gram)] += lam + drop_p / (1.0 - drop_p) * diagonal

@@ -20,7 +20,13 @@ from transfer_rec.manifests import Candidate, Evaluation, FeatureSet
 from transfer_rec.metrics import plots
 from transfer_rec.metrics.beyond import catalogue_coverage, genre_matrix, intra_list_diversity, item_popularity, novelty
 from transfer_rec.metrics.ranking import METRICS, evaluate_scores, item_segment_hits, mean_metrics, top_k
-from transfer_rec.metrics.segments import linked_segments, segment_table, time_holdout, user_segments
+from transfer_rec.metrics.segments import (
+    NEW_TO_TARGET,
+    linked_segments,
+    segment_table,
+    time_holdout,
+    user_segments,
+)
 from transfer_rec.metrics.uncertainty import bootstrap_ci, paired_lower_bound
 from transfer_rec.recommender.baselines import Baselines
 from transfer_rec.registry import tracking
@@ -32,8 +38,6 @@ from transfer_rec.stages.train import train_history
 
 log = logging.getLogger(__name__)
 
-# test users with no train or valid interaction on the target (features.new_users holds them out whole)
-NEW_TO_TARGET = "new to the target"
 # A fitted contender: history matrix (users x items) -> scores.
 Scorer = Callable[[sp.csr_matrix], np.ndarray]
 
@@ -269,7 +273,7 @@ def evaluate(
         test_segments[NEW_TO_TARGET] = newcomers
     # where the target's people can be linked: the same segments by how many sources each is linked on
     if any(link is not None for link in links):
-        linked = sources_linked(features, data, [p.name for p in config.sources])
+        linked = sources_linked(features, data, [p.name for p in config.sources_of(target)])
         test_segments |= linked_segments(linked[test_users], test_segments[new_label], new_label)
         kept_segments |= linked_segments(linked[kept_users], kept_segments[new_label], new_label)
         if newcomers.any():

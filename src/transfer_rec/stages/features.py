@@ -112,7 +112,7 @@ def build_features(
             platform_users = users[users["platform"] == platform.name]
             if platform.role == "target":
                 split = split_users(frame, config.features.split, seed)
-                frame = frame.assign(split=hold_out_users(frame, split, config.features.new_users, seed))
+                frame = frame.assign(split=hold_out_users(frame, split, config.new_users_share(platform.name), seed))
             else:
                 frame = frame.assign(split="train")
             frame.to_parquet(out / f"{platform.name}.interactions.parquet", index=False)

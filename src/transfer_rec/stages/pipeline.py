@@ -223,7 +223,7 @@ def pretrain(run: Json, features: Json) -> Json:
 
     plan_, config, layout = _resolve(run)
     return train_stage.pretrain(
-        FeatureSet.model_validate(features), config, layout, plan_.run_key, plan_.parent_run_id
+        FeatureSet.model_validate(features), config, layout, plan_.run_key, plan_.parent_run_id, plan_.targets
     ).to_xcom()
 
 
@@ -376,7 +376,10 @@ def summarize(
             }
             for b in batches
         },
-        "pretrain": {"epochs": pretrained_.epochs, "seconds": round(pretrained_.seconds, 1)},
+        "pretrain": [
+            {"sources": f.sources, "targets": f.targets, "epochs": f.epochs, "seconds": round(f.seconds, 1)}
+            for f in pretrained_.families
+        ],
         "targets": {
             e.target: {
                 "k": e.k,

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from transfer_rec.config import GateConfig
 from transfer_rec.io.state import StateLayout
 from transfer_rec.manifests import Decision, Evaluation
+from transfer_rec.metrics.segments import NEW_TO_TARGET
 from transfer_rec.registry import models as registry
 from transfer_rec.registry import tracking
 
@@ -111,6 +112,29 @@ def linked_line(linked: dict[str, Any]) -> str:
         f"Linked people ({linked['people']:,} known on the sources by link id): users new to the target are "
         f"recommended from their histories on {new}; users with a target history {warm}."
     )
+
+
+def newcomers_line(segments: list[dict[str, Any]], k: int) -> str | None:
+    """The candidate's NDCG for people new to the target against popularity (the best a target alone can do for
+    them), overall and by how many sources they are linked on; None when the evaluation has no such users."""
+    ndcg = {
+        (r["segment"], r["contender"]): r
+        for r in segments
+        if r["metric"] == "ndcg" and r["segment"].startswith(NEW_TO_TARGET) and r["users"]
+    }
+    if (NEW_TO_TARGET, "candidate") not in ndcg:
+        return None
+    parts = []
+    for (segment, contender), row in ndcg.items():
+        if contender != "candidate":
+            continue
+        popular = ndcg.get((segment, "popularity"))
+        label = segment.removeprefix(NEW_TO_TARGET).lstrip(", ") or "all"
+        parts.append(
+            f"{label} ({row['users']}): {row['mean']:.3f}"
+            + (f" vs popularity {popular['mean']:.3f}" if popular else "")
+        )
+    return f"new to the target, NDCG@{k} of the candidate: " + "; ".join(parts)
 
 
 def _cell(value: float | None, interval: Any = None, digits: int = 3) -> str:

@@ -16,7 +16,7 @@ import torch
 
 from transfer_rec.config import PipelineConfig, TrainingConfig
 from transfer_rec.io.state import StateLayout
-from transfer_rec.manifests import Candidate, FeatureSet, Pretrained
+from transfer_rec.manifests import Candidate, FeatureSet, Pretrained, PretrainedFamily
 from transfer_rec.metrics.ranking import evaluate_scores
 from transfer_rec.recommender.baselines import Baselines
 from transfer_rec.recommender.ease import EASE
@@ -59,25 +59,56 @@ def _model_params(config: PipelineConfig) -> dict[str, Any]:
 
 
 def pretrain(
-    features: FeatureSet, config: PipelineConfig, layout: StateLayout, run_key: str, parent_run_id: str
+    features: FeatureSet,
+    config: PipelineConfig,
+    layout: StateLayout,
+    run_key: str,
+    parent_run_id: str,
+    targets: list[str] | None = None,
 ) -> Pretrained:
-    """Train on every source platform's interactions; save the checkpoint under models/<run_key>/pretrained.pt."""
+    """One model per family of sources (the targets that learn from the same sources share it), each trained on its
+    sources' interactions and saved under models/<run_key>/; `targets` default to every target of the config."""
     use_torch_threads(config.runtime.torch_threads)
-    sources = {p.name: PlatformData.of(features, p.name) for p in config.sources}
+    families = config.source_families(targets if targets is not None else [t.name for t in config.targets])
+    trained = [
+        _pretrain_family(features, config, layout, run_key, parent_run_id, list(sources), members, len(families))
+        for sources, members in families.items()
+    ]
+    return Pretrained(families=trained, run_id=trained[0].run_id)
+
+
+def _pretrain_family(
+    features: FeatureSet,
+    config: PipelineConfig,
+    layout: StateLayout,
+    run_key: str,
+    parent_run_id: str,
+    source_names: list[str],
+    targets: list[str],
+    n_families: int,
+) -> PretrainedFamily:
+    sources = {name: PlatformData.of(features, name) for name in source_names}
     names = ",".join(sources)
+    config = config.model_copy(update={"training": config.pretraining_of(targets)})
     model = new_model(features.n_items, config)
     started = time.perf_counter()
-    with tracking.stage_run(layout, run_key, "pretrain", parent_run_id, {"platform": names}) as run:
-        mlflow.log_params({"platform": names, **_model_params(config)})
+    # one family keeps the plain stage name (one run per pipeline run); several are told apart by their sources
+    stage = "pretrain" if n_families == 1 else f"pretrain {'+'.join(sources)}"
+    with tracking.stage_run(layout, run_key, stage, parent_run_id, {"platform": names}) as run:
+        mlflow.log_params({"platform": names, "targets": ",".join(targets), **_model_params(config)})
         weight = config.training.rating_weight
         history = model.pretrain({n: d.matrix(rating_weight=weight) for n, d in sources.items()}, log=_log_epoch)
         tracking.log_epochs(history)
-        checkpoint = layout.models / run_key / "pretrained.pt"
+        file = "pretrained.pt" if n_families == 1 else f"pretrained-{'+'.join(sources)}.pt"
+        checkpoint = layout.models / run_key / file
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state(), checkpoint)
         seconds = time.perf_counter() - started
         mlflow.log_metric("fit_seconds", seconds)
-    return Pretrained(
+    log.info("pretrained on %s for %s: %d epochs, %.1f s", names, ", ".join(targets), len(history), seconds)
+    return PretrainedFamily(
+        sources=list(sources),
+        targets=targets,
         checkpoint=str(checkpoint),
         run_id=run.info.run_id,
         epochs=len(history),
@@ -245,7 +276,7 @@ def fit_linked_part(
         features,
         data,
         target,
-        [p.name for p in config.sources],
+        [p.name for p in config.sources_of(target)],
         config.evaluation.k,
         config.training.seed,
         base_scores,
@@ -265,13 +296,15 @@ def finetune(
     """Fine-tune the pretrained model on one target; log it to MLflow as a pyfunc model (the candidate). The
     baselines are fitted on the same split and saved beside it for evaluation."""
     started = time.perf_counter()
+    config = config.for_target(target)
     cache_dir = layout.root / "cache" / "embeddings"
     with tracking.stage_run(layout, run_key, f"finetune {target}", parent_run_id, {"platform": target}) as run:
-        mlflow.log_params({"platform": target, "pretrain_run_id": pretrained.run_id, **_model_params(config)})
+        family = pretrained.of(target)
+        mlflow.log_params({"platform": target, "pretrain_run_id": family.run_id, **_model_params(config)})
         # a retried task (worker killed, node lost) resumes from the last finished epoch instead of starting over
         checkpoint = layout.models / run_key / f"{target}.finetune.ckpt"
         model, history, data = fit_target(
-            features, target, config, load_pretrained(pretrained.checkpoint, config), checkpoint
+            features, target, config, load_pretrained(family.checkpoint, config), checkpoint
         )
         tracking.log_epochs(history)
         # the sources the item-item part kept (a source that does not help this target gets no weight) also teach

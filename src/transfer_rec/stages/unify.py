@@ -7,6 +7,7 @@ import hmac
 import json
 import logging
 import os
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,11 @@ from transfer_rec.stages.validate import PARALLEL_MIN_ROWS, VALIDATION_FILE, qua
 log = logging.getLogger(__name__)
 
 # Identity columns a platform may export to link the same person across platforms: only a salted hash leaves
-# landing. The salt is a secret from the environment, never stored with the data.
+# landing. The salt is a secret from the environment (or a file it names: a mounted secret, or the one
+# `transfer-rec init` makes for the embedded demo), never stored with the data.
 IDENTITY_COLUMNS = ("email", "phone")
 PII_SALT_ENV = "TRANSFER_REC_PII_SALT"
+PII_SALT_FILE_ENV = "TRANSFER_REC_PII_SALT_FILE"
 CONSENT_VALUES = {"1", "true", "t", "yes", "y", "opt-in", "opt_in", "granted"}
 
 
@@ -52,17 +55,40 @@ def _normalise_identity(column: str, values: pd.Series) -> pd.Series:
     return text.where(text.str.len() > 0)
 
 
+def pii_salt() -> str:
+    """The linking secret: $TRANSFER_REC_PII_SALT, else the content of the file $TRANSFER_REC_PII_SALT_FILE names."""
+    salt = os.environ.get(PII_SALT_ENV, "")
+    path = os.environ.get(PII_SALT_FILE_ENV, "")
+    if not salt and path and Path(path).is_file():
+        salt = Path(path).read_text().strip()
+    return salt
+
+
+def ensure_salt_file(path: Path) -> bool:
+    """Write a random salt to `path` (readable by its owner only) unless it exists; True when written now. A salt
+    must stay the same from run to run: a new one gives everyone new link ids."""
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    staging.touch(mode=0o600)
+    staging.write_text(secrets.token_hex(32) + "\n")
+    os.replace(staging, path)
+    return True
+
+
 def link_ids(platform: str, users: pd.DataFrame) -> pd.Series:
     """A salted HMAC-SHA256 of the first identity column present (email before phone): equal for the same person
     on every platform, meaningless without the salt. Null when the platform exports no identity column."""
     present = [c for c in IDENTITY_COLUMNS if c in users]
     if not present:
         return pd.Series(pd.NA, index=users.index, dtype="string")
-    salt = os.environ.get(PII_SALT_ENV, "")
+    salt = pii_salt()
     if len(salt) < 16:
         raise PrivacyError(
             f"platform {platform}: users column(s) {present} identify people; set the secret "
-            f"{PII_SALT_ENV} (at least 16 characters) so they are linked by a salted hash, never kept"
+            f"{PII_SALT_ENV} (at least 16 characters; or {PII_SALT_FILE_ENV}, a file holding it) so they are "
+            "linked by a salted hash, never kept"
         )
     key = salt.encode()
     identity = _normalise_identity(present[0], users[present[0]])
@@ -427,12 +453,13 @@ def link_table(users: pd.DataFrame) -> pd.DataFrame:
 
 
 def link_counts(links: pd.DataFrame, config: PipelineConfig) -> dict[str, int]:
-    """Per target: how many of its linkable users also have an account on at least one source."""
-    sources = {p.name for p in config.sources}
-    on_source = set(links.loc[links["platform"].isin(sources), "link_id"])
-    return {
-        t.name: int(links.loc[links["platform"] == t.name, "link_id"].isin(on_source).sum()) for t in config.targets
-    }
+    """Per target: how many of its linkable users also have an account on at least one of its sources."""
+    counts = {}
+    for target in config.targets:
+        sources = {p.name for p in config.sources_of(target.name)}
+        on_source = set(links.loc[links["platform"].isin(sources), "link_id"])
+        counts[target.name] = int(links.loc[links["platform"] == target.name, "link_id"].isin(on_source).sum())
+    return counts
 
 
 class ItemCollisionError(ValueError):
@@ -543,13 +570,14 @@ def _unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: Stat
     ).sort_values(["platform", "item_id"], kind="stable", ignore_index=True)
     links = link_table(users)
     linked_to_sources = link_counts(links, config)
-    source_items = set().union(*(parts[p.name]["item_keys"] for p in config.sources if p.name in parts))
     counts = {}
     for name, part in parts.items():
-        target_items = set(part["item_keys"])
+        # a target's items shared with its own sources (a source's: with every source)
+        family = config.sources_of(name) if config.platform(name).role == "target" else config.sources
+        source_items = set().union(*(parts[p.name]["item_keys"] for p in family if p.name in parts))
         counts[name] = {
             **part["counts"],
-            "items_shared_with_source": len(target_items & source_items),
+            "items_shared_with_source": len(set(part["item_keys"]) & source_items),
             "linked_users": int((links["platform"] == name).sum()),
         }
         if name in linked_to_sources:
