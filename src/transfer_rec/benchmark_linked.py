@@ -32,6 +32,7 @@ from transfer_rec.config import PipelineConfig, PlatformConfig
 from transfer_rec.io.formats import read_table
 from transfer_rec.metrics.ranking import METRICS, per_user_metrics, top_k
 from transfer_rec.metrics.uncertainty import bootstrap_ci
+from transfer_rec.recommender.content import CONTENT_PARTS, content_vectors
 from transfer_rec.recommender.linked import LinkedRecommender, binary, ease_target_columns, joint_rows
 from transfer_rec.selection.linked import choose, ndcg_of
 from transfer_rec.stages.unify import IDENTITY_COLUMNS, consent_flags, link_ids
@@ -53,6 +54,7 @@ class World:
         self.target = next(p for p in platforms if p.role == "target")
         self.source_configs = [p for p in platforms if p.role == "source"]
         base = registry.parent
+        self.base = base
         person_of: dict[str, dict[str, str]] = {}
         for p in platforms:
             person_of[p.name] = people_of(p, base)
@@ -81,6 +83,25 @@ class World:
         for frame in split_frames.values():
             self.target_user[frame["person"].to_numpy()] = frame["user_id"].to_numpy()
         self.linked_sources = sum((np.diff(m.indptr) > 0).astype(int) for m in self.sources.values())
+
+    def content(self, cache_dir: Path | None) -> dict[str, np.ndarray] | None:
+        """Per source, its items' content vectors in its column order (recommender/content.py: genres, year, title
+        embedding, one genre vocabulary for all sources); None when no items file has titles."""
+        frames = []
+        for p in self.source_configs:
+            described = _table(p, self.base, "items").astype({"item_id": str}).drop_duplicates("item_id")
+            frame = described.set_index("item_id").reindex(self.items[p.name]).rename_axis("item_id").reset_index()
+            frames.append(frame.assign(source=p.name))
+        items = pd.concat(frames, ignore_index=True)
+        if "title" not in items or items["title"].isna().all():
+            return None
+        for column in ("year", "genres"):
+            if column not in items:
+                items[column] = None
+        genres = items["genres"].fillna("").astype(str).str.replace("|", " ", regex=False).str.split()
+        items = items.assign(item_idx=np.arange(len(items)), genres=genres.str.join("|"))
+        vectors = content_vectors(items, CONTENT_PARTS, cache_dir)
+        return {name: vectors[(items["source"] == name).to_numpy()] for name in self.sources}
 
     def _matrix(self, frame: pd.DataFrame, items: pd.Index) -> sp.csr_matrix:
         cols = items.get_indexer(frame["item_id"])
@@ -255,8 +276,9 @@ def run_platforms(args: argparse.Namespace, config: PipelineConfig) -> dict[str,
         {n: m.shape[1] for n, m in world.sources.items()},
     )
     started = time.perf_counter()
-    choice = choose(world.sources, train, valid, k=K, seed=config.training.seed)
-    model = LinkedRecommender(choice.settings).fit(world.sources, train)
+    vectors = world.content(out / ".cache")
+    choice = choose(world.sources, train, valid, k=K, seed=config.training.seed, vectors=vectors)
+    model = LinkedRecommender(choice.settings, vectors).fit(world.sources, train)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     scores = {"linked": model.score({n: m[test_users] for n, m in world.sources.items()}, train[test_users])}

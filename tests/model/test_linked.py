@@ -87,3 +87,53 @@ def test_the_part_in_a_model_answers_linked_newcomers_and_survives_save_and_load
     again = LinkedPart.load(tmp_path / "linked")
     rows2, scores2, used2 = again.answer(wide[[newcomer, stranger, stranger]] * 0, links)
     assert rows2.tolist() == rows.tolist() and used2 == used and np.allclose(scores2, scores)
+
+
+def _group_content(n_items: int, noise: float, seed: int) -> np.ndarray:
+    """Content vectors that say which taste group an item belongs to (items in blocks of n_items / 4), plus noise."""
+    rng = np.random.default_rng(seed)
+    vectors = np.zeros((n_items, 4)) + noise * rng.standard_normal((n_items, 4))
+    vectors[np.arange(n_items), np.arange(n_items) // (n_items // 4)] += 1.0
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_content_carries_newcomers_whose_source_items_nobody_in_the_fit_has(world):
+    # newcomers read a second half of each source's catalogue that the people who use both platforms never touched:
+    # only what those items are about (their content) links them to the target
+    wide = {}
+    for name, matrix in world.sources.items():
+        coo = matrix.tocoo()
+        fresh = np.isin(coo.row, world.new)
+        cols = np.where(fresh, coo.col + 60, coo.col)
+        wide[name] = sp.csr_matrix((coo.data, (coo.row, cols)), shape=(matrix.shape[0], 120))
+    # items 0-59 and 60-119 come in the same four group blocks
+    vectors = {name: np.vstack([_group_content(60, 0.1, 1)] * 2) for name in wide}
+    on_source = world.new[sum(np.diff(m.indptr)[world.new] > 0 for m in wide.values()) > 0]
+    settings = LinkedSettings(new_l2=50.0, new_sources={"books": 1.0, "films": 1.0})
+    items_only = LinkedRecommender(settings).fit(wide, world.train).score(wide, world.train)
+    with_content = LinkedSettings(new_l2=50.0, new_sources={"books": 1.0, "films": 1.0}, content_weight=8.0)
+    content = LinkedRecommender(with_content, vectors).fit(wide, world.train).score(wide, world.train)
+    assert ndcg(world, content, on_source) > ndcg(world, items_only, on_source) + 0.2
+
+
+def test_content_that_says_nothing_is_left_out_and_costs_at_most_one_percent(world):
+    noise = {name: _group_content(60, 50.0, 7) for name in world.sources}  # the group buried under noise
+    choice = choose(world.sources, world.train, world.valid, seed=3, vectors=noise)
+    scores = LinkedRecommender(choice.settings, noise).fit(world.sources, world.train).score(world.sources, world.train)
+    _, plain = fitted(world, world.sources)
+    assert ndcg(world, scores, world.new) >= 0.99 * ndcg(world, plain, world.new)
+
+
+def test_the_content_weight_and_vectors_survive_save_and_load(world, tmp_path):
+    columns = {"books": np.arange(60), "films": np.arange(60, 120)}
+    vectors = {name: _group_content(60, 0.1, 2) for name in world.sources}
+    settings = LinkedSettings(new_l2=50.0, new_sources={"books": 1.0, "films": 1.0}, content_weight=8.0)
+    model = LinkedRecommender(settings, vectors).fit(world.sources, world.train)
+    people = np.array([f"{p:064x}" for p in range(world.train.shape[0])], dtype=object)
+    part = LinkedPart(model, "shop", np.arange(120, 168), columns, people, world.sources)
+    part.save(tmp_path / "linked")
+    again = LinkedPart.load(tmp_path / "linked")
+    assert again.model.settings.content_weight == 8.0 and again.describe()["newcomers_content_weight"] == 8.0
+    newcomers = [people[p] for p in world.new[:20]]
+    blank = sp.csr_matrix((20, 168))
+    np.testing.assert_allclose(again.answer(blank, newcomers)[1], part.answer(blank, newcomers)[1])

@@ -90,3 +90,29 @@ def test_the_model_card_says_what_the_linked_part_does():
     assert "1,192" in line and "on books, films" in line and "not better on valid" in line
     none = linked_line({"newcomers_from": [], "warm_from": ["books"], "answers_warm": True, "people": 5})
     assert "no source" in none and "also from their source histories" in none
+    content = linked_line(
+        {"newcomers_from": ["books"], "newcomers_content_weight": 16.0, "answers_warm": False, "people": 9}
+    )
+    assert "on books (their items and what the items are about: content weight 16)" in content
+
+
+def test_the_summary_sets_newcomers_against_popularity_by_sources_linked():
+    from transfer_rec.stages.promote import newcomers_line
+
+    def row(segment, contender, mean, users=40):
+        return {"segment": segment, "contender": contender, "metric": "ndcg", "users": users, "mean": mean}
+
+    segments = [
+        row("new to the target", "candidate", 0.52),
+        row("new to the target", "popularity", 0.45),
+        row("new to the target, on 2 sources", "candidate", 0.63, 12),
+        row("new to the target, on 2 sources", "popularity", 0.47, 12),
+        row("new (<=20)", "candidate", 0.30),
+        {**row("new to the target", "candidate", 0.9), "metric": "recall"},
+    ]
+    line = newcomers_line(segments, 10)
+    assert line == (
+        "new to the target, NDCG@10 of the candidate: all (40): 0.520 vs popularity 0.450; "
+        "on 2 sources (12): 0.630 vs popularity 0.470"
+    )
+    assert newcomers_line([row("new (<=20)", "candidate", 0.3)], 10) is None

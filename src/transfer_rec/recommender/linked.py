@@ -8,7 +8,10 @@ of people:
   add to a person's target history as far as the people who use both platforms say they should;
 - new to the target: a ridge regression from the source columns (and an intercept, which alone is popularity) to
   the target columns, fitted on the people who have both. The joint EASE conditions every source item on the target
-  items, which a newcomer does not have; the regression asks the newcomer's question directly.
+  items, which a newcomer does not have; the regression asks the newcomer's question directly. With item content,
+  the regression also reads each person's content profile: the mean content vector (genres, year, title embedding;
+  recommender/content.py) of their source items, weighted by `content_weight`. Catalogues that do not overlap still
+  share what their items are about, and a profile generalises past the source items the fit has seen often.
 Each source enters with a weight (0 or 1 today, chosen per part on the target's data by selection/linked.py), so a
 source that does not help contributes nothing.
 """
@@ -30,6 +33,8 @@ class LinkedSettings:
     # per source: 1 uses it, 0 leaves it out (names as in the sources mapping)
     warm_sources: dict[str, float] = field(default_factory=dict)
     new_sources: dict[str, float] = field(default_factory=dict)
+    # the newcomers' part's weight on people's content profiles (0: items only)
+    content_weight: float = 0.0
 
 
 def binary(matrix: sp.spmatrix) -> sp.csr_matrix:
@@ -56,6 +61,40 @@ def ease_target_columns(joint: sp.csr_matrix, n_target: int, l2: float) -> np.nd
     return columns.astype(np.float32)
 
 
+def content_profiles(
+    sources: dict[str, sp.csr_matrix], weights: dict[str, float], vectors: dict[str, np.ndarray] | None
+) -> np.ndarray | None:
+    """People x d: the mean content vector of each person's items on the sources in use (zeros for none); None
+    without content vectors."""
+    used = [name for name, w in weights.items() if w > 0 and vectors is not None and name in vectors]
+    if not used:
+        return None
+    assert vectors is not None
+    n = next(iter(sources.values())).shape[0]
+    total = np.zeros((n, vectors[used[0]].shape[1]), dtype=np.float64)
+    count = np.zeros(n)
+    for name in used:
+        rows = binary(sources[name])
+        total += np.asarray(rows @ vectors[name])
+        count += np.diff(rows.indptr)
+    return (total / np.maximum(count, 1)[:, None]).astype(np.float32)
+
+
+def newcomer_features(
+    sources: dict[str, sp.csr_matrix],
+    weights: dict[str, float],
+    vectors: dict[str, np.ndarray] | None,
+    content_weight: float,
+) -> sp.csr_matrix | None:
+    """The newcomers' regression's inputs: the sources' items and, with a content weight, the content profile."""
+    items = joint_rows(sources, weights)
+    profiles = content_profiles(sources, weights, vectors) if content_weight > 0 else None
+    if profiles is None:
+        return items
+    content = sp.csr_matrix(content_weight * profiles)
+    return content if items is None else sp.hstack([items, content], format="csr")
+
+
 def ridge_map(features: sp.csr_matrix | None, target: sp.csr_matrix, l2: float) -> np.ndarray:
     """Least squares from [1 | features] to the target rows with an L2 penalty: row 0 is the intercept."""
     n = target.shape[0]
@@ -76,11 +115,17 @@ def ridge_scores(weights: np.ndarray, features: sp.csr_matrix | None, n: int) ->
 class LinkedRecommender:
     """Fit on people's rows (sources and target aligned by person); score people given the same kinds of rows."""
 
-    def __init__(self, settings: LinkedSettings) -> None:
+    def __init__(self, settings: LinkedSettings, vectors: dict[str, np.ndarray] | None = None) -> None:
+        """vectors: per source, its items' content vectors (rows in that source's column order), if any."""
         self.settings = settings
+        self.vectors = vectors
         self.warm: np.ndarray | None = None
         self.new: np.ndarray | None = None
         self.n_target = 0
+
+    def _new_features(self, sources: dict[str, sp.csr_matrix]) -> sp.csr_matrix | None:
+        s = self.settings
+        return newcomer_features(sources, s.new_sources, self.vectors, s.content_weight)
 
     def fit(self, sources: dict[str, sp.csr_matrix], target: sp.csr_matrix) -> LinkedRecommender:
         """sources: people x each source's items; target: people x target items (the target history to learn)."""
@@ -88,7 +133,7 @@ class LinkedRecommender:
         self.n_target = target.shape[1]
         self.warm = ease_target_columns(joint_rows(sources, s.warm_sources, target), self.n_target, s.warm_l2)
         has_target = np.diff(binary(target).indptr) > 0
-        features = joint_rows({k: m[has_target] for k, m in sources.items()}, s.new_sources)
+        features = self._new_features({k: m[has_target] for k, m in sources.items()})
         self.new = ridge_map(features, target[has_target], s.new_l2)
         return self
 
@@ -99,7 +144,7 @@ class LinkedRecommender:
     def score_new(self, sources: dict[str, sp.csr_matrix], n: int) -> np.ndarray:
         """n people with no target history, from their source rows (all-empty rows: the intercept, popularity)."""
         assert self.new is not None, "fit first"
-        return ridge_scores(self.new, joint_rows(sources, self.settings.new_sources), n)
+        return ridge_scores(self.new, self._new_features(sources), n)
 
     def score(self, sources: dict[str, sp.csr_matrix], target: sp.csr_matrix) -> np.ndarray:
         """People with a target history by the warm part, the others by the newcomers' part."""
@@ -152,6 +197,7 @@ class LinkedPart:
         return {
             "newcomers_from": [k for k, w in s.new_sources.items() if w > 0],
             "warm_from": [k for k, w in s.warm_sources.items() if w > 0],
+            "newcomers_content_weight": s.content_weight,
             "answers_warm": self.warm,
             "people": len(self.link_ids),
         }
@@ -217,6 +263,8 @@ class LinkedPart:
         for i, name in enumerate(self.histories):
             m = self.histories[name]
             arrays |= {f"s{i}_columns": self.source_columns[name], f"s{i}_indptr": m.indptr, f"s{i}_indices": m.indices}
+            if self.model.vectors is not None and name in self.model.vectors:
+                arrays[f"s{i}_content"] = self.model.vectors[name]
         np.savez_compressed(folder / "linked.npz", **arrays)
         meta = {
             "target": self.target,
@@ -227,6 +275,7 @@ class LinkedPart:
                 "new_l2": s.new_l2,
                 "warm_sources": s.warm_sources,
                 "new_sources": s.new_sources,
+                "content_weight": s.content_weight,
             },
         }
         (folder / "linked.json").write_text(json.dumps(meta, indent=2))
@@ -235,15 +284,17 @@ class LinkedPart:
     def load(cls, folder: Path) -> LinkedPart:
         meta = json.loads((folder / "linked.json").read_text())
         arrays = np.load(folder / "linked.npz", allow_pickle=False)
-        model = LinkedRecommender(LinkedSettings(**meta["settings"]))
-        model.warm, model.new = arrays["warm"], arrays["new"]
-        model.n_target = len(arrays["target_columns"])
         link_ids = arrays["link_ids"].astype(object)
-        columns, histories = {}, {}
+        columns, histories, vectors = {}, {}, {}
         for i, name in enumerate(meta["sources"]):
             columns[name] = arrays[f"s{i}_columns"]
+            if f"s{i}_content" in arrays:
+                vectors[name] = arrays[f"s{i}_content"]
             indices = arrays[f"s{i}_indices"]
             histories[name] = sp.csr_matrix(
                 (np.ones(len(indices)), indices, arrays[f"s{i}_indptr"]), shape=(len(link_ids), len(columns[name]))
             )
+        model = LinkedRecommender(LinkedSettings(**meta["settings"]), vectors or None)
+        model.warm, model.new = arrays["warm"], arrays["new"]
+        model.n_target = len(arrays["target_columns"])
         return cls(model, meta["target"], arrays["target_columns"], columns, link_ids, histories, meta["warm"])

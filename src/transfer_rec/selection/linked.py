@@ -8,6 +8,8 @@
   items are never looked at.
 - Sources: every part starts with all sources and drops, one at a time, any source whose removal does not lower the
   part's score: a source that does not help gets no weight (a wrongly linked or permuted source is dropped).
+- Content (newcomers' part, when the sources' items have content vectors): with the sources chosen, each weight of
+  CONTENT_WEIGHTS is judged the same way and kept only if it beats items alone.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from transfer_rec.recommender.linked import (
     binary,
     ease_target_columns,
     joint_rows,
+    newcomer_features,
     ridge_map,
     ridge_scores,
 )
@@ -34,6 +37,10 @@ log = logging.getLogger(__name__)
 
 WARM_L2 = (100.0, 250.0, 500.0, 1000.0, 2500.0)
 NEW_L2 = (25.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+# A person's content profile is a mean of unit vectors (norm <= 1) beside hundreds of 0/1 item features: it needs a
+# large weight to count (on linked worlds the simulated-newcomer NDCG rose up to about 16:
+# docs/results/2026-12-04-linked-content.md).
+CONTENT_WEIGHTS = (4.0, 8.0, 16.0, 32.0)
 
 
 @dataclass
@@ -47,6 +54,7 @@ class LinkedChoice:
         return {
             "warm_l2": s.warm_l2,
             "new_l2": s.new_l2,
+            "new_content_weight": s.content_weight,
             **{f"warm_weight.{k}": v for k, v in s.warm_sources.items()},
             **{f"new_weight.{k}": v for k, v in s.new_sources.items()},
         }
@@ -84,8 +92,9 @@ def choose(
     seed: int = 0,
     warm_l2: Sequence[float] = WARM_L2,
     new_l2: Sequence[float] = NEW_L2,
+    vectors: dict[str, np.ndarray] | None = None,
 ) -> LinkedChoice:
-    """sources, train, valid: people x items, rows aligned by person."""
+    """sources, train, valid: people x items, rows aligned by person; vectors: per source, its items' content."""
     train, valid = binary(train), binary(valid)
     trials: list[dict[str, Any]] = []
     judges = np.flatnonzero((np.diff(valid.indptr) > 0) & (np.diff(train.indptr) > 0))
@@ -108,20 +117,23 @@ def choose(
     simulated = np.flatnonzero(has_target & on_source)
     fold = np.random.default_rng(seed).integers(0, folds, len(simulated))
 
-    def judge_new(weights: dict[str, float]) -> tuple[float, float]:
+    def judge_new(weights: dict[str, float], content_weight: float = 0.0) -> tuple[float, float]:
         best = (-1.0, new_l2[0])
         for l2 in new_l2:
             scores = []
             for f in range(folds):
                 held = simulated[fold == f]
                 fit_rows = np.setdiff1d(np.flatnonzero(has_target), held)
-                features = joint_rows({n: m[fit_rows] for n, m in sources.items()}, weights)
-                mapping = ridge_map(features, train[fit_rows], l2)
-                held_features = joint_rows({n: m[held] for n, m in sources.items()}, weights)
+                rows = {n: m[fit_rows] for n, m in sources.items()}
+                mapping = ridge_map(newcomer_features(rows, weights, vectors, content_weight), train[fit_rows], l2)
+                held_rows = {n: m[held] for n, m in sources.items()}
+                held_features = newcomer_features(held_rows, weights, vectors, content_weight)
                 ranked = top_k(ridge_scores(mapping, held_features, len(held)), k)
                 scores.append(per_user_metrics(ranked, known[held], k)["ndcg"])
             score = float(np.concatenate(scores).mean()) if len(simulated) else 0.0
-            trials.append({"part": "new", "sources": _used(weights), "l2": l2, "ndcg": score})
+            trials.append(
+                {"part": "new", "sources": _used(weights), "l2": l2, "content": content_weight, "ndcg": score}
+            )
             best = max(best, (score, l2))
         return best
 
@@ -131,16 +143,27 @@ def choose(
         "linked, warm part: sources %s, l2 %s, valid NDCG@%d %.4f", _used(warm_weights), chosen_warm_l2, k, warm_score
     )
     new_weights, new_score, chosen_new_l2 = _best_subset(names, judge_new)
+    content_weight = 0.0
+    if vectors and any(new_weights.values()):
+        for weight in CONTENT_WEIGHTS:
+            score, l2 = judge_new(new_weights, weight)
+            if score > new_score:
+                content_weight, new_score, chosen_new_l2 = weight, score, l2
     log.info(
-        "linked, newcomers' part: sources %s, l2 %s, NDCG@%d %.4f on %d simulated newcomers",
+        "linked, newcomers' part: sources %s, content weight %s, l2 %s, NDCG@%d %.4f on %d simulated newcomers",
         _used(new_weights),
+        content_weight,
         chosen_new_l2,
         k,
         new_score,
         len(simulated),
     )
     settings = LinkedSettings(
-        warm_l2=chosen_warm_l2, new_l2=chosen_new_l2, warm_sources=warm_weights, new_sources=new_weights
+        warm_l2=chosen_warm_l2,
+        new_l2=chosen_new_l2,
+        warm_sources=warm_weights,
+        new_sources=new_weights,
+        content_weight=content_weight,
     )
     return LinkedChoice(settings, trials)
 

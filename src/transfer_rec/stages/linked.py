@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from transfer_rec.manifests import FeatureSet
+from transfer_rec.recommender.content import CONTENT_PARTS, content_vectors
 from transfer_rec.recommender.linked import LinkedPart, LinkedRecommender, binary, rows_by_link
 from transfer_rec.selection.linked import choose, ndcg_of
 from transfer_rec.stages.features import PlatformData
@@ -39,6 +41,24 @@ def _accounts(platform: str, data: PlatformData) -> pd.DataFrame:
     return pd.DataFrame({"platform": platform, "user_id": data.user_ids[keep], "link_id": links[keep].astype(str)})
 
 
+def source_content(
+    features: FeatureSet, columns: dict[str, np.ndarray], cache_dir: Path | None
+) -> dict[str, np.ndarray] | None:
+    """Per source, its items' content vectors (genres, year, title embedding) in its column order; None when the
+    features hold no item descriptions."""
+    table = Path(features.dir) / "items.parquet"
+    if not table.exists() or not columns:
+        return None
+    items = pd.read_parquet(table)
+    wanted = np.unique(np.concatenate(list(columns.values())))
+    subset = items[items["item_idx"].isin(wanted)]
+    if "title" not in subset or subset["title"].isna().all():
+        return None
+    vectors = content_vectors(subset, CONTENT_PARTS, cache_dir)  # rows in item_idx order
+    row = pd.Series(np.arange(len(subset)), index=np.sort(subset["item_idx"].to_numpy()))
+    return {name: vectors[row[cols].to_numpy()] for name, cols in columns.items()}
+
+
 def fit_linked(
     features: FeatureSet,
     target: PlatformData,
@@ -48,6 +68,7 @@ def fit_linked(
     seed: int,
     base_scores: Callable[[np.ndarray], np.ndarray],
     max_items: int | None = None,
+    cache_dir: Path | None = None,
 ) -> LinkedFit:
     """The linked part for one target. `base_scores(rows)`: the rest of the model's scores (over the unified items)
     for those target rows from their train history, the bar the part must clear to answer warm users."""
@@ -93,8 +114,10 @@ def fit_linked(
         return sp.vstack([m, sp.csr_matrix((len(only_source), len(target_columns)))], format="csr")
 
     train, valid = target_rows("train"), target_rows("valid")
-    choice = choose(source_rows, train, valid, k=k, seed=seed)
-    model = LinkedRecommender(choice.settings).fit(source_rows, train)
+    # what the sources' items are about: a second bridge between catalogues that share no item
+    vectors = source_content(features, columns, cache_dir)
+    choice = choose(source_rows, train, valid, k=k, seed=seed, vectors=vectors)
+    model = LinkedRecommender(choice.settings, vectors).fit(source_rows, train)
     part = LinkedPart(model, target_name, target_columns, columns, people, histories)
 
     # warm users: the part answers them only if it beats the rest of the model on valid, on the warm users it would

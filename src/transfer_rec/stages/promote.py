@@ -103,6 +103,8 @@ def gate(
 def linked_line(linked: dict[str, Any]) -> str:
     """One sentence on the linked part (recommender/linked.py) of a model, for the model card and the run summary."""
     new = ", ".join(linked["newcomers_from"]) or "no source (none helped on simulated newcomers)"
+    if linked.get("newcomers_content_weight"):
+        new += f" (their items and what the items are about: content weight {linked['newcomers_content_weight']:g})"
     warm = (
         "also from their source histories (better on valid)"
         if linked["answers_warm"]

@@ -262,7 +262,12 @@ def native_item_ids(features: FeatureSet, platform: str, item_ids: pd.Series) ->
 
 
 def fit_linked_part(
-    model: TransferRecommender, features: FeatureSet, data: PlatformData, target: str, config: PipelineConfig
+    model: TransferRecommender,
+    features: FeatureSet,
+    data: PlatformData,
+    target: str,
+    config: PipelineConfig,
+    cache_dir: Path | None = None,
 ) -> LinkedFit:
     """The linked part (stages/linked.py) next to the fine-tuned model, which is the bar it must clear for warm
     users."""
@@ -281,6 +286,7 @@ def fit_linked_part(
         config.training.seed,
         base_scores,
         config.training.linked_max_items,
+        cache_dir,
     )
 
 
@@ -315,7 +321,7 @@ def finetune(
             model, features, data, config, with_source=bool(used), cache_dir=cache_dir, sources=used
         )
         mlflow.log_dict(chosen, "short_history_parts.json")
-        linked = fit_linked_part(model, features, data, target, config)
+        linked = fit_linked_part(model, features, data, target, config, cache_dir)
         mlflow.log_params(linked.params if linked.part is not None else {"linked": linked.reason})
         mlflow.log_metrics({name: tracking.readable(value) for name, value in linked.metrics.items()})
         tuned = [e for e in history if e["stage"] == "finetune"]
