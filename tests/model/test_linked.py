@@ -137,3 +137,21 @@ def test_the_content_weight_and_vectors_survive_save_and_load(world, tmp_path):
     newcomers = [people[p] for p in world.new[:20]]
     blank = sp.csr_matrix((20, 168))
     np.testing.assert_allclose(again.answer(blank, newcomers)[1], part.answer(blank, newcomers)[1])
+
+
+def test_the_newcomers_regression_by_blocks_is_plain_ridge_least_squares():
+    from transfer_rec.recommender.linked import ridge_map, ridge_scores
+
+    rng = np.random.default_rng(3)
+    items = sp.random(120, 30, density=0.2, random_state=4, format="csr")
+    content = rng.random((120, 5))
+    target = sp.random(120, 12, density=0.3, random_state=5, format="csr")
+    for features, x in (
+        ((items, content), np.hstack([np.ones((120, 1)), content, items.toarray()])),
+        (items, np.hstack([np.ones((120, 1)), items.toarray()])),
+        ((None, content), np.hstack([np.ones((120, 1)), content])),
+    ):
+        expected = np.linalg.solve(x.T @ x + 7.0 * np.eye(x.shape[1]), x.T @ (target.toarray() > 0))
+        weights = ridge_map(features, target, 7.0)
+        np.testing.assert_allclose(weights, expected, atol=1e-5)
+        np.testing.assert_allclose(ridge_scores(weights, features, 120), x @ expected, atol=1e-4)
