@@ -338,16 +338,6 @@ class PipelineConfig(_Strict):
         if not self.targets:
             raise ValueError("at least one platform must have role 'target'")
         source_names = {p.name for p in self.sources}
-        for members in self.source_families([t.name for t in self.targets]).values():
-            shared = {
-                tuple(sorted((k, repr(v)) for k, v in t.training.items() if k in PRETRAIN_SETTINGS))
-                for t in map(self.platform, members)
-            }
-            if len(shared) > 1:
-                raise ValueError(
-                    f"targets {members} share one pretrained model and must give the same {sorted(PRETRAIN_SETTINGS)} "
-                    "in their `training`"
-                )
         for p in self.platforms:
             if p.role == "source" and (p.sources is not None or p.new_users is not None or p.training):
                 raise ValueError(
@@ -373,6 +363,14 @@ class PipelineConfig(_Strict):
             for column, map_name in p.value_maps.items():
                 if map_name != "age_years" and map_name not in self.value_maps:
                     raise ValueError(f"platform {p.name}: value map {map_name!r} for {column!r} is not defined")
+        # after each target's own settings are known to be valid: compare what each would pretrain with
+        for members in self.source_families([t.name for t in self.targets]).values():
+            shaped = {tuple(getattr(self.training_of(t), k) for k in sorted(PRETRAIN_SETTINGS)) for t in members}
+            if len(shaped) > 1:
+                raise ValueError(
+                    f"targets {members} share one pretrained model and must give the same {sorted(PRETRAIN_SETTINGS)} "
+                    "in their `training`"
+                )
         return self
 
     @property
@@ -463,4 +461,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         raw = yaml.safe_load(fh) or {}
     if overrides:
         raw = _deep_merge(raw, overrides)
+        # a run's training override (a DAG run's params) is for every target, over a target's own setting
+        for platform in raw.get("platforms") or []:
+            own = platform.get("training") if isinstance(platform, dict) else None
+            if own:
+                platform["training"] = {k: v for k, v in own.items() if k not in overrides.get("training", {})}
     return PipelineConfig.model_validate(raw)

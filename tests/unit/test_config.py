@@ -117,3 +117,19 @@ def test_a_family_is_a_target_and_its_sources():
     assert [p.name for p in config.family("ml-100k").platforms] == ["ml-1m", "ml-100k"]
     assert [p.name for p in config.family("action").platforms] == ["action", "family", "drama"]
     assert config.family("action").sources_of("action") == config.sources_of("action")
+
+
+def test_a_runs_training_override_reaches_every_target_over_its_own_setting():
+    # a manual run's params (epochs_finetune, seed, ...) are overrides of the `training` section
+    config = load_config(overrides={"training": {"epochs_finetune": 3}})
+    assert config.training_of("action").epochs_finetune == 3 and config.training_of("ml-100k").epochs_finetune == 3
+    assert config.training_of("action").encoders == 1, "the target's other settings stay"
+    assert load_config().training_of("action").epochs_finetune == 20
+
+
+def test_a_target_stating_the_default_agrees_with_one_that_leaves_it_out():
+    raw = load_config().model_dump()
+    twin = {**raw["platforms"][2], "name": "action-two", "training": {**raw["platforms"][2]["training"], "seed": 2022}}
+    # refused before: the two compared what they wrote, not what they would pretrain with
+    config = type(load_config()).model_validate({**raw, "platforms": [*raw["platforms"], twin]})
+    assert config.training_of("action-two") == config.training_of("action")

@@ -95,17 +95,18 @@ def newcomer_features(
     profiles = content_profiles(sources, weights, vectors) if content_weight > 0 else None
     if profiles is None:
         return items
-    return items, content_weight * profiles.astype(np.float64)
+    return items, content_weight * profiles
 
 
-def _blocks(features: Features, n: int) -> tuple[np.ndarray, sp.csr_matrix | None]:
-    """(dense columns: the intercept then any content, sparse item columns)."""
-    ones = np.ones((n, 1))
+def _blocks(features: Features, n: int, dtype: type = np.float64) -> tuple[np.ndarray, sp.csr_matrix | None]:
+    """(dense columns: the intercept then any content, sparse item columns), the dense part in `dtype`: float64 to
+    fit, the weights' float32 to score (mixing them would convert the whole content block of weights per request)."""
+    ones = np.ones((n, 1), dtype=dtype)
     if features is None:
         return ones, None
     if isinstance(features, tuple):
         items, dense = features
-        return np.hstack([ones, dense]), items
+        return np.hstack([ones, dense.astype(dtype, copy=False)]), items
     return ones, features
 
 
@@ -125,7 +126,7 @@ def ridge_map(features: Features, target: sp.csr_matrix, l2: float) -> np.ndarra
 
 
 def ridge_scores(weights: np.ndarray, features: Features, n: int) -> np.ndarray:
-    dense, items = _blocks(features, n)
+    dense, items = _blocks(features, n, weights.dtype.type)
     scores = dense @ weights[: dense.shape[1]]
     if items is not None:
         scores += np.asarray(items @ weights[dense.shape[1] :])
