@@ -2,7 +2,7 @@
 config's other settings) on synthetic power-law data, in a fresh process per size.
 
     python -m bench.model_memory --source-users 50000 --items 8000 [--target-users 2000] [--per-user 50]
-        [--pretrain-only]
+        [--pretrain-only] [--item-dense-max N] [--softmax-items-max N]
 
 Prints one JSON line: sizes, wall seconds per phase, and the process's peak resident memory (GiB, ru_maxrss).
 """
@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=4_000)
     parser.add_argument("--per-user", type=int, default=50)
     parser.add_argument("--pretrain-only", action="store_true", help="stop after pretraining (its own peak)")
+    parser.add_argument("--item-dense-max", type=int, help="the config's item_dense_max unless given")
+    parser.add_argument("--softmax-items-max", type=int, help="the config's softmax_items_max unless given")
     args = parser.parse_args(argv)
 
     from transfer_rec.config import load_config
@@ -50,7 +52,12 @@ def main(argv: list[str] | None = None) -> None:
     held = np.random.default_rng(3).random(coo.nnz) < 0.1
     train = sp.csr_matrix((coo.data[~held], (coo.row[~held], coo.col[~held])), shape=target.shape)
     valid = sp.csr_matrix((coo.data[held], (coo.row[held], coo.col[held])), shape=target.shape)
-    config = load_config().training.model_copy(update={"epochs_pretrain": 1, "epochs_finetune": 1})
+    update = {"epochs_pretrain": 1, "epochs_finetune": 1}
+    if args.item_dense_max is not None:
+        update["item_dense_max"] = args.item_dense_max
+    if args.softmax_items_max is not None:
+        update["softmax_items_max"] = args.softmax_items_max
+    config = load_config().training.model_copy(update=update)
     model = TransferRecommender(args.items, config)
     started = time.perf_counter()
     model.pretrain({"source": source})
@@ -64,6 +71,10 @@ def main(argv: list[str] | None = None) -> None:
                 "source_users": args.source_users,
                 "target_users": args.target_users,
                 "items": args.items,
+                "item_item": None
+                if args.pretrain_only
+                else ("exact" if model._exact_items else f"{config.item_neighbours} neighbours"),
+                "encoder_loss": "sampled" if args.items > config.softmax_items_max else "full softmax",
                 "source_interactions": int(source.nnz),
                 "pretrain_seconds": round(pretrained - started, 1),
                 "finetune_seconds": None if args.pretrain_only else round(done - pretrained, 1),

@@ -148,7 +148,18 @@ class FeaturesConfig(_Strict):
 
 # Settings that shape the pretrained model, which the targets of one family share.
 PRETRAIN_SETTINGS = frozenset(
-    {"seed", "hidden", "input_dropout", "encoders", "learning_rate", "batch_size", "epochs_pretrain", "rating_weight"}
+    {
+        "seed",
+        "hidden",
+        "input_dropout",
+        "encoders",
+        "learning_rate",
+        "batch_size",
+        "epochs_pretrain",
+        "rating_weight",
+        "softmax_items_max",
+        "sampled_items",
+    }
 )
 
 
@@ -166,11 +177,21 @@ class TrainingConfig(_Strict):
     # mean: the item-item part is the mean of all the settings' weights; best: the one best on valid. Valid tells
     # these settings apart by less than its own noise, so the mean avoids a choice it cannot make well.
     item_combine: Literal["best", "mean"] = "mean"
+    # Up to item_dense_max items (those the target and its sources have) the item-item weights are solved exactly
+    # (memory ~ items^2 x 8 bytes per copy, time ~ items^3); past it each item is regressed on its item_neighbours
+    # most co-occurring items only (memory ~ items x neighbours; recommender/item_item.py, docs/model.md).
+    item_dense_max: int = Field(10000, ge=0)
+    item_neighbours: int = Field(400, ge=1)
     # history encoder (Mult-DAE): pretrained on the sources, fine-tuned per target with early stopping
     hidden: int = Field(600, ge=2, le=4096)
     input_dropout: float = Field(0.5, ge=0, lt=1)
     # independent encoders trained side by side (own weights and dropout masks), their standardised scores averaged
     encoders: int = Field(2, ge=1, le=8)
+    # Past softmax_items_max items the encoder's loss normalises over each history's own items and sampled_items items
+    # drawn uniformly per minibatch (importance-weighted), not over every item: its cost per minibatch then grows with
+    # the sample, not the catalogue (recommender/transfer.py, docs/model.md).
+    softmax_items_max: int = Field(10000, ge=0)
+    sampled_items: int = Field(1000, ge=1)
     learning_rate: float = Field(2e-3, gt=0)
     batch_size: int = Field(256, ge=1)
     epochs_pretrain: int = Field(15, ge=0, le=500)

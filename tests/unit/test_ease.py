@@ -30,7 +30,7 @@ def test_items_absent_from_train_get_zero_weights_and_the_rest_match_the_full_so
 
 
 def test_the_transfer_models_item_item_solve_skips_items_nobody_has_with_the_same_weights():
-    from transfer_rec.recommender.transfer import item_item_solve
+    from transfer_rec.recommender.item_item import item_item_solve
 
     rng = np.random.default_rng(7)
     rows = (rng.random((200, 60)) < 0.1).astype(np.float64)

@@ -6,7 +6,8 @@ import scipy.sparse as sp
 import torch
 from tests.support import training
 
-from transfer_rec.recommender.transfer import TransferRecommender, item_item_solve, item_settings
+from transfer_rec.recommender.item_item import item_item_solve
+from transfer_rec.recommender.transfer import TransferRecommender, item_settings
 
 CONFIG = {"hidden": 8, "epochs_pretrain": 2, "epochs_finetune": 3, "patience": 2, "batch_size": 16, "seed": 3}
 
@@ -140,3 +141,53 @@ def test_a_source_that_does_not_help_gets_no_weight():
     copy = TransferRecommender.from_state(model.state())
     assert copy.source_weights == model.source_weights
     np.testing.assert_array_equal(copy.score(train), model.score(train))
+
+
+def test_past_item_dense_max_the_item_item_part_is_sparse_and_with_every_neighbour_the_same():
+    candidates = np.arange(30) < 20
+    train = random_rows(25, 30, 2).multiply(candidates).tocsr()
+    valid = random_rows(25, 30, 3).multiply(candidates).tocsr()
+    source = random_rows(60, 30, 1)
+    models = {}
+    for name, dense_max in (("exact", 10_000), ("neighbours", 0)):
+        model = TransferRecommender(30, training(**CONFIG, item_dense_max=dense_max, item_neighbours=29))
+        model.pretrain({"a": source, "b": source[:, np.random.default_rng(5).permutation(30)].tocsr()})
+        model.finetune(train, valid, candidates)
+        models[name] = model
+    exact, sparse = models["exact"], models["neighbours"]
+    assert isinstance(exact.weights, np.ndarray) and sp.issparse(sparse.weights)
+    assert sparse.source_weights == exact.source_weights
+    np.testing.assert_allclose(sparse.weights.toarray(), exact.weights, rtol=1e-3, atol=1e-5)
+    # saved and loaded, with or without the source rows, it scores the same
+    for with_source in (True, False):
+        copy = TransferRecommender.from_state(sparse.state(with_source=with_source))
+        assert sp.issparse(copy.weights)
+        np.testing.assert_array_equal(copy.score(train), sparse.score(train))
+
+
+def test_few_neighbours_keep_the_weights_sparse():
+    candidates = np.arange(30) < 20
+    model = TransferRecommender(30, training(**CONFIG, item_dense_max=0, item_neighbours=4))
+    model.pretrain(random_rows(60, 30, 1))
+    model.finetune(random_rows(25, 30, 2).multiply(candidates).tocsr(), random_rows(25, 30, 3), candidates)
+    assert model.weights.shape == (30, 20)
+    # the mean of the item_grid's settings: at most the union of their neighbour lists per item
+    assert (np.diff(model.weights.tocsc().indptr) <= 4 * len(item_settings(model.config))).all()
+    assert np.isfinite(model.score(random_rows(5, 30, 4))[:, candidates]).all()
+
+
+def test_a_model_saved_with_dense_source_grams_still_fine_tunes():
+    model = TransferRecommender(30, training(**CONFIG))
+    source = random_rows(60, 30, 1)
+    model.pretrain({"a": source})
+    state = model.state()
+    state["source_grams"] = {"a": torch.from_numpy((source.T @ source).toarray())}  # how older models saved it
+    del state["source_rows"]
+    old = TransferRecommender.from_state(state)
+    assert isinstance(old.source_items["a"], np.ndarray)
+    candidates = np.arange(30) < 20
+    train, valid = random_rows(25, 30, 2).multiply(candidates).tocsr(), random_rows(25, 30, 3)
+    new = TransferRecommender.from_state(model.state())
+    old.finetune(train, valid, candidates)
+    new.finetune(train, valid, candidates)
+    np.testing.assert_allclose(old.weights, new.weights, rtol=1e-5, atol=1e-7)

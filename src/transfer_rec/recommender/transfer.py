@@ -8,14 +8,15 @@ of a user with history x is a blend of two standardised parts over the target's 
     score(x) = z(x @ B) + beta * z(f(items of x)) + w * z(kernel(x))
 
 - B, item-item: a zero-diagonal linear autoencoder (EASE with a dropout-equivalent regulariser) over the unified item
-  space. Pretraining keeps the source co-occurrence matrix S'S; fine-tuning solves in closed form
-  min ||X_t - X_t B||^2 + alpha^2 ||S - S B||^2 + ||Lambda^1/2 B||^2, diag(B) = 0, Lambda = lam + p/(1-p) diag(G):
+  space. Pretraining keeps the source's rows S (their co-occurrences S'S are the prior); fine-tuning solves in closed
+  form min ||X_t - X_t B||^2 + alpha^2 ||S - S B||^2 + ||Lambda^1/2 B||^2, diag(B) = 0, Lambda = lam + p/(1-p) diag(G):
   the source's users act as a prior, weighted by alpha, that the target's users refine. With several sources, S'S is
   the sum of the sources' co-occurrences that help: each target first drops, one by one, every source whose prior
   does not raise its validation NDCG at the configured setting (backward elimination; `source_weights` records 1 or
   0 per source), so a source that does not help gets no weight. B is solved for the
   configured (alpha, lam, drop_p) and each of `item_grid` (a solve is a few seconds); with `item_combine: mean` B is
-  the mean of their weights, with `best` the one best on the target's validation split.
+  the mean of their weights, with `best` the one best on the target's validation split. Up to `item_dense_max` items
+  the solve is exact; past it, by neighbourhoods (recommender/item_item.py), and B is sparse.
 - f, history encoder: a multinomial denoising autoencoder (Mult-DAE), pretrained on all source users and fine-tuned on
   target users while a share of source users is replayed; early stopping on the target's validation NDCG@k. With
   `encoders` > 1 that many independent encoders (own weights, own dropout masks) train side by side on the same
@@ -42,12 +43,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 import scipy.sparse as sp
 import torch
 
 from transfer_rec.config import TrainingConfig
 from transfer_rec.metrics.ranking import evaluate_scores
+from transfer_rec.recommender.item_item import GramTerm, Neighbourhoods, dense_gram, gram_diagonal, item_item_solve
 from transfer_rec.recommender.kernel import UserKernel
 from transfer_rec.recommender.short_history import ShortHistoryParts
 
@@ -130,32 +131,6 @@ def _zscore(scores: np.ndarray) -> np.ndarray:
     return (scores - scores.mean(1, keepdims=True)) / (scores.std(1, keepdims=True) + 1e-12)
 
 
-def item_item_solve(gram: np.ndarray, lam: float, drop_p: float = 0.0) -> np.ndarray:
-    """Closed-form zero-diagonal item-item weights (EASE when drop_p = 0)."""
-    # An item nobody has (zero diagonal: its whole row and column are zero) is decoupled from the others and gets
-    # zero weights, so only the items that occur are solved: the item index spans every family of platforms, and
-    # the solve is cubic in its size.
-    active = np.flatnonzero(np.diag(gram) > 0)
-    if 0 < len(active) < gram.shape[0]:
-        weights = np.zeros(gram.shape, dtype=np.float64)
-        weights[np.ix_(active, active)] = item_item_solve(gram[np.ix_(active, active)], lam, drop_p)
-        return weights
-    gram = np.array(gram, dtype=np.float64, copy=True)
-    diagonal = np.diag(gram).copy()
-    gram[np.diag_indices_from(gram)] += lam + drop_p / (1.0 - drop_p) * diagonal
-    # symmetric positive definite: Cholesky inverse (LAPACK potrf/potri) is about twice as fast as a general inverse
-    factor, info = scipy.linalg.lapack.dpotrf(gram, lower=1, overwrite_a=1)
-    if info == 0:
-        precision, info = scipy.linalg.lapack.dpotri(factor, lower=1, overwrite_c=1)
-    if info != 0:
-        precision = np.linalg.inv(gram)
-    else:
-        precision = np.tril(precision) + np.tril(precision, -1).T
-    weights = -precision / np.diag(precision)
-    weights[np.diag_indices_from(weights)] = 0.0
-    return weights
-
-
 def _sparse_state(matrix: sp.csr_matrix | None) -> dict[str, Any] | None:
     if matrix is None:
         return None
@@ -173,6 +148,47 @@ def _sparse_from(state: dict[str, Any] | None) -> sp.csr_matrix | None:
     return sp.csr_matrix(
         (np.ones(len(indices), dtype=np.float32), indices, state["indptr"].numpy()), shape=tuple(state["shape"])
     )
+
+
+def _rows_state(matrix: sp.csr_matrix) -> dict[str, Any]:
+    """A weighted sparse matrix as tensors (torch.load's weights_only reads them back)."""
+    matrix = sp.csr_matrix(matrix)
+    return {
+        "indptr": torch.from_numpy(matrix.indptr.astype(np.int64)),
+        "indices": torch.from_numpy(matrix.indices.astype(np.int64)),
+        "data": torch.from_numpy(matrix.data.astype(np.float32)),
+        "shape": list(matrix.shape),
+    }
+
+
+def _rows_from(state: dict[str, Any]) -> sp.csr_matrix:
+    return sp.csr_matrix(
+        (state["data"].numpy(), state["indices"].numpy(), state["indptr"].numpy()), shape=tuple(state["shape"])
+    )
+
+
+def _weights_state(weights: np.ndarray | sp.csr_matrix) -> torch.Tensor | dict[str, Any]:
+    return _rows_state(weights) if sp.issparse(weights) else torch.from_numpy(np.asarray(weights))
+
+
+def _weights_from(state: torch.Tensor | dict[str, Any]) -> np.ndarray | sp.csr_matrix:
+    return _rows_from(state) if isinstance(state, dict) else state.numpy().astype(np.float32)
+
+
+# Users scored at a time by sparse item-item weights: the product of two sparse matrices is sparse, and a whole
+# platform's users x candidates of it would take three times the dense scores' memory.
+SPARSE_SCORE_ROWS = 4096
+
+
+def _times(history: sp.spmatrix, weights: np.ndarray | sp.csr_matrix) -> np.ndarray:
+    """history @ weights as a dense float32 array."""
+    history = sp.csr_matrix(history, dtype=np.float32)
+    if not sp.issparse(weights):
+        return np.asarray(history @ weights)
+    out = np.empty((history.shape[0], weights.shape[1]), dtype=np.float32)
+    for start in range(0, history.shape[0], SPARSE_SCORE_ROWS):
+        out[start : start + SPARSE_SCORE_ROWS] = (history[start : start + SPARSE_SCORE_ROWS] @ weights).toarray()
+    return out
 
 
 def _save_checkpoint(path: Path, content: dict[str, Any]) -> None:
@@ -214,14 +230,18 @@ class TransferRecommender:
         # weights on the CPU (a request is one sparse row: a GPU round trip would cost more than it saves).
         self.device = resolve_device(device)
         self.encoder = _Encoder(n_items, config.hidden, config.input_dropout, config.encoders).to(self.device)
-        # each source platform's item co-occurrences, and whether a target's item-item part uses them (1 or 0)
-        self.source_grams: dict[str, np.ndarray] = {}
+        # each source platform's rows (users x items, rating-weighted), whose item co-occurrences are the item-item
+        # part's prior, and whether a target's item-item part uses them (1 or 0). Older saved models hold a dense
+        # Gram (items x items) instead of the rows: both are terms of the Gram (recommender/item_item.py).
+        self.source_items: dict[str, sp.csr_matrix | np.ndarray] = {}
         self.source_weights: dict[str, float] = {}
         self.source: sp.csr_matrix | None = None
         self.candidates = np.arange(n_items)
         self.weights = np.zeros((n_items, n_items), dtype=np.float32)
         self.beta = 1.0
         self.item_params = (float(config.alpha), float(config.lam), float(config.drop_p))
+        self._exact_items = True  # set per fine-tune by the items the target and its sources have (item_dense_max)
+        self._neighbourhoods: dict[tuple[float, tuple[str, ...]], Neighbourhoods] = {}
         self.kernel: UserKernel | None = None
         self.kernel_weight = 0.0
         self.valid_ndcg = float("nan")  # the fine-tuned model's validation NDCG@k (set by finetune)
@@ -231,31 +251,86 @@ class TransferRecommender:
     # -- training --------------------------------------------------------------------------------------------
     def _epoch(self, optimiser: torch.optim.Optimizer, rows: sp.csr_matrix | torch.Tensor) -> float:
         """One pass over the rows in shuffled minibatches. Large rows stay sparse and only a minibatch is made dense
-        (batch x items), so memory grows with the interactions, not with users x items (DENSE_ROWS_BYTES)."""
+        (batch x items), so memory grows with the interactions, not with users x items (DENSE_ROWS_BYTES). Past
+        softmax_items_max items a minibatch is never made dense: the loss is the sampled one (_sampled_loss)."""
         self.encoder.train()
-        rows = _training_rows(rows)
+        sampled = self.n_items > self.config.softmax_items_max
+        if sampled and isinstance(rows, torch.Tensor):
+            rows = sp.csr_matrix(rows.cpu().numpy())
+        rows = rows if sampled else _training_rows(rows)
         n_rows = rows.shape[0]
         order = torch.randperm(n_rows, generator=self._generator)
         total = 0.0
         for start in range(0, n_rows, self.config.batch_size):
             batch = order[start : start + self.config.batch_size]
-            x = rows[batch] if isinstance(rows, torch.Tensor) else _dense(rows[batch.numpy()])
-            x = x.to(self.device)
-            # every member's multinomial likelihood (summed: each member learns as it would alone)
-            loss = -(torch.log_softmax(self.encoder(x), dim=2) * x[:, None, :]).sum(dim=2).sum(dim=1).mean()
+            if sampled:
+                negatives = torch.randint(0, self.n_items, (self.config.sampled_items,), generator=self._generator)
+                loss = self._sampled_loss(rows[batch.numpy()], negatives, np.log(self.n_items / len(negatives)))
+            else:
+                x = rows[batch] if isinstance(rows, torch.Tensor) else _dense(rows[batch.numpy()])
+                x = x.to(self.device)
+                # every member's multinomial likelihood (summed: each member learns as it would alone)
+                loss = -(torch.log_softmax(self.encoder(x), dim=2) * x[:, None, :]).sum(dim=2).sum(dim=1).mean()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            total += float(loss.detach()) * len(x)
+            total += float(loss.detach()) * len(batch)
         return total / max(n_rows, 1)
+
+    def _sampled_loss(self, rows: sp.csr_matrix, negatives: torch.Tensor, log_weight: float) -> torch.Tensor:
+        """The multinomial likelihood of a sparse minibatch with a sampled normaliser, summed over the members and
+        averaged over the rows. A row's log-partition sums exp(logit) over its own items exactly and over the sampled
+        `negatives` that are not its items, each weighted by exp(log_weight) (items / sample size for a uniform
+        sample: an unbiased estimate of the sum over the items the row lacks). With every item as a negative and
+        log_weight 0 this is the full softmax's loss (tests/unit/test_sampled_softmax.py). The input layer reads only
+        the row's items (a sparse product), and dropout drops those entries, as it does in the dense forward pass."""
+        rows = _binary(rows)
+        lengths = np.diff(rows.indptr)
+        row_of = torch.from_numpy(np.repeat(np.arange(rows.shape[0]), lengths)).to(self.device)
+        items = torch.from_numpy(rows.indices.astype(np.int64)).to(self.device)
+        norm = torch.from_numpy((1.0 / np.sqrt(np.maximum(lengths, 1))).astype(np.float32)).to(self.device)
+        negatives = negatives.to(self.device)
+        # a sampled item that is the row's own is counted among its items, not again as a negative
+        own = torch.from_numpy(rows[:, negatives.cpu().numpy()].toarray() > 0).to(self.device)
+        encoder, m, hidden_size, p = self.encoder, self.encoder.members, self.encoder.hidden, self.encoder.dropout
+        enc_w = encoder.enc.weight.view(m, hidden_size, self.n_items)
+        enc_b = encoder.enc.bias.view(m, hidden_size)
+        dec_w = encoder.dec.weight.view(m, self.n_items, hidden_size)
+        dec_b = encoder.dec.bias.view(m, self.n_items)
+        n_rows = rows.shape[0]
+        total = torch.zeros((), device=self.device)
+        for member in range(m):
+            values = norm[row_of]
+            if encoder.training and p > 0:
+                values = values * (torch.rand(len(values), device=self.device) >= p).float() / (1.0 - p)
+            x = torch.sparse_coo_tensor(
+                torch.stack([row_of, items]), values, (n_rows, self.n_items), check_invariants=False
+            )
+            hidden = torch.tanh(torch.sparse.mm(x, enc_w[member].T) + enc_b[member])
+            positive = (hidden[row_of] * dec_w[member][items]).sum(dim=1) + dec_b[member][items]
+            negative = hidden @ dec_w[member][negatives].T + dec_b[member][negatives] + log_weight
+            negative = negative.masked_fill(own, -torch.inf)
+            top = torch.maximum(
+                negative.max(dim=1).values,
+                torch.full((n_rows,), -torch.inf, device=self.device).scatter_reduce(
+                    0, row_of, positive.detach(), reduce="amax"
+                ),
+            ).detach()
+            mass = torch.zeros(n_rows, device=self.device).index_add(0, row_of, torch.exp(positive - top[row_of]))
+            mass = mass + torch.exp(negative - top[:, None]).sum(dim=1)
+            log_partition = top + torch.log(mass)
+            counts = torch.from_numpy(lengths.astype(np.float32)).to(self.device)
+            likelihood = torch.zeros(n_rows, device=self.device).index_add(0, row_of, positive) - counts * log_partition
+            total = total - likelihood.sum()
+        return total / n_rows
 
     @property
     def source_gram(self) -> np.ndarray | None:
         """The item-item part's prior: the co-occurrences of the sources in use (None without a source)."""
-        if not self.source_grams:
+        if not self.source_items:
             return None
-        used = [gram for name, gram in self.source_grams.items() if self.source_weights.get(name, 1.0) > 0]
-        return sum(used, np.zeros((self.n_items, self.n_items)))
+        used = [(1.0, rows) for name, rows in self.source_items.items() if self.source_weights.get(name, 1.0) > 0]
+        return dense_gram(used, self.n_items)
 
     def pretrain(
         self, source: sp.spmatrix | Mapping[str, sp.spmatrix], log: EpochLog | None = None
@@ -267,11 +342,11 @@ class TransferRecommender:
         for name, matrix in sources.items():
             matrix = sp.csr_matrix(matrix, dtype=np.float32)
             matrix = matrix[np.flatnonzero(np.diff(matrix.indptr) > 0)]
-            self.source_grams[name] = (matrix.T @ matrix).toarray().astype(np.float64)
+            self.source_items[name] = matrix
             self.source_weights[name] = 1.0
             kept.append(matrix)
         self.source = _binary(sp.vstack(kept).tocsr())
-        rows = _training_rows(self.source)
+        rows = self.source if self.n_items > self.config.softmax_items_max else _training_rows(self.source)
         optimiser = torch.optim.Adam(self.encoder.parameters(), lr=self.config.learning_rate)
         history = []
         for epoch in range(1, self.config.epochs_pretrain + 1):
@@ -321,8 +396,8 @@ class TransferRecommender:
                 log(entry)
 
         if saved:
-            self.weights, self.item_params = saved["weights"].numpy(), tuple(saved["item_params"])
-            item_item = np.asarray(train @ self.weights)
+            self.weights, self.item_params = _weights_from(saved["weights"]), tuple(saved["item_params"])
+            item_item = _times(train, self.weights)
         else:
             item_item = self._choose_item_item(train, valid, emit)
 
@@ -345,7 +420,7 @@ class TransferRecommender:
                     {
                         "fingerprint": fingerprint,
                         "history": history,
-                        "weights": torch.from_numpy(self.weights),
+                        "weights": _weights_state(self.weights),
                         "item_params": list(self.item_params),
                         "encoder": self.encoder.state_dict(),
                         "optimiser": optimiser.state_dict(),
@@ -402,19 +477,18 @@ class TransferRecommender:
         `mean` keeps the mean of all settings' weights (item_params still names the best on valid). Returns the
         kept part's train scores."""
         cfg = self.config
-        target_gram = (train.T @ train).toarray().astype(np.float64)
-        if self.source_grams:
-            self._choose_sources(target_gram, train, valid, emit)
+        terms = self._gram_terms(train)
+        if self.source_items:
+            self._choose_sources(terms, train, valid, emit)
         settings = item_settings(cfg)
-        prior = self.source_gram if any(w > 0 for w in self.source_weights.values()) else None
-        if prior is None:  # alpha has no effect without a source: one solve per (lam, drop_p)
+        used = [name for name in self.source_items if self.source_weights.get(name, 1.0) > 0]
+        if not used:  # alpha has no effect without a source: one solve per (lam, drop_p)
             settings = list(dict.fromkeys((cfg.alpha, lam, drop_p) for _, lam, drop_p in settings))
         best_item, item_item, total = -1.0, None, None
         for index, (alpha, lam, drop_p) in enumerate(settings):
             started = time.perf_counter()
-            gram = target_gram if prior is None else target_gram + alpha**2 * prior
-            weights = item_item_solve(gram, lam, drop_p)[:, self.candidates].astype(np.float32)
-            scores = np.asarray(train @ weights)
+            weights = self._solve(terms, used, alpha, lam, drop_p)
+            scores = _times(train, weights)
             ndcg = self._valid_ndcg(self._full(scores), train, valid)
             emit(
                 {
@@ -431,11 +505,12 @@ class TransferRecommender:
             if ndcg > best_item:
                 best_item, item_item, self.weights = ndcg, scores, weights
                 self.item_params = (float(alpha), float(lam), float(drop_p))
+        self._neighbourhoods = {}
         if cfg.item_combine == "mean" and len(settings) > 1:
             # valid tells the settings apart by less than its own noise (seed to seed the best one changes); their
             # mean does not depend on that choice
             self.weights = (total / len(settings)).astype(np.float32)
-            item_item = np.asarray(train @ self.weights)
+            item_item = _times(train, self.weights)
             emit(
                 {
                     "stage": "item_mean",
@@ -447,9 +522,50 @@ class TransferRecommender:
             )
         return item_item
 
+    def _gram_terms(self, train: sp.csr_matrix) -> dict[str | None, sp.csr_matrix | np.ndarray]:
+        """The Gram's terms by source name (None: the target's train rows). Up to item_dense_max items (those the
+        target and its sources have) each is made a dense Gram once, as every solve is exact; past it they stay
+        rows, read a block of columns at a time by the neighbourhood solve."""
+        rows: dict[str | None, sp.csr_matrix | np.ndarray] = {None: train, **self.source_items}
+        active = np.count_nonzero(gram_diagonal([(1.0, t) for t in rows.values()], self.n_items) > 0)
+        self._exact_items = active <= self.config.item_dense_max
+        self._neighbourhoods = {}
+        log.info(
+            "item-item part over %d items: %s",
+            active,
+            "exact" if self._exact_items else f"by neighbourhoods of {self.config.item_neighbours} items",
+        )
+        if not self._exact_items:
+            return rows
+        return {
+            name: t if isinstance(t, np.ndarray) else dense_gram([(1.0, t)], self.n_items) for name, t in rows.items()
+        }
+
+    def _solve(
+        self,
+        terms: dict[str | None, sp.csr_matrix | np.ndarray],
+        used: list[str],
+        alpha: float,
+        lam: float,
+        drop_p: float,
+    ) -> np.ndarray | sp.csr_matrix:
+        """The item-item weights over the candidates for the target's rows plus alpha^2 x the used sources': a dense
+        array when solved exactly; by neighbourhoods, a sparse row-major one (a history reads its items' rows only)."""
+        gram: list[GramTerm] = [(1.0, terms[None])] + [(alpha**2, terms[name]) for name in used]
+        if self._exact_items:
+            return item_item_solve(dense_gram(gram, self.n_items), lam, drop_p)[:, self.candidates].astype(np.float32)
+        # the neighbourhoods of the last two Grams are kept: the settings of one alpha share them, and the source
+        # check alternates between two
+        key = (alpha, tuple(used))
+        found = self._neighbourhoods.pop(key, None) or Neighbourhoods.find(
+            gram, self.n_items, self.config.item_neighbours
+        )
+        self._neighbourhoods = {**dict(list(self._neighbourhoods.items())[-1:]), key: found}
+        return found.solve(lam, drop_p, self.candidates).tocsr()
+
     def _choose_sources(
         self,
-        target_gram: np.ndarray,
+        terms: dict[str | None, sp.csr_matrix | np.ndarray],
         train: sp.csr_matrix,
         valid: sp.csr_matrix,
         emit: Callable[[dict[str, Any]], None],
@@ -459,11 +575,10 @@ class TransferRecommender:
         alpha, lam, drop_p = self.config.alpha, self.config.lam, self.config.drop_p
 
         def valid_ndcg(used: list[str]) -> float:
-            gram = target_gram + alpha**2 * sum((self.source_grams[n] for n in used), np.zeros_like(target_gram))
-            weights = item_item_solve(gram, lam, drop_p)[:, self.candidates].astype(np.float32)
-            return self._valid_ndcg(self._full(np.asarray(train @ weights)), train, valid)
+            weights = self._solve(terms, used, alpha, lam, drop_p)
+            return self._valid_ndcg(self._full(_times(train, weights)), train, valid)
 
-        used = list(self.source_grams)
+        used = list(self.source_items)
         current = valid_ndcg(used)
         while used:
             trials = {name: valid_ndcg([n for n in used if n != name]) for name in used}
@@ -472,7 +587,7 @@ class TransferRecommender:
                 break
             used.remove(name)
             current = without
-        self.source_weights = {name: float(name in used) for name in self.source_grams}
+        self.source_weights = {name: float(name in used) for name in self.source_items}
         for index, (name, weight) in enumerate(self.source_weights.items()):
             emit({"stage": "source", "epoch": index, "source": name, "weight": weight, "valid_ndcg": current})
 
@@ -549,12 +664,12 @@ class TransferRecommender:
         for name, tensor in self.encoder.state_dict().items():
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().numpy().tobytes())
-        digest.update(json.dumps(sorted(self.source_grams)).encode() if self.source is not None else b"no source")
+        digest.update(json.dumps(sorted(self.source_items)).encode() if self.source is not None else b"no source")
         return digest.hexdigest()
 
     # -- scoring ---------------------------------------------------------------------------------------------
     def _item_item(self, history: sp.spmatrix) -> np.ndarray:
-        return np.asarray(sp.csr_matrix(history, dtype=np.float32) @ self.weights)
+        return _times(history, self.weights)
 
     def _encoder_arrays(self) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
         """The encoder's weights for scoring: the input layer row-major by item (a history reads only its own
@@ -626,7 +741,7 @@ class TransferRecommender:
             "config": self.config.model_dump(mode="json"),
             "k": self.k,
             "encoder": {name: value.cpu() for name, value in self.encoder.state_dict().items()},
-            "weights": torch.from_numpy(self.weights),
+            "weights": _weights_state(self.weights),
             "candidates": torch.from_numpy(self.candidates),
             "beta": self.beta,
             "item_params": list(self.item_params),
@@ -639,8 +754,13 @@ class TransferRecommender:
         }
         if with_source and self.source is not None:
             state["source"] = _sparse_state(self.source)
+            state["source_rows"] = {
+                name: _rows_state(rows) for name, rows in self.source_items.items() if sp.issparse(rows)
+            }
             state["source_grams"] = {
-                name: torch.from_numpy(gram.astype(np.float32)) for name, gram in self.source_grams.items()
+                name: torch.from_numpy(gram.astype(np.float32))
+                for name, gram in self.source_items.items()
+                if isinstance(gram, np.ndarray)
             }
         return state
 
@@ -650,7 +770,7 @@ class TransferRecommender:
         k = int(config.pop("k", state.get("k", 10)))
         model = cls(state["n_items"], TrainingConfig.model_validate(config), k, device)
         model.encoder.load_state_dict(state["encoder"])
-        model.weights = state["weights"].numpy().astype(np.float32)
+        model.weights = _weights_from(state["weights"])
         model.candidates = state["candidates"].numpy()
         model.beta = float(state["beta"])
         if state.get("item_params") is not None:
@@ -662,8 +782,9 @@ class TransferRecommender:
         grams = state.get("source_grams")
         if grams is None and state.get("source_gram") is not None:  # one unnamed source: models saved before 0.6
             grams = {"source": state["source_gram"]}
-        model.source_grams = {name: gram.numpy().astype(np.float64) for name, gram in (grams or {}).items()}
-        model.source_weights = {name: 1.0 for name in model.source_grams} | dict(state.get("source_weights") or {})
+        model.source_items = {name: gram.numpy().astype(np.float64) for name, gram in (grams or {}).items()}
+        model.source_items.update({name: _rows_from(rows) for name, rows in (state.get("source_rows") or {}).items()})
+        model.source_weights = {name: 1.0 for name in model.source_items} | dict(state.get("source_weights") or {})
         parts = state.get("short_history", state.get("side"))  # "side": the key of models saved before 0.5
         if parts is not None:
             model.short_history = ShortHistoryParts.from_state(parts)

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from transfer_rec.recommender.item_item import dense_gram, item_item_solve, neighbourhood_solve
+
+
+def _rows(users: int, items: int, density: float, seed: int) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    matrix = sp.random(users, items, density=density, random_state=rng, format="csr", dtype=np.float32)
+    matrix.data[:] = rng.choice([0.75, 1.0, 1.25], size=matrix.nnz)  # rating-weighted rows
+    return matrix
+
+
+def test_with_every_other_item_as_a_neighbour_it_is_the_exact_solve():
+    target, source = _rows(80, 30, 0.2, 1), _rows(200, 30, 0.15, 2)
+    # an item only the target has (7), and one nobody has (11)
+    source = (source @ sp.diags(((np.arange(30) != 7) & (np.arange(30) != 11)).astype(np.float32))).tocsr()
+    target = (target @ sp.diags((np.arange(30) != 11).astype(np.float32))).tocsr()
+    terms = [(1.0, target), (0.49, source)]
+    exact = item_item_solve(dense_gram(terms, 30), lam=5.0, drop_p=0.25)
+    approx = neighbourhood_solve(terms, 30, lam=5.0, drop_p=0.25, neighbours=29, block=7, union=40)
+    np.testing.assert_allclose(approx.toarray(), exact, rtol=1e-4, atol=1e-6)
+    assert not approx[:, 11].nnz and not approx[11].nnz
+
+
+def test_a_dense_gram_term_gives_what_its_rows_give():
+    rows = _rows(100, 25, 0.2, 3)
+    by_rows = neighbourhood_solve([(1.0, rows)], 25, lam=3.0, drop_p=0.0, neighbours=6)
+    by_gram = neighbourhood_solve([(1.0, (rows.T @ rows).toarray().astype(np.float64))], 25, 3.0, 0.0, 6)
+    np.testing.assert_allclose(by_rows.toarray(), by_gram.toarray(), rtol=1e-5, atol=1e-7)
+
+
+def test_each_item_reads_only_its_most_cooccurring_neighbours():
+    rows = _rows(300, 40, 0.15, 4)
+    weights = neighbourhood_solve([(1.0, rows)], 40, lam=2.0, drop_p=0.25, neighbours=5)
+    gram = (rows.T @ rows).toarray()
+    np.fill_diagonal(gram, -np.inf)
+    for item in range(40):
+        used = weights[:, item].nonzero()[0]
+        assert item not in used and len(used) <= 5
+        assert gram[used, item].min() >= np.sort(gram[:, item])[-5]
+
+
+def test_columns_cut_to_the_candidates():
+    rows = _rows(100, 20, 0.25, 5)
+    whole = neighbourhood_solve([(1.0, rows)], 20, 3.0, 0.25, 8)
+    cut = neighbourhood_solve([(1.0, rows)], 20, 3.0, 0.25, 8, columns=np.array([3, 0, 17]))
+    np.testing.assert_allclose(cut.toarray(), whole[:, [3, 0, 17]].toarray(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("neighbours", [1, 3])
+def test_few_items_or_neighbours_still_solve(neighbours):
+    rows = _rows(30, 4, 0.5, 6)
+    weights = neighbourhood_solve([(1.0, rows)], 4, 1.0, 0.0, neighbours)
+    assert weights.shape == (4, 4) and np.isfinite(weights.toarray()).all()
+    assert (np.diff(weights.indptr) <= neighbours).all()
