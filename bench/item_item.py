@@ -25,6 +25,7 @@ import scipy.sparse as sp
 
 
 def _ml_1m_split(seed: int, cache: Path) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    from transfer_rec.config import TrainingConfig
     from transfer_rec.io.linked_world import load_ml_1m
 
     inter = load_ml_1m(cache)[0]
@@ -32,7 +33,8 @@ def _ml_1m_split(seed: int, cache: Path) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     inter = inter[rating >= 3]
     users = inter["user_id"].astype("category").cat.codes.to_numpy()
     items = inter["item_id"].astype("category").cat.codes.to_numpy()
-    weights = 1.0 + 0.25 * (inter["rating"].astype(float).to_numpy() - 4.0)  # the product's rating_weight
+    # rating-weighted rows as the product builds them (PlatformData.matrix)
+    weights = 1.0 + TrainingConfig().rating_weight * (inter["rating"].astype(float).to_numpy() - 4.0)
     test = np.random.default_rng(seed).random(len(users)) < 0.2
     shape = (users.max() + 1, items.max() + 1)
     train = sp.csr_matrix((weights[~test].astype(np.float32), (users[~test], items[~test])), shape=shape)

@@ -55,3 +55,26 @@ def test_few_items_or_neighbours_still_solve(neighbours):
     weights = neighbourhood_solve([(1.0, rows)], 4, 1.0, 0.0, neighbours)
     assert weights.shape == (4, 4) and np.isfinite(weights.toarray()).all()
     assert (np.diff(weights.indptr) <= neighbours).all()
+
+
+def test_a_singular_pruned_system_is_solved_not_fatal():
+    # three active items, each with the other two as neighbours; every pruned co-occurrence equals the ridge diagonal
+    # (diagonal 2 + lam 1), so each 2 x 2 system [[3, 3], [3, 3]] of this pruned (not positive semi-definite) Gram is
+    # singular, where np.linalg.solve alone raises
+    from transfer_rec.recommender.item_item import Neighbourhoods
+
+    found = Neighbourhoods(
+        n_items=4,
+        diagonal=np.array([2.0, 2.0, 2.0, 0.0]),
+        active=np.array([0, 1, 2]),
+        neighbour=np.array([[1, 2], [0, 2], [0, 1]]),
+        cooccurrence=np.full((3, 2), 3.0),
+        pruned=sp.csr_matrix(3.0 * (1 - np.eye(3))),
+    )
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.solve(np.full((1, 2, 2), 3.0), np.ones((1, 2, 1)))
+    weights = found.solve(lam=1.0, drop_p=0.0).toarray()
+    # the least-squares (minimum-norm) answer splits each item's weight over its two neighbours
+    expected = np.zeros((4, 4))
+    expected[:3, :3] = 0.5 * (1 - np.eye(3))
+    np.testing.assert_allclose(weights, expected, atol=1e-6)

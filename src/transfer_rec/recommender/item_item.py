@@ -143,7 +143,7 @@ class Neighbourhoods:
             systems[:, np.arange(n), np.arange(n)] = ridge[near]
             rhs = np.take_along_axis(self.cooccurrence[solve[batch]], order, axis=1)
             solved = np.empty_like(rhs)
-            np.put_along_axis(solved, order, np.linalg.solve(systems, rhs[:, :, None])[:, :, 0], axis=1)
+            np.put_along_axis(solved, order, _solve_systems(systems, rhs), axis=1)
             coefficients[batch] = solved
         column_of = np.full(self.n_items, -1, dtype=np.int64)
         column_of[wanted] = np.arange(len(wanted))
@@ -191,6 +191,16 @@ def _largest_cooccurrences(
         neighbour[start : start + len(cols)] = np.take_along_axis(top, order, axis=0).T
         cooccurrence[start : start + len(cols)] = np.take_along_axis(values, order, axis=0).T
     return neighbour, cooccurrence
+
+
+def _solve_systems(systems: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Solve a stack of ridge systems. The pruned Gram is not always positive semi-definite (an entry missing from
+    both items' kept lists reads as 0), so a system can be singular where the exact one never is: those are solved
+    in the least-squares sense (minimum norm) instead of failing the fine-tune."""
+    try:
+        return np.linalg.solve(systems, rhs[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:
+        return np.stack([np.linalg.lstsq(a, b, rcond=None)[0] for a, b in zip(systems, rhs, strict=True)])
 
 
 def _batches(near: np.ndarray, union: int, most: int = 32) -> list[np.ndarray]:
