@@ -27,6 +27,8 @@ os.environ.update(
         "GX_ANALYTICS_ENABLED": "False",
         "TRANSFER_REC_GX_DIR": str(_GX),
         "TRANSFER_REC_STATE_DIR": str(_SESSION / "var"),
+        # never the developer's var/secrets/pii-salt (the Makefile names it): a test that links people sets its salt
+        "TRANSFER_REC_PII_SALT_FILE": str(_SESSION / "var" / "secrets" / "pii-salt"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{_SESSION / 'mlflow.db'}",
     }
 )

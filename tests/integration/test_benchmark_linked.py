@@ -114,6 +114,7 @@ def test_opted_out_people_are_not_linked(tmp_path, pipeline_env, monkeypatch):
 
 def test_identities_without_a_salt_are_refused(tmp_path, pipeline_env, monkeypatch):
     pipeline_env()
+    monkeypatch.delenv("TRANSFER_REC_PII_SALT_FILE", raising=False)  # nor a salt file
     _write_world(tmp_path)
     with pytest.raises(PrivacyError, match="platform books.*TRANSFER_REC_PII_SALT"):
         _benchmark(tmp_path, tmp_path / "out", monkeypatch, salt="")

@@ -98,7 +98,9 @@ def test_the_schedule_in_a_few_words():
 
 def test_a_target_has_its_own_training_settings_and_a_family_shares_its_pretraining():
     config = load_config()
-    assert config.training_of("ml-100k") == config.training
+    ml_100k = config.training_of("ml-100k")  # make run's budget: one encoder, 10 pretraining epochs
+    assert (ml_100k.encoders, ml_100k.epochs_pretrain) == (1, 10)
+    assert ml_100k.model_copy(update={"encoders": 2, "epochs_pretrain": 15}) == config.training
     action = config.training_of("action")
     assert (action.encoders, action.epochs_finetune) == (1, 20) and action.lam == config.training.lam
     assert config.for_target("action").training == action and config.for_target("action").gate == config.gate

@@ -21,6 +21,7 @@ def test_the_same_person_links_across_platforms_and_only_through_the_salt(monkey
 
 def test_identity_columns_without_a_salt_are_refused(monkeypatch):
     monkeypatch.delenv(PII_SALT_ENV, raising=False)
+    monkeypatch.delenv("TRANSFER_REC_PII_SALT_FILE", raising=False)  # nor a salt file
     with pytest.raises(
         PrivacyError,
         match=r"platform shop: users column\(s\) \['email'\] identify people; "
