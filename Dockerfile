@@ -27,6 +27,12 @@ ARG APP_UID=50000
 RUN useradd --uid "${APP_UID}" --gid 0 --create-home --home-dir /home/transfer-rec --shell /bin/bash transfer-rec \
  && chmod g+rwX /home/transfer-rec
 
+# Java for Spark (engine: spark): the tasks are Spark drivers, and the compose stack's Spark master and workers run
+# this image too.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps \
+ && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /opt/transfer-rec
 
 COPY pyproject.toml README.md requirements.lock requirements-data.txt wheel[s] /tmp/build/

@@ -7,6 +7,8 @@ with one to three interactions.
 
     python -m bench.scale generate --interactions 20000000 --out DIR    # writes DIR/exports/* and DIR/pipeline.yaml
     python -m bench.scale ingest --config DIR/pipeline.yaml --state DIR/state   # pull + validate + unify, timed
+    python -m bench.scale ingest --config DIR/pipeline.yaml --state DIR/spark --engine spark --features
+    python -m bench.scale same DIR/state DIR/spark    # the two engines' unified tables and features, row for row
     python -m bench.scale fit --interactions 1000000 --items 5000 --out DIR     # pull to registered candidates
 
 `make bench` runs generate + ingest on 20 M interactions (the generated data is kept and reused while its parameters
@@ -264,8 +266,10 @@ def _environment(**values: str):
                 os.environ[key] = value
 
 
-def ingest(config_path: Path, state: Path) -> dict[str, Any]:
-    """Pull, validate and unify every platform of a config, timed stage by stage (runs in this process).
+def ingest(config_path: Path, state: Path, engine: str = "pandas", features: bool = False) -> dict[str, Any]:
+    """Pull, validate and unify every platform of a config, timed stage by stage (runs in this process); unify on
+    `engine` (spark: Spark in local mode on this machine's cores, the driver's memory from SPARK_DRIVER_MEMORY,
+    default 8g); with `features`, the features stage too (timed apart from the total).
 
     The generated platforms' default suites go to a scratch GX context under `state`, not into the repo's reviewed
     one (unless TRANSFER_REC_GX_DIR names another).
@@ -280,7 +284,12 @@ def ingest(config_path: Path, state: Path) -> dict[str, Any]:
     with _environment(
         TRANSFER_REC_CONFIG=str(config_path), TRANSFER_REC_STATE_DIR=str(state), TRANSFER_REC_GX_DIR=str(gx_dir)
     ):
-        return _timed_ingest(load_config(config_path))
+        config = load_config(config_path)
+        if engine == "spark":
+            memory = os.environ.get("SPARK_DRIVER_MEMORY", "8g")
+            spark = config.spark.model_copy(update={"conf": {"spark.driver.memory": memory, **config.spark.conf}})
+            config = config.model_copy(update={"engine": "spark", "spark": spark})
+        return _timed_ingest(config, features)
 
 
 def _cpu_seconds() -> float:
@@ -365,10 +374,16 @@ def _validate_concurrently(pulled: list[Any], config: Any, layout: Any) -> list[
     return [results[i] for i in range(len(pulled))]
 
 
-def _timed_ingest(config: Any) -> dict[str, Any]:
+def _timed_ingest(config: Any, features: bool = False) -> dict[str, Any]:
     from transfer_rec.io.state import StateLayout
     from transfer_rec.stages.pull import pull_platform
-    from transfer_rec.stages.unify import unify
+
+    if config.engine == "spark":
+        from transfer_rec.spark.features import build_features
+        from transfer_rec.spark.unify import unify
+    else:
+        from transfer_rec.stages.features import build_features
+        from transfer_rec.stages.unify import unify
 
     layout = StateLayout.from_env()
     seconds: dict[str, float] = {}
@@ -383,9 +398,15 @@ def _timed_ingest(config: Any) -> dict[str, Any]:
         manifest = unify(validated, config, layout)
         seconds["unify"] = time.perf_counter() - mark
         total = time.perf_counter() - started
+        if features:
+            mark = time.perf_counter()
+            built = build_features(manifest, config, layout, "scale")
+            seconds["features"] = time.perf_counter() - mark
     rows = sum(m.interaction_rows() for m in pulled)
     return {
+        "engine": config.engine,
         "rows": rows,
+        # total: pull + validate + unify (features, when run, is timed apart)
         "seconds": {**seconds, "total": total},
         "rows_per_second": rows / total,
         # this process and its validation workers together (PSS, see PeakMemory), their RSS summed (counts
@@ -398,7 +419,49 @@ def _timed_ingest(config: Any) -> dict[str, Any]:
         "cpu_seconds": _cpu_seconds(),
         "load_average": os.getloadavg(),
         "rows_out": {name: c["rows_out"] for name, c in manifest.platforms.items()},
+        "unified": manifest.dir,
+        **({"features": {name: c["interactions"] for name, c in built.platforms.items()}} if features else {}),
     }
+
+
+SORT_KEYS = {
+    "interactions": ["user_id", "item_id"],
+    "users": ["user_id"],
+    "items": ["item_id"],
+    "links": ["link_id", "platform"],
+    "item_ids": ["platform", "item_id"],
+}
+
+
+def same(first: Path, second: Path) -> dict[str, Any]:
+    """Compare two ingest states (e.g. the pandas and the Spark engine's): every unified table and every file of
+    the feature set, row for row after ordering by their keys (interactions platform by platform, to bound memory).
+    Raises AssertionError at the first difference; returns the rows compared per table."""
+    import pyarrow.dataset as ds
+
+    compared: dict[str, int] = {}
+
+    def check(a: pd.DataFrame, b: pd.DataFrame, keys: list[str], what: str) -> None:
+        a, b = (f.sort_values(keys, ignore_index=True).convert_dtypes() for f in (a, b))
+        pd.testing.assert_frame_equal(b, a, obj=what)
+        compared[what] = len(a)
+
+    folders = [state / "lake" / "unified" / "current" for state in (first, second)]
+    for table, keys in SORT_KEYS.items():
+        if table != "interactions":
+            check(*(pd.read_parquet(f / f"{table}.parquet") for f in folders), keys, f"unified {table}")
+            continue
+        datasets = [ds.dataset(f / "interactions.parquet") for f in folders]
+        platforms = pd.unique(datasets[0].to_table(columns=["platform"]).column("platform").to_pandas())
+        for platform in platforms:
+            rows = [d.to_table(filter=ds.field("platform") == platform).to_pandas() for d in datasets]
+            check(*rows, keys, f"unified interactions of {platform}")
+    features = [state / "lake" / "features" / "scale" for state in (first, second)]
+    if features[0].exists():
+        for path in sorted(features[0].glob("*.parquet")):
+            keys = ["item_id"] if path.name == "items.parquet" else SORT_KEYS[path.name.split(".")[1]]
+            check(*(pd.read_parquet(f / path.name) for f in features), keys, f"features {path.name}")
+    return compared
 
 
 def fit(config_path: Path, state: Path) -> dict[str, Any]:
@@ -521,9 +584,14 @@ def main(argv: list[str] | None = None) -> None:
     ing = sub.add_parser("ingest", help="pull + validate + unify a config, timed; prints JSON")
     ing.add_argument("--config", type=Path, required=True)
     ing.add_argument("--state", type=Path, required=True)
+    ing.add_argument("--engine", choices=["pandas", "spark"], default="pandas")
+    ing.add_argument("--features", action="store_true", help="also build the features (timed apart)")
     bench = sub.add_parser("bench", help="generate (unless already there) and ingest in a fresh process")
     bench.add_argument("--interactions", type=int, default=20_000_000)
     bench.add_argument("--out", type=Path, required=True)
+    same_ = sub.add_parser("same", help="compare two ingest states' unified tables and features, row for row")
+    same_.add_argument("first", type=Path)
+    same_.add_argument("second", type=Path)
     fit_ = sub.add_parser("fit", help="generate (unless already there), then pull to registered candidates, timed")
     fit_.add_argument("--interactions", type=int, default=1_000_000)
     fit_.add_argument("--items", type=int, default=5_000)
@@ -537,7 +605,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "generate":
         print(generate(args.out, args.interactions, seed=args.seed))
     elif args.command == "ingest":
-        print(json.dumps(ingest(args.config, args.state), indent=2))
+        print(json.dumps(ingest(args.config, args.state, args.engine, args.features), indent=2))
+    elif args.command == "same":
+        print(json.dumps(same(args.first, args.second), indent=2))
     elif args.command == "fit":
         _bench_fit(args.interactions, args.items, args.out)
     elif args.command == "fit-run":

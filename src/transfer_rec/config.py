@@ -319,8 +319,28 @@ class RuntimeConfig(_Strict):
         return self.stage_timeout_minutes.get(stage, max(self.stage_timeout_minutes.values(), default=120))
 
 
+SPARK_MASTER_ENV = "TRANSFER_REC_SPARK_MASTER"
+
+
+class SparkConfig(_Strict):
+    """Where the ingest stages run when `engine` is spark (the embedded default is pandas, in the task's process)."""
+
+    # local[N] runs Spark in the task's own JVM with N threads; spark://host:7077 submits to a standalone cluster
+    # (the compose stack's). $TRANSFER_REC_SPARK_MASTER overrides it, so one config serves a laptop and a cluster.
+    master: str = "local[*]"
+    # Spark settings passed as they are, e.g. spark.driver.memory or spark.executor.memory
+    conf: dict[str, str] = {}
+
+    def master_url(self) -> str:
+        return os.environ.get(SPARK_MASTER_ENV) or self.master
+
+
 class PipelineConfig(_Strict):
     platforms: list[PlatformConfig]
+    # what unify and features run on: pandas in the task's process (with forked workers), or Apache Spark (`spark`);
+    # both write the same unified tables and splits from the same input (tests/data/test_spark_engine.py)
+    engine: Literal["pandas", "spark"] = "pandas"
+    spark: SparkConfig = SparkConfig()
     vocabularies: dict[str, list[str]] = {}
     value_maps: dict[str, dict[str, str]] = {}
     features: FeaturesConfig = FeaturesConfig()

@@ -135,3 +135,15 @@ def test_a_target_stating_the_default_agrees_with_one_that_leaves_it_out():
     # refused before: the two compared what they wrote, not what they would pretrain with
     config = type(load_config()).model_validate({**raw, "platforms": [*raw["platforms"], twin]})
     assert config.training_of("action-two") == config.training_of("action")
+
+
+def test_the_engine_is_pandas_unless_the_config_says_spark_and_the_environment_may_name_the_master(monkeypatch):
+    monkeypatch.delenv("TRANSFER_REC_SPARK_MASTER", raising=False)
+    config = load_config()
+    assert config.engine == "pandas" and config.spark.master_url() == "local[*]"
+    spark = load_config(overrides={"engine": "spark", "spark": {"master": "local[2]"}})
+    assert spark.engine == "spark" and spark.spark.master_url() == "local[2]"
+    monkeypatch.setenv("TRANSFER_REC_SPARK_MASTER", "spark://spark-master:7077")
+    assert spark.spark.master_url() == "spark://spark-master:7077"
+    with pytest.raises(ValidationError, match="engine"):
+        load_config(overrides={"engine": "dask"})

@@ -20,8 +20,12 @@ LAYERS = [
     ["transfer_rec.registry"],
     ["transfer_rec.stages.pull"],
     ["transfer_rec.stages.validate"],
+    # the Spark engine of unify and features sits beside the pandas stages it shares its logic with
+    ["transfer_rec.spark", "transfer_rec.spark.session", "transfer_rec.spark.validate"],
     ["transfer_rec.stages.unify"],
+    ["transfer_rec.spark.unify"],
     ["transfer_rec.stages.features"],
+    ["transfer_rec.spark.features"],
     ["transfer_rec.stages.linked"],
     ["transfer_rec.stages.train"],
     ["transfer_rec.stages.evaluate"],

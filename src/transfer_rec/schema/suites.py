@@ -80,6 +80,10 @@ def reference_sets(tables: dict) -> dict:
     }
 
 
+# The columns `referential_columns` adds to the interactions: the key where it has no row in its table, else null.
+REFERENCE_COLUMNS = ("item_id_not_in_items", "user_id_not_in_users")
+
+
 def referential_columns(tables: dict, sets: dict | None = None) -> dict:
     """Interactions with, per key, a column holding the key where it has no row in its table (null otherwise), so
     the suite checks referential integrity with a null check whose failures show the dangling ids. (A value-set
@@ -94,10 +98,10 @@ def referential_columns(tables: dict, sets: dict | None = None) -> dict:
     return {**tables, "interactions": inter.assign(**checked)}
 
 
-def build_unified_suites(tables: dict, config: PipelineConfig) -> dict[str, list]:
+def build_unified_suites(tables: dict, config: PipelineConfig, types: dict[str, str] | None = None) -> dict[str, list]:
     """Expectations on the unified tables (with `referential_columns` added): every interaction's user and item
     exist, column types, unique keys, and categorical values from the shared vocabularies. No raw identity column
-    exists in the unified users (only the hashed link_id)."""
+    exists in the unified users (only the hashed link_id). `types`: the interactions' column types, if not pandas'."""
     interactions = [
         gxe.ExpectTableColumnsToMatchSet(column_set=list(tables["interactions"].columns), exact_match=True),
         gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
@@ -107,7 +111,9 @@ def build_unified_suites(tables: dict, config: PipelineConfig) -> dict[str, list
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[0, 1]),
         gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id"]),
     ]
-    interactions += [gxe.ExpectColumnValuesToBeOfType(column=c, type_=t) for c, t in TYPES["interactions"].items()]
+    # column types in the engine's names (pandas dtypes by default; Spark's for Spark DataFrames)
+    types = types or TYPES["interactions"]
+    interactions += [gxe.ExpectColumnValuesToBeOfType(column=c, type_=t) for c, t in types.items()]
     users = [
         gxe.ExpectTableColumnsToMatchSet(column_set=list(USER_COLUMNS), exact_match=True),
         gxe.ExpectColumnValuesToBeUnique(column="user_id"),

@@ -91,15 +91,10 @@ def build_features(
         p.name: k_core(positive[positive["platform"] == p.name], config.features.min_interactions)
         for p in config.platforms
     }
-    # a platform with nothing left would train on nothing and fail far downstream: say so here
     for p in config.platforms:
         if kept[p.name].empty:
             raw = int((inter["platform"] == p.name).sum())
-            raise ValueError(
-                f"platform {p.name}: no interactions left for training ({raw:,} unified, "
-                f"{int((positive['platform'] == p.name).sum()):,} positive, 0 after the "
-                f"{config.features.min_interactions}-core filter): nothing to train or evaluate on"
-            )
+            refuse_empty(p.name, raw, int((positive["platform"] == p.name).sum()), config)
     item_ids = np.sort(np.unique(np.concatenate([k["item_id"].unique() for k in kept.values()])))
     item_index = pd.DataFrame({"item_id": item_ids, "item_idx": np.arange(len(item_ids))})
     item_table = item_index.merge(items, on="item_id", how="left")
@@ -119,20 +114,39 @@ def build_features(
             platform_users[platform_users["user_id"].isin(set(frame["user_id"].unique()))].to_parquet(
                 out / f"{platform.name}.users.parquet", index=False
             )
-            counts[platform.name] = {
-                "role": platform.role,
-                "interactions_in": int((inter["platform"] == platform.name).sum()),
-                "interactions": int(len(frame)),
-                "users": int(frame["user_id"].nunique()),
-                "items": int(frame["item_id"].nunique()),
-                **{s: int((frame["split"] == s).sum()) for s in SPLITS if platform.role == "target"},
-            }
+            counts[platform.name] = platform_counts(
+                platform.role,
+                int((inter["platform"] == platform.name).sum()),
+                int(frame["user_id"].nunique()),
+                int(frame["item_id"].nunique()),
+                frame["split"].value_counts().to_dict(),
+            )
             log.info("features %s: %s", platform.name, counts[platform.name])
         manifest = FeatureSet(
             dir=str(out), run_key=run_key, seed=seed, n_items=int(len(item_ids)), platforms=counts, unified=unified.dir
         )
         (out / "manifest.json").write_text(json.dumps(manifest.to_xcom(), indent=2))
     return manifest
+
+
+def refuse_empty(platform: str, unified: int, positive: int, config: PipelineConfig) -> None:
+    """A platform with nothing left would train on nothing and fail far downstream: say so here."""
+    raise ValueError(
+        f"platform {platform}: no interactions left for training ({unified:,} unified, {positive:,} positive, 0 "
+        f"after the {config.features.min_interactions}-core filter): nothing to train or evaluate on"
+    )
+
+
+def platform_counts(role: str, interactions_in: int, users: int, items: int, splits: dict[str, int]) -> dict[str, Any]:
+    """A platform's line of the feature set's manifest (a target's also per split)."""
+    return {
+        "role": role,
+        "interactions_in": int(interactions_in),
+        "interactions": int(sum(splits.values())),
+        "users": int(users),
+        "items": int(items),
+        **({s: int(splits.get(s, 0)) for s in SPLITS} if role == "target" else {}),
+    }
 
 
 class PlatformData:

@@ -199,18 +199,23 @@ def validate(run: Json, pulled: Json) -> Json:
 
 @_guarded
 def unify(run: Json, validated: list[Json]) -> Json:
-    from transfer_rec.stages import unify as unify_stage
-
     _, config, layout = _resolve(run)
+    if config.engine == "spark":
+        from transfer_rec.spark import unify as unify_stage
+    else:
+        from transfer_rec.stages import unify as unify_stage  # type: ignore[no-redef]
     return unify_stage.unify([ValidatedBatch.model_validate(v) for v in validated], config, layout).to_xcom()
 
 
 @_guarded
 def build_features(run: Json, unified: Json) -> Json:
     from transfer_rec.registry import tracking
-    from transfer_rec.stages import features as features_stage
 
     plan_, config, layout = _resolve(run)
+    if config.engine == "spark":
+        from transfer_rec.spark import features as features_stage
+    else:
+        from transfer_rec.stages import features as features_stage  # type: ignore[no-redef]
     unified_ = UnifiedVersion.model_validate(unified)
     features = features_stage.build_features(unified_, config, layout, plan_.run_key)
     tracking.log_lineage(layout, plan_.parent_run_id, unified_.to_xcom(), features.to_xcom())

@@ -313,27 +313,7 @@ def unify_platform(
         kept = _first_per_pair(user_codes, item_codes, len(item_keys), timestamp)
     duplicated = rows_in - unusable - len(kept)
     rules.check_duplicate_share(duplicated, rows_in, limits.max_duplicate_share, platform.name, files["interactions"])
-    users = pd.DataFrame(columns=list(USER_COLUMNS))
-    if "users" in files:
-        u = _native(read_table(batch_dir / files["users"], platform.format, platform.delimiter), platform, "users")
-        rules.check_id_length(_distinct(u, ("user_id",)), limits.max_id_length, platform.name, files["users"])
-        # a user listed twice with different profiles is refused; exact repeats are dropped and counted
-        repeats = rules.check_conflicts(
-            u, "user_id", [c for c in u.columns if c != "user_id"], platform.name, files["users"]
-        )
-        if repeats:
-            log.info("platform %s, %s: %d repeated user row(s) dropped", platform.name, files["users"], repeats)
-        u = u.drop_duplicates("user_id", keep="first")
-        users = pd.DataFrame({"platform": platform.name, "user_id": user_key(platform.name, u["user_id"])})
-        for column, values in unified_profiles(u, platform, config).items():
-            users[column] = values.values
-        # Only a coarse region leaves landing: the first two characters of a postal code.
-        region = u["region"].astype(str).str[:2] if "region" in u else pd.Series(np.nan, index=u.index)
-        users["region"] = region.values
-        consent = consent_flags(u).values
-        # an opted-out person is never linked: their accounts stay apart
-        users["link_id"] = link_ids(platform.name, u).where(consent).values
-        users["consent"] = consent
+    users = platform_users(batch_dir, platform, config)
     # Opted-out users' interactions never enter training or evaluation; they keep a users row (consent False) so
     # publishing can still give them non-personalised recommendations.
     opted_out = 0
@@ -356,60 +336,124 @@ def unify_platform(
         }
     )[list(INTERACTION_COLUMNS)]
     present_items = np.flatnonzero(np.bincount(items_kept, minlength=len(item_keys)))
-    # the platform's own id of each of its items, so that serving can speak the platform's ids
-    item_ids = pd.DataFrame(
-        {"platform": platform.name, "native_id": item_natives[present_items], "item_id": item_keys[present_items]}
+    users_kept_count = int(np.count_nonzero(np.bincount(users_kept, minlength=len(user_keys))))
+    counts = (rows_in, len(inter), unusable, duplicated, opted_out, users_kept_count)
+    return platform_part(
+        batch_dir, platform, config, inter, users, item_keys[present_items], item_natives[present_items], counts
     )
-    items = pd.DataFrame(columns=list(ITEM_COLUMNS))
-    if "items" in files:
-        it = _native(read_table(batch_dir / files["items"], platform.format, platform.delimiter), platform, "items")
-        rules.check_id_length(_distinct(it, ("item_id",)), limits.max_id_length, platform.name, files["items"])
-        rules.check_titles(it, platform.name, files["items"])
-        described = it.assign(native_id=it["item_id"].astype(str), item_id=canonical_item_key(it["item_id"]))
-        item_ids = pd.concat(
-            [item_ids, described.assign(platform=platform.name)[list(ITEM_ID_COLUMNS)]], ignore_index=True
-        ).drop_duplicates("item_id", keep="first")
-        items = unified_item_columns(described)
-        repeats = rules.check_conflicts(items, "item_id", ["title"], platform.name, files["items"])
-        if repeats:
-            log.info("platform %s, %s: %d repeated item row(s) dropped", platform.name, files["items"], repeats)
-        items = items.drop_duplicates("item_id", keep="first")
-        # referential rule on the data as it came: every interaction's item is in the items file
-        missing, filled_rows = rules.check_items_known(
-            pd.Series(item_keys[present_items]),
-            items["item_id"],
-            limits.missing_items,
-            platform.name,
-            files["interactions"],
-        )
-        if missing:
-            log.warning(
-                "platform %s: rule missing_items=fill: %d item(s) of %d interaction(s) are not in %s; they "
-                "are added without title or genres",
-                platform.name,
-                missing,
-                filled_rows,
-                files["items"],
-            )
+
+
+def platform_part(
+    batch_dir: Path,
+    platform: PlatformConfig,
+    config: PipelineConfig,
+    inter: Any,
+    users: pd.DataFrame,
+    present_keys: Any,
+    present_natives: Any,
+    counts: tuple[int, int, int, int, int, int],
+) -> dict[str, Any]:
+    """One platform's unified part, as either engine returns it: its interactions (`inter`, the engine's frame),
+    users, items and item ids (from its files), and counts (rows in, rows out, unparseable, duplicate and opted-out
+    rows dropped, users kept); `present_keys` are the distinct items of the kept interactions, sorted, and
+    `present_natives` the native id of each (what the source and a target share is counted on them)."""
+    rows_in, rows_out, unusable, duplicated, opted_out, users_kept = counts
+    # the platform's own id of each of its items, so that serving can speak the platform's ids
+    item_ids = pd.DataFrame({"platform": platform.name, "native_id": present_natives, "item_id": present_keys})
+    items, item_ids = platform_items(batch_dir, platform, config, item_ids, present_keys)
     return {
         "interactions": inter,
         "users": users,
         "items": items,
         "item_ids": item_ids[list(ITEM_ID_COLUMNS)],
         "counts": {
-            "rows_in": rows_in,
-            "rows_out": len(inter),
+            "rows_in": int(rows_in),
+            "rows_out": int(rows_out),
             "dropped": {
-                "unparseable_rating_or_timestamp": unusable,
-                "duplicate_user_item": duplicated,
-                "opted_out": opted_out,
+                "unparseable_rating_or_timestamp": int(unusable),
+                "duplicate_user_item": int(duplicated),
+                "opted_out": int(opted_out),
             },
-            "users": int(np.count_nonzero(np.bincount(users_kept, minlength=len(user_keys)))),
-            "items": len(present_items),
+            "users": int(users_kept),
+            "items": len(present_keys),
         },
-        # the distinct items of the kept interactions (what the source and a target share is counted on them)
-        "item_keys": item_keys[present_items],
+        "item_keys": present_keys,
     }
+
+
+def platform_users(batch_dir: Path, platform: PlatformConfig, config: PipelineConfig) -> pd.DataFrame:
+    """A platform's unified users table (profiles in the shared vocabularies, a coarse region, consent and the salted
+    link id; no identity column) from its users file; empty when it exports none. Both engines use it: a users table
+    is one row per person, small next to the interactions."""
+    if "users" not in platform.files:
+        return pd.DataFrame(columns=list(USER_COLUMNS))
+    u = _native(read_table(batch_dir / platform.files["users"], platform.format, platform.delimiter), platform, "users")
+    rules.check_id_length(
+        _distinct(u, ("user_id",)), config.rules.max_id_length, platform.name, platform.files["users"]
+    )
+    # a user listed twice with different profiles is refused; exact repeats are dropped and counted
+    repeats = rules.check_conflicts(
+        u, "user_id", [c for c in u.columns if c != "user_id"], platform.name, platform.files["users"]
+    )
+    if repeats:
+        log.info("platform %s, %s: %d repeated user row(s) dropped", platform.name, platform.files["users"], repeats)
+    u = u.drop_duplicates("user_id", keep="first")
+    users = pd.DataFrame({"platform": platform.name, "user_id": user_key(platform.name, u["user_id"])})
+    for column, values in unified_profiles(u, platform, config).items():
+        users[column] = values.values
+    # Only a coarse region leaves landing: the first two characters of a postal code.
+    region = u["region"].astype(str).str[:2] if "region" in u else pd.Series(np.nan, index=u.index)
+    users["region"] = region.values
+    consent = consent_flags(u).values
+    # an opted-out person is never linked: their accounts stay apart
+    users["link_id"] = link_ids(platform.name, u).where(consent).values
+    users["consent"] = consent
+    return users
+
+
+def platform_items(
+    batch_dir: Path, platform: PlatformConfig, config: PipelineConfig, item_ids: pd.DataFrame, present_keys: Any
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A platform's unified items table from its items file, and `item_ids` (the native id of each item its
+    interactions name, keys `present_keys`) completed with the file's items; refuses unknown items unless the rule
+    says fill. Both engines use it."""
+    items = pd.DataFrame(columns=list(ITEM_COLUMNS))
+    if "items" not in platform.files:
+        return items, item_ids
+    it = _native(
+        read_table(batch_dir / platform.files["items"], platform.format, platform.delimiter), platform, "items"
+    )
+    rules.check_id_length(
+        _distinct(it, ("item_id",)), config.rules.max_id_length, platform.name, platform.files["items"]
+    )
+    rules.check_titles(it, platform.name, platform.files["items"])
+    described = it.assign(native_id=it["item_id"].astype(str), item_id=canonical_item_key(it["item_id"]))
+    item_ids = pd.concat(
+        [item_ids, described.assign(platform=platform.name)[list(ITEM_ID_COLUMNS)]], ignore_index=True
+    ).drop_duplicates("item_id", keep="first")
+    items = unified_item_columns(described)
+    repeats = rules.check_conflicts(items, "item_id", ["title"], platform.name, platform.files["items"])
+    if repeats:
+        log.info("platform %s, %s: %d repeated item row(s) dropped", platform.name, platform.files["items"], repeats)
+    items = items.drop_duplicates("item_id", keep="first")
+    # referential rule on the data as it came: every interaction's item is in the items file
+    missing, filled_rows = rules.check_items_known(
+        pd.Series(present_keys),
+        items["item_id"],
+        config.rules.missing_items,
+        platform.name,
+        platform.files["interactions"],
+    )
+    if missing:
+        log.warning(
+            "platform %s: rule missing_items=fill: %d item(s) of %d interaction(s) are not in %s; they "
+            "are added without title or genres",
+            platform.name,
+            missing,
+            filled_rows,
+            platform.files["items"],
+        )
+    return items, item_ids
 
 
 def _write_tables(tables: dict[str, pd.DataFrame], out: Path) -> None:
@@ -485,12 +529,46 @@ def check_item_collisions(items: pd.DataFrame, shown: int = 3) -> None:
         )
 
 
-def unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout) -> UnifiedVersion:
+class PandasTables:
+    """The pandas engine of unify: platforms unified in this process and forked workers, tables written by pandas.
+    (spark/unify.py has the Spark one: the same steps, with the interactions as a Spark DataFrame.)"""
+
+    def platforms(
+        self, validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout
+    ) -> dict[str, dict[str, Any]]:
+        return _unify_platforms(validated, config, layout)
+
+    def concat(self, frames: list[pd.DataFrame]) -> pd.DataFrame:
+        return pd.concat(frames, ignore_index=True)
+
+    def write_and_validate(
+        self, tables: dict[str, Any], out: Path, config: PipelineConfig, layout: StateLayout
+    ) -> dict[str, Any]:
+        # Large tables are written by a forked process while the suite checks them (a process, not a thread: the
+        # suite forks its own workers, and a fork must not copy a writer thread's locks); a refused version is
+        # discarded whole.
+        large = len(tables["interactions"]) >= PARALLEL_MIN_ROWS and can_fork() and workers() > 1
+        writer = Forked(_write_tables, tables, out) if large else None
+        if writer is None:
+            _write_tables(tables, out)
+        try:
+            validation = validate_unified(tables, config, layout, out.name)
+            if writer is not None:
+                writer.result()
+        finally:
+            if writer is not None:
+                writer.cancel()
+        return validation
+
+
+def unify(
+    validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout, engine: Any = None
+) -> UnifiedVersion:
     """Unify all validated batches into lake/unified/{interactions,users,items,links}.parquet, switched in atomically.
     A batch that breaks a rule (schema/rules.py) is quarantined with the reason, as a refusal at validation is, so
     it never becomes the drift baseline of the next batch; the current version stays."""
     try:
-        return _unify(validated, config, layout)
+        return _unify(validated, config, layout, engine or PandasTables())
     except rules.BatchRefused as refused:
         batch = next((m for m in validated if m.platform == refused.platform), None)
         if batch is not None and Path(batch.batch_dir).exists():
@@ -517,8 +595,8 @@ def _previous_rows(layout: StateLayout) -> dict[str, int]:
     return {name: int(counts.get("rows_out", 0)) for name, counts in platforms.items()}
 
 
-def _unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout) -> UnifiedVersion:
-    parts = _unify_platforms(validated, config, layout)
+def _unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout, engine: Any) -> UnifiedVersion:
+    parts = engine.platforms(validated, config, layout)
     previous = _previous_rows(layout)
     for name, part in parts.items():
         platform = config.platform(name)
@@ -531,7 +609,7 @@ def _unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: Stat
                 platform.files["interactions"],
             )
     # each platform's rows are dropped as soon as they are in the concatenation
-    interactions = pd.concat([p.pop("interactions") for p in parts.values()], ignore_index=True)
+    interactions = engine.concat([p.pop("interactions") for p in parts.values()])
     users = pd.concat(
         [p["users"] for p in parts.values() if len(p["users"])] or [pd.DataFrame(columns=list(USER_COLUMNS))],
         ignore_index=True,
@@ -586,20 +664,7 @@ def _unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: Stat
     final = layout.unified / "current"
     with atomic_dir(final) as out:
         tables = {"interactions": interactions, "users": users, "items": items, "links": links, "item_ids": item_ids}
-        # Large tables are written by a forked process while the suite checks them (a process, not a thread: the
-        # suite forks its own workers, and a fork must not copy a writer thread's locks); a refused version is
-        # discarded whole.
-        large = len(interactions) >= PARALLEL_MIN_ROWS and can_fork() and workers() > 1
-        writer = Forked(_write_tables, tables, out) if large else None
-        if writer is None:
-            _write_tables(tables, out)
-        try:
-            validation = validate_unified(tables, config, layout, out.name)
-            if writer is not None:
-                writer.result()
-        finally:
-            if writer is not None:
-                writer.cancel()
+        validation = engine.write_and_validate(tables, out, config, layout)
         # Downstream stages read this exact version (dir), even if a later run switches "current" meanwhile.
         manifest = UnifiedVersion(
             dir=str(out),

@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -339,7 +339,7 @@ def _id_columns(platform: PlatformConfig, table: str) -> list[str]:
     return [c for c in (native_column(platform, table, u) for u in ("user_id", "item_id")) if c]
 
 
-def _checkpoint(scratch: Any, source: Any, expectations: list[Any], name: str) -> Any:
+def checkpoint(scratch: Any, source: Any, expectations: list[Any], name: str) -> Any:
     """A checkpoint validating one dataframe (given when it runs) against expectations. It has no actions: Data
     Docs are built once per batch, after all its checkpoints ran."""
     import great_expectations as gx
@@ -492,13 +492,13 @@ def validate_frames(
         if parts and split:
             for k, rows in enumerate(parts):
                 name = f"{batch.name}.part{k + 1:02d}of{len(parts):02d}"
-                jobs.append(Job(_checkpoint(scratch, source, split, name), batch.frame, rows, batch.prepare))
+                jobs.append(Job(checkpoint(scratch, source, split, name), batch.frame, rows, batch.prepare))
                 owners.append(number)
         if whole or not parts:
             shape = batch.prepare(batch.frame.iloc[:0]) if batch.prepare else batch.frame
             jobs.append(
                 Job(
-                    _checkpoint(scratch, source, whole, f"{batch.name}.table" if parts else batch.name),
+                    checkpoint(scratch, source, whole, f"{batch.name}.table" if parts else batch.name),
                     batch.frame,
                     None,
                     batch.prepare,
@@ -553,10 +553,16 @@ def _run_checkpoints(scratch: Any, jobs: list[Job]) -> list[Any]:
             done = forked_map(_run_job, order, count)
         finally:
             _JOBS = []
+    return _store_results(scratch, [done[index] for index in range(len(jobs))])
+
+
+def _store_results(scratch: Any, runs: list[list[tuple[Any, Any]]]) -> list[Any]:
+    """The validation results of checkpoint runs (each a list of (identifier, result)), judged by the pipeline's
+    verdict and stored in the scratch context for its Data Docs."""
     store = scratch.validation_results_store
     results = []
-    for index in range(len(jobs)):
-        for key, result in done[index]:
+    for run in runs:
+        for key, result in run:
             result.success = _passes(result)
             store.store_validation_results(
                 suite_validation_result=result,
@@ -589,13 +595,21 @@ def quarantine(batch_dir: Path, layout: StateLayout, platform: str, batch_id: st
     return dest
 
 
-def validate_unified(tables: dict[str, pd.DataFrame], config: Any, layout: StateLayout, version: str) -> dict[str, Any]:
+def validate_unified(
+    tables: dict[str, Any],
+    config: Any,
+    layout: StateLayout,
+    version: str,
+    interactions_check: InteractionsCheck | None = None,
+) -> dict[str, Any]:
     """The unified-table suite (referential integrity, types, shared vocabularies) on tables about to be published.
 
+    `interactions_check`: how an engine that holds the interactions elsewhere (Spark) validates them with the
+    interactions' expectations in this run's context (the other tables are pandas frames).
     Raises DataValidationError naming table, column, rule and example values; the caller then discards the
     version, so the current unified tables stay as they were.
     """
-    from transfer_rec.schema.suites import build_unified_suites, reference_sets, referential_columns
+    from transfer_rec.schema.suites import REFERENCE_COLUMNS, build_unified_suites, reference_sets, referential_columns
 
     sets = reference_sets(tables)  # built once here, shared by every partition's worker
 
@@ -605,8 +619,15 @@ def validate_unified(tables: dict[str, pd.DataFrame], config: Any, layout: State
     docs = layout.data_docs / data_docs_page("unified", version)
     scratch = _scratch_context(docs.parent)
     source = scratch.data_sources.add_pandas("unified")
-    # The referential columns are added where the interactions are validated (per partition, in the workers).
-    suites = build_unified_suites({**tables, "interactions": with_references(tables["interactions"].iloc[:0])}, config)
+    if interactions_check is None:
+        # The referential columns are added where the interactions are validated (per partition, in the workers).
+        shape = with_references(tables["interactions"].iloc[:0])
+        types = None
+    else:
+        shape = pd.DataFrame(columns=[*tables["interactions"].columns, *REFERENCE_COLUMNS])
+        types = interactions_check.types
+    suites = build_unified_suites({**tables, "interactions": shape}, config, types)
+    frames = {t: e for t, e in suites.items() if not (t == "interactions" and interactions_check is not None)}
     results = validate_frames(
         scratch,
         source,
@@ -614,12 +635,17 @@ def validate_unified(tables: dict[str, pd.DataFrame], config: Any, layout: State
             Batch(f"unified.{version}.{table}", tables[table], expectations, "user_id", with_references)
             if table == "interactions"
             else Batch(f"unified.{version}.{table}", tables[table], expectations)
-            for table, expectations in suites.items()
+            for table, expectations in frames.items()
         ],
     )
+    checked = dict(zip(frames, results))
+    if interactions_check is not None:
+        name = f"unified.{version}.interactions"
+        run = interactions_check.run(scratch, sets, suites["interactions"], name)
+        checked["interactions"] = _store_results(scratch, [run])
     critical: list[str] = []
-    for table, table_results in zip(suites, results):
-        critical += [_failure_line("unified", f"{table}.parquet", r) for r in _failed(table_results)]
+    for table in suites:
+        critical += [_failure_line("unified", f"{table}.parquet", r) for r in _failed(checked[table])]
     scratch.build_data_docs(site_names=[DOCS_SITE])
     make_offline(docs.parent, layout.data_docs)
     summary = {"success": not critical, "critical": critical, "data_docs": str(docs)}
@@ -628,3 +654,14 @@ def validate_unified(tables: dict[str, pd.DataFrame], config: Any, layout: State
             "unified tables failed validation; the previous version stays current:\n  - " + "\n  - ".join(critical)
         )
     return summary
+
+
+class InteractionsCheck(Protocol):
+    """An engine's validation of unified interactions it holds (not a pandas frame): `types` are the expected
+    column types in its own type names; `run` validates them against `expectations` (with the referential columns
+    of `schema.suites.REFERENCE_COLUMNS` added from `sets`) through a checkpoint of `scratch` named `name`, and
+    returns the checkpoint's run results."""
+
+    types: dict[str, str]
+
+    def run(self, scratch: Any, sets: dict[str, Any], expectations: list[Any], name: str) -> list[tuple[Any, Any]]: ...

@@ -1,0 +1,193 @@
+"""Stage 3, unify, on Spark: the interactions (the table that grows past one machine) are mapped, cleaned and written
+by Spark; users and items (a row per person or item) by the same code as the pandas engine (stages/unify.py).
+
+The result is the pandas engine's, row for row (tests/data/test_spark_engine.py): the same keys, the same earliest
+row of a repeated (user, item) pair (ties: the first in file order), the same counts, rules and messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+import transfer_rec.stages.unify as pandas_unify
+from transfer_rec.config import PipelineConfig, PlatformConfig
+from transfer_rec.io.state import StateLayout
+from transfer_rec.manifests import UnifiedVersion, ValidatedBatch
+from transfer_rec.schema import rules
+from transfer_rec.schema.unified import INTERACTION_COLUMNS
+from transfer_rec.spark.session import read_table, spark_session
+from transfer_rec.spark.validate import SparkInteractions
+from transfer_rec.stages.validate import validate_unified
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+
+def _interactions(spark: SparkSession, paths: list[Path], platform: PlatformConfig) -> DataFrame:
+    """The interaction files with the unified column names, and `_row`, each row's position in file order."""
+    from pyspark.sql import functions as F
+
+    mapping = platform.columns["interactions"]
+    frames = []
+    for path in paths:
+        native = read_table(spark, path, platform.format, platform.delimiter)
+        frames.append(native.select(*(F.col(n).alias(u) for n, u in mapping.items() if n in native.columns)))
+    raw = frames[0]
+    for frame in frames[1:]:
+        raw = raw.unionByName(frame, allowMissingColumns=True)
+    # increasing with the partition and the row in it: a file's splits and the files are partitions in order
+    return raw.withColumn("_row", F.monotonically_increasing_id())
+
+
+def _check_id_lengths(raw: DataFrame, columns: tuple[str, ...], limit: int, platform: str, file: str) -> None:
+    from pyspark.sql import functions as F
+
+    for column in columns:
+        long = raw.where(F.length(column) > limit).select(column).distinct()
+        if long.limit(1).count():
+            rules.check_id_length({column: long.toPandas()[column]}, limit, platform, file)
+
+
+def unify_platform(
+    spark: SparkSession,
+    batch_dir: Path,
+    platform: PlatformConfig,
+    config: PipelineConfig,
+    interactions: list[Path] | None = None,
+) -> dict[str, Any]:
+    """stages.unify.unify_platform with the interactions as a Spark DataFrame (cached until they are written)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    files = platform.files
+    paths = interactions if interactions is not None else [batch_dir / files["interactions"]]
+    raw = _interactions(spark, paths, platform)
+    # Item keys are folded in Python (schema.unified.item_key), once per distinct native id: a catalogue is small
+    # next to its interactions. The native id an item is served by is the smallest that folds to its key.
+    natives = raw.select(F.col("item_id").cast("string").alias("native")).distinct().toPandas()["native"].dropna()
+    keys = pd.DataFrame({"native": natives.to_numpy(dtype=object), "key": pandas_unify._canonical_text(natives)})
+    item_keys = spark.createDataFrame(keys.astype({"key": object}), "native string, key string")
+    rating = F.col("rating").cast("double") if "rating" in raw.columns else F.lit(1.0)
+    timestamp = F.col("timestamp") if "timestamp" in raw.columns else F.lit(0)
+    # whole numbers exactly (a double holds 53 bits), the others truncated as pandas' astype(int64) does
+    stamp = F.coalesce(timestamp.cast("long"), timestamp.cast("double").cast("long"))
+    rows = raw.join(F.broadcast(item_keys), raw["item_id"].cast("string") == item_keys["native"], "left").select(
+        F.concat(F.lit(f"{platform.name}:"), F.col("user_id").cast("string")).alias("user_id"),
+        F.col("key").alias("item_id"),
+        rating.alias("rating"),
+        stamp.alias("timestamp"),
+        F.col("_row"),
+        F.length(F.col("user_id").cast("string")).alias("_user_length"),
+        F.length(F.col("item_id").cast("string")).alias("_item_length"),
+    )
+    rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+    # one pass for the counts and the id-length rule; the offending ids are gathered only when there are some
+    stats = rows.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum((F.col("rating").isNull() | F.col("timestamp").isNull()).cast("long")).alias("unusable"),
+        F.max("_user_length").alias("user"),
+        F.max("_item_length").alias("item"),
+    ).first()
+    rows_in, unusable = int(stats["rows"]), int(stats["unusable"] or 0)
+    limit = config.rules.max_id_length
+    if max(stats["user"] or 0, stats["item"] or 0) > limit:
+        _check_id_lengths(raw, ("user_id", "item_id"), limit, platform.name, files["interactions"])
+    usable = rows.where(
+        F.col("user_id").isNotNull()
+        & F.col("item_id").isNotNull()
+        & F.col("rating").isNotNull()
+        & F.col("timestamp").isNotNull()
+    )
+    # the earliest row of each (user, item) pair, of rows at the same time the first in file order: the least
+    # (timestamp, row) of the pair, by aggregation (no sort of the whole table)
+    first = F.min(F.struct("timestamp", "_row", "rating")).alias("first")
+    kept = usable.groupBy("user_id", "item_id").agg(first)
+    kept = kept.select("user_id", "item_id", "first.rating", "first.timestamp")
+    users = pandas_unify.platform_users(batch_dir, platform, config)
+    leaving = users.loc[~users["consent"].astype(bool), ["user_id"]] if len(users) else users
+    if len(leaving):
+        out = spark.createDataFrame(leaving.astype({"user_id": object}), "user_id string")
+        kept = kept.join(F.broadcast(out.withColumn("_leaving", F.lit(True))), "user_id", "left")
+    else:
+        kept = kept.withColumn("_leaving", F.lit(None).cast("boolean"))
+    kept = kept.persist(StorageLevel.MEMORY_AND_DISK)
+    rows.unpersist()
+    stats = kept.agg(F.count(F.lit(1)).alias("pairs"), F.count("_leaving").alias("leaving")).first()
+    duplicated = rows_in - unusable - int(stats["pairs"])
+    rules.check_duplicate_share(
+        duplicated, rows_in, config.rules.max_duplicate_share, platform.name, files["interactions"]
+    )
+    # Opted-out users' interactions never enter training or evaluation (they keep a users row, as with pandas).
+    opted_out = int(stats["leaving"])
+    kept = kept.where(F.col("_leaving").isNull()).drop("_leaving")
+    inter = kept.select(
+        F.lit(platform.name).alias("platform"),
+        "user_id",
+        "item_id",
+        "rating",
+        (F.col("rating") >= F.lit(float(config.features.min_rating))).cast("byte").alias("label"),
+        "timestamp",
+    ).select(*INTERACTION_COLUMNS)
+    present = (
+        kept.groupBy("item_id")
+        .agg(F.count(F.lit(1)).alias("rows"))
+        .join(item_keys.groupBy("key").agg(F.min("native").alias("native_id")), F.col("item_id") == F.col("key"))
+        .select("item_id", "native_id", "rows")
+        .toPandas()
+        .sort_values("item_id", kind="stable", ignore_index=True)
+    )
+    rows_out = int(present["rows"].sum())
+    n_users = kept.select("user_id").distinct().count()
+    counts = (rows_in, rows_out, unusable, duplicated, opted_out, n_users)
+    keys = present["item_id"].to_numpy(dtype=object)
+    natives = present["native_id"].to_numpy(dtype=object)
+    return pandas_unify.platform_part(batch_dir, platform, config, inter, users, keys, natives, counts)
+
+
+def unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout) -> UnifiedVersion:
+    """stages.unify.unify on Spark: the same tables, rules, quarantine and atomic switch of lake/unified/current."""
+    return pandas_unify.unify(validated, config, layout, engine=SparkTables(spark_session(config.spark)))
+
+
+class SparkTables:
+    """The Spark engine of stages.unify: every batch's interactions unified by Spark, stacked, written by Spark
+    (Parquet part files) and validated by Great Expectations on the Spark DataFrame read back; users, items and
+    links are pandas frames, as in the pandas engine."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+
+    def platforms(
+        self, validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout
+    ) -> dict[str, dict[str, Any]]:
+        parts = {}
+        for m in validated:
+            platform = config.platform(m.platform)
+            files = pandas_unify.interaction_files(m, platform, layout)
+            parts[m.platform] = unify_platform(self.spark, Path(m.batch_dir), platform, config, files)
+        return parts
+
+    def concat(self, frames: list[DataFrame]) -> DataFrame:
+        # row order is no part of the tables' contract (every reader groups or indexes by key): no global sort
+        stacked = frames[0]
+        for frame in frames[1:]:
+            stacked = stacked.unionByName(frame)
+        return stacked
+
+    def write_and_validate(
+        self, tables: dict[str, Any], out: Path, config: PipelineConfig, layout: StateLayout
+    ) -> dict[str, Any]:
+        interactions = tables["interactions"]
+        # a folder of part files in the same place as the pandas engine's file: readers take either
+        interactions.write.parquet(str(out / "interactions.parquet"))
+        (out / "interactions.parquet" / "_SUCCESS").unlink(missing_ok=True)
+        pandas_unify._write_tables({k: v for k, v in tables.items() if k != "interactions"}, out)
+        self.spark.catalog.clearCache()  # the platforms' cached pairs: written now
+        written = self.spark.read.parquet(str(out / "interactions.parquet"))
+        return validate_unified(tables, config, layout, out.name, SparkInteractions(written, out))
