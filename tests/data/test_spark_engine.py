@@ -7,15 +7,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+from bench.synthetic import partition_by_day
 from transfer_rec.config import load_config
 from transfer_rec.io.state import StateLayout
 from transfer_rec.schema.rules import BatchRefused
+from transfer_rec.schema.unified import item_key
 from transfer_rec.stages import features as pandas_features
 from transfer_rec.stages import unify as pandas_unify
 from transfer_rec.stages.pull import pull_platform
@@ -159,3 +162,39 @@ def test_spark_refuses_a_bad_batch_as_pandas_does_and_keeps_the_current_version(
     reason = json.loads((layout.quarantine / "village" / "b2" / "validation.json").read_text())
     assert reason["stage"] == "unify" and reason["rule"] == "max_duplicate_share"
     assert json.loads((layout.unified / "current" / "manifest.json").read_text())["dir"] == current
+
+
+def test_incremental_partitions_unify_alike_on_both_engines(pipeline_env, monkeypatch):
+    """An incremental platform's day partitions are unified together on both engines, and an item named two ways
+    that fold to one key is served by the same native id on both: the smallest, whichever partition came first."""
+    env = pipeline_env(spark=SPARK)
+    export = env["exports"] / "village" / "interactions.txt"
+    frame = pd.read_csv(export, dtype=str)
+    frame["ts"] = (1_700_006_400 + frame["ts"].astype(int) % (8 * 86_400)).astype(str)  # eight days
+    item = frame["course"].iloc[0]
+    late = frame["ts"].astype(int) >= 1_700_006_400 + 7 * 86_400
+    frame.loc[late & (frame["course"] == item), "course"] = item.upper()  # the last day's export spells it so
+    assert (frame["course"] == item.upper()).any()
+    frame.to_csv(export, index=False)
+    days = partition_by_day(env["exports"] / "village", "interactions.txt", "ts", delimiter=",")
+    raw = yaml.safe_load(env["config"].read_text())
+    raw["platforms"][1]["pull"] = {"mode": "incremental"}
+    env["config"].write_text(yaml.safe_dump(raw, sort_keys=False))
+    config, layout = load_config(), StateLayout.from_env()
+    interval = (
+        datetime.fromisoformat(days[0].removeprefix("dt=")).replace(tzinfo=UTC),
+        datetime(2100, 1, 1, tzinfo=UTC),
+    )
+    campus, village = config.platform("campus"), config.platform("village")
+    validated = [
+        validate_batch(pull_platform(campus, layout, "snap"), campus, layout),
+        validate_batch(pull_platform(village, layout, "ignored", interval), village, layout),
+    ]
+    pandas_tables = _tables(Path(pandas_unify.unify(validated, config, layout).dir))
+    spark_config = config.model_copy(update={"engine": "spark"})
+    spark_tables = _tables(Path(spark_unify.unify(validated, spark_config, layout).dir))
+    for name, frame in pandas_tables.items():
+        pd.testing.assert_frame_equal(spark_tables[name], frame, obj=f"unified {name}")
+    ids = pandas_tables["item_ids"]
+    native = ids.loc[(ids["platform"] == "village") & (ids["item_id"] == item_key(item)), "native_id"]
+    assert native.tolist() == [item.upper()]

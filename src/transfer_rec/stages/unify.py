@@ -135,19 +135,22 @@ def _user_text(platform: str, uniques: pd.Series) -> pd.Series:
 
 
 def _sorted_key_codes(
-    native: pd.Series, keys_of: Callable[[pd.Series], pd.Series]
-) -> tuple[np.ndarray, pd.Index, np.ndarray]:
+    native: pd.Series, keys_of: Callable[[pd.Series], pd.Series], natives: bool = True
+) -> tuple[np.ndarray, pd.Index, np.ndarray | None]:
     """The unified keys of a native id column as codes into its distinct keys in sorted order (the order of the keys
-    themselves), those keys, and per key the first native id that maps to it. Each distinct native id is mapped
-    once; a categorical column is not expanded."""
+    themselves), those keys, and per key the smallest native id that maps to it (whatever file or partition it
+    came in first: the Spark engine picks the same; None unless `natives`). Each distinct native id is mapped once;
+    a categorical column is not expanded."""
     if isinstance(native.dtype, pd.CategoricalDtype):
         codes = native.cat.codes.to_numpy()
         uniques = native.cat.categories.astype(str)
     else:
         codes, uniques = pd.factorize(native.astype(str))
     key_codes, keys = pd.factorize(keys_of(pd.Series(uniques, dtype=str)), sort=True)
-    _, first = np.unique(key_codes, return_index=True)
-    return key_codes[codes].astype(np.int64), keys, np.asarray(uniques, dtype=object)[first]
+    if not natives:
+        return key_codes[codes].astype(np.int64), keys, None
+    smallest = pd.Series(np.asarray(uniques, dtype=object)).groupby(key_codes, sort=True).min()
+    return key_codes[codes].astype(np.int64), keys, smallest.to_numpy(dtype=object)
 
 
 def _strings(keys: pd.Index, codes: np.ndarray) -> pd.arrays.ArrowStringArray:
@@ -299,7 +302,7 @@ def unify_platform(
     )
     # Ids as codes into their sorted distinct unified keys: ordering by code is ordering by key, and each distinct
     # id is namespaced / normalised once.
-    user_codes, user_keys, _ = _sorted_key_codes(raw["user_id"], lambda u: _user_text(platform.name, u))
+    user_codes, user_keys, _ = _sorted_key_codes(raw["user_id"], lambda u: _user_text(platform.name, u), False)
     item_codes, item_keys, item_natives = _sorted_key_codes(raw["item_id"], _canonical_text)
     rating = to_numbers(raw.get("rating", pd.Series(1.0, index=raw.index))).to_numpy()
     timestamp = to_numbers(raw.get("timestamp", pd.Series(0, index=raw.index))).to_numpy()
