@@ -79,15 +79,13 @@ def _tables(folder) -> dict[str, pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def both(tmp_path_factory):
+def both(tmp_path_factory, world_maker):
     """Each engine's unified version and feature set of the same landed batches."""
     monkeypatch = pytest.MonkeyPatch()
-    from tests.conftest import make_world
-
     root = tmp_path_factory.mktemp("spark-world")
 
     def pipeline_env(**sections):
-        return make_world(root, monkeypatch, **sections)
+        return world_maker(root, monkeypatch, **sections)
 
     try:
         _linked_world(pipeline_env, monkeypatch)

@@ -86,8 +86,8 @@ def unify_platform(
         F.length(F.col("user_id").cast("string")).alias("_user_length"),
         F.length(F.col("item_id").cast("string")).alias("_item_length"),
     )
-    rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-    # one pass for the counts and the id-length rule; the offending ids are gathered only when there are some
+    # one pass for the counts and the id-length rule (the offending ids are gathered only when there are some); the
+    # pairs below read the files again rather than a cache of every keyed row
     stats = rows.agg(
         F.count(F.lit(1)).alias("rows"),
         F.sum((F.col("rating").isNull() | F.col("timestamp").isNull()).cast("long")).alias("unusable"),
@@ -117,7 +117,6 @@ def unify_platform(
     else:
         kept = kept.withColumn("_leaving", F.lit(None).cast("boolean"))
     kept = kept.persist(StorageLevel.MEMORY_AND_DISK)
-    rows.unpersist()
     stats = kept.agg(F.count(F.lit(1)).alias("pairs"), F.count("_leaving").alias("leaving")).first()
     duplicated = rows_in - unusable - int(stats["pairs"])
     rules.check_duplicate_share(
