@@ -267,8 +267,8 @@ def _environment(**values: str):
 
 
 def ingest(config_path: Path, state: Path, engine: str = "pandas", features: bool = False) -> dict[str, Any]:
-    """Pull, validate and unify every platform of a config, timed stage by stage (runs in this process); unify on
-    `engine` (spark: Spark in local mode on this machine's cores, the driver's memory from SPARK_DRIVER_MEMORY,
+    """Pull, validate and unify every platform of a config, timed stage by stage (runs in this process); validate and
+    unify on `engine` (spark: Spark in local mode on this machine's cores, the driver's memory from SPARK_DRIVER_MEMORY,
     default 8g); with `features`, the features stage too (timed apart from the total).
 
     The generated platforms' default suites go to a scratch GX context under `state`, not into the repo's reviewed
@@ -376,7 +376,9 @@ def _validate_concurrently(pulled: list[Any], config: Any, layout: Any) -> list[
 
 def _timed_ingest(config: Any, features: bool = False) -> dict[str, Any]:
     from transfer_rec.io.state import StateLayout
+    from transfer_rec.stages.pipeline import raw_engine
     from transfer_rec.stages.pull import pull_platform
+    from transfer_rec.stages.validate import validate_batch
 
     if config.engine == "spark":
         from transfer_rec.spark.features import build_features
@@ -392,7 +394,11 @@ def _timed_ingest(config: Any, features: bool = False) -> dict[str, Any]:
         pulled = [pull_platform(p, layout, "scale") for p in config.platforms]
         seconds["pull"] = time.perf_counter() - started
         mark = time.perf_counter()
-        validated = _validate_concurrently(pulled, config, layout)
+        if config.engine == "spark":  # one Spark session runs each batch's jobs on every core, one batch at a time
+            engine = raw_engine(config)
+            validated = [validate_batch(m, config.platform(m.platform), layout, engine=engine) for m in pulled]
+        else:
+            validated = _validate_concurrently(pulled, config, layout)
         seconds["validate"] = time.perf_counter() - mark
         mark = time.perf_counter()
         manifest = unify(validated, config, layout)

@@ -149,3 +149,18 @@ def test_dag_params_of_wrong_type_or_out_of_range_are_refused():
         with pytest.raises(ParamValidationError, match=f"Invalid input for param {next(iter(bad))}"):
             params.update(bad)
             params.validate()
+
+
+def test_ratings_written_as_words_fail_the_pattern_and_the_rest_the_range(pipeline_env):
+    """A rating column holding words and numbers: the words break the numeric pattern, and the numbers are still
+    checked against the scale (the words are not compared with it)."""
+    env = pipeline_env()
+    path, frame = _interactions(env)
+    frame["score"] = frame["score"].astype(str)
+    frame.loc[[3, 7], "score"] = ["four", "4,5"]
+    frame.loc[9, "score"] = "11"
+    frame.to_csv(path, index=False)
+    message = _refused("village", "words")
+    assert "expect_column_values_to_match_regex({'column': 'score'" in message
+    assert "failed: 2 unexpected value(s), e.g. ['four', '4,5']" in message
+    assert "'max_value': 5.0}) failed: 1 unexpected value(s), e.g. [11.0]" in message

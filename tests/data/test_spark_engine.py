@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from transfer_rec.schema.unified import item_key
 from transfer_rec.stages import features as pandas_features
 from transfer_rec.stages import unify as pandas_unify
 from transfer_rec.stages.pull import pull_platform
-from transfer_rec.stages.validate import validate_batch
+from transfer_rec.stages.validate import DataValidationError, validate_batch
 
 pytest.importorskip("pyspark")
 pytestmark = pytest.mark.skipif(
@@ -196,3 +197,93 @@ def test_incremental_partitions_unify_alike_on_both_engines(pipeline_env, monkey
     ids = pandas_tables["item_ids"]
     native = ids.loc[(ids["platform"] == "village") & (ids["item_id"] == item_key(item)), "native_id"]
     assert native.tolist() == [item.upper()]
+
+
+def _spark_raw(config):
+    from transfer_rec.spark.session import spark_session
+    from transfer_rec.spark.validate import SparkRaw
+
+    return SparkRaw(spark_session(config.spark))
+
+
+def _verdicts(lines: list[str]) -> list[str]:
+    """Validation lines without their example values (which examples an engine shows first is its own)."""
+    return sorted(re.sub(r", e\.g\. .*$", "", line) for line in lines)
+
+
+def test_spark_validates_good_batches_as_pandas_does(both):
+    layout, config = both["layout"], both["config"]
+    engine = _spark_raw(config)
+    for platform in config.platforms:
+        # each engine's batch is the second of the same data: both are checked for drift against the first
+        p = validate_batch(pull_platform(platform, layout, "pandas-again"), platform, layout).validation
+        s = validate_batch(pull_platform(platform, layout, "spark-again"), platform, layout, engine=engine).validation
+        assert s.success and s.critical == []
+        assert _verdicts(s.warnings) == _verdicts(p.warnings)
+        assert {f: t.model_dump() for f, t in s.tables.items()} == {f: t.model_dump() for f, t in p.tables.items()}
+        assert s.tables["interactions.txt"].expectations == len(s.tables) + 9, "the suite and two drift checks"
+    village = s.tables["interactions.txt"]
+    assert village.rows > 0 and village.rating_mean, "the rating mean the next batch's drift check compares with"
+
+
+@pytest.mark.parametrize(
+    "fault", ["nulls", "out_of_range", "missing_column", "pii_column", "empty_file", "non_utf8", "duplicates", "text"]
+)
+def test_spark_refuses_each_bad_batch_as_pandas_does(pipeline_env, fault):
+    """The same refusal, line for line but for the example values, and the batch quarantined as it came."""
+    env = pipeline_env(faults=[] if fault == "text" else [fault], spark=SPARK)
+    config, layout = load_config(), StateLayout.from_env()
+    village = config.platform("village")
+    export = env["exports"] / "village" / "interactions.txt"
+    if fault == "text":  # ratings that are not numbers, and one out of range: the pattern and the range rules
+        frame = pd.read_csv(export, dtype=str)
+        frame.loc[[3, 7], "score"] = ["four", "4,5"]
+        frame.loc[9, "score"] = "11"
+        frame.to_csv(export, index=False)
+    messages = {}
+    for name, engine in (("pandas", None), ("spark", _spark_raw(config))):
+        with pytest.raises(DataValidationError) as caught:
+            validate_batch(pull_platform(village, layout, name), village, layout, engine=engine)
+        messages[name] = str(caught.value).replace(f"/village/{name}/", "/village/<batch>/")
+        quarantined = layout.quarantine / "village" / name
+        assert (quarantined / "interactions.txt").read_bytes() == export.read_bytes()
+    spark_lines, pandas_lines = (messages[e].split("\n  - ")[1:] for e in ("spark", "pandas"))
+    assert _verdicts(spark_lines) == _verdicts(pandas_lines), messages
+    assert "platform village, file interactions.txt" in messages["spark"]
+    if fault == "text":
+        assert "match_regex({'column': 'score'" in messages["spark"] and "2 unexpected value(s)" in messages["spark"]
+        assert "'max_value': 5.0}) failed: 1 unexpected value(s), e.g. [11.0]" in messages["spark"]
+
+
+def test_spark_checks_drift_against_the_previous_batch_as_pandas_does(pipeline_env):
+    env = pipeline_env(spark=SPARK)
+    config, layout = load_config(), StateLayout.from_env()
+    village = config.platform("village")
+    engine = _spark_raw(config)
+    validate_batch(pull_platform(village, layout, "usual"), village, layout, engine=engine)
+    export = env["exports"] / "village" / "interactions.txt"
+    frame = pd.read_csv(export, dtype=str)
+    frame["score"] = "1"
+    pd.concat([frame] * 6, ignore_index=True).assign(ts=lambda f: f["ts"] + f.index.astype(str).str[-1:]).to_csv(
+        export, index=False
+    )
+    with pytest.raises(DataValidationError) as caught:
+        validate_batch(pull_platform(village, layout, "shifted"), village, layout, engine=engine)
+    message = str(caught.value)
+    assert "expect_column_mean_to_be_between({'column': 'score'" in message and "observed 1.0" in message
+    assert "expect_table_row_count_to_be_between" in message and f"observed {len(frame) * 6}" in message
+
+
+def test_spark_names_a_file_that_is_not_in_its_configured_format(pipeline_env):
+    env = pipeline_env(spark=SPARK)
+    raw = yaml.safe_load(env["config"].read_text())
+    raw["platforms"][1]["format"] = "parquet"  # configured as Parquet, exported as CSV
+    env["config"].write_text(yaml.safe_dump(raw, sort_keys=False))
+    config, layout = load_config(), StateLayout.from_env()
+    village = config.platform("village")
+    with pytest.raises(DataValidationError) as caught:
+        validate_batch(pull_platform(village, layout, "csv"), village, layout, engine=_spark_raw(config))
+    message = str(caught.value)
+    assert "platform village, file interactions.txt: cannot be read" in message
+    assert "interactions.txt: not a readable Parquet file" in message
+    assert (layout.quarantine / "village" / "csv" / "interactions.txt").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Collection
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def _read_text(path: Path, fmt: str, delimiter: str | None) -> pd.DataFrame:
             quoting=3 if fmt == "recbole" else 0,
         )
     except UnicodeDecodeError as exc:
-        refuse_compressed(path, fmt)
+        check_text(path, fmt)  # names the file's byte (pandas' offset is one within its read buffer)
         raise FormatError(f"{path}: not valid UTF-8 at byte {exc.start}") from exc
     except pd.errors.ParserError as exc:
         raise FormatError(f"{path}: malformed {fmt} file: {exc}") from exc
@@ -130,6 +131,31 @@ def refuse_compressed(path: Path, fmt: str) -> None:
                 f"{path}: the file is {kind}-compressed, but the platform's format is {fmt} (plain text); "
                 "decompress it before export"
             )
+
+
+def check_text(path: Path, fmt: str) -> None:
+    """Refuse what `read_table` refuses before parsing a text export, for readers that would not (Spark's replace
+    invalid bytes and read an empty file as no rows): a compressed file, an empty one, bytes that are not UTF-8.
+    Streamed in blocks, so a file larger than memory is checked."""
+    if fmt == "parquet":
+        return
+    refuse_compressed(path, fmt)
+    if path.stat().st_size == 0:
+        raise FormatError(f"{path}: the file is empty (not even a header)")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes handed to the decoder before this block
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            carried = len(decoder.getstate()[0])  # a character's first bytes left over from the block before
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                raise FormatError(f"{path}: not valid UTF-8 at byte {offset - carried + exc.start}") from exc
+            offset += len(block)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{path}: not valid UTF-8 at byte {offset - len(exc.object) + exc.start}") from exc
 
 
 def count_rows(path: Path, fmt: str = "csv") -> int:

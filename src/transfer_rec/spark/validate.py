@@ -1,14 +1,19 @@
-"""Great Expectations on Spark DataFrames: the unified interactions' suite run through GX's Spark data source."""
+"""Great Expectations on Spark DataFrames: a landed batch's raw suites and the unified interactions' suite, run
+through GX's Spark data source."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transfer_rec.schema.suites import REFERENCE_COLUMNS
+from transfer_rec.config import PlatformConfig
+from transfer_rec.io.formats import FormatError, check_text
+from transfer_rec.schema.suites import REFERENCE_COLUMNS, native_column
+from transfer_rec.spark.session import read_table
+from transfer_rec.stages.validate import NUMERIC_COLUMNS, Batch, Landed, by_reading, checkpoint, regroup, store_results
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
 
 # The unified interactions' column types (schema.unified.TYPES) as Spark names them.
 SPARK_TYPES = {"rating": "DoubleType", "timestamp": "LongType", "label": "ByteType"}
@@ -45,11 +50,77 @@ class SparkInteractions:
         self.folder = folder
 
     def run(self, scratch: Any, sets: dict[str, Any], expectations: list[Any], name: str) -> list[tuple[Any, Any]]:
-        from transfer_rec.stages.validate import checkpoint
-
         source = scratch.data_sources.add_spark(f"{name}.spark")
         # Every expectation is a Spark job of its own over the joined rows. Caching them first cost more than it
         # saved on 20 M rows (docs/results/2026-12-04-spark-ingest.md): they are read from Parquet each time.
         frame = with_references(self.interactions, self.folder, [str(v) for v in sets["profiled"]])
         run = checkpoint(scratch, source, expectations, name).run(batch_parameters={"dataframe": frame})
         return list(run.run_results.items())
+
+
+class SparkRaw:
+    """stages.validate.RawEngine on Spark: each landed file is read by Spark (a text file's bytes checked first, as
+    pandas' reader checks them) and each suite runs as Spark jobs over it, with the same expectations and messages
+    as on pandas."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+
+    def read(self, path: Path, platform: PlatformConfig, table: str) -> Landed:
+        from py4j.protocol import Py4JJavaError
+        from pyspark.errors import PySparkException
+        from pyspark.sql import functions as F
+
+        fmt = platform.format
+        check_text(path, fmt)
+        try:
+            frame = read_table(self.spark, path, fmt, platform.delimiter)
+            rows = frame.count()
+        except (PySparkException, Py4JJavaError) as exc:
+            what = "not a readable Parquet file" if fmt == "parquet" else f"malformed {fmt} file"
+            raise FormatError(f"{path}: {what}: {str(exc).strip().splitlines()[0]}") from exc
+        numeric = tuple(
+            c for c in (native_column(platform, table, u) for u in NUMERIC_COLUMNS) if c and c in frame.columns
+        )
+        fractional = {name for name, kind in frame.dtypes if kind in ("float", "double")}
+        # A fractional number is matched by the numeric pattern as fixed-point text (Spark writes 1e9 as "1.0E9");
+        # NaN becomes null, as pandas reads it.
+        raw = frame.select(
+            *(
+                F.when(~F.isnan(c), F.col(c).cast("decimal(38,9)")).cast("string").alias(c)
+                if c in numeric and c in fractional
+                else F.col(c)
+                for c in frame.columns
+            )
+        )
+        numbers = frame.select(*(F.col(c).cast("double").alias(c) if c in numeric else F.col(c) for c in frame.columns))
+        return Landed(raw, numbers, numeric, rows)
+
+    def stats(self, frame: Landed, platform: PlatformConfig, table: str) -> dict[str, float]:
+        """stages.validate.batch_stats on Spark: the interactions' rating mean."""
+        from pyspark.sql import functions as F
+
+        rating = native_column(platform, table, "rating")
+        if table != "interactions" or rating not in frame.numeric:
+            return {}
+        mean = frame.numbers.agg(F.avg(rating)).first()[0]
+        return {} if mean is None else {"rating_mean": float(mean)}
+
+    def validate(self, scratch: Any, name: str, batches: list[Batch]) -> list[list[Any]]:
+        source = scratch.data_sources.add_spark(name)
+        split, owners = by_reading(batches)
+        # one checkpoint per batch in turn: Spark runs each expectation's jobs on all its cores
+        results = [
+            store_results(
+                scratch,
+                [
+                    list(
+                        checkpoint(scratch, source, batch.expectations, batch.name)
+                        .run(batch_parameters={"dataframe": batch.frame})
+                        .run_results.items()
+                    )
+                ],
+            )
+            for batch in split
+        ]
+        return regroup(results, owners, len(batches))

@@ -179,6 +179,16 @@ def pull(run: Json, platform: str) -> Json:
     return pull_stage.pull_platform(config.platform(platform), layout, plan_.run_key, interval).to_xcom()
 
 
+def raw_engine(config: PipelineConfig) -> Any:
+    """What the validate stage reads and checks landed files with: None (pandas) unless the config says Spark."""
+    if config.engine != "spark":
+        return None
+    from transfer_rec.spark.session import spark_session
+    from transfer_rec.spark.validate import SparkRaw
+
+    return SparkRaw(spark_session(config.spark))
+
+
 @_guarded
 def validate(run: Json, pulled: Json) -> Json:
     """Validate a landed batch; its result goes to the pipeline's MLflow run whether it passes or not."""
@@ -188,7 +198,9 @@ def validate(run: Json, pulled: Json) -> Json:
     plan_, config, layout = _resolve(run)
     batch = PulledBatch.model_validate(pulled)
     try:
-        validated = validate_stage.validate_batch(batch, config.platform(batch.platform), layout)
+        validated = validate_stage.validate_batch(
+            batch, config.platform(batch.platform), layout, engine=raw_engine(config)
+        )
     except validate_stage.DataValidationError:
         result = layout.quarantine / batch.platform / batch.batch_id / validate_stage.VALIDATION_FILE
         tracking.log_validation(layout, plan_.parent_run_id, batch.platform, json.loads(result.read_text()))
@@ -412,11 +424,15 @@ def ingest_all(config: PipelineConfig, layout: StateLayout, batch_id: str) -> Un
     data path); the embedded platforms' exports are filled first when needed."""
     from transfer_rec.io.embedded import export_all
     from transfer_rec.stages.pull import pull_platform
-    from transfer_rec.stages.unify import unify as unify_all
     from transfer_rec.stages.validate import validate_batch
 
+    if config.engine == "spark":
+        from transfer_rec.spark.unify import unify as unify_all
+    else:
+        from transfer_rec.stages.unify import unify as unify_all  # type: ignore[no-redef]
     export_all(config)
-    validated = [validate_batch(pull_platform(p, layout, batch_id), p, layout) for p in config.platforms]
+    engine = raw_engine(config)
+    validated = [validate_batch(pull_platform(p, layout, batch_id), p, layout, engine=engine) for p in config.platforms]
     return unify_all(validated, config, layout)
 
 
@@ -468,7 +484,7 @@ def ingest_validate(pulled: Json) -> Json:
     config, layout = load_config(), StateLayout.from_env()
     batch = PulledBatch.model_validate(pulled)
     platform = batch.platform
-    validated = validate_stage.validate_batch(batch, config.platform(platform), layout)
+    validated = validate_stage.validate_batch(batch, config.platform(platform), layout, engine=raw_engine(config))
     record = layout.landing / platform / ANNOUNCED_FILE
     last = json.loads(record.read_text()) if record.exists() else {}
     current = fingerprint(batch)

@@ -172,10 +172,108 @@ def _failed(results: list[Any]) -> list[Any]:
     return list(merged.values())
 
 
+# Expectations that read a column's values as numbers. A numeric native column that also holds text keeps that text
+# where the pattern rule sees it; these run on the column's numbers instead (the text as null, which they skip).
+READ_AS_NUMBERS = frozenset(
+    {
+        "expect_column_values_to_be_between",
+        "expect_column_mean_to_be_between",
+        "expect_column_median_to_be_between",
+        "expect_column_min_to_be_between",
+        "expect_column_max_to_be_between",
+        "expect_column_sum_to_be_between",
+        "expect_column_stdev_to_be_between",
+        "expect_column_quantile_values_to_be_between",
+    }
+)
+
+
+class Landed(NamedTuple):
+    """One landed file as an engine holds it: its columns as read (numeric native columns as numbers where the
+    engine can), the same with the `numeric` columns as numbers only (what is not a number null), and its rows."""
+
+    raw: Any
+    numbers: Any
+    numeric: tuple[str, ...]
+    rows: int
+
+
+def by_reading(batches: list[Batch]) -> tuple[list[Batch], list[int]]:
+    """Each batch of Landed frames as a batch of its expectations on the columns as read and, when some expectation
+    reads a `numeric` column's values as numbers, a second one of those on the numbers; with each one's batch."""
+    out: list[Batch] = []
+    owners: list[int] = []
+    for number, batch in enumerate(batches):
+        landed: Landed = batch.frame
+        as_numbers = [
+            e
+            for e in batch.expectations
+            if e.configuration.type in READ_AS_NUMBERS and e.configuration.kwargs.get("column") in landed.numeric
+        ]
+        as_read = [e for e in batch.expectations if not any(e is n for n in as_numbers)]
+        out.append(batch._replace(frame=landed.raw, expectations=as_read))
+        owners.append(number)
+        if as_numbers:
+            out.append(batch._replace(name=f"{batch.name}.numbers", frame=landed.numbers, expectations=as_numbers))
+            owners.append(number)
+    return out, owners
+
+
+def regroup(results: list[list[Any]], owners: list[int], count: int) -> list[list[Any]]:
+    """`by_reading`'s batches' results as `count` lists, one per original batch."""
+    grouped: list[list[Any]] = [[] for _ in range(count)]
+    for owner, result in zip(owners, results):
+        grouped[owner] += result
+    return grouped
+
+
+class RawEngine(Protocol):
+    """How an engine reads a landed file and runs its expectations: `PandasRaw` here, `spark.validate.SparkRaw` on
+    Spark. `read` returns the file as Landed frames of the engine or raises FormatError; `validate` runs each batch's
+    expectations on its Landed frames through checkpoints of `scratch` and returns, per batch, its validation
+    results stored in `scratch` (as `validate_frames` does)."""
+
+    def read(self, path: Path, platform: PlatformConfig, table: str) -> Landed: ...
+
+    def stats(self, frame: Landed, platform: PlatformConfig, table: str) -> dict[str, float]: ...
+
+    def validate(self, scratch: Any, name: str, batches: list[Batch]) -> list[list[Any]]: ...
+
+
+class PandasRaw:
+    """The pandas engine: files read into memory whole, large ones validated in partitions by forked workers."""
+
+    def read(self, path: Path, platform: PlatformConfig, table: str) -> Landed:
+        # Id columns as categoricals: GX's null, uniqueness and fingerprint passes then work on integer codes.
+        frame = read_table(path, platform.format, platform.delimiter, categorical=_id_columns(platform, table))
+        typed = _typed_batch(frame, platform, table)
+        # numeric columns that also hold text (a bad batch): their numbers apart, for the range and mean rules
+        mixed = tuple(
+            c
+            for c in (native_column(platform, table, u) for u in NUMERIC_COLUMNS)
+            if c and c in typed and typed[c].dtype == object
+        )
+        numbers = typed.assign(**{c: pd.to_numeric(typed[c], errors="coerce") for c in mixed}) if mixed else typed
+        return Landed(typed, numbers, mixed, len(typed))
+
+    def stats(self, frame: Landed, platform: PlatformConfig, table: str) -> dict[str, float]:
+        return batch_stats(frame.raw, platform, table)
+
+    def validate(self, scratch: Any, name: str, batches: list[Batch]) -> list[list[Any]]:
+        split, owners = by_reading(batches)
+        return regroup(validate_frames(scratch, scratch.data_sources.add_pandas(name), split), owners, len(batches))
+
+
 def validate_batch(
-    manifest: PulledBatch, platform: PlatformConfig, layout: StateLayout, context_root: Path | None = None
+    manifest: PulledBatch,
+    platform: PlatformConfig,
+    layout: StateLayout,
+    context_root: Path | None = None,
+    engine: RawEngine | None = None,
 ) -> ValidatedBatch:
-    """Validate every landed file of a pull manifest; on a critical failure move the batch to quarantine and raise."""
+    """Validate every landed file of a pull manifest; on a critical failure move the batch to quarantine and raise.
+    `engine`: what reads and checks the files (pandas by default)."""
+    engine = engine or PandasRaw()
     batch_dir = Path(manifest.batch_dir)
     context = gx_context(context_root)
     ensure_suites(context, platform)
@@ -183,22 +281,19 @@ def validate_batch(
     # parallel validate tasks never write the same file. Its checkpoints render Data Docs under the state folder.
     docs = layout.data_docs / data_docs_page(platform.name, manifest.batch_id)
     scratch = _scratch_context(docs.parent)
-    source = scratch.data_sources.add_pandas(f"landing-{platform.name}")
     critical: list[str] = []
     warnings: list[str] = []
     tables: dict[str, TableCheck] = {}
-    checked: list[tuple[str, str, pd.DataFrame | None, list[str], int]] = []  # table, file, frame, problems, batch
+    checked: list[tuple[str, str, Any, list[str], int]] = []  # table, file, frame, problems, batch
     batches: list[Batch] = []
     for index, entry in enumerate(manifest.files):
         table, file = entry.table, entry.file
-        path = batch_dir / file
         try:
-            # Id columns as categoricals: GX's null, uniqueness and fingerprint passes then work on integer codes.
-            frame = read_table(path, platform.format, platform.delimiter, categorical=_id_columns(platform, table))
+            frame = engine.read(batch_dir / file, platform, table)
         except FormatError as exc:
             checked.append((table, file, None, [f"platform {platform.name}, file {file}: cannot be read: {exc}"], -1))
             continue
-        forbidden = [c for c in frame.columns if any(m in c.lower() for m in FORBIDDEN_COLUMN_MARKERS)]
+        forbidden = [c for c in map(str, frame.raw.columns) if any(m in c.lower() for m in FORBIDDEN_COLUMN_MARKERS)]
         problems = (
             [
                 f"platform {platform.name}, file {file}: forbidden PII column(s) {forbidden} "
@@ -207,24 +302,23 @@ def validate_batch(
             if forbidden
             else []
         )
-        typed = _typed_batch(frame, platform, table)
         expectations = context.suites.get(suite_name(platform.name, table)).expectations
         expectations = expectations + drift_expectations(
             platform, table, previous_stats(layout, platform, table, manifest.batch_id)
         )
-        checked.append((table, file, typed, problems, len(batches)))
+        checked.append((table, file, frame, problems, len(batches)))
         batches.append(
             Batch(
                 f"{platform.name}.{manifest.batch_id}.{index}.{file.replace('/', '_')}",
-                typed,
+                frame,
                 expectations,
                 native_column(platform, table, "user_id"),
             )
         )
-    results = validate_frames(scratch, source, batches)
-    for table, file, typed, problems, batch in checked:
+    results = engine.validate(scratch, f"landing-{platform.name}", batches)
+    for table, file, frame, problems, batch in checked:
         critical += problems
-        if typed is None:
+        if frame is None:
             continue
         failed = _failed(results[batch])
         for r in failed:
@@ -232,10 +326,10 @@ def validate_batch(
             (warnings if _severity(r) != "critical" else critical).append(line)
         tables[file] = TableCheck(
             table=table,
-            rows=int(len(typed)),
+            rows=frame.rows,
             expectations=len(batches[batch].expectations),
             failed=len(failed),
-            **batch_stats(typed, platform, table),
+            **engine.stats(frame, platform, table),
         )
     # One Data Docs build for the whole batch (every file's and partition's validation result, and the index).
     scratch.build_data_docs(site_names=[DOCS_SITE])
@@ -553,10 +647,10 @@ def _run_checkpoints(scratch: Any, jobs: list[Job]) -> list[Any]:
             done = forked_map(_run_job, order, count)
         finally:
             _JOBS = []
-    return _store_results(scratch, [done[index] for index in range(len(jobs))])
+    return store_results(scratch, [done[index] for index in range(len(jobs))])
 
 
-def _store_results(scratch: Any, runs: list[list[tuple[Any, Any]]]) -> list[Any]:
+def store_results(scratch: Any, runs: list[list[tuple[Any, Any]]]) -> list[Any]:
     """The validation results of checkpoint runs (each a list of (identifier, result)), judged by the pipeline's
     verdict and stored in the scratch context for its Data Docs."""
     store = scratch.validation_results_store
@@ -642,7 +736,7 @@ def validate_unified(
     if interactions_check is not None:
         name = f"unified.{version}.interactions"
         run = interactions_check.run(scratch, sets, suites["interactions"], name)
-        checked["interactions"] = _store_results(scratch, [run])
+        checked["interactions"] = store_results(scratch, [run])
     critical: list[str] = []
     for table in suites:
         critical += [_failure_line("unified", f"{table}.parquet", r) for r in _failed(checked[table])]
