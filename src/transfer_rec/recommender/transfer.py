@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,14 @@ class TransferRecommender:
         self.short_history: Any = None
 
     # -- training --------------------------------------------------------------------------------------------
+    def _adam(self, params: Any, lr: float, fused: bool = False) -> torch.optim.Adam:
+        """Adam; `fused`: one kernel per step where torch has it (CPU, CUDA), the same update up to float rounding,
+        ~15% of a pretraining step past softmax_items_max items (docs/results/2026-12-04-sampled-encoder-step.md).
+        Pretraining of large catalogues only: smaller ones keep their exact numbers (3% was not worth changing
+        them), and a fine-tune resumed from its checkpoint with the fused kernel did not end as an uninterrupted
+        one (tests/model/test_finetune_resume.py)."""
+        return torch.optim.Adam(params, lr=lr, fused=fused and self.device.type in ("cpu", "cuda"))
+
     def _epoch(self, optimiser: torch.optim.Optimizer, rows: sp.csr_matrix | torch.Tensor) -> float:
         """One pass over the rows in shuffled minibatches. Large rows stay sparse and only a minibatch is made dense
         (batch x items), so memory grows with the interactions, not with users x items (DENSE_ROWS_BYTES). Past
@@ -293,36 +302,57 @@ class TransferRecommender:
         # a sampled item that is the row's own is counted among its items, not again as a negative
         own = torch.from_numpy(rows[:, negatives.cpu().numpy()].toarray() > 0).to(self.device)
         encoder, m, hidden_size, p = self.encoder, self.encoder.members, self.encoder.hidden, self.encoder.dropout
-        enc_w = encoder.enc.weight.view(m, hidden_size, self.n_items)
-        enc_b = encoder.enc.bias.view(m, hidden_size)
-        dec_w = encoder.dec.weight.view(m, self.n_items, hidden_size)
-        dec_b = encoder.dec.bias.view(m, self.n_items)
-        n_rows = rows.shape[0]
-        total = torch.zeros((), device=self.device)
-        for member in range(m):
-            values = norm[row_of]
+        n_rows, n_items, nnz = rows.shape[0], self.n_items, len(items)
+        # Every member at once, each parameter read once: a member's slice of a parameter (a select) would cost a
+        # zero-filled gradient of the whole parameter in backward, per member and per use (most of a step's time
+        # at 17,000 items; docs/results/2026-12-04-sampled-encoder-step.md).
+        values = []
+        for _ in range(m):  # each member its own dropout mask, drawn in member order
+            v = norm[row_of]
             if encoder.training and p > 0:
-                values = values * (torch.rand(len(values), device=self.device) >= p).float() / (1.0 - p)
-            x = torch.sparse_coo_tensor(
-                torch.stack([row_of, items]), values, (n_rows, self.n_items), check_invariants=False
+                v = v * (torch.rand(len(v), device=self.device) >= p).float() / (1.0 - p)
+            values.append(v)
+        member_rows = torch.cat([row_of + k * n_rows for k in range(m)])
+        with warnings.catch_warnings():  # torch calls its CSR tensors beta; the product below is what they do well
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            x_t = (
+                torch.sparse_coo_tensor(
+                    torch.stack([items.repeat(m), member_rows]),
+                    torch.cat(values),
+                    (n_items, m * n_rows),
+                    check_invariants=False,
+                )
+                .coalesce()
+                .to_sparse_csr()
             )
-            hidden = torch.tanh(torch.sparse.mm(x, enc_w[member].T) + enc_b[member])
-            positive = (hidden[row_of] * dec_w[member][items]).sum(dim=1) + dec_b[member][items]
-            negative = hidden @ dec_w[member][negatives].T + dec_b[member][negatives] + log_weight
-            negative = negative.masked_fill(own, -torch.inf)
-            top = torch.maximum(
-                negative.max(dim=1).values,
-                torch.full((n_rows,), -torch.inf, device=self.device).scatter_reduce(
-                    0, row_of, positive.detach(), reduce="amax"
-                ),
-            ).detach()
-            mass = torch.zeros(n_rows, device=self.device).index_add(0, row_of, torch.exp(positive - top[row_of]))
-            mass = mass + torch.exp(negative - top[:, None]).sum(dim=1)
-            log_partition = top + torch.log(mass)
-            counts = torch.from_numpy(lengths.astype(np.float32)).to(self.device)
-            likelihood = torch.zeros(n_rows, device=self.device).index_add(0, row_of, positive) - counts * log_partition
-            total = total - likelihood.sum()
-        return total / n_rows
+        # member k's rows times member k's input weights: the diagonal blocks of all rows times all weights. The
+        # weights (hidden x items) times the rows' transpose as CSR: a quarter of the time of rows times the
+        # weights' transpose, which copies the weights for every step.
+        product = (encoder.enc.weight @ x_t).T.reshape(m, n_rows, m, hidden_size)
+        diagonal = torch.arange(m, device=self.device)
+        hidden = torch.tanh(product[diagonal, :, diagonal] + encoder.enc.bias.view(m, 1, hidden_size))
+        offsets = (torch.arange(m, device=self.device) * n_items)[:, None]
+        wanted = torch.cat([(offsets + items).reshape(-1), (offsets + negatives).reshape(-1)])
+        weights = encoder.dec.weight[wanted]
+        biases = encoder.dec.bias[wanted]
+        pos_w, neg_w = weights[: m * nnz].view(m, nnz, hidden_size), weights[m * nnz :].view(m, -1, hidden_size)
+        pos_b, neg_b = biases[: m * nnz].view(m, nnz), biases[m * nnz :].view(m, -1)
+        positive = (hidden[:, row_of] * pos_w).sum(dim=2) + pos_b  # (members, row items)
+        negative = torch.bmm(hidden, neg_w.transpose(1, 2)) + neg_b[:, None, :] + log_weight
+        negative = negative.masked_fill(own[None], -torch.inf)
+        by_row = row_of.expand(m, nnz)
+        top = torch.maximum(
+            negative.max(dim=2).values,
+            torch.full((m, n_rows), -torch.inf, device=self.device).scatter_reduce(
+                1, by_row, positive.detach(), reduce="amax"
+            ),
+        ).detach()
+        mass = torch.zeros(m, n_rows, device=self.device).index_add(1, row_of, torch.exp(positive - top[:, row_of]))
+        mass = mass + torch.exp(negative - top[:, :, None]).sum(dim=2)
+        log_partition = top + torch.log(mass)
+        counts = torch.from_numpy(lengths.astype(np.float32)).to(self.device)
+        likelihood = torch.zeros(m, n_rows, device=self.device).index_add(1, row_of, positive) - counts * log_partition
+        return -likelihood.sum() / n_rows
 
     @property
     def source_gram(self) -> np.ndarray | None:
@@ -346,8 +376,9 @@ class TransferRecommender:
             self.source_weights[name] = 1.0
             kept.append(matrix)
         self.source = _binary(sp.vstack(kept).tocsr())
-        rows = self.source if self.n_items > self.config.softmax_items_max else _training_rows(self.source)
-        optimiser = torch.optim.Adam(self.encoder.parameters(), lr=self.config.learning_rate)
+        sampled = self.n_items > self.config.softmax_items_max
+        rows = self.source if sampled else _training_rows(self.source)
+        optimiser = self._adam(self.encoder.parameters(), self.config.learning_rate, fused=sampled)
         history = []
         for epoch in range(1, self.config.epochs_pretrain + 1):
             started = time.perf_counter()
@@ -404,7 +435,7 @@ class TransferRecommender:
         target_rows = _binary(train[np.flatnonzero(np.diff(train.indptr) > 0)])
         source_rows = self.source if self.source is not None and cfg.source_replay > 0 else None
         params = self.encoder.parameters() if cfg.strategy == "full" else self.encoder.dec.parameters()
-        optimiser = torch.optim.Adam(params, lr=cfg.learning_rate)
+        optimiser = self._adam(params, cfg.learning_rate)
         progress: dict[str, Any] = {"epoch": 0, "best": -1.0, "best_epoch": 0, "best_state": None, "stopped": False}
         if saved:
             self.encoder.load_state_dict(saved["encoder"])
