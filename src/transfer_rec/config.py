@@ -209,6 +209,9 @@ class TrainingConfig(_Strict):
     kernel_lams: list[Annotated[float, Field(gt=0)]] = [0.1, 0.3]
     kernel_weights: list[Annotated[float, Field(ge=0)]] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0]
     kernel_max_users: int = Field(5000, ge=1, le=50000)
+    # ... and at most kernel_cells_max / candidates of them: a known user's request multiplies their kernel row by the
+    # basis users x candidates dual weights (2,000 x 16,000 took ~6 ms of a 10 ms request), and the fit solves for it.
+    kernel_cells_max: int = Field(10_000_000, ge=1)
     # two regimes by history length: from this many items on, the kernel part (if chosen) serves a history; shorter
     # ones get the short-history parts instead (the kernel part hurts histories of a few items)
     warm_min_history: int = Field(6, ge=0)

@@ -114,6 +114,16 @@ def test_kernel_part_is_kept_when_it_beats_a_blend_that_knows_nothing():
     np.testing.assert_array_equal(copy.score(train), model.score(train))
 
 
+def test_kernel_basis_is_bounded_by_basis_users_times_candidates():
+    train, valid = planted_target()
+    noise = np.random.default_rng(5).normal(size=(train.shape[0], 30))
+    model = small_model(30, hidden=8, seed=3, kernel_weights=[0.0, 2.0], warm_min_history=0, kernel_cells_max=300)
+    model.candidates = np.arange(30)
+    model._choose_kernel(train, valid, noise, model._valid_ndcg(model._full(noise), train, valid), lambda e: None)
+    assert model.kernel is not None and model.kernel.rows.shape[0] == 300 // 30 < train.shape[0]
+    assert model.kernel.dual.shape == (10, 30)
+
+
 def test_kernel_part_is_left_out_when_the_blend_already_ranks_valid_first():
     train, valid = planted_target()
     oracle = 10.0 * valid.toarray() + np.random.default_rng(5).normal(scale=0.01, size=valid.shape)

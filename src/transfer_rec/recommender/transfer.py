@@ -639,9 +639,10 @@ class TransferRecommender:
         if not weights:
             return best
         trials: list[tuple[float, float]] = []
+        basis = min(cfg.kernel_max_users, max(1, cfg.kernel_cells_max // max(len(self.candidates), 1)))
         for lam in cfg.kernel_lams:
             started = time.perf_counter()
-            part = UserKernel(lam, cfg.kernel_max_users, cfg.seed).fit(train, self.candidates)
+            part = UserKernel(lam, basis, cfg.seed).fit(train, self.candidates)
             z_kernel = _zscore(part.score(train))
             for weight in weights:
                 ndcg = self._valid_ndcg(
