@@ -114,7 +114,12 @@ def latency(model: Any, train: sp.csr_matrix, requests: int) -> dict[str, Any]:
         )
         for _ in range(requests)
     ]
-    out: dict[str, Any] = {"served_model_mib": round(size / 2**20, 1)}
+    out: dict[str, Any] = {
+        "served_model_mib": round(size / 2**20, 1),
+        # what the fit chose for the part a known user's request pays most for (None: left out)
+        "kernel_basis_users": None if served.kernel is None else int(served.kernel.rows.shape[0]),
+        "kernel_weight": served.kernel_weight,
+    }
     for kind, rows in (("known", [train[[u]] for u in known]), ("new_5_items", fresh)):
         served.score(rows[0])  # the first call builds the scoring caches
         times = []
