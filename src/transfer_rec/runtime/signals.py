@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,6 +32,15 @@ class Terminated(SystemExit):
         return f"stopped by {signal.Signals(self.signum).name}"
 
 
+_ON_TERMINATE: list[Callable[[], None]] = []
+
+
+def on_terminate(callback: Callable[[], None]) -> None:
+    """Call `callback` when SIGTERM stops a stage, before the stage's exception is raised: for work an exception in
+    this process cannot reach, such as a Spark job the main thread waits on in the JVM."""
+    _ON_TERMINATE.append(callback)
+
+
 @contextmanager
 def terminate_raises() -> Iterator[None]:
     """While inside, SIGTERM (after whatever handler was installed before has run) raises Terminated in the main
@@ -48,6 +57,11 @@ def terminate_raises() -> Iterator[None]:
             except Exception:
                 log.exception("the previous SIGTERM handler failed")
         log.warning("SIGTERM: stopping the stage (pid %d)", os.getpid())
+        for callback in list(_ON_TERMINATE):
+            try:
+                callback()
+            except Exception:
+                log.exception("a SIGTERM callback failed")
         raise Terminated(signum)
 
     signal.signal(signal.SIGTERM, handler)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import atexit
 import logging
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transfer_rec.config import SparkConfig
 from transfer_rec.io.formats import FormatError
+from transfer_rec.runtime.signals import on_terminate
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -46,10 +48,40 @@ def spark_session(config: SparkConfig) -> SparkSession:
     logging.getLogger("py4j").setLevel(logging.WARNING)
     if not _STOP_AT_EXIT:
         # stop the JVM before the interpreter tears down (py4j otherwise logs into closed streams at exit)
-        atexit.register(session.stop)
+        atexit.register(_stop, session)
+        # SIGTERM while the main thread waits on a Spark job: the raised exception leaves py4j's connection waiting
+        # for that job's answer, and pyspark's clean-up then waits on it for as long as the job runs. Ending the
+        # driver JVM ends the job and every wait on it (its outputs are unpublished: the stages publish atomically).
+        on_terminate(_end_driver)
         _STOP_AT_EXIT.append(session)
     log.info("Spark %s session on %s", session.version, config.master_url())
     return session
+
+
+def _driver_process() -> subprocess.Popen | None:
+    """The driver JVM pyspark launched for this process (None where it attached to one it did not launch)."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    return getattr(gateway, "proc", None) if gateway is not None else None
+
+
+def _end_driver() -> None:
+    proc = _driver_process()
+    if proc is not None and proc.poll() is None:
+        log.warning("SIGTERM: ending the Spark driver (pid %d) and its jobs", proc.pid)
+        proc.terminate()  # the JVM's shutdown hooks stop the context, cancelling its jobs
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _stop(session: SparkSession) -> None:
+    proc = _driver_process()
+    if proc is not None and proc.poll() is not None:
+        return  # already ended (SIGTERM): nothing to stop, and py4j would only fail to connect
+    session.stop()
 
 
 def read_table(spark: SparkSession, path: Path, fmt: str, delimiter: str | None = None) -> DataFrame:
