@@ -210,7 +210,8 @@ class TrainingConfig(_Strict):
     kernel_weights: list[Annotated[float, Field(ge=0)]] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0]
     kernel_max_users: int = Field(5000, ge=1, le=50000)
     # ... and at most kernel_cells_max / candidates of them: a known user's request multiplies their kernel row by the
-    # basis users x candidates dual weights (2,000 x 16,000 took ~6 ms of a 10 ms request), and the fit solves for it.
+    # basis users x candidates dual weights (with 2,000 x 16,000 a known user's request was ~6 ms slower than a new
+    # user's, 12 ms at p99; docs/results/2026-12-04-known-user-latency.md), and the fit solves for them.
     kernel_cells_max: int = Field(10_000_000, ge=1)
     # two regimes by history length: from this many items on, the kernel part (if chosen) serves a history; shorter
     # ones get the short-history parts instead (the kernel part hurts histories of a few items)
@@ -340,8 +341,8 @@ class SparkConfig(_Strict):
 
 class PipelineConfig(_Strict):
     platforms: list[PlatformConfig]
-    # what unify and features run on: pandas in the task's process (with forked workers), or Apache Spark (`spark`);
-    # both write the same unified tables and splits from the same input (tests/data/test_spark_engine.py)
+    # what validate, unify and features run on: pandas in the task's process (with forked workers), or Apache Spark
+    # (`spark`); both give the same verdicts, unified tables and splits (tests/data/test_spark_engine.py)
     engine: Literal["pandas", "spark"] = "pandas"
     spark: SparkConfig = SparkConfig()
     vocabularies: dict[str, list[str]] = {}

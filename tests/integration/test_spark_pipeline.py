@@ -1,5 +1,5 @@
-"""The whole pipeline with `engine: spark` (Spark in local mode): the stages the DAG's tasks call unify and build
-features on Spark, and the run goes on to a promoted, published model as the pandas engine's does."""
+"""The whole pipeline with `engine: spark` (Spark in local mode): the stages the DAG's tasks call validate, unify
+and build features on Spark, and the run goes on to a promoted, published model as the pandas engine's does."""
 
 import os
 import shutil
@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from tests.integration.inline import run_inline
+
+from transfer_rec.io.state import StateLayout
 
 pytest.importorskip("pyspark")
 pytestmark = pytest.mark.skipif(
@@ -19,6 +21,11 @@ pytestmark = pytest.mark.skipif(
 def test_a_run_on_spark_unifies_with_spark_and_publishes(pipeline_env):
     pipeline_env(engine="spark", spark={"master": "local[2]", "conf": {"spark.driver.memory": "1g"}})
     result = run_inline("spark-run")
+    # validated on Spark: a numeric column is checked as read and, for range rules, as numbers (two validations of
+    # the file in its Data Docs; pandas splits only a column that also holds text)
+    docs = StateLayout.from_env().data_docs / "village"
+    pages = "".join(page.read_text(errors="ignore") for page in docs.rglob("*.html"))
+    assert "interactions.txt.numbers" in pages
     features = Path(result["features"]["dir"])
     unified = Path(result["features"]["unified"])
     # Spark's output: folders of part files where the pandas engine writes one file (readers take either)

@@ -252,7 +252,8 @@ class TransferRecommender:
     # -- training --------------------------------------------------------------------------------------------
     def _adam(self, params: Any, lr: float, fused: bool = False) -> torch.optim.Adam:
         """Adam; `fused`: one kernel per step where torch has it (CPU, CUDA), the same update up to float rounding,
-        ~15% of a pretraining step past softmax_items_max items (docs/results/2026-12-04-sampled-encoder-step.md).
+        and part of the 1.6x faster pretraining step past softmax_items_max items (not measured apart from the
+        batched members it came with; docs/results/2026-12-04-sampled-encoder-step.md).
         Pretraining of large catalogues only: smaller ones keep their exact numbers (3% was not worth changing
         them), and a fine-tune resumed from its checkpoint with the fused kernel did not end as an uninterrupted
         one (tests/model/test_finetune_resume.py)."""
