@@ -73,6 +73,14 @@ PLATFORMS = (
 )
 
 
+# The recommender's settings this deployment changes (config `training:`): fewer passes over the data than the
+# defaults, which are tuned on platforms of a few thousand users where an epoch is a few minibatches. At 10 M
+# interactions a pretraining epoch is ~5 minutes and a fine-tuning epoch ~1.5 minutes on 2 cores, and the defaults'
+# 15 pretraining epochs and early stopping after 8 epochs without gain take hours. What the fewer passes cost in
+# accuracy is measured at 1 M interactions, where both run (docs/results/2026-12-05-scale-fit-10m.md).
+SCALE_TRAINING = {"encoders": 1, "epochs_pretrain": 2, "epochs_finetune": 10, "patience": 2, "source_replay": 0.05}
+
+
 def generate(out: Path, interactions: int, n_items: int = 20_000, dim: int = 16, seed: int = 0) -> Path:
     """Write every platform's export files under out/exports/<platform>/ and the pipeline config out/pipeline.yaml."""
     rng = np.random.default_rng(seed)
@@ -102,6 +110,7 @@ def generate(out: Path, interactions: int, n_items: int = 20_000, dim: int = 16,
         entries.append(_config_entry(folder, platform))
     config = {
         "platforms": entries,
+        "training": {"seed": 2022, **SCALE_TRAINING},
         "allowed_locations": [str(out / "exports")],
         "vocabularies": {
             "age": ["under-18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"],

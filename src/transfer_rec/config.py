@@ -179,7 +179,8 @@ class TrainingConfig(_Strict):
     item_combine: Literal["best", "mean"] = "mean"
     # Up to item_dense_max items (those the target and its sources have) the item-item weights are solved exactly
     # (memory ~ items^2 x 8 bytes per copy, time ~ items^3); past it each item is regressed on its item_neighbours
-    # most co-occurring items only (memory ~ items x neighbours; recommender/item_item.py, docs/model.md).
+    # most co-occurring items only (memory ~ items x neighbours; recommender/item_item.py, docs/model.md), and only
+    # the configured (alpha, lam, drop_p) is solved, not item_grid (each such solve takes minutes).
     item_dense_max: int = Field(10000, ge=0)
     item_neighbours: int = Field(400, ge=1)
     # history encoder (Mult-DAE): pretrained on the sources, fine-tuned per target with early stopping
@@ -197,6 +198,10 @@ class TrainingConfig(_Strict):
     epochs_pretrain: int = Field(15, ge=0, le=500)
     epochs_finetune: int = Field(80, ge=1, le=500)
     patience: int = Field(8, ge=1)
+    # Every choice on the target's validation split (epochs, sources, item-item settings, beta, kernel, EASE's L2) is
+    # judged by at most this many of its users, a seeded sample past it: each judgement scores every judge over the
+    # target's items (recommender/transfer.py; docs/model.md). Smaller targets are judged by all their users.
+    valid_users_max: int = Field(5000, ge=1)
     source_replay: float = Field(0.15, ge=0, le=1)  # share of source users replayed in every fine-tuning epoch
     strategy: Literal["full", "freeze_encoder"] = "full"  # freeze_encoder: only the output layer adapts
     # the encoder's weight next to the item-item part, chosen on valid among these

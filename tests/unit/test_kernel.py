@@ -100,8 +100,9 @@ def _chosen_kernel(blend: np.ndarray) -> TransferRecommender:
     train, valid = planted_target()
     model = small_model(30, hidden=8, seed=3, kernel_weights=[0.0, 0.5, 1.0, 2.0], warm_min_history=0)
     model.candidates = np.arange(30)
-    blend_ndcg = model._valid_ndcg(model._full(blend), train, valid)
-    model.valid_ndcg = model._choose_kernel(train, valid, blend, blend_ndcg, lambda entry: None)
+    blend_ndcg = model._valid_ndcg(blend, train, valid)
+    # every user judges: the blend's rows are all of train's
+    model.valid_ndcg = model._choose_kernel(train, train, valid, blend, blend_ndcg, lambda entry: None)
     return model
 
 
@@ -119,7 +120,7 @@ def test_kernel_basis_is_bounded_by_basis_users_times_candidates():
     noise = np.random.default_rng(5).normal(size=(train.shape[0], 30))
     model = small_model(30, hidden=8, seed=3, kernel_weights=[0.0, 2.0], warm_min_history=0, kernel_cells_max=300)
     model.candidates = np.arange(30)
-    model._choose_kernel(train, valid, noise, model._valid_ndcg(model._full(noise), train, valid), lambda e: None)
+    model._choose_kernel(train, train, valid, noise, model._valid_ndcg(noise, train, valid), lambda e: None)
     assert model.kernel is not None and model.kernel.rows.shape[0] == 300 // 30 < train.shape[0]
     assert model.kernel.dual.shape == (10, 30)
 

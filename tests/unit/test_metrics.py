@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from transfer_rec.metrics.ranking import evaluate_scores, item_segment_hits, mean_metrics, per_user_metrics, top_k
+from transfer_rec.metrics.ranking import (
+    candidate_ndcg,
+    evaluate_scores,
+    item_segment_hits,
+    judges,
+    mean_metrics,
+    per_user_metrics,
+    top_k,
+)
 
 
 def test_top_k_excludes_seen_and_non_candidates():
@@ -89,3 +97,28 @@ def test_segment_names_become_readable_metric_names():
     assert _segment_key("new to the target, on 2 sources") == "new_to_the_target_on_2_sources"
     assert _metric_name("candidate", "ndcg", 10) == "ndcg_at_10.candidate"
     assert _metric_name("ease", "retention", 10) == "retention.ease"
+
+
+def test_candidate_ndcg_equals_the_full_evaluation_with_other_items_left_out():
+    rng = np.random.default_rng(3)
+    n_users, n_items = 60, 40
+    candidates = np.sort(rng.choice(n_items, size=25, replace=False))
+    train = sp.random(n_users, n_items, density=0.15, format="csr", random_state=4)
+    test = sp.random(n_users, n_items, density=0.1, format="csr", random_state=5)  # also items past the candidates
+    scores = rng.normal(size=(n_users, len(candidates)))
+    full = np.full((n_users, n_items), -np.inf)
+    full[:, candidates] = scores
+    expected = float(np.mean(evaluate_scores(full, train, test, 5)["ndcg"]))
+    assert candidate_ndcg(scores, train, test, 5, candidates) == pytest.approx(expected)
+    shuffled = scores[:, rng.permutation(len(candidates))]
+    assert candidate_ndcg(shuffled, train, test, 5, candidates) != pytest.approx(expected)
+
+
+def test_judges_are_the_users_with_a_valid_item_or_a_seeded_sample_of_them():
+    valid = sp.csr_matrix(np.eye(10)[[0, 1, 2, 2, 3, 4, 5, 6, 7, 8, 9, 9]] * (np.arange(12) % 3 != 0)[:, None])
+    with_items = np.flatnonzero(np.diff(valid.indptr) > 0)
+    assert judges(valid, 100, 0).tolist() == with_items.tolist()
+    sample = judges(valid, 4, 0)
+    assert len(sample) == 4 and set(sample) <= set(with_items) and list(sample) == sorted(sample)
+    assert judges(valid, 4, 0).tolist() == sample.tolist()
+    assert any(judges(valid, 4, seed).tolist() != sample.tolist() for seed in range(1, 5))

@@ -78,5 +78,29 @@ def evaluate_scores(
     return per_user_metrics(ranked, test[users], k)
 
 
+def candidate_ndcg(
+    scores: np.ndarray, exclude: sp.csr_matrix, test: sp.csr_matrix, k: int, candidates: np.ndarray
+) -> float:
+    """Mean NDCG@k over the rows with a test item, from scores over the `candidates` only (item indices; column j
+    scores item candidates[j]): the same as evaluate_scores on the scores spread over every item with -inf
+    elsewhere, without an array of users x every item in float64 (at 20,000 users and 18,000 items: 2.9 GB)."""
+    test = test.tocsr()
+    users = np.flatnonzero(np.diff(test.indptr) > 0)
+    if not len(users):
+        return 0.0
+    ranked = top_k(scores[users], k, sp.csr_matrix(exclude)[users][:, candidates])
+    return float(np.mean(per_user_metrics(candidates[ranked], test[users], k)["ndcg"]))
+
+
+def judges(valid: sp.csr_matrix, limit: int, seed: int) -> np.ndarray:
+    """The rows that judge choices on a validation split, in order: those with a validation item, or a seeded
+    sample of `limit` of them when there are more (a choice costs scoring every judge; past a few thousand users
+    more of them narrow the estimate less than the choices differ)."""
+    rows = np.flatnonzero(np.diff(sp.csr_matrix(valid).indptr) > 0)
+    if len(rows) <= limit:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, size=limit, replace=False))
+
+
 def mean_metrics(per_user: dict[str, np.ndarray]) -> dict[str, float]:
     return {name: float(np.mean(values)) if len(values) else 0.0 for name, values in per_user.items()}

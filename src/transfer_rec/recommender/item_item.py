@@ -37,10 +37,17 @@ def gram_diagonal(terms: Sequence[GramTerm], n_items: int) -> np.ndarray:
     return diagonal
 
 
-def dense_gram(terms: Sequence[GramTerm], n_items: int) -> np.ndarray:
-    gram = np.zeros((n_items, n_items), dtype=np.float64)
+def dense_gram(terms: Sequence[GramTerm], n_items: int, items: np.ndarray | None = None) -> np.ndarray:
+    """G as a dense array, over every item or over `items` only (sorted item indices: G[items][:, items])."""
+    if items is None:
+        items = np.arange(n_items)
+    gram = np.zeros((len(items), len(items)), dtype=np.float64)
     for weight, term in terms:
-        gram += weight * (term if isinstance(term, np.ndarray) else (term.T @ term).toarray())
+        if isinstance(term, np.ndarray):
+            gram += weight * term[np.ix_(items, items)]
+        else:
+            columns = sp.csc_matrix(term)[:, items]
+            gram += weight * (columns.T @ columns).toarray()
     return gram
 
 

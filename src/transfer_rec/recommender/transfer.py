@@ -48,7 +48,7 @@ import scipy.sparse as sp
 import torch
 
 from transfer_rec.config import TrainingConfig
-from transfer_rec.metrics.ranking import evaluate_scores
+from transfer_rec.metrics.ranking import candidate_ndcg, judges
 from transfer_rec.recommender.item_item import GramTerm, Neighbourhoods, dense_gram, gram_diagonal, item_item_solve
 from transfer_rec.recommender.kernel import UserKernel
 from transfer_rec.recommender.short_history import ShortHistoryParts
@@ -242,6 +242,7 @@ class TransferRecommender:
         self.beta = 1.0
         self.item_params = (float(config.alpha), float(config.lam), float(config.drop_p))
         self._exact_items = True  # set per fine-tune by the items the target and its sources have (item_dense_max)
+        self._gram_items: np.ndarray | None = None  # the items the dense Grams of a fine-tune span, if it made them
         self._neighbourhoods: dict[tuple[float, tuple[str, ...]], Neighbourhoods] = {}
         self.kernel: UserKernel | None = None
         self.kernel_weight = 0.0
@@ -395,7 +396,8 @@ class TransferRecommender:
         return history
 
     def _valid_ndcg(self, scores: np.ndarray, train: sp.csr_matrix, valid: sp.csr_matrix) -> float:
-        return float(np.mean(evaluate_scores(scores, train, valid, self.k)["ndcg"]))
+        """Validation NDCG@k of scores over the candidates (rows aligned with train and valid)."""
+        return candidate_ndcg(scores, train, valid, self.k, self.candidates)
 
     def finetune(
         self,
@@ -427,11 +429,14 @@ class TransferRecommender:
             if log:
                 log(entry)
 
+        # the users every choice below is judged by (valid_users_max), and their train and valid rows
+        judged = judges(valid, cfg.valid_users_max, cfg.seed)
+        judge_train, judge_valid = train[judged], valid[judged]
         if saved:
             self.weights, self.item_params = _weights_from(saved["weights"]), tuple(saved["item_params"])
-            item_item = _times(train, self.weights)
+            item_item = _times(judge_train, self.weights)
         else:
-            item_item = self._choose_item_item(train, valid, emit)
+            item_item = self._choose_item_item(train, judge_train, judge_valid, emit)
 
         target_rows = _binary(train[np.flatnonzero(np.diff(train.indptr) > 0)])
         source_rows = self.source if self.source is not None and cfg.source_replay > 0 else None
@@ -473,7 +478,7 @@ class TransferRecommender:
                 replay = torch.randperm(source_rows.shape[0], generator=self._generator)[:n_replay].numpy()
                 rows = sp.vstack([target_rows, source_rows[replay]], format="csr")
             loss = self._epoch(optimiser, rows)
-            ndcg = self._valid_ndcg(self._full(self._encoded(train)), train, valid)
+            ndcg = self._valid_ndcg(self._encoded(judge_train), judge_train, judge_valid)
             emit(
                 {
                     "stage": "finetune",
@@ -493,35 +498,45 @@ class TransferRecommender:
         if progress["best_state"] is not None:
             self.encoder.load_state_dict(progress["best_state"])
 
-        z_item, z_encoded = _zscore(item_item), _zscore(self._encoded(train))
-        grid = {b: self._valid_ndcg(self._full(z_item + b * z_encoded), train, valid) for b in cfg.beta_grid}
+        z_item, z_encoded = _zscore(item_item), _zscore(self._encoded(judge_train))
+        grid = {b: self._valid_ndcg(z_item + b * z_encoded, judge_train, judge_valid) for b in cfg.beta_grid}
         self.beta = float(max(grid, key=lambda b: (grid[b], -b)))
         emit({"stage": "blend", "epoch": 0, "beta": self.beta, "valid_ndcg": grid[self.beta], "seconds": 0.0})
-        self.valid_ndcg = self._choose_kernel(train, valid, z_item + self.beta * z_encoded, grid[self.beta], emit)
+        self.valid_ndcg = self._choose_kernel(
+            train, judge_train, judge_valid, z_item + self.beta * z_encoded, grid[self.beta], emit
+        )
         if checkpoint is not None:
             Path(checkpoint).unlink(missing_ok=True)
         return history
 
     def _choose_item_item(
-        self, train: sp.csr_matrix, valid: sp.csr_matrix, emit: Callable[[dict[str, Any]], None]
+        self,
+        train: sp.csr_matrix,
+        judge_train: sp.csr_matrix,
+        judge_valid: sp.csr_matrix,
+        emit: Callable[[dict[str, Any]], None],
     ) -> np.ndarray:
-        """Solve the item-item part for each configured setting. `item_combine: best` keeps the best on valid;
-        `mean` keeps the mean of all settings' weights (item_params still names the best on valid). Returns the
-        kept part's train scores."""
+        """Solve the item-item part (on all of train) for each configured setting. `item_combine: best` keeps the
+        best on valid; `mean` keeps the mean of all settings' weights (item_params still names the best on valid).
+        Returns the kept part's scores of the judges."""
         cfg = self.config
         terms = self._gram_terms(train)
+        configured = None  # the configured setting's weights with the kept sources, if the source choice solved it
         if self.source_items:
-            self._choose_sources(terms, train, valid, emit)
-        settings = item_settings(cfg)
+            configured = self._choose_sources(terms, judge_train, judge_valid, emit)
         used = [name for name in self.source_items if self.source_weights.get(name, 1.0) > 0]
+        settings = item_settings(cfg) if self._exact(terms, used) else item_settings(cfg)[:1]
         if not used:  # alpha has no effect without a source: one solve per (lam, drop_p)
             settings = list(dict.fromkeys((cfg.alpha, lam, drop_p) for _, lam, drop_p in settings))
         best_item, item_item, total = -1.0, None, None
         for index, (alpha, lam, drop_p) in enumerate(settings):
             started = time.perf_counter()
-            weights = self._solve(terms, used, alpha, lam, drop_p)
-            scores = _times(train, weights)
-            ndcg = self._valid_ndcg(self._full(scores), train, valid)
+            if index == 0 and configured is not None:
+                weights = configured
+            else:
+                weights = self._solve(terms, used, alpha, lam, drop_p)
+            scores = _times(judge_train, weights)
+            ndcg = self._valid_ndcg(scores, judge_train, judge_valid)
             emit(
                 {
                     "stage": "item_item",
@@ -542,13 +557,13 @@ class TransferRecommender:
             # valid tells the settings apart by less than its own noise (seed to seed the best one changes); their
             # mean does not depend on that choice
             self.weights = (total / len(settings)).astype(np.float32)
-            item_item = _times(train, self.weights)
+            item_item = _times(judge_train, self.weights)
             emit(
                 {
                     "stage": "item_mean",
                     "epoch": 0,
                     "settings": float(len(settings)),
-                    "valid_ndcg": self._valid_ndcg(self._full(item_item), train, valid),
+                    "valid_ndcg": self._valid_ndcg(item_item, judge_train, judge_valid),
                     "seconds": 0.0,
                 }
             )
@@ -556,22 +571,41 @@ class TransferRecommender:
 
     def _gram_terms(self, train: sp.csr_matrix) -> dict[str | None, sp.csr_matrix | np.ndarray]:
         """The Gram's terms by source name (None: the target's train rows). Up to item_dense_max items (those the
-        target and its sources have) each is made a dense Gram once, as every solve is exact; past it they stay
-        rows, read a block of columns at a time by the neighbourhood solve."""
+        target and its sources have) each is made a dense Gram over those items once, as every solve is exact; past
+        it they stay rows: read a block of columns at a time by the neighbourhood solve, or made a Gram by a solve
+        whose own terms have few enough items (the target alone, without a large source)."""
         rows: dict[str | None, sp.csr_matrix | np.ndarray] = {None: train, **self.source_items}
-        active = np.count_nonzero(gram_diagonal([(1.0, t) for t in rows.values()], self.n_items) > 0)
-        self._exact_items = active <= self.config.item_dense_max
+        active = np.flatnonzero(gram_diagonal([(1.0, t) for t in rows.values()], self.n_items) > 0)
+        self._exact_items = len(active) <= self.config.item_dense_max
+        self._gram_items = active if self._exact_items else None
         self._neighbourhoods = {}
         log.info(
             "item-item part over %d items: %s",
-            active,
+            len(active),
             "exact" if self._exact_items else f"by neighbourhoods of {self.config.item_neighbours} items",
         )
         if not self._exact_items:
             return rows
-        return {
-            name: t if isinstance(t, np.ndarray) else dense_gram([(1.0, t)], self.n_items) for name, t in rows.items()
-        }
+        return {name: dense_gram([(1.0, t)], self.n_items, active) for name, t in rows.items()}
+
+    def _solve_items(self, terms: dict[str | None, sp.csr_matrix | np.ndarray], used: list[str]) -> np.ndarray:
+        """The items the target's and the used sources' terms have (those the Grams of _gram_terms span, if made)."""
+        if self._gram_items is not None:
+            return self._gram_items
+        return np.flatnonzero(gram_diagonal([(1.0, terms[None])] + [(1.0, terms[n]) for n in used], self.n_items) > 0)
+
+    def _exact(self, terms: dict[str | None, sp.csr_matrix | np.ndarray], used: list[str]) -> bool:
+        return len(self._solve_items(terms, used)) <= self.config.item_dense_max
+
+    def _spread(self, block: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Weights among `items` (sorted) as the items x candidates array of the model (zero for other items)."""
+        out = np.zeros((self.n_items, len(self.candidates)), dtype=np.float32)
+        if not len(items):
+            return out
+        position = np.minimum(np.searchsorted(items, self.candidates), len(items) - 1)
+        inside = items[position] == self.candidates
+        out[np.ix_(items, np.flatnonzero(inside))] = block[:, position[inside]]
+        return out
 
     def _solve(
         self,
@@ -584,8 +618,13 @@ class TransferRecommender:
         """The item-item weights over the candidates for the target's rows plus alpha^2 x the used sources': a dense
         array when solved exactly; by neighbourhoods, a sparse row-major one (a history reads its items' rows only)."""
         gram: list[GramTerm] = [(1.0, terms[None])] + [(alpha**2, terms[name]) for name in used]
-        if self._exact_items:
-            return item_item_solve(dense_gram(gram, self.n_items), lam, drop_p)[:, self.candidates].astype(np.float32)
+        if self._exact(terms, used):
+            items = self._solve_items(terms, used)
+            if self._gram_items is not None:  # the terms are dense Grams over these items
+                dense = sum((weight * term for weight, term in gram[1:]), gram[0][1].copy())
+            else:
+                dense = dense_gram(gram, self.n_items, items)
+            return self._spread(item_item_solve(dense, lam, drop_p), items)
         # the neighbourhoods of the last two Grams are kept: the settings of one alpha share them, and the source
         # check alternates between two
         key = (alpha, tuple(used))
@@ -601,38 +640,47 @@ class TransferRecommender:
         train: sp.csr_matrix,
         valid: sp.csr_matrix,
         emit: Callable[[dict[str, Any]], None],
-    ) -> None:
+    ) -> np.ndarray | sp.csr_matrix:
         """Backward elimination of sources at the configured (alpha, lam, drop_p): while leaving some source out
-        scores at least as well on valid as keeping it, leave out the one whose absence scores best."""
+        scores at least as well on valid as keeping it, leave out the one whose absence scores best. Returns the
+        weights solved for the kept sources (the item-item choice's first setting: not solved twice)."""
         alpha, lam, drop_p = self.config.alpha, self.config.lam, self.config.drop_p
 
-        def valid_ndcg(used: list[str]) -> float:
+        def trial(used: list[str]) -> tuple[float, np.ndarray | sp.csr_matrix]:
             weights = self._solve(terms, used, alpha, lam, drop_p)
-            return self._valid_ndcg(self._full(_times(train, weights)), train, valid)
+            return self._valid_ndcg(_times(train, weights), train, valid), weights
 
         used = list(self.source_items)
-        current = valid_ndcg(used)
+        current, kept = trial(used)
         while used:
-            trials = {name: valid_ndcg([n for n in used if n != name]) for name in used}
-            name, without = max(trials.items(), key=lambda kv: kv[1])
+            best: tuple[str, float, Any] | None = None  # only the best trial's weights are held
+            for name in used:
+                ndcg, weights = trial([n for n in used if n != name])
+                if best is None or ndcg > best[1]:
+                    best = (name, ndcg, weights)
+                del weights
+            name, without, weights = best
             if without < current:
                 break
             used.remove(name)
-            current = without
+            current, kept = without, weights
         self.source_weights = {name: float(name in used) for name in self.source_items}
         for index, (name, weight) in enumerate(self.source_weights.items()):
             emit({"stage": "source", "epoch": index, "source": name, "weight": weight, "valid_ndcg": current})
+        return kept
 
     def _choose_kernel(
         self,
         train: sp.csr_matrix,
-        valid: sp.csr_matrix,
+        judge_train: sp.csr_matrix,
+        judge_valid: sp.csr_matrix,
         blend: np.ndarray,
         blend_ndcg: float,
         emit: Callable[[dict[str, Any]], None],
     ) -> float:
-        """Fit the user-kernel part for each ridge setting; keep it with the blend weight best on valid, or leave it
-        out (weight 0) when no weight beats the blend without it. Returns the final model's valid NDCG."""
+        """Fit the user-kernel part (on train) for each ridge setting; keep it with the blend weight best on the
+        judges' valid, or leave it out (weight 0) when no weight beats the blend (the judges' scores) without it.
+        Returns the final model's valid NDCG."""
         cfg = self.config
         self.kernel, self.kernel_weight = None, 0.0
         weights = [w for w in cfg.kernel_weights if w > 0]
@@ -644,10 +692,10 @@ class TransferRecommender:
         for lam in cfg.kernel_lams:
             started = time.perf_counter()
             part = UserKernel(lam, basis, cfg.seed).fit(train, self.candidates)
-            z_kernel = _zscore(part.score(train))
+            z_kernel = _zscore(part.score(judge_train))
             for weight in weights:
                 ndcg = self._valid_ndcg(
-                    self._full(self._with_kernel(blend, train, part, weight, z_kernel)), train, valid
+                    self._with_kernel(blend, judge_train, part, weight, z_kernel), judge_train, judge_valid
                 )
                 emit(
                     {
@@ -757,6 +805,10 @@ class TransferRecommender:
         `profiles` (a users frame with age, gender, occupation, rows aligned with history) feed the short-history
         parts, if the model holds any; without them their profile prior falls back to the target's popularity.
         """
+        return self._full(self.candidate_scores(history, profiles))
+
+    def candidate_scores(self, history: sp.spmatrix, profiles: Any = None) -> np.ndarray:
+        """The scores of `score` over the candidates only (column j: item candidates[j])."""
         scores = _zscore(self._item_item(history))
         if self.beta != 0.0:
             scores = scores + self.beta * _zscore(self._encoded(history))
@@ -764,7 +816,7 @@ class TransferRecommender:
             scores = self._with_kernel(scores, history, self.kernel, self.kernel_weight)
         if self.short_history is not None:
             scores = self.short_history.adjust(scores, history, profiles, self.candidates)
-        return self._full(scores)
+        return scores
 
     # -- persistence -----------------------------------------------------------------------------------------
     def state(self, with_source: bool = True) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from transfer_rec.config import ShortHistoryConfig
-from transfer_rec.metrics.ranking import evaluate_scores
+from transfer_rec.metrics.ranking import candidate_ndcg, judges
 from transfer_rec.recommender.content import ContentSimilarity, content_vectors
 from transfer_rec.recommender.profile import ProfileConfig, ProfilePrior, profile_vocabulary
 from transfer_rec.recommender.short_history import ShortHistoryParts, cooccurrence_lift, position_shift
@@ -76,18 +76,13 @@ def first_items(ordered: list[np.ndarray], n_items: int, first: int | None) -> s
     return sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(len(picked), n_items))
 
 
-def full_scores(candidate_scores: np.ndarray, candidates: np.ndarray, n_items: int) -> np.ndarray:
-    out = np.full((candidate_scores.shape[0], n_items), -np.inf)
-    out[:, candidates] = candidate_scores
-    return out
-
-
 def simulations(model: TransferRecommender, data: ShortHistoryData) -> list[dict[str, Any]]:
-    """The target's users with valid items, given their n earliest train items (and their whole train history).
+    """The target's users with valid items (at most valid_users_max of them, a seeded sample past it), given their n
+    earliest train items (and their whole train history).
 
     The models were fitted on these users' train items, so the simulation flatters the history-based part a little;
     new users are never looked at."""
-    users = np.flatnonzero(np.diff(data.valid.indptr) > 0)
+    users = judges(data.valid, model.config.valid_users_max, model.config.seed)
     ordered = [data.ordered[u] for u in users]
     profiles = data.users.iloc[users].reset_index(drop=True)
     parts, model.short_history = model.short_history, None
@@ -95,7 +90,7 @@ def simulations(model: TransferRecommender, data: ShortHistoryData) -> list[dict
     train, valid = data.train[users], data.valid[users]
     for n in (*SIMULATED_LENGTHS, None):
         history = first_items(ordered, data.n_items, n)
-        base = model.score(history)[:, model.candidates]
+        base = model.candidate_scores(history)
         # as for a new user: everything after the n first items is relevant (the whole train: the warm protocol)
         relevant = valid if n is None else sp.csr_matrix((train - history) + valid)
         sims.append(
@@ -286,8 +281,7 @@ def attach(
 
 def _simulation_ndcg(model: TransferRecommender, data: ShortHistoryData):
     def ndcg(scores: np.ndarray, sim: dict[str, Any]) -> float:
-        full = full_scores(scores, model.candidates, data.n_items)
-        return float(np.mean(evaluate_scores(full, sim["exclude"], sim["relevant"], K)["ndcg"]))
+        return candidate_ndcg(scores, sim["exclude"], sim["relevant"], K, model.candidates)
 
     return ndcg
 

@@ -17,7 +17,7 @@ import torch
 from transfer_rec.config import PipelineConfig, TrainingConfig
 from transfer_rec.io.state import StateLayout
 from transfer_rec.manifests import Candidate, FeatureSet, Pretrained, PretrainedFamily
-from transfer_rec.metrics.ranking import evaluate_scores
+from transfer_rec.metrics.ranking import candidate_ndcg, judges
 from transfer_rec.recommender.baselines import Baselines
 from transfer_rec.recommender.ease import EASE
 from transfer_rec.recommender.popularity import Popularity
@@ -199,12 +199,14 @@ def fit_short_history_parts(
     return fit_short_history(model, data, config.short_history, with_source, cache_dir, config.training.seed)
 
 
-def _ease(train: sp.csr_matrix, valid: sp.csr_matrix, candidates: np.ndarray, k: int) -> EASE:
-    """EASE with its L2 strength chosen on the validation split."""
+def _ease(train: sp.csr_matrix, valid: sp.csr_matrix, candidates: np.ndarray, k: int, judged: np.ndarray) -> EASE:
+    """EASE with its L2 strength chosen on the validation split of the `judged` users."""
     best, best_ndcg = None, -1.0
+    items = np.flatnonzero(candidates)
+    judge_train, judge_valid = train[judged], valid[judged]
     for l2 in EASE_L2_GRID:
         model = EASE(l2).fit(train)
-        ndcg = float(np.mean(evaluate_scores(model.score(train), train, valid, k, candidates)["ndcg"]))
+        ndcg = candidate_ndcg(model.score(judge_train)[:, items], judge_train, judge_valid, k, items)
         if ndcg > best_ndcg:
             best, best_ndcg = model, ndcg
     return best
@@ -221,7 +223,9 @@ def fit_baselines(
     info: dict[str, Any] = {"target_only_seconds": time.perf_counter() - started}
     started = time.perf_counter()
     train = data.matrix("train")
-    ease = _ease(train, data.matrix("valid"), data.item_mask(), config.evaluation.k)
+    valid = data.matrix("valid")
+    judged = judges(valid, config.training.valid_users_max, config.training.seed)
+    ease = _ease(train, valid, data.item_mask(), config.evaluation.k, judged)
     info.update(ease_seconds=time.perf_counter() - started, ease_l2=ease.l2)
     return Baselines(twin, ease, Popularity().fit(train), info)
 
