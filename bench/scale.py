@@ -523,7 +523,7 @@ def fit(config_path: Path, state: Path) -> dict[str, Any]:
             features = pipeline.build_features(run, unified)
         with stage("pretrain"):
             pretrained = pipeline.pretrain(run, features)
-        decisions = {}
+        decisions, accuracy = {}, {}
         for target in run["targets"]:
             with stage("finetune"):
                 candidate = pipeline.finetune(run, target, features, pretrained)
@@ -531,6 +531,8 @@ def fit(config_path: Path, state: Path) -> dict[str, Any]:
                 evaluation = pipeline.evaluate(run, candidate, features)
             with stage("promote"):
                 decisions[target] = pipeline.promote(run, evaluation)["version"]
+            # what the settings cost or gain: each contender's test NDCG@k on the target's held-out users
+            accuracy[target] = {name: m.get("ndcg") for name, m in evaluation["metrics"].items()}
     total = time.perf_counter() - started
     rows = sum(f.get("rows", 0) for p in pulled for f in p.get("files", []) if f.get("table") == "interactions")
     return {
@@ -542,6 +544,7 @@ def fit(config_path: Path, state: Path) -> dict[str, Any]:
         },
         "interaction_rows": rows,
         "registered_versions": decisions,
+        "test_ndcg": accuracy,
         "load_average": os.getloadavg(),
     }
 
@@ -584,6 +587,11 @@ def _bench_fit(interactions: int, items: int, out: Path) -> None:
     for name, s in [*result["stages"].items(), ("total", result["total"])]:
         wall, cpu, peak = s["wall_seconds"], s["cpu_seconds"], s["peak_memory_gib"]
         print(f"  {name:<9} {wall:8.1f} s wall {cpu:8.1f} s CPU {peak:6.2f} GiB")
+    for target, by_contender in result["test_ndcg"].items():
+        print(
+            f"  {target} test NDCG: "
+            + ", ".join(f"{name} {v:.4f}" for name, v in by_contender.items() if v is not None)
+        )
     print(f"  load average {' '.join(f'{x:.2f}' for x in result['load_average'])}; {out / 'fit.json'}")
 
 

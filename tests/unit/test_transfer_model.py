@@ -191,3 +191,32 @@ def test_a_model_saved_with_dense_source_grams_still_fine_tunes():
     old.finetune(train, valid, candidates)
     new.finetune(train, valid, candidates)
     np.testing.assert_allclose(old.weights, new.weights, rtol=1e-5, atol=1e-7)
+
+
+def test_past_item_dense_max_a_solve_of_few_items_stays_exact_and_a_large_one_solves_one_setting():
+    candidates = np.arange(30) < 20
+    train = random_rows(25, 30, 2).multiply(candidates).tocsr()
+    valid = random_rows(25, 30, 3).multiply(candidates).tocsr()
+    echo = sp.vstack([valid] * 3).tocsr()
+    wide = (echo + random_rows(75, 30, 4).multiply(~candidates)).tocsr()  # the source also has items 20-29
+    config = training(
+        **CONFIG, item_dense_max=25, item_combine="mean"
+    )  # the target alone: 20 items, with the source 30
+    helped = TransferRecommender(30, config)
+    helped.pretrain({"wide": wide})
+    history = helped.finetune(train, valid, candidates)
+    assert helped.source_weights == {"wide": 1.0}
+    assert sp.issparse(helped.weights)  # by neighbourhoods: one setting, the source check's own solve
+    assert [(e["alpha"], e["lam"], e["drop_p"]) for e in history if e["stage"] == "item_item"] == item_settings(config)[
+        :1
+    ]
+    noise = wide[:, np.random.default_rng(9).permutation(30)].tocsr()
+    alone = TransferRecommender(30, config)
+    alone.pretrain({"noise": noise})
+    history = alone.finetune(train, valid, candidates)
+    assert alone.source_weights == {"noise": 0.0}
+    settings = list(dict.fromkeys((lam, drop_p) for _, lam, drop_p in item_settings(config)))
+    assert len([e for e in history if e["stage"] == "item_item"]) == len(settings) > 1
+    gram = (train.T @ train).toarray().astype(np.float64)
+    exact = [item_item_solve(gram, lam, drop_p)[:, candidates] for lam, drop_p in settings]
+    np.testing.assert_allclose(alone.weights, np.mean(exact, axis=0), rtol=1e-4, atol=1e-6)
