@@ -77,7 +77,7 @@ PLATFORMS = (
 # defaults, which are tuned on platforms of a few thousand users where an epoch is a few minibatches. At 10 M
 # interactions a pretraining epoch is ~5 minutes and a fine-tuning epoch ~1.5 minutes on 2 cores, and the defaults'
 # 15 pretraining epochs and early stopping after 8 epochs without gain take hours. What the fewer passes cost in
-# accuracy is measured at 1 M interactions, where both run (docs/results/2026-12-05-scale-fit-10m.md).
+# accuracy is not measured yet (docs/results/2026-12-05-scale-fit-10m.md).
 SCALE_TRAINING = {"encoders": 1, "epochs_pretrain": 2, "epochs_finetune": 10, "patience": 2, "source_replay": 0.05}
 
 
