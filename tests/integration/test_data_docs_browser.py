@@ -25,6 +25,18 @@ pytestmark = pytest.mark.browser
 ICON_FONT = '900 16px "Font Awesome 6 Free"'
 
 
+def wait_drawn(page, selector: str, count: int) -> None:
+    """Wait until `count` elements match and each is drawn wider than 5 px. Asked inside the page in one go:
+    bootstrap-table redraws its rows after load, so a handle taken before that redraw measures a detached node."""
+    page.wait_for_function(
+        """([selector, count]) => {
+            const found = [...document.querySelectorAll(selector)];
+            return found.length === count && found.every(e => e.getBoundingClientRect().width > 5);
+        }""",
+        arg=[selector, count],
+    )
+
+
 @pytest.fixture
 def plugin_server():
     """The plugin's FastAPI app under uvicorn on a free loopback port, mounted at the plugin's prefix."""
@@ -81,7 +93,7 @@ def test_data_docs_offline_list_every_validation_and_agree_with_the_pipeline(pip
         icons = table.locator("tbody i.fa-check-circle")
         expect(icons).to_have_count(files)
         page.wait_for_function(f"document.fonts.check('{ICON_FONT}')")
-        assert all(box["width"] > 5 for box in (icons.nth(i).bounding_box() for i in range(files)))
+        wait_drawn(page, "#section-1-content-block-2-1-body-table tbody i.fa-check-circle", files)
         expect(page.get_by_role("button", name="Clear Filters").locator("visible=true")).to_have_count(1)
         shots.take(page, "index")
 
@@ -99,6 +111,6 @@ def test_data_docs_offline_list_every_validation_and_agree_with_the_pipeline(pip
             header.evaluate("th => parseFloat(getComputedStyle(th.querySelector('.th-inner') || th).paddingRight)") > 4
         )
         page.wait_for_function(f"document.fonts.check('{ICON_FONT}')")
-        assert warning.bounding_box()["width"] > 5
+        wait_drawn(page, "i.fa-exclamation-triangle", 1)
         shots.take(page, "validation-warned", full_page=True)
     assert remote == [], "the pages asked the network for these"
