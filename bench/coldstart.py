@@ -289,7 +289,10 @@ def run_seed(
         started = time.perf_counter()
         model = _fit(source, split, config)
         log.info("seed %d: %s fine-tuned in %.1f s", seed, name, time.perf_counter() - started)
-        sims, fitted = simulations(model, split.data), fitter(split.data, config.short_history, config.training.seed)
+        sims, fitted = (
+            simulations(model, split.data, config.short_history.simulated_users_max),
+            fitter(split.data, config.short_history, config.training.seed),
+        )
         for variant, (use_profile, use_lift, parts, use_shift) in VARIANTS.items():
             if variant not in variants or (name == "target_only" and variant not in TARGET_ONLY_VARIANTS):
                 continue
@@ -320,7 +323,7 @@ def warm_ablation_seed(
     """Test NDCG@10 on the benchmark's warm protocol (all target users, history = train) per side variant."""
     split = cold_split(features, config, seed, share=0.0)
     model = _fit(pretrained, split, config)
-    sims, out = simulations(model, split.data), {}
+    sims, out = simulations(model, split.data, config.short_history.simulated_users_max), {}
     fitted = fitter(split.data, config.short_history, config.training.seed)
     seen = split.data.train + split.data.valid
     for variant, (use_profile, use_lift, parts, use_shift) in VARIANTS.items():

@@ -241,6 +241,10 @@ class ShortHistoryConfig(_Strict):
     prior_l2: float = Field(1e-4, ge=0)
     prior_learning_rate: float = Field(0.1, gt=0)
     prior_steps: int = Field(150, ge=1, le=10000)
+    # The weights are a handful of scalars, chosen on simulated short histories of at most this many users with
+    # valid items (a seeded sample past it; never more than training.valid_users_max): every grid point costs
+    # users x candidates per simulated length, and the source share's cross-fitting runs the grids six times more.
+    simulated_users_max: int = Field(2000, ge=1)
 
 
 class EvaluationConfig(_Strict):

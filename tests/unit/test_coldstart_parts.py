@@ -295,3 +295,61 @@ def test_source_share_is_not_cross_fitted_on_fewer_than_two_users():
     one_user = [{"users": np.array([4])}]
     share, report = choose_source_share(model, None, True, None, one_user)
     assert share == 1.0 and "2" in report["skipped"], report
+
+
+def test_selected_weights_score_on_valid_what_the_model_then_serves():
+    """select_weights keeps the updated prior per (gamma, shift weight) across its grids; the NDCG it reports for
+    the chosen weights must be what the parts, set to them, score through adjust (which computes everything anew)."""
+    prior, matrix = planted_prior()
+    shift = np.zeros((3, 8), dtype=np.float32)
+    shift[:, 7] = 50.0  # after their first items users take item 7 (below): the shift is worth a weight
+    parts = ShortHistoryParts(prior, ContentSimilarity(np.eye(8, dtype=np.float32)), cooccurrence_lift([matrix]), shift)
+    rng = np.random.default_rng(4)
+    sims = []
+    for n in (0, 1, 2):
+        keep = np.zeros((40, 8), dtype=np.float32)
+        for row in range(40):
+            keep[row, rng.choice(np.flatnonzero(matrix[row].toarray()[0]), size=n, replace=False)] = 1
+        history = sp.csr_matrix(keep)
+        sims.append(
+            {
+                "history": history,
+                "profiles": USERS,
+                "base": rng.normal(size=(40, 8)),
+                "relevant": sp.csr_matrix(np.maximum(matrix.toarray() - keep, np.eye(8)[[7] * 40])),
+            }
+        )
+
+    def ndcg(scores, sim):
+        scores = np.where(sim["history"].toarray() > 0, -np.inf, scores)
+        return float(np.mean(evaluate_scores(scores, sim["history"], sim["relevant"], 3)["ndcg"]))
+
+    report = parts.select_weights(sims, np.arange(8), ndcg)
+    served = np.mean([ndcg(parts.adjust(s["base"], s["history"], USERS, np.arange(8)), s) for s in sims])
+    assert parts.shift_weight > 0 and parts.profile_weight[0] > 0, report  # weights the grids had to find
+    assert report["short_valid_ndcg"] == pytest.approx(served, abs=1e-12)
+
+
+def test_short_histories_are_simulated_on_at_most_the_configured_number_of_users():
+    from transfer_rec.selection.short_history import ShortHistoryData, simulations
+
+    _, matrix = planted_prior()
+    model = small_model(8, k=5, hidden=8, epochs_finetune=1, patience=1, batch_size=16, seed=3, item_grid=[])
+    model.finetune(matrix[:30], matrix[30:], np.ones(8, dtype=bool))
+    valid = sp.csr_matrix(matrix.multiply(sp.csr_matrix((np.arange(40) % 4 != 0).astype(np.float32)[:, None])))
+    data = ShortHistoryData(
+        n_items=8,
+        catalogue=np.ones(8, dtype=bool),
+        train=matrix,
+        valid=valid,
+        users=USERS,
+        ordered=[np.flatnonzero(row) for row in matrix.toarray()],
+        source=sp.csr_matrix((0, 8), dtype=np.float32),
+        source_users=USERS.iloc[:0],
+        items=pd.DataFrame(),
+    )
+    every = simulations(model, data, 1000)[0]["users"]
+    np.testing.assert_array_equal(every, np.flatnonzero(np.arange(40) % 4 != 0))  # all 30 with valid items
+    capped = simulations(model, data, 7)
+    assert all(len(s["users"]) == 7 and s["history"].shape[0] == 7 for s in capped)
+    assert set(capped[0]["users"]) <= set(every)

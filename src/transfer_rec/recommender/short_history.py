@@ -151,14 +151,36 @@ class ShortHistoryParts:
         shift_weight: float | None = None,
     ) -> np.ndarray:
         profile_weight = profile_weight or self.profile_weight
+        if prior is not None:
+            prior = self.updated_prior(prior, gamma, history_lift, shift, shift_weight)
+        return self._blend_updated(base, lengths, prior, content, profile_weight, content_weight)
+
+    def updated_prior(
+        self,
+        prior: np.ndarray,
+        gamma: float | None,
+        history_lift: np.ndarray | None,
+        shift: np.ndarray | None,
+        shift_weight: float | None,
+    ) -> np.ndarray:
+        """The prior logits moved by the position shift and the history's lifts, z-scored per user."""
         gamma = self.gamma if gamma is None else gamma
         shift_weight = self.shift_weight if shift_weight is None else shift_weight
-        if prior is not None:
-            if shift is not None and shift_weight != 0.0:
-                prior = prior + shift_weight * shift
-            if history_lift is not None and gamma != 0.0:
-                prior = prior + gamma * history_lift
-            prior = _zscore(prior)
+        if shift is not None and shift_weight != 0.0:
+            prior = prior + shift_weight * shift
+        if history_lift is not None and gamma != 0.0:
+            prior = prior + gamma * history_lift
+        return _zscore(prior)
+
+    def _blend_updated(
+        self,
+        base: np.ndarray,
+        lengths: np.ndarray,
+        prior: np.ndarray | None,
+        content: np.ndarray | None,
+        profile_weight: tuple[float, float],
+        content_weight: tuple[float, float] | None,
+    ) -> np.ndarray:
         content_weight = content_weight or self.content_weight
         short = np.ones(len(lengths)) if self.short_below is None else (lengths < self.short_below).astype(np.float64)
         scores = np.array(base, dtype=np.float64, copy=True)
@@ -195,12 +217,22 @@ class ShortHistoryParts:
             parts = self.parts(sim["history"], sim.get("profiles"), candidates)
             prepared.append((sim, np.diff(sp.csr_matrix(sim["history"]).indptr), *parts))
 
+        # The updated prior depends only on (gamma, shift weight), which stay fixed while the content and profile
+        # grids run: kept for the last pair, it is computed once per pair instead of once per grid point (each is
+        # users x candidates per simulation).
+        updated: dict[str, Any] = {"key": None, "priors": []}
+
         def evaluate(profile_weight, content_weight, gamma=None, shift_weight=None) -> tuple[float, float]:
+            key = (self.gamma if gamma is None else gamma, self.shift_weight if shift_weight is None else shift_weight)
+            if updated["key"] != key:
+                updated["key"] = key
+                updated["priors"] = [
+                    None if prior is None else self.updated_prior(prior, key[0], lift, shift, key[1])
+                    for _, _, prior, _, lift, shift in prepared
+                ]
             values = {True: [], False: []}
-            for sim, n, prior, content, lift, shift in prepared:
-                scores = self.blend(
-                    sim["base"], n, prior, content, profile_weight, content_weight, gamma, lift, shift, shift_weight
-                )
+            for (sim, n, _, content, _, _), prior in zip(prepared, updated["priors"], strict=True):
+                scores = self._blend_updated(sim["base"], n, prior, content, profile_weight, content_weight)
                 values[bool(sim.get("full"))].append(ndcg(scores, sim))
             return float(np.mean(values[False] or [0.0])), float(np.mean(values[True] or [np.inf]))
 

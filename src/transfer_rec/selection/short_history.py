@@ -76,13 +76,13 @@ def first_items(ordered: list[np.ndarray], n_items: int, first: int | None) -> s
     return sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(len(picked), n_items))
 
 
-def simulations(model: TransferRecommender, data: ShortHistoryData) -> list[dict[str, Any]]:
-    """The target's users with valid items (at most valid_users_max of them, a seeded sample past it), given their n
-    earliest train items (and their whole train history).
+def simulations(model: TransferRecommender, data: ShortHistoryData, users_max: int) -> list[dict[str, Any]]:
+    """The target's users with valid items (at most users_max and valid_users_max of them, a seeded sample past
+    it), given their n earliest train items (and their whole train history).
 
     The models were fitted on these users' train items, so the simulation flatters the history-based part a little;
     new users are never looked at."""
-    users = judges(data.valid, model.config.valid_users_max, model.config.seed)
+    users = judges(data.valid, min(users_max, model.config.valid_users_max), model.config.seed)
     ordered = [data.ordered[u] for u in users]
     profiles = data.users.iloc[users].reset_index(drop=True)
     parts, model.short_history = model.short_history, None
@@ -318,7 +318,7 @@ def fit_short_history(
         use_profile and settings.cooccurrence,
         tuple(settings.content),
         with_source,
-        simulations(model, data),
+        simulations(model, data, settings.simulated_users_max),
         cache_dir,
         settings.position_shift,
     )
