@@ -122,3 +122,17 @@ def test_judges_are_the_users_with_a_valid_item_or_a_seeded_sample_of_them():
     assert len(sample) == 4 and set(sample) <= set(with_items) and list(sample) == sorted(sample)
     assert judges(valid, 4, 0).tolist() == sample.tolist()
     assert any(judges(valid, 4, seed).tolist() != sample.tolist() for seed in range(1, 5))
+
+
+def test_top_k_ranks_block_by_block_as_it_would_all_rows_at_once(monkeypatch):
+    import transfer_rec.metrics.ranking as ranking
+
+    rng = np.random.default_rng(5)
+    scores = rng.normal(size=(23, 40))
+    exclude = sp.random(23, 40, density=0.2, random_state=1, format="csr")
+    candidates = rng.random(40) > 0.3
+    whole = ranking.top_k(scores, 7, exclude, candidates)
+    monkeypatch.setattr(ranking, "TOP_K_ROWS", 5)  # 23 rows: four full blocks and a short one
+    np.testing.assert_array_equal(ranking.top_k(scores, 7, exclude, candidates), whole)
+    assert candidates[whole].all()
+    assert not exclude[np.arange(23)[:, None], whole].toarray().any()

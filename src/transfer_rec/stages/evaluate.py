@@ -19,7 +19,14 @@ from transfer_rec.io.state import StateLayout
 from transfer_rec.manifests import Candidate, Evaluation, FeatureSet
 from transfer_rec.metrics import plots
 from transfer_rec.metrics.beyond import catalogue_coverage, genre_matrix, intra_list_diversity, item_popularity, novelty
-from transfer_rec.metrics.ranking import METRICS, evaluate_scores, item_segment_hits, mean_metrics, top_k
+from transfer_rec.metrics.ranking import (
+    METRICS,
+    evaluate_scores,
+    item_segment_hits,
+    mean_metrics,
+    per_user_metrics,
+    top_k,
+)
 from transfer_rec.metrics.segments import (
     NEW_TO_TARGET,
     linked_segments,
@@ -42,11 +49,9 @@ log = logging.getLogger(__name__)
 Scorer = Callable[[sp.csr_matrix], np.ndarray]
 
 
-def same_recommendations(a: np.ndarray, b: np.ndarray, exclude: sp.csr_matrix, k: int, candidates: np.ndarray) -> bool:
-    """Whether two contenders give every user the same top-k, in the same order."""
-    return a.shape == b.shape and bool(
-        np.array_equal(top_k(a, k, exclude, candidates), top_k(b, k, exclude, candidates))
-    )
+def same_recommendations(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two contenders' top-k lists (top_k of their scores, a row per user) are the same, in the same order."""
+    return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
 def baseline_scorers(baselines: Baselines, profiles: pd.DataFrame) -> dict[str, Scorer]:
@@ -98,21 +103,15 @@ def _test_users(data: PlatformData) -> np.ndarray:
 
 
 def beyond_accuracy(
-    data: PlatformData,
-    scores: dict[str, np.ndarray],
-    k: int,
-    genres: np.ndarray,
+    data: PlatformData, ranked: dict[str, np.ndarray], genres: np.ndarray
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
-    """Per-user diversity and novelty, and catalogue coverage, of each contender's top-K for the test users (the
-    same lists the accuracy metrics judge)."""
-    users = _test_users(data)
-    seen, candidates = data.matrix("train", "valid"), data.item_mask()
+    """Per-user diversity and novelty, and catalogue coverage, of each contender's top-K lists for the test users
+    (`ranked`: the same lists the accuracy metrics judge)."""
     popularity = item_popularity(data.matrix("train"))
     per_user, coverage = {}, {}
-    for name, s in scores.items():
-        ranked = top_k(s[users], k, seen[users], candidates)
-        per_user[name] = {"diversity": intra_list_diversity(ranked, genres), "novelty": novelty(ranked, popularity)}
-        coverage[name] = catalogue_coverage(ranked, candidates)
+    for name, lists in ranked.items():
+        per_user[name] = {"diversity": intra_list_diversity(lists, genres), "novelty": novelty(lists, popularity)}
+        coverage[name] = catalogue_coverage(lists, data.item_mask())
     return per_user, coverage
 
 
@@ -251,18 +250,25 @@ def evaluate(
     # The transfer models (candidate, its target-only twin and the champion) read rating-weighted histories when so
     # configured; EASE and popularity take the binary history.
     weighted = train_history(data, config)
-    scores = {
-        name: score(weighted if name in ("candidate", "target_only", "champion") else train)
-        for name, score in scorers.items()
-    }
-
-    per_user = held_out_metrics(data, scores, k)
-    extra, coverage = beyond_accuracy(data, scores, k, genre_matrix(items["genres"].fillna("").to_numpy()))
+    # Every metric on the test split reads each contender's top-K lists: one contender is scored at a time and only
+    # its lists are kept (every contender's users x items scores at once ran the 10 M scale fit out of 24 GiB).
+    seen, candidates, test = data.matrix("train", "valid"), data.item_mask(), data.matrix("test")
+    test_users = _test_users(data)
+    ranked = {}
+    for name, score in scorers.items():
+        ranked[name] = top_k(
+            score(weighted if name in ("candidate", "target_only", "champion") else train), k, seen, candidates
+        )
+    per_user = {name: per_user_metrics(lists[test_users], test[test_users], k) for name, lists in ranked.items()}
+    extra, coverage = beyond_accuracy(
+        data,
+        {name: lists[test_users] for name, lists in ranked.items()},
+        genre_matrix(items["genres"].fillna("").to_numpy()),
+    )
     for name in per_user:
         per_user[name].update(extra[name])
     kept, kept_lengths, kept_users = retention_metrics(data, scorers, k, config.evaluation.time_holdout)
     curve = cold_start_curve(data, scorers, k, gate.bootstrap_samples)
-    test_users = _test_users(data)
     test_lengths = np.diff(train.indptr)[test_users]
     test_segments = user_segments(test_lengths, new_max)
     kept_segments = user_segments(kept_lengths, new_max)
@@ -313,9 +319,7 @@ def evaluate(
     paired = None
     # the same model as far as anyone can tell: the same top-K, in the same order, for every user (two trainings on
     # the same inputs differ in the last digits of their scores, not in what they recommend)
-    same_as_champion = "champion" in scores and same_recommendations(
-        scores["candidate"], scores["champion"], data.matrix("train", "valid"), k, data.item_mask()
-    )
+    same_as_champion = "champion" in ranked and same_recommendations(ranked["candidate"], ranked["champion"])
     if "champion" in per_user:
         paired = {
             "ndcg": paired_lower_bound(
