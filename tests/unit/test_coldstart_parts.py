@@ -353,3 +353,15 @@ def test_short_histories_are_simulated_on_at_most_the_configured_number_of_users
     capped = simulations(model, data, 7)
     assert all(len(s["users"]) == 7 and s["history"].shape[0] == 7 for s in capped)
     assert set(capped[0]["users"]) <= set(every)
+
+
+def test_cooccurrence_lift_is_the_same_computed_in_blocks_of_rows(monkeypatch):
+    import transfer_rec.recommender.short_history as short_history
+
+    matrix = sp.random(60, 23, density=0.2, random_state=3, format="csr")
+    matrix.data[:] = 1.0
+    whole = cooccurrence_lift([matrix, matrix[:20]])
+    monkeypatch.setattr(short_history, "LIFT_ROWS", 4)  # 23 items: five full blocks and a short one
+    blocks = cooccurrence_lift([matrix, matrix[:20]])
+    np.testing.assert_array_equal(blocks, whole)
+    assert blocks.dtype == np.float32 and np.all(np.diag(blocks) == 0) and np.ptp(blocks) > 0

@@ -48,6 +48,9 @@ def _zscore(scores: np.ndarray) -> np.ndarray:
     return (scores - scores.mean(1, keepdims=True)) / (scores.std(1, keepdims=True) + 1e-12)
 
 
+LIFT_ROWS = 1024
+
+
 def cooccurrence_lift(matrices: list[sp.spmatrix], smoothing: float = 20.0) -> np.ndarray:
     """log P(i | h) / P(i) for every item pair (rows h), from the pooled co-occurrences of the given platforms' users;
     P(i | h) is shrunk towards P(i) by `smoothing` pseudo-users, so a rare h moves little."""
@@ -60,10 +63,15 @@ def cooccurrence_lift(matrices: list[sp.spmatrix], smoothing: float = 20.0) -> n
         n_users += int((np.diff(matrix.indptr) > 0).sum())
     counts = np.diag(gram).astype(np.float64)
     p = (counts + 0.5) / (n_users + 1.0)
-    conditional = (gram + smoothing * p[None, :]) / (counts[:, None] + smoothing)
-    lift = np.log(conditional / p[None, :])
+    # in float64 a block of rows at a time, into the float32 result: over the whole item x item matrix at once its
+    # float64 temporaries were four times the result (at 18,000 items: ~10 GB next to a 1.3 GB result)
+    lift = np.empty(gram.shape, dtype=np.float32)
+    for start in range(0, gram.shape[0], LIFT_ROWS):
+        rows = slice(start, start + LIFT_ROWS)
+        conditional = (gram[rows] + smoothing * p[None, :]) / (counts[rows, None] + smoothing)
+        lift[rows] = np.log(conditional / p[None, :])
     np.fill_diagonal(lift, 0.0)
-    return lift.astype(np.float32)
+    return lift
 
 
 def position_shift(ordered: list[np.ndarray], n_items: int, max_n: int) -> np.ndarray:
