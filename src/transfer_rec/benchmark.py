@@ -147,7 +147,7 @@ def run_files(args: argparse.Namespace, config: PipelineConfig) -> dict[str, Any
     train = target.matrix("train")
     scores.update(
         {
-            name: score(weighted if name == "target_only" else train)
+            name: score(weighted if name == "target_only" else train, np.arange(len(target.user_ids)))
             for name, score in baseline_scorers(baselines, target.profiles()).items()
         }
     )

@@ -45,8 +45,46 @@ from transfer_rec.stages.train import train_history
 
 log = logging.getLogger(__name__)
 
-# A fitted contender: history matrix (users x items) -> scores.
-Scorer = Callable[[sp.csr_matrix], np.ndarray]
+# A fitted contender: (history rows, the same rows' positions among the platform's users) -> scores over the items.
+# The positions let a contender that reads profiles or links take those of the users it is asked for.
+Scorer = Callable[[sp.csr_matrix, np.ndarray], np.ndarray]
+
+# Contenders are scored this many users at a time and only their top-K lists are kept: a contender's scores for every
+# user at once are users x items in float64 (2.9 GB at 20,000 users and 18,000 items), and the transfer model makes
+# several such arrays on the way (its parts' scores, their z-scores, the blend).
+SCORE_ROWS = 2048
+
+
+def ranked_rows(
+    score: Scorer,
+    history: sp.csr_matrix,
+    rows: np.ndarray,
+    k: int,
+    exclude: sp.csr_matrix,
+    candidates: np.ndarray | None = None,
+) -> np.ndarray:
+    """The top-k lists (item indices, best first) of the users at `rows`, scored from their `history` rows with
+    their `exclude` items and non-candidates left out; a row of the result per entry of `rows`."""
+    history, exclude, rows = sp.csr_matrix(history), sp.csr_matrix(exclude), np.asarray(rows, dtype=np.int64)
+    ranked = np.empty((len(rows), min(k, history.shape[1])), dtype=np.intp)
+    for start in range(0, len(rows), SCORE_ROWS):
+        block = rows[start : start + SCORE_ROWS]
+        ranked[start : start + len(block)] = top_k(score(history[block], block), k, exclude[block], candidates)
+    return ranked
+
+
+def rows_metrics(
+    score: Scorer,
+    history: sp.csr_matrix,
+    exclude: sp.csr_matrix,
+    relevant: sp.csr_matrix,
+    k: int,
+    candidates: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-user metrics of the users with a relevant item (as `evaluate_scores`), scored a block at a time."""
+    relevant = sp.csr_matrix(relevant)
+    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    return per_user_metrics(ranked_rows(score, history, users, k, exclude, candidates), relevant[users], k)
 
 
 def same_recommendations(a: np.ndarray, b: np.ndarray) -> bool:
@@ -58,10 +96,14 @@ def baseline_scorers(baselines: Baselines, profiles: pd.DataFrame) -> dict[str, 
     """The baselines fitted by the train stage, each as a function from a history matrix to scores (the target-only
     twin reads each user's profile next to the history, as the candidate does)."""
     return {
-        "target_only": lambda m: baselines.target_only.score(m, profiles),
-        "ease": baselines.ease.score,
-        "popularity": baselines.popularity.score,
+        "target_only": lambda m, rows: baselines.target_only.score(m, _rows_of(profiles, rows)),
+        "ease": lambda m, rows: baselines.ease.score(m),
+        "popularity": lambda m, rows: baselines.popularity.score(m),
     }
+
+
+def _rows_of(profiles: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
+    return profiles.iloc[rows].reset_index(drop=True)
 
 
 def held_out_metrics(data: PlatformData, scores: dict[str, np.ndarray], k: int) -> dict[str, dict[str, np.ndarray]]:
@@ -146,8 +188,7 @@ def retention_metrics(
     history, exclude, relevant = time_holdout_split(data, share)
     per_user = {}
     for name, score in scorers.items():
-        values = evaluate_scores(score(history), exclude, relevant, k, data.item_mask())
-        per_user[name] = {"retention": values["hit"]}
+        per_user[name] = {"retention": rows_metrics(score, history, exclude, relevant, k, data.item_mask())["hit"]}
     users = np.flatnonzero(np.diff(relevant.indptr) > 0)
     return per_user, np.diff(history.indptr)[users], users
 
@@ -173,7 +214,7 @@ def cold_start_curve(
             shape=(len(data.user_ids), data.n_items),
         )
         for name, score in scorers.items():
-            ndcg = evaluate_scores(score(history), exclude, test, k, data.item_mask())["ndcg"]
+            ndcg = rows_metrics(score, history, exclude, test, k, data.item_mask())["ndcg"]
             low, high = bootstrap_ci(ndcg, samples, 0, 0.95)
             out.append(
                 {
@@ -193,7 +234,13 @@ def _champion_scorer(
 ) -> Scorer:
     """The champion as it was scored when it was promoted: the same (weighted) history matrix and people as the
     candidate, re-indexed onto its own items."""
-    return lambda matrix: champion.score_aligned(matrix, item_ids, profiles, links)
+    return lambda matrix, rows: champion.score_aligned(
+        matrix, item_ids, _rows_of(profiles, rows), _links_of(links, rows)
+    )
+
+
+def _links_of(links: list[str | None], rows: np.ndarray) -> list[str | None]:
+    return [links[row] for row in rows.tolist()]
 
 
 def _training_curves(run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -238,7 +285,9 @@ def evaluate(
     profiles = data.profiles()
     # the same rows' people for the linked part, if the model has one (a person known on a source)
     links = list(data.link_ids())
-    scorers: dict[str, Scorer] = {"candidate": lambda m: bundle.score_rows(m, profiles, links)[0]}
+    scorers: dict[str, Scorer] = {
+        "candidate": lambda m, rows: bundle.score_rows(m, _rows_of(profiles, rows), _links_of(links, rows))[0]
+    }
     baselines = Baselines.load(Path(candidate.baselines))
     scorers.update(baseline_scorers(baselines, profiles))
     l2 = baselines.ease.l2
@@ -250,15 +299,22 @@ def evaluate(
     # The transfer models (candidate, its target-only twin and the champion) read rating-weighted histories when so
     # configured; EASE and popularity take the binary history.
     weighted = train_history(data, config)
-    # Every metric on the test split reads each contender's top-K lists: one contender is scored at a time and only
-    # its lists are kept (every contender's users x items scores at once ran the 10 M scale fit out of 24 GiB).
+    # Every metric on the test split reads each contender's top-K lists (SCORE_ROWS: scored a block of users at a
+    # time; every contender's users x items scores at once ran the 10 M scale fit out of 24 GiB).
     seen, candidates, test = data.matrix("train", "valid"), data.item_mask(), data.matrix("test")
     test_users = _test_users(data)
-    ranked = {}
-    for name, score in scorers.items():
-        ranked[name] = top_k(
-            score(weighted if name in ("candidate", "target_only", "champion") else train), k, seen, candidates
+    every_user = np.arange(len(data.user_ids))
+    ranked = {
+        name: ranked_rows(
+            score,
+            weighted if name in ("candidate", "target_only", "champion") else train,
+            every_user,
+            k,
+            seen,
+            candidates,
         )
+        for name, score in scorers.items()
+    }
     per_user = {name: per_user_metrics(lists[test_users], test[test_users], k) for name, lists in ranked.items()}
     extra, coverage = beyond_accuracy(
         data,
