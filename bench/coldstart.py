@@ -276,13 +276,13 @@ def run_seed(
     popularity = Popularity().fit(train)
     record("popularity", popularity.score)
     best, best_ndcg = None, -1.0
-    for l2 in EASE_L2_GRID:
-        ease = EASE(l2).fit(train)
+    for ease in EASE.grid(train, EASE_L2_GRID):
         ndcg = float(
             np.mean(evaluate_scores(ease.score(train), train, split.data.valid, K, split.data.catalogue)["ndcg"])
         )
         if ndcg > best_ndcg:
             best, best_ndcg = ease, ndcg
+        del ease  # a loser's weights would otherwise live on while the next one is solved
     record("ease", best.score)
 
     for name, source in (("target_only", None), ("transfer", pretrained)):

@@ -27,6 +27,7 @@ class Baselines:
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(self.target_only.state(with_source=False), folder / "target_only.pt")
         np.save(folder / "ease_weights.npy", self.ease.weights)
+        np.save(folder / "ease_items.npy", self.ease.items)
         np.save(folder / "popularity.npy", self.popularity.counts)
         (folder / "baselines.json").write_text(json.dumps({**self.info, "ease_l2": self.ease.l2}, indent=2))
         return folder
@@ -37,6 +38,9 @@ class Baselines:
         info = json.loads((folder / "baselines.json").read_text())
         ease = EASE(info["ease_l2"])
         ease.weights = np.load(folder / "ease_weights.npy")
+        # folders saved before the weights were kept among train's items only hold them over the whole index
+        saved = folder / "ease_items.npy"
+        ease.items = np.load(saved) if saved.exists() else np.arange(len(ease.weights))
         popularity = Popularity()
         popularity.counts = np.load(folder / "popularity.npy")
         twin = TransferRecommender.from_state(

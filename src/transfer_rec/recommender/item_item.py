@@ -37,8 +37,12 @@ def gram_diagonal(terms: Sequence[GramTerm], n_items: int) -> np.ndarray:
     return diagonal
 
 
-def dense_gram(terms: Sequence[GramTerm], n_items: int, items: np.ndarray | None = None) -> np.ndarray:
-    """G as a dense array, over every item or over `items` only (sorted item indices: G[items][:, items])."""
+def dense_gram(
+    terms: Sequence[GramTerm], n_items: int, items: np.ndarray | None = None, block: int = 2048
+) -> np.ndarray:
+    """G as a dense array, over every item or over `items` only (sorted item indices: G[items][:, items]). A sparse
+    term is multiplied `block` columns at a time: its co-occurrences as one sparse product would be up to items^2
+    entries of 12 bytes, more than the dense result itself."""
     if items is None:
         items = np.arange(n_items)
     gram = np.zeros((len(items), len(items)), dtype=np.float64)
@@ -46,35 +50,58 @@ def dense_gram(terms: Sequence[GramTerm], n_items: int, items: np.ndarray | None
         if isinstance(term, np.ndarray):
             gram += weight * term[np.ix_(items, items)]
         else:
-            columns = sp.csc_matrix(term)[:, items]
-            gram += weight * (columns.T @ columns).toarray()
+            columns = sp.csc_matrix(term, dtype=np.float64)[:, items]
+            by_item = columns.T.tocsr()
+            for start in range(0, len(items), block):
+                gram[:, start : start + block] += weight * (by_item @ columns[:, start : start + block]).toarray()
     return gram
 
 
-def item_item_solve(gram: np.ndarray, lam: float, drop_p: float = 0.0) -> np.ndarray:
-    """Closed-form zero-diagonal item-item weights (EASE when drop_p = 0), exact."""
+def item_item_solve(gram: np.ndarray, lam: float, drop_p: float = 0.0, overwrite: bool = False) -> np.ndarray:
+    """Closed-form zero-diagonal item-item weights (EASE when drop_p = 0), exact. With `overwrite` a C-contiguous
+    float64 `gram` whose items all occur is turned into the weights in place and returned: at 18,000 items each
+    items^2 float64 copy is 2.6 GB, and the general inverse this replaces made four of them."""
     # An item nobody has (zero diagonal: its whole row and column are zero) is decoupled from the others and gets
     # zero weights, so only the items that occur are solved: the item index spans every family of platforms, and
     # the solve is cubic in its size.
     active = np.flatnonzero(np.diag(gram) > 0)
     if 0 < len(active) < gram.shape[0]:
         weights = np.zeros(gram.shape, dtype=np.float64)
-        weights[np.ix_(active, active)] = item_item_solve(gram[np.ix_(active, active)], lam, drop_p)
+        weights[np.ix_(active, active)] = item_item_solve(gram[np.ix_(active, active)], lam, drop_p, overwrite=True)
         return weights
-    gram = np.array(gram, dtype=np.float64, copy=True)
-    diagonal = np.diag(gram).copy()
-    gram[np.diag_indices_from(gram)] += lam + drop_p / (1.0 - drop_p) * diagonal
-    # symmetric positive definite: Cholesky inverse (LAPACK potrf/potri) is about twice as fast as a general inverse
-    factor, info = scipy.linalg.lapack.dpotrf(gram, lower=1, overwrite_a=1)
-    if info == 0:
-        precision, info = scipy.linalg.lapack.dpotri(factor, lower=1, overwrite_c=1)
-    if info != 0:
-        precision = np.linalg.inv(gram)
-    else:
-        precision = np.tril(precision) + np.tril(precision, -1).T
-    weights = -precision / np.diag(precision)
-    weights[np.diag_indices_from(weights)] = 0.0
+    fits = overwrite and gram.dtype == np.float64 and gram.flags.c_contiguous
+    weights = gram if fits else np.array(gram, dtype=np.float64, order="C")
+    diagonal = np.diag(weights).copy()
+    weights[np.diag_indices_from(weights)] += lam + drop_p / (1.0 - drop_p) * diagonal
+    _invert_in_place(weights)
+    weights /= -np.diag(weights)  # column j divided by the precision's P[j, j]
+    np.fill_diagonal(weights, 0.0)
     return weights
+
+
+def _invert_in_place(matrix: np.ndarray, block: int = 2048) -> None:
+    """Replace a symmetric positive definite C-contiguous float64 matrix by its inverse, in place. Cholesky (LAPACK
+    potrf/potri) is about twice as fast as a general inverse; LAPACK is handed the transposed view (Fortran order,
+    the same symmetric matrix) so that it overwrites it instead of copying it."""
+    if not len(matrix):
+        return
+    fortran = matrix.T
+    factor, info = scipy.linalg.lapack.dpotrf(fortran, lower=0, clean=0, overwrite_a=1)
+    if info == 0:
+        inverse, info = scipy.linalg.lapack.dpotri(factor, lower=0, overwrite_c=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(
+            f"item-item solve: the regularised Gram is not positive definite (LAPACK info {info}); "
+            "a positive L2 strength (lam) makes it so"
+        )
+    if not np.shares_memory(inverse, matrix):  # LAPACK copied after all: the result is elsewhere
+        matrix[...] = inverse.T
+    # potri wrote the Fortran upper triangle, the lower one of `matrix`: mirror it a block of rows at a time
+    for start in range(0, len(matrix), block):
+        stop = min(start + block, len(matrix))
+        square = matrix[start:stop, start:stop]
+        square[...] = np.tril(square) + np.tril(square, -1).T
+        matrix[start:stop, stop:] = matrix[stop:, start:stop].T
 
 
 def neighbourhood_solve(

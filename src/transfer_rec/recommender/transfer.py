@@ -624,7 +624,7 @@ class TransferRecommender:
                 dense = sum((weight * term for weight, term in gram[1:]), gram[0][1].copy())
             else:
                 dense = dense_gram(gram, self.n_items, items)
-            return self._spread(item_item_solve(dense, lam, drop_p), items)
+            return self._spread(item_item_solve(dense, lam, drop_p, overwrite=True), items)
         # the neighbourhoods of the last two Grams are kept: the settings of one alpha share them, and the source
         # check alternates between two
         key = (alpha, tuple(used))

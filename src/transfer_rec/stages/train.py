@@ -204,11 +204,12 @@ def _ease(train: sp.csr_matrix, valid: sp.csr_matrix, candidates: np.ndarray, k:
     best, best_ndcg = None, -1.0
     items = np.flatnonzero(candidates)
     judge_train, judge_valid = train[judged], valid[judged]
-    for l2 in EASE_L2_GRID:
-        model = EASE(l2).fit(train)
+    for model in EASE.grid(train, EASE_L2_GRID):
         ndcg = candidate_ndcg(model.score(judge_train)[:, items], judge_train, judge_valid, k, items)
         if ndcg > best_ndcg:
             best, best_ndcg = model, ndcg
+        del model  # a loser's items x items weights would otherwise live on while the next one is solved
+    assert best is not None
     return best
 
 
