@@ -254,6 +254,10 @@ class EvaluationConfig(_Strict):
     time_holdout: float = Field(0.1, gt=0, lt=1)
     # Users with at most this many history items count as new users in the segments and in `retention_new`.
     new_user_max_history: int = Field(20, ge=1)
+    # The cold-start curve (a report, not judged by the gate) follows a seeded sample of this many test users past
+    # it: it scores every contender at five history lengths, two thirds of a large target's evaluation, and past a
+    # few thousand users its CIs narrow less than its lengths differ.
+    cold_start_users_max: int = Field(5000, ge=1)
 
 
 class TargetFloors(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import types
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,13 @@ from tests.support import small_model, training
 from transfer_rec.metrics.ranking import evaluate_scores
 from transfer_rec.recommender.content import ContentSimilarity, content_vectors, title_embeddings
 from transfer_rec.recommender.profile import ProfileConfig, ProfilePrior, profile_features, profile_vocabulary
-from transfer_rec.recommender.short_history import ShortHistoryParts, cooccurrence_lift, decay, position_shift
+from transfer_rec.recommender.short_history import (
+    ShortHistoryParts,
+    cooccurrence_lift,
+    cooccurrences,
+    decay,
+    position_shift,
+)
 from transfer_rec.recommender.transfer import TransferRecommender
 
 USERS = pd.DataFrame(
@@ -297,19 +304,20 @@ def test_source_share_is_not_cross_fitted_on_fewer_than_two_users():
     assert share == 1.0 and "2" in report["skipped"], report
 
 
-def test_selected_weights_score_on_valid_what_the_model_then_serves():
-    """select_weights keeps the updated prior per (gamma, shift weight) across its grids; the NDCG it reports for
-    the chosen weights must be what the parts, set to them, score through adjust (which computes everything anew)."""
+def planted_selection(full: bool = False) -> tuple[ShortHistoryParts, list[dict], Callable]:
+    """Parts with a prior, lifts, a position shift and content; simulated histories of 0-2 of each user's items (and,
+    `full`, their whole histories, the warm case); an NDCG over them."""
     prior, matrix = planted_prior()
     shift = np.zeros((3, 8), dtype=np.float32)
     shift[:, 7] = 50.0  # after their first items users take item 7 (below): the shift is worth a weight
     parts = ShortHistoryParts(prior, ContentSimilarity(np.eye(8, dtype=np.float32)), cooccurrence_lift([matrix]), shift)
     rng = np.random.default_rng(4)
     sims = []
-    for n in (0, 1, 2):
+    for n in (0, 1, 2, *((None,) if full else ())):
         keep = np.zeros((40, 8), dtype=np.float32)
         for row in range(40):
-            keep[row, rng.choice(np.flatnonzero(matrix[row].toarray()[0]), size=n, replace=False)] = 1
+            taken = np.flatnonzero(matrix[row].toarray()[0])
+            keep[row, taken if n is None else rng.choice(taken, size=n, replace=False)] = 1
         history = sp.csr_matrix(keep)
         sims.append(
             {
@@ -317,6 +325,7 @@ def test_selected_weights_score_on_valid_what_the_model_then_serves():
                 "profiles": USERS,
                 "base": rng.normal(size=(40, 8)),
                 "relevant": sp.csr_matrix(np.maximum(matrix.toarray() - keep, np.eye(8)[[7] * 40])),
+                "full": n is None,
             }
         )
 
@@ -324,10 +333,32 @@ def test_selected_weights_score_on_valid_what_the_model_then_serves():
         scores = np.where(sim["history"].toarray() > 0, -np.inf, scores)
         return float(np.mean(evaluate_scores(scores, sim["history"], sim["relevant"], 3)["ndcg"]))
 
+    return parts, sims, ndcg
+
+
+def test_selected_weights_score_on_valid_what_the_model_then_serves():
+    """select_weights keeps the updated prior per (gamma, shift weight) across its grids; the NDCG it reports for
+    the chosen weights must be what the parts, set to them, score through adjust (which computes everything anew)."""
+    parts, sims, ndcg = planted_selection()
     report = parts.select_weights(sims, np.arange(8), ndcg)
     served = np.mean([ndcg(parts.adjust(s["base"], s["history"], USERS, np.arange(8)), s) for s in sims])
     assert parts.shift_weight > 0 and parts.profile_weight[0] > 0, report  # weights the grids had to find
     assert report["short_valid_ndcg"] == pytest.approx(served, abs=1e-12)
+
+
+def test_selected_weights_are_the_same_scored_on_one_thread_or_several(monkeypatch):
+    """The simulations of a grid point are scored on threads: each must be judged by its own scores and counted as
+    short or full by its own flag, whichever thread finishes first."""
+    import transfer_rec.recommender.short_history as short_history
+
+    chosen = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(short_history, "available_cpus", lambda threads=threads: threads)
+        parts, sims, ndcg = planted_selection(full=True)
+        report = parts.select_weights(sims, np.arange(8), ndcg)
+        chosen[threads] = (report, parts.gamma, parts.shift_weight, parts.profile_weight, parts.content_weight)
+    assert chosen[3] == chosen[1]
+    assert 0 < chosen[1][0]["warm_floor"] < 1 and chosen[1][0]["short_valid_ndcg"] != chosen[1][0]["warm_floor"]
 
 
 def test_short_histories_are_simulated_on_at_most_the_configured_number_of_users():
@@ -357,11 +388,60 @@ def test_short_histories_are_simulated_on_at_most_the_configured_number_of_users
 
 def test_cooccurrence_lift_is_the_same_computed_in_blocks_of_rows(monkeypatch):
     import transfer_rec.recommender.short_history as short_history
+    import transfer_rec.runtime.threads as threads_module
 
     matrix = sp.random(60, 23, density=0.2, random_state=3, format="csr")
     matrix.data[:] = 1.0
     whole = cooccurrence_lift([matrix, matrix[:20]])
     monkeypatch.setattr(short_history, "LIFT_ROWS", 4)  # 23 items: five full blocks and a short one
-    blocks = cooccurrence_lift([matrix, matrix[:20]])
-    np.testing.assert_array_equal(blocks, whole)
+    for threads in (1, 3):  # the blocks on one thread or several
+        monkeypatch.setattr(threads_module, "available_cpus", lambda threads=threads: threads)
+        blocks = cooccurrence_lift([matrix, matrix[:20]])
+        np.testing.assert_array_equal(blocks, whole)
     assert blocks.dtype == np.float32 and np.all(np.diag(blocks) == 0) and np.ptp(blocks) > 0
+
+
+def test_cooccurrence_lift_of_counted_platforms_is_the_lift_of_their_rows():
+    matrix = sp.random(60, 23, density=0.2, random_state=5, format="csr")
+    matrix.data[:] = 1.0
+    source, target = matrix[:45], matrix[45:]
+    counted = cooccurrences(source)
+    before = counted[0].copy()
+    np.testing.assert_array_equal(cooccurrence_lift([target], counted=[counted]), cooccurrence_lift([source, target]))
+    np.testing.assert_array_equal(counted[0], before)  # reused by the caller: never added into
+    assert counted[1] == int((np.diff(source.indptr) > 0).sum())
+
+
+def test_cross_fitting_folds_count_the_source_cooccurrences_once(monkeypatch):
+    """The folds of the source-share cross-fitting have other target users but the same source users: the source's
+    co-occurrences are counted once for all of them, and each fold's lift is the one fitted from scratch."""
+    import transfer_rec.selection.short_history as selection
+    from transfer_rec.config import ShortHistoryConfig
+    from transfer_rec.selection.short_history import ShortHistoryData, fitter
+
+    rng = np.random.default_rng(2)
+    source = sp.csr_matrix((rng.random((50, 12)) < 0.3).astype(np.float32))
+    train = sp.csr_matrix((rng.random((40, 12)) < 0.3).astype(np.float32))
+    ordered = [row.indices for row in train]
+    data = ShortHistoryData(12, np.ones(12, dtype=bool), train, train, USERS, ordered, source, USERS, pd.DataFrame())
+    counted = []
+    monkeypatch.setattr(selection, "cooccurrences", lambda m: counted.append(m.shape[0]) or cooccurrences(m))
+    whole = fitter(data, ShortHistoryConfig(), 1)
+    fold = whole.with_data(selection._without_users(data, np.arange(0, 40, 2)))
+    lifts = whole.lift(True), fold.lift(True)
+    assert counted == [50]  # the source's 50 users, once
+    fresh = fitter(fold.data, ShortHistoryConfig(), 1).lift(True)
+    np.testing.assert_array_equal(lifts[1], fresh)
+    assert not np.array_equal(lifts[0], lifts[1])
+
+
+def test_mixed_lift_is_the_mix_of_the_two_lifts_in_float32(monkeypatch):
+    import transfer_rec.selection.short_history as selection
+
+    rng = np.random.default_rng(6)
+    pooled, own = rng.normal(size=(2, 9, 9)).astype(np.float32)
+    monkeypatch.setattr(selection, "MIX_ROWS", 2)  # 9 rows: four blocks of two and one of one
+    mixed = selection.mixed_lift(pooled, own, 0.5)
+    assert mixed.dtype == np.float32
+    np.testing.assert_array_equal(mixed, 0.5 * pooled + (1.0 - 0.5) * own)
+    np.testing.assert_array_equal(selection.mixed_lift(pooled, own, 0.0), own)

@@ -41,3 +41,46 @@ def test_blocked_metrics_are_the_metrics_of_the_full_scores(monkeypatch):
     assert set(blocked) == set(expected)
     for name in expected:
         np.testing.assert_allclose(blocked[name], expected[name])
+
+
+def _platform(tmp_path, users: int = 30, items: int = 12, seed: int = 3):
+    """A target platform's feature files: each user's items split train / valid / test by time."""
+    import pandas as pd
+
+    from transfer_rec.stages.features import PlatformData
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(users):
+        taken = rng.choice(items, size=6, replace=False)
+        for position, item in enumerate(taken):
+            split = "train" if position < 4 else ("valid" if position == 4 else "test")
+            rows.append((f"u{user:02d}", int(item), split, position))
+    frame = pd.DataFrame(rows, columns=["user_id", "item_idx", "split", "timestamp"])
+    frame.to_parquet(tmp_path / "t.interactions.parquet")
+    pd.DataFrame({"user_id": frame["user_id"].unique()}).to_parquet(tmp_path / "t.users.parquet")
+    return PlatformData(tmp_path, "t", items)
+
+
+def test_cold_start_curve_follows_a_seeded_sample_of_its_users_past_the_limit(tmp_path):
+    from transfer_rec.metrics.ranking import judges
+
+    data = _platform(tmp_path)
+    weights = np.random.default_rng(0).normal(size=(12, 12))
+
+    def score(matrix: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+        return matrix @ weights + rows[:, None] % 7  # per-user: the right rows must be scored
+
+    every = evaluate.cold_start_curve(data, {"s": score}, 3, 100, lengths=(0, 2))
+    assert [r["users"] for r in every] == [30, 30]
+    sampled = evaluate.cold_start_curve(data, {"s": score}, 3, 100, lengths=(0, 2), users_max=7, seed=5)
+    assert [r["users"] for r in sampled] == [7, 7]
+    assert sampled == evaluate.cold_start_curve(data, {"s": score}, 3, 100, lengths=(0, 2), users_max=7, seed=5)
+    # the sample's mean is its users' own NDCG (at n = 0: no history, other train and valid items masked)
+    test, exclude = data.matrix("test"), data.matrix("train", "valid")
+    chosen = judges(test, 7, 5)
+    empty = sp.csr_matrix(test.shape, dtype=np.float32)
+    ranked = top_k(score(empty[chosen], chosen), 3, exclude[chosen])
+    expected = evaluate.per_user_metrics(ranked, test[chosen], 3)["ndcg"].mean()
+    assert sampled[0]["ndcg"] == expected
+    assert evaluate.cold_start_curve(data, {"s": score}, 3, 100, lengths=(0,), users_max=30) == every[:1]

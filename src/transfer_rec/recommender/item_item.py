@@ -38,14 +38,18 @@ def gram_diagonal(terms: Sequence[GramTerm], n_items: int) -> np.ndarray:
 
 
 def dense_gram(
-    terms: Sequence[GramTerm], n_items: int, items: np.ndarray | None = None, block: int = 2048
+    terms: Sequence[GramTerm],
+    n_items: int,
+    items: np.ndarray | None = None,
+    block: int = 2048,
+    dtype: type[np.floating] = np.float64,
 ) -> np.ndarray:
-    """G as a dense array, over every item or over `items` only (sorted item indices: G[items][:, items]). A sparse
-    term is multiplied `block` columns at a time: its co-occurrences as one sparse product would be up to items^2
-    entries of 12 bytes, more than the dense result itself."""
+    """G as a dense array of `dtype`, over every item or over `items` only (sorted item indices: G[items][:, items]).
+    A sparse term is multiplied `block` columns at a time (in float64): its co-occurrences as one sparse product
+    would be up to items^2 entries of 12 bytes, more than the dense result itself."""
     if items is None:
         items = np.arange(n_items)
-    gram = np.zeros((len(items), len(items)), dtype=np.float64)
+    gram = np.zeros((len(items), len(items)), dtype=dtype)
     for weight, term in terms:
         if isinstance(term, np.ndarray):
             gram += weight * term[np.ix_(items, items)]

@@ -23,6 +23,7 @@ chosen on the target's validation users by simulating short histories from their
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,9 @@ import scipy.sparse as sp
 import torch
 
 from transfer_rec.recommender.content import ContentSimilarity
+from transfer_rec.recommender.item_item import dense_gram
 from transfer_rec.recommender.profile import ProfilePrior, Profiles
+from transfer_rec.runtime.threads import available_cpus, in_blocks
 
 PROFILE_GRID = tuple(
     (a, c) for a in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0) for c in (1.0, 3.0, 10.0, 30.0)
@@ -51,25 +54,41 @@ def _zscore(scores: np.ndarray) -> np.ndarray:
 LIFT_ROWS = 1024
 
 
-def cooccurrence_lift(matrices: list[sp.spmatrix], smoothing: float = 20.0) -> np.ndarray:
-    """log P(i | h) / P(i) for every item pair (rows h), from the pooled co-occurrences of the given platforms' users;
-    P(i | h) is shrunk towards P(i) by `smoothing` pseudo-users, so a rare h moves little."""
-    gram = None
-    n_users = 0
-    for matrix in matrices:
-        matrix = sp.csr_matrix(matrix, dtype=np.float32)
-        part = (matrix.T @ matrix).toarray()
-        gram = part if gram is None else gram + part
-        n_users += int((np.diff(matrix.indptr) > 0).sum())
+def cooccurrences(matrix: sp.spmatrix) -> tuple[np.ndarray, int]:
+    """A platform's users' co-occurrence counts (items x items, float32; exact up to 2^24 users) and how many users
+    have an item. Made a block of columns at a time (dense_gram): the whole sparse product of 10 M interactions held
+    more than the dense result."""
+    matrix = sp.csr_matrix(matrix, dtype=np.float32)
+    gram = dense_gram([(1.0, matrix)], matrix.shape[1], dtype=np.float32)
+    return gram, int((np.diff(matrix.indptr) > 0).sum())
+
+
+def cooccurrence_lift(
+    matrices: list[sp.spmatrix], smoothing: float = 20.0, counted: list[tuple[np.ndarray, int]] = ()
+) -> np.ndarray:
+    """log P(i | h) / P(i) for every item pair (rows h), from the pooled co-occurrences of the given platforms' users
+    and of `counted` ones (their `cooccurrences`, when the caller reuses them across fits); P(i | h) is shrunk
+    towards P(i) by `smoothing` pseudo-users, so a rare h moves little."""
+    gram, n_users = None, 0
+    for part, users in [*counted, *(cooccurrences(m) for m in matrices)]:
+        if gram is None:
+            gram = part.copy()  # a counted part may be reused by the caller: never added into
+        else:
+            gram += part
+        n_users += users
+    if gram is None:
+        raise ValueError("cooccurrence_lift: no platform's users to count co-occurrences of")
     counts = np.diag(gram).astype(np.float64)
     p = (counts + 0.5) / (n_users + 1.0)
-    # in float64 a block of rows at a time, into the float32 result: over the whole item x item matrix at once its
-    # float64 temporaries were four times the result (at 18,000 items: ~10 GB next to a 1.3 GB result)
+    # in float64 a block of rows at a time (on threads), into the float32 result: over the whole item x item matrix
+    # at once its float64 temporaries were four times the result (at 18,000 items: ~10 GB next to a 1.3 GB result)
     lift = np.empty(gram.shape, dtype=np.float32)
-    for start in range(0, gram.shape[0], LIFT_ROWS):
-        rows = slice(start, start + LIFT_ROWS)
+
+    def fill(rows: slice) -> None:
         conditional = (gram[rows] + smoothing * p[None, :]) / (counts[rows, None] + smoothing)
         lift[rows] = np.log(conditional / p[None, :])
+
+    in_blocks(fill, gram.shape[0], LIFT_ROWS)
     np.fill_diagonal(lift, 0.0)
     return lift
 
@@ -230,50 +249,61 @@ class ShortHistoryParts:
         # users x candidates per simulation).
         updated: dict[str, Any] = {"key": None, "priors": []}
 
+        def updated_prior(entry: tuple) -> np.ndarray | None:
+            _, _, prior, _, lift, shift = entry
+            key = updated["key"]
+            return None if prior is None else self.updated_prior(prior, key[0], lift, shift, key[1])
+
         def evaluate(profile_weight, content_weight, gamma=None, shift_weight=None) -> tuple[float, float]:
             key = (self.gamma if gamma is None else gamma, self.shift_weight if shift_weight is None else shift_weight)
             if updated["key"] != key:
                 updated["key"] = key
-                updated["priors"] = [
-                    None if prior is None else self.updated_prior(prior, key[0], lift, shift, key[1])
-                    for _, _, prior, _, lift, shift in prepared
-                ]
-            values = {True: [], False: []}
-            for (sim, n, _, content, _, _), prior in zip(prepared, updated["priors"], strict=True):
+                updated["priors"] = list(pool.map(updated_prior, prepared))
+
+            def score(entry: tuple, prior: np.ndarray | None) -> tuple[bool, float]:
+                sim, n, _, content, _, _ = entry
                 scores = self._blend_updated(sim["base"], n, prior, content, profile_weight, content_weight)
-                values[bool(sim.get("full"))].append(ndcg(scores, sim))
+                return bool(sim.get("full")), ndcg(scores, sim)
+
+            values: dict[bool, list[float]] = {True: [], False: []}
+            for full, value in pool.map(score, prepared, updated["priors"]):
+                values[full].append(value)
             return float(np.mean(values[False] or [0.0])), float(np.mean(values[True] or [np.inf]))
 
-        warm_floor = evaluate((0.0, 1.0), (0.0, 1.0), 0.0, 0.0)[1]
+        # The simulations of one grid point are scored on threads (`pool`, used by the functions above): numpy's array
+        # work and partial sorts release the GIL, and one simulation at a time left a core idle for most of a large
+        # target's fine-tune. Each simulation's NDCG is the same whichever thread computes it.
+        with ThreadPoolExecutor(max_workers=max(1, min(len(prepared), available_cpus()))) as pool:
+            warm_floor = evaluate((0.0, 1.0), (0.0, 1.0), 0.0, 0.0)[1]
 
-        def best(grid: dict[Any, tuple[float, float]], key) -> Any:
-            allowed = {w: v for w, v in grid.items() if v[1] >= warm_floor - 1e-9} or grid
-            return max(allowed, key=lambda w: (allowed[w][0], key(w)))
+            def best(grid: dict[Any, tuple[float, float]], key) -> Any:
+                allowed = {w: v for w, v in grid.items() if v[1] >= warm_floor - 1e-9} or grid
+                return max(allowed, key=lambda w: (allowed[w][0], key(w)))
 
-        report: dict[str, Any] = {"warm_floor": warm_floor}
-        has_shift = self.shift is not None
-        if self.prior is not None and (self.lift is not None or has_shift):
-            # the naive-Bayes part on its own first (the base with a small weight next to it)
-            gammas = (COARSE_GAMMA_GRID if coarse else GAMMA_GRID) if self.lift is not None else (0.0,)
-            shifts = (COARSE_SHIFT_GRID if coarse else SHIFT_GRID) if has_shift else (0.0,)
-            grid = {(g, d): evaluate((16.0, float("inf")), (0.0, 1.0), g, d) for g in gammas for d in shifts}
-            self.gamma, self.shift_weight = max(grid, key=lambda w: (grid[w][0], -w[0], -w[1]))
-            report["gamma"] = {"gamma": self.gamma, "valid_ndcg": grid[(self.gamma, self.shift_weight)]}
-            if has_shift:
-                report["shift"] = {
-                    "weight": self.shift_weight,
-                    "valid_ndcg_by_weight": {d: grid[(self.gamma, d)][0] for d in shifts},
-                }
-        if self.content is not None:
-            grid = {w: evaluate((0.0, 1.0), w) for w in CONTENT_GRID}
-            self.content_weight = best(grid, lambda w: -w[0])
-            report["content"] = {"weight": self.content_weight, "valid_ndcg": grid[self.content_weight]}
-        if self.prior is not None:
-            grid = {w: evaluate(w, self.content_weight) for w in (COARSE_PROFILE_GRID if coarse else PROFILE_GRID)}
-            self.profile_weight = best(grid, lambda w: (-w[0], -w[1]))
-            report["profile"] = {"weight": self.profile_weight, "valid_ndcg": grid[self.profile_weight]}
-        report["short_valid_ndcg"] = evaluate(self.profile_weight, self.content_weight)[0]
-        return report
+            report: dict[str, Any] = {"warm_floor": warm_floor}
+            has_shift = self.shift is not None
+            if self.prior is not None and (self.lift is not None or has_shift):
+                # the naive-Bayes part on its own first (the base with a small weight next to it)
+                gammas = (COARSE_GAMMA_GRID if coarse else GAMMA_GRID) if self.lift is not None else (0.0,)
+                shifts = (COARSE_SHIFT_GRID if coarse else SHIFT_GRID) if has_shift else (0.0,)
+                grid = {(g, d): evaluate((16.0, float("inf")), (0.0, 1.0), g, d) for g in gammas for d in shifts}
+                self.gamma, self.shift_weight = max(grid, key=lambda w: (grid[w][0], -w[0], -w[1]))
+                report["gamma"] = {"gamma": self.gamma, "valid_ndcg": grid[(self.gamma, self.shift_weight)]}
+                if has_shift:
+                    report["shift"] = {
+                        "weight": self.shift_weight,
+                        "valid_ndcg_by_weight": {d: grid[(self.gamma, d)][0] for d in shifts},
+                    }
+            if self.content is not None:
+                grid = {w: evaluate((0.0, 1.0), w) for w in CONTENT_GRID}
+                self.content_weight = best(grid, lambda w: -w[0])
+                report["content"] = {"weight": self.content_weight, "valid_ndcg": grid[self.content_weight]}
+            if self.prior is not None:
+                grid = {w: evaluate(w, self.content_weight) for w in (COARSE_PROFILE_GRID if coarse else PROFILE_GRID)}
+                self.profile_weight = best(grid, lambda w: (-w[0], -w[1]))
+                report["profile"] = {"weight": self.profile_weight, "valid_ndcg": grid[self.profile_weight]}
+            report["short_valid_ndcg"] = evaluate(self.profile_weight, self.content_weight)[0]
+            return report
 
     def state(self) -> dict[str, Any]:
         return {

@@ -23,6 +23,7 @@ from transfer_rec.metrics.ranking import (
     METRICS,
     evaluate_scores,
     item_segment_hits,
+    judges,
     mean_metrics,
     per_user_metrics,
     top_k,
@@ -197,15 +198,28 @@ COLD_START_LENGTHS = (0, 1, 3, 5, 10)
 
 
 def cold_start_curve(
-    data: PlatformData, scorers: dict[str, Scorer], k: int, samples: int, lengths: tuple[int, ...] = COLD_START_LENGTHS
+    data: PlatformData,
+    scorers: dict[str, Scorer],
+    k: int,
+    samples: int,
+    lengths: tuple[int, ...] = COLD_START_LENGTHS,
+    users_max: int | None = None,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """NDCG@k against history length: each test user seen as a new user with only their n earliest train items
-    (n = 0: the profile alone), ranked for their test items; their other train and valid items are masked (neither
-    input nor credit). One row per (n, contender) with the mean and a 95% bootstrap CI over the same users."""
+    """NDCG@k against history length: each test user (a seeded sample of `users_max` of them past it) seen as a new
+    user with only their n earliest train items (n = 0: the profile alone), ranked for their test items; their other
+    train and valid items are masked (neither input nor credit). One row per (n, contender) with the mean and a 95%
+    bootstrap CI over the same users."""
     train = data.frame[data.frame["split"] == "train"].sort_values(["user_id", "timestamp", "item_idx"], kind="stable")
     rank = train.groupby("user_id", sort=False).cumcount().to_numpy()
     rows_of = data._row[train["user_id"]].to_numpy()
     exclude, test = data.matrix("train", "valid"), data.matrix("test")
+    if users_max is not None:
+        # the users left out keep no test item: rows_metrics scores only users with one
+        kept = np.zeros(test.shape[0])
+        kept[judges(test, users_max, seed)] = 1.0
+        test = sp.csr_matrix(sp.diags(kept) @ test)
+        test.eliminate_zeros()
     out = []
     for n in lengths:
         first = rank < n
@@ -324,7 +338,14 @@ def evaluate(
     for name in per_user:
         per_user[name].update(extra[name])
     kept, kept_lengths, kept_users = retention_metrics(data, scorers, k, config.evaluation.time_holdout)
-    curve = cold_start_curve(data, scorers, k, gate.bootstrap_samples)
+    curve = cold_start_curve(
+        data,
+        scorers,
+        k,
+        gate.bootstrap_samples,
+        users_max=config.evaluation.cold_start_users_max,
+        seed=config.training.seed,
+    )
     test_lengths = np.diff(train.indptr)[test_users]
     test_segments = user_segments(test_lengths, new_max)
     kept_segments = user_segments(kept_lengths, new_max)
