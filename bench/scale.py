@@ -75,9 +75,9 @@ PLATFORMS = (
 
 # The recommender's settings this deployment changes (config `training:`): fewer passes over the data than the
 # defaults, which are tuned on platforms of a few thousand users where an epoch is a few minibatches. At 10 M
-# interactions a pretraining epoch is ~5 minutes and a fine-tuning epoch ~1.5 minutes on 2 cores, and the defaults'
-# 15 pretraining epochs and early stopping after 8 epochs without gain take hours. What the fewer passes cost in
-# accuracy is not measured yet (docs/results/2026-12-05-scale-fit-10m.md).
+# interactions a pretraining epoch is ~2.5 minutes and a fine-tuning epoch ~20 s on 2 cores
+# (docs/results/2026-12-05-scale-fit-10m-time.md): the defaults' 15 pretraining epochs alone would take ~40 of the
+# fit's 45 minutes. What the fewer passes cost in accuracy is not measured yet.
 SCALE_TRAINING = {"encoders": 1, "epochs_pretrain": 2, "epochs_finetune": 10, "patience": 2, "source_replay": 0.05}
 
 
