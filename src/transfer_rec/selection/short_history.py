@@ -126,7 +126,7 @@ class _Fitted:
         self.data, self.settings, self.seed = data, settings, seed
         self.cache: dict[Any, Any] = {}
         # what depends on the source users alone, which every fold of the cross-fitting has too: one dict for the
-        # fits on subsets of the same target (at 10 M source interactions, counting their co-occurrences took ~20 s)
+        # fits on subsets of the same target (at 10 M source interactions, counting them took up to ~17 s a time)
         self.shared: dict[str, Any] = {} if shared is None else shared
 
     def with_data(self, data: ShortHistoryData) -> _Fitted:
