@@ -10,13 +10,48 @@ from transfer_rec.config import PlatformConfig
 from transfer_rec.io.formats import FormatError, check_text
 from transfer_rec.schema.suites import REFERENCE_COLUMNS, native_column
 from transfer_rec.spark.session import read_table
-from transfer_rec.stages.validate import NUMERIC_COLUMNS, Batch, Landed, by_reading, checkpoint, regroup, store_results
+from transfer_rec.stages.validate import (
+    NUMERIC_COLUMNS,
+    Batch,
+    Landed,
+    by_reading,
+    checkpoint,
+    expectation_key,
+    regroup,
+    store_results,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 # The unified interactions' column types (schema.unified.TYPES) as Spark names them.
 SPARK_TYPES = {"rating": "DoubleType", "timestamp": "LongType", "label": "ByteType"}
+
+# Counts and observed values without example rows. On Spark a rule's examples are a filter-and-limit job of their own,
+# a scan of the whole table when nothing is unexpected (and SUMMARY adds a count per value, a shuffle): the first
+# pass asks for none, and only the rules that found unexpected values run again for their examples.
+COUNTS_ONLY = {"result_format": "BASIC", "partial_unexpected_count": 0}
+
+
+def run_checks(scratch: Any, source: Any, expectations: list[Any], name: str, frame: DataFrame) -> list[Any]:
+    """stages.validate.checkpoint's run on a Spark DataFrame: the (identifier, suite result) pairs, the same
+    verdicts, counts and examples as one SUMMARY run, with one pass of example jobs only for rules that need them."""
+    run = checkpoint(scratch, source, expectations, name, COUNTS_ONLY).run(batch_parameters={"dataframe": frame})
+    pairs = list(run.run_results.items())
+    unexpected = {
+        expectation_key(r.expectation_config)
+        for _, suite in pairs
+        for r in suite.results
+        if (r.result or {}).get("unexpected_count")
+    }
+    if not unexpected:
+        return pairs
+    again = [e for e in expectations if expectation_key(e.configuration) in unexpected]
+    rerun = checkpoint(scratch, source, again, f"{name}.examples").run(batch_parameters={"dataframe": frame})
+    detailed = {expectation_key(r.expectation_config): r for suite in rerun.run_results.values() for r in suite.results}
+    for _, suite in pairs:
+        suite.results = [detailed.get(expectation_key(r.expectation_config), r) for r in suite.results]
+    return pairs
 
 
 def with_references(interactions: DataFrame, folder: Path, profiled: list[str]) -> DataFrame:
@@ -54,8 +89,7 @@ class SparkInteractions:
         # Every expectation is a Spark job of its own over the joined rows. Caching them first cost more than it
         # saved on 20 M rows (docs/results/2026-12-04-spark-ingest.md): they are read from Parquet each time.
         frame = with_references(self.interactions, self.folder, [str(v) for v in sets["profiled"]])
-        run = checkpoint(scratch, source, expectations, name).run(batch_parameters={"dataframe": frame})
-        return list(run.run_results.items())
+        return run_checks(scratch, source, expectations, name, frame)
 
 
 class SparkRaw:
@@ -111,16 +145,7 @@ class SparkRaw:
         split, owners = by_reading(batches)
         # one checkpoint per batch in turn: Spark runs each expectation's jobs on all its cores
         results = [
-            store_results(
-                scratch,
-                [
-                    list(
-                        checkpoint(scratch, source, batch.expectations, batch.name)
-                        .run(batch_parameters={"dataframe": batch.frame})
-                        .run_results.items()
-                    )
-                ],
-            )
+            store_results(scratch, [run_checks(scratch, source, batch.expectations, batch.name, batch.frame)])
             for batch in split
         ]
         return regroup(results, owners, len(batches))

@@ -147,6 +147,12 @@ def _failure_line(platform: str, file: str, result: Any) -> str:
     return f"platform {platform}, file {file}: {config.type}({kwargs}) failed: {what}"
 
 
+def expectation_key(config: Any) -> str:
+    """An expectation configuration as text: the same for the same rule on the same columns, in any suite."""
+    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "result_format")}
+    return json.dumps([config.type, kwargs], sort_keys=True, default=str)
+
+
 def _failed(results: list[Any]) -> list[Any]:
     """The failed expectations of one table's validation results (one result per partition when it was validated
     in partitions): one entry per expectation, its unexpected counts summed and its examples pooled."""
@@ -156,8 +162,7 @@ def _failed(results: list[Any]) -> list[Any]:
             if r.success:
                 continue
             config = r.expectation_config
-            kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "result_format")}
-            key = json.dumps([config.type, kwargs], sort_keys=True, default=str)
+            key = expectation_key(config)
             if key not in merged:
                 merged[key] = SimpleNamespace(
                     expectation_config=config, result=dict(r.result or {}), exception_info=r.exception_info
@@ -433,7 +438,13 @@ def _id_columns(platform: PlatformConfig, table: str) -> list[str]:
     return [c for c in (native_column(platform, table, u) for u in ("user_id", "item_id")) if c]
 
 
-def checkpoint(scratch: Any, source: Any, expectations: list[Any], name: str) -> Any:
+# What a result holds: counts, the observed value and up to five unexpected values (the failure line's examples).
+SUMMARY = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
+
+
+def checkpoint(
+    scratch: Any, source: Any, expectations: list[Any], name: str, result_format: dict[str, Any] = SUMMARY
+) -> Any:
     """A checkpoint validating one dataframe (given when it runs) against expectations. It has no actions: Data
     Docs are built once per batch, after all its checkpoints ran."""
     import great_expectations as gx
@@ -450,7 +461,7 @@ def checkpoint(scratch: Any, source: Any, expectations: list[Any], name: str) ->
             name=name,
             validation_definitions=[definition],
             actions=[],
-            result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
+            result_format=result_format,
         )
     )
 
