@@ -291,3 +291,46 @@ def test_spark_names_a_file_that_is_not_in_its_configured_format(pipeline_env):
     assert "platform village, file interactions.txt: cannot be read" in message
     assert "interactions.txt: not a readable Parquet file" in message
     assert (layout.quarantine / "village" / "csv" / "interactions.txt").exists()
+
+
+def test_spark_checks_count_first_and_fetch_examples_only_for_rules_that_found_some(both):
+    """run_checks gives each rule the verdict, counts and examples of one SUMMARY run; the rules that found nothing
+    unexpected keep the first, counts-only pass's result (no example jobs were run for them)."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    from transfer_rec.spark.session import spark_session
+    from transfer_rec.spark.validate import run_checks
+    from transfer_rec.stages.validate import checkpoint, expectation_key
+
+    spark = spark_session(both["config"].spark)
+    frame = spark.createDataFrame(
+        pd.DataFrame({"score": [1.0, 2.0, 11.0, 3.0, 12.0], "name": ["a", "b", "c", "d", "e"]})
+    )
+    expectations = [
+        gxe.ExpectColumnValuesToBeBetween(column="score", min_value=1, max_value=5),
+        gxe.ExpectColumnValuesToNotBeNull(column="name"),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+    ]
+
+    def by_rule(pairs) -> dict:
+        return {expectation_key(r.expectation_config): r for _, suite in pairs for r in suite.results}
+
+    ours = gx.get_context(mode="ephemeral")
+    checked = by_rule(run_checks(ours, ours.data_sources.add_spark("ours"), expectations, "checks", frame))
+    full = gx.get_context(mode="ephemeral")
+    one_run = checkpoint(full, full.data_sources.add_spark("full"), expectations, "checks")
+    summary = by_rule(one_run.run(batch_parameters={"dataframe": frame}).run_results.items())
+    assert checked.keys() == summary.keys() and len(checked) == 3
+    for key, result in checked.items():
+        expected = summary[key].result or {}
+        assert result.success == summary[key].success, key
+        for field in ("unexpected_count", "observed_value", "element_count"):
+            assert (result.result or {}).get(field) == expected.get(field), (key, field)
+        assert sorted((result.result or {}).get("partial_unexpected_list") or []) == sorted(
+            expected.get("partial_unexpected_list") or []
+        ), key
+    between = checked[expectation_key(expectations[0].configuration)]
+    assert not between.success and sorted(between.result["partial_unexpected_list"]) == [11.0, 12.0]
+    assert "partial_unexpected_counts" in between.result  # its second, SUMMARY run
+    assert "partial_unexpected_counts" not in checked[expectation_key(expectations[1].configuration)].result

@@ -1,4 +1,5 @@
-"""torch's thread budget, set by the stage that trains or scores (config `runtime.torch_threads`), never at import."""
+"""Threads: torch's thread budget, set by the stage that trains or scores (config `runtime.torch_threads`), never at
+import; and numpy work on disjoint blocks of rows spread over the available CPUs (`in_blocks`)."""
 
 from __future__ import annotations
 
