@@ -245,6 +245,11 @@ class ShortHistoryConfig(_Strict):
     # valid items (a seeded sample past it; never more than training.valid_users_max): every grid point costs
     # users x candidates per simulated length, and the source share's cross-fitting runs the grids six times more.
     simulated_users_max: int = Field(2000, ge=1)
+    # Up to lift_dense_max items (the whole item index) the co-occurrence lift is a dense items x items float32 matrix
+    # (1.6 GB at 20,000 items, a copy per fit and mix); past it each item keeps only its lift_neighbours largest
+    # lifts (memory items x neighbours; recommender/short_history.py, pruned_lift).
+    lift_dense_max: int = Field(20000, ge=0)
+    lift_neighbours: int = Field(1000, ge=1)
 
 
 class EvaluationConfig(_Strict):

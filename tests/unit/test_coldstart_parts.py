@@ -15,6 +15,7 @@ from tests.support import small_model, training
 
 from transfer_rec.metrics.ranking import evaluate_scores
 from transfer_rec.recommender.content import ContentSimilarity, content_vectors, title_embeddings
+from transfer_rec.recommender.item_item import times
 from transfer_rec.recommender.profile import ProfileConfig, ProfilePrior, profile_features, profile_vocabulary
 from transfer_rec.recommender.short_history import (
     ShortHistoryParts,
@@ -22,6 +23,7 @@ from transfer_rec.recommender.short_history import (
     cooccurrences,
     decay,
     position_shift,
+    pruned_lift,
 )
 from transfer_rec.recommender.transfer import TransferRecommender
 
@@ -445,3 +447,76 @@ def test_mixed_lift_is_the_mix_of_the_two_lifts_in_float32(monkeypatch):
     assert mixed.dtype == np.float32
     np.testing.assert_array_equal(mixed, 0.5 * pooled + (1.0 - 0.5) * own)
     np.testing.assert_array_equal(selection.mixed_lift(pooled, own, 0.0), own)
+
+
+def _binary(rng: np.random.Generator, users: int, items: int, density: float) -> sp.csr_matrix:
+    return sp.csr_matrix((rng.random((users, items)) < density).astype(np.float32))
+
+
+def test_pruned_lift_with_every_neighbour_scores_as_the_dense_lift_and_round_trips(tmp_path):
+    """The sparse lift drops a constant per row: the prior it updates is z-scored per user, so the scores are the
+    dense lift's; saved and loaded (torch weights_only) it scores the same."""
+    import torch
+
+    rng = np.random.default_rng(7)
+    prior, _ = planted_prior()
+    source, target = _binary(rng, 70, 8, 0.3), _binary(rng, 40, 8, 0.4)
+    dense = cooccurrence_lift([source, target])
+    sparse = pruned_lift([source, target], neighbours=7)
+    assert sp.issparse(sparse) and sparse.dtype == np.float32
+    history = _binary(rng, 12, 8, 0.25)
+    base = rng.normal(size=(12, 8))
+    scores = []
+    for lift in (dense, sparse):
+        parts = ShortHistoryParts(prior, None, lift)
+        parts.profile_weight, parts.gamma = (4.0, 3.0), 0.8
+        scores.append(parts.adjust(base, history, USERS.iloc[:12], np.arange(8)))
+    np.testing.assert_allclose(scores[1], scores[0], atol=1e-5)
+    assert np.ptp(scores[0] - base) > 0.1  # the lift moved the scores: the comparison is not of two no-ops
+    torch.save(parts.state(), tmp_path / "parts.pt")
+    loaded = ShortHistoryParts.from_state(torch.load(tmp_path / "parts.pt", weights_only=True))
+    assert sp.issparse(loaded.lift)
+    np.testing.assert_array_equal(loaded.adjust(base, history, USERS.iloc[:12], np.arange(8)), scores[1])
+
+
+def test_pruned_lift_keeps_each_items_largest_lifts_and_reads_the_others_as_their_mean():
+    rng = np.random.default_rng(8)
+    matrix = _binary(rng, 200, 30, 0.2)
+    dense = cooccurrence_lift([matrix])
+    sparse = pruned_lift([matrix], neighbours=5)
+    for h in range(30):
+        row = sparse[h].toarray().ravel()
+        kept = np.flatnonzero(row)
+        kept = kept[kept != h]
+        assert len(kept) == 5  # five neighbours (and the diagonal)
+        others = np.delete(np.arange(30), h)
+        largest = others[np.argsort(-dense[h, others], kind="stable")[:5]]
+        assert np.sort(dense[h, kept]).tolist() == np.sort(dense[h, largest]).tolist()
+        # the row as the dense lift less one constant: the mean of the entries left out, which read as 0 here
+        constant = dense[h, kept] - row[kept]
+        np.testing.assert_allclose(constant, constant[0], atol=1e-5)
+        left_out = np.setdiff1d(others, kept)
+        np.testing.assert_allclose(constant[0], dense[h, left_out].mean(), atol=1e-5)
+        np.testing.assert_allclose(dense[h, h] - row[h], constant[0], atol=1e-5)  # the diagonal: 0 in the dense lift
+
+
+def test_fits_past_the_dense_size_use_the_pruned_lift_and_mix_it_as_the_dense_one():
+    import transfer_rec.selection.short_history as selection
+    from transfer_rec.config import ShortHistoryConfig
+    from transfer_rec.selection.short_history import ShortHistoryData, fitter
+
+    rng = np.random.default_rng(9)
+    source, train = _binary(rng, 50, 12, 0.3), _binary(rng, 40, 12, 0.3)
+    ordered = [row.indices for row in train]
+    data = ShortHistoryData(12, np.ones(12, dtype=bool), train, train, USERS, ordered, source, USERS, pd.DataFrame())
+    dense = fitter(data, ShortHistoryConfig(), 1)
+    pruned = fitter(data, ShortHistoryConfig(lift_dense_max=11, lift_neighbours=11), 1)
+    assert not sp.issparse(dense.lift(True)) and sp.issparse(pruned.lift(True))
+    history = _binary(rng, 15, 12, 0.3)
+    for share in (1.0, 0.5, 0.0):
+        summed = [times(history, selection.mixed_lift(f.lift(True), f.lift(False), share)) for f in (dense, pruned)]
+        np.testing.assert_allclose(_zscore(summed[1]), _zscore(summed[0]), atol=1e-4)
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-12)

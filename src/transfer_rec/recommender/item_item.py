@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
+import torch
 
 # One term of G: (weight, rows) for rows' co-occurrences rows'rows, or (weight, gram) for a dense Gram already made.
 GramTerm = tuple[float, "sp.csr_matrix | np.ndarray"]
@@ -257,3 +259,48 @@ def _batches(near: np.ndarray, union: int, most: int = 32) -> list[np.ndarray]:
     if len(near) > first:
         batches.append(np.arange(first, len(near)))
     return batches
+
+
+# Item x item matrices held dense (small catalogues) or sparse (pruned, large ones): the item-item weights and the
+# short-history parts' lift are saved and multiplied into histories by the same functions.
+
+
+def rows_state(matrix: sp.csr_matrix) -> dict[str, Any]:
+    """A weighted sparse matrix as tensors (torch.load's weights_only reads them back)."""
+    matrix = sp.csr_matrix(matrix)
+    return {
+        "indptr": torch.from_numpy(matrix.indptr.astype(np.int64)),
+        "indices": torch.from_numpy(matrix.indices.astype(np.int64)),
+        "data": torch.from_numpy(matrix.data.astype(np.float32)),
+        "shape": list(matrix.shape),
+    }
+
+
+def rows_from(state: dict[str, Any]) -> sp.csr_matrix:
+    return sp.csr_matrix(
+        (state["data"].numpy(), state["indices"].numpy(), state["indptr"].numpy()), shape=tuple(state["shape"])
+    )
+
+
+def weights_state(weights: np.ndarray | sp.csr_matrix) -> torch.Tensor | dict[str, Any]:
+    return rows_state(weights) if sp.issparse(weights) else torch.from_numpy(np.asarray(weights))
+
+
+def weights_from(state: torch.Tensor | dict[str, Any]) -> np.ndarray | sp.csr_matrix:
+    return rows_from(state) if isinstance(state, dict) else state.numpy().astype(np.float32)
+
+
+# Users scored at a time by sparse item-item weights: the product of two sparse matrices is sparse, and a whole
+# platform's users x candidates of it would take three times the dense scores' memory.
+SPARSE_SCORE_ROWS = 4096
+
+
+def times(history: sp.spmatrix, weights: np.ndarray | sp.csr_matrix) -> np.ndarray:
+    """history @ weights as a dense float32 array."""
+    history = sp.csr_matrix(history, dtype=np.float32)
+    if not sp.issparse(weights):
+        return np.asarray(history @ weights)
+    out = np.empty((history.shape[0], weights.shape[1]), dtype=np.float32)
+    for start in range(0, history.shape[0], SPARSE_SCORE_ROWS):
+        out[start : start + SPARSE_SCORE_ROWS] = (history[start : start + SPARSE_SCORE_ROWS] @ weights).toarray()
+    return out

@@ -31,7 +31,7 @@ import scipy.sparse as sp
 import torch
 
 from transfer_rec.recommender.content import ContentSimilarity
-from transfer_rec.recommender.item_item import dense_gram
+from transfer_rec.recommender.item_item import dense_gram, gram_diagonal, times, weights_from, weights_state
 from transfer_rec.recommender.profile import ProfilePrior, Profiles
 from transfer_rec.runtime.threads import available_cpus, in_blocks
 
@@ -93,6 +93,57 @@ def cooccurrence_lift(
     return lift
 
 
+PRUNED_LIFT_COLUMNS = 512
+
+
+def pruned_lift(matrices: list[sp.spmatrix], neighbours: int, smoothing: float = 20.0) -> sp.csr_matrix:
+    """cooccurrence_lift up to a constant per row, sparse, with each row's `neighbours` largest entries: memory
+    items x neighbours, never items^2 (50,000 items: 10 GB per dense float32 copy).
+
+    Row h of the lift is log(s / (c_h + s)), the same for every item i, plus log1p(g_hi / (s p_i)), which is zero
+    where h and i never co-occur (s: smoothing, c_h: h's users, g_hi: their co-occurrences). An entry left out of
+    the sparse matrix reads as the row's constant r_h: the mean of the entries it leaves out (on a large platform
+    most pairs co-occur a little, about as often as chance would have them, and reading those as "never together"
+    would sink every item outside a history item's neighbours), and the kept ones are stored less r_h. A history's
+    summed lifts then differ from the dense ones by a constant per user, which the z-score of
+    ShortHistoryParts.updated_prior removes, plus the left-out entries' spread around their mean; with `neighbours`
+    >= items - 1 nothing is left out and the scores are the dense lift's (tests/unit/test_coldstart_parts.py). The
+    diagonal keeps the dense lift's 0. The co-occurrences are made a block of columns at a time, on threads."""
+    n_items = matrices[0].shape[1]
+    counts = gram_diagonal([(1.0, m) for m in matrices], n_items)
+    n_users = sum(int((np.diff(sp.csr_matrix(m).indptr) > 0).sum()) for m in matrices)
+    scale = smoothing * (counts + 0.5) / (n_users + 1.0)
+    prepared = [(sp.csr_matrix(m.T, dtype=np.float64), sp.csc_matrix(m, dtype=np.float64)) for m in matrices]
+    width = max(min(neighbours, n_items - 1), 0)
+    kept = np.zeros((n_items, width), dtype=np.int32)
+    values = np.zeros((n_items, width), dtype=np.float32)
+    left_out = np.zeros(n_items, dtype=np.float64)  # each row's mean left-out term (0 when nothing is left out)
+
+    def fill(rows: slice) -> None:
+        g = np.zeros((n_items, rows.stop - rows.start), dtype=np.float64)
+        for by_item, by_column in prepared:
+            g += (by_item @ by_column[:, rows]).toarray()
+        # column c of the block is row h = rows.start + c of the lift, over every item i (axis 0)
+        delta = np.log1p(g / scale[:, None])
+        delta[np.arange(rows.start, rows.stop), np.arange(rows.stop - rows.start)] = 0.0
+        top = np.argpartition(-delta, width - 1, axis=0)[:width]
+        largest = np.take_along_axis(delta, top, axis=0)
+        if n_items - 1 > width:
+            left_out[rows] = (delta.sum(axis=0) - largest.sum(axis=0)) / (n_items - 1 - width)
+        kept[rows] = top.T
+        values[rows] = (largest - left_out[rows][None, :]).T
+
+    if width:
+        in_blocks(fill, n_items, PRUNED_LIFT_COLUMNS)
+    indptr = np.arange(n_items + 1, dtype=np.int64) * width
+    lift = sp.csr_matrix((values.ravel(), kept.ravel(), indptr), shape=(n_items, n_items))
+    lift.eliminate_zeros()  # entries equal to the row's constant (pairs never together, when nothing is left out)
+    diagonal = np.log((counts + smoothing) / smoothing) - left_out  # the dense lift's 0, less the row's constant
+    lift = lift + sp.diags(diagonal.astype(np.float32), format="csr")
+    lift.sort_indices()
+    return sp.csr_matrix(lift, dtype=np.float32)
+
+
 def position_shift(ordered: list[np.ndarray], n_items: int, max_n: int) -> np.ndarray:
     """Row n - 1 (n = 1 .. max_n): log of each item's share among the items users took after their first n, over
     its share among all their items (add-one smoothed). `ordered`: each user's items, earliest first."""
@@ -119,7 +170,7 @@ class ShortHistoryParts:
         self,
         prior: ProfilePrior | None = None,
         content: ContentSimilarity | None = None,
-        lift: np.ndarray | None = None,
+        lift: np.ndarray | sp.csr_matrix | None = None,
         shift: np.ndarray | None = None,
     ):
         self.prior = prior
@@ -147,20 +198,21 @@ class ShortHistoryParts:
         if self.content is not None:
             content = _zscore(self.content.score(history)[:, candidates])
         if self.lift is not None:
-            lift = np.asarray(history @ self._candidate_lift(candidates), dtype=np.float64)
+            lift = times(history, self._candidate_lift(candidates)).astype(np.float64)
         if self.shift is not None and self.prior is not None:
             lengths = np.diff(history.indptr)
             rows = np.vstack([np.zeros((1, len(candidates)), dtype=np.float32), self.shift[:, candidates]])
             shift = rows[np.minimum(lengths, len(self.shift))].astype(np.float64)  # n = 0: nothing taken yet
         return prior, content, lift, shift
 
-    def _candidate_lift(self, candidates: np.ndarray) -> np.ndarray:
-        """The lift's candidate columns as one C-contiguous block, cut once per candidate set: a history then reads
-        only its own rows (cutting it per request copied the whole matrix: ~20 ms a request on ML-100K)."""
+    def _candidate_lift(self, candidates: np.ndarray) -> np.ndarray | sp.csr_matrix:
+        """The lift's candidate columns (one C-contiguous block when dense), cut once per candidate set: a history
+        then reads only its own rows (cutting it per request copied the whole matrix: ~20 ms a request on ML-100K)."""
         key = hash(np.asarray(candidates).tobytes())
         cached = getattr(self, "_lift_cut", None)
         if cached is None or cached[0] != key:
-            cached = (key, np.ascontiguousarray(self.lift[:, candidates]))
+            cut = self.lift[:, candidates]
+            cached = (key, cut.tocsr() if sp.issparse(cut) else np.ascontiguousarray(cut))
             self._lift_cut = cached
         return cached[1]
 
@@ -309,7 +361,7 @@ class ShortHistoryParts:
         return {
             "prior": self.prior.state() if self.prior is not None else None,
             "gamma": self.gamma,
-            "lift": torch.from_numpy(self.lift) if self.lift is not None else None,
+            "lift": weights_state(self.lift) if self.lift is not None else None,
             "shift": torch.from_numpy(self.shift) if self.shift is not None else None,
             "shift_weight": self.shift_weight,
             "content": self.content.state() if self.content is not None else None,
@@ -323,7 +375,7 @@ class ShortHistoryParts:
         parts = cls(
             ProfilePrior.from_state(state["prior"]) if state.get("prior") is not None else None,
             ContentSimilarity.from_state(state["content"]) if state.get("content") is not None else None,
-            state["lift"].numpy() if state.get("lift") is not None else None,
+            weights_from(state["lift"]) if state.get("lift") is not None else None,
             state["shift"].numpy() if state.get("shift") is not None else None,
         )
         parts.gamma = float(state.get("gamma", 0.0))

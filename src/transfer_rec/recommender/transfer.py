@@ -49,7 +49,18 @@ import torch
 
 from transfer_rec.config import TrainingConfig
 from transfer_rec.metrics.ranking import candidate_ndcg, judges
-from transfer_rec.recommender.item_item import GramTerm, Neighbourhoods, dense_gram, gram_diagonal, item_item_solve
+from transfer_rec.recommender.item_item import (
+    GramTerm,
+    Neighbourhoods,
+    dense_gram,
+    gram_diagonal,
+    item_item_solve,
+    rows_from,
+    rows_state,
+    times,
+    weights_from,
+    weights_state,
+)
 from transfer_rec.recommender.kernel import UserKernel
 from transfer_rec.recommender.short_history import ShortHistoryParts
 
@@ -149,47 +160,6 @@ def _sparse_from(state: dict[str, Any] | None) -> sp.csr_matrix | None:
     return sp.csr_matrix(
         (np.ones(len(indices), dtype=np.float32), indices, state["indptr"].numpy()), shape=tuple(state["shape"])
     )
-
-
-def _rows_state(matrix: sp.csr_matrix) -> dict[str, Any]:
-    """A weighted sparse matrix as tensors (torch.load's weights_only reads them back)."""
-    matrix = sp.csr_matrix(matrix)
-    return {
-        "indptr": torch.from_numpy(matrix.indptr.astype(np.int64)),
-        "indices": torch.from_numpy(matrix.indices.astype(np.int64)),
-        "data": torch.from_numpy(matrix.data.astype(np.float32)),
-        "shape": list(matrix.shape),
-    }
-
-
-def _rows_from(state: dict[str, Any]) -> sp.csr_matrix:
-    return sp.csr_matrix(
-        (state["data"].numpy(), state["indices"].numpy(), state["indptr"].numpy()), shape=tuple(state["shape"])
-    )
-
-
-def _weights_state(weights: np.ndarray | sp.csr_matrix) -> torch.Tensor | dict[str, Any]:
-    return _rows_state(weights) if sp.issparse(weights) else torch.from_numpy(np.asarray(weights))
-
-
-def _weights_from(state: torch.Tensor | dict[str, Any]) -> np.ndarray | sp.csr_matrix:
-    return _rows_from(state) if isinstance(state, dict) else state.numpy().astype(np.float32)
-
-
-# Users scored at a time by sparse item-item weights: the product of two sparse matrices is sparse, and a whole
-# platform's users x candidates of it would take three times the dense scores' memory.
-SPARSE_SCORE_ROWS = 4096
-
-
-def _times(history: sp.spmatrix, weights: np.ndarray | sp.csr_matrix) -> np.ndarray:
-    """history @ weights as a dense float32 array."""
-    history = sp.csr_matrix(history, dtype=np.float32)
-    if not sp.issparse(weights):
-        return np.asarray(history @ weights)
-    out = np.empty((history.shape[0], weights.shape[1]), dtype=np.float32)
-    for start in range(0, history.shape[0], SPARSE_SCORE_ROWS):
-        out[start : start + SPARSE_SCORE_ROWS] = (history[start : start + SPARSE_SCORE_ROWS] @ weights).toarray()
-    return out
 
 
 def _save_checkpoint(path: Path, content: dict[str, Any]) -> None:
@@ -433,8 +403,8 @@ class TransferRecommender:
         judged = judges(valid, cfg.valid_users_max, cfg.seed)
         judge_train, judge_valid = train[judged], valid[judged]
         if saved:
-            self.weights, self.item_params = _weights_from(saved["weights"]), tuple(saved["item_params"])
-            item_item = _times(judge_train, self.weights)
+            self.weights, self.item_params = weights_from(saved["weights"]), tuple(saved["item_params"])
+            item_item = times(judge_train, self.weights)
         else:
             item_item = self._choose_item_item(train, judge_train, judge_valid, emit)
 
@@ -457,7 +427,7 @@ class TransferRecommender:
                     {
                         "fingerprint": fingerprint,
                         "history": history,
-                        "weights": _weights_state(self.weights),
+                        "weights": weights_state(self.weights),
                         "item_params": list(self.item_params),
                         "encoder": self.encoder.state_dict(),
                         "optimiser": optimiser.state_dict(),
@@ -535,7 +505,7 @@ class TransferRecommender:
                 weights = configured
             else:
                 weights = self._solve(terms, used, alpha, lam, drop_p)
-            scores = _times(judge_train, weights)
+            scores = times(judge_train, weights)
             ndcg = self._valid_ndcg(scores, judge_train, judge_valid)
             emit(
                 {
@@ -557,7 +527,7 @@ class TransferRecommender:
             # valid tells the settings apart by less than its own noise (seed to seed the best one changes); their
             # mean does not depend on that choice
             self.weights = (total / len(settings)).astype(np.float32)
-            item_item = _times(judge_train, self.weights)
+            item_item = times(judge_train, self.weights)
             emit(
                 {
                     "stage": "item_mean",
@@ -648,7 +618,7 @@ class TransferRecommender:
 
         def trial(used: list[str]) -> tuple[float, np.ndarray | sp.csr_matrix]:
             weights = self._solve(terms, used, alpha, lam, drop_p)
-            return self._valid_ndcg(_times(train, weights), train, valid), weights
+            return self._valid_ndcg(times(train, weights), train, valid), weights
 
         used = list(self.source_items)
         current, kept = trial(used)
@@ -750,7 +720,7 @@ class TransferRecommender:
 
     # -- scoring ---------------------------------------------------------------------------------------------
     def _item_item(self, history: sp.spmatrix) -> np.ndarray:
-        return _times(history, self.weights)
+        return times(history, self.weights)
 
     def _encoder_arrays(self) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
         """The encoder's weights for scoring: the input layer row-major by item (a history reads only its own
@@ -826,7 +796,7 @@ class TransferRecommender:
             "config": self.config.model_dump(mode="json"),
             "k": self.k,
             "encoder": {name: value.cpu() for name, value in self.encoder.state_dict().items()},
-            "weights": _weights_state(self.weights),
+            "weights": weights_state(self.weights),
             "candidates": torch.from_numpy(self.candidates),
             "beta": self.beta,
             "item_params": list(self.item_params),
@@ -840,7 +810,7 @@ class TransferRecommender:
         if with_source and self.source is not None:
             state["source"] = _sparse_state(self.source)
             state["source_rows"] = {
-                name: _rows_state(rows) for name, rows in self.source_items.items() if sp.issparse(rows)
+                name: rows_state(rows) for name, rows in self.source_items.items() if sp.issparse(rows)
             }
             state["source_grams"] = {
                 name: torch.from_numpy(gram.astype(np.float32))
@@ -855,7 +825,7 @@ class TransferRecommender:
         k = int(config.pop("k", state.get("k", 10)))
         model = cls(state["n_items"], TrainingConfig.model_validate(config), k, device)
         model.encoder.load_state_dict(state["encoder"])
-        model.weights = _weights_from(state["weights"])
+        model.weights = weights_from(state["weights"])
         model.candidates = state["candidates"].numpy()
         model.beta = float(state["beta"])
         if state.get("item_params") is not None:
@@ -868,7 +838,7 @@ class TransferRecommender:
         if grams is None and state.get("source_gram") is not None:  # one unnamed source: models saved before 0.6
             grams = {"source": state["source_gram"]}
         model.source_items = {name: gram.numpy().astype(np.float64) for name, gram in (grams or {}).items()}
-        model.source_items.update({name: _rows_from(rows) for name, rows in (state.get("source_rows") or {}).items()})
+        model.source_items.update({name: rows_from(rows) for name, rows in (state.get("source_rows") or {}).items()})
         model.source_weights = {name: 1.0 for name in model.source_items} | dict(state.get("source_weights") or {})
         parts = state.get("short_history", state.get("side"))  # "side": the key of models saved before 0.5
         if parts is not None:

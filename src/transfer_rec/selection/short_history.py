@@ -27,6 +27,7 @@ from transfer_rec.recommender.short_history import (
     cooccurrence_lift,
     cooccurrences,
     position_shift,
+    pruned_lift,
 )
 from transfer_rec.recommender.transfer import TransferRecommender
 from transfer_rec.runtime.threads import in_blocks
@@ -152,7 +153,14 @@ class _Fitted:
             log.info("profile prior (source: %s) fitted in %.1f s", with_source, time.perf_counter() - started)
         return self.cache[("prior", with_source)]
 
-    def lift(self, with_source: bool) -> np.ndarray:
+    def lift(self, with_source: bool) -> np.ndarray | sp.csr_matrix:
+        if ("lift", with_source) not in self.cache and self.data.n_items > self.settings.lift_dense_max:
+            # pruned (sparse) past the dense size: each fit counts the source users again, as nothing items x items
+            # may be kept between fits
+            matrices = [self.data.source, self.data.train] if with_source else [self.data.train]
+            started = time.perf_counter()
+            self.cache[("lift", with_source)] = pruned_lift(matrices, self.settings.lift_neighbours)
+            log.info("pruned lift (source: %s) in %.1f s", with_source, time.perf_counter() - started)
         if ("lift", with_source) not in self.cache:
             counted = []
             if with_source:
@@ -200,9 +208,14 @@ def _parts(
     return parts
 
 
-def mixed_lift(pooled: np.ndarray, own: np.ndarray, share: float) -> np.ndarray:
+def mixed_lift(
+    pooled: np.ndarray | sp.csr_matrix, own: np.ndarray | sp.csr_matrix, share: float
+) -> np.ndarray | sp.csr_matrix:
     """share x pooled + (1 - share) x own, the same float32 values as that expression, made a block of rows at a
-    time into the result: the expression held two more item x item temporaries (3.2 GB at 20,000 items)."""
+    time into the result when dense: the expression held two more item x item temporaries (3.2 GB at 20,000 items).
+    Pruned lifts mix sparsely (each term's constant per row mixes into one, which the prior's z-score removes)."""
+    if sp.issparse(pooled):
+        return sp.csr_matrix(pooled * np.float32(share) + own * np.float32(1.0 - share), dtype=np.float32)
     mixed = np.multiply(own, 1.0 - share, dtype=np.float32)
 
     def add(rows: slice) -> None:
