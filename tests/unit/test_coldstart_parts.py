@@ -460,7 +460,8 @@ def test_pruned_lift_with_every_neighbour_scores_as_the_dense_lift_and_round_tri
 
     rng = np.random.default_rng(7)
     prior, _ = planted_prior()
-    source, target = _binary(rng, 70, 8, 0.3), _binary(rng, 40, 8, 0.4)
+    nobody = sp.diags([1.0] * 7 + [0.0], format="csr", dtype=np.float32)  # item 7: in the index, nobody has it
+    source, target = _binary(rng, 70, 8, 0.3) @ nobody, _binary(rng, 40, 8, 0.4) @ nobody
     dense = cooccurrence_lift([source, target])
     sparse = pruned_lift([source, target], neighbours=7)
     assert sp.issparse(sparse) and sparse.dtype == np.float32
@@ -481,15 +482,17 @@ def test_pruned_lift_with_every_neighbour_scores_as_the_dense_lift_and_round_tri
 
 def test_pruned_lift_keeps_each_items_largest_lifts_and_reads_the_others_as_their_mean():
     rng = np.random.default_rng(8)
-    matrix = _binary(rng, 200, 30, 0.2)
+    # 30 items the users have and 4 (of the index) they do not: those rows are empty, their columns are left out
+    matrix = sp.hstack([_binary(rng, 200, 30, 0.2), sp.csr_matrix((200, 4), dtype=np.float32)]).tocsr()
     dense = cooccurrence_lift([matrix])
     sparse = pruned_lift([matrix], neighbours=5)
+    assert sparse[30:].nnz == 0
     for h in range(30):
         row = sparse[h].toarray().ravel()
         kept = np.flatnonzero(row)
         kept = kept[kept != h]
         assert len(kept) == 5  # five neighbours (and the diagonal)
-        others = np.delete(np.arange(30), h)
+        others = np.delete(np.arange(34), h)
         largest = others[np.argsort(-dense[h, others], kind="stable")[:5]]
         assert np.sort(dense[h, kept]).tolist() == np.sort(dense[h, largest]).tolist()
         # the row as the dense lift less one constant: the mean of the entries left out, which read as 0 here

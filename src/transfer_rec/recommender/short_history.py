@@ -113,30 +113,36 @@ def pruned_lift(matrices: list[sp.spmatrix], neighbours: int, smoothing: float =
     counts = gram_diagonal([(1.0, m) for m in matrices], n_items)
     n_users = sum(int((np.diff(sp.csr_matrix(m).indptr) > 0).sum()) for m in matrices)
     scale = smoothing * (counts + 0.5) / (n_users + 1.0)
-    prepared = [(sp.csr_matrix(m.T, dtype=np.float64), sp.csc_matrix(m, dtype=np.float64)) for m in matrices]
+    # An item none of these users has co-occurs with nothing: its row and column hold only the row's constant, so
+    # only the items they have are made (a target's own lift: its catalogue, not the whole index).
+    active = np.flatnonzero(counts > 0)
+    prepared = [
+        (sp.csr_matrix(m[:, active].T, dtype=np.float64), sp.csc_matrix(m[:, active], dtype=np.float64))
+        for m in (sp.csc_matrix(m) for m in matrices)
+    ]
     width = max(min(neighbours, n_items - 1), 0)
-    kept = np.zeros((n_items, width), dtype=np.int32)
-    values = np.zeros((n_items, width), dtype=np.float32)
+    among = max(min(width, len(active) - 1), 0)  # past it, every item the row's item co-occurs with is kept
+    kept = np.zeros((len(active), among), dtype=np.int32)
+    values = np.zeros((len(active), among), dtype=np.float32)
     left_out = np.zeros(n_items, dtype=np.float64)  # each row's mean left-out term (0 when nothing is left out)
 
     def fill(rows: slice) -> None:
-        g = np.zeros((n_items, rows.stop - rows.start), dtype=np.float64)
+        g = np.zeros((len(active), rows.stop - rows.start), dtype=np.float64)
         for by_item, by_column in prepared:
             g += (by_item @ by_column[:, rows]).toarray()
-        # column c of the block is row h = rows.start + c of the lift, over every item i (axis 0)
-        delta = np.log1p(g / scale[:, None])
+        # column c of the block is row h = active[rows.start + c] of the lift, over the active items i (axis 0)
+        delta = np.log1p(g / scale[active][:, None])
         delta[np.arange(rows.start, rows.stop), np.arange(rows.stop - rows.start)] = 0.0
-        top = np.argpartition(-delta, width - 1, axis=0)[:width]
+        top = np.argpartition(-delta, among - 1, axis=0)[:among]
         largest = np.take_along_axis(delta, top, axis=0)
-        if n_items - 1 > width:
-            left_out[rows] = (delta.sum(axis=0) - largest.sum(axis=0)) / (n_items - 1 - width)
-        kept[rows] = top.T
-        values[rows] = (largest - left_out[rows][None, :]).T
+        if n_items - 1 > width:  # the inactive items' terms are 0: they count in the mean, not in the sum
+            left_out[active[rows]] = (delta.sum(axis=0) - largest.sum(axis=0)) / (n_items - 1 - width)
+        kept[rows] = active[top.T]
+        values[rows] = (largest - left_out[active[rows]][None, :]).T
 
-    if width:
-        in_blocks(fill, n_items, PRUNED_LIFT_COLUMNS)
-    indptr = np.arange(n_items + 1, dtype=np.int64) * width
-    lift = sp.csr_matrix((values.ravel(), kept.ravel(), indptr), shape=(n_items, n_items))
+    if among:
+        in_blocks(fill, len(active), PRUNED_LIFT_COLUMNS)
+    lift = sp.csr_matrix((values.ravel(), (np.repeat(active, among), kept.ravel())), shape=(n_items, n_items))
     lift.eliminate_zeros()  # entries equal to the row's constant (pairs never together, when nothing is left out)
     diagonal = np.log((counts + smoothing) / smoothing) - left_out  # the dense lift's 0, less the row's constant
     lift = lift + sp.diags(diagonal.astype(np.float32), format="csr")
