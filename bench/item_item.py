@@ -8,7 +8,8 @@ accuracy: MovieLens-1M (ratings >= 3 as positives), per seed a random 20% of eac
 the item-item part alone, fitted on the rest at the product's settings (lam, drop_p; rating-weighted rows), scored
 by NDCG@10 on test with train masked, exactly and with each number of neighbours. One JSON line per seed.
 cost: one solve on synthetic power-law rows (bench/model_memory.py's generator, 50 draws per user), in this
-process: wall seconds and the process's peak resident memory (ru_maxrss). Run each size in a fresh process.
+process: wall seconds, the process's peak resident memory (ru_maxrss) and, by neighbourhoods, the size of what a
+fine-tune keeps of each Gram between its settings (Neighbourhoods). Run each size in a fresh process.
 """
 
 from __future__ import annotations
@@ -75,17 +76,22 @@ def accuracy(args: argparse.Namespace) -> None:
 def cost(args: argparse.Namespace) -> None:
     from bench.model_memory import power_law
     from transfer_rec.config import TrainingConfig
-    from transfer_rec.recommender.item_item import dense_gram, item_item_solve, neighbourhood_solve
+    from transfer_rec.recommender.item_item import Neighbourhoods, dense_gram, item_item_solve
 
     settings = TrainingConfig()
     rows = power_law(args.users, args.items, 50, 1)
     started = time.perf_counter()
+    held = None
     if args.method == "dense":
         weights = item_item_solve(dense_gram([(1.0, rows)], args.items), settings.lam, settings.drop_p)
         stored = weights.astype(np.float32).nbytes
     else:
-        weights = neighbourhood_solve([(1.0, rows)], args.items, settings.lam, settings.drop_p, args.neighbours)
+        found = Neighbourhoods.find([(1.0, rows)], args.items, args.neighbours)
+        weights = found.solve(settings.lam, settings.drop_p)
         stored = weights.data.nbytes + weights.indices.nbytes + weights.indptr.nbytes
+        # what a fine-tune keeps of each Gram between its settings (it keeps two)
+        held = sum(a.nbytes for a in (found.neighbour, found.cooccurrence, found.diagonal, found.active))
+        held += found.pruned.data.nbytes + found.pruned.indices.nbytes + found.pruned.indptr.nbytes
     print(
         json.dumps(
             {
@@ -96,6 +102,7 @@ def cost(args: argparse.Namespace) -> None:
                 "interactions": int(rows.nnz),
                 "seconds": round(time.perf_counter() - started, 1),
                 "weights_mib": round(stored / 2**20, 1),
+                "neighbourhoods_mib": None if held is None else round(held / 2**20, 1),
                 "peak_memory_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
             }
         )

@@ -24,6 +24,27 @@ def test_with_every_other_item_as_a_neighbour_it_is_the_exact_solve():
     assert not approx[:, 11].nnz and not approx[11].nnz
 
 
+def test_below_every_neighbour_the_systems_read_a_cooccurrence_kept_by_either_item():
+    # continuous weights: no ties, so each item's lists are the same whoever sorts them
+    rng = np.random.default_rng(8)
+    rows = sp.random(150, 24, density=0.3, random_state=rng, format="csr")
+    rows.data[:] = rng.uniform(0.5, 1.5, size=rows.nnz)
+    lam, drop_p, n, m = 2.0, 0.25, 4, 7
+    gram = (rows.T @ rows).toarray()
+    ranked = np.argsort(-np.where(np.eye(24, dtype=bool), -np.inf, gram), axis=0)  # column j: j's neighbours
+    kept = np.zeros((24, 24), dtype=bool)
+    for j in range(24):
+        kept[ranked[:m, j], j] = kept[j, ranked[:m, j]] = True
+    expected = np.zeros((24, 24))
+    for j in range(24):
+        near = ranked[:n, j]
+        system = np.where(kept, gram, 0.0)[np.ix_(near, near)]
+        system[np.diag_indices(n)] = gram[near, near] * (1 + drop_p / (1 - drop_p)) + lam
+        expected[near, j] = np.linalg.solve(system, gram[near, j])
+    found = neighbourhood_solve([(1.0, rows)], 24, lam, drop_p, neighbours=n, kept=m, block=5, union=9)
+    np.testing.assert_allclose(found.toarray(), expected, rtol=1e-5, atol=1e-7)
+
+
 def test_a_dense_gram_term_gives_what_its_rows_give():
     rows = _rows(100, 25, 0.2, 3)
     by_rows = neighbourhood_solve([(1.0, rows)], 25, lam=3.0, drop_p=0.0, neighbours=6)
