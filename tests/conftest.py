@@ -12,6 +12,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# `make test` runs the suite on pytest-xdist workers. Each worker and every process a test starts (make run, MLflow,
+# Spark's JVM) is confined to its own share of the CPUs: torch and numpy's blocks size their threads by the CPUs
+# available, and two workers each running two threads on two cores spent a third more CPU time than the suite needs
+# (docs/testing.md).
+_WORKER, _WORKERS = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKER and _WORKERS > 1 and hasattr(os, "sched_setaffinity"):
+    _cpus, _index = sorted(os.sched_getaffinity(0)), int(_WORKER.removeprefix("gw"))
+    # fewer workers than CPUs: each its own slice of them; more: each one CPU, shared round-robin
+    os.sched_setaffinity(0, set(_cpus[_index::_WORKERS] if len(_cpus) > _WORKERS else [_cpus[_index % len(_cpus)]]))
 _SESSION = Path(tempfile.mkdtemp(prefix="transfer-rec-tests-"))
 atexit.register(shutil.rmtree, _SESSION, ignore_errors=True)
 _GX = _SESSION / "great_expectations"
