@@ -278,7 +278,7 @@ def run_platforms(args: argparse.Namespace, config: PipelineConfig) -> dict[str,
     started = time.perf_counter()
     vectors = world.content(out / ".cache")
     choice = choose(world.sources, train, valid, k=K, seed=config.training.seed, vectors=vectors)
-    model = LinkedRecommender(choice.settings, vectors).fit(world.sources, train)
+    model = LinkedRecommender(choice.settings, vectors).fit(world.sources, train, known=train + valid)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     scores = {"linked": model.score({n: m[test_users] for n, m in world.sources.items()}, train[test_users])}

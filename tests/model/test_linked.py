@@ -55,6 +55,18 @@ def test_a_source_that_carries_nothing_costs_at_most_one_percent(world, spoil):
     assert choice.settings.new_sources["books"] == 1.0
 
 
+def test_the_newcomers_part_learns_from_the_known_history_and_the_warm_part_from_train_only(world):
+    settings = choose(world.sources, world.train, world.valid, seed=3).settings
+    known = world.train + world.valid
+    on_train = LinkedRecommender(settings).fit(world.sources, world.train)
+    both = LinkedRecommender(settings).fit(world.sources, world.train, known=known)
+    on_known = LinkedRecommender(settings).fit(world.sources, known)
+    # the warm part is judged on valid items: it never learns them
+    np.testing.assert_array_equal(both.warm, on_train.warm)
+    np.testing.assert_array_equal(both.new, on_known.new)
+    assert not np.allclose(both.new, on_train.new)
+
+
 def test_someone_on_no_platform_gets_the_target_popularity(world):
     model = LinkedRecommender(LinkedSettings(new_sources={"books": 1.0, "films": 1.0})).fit(world.sources, world.train)
     empty = {name: matrix[[0]] * 0 for name, matrix in world.sources.items()}

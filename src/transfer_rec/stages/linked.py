@@ -117,7 +117,7 @@ def fit_linked(
     # what the sources' items are about: a second bridge between catalogues that share no item
     vectors = source_content(features, columns, cache_dir)
     choice = choose(source_rows, train, valid, k=k, seed=seed, vectors=vectors)
-    model = LinkedRecommender(choice.settings, vectors).fit(source_rows, train)
+    model = LinkedRecommender(choice.settings, vectors).fit(source_rows, train, known=train + valid)
     part = LinkedPart(model, target_name, target_columns, columns, people, histories)
 
     # warm users: the part answers them only if it beats the rest of the model on valid, on the warm users it would
