@@ -154,7 +154,7 @@ class LinkedRecommender:
         """sources: people x each source's items; target: people x target items (the target history to learn).
         known: people's whole known target history (train and valid) for the newcomers' part to learn from instead
         (default: target). Its settings were chosen on simulated newcomers, never on valid items, so once chosen it
-        may learn from them: more people and rows to map from, +0.5% to +1.4% NDCG@10 for newcomers on three linked
+        may learn from them: more people and rows to map from, +0.8% to +2.0% NDCG@10 for newcomers on three linked
         worlds (docs/results/2026-12-06-linked-newcomers.md). The warm part learns from `target` only: whether it
         answers warm users is judged on their valid items."""
         s = self.settings
