@@ -65,6 +65,8 @@ def test_the_newcomers_part_learns_from_the_known_history_and_the_warm_part_from
     np.testing.assert_array_equal(both.warm, on_train.warm)
     np.testing.assert_array_equal(both.new, on_known.new)
     assert not np.allclose(both.new, on_train.new)
+    with pytest.raises(ValueError, match="same people"):
+        LinkedRecommender(settings).fit(world.sources, world.train, known=known[:-1])
 
 
 def test_someone_on_no_platform_gets_the_target_popularity(world):

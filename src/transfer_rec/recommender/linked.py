@@ -157,6 +157,11 @@ class LinkedRecommender:
         may learn from them: more people and rows to map from, +0.8% to +2.0% NDCG@10 for newcomers on three linked
         worlds (docs/results/2026-12-06-linked-newcomers.md). The warm part learns from `target` only: whether it
         answers warm users is judged on their valid items."""
+        if known is not None and known.shape != target.shape:
+            raise ValueError(
+                f"linked part: known target history is people x items {known.shape}, the target rows are "
+                f"{target.shape}: both must hold the same people and the target's items, in the same order"
+            )
         s = self.settings
         self.n_target = target.shape[1]
         self.warm = ease_target_columns(joint_rows(sources, s.warm_sources, target), self.n_target, s.warm_l2)
