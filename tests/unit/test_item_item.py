@@ -99,3 +99,21 @@ def test_a_singular_pruned_system_is_solved_not_fatal():
     expected = np.zeros((4, 4))
     expected[:3, :3] = 0.5 * (1 - np.eye(3))
     np.testing.assert_allclose(weights, expected, atol=1e-6)
+
+
+def test_a_stack_of_positive_definite_indefinite_and_singular_systems_each_gets_its_solution():
+    # the pruned Gram can make any of the three; each must come out as the exact solve (or, singular, the
+    # minimum-norm least-squares one), whatever the others in its stack are
+    from transfer_rec.recommender.item_item import _solve_systems
+
+    rng = np.random.default_rng(3)
+    spread = rng.normal(size=(5, 5))
+    definite = spread @ spread.T + np.eye(5)
+    indefinite = np.diag([4.0, -1.0, 2.0, 3.0, -2.0]) + 0.1 * (spread + spread.T)
+    singular = np.outer(np.arange(1.0, 6.0), np.arange(1.0, 6.0))
+    systems = np.stack([definite, indefinite, singular])
+    rhs = rng.normal(size=(3, 5))
+    solved = _solve_systems(systems.copy(), rhs.copy())
+    np.testing.assert_allclose(solved[0], np.linalg.solve(definite, rhs[0]), rtol=1e-10)
+    np.testing.assert_allclose(solved[1], np.linalg.solve(indefinite, rhs[1]), rtol=1e-10)
+    np.testing.assert_allclose(solved[2], np.linalg.lstsq(singular, rhs[2], rcond=None)[0], rtol=1e-10)
