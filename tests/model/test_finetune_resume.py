@@ -55,21 +55,29 @@ def finetune_epochs(history: list[dict]) -> list[int]:
     return [e["epoch"] for e in history if e["stage"] == "finetune"]
 
 
-@pytest.mark.parametrize("strategy, encoders", [("full", 1), ("freeze_encoder", 1), ("full", 2)])
-def test_resumed_finetune_ends_like_an_uninterrupted_one(tmp_path, strategy, encoders):
+# past softmax_items_max items the loss is sampled and Adam runs fused (its own kernel): it must resume the same
+SAMPLED = dict(softmax_items_max=N_ITEMS // 2, sampled_items=10)
+
+
+@pytest.mark.parametrize(
+    "strategy, encoders, extra",
+    [("full", 1, {}), ("freeze_encoder", 1, {}), ("full", 2, {}), ("full", 1, SAMPLED)],
+    ids=["full", "freeze_encoder", "two-encoders", "sampled-fused"],
+)
+def test_resumed_finetune_ends_like_an_uninterrupted_one(tmp_path, strategy, encoders, extra):
     train, valid, candidates = data()
-    reference = pretrained(strategy=strategy, encoders=encoders)
+    reference = pretrained(strategy=strategy, encoders=encoders, **extra)
     expected = reference.finetune(train, valid, candidates)
 
     checkpoint = tmp_path / "target.finetune.ckpt"
     with pytest.raises(Killed):
-        pretrained(strategy=strategy, encoders=encoders).finetune(
+        pretrained(strategy=strategy, encoders=encoders, **extra).finetune(
             train, valid, candidates, log=kill_at(3), checkpoint=checkpoint
         )
     assert checkpoint.exists()
 
     rerun: list[dict] = []
-    resumed = pretrained(strategy=strategy, encoders=encoders)
+    resumed = pretrained(strategy=strategy, encoders=encoders, **extra)
     history = resumed.finetune(train, valid, candidates, log=rerun.append, checkpoint=checkpoint)
     # epoch 3 was interrupted before its checkpoint: the rerun starts there and does not redo the item-item choice
     assert finetune_epochs(rerun) == list(range(3, 9))

@@ -81,3 +81,17 @@ def test_past_softmax_items_max_pretraining_samples_and_still_learns_planted_clu
         hits[name] = float(np.mean([held[u] in top[u] for u in range(users)]))
     # a random top-10 of the 54 unseen items holds the held-out item 19% of the time; the cluster alone gives 71%
     assert hits["sampled"] > 0.6 and hits["sampled"] > hits["full"] - 0.1
+
+
+def test_scores_after_a_fused_adam_epoch_read_the_new_weights():
+    # the fused kernel does not bump the weights' version, which the scoring cache is keyed on
+    model = TransferRecommender(40, training(hidden=8, encoders=1, seed=6, softmax_items_max=20, sampled_items=10))
+    rows = _rows(30, 40, 3)
+    rows = rows[np.diff(rows.indptr) > 0]
+    before = model._encoded(rows)
+    optimiser = model._adam(model.encoder.parameters(), 0.05, fused=True)
+    model._epoch(optimiser, rows)
+    after = model._encoded(rows)
+    model._encoder_cut = None
+    np.testing.assert_array_equal(after, model._encoded(rows))
+    assert not np.allclose(after, before)

@@ -226,12 +226,10 @@ class TransferRecommender:
 
     # -- training --------------------------------------------------------------------------------------------
     def _adam(self, params: Any, lr: float, fused: bool = False) -> torch.optim.Adam:
-        """Adam; `fused`: one kernel per step where torch has it (CPU, CUDA), the same update up to float rounding,
-        and part of the 1.6x faster pretraining step past softmax_items_max items (not measured apart from the
-        batched members it came with; docs/results/2026-12-04-sampled-encoder-step.md).
-        Pretraining of large catalogues only: smaller ones keep their exact numbers (3% was not worth changing
-        them), and a fine-tune resumed from its checkpoint with the fused kernel did not end as an uninterrupted
-        one (tests/model/test_finetune_resume.py)."""
+        """Adam; `fused`: one kernel per step where torch has it (CPU, CUDA), the same update up to float rounding.
+        Pretraining and fine-tuning of large catalogues only (past softmax_items_max, where the loss is sampled):
+        smaller ones keep their exact numbers. At 20,000 items and 600 hidden units one step took 15 against 113 ms
+        (docs/results/2026-12-06-fused-finetune.md); the fine-tune's Adam was 19% of its profiled time there."""
         return torch.optim.Adam(params, lr=lr, fused=fused and self.device.type in ("cpu", "cuda"))
 
     def _epoch(self, optimiser: torch.optim.Optimizer, rows: sp.csr_matrix | torch.Tensor) -> float:
@@ -260,6 +258,8 @@ class TransferRecommender:
             loss.backward()
             optimiser.step()
             total += float(loss.detach()) * len(batch)
+        # the fused kernel updates the weights without bumping their version: the scoring cache must not trust it
+        self._encoder_cut = None
         return total / max(n_rows, 1)
 
     def _sampled_loss(self, rows: sp.csr_matrix, negatives: torch.Tensor, log_weight: float) -> torch.Tensor:
@@ -415,7 +415,7 @@ class TransferRecommender:
         target_rows = _binary(train[np.flatnonzero(np.diff(train.indptr) > 0)])
         source_rows = self.source if self.source is not None and cfg.source_replay > 0 else None
         params = self.encoder.parameters() if cfg.strategy == "full" else self.encoder.dec.parameters()
-        optimiser = self._adam(params, cfg.learning_rate)
+        optimiser = self._adam(params, cfg.learning_rate, fused=self.n_items > cfg.softmax_items_max)
         progress: dict[str, Any] = {"epoch": 0, "best": -1.0, "best_epoch": 0, "best_state": None, "stopped": False}
         if saved:
             self.encoder.load_state_dict(saved["encoder"])
