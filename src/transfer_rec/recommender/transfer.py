@@ -731,7 +731,8 @@ class TransferRecommender:
         items' rows) and each member's output layer cut to the candidates (members x hidden x candidates), built once
         per weights and candidate set (the dense forward pass over every item cost most of a one-user request)."""
         layers = (self.encoder.enc.weight, self.encoder.enc.bias, self.encoder.dec.weight, self.encoder.dec.bias)
-        # in-place updates (optimiser steps, load_state_dict) bump a tensor's version
+        # in-place updates (per-tensor optimiser steps, load_state_dict) bump a tensor's version; fused Adam's steps do
+        # not, so _epoch drops this cache when it ends
         key = (tuple((t.data_ptr(), t._version) for t in layers), hash(self.candidates.tobytes()))
         cached = getattr(self, "_encoder_cut", None)
         if cached is None or cached[0] != key:
