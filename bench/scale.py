@@ -310,49 +310,83 @@ def _cpu_seconds() -> float:
     )
 
 
-def _tree_memory(pid: int) -> tuple[int, int]:
-    """(PSS, RSS) bytes of a process and all its descendants, from Linux /proc. PSS counts a page shared by n
-    processes (the frames forked workers share with the parent) as 1/n in each, so its sum is the memory they use
-    together; the RSS sum counts such pages once per process (an upper bound)."""
-    pss = rss = 0
-    stack = [pid]
+def _descendants(pid: int) -> list[int]:
+    """The process's children, their children and so on (every thread's children: a worker may be forked by any)."""
+    found, stack = [], [pid]
     while stack:
         current = stack.pop()
         try:
-            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
+            for task in os.listdir(f"/proc/{current}/task"):
+                children = [int(c) for c in Path(f"/proc/{current}/task/{task}/children").read_text().split()]
+                found += children
+                stack += children
+        except (OSError, ValueError):  # the process (or thread) ended meanwhile
+            continue
+    return found
+
+
+def _tree_memory(pids: list[int]) -> tuple[int, int]:
+    """(PSS, RSS) bytes of the processes, from Linux /proc. PSS counts a page shared by n processes (the frames
+    forked workers share with the parent) as 1/n in each, so its sum is the memory they use together; the RSS sum
+    counts such pages once per process (an upper bound)."""
+    pss = rss = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith(("Pss:", "Rss:")):
                     kib = int(line.split()[1]) * 1024
                     pss, rss = (pss + kib, rss) if line.startswith("Pss:") else (pss, rss + kib)
-            for task in os.listdir(f"/proc/{current}/task"):
-                stack += [int(c) for c in Path(f"/proc/{current}/task/{task}/children").read_text().split()]
-        except (OSError, ValueError, IndexError):  # the process (or thread) ended meanwhile
+        except (OSError, ValueError, IndexError):  # the process ended meanwhile
             continue
     return pss, rss
 
 
+def _own_peak_rss() -> int | None:
+    """This process's peak resident memory since it was last reset (VmHWM), in bytes; None where Linux does not say."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class PeakMemory:
-    """Peaks of `_tree_memory` of this process while the block runs, sampled every `interval` seconds, so worker
-    processes count too (and never below this process's own peak RSS)."""
+    """Peak memory of this process and its workers while the block runs: this process's own peak from the kernel's
+    high-water mark, reset when the block starts (exact, free), and, while worker processes run, the PSS of all of
+    them sampled every `interval` seconds. Reading PSS walks every page of a process: sampled all the time, it cost
+    the 10 M fit about a tenth of its CPU (docs/results/2026-12-06-top-k.md), so a lone process is not sampled."""
 
     def __init__(self, interval: float = 0.1) -> None:
         self.interval, self.pss, self.rss = interval, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._reset = False
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            pss, rss = _tree_memory(os.getpid())
-            self.pss, self.rss = max(self.pss, pss), max(self.rss, rss)
+            workers = _descendants(os.getpid())
+            if workers:
+                pss, rss = _tree_memory([os.getpid(), *workers])
+                self.pss, self.rss = max(self.pss, pss), max(self.rss, rss)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakMemory:
+        try:  # "5" resets the peak resident memory (VmHWM) to the current one (Linux proc(5), clear_refs)
+            Path("/proc/self/clear_refs").write_text("5")
+            self._reset = True
+        except OSError:
+            log.warning("cannot reset this process's peak memory: a stage's peak includes the stages before it")
         self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
-        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        own = _own_peak_rss() if self._reset else None
+        if own is None:
+            own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         self.pss, self.rss = max(self.pss, own), max(self.rss, own)
 
 
