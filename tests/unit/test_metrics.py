@@ -136,3 +136,18 @@ def test_top_k_ranks_block_by_block_as_it_would_all_rows_at_once(monkeypatch):
     np.testing.assert_array_equal(ranking.top_k(scores, 7, exclude, candidates), whole)
     assert candidates[whole].all()
     assert not exclude[np.arange(23)[:, None], whole].toarray().any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_top_k_is_a_full_sort_cut_at_k_and_ranks_nan_last(dtype):
+    rng = np.random.default_rng(3)
+    scores = rng.permutation(60 * 300).reshape(60, 300).astype(dtype)  # distinct values: no ties to break
+    if dtype != np.int64:
+        scores[rng.random(scores.shape) < 0.05] = np.nan
+    exclude = sp.random(60, 300, density=0.1, random_state=2, format="csr")
+    candidates = rng.random(300) > 0.2
+    reference = np.where(np.isnan(scores.astype(np.float64)), -np.inf, scores.astype(np.float64))
+    reference[:, ~candidates] = -np.inf
+    reference[exclude.nonzero()] = -np.inf
+    expected = np.argsort(-reference, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(top_k(scores, 10, exclude, candidates), expected)
