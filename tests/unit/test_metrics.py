@@ -151,3 +151,9 @@ def test_top_k_is_a_full_sort_cut_at_k_and_ranks_nan_last(dtype):
     reference[exclude.nonzero()] = -np.inf
     expected = np.argsort(-reference, axis=1, kind="stable")[:, :10]
     np.testing.assert_array_equal(top_k(scores, 10, exclude, candidates), expected)
+
+
+def test_top_k_takes_views_of_any_layout():
+    scores = np.arange(40, dtype=np.float64).reshape(4, 10)
+    np.testing.assert_array_equal(top_k(scores[:, ::-1], 3), np.tile([0, 1, 2], (4, 1)))
+    np.testing.assert_array_equal(top_k(scores.T[:, :2], 2), [[1, 0]] * 10)

@@ -28,7 +28,7 @@ def top_k(
     work = None  # one working copy for all blocks: a fresh one per block spent more on page faults than ranking
     for start in range(0, scores.shape[0], TOP_K_ROWS):
         stop = min(start + TOP_K_ROWS, scores.shape[0])
-        block = torch.from_numpy(np.asarray(scores[start:stop]))
+        block = torch.from_numpy(np.ascontiguousarray(scores[start:stop]))  # torch takes no negative strides
         if block.dtype not in (torch.float32, torch.float64):  # float32 keeps its order in any wider type
             block = block.double()
         if work is None:
@@ -42,8 +42,8 @@ def top_k(
             values[torch.from_numpy(rows), torch.from_numpy(cols)] = -math.inf
         # a NaN score ranks last, never first (torch's order puts NaN above every number)
         torch.nan_to_num_(values, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
-        # torch's partial sort: several times numpy's argpartition and argsort on blocks of thousands of items
-        # (docs/results/2026-12-06-top-k.md); ranking was most of evaluation and of the short-history choices
+        # torch's partial sort: several times numpy's argpartition and argsort on blocks of thousands of items; ranking
+        # was a sixth of the 10 M fit's profile, in evaluation and the short-history choices (2026-12-06-top-k.md)
         ranked[start:stop] = torch.topk(values, k, dim=1, sorted=True).indices.numpy()
     return ranked
 
