@@ -60,7 +60,7 @@ def main() -> None:
         for _ in range(2):
             for name, rank in ways.items():
                 ms, lists[name] = block_ms(rank, scores, args.repeats)
-                times[name].append(round(ms, 1))
+                times[name].append(round(ms, 4))
         if not np.array_equal(lists["numpy"], lists["top_k"]):
             raise SystemExit(f"top_k and numpy ranked {args.rows} x {items} differently")
         out[f"{args.rows}x{items}"] = times

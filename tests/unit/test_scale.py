@@ -52,5 +52,5 @@ def test_peak_memory_counts_a_stage_alone_and_its_worker_processes():
     with PeakMemory(interval=0.05) as busy:
         # a worker holding 400 MiB for a second: only the sampling of worker processes can see it
         code = "import numpy, time; a = numpy.ones(50 * 2**20); time.sleep(1.0)"
-        subprocess.run([sys.executable, "-c", code], check=True)
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     assert busy.pss > base.pss + 300 * mib

@@ -25,7 +25,7 @@ def top_k(
     k = min(k, scores.shape[1])
     ranked = np.empty((scores.shape[0], k), dtype=np.intp)
     shut = None if candidates is None else torch.from_numpy(~np.asarray(candidates, dtype=bool))
-    work = None  # one working copy for all blocks: a fresh one per block spent more on page faults than ranking
+    work = None  # one working copy for all blocks: a fresh one per block pays its page faults every block
     for start in range(0, scores.shape[0], TOP_K_ROWS):
         stop = min(start + TOP_K_ROWS, scores.shape[0])
         block = torch.from_numpy(np.ascontiguousarray(scores[start:stop]))  # torch takes no negative strides
