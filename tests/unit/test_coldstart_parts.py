@@ -149,12 +149,7 @@ def test_short_history_weights_take_the_position_shift_only_where_it_finds_the_l
     if later_item is not None:  # they do take it, and none of their profile's items
         relevant = sp.csr_matrix(np.eye(8, dtype=np.float32)[[later_item] * 20])
     sims = [{"history": history, "profiles": USERS.iloc[:20], "base": np.zeros((20, 8)), "relevant": relevant}]
-
-    def ndcg(scores, sim):
-        scores = np.where(sim["history"].toarray() > 0, -np.inf, scores)
-        return float(np.mean(evaluate_scores(scores, sim["history"], sim["relevant"], 3)["ndcg"]))
-
-    report = parts.select_weights(sims, np.arange(8), ndcg)
+    report = parts.select_weights(sims, np.arange(8), row_ndcg)
     assert (parts.shift_weight > 0) == chosen, report
     assert report["shift"]["weight"] == parts.shift_weight
 
@@ -331,11 +326,25 @@ def planted_selection(full: bool = False) -> tuple[ShortHistoryParts, list[dict]
             }
         )
 
-    def ndcg(scores, sim):
-        scores = np.where(sim["history"].toarray() > 0, -np.inf, scores)
-        return float(np.mean(evaluate_scores(scores, sim["history"], sim["relevant"], 3)["ndcg"]))
+    return parts, sims, row_ndcg
 
-    return parts, sims, ndcg
+
+def row_ndcg(scores: np.ndarray, sim: dict, rows: np.ndarray) -> np.ndarray:
+    """select_weights' judge: NDCG@3 of the simulation's `rows` (scores: theirs), history items excluded, NaN for a
+    row with nothing relevant."""
+    history, relevant = sim["history"][rows], sim["relevant"][rows]
+    values = np.full(len(rows), np.nan)
+    judged = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    scores = np.where(history.toarray() > 0, -np.inf, scores)
+    values[judged] = evaluate_scores(scores, history, relevant, 3)["ndcg"]
+    return values
+
+
+def served_ndcg(parts: ShortHistoryParts, sim: dict) -> float:
+    """A simulation's mean NDCG from the parts' own scores (adjust computes everything anew)."""
+    everyone = np.arange(sim["history"].shape[0])
+    values = row_ndcg(parts.adjust(sim["base"], sim["history"], USERS, np.arange(8)), sim, everyone)
+    return float(np.nanmean(values))
 
 
 def test_selected_weights_score_on_valid_what_the_model_then_serves():
@@ -343,9 +352,31 @@ def test_selected_weights_score_on_valid_what_the_model_then_serves():
     the chosen weights must be what the parts, set to them, score through adjust (which computes everything anew)."""
     parts, sims, ndcg = planted_selection()
     report = parts.select_weights(sims, np.arange(8), ndcg)
-    served = np.mean([ndcg(parts.adjust(s["base"], s["history"], USERS, np.arange(8)), s) for s in sims])
+    served = np.mean([served_ndcg(parts, s) for s in sims])
     assert parts.shift_weight > 0 and parts.profile_weight[0] > 0, report  # weights the grids had to find
     assert report["short_valid_ndcg"] == pytest.approx(served, abs=1e-12)
+
+
+def test_rows_no_weight_moves_are_ranked_once_and_count_as_the_model_serves_them():
+    """An empty history scores the prior alone and one of short_below items or more the base alone, whatever the
+    weights: select_weights ranks those rows once, not at every grid point, and the NDCGs it reports (short and
+    warm) are still what the parts, set to the chosen weights, serve."""
+    parts, sims, ndcg = planted_selection(full=True)
+    parts.short_below = 3  # the full histories (3-4 items each) are the base's alone; 1 and 2 items are short
+    ranked = {id(s): [] for s in sims}
+
+    def counting(scores, sim, rows):
+        ranked[id(sim)].append(len(rows))
+        return ndcg(scores, sim, rows)
+
+    report = parts.select_weights(sims, np.arange(8), counting)
+    empty, one, two, full = (ranked[id(s)] for s in sims)
+    assert empty == [40] and full == [40], ranked  # the 0-item and the warm simulations: ranked once, all rows
+    assert len(one) > 20 and set(one) == {40} and len(two) == len(one), ranked  # at every grid point
+    assert parts.profile_weight[0] > 0, report
+    short = np.mean([served_ndcg(parts, s) for s in sims[:3]])
+    assert report["short_valid_ndcg"] == pytest.approx(short, abs=1e-12)
+    assert report["warm_floor"] == pytest.approx(served_ndcg(parts, sims[3]), abs=1e-12)
 
 
 def test_selected_weights_are_the_same_scored_on_one_thread_or_several(monkeypatch):

@@ -108,12 +108,22 @@ def candidate_ndcg(
     """Mean NDCG@k over the rows with a test item, from scores over the `candidates` only (item indices; column j
     scores item candidates[j]): the same as evaluate_scores on the scores spread over every item with -inf
     elsewhere, without an array of users x every item in float64 (at 20,000 users and 18,000 items: 2.9 GB)."""
+    values = candidate_ndcg_rows(scores, exclude, test, k, candidates)
+    judged = values[~np.isnan(values)]
+    return float(np.mean(judged)) if len(judged) else 0.0
+
+
+def candidate_ndcg_rows(
+    scores: np.ndarray, exclude: sp.csr_matrix, test: sp.csr_matrix, k: int, candidates: np.ndarray
+) -> np.ndarray:
+    """candidate_ndcg's NDCG@k of every row, NaN for a row with no test item (nothing judges it)."""
     test = test.tocsr()
     users = np.flatnonzero(np.diff(test.indptr) > 0)
-    if not len(users):
-        return 0.0
-    ranked = top_k(scores[users], k, sp.csr_matrix(exclude)[users][:, candidates])
-    return float(np.mean(per_user_metrics(candidates[ranked], test[users], k)["ndcg"]))
+    values = np.full(test.shape[0], np.nan)
+    if len(users):
+        ranked = top_k(scores[users], k, sp.csr_matrix(exclude)[users][:, candidates])
+        values[users] = per_user_metrics(candidates[ranked], test[users], k)["ndcg"]
+    return values
 
 
 def judges(valid: sp.csr_matrix, limit: int, seed: int) -> np.ndarray:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -171,6 +172,27 @@ def decay(a: float, c: float, n: np.ndarray) -> np.ndarray:
     return np.full(n.shape, a) if np.isinf(c) else a * (c / (c + n)) ** 2
 
 
+def _rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """array[rows], the array itself when rows are all of its rows in order (no copy of a simulation's scores)."""
+    return array if len(rows) == len(array) else array[rows]
+
+
+@dataclass
+class _Prepared:
+    """One simulation in select_weights: the rows its weights move (`moving`) with their scores' parts, and every
+    row's NDCG with the moving ones still NaN (`settled_values`)."""
+
+    sim: dict[str, Any]
+    moving: np.ndarray
+    settled_values: np.ndarray
+    lengths: np.ndarray
+    base: np.ndarray
+    prior: np.ndarray | None
+    content: np.ndarray | None
+    lift: np.ndarray | None
+    shift: np.ndarray | None
+
+
 class ShortHistoryParts:
     def __init__(
         self,
@@ -268,11 +290,20 @@ class ShortHistoryParts:
     ) -> np.ndarray:
         content_weight = content_weight or self.content_weight
         short = np.ones(len(lengths)) if self.short_below is None else (lengths < self.short_below).astype(np.float64)
-        scores = np.array(base, dtype=np.float64, copy=True)
-        if content is not None:
-            scores += (short * decay(*content_weight, lengths))[:, None] * content
+        terms = [
+            ((short * decay(*weight, lengths))[:, None], part)
+            for weight, part in ((content_weight, content), (profile_weight, prior))
+            if part is not None
+        ]
+        if not terms:
+            return np.array(base, dtype=np.float64, copy=True)
+        # base + the terms in this order, the first one's product made where a copy of base was (a sum is the same
+        # either way round): a pass over users x candidates less at every grid point of select_weights
+        scores = terms[0][0] * terms[0][1]
+        scores += base
+        for weight, part in terms[1:]:
+            scores += weight * part
         if prior is not None:
-            scores += (short * decay(*profile_weight, lengths))[:, None] * prior
             empty = lengths == 0
             scores[empty] = prior[empty]
         return scores
@@ -289,28 +320,28 @@ class ShortHistoryParts:
         self,
         simulations: list[dict[str, Any]],
         candidates: np.ndarray,
-        ndcg: Callable[[np.ndarray, dict[str, Any]], float],
+        ndcg: Callable[[np.ndarray, dict[str, Any], np.ndarray], np.ndarray],
         coarse: bool = False,
     ) -> dict[str, Any]:
         """Choose gamma and (a, c) of each part on simulated short histories: each simulation holds `base`
         (candidate scores), `history`, `profiles`, and `full` (True for users' whole histories: the warm case);
-        `ndcg(scores, simulation)` is its validation NDCG. The short ones are maximised; on the full ones a setting
-        may not do worse than the model without these parts (they are for short histories, not a warm cost).
-        `coarse` uses the COARSE_ grids: cheaper, for comparing parts."""
-        prepared = []
-        for sim in simulations:
-            parts = self.parts(sim["history"], sim.get("profiles"), candidates)
-            prepared.append((sim, np.diff(sp.csr_matrix(sim["history"]).indptr), *parts))
+        `ndcg(scores, simulation, rows)` is the validation NDCG of each of the simulation's `rows` (scores: those
+        rows'), NaN for a row nothing judges; a simulation scores the mean over its judged rows (0 with none). The
+        short ones are maximised; on the full ones a setting may not do worse than the model without these parts
+        (they are for short histories, not a warm cost). `coarse` uses the COARSE_ grids: cheaper, for comparing
+        parts."""
+        prepared = [self._prepare(sim, candidates, ndcg) for sim in simulations]
 
         # The updated prior depends only on (gamma, shift weight), which stay fixed while the content and profile
         # grids run: kept for the last pair, it is computed once per pair instead of once per grid point (each is
         # users x candidates per simulation).
         updated: dict[str, Any] = {"key": None, "priors": []}
 
-        def updated_prior(entry: tuple) -> np.ndarray | None:
-            _, _, prior, _, lift, shift = entry
-            key = updated["key"]
-            return None if prior is None else self.updated_prior(prior, key[0], lift, shift, key[1])
+        def updated_prior(entry: _Prepared) -> np.ndarray | None:
+            gamma, shift_weight = updated["key"]
+            if entry.prior is None:
+                return None
+            return self.updated_prior(entry.prior, gamma, entry.lift, entry.shift, shift_weight)
 
         def evaluate(profile_weight, content_weight, gamma=None, shift_weight=None) -> tuple[float, float]:
             key = (self.gamma if gamma is None else gamma, self.shift_weight if shift_weight is None else shift_weight)
@@ -318,10 +349,16 @@ class ShortHistoryParts:
                 updated["key"] = key
                 updated["priors"] = list(pool.map(updated_prior, prepared))
 
-            def score(entry: tuple, prior: np.ndarray | None) -> tuple[bool, float]:
-                sim, n, _, content, _, _ = entry
-                scores = self._blend_updated(sim["base"], n, prior, content, profile_weight, content_weight)
-                return bool(sim.get("full")), ndcg(scores, sim)
+            def score(entry: _Prepared, prior: np.ndarray | None) -> tuple[bool, float]:
+                values = entry.settled_values
+                if len(entry.moving):
+                    values = values.copy()
+                    scores = self._blend_updated(
+                        entry.base, entry.lengths, prior, entry.content, profile_weight, content_weight
+                    )
+                    values[entry.moving] = ndcg(scores, entry.sim, entry.moving)
+                judged = values[~np.isnan(values)]
+                return bool(entry.sim.get("full")), float(np.mean(judged)) if len(judged) else 0.0
 
             values: dict[bool, list[float]] = {True: [], False: []}
             for full, value in pool.map(score, prepared, updated["priors"]):
@@ -362,6 +399,34 @@ class ShortHistoryParts:
                 report["profile"] = {"weight": self.profile_weight, "valid_ndcg": grid[self.profile_weight]}
             report["short_valid_ndcg"] = evaluate(self.profile_weight, self.content_weight)[0]
             return report
+
+    def _prepare(self, sim: dict[str, Any], candidates: np.ndarray, ndcg: Callable) -> _Prepared:
+        """A simulation's parts over the rows any weight moves, and the NDCG of the rows none does, scored once:
+        an empty history scores the profile prior alone (no lift, no shift, whatever their weights) and a history
+        of short_below items or more the base alone. On a large target that is the whole 0-item simulation and most
+        of the full one, which every grid point ranked again."""
+        lengths = np.diff(sp.csr_matrix(sim["history"]).indptr)
+        prior, content, lift, shift = self.parts(sim["history"], sim.get("profiles"), candidates)
+        settled = np.zeros(len(lengths), dtype=bool)
+        if self.short_below is not None:
+            settled |= lengths >= self.short_below
+        if prior is not None:  # without a prior an empty history's content scores could move it
+            settled |= lengths == 0
+        values = np.full(len(lengths), np.nan)
+        rows = np.flatnonzero(settled)
+        if len(rows):
+            fixed = None if prior is None else _zscore(prior[rows])
+            scores = self._blend_updated(_rows(sim["base"], rows), lengths[rows], fixed, None, (0.0, 1.0), (0.0, 1.0))
+            values[rows] = ndcg(scores, sim, rows)
+        moving = np.flatnonzero(~settled)
+        return _Prepared(
+            sim,
+            moving,
+            values,
+            lengths[moving],
+            _rows(sim["base"], moving),
+            *(None if part is None else _rows(part, moving) for part in (prior, content, lift, shift)),
+        )
 
     def state(self) -> dict[str, Any]:
         return {

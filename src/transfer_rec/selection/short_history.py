@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from transfer_rec.config import ShortHistoryConfig
-from transfer_rec.metrics.ranking import candidate_ndcg, judges
+from transfer_rec.metrics.ranking import candidate_ndcg_rows, judges
 from transfer_rec.recommender.content import ContentSimilarity, content_vectors
 from transfer_rec.recommender.profile import ProfileConfig, ProfilePrior, profile_vocabulary
 from transfer_rec.recommender.short_history import (
@@ -323,8 +323,8 @@ def attach(
 
 
 def _simulation_ndcg(model: TransferRecommender, data: ShortHistoryData):
-    def ndcg(scores: np.ndarray, sim: dict[str, Any]) -> float:
-        return candidate_ndcg(scores, sim["exclude"], sim["relevant"], K, model.candidates)
+    def ndcg(scores: np.ndarray, sim: dict[str, Any], rows: np.ndarray) -> np.ndarray:
+        return candidate_ndcg_rows(scores, sim["exclude"][rows], sim["relevant"][rows], K, model.candidates)
 
     return ndcg
 
