@@ -356,7 +356,8 @@ class PeakMemory:
     """Peak memory of this process and its workers while the block runs: this process's own peak from the kernel's
     high-water mark, reset when the block starts (exact, free), and, while worker processes run, the PSS of all of
     them sampled every `interval` seconds. Reading PSS walks every page of a process: sampled all the time, it cost
-    the 10 M fit about a tenth of its CPU (docs/results/2026-12-06-top-k.md), so a lone process is not sampled.
+    the 10 M fit an eighth of its profile's samples (docs/results/2026-12-06-top-k.md), so a lone process is not
+    sampled.
     Not nestable: entering resets the process's high-water mark, which an enclosing block's peak would lose."""
 
     def __init__(self, interval: float = 0.1) -> None:

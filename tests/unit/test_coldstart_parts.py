@@ -154,6 +154,30 @@ def test_short_history_weights_take_the_position_shift_only_where_it_finds_the_l
     assert report["shift"]["weight"] == parts.shift_weight
 
 
+def test_the_blend_is_the_base_plus_each_part_times_its_weight_and_an_empty_history_the_prior():
+    """The blend's scores, exactly (select_weights compares grid points by them): base + w_content(n) x content +
+    w_profile(n) x prior, summed in that order, with an empty history's scores the prior's."""
+    rng = np.random.default_rng(9)
+    parts = ShortHistoryParts()
+    parts.short_below = 6
+    lengths = rng.integers(0, 10, 200)
+    base = rng.normal(size=(200, 30)).astype(np.float32)
+    prior, content = rng.normal(size=(200, 30)), rng.normal(size=(200, 30))
+    short = (lengths < 6).astype(np.float64)[:, None]
+    w_content = short * decay(0.2, np.inf, lengths)[:, None]
+    w_profile = short * decay(8.0, 3.0, lengths)[:, None]
+    both = base.astype(np.float64) + w_content * content + w_profile * prior
+    both[lengths == 0] = prior[lengths == 0]
+    alone = base.astype(np.float64) + w_content * content
+    for prior_part, content_part, expected in (
+        (prior, content, both),
+        (None, content, alone),
+        (None, None, base.astype(np.float64)),
+    ):
+        blended = parts._blend_updated(base, lengths, prior_part, content_part, (8.0, 3.0), (0.2, np.inf))
+        np.testing.assert_array_equal(blended, expected)
+
+
 def test_short_history_parts_leave_histories_the_kernel_serves_alone_and_keep_that_in_their_state():
     prior, matrix = planted_prior()
     parts = ShortHistoryParts(prior, ContentSimilarity(np.eye(8, dtype=np.float32)), cooccurrence_lift([matrix]))

@@ -6,6 +6,7 @@ import scipy.sparse as sp
 
 from transfer_rec.metrics.ranking import (
     candidate_ndcg,
+    candidate_ndcg_rows,
     evaluate_scores,
     item_segment_hits,
     judges,
@@ -112,6 +113,26 @@ def test_candidate_ndcg_equals_the_full_evaluation_with_other_items_left_out():
     assert candidate_ndcg(scores, train, test, 5, candidates) == pytest.approx(expected)
     shuffled = scores[:, rng.permutation(len(candidates))]
     assert candidate_ndcg(shuffled, train, test, 5, candidates) != pytest.approx(expected)
+
+
+def test_candidate_ndcg_rows_judge_each_row_alone_and_leave_rows_without_a_test_item_out():
+    """The short-history choice scores settled rows once and the others per grid point: a row's NDCG must not depend
+    on which rows are ranked with it, and a row with no test item is NaN (not 0, which would count in the mean)."""
+    rng = np.random.default_rng(6)
+    n_users, n_items = 50, 30
+    candidates = np.sort(rng.choice(n_items, size=20, replace=False))
+    train = sp.random(n_users, n_items, density=0.2, format="csr", random_state=7)
+    test = sp.lil_matrix(sp.random(n_users, n_items, density=0.15, format="csr", random_state=8))
+    test[::5] = 0  # every fifth user has nothing to judge them by
+    test = sp.csr_matrix(test)
+    scores = rng.normal(size=(n_users, len(candidates)))
+    values = candidate_ndcg_rows(scores, train, test, 5, candidates)
+    judged = np.diff(test.indptr) > 0
+    assert np.isnan(values[~judged]).all() and not np.isnan(values[judged]).any()
+    assert candidate_ndcg(scores, train, test, 5, candidates) == float(np.mean(values[judged]))
+    rows = np.flatnonzero(np.arange(n_users) % 3 == 1)  # a subset, ranked without the others
+    alone = candidate_ndcg_rows(scores[rows], train[rows], test[rows], 5, candidates)
+    np.testing.assert_array_equal(alone, values[rows])
 
 
 def test_judges_are_the_users_with_a_valid_item_or_a_seeded_sample_of_them():
