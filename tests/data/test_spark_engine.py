@@ -122,6 +122,10 @@ def test_spark_unifies_as_pandas_does_row_for_row(both):
     inter = pandas_tables["interactions"]
     assert (inter.groupby(["user_id", "item_id"]).size() == 1).all()
     assert version_s.validation["success"] and "unified" in version_s.validation["data_docs"]
+    staged = list((Path(version_s.dir).parent).glob("staging-*"))
+    assert not staged, "every platform's part files moved into the version, the staging folder removed"
+    parts = list((Path(version_s.dir) / "interactions.parquet").glob("part-*.parquet"))
+    assert len({p.name.split("-")[2] for p in parts}) >= 2, "part files of more than one platform's write job"
 
 
 def test_spark_features_and_splits_are_the_same_row_for_row(both):
@@ -161,6 +165,29 @@ def test_spark_refuses_a_bad_batch_as_pandas_does_and_keeps_the_current_version(
     reason = json.loads((layout.quarantine / "village" / "b2" / "validation.json").read_text())
     assert reason["stage"] == "unify" and reason["rule"] == "max_duplicate_share"
     assert json.loads((layout.unified / "current" / "manifest.json").read_text())["dir"] == current
+    assert not list((layout.unified / ".versions").glob("staging-*")), "the refused batch's part files are removed"
+
+
+@pytest.mark.parametrize("column", ["learner", "course"])
+def test_spark_refuses_an_id_too_long_as_pandas_does(pipeline_env, column):
+    """The id-length rule, counted in the pass that gathers the catalogue, names the file, column and length as
+    pandas does, and nothing of the refused batch stays behind."""
+    env = pipeline_env(spark=SPARK)
+    export = env["exports"] / "village" / "interactions.txt"
+    frame = pd.read_csv(export, dtype=str)
+    frame.loc[5, column] = "x" * 5_000
+    frame.to_csv(export, index=False)
+    config, layout = load_config(), StateLayout.from_env()
+    messages = {}
+    for name, engine in (("pandas", pandas_unify), ("spark", spark_unify)):
+        validated = [validate_batch(pull_platform(p, layout, name), p, layout) for p in config.platforms]
+        with pytest.raises(BatchRefused) as caught:
+            engine.unify(validated, config.model_copy(update={"engine": name}), layout)
+        assert caught.value.rule == "max_id_length" and caught.value.platform == "village"
+        messages[name] = str(caught.value)
+    assert messages["spark"] == messages["pandas"]
+    assert "5,000 chars" in messages["spark"] and not (layout.unified / "current").exists()
+    assert not list((layout.unified / ".versions").glob("staging-*"))
 
 
 def test_incremental_partitions_unify_alike_on_both_engines(pipeline_env, monkeypatch):

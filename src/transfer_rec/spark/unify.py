@@ -8,6 +8,8 @@ row of a repeated (user, item) pair (ties: the first in file order), the same co
 from __future__ import annotations
 
 import logging
+import shutil
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,45 +61,48 @@ def unify_platform(
     batch_dir: Path,
     platform: PlatformConfig,
     config: PipelineConfig,
+    staged: Path,
     interactions: list[Path] | None = None,
 ) -> dict[str, Any]:
-    """stages.unify.unify_platform with the interactions as a Spark DataFrame (cached until they are written)."""
-    from pyspark import StorageLevel
+    """stages.unify.unify_platform with the interactions unified by Spark and written as Parquet part files to
+    `staged` (the frame returned reads them back); the counts are read from those files."""
     from pyspark.sql import functions as F
 
     files = platform.files
     paths = interactions if interactions is not None else [batch_dir / files["interactions"]]
     raw = _interactions(spark, paths, platform)
-    # Item keys are folded in Python (schema.unified.item_key), once per distinct native id: a catalogue is small
-    # next to its interactions. The native id an item is served by is the smallest that folds to its key.
-    natives = raw.select(F.col("item_id").cast("string").alias("native")).distinct().toPandas()["native"].dropna()
-    keys = pd.DataFrame({"native": natives.to_numpy(dtype=object), "key": pandas_unify._canonical_text(natives)})
-    item_keys = spark.createDataFrame(keys.astype({"key": object}), "native string, key string")
     rating = F.col("rating").cast("double") if "rating" in raw.columns else F.lit(1.0)
     timestamp = F.col("timestamp") if "timestamp" in raw.columns else F.lit(0)
     # whole numbers exactly (a double holds 53 bits), the others truncated as pandas' astype(int64) does
     stamp = F.coalesce(timestamp.cast("long"), timestamp.cast("double").cast("long"))
+    # One pass over the rows, per native item id: the catalogue (item keys are folded in Python, once per distinct
+    # native id: a catalogue is small next to its interactions), the counts and the id lengths (the offending ids
+    # are gathered only when there are some).
+    per_item = (
+        raw.groupBy(F.col("item_id").cast("string").alias("native"))
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.sum((rating.isNull() | stamp.isNull()).cast("long")).alias("unusable"),
+            F.max(F.length(F.col("user_id").cast("string"))).alias("user_length"),
+        )
+        .toPandas()
+    )
+    natives = per_item["native"].dropna()
+    rows_in, unusable = int(per_item["rows"].sum()), int(per_item["unusable"].sum())
+    longest = pd.concat([per_item["user_length"].astype("float64"), natives.str.len().astype("float64")]).max()
+    limit = config.rules.max_id_length
+    if pd.notna(longest) and longest > limit:
+        _check_id_lengths(raw, ("user_id", "item_id"), limit, platform.name, files["interactions"])
+    # The native id an item is served by is the smallest that folds to its key.
+    keys = pd.DataFrame({"native": natives.to_numpy(dtype=object), "key": pandas_unify._canonical_text(natives)})
+    item_keys = spark.createDataFrame(keys.astype({"key": object}), "native string, key string")
     rows = raw.join(F.broadcast(item_keys), raw["item_id"].cast("string") == item_keys["native"], "left").select(
         F.concat(F.lit(f"{platform.name}:"), F.col("user_id").cast("string")).alias("user_id"),
         F.col("key").alias("item_id"),
         rating.alias("rating"),
         stamp.alias("timestamp"),
         F.col("_row"),
-        F.length(F.col("user_id").cast("string")).alias("_user_length"),
-        F.length(F.col("item_id").cast("string")).alias("_item_length"),
     )
-    # one pass for the counts and the id-length rule (the offending ids are gathered only when there are some); the
-    # pairs below read the files again rather than a cache of every keyed row
-    stats = rows.agg(
-        F.count(F.lit(1)).alias("rows"),
-        F.sum((F.col("rating").isNull() | F.col("timestamp").isNull()).cast("long")).alias("unusable"),
-        F.max("_user_length").alias("user"),
-        F.max("_item_length").alias("item"),
-    ).first()
-    rows_in, unusable = int(stats["rows"]), int(stats["unusable"] or 0)
-    limit = config.rules.max_id_length
-    if max(stats["user"] or 0, stats["item"] or 0) > limit:
-        _check_id_lengths(raw, ("user_id", "item_id"), limit, platform.name, files["interactions"])
     usable = rows.where(
         F.col("user_id").isNotNull()
         & F.col("item_id").isNotNull()
@@ -111,20 +116,13 @@ def unify_platform(
     kept = kept.select("user_id", "item_id", "first.rating", "first.timestamp")
     users = pandas_unify.platform_users(batch_dir, platform, config)
     leaving = users.loc[~users["consent"].astype(bool), ["user_id"]] if len(users) else users
+    opted_out = 0
     if len(leaving):
-        out = spark.createDataFrame(leaving.astype({"user_id": object}), "user_id string")
-        kept = kept.join(F.broadcast(out.withColumn("_leaving", F.lit(True))), "user_id", "left")
-    else:
-        kept = kept.withColumn("_leaving", F.lit(None).cast("boolean"))
-    kept = kept.persist(StorageLevel.MEMORY_AND_DISK)
-    stats = kept.agg(F.count(F.lit(1)).alias("pairs"), F.count("_leaving").alias("leaving")).first()
-    duplicated = rows_in - unusable - int(stats["pairs"])
-    rules.check_duplicate_share(
-        duplicated, rows_in, config.rules.max_duplicate_share, platform.name, files["interactions"]
-    )
-    # Opted-out users' interactions never enter training or evaluation (they keep a users row, as with pandas).
-    opted_out = int(stats["leaving"])
-    kept = kept.where(F.col("_leaving").isNull()).drop("_leaving")
+        # Opted-out users' interactions never enter training or evaluation (they keep a users row, as with
+        # pandas): their pairs are counted by a pass over their rows alone and left out of what is written.
+        out = F.broadcast(spark.createDataFrame(leaving.astype({"user_id": object}), "user_id string"))
+        opted_out = usable.join(out, "user_id", "left_semi").select("user_id", "item_id").distinct().count()
+        kept = kept.join(out, "user_id", "left_anti")
     inter = kept.select(
         F.lit(platform.name).alias("platform"),
         "user_id",
@@ -133,8 +131,12 @@ def unify_platform(
         (F.col("rating") >= F.lit(float(config.features.min_rating))).cast("byte").alias("label"),
         "timestamp",
     ).select(*INTERACTION_COLUMNS)
+    # Written once, straight from the aggregation: caching 18 M pairs to count them and writing them from the cache
+    # cost more than this write and the few columnar reads below (docs/results/2026-12-06-spark-direct-write.md).
+    inter.write.parquet(str(staged))
+    written = spark.read.parquet(str(staged))
     present = (
-        kept.groupBy("item_id")
+        written.groupBy("item_id")
         .agg(F.count(F.lit(1)).alias("rows"))
         .join(item_keys.groupBy("key").agg(F.min("native").alias("native_id")), F.col("item_id") == F.col("key"))
         .select("item_id", "native_id", "rows")
@@ -142,25 +144,37 @@ def unify_platform(
         .sort_values("item_id", kind="stable", ignore_index=True)
     )
     rows_out = int(present["rows"].sum())
-    n_users = kept.select("user_id").distinct().count()
+    duplicated = rows_in - unusable - rows_out - opted_out
+    rules.check_duplicate_share(
+        duplicated, rows_in, config.rules.max_duplicate_share, platform.name, files["interactions"]
+    )
+    n_users = written.select("user_id").distinct().count()
     counts = (rows_in, rows_out, unusable, duplicated, opted_out, n_users)
     keys = present["item_id"].to_numpy(dtype=object)
     natives = present["native_id"].to_numpy(dtype=object)
-    return pandas_unify.platform_part(batch_dir, platform, config, inter, users, keys, natives, counts)
+    return pandas_unify.platform_part(batch_dir, platform, config, written, users, keys, natives, counts)
 
 
 def unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout) -> UnifiedVersion:
     """stages.unify.unify on Spark: the same tables, rules, quarantine and atomic switch of lake/unified/current."""
-    return pandas_unify.unify(validated, config, layout, engine=SparkTables(spark_session(config.spark)))
+    tables = SparkTables(spark_session(config.spark), layout)
+    try:
+        return pandas_unify.unify(validated, config, layout, engine=tables)
+    finally:
+        tables.discard()
 
 
 class SparkTables:
-    """The Spark engine of stages.unify: every batch's interactions unified by Spark, stacked, written by Spark
-    (Parquet part files) and validated by Great Expectations on the Spark DataFrame read back; users, items and
-    links are pandas frames, as in the pandas engine."""
+    """The Spark engine of stages.unify: every batch's interactions unified by Spark and written by Spark as Parquet
+    part files to a staging folder, moved into the new version's folder and validated by Great Expectations on the
+    Spark DataFrame read from there; users, items and links are pandas frames, as in the pandas engine."""
 
-    def __init__(self, spark: SparkSession) -> None:
+    def __init__(self, spark: SparkSession, layout: StateLayout) -> None:
         self.spark = spark
+        # beside the versions (one file system: the part files are renamed into a version, not copied), named so
+        # that atomic_dir's pruning of old versions never takes it
+        self.staging = layout.unified / ".versions" / f"staging-{uuid.uuid4().hex[:12]}"
+        self.staged: list[Path] = []
 
     def platforms(
         self, validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout
@@ -169,7 +183,9 @@ class SparkTables:
         for m in validated:
             platform = config.platform(m.platform)
             files = pandas_unify.interaction_files(m, platform, layout)
-            parts[m.platform] = unify_platform(self.spark, Path(m.batch_dir), platform, config, files)
+            staged = self.staging / f"{m.platform}.parquet"
+            self.staged.append(staged)
+            parts[m.platform] = unify_platform(self.spark, Path(m.batch_dir), platform, config, staged, files)
         return parts
 
     def concat(self, frames: list[DataFrame]) -> DataFrame:
@@ -182,11 +198,18 @@ class SparkTables:
     def write_and_validate(
         self, tables: dict[str, Any], out: Path, config: PipelineConfig, layout: StateLayout
     ) -> dict[str, Any]:
-        interactions = tables["interactions"]
-        # a folder of part files in the same place as the pandas engine's file: readers take either
-        interactions.write.parquet(str(out / "interactions.parquet"))
-        (out / "interactions.parquet" / "_SUCCESS").unlink(missing_ok=True)
+        # a folder of part files in the same place as the pandas engine's file: readers take either. Spark names
+        # every job's part files uniquely, so the platforms' files move into one folder without a clash.
+        folder = out / "interactions.parquet"
+        folder.mkdir()
+        for staged in self.staged:
+            for part in staged.iterdir():
+                if not part.name.lstrip(".").startswith("_SUCCESS"):
+                    part.rename(folder / part.name)
         pandas_unify._write_tables({k: v for k, v in tables.items() if k != "interactions"}, out)
-        self.spark.catalog.clearCache()  # the platforms' cached pairs: written now
-        written = self.spark.read.parquet(str(out / "interactions.parquet"))
+        written = self.spark.read.parquet(str(folder))
         return validate_unified(tables, config, layout, out.name, SparkInteractions(written, out))
+
+    def discard(self) -> None:
+        """Remove the staging folder (what was not moved into a version: all of it when unify failed)."""
+        shutil.rmtree(self.staging, ignore_errors=True)
