@@ -147,6 +147,25 @@ def test_spark_features_and_splits_are_the_same_row_for_row(both):
     assert set(village["split"]) == {"train", "valid", "test"}
 
 
+def test_spark_k_core_is_the_pandas_k_core_when_it_takes_many_rounds(both):
+    """A chain that unravels one link per round (an item seen once drops its user below k, who drops the next item,
+    and so on) beside a block that survives whole: both engines keep the same rows."""
+    from transfer_rec.spark.session import spark_session
+
+    block = [(f"b{u}", f"x{i}") for u in range(4) for i in range(3)]
+    chain = [("c0", "i0"), ("c0", "i1")] + [(f"c{n}", f"i{m}") for n in range(1, 3) for m in (n, n + 1)]
+    chain += [("b0", "i3")]  # the chain's last item reaches a block user, who stays
+    frame = pd.DataFrame(block + chain, columns=["user_id", "item_id"]).assign(rating=1.0)
+    expected = pandas_features.k_core(frame, 2)
+    assert set(expected["user_id"]) == {f"b{u}" for u in range(4)}, "the whole chain unravels, the block stays"
+    spark = spark_session(both["config"].spark)
+    kept = spark_features.k_core(spark.createDataFrame(frame), 2).toPandas()
+    keys = ["user_id", "item_id"]
+    pd.testing.assert_frame_equal(
+        kept.sort_values(keys, ignore_index=True), expected.sort_values(keys, ignore_index=True), check_dtype=False
+    )
+
+
 def test_spark_refuses_a_bad_batch_as_pandas_does_and_keeps_the_current_version(both):
     layout, config = both["layout"], both["config"]
     current = json.loads((layout.unified / "current" / "manifest.json").read_text())["dir"]
