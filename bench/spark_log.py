@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 from collections import defaultdict
 from dataclasses import dataclass
@@ -56,6 +57,11 @@ def log_lines(path: Path) -> list[str]:
     lines: list[str] = []
     for part in parts:
         if part.suffix in (".zstd", ".zst"):
+            if not shutil.which("zstd"):
+                raise SystemExit(
+                    f"{part}: a zstd-compressed event log part and no `zstd` command to unpack it (apt-get install "
+                    'zstd, or log the run with spark.eventLog.compress: "false")'
+                )
             text = subprocess.run(["zstd", "-dc", str(part)], check=True, capture_output=True, text=True).stdout
         else:
             text = part.read_text()

@@ -30,8 +30,9 @@ def k_core(inter: DataFrame, k: int) -> DataFrame:
     k-core is unique, so removing all of them at once per round reaches the pandas engine's rows).
 
     Each round finds the users and items below k (two aggregations of the cached rows, small results) and, only if
-    there are some, removes their rows by anti-joins with those few keys, which adaptive execution broadcasts; the
-    round that finds none ends the loop without copying the rows again. The keys are checkpointed, so a round's
+    there are some, removes their rows by anti-joins with those keys (the items' broadcast; the users' left to
+    adaptive execution, which broadcasts a small side); the round that finds none ends the loop without copying the
+    rows again. The keys are checkpointed, so a round's
     plan holds the previous round's rows once, not three times: derived from the rows, each round's plan tripled and
     a chain of seven rounds ran a 1 GiB driver out of memory printing it (tests/data/test_spark_engine.py)."""
     from pyspark import StorageLevel

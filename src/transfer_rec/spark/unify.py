@@ -207,7 +207,9 @@ class SparkTables:
                 if not part.name.lstrip(".").startswith("_SUCCESS"):
                     part.rename(folder / part.name)
         pandas_unify._write_tables({k: v for k, v in tables.items() if k != "interactions"}, out)
+        # the stacked frame read the staging folder, empty now: from here on the interactions are the version's
         written = self.spark.read.parquet(str(folder))
+        tables = {**tables, "interactions": written}
         return validate_unified(tables, config, layout, out.name, SparkInteractions(written, out))
 
     def discard(self) -> None:
