@@ -638,6 +638,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="write the synthetic exports and their config")
     gen.add_argument("--interactions", type=int, default=20_000_000)
+    gen.add_argument("--items", type=int, default=20_000, help="the catalogue all platforms draw from")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", type=Path, required=True)
     ing = sub.add_parser("ingest", help="pull + validate + unify a config, timed; prints JSON")
@@ -662,7 +663,7 @@ def main(argv: list[str] | None = None) -> None:
     # logs to stderr: fit-run's stdout is its JSON result
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     if args.command == "generate":
-        print(generate(args.out, args.interactions, seed=args.seed))
+        print(generate(args.out, args.interactions, n_items=args.items, seed=args.seed))
     elif args.command == "ingest":
         print(json.dumps(ingest(args.config, args.state, args.engine, args.features), indent=2))
     elif args.command == "same":

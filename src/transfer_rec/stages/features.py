@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from transfer_rec.config import PipelineConfig
@@ -35,6 +36,17 @@ def k_core(inter: pd.DataFrame, k: int) -> pd.DataFrame:
         if (keep == alive).all():
             return inter[alive]
         alive = keep
+
+
+def rows_per_platform(path: Path) -> dict[str, int]:
+    """Unified interaction rows per platform, from the platform column alone (dictionary-encoded: a few bytes a row)."""
+    counts: dict[str, int] = {}
+    for chunk in pq.read_table(path, columns=["platform"], read_dictionary=["platform"]).column("platform").chunks:
+        # each chunk has a dictionary of its own; null platforms are refused by unify's suite, never counted here
+        per_code = np.bincount(chunk.indices.drop_null().to_numpy(), minlength=len(chunk.dictionary))
+        for name, n in zip(chunk.dictionary.to_pylist(), per_code.tolist(), strict=True):
+            counts[name] = counts.get(name, 0) + n
+    return counts
 
 
 def split_sizes(n: int, shares: tuple[float, float, float]) -> tuple[int, int, int]:
@@ -82,19 +94,21 @@ def build_features(
 ) -> FeatureSet:
     """Write features/<run_key>/: source interactions, per-target train/valid/test, the item and user index."""
     udir = Path(unified.dir)
-    inter = pd.read_parquet(udir / "interactions.parquet")
+    path = udir / "interactions.parquet"
     users = pd.read_parquet(udir / "users.parquet")
     items = pd.read_parquet(udir / "items.parquet")
     seed = config.features.seed if seed is None else seed
-    positive = inter[inter["label"] == 1]
-    kept = {
-        p.name: k_core(positive[positive["platform"] == p.name], config.features.min_interactions)
-        for p in config.platforms
-    }
+    unified_rows = rows_per_platform(path)
+    # One platform's positive rows read at a time (the filter is applied as the file is read): holding every
+    # platform's rows, their positive rows and each platform's slice at once was the stage's peak
+    # (docs/results/2026-12-06-ingest-50m.md).
+    kept: dict[str, pd.DataFrame] = {}
     for p in config.platforms:
+        positive = pd.read_parquet(path, filters=[("platform", "==", p.name), ("label", "==", 1)])
+        kept[p.name] = k_core(positive, config.features.min_interactions)
         if kept[p.name].empty:
-            raw = int((inter["platform"] == p.name).sum())
-            refuse_empty(p.name, raw, int((positive["platform"] == p.name).sum()), config)
+            refuse_empty(p.name, unified_rows.get(p.name, 0), len(positive), config)
+        del positive
     item_ids = np.sort(np.unique(np.concatenate([k["item_id"].unique() for k in kept.values()])))
     item_index = pd.DataFrame({"item_id": item_ids, "item_idx": np.arange(len(item_ids))})
     item_table = item_index.merge(items, on="item_id", how="left")
@@ -103,7 +117,8 @@ def build_features(
     with atomic_dir(final) as out:
         item_table.to_parquet(out / "items.parquet", index=False)
         for platform in config.platforms:
-            frame = kept[platform.name].merge(item_index, on="item_id")
+            # each platform's kept rows leave memory as they are written
+            frame = kept.pop(platform.name).merge(item_index, on="item_id")
             platform_users = users[users["platform"] == platform.name]
             if platform.role == "target":
                 split = split_users(frame, config.features.split, seed)
@@ -116,7 +131,7 @@ def build_features(
             )
             counts[platform.name] = platform_counts(
                 platform.role,
-                int((inter["platform"] == platform.name).sum()),
+                unified_rows.get(platform.name, 0),
                 int(frame["user_id"].nunique()),
                 int(frame["item_id"].nunique()),
                 frame["split"].value_counts().to_dict(),
