@@ -94,6 +94,10 @@ class UnifiedVersion(Manifest):
     hashes: dict[str, dict[str, str]]
     validation: dict[str, Any]
 
+    def interaction_rows(self) -> dict[str, int]:
+        """The version's interaction rows per platform (what unify wrote for each: its `rows_out`)."""
+        return {name: int(counts.get("rows_out", 0)) for name, counts in self.platforms.items()}
+
 
 class FeatureSet(Manifest):
     """Training sets: the sources' interactions, each target's seeded train/valid/test split, the item index."""

@@ -132,6 +132,9 @@ def test_spark_features_and_splits_are_the_same_row_for_row(both):
     features_p, features_s = both["features"]
     assert features_s.n_items == features_p.n_items
     assert features_s.platforms == features_p.platforms
+    unified = both["pandas"][1]["interactions"]
+    for platform, counts in features_p.platforms.items():
+        assert counts["interactions_in"] == (unified["platform"] == platform).sum(), "the version's rows, per platform"
     keys = ["user_id", "item_id"]
     for platform in ("campus", "village"):
         for table in ("interactions", "users"):

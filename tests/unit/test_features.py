@@ -1,24 +1,13 @@
 import pandas as pd
 import pytest
 
-from transfer_rec.stages.features import hold_out_users, k_core, rows_per_platform, split_sizes, split_users
+from transfer_rec.stages.features import hold_out_users, k_core, split_sizes, split_users
 
 
 def test_k_core_repeats_until_stable():
     inter = pd.DataFrame({"user_id": ["a"] * 3 + ["b"] * 3 + ["c"], "item_id": ["x", "y", "z", "x", "y", "z", "q"]})
     kept = k_core(inter, 2)
     assert set(kept["user_id"]) == {"a", "b"} and set(kept["item_id"]) == {"x", "y", "z"}
-
-
-def test_rows_per_platform_adds_up_row_groups_and_part_files_with_dictionaries_of_their_own(tmp_path):
-    # a folder of part files (as Spark writes) whose row groups name the platforms in different orders and sets
-    folder = tmp_path / "interactions.parquet"
-    folder.mkdir()
-    parts = [["b", "a", "a"], ["c"], ["a", "c", "c", "c"]]
-    for i, platforms in enumerate(parts):
-        frame = pd.DataFrame({"platform": platforms, "user_id": [f"u{j}" for j in range(len(platforms))]})
-        frame.to_parquet(folder / f"part-{i}.parquet", index=False, row_group_size=2)
-    assert rows_per_platform(folder) == {"a": 3, "b": 1, "c": 4}
 
 
 @pytest.mark.parametrize("n,expected", [(5, (3, 1, 1)), (10, (8, 1, 1)), (25, (21, 2, 2)), (2, (1, 0, 1))])

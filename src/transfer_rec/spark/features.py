@@ -64,7 +64,7 @@ def build_features(
     users = pd.read_parquet(udir / "users.parquet")
     items = pd.read_parquet(udir / "items.parquet")
     seed = config.features.seed if seed is None else seed
-    rows_in = {r["platform"]: r["count"] for r in inter.groupBy("platform").count().collect()}
+    rows_in = unified.interaction_rows()
     positive = inter.where(F.col("label") == 1)
     kept = {
         p.name: k_core(positive.where(F.col("platform") == p.name), config.features.min_interactions)

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from transfer_rec.config import PipelineConfig
@@ -36,17 +35,6 @@ def k_core(inter: pd.DataFrame, k: int) -> pd.DataFrame:
         if (keep == alive).all():
             return inter[alive]
         alive = keep
-
-
-def rows_per_platform(path: Path) -> dict[str, int]:
-    """Unified interaction rows per platform, from the platform column alone (dictionary-encoded: a few bytes a row)."""
-    counts: dict[str, int] = {}
-    for chunk in pq.read_table(path, columns=["platform"], read_dictionary=["platform"]).column("platform").chunks:
-        # each chunk has a dictionary of its own; null platforms are refused by unify's suite, never counted here
-        per_code = np.bincount(chunk.indices.drop_null().to_numpy(), minlength=len(chunk.dictionary))
-        for name, n in zip(chunk.dictionary.to_pylist(), per_code.tolist(), strict=True):
-            counts[name] = counts.get(name, 0) + n
-    return counts
 
 
 def split_sizes(n: int, shares: tuple[float, float, float]) -> tuple[int, int, int]:
@@ -98,7 +86,7 @@ def build_features(
     users = pd.read_parquet(udir / "users.parquet")
     items = pd.read_parquet(udir / "items.parquet")
     seed = config.features.seed if seed is None else seed
-    unified_rows = rows_per_platform(path)
+    unified_rows = unified.interaction_rows()
     # One platform's positive rows read at a time (the filter is applied as the file is read): holding every
     # platform's rows, their positive rows and each platform's slice at once was the stage's peak
     # (docs/results/2026-12-06-ingest-50m.md).
