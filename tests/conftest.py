@@ -48,7 +48,7 @@ from bench.synthetic import SyntheticPlatform, generate, write_config  # noqa: E
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "servers: starts a real Airflow (minutes each); `make test-servers`")
-    config.addinivalue_line("markers", "soak: repeated whole runs under CPU load (~25 min); `make test-servers`")
+    config.addinivalue_line("markers", "soak: repeated whole runs under CPU load (~50 min); `make test-servers`")
     config.addinivalue_line("markers", "prod: the production path (Celery, PostgreSQL, Redis, S3); `make test-prod`")
     config.addinivalue_line(
         "markers",

@@ -319,8 +319,9 @@ class RuntimeConfig(_Strict):
     # CPUs this process may run on ($TRANSFER_REC_WORKERS overrides)
     workers: int | None = Field(None, ge=1, le=256)
     # Each stage's time limit in minutes (Airflow's execution_timeout): a stage past it is stopped (SIGTERM, then its
-    # workers killed and its partial output discarded) and fails with a timeout. The whole pipeline takes about 4
-    # minutes on the embedded platforms on 2 cores (pretrain ~1); the limits leave room for platforms ~20x larger.
+    # workers killed and its partial output discarded) and fails with a timeout. The whole pipeline takes about 6
+    # minutes on the embedded platforms on 2 cores (docs/reliability.md); the limits leave room for platforms ~20x
+    # larger.
     stage_timeout_minutes: dict[str, int] = {
         "plan": 10,
         "pull": 30,
