@@ -421,9 +421,9 @@ def run(
     seeds: list[int], out: Path, config: PipelineConfig, warm_ablation: bool = True, warm_share: float = 1.0
 ) -> dict[str, Any]:
     """The embedded platforms through pull -> validate -> unify -> features per seed, then the cold-start protocol."""
+    from transfer_rec.benchmark import ingest_all
     from transfer_rec.io.state import StateLayout
     from transfer_rec.stages.features import build_features
-    from transfer_rec.stages.pipeline import ingest_all
 
     layout = StateLayout(out / "state")
     unified = ingest_all(config, layout, "bench")

@@ -24,13 +24,10 @@ from bench.linked_content import content_profiles
 from transfer_rec.benchmark_linked import World
 from transfer_rec.metrics.ranking import per_user_metrics, top_k
 from transfer_rec.recommender.linked import LinkedRecommender, binary
+from transfer_rec.recommender.short_history import zscore
 from transfer_rec.selection.linked import choose
 
 K = 10
-
-
-def _zscore(scores: np.ndarray) -> np.ndarray:
-    return (scores - scores.mean(axis=1, keepdims=True)) / (scores.std(axis=1, keepdims=True) + 1e-9)
 
 
 def fit_mlp(x: np.ndarray, y: sp.csr_matrix, hidden: int, epochs: int, seed: int) -> torch.nn.Module:
@@ -83,7 +80,7 @@ def run(world_dir: Path, hidden: int, epochs: int, seed: int) -> dict:
         "newcomers_on_a_source": int(len(on_source)),
         "ridge": ndcg(ridge_scores),
         "mlp": ndcg(mlp_scores),
-        "z_mean": ndcg(_zscore(ridge_scores) + _zscore(mlp_scores)),
+        "z_mean": ndcg(zscore(ridge_scores) + zscore(mlp_scores)),
         "ridge_settings": choice.summary(),
     }
     print(json.dumps(result))

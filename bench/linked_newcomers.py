@@ -35,6 +35,7 @@ import scipy.sparse as sp
 from transfer_rec.benchmark_linked import CONTENDER_NEW_L2, World
 from transfer_rec.metrics.ranking import per_user_metrics, top_k
 from transfer_rec.recommender.linked import binary, content_profiles, ease_target_columns, joint_rows
+from transfer_rec.recommender.short_history import zscore
 from transfer_rec.selection.linked import CONTENT_WEIGHTS, NEW_L2
 
 K = 10
@@ -60,10 +61,6 @@ def ridge(features: np.ndarray, target: sp.csr_matrix, l2: float, dropout: float
 
 def apply(weights: np.ndarray, features: np.ndarray) -> np.ndarray:
     return weights[0] + features @ weights[1:]
-
-
-def zscore(scores: np.ndarray) -> np.ndarray:
-    return (scores - scores.mean(axis=1, keepdims=True)) / np.maximum(scores.std(axis=1, keepdims=True), 1e-9)
 
 
 def run(

@@ -22,7 +22,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 import transfer_rec.benchmark_linked as linked_bench
-from transfer_rec.benchmark_linked import World, _table
+from transfer_rec.benchmark_linked import World, platform_table
 from transfer_rec.metrics.ranking import per_user_metrics, top_k
 from transfer_rec.recommender.linked import binary, newcomer_features, ridge_map, ridge_scores
 from transfer_rec.selection.linked import CONTENT_WEIGHTS, NEW_L2
@@ -46,7 +46,7 @@ class RatedWorld(World):
         original = linked_bench.read_interactions
 
         def with_ratings(p, base):
-            frame = _table(p, base, "interactions")[["user_id", "item_id", "rating"]].astype(
+            frame = platform_table(p, base, "interactions")[["user_id", "item_id", "rating"]].astype(
                 {"user_id": str, "item_id": str}
             )
             frame = frame.groupby(["user_id", "item_id"], as_index=False, sort=False)["rating"].max()

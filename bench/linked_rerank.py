@@ -34,7 +34,7 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from transfer_rec.benchmark_linked import CONTENDER_NEW_L2, World, _table
+from transfer_rec.benchmark_linked import CONTENDER_NEW_L2, World, platform_table
 from transfer_rec.metrics.ranking import per_user_metrics, top_k
 from transfer_rec.recommender.content import CONTENT_PARTS, content_vectors
 from transfer_rec.recommender.linked import (
@@ -46,6 +46,7 @@ from transfer_rec.recommender.linked import (
     ridge_map,
     ridge_scores,
 )
+from transfer_rec.recommender.short_history import zscore
 from transfer_rec.selection.linked import CONTENT_WEIGHTS, NEW_L2
 
 K = 10
@@ -59,7 +60,7 @@ def item_vectors(world: World, cache: Path) -> tuple[dict[str, np.ndarray], np.n
     """Content vectors of every source's items and of the target's, in one vocabulary (World.content's parts)."""
     frames = []
     for p, items in [*((p, world.items[p.name]) for p in world.source_configs), (world.target, world.target_items)]:
-        described = _table(p, world.base, "items").astype({"item_id": str}).drop_duplicates("item_id")
+        described = platform_table(p, world.base, "items").astype({"item_id": str}).drop_duplicates("item_id")
         frame = described.set_index("item_id").reindex(items).rename_axis("item_id").reset_index()
         frames.append(frame.assign(source=p.name))
     items = pd.concat(frames, ignore_index=True)
@@ -72,7 +73,7 @@ def item_vectors(world: World, cache: Path) -> tuple[dict[str, np.ndarray], np.n
 
 def per_person(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(z-score, rank from 0 = best) of each item within each person's row."""
-    z = (scores - scores.mean(axis=1, keepdims=True)) / np.maximum(scores.std(axis=1, keepdims=True), 1e-9)
+    z = zscore(scores)
     rank = np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1)
     return z, rank
 

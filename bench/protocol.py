@@ -17,12 +17,11 @@ from typing import Any
 
 import pandas as pd
 
-from transfer_rec.benchmark import SOURCE, TARGET, K, print_details, print_table, run_files
+from transfer_rec.benchmark import SOURCE, TARGET, K, ingest_all, print_details, print_table, run_files
 from transfer_rec.config import PipelineConfig, load_config
 from transfer_rec.io.state import StateLayout
 from transfer_rec.manifests import FeatureSet
 from transfer_rec.stages.features import build_features
-from transfer_rec.stages.pipeline import ingest_all
 from transfer_rec.stages.train import with_training
 
 log = logging.getLogger("bench.protocol")

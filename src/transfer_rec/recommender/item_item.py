@@ -66,7 +66,7 @@ def dense_gram(
 def item_item_solve(gram: np.ndarray, lam: float, drop_p: float = 0.0, overwrite: bool = False) -> np.ndarray:
     """Closed-form zero-diagonal item-item weights (EASE when drop_p = 0), exact. With `overwrite` a C-contiguous
     float64 `gram` whose items all occur is turned into the weights in place and returned: at 18,000 items each
-    items^2 float64 copy is 2.6 GB, and the general inverse this replaces made four of them."""
+    items^2 float64 copy is 2.6 GB, and a general inverse makes four of them."""
     # An item nobody has (zero diagonal: its whole row and column are zero) is decoupled from the others and gets
     # zero weights, so only the items that occur are solved: the item index spans every family of platforms, and
     # the solve is cubic in its size.

@@ -48,7 +48,8 @@ COARSE_SHIFT_GRID = (0.0, 1.0)
 CONTENT_GRID = tuple((a, c) for a in (0.0, 0.05, 0.1, 0.2, 0.4) for c in (3.0, float("inf")))
 
 
-def _zscore(scores: np.ndarray) -> np.ndarray:
+def zscore(scores: np.ndarray) -> np.ndarray:
+    """Each row's scores standardised (mean 0, standard deviation 1; a constant row becomes zeros)."""
     return (scores - scores.mean(1, keepdims=True)) / (scores.std(1, keepdims=True) + 1e-12)
 
 
@@ -224,7 +225,7 @@ class ShortHistoryParts:
             prior = self.prior.score(profiles if profiles is not None else {}, n_users)[:, candidates]
             prior = prior.astype(np.float64)
         if self.content is not None:
-            content = _zscore(self.content.score(history)[:, candidates])
+            content = zscore(self.content.score(history)[:, candidates])
         if self.lift is not None:
             lift = times(history, self._candidate_lift(candidates)).astype(np.float64)
         if self.shift is not None and self.prior is not None:
@@ -250,17 +251,13 @@ class ShortHistoryParts:
         lengths: np.ndarray,
         prior: np.ndarray | None,
         content: np.ndarray | None,
-        profile_weight: tuple[float, float] | None = None,
-        content_weight: tuple[float, float] | None = None,
-        gamma: float | None = None,
         history_lift: np.ndarray | None = None,
         shift: np.ndarray | None = None,
-        shift_weight: float | None = None,
     ) -> np.ndarray:
-        profile_weight = profile_weight or self.profile_weight
+        """The base scores with the parts blended in at the chosen weights."""
         if prior is not None:
-            prior = self.updated_prior(prior, gamma, history_lift, shift, shift_weight)
-        return self._blend_updated(base, lengths, prior, content, profile_weight, content_weight)
+            prior = self.updated_prior(prior, None, history_lift, shift, None)
+        return self._blend_updated(base, lengths, prior, content, self.profile_weight, None)
 
     def updated_prior(
         self,
@@ -277,7 +274,7 @@ class ShortHistoryParts:
             prior = prior + shift_weight * shift
         if history_lift is not None and gamma != 0.0:
             prior = prior + gamma * history_lift
-        return _zscore(prior)
+        return zscore(prior)
 
     def _blend_updated(
         self,
@@ -415,7 +412,7 @@ class ShortHistoryParts:
         values = np.full(len(lengths), np.nan)
         rows = np.flatnonzero(settled)
         if len(rows):
-            fixed = None if prior is None else _zscore(prior[rows])
+            fixed = None if prior is None else zscore(prior[rows])
             scores = self._blend_updated(_rows(sim["base"], rows), lengths[rows], fixed, None, (0.0, 1.0), (0.0, 1.0))
             values[rows] = ndcg(scores, sim, rows)
         moving = np.flatnonzero(~settled)

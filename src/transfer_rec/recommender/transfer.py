@@ -62,7 +62,7 @@ from transfer_rec.recommender.item_item import (
     weights_state,
 )
 from transfer_rec.recommender.kernel import UserKernel
-from transfer_rec.recommender.short_history import ShortHistoryParts
+from transfer_rec.recommender.short_history import ShortHistoryParts, zscore
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class _Encoder(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.nn.functional.normalize(x, dim=1)
         m, n_items = self.members, x.shape[1]
-        if m == 1:  # the plain layer: the same numbers as before there were members
+        if m == 1:  # the plain layer: exactly one encoder's numbers, without the members' reshaping
             hidden = self.enc(torch.nn.functional.dropout(h, self.dropout, self.training))[:, None, :]
         else:
             h = torch.nn.functional.dropout(h[:, None, :].expand(-1, m, -1), self.dropout, self.training)
@@ -137,10 +137,6 @@ def _binary(matrix: sp.spmatrix) -> sp.csr_matrix:
     matrix.sum_duplicates()
     matrix.data[:] = 1.0
     return matrix
-
-
-def _zscore(scores: np.ndarray) -> np.ndarray:
-    return (scores - scores.mean(1, keepdims=True)) / (scores.std(1, keepdims=True) + 1e-12)
 
 
 def _sparse_state(matrix: sp.csr_matrix | None) -> dict[str, Any] | None:
@@ -472,7 +468,7 @@ class TransferRecommender:
         if progress["best_state"] is not None:
             self.encoder.load_state_dict(progress["best_state"])
 
-        z_item, z_encoded = _zscore(item_item), _zscore(self._encoded(judge_train))
+        z_item, z_encoded = zscore(item_item), zscore(self._encoded(judge_train))
         grid = {b: self._valid_ndcg(z_item + b * z_encoded, judge_train, judge_valid) for b in cfg.beta_grid}
         self.beta = float(max(grid, key=lambda b: (grid[b], -b)))
         emit({"stage": "blend", "epoch": 0, "beta": self.beta, "valid_ndcg": grid[self.beta], "seconds": 0.0})
@@ -666,7 +662,7 @@ class TransferRecommender:
         for lam in cfg.kernel_lams:
             started = time.perf_counter()
             part = UserKernel(lam, basis, cfg.seed).fit(train, self.candidates)
-            z_kernel = _zscore(part.score(judge_train))
+            z_kernel = zscore(part.score(judge_train))
             for weight in weights:
                 ndcg = self._valid_ndcg(
                     self._with_kernel(blend, judge_train, part, weight, z_kernel), judge_train, judge_valid
@@ -700,7 +696,7 @@ class TransferRecommender:
         if not len(rows):
             return scores
         if z_kernel is None:
-            z_kernel = _zscore(part.score(sp.csr_matrix(history)[rows]))
+            z_kernel = zscore(part.score(sp.csr_matrix(history)[rows]))
         else:
             z_kernel = z_kernel[rows]
         out = np.array(scores, copy=True)
@@ -764,7 +760,7 @@ class TransferRecommender:
             return torch.addmm(dec_b[0], hidden, dec_w[0]).numpy()
         size = hidden.shape[1] // len(dec_w)
         members = [
-            _zscore(torch.addmm(dec_b[m], hidden[:, m * size : (m + 1) * size], dec_w[m]).numpy())
+            zscore(torch.addmm(dec_b[m], hidden[:, m * size : (m + 1) * size], dec_w[m]).numpy())
             for m in range(len(dec_w))
         ]
         return np.mean(members, axis=0)
@@ -784,9 +780,9 @@ class TransferRecommender:
 
     def candidate_scores(self, history: sp.spmatrix, profiles: Any = None) -> np.ndarray:
         """The scores of `score` over the candidates only (column j: item candidates[j])."""
-        scores = _zscore(self._item_item(history))
+        scores = zscore(self._item_item(history))
         if self.beta != 0.0:
-            scores = scores + self.beta * _zscore(self._encoded(history))
+            scores = scores + self.beta * zscore(self._encoded(history))
         if self.kernel is not None and self.kernel_weight != 0.0:
             scores = self._with_kernel(scores, history, self.kernel, self.kernel_weight)
         if self.short_history is not None:

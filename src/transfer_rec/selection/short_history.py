@@ -265,7 +265,7 @@ def choose_source_share(
         log.info("short-history parts: %d user(s) with valid items, too few to cross-fit the source share: 1", n_users)
         return 1.0, {"share": 1.0, "skipped": f"{n_users} user(s) with valid items; two folds need 2"}
     fold_of = np.random.default_rng(model.config.seed).permutation(n_users) % 2
-    ndcg = _simulation_ndcg(model, fitted.data)
+    ndcg = _simulation_ndcg(model)
     totals = dict.fromkeys(SOURCE_SHARES, 0.0)
     for fold in (0, 1):
         rows = np.flatnonzero(fold_of == fold)
@@ -316,13 +316,13 @@ def attach(
             fitted.cache[key] = choose_source_share(model, fitted, use_lift, content, sims, use_shift)
         share, guard = fitted.cache[key]
     model.short_history = _parts(model, fitted, use_profile, use_lift, content, with_source, share, use_shift)
-    report = model.short_history.select_weights(sims, model.candidates, _simulation_ndcg(model, fitted.data))
+    report = model.short_history.select_weights(sims, model.candidates, _simulation_ndcg(model))
     if guard is not None:
         report["source_share"] = guard
     return report
 
 
-def _simulation_ndcg(model: TransferRecommender, data: ShortHistoryData):
+def _simulation_ndcg(model: TransferRecommender):
     def ndcg(scores: np.ndarray, sim: dict[str, Any], rows: np.ndarray) -> np.ndarray:
         return candidate_ndcg_rows(scores, sim["exclude"][rows], sim["relevant"][rows], K, model.candidates)
 

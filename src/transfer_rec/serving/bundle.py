@@ -153,17 +153,6 @@ class ModelBundle:
         )
         return matrix, unknown
 
-    def score(
-        self,
-        histories: Sequence[Sequence[str]],
-        profiles: Profiles | None = None,
-        link_ids: Sequence[str | None] | None = None,
-    ) -> np.ndarray:
-        """`profiles` (age, gender, occupation per row) reach the model's profile prior, if it has one; `link_ids`
-        the linked part, if it has one."""
-        matrix, _ = self.history_matrix(histories)
-        return self.score_rows(matrix, profiles, link_ids)[0]
-
     def score_aligned(
         self,
         matrix: sp.csr_matrix,

@@ -5,7 +5,6 @@ to the driver for the split."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,10 +92,7 @@ def build_features(
             path = out / f"{platform.name}.interactions.parquet"
             if platform.role == "target":
                 rows = frame.toPandas().sort_values(["user_id", "item_id"], ignore_index=True)
-                split = pandas_features.split_users(rows, config.features.split, seed)
-                rows = rows.assign(
-                    split=pandas_features.hold_out_users(rows, split, config.new_users_share(platform.name), seed)
-                )
+                rows = pandas_features.split_target(rows, platform.name, config, seed)
                 rows.to_parquet(path, index=False)
                 present = rows["user_id"].unique()
                 splits = rows["split"].value_counts().to_dict()
@@ -109,18 +105,12 @@ def build_features(
                 present = kept[platform.name].select("user_id").distinct().toPandas()["user_id"]
                 splits = {"train": sizes[platform.name]}
                 n_items = kept[platform.name].select("item_id").distinct().count()
-            platform_users = users[users["platform"] == platform.name]
-            platform_users[platform_users["user_id"].isin(set(present))].to_parquet(
-                out / f"{platform.name}.users.parquet", index=False
-            )
+            pandas_features.write_platform_users(users, platform.name, present, out)
             counts[platform.name] = pandas_features.platform_counts(
                 platform.role, rows_in.get(platform.name, 0), len(present), n_items, splits
             )
             log.info("features %s (Spark): %s", platform.name, counts[platform.name])
-        manifest = FeatureSet(
-            dir=str(out), run_key=run_key, seed=seed, n_items=len(item_ids), platforms=counts, unified=unified.dir
-        )
-        (out / "manifest.json").write_text(json.dumps(manifest.to_xcom(), indent=2))
+        manifest = pandas_features.write_manifest(out, run_key, seed, len(item_ids), counts, unified)
     for frame in kept.values():
         frame.unpersist()
     return manifest

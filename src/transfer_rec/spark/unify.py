@@ -20,7 +20,7 @@ from transfer_rec.config import PipelineConfig, PlatformConfig
 from transfer_rec.io.state import StateLayout
 from transfer_rec.manifests import UnifiedVersion, ValidatedBatch
 from transfer_rec.schema import rules
-from transfer_rec.schema.unified import INTERACTION_COLUMNS
+from transfer_rec.schema.unified import INTERACTION_COLUMNS, item_key, user_key
 from transfer_rec.spark.session import read_table, spark_session
 from transfer_rec.spark.validate import SparkInteractions
 from transfer_rec.stages.validate import validate_unified
@@ -94,10 +94,10 @@ def unify_platform(
     if pd.notna(longest) and longest > limit:
         _check_id_lengths(raw, ("user_id", "item_id"), limit, platform.name, files["interactions"])
     # The native id an item is served by is the smallest that folds to its key.
-    keys = pd.DataFrame({"native": natives.to_numpy(dtype=object), "key": pandas_unify._canonical_text(natives)})
+    keys = pd.DataFrame({"native": natives.to_numpy(dtype=object), "key": natives.map(item_key)})
     item_keys = spark.createDataFrame(keys.astype({"key": object}), "native string, key string")
     rows = raw.join(F.broadcast(item_keys), raw["item_id"].cast("string") == item_keys["native"], "left").select(
-        F.concat(F.lit(f"{platform.name}:"), F.col("user_id").cast("string")).alias("user_id"),
+        F.concat(F.lit(user_key(platform.name, "")), F.col("user_id").cast("string")).alias("user_id"),
         F.col("key").alias("item_id"),
         rating.alias("rating"),
         stamp.alias("timestamp"),
@@ -206,7 +206,7 @@ class SparkTables:
             for part in staged.iterdir():
                 if not part.name.lstrip(".").startswith("_SUCCESS"):
                     part.rename(folder / part.name)
-        pandas_unify._write_tables({k: v for k, v in tables.items() if k != "interactions"}, out)
+        pandas_unify.write_tables({k: v for k, v in tables.items() if k != "interactions"}, out)
         # the stacked frame read the staging folder, empty now: from here on the interactions are the version's
         written = self.spark.read.parquet(str(folder))
         tables = {**tables, "interactions": written}

@@ -107,16 +107,12 @@ def build_features(
         for platform in config.platforms:
             # each platform's kept rows leave memory as they are written
             frame = kept.pop(platform.name).merge(item_index, on="item_id")
-            platform_users = users[users["platform"] == platform.name]
             if platform.role == "target":
-                split = split_users(frame, config.features.split, seed)
-                frame = frame.assign(split=hold_out_users(frame, split, config.new_users_share(platform.name), seed))
+                frame = split_target(frame, platform.name, config, seed)
             else:
                 frame = frame.assign(split="train")
             frame.to_parquet(out / f"{platform.name}.interactions.parquet", index=False)
-            platform_users[platform_users["user_id"].isin(set(frame["user_id"].unique()))].to_parquet(
-                out / f"{platform.name}.users.parquet", index=False
-            )
+            write_platform_users(users, platform.name, frame["user_id"].unique(), out)
             counts[platform.name] = platform_counts(
                 platform.role,
                 unified_rows.get(platform.name, 0),
@@ -125,10 +121,32 @@ def build_features(
                 frame["split"].value_counts().to_dict(),
             )
             log.info("features %s: %s", platform.name, counts[platform.name])
-        manifest = FeatureSet(
-            dir=str(out), run_key=run_key, seed=seed, n_items=int(len(item_ids)), platforms=counts, unified=unified.dir
-        )
-        (out / "manifest.json").write_text(json.dumps(manifest.to_xcom(), indent=2))
+        manifest = write_manifest(out, run_key, seed, len(item_ids), counts, unified)
+    return manifest
+
+
+def split_target(frame: pd.DataFrame, platform: str, config: PipelineConfig, seed: int) -> pd.DataFrame:
+    """A target's rows with their split: each user's rows cut train/valid/test, then the users held out whole as
+    new to the target put wholly in test."""
+    split = split_users(frame, config.features.split, seed)
+    return frame.assign(split=hold_out_users(frame, split, config.new_users_share(platform), seed))
+
+
+def write_platform_users(users: pd.DataFrame, platform: str, present: Any, out: Path) -> None:
+    """The platform's unified users who kept interactions, as `<platform>.users.parquet`."""
+    platform_users = users[users["platform"] == platform]
+    platform_users[platform_users["user_id"].isin(set(present))].to_parquet(
+        out / f"{platform}.users.parquet", index=False
+    )
+
+
+def write_manifest(
+    out: Path, run_key: str, seed: int, n_items: int, counts: dict[str, Any], unified: UnifiedVersion
+) -> FeatureSet:
+    manifest = FeatureSet(
+        dir=str(out), run_key=run_key, seed=seed, n_items=int(n_items), platforms=counts, unified=unified.dir
+    )
+    (out / "manifest.json").write_text(json.dumps(manifest.to_xcom(), indent=2))
     return manifest
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import json
 import logging
 import re
 import shutil
 from collections.abc import Callable
 from datetime import datetime
+from types import ModuleType
 from typing import Any, TypeVar
 
 from transfer_rec.config import PipelineConfig, ScheduleConfig, load_config
@@ -109,7 +111,6 @@ def plan(
     airflow_run_id: str,
     dag_id: str = "transfer_rec",
     interval: tuple[Any, Any] | None = None,
-    logical_date: Any = None,
 ) -> Json:
     """Resolve config + params into the run plan every task receives; open the MLflow parent run.
 
@@ -134,7 +135,7 @@ def plan(
     layout = StateLayout.from_env()
     interval_iso = [_iso(t) for t in interval] if interval and None not in interval else None
     parent = tracking.pipeline_run(
-        layout, run_key, tracking.airflow_tags(dag_id, airflow_run_id, logical_date, interval_iso)
+        layout, run_key, tracking.airflow_tags(dag_id, airflow_run_id, interval=interval_iso)
     )
     tracking.log_config(parent, config, overrides)
     # the trigger's params as the run's params (those left empty fall back to the config, logged as an artifact)
@@ -179,6 +180,11 @@ def pull(run: Json, platform: str) -> Json:
     return pull_stage.pull_platform(config.platform(platform), layout, plan_.run_key, interval).to_xcom()
 
 
+def engine_stage(config: PipelineConfig, name: str) -> ModuleType:
+    """The module that runs stage `name` (unify or features) on the config's engine: same functions, same manifests."""
+    return importlib.import_module(f"transfer_rec.{'spark' if config.engine == 'spark' else 'stages'}.{name}")
+
+
 def raw_engine(config: PipelineConfig) -> Any:
     """What the validate stage reads and checks landed files with: None (pandas) unless the config says Spark."""
     if config.engine != "spark":
@@ -212,11 +218,8 @@ def validate(run: Json, pulled: Json) -> Json:
 @_guarded
 def unify(run: Json, validated: list[Json]) -> Json:
     _, config, layout = _resolve(run)
-    if config.engine == "spark":
-        from transfer_rec.spark import unify as unify_stage
-    else:
-        from transfer_rec.stages import unify as unify_stage  # type: ignore[no-redef]
-    return unify_stage.unify([ValidatedBatch.model_validate(v) for v in validated], config, layout).to_xcom()
+    batches = [ValidatedBatch.model_validate(v) for v in validated]
+    return engine_stage(config, "unify").unify(batches, config, layout).to_xcom()
 
 
 @_guarded
@@ -224,12 +227,8 @@ def build_features(run: Json, unified: Json) -> Json:
     from transfer_rec.registry import tracking
 
     plan_, config, layout = _resolve(run)
-    if config.engine == "spark":
-        from transfer_rec.spark import features as features_stage
-    else:
-        from transfer_rec.stages import features as features_stage  # type: ignore[no-redef]
     unified_ = UnifiedVersion.model_validate(unified)
-    features = features_stage.build_features(unified_, config, layout, plan_.run_key)
+    features = engine_stage(config, "features").build_features(unified_, config, layout, plan_.run_key)
     tracking.log_lineage(layout, plan_.parent_run_id, unified_.to_xcom(), features.to_xcom())
     return features.to_xcom()
 
@@ -417,23 +416,6 @@ def summarize(
         outcome="; ".join(f"{t}: {'promoted' if d['promoted'] else 'not promoted'}" for t, d in decided.items()),
     )
     return {"summary": path}
-
-
-def ingest_all(config: PipelineConfig, layout: StateLayout, batch_id: str) -> UnifiedVersion:
-    """Pull, validate and unify every platform with the stage code the DAG runs, without Airflow (the benchmarks'
-    data path); the embedded platforms' exports are filled first when needed."""
-    from transfer_rec.io.embedded import export_all
-    from transfer_rec.stages.pull import pull_platform
-    from transfer_rec.stages.validate import validate_batch
-
-    if config.engine == "spark":
-        from transfer_rec.spark.unify import unify as unify_all
-    else:
-        from transfer_rec.stages.unify import unify as unify_all  # type: ignore[no-redef]
-    export_all(config)
-    engine = raw_engine(config)
-    validated = [validate_batch(pull_platform(p, layout, batch_id), p, layout, engine=engine) for p in config.platforms]
-    return unify_all(validated, config, layout)
 
 
 # Ingest DAGs (one per platform): land and validate a platform's export, and announce it only when it is new.

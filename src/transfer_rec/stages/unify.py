@@ -29,6 +29,7 @@ from transfer_rec.schema.unified import (
     LINK_COLUMNS,
     USER_COLUMNS,
     item_key,
+    user_key,
 )
 from transfer_rec.schema.values import is_member
 from transfer_rec.stages.validate import PARALLEL_MIN_ROWS, VALIDATION_FILE, quarantine, validate_unified
@@ -122,7 +123,7 @@ def _canonical_text(uniques: pd.Series) -> pd.Series:
     return uniques.map(item_key)
 
 
-def user_key(platform: str, native: pd.Series) -> pd.Series:
+def platform_user_keys(platform: str, native: pd.Series) -> pd.Series:
     """Users are namespaced by platform: the same native id on two platforms is two people."""
     codes, uniques = pd.factorize(native.astype(str))  # each distinct id once: far fewer users than interactions
     keys = _user_text(platform, pd.Series(uniques, dtype=str)).to_numpy()
@@ -131,7 +132,7 @@ def user_key(platform: str, native: pd.Series) -> pd.Series:
 
 def _user_text(platform: str, uniques: pd.Series) -> pd.Series:
     # schema.unified.user_key, vectorised: a platform may have millions of users
-    return platform + ":" + uniques
+    return user_key(platform, "") + uniques
 
 
 def _sorted_key_codes(
@@ -401,7 +402,7 @@ def platform_users(batch_dir: Path, platform: PlatformConfig, config: PipelineCo
     if repeats:
         log.info("platform %s, %s: %d repeated user row(s) dropped", platform.name, platform.files["users"], repeats)
     u = u.drop_duplicates("user_id", keep="first")
-    users = pd.DataFrame({"platform": platform.name, "user_id": user_key(platform.name, u["user_id"])})
+    users = pd.DataFrame({"platform": platform.name, "user_id": platform_user_keys(platform.name, u["user_id"])})
     for column, values in unified_profiles(u, platform, config).items():
         users[column] = values.values
     # Only a coarse region leaves landing: the first two characters of a postal code.
@@ -459,7 +460,7 @@ def platform_items(
     return items, item_ids
 
 
-def _write_tables(tables: dict[str, pd.DataFrame], out: Path) -> None:
+def write_tables(tables: dict[str, pd.DataFrame], out: Path) -> None:
     for name, frame in tables.items():
         frame.to_parquet(out / f"{name}.parquet", index=False)
 
@@ -551,9 +552,9 @@ class PandasTables:
         # suite forks its own workers, and a fork must not copy a writer thread's locks); a refused version is
         # discarded whole.
         large = len(tables["interactions"]) >= PARALLEL_MIN_ROWS and can_fork() and workers() > 1
-        writer = Forked(_write_tables, tables, out) if large else None
+        writer = Forked(write_tables, tables, out) if large else None
         if writer is None:
-            _write_tables(tables, out)
+            write_tables(tables, out)
         try:
             validation = validate_unified(tables, config, layout, out.name)
             if writer is not None:
