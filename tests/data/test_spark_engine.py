@@ -20,18 +20,17 @@ from transfer_rec.config import load_config
 from transfer_rec.io.state import StateLayout
 from transfer_rec.schema.rules import BatchRefused
 from transfer_rec.schema.unified import item_key
+from transfer_rec.spark import features as spark_features
+from transfer_rec.spark import unify as spark_unify
 from transfer_rec.stages import features as pandas_features
 from transfer_rec.stages import unify as pandas_unify
 from transfer_rec.stages.pull import pull_platform
 from transfer_rec.stages.validate import DataValidationError, validate_batch
 
-pytest.importorskip("pyspark")
 pytestmark = pytest.mark.skipif(
     not (os.environ.get("JAVA_HOME") or shutil.which("java")),
     reason="Spark needs Java 17 or newer (e.g. apt-get install openjdk-17-jre-headless)",
 )
-spark_features = pytest.importorskip("transfer_rec.spark.features")
-spark_unify = pytest.importorskip("transfer_rec.spark.unify")
 
 SPARK = {"master": "local[2]", "conf": {"spark.driver.memory": "1g"}}
 

@@ -39,7 +39,7 @@ def param_field(dialog, name: str):
 
 
 # `chromium` first: without a browser the test skips before Airflow is started.
-def test_operator_triggers_a_dry_run_in_the_ui_and_follows_the_mlflow_link(chromium, airflow_with_mlflow_ui):
+def test_operator_triggers_a_run_in_the_ui_and_follows_the_mlflow_link(chromium, airflow_with_mlflow_ui):
     from playwright.sync_api import expect
 
     api, env = airflow_with_mlflow_ui

@@ -42,6 +42,7 @@ def test_file_mode_writes_top10_without_seen_items_and_all_contenders(pipeline_e
 
     # item segments: the train-count buckets split the test interactions, and their hits add up to precision's
     test_rows = len(pd.read_csv(args.target_test, sep="\t", dtype=str).drop_duplicates(["user_id", "item_id"]))
+    assert set(report["item_segments"]) == set(report["metrics"])
     for name, segments in report["item_segments"].items():
         buckets = [v for seg, v in segments.items() if seg.startswith("target train")]
         assert sum(v["relevant"] for v in buckets) == test_rows

@@ -99,6 +99,7 @@ def test_no_raw_email_reaches_the_model_artifacts(linked_run):
     users = pd.read_csv(linked_run["exports"] / "books" / "users.tsv", sep="\t", dtype=str)
     secrets = set(users["email"]) | {e.lower() for e in users["email"]} | {SALT}
     folder = Path(linked_run["evaluation"]["candidate"]["bundle"])
+    assert any(p.is_file() for p in folder.rglob("*")), f"{folder}: no model files to check"
     for path in folder.rglob("*"):
         if path.is_file():
             blob = path.read_bytes() if path.suffix != ".parquet" else pd.read_parquet(path).to_csv().encode()

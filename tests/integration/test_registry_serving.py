@@ -92,7 +92,6 @@ def test_champion_answers_a_profile_only_request(pipeline_env):
     prior = bundle.model.short_history.prior.score(pd.DataFrame([first]))[0]
     expected = bundle.native_ids[bundle.candidates][pd.Series(prior[bundle.candidates]).nlargest(10).index]
     assert lists[0] == expected.tolist(), "with no history the list is the profile prior's top 10"
-    # a known user's stored profile is used; a request's own field overrides it
     user = next(iter(bundle.histories))
     assert bundle.profile_of(user), "known users' profiles travel with the model"
     with pytest.raises(RequestError, match="unknown gender 'X'"):

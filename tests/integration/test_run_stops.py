@@ -19,7 +19,7 @@ def test_sigterm_to_transfer_rec_run_stops_the_whole_run(tmp_path):
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and not (log.exists() and "starting task_id=pull" in log.read_text()):
             time.sleep(1)
-        assert log.exists(), "the pipeline never started"
+        assert log.exists() and "starting task_id=pull" in log.read_text(), "the pipeline never started"
         family = psutil.Process(make.pid).children(recursive=True)
         runner = next(p for p in family if "transfer-rec" in " ".join(p.cmdline()))
         runner.send_signal(signal.SIGTERM)

@@ -41,8 +41,12 @@ def test_pull_from_s3_lands_identical_files_with_hashes(pipeline_env, s3_env):
         == len((env["exports"] / "village" / "interactions.txt").read_text().splitlines()) - 1
     )
     # a re-pull of the same batch replaces it: no duplicated files or rows
+    batch = StateLayout.from_env().landing / "village" / "s3batch"
+    before = sorted(p.name for p in batch.iterdir())
     again = pull_platform(platform, StateLayout.from_env(), "s3batch")
     assert [f.sha256 for f in again.files] == [f.sha256 for f in manifest.files]
+    assert sorted(p.name for p in batch.iterdir()) == before
+    assert [f.rows for f in again.files] == [f.rows for f in manifest.files]
 
 
 def test_wrong_credentials_are_named(pipeline_env, s3_env, monkeypatch):

@@ -51,6 +51,7 @@ def test_repeated_runs_under_load_finish_leave_nothing_and_agree(tmp_path):
         for p in load:
             stop_group(p, grace=(1.0, 1.0))
     first = results[0]
+    assert first and all(later.keys() == first.keys() for later in results[1:])
     for n, later in enumerate(results[1:], start=2):
         for target, outcome in later.items():
             # every contender the first run had scores exactly the same; from the second run on the champion (the

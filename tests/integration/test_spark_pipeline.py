@@ -11,7 +11,6 @@ from tests.integration.inline import run_inline
 
 from transfer_rec.io.state import StateLayout
 
-pytest.importorskip("pyspark")
 pytestmark = pytest.mark.skipif(
     not (os.environ.get("JAVA_HOME") or shutil.which("java")),
     reason="Spark needs Java 17 or newer (e.g. apt-get install openjdk-17-jre-headless)",

@@ -13,7 +13,6 @@ import time
 import psutil
 import pytest
 
-pytest.importorskip("pyspark")
 pytestmark = pytest.mark.skipif(
     not (os.environ.get("JAVA_HOME") or shutil.which("java")),
     reason="Spark needs Java 17 or newer (e.g. apt-get install openjdk-17-jre-headless)",

@@ -1,6 +1,8 @@
 """The scale generator: native schemas and formats differ per platform, a cold-start cohort, planted overlap, and
 its exports pass the pipeline's own pull + validate + unify."""
 
+from pathlib import Path
+
 import pandas as pd
 
 from bench.scale import generate, ingest
@@ -31,26 +33,38 @@ def test_generated_platforms_differ_and_ingest_cleanly(tmp_path):
     assert len(unified) == result["rows"] and set(unified["platform"]) == set(frames)
 
 
+# Run in a process of its own: an earlier test's children under the pytest worker (a Spark JVM, a server) would
+# count in every reading and may grow or end between them.
+PEAKS = """
+import json, subprocess, sys
+import numpy as np
+from bench.scale import PeakMemory
+
+mib = 2**20
+with PeakMemory(interval=0.05) as base:
+    pass
+held = np.ones(512 * mib // 8)  # an earlier stage's peak, freed before the next stage starts
+del held
+with PeakMemory(interval=0.05) as quiet:
+    pass
+with PeakMemory(interval=0.05) as busy:
+    # a worker holding 400 MiB for a second: only the sampling of worker processes can see it
+    code = "import numpy, time; a = numpy.ones(50 * 2**20); time.sleep(1.0)"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+print(json.dumps({"base": base.pss, "quiet": quiet.pss, "busy": busy.pss}))
+"""
+
+
 def test_peak_memory_counts_a_stage_alone_and_its_worker_processes():
+    import json
     import subprocess
     import sys
 
-    import numpy as np
-
-    from bench.scale import PeakMemory
-
     mib = 2**20
-    # what is there already: this process and any processes an earlier test left running under it (a server)
-    with PeakMemory(interval=0.05) as base:
-        pass
-    held = np.ones(512 * mib // 8)  # an earlier stage's peak, freed before the next stage starts
-    del held
-    with PeakMemory(interval=0.05) as quiet:
-        pass
-    assert quiet.pss < base.pss + 256 * mib, "a stage's peak must not include the stages before it"
-
-    with PeakMemory(interval=0.05) as busy:
-        # a worker holding 400 MiB for a second: only the sampling of worker processes can see it
-        code = "import numpy, time; a = numpy.ones(50 * 2**20); time.sleep(1.0)"
-        subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
-    assert busy.pss > base.pss + 300 * mib
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", PEAKS], cwd=repo, capture_output=True, text=True, check=True, timeout=300
+    )
+    peaks = json.loads(out.stdout.strip().splitlines()[-1])
+    assert peaks["quiet"] < peaks["base"] + 256 * mib, "a stage's peak must not include the stages before it"
+    assert peaks["busy"] > peaks["base"] + 300 * mib, "a worker process's memory must count"

@@ -81,6 +81,15 @@ def test_forked_map_returns_every_result_in_at_most_count_children():
     pids = {pid for _, pid in forked_map(lambda i: (i, os.getpid()), range(4), count=2).values()}
     assert os.getpid() not in pids and len(pids) == 4
 
+    def spans(_: int) -> tuple[float, float]:
+        started = time.monotonic()
+        time.sleep(0.5)
+        return started, time.monotonic()
+
+    # at most two at once: at no job's start are two others still running
+    times = list(forked_map(spans, range(5), count=2).values())
+    assert max(sum(s <= start < e for s, e in times) for start, _ in times) <= 2
+
 
 def test_forked_map_raises_the_first_error_and_leaves_no_child_behind():
     before = {p.pid for p in psutil.Process().children(recursive=True)}
