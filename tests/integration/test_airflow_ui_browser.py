@@ -173,6 +173,7 @@ def test_operator_triggers_a_run_in_the_ui_and_follows_the_mlflow_link(chromium,
         assert tables.count() >= 3, "accuracy, beyond accuracy, segments"
         for n in range(tables.count()):
             layout = tables.nth(n).evaluate(TABLE_LAYOUT)
+            assert layout["gap"] != float("inf"), f"table {n}: no row with two cells to measure"
             assert layout["gap"] >= 6, f"table {n}: adjacent cells' text {layout['gap']:.1f} px apart"
             assert layout["tallest"] < 1.8 * layout["line"], f"table {n}: a cell wraps ({layout})"
         assert not re.search(r"\b[0-9a-f]{64}\b", description.inner_text()), "full sha256s belong in provenance.json"

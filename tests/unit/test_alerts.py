@@ -3,12 +3,12 @@ from transfer_rec.ops.alerts import failure_line, record_failure
 
 
 def test_failure_line_is_one_line_with_platform_error_and_log():
-    error = ValueError("platform village: batch b failed validation\n  - details on the next line")
+    error = ValueError("platform village: batch b failed validation:\n  - file a.txt, column x: rule\n  - and more")
     line = failure_line("transfer_rec", "validate", "village", "manual__1", 1, error, "http://x/log")
     assert "\n" not in line
     assert line == (
         "FAILED transfer_rec.validate[village] run=manual__1 attempt=1: ValueError: platform village: "
-        "batch b failed validation | log: http://x/log"
+        "batch b failed validation: file a.txt, column x: rule; and more | log: http://x/log"
     )
     assert "validate[" not in failure_line("transfer_rec", "validate", "-1", "r", 1, None, None)
 

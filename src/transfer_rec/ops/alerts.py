@@ -25,20 +25,27 @@ def failure_line(
     error: BaseException | str | None,
     log_url: str | None,
 ) -> str:
-    """A single line: which task of which run failed, on which platform, with the error's first line (at most
-    MAX_MESSAGE characters: an error can quote a whole input)."""
+    """A single line: which task of which run failed, on which platform, with the error (error_text)."""
     where = f"{task_id}[{label}]" if label not in (None, "", "-1") else task_id
-    if error is None or error == "":
-        text = "no exception recorded"
-    else:
-        lines = str(error).strip().splitlines()
-        text = lines[0] if lines else "(the error carries no message)"
-    if len(text) > MAX_MESSAGE:
-        text = text[:MAX_MESSAGE] + f"... ({len(text):,} characters)"
+    text = error_text(error)
     kind = type(error).__name__ if isinstance(error, BaseException) else "Error"
     return f"FAILED {dag_id}.{where} run={run_id} attempt={attempt}: {kind}: {text}" + (
         f" | log: {log_url}" if log_url else ""
     )
+
+
+def error_text(error: BaseException | str | None) -> str:
+    """An error's message as one line of at most MAX_MESSAGE characters (an error can quote a whole input). Its
+    lines are folded, not cut to the first: a refused batch says what it broke on the lines below its first."""
+    if error is None or error == "":
+        return "no exception recorded"
+    lines = [line.strip().removeprefix("- ") for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return "(the error carries no message)"
+    text = lines[0] + "".join(("; " if n > 1 else " ") + line for n, line in enumerate(lines[1:], start=1))
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE] + f"... ({len(text):,} characters)"
+    return text
 
 
 def record_failure(line: str, layout: StateLayout | None = None) -> None:

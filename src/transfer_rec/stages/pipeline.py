@@ -332,11 +332,11 @@ def run_failed(run: Json | None, error: BaseException | str | None) -> None:
     failure before the plan existed has no parent run to close."""
     if not run or not run.get("parent_run_id"):
         return
+    from transfer_rec.ops.alerts import error_text
     from transfer_rec.registry import tracking
 
     tracking.configure(StateLayout.from_env())
-    text = str(error).strip().splitlines()[0] if error else "no exception recorded"
-    tracking.end_pipeline_run(run["parent_run_id"], failed=True, outcome=f"failed: {text}")
+    tracking.end_pipeline_run(run["parent_run_id"], failed=True, outcome=f"failed: {error_text(error)}")
 
 
 def _write_summary(layout: StateLayout, run_key: str, summary: Json) -> str:
