@@ -193,8 +193,10 @@ TARGETS = pipeline.target_names()
         "run_key": Param(
             None,
             type=["null", "string"],
-            pattern=r"^[A-Za-z0-9_.-]{0,100}$",
-            description="Name of this run's outputs (lake, models, MLflow). Empty: the Airflow run id.",
+            # never "." or "..": the key names folders that are replaced whole
+            pattern=r"^(?!\.+$)[A-Za-z0-9_.-]{0,100}$",
+            description="Name of this run's outputs (lake, models, MLflow; letters, digits and _.-, not only dots). "
+            "Empty: the Airflow run id.",
         ),
         # a multi-select of the configured targets (the form lists `examples`); a name outside them is refused
         # when the run is triggered, not three retries later
@@ -229,8 +231,11 @@ TARGETS = pipeline.target_names()
         "seed": Param(
             None,
             type=["null", "integer"],
+            # exclusive bounds: the form's number field clamps to minimum/maximum instead of refusing
             exclusiveMinimum=-1,
-            description="Seed of the split and of training, 0 or more. Empty: the config's.",
+            exclusiveMaximum=2**32,  # numpy's and torch's seeds
+            description="Seed of the split and of training, 0 to 4294967295. Another seed splits the data anew, so "
+            "the champion is re-scored on a different test split. Empty: the config's.",
         ),
         "gate_override": Param(
             "none",

@@ -76,6 +76,7 @@ def test_a_user_listed_twice_with_different_ages(baseline):
     pd.concat([frame, twin], ignore_index=True).to_csv(path, index=False)
     message = _refused_at_unify(baseline, "two-ages", "one_row_per_user_id")
     assert repr(frame["uid"].iloc[0]) in message and "age" in message
+    assert "column 'uid (user_id)'" in message, "the column as the users file names it"
 
 
 def test_an_exact_repeat_of_a_user_row_is_dropped_and_counted(baseline, caplog):

@@ -182,7 +182,10 @@ def test_spark_refuses_a_bad_batch_as_pandas_does_and_keeps_the_current_version(
         spark_unify.unify(validated, config, layout)
     assert caught.value.rule == "max_duplicate_share" and caught.value.platform == "village"
     message = str(caught.value)
-    assert message.startswith("platform village, interactions.txt, column 'user_id, item_id': rule max_duplicate_share")
+    # named as the file names them
+    assert message.startswith(
+        "platform village, interactions.txt, column 'learner (user_id), course (item_id)': rule max_duplicate_share"
+    )
     reason = json.loads((layout.quarantine / "village" / "b2" / "validation.json").read_text())
     assert reason["stage"] == "unify" and reason["rule"] == "max_duplicate_share"
     assert json.loads((layout.unified / "current" / "manifest.json").read_text())["dir"] == current

@@ -74,11 +74,16 @@ def test_dag_integrity(airflow_db):
         return params.validate()
 
     assert validate(epochs_finetune=500, seed=0, targets=["ml-100k"])["epochs_finetune"] == 500
-    for bad in ({"epochs_finetune": -3}, {"epochs_finetune": 0}, {"epochs_finetune": 501}, {"seed": -1}):
+    bads = ({"epochs_finetune": -3}, {"epochs_finetune": 0}, {"epochs_finetune": 501}, {"seed": -1}, {"seed": 2**32})
+    for bad in bads:
         with pytest.raises(Exception, match="epochs_finetune|seed"):
             validate(**bad)
     with pytest.raises(Exception, match="targets"):
         validate(targets=["no-such-platform"])
+    for bad in ("..", ".", "a/b"):
+        with pytest.raises(Exception, match="run_key|does not match"):
+            validate(run_key=bad)
+    assert validate(run_key="v1.2_x")["run_key"] == "v1.2_x"
     assert dag.params.get_param("targets").schema["examples"] == ["ml-100k", "action"]
 
 

@@ -28,3 +28,10 @@ def test_an_error_without_a_message_or_an_enormous_one_still_gives_one_bounded_l
     assert "StopIteration: (the error carries no message)" in empty and "\n" not in empty
     huge = failure_line("transfer_rec", "unify", None, "r1", 1, ValueError("x" * 500_000), None)
     assert len(huge) < MAX_MESSAGE + 200 and "500,000 characters" in huge
+
+
+def test_a_failures_file_that_cannot_be_written_does_not_raise(tmp_path, caplog):
+    layout = StateLayout(tmp_path)
+    (tmp_path / "reports").write_text("a file where the reports folder should be")
+    record_failure("FAILED c", layout)
+    assert "FAILED c" in caplog.text and "could not append the failure" in caplog.text

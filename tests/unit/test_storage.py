@@ -2,7 +2,15 @@ import os
 
 import pytest
 
-from transfer_rec.io.storage import Location, LocationError, atomic_dir, copy_to_local, sha256_file
+from transfer_rec.io.storage import (
+    Location,
+    LocationError,
+    StorageFullError,
+    atomic_dir,
+    copy_to_local,
+    sha256_file,
+    write_text_atomic,
+)
 
 
 def test_location_parsing_and_join():
@@ -44,3 +52,24 @@ def test_atomic_dir_switches_whole_versions_and_keeps_previous_on_failure(tmp_pa
     assert final.is_symlink()
     # only the current and the previous version are kept
     assert len(os.listdir(tmp_path / ".versions")) == 2
+
+
+def test_a_file_written_atomically_is_whole_or_the_previous_one(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    path = tmp_path / "batch" / "validation.json"
+    write_text_atomic(path, "first")
+    write_text_atomic(path, "second", mode=0o600)
+    assert path.read_text() == "second" and (path.stat().st_mode & 0o777) == 0o600
+
+    def full(self, *args, **kwargs):
+        self.open("w").write("half")  # what a write cut short leaves behind
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(StorageFullError, match="out of space.*the previous file stays"):
+        write_text_atomic(path, "third")
+    monkeypatch.undo()
+    assert path.read_text() == "second"
+    assert [p.name for p in path.parent.iterdir()] == ["validation.json"], "no staging file left behind"

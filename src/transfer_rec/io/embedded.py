@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 
 from transfer_rec.config import PipelineConfig, PlatformConfig
-from transfer_rec.io.storage import Location, LocationError, copy_to_local
+from transfer_rec.io.storage import Location, LocationError, copy_to_local, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,7 @@ def export_all(config: PipelineConfig, record: Path | None = None, refill: bool 
             written.append(folder)
             filled.add(str(folder))
     if record is not None and written:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        staging = record.with_name(f".{record.name}.{uuid.uuid4().hex[:12]}")
-        staging.write_text(json.dumps(sorted(filled), indent=2))
-        os.replace(staging, record)
+        write_text_atomic(record, json.dumps(sorted(filled), indent=2))
     return written
 
 

@@ -168,6 +168,27 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_text_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    """Write `text` to `path` through a staging file beside it and a rename: a reader sees the old file or the whole
+    new one, never a part (a stage stopped or a disk filled mid-write). `mode`: the file's permissions, set before
+    anything is written to it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}")
+    try:
+        if mode is not None:
+            staging.touch(mode=mode)
+        staging.write_text(text, encoding="utf-8")
+        os.replace(staging, path)
+    except OSError as exc:
+        staging.unlink(missing_ok=True)
+        space = _no_space(exc)
+        if space is None:
+            raise
+        raise StorageFullError(
+            space.errno, f"{path}: out of space while writing it ({space.strerror or space}); the previous file stays"
+        ) from exc
+
+
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a fresh version folder; on success `final` (a symlink) is switched to it in one atomic rename.

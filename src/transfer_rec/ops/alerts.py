@@ -49,9 +49,13 @@ def error_text(error: BaseException | str | None) -> str:
 
 
 def record_failure(line: str, layout: StateLayout | None = None) -> None:
-    """Log the line and append it, time-stamped, to reports/failures.log."""
+    """Log the line and append it, time-stamped, to reports/failures.log. A file that cannot be written (the full
+    disk that may have failed the task) is logged and does not raise: the failure callback still closes the run."""
     layout = layout or StateLayout.from_env()
     log.error(line)
-    layout.reports.mkdir(parents=True, exist_ok=True)
-    with open(layout.reports / FAILURES_FILE, "a", encoding="utf-8") as fh:
-        fh.write(f"{datetime.now(UTC).isoformat()} {line}\n")
+    try:
+        layout.reports.mkdir(parents=True, exist_ok=True)
+        with open(layout.reports / FAILURES_FILE, "a", encoding="utf-8") as fh:
+            fh.write(f"{datetime.now(UTC).isoformat()} {line}\n")
+    except OSError:
+        log.exception("could not append the failure to %s", layout.reports / FAILURES_FILE)

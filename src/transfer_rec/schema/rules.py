@@ -20,7 +20,7 @@ class BatchRefused(ValueError):
     """A batch breaks a rule of its own data; it is quarantined with this message and changes nothing downstream."""
 
     def __init__(self, platform: str, file: str, column: str | None, rule: str, detail: str) -> None:
-        self.platform, self.file, self.column, self.rule = platform, file, column, rule
+        self.platform, self.file, self.column, self.rule, self.detail = platform, file, column, rule, detail
         where = f"{file}, column {column!r}" if column else file
         super().__init__(f"platform {platform}, {where}: rule {rule}: {detail}")
 

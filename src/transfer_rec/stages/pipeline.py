@@ -106,6 +106,17 @@ def run_key_from(airflow_run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", airflow_run_id).strip("_")[:100]
 
 
+def check_run_key(run_key: str) -> str:
+    """The run key names folders that stages replace whole (landing/<platform>/<key>, features/<key>, ...): "." or
+    ".." would name the folder above, so a key is letters, digits and _.- (up to 100), never dots alone."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", run_key) or set(run_key) == {"."}:
+        raise ValueError(
+            f"param run_key: {run_key!r} is not a run key "
+            "(letters, digits and _.-, 1 to 100 characters, not dots alone)"
+        )
+    return run_key
+
+
 def plan(
     params: dict[str, Any],
     airflow_run_id: str,
@@ -131,7 +142,7 @@ def plan(
     unknown = sorted(set(chosen) - set(targets))
     if unknown:
         raise ValueError(f"param targets: {unknown} are not target platforms of the config (targets: {targets})")
-    run_key = params.get("run_key") or run_key_from(airflow_run_id)
+    run_key = check_run_key(params.get("run_key") or run_key_from(airflow_run_id))
     layout = StateLayout.from_env()
     interval_iso = [_iso(t) for t in interval] if interval and None not in interval else None
     parent = tracking.pipeline_run(

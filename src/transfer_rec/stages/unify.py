@@ -18,10 +18,11 @@ import pandas as pd
 from transfer_rec.config import PipelineConfig, PlatformConfig
 from transfer_rec.io.formats import read_table, to_numbers
 from transfer_rec.io.state import StateLayout
-from transfer_rec.io.storage import atomic_dir
+from transfer_rec.io.storage import atomic_dir, write_text_atomic
 from transfer_rec.manifests import PulledBatch, UnifiedVersion, ValidatedBatch
 from transfer_rec.runtime.workers import Forked, can_fork, workers
 from transfer_rec.schema import rules
+from transfer_rec.schema.suites import native_column
 from transfer_rec.schema.unified import (
     INTERACTION_COLUMNS,
     ITEM_COLUMNS,
@@ -70,11 +71,7 @@ def ensure_salt_file(path: Path) -> bool:
     must stay the same from run to run: a new one gives everyone new link ids."""
     if path.exists():
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
-    staging.touch(mode=0o600)
-    staging.write_text(secrets.token_hex(32) + "\n")
-    os.replace(staging, path)
+    write_text_atomic(path, secrets.token_hex(32) + "\n", mode=0o600)
     return True
 
 
@@ -573,7 +570,8 @@ def unify(
     it never becomes the drift baseline of the next batch; the current version stays."""
     try:
         return _unify(validated, config, layout, engine or PandasTables())
-    except rules.BatchRefused as refused:
+    except rules.BatchRefused as caught:
+        refused = named_as_in_file(caught, config)
         batch = next((m for m in validated if m.platform == refused.platform), None)
         if batch is not None and Path(batch.batch_dir).exists():
             summary = {
@@ -587,7 +585,24 @@ def unify(
             }
             where = quarantine(Path(batch.batch_dir), layout, batch.platform, batch.batch_id, summary)
             log.error("%s; batch quarantined in %s", refused, where)
-        raise
+        if refused is caught:
+            raise
+        raise refused from caught
+
+
+def named_as_in_file(refused: rules.BatchRefused, config: PipelineConfig) -> rules.BatchRefused:
+    """The refusal with its columns named as the platform's file names them (the rules run on columns renamed to
+    the unified schema): "learner (user_id)" where the file calls its user column `learner`."""
+    platform = next((p for p in config.platforms if p.name == refused.platform), None)
+    table = next((t for t, f in platform.files.items() if f == refused.file), None) if platform else None
+    if refused.column is None or platform is None or table is None:
+        return refused
+    unified = [c.strip() for c in refused.column.split(",")]
+    native = [native_column(platform, table, c) or c for c in unified]
+    if native == unified:
+        return refused
+    column = ", ".join(n if n == c else f"{n} ({c})" for n, c in zip(native, unified))
+    return rules.BatchRefused(refused.platform, refused.file, column, refused.rule, refused.detail)
 
 
 def _previous_rows(layout: StateLayout) -> dict[str, int]:

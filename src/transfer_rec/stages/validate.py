@@ -17,6 +17,7 @@ import pandas as pd
 from transfer_rec.config import REPO_ROOT, PlatformConfig
 from transfer_rec.io.formats import FormatError, read_table, to_numbers
 from transfer_rec.io.state import StateLayout
+from transfer_rec.io.storage import write_text_atomic
 from transfer_rec.manifests import PulledBatch, TableCheck, ValidatedBatch, ValidationSummary
 from transfer_rec.ops.data_docs import make_offline
 from transfer_rec.ops.links import data_docs_page
@@ -357,7 +358,8 @@ def validate_batch(
             f"platform {platform.name}: batch {manifest.batch_id} failed validation and was moved to "
             f"{quarantined}:\n  - " + "\n  - ".join(critical)
         )
-    (batch_dir / VALIDATION_FILE).write_text(json.dumps(summary.to_xcom(), indent=2))
+    # the file that marks a batch validated: whole or absent
+    write_text_atomic(batch_dir / VALIDATION_FILE, json.dumps(summary.to_xcom(), indent=2))
     log.info("platform %s: %d table(s) passed validation (%d warning(s))", platform.name, len(tables), len(warnings))
     return ValidatedBatch(**manifest.model_dump(), validation=summary)
 
@@ -696,7 +698,7 @@ def quarantine(batch_dir: Path, layout: StateLayout, platform: str, batch_id: st
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(batch_dir), str(dest))
-    (dest / VALIDATION_FILE).write_text(json.dumps(summary, indent=2))
+    write_text_atomic(dest / VALIDATION_FILE, json.dumps(summary, indent=2))
     return dest
 
 
