@@ -241,9 +241,15 @@ TARGETS = pipeline.target_names()
             "none",
             type="string",
             enum=["none", "promote", "reject"],
-            description="Manual override of the promotion gate, recorded on the model version.",
+            description="Manual override of the promotion gate for every target of the run (name them in targets), "
+            "recorded on the model version. Not with dry_run.",
         ),
-        "dry_run": Param(False, type="boolean", description="Train and evaluate but never promote or publish."),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            description="Train and evaluate but never promote or publish: the candidate is registered, tagged "
+            "dry_run, and moves no alias. Unchanged inputs skip training unless force is on too.",
+        ),
         "force": Param(
             False,
             type="boolean",

@@ -41,7 +41,8 @@ def test_gate_aliases_override_dry_run_and_rollback(pipeline_env):
 
     dry = run_inline("r3", dry_run=True)
     assert not dry["decision"]["promoted"] and not dry["published"]["published"]
-    assert aliases()["champion"] == "1"
+    assert aliases() == {"champion": "1", "challenger": "2"}, "a dry run moves no alias"
+    assert mlflow.MlflowClient().get_model_version(MODEL, "3").tags["dry_run"] == "true"
 
     run_inline("r4", gate_override="promote")
     assert aliases()["champion"] == "4" and aliases()["previous_champion"] == "1"

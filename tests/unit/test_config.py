@@ -157,3 +157,10 @@ def test_a_run_key_never_names_the_folder_above():
         with pytest.raises(ValueError, match="is not a run key"):
             check_run_key(bad)
     assert check_run_key(run_key_from("manual__2026-12-06T21:26:08+00:00")) == "manual__2026-12-06T21_26_08_00_00"
+
+
+def test_a_dry_run_with_a_gate_override_is_refused_before_anything_runs():
+    from transfer_rec.stages.pipeline import plan
+
+    with pytest.raises(ValueError, match="a dry run never promotes"):
+        plan({"dry_run": True, "gate_override": "promote"}, airflow_run_id="dry-and-promote")

@@ -142,6 +142,11 @@ def plan(
     unknown = sorted(set(chosen) - set(targets))
     if unknown:
         raise ValueError(f"param targets: {unknown} are not target platforms of the config (targets: {targets})")
+    if params.get("dry_run") and params.get("gate_override", "none") not in (None, "none"):
+        raise ValueError(
+            f"params dry_run and gate_override={params['gate_override']}: a dry run never promotes; "
+            "leave gate_override at none"
+        )
     run_key = check_run_key(params.get("run_key") or run_key_from(airflow_run_id))
     layout = StateLayout.from_env()
     interval_iso = [_iso(t) for t in interval] if interval and None not in interval else None

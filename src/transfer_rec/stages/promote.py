@@ -292,7 +292,8 @@ def promote(
     inputs: str | None = None,
 ) -> Decision:
     """Register the candidate (once per run), apply the gate, move aliases, record the decision on the version
-    (`inputs`: the fingerprint of the data and config it was trained on, so an identical later run can skip)."""
+    (`inputs`: the fingerprint of the data and config it was trained on, so an identical later run can skip). A dry
+    run's version is registered and tagged `dry_run`, and moves no alias."""
     tracking.configure(layout)
     target = evaluation.target
     report = json.loads(Path(evaluation.report).read_text())
@@ -311,13 +312,14 @@ def promote(
         **{f"test.{m}": f"{metrics[m]:.4f}" for m in HEADLINE_METRICS if metrics.get(m) is not None},
         **data_tags(report),
         **({INPUTS_TAG: inputs} if inputs else {}),
+        **({"dry_run": "true"} if dry_run else {}),
     }
     tracking.log_dict(candidate.run_id, provenance(report, decision, run_key), "provenance.json")
     registry.describe(target, version.version, tags, model_card(report, decision, run_key))
     previous = None
     if decision.promote:
         previous = registry.crown(target, version.version)
-    else:
+    elif not dry_run:  # a dry run's version is there to be looked at; it takes no alias from a real candidate
         registry.mark_challenger(target, version.version)
     name = registry.registered_model_name(target)
     for line in decision.reasons:
