@@ -36,7 +36,7 @@ from airflow.sdk import (
     Asset,
     AssetAny,
     AssetOrTimeSchedule,
-    CronTriggerTimetable,
+    CronDataIntervalTimetable,
     Param,
     dag,
     get_current_context,
@@ -164,10 +164,17 @@ def platform_asset(platform: str) -> Asset:
     return Asset(pipeline.platform_asset_uri(platform))
 
 
+def cron(expression: str | None) -> CronDataIntervalTimetable | None:
+    """A cron schedule (UTC) whose run covers the period since the previous one: an incremental platform pulls the
+    days of [previous run, this run). Airflow 3's default for a cron string gives a run an empty interval at its
+    own time, which would pull the day just starting."""
+    return CronDataIntervalTimetable(expression, timezone="UTC") if expression else None
+
+
 def training_schedule():
     """Config `schedule:`: the periodic retrain (cron, UTC), OR any platform's new validated batch, or both."""
     config = pipeline.schedule()
-    timetable = CronTriggerTimetable(config.training, timezone="UTC") if config.training else None
+    timetable = cron(config.training)
     if not config.on_new_data:
         return timetable
     assets = AssetAny(*(platform_asset(p) for p in pipeline.platform_names()))
@@ -392,7 +399,7 @@ def ingest_dag(platform: str):
 
     @dag(
         dag_id=f"transfer_rec_ingest_{platform}",
-        schedule=pipeline.schedule().ingest,
+        schedule=cron(pipeline.schedule().ingest),
         start_date=datetime(2026, 1, 1),
         catchup=False,
         max_active_runs=1,

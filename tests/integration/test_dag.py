@@ -87,6 +87,26 @@ def test_dag_integrity(airflow_db):
     assert dag.params.get_param("targets").schema["examples"] == ["ml-100k", "action"]
 
 
+def test_a_scheduled_run_covers_the_period_since_the_previous_one(airflow_db):
+    # an incremental platform pulls the days of the run's data interval: a zero-length interval at the run's own
+    # time (a cron string's default in Airflow 3) would pull the day just starting
+    from datetime import UTC, datetime, timedelta
+
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.serialization.decoders import decode_timetable
+    from airflow.serialization.encoders import encode_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    restriction = TimeRestriction(earliest=datetime(2026, 1, 1, tzinfo=UTC), latest=None, catchup=False)
+    for dag_id, period in (("transfer_rec", timedelta(days=7)), ("transfer_rec_ingest_ml-1m", timedelta(days=1))):
+        # the timetable as the scheduler reads it: serialized with the DAG
+        timetable = decode_timetable(encode_timetable(bag.get_dag(dag_id).timetable))
+        info = timetable.next_dagrun_info(last_automated_data_interval=None, restriction=restriction)
+        assert info.data_interval.end - info.data_interval.start == period, (dag_id, info.data_interval)
+        assert info.data_interval.end <= info.run_after, "a run starts once its period is over"
+
+
 def test_one_ingest_dag_per_platform_updates_its_asset(airflow_db):
     from airflow.dag_processing.dagbag import DagBag
 
