@@ -51,3 +51,7 @@ def test_identical_inputs_skip_the_run_force_or_new_config_do_not(pipeline_env):
     env["config"].write_text(yaml.safe_dump(raw))
     changed = check()
     assert changed["changed"] and "village" in changed["reason"]
+    # a candidate of these inputs, rejected, is not trained again either: it would be the same model and verdict
+    run_inline("inputs-rejected", gate_override="reject")
+    rejected = check()
+    assert not rejected["changed"] and "village v2 (challenger, not promoted)" in rejected["reason"], rejected

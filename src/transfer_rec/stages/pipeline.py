@@ -313,10 +313,12 @@ def inputs_fingerprint(hashes: dict[str, dict[str, str]], config: PipelineConfig
 
 @_guarded
 def check_inputs(run: Json, unified: Json) -> Json:
-    """Whether this run would train on exactly what every target's champion was trained on (same data files, same
-    config). {"changed": bool, "reason": str}; param `force` retrains anyway. An unchanged run writes its summary
-    (the reason) so that `transfer-rec run` and the reports say why nothing was trained."""
-    from transfer_rec.registry.models import alias_version
+    """Whether this run would train on exactly what every target's champion, or its last rejected candidate (the
+    challenger), was trained on (same data files, same config): training is deterministic, so the same inputs give
+    the same model and the same verdict, and each unchanged run would add a version. {"changed": bool, "reason":
+    str}; param `force` retrains anyway. An unchanged run writes its summary (the reason) so that
+    `transfer-rec run` and the reports say why nothing was trained."""
+    from transfer_rec.registry.models import CHALLENGER, CHAMPION, alias_version
     from transfer_rec.stages.promote import INPUTS_TAG
 
     plan_, config, layout = _resolve(run)
@@ -326,15 +328,19 @@ def check_inputs(run: Json, unified: Json) -> Json:
     from transfer_rec.registry import tracking
 
     tracking.configure(layout)
-    versions = {t: alias_version(t) for t in plan_.targets}
-    differ = [t for t, v in versions.items() if v is None or (v.tags or {}).get(INPUTS_TAG) != fingerprint]
+    trained: dict[str, str] = {}  # target -> the version trained on these inputs, named for the reason
+    for t in plan_.targets:
+        for alias in (CHAMPION, CHALLENGER):
+            version = alias_version(t, alias)
+            if version is not None and (version.tags or {}).get(INPUTS_TAG) == fingerprint:
+                trained[t] = f"{t} v{version.version}" + ("" if alias == CHAMPION else " (challenger, not promoted)")
+                break
+    differ = [t for t in plan_.targets if t not in trained]
     if differ:
         return {"changed": True, "reason": f"new inputs for {', '.join(differ)}"}
-    champions = ", ".join(f"{t} v{v.version}" for t, v in versions.items())
     reason = (
-        f"no change: the data files (sha256) and the config are those the "
-        f"{'champions' if len(versions) > 1 else 'champion'} ({champions}) "
-        f"{'were' if len(versions) > 1 else 'was'} trained on; nothing to retrain "
+        f"no change: the data files (sha256) and the config are those "
+        f"{', '.join(trained.values())} {'were' if len(trained) > 1 else 'was'} trained on; nothing to retrain "
         "(trigger with force=true to retrain anyway)"
     )
     _write_summary(layout, plan_.run_key, {"run_key": plan_.run_key, "skipped": reason})
