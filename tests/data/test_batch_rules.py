@@ -125,9 +125,10 @@ def test_a_gzip_file_under_a_plain_name_is_called_compressed(baseline):
     path, _ = _frame(baseline, "interactions.txt")
     path.write_bytes(gzip.compress(path.read_bytes()))
     config, layout = load_config(), StateLayout.from_env()
-    with pytest.raises(FormatError, match="gzip-compressed"):
+    with pytest.raises(FormatError, match=r"platform village, interactions file .*interactions.txt: .*gzip-compressed"):
         pull_platform(config.platform("village"), layout, "gz")
     assert not (layout.landing / "village" / "gz").exists()
+    assert not list((layout.landing / "village").glob(".*pulling")), "no half-pulled staging folder left"
 
 
 def test_a_batch_that_would_shrink_a_platform_past_the_drift_bound():

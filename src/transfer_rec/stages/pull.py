@@ -10,7 +10,7 @@ from pathlib import Path
 
 from transfer_rec.config import PlatformConfig
 from transfer_rec.io.embedded import refilled_hint
-from transfer_rec.io.formats import count_rows
+from transfer_rec.io.formats import FormatError, count_rows
 from transfer_rec.io.state import StateLayout
 from transfer_rec.io.storage import Location, LocationError, copy_to_local, exists, sha256_file
 from transfer_rec.manifests import PulledBatch, PulledFile
@@ -81,20 +81,24 @@ def pull_platform(
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     files = []
-    for table, name in names:
-        uri = location.join(name)
-        dest = staging / name
-        copy_to_local(uri, dest)
-        entry = PulledFile(
-            table=table,
-            file=name,
-            source_uri=uri,
-            size=dest.stat().st_size,
-            sha256=sha256_file(dest),
-            rows=count_rows(dest, platform.format),
-        )
-        log.info("pulled %s: %s rows, %s bytes, sha256 %s", uri, entry.rows, entry.size, entry.sha256[:12])
-        files.append(entry)
+    try:
+        for table, name in names:
+            uri = location.join(name)
+            dest = staging / name
+            try:
+                copy_to_local(uri, dest)
+                rows = count_rows(dest, platform.format)
+            except (LocationError, FormatError) as exc:
+                # the copy's own message names a path; say whose file it is and where it came from
+                raise type(exc)(f"platform {platform.name}, {table} file {uri}: {exc}") from exc
+            entry = PulledFile(
+                table=table, file=name, source_uri=uri, size=dest.stat().st_size, sha256=sha256_file(dest), rows=rows
+            )
+            log.info("pulled %s: %s rows, %s bytes, sha256 %s", uri, entry.rows, entry.size, entry.sha256[:12])
+            files.append(entry)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing half-pulled stays beside the batches
+        raise
     manifest = PulledBatch(
         platform=platform.name,
         role=platform.role,
