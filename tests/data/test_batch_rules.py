@@ -19,7 +19,7 @@ from transfer_rec.io.state import StateLayout
 from transfer_rec.schema.rules import BatchRefused, check_shrink
 from transfer_rec.stages.pull import pull_platform
 from transfer_rec.stages.unify import unify
-from transfer_rec.stages.validate import validate_batch
+from transfer_rec.stages.validate import BatchGone, validate_batch
 
 
 def _unify(batch: str):
@@ -136,3 +136,19 @@ def test_a_batch_that_would_shrink_a_platform_past_the_drift_bound():
     with pytest.raises(BatchRefused, match="rule shrink: unification keeps 1,000 interactions where the current"):
         check_shrink(1_000, 9_000, 5.0, "village", "interactions.txt")
     check_shrink(1_000, 9_000, 0.0, "village", "interactions.txt")  # the check off
+
+
+def test_a_task_retried_after_its_batch_was_quarantined_says_where_it_went(baseline):
+    path, frame = _frame(baseline, "users.txt")
+    pd.concat([frame, frame.head(1).assign(age="99")], ignore_index=True).to_csv(path, index=False)
+    config, layout = load_config(), StateLayout.from_env()
+    validated = [validate_batch(pull_platform(p, layout, "gone"), p, layout) for p in config.platforms]
+    with pytest.raises(BatchRefused):
+        unify(validated, config, layout)
+    # the unify task cleared in the UI, and the validate task before it: each says where the batch went
+    gone = r"platform village: batch gone is no longer in .*: it was quarantined to .*quarantine/village/gone"
+    with pytest.raises(BatchGone, match=gone):
+        unify(validated, config, layout)
+    village = next(v for v in validated if v.platform == "village")
+    with pytest.raises(BatchGone, match=gone):
+        validate_batch(village, config.platform("village"), layout)

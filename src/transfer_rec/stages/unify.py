@@ -33,7 +33,13 @@ from transfer_rec.schema.unified import (
     user_key,
 )
 from transfer_rec.schema.values import is_member
-from transfer_rec.stages.validate import PARALLEL_MIN_ROWS, VALIDATION_FILE, quarantine, validate_unified
+from transfer_rec.stages.validate import (
+    PARALLEL_MIN_ROWS,
+    VALIDATION_FILE,
+    quarantine,
+    require_landed,
+    validate_unified,
+)
 
 log = logging.getLogger(__name__)
 
@@ -568,6 +574,8 @@ def unify(
     """Unify all validated batches into lake/unified/{interactions,users,items,links}.parquet, switched in atomically.
     A batch that breaks a rule (schema/rules.py) is quarantined with the reason, as a refusal at validation is, so
     it never becomes the drift baseline of the next batch; the current version stays."""
+    for m in validated:
+        require_landed(Path(m.batch_dir), m.platform, m.batch_id, layout)
     try:
         return _unify(validated, config, layout, engine or PandasTables())
     except rules.BatchRefused as caught:

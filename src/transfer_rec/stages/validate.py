@@ -79,6 +79,23 @@ class DataValidationError(RuntimeError):
     """A batch failed a critical expectation; the message names platform, file, expectation and bad values."""
 
 
+class BatchGone(LookupError):
+    """A landed batch a task was given is no longer in landing (quarantined by an earlier try, or removed)."""
+
+
+def require_landed(batch_dir: Path, platform: str, batch_id: str, layout: StateLayout) -> None:
+    """Refuse, saying where it went, a batch whose folder has left landing: a task cleared in the UI after its batch
+    was quarantined would otherwise fail on the first file it opens, naming only that file."""
+    if batch_dir.is_dir():
+        return
+    moved = layout.quarantine / platform / batch_id
+    where = f"it was quarantined to {moved} (its {VALIDATION_FILE} says why)" if moved.is_dir() else "it was removed"
+    raise BatchGone(
+        f"platform {platform}: batch {batch_id} is no longer in {batch_dir}: {where}; "
+        "fix the export and start a new run (from pull): retrying this task cannot find it"
+    )
+
+
 def gx_context(root: Path | None = None):
     """The file-backed GX context (default: the repo's great_expectations/, or $TRANSFER_REC_GX_DIR)."""
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -281,6 +298,7 @@ def validate_batch(
     `engine`: what reads and checks the files (pandas by default)."""
     engine = engine or PandasRaw()
     batch_dir = Path(manifest.batch_dir)
+    require_landed(batch_dir, platform.name, manifest.batch_id, layout)
     context = gx_context(context_root)
     ensure_suites(context, platform)
     # Batches are registered in an in-memory context: validating never rewrites the committed GX config, and
