@@ -79,19 +79,7 @@ def read_described(
     )
     if table == "items":
         return unified_item_columns(frame)
-    profiles = unified_profiles(frame, platform, config, keep_unified=True)
-    for column in profiles:
-        lost = frame[column][frame[column].notna() & profiles[column].isna()] if column in frame else []
-        if len(lost):
-            log.warning(
-                "%s: column %s: %d value(s) outside the value map %r of platform %s (e.g. %s), read as unknown",
-                path,
-                column,
-                len(lost),
-                platform.value_maps.get(column),
-                platform.name,
-                sorted(set(lost.astype(str)))[:3],
-            )
+    profiles = unified_profiles(frame, platform, config, keep_unified=True, file=path)
     return pd.concat([frame[["user_id"]], profiles], axis=1)
 
 

@@ -122,14 +122,16 @@ def test_benchmark_file_mode_reads_native_and_unified_files_as_unification_does(
             pd.testing.assert_frame_equal(reread, got, check_dtype=False)
 
 
-def test_benchmark_file_mode_names_the_file_and_column_of_a_profile_value_it_cannot_map(tmp_path, caplog):
+def test_a_profile_value_the_map_cannot_read_is_named_with_its_file_and_column(tmp_path, caplog):
+    # as unification and the benchmark's file mode read users: both warn
     config = load_config()
     source = config.sources[0]
     native = tmp_path / "users.tsv"
     native.write_text("user_id\tage\tgender\toccupation\tzip_code\nu1\t25\tM\t12\t12345\nu2\t25\tF\t99\t54321\n")
-    with caplog.at_level("WARNING", logger="transfer_rec.benchmark"):
+    with caplog.at_level("WARNING", logger="transfer_rec.stages.unify"):
         users = read_described(native, source, "users", config)
     assert users["occupation"].tolist()[0] == "programmer" and pd.isna(users["occupation"].tolist()[1])
     assert users["age"].tolist() == ["25-34", "25-34"]
-    assert f"{native}: column occupation: 1 value(s) outside the value map" in caplog.text and "['99']" in caplog.text
+    assert f"platform {source.name}, {native}, column occupation: 1 value(s) outside the value map" in caplog.text
+    assert "['99']" in caplog.text
     assert "column age" not in caplog.text

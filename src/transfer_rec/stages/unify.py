@@ -185,18 +185,35 @@ def _map_values(series: pd.Series, map_name: str, config: PipelineConfig, vocabu
 
 
 def unified_profiles(
-    users: pd.DataFrame, platform: PlatformConfig, config: PipelineConfig, keep_unified: bool = False
+    users: pd.DataFrame,
+    platform: PlatformConfig,
+    config: PipelineConfig,
+    keep_unified: bool = False,
+    file: str | Path | None = None,
 ) -> pd.DataFrame:
     """A users table's age, gender and occupation (columns already named as unified) in the shared vocabularies:
     each through the platform's value map, gender as its upper-case first letter. With `keep_unified`, a column whose
-    values all are already in the shared vocabulary is taken as it is (a table unified before, re-read)."""
+    values all are already in the shared vocabulary is taken as it is (a table unified before, re-read). A value the
+    map does not know is read as unknown, with a warning naming the platform, `file`, column and map."""
     out = pd.DataFrame(index=users.index)
     for column in ("age", "gender", "occupation"):
         values = users[column] if column in users else pd.Series(np.nan, index=users.index)
         vocabulary = config.vocabularies.get(column, [])
         known = keep_unified and bool(vocabulary) and values.dropna().astype(str).isin(vocabulary).all()
         if column in platform.value_maps and not known:
-            values = _map_values(values, platform.value_maps[column], config, vocabulary)
+            mapped = _map_values(values, platform.value_maps[column], config, vocabulary)
+            lost = values[values.notna() & mapped.isna()]
+            if len(lost):
+                log.warning(
+                    "platform %s, %s, column %s: %d value(s) outside the value map %r (e.g. %s), read as unknown",
+                    platform.name,
+                    file or platform.files.get("users"),
+                    column,
+                    len(lost),
+                    platform.value_maps[column],
+                    sorted(set(lost.astype(str)))[:3],
+                )
+            values = mapped
         out[column] = values
     out["gender"] = out["gender"].astype(str).str.upper().str[:1].where(out["gender"].notna())
     return out
