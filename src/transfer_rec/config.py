@@ -358,6 +358,11 @@ class SparkConfig(_Strict):
         return os.environ.get(SPARK_MASTER_ENV) or self.master
 
 
+# The built-in value map `age_years`: ages in years cut into the MovieLens-1M age groups (each bin's lower bound),
+# labelled in order by vocabularies.age when it is given.
+AGE_BINS = [0, 18, 25, 35, 45, 50, 56, 200]
+
+
 class PipelineConfig(_Strict):
     platforms: list[PlatformConfig]
     # what validate, unify and features run on: pandas in the task's process (with forked workers), or Apache Spark
@@ -427,6 +432,12 @@ class PipelineConfig(_Strict):
             for column, map_name in p.value_maps.items():
                 if map_name != "age_years" and map_name not in self.value_maps:
                     raise ValueError(f"platform {p.name}: value map {map_name!r} for {column!r} is not defined")
+                labels = self.vocabularies.get("age", [])
+                if map_name == "age_years" and labels and len(set(labels)) != len(AGE_BINS) - 1:
+                    raise ValueError(
+                        f"platform {p.name}: value map age_years for {column!r} cuts ages at {AGE_BINS[1:-1]}, "
+                        f"which needs {len(AGE_BINS) - 1} distinct labels in vocabularies.age, not {labels}"
+                    )
         # after each target's own settings are known to be valid: compare what each would pretrain with
         for members in self.source_families([t.name for t in self.targets]).values():
             shaped = {tuple(getattr(self.training_of(t), k) for k in sorted(PRETRAIN_SETTINGS)) for t in members}

@@ -164,3 +164,12 @@ def test_a_dry_run_with_a_gate_override_is_refused_before_anything_runs():
 
     with pytest.raises(ValueError, match="a dry run never promotes"):
         plan({"dry_run": True, "gate_override": "promote"}, airflow_run_id="dry-and-promote")
+
+
+def test_ages_in_years_need_one_label_per_age_group():
+    raw = load_config().model_dump()
+    raw["platforms"][1]["value_maps"] = {**raw["platforms"][1]["value_maps"], "age": "age_years"}
+    type(load_config()).model_validate(raw)  # the shipped vocabulary has one label per group
+    raw["vocabularies"]["age"] = raw["vocabularies"]["age"][:-1]
+    with pytest.raises(ValidationError, match=r"platform ml-100k: value map age_years for 'age' .* needs 7 distinct"):
+        type(load_config()).model_validate(raw)

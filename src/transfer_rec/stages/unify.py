@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from transfer_rec.config import PipelineConfig, PlatformConfig
+from transfer_rec.config import AGE_BINS, PipelineConfig, PlatformConfig
 from transfer_rec.io.formats import read_table, to_numbers
 from transfer_rec.io.state import StateLayout
 from transfer_rec.io.storage import atomic_dir, write_text_atomic
@@ -110,9 +110,6 @@ def consent_flags(users: pd.DataFrame) -> pd.Series:
     if "consent" not in users:
         return pd.Series(True, index=users.index)
     return users["consent"].astype("string").str.strip().str.lower().isin(CONSENT_VALUES).fillna(False).astype(bool)
-
-
-AGE_BINS = [0, 18, 25, 35, 45, 50, 56, 200]
 
 
 def canonical_item_key(raw: pd.Series) -> pd.Series:
