@@ -385,3 +385,15 @@ def test_spark_checks_count_first_and_fetch_examples_only_for_rules_that_found_s
     assert not between.success and sorted(between.result["partial_unexpected_list"]) == [11.0, 12.0]
     assert "partial_unexpected_counts" in between.result  # its second, SUMMARY run
     assert "partial_unexpected_counts" not in checked[expectation_key(expectations[1].configuration)].result
+
+
+def test_both_engines_refuse_a_header_that_names_a_column_twice(pipeline_env):
+    env = pipeline_env(spark=SPARK)
+    config, layout = load_config(), StateLayout.from_env()
+    village = config.platform("village")
+    path = env["exports"] / "village" / "interactions.txt"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0].replace("ts", "score") + "".join(lines[1:]))  # the timestamp column named as the rating
+    for engine, batch in ((None, "pandas"), (_spark_raw(config), "spark")):
+        with pytest.raises(DataValidationError, match=r"the header names column\(s\) \['score'\] more than once"):
+            validate_batch(pull_platform(village, layout, batch), village, layout, engine=engine)

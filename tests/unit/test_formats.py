@@ -68,3 +68,18 @@ def test_to_numbers_reads_exactly_what_to_numeric_reads():
         pd.testing.assert_series_equal(got, expected, check_exact=True)
     numbers = pd.Series([1, 2, 3])
     assert to_numbers(numbers) is numbers
+
+
+def test_a_header_that_names_a_column_twice_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "a.csv").write_text("user,item,rating,rating\nu1,i1,4,5\n")
+    (tmp_path / "a.inter").write_text("u:token\ti:token\tu:float\nu1\ti1\t3\n")
+    table = pa.table([pa.array(["u1"]), pa.array(["i1"]), pa.array(["x"])], names=["u", "i", "u"])
+    pq.write_table(table, tmp_path / "a.parquet")
+    for name, fmt, repeated in (("a.csv", "csv", "rating"), ("a.inter", "recbole", "u"), ("a.parquet", "parquet", "u")):
+        with pytest.raises(FormatError, match=rf"{name}: the header names column\(s\) \['{repeated}'\]"):
+            read_table(tmp_path / name, fmt)
+    (tmp_path / "b.csv").write_text("user,item,rating\nu1,i1,4\n")
+    assert list(read_table(tmp_path / "b.csv", "csv").columns) == ["user", "item", "rating"]

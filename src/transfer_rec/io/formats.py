@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import csv
 from collections.abc import Collection
 from pathlib import Path
 
@@ -60,6 +61,11 @@ def _read_parquet(path: Path, categorical: Collection[str]) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     try:
+        names = pq.read_schema(path).names
+    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+        raise FormatError(f"{path}: not a readable Parquet file: {exc}") from exc
+    refuse_repeated(path, names)
+    try:
         dictionary = (
             [
                 f.name
@@ -110,9 +116,26 @@ def _read_text(path: Path, fmt: str, delimiter: str | None) -> pd.DataFrame:
         raise FormatError(f"{path}: malformed {fmt} file: {exc}") from exc
     except pd.errors.EmptyDataError as exc:
         raise FormatError(f"{path}: the file is empty (not even a header)") from exc
+    refuse_repeated(path, header_names(path, fmt, delimiter))
     if fmt == "recbole":
         frame.columns = [str(c).split(":", 1)[0] for c in frame.columns]
     return frame
+
+
+def header_names(path: Path, fmt: str, delimiter: str | None = None) -> list[str]:
+    """A delimited text file's column names as its header line gives them (RecBole's without their `:type`): the
+    readers rename a repeated name ("rating.1", "rating2"), so a repeat is only seen here."""
+    sep = delimiter or {"recbole": "\t", "tsv": "\t", "csv": ","}[fmt]
+    with open(path, encoding="utf-8", newline="") as fh:
+        header = next(csv.reader(fh, delimiter=sep, quoting=csv.QUOTE_NONE if fmt == "recbole" else 0), [])
+    return [h.split(":", 1)[0] if fmt == "recbole" else h for h in header]
+
+
+def refuse_repeated(path: Path, names: list[str]) -> None:
+    """A header that names a column twice: which of the two is the data is anyone's guess, so neither is taken."""
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise FormatError(f"{path}: the header names column(s) {repeated} more than once")
 
 
 # What a compressed file starts with: read as text it is "not valid UTF-8 at byte 1" and its line count is wrong.

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transfer_rec.config import SparkConfig
-from transfer_rec.io.formats import FormatError
+from transfer_rec.io.formats import FormatError, header_names, refuse_repeated
 from transfer_rec.runtime.signals import on_terminate
 
 if TYPE_CHECKING:
@@ -103,6 +103,8 @@ def read_table(spark: SparkSession, path: Path, fmt: str, delimiter: str | None 
     sep = {"recbole": "\t", "tsv": "\t", "csv": ","}.get(fmt)
     if sep is None:
         raise FormatError(f"{path}: unsupported format {fmt!r}")
+    if Path(path).is_file():  # as pandas' reader refuses it: Spark would rename the repeat
+        refuse_repeated(Path(path), header_names(Path(path), fmt, delimiter))
     frame = (
         spark.read.option("header", True)
         .option("sep", delimiter or sep)
