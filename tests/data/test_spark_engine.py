@@ -397,3 +397,21 @@ def test_both_engines_refuse_a_header_that_names_a_column_twice(pipeline_env):
     for engine, batch in ((None, "pandas"), (_spark_raw(config), "spark")):
         with pytest.raises(DataValidationError, match=r"the header names column\(s\) \['score'\] more than once"):
             validate_batch(pull_platform(village, layout, batch), village, layout, engine=engine)
+
+
+def test_both_engines_refuse_interactions_of_users_the_users_file_lacks(pipeline_env):
+    env = pipeline_env(spark=SPARK)
+    config, layout = load_config(), StateLayout.from_env()
+    path = env["exports"] / "village" / "users.txt"
+    users = pd.read_csv(path, dtype=str)
+    users.iloc[2:].to_csv(path, index=False)  # the users export behind the interactions: two users missing
+    gone = sorted(users["uid"].iloc[:2])
+    for unify, batch in ((pandas_unify.unify, "pandas"), (spark_unify.unify, "spark")):
+        validated = [validate_batch(pull_platform(p, layout, batch), p, layout) for p in config.platforms]
+        with pytest.raises(BatchRefused) as caught:
+            unify(validated, config, layout)
+        message = str(caught.value)
+        assert caught.value.rule == "missing_users", message
+        assert message.startswith("platform village, interactions.txt, column 'learner (user_id)': rule missing_users")
+        assert "name 2 user(s) the users file lacks" in message and f"{gone[0]!r}, {gone[1]!r}" in message, message
+        assert (layout.quarantine / "village" / batch / "users.txt").exists()

@@ -6,7 +6,7 @@ rule, how many rows break it and a few examples, cut short: a message never quot
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import pandas as pd
@@ -123,6 +123,21 @@ def check_items_known(
             "(config rules.missing_items: fill adds them without title or genres)",
         )
     return len(ids), int(missing.sum())
+
+
+def check_users_known(missing: Collection[Any], interactions: int, platform: str, file: str) -> None:
+    """Refuse interactions of users the platform's users file lacks (rule missing_users; only for a platform that
+    exports users): the unified tables keep a profile for every user who has one, so the users export is behind
+    the interactions or names them otherwise. `missing`: those users' ids; `interactions`: how many rows they have."""
+    if len(missing):
+        raise BatchRefused(
+            platform,
+            file,
+            "user_id",
+            "missing_users",
+            f"{interactions:,} interaction(s) name {len(missing):,} user(s) the users file lacks, e.g. "
+            f"{shown(sorted(map(str, missing)))} (export the users file together with the interactions)",
+        )
 
 
 def check_shrink(rows: int, previous: int | None, factor: float, platform: str, file: str) -> None:
