@@ -14,6 +14,8 @@ used for nothing. Variants:
 - expanded: each person's source items also read through an EASE over every person's source rows (people who are
   on the sources but not on the target teach which source items go together), beside them with weight alpha;
 - smoothed: the same columns as items only, each person's row x + alpha x B (B that EASE);
+- lowrank: the ridge's map cut to its top `rank` directions of fitted target rows (reduced-rank ridge regression:
+  ~1,000 people map ~1,000 source items to ~1,000 target items, so a full-rank map may be mostly noise);
 - cross_ease: the issue's goal base (the joint EASE with its newcomers' L2), always run, and its final fit on
   train + valid rows (cross_ease_with_valid);
 - combined: content, expansion and dropout as each chose, the L2 chosen again; blend: its per-person z-scores and
@@ -43,7 +45,8 @@ DROPOUT = (0.0, 0.1, 0.25, 0.5)
 ALPHA = (0.0, 0.5, 1.0, 2.0)
 EXPAND_L2 = (200.0, 1000.0)
 GAMMA = (0.0, 0.25, 0.5, 0.75, 1.0)
-VARIANTS = ("ridge", "content", "dropout", "expanded", "smoothed", "cross_ease", "combined")
+RANKS = (16, 32, 64, 128, 256)
+VARIANTS = ("ridge", "content", "dropout", "expanded", "smoothed", "lowrank", "cross_ease", "combined")
 
 Scorer = Callable[[np.ndarray, sp.csr_matrix, np.ndarray], np.ndarray]
 
@@ -57,6 +60,18 @@ def ridge(features: np.ndarray, target: sp.csr_matrix, l2: float, dropout: float
         penalty[1:] += dropout / (1 - dropout) * np.diag(gram)[1:]
     gram[np.diag_indices_from(gram)] += penalty
     return np.linalg.solve(gram, np.asarray((binary(target).T @ x).T))
+
+
+def reduced_rank(weights: np.ndarray, features: np.ndarray, rank: int) -> np.ndarray:
+    """The map restricted to the top `rank` right singular directions of its fitted rows (centred); the intercept
+    keeps the mean fitted row."""
+    fitted = apply(weights, features)
+    mean = fitted.mean(axis=0)
+    _, _, vt = np.linalg.svd(fitted - mean, full_matrices=False)
+    keep = vt[:rank].T @ vt[:rank]
+    out = weights @ keep
+    out[0] += mean - mean @ keep
+    return out
 
 
 def apply(weights: np.ndarray, features: np.ndarray) -> np.ndarray:
@@ -98,10 +113,19 @@ def run(
         return np.hstack(parts)
 
     def ridge_scorer(
-        content: float, alpha: float, expand_l2: float, l2: float, dropout: float, smooth: float = 0.0
+        content: float,
+        alpha: float,
+        expand_l2: float,
+        l2: float,
+        dropout: float,
+        smooth: float = 0.0,
+        rank: int = 0,
     ) -> Scorer:
         def score(fit_rows: np.ndarray, fit_target: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
-            w = ridge(features(fit_rows, content, alpha, expand_l2, smooth), fit_target, l2, dropout)
+            x = features(fit_rows, content, alpha, expand_l2, smooth)
+            w = ridge(x, fit_target, l2, dropout)
+            if rank:
+                w = reduced_rank(w, x, rank)
             return apply(w, features(rows, content, alpha, expand_l2, smooth))
 
         return score
@@ -172,6 +196,7 @@ def run(
         "smoothed": [
             {**base, "smooth": a, "expand_l2": e, "l2": l2} for a in alphas for e in expand_l2s for l2 in ridge_l2
         ],
+        "lowrank": [{**base, "rank": r, "l2": l2} for r in RANKS for l2 in ridge_l2],
     }
     for name, grid in grids.items():
         if name in variants:
