@@ -152,3 +152,14 @@ def test_a_task_retried_after_its_batch_was_quarantined_says_where_it_went(basel
     village = next(v for v in validated if v.platform == "village")
     with pytest.raises(BatchGone, match=gone):
         validate_batch(village, config.platform("village"), layout)
+
+
+def test_a_profile_value_outside_the_shared_vocabulary(baseline):
+    path, frame = _frame(baseline, "users.txt")
+    gender = next(c for c in frame.columns if frame[c].isin(["M", "F"]).all())
+    frame.loc[frame.index[:2], gender] = "unknown"  # read as "U": no gender of the shared vocabulary
+    frame.to_csv(path, index=False)
+    message = _refused_at_unify(baseline, "gender-u", "profile_vocabulary")
+    named = "gender" if gender == "gender" else f"{gender} (gender)"
+    assert f"column '{named}'" in message and "2 user(s) have a value outside" in message
+    assert "'unknown'" in message, "the file's own value is shown"

@@ -125,6 +125,24 @@ def check_items_known(
     return len(ids), int(missing.sum())
 
 
+def check_vocabulary(
+    unified: pd.Series, native: pd.Series, allowed: Collection[str], platform: str, file: str, column: str
+) -> None:
+    """Refuse profile values that are outside the shared vocabulary once mapped (rule profile_vocabulary): the
+    platform exports a value its value map (or the shared labels) does not foresee. `unified`: the mapped values,
+    `native`: the file's, row for row."""
+    outside = unified.notna() & ~unified.astype(str).isin(set(allowed))
+    if outside.any():
+        raise BatchRefused(
+            platform,
+            file,
+            column,
+            "profile_vocabulary",
+            f"{int(outside.sum()):,} user(s) have a value outside the shared vocabulary {sorted(allowed)} once mapped, "
+            f"e.g. {shown(sorted(set(native[outside.to_numpy()].astype(str))))} (map them in config value_maps)",
+        )
+
+
 def check_users_known(missing: Collection[Any], interactions: int, platform: str, file: str) -> None:
     """Refuse interactions of users the platform's users file lacks (rule missing_users; only for a platform that
     exports users): the unified tables keep a profile for every user who has one, so the users export is behind

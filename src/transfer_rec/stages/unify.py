@@ -24,6 +24,7 @@ from transfer_rec.runtime.workers import Forked, can_fork, workers
 from transfer_rec.schema import rules
 from transfer_rec.schema.suites import native_column
 from transfer_rec.schema.unified import (
+    GENDERS,
     INTERACTION_COLUMNS,
     ITEM_COLUMNS,
     ITEM_ID_COLUMNS,
@@ -427,6 +428,9 @@ def platform_users(batch_dir: Path, platform: PlatformConfig, config: PipelineCo
     u = u.drop_duplicates("user_id", keep="first")
     users = pd.DataFrame({"platform": platform.name, "user_id": platform_user_keys(platform.name, u["user_id"])})
     for column, values in unified_profiles(u, platform, config).items():
+        allowed = GENDERS if column == "gender" else config.vocabularies.get(column)
+        if allowed and column in u:  # what the unified check would refuse, named here with the batch's own file
+            rules.check_vocabulary(values, u[column], allowed, platform.name, platform.files["users"], column)
         users[column] = values.values
     # Only a coarse region leaves landing: the first two characters of a postal code.
     region = u["region"].astype(str).str[:2] if "region" in u else pd.Series(np.nan, index=u.index)
