@@ -164,11 +164,13 @@ def platform_asset(platform: str) -> Asset:
     return Asset(pipeline.platform_asset_uri(platform))
 
 
-def cron(expression: str | None) -> CronDataIntervalTimetable | None:
+def cron(expression: str | None) -> CronDataIntervalTimetable | str | None:
     """A cron schedule (UTC) whose run covers the period since the previous one: an incremental platform pulls the
     days of [previous run, this run). Airflow 3's default for a cron string gives a run an empty interval at its
     own time, which would pull the day just starting."""
-    return CronDataIntervalTimetable(expression, timezone="UTC") if expression else None
+    if not expression or expression in ("@once", "@continuous"):  # Airflow's presets that are no cron
+        return expression
+    return CronDataIntervalTimetable(expression, timezone="UTC")
 
 
 def training_schedule():
@@ -260,7 +262,8 @@ TARGETS = pipeline.target_names()
         "force": Param(
             False,
             type="boolean",
-            description="Retrain even when the data files and config are those the champions were trained on.",
+            description="Retrain even when the data files and config are those the champions (or the last rejected "
+            "candidates) were trained on. A gate_override retrains too.",
         ),
     },
 )

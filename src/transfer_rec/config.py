@@ -432,6 +432,14 @@ class PipelineConfig(_Strict):
             for column, map_name in p.value_maps.items():
                 if map_name != "age_years" and map_name not in self.value_maps:
                     raise ValueError(f"platform {p.name}: value map {map_name!r} for {column!r} is not defined")
+                outside = sorted(
+                    set(self.value_maps.get(map_name, {}).values()) - set(self.vocabularies.get(column) or [])
+                )
+                if self.vocabularies.get(column) and outside:  # a config mistake, not the data's: said at load
+                    raise ValueError(
+                        f"platform {p.name}: value map {map_name!r} for {column!r} maps onto {outside}, "
+                        f"outside vocabularies.{column}"
+                    )
                 labels = self.vocabularies.get("age", [])
                 if map_name == "age_years" and labels and len(set(labels)) != len(AGE_BINS) - 1:
                     raise ValueError(

@@ -55,3 +55,4 @@ def test_identical_inputs_skip_the_run_force_or_new_config_do_not(pipeline_env):
     run_inline("inputs-rejected", gate_override="reject")
     rejected = check()
     assert not rejected["changed"] and "village v2 (challenger, not promoted)" in rejected["reason"], rejected
+    assert check(gate_override="promote")["changed"], "an override asks for a verdict: there must be a candidate"

@@ -168,8 +168,17 @@ def test_a_dry_run_with_a_gate_override_is_refused_before_anything_runs():
 
 def test_ages_in_years_need_one_label_per_age_group():
     raw = load_config().model_dump()
+    for platform in raw["platforms"]:  # ages in years on ml-100k only: the other maps would name the labels first
+        platform["value_maps"].pop("age", None)
     raw["platforms"][1]["value_maps"] = {**raw["platforms"][1]["value_maps"], "age": "age_years"}
     type(load_config()).model_validate(raw)  # the shipped vocabulary has one label per group
     raw["vocabularies"]["age"] = raw["vocabularies"]["age"][:-1]
     with pytest.raises(ValidationError, match=r"platform ml-100k: value map age_years for 'age' .* needs 7 distinct"):
+        type(load_config()).model_validate(raw)
+
+
+def test_a_value_map_onto_values_outside_the_vocabulary_is_a_config_error():
+    raw = load_config().model_dump()
+    raw["value_maps"]["ml_1m_occupation"] = {**raw["value_maps"]["ml_1m_occupation"], "0": "astronaut"}
+    with pytest.raises(ValidationError, match=r"map 'ml_1m_occupation' for 'occupation' maps onto \['astronaut'\]"):
         type(load_config()).model_validate(raw)

@@ -83,3 +83,13 @@ def test_a_header_that_names_a_column_twice_is_refused(tmp_path):
             read_table(tmp_path / name, fmt)
     (tmp_path / "b.csv").write_text("user,item,rating\nu1,i1,4\n")
     assert list(read_table(tmp_path / "b.csv", "csv").columns) == ["user", "item", "rating"]
+    # as the reader takes a header: after a byte-order mark and blank lines, split on a delimiter of two characters
+    (tmp_path / "c.csv").write_text("\ufeff\nuser,user\n1,2\n", encoding="utf-8")
+    (tmp_path / "d.dat").write_text("user::user::r\n1::2::3\n")
+    for name, delimiter in (("c.csv", None), ("d.dat", "::")):
+        with pytest.raises(FormatError, match=r"the header names column\(s\) \['user'\]"):
+            read_table(tmp_path / name, "csv", delimiter)
+    (tmp_path / "e.dat").write_text("user::item::r\n1::2::3\n")
+    assert list(read_table(tmp_path / "e.dat", "csv", "::").columns) == ["user", "item", "r"]
+    (tmp_path / "f.csv").write_text("user,item,,\n1,2,3,4\n")  # unnamed columns are not repeats
+    assert len(read_table(tmp_path / "f.csv", "csv").columns) == 4

@@ -126,14 +126,19 @@ def header_names(path: Path, fmt: str, delimiter: str | None = None) -> list[str
     """A delimited text file's column names as its header line gives them (RecBole's without their `:type`): the
     readers rename a repeated name ("rating.1", "rating2"), so a repeat is only seen here."""
     sep = delimiter or {"recbole": "\t", "tsv": "\t", "csv": ","}[fmt]
-    with open(path, encoding="utf-8", newline="") as fh:
-        header = next(csv.reader(fh, delimiter=sep, quoting=csv.QUOTE_NONE if fmt == "recbole" else 0), [])
+    # as the readers take it: a byte-order mark dropped, blank lines before the header skipped
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        if len(sep) == 1:
+            rows = csv.reader(fh, delimiter=sep, quoting=csv.QUOTE_NONE if fmt == "recbole" else csv.QUOTE_MINIMAL)
+            header = next((row for row in rows if any(cell.strip() for cell in row)), [])
+        else:  # a multi-character delimiter ("::") is a plain split, as pandas' python engine reads it
+            header = next((line.rstrip("\r\n").split(sep) for line in fh if line.strip()), [])
     return [h.split(":", 1)[0] if fmt == "recbole" else h for h in header]
 
 
 def refuse_repeated(path: Path, names: list[str]) -> None:
     """A header that names a column twice: which of the two is the data is anyone's guess, so neither is taken."""
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    repeated = sorted({n for n in names if n.strip() and names.count(n) > 1})  # unnamed columns are the readers' own
     if repeated:
         raise FormatError(f"{path}: the header names column(s) {repeated} more than once")
 

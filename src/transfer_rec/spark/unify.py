@@ -135,12 +135,6 @@ def unify_platform(
     # cost more than this write and the few columnar reads below (docs/results/2026-12-06-spark-direct-write.md).
     inter.write.parquet(str(staged))
     written = spark.read.parquet(str(staged))
-    if len(users):
-        # on the pairs as written (a scan of one column), not on the aggregation, which would run again
-        known = F.broadcast(spark.createDataFrame(users[["user_id"]].astype(object), "user_id string"))
-        unknown = written.join(known, "user_id", "left_anti").groupBy("user_id").count().toPandas()
-        names = unknown["user_id"].str.slice(len(user_key(platform.name, ""))).to_numpy()
-        rules.check_users_known(names, int(unknown["count"].sum()), platform.name, files["interactions"])
     present = (
         written.groupBy("item_id")
         .agg(F.count(F.lit(1)).alias("rows"))
@@ -154,6 +148,12 @@ def unify_platform(
     rules.check_duplicate_share(
         duplicated, rows_in, config.rules.max_duplicate_share, platform.name, files["interactions"]
     )
+    if len(users) and platform.pull.mode == "snapshot":  # after the share rule, in pandas' order
+        # on the pairs as written (a scan of one column), not on the aggregation, which would run again
+        known = F.broadcast(spark.createDataFrame(users[["user_id"]].astype(object), "user_id string"))
+        unknown = written.join(known, "user_id", "left_anti").groupBy("user_id").count().toPandas()
+        names = unknown["user_id"].str.slice(len(user_key(platform.name, ""))).to_numpy()
+        rules.check_users_known(names, int(unknown["count"].sum()), platform.name, files["interactions"])
     n_users = written.select("user_id").distinct().count()
     counts = (rows_in, rows_out, unusable, duplicated, opted_out, n_users)
     keys = present["item_id"].to_numpy(dtype=object)

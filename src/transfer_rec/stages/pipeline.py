@@ -315,7 +315,8 @@ def inputs_fingerprint(hashes: dict[str, dict[str, str]], config: PipelineConfig
 def check_inputs(run: Json, unified: Json) -> Json:
     """Whether this run would train on exactly what every target's champion, or its last rejected candidate (the
     challenger), was trained on (same data files, same config): training is deterministic, so the same inputs give
-    the same model and the same verdict, and each unchanged run would add a version. {"changed": bool, "reason":
+    the same model, and each unchanged run would add a version of it. A gate override retrains (it asks for a
+    verdict of its own). {"changed": bool, "reason":
     str}; param `force` retrains anyway. An unchanged run writes its summary (the reason) so that
     `transfer-rec run` and the reports say why nothing was trained."""
     from transfer_rec.registry.models import CHALLENGER, CHAMPION, alias_version
@@ -325,6 +326,8 @@ def check_inputs(run: Json, unified: Json) -> Json:
     fingerprint = inputs_fingerprint(UnifiedVersion.model_validate(unified).hashes, config)
     if plan_.force:
         return {"changed": True, "reason": "param force: retrain whatever the inputs"}
+    if plan_.gate_override != "none":  # the operator asks for a verdict of their own: there must be a candidate
+        return {"changed": True, "reason": f"param gate_override={plan_.gate_override}: retrain to apply it"}
     from transfer_rec.registry import tracking
 
     tracking.configure(layout)

@@ -336,12 +336,14 @@ def unify_platform(
     duplicated = rows_in - unusable - len(kept)
     rules.check_duplicate_share(duplicated, rows_in, limits.max_duplicate_share, platform.name, files["interactions"])
     users = platform_users(batch_dir, platform, config)
-    if len(users):
+    if len(users) and platform.pull.mode == "snapshot":
+        # on the pairs kept, as Spark checks its written pairs; an incremental platform's interactions span every
+        # landed partition, so a refusal could not say which batch to quarantine: the unified check catches those
         unknown = ~is_member(user_keys, users["user_id"])  # per distinct user
-        if unknown.any():
-            rows_of_unknown = int(unknown[user_codes[kept]].sum())
-            names = raw["user_id"].iloc[np.flatnonzero(unknown[user_codes])].unique()
-            rules.check_users_known(names, rows_of_unknown, platform.name, files["interactions"])
+        of_unknown = kept[unknown[user_codes[kept]]]
+        if len(of_unknown):
+            names = raw["user_id"].iloc[of_unknown].unique()
+            rules.check_users_known(names, len(of_unknown), platform.name, files["interactions"])
     # Opted-out users' interactions never enter training or evaluation; they keep a users row (consent False) so
     # publishing can still give them non-personalised recommendations.
     opted_out = 0
