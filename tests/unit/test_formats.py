@@ -93,3 +93,12 @@ def test_a_header_that_names_a_column_twice_is_refused(tmp_path):
     assert list(read_table(tmp_path / "e.dat", "csv", "::").columns) == ["user", "item", "r"]
     (tmp_path / "f.csv").write_text("user,item,,\n1,2,3,4\n")  # unnamed columns are not repeats
     assert len(read_table(tmp_path / "f.csv", "csv").columns) == 4
+
+
+def test_a_header_that_cannot_be_read_is_the_files_fault(tmp_path):
+    from transfer_rec.io.formats import header_names
+
+    path = tmp_path / "x.csv"
+    path.write_bytes(b"user,\xff\xfe,item\n1,2,3\n")
+    with pytest.raises(FormatError, match=r"x\.csv: cannot read its header"):
+        header_names(path, "csv")

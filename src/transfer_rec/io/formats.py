@@ -127,12 +127,16 @@ def header_names(path: Path, fmt: str, delimiter: str | None = None) -> list[str
     readers rename a repeated name ("rating.1", "rating2"), so a repeat is only seen here."""
     sep = delimiter or {"recbole": "\t", "tsv": "\t", "csv": ","}[fmt]
     # as the readers take it: a byte-order mark dropped, blank lines before the header skipped
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        if len(sep) == 1:
-            rows = csv.reader(fh, delimiter=sep, quoting=csv.QUOTE_NONE if fmt == "recbole" else csv.QUOTE_MINIMAL)
-            header = next((row for row in rows if any(cell.strip() for cell in row)), [])
-        else:  # a multi-character delimiter ("::") is a plain split, as pandas' python engine reads it
-            header = next((line.rstrip("\r\n").split(sep) for line in fh if line.strip()), [])
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            if len(sep) == 1:
+                quoting = csv.QUOTE_NONE if fmt == "recbole" else csv.QUOTE_MINIMAL
+                rows = csv.reader(fh, delimiter=sep, quoting=quoting)
+                header = next((row for row in rows if any(cell.strip() for cell in row)), [])
+            else:  # a multi-character delimiter ("::") is a plain split, as pandas' python engine reads it
+                header = next((line.rstrip("\r\n").split(sep) for line in fh if line.strip()), [])
+    except (UnicodeDecodeError, csv.Error) as exc:  # Spark asks before it reads: the file's fault, named as such
+        raise FormatError(f"{path}: cannot read its header: {exc}") from exc
     return [h.split(":", 1)[0] if fmt == "recbole" else h for h in header]
 
 

@@ -316,9 +316,8 @@ def check_inputs(run: Json, unified: Json) -> Json:
     """Whether this run would train on exactly what every target's champion, or its last rejected candidate (the
     challenger), was trained on (same data files, same config): training is deterministic, so the same inputs give
     the same model, and each unchanged run would add a version of it. A gate override retrains (it asks for a
-    verdict of its own). {"changed": bool, "reason":
-    str}; param `force` retrains anyway. An unchanged run writes its summary (the reason) so that
-    `transfer-rec run` and the reports say why nothing was trained."""
+    verdict of its own), and so does param `force`. {"changed": bool, "reason": str}. An unchanged run writes its
+    summary (the reason) so that `transfer-rec run` and the reports say why nothing was trained."""
     from transfer_rec.registry.models import CHALLENGER, CHAMPION, alias_version
     from transfer_rec.stages.promote import INPUTS_TAG
 
