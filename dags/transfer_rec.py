@@ -41,9 +41,11 @@ from airflow.sdk import (
     dag,
     get_current_context,
     task,
+    task_group,
 )
 from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.task.trigger_rule import TriggerRule
 
 from transfer_rec.ops import alerts, links, task_log
 from transfer_rec.stages import pipeline
@@ -157,6 +159,14 @@ def _mlflow_link(run: dict[str, Any], run_id: str | None = None) -> None:
 def _data_docs_link(platform: str, batch_id: str) -> None:
     """Record the batch's Data Docs page before validating, so the link works on a failed validation too."""
     get_current_context()["ti"].xcom_push(key=links.DATA_DOCS_KEY, value=links.data_docs_page(platform, batch_id))
+
+
+def _each(outputs: Any) -> list[dict[str, Any]]:
+    """A per-target task's outputs as a list. Read from outside the mapped group, Airflow gives the instances that
+    succeeded: a list, one bare value when only one did, None when none did."""
+    if outputs is None:
+        return []
+    return [outputs] if isinstance(outputs, dict) else list(outputs)
 
 
 def platform_asset(platform: str) -> Asset:
@@ -360,22 +370,46 @@ def transfer_rec() -> None:
         _mlflow_link(run)
         return pipeline.publish(run, decision, features)
 
-    @stage()
+    @task_group(group_id="per_target", prefix_group_id=False)
+    def per_target(target: str, features: dict[str, Any], pretrained: dict[str, Any], run: dict[str, Any]):
+        """One target's fine-tune, evaluation, promotion and publication. Mapped as a group, so each target depends
+        only on its own earlier tasks: one target failing stops no other."""
+        candidate = finetune(target, features, pretrained, run)
+        evaluation = evaluate(candidate, features, run)
+        decision = promote(evaluation, run)
+        return candidate, evaluation, decision, publish(decision, features, run)
+
+    @stage(trigger_rule=TriggerRule.ALL_DONE, **NO_RETRY)
     def summarize(
         validated: list[dict[str, Any]],
-        unified: dict[str, Any],
-        features: dict[str, Any],
-        pretrained: dict[str, Any],
+        unified: dict[str, Any] | None,
+        features: dict[str, Any] | None,
+        pretrained: dict[str, Any] | None,
+        candidates: list[dict[str, Any]],
         evaluations: list[dict[str, Any]],
         decisions: list[dict[str, Any]],
         published: list[dict[str, Any]],
         run: dict[str, Any],
     ) -> dict[str, Any]:
-        """Write the run's report (var/reports/<run_key>/summary.json)."""
+        """Write the run's report (var/reports/<run_key>/summary.json), also when some targets failed: the report
+        says which, and at which stage, beside what the others did."""
+        if unified is None or features is None or pretrained is None:
+            raise AirflowSkipException("the run stopped before fine-tuning: nothing to report")
         _mlflow_link(run)
         return pipeline.summarize(
-            run, list(validated), unified, features, pretrained, list(evaluations), list(decisions), list(published)
+            run,
+            list(validated),
+            unified,
+            features,
+            pretrained,
+            *(_each(outputs) for outputs in (candidates, evaluations, decisions, published)),
         )
+
+    @task(trigger_rule=TriggerRule.ONE_FAILED, retries=0, on_failure_callback=None)
+    def outcome() -> None:
+        """Fails the DAG run when any task failed. summarize runs whatever happened (to report the targets that did
+        finish), so the run's state comes from here; skipped when nothing failed."""
+        raise AirflowFailException("a task of this run failed: its failure line is in reports/failures.log")
 
     run = plan()
     # The platform registry is static configuration: one pull/validate pair per platform, visible in the graph.
@@ -383,13 +417,13 @@ def transfer_rec() -> None:
     validated = validate.partial(run=run).expand(pulled=pulled)
     unified = unify(validated, run)
     features = build_features(unified, run)
-    check_inputs(unified, run) >> features
+    checked = check_inputs(unified, run)
+    checked >> features
     pretrained = pretrain(features, run)
-    candidates = finetune.partial(features=features, pretrained=pretrained, run=run).expand(target=select_targets(run))
-    evaluations = evaluate.partial(features=features, run=run).expand(candidate=candidates)
-    decisions = promote.partial(run=run).expand(evaluation=evaluations)
-    published = publish.partial(features=features, run=run).expand(decision=decisions)
-    summarize(validated, unified, features, pretrained, evaluations, decisions, published, run)
+    targets = select_targets(run)
+    per_target_outputs = per_target.partial(features=features, pretrained=pretrained, run=run).expand(target=targets)
+    summary = summarize(validated, unified, features, pretrained, *per_target_outputs, run)
+    outcome() << [run, pulled, validated, unified, checked, features, pretrained, targets, *per_target_outputs, summary]
 
 
 transfer_rec()

@@ -82,6 +82,7 @@ def run(layout: StateLayout, force: bool = False) -> None:
 
     # `airflow dags test` runs every task in its own process and, when a task is stopped, waits to retry it: so the
     # run gets a process group of its own, and Ctrl-C, SIGTERM or any error here stops that whole group
+    started = time.time()
     with open(log, "w") as out, terminate_raises():
         env = {**os.environ, task_log.ENV: "1"}  # the UI's log tab shows in-process tasks' logs too
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
@@ -93,6 +94,9 @@ def run(layout: StateLayout, force: bool = False) -> None:
                 stop_group(proc, grace=(10.0, 5.0))
     if code != 0:
         print("".join(log.read_text().splitlines(keepends=True)[-60:]))
+        report = layout.reports / "latest.json"
+        if report.exists() and report.stat().st_mtime >= started:  # some targets finished: what they did
+            summary(layout)
         raise SystemExit(f"transfer-rec run: the DAG failed, full log in {log}")
     summary(layout)
 
@@ -123,6 +127,12 @@ def summary(layout: StateLayout) -> None:
             f"{family['epochs']} epochs, {family['seconds']} s"
         )
     for target, t in report["targets"].items():
+        failed = (
+            f"FAILED at {t['failed_at']} (its line in {layout.reports / 'failures.log'})" if "failed_at" in t else ""
+        )
+        if "k" not in t:
+            print(f"\ntarget {target}: {failed}")
+            continue
         k = t["k"]
         print(f"\ntarget {target}: {t['test_users']} held-out users, metrics at K={k}")
         linked = report["platforms"].get(target, {}).get("users_linked_to_a_source")
@@ -161,11 +171,16 @@ def summary(layout: StateLayout) -> None:
             )
         print("  (retention: share of users with a hit in their top-K on their next period; docs/evaluation.md)")
         d = t["decision"]
+        if d is None:
+            print(f"  decision: {failed}")
+            continue
         print(f"  decision: {d['model']} v{d['version']} {'PROMOTED to champion' if d['promoted'] else 'not promoted'}")
         for reason in d["reasons"]:
             print(f"    - {reason}")
         pub = t["published"] or {}
-        if pub.get("published"):
+        if failed:
+            print(f"  published: {failed}")
+        elif pub.get("published"):
             print(f"  published: {pub['rows']:,} recommendations for {pub['users']:,} users -> {pub['path']}")
         else:
             print(f"  published: nothing ({pub.get('reason', 'n/a')})")

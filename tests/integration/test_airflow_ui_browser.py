@@ -122,7 +122,9 @@ def test_operator_triggers_a_run_in_the_ui_and_follows_the_mlflow_link(chromium,
         expect(header).to_contain_text("Success")
         shots.take(page, "run-success")
 
-        # 4. the grid's fine-tune cell of this run lists the mapped instances, named by target platform
+        # 4. a target's tasks form one group in the grid; opened, the fine-tune cell of this run lists the mapped
+        # instances, named by target platform
+        page.get_by_test_id("task-per_target").get_by_label("Toggle group").click()
         page.get_by_test_id(f"grid-{run_id}-finetune").click()
         page.wait_for_url(re.compile(r"/tasks/finetune/mapped$"))
         rows = page.get_by_role("row").filter(has=page.get_by_role("link", name=TARGET, exact=True))

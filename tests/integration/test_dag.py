@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 
 from bench.synthetic import SyntheticPlatform
+from transfer_rec import cli
+from transfer_rec.io.state import StateLayout
 from transfer_rec.ops import task_log
 from transfer_rec.registry.models import serving_requirements
 from transfer_rec.stages.promote import platform_digest
@@ -32,6 +34,7 @@ EXPECTED_TASKS = {
     "promote",
     "publish",
     "summarize",
+    "outcome",
 }
 
 
@@ -64,6 +67,13 @@ def test_dag_integrity(airflow_db):
     assert dag.task_dict["validate"].retries == 0, "validation failures are deterministic: no retries"
     for mapped in ("pull", "validate", "finetune", "evaluate", "promote", "publish"):
         assert dag.task_dict[mapped].map_index_template == "{{ label }}"
+    # a target's tasks are mapped as one group: each depends on its own target's earlier task only
+    groups = [dag.task_dict[t].get_closest_mapped_task_group() for t in ("finetune", "evaluate", "promote", "publish")]
+    assert groups[0] is not None and all(g is groups[0] for g in groups)
+    # summarize reports whatever finished; the run's state comes from `outcome`, which watches every task
+    assert dag.task_dict["summarize"].trigger_rule == "all_done"
+    assert dag.task_dict["outcome"].trigger_rule == "one_failed"
+    assert dag.task_dict["outcome"].upstream_task_ids == set(dag.task_dict) - {"outcome"}
     assert set(dag.params.keys()) >= {"targets", "epochs_finetune", "strategy", "gate_override", "dry_run", "force"}
 
     # what the trigger form sends is validated at the trigger: out of range or unknown is refused, never clamped
@@ -119,17 +129,40 @@ def test_one_ingest_dag_per_platform_updates_its_asset(airflow_db):
         assert all(task.doc_md and task.owner == "ml-platform" for task in dag.tasks)
 
 
-def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db, monkeypatch):
-    # two sources: the target learns from both, and the fine-tune records what each one weighs
-    env = pipeline_env(extra=[SyntheticPlatform("plaza", "source", users=150, interactions_per_user=20)])
+def test_full_dag_run_registers_logs_and_publishes_even_when_another_target_fails(
+    pipeline_env, airflow_db, monkeypatch, capsys
+):
+    # two sources: the target learns from both, and the fine-tune records what each one weighs; a second target,
+    # hamlet, fails in its fine-tune (a folder where its checkpoint goes), which must stop no other target
+    env = pipeline_env(
+        extra=[
+            SyntheticPlatform("plaza", "source", users=150, interactions_per_user=20),
+            SyntheticPlatform("hamlet", "target", users=120, interactions_per_user=15),
+        ]
+    )
+    (env["state"] / "models" / "itest" / "hamlet.finetune.ckpt").mkdir(parents=True)
     monkeypatch.setenv(task_log.ENV, "1")  # as `transfer-rec run` sets it for its in-process run
     dag = load_dag()
+    dag.task_dict["finetune"].retries = 0  # an I/O error is retried in production; here it fails at once
     # promoted by override, so that publishing always runs (the gate's own verdicts have their tests)
     run = dag.test(run_conf={"run_key": "itest", "gate_override": "promote"})
-    assert run.state == "success", [(ti.task_id, ti.map_index, ti.state) for ti in run.get_task_instances()]
+    states = {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances()}
+    hamlet = 1  # the targets in config order: village, then the extra hamlet
+    assert run.state == "failed", states
+    assert states[("finetune", hamlet)] == "failed", states
+    for task_id in ("evaluate", "promote", "publish"):
+        assert states[(task_id, hamlet)] == "upstream_failed" and states[(task_id, 0)] == "success", states
+    assert states[("summarize", -1)] == "success" and states[("outcome", -1)] == "failed", states
+    assert "FAILED transfer_rec.finetune[hamlet]" in (env["state"] / "reports" / "failures.log").read_text()
     _assert_task_logs_readable(run)
 
     summary = json.loads((env["state"] / "reports" / "itest" / "summary.json").read_text())
+    assert summary["targets"]["hamlet"] == {"failed_at": "finetune"}
+    assert json.loads((env["state"] / "reports" / "latest.json").read_text()) == summary
+    capsys.readouterr()
+    cli.summary(StateLayout.from_env())  # what `make run` prints
+    printed = capsys.readouterr().out
+    assert "target hamlet: FAILED at finetune" in printed and "PROMOTED to champion" in printed, printed
     village = summary["targets"]["village"]
     assert set(village["metrics"]) == {"candidate", "target_only", "ease", "popularity"}
     assert 0 < village["metrics"]["candidate"]["ndcg"] <= 1
@@ -156,8 +189,10 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db, mon
         [parent_info.experiment_id], f"tags.mlflow.parentRunId = '{summary['mlflow_parent_run_id']}'"
     )
     assert {"pretrain", "finetune village"} <= {r.info.run_name for r in stages}
-    assert parent_info.status == "FINISHED" and parent_info.end_time >= max(r.info.end_time for r in stages)
-    assert parent.params["param.run_key"] == "itest" and "village: " in parent_tags["transfer_rec.outcome"]
+    # ended FAILED by the summary, which names each target's outcome
+    assert parent_info.status == "FAILED" and parent_info.end_time >= max(r.info.end_time for r in stages)
+    assert parent.params["param.run_key"] == "itest"
+    assert parent_tags["transfer_rec.outcome"] == "village: promoted; hamlet: failed at finetune"
     assert f"]({parent_tags['airflow.url']})" in parent_tags["mlflow.note.content"]
     assert parent_tags["airflow.url"] == f"http://127.0.0.1:8080/dags/transfer_rec/runs/{quote(run.run_id, safe='')}"
     assert parent_tags["airflow.logical_date"]
@@ -174,7 +209,7 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db, mon
         i.dataset.name: {t.key: t.value for t in i.tags}
         for i in client.get_run(summary["mlflow_parent_run_id"]).inputs.dataset_inputs
     }
-    assert set(lineage) == {"campus", "plaza", "village"}
+    assert set(lineage) == {"campus", "plaza", "village", "hamlet"}
     assert lineage["village"]["sha256.interactions.txt"] == unified["hashes"]["village"]["interactions.txt"]
     assert lineage["village"]["validation"] == "passed" and int(lineage["village"]["features.test"]) > 0
 
@@ -215,11 +250,8 @@ def test_full_dag_run_registers_logs_and_publishes(pipeline_env, airflow_db, mon
     evaluated = {a.path for folder in ("plots", "evaluation") for a in listed(evaluation.info.run_id, folder)}
     assert {"plots/segments.png", "plots/cold_start_curve.png", "evaluation/segments.json"} <= evaluated
     assert "plots/training_curves.png" in {a.path for a in client.list_artifacts(version.run_id, "plots")}
-    assert {i.dataset.name for i in client.get_run(version.run_id).inputs.dataset_inputs} == {
-        "campus",
-        "plaza",
-        "village",
-    }
+    # the data version it was trained from: every platform's batch of the unified version
+    assert {i.dataset.name for i in client.get_run(version.run_id).inputs.dataset_inputs} == set(lineage)
     weights = {k: float(v) for k, v in run_data.params.items() if k.startswith("source_weight.")}
     assert set(weights) == {"source_weight.campus", "source_weight.plaza"} and set(weights.values()) <= {0.0, 1.0}
     assert "Sources (weight in the item-item prior" in version.description

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from transfer_rec.config import PipelineConfig, ScheduleConfig, load_config
 from transfer_rec.io.state import StateLayout
+from transfer_rec.io.storage import write_text_atomic
 from transfer_rec.manifests import (
     Candidate,
     Decision,
@@ -367,8 +368,9 @@ def _write_summary(layout: StateLayout, run_key: str, summary: Json) -> str:
     folder = layout.reports / run_key
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(summary, indent=2, default=str)
-    (folder / "summary.json").write_text(text)
-    (layout.reports / "latest.json").write_text(text)
+    # whole or not at all: `transfer-rec summary` and dashboards read these while the next run writes them
+    write_text_atomic(folder / "summary.json", text)
+    write_text_atomic(layout.reports / "latest.json", text)
     return str(folder / "summary.json")
 
 
@@ -389,17 +391,28 @@ def summarize(
     unified: Json,
     features: Json,
     pretrained: Json,
+    candidates: list[Json],
     evaluations: list[Json],
     decisions: list[Json],
     published: list[Json],
 ) -> Json:
-    """The run's report for operators, written to reports/<run_key>/summary.json and reports/latest.json."""
+    """The run's report for operators, written to reports/<run_key>/summary.json and reports/latest.json. The
+    per-target lists hold the targets that got that far: a planned target missing from one is reported with the
+    stage it failed at, and the MLflow parent run then ends FAILED."""
     plan_, _, layout = _resolve(run)
     batches = [ValidatedBatch.model_validate(v) for v in validated]
     unified_, features_ = UnifiedVersion.model_validate(unified), FeatureSet.model_validate(features)
     pretrained_ = Pretrained.model_validate(pretrained)
+    evaluated = {e.target: e for e in (Evaluation.model_validate(e) for e in evaluations)}
     decided = {d["target"]: Decision.model_validate(d).to_xcom() for d in decisions}
     out = {p["target"]: Published.model_validate(p).to_xcom() for p in published}
+    reached = {
+        "finetune": {Candidate.model_validate(c).target for c in candidates},
+        "evaluate": set(evaluated),
+        "promote": set(decided),
+        "publish": set(out),
+    }
+    failed_at = {t: next((s for s, done in reached.items() if t not in done), None) for t in plan_.targets}
     summary = {
         "run_key": plan_.run_key,
         "mlflow_parent_run_id": plan_.parent_run_id,
@@ -421,24 +434,30 @@ def summarize(
             for f in pretrained_.families
         ],
         "targets": {
-            e.target: {
-                "k": e.k,
+            target: {"failed_at": failed_at[target]}
+            if target not in evaluated
+            else {
+                "k": (e := evaluated[target]).k,
                 "test_users": e.test_users,
                 "metrics": e.metrics,
                 "report": e.report,
-                "decision": decided[e.target],
-                "published": out.get(e.target),
+                "decision": decided.get(target),
+                "published": out.get(target),
+                **({"failed_at": failed_at[target]} if failed_at[target] else {}),
             }
-            for e in (Evaluation.model_validate(e) for e in evaluations)
+            for target in plan_.targets
         },
     }
     path = _write_summary(layout, plan_.run_key, summary)
     from transfer_rec.registry import tracking
 
-    tracking.end_pipeline_run(
-        plan_.parent_run_id,
-        outcome="; ".join(f"{t}: {'promoted' if d['promoted'] else 'not promoted'}" for t, d in decided.items()),
-    )
+    outcomes = [
+        f"{t}: failed at {failed_at[t]}"
+        if failed_at[t]
+        else f"{t}: {'promoted' if decided[t]['promoted'] else 'not promoted'}"
+        for t in plan_.targets
+    ]
+    tracking.end_pipeline_run(plan_.parent_run_id, failed=any(failed_at.values()), outcome="; ".join(outcomes))
     return {"summary": path}
 
 
