@@ -85,6 +85,28 @@ def test_two_intervals_pull_disjoint_slices_and_rerunning_one_changes_nothing(in
     assert not inter.duplicated(["user_id", "item_id"]).any()
 
 
-def test_incremental_pull_without_an_interval_is_refused(incremental):
-    with pytest.raises(ValueError, match="village: pull mode is incremental but the run has no data interval"):
-        pull_platform(load_config().platform("village"), StateLayout.from_env(), "b")
+def test_a_run_without_an_interval_trains_on_the_partitions_landed_so_far(incremental):
+    # asset-triggered runs (a platform's ingest DAG announced new data) and manual runs without a logical date have
+    # no data interval: they pull no partition and unify every validated one, as landed by the ingest DAG
+    env, days, total = incremental
+    config, layout = load_config(), StateLayout.from_env()
+    with pytest.raises(ValueError, match="village: .*no data interval and no partition of it has landed"):
+        pull_platform(config.platform("village"), layout, "asset-run")
+    assert not (layout.landing / "village" / "asset-run").exists()
+    _pull(days[0], "2100-01-01")
+    landed = pull_platform(config.platform("village"), layout, "asset-run")
+    assert landed.batch_id == "asset-run" and landed.interval is None
+    assert {f.table for f in landed.files} == {"users", "items"}, "profiles and catalogue whole, no partition"
+    validated = validate_batch(landed, config.platform("village"), layout)
+    assert len(interaction_files(validated, config.platform("village"), layout)) == len(days)
+    source = pull_platform(config.platform("campus"), layout, "snap")
+    manifest = unify([validate_batch(source, config.platform("campus"), layout), validated], config, layout)
+    assert manifest.platforms["village"]["rows_in"] == total
+
+
+def test_an_ingest_run_without_an_interval_is_refused(incremental):
+    from transfer_rec.stages import pipeline
+
+    with pytest.raises(ValueError, match="village: an ingest run of an incremental platform .* has none"):
+        pipeline.ingest_pull("village", "manual__2026-12-06T00:00:00+00:00", (None, None))
+    assert not (StateLayout.from_env().landing / "village").exists()

@@ -472,6 +472,12 @@ def ingest_pull(platform: str, airflow_run_id: str, interval: tuple[Any, Any] | 
 
     config, layout = load_config(), StateLayout.from_env()
     interval = tuple(datetime.fromisoformat(_iso(t)) for t in interval) if interval and None not in interval else None
+    if interval is None and config.platform(platform).pull.mode == "incremental":
+        # a training run without an interval reads the landed partitions; an ingest run would only re-land the rest
+        raise ValueError(
+            f"platform {platform}: an ingest run of an incremental platform lands the days of its data interval, "
+            "and this run has none (a manual run without a logical date): trigger it with a logical date"
+        )
     return pull_stage.pull_platform(
         config.platform(platform), layout, "ingest_" + run_key_from(airflow_run_id), interval
     ).to_xcom()

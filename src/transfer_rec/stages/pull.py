@@ -18,6 +18,8 @@ from transfer_rec.manifests import PulledBatch, PulledFile
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+# Written into a landed batch by validation when it passes: whole or absent (stages/validate.py)
+VALIDATION_FILE = "validation.json"
 
 
 Interval = tuple[datetime, datetime]
@@ -40,22 +42,33 @@ def interval_batch_id(interval: Interval) -> str:
 
 def export_files(platform: PlatformConfig, interval: Interval | None) -> list[tuple[str, str]]:
     """(table, file name relative to the location) to pull: every file for a snapshot, the interval's partitions
-    of the partitioned tables (those that exist) plus the other tables whole for an incremental pull."""
+    of the partitioned tables (those that exist) plus the other tables whole for an incremental pull. A run without
+    a data interval pulls no partition: unification reads the ones landed so far (`landed_partitions`)."""
     if platform.pull.mode == "snapshot":
         return list(platform.files.items())
-    if interval is None:
-        raise ValueError(f"platform {platform.name}: pull mode is incremental but the run has no data interval")
     location = Location.parse(platform.location)
     files = []
     for table, name in platform.files.items():
         if table not in platform.pull.partitioned:
             files.append((table, name))
             continue
-        for day in interval_days(interval):
+        for day in interval_days(interval) if interval is not None else []:
             relative = f"{platform.pull.partition.format(date=day.isoformat())}/{name}"
             if exists(location.join(relative)):
                 files.append((table, relative))
     return files
+
+
+def landed_partitions(platform: str, layout: StateLayout, table: str = "interactions") -> dict[str, Path]:
+    """Every validated partition of `table` landed so far for `platform`, by its file name relative to the
+    location; each partition once: the most recent pull of it wins, so re-pulling an interval replaces its rows."""
+    latest: dict[str, tuple[str, Path]] = {}
+    for validation in sorted((layout.landing / platform).glob(f"*/{VALIDATION_FILE}")):
+        batch = json.loads((validation.parent / MANIFEST).read_text())
+        for entry in batch["files"]:
+            if entry["table"] == table and latest.get(entry["file"], ("",))[0] <= batch["pulled_at"]:
+                latest[entry["file"]] = (batch["pulled_at"], validation.parent / entry["file"])
+    return {name: latest[name][1] for name in sorted(latest)}
 
 
 def pull_platform(
@@ -74,6 +87,21 @@ def pull_platform(
         )
     if platform.pull.mode == "incremental" and interval is not None:
         batch_id = interval_batch_id(interval)
+    elif platform.pull.mode == "incremental":
+        # asset-triggered runs and manual runs without a logical date: the ingest DAG lands the slices
+        landed = landed_partitions(platform.name, layout)
+        if not landed:
+            raise ValueError(
+                f"platform {platform.name}: pull mode is incremental, the run has no data interval and no partition "
+                f"of it has landed yet (in {layout.landing / platform.name}): trigger the run with a logical date, "
+                f"or let the platform's ingest DAG (transfer_rec_ingest_{platform.name}) land its days first"
+            )
+        log.info(
+            "platform %s: the run has no data interval, so no partition is pulled; unification reads the %d "
+            "validated partition(s) landed so far",
+            platform.name,
+            len(landed),
+        )
     names = export_files(platform, interval)
     batch_dir = layout.landing / platform.name / batch_id
     staging = batch_dir.with_name(f".{batch_id}.pulling")

@@ -34,9 +34,9 @@ from transfer_rec.schema.unified import (
     user_key,
 )
 from transfer_rec.schema.values import is_member
+from transfer_rec.stages.pull import landed_partitions
 from transfer_rec.stages.validate import (
     PARALLEL_MIN_ROWS,
-    VALIDATION_FILE,
     quarantine,
     require_landed,
     validate_unified,
@@ -235,20 +235,11 @@ def _native(frame: pd.DataFrame, platform: PlatformConfig, table: str) -> pd.Dat
 
 
 def interaction_files(manifest: PulledBatch, platform: PlatformConfig, layout: StateLayout) -> list[Path]:
-    """The landed interaction files that make up a platform's data.
-
-    Snapshot: the batch's own file. Incremental: every validated partition landed so far for this platform (each
-    partition once: the most recent pull of it wins), so re-pulling an interval replaces its rows, never adds them.
-    """
+    """The landed interaction files that make up a platform's data: a snapshot's own file; for an incremental
+    platform, every validated partition landed so far, each once (`landed_partitions`)."""
     if platform.pull.mode == "snapshot":
         return [Path(manifest.batch_dir) / platform.files["interactions"]]
-    latest: dict[str, tuple[str, Path]] = {}
-    for validation in sorted((layout.landing / platform.name).glob(f"*/{VALIDATION_FILE}")):
-        batch = json.loads((validation.parent / "manifest.json").read_text())
-        for entry in batch["files"]:
-            if entry["table"] == "interactions" and latest.get(entry["file"], ("",))[0] <= batch["pulled_at"]:
-                latest[entry["file"]] = (batch["pulled_at"], validation.parent / entry["file"])
-    return [path for _, path in (latest[name] for name in sorted(latest))]
+    return list(landed_partitions(platform.name, layout).values())
 
 
 def _read_interactions(paths: list[Path], platform: PlatformConfig) -> pd.DataFrame:

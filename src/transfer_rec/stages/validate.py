@@ -23,10 +23,10 @@ from transfer_rec.ops.data_docs import make_offline
 from transfer_rec.ops.links import data_docs_page
 from transfer_rec.runtime.workers import can_fork, forked_map, workers
 from transfer_rec.schema.suites import FORBIDDEN_COLUMN_MARKERS, build_suite, native_column, suite_name
+from transfer_rec.stages.pull import VALIDATION_FILE
 
 log = logging.getLogger(__name__)
 
-VALIDATION_FILE = "validation.json"
 DOCS_SITE = "transfer_rec"
 NUMERIC_COLUMNS = ("rating", "timestamp")
 # A table with more rows than this is validated in partitions of about this size, split by its user column so that
