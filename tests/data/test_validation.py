@@ -66,6 +66,15 @@ def test_each_fault_is_refused_quarantined_and_changes_nothing_downstream(pipeli
     assert now["dir"] == before.dir
     assert sorted(p.name for p in (layout.unified / "current").iterdir()) == before_files
 
+    # the same batch id refused again (a run key used again): the new batch is quarantined, the earlier one kept
+    if fault == "nulls":
+        (env["exports"] / "village" / "interactions.txt").write_bytes(b"learner,course,score,ts\n1,,3,4\n")
+        with pytest.raises(DataValidationError):
+            validate_batch(pull_platform(target, layout, "bad"), target, layout)
+        (earlier,) = [p for p in (layout.quarantine / "village").iterdir() if p.name.startswith("bad~")]
+        assert json.loads((earlier / "validation.json").read_text()) == result
+        assert (quarantined / "interactions.txt").read_bytes().endswith(b"1,,3,4\n")
+
 
 def test_a_failed_validation_is_recorded_on_the_pipeline_run(pipeline_env):
     import mlflow

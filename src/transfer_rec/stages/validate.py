@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NamedTuple, Protocol
@@ -710,10 +711,16 @@ def _severity(r: Any) -> str:
 
 
 def quarantine(batch_dir: Path, layout: StateLayout, platform: str, batch_id: str, summary: dict[str, Any]) -> Path:
-    """Move a landed batch, untouched, to quarantine/<platform>/<batch_id>/ with its validation result."""
+    """Move a landed batch, untouched, to quarantine/<platform>/<batch_id>/ with its validation result. A batch of
+    the same id quarantined before (a run key used again, an interval re-pulled) is kept beside it as
+    <batch_id>~<when it was quarantined>: quarantined data is what an operator investigates, never overwritten."""
     dest = layout.quarantine / platform / batch_id
     if dest.exists():
-        shutil.rmtree(dest)
+        marker = dest / VALIDATION_FILE
+        when = datetime.fromtimestamp((marker if marker.exists() else dest).stat().st_mtime, UTC)
+        earlier = dest.with_name(f"{batch_id}~{when:%Y%m%dT%H%M%S.%fZ}")
+        dest.rename(earlier)
+        log.warning("an earlier quarantined batch %s of platform %s is kept as %s", batch_id, platform, earlier)
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(batch_dir), str(dest))
     write_text_atomic(dest / VALIDATION_FILE, json.dumps(summary, indent=2))
