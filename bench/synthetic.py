@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 
 TOPICS = ["math", "physics", "biology", "history", "art", "music", "coding", "languages"]
-FAULTS = ("nulls", "out_of_range", "missing_column", "pii_column", "empty_file", "non_utf8")
+FAULTS = ("nulls", "blank_timestamps", "out_of_range", "missing_column", "pii_column", "empty_file", "non_utf8")
 
 
 @dataclass
@@ -178,6 +178,9 @@ def _inject(inter: pd.DataFrame, platform: SyntheticPlatform, rng: np.random.Gen
     if "nulls" in platform.faults:
         inter[ucol] = inter[ucol].astype(object)
         inter.loc[inter.sample(3, random_state=1).index, ucol] = None
+    if "blank_timestamps" in platform.faults:
+        inter[tcol] = inter[tcol].astype(object)
+        inter.loc[inter.sample(3, random_state=3).index, tcol] = None
     if "out_of_range" in platform.faults:
         inter.loc[inter.sample(3, random_state=2).index, rcol] = 11
     if "duplicates" in platform.faults:

@@ -30,6 +30,7 @@ def test_good_batches_pass_and_unify(pipeline_env):
     "fault,expected",
     [
         ("nulls", "expect_column_values_to_not_be_null({'column': 'learner'})"),
+        ("blank_timestamps", "expect_column_values_to_not_be_null({'column': 'ts'})"),
         ("out_of_range", "expect_column_values_to_be_between({'column': 'score'"),
         ("missing_column", "expect_table_columns_to_match_set"),
         ("pii_column", "forbidden PII column(s) ['password']"),

@@ -53,6 +53,8 @@ def build_suite(platform: PlatformConfig, table: str) -> gx.ExpectationSuite:
             suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column=rating, min_value=low, max_value=high))
         timestamp = native_column(platform, table, "timestamp")
         if timestamp:
+            # the split and retention order by it: a blank one would be a row silently dropped at unification
+            suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=timestamp))
             suite.add_expectation(gxe.ExpectColumnValuesToMatchRegex(column=timestamp, regex=NUMERIC_PATTERN))
             suite.add_expectation(
                 gxe.ExpectColumnValuesToBeBetween(
