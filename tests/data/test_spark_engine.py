@@ -281,7 +281,18 @@ def test_spark_validates_good_batches_as_pandas_does(both):
 
 
 @pytest.mark.parametrize(
-    "fault", ["nulls", "out_of_range", "missing_column", "pii_column", "empty_file", "non_utf8", "duplicates", "text"]
+    "fault",
+    [
+        "nulls",
+        "blank_timestamps",
+        "out_of_range",
+        "missing_column",
+        "pii_column",
+        "empty_file",
+        "non_utf8",
+        "duplicates",
+        "text",
+    ],
 )
 def test_spark_refuses_each_bad_batch_as_pandas_does(pipeline_env, fault):
     """The same refusal, line for line but for the example values, and the batch quarantined as it came."""
