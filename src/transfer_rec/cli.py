@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from transfer_rec.io.state import StateLayout
@@ -70,7 +73,46 @@ def _quiet(cmd: list[str], what: str) -> None:
 def run(layout: StateLayout, force: bool = False) -> None:
     """`make run`: init, the transfer_rec DAG once in this process's environment (`airflow dags test`), summary.
     When the data and config are those the champion was trained on, the run says so and trains nothing (`force`
-    retrains anyway)."""
+    retrains anyway). Refused while another `transfer-rec run` or an Airflow scheduler works on the same state."""
+    with _sole_run(layout):
+        _refuse_beside_a_scheduler()
+        _run(layout, force)
+
+
+@contextlib.contextmanager
+def _sole_run(layout: StateLayout) -> Iterator[None]:
+    """Hold the state folder's run lock: two runs in one state folder would race for its lake, models and registry
+    aliases. The lock goes with the process, so a killed run leaves none behind."""
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with open(layout.root / ".run.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise SystemExit(
+                f"transfer-rec run: another run is working on {layout.root} (pid {holder}); wait for it to finish"
+            ) from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
+
+
+def _refuse_beside_a_scheduler() -> None:
+    """An Airflow scheduler alive on this Airflow home (`make airflow-ui`) runs transfer_rec on the same state: a
+    run beside it would race with its runs. `airflow jobs check` is Airflow's own liveness test (recent heartbeat);
+    without a database yet there is no scheduler and the check just fails."""
+    check = [_bin("airflow"), "jobs", "check", "--job-type", "SchedulerJob", "--allow-multiple", "--limit", "0"]
+    if subprocess.run(check, capture_output=True).returncode == 0:
+        raise SystemExit(
+            "transfer-rec run: an Airflow scheduler is running on this Airflow home "
+            f"({os.environ.get('AIRFLOW_HOME', 'default')}), and would run transfer_rec on the same state: trigger "
+            "the run in its UI (make airflow-ui), or stop it and run again"
+        )
+
+
+def _run(layout: StateLayout, force: bool) -> None:
     init(layout)
     log = layout.root / "last-run.log"
     command = [_bin("airflow"), "dags", "test", "transfer_rec"]
