@@ -38,7 +38,9 @@ class PullConfig(_Strict):
 
     Incremental: the `partitioned` tables' files live in one folder per day under the location, named by
     `partition` ({date} = YYYY-MM-DD), e.g. <location>/dt=2026-11-16/interactions.csv; a run pulls the days of its
-    data interval [start, end). The other tables (profiles, catalogue) are pulled whole every run.
+    data interval [start, end), and a run without one (asset-triggered, or manual without a logical date) none:
+    unification reads every partition landed so far. The other tables (profiles, catalogue) are pulled whole
+    every run.
     """
 
     mode: Literal["snapshot", "incremental"] = "snapshot"

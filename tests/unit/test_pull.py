@@ -9,6 +9,8 @@ import yaml
 from bench.synthetic import partition_by_day, write_config
 from transfer_rec.config import load_config
 from transfer_rec.io.state import StateLayout
+from transfer_rec.schema.rules import BatchRefused
+from transfer_rec.stages.pipeline import inputs_fingerprint
 from transfer_rec.stages.pull import interval_batch_id, interval_days, pull_platform
 from transfer_rec.stages.unify import interaction_files, unify
 from transfer_rec.stages.validate import validate_batch
@@ -90,18 +92,45 @@ def test_a_run_without_an_interval_trains_on_the_partitions_landed_so_far(increm
     # no data interval: they pull no partition and unify every validated one, as landed by the ingest DAG
     env, days, total = incremental
     config, layout = load_config(), StateLayout.from_env()
+    village, campus = config.platform("village"), config.platform("campus")
     with pytest.raises(ValueError, match="village: .*no data interval and no partition of it has landed"):
-        pull_platform(config.platform("village"), layout, "asset-run")
+        pull_platform(village, layout, "asset-run")
     assert not (layout.landing / "village" / "asset-run").exists()
+    source = validate_batch(pull_platform(campus, layout, "snap"), campus, layout)
+    middle = days[len(days) // 2]
+
+    def asset_run(key: str):
+        landed = pull_platform(village, layout, key)
+        assert landed.batch_id == key and landed.interval is None
+        assert {f.table for f in landed.files} == {"users", "items"}, "profiles and catalogue whole, no partition"
+        return unify([source, validate_batch(landed, village, layout)], config, layout)
+
+    _pull(days[0], middle)
+    first = asset_run("asset-run")
+    _pull(middle, "2100-01-01")  # the ingest DAG lands the later days
+    second = asset_run("asset-run-2")
+    assert second.platforms["village"]["rows_in"] == total > first.platforms["village"]["rows_in"]
+    # what the run trained on is every partition it read: the next days change the inputs fingerprint
+    assert sum(name.endswith("interactions.txt") for name in second.hashes["village"]) == len(days)
+    assert inputs_fingerprint(first.hashes, config) != inputs_fingerprint(second.hashes, config)
+
+
+def test_a_refusal_of_partitions_landed_before_quarantines_no_run_batch(incremental):
+    env, days, _ = incremental
+    config, layout = load_config(), StateLayout.from_env()
+    village, campus = config.platform("village"), config.platform("campus")
+    # the first day's rows again on the second day: each partition is valid, together they break duplicate_share
+    first, second = (env["exports"] / "village" / f"dt={day}" / "interactions.txt" for day in days[:2])
+    again = pd.read_csv(first).assign(ts=lambda f: f["ts"] + 86_400)
+    pd.concat([pd.read_csv(second), again]).to_csv(second, index=False)
+    config = load_config(overrides={"rules": {"max_duplicate_share": 0.01}})
     _pull(days[0], "2100-01-01")
-    landed = pull_platform(config.platform("village"), layout, "asset-run")
-    assert landed.batch_id == "asset-run" and landed.interval is None
-    assert {f.table for f in landed.files} == {"users", "items"}, "profiles and catalogue whole, no partition"
-    validated = validate_batch(landed, config.platform("village"), layout)
-    assert len(interaction_files(validated, config.platform("village"), layout)) == len(days)
-    source = pull_platform(config.platform("campus"), layout, "snap")
-    manifest = unify([validate_batch(source, config.platform("campus"), layout), validated], config, layout)
-    assert manifest.platforms["village"]["rows_in"] == total
+    source = validate_batch(pull_platform(campus, layout, "snap"), campus, layout)
+    landed = validate_batch(pull_platform(village, layout, "asset-run"), village, layout)
+    with pytest.raises(BatchRefused, match="duplicate"):
+        unify([source, landed], config, layout)
+    assert (layout.landing / "village" / "asset-run").is_dir(), "its profiles and catalogue are not what is wrong"
+    assert not (layout.quarantine / "village").exists()
 
 
 def test_an_ingest_run_without_an_interval_is_refused(incremental):

@@ -7,6 +7,7 @@ import logging
 import shutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from transfer_rec.config import PlatformConfig
 from transfer_rec.io.embedded import refilled_hint
@@ -59,15 +60,20 @@ def export_files(platform: PlatformConfig, interval: Interval | None) -> list[tu
     return files
 
 
-def landed_partitions(platform: str, layout: StateLayout, table: str = "interactions") -> dict[str, Path]:
+class Landed(NamedTuple):
+    path: Path
+    sha256: str
+
+
+def landed_partitions(platform: str, layout: StateLayout, table: str = "interactions") -> dict[str, Landed]:
     """Every validated partition of `table` landed so far for `platform`, by its file name relative to the
     location; each partition once: the most recent pull of it wins, so re-pulling an interval replaces its rows."""
-    latest: dict[str, tuple[str, Path]] = {}
+    latest: dict[str, tuple[str, Landed]] = {}
     for validation in sorted((layout.landing / platform).glob(f"*/{VALIDATION_FILE}")):
         batch = json.loads((validation.parent / MANIFEST).read_text())
         for entry in batch["files"]:
             if entry["table"] == table and latest.get(entry["file"], ("",))[0] <= batch["pulled_at"]:
-                latest[entry["file"]] = (batch["pulled_at"], validation.parent / entry["file"])
+                latest[entry["file"]] = (batch["pulled_at"], Landed(validation.parent / entry["file"], entry["sha256"]))
     return {name: latest[name][1] for name in sorted(latest)}
 
 

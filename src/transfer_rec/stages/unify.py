@@ -239,7 +239,18 @@ def interaction_files(manifest: PulledBatch, platform: PlatformConfig, layout: S
     platform, every validated partition landed so far, each once (`landed_partitions`)."""
     if platform.pull.mode == "snapshot":
         return [Path(manifest.batch_dir) / platform.files["interactions"]]
-    return list(landed_partitions(platform.name, layout).values())
+    return [landed.path for landed in landed_partitions(platform.name, layout).values()]
+
+
+def data_hashes(manifest: PulledBatch, platform: PlatformConfig, layout: StateLayout) -> dict[str, str]:
+    """sha256 of every file a platform's unified data is read from, by file name: a snapshot's batch; for an
+    incremental platform, every landed interactions partition it reads (not only this run's) and the batch's other
+    files, so that the inputs fingerprint, the model's data tags and its lineage change with any partition."""
+    if platform.pull.mode == "snapshot":
+        return {f.file: f.sha256 for f in manifest.files}
+    hashes = {f.file: f.sha256 for f in manifest.files if f.table != "interactions"}
+    hashes.update({name: landed.sha256 for name, landed in landed_partitions(platform.name, layout).items()})
+    return hashes
 
 
 def _read_interactions(paths: list[Path], platform: PlatformConfig) -> pd.DataFrame:
@@ -598,7 +609,12 @@ def unify(
     except rules.BatchRefused as caught:
         refused = named_as_in_file(caught, config)
         batch = next((m for m in validated if m.platform == refused.platform), None)
-        if batch is not None and Path(batch.batch_dir).exists():
+        # an incremental platform's run without a data interval lands no partition: rows refused there came from
+        # partitions landed before, and its own batch (profiles, catalogue) is not what is wrong
+        holds = batch is not None and any(f.file.split("/")[-1] == refused.file for f in batch.files)
+        if batch is not None and not holds:
+            log.error("%s; in partitions landed before this run (%s): nothing quarantined", refused, batch.batch_dir)
+        elif batch is not None and Path(batch.batch_dir).exists():
             summary = {
                 "platform": batch.platform,
                 "batch_id": batch.batch_id,
@@ -715,7 +731,7 @@ def _unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: Stat
             current=str(final),
             platforms=counts,
             batches={m.platform: m.batch_id for m in validated},
-            hashes={m.platform: {f.file: f.sha256 for f in m.files} for m in validated},
+            hashes={m.platform: data_hashes(m, config.platform(m.platform), layout) for m in validated},
             validation=validation,
         )
         (out / "manifest.json").write_text(json.dumps(manifest.to_xcom(), indent=2))
