@@ -15,7 +15,11 @@ Stages (each task calls one stage of `transfer_rec.stages`; XCom carries typed m
 8. **evaluate** (one per target): candidate vs champion vs target-only vs EASE vs popularity on held-out users.
 9. **promote** (one per target): register the candidate; alias `champion` only if the gate passes.
 10. **publish** (one per target): the champion's top-K for every target user, as Parquet.
-11. **summarize**: one report of the run for operators (`make run` prints it).
+11. **summarize**: one report of the run for operators (`make run` prints it), also when some targets failed.
+12. **outcome**: fails the DAG run when any task failed (skipped otherwise).
+
+Steps 7-10 of one target form the task group `per_target`, mapped over the targets: a target that fails stops no
+other.
 
 Schedule (config `schedule:`): weekly by default, and also whenever a platform's ingest DAG
 (`transfer_rec_ingest_<platform>`) announces a new validated batch through its Asset `transfer-rec://platform/<name>`.
@@ -38,6 +42,7 @@ from airflow.sdk import (
     AssetOrTimeSchedule,
     CronDataIntervalTimetable,
     Param,
+    TriggerRule,
     dag,
     get_current_context,
     task,
@@ -45,7 +50,6 @@ from airflow.sdk import (
 )
 from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-from airflow.task.trigger_rule import TriggerRule
 
 from transfer_rec.ops import alerts, links, task_log
 from transfer_rec.stages import pipeline
@@ -379,7 +383,7 @@ def transfer_rec() -> None:
         decision = promote(evaluation, run)
         return candidate, evaluation, decision, publish(decision, features, run)
 
-    @stage(trigger_rule=TriggerRule.ALL_DONE, **NO_RETRY)
+    @stage(trigger_rule=TriggerRule.ALL_DONE)
     def summarize(
         validated: list[dict[str, Any]],
         unified: dict[str, Any] | None,
@@ -394,7 +398,10 @@ def transfer_rec() -> None:
         """Write the run's report (var/reports/<run_key>/summary.json), also when some targets failed: the report
         says which, and at which stage, beside what the others did."""
         if unified is None or features is None or pretrained is None:
-            raise AirflowSkipException("the run stopped before fine-tuning: nothing to report")
+            raise AirflowSkipException(
+                "nothing to report: check_inputs found nothing to retrain (its report says why), or a task before "
+                "fine-tuning failed"
+            )
         _mlflow_link(run)
         return pipeline.summarize(
             run,

@@ -16,6 +16,7 @@ from transfer_rec import cli
 from transfer_rec.io.state import StateLayout
 from transfer_rec.ops import task_log
 from transfer_rec.registry.models import serving_requirements
+from transfer_rec.stages import pipeline
 from transfer_rec.stages.promote import platform_digest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -193,6 +194,12 @@ def test_full_dag_run_registers_logs_and_publishes_even_when_another_target_fail
     assert parent_info.status == "FAILED" and parent_info.end_time >= max(r.info.end_time for r in stages)
     assert parent.params["param.run_key"] == "itest"
     assert parent_tags["transfer_rec.outcome"] == "village: promoted; hamlet: failed at finetune"
+    # a failure reported after the summary (a killed task's callback comes late, from the scheduler) keeps it
+    pipeline.run_failed({"parent_run_id": summary["mlflow_parent_run_id"]}, RuntimeError("late"))
+    late = client.get_run(summary["mlflow_parent_run_id"])
+    assert (
+        late.info.status == "FAILED" and late.data.tags["transfer_rec.outcome"] == parent_tags["transfer_rec.outcome"]
+    )
     assert f"]({parent_tags['airflow.url']})" in parent_tags["mlflow.note.content"]
     assert parent_tags["airflow.url"] == f"http://127.0.0.1:8080/dags/transfer_rec/runs/{quote(run.run_id, safe='')}"
     assert parent_tags["airflow.logical_date"]

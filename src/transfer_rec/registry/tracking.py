@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "transfer_rec"
 RUN_KEY_TAG = "transfer_rec.run_key"
 STAGE_TAG = "transfer_rec.stage"
+# the report of a run that got as far as summarize; the run's outcome then comes from it
+SUMMARY_TAG = "transfer_rec.summary"
 # The MLflow UI opens an experiment without this tag in its GenAI view (traces, token dashboards); this one is a
 # training record: runs, metrics, models.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
@@ -63,7 +65,9 @@ def pipeline_run(layout: StateLayout, run_key: str, tags: dict[str, str] | None 
     if found:
         for key, value in {**(tags or {}), **_note(tags or {})}.items():  # a retried plan refreshes the tags
             MlflowClient().set_tag(found, key, value)
-        # a run key used again reopens its run, which the earlier run ended
+        # a run key used again reopens its run, which the earlier run ended (and reported: this run reports anew)
+        if SUMMARY_TAG in MlflowClient().get_run(found).data.tags:
+            MlflowClient().delete_tag(found, SUMMARY_TAG)
         MlflowClient().update_run(found, status="RUNNING")
         return found
     # open while the DAG run runs: end_pipeline_run closes it when the run ends (finished, skipped or failed)
@@ -83,10 +87,14 @@ def _note(tags: dict[str, str]) -> dict[str, str]:
     return {"mlflow.note.content": f"Airflow DAG run: [{tags.get('airflow.run_id', url)}]({url})"}
 
 
-def end_pipeline_run(run_id: str, failed: bool = False, outcome: str | None = None) -> None:
-    """Close the parent run with the DAG run's end: FINISHED, or FAILED when a task failed for good."""
+def end_pipeline_run(run_id: str, failed: bool = False, outcome: str | None = None, summary: str | None = None) -> None:
+    """Close the parent run with the DAG run's end: FINISHED, or FAILED when a task failed for good. `summary`: the
+    run's report, which then names each target's outcome: a failure reported later (a killed task's callback runs
+    late, from the scheduler) marks the run FAILED but keeps that outcome."""
     client = MlflowClient()
-    if outcome:
+    if summary:
+        client.set_tag(run_id, SUMMARY_TAG, summary)
+    if outcome and (summary or SUMMARY_TAG not in client.get_run(run_id).data.tags):
         client.set_tag(run_id, "transfer_rec.outcome", outcome[:500])
     client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 

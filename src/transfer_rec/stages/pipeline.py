@@ -457,7 +457,9 @@ def summarize(
         else f"{t}: {'promoted' if decided[t]['promoted'] else 'not promoted'}"
         for t in plan_.targets
     ]
-    tracking.end_pipeline_run(plan_.parent_run_id, failed=any(failed_at.values()), outcome="; ".join(outcomes))
+    tracking.end_pipeline_run(
+        plan_.parent_run_id, failed=any(failed_at.values()), outcome="; ".join(outcomes), summary=path
+    )
     return {"summary": path}
 
 
