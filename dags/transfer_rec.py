@@ -7,10 +7,10 @@ Stages (each task calls one stage of `transfer_rec.stages`; XCom carries typed m
 2. **pull** (one per platform): land each export file as it came, with sha256 and row counts.
 3. **validate** (one per platform): Great Expectations suites on the raw batch; a failure quarantines the batch.
 4. **unify**: map native schemas onto one schema; written atomically to `lake/unified/current`. Then
-   **check_inputs** picks the targets whose family's data files or config changed since their champion was
-   trained, and skips the rest of the run when there is none (param `force` retrains anyway).
+   **check_inputs** skips the rest when the data files and config are those the champions were trained on
+   (param `force` retrains anyway).
 5. **build_features**: implicit feedback, k-core filter, seeded train/valid/test split per target.
-6. **pretrain**: the recommender learns from the source platforms of those targets' families.
+6. **pretrain**: the recommender learns from the source platform.
 7. **finetune** (one per target): adapt to the target with early stopping on its validation split.
 8. **evaluate** (one per target): candidate vs champion vs target-only vs EASE vs popularity on held-out users.
 9. **promote** (one per target): register the candidate; alias `champion` only if the gate passes.
@@ -293,10 +293,9 @@ def transfer_rec() -> None:
         return run
 
     @stage(**NO_RETRY)
-    def select_targets(checked: dict[str, Any]) -> list[str]:
-        """The target platforms this run fine-tunes: of the run's (param `targets`, default all), those whose
-        family's inputs changed (check_inputs)."""
-        return checked["targets"]
+    def select_targets(run: dict[str, Any]) -> list[str]:
+        """The target platforms this run fine-tunes (param `targets`, default all)."""
+        return run["targets"]
 
     @per_platform()
     def pull(platform: str, run: dict[str, Any]) -> dict[str, Any]:
@@ -334,10 +333,10 @@ def transfer_rec() -> None:
         return pipeline.build_features(run, unified)
 
     @stage()
-    def pretrain(features: dict[str, Any], checked: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
-        """Learn from the source platforms, for the families of the targets this run fine-tunes."""
+    def pretrain(features: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+        """Learn from the source platform."""
         _mlflow_link(run)
-        pretrained = pipeline.pretrain(run, features, checked["targets"])
+        pretrained = pipeline.pretrain(run, features)
         _mlflow_link(run, pretrained["run_id"])
         return pretrained
 
@@ -390,7 +389,6 @@ def transfer_rec() -> None:
         unified: dict[str, Any] | None,
         features: dict[str, Any] | None,
         pretrained: dict[str, Any] | None,
-        checked: dict[str, Any] | None,
         candidates: list[dict[str, Any]],
         evaluations: list[dict[str, Any]],
         decisions: list[dict[str, Any]],
@@ -399,7 +397,7 @@ def transfer_rec() -> None:
     ) -> dict[str, Any]:
         """Write the run's report (var/reports/<run_key>/summary.json), also when some targets failed: the report
         says which, and at which stage, beside what the others did."""
-        if unified is None or features is None or pretrained is None or checked is None:
+        if unified is None or features is None or pretrained is None:
             raise AirflowSkipException(
                 "nothing to report: check_inputs found nothing to retrain (its report says why), or a task before "
                 "fine-tuning failed"
@@ -412,7 +410,6 @@ def transfer_rec() -> None:
             features,
             pretrained,
             *(_each(outputs) for outputs in (candidates, evaluations, decisions, published)),
-            unchanged=checked.get("unchanged"),
         )
 
     @task(trigger_rule=TriggerRule.ONE_FAILED, retries=0, on_failure_callback=None)
@@ -429,10 +426,10 @@ def transfer_rec() -> None:
     features = build_features(unified, run)
     checked = check_inputs(unified, run)
     checked >> features
-    pretrained = pretrain(features, checked, run)
-    targets = select_targets(checked)
+    pretrained = pretrain(features, run)
+    targets = select_targets(run)
     per_target_outputs = per_target.partial(features=features, pretrained=pretrained, run=run).expand(target=targets)
-    summary = summarize(validated, unified, features, pretrained, checked, *per_target_outputs, run)
+    summary = summarize(validated, unified, features, pretrained, *per_target_outputs, run)
     outcome() << [run, pulled, validated, unified, checked, features, pretrained, targets, *per_target_outputs, summary]
 
 

@@ -172,9 +172,6 @@ def summary(layout: StateLayout) -> None:
         failed = (
             f"FAILED at {t['failed_at']} (its line in {layout.reports / 'failures.log'})" if "failed_at" in t else ""
         )
-        if "unchanged" in t:
-            print(f"\ntarget {target}: not retrained: {t['unchanged']} was trained on these inputs")
-            continue
         if "k" not in t:
             print(f"\ntarget {target}: {failed}")
             continue

@@ -6,18 +6,10 @@ import mlflow
 import yaml
 from inline import run_inline
 
-from bench.synthetic import SyntheticPlatform
 from transfer_rec.stages import pipeline
 from transfer_rec.stages.promote import INPUTS_TAG
 
 MODEL = "transfer_rec-village"
-
-
-def check(**params) -> dict:
-    """check_inputs of a new run on the exports as they are now."""
-    run = pipeline.plan({"run_key": "inputs-check", **params}, airflow_run_id="inputs-check")
-    validated = [pipeline.validate(run, pipeline.pull(run, p)) for p in run["platforms"]]
-    return pipeline.check_inputs(run, pipeline.unify(run, validated))
 
 
 def test_a_retrain_on_the_same_data_rescores_the_champion_exactly_and_is_no_change(pipeline_env):
@@ -43,6 +35,11 @@ def test_identical_inputs_skip_the_run_force_or_new_config_do_not(pipeline_env):
     version = mlflow.MlflowClient().get_model_version(MODEL, "1")
     assert len(version.tags[INPUTS_TAG]) == 64
 
+    def check(**params):
+        run = pipeline.plan({"run_key": "inputs-check", **params}, airflow_run_id="inputs-check")
+        validated = [pipeline.validate(run, pipeline.pull(run, p)) for p in run["platforms"]]
+        return pipeline.check_inputs(run, pipeline.unify(run, validated))
+
     same = check()
     assert not same["changed"] and "no change" in same["reason"] and "village v1" in same["reason"]
     # the ingest DAG, given the data the champion was trained on, announces nothing (no retrain is queued)
@@ -59,29 +56,3 @@ def test_identical_inputs_skip_the_run_force_or_new_config_do_not(pipeline_env):
     rejected = check()
     assert not rejected["changed"] and "village v2 (challenger, not promoted)" in rejected["reason"], rejected
     assert check(gate_override="promote")["changed"], "an override asks for a verdict: there must be a candidate"
-
-
-def test_new_data_of_one_family_retrains_that_familys_targets_only(pipeline_env):
-    # two families: campus -> village and plaza -> hamlet
-    env = pipeline_env(
-        extra=[
-            SyntheticPlatform("plaza", "source", users=150, interactions_per_user=20),
-            SyntheticPlatform("hamlet", "target", users=120, interactions_per_user=15),
-        ]
-    )
-    raw = yaml.safe_load(env["config"].read_text())
-    for platform in raw["platforms"]:
-        platform["sources"] = {"village": ["campus"], "hamlet": ["plaza"]}.get(platform["name"])
-    env["config"].write_text(yaml.safe_dump(raw))
-    run_inline("families-village", target="village")
-    run_inline("families-hamlet", target="hamlet")
-    same = check()
-    assert not same["changed"] and same["targets"] == [], same
-    # plaza exports again, without its last rows: hamlet's family changed, village's did not
-    export = env["exports"] / "plaza" / "interactions.txt"
-    lines = export.read_text().splitlines(keepends=True)
-    export.write_text("".join(lines[:-20]))
-    changed = check()
-    assert changed["changed"] and changed["targets"] == ["hamlet"], changed
-    assert changed["unchanged"] == {"village": "village v1"} and "unchanged: village v1" in changed["reason"]
-    assert check(force=True)["targets"] == ["village", "hamlet"]

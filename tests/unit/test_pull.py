@@ -112,7 +112,7 @@ def test_a_run_without_an_interval_trains_on_the_partitions_landed_so_far(increm
     assert second.platforms["village"]["rows_in"] == total > first.platforms["village"]["rows_in"]
     # what the run trained on is every partition it read: the next days change the inputs fingerprint
     assert sum(name.endswith("interactions.txt") for name in second.hashes["village"]) == len(days)
-    assert inputs_fingerprint(first.hashes, config, "village") != inputs_fingerprint(second.hashes, config, "village")
+    assert inputs_fingerprint(first.hashes, config) != inputs_fingerprint(second.hashes, config)
 
 
 def test_a_refusal_of_partitions_landed_before_quarantines_no_run_batch(incremental):

@@ -21,7 +21,6 @@ def test_the_report_names_each_failed_target_and_its_stage_beside_the_others(tmp
             "b": {**evaluated, "decision": None, "published": None, "failed_at": "promote"},
             "c": {**evaluated, "decision": decision, "published": None, "failed_at": "publish"},
             "d": {**evaluated, "decision": {**decision, "model": "transfer_rec-d"}, "published": published},
-            "e": {"unchanged": "e v2"},
         },
     }
     (layout.reports / "latest.json").write_text(json.dumps(report))
@@ -32,4 +31,3 @@ def test_the_report_names_each_failed_target_and_its_stage_beside_the_others(tmp
     assert "decision: FAILED at promote" in blocks["b"] and "published" not in blocks["b"]
     assert "transfer_rec-c v3 PROMOTED" in blocks["c"] and "published: FAILED at publish" in blocks["c"]
     assert "published: 800 recommendations for 80 users" in blocks["d"] and "FAILED" not in blocks["d"]
-    assert blocks["e"].startswith("e: not retrained: e v2 was trained on these inputs")

@@ -251,14 +251,12 @@ def build_features(run: Json, unified: Json) -> Json:
 
 
 @_guarded
-def pretrain(run: Json, features: Json, targets: list[str] | None = None) -> Json:
-    """The families of `targets` (default: the run's) learn from their sources."""
+def pretrain(run: Json, features: Json) -> Json:
     from transfer_rec.stages import train as train_stage
 
     plan_, config, layout = _resolve(run)
-    chosen = plan_.targets if targets is None else targets
     return train_stage.pretrain(
-        FeatureSet.model_validate(features), config, layout, plan_.run_key, plan_.parent_run_id, chosen
+        FeatureSet.model_validate(features), config, layout, plan_.run_key, plan_.parent_run_id, plan_.targets
     ).to_xcom()
 
 
@@ -302,53 +300,39 @@ def promote(run: Json, evaluation: Json) -> Json:
         plan_.run_key,
         override=plan_.gate_override,
         dry_run=plan_.dry_run,
-        inputs=inputs_fingerprint(hashes, config, evaluation_.target),
+        inputs=inputs_fingerprint(hashes, config),
     ).to_xcom()
 
 
-def inputs_fingerprint(hashes: dict[str, dict[str, str]], config: PipelineConfig, target: str) -> str:
-    """sha256 of what a target's model is trained from: the files of its family (the target and its sources), the
-    other platforms' catalogues (items are aligned by key across all platforms, so a shared item's content may come
-    from any of them) and the resolved config of the family (its schedules and time limits aside: they change when
-    runs happen, not what they produce). Another family's new data leaves it unchanged."""
-    family = config.family(target)
-    members = {p.name for p in family.platforms}
-    data = {
-        p.name: hashes.get(p.name, {})
-        if p.name in members
-        else {f: h for f, h in hashes.get(p.name, {}).items() if f == p.files.get("items")}
-        for p in config.platforms
-    }
-    settings = family.model_dump(mode="json", exclude={"schedule": True, "runtime": {"stage_timeout_minutes"}})
-    payload = json.dumps({"data": data, "config": settings}, sort_keys=True, default=str)
+def inputs_fingerprint(hashes: dict[str, dict[str, str]], config: PipelineConfig) -> str:
+    """sha256 of what a model is trained from: every pulled file's sha256 per platform and the resolved config
+    (its schedules and time limits aside: they change when runs happen, not what they produce)."""
+    settings = config.model_dump(mode="json", exclude={"schedule": True, "runtime": {"stage_timeout_minutes"}})
+    payload = json.dumps({"data": hashes, "config": settings}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
 @_guarded
 def check_inputs(run: Json, unified: Json) -> Json:
-    """Which targets this run retrains: those whose inputs (inputs_fingerprint: their family's data files and
-    config) differ from what their champion, or last rejected candidate (the challenger), was trained on. Training
-    is deterministic, so the same inputs give the same model, and each unchanged run would add a version of it: a
-    new batch of one family retrains that family's targets only. A gate override retrains every target of the run
-    (it asks for a verdict of its own), and so does param `force`. {"changed": bool, "reason": str, "targets": the
-    targets to train, "unchanged": {target: the version trained on these inputs}}. A run with nothing to retrain
-    writes its summary (the reason) so that `transfer-rec run` and the reports say why nothing was trained."""
+    """Whether this run would train on exactly what every target's champion, or its last rejected candidate (the
+    challenger), was trained on (same data files, same config): training is deterministic, so the same inputs give
+    the same model, and each unchanged run would add a version of it. A gate override retrains (it asks for a
+    verdict of its own), and so does param `force`. {"changed": bool, "reason": str}. An unchanged run writes its
+    summary (the reason) so that `transfer-rec run` and the reports say why nothing was trained."""
     from transfer_rec.registry.models import CHALLENGER, CHAMPION, alias_version
     from transfer_rec.stages.promote import INPUTS_TAG
 
     plan_, config, layout = _resolve(run)
-    hashes = UnifiedVersion.model_validate(unified).hashes
+    fingerprint = inputs_fingerprint(UnifiedVersion.model_validate(unified).hashes, config)
     if plan_.force:
-        return {"changed": True, "reason": "param force: retrain whatever the inputs", "targets": plan_.targets}
+        return {"changed": True, "reason": "param force: retrain whatever the inputs"}
     if plan_.gate_override != "none":  # the operator asks for a verdict of their own: there must be a candidate
-        reason = f"param gate_override={plan_.gate_override}: retrain to apply it"
-        return {"changed": True, "reason": reason, "targets": plan_.targets}
+        return {"changed": True, "reason": f"param gate_override={plan_.gate_override}: retrain to apply it"}
     from transfer_rec.registry import tracking
 
     tracking.configure(layout)
     trained: dict[str, str] = {}  # target -> the version trained on these inputs, named for the reason
     for t in plan_.targets:
-        fingerprint = inputs_fingerprint(hashes, config, t)
         for alias in (CHAMPION, CHALLENGER):
             version = alias_version(t, alias)
             if version is not None and (version.tags or {}).get(INPUTS_TAG) == fingerprint:
@@ -356,10 +340,7 @@ def check_inputs(run: Json, unified: Json) -> Json:
                 break
     differ = [t for t in plan_.targets if t not in trained]
     if differ:
-        kept = f"; unchanged: {', '.join(trained.values())} (trained on these inputs)" if trained else ""
-        reason = f"new inputs for {', '.join(differ)}{kept}"
-        log.info(reason)
-        return {"changed": True, "reason": reason, "targets": differ, "unchanged": trained}
+        return {"changed": True, "reason": f"new inputs for {', '.join(differ)}"}
     reason = (
         f"no change: the data files (sha256) and the config are those "
         f"{', '.join(trained.values())} {'were' if len(trained) > 1 else 'was'} trained on; nothing to retrain "
@@ -368,7 +349,7 @@ def check_inputs(run: Json, unified: Json) -> Json:
     _write_summary(layout, plan_.run_key, {"run_key": plan_.run_key, "skipped": reason})
     tracking.end_pipeline_run(plan_.parent_run_id, outcome=reason)
     log.info(reason)
-    return {"changed": False, "reason": reason, "targets": [], "unchanged": trained}
+    return {"changed": False, "reason": reason}
 
 
 def run_failed(run: Json | None, error: BaseException | str | None) -> None:
@@ -414,12 +395,10 @@ def summarize(
     evaluations: list[Json],
     decisions: list[Json],
     published: list[Json],
-    unchanged: dict[str, str] | None = None,
 ) -> Json:
     """The run's report for operators, written to reports/<run_key>/summary.json and reports/latest.json. The
-    per-target lists hold the targets that got that far: a target of the run missing from one is reported with
-    the stage it failed at, and the MLflow parent run then ends FAILED. `unchanged`: targets check_inputs left
-    alone (target -> the version trained on these inputs)."""
+    per-target lists hold the targets that got that far: a planned target missing from one is reported with the
+    stage it failed at, and the MLflow parent run then ends FAILED."""
     plan_, _, layout = _resolve(run)
     batches = [ValidatedBatch.model_validate(v) for v in validated]
     unified_, features_ = UnifiedVersion.model_validate(unified), FeatureSet.model_validate(features)
@@ -433,9 +412,7 @@ def summarize(
         "promote": set(decided),
         "publish": set(out),
     }
-    unchanged = unchanged or {}
-    trained = [t for t in plan_.targets if t not in unchanged]
-    failed_at = {t: next((s for s, done in reached.items() if t not in done), None) for t in trained}
+    failed_at = {t: next((s for s, done in reached.items() if t not in done), None) for t in plan_.targets}
     summary = {
         "run_key": plan_.run_key,
         "mlflow_parent_run_id": plan_.parent_run_id,
@@ -457,9 +434,7 @@ def summarize(
             for f in pretrained_.families
         ],
         "targets": {
-            target: {"unchanged": unchanged[target]}
-            if target in unchanged
-            else {"failed_at": failed_at[target]}
+            target: {"failed_at": failed_at[target]}
             if target not in evaluated
             else {
                 "k": (e := evaluated[target]).k,
@@ -477,9 +452,7 @@ def summarize(
     from transfer_rec.registry import tracking
 
     outcomes = [
-        f"{t}: unchanged ({unchanged[t]})"
-        if t in unchanged
-        else f"{t}: failed at {failed_at[t]}"
+        f"{t}: failed at {failed_at[t]}"
         if failed_at[t]
         else f"{t}: {'promoted' if decided[t]['promoted'] else 'not promoted'}"
         for t in plan_.targets
