@@ -139,3 +139,19 @@ def test_an_ingest_run_without_an_interval_is_refused(incremental):
     with pytest.raises(ValueError, match="village: an ingest run of an incremental platform .* has none"):
         pipeline.ingest_pull("village", "manual__2026-12-06T00:00:00+00:00", (None, None))
     assert not (StateLayout.from_env().landing / "village").exists()
+
+
+def test_an_ingest_rerun_of_an_interval_announces_nothing_and_keeps_its_partitions(incremental):
+    from transfer_rec.stages import pipeline
+
+    env, days, _ = incremental
+    interval = (utc(days[0]), utc(days[2]))
+    first = pipeline.ingest_validate(pipeline.ingest_pull("village", "scheduled__2023-11-17", interval))
+    assert first["new"]
+    again = pipeline.ingest_validate(pipeline.ingest_pull("village", "manual__rerun", interval))  # a cleared task
+    assert not again["new"] and again["batch_id"] == first["batch_id"]
+    config, layout = load_config(), StateLayout.from_env()
+    landed = interaction_files(
+        pull_platform(config.platform("village"), layout, "asset-run"), config.platform("village"), layout
+    )
+    assert [p.parent.name for p in landed] == [f"dt={d}" for d in days[:2]], "the interval's days are still landed"

@@ -511,7 +511,7 @@ def _champions_trained_on(batch: PulledBatch, config: PipelineConfig) -> str | N
 
 def ingest_validate(pulled: Json) -> Json:
     """Validate a landed batch (failure quarantines it and raises); `new` says whether its data differs from the
-    last batch announced for this platform. A repeat of that batch is removed from landing."""
+    last batch announced for this platform. A snapshot that repeats that batch is removed from landing."""
     from transfer_rec.stages import validate as validate_stage
 
     config, layout = load_config(), StateLayout.from_env()
@@ -523,7 +523,10 @@ def ingest_validate(pulled: Json) -> Json:
     current = fingerprint(batch)
     same_as = last.get("batch_id") if last.get("fingerprint") == current else _champions_trained_on(batch, config)
     if same_as:
-        shutil.rmtree(batch.batch_dir, ignore_errors=True)
+        # a snapshot's repeat is a copy of data landed before; an incremental batch is its interval's partitions,
+        # which training reads from landing (a re-run of the interval lands the same folder): it stays
+        if batch.mode == "snapshot":
+            shutil.rmtree(batch.batch_dir, ignore_errors=True)
         log.info("platform %s: same data as %s, nothing new to announce", platform, same_as)
         record.write_text(json.dumps({"batch_id": same_as, "fingerprint": current}, indent=2))
         return IngestResult(platform=platform, batch_id=batch.batch_id, new=False, same_as=same_as).to_xcom()
