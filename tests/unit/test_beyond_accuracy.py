@@ -234,3 +234,7 @@ def test_model_card_and_version_tags_name_metrics_cis_and_data():
     assert list(tags) == ["data.shop.sha256"] and len(tags["data.shop.sha256"]) == 64
     evaluation["data"]["hashes"]["shop"]["inter.csv"] = "cd" * 32
     assert data_tags(evaluation) != tags
+    # an incremental platform's partitions, one a day for a year: counted, not listed
+    evaluation["data"]["hashes"]["shop"] = {f"dt=2026-01-{d:03d}/inter.csv": "ef" * 32 for d in range(365)}
+    card = model_card(evaluation, GateDecision(True, ["pass: x"]), "r1")
+    assert "- shop: 365 files (an incremental platform's partitions), digest `" in card and "dt=2026" not in card

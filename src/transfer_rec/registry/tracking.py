@@ -24,6 +24,9 @@ RUN_KEY_TAG = "transfer_rec.run_key"
 STAGE_TAG = "transfer_rec.stage"
 # the report of a run that got as far as summarize; the run's outcome then comes from it
 SUMMARY_TAG = "transfer_rec.summary"
+# A platform's files named one by one (lineage tags, model card); an incremental platform's landed partitions, one a
+# day, are named by their count and digest instead (every hash is in provenance.json)
+FILES_LISTED = 8
 # The MLflow UI opens an experiment without this tag in its GenAI view (traces, token dashboards); this one is a
 # training record: runs, metrics, models.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
@@ -238,7 +241,12 @@ def lineage_inputs(landing: Path, unified: dict[str, Any], features: dict[str, A
             "platform": platform,
             "role": kept.get("role", ""),
             "batch": str(batch),
-            **{f"sha256.{f}": h for f, h in hashes.items()},
+            # an incremental platform's partitions (one a day): their count, and the dataset's digest covers them
+            **(
+                {f"sha256.{f}": h for f, h in hashes.items()}
+                if len(hashes) <= FILES_LISTED
+                else {"files": str(len(hashes))}
+            ),
             **{f"rows.{k}": str(v) for k, v in counts.items() if isinstance(v, (int, float))},
             **{f"features.{k}": str(v) for k, v in kept.items() if isinstance(v, (int, float))},
         }

@@ -226,7 +226,13 @@ def model_card(evaluation: dict[str, Any], decision: GateDecision, run_key: str)
     if hashes:
         lines += ["", "**Data** (first 12 hex digits of each pulled file's sha256; all of them in provenance.json)", ""]
         lines += [
-            f"- {platform}: " + ", ".join(f"{f} `{h[:12]}`" for f, h in sorted(files.items()))
+            f"- {platform}: "
+            + (
+                ", ".join(f"{f} `{h[:12]}`" for f, h in sorted(files.items()))
+                if len(files) <= tracking.FILES_LISTED
+                else f"{len(files)} files (an incremental platform's partitions), "
+                f"digest `{platform_digest(files)[:12]}`"
+            )
             for platform, files in sorted(hashes.items())
         ]
     lines += ["", f"**Gate: {'promoted' if decision.promote else 'not promoted'}**", ""]
