@@ -27,6 +27,7 @@ from transfer_rec.config import PipelineConfig, PlatformConfig, load_config
 from transfer_rec.io.embedded import export_all
 from transfer_rec.io.formats import read_table
 from transfer_rec.io.state import StateLayout
+from transfer_rec.io.storage import write_files_atomic
 from transfer_rec.manifests import FeatureSet, UnifiedVersion
 from transfer_rec.metrics.ranking import METRICS, mean_metrics, top_k
 from transfer_rec.runtime.threads import use_torch_threads
@@ -165,7 +166,6 @@ def run_files(args: argparse.Namespace, config: PipelineConfig) -> dict[str, Any
             "rank": np.tile(np.arange(1, K + 1), len(test_users)),
         }
     )
-    recs.to_csv(out / "recommendations.tsv", sep="\t", index=False)
     report = {
         "k": K,
         "test_users": int(len(test_users)),
@@ -180,7 +180,13 @@ def run_files(args: argparse.Namespace, config: PipelineConfig) -> dict[str, Any
         "finetune_epochs": len(history),
         "config": {**config.training.model_dump(), "k": config.evaluation.k},
     }
-    (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
+    write_files_atomic(
+        out,
+        {
+            "recommendations.tsv": recs.to_csv(sep="\t", index=False),
+            "metrics.json": json.dumps(report, indent=2, default=str),
+        },
+    )
     return report
 
 

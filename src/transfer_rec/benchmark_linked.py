@@ -30,6 +30,7 @@ import yaml
 
 from transfer_rec.config import PipelineConfig, PlatformConfig
 from transfer_rec.io.formats import read_table
+from transfer_rec.io.storage import write_files_atomic
 from transfer_rec.metrics.ranking import METRICS, per_user_metrics, top_k
 from transfer_rec.metrics.uncertainty import bootstrap_ci
 from transfer_rec.recommender.content import CONTENT_PARTS, content_vectors
@@ -295,7 +296,6 @@ def run_platforms(args: argparse.Namespace, config: PipelineConfig) -> dict[str,
             "rank": np.tile(np.arange(1, K + 1), len(test_users)),
         }
     )
-    recs.to_csv(out / "recommendations.tsv", sep="\t", index=False)
     report = {
         "k": K,
         "target": world.target.name,
@@ -305,7 +305,13 @@ def run_platforms(args: argparse.Namespace, config: PipelineConfig) -> dict[str,
         "settings": choice.summary(),
         "seconds": {"read": read_seconds, "choose_and_fit": fit_seconds, "score_test_users": score_seconds},
     }
-    (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
+    write_files_atomic(
+        out,
+        {
+            "recommendations.tsv": recs.to_csv(sep="\t", index=False),
+            "metrics.json": json.dumps(report, indent=2, default=str),
+        },
+    )
     return report
 
 

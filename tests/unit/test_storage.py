@@ -9,6 +9,7 @@ from transfer_rec.io.storage import (
     atomic_dir,
     copy_to_local,
     sha256_file,
+    write_files_atomic,
     write_text_atomic,
 )
 
@@ -73,3 +74,26 @@ def test_a_file_written_atomically_is_whole_or_the_previous_one(tmp_path, monkey
     monkeypatch.undo()
     assert path.read_text() == "second"
     assert [p.name for p in path.parent.iterdir()] == ["validation.json"], "no staging file left behind"
+
+
+def test_files_that_belong_together_are_never_left_old_beside_new(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    write_files_atomic(tmp_path, {"recommendations.tsv": "old recs", "metrics.json": "old metrics"})
+    calls = []
+
+    def full_on_the_second(self, *args, **kwargs):
+        calls.append(self)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    real = Path.write_text
+    monkeypatch.setattr(Path, "write_text", full_on_the_second)
+    with pytest.raises(StorageFullError):
+        write_files_atomic(tmp_path, {"recommendations.tsv": "new recs", "metrics.json": "new metrics"})
+    monkeypatch.undo()
+    # the new recommendations are whole; the old metrics, which describe other recommendations, are gone
+    assert (tmp_path / "recommendations.tsv").read_text() == "new recs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recommendations.tsv"]

@@ -189,6 +189,16 @@ def write_text_atomic(path: Path, text: str, mode: int | None = None) -> None:
         ) from exc
 
 
+def write_files_atomic(folder: Path, files: dict[str, str]) -> None:
+    """Write a set of files that belong together (a benchmark's recommendations and its metrics): each whole or not
+    at all, and the earlier set's files removed first, so that a stop midway never leaves a new file beside an old
+    one it does not belong with."""
+    for name in files:
+        (folder / name).unlink(missing_ok=True)
+    for name, text in files.items():
+        write_text_atomic(folder / name, text)
+
+
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a fresh version folder; on success `final` (a symlink) is switched to it in one atomic rename.
