@@ -99,12 +99,26 @@ def _sole_run(layout: StateLayout) -> Iterator[None]:
         yield
 
 
+SCHEDULER_CHECK_SECONDS = 120
+
+
 def _refuse_beside_a_scheduler() -> None:
     """An Airflow scheduler alive on this Airflow home (`make airflow-ui`) runs transfer_rec on the same state: a
     run beside it would race with its runs. `airflow jobs check` is Airflow's own liveness test (recent heartbeat);
-    without a database yet there is no scheduler and the check just fails."""
+    without a database yet there is no scheduler and the check just fails. Bounded (a locked database must not
+    hang the run) and stopped by SIGTERM like the run itself."""
+    from transfer_rec.runtime.signals import terminate_raises
+
     check = [_bin("airflow"), "jobs", "check", "--job-type", "SchedulerJob", "--allow-multiple", "--limit", "0"]
-    if subprocess.run(check, capture_output=True).returncode == 0:
+    try:
+        with terminate_raises():  # subprocess.run kills the check when this raises
+            found = subprocess.run(check, capture_output=True, timeout=SCHEDULER_CHECK_SECONDS).returncode == 0
+    except subprocess.TimeoutExpired:
+        raise SystemExit(
+            f"transfer-rec run: `airflow jobs check` gave no answer in {SCHEDULER_CHECK_SECONDS} s, so whether an "
+            f"Airflow scheduler is running on {os.environ.get('AIRFLOW_HOME', 'default')} is unknown; nothing was run"
+        ) from None
+    if found:
         raise SystemExit(
             "transfer-rec run: an Airflow scheduler is running on this Airflow home "
             f"({os.environ.get('AIRFLOW_HOME', 'default')}), and would run transfer_rec on the same state: trigger "

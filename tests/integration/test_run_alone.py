@@ -50,7 +50,7 @@ def test_a_run_beside_a_live_scheduler_is_refused(pipeline_env, tmp_path, monkey
     try:
         check = [AIRFLOW, "jobs", "check", "--job-type", "SchedulerJob", "--allow-multiple", "--limit", "0"]
         deadline = time.monotonic() + 120
-        while subprocess.run(check, capture_output=True).returncode != 0:
+        while subprocess.run(check, capture_output=True, timeout=60).returncode != 0:
             assert scheduler.poll() is None, (tmp_path / "scheduler.log").read_text()[-2000:]
             assert time.monotonic() < deadline, "the scheduler never reported alive"
             time.sleep(2)
