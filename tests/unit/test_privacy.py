@@ -17,6 +17,9 @@ def test_the_same_person_links_across_platforms_and_only_through_the_salt(monkey
     # phone fills in where email is missing, normalised
     phones = link_ids("c", pd.DataFrame({"email": [None, None], "phone": ["+1 (555) 0100", "+15550100"]}))
     assert phones[0] == phones[1] and not pd.isna(phones[0])
+    # ... and links to a platform that exports phones only, as the phone it is (not as an e-mail)
+    assert link_ids("d", pd.DataFrame({"phone": ["+1 555-0100"]}))[0] == phones[0]
+    assert link_ids("e", pd.DataFrame({"email": ["15550100"]}))[0] != phones[0], "an e-mail is never a phone"
 
 
 def test_identity_columns_without_a_salt_are_refused(monkeypatch):

@@ -96,13 +96,13 @@ def link_ids(platform: str, users: pd.DataFrame) -> pd.Series:
             "linked by a salted hash, never kept"
         )
     key = salt.encode()
-    identity = _normalise_identity(present[0], users[present[0]])
-    for column in present[1:]:
-        identity = identity.fillna(_normalise_identity(column, users[column]))
-    hashed = [
-        pd.NA if pd.isna(v) else hmac.new(key, f"{present[0]}:{v}".encode(), hashlib.sha256).hexdigest()
-        for v in identity
-    ]
+    # each value hashed under the column it came from: a phone stands in for a missing e-mail as "phone:<number>",
+    # so it links to a platform that exports phones only
+    identity = pd.Series(pd.NA, index=users.index, dtype="string")
+    for column in present:
+        named = (column + ":" + _normalise_identity(column, users[column])).astype("string")
+        identity = identity.fillna(named)
+    hashed = [pd.NA if pd.isna(v) else hmac.new(key, v.encode(), hashlib.sha256).hexdigest() for v in identity]
     return pd.Series(hashed, index=users.index, dtype="string")
 
 
