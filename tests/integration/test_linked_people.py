@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from tests.conftest import use_world
@@ -83,6 +84,46 @@ def test_a_request_may_name_a_person_by_another_platforms_account_or_link_id(lin
     # the same account by its unified id answers the same
     unified = model.predict(pd.DataFrame({"platform": ["books"], "user_id": [books["user_id"].iloc[0]]}))
     assert list(unified["item_id"]) == list(by_account["item_id"])
+
+
+def test_a_person_named_by_a_source_account_is_still_the_target_user_they_are(linked_run):
+    links, model = linked_run["links"], linked_run["model"]
+    on_both = links[links["platform"] == "books"].merge(
+        links[links["platform"] == "shop"], on="link_id", suffixes=("_books", "_shop")
+    )
+    person = on_both.iloc[0]
+    own = model.predict(pd.DataFrame({"user_id": [person["user_id_shop"]]}))
+    by_link = model.predict(pd.DataFrame({"link_id": [person["link_id"]]}))
+    by_books = model.predict(pd.DataFrame({"platform": ["books"], "user_id": [person["user_id_books"]]}))
+    for other in (by_link, by_books):
+        assert list(other["item_id"]) == list(own["item_id"])
+        assert list(other["platforms_used"].iloc[0]) == list(own["platforms_used"].iloc[0])
+    assert "shop" in list(own["platforms_used"].iloc[0])
+
+
+def test_answers_never_hold_an_item_the_user_has_and_match_the_published_lists(linked_run):
+    model, features = linked_run["model"], linked_run["features"]
+    published = pd.read_parquet(linked_run["published"]["path"])
+    every = pd.read_parquet(Path(features["dir"]) / "shop.interactions.parquet")  # all three splits
+    native = pd.read_parquet(Path(features["unified"]) / "item_ids.parquet").query("platform == 'shop'")
+    key_of = dict(zip(native["native_id"], native["item_id"]))
+    mine = published[published["personalised"]]
+    user = every.loc[every["split"] == "test", "user_id"].value_counts().index[0]
+    has = set(every.loc[every["user_id"] == user, "item_id"])
+    answer = model.predict(pd.DataFrame({"user_id": [user]}))
+    assert list(answer["item_id"]) == list(mine.loc[mine["user_id"] == user, "platform_item_id"])
+    # a k past the catalogue's unseen items: fewer answers, none seen (test split included), none of another
+    # platform, every score finite
+    whole = model.predict(pd.DataFrame({"user_id": [user]}), params={"k": 1000})
+    assert 0 < len(whole) <= every["item_id"].nunique() - len(has)
+    assert whole["item_id"].isin(list(key_of)).all()
+    assert not {key_of[i] for i in whole["item_id"]} & has
+    assert np.isfinite(whole["score"].to_numpy(dtype=float)).all()
+
+
+def test_an_unknown_link_id_is_named_in_the_refusal(linked_run):
+    with pytest.raises(RequestError, match="link id 'nobody' is not a person this model knows on a source"):
+        linked_run["model"].predict(pd.DataFrame({"link_id": ["nobody"]}))
 
 
 def test_a_newcomer_on_no_platform_gets_a_clear_refusal_or_the_profile_answer(linked_run):

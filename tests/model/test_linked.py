@@ -169,3 +169,27 @@ def test_the_newcomers_regression_by_blocks_is_plain_ridge_least_squares():
         weights = ridge_map(features, target, 7.0)
         np.testing.assert_allclose(weights, expected, atol=1e-5)
         np.testing.assert_allclose(ridge_scores(weights, features, 120), x @ expected, atol=1e-4)
+
+
+def test_the_part_knows_a_newcomer_only_through_a_source_its_newcomers_part_weighs(world):
+    """A person with no target history and a history on a warm-only source is not answered by the part (answer
+    leaves the row to the base model), so serving must not take them as known through it."""
+    settings = LinkedSettings(new_sources={"books": 1.0, "films": 0.0}, warm_sources={"films": 1.0})
+    model = LinkedRecommender(settings).fit(world.sources, world.train)
+    people = np.array([f"{p:064x}" for p in range(world.train.shape[0])], dtype=object)
+    part = LinkedPart(
+        model,
+        "shop",
+        np.arange(120, 168),
+        {"books": np.arange(60), "films": np.arange(60, 120)},
+        people,
+        world.sources,
+        warm=True,
+    )
+    on = {name: np.diff(m.indptr) > 0 for name, m in world.sources.items()}
+    films_only, on_books = np.flatnonzero(on["films"] & ~on["books"]), np.flatnonzero(on["books"])
+    assert len(films_only) and len(on_books)
+    blank = sp.csr_matrix((1, 168))
+    for person, answered in ((films_only[0], False), (on_books[0], True)):
+        rows, _, _ = part.answer(blank, [people[person]])
+        assert part.knows(people[person]) is answered and (len(rows) == 1) is answered

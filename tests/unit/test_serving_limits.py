@@ -32,8 +32,8 @@ def test_requests_past_the_limits_are_refused_before_scoring(monkeypatch):
 
 
 def test_the_heavy_request_is_answered_small():
-    # one history of 5,000 distinct ids, two thirds unknown, k = 1000: the answer stays well under 1 MB
-    ids = [f"i{n % 12}" if n < 1_650 else f"unknown-{n}" for n in range(5_000)]
+    # one history of 5,000 ids, two thirds unknown and distinct, k = 1000: the answer stays well under 1 MB
+    ids = [f"i{n % 6}" if n < 1_650 else f"unknown-{n}" for n in range(5_000)]
     out = recommend_frame(bundle(), pd.DataFrame({"history": [ids]}), 1000)
     assert sum(len(u) for u in out["unknown_items"]) == 3_350, "each unknown id listed once"
     assert len(out.to_json(orient="records")) < 1_000_000

@@ -237,12 +237,12 @@ class LinkedPart:
         }
 
     def knows(self, link_id: str) -> bool:
-        """Whether this person has a history on any source the part uses."""
+        """Whether this part answers this person with no target history: a history on a source the newcomers' part
+        weighs (`answer` leaves such a row to the base model otherwise; warm sources need a target history)."""
         row = self._row.get(link_id)
         if row is None:
             return False
-        s = self.model.settings
-        used = {k for k, w in (s.new_sources | s.warm_sources).items() if w > 0}
+        used = [k for k, w in self.model.settings.new_sources.items() if w > 0]
         return any(self.histories[k].indptr[row + 1] > self.histories[k].indptr[row] for k in used)
 
     def source_rows(self, link_ids: list[str | None]) -> dict[str, sp.csr_matrix]:

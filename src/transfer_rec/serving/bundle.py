@@ -119,6 +119,17 @@ class ModelBundle:
             return None
         return self._link_of.get((platform, user_id)) or self._link_of.get((platform, user_key(platform, user_id)))
 
+    def target_user_of(self, link_id: str | None) -> str | None:
+        """The target account of a person named by link id (or by another platform's account): their target history
+        and profile are theirs too, whatever account the request names them by."""
+        if link_id is None:
+            return None
+        if not hasattr(self, "_target_of_link"):
+            self._target_of_link = {
+                link: user for (platform, user), link in self._link_of.items() if platform == self.target
+            }
+        return self._target_of_link.get(link_id)
+
     def score_rows(
         self, matrix: sp.csr_matrix, profiles: Profiles | None = None, link_ids: Sequence[str | None] | None = None
     ) -> tuple[np.ndarray, list[list[str]]]:
@@ -251,9 +262,16 @@ class ModelBundle:
                 platforms[i] = u
         ranked = top_k(scores, k, exclude=matrix, candidates=self.candidates)
         top_scores = np.take_along_axis(scores, ranked, axis=1)
+        # top_k fills a row that has fewer than k eligible items with seen, off-platform or unscorable ones: an answer
+        # is cut there instead (a k past the platform's unseen items gets fewer than k, never an item seen or -inf)
+        seen = sp.csr_matrix(matrix)
+        width = np.int64(len(self.item_ids))
+        seen_keys = np.repeat(np.arange(seen.shape[0], dtype=np.int64), np.diff(seen.indptr)) * width + seen.indices
+        keys = np.arange(len(ranked), dtype=np.int64)[:, None] * width + ranked
+        eligible = self.candidates[ranked] & np.isfinite(top_scores) & ~np.isin(keys, seen_keys)
         return Recommendations(
-            item_ids=[self.item_ids[r].tolist() for r in ranked],
-            scores=[s.astype(float).tolist() for s in top_scores],
+            item_ids=[self.item_ids[r[ok]].tolist() for r, ok in zip(ranked, eligible, strict=True)],
+            scores=[s[ok].astype(float).tolist() for s, ok in zip(top_scores, eligible, strict=True)],
             unknown_items=unknown,
             platforms=platforms,
         )

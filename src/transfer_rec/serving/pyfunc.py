@@ -137,7 +137,9 @@ def _text(request: dict[str, Any], column: str, row: int) -> str | None:
 
 
 def _person(bundle: ModelBundle, request: dict[str, Any], row: int) -> tuple[str | None, str | None]:
-    """(the target user the row names, if any; the person's link id, if the model can link them)."""
+    """(the target user the row names, if any; the person's link id, if the model can link them). A person named by
+    a source account or link id who also has a target account is that target user: ranked from their target history
+    too, and never shown what they already have there."""
     user, platform, link = (
         _text(request, "user_id", row),
         _text(request, "platform", row),
@@ -152,9 +154,12 @@ def _person(bundle: ModelBundle, request: dict[str, Any], row: int) -> tuple[str
                 f"row {row}: platform {platform!r} is not linked to {bundle.target!r} in this model "
                 f"(linked: {known_platforms or 'none'})"
             )
-        return None, link or bundle.link_of(platform, user)
+        link = link or bundle.link_of(platform, user)
+        return bundle.target_user_of(link), link
     if user is not None:
         user = bundle.user_key(user)
+    elif link is not None:
+        user = bundle.target_user_of(link)
     return user, link or bundle.link_of(bundle.target, user)
 
 
@@ -235,6 +240,12 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
             who = f"unknown user {request.get('user_id')!r}" + (
                 f" on {request.get('platform')!r}" if not _missing(request.get("platform")) else ""
             )
+            if _missing(request.get("user_id")) and link is not None:
+                who = f"link id {link!r} " + (
+                    "is not a person this model knows on a source"
+                    if bundle.linked is not None
+                    else "cannot help: this model links no platforms"
+                )
             raise RequestError(f"row {row}: {who}, {what} and no profile: nothing to recommend from{hint}")
         histories.append(merged)
         profiles.append(profile or {})

@@ -29,7 +29,13 @@ def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: S
         return Published(target=target, published=False, reason="no champion in the registry")
     data = PlatformData.of(features, target)
     histories = data.frame.groupby("user_id")["item_id"].agg(list)
-    recs = bundle.recommend(histories.tolist(), config.publish.k, bundle.known_profiles(histories.index.tolist()))
+    # by link id too: a user the linked part answers (linked.answers_warm) is published as evaluated and served
+    recs = bundle.recommend(
+        histories.tolist(),
+        config.publish.k,
+        bundle.known_profiles(histories.index.tolist()),
+        link_ids=[bundle.link_of(target, u) for u in histories.index],
+    )
     frame = pd.DataFrame(
         {
             "user_id": [u for u, items in zip(histories.index, recs.item_ids) for _ in items],

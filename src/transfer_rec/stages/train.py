@@ -346,11 +346,13 @@ def finetune(
                 "fit_seconds": tracking.readable(time.perf_counter() - started),
             }
         )
+        # the served model knows each user by their whole history, as publish ranks them (evaluation scores its own
+        # split matrices, never these): a request naming a known user never gets back an item of their test split
         bundle = bundle_for(
             model,
             features,
             data,
-            ("train", "valid"),
+            ("train", "valid", "test"),
             {"target": target, "run_key": run_key, "features": features.dir},
             linked,
         )
