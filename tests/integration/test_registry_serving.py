@@ -9,9 +9,11 @@ import pytest
 from inline import run_inline
 from mlflow.exceptions import MlflowException
 
+from transfer_rec.config import GateConfig
 from transfer_rec.io.state import StateLayout
+from transfer_rec.manifests import Evaluation
 from transfer_rec.serving.pyfunc import RequestError
-from transfer_rec.stages.promote import rollback
+from transfer_rec.stages.promote import ChampionMoved, promote, rollback
 
 MODEL = "transfer_rec-village"
 
@@ -44,10 +46,21 @@ def test_gate_aliases_override_dry_run_and_rollback(pipeline_env):
     assert aliases() == {"champion": "1", "challenger": "2"}, "a dry run moves no alias"
     assert mlflow.MlflowClient().get_model_version(MODEL, "3").tags["dry_run"] == "true"
 
-    run_inline("r4", gate_override="promote")
+    fourth = run_inline("r4", gate_override="promote")
     assert aliases()["champion"] == "4" and aliases()["previous_champion"] == "1"
+    again = promote(
+        Evaluation.model_validate(fourth["evaluation"]), GateConfig(), StateLayout.from_env(), "r4", "promote"
+    )
+    assert again.previous_champion == "1", "a retry after the crowning names the one it replaced, not itself"
     rollback("village", StateLayout.from_env())
     assert aliases()["champion"] == "1" and aliases()["previous_champion"] == "4"
+
+    # r2 was evaluated against v1; crowned over v4 it would replace a model it was never measured against
+    promote(Evaluation.model_validate(fourth["evaluation"]), GateConfig(), StateLayout.from_env(), "r4", "promote")
+    assert aliases()["champion"] == "4"
+    with pytest.raises(ChampionMoved, match=r"the champion is v4 now, but candidate v2 was evaluated against v1"):
+        promote(Evaluation.model_validate(second["evaluation"]), GateConfig(), StateLayout.from_env(), "r2", "promote")
+    assert aliases()["champion"] == "4" and aliases()["previous_champion"] == "1", "nothing moved"
 
 
 def test_champion_pyfunc_answers_known_and_new_users(pipeline_env):

@@ -38,7 +38,8 @@ def champion_bundle(target: str) -> tuple[ModelBundle | None, str | None]:
     version = alias_version(target)
     if version is None:
         return None, None
-    model = mlflow.pyfunc.load_model(f"models:/{registered_model_name(target)}@{CHAMPION}")
+    # by the version just read: the alias may move in between (a rollback), and the two must name one model
+    model = mlflow.pyfunc.load_model(f"models:/{registered_model_name(target)}/{version.version}")
     return model.unwrap_python_model().bundle, str(version.version)
 
 
@@ -70,7 +71,10 @@ def crown(target: str, version: str) -> str | None:
     name = registered_model_name(target)
     current = alias_version(target)
     previous = current.version if current is not None else None
-    if previous is not None and previous != version:
+    if previous is not None and str(previous) == str(version):  # a retry after the crowning: the one it replaced
+        again = alias_version(target, PREVIOUS)
+        return again.version if again is not None else None
+    if previous is not None:
         client.set_registered_model_alias(name, PREVIOUS, previous)
     client.set_registered_model_alias(name, CHAMPION, version)
     return previous

@@ -308,6 +308,8 @@ def promote(
         decision = GateDecision(False, decision.reasons + ["dry run: never promotes"])
     candidate = evaluation.candidate
     version = registry.register_candidate(target, candidate.model_uri, candidate.run_id, run_key)
+    if decision.promote:
+        _refuse_a_moved_champion(evaluation, str(version.version))
     # few tags a person can read on the version's page; the long record is provenance.json on the source run
     metrics = evaluation.metrics["candidate"]
     tags = {
@@ -338,6 +340,27 @@ def promote(
         promoted=decision.promote,
         previous_champion=previous,
         reasons=decision.reasons,
+    )
+
+
+class ChampionMoved(RuntimeError):
+    """The champion alias moved between evaluation and promotion (a rollback or another run's promotion)."""
+
+
+def _refuse_a_moved_champion(evaluation: Evaluation, candidate_version: str) -> None:
+    """The gate compared the candidate with the champion evaluation saw; crowning it over another one would put a
+    model in front that was never measured against the one it replaces. A retry after this run crowned the
+    candidate finds the candidate itself, and goes on."""
+    now = registry.alias_version(evaluation.target)
+    current = str(now.version) if now is not None else None
+    if current in (evaluation.champion_version, candidate_version):
+        return
+    against = f"v{evaluation.champion_version}" if evaluation.champion_version else "no champion"
+    raise ChampionMoved(
+        f"{registry.registered_model_name(evaluation.target)}: the champion is v{current} now, but candidate "
+        f"v{candidate_version} was evaluated against {against} "
+        "(a rollback or another run's promotion since): nothing promoted; clear this target's evaluate task (or "
+        "re-run) to compare it with the current champion"
     )
 
 
