@@ -426,3 +426,19 @@ def test_both_engines_refuse_interactions_of_users_the_users_file_lacks(pipeline
         assert message.startswith("platform village, interactions.txt, column 'learner (user_id)': rule missing_users")
         assert "name 2 user(s) the users file lacks" in message and f"{gone[0]!r}, {gone[1]!r}" in message, message
         assert (layout.quarantine / "village" / batch / "users.txt").exists()
+
+
+def test_both_engines_refuse_a_header_whose_names_differ_only_in_case(pipeline_env):
+    """`TS` beside the `ts` the config names: Great Expectations finds a column by its case-folded name (the first
+    in file order) and would check `TS` while unification reads `ts`, so both engines refuse the file."""
+    env = pipeline_env(spark=SPARK)
+    config, layout = load_config(), StateLayout.from_env()
+    village = config.platform("village")
+    path = env["exports"] / "village" / "interactions.txt"
+    frame = pd.read_csv(path, sep=village.delimiter, dtype=str)
+    frame.insert(0, "TS", "not a time")
+    frame.to_csv(path, sep=village.delimiter, index=False)
+    for engine, batch in ((None, "pandas"), (_spark_raw(config), "spark")):
+        with pytest.raises(DataValidationError, match=r"columns \['TS', 'ts'\] that differ only in case"):
+            validate_batch(pull_platform(village, layout, batch), village, layout, engine=engine)
+        assert (layout.quarantine / "village" / batch / "interactions.txt").exists()

@@ -93,6 +93,14 @@ def test_a_header_that_names_a_column_twice_is_refused(tmp_path):
     assert list(read_table(tmp_path / "e.dat", "csv", "::").columns) == ["user", "item", "r"]
     (tmp_path / "f.csv").write_text("user,item,,\n1,2,3,4\n")  # unnamed columns are not repeats
     assert len(read_table(tmp_path / "f.csv", "csv").columns) == 4
+    # names that differ only in case: validation could not tell them apart
+    (tmp_path / "g.csv").write_text("User,item,user\n1,2,3\n")
+    pq.write_table(pa.table([pa.array(["u1"]), pa.array(["x"])], names=["TS", "ts"]), tmp_path / "g.parquet")
+    for name, fmt, names in (("g.csv", "csv", "'User', 'user'"), ("g.parquet", "parquet", "'TS', 'ts'")):
+        with pytest.raises(
+            FormatError, match=rf"{name}: the header names columns \[{names}\] that differ only in case"
+        ):
+            read_table(tmp_path / name, fmt)
 
 
 def test_a_header_that_cannot_be_read_is_the_files_fault(tmp_path):

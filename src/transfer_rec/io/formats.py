@@ -145,6 +145,18 @@ def refuse_repeated(path: Path, names: list[str]) -> None:
     repeated = sorted({n for n in names if n.strip() and names.count(n) > 1})  # unnamed columns are the readers' own
     if repeated:
         raise FormatError(f"{path}: the header names column(s) {repeated} more than once")
+    # Great Expectations finds a suite's column by its case-folded name, first match in file order (and Spark's SQL
+    # resolves names regardless of case): with `TS` before `ts` the suite would check the column unify does not read
+    folded: dict[str, list[str]] = {}
+    for name in names:
+        if name.strip():
+            folded.setdefault(name.casefold(), []).append(name)
+    clashing = sorted(n for group in folded.values() if len(group) > 1 for n in group)
+    if clashing:
+        raise FormatError(
+            f"{path}: the header names columns {clashing} that differ only in case; validation matches column names "
+            "regardless of case and could not tell them apart (rename one in the export)"
+        )
 
 
 # What a compressed file starts with: read as text it is "not valid UTF-8 at byte 1" and its line count is wrong.

@@ -92,6 +92,7 @@ def read_table(spark: SparkSession, path: Path, fmt: str, delimiter: str | None 
 
     if fmt == "parquet":
         frame = spark.read.parquet(str(path))
+        refuse_repeated(Path(path), [f.name for f in frame.schema.fields])  # as pandas' reader refuses it
         return frame.select(
             *(
                 F.col(f.name) if isinstance(f.dataType, NumericType) else F.col(f.name).cast("string").alias(f.name)
