@@ -159,6 +159,8 @@ class Evaluation(Manifest):
     paired_vs_champion: dict[str, float] | None = None
     champion_version: str | None = None
     same_as_champion: bool = False
+    # accounts the champion holds whose people have since withheld consent (the gate then requires its replacement)
+    champion_withdrawn: int = 0
     report: str
     candidate: Candidate
     run_id: str | None = None  # the evaluation's MLflow run (nested under the candidate's); None in older manifests

@@ -92,3 +92,32 @@ def test_no_raw_identity_leaves_landing_and_opted_out_users_are_excluded(pipelin
     assert set(theirs["user_id"]) == opted_out and not theirs["personalised"].any()
     assert theirs.groupby("user_id")["item_id"].apply(tuple).nunique() == 1, "the same list for everyone"
     assert recs.loc[~recs["user_id"].isin(opted_out), "personalised"].all()
+
+
+def test_a_champion_holding_people_who_withdrew_consent_gives_way(pipeline_env, monkeypatch):
+    """Consent withdrawn after a champion was trained: the next run's evaluation counts the accounts the champion
+    still holds, and the gate requires its replacement instead of comparing with it."""
+    env = pipeline_env()
+    monkeypatch.setenv("TRANSFER_REC_PII_SALT", SALT)
+    folder = env["exports"] / "village"
+    users = _add_identity(folder, ",", "vi", opt_out_every=None)
+    users["consent"] = "yes"
+    users.to_csv(folder / "users.txt", index=False)
+    raw = yaml.safe_load(env["config"].read_text())
+    raw["platforms"][1]["columns"]["users"].update({"mail": "email", "consent": "consent"})
+    write_config(env["config"], raw)
+    first = run_inline("consent-1", gate_override="promote")
+    assert first["evaluation"]["champion_withdrawn"] == 0
+    assert not any("withheld consent" in r for r in first["decision"]["reasons"])
+
+    users.loc[users.index[:5], "consent"] = "no"  # five people withdraw
+    users.to_csv(folder / "users.txt", index=False)
+    second = run_inline("consent-2")
+    assert second["evaluation"]["champion_withdrawn"] == 5
+    decision = second["decision"]
+    line = next(r for r in decision["reasons"] if "withheld consent" in r)
+    assert "holds 5 account(s)" in line
+    assert not any(
+        r.startswith("pass: ndcg vs champion") or r.startswith("FAIL: ndcg vs champion") for r in decision["reasons"]
+    )
+    assert decision["promoted"] == line.startswith("pass")

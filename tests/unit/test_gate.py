@@ -48,6 +48,22 @@ def test_a_candidate_equal_to_the_champion_for_every_user_is_no_change():
     assert gate(metrics(0.22, champion=0.22), GateConfig()).promote
 
 
+def test_a_champion_holding_withdrawn_people_gives_way_to_any_candidate_that_meets_floors_and_baselines():
+    config = GateConfig(ndcg_margin=0.01)
+    worse = metrics(0.15, champion=0.22)
+    assert not gate(worse, config).promote
+    decision = gate(worse, config, withdrawn=3)
+    assert decision.promote
+    assert any(r.startswith("info (not required), worse: ndcg") for r in decision.reasons)
+    assert any("holds 3 account(s) of people who have since withheld consent" in r for r in decision.reasons)
+    # "no change" does not keep it either: the champion still holds them
+    assert gate(metrics(0.22, champion=0.22), config, same_as_champion=True, withdrawn=1).promote
+    # a candidate below the floors or the baselines is not promoted for it: the champion stays, and the reason says so
+    failing = gate(metrics(0.08, target_only=0.1, champion=0.22), config, withdrawn=3)
+    assert not failing.promote and any("the champion stays until one does" in r for r in failing.reasons)
+    assert gate(metrics(0.08, target_only=0.1, champion=0.22), config, "reject", withdrawn=3).promote is False
+
+
 def test_gate_floors_per_target_override_the_defaults():
     config = GateConfig.model_validate({"min_retention": 0.2, "targets": {"ml-1m": {"min_retention": 0.1}}})
     low = metrics(0.3, retention=0.165)

@@ -243,6 +243,22 @@ def cold_start_curve(
     return out
 
 
+def withdrawn_accounts(champion: ModelBundle, features: FeatureSet) -> int:
+    """Accounts the champion holds (a target history, or an account its linked part may be asked for) whose people
+    withheld consent in this run's unified users: unification left them out, the champion still has them."""
+    users = Path(features.unified or "") / "users.parquet"
+    if features.unified is None or not users.exists():
+        return 0
+    table = pd.read_parquet(users, columns=["platform", "user_id", "consent"])
+    withheld = table.loc[~table["consent"].astype(bool), ["platform", "user_id"]]
+    if withheld.empty:
+        return 0
+    held = set(zip(champion.accounts["platform"], champion.accounts["user_id"]))
+    held |= {(champion.target, user) for user in champion.histories}
+    held |= {(champion.target, user) for user in champion.profiles.index}
+    return sum(pair in held for pair in zip(withheld["platform"], withheld["user_id"]))
+
+
 def _champion_scorer(
     champion: ModelBundle, item_ids: np.ndarray, profiles: pd.DataFrame, links: list[str | None]
 ) -> Scorer:
@@ -308,8 +324,17 @@ def evaluate(
     tracking.configure(layout)
     items = pd.read_parquet(Path(features.dir) / "items.parquet").sort_values("item_idx")
     champion, champion_version = champion_bundle(target)
+    withdrawn = 0
     if champion is not None:
         scorers["champion"] = _champion_scorer(champion, items["item_id"].to_numpy(), profiles, links)
+        withdrawn = withdrawn_accounts(champion, features)
+        if withdrawn:
+            log.warning(
+                "%s: champion v%s holds %d account(s) of people who have since withheld consent",
+                target,
+                champion_version,
+                withdrawn,
+            )
     # The transfer models (candidate, its target-only twin and the champion) read rating-weighted histories when so
     # configured; EASE and popularity take the binary history.
     weighted = train_history(data, config)
@@ -445,6 +470,7 @@ def evaluate(
         "cold_start_curve": curve,
         "champion_version": champion_version,
         "same_as_champion": same_as_champion,
+        "champion_withdrawn": withdrawn,
         "ease_l2": l2,
         "data": {"hashes": unified_manifest.get("hashes", {}), "unified": features.unified, "features": features.dir},
         "per_user": str(report_dir / "per_user.npz"),
@@ -500,6 +526,7 @@ def evaluate(
         paired_vs_champion=paired,
         champion_version=champion_version,
         same_as_champion=same_as_champion,
+        champion_withdrawn=withdrawn,
         report=str(report_dir / "evaluation.json"),
         candidate=candidate,
         run_id=evaluation_run_id,

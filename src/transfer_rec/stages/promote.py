@@ -39,12 +39,16 @@ def gate(
     override: Override = "none",
     paired: dict[str, float] | None = None,
     same_as_champion: bool = False,
+    withdrawn: int = 0,
 ) -> GateDecision:
     """Decide on the candidate from held-out metrics of candidate, baselines and (if any) the champion.
 
     `paired` holds the paired-bootstrap lower bounds of candidate minus champion (`ndcg`, `retention`); without
     it the point estimates are compared. `same_as_champion`: the candidate gives every user the champion's top-K in
-    the same order, so promoting it would only add a version ("no change").
+    the same order, so promoting it would only add a version ("no change"). `withdrawn`: accounts the champion
+    holds (a target history, a link) whose people have since withheld consent. Such a champion may not stay for
+    being as good: any candidate that meets the floors and beats the baselines replaces it (it holds none of them,
+    unification left them out), and the comparisons with the champion are reported, not required.
     """
     cand = metrics["candidate"]
     m = config.metric
@@ -57,6 +61,7 @@ def gate(
         (cand[m] > metrics["target_only"][m], f"{m} {cand[m]:.4f} vs target-only {metrics['target_only'][m]:.4f}"),
         (cand[m] > metrics["popularity"][m], f"{m} {cand[m]:.4f} vs popularity {metrics['popularity'][m]:.4f}"),
     ]
+    required = len(checks)
     if "champion" in metrics:
         champ = metrics["champion"]
         for name, margin in (("ndcg", config.ndcg_margin), ("retention", config.retention_margin)):
@@ -88,16 +93,32 @@ def gate(
             )
     else:
         checks.append((True, "no champion yet: compared with floors and baselines only"))
+    if "champion" in metrics and withdrawn:
+        reasons = [("pass: " if ok else "FAIL: ") + text for ok, text in checks[:required]]
+        reasons += [
+            ("info (not required): " if ok else "info (not required), worse: ") + t for ok, t in checks[required:]
+        ]
+        passed = all(ok for ok, _ in checks[:required])
+        reasons.append(
+            f"{'pass' if passed else 'FAIL'}: the champion holds {withdrawn} account(s) of people who have since "
+            "withheld consent; it is replaced by a candidate that meets the floors and beats the baselines"
+            + ("" if passed else ", which this one does not: the champion stays until one does")
+        )
+        return _overridden(GateDecision(passed, reasons), override)
     reasons = [("pass: " if ok else "FAIL: ") + text for ok, text in checks]
     passed = all(ok for ok, _ in checks)
     if "champion" in metrics and same_as_champion:
         passed = False
         reasons.append("no change: the candidate recommends the champion's top-K, in the same order, to every user")
+    return _overridden(GateDecision(passed, reasons), override)
+
+
+def _overridden(decision: GateDecision, override: Override) -> GateDecision:
     if override == "promote":
-        return GateDecision(True, reasons + ["override: promoted by manual override"])
+        return GateDecision(True, decision.reasons + ["override: promoted by manual override"])
     if override == "reject":
-        return GateDecision(False, reasons + ["override: rejected by manual override"])
-    return GateDecision(passed, reasons)
+        return GateDecision(False, decision.reasons + ["override: rejected by manual override"])
+    return decision
 
 
 def linked_line(linked: dict[str, Any]) -> str:
@@ -303,7 +324,14 @@ def promote(
     tracking.configure(layout)
     target = evaluation.target
     report = json.loads(Path(evaluation.report).read_text())
-    decision = gate(evaluation.metrics, config, override, evaluation.paired_vs_champion, evaluation.same_as_champion)
+    decision = gate(
+        evaluation.metrics,
+        config,
+        override,
+        evaluation.paired_vs_champion,
+        evaluation.same_as_champion,
+        evaluation.champion_withdrawn,
+    )
     if dry_run:
         decision = GateDecision(False, decision.reasons + ["dry run: never promotes"])
     candidate = evaluation.candidate
