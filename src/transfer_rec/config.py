@@ -27,6 +27,13 @@ REPO_ROOT = project_root()
 DEFAULT_CONFIG = REPO_ROOT / "config" / "pipeline.yaml"
 
 TABLES = ("interactions", "users", "items")
+# The unified columns a platform's native columns may map onto, per table (schema/unified.py holds the tables; the
+# identity columns become link_id, consent a flag). A unified column test keeps the two in step.
+MAPPABLE = {
+    "interactions": frozenset({"user_id", "item_id", "rating", "timestamp"}),
+    "users": frozenset({"user_id", "age", "gender", "occupation", "region", "email", "phone", "consent"}),
+    "items": frozenset({"item_id", "title", "year", "genres"}),
+}
 
 
 class _Strict(BaseModel):
@@ -45,7 +52,8 @@ class PullConfig(_Strict):
 
     mode: Literal["snapshot", "incremental"] = "snapshot"
     partition: str = Field("dt={date}", pattern=r"^[A-Za-z0-9_=.-]*\{date\}[A-Za-z0-9_=.-]*$")
-    partitioned: list[Literal["interactions", "users", "items"]] = ["interactions"]
+    # only the interactions come in partitions: unification reads a platform's profiles and catalogue whole
+    partitioned: list[Literal["interactions"]] = ["interactions"]
 
 
 class DriftConfig(_Strict):
@@ -53,6 +61,13 @@ class DriftConfig(_Strict):
 
     volume_factor: float = Field(5.0, ge=0)  # rows outside [previous / f, previous * f]: a volume anomaly
     rating_shift: float = Field(0.15, ge=0)  # mean rating moved by more than this share of the rating scale
+
+    @field_validator("volume_factor")
+    @classmethod
+    def _a_factor(cls, factor: float) -> float:
+        if 0 < factor < 1:  # [previous / f, previous * f] would be empty: every later batch refused
+            raise ValueError(f"volume_factor {factor} must be 0 (off) or at least 1")
+        return factor
 
 
 class RulesConfig(_Strict):
@@ -126,6 +141,15 @@ class PlatformConfig(_Strict):
             missing = required[table] - set(self.columns.get(table, {}).values())
             if missing:
                 raise ValueError(f"platform {self.name}: columns.{table} maps no native column to {sorted(missing)}")
+        for table, mapping in self.columns.items():
+            if table not in MAPPABLE:
+                raise ValueError(f"platform {self.name}: columns.{table}: unknown table; expected some of {TABLES}")
+            unknown = sorted(set(mapping.values()) - MAPPABLE[table])
+            if unknown:  # a mistyped name would be dropped at unification without a word
+                raise ValueError(
+                    f"platform {self.name}: columns.{table} maps onto {unknown}, not column(s) of the unified "
+                    f"{table} table ({sorted(MAPPABLE[table])})"
+                )
         if self.world is not None and self.embedded is None:
             raise ValueError(f"platform {self.name}: `world` needs `embedded`, the package folder it is cut from")
         return self
@@ -309,6 +333,24 @@ class ScheduleConfig(_Strict):
     ingest: str | None = "@daily"
 
 
+# Each stage task's time limit in minutes (runtime.stage_timeout_minutes overrides some of them).
+STAGE_TIMEOUTS = {
+    "plan": 10,
+    "select_targets": 10,
+    "pull": 30,
+    "validate": 30,
+    "unify": 30,
+    "check_inputs": 10,
+    "build_features": 30,
+    "pretrain": 120,
+    "finetune": 120,
+    "evaluate": 60,
+    "promote": 15,
+    "publish": 30,
+    "summarize": 10,
+}
+
+
 class RuntimeConfig(_Strict):
     """How a stage uses the machine it runs on."""
 
@@ -324,24 +366,26 @@ class RuntimeConfig(_Strict):
     # workers killed and its partial output discarded) and fails with a timeout. The whole pipeline takes about 6
     # minutes on the embedded platforms on 2 cores (docs/reliability.md); the limits leave room for platforms ~20x
     # larger.
-    stage_timeout_minutes: dict[str, int] = {
-        "plan": 10,
-        "pull": 30,
-        "validate": 30,
-        "unify": 30,
-        "check_inputs": 10,
-        "build_features": 30,
-        "pretrain": 120,
-        "finetune": 120,
-        "evaluate": 60,
-        "promote": 15,
-        "publish": 30,
-        "summarize": 10,
-    }
+    # The config lists the stages it changes; the others keep these.
+    stage_timeout_minutes: dict[str, int] = dict(STAGE_TIMEOUTS)
+
+    @field_validator("stage_timeout_minutes")
+    @classmethod
+    def _over_the_defaults(cls, given: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(given) - set(STAGE_TIMEOUTS))
+        if unknown:
+            raise ValueError(
+                f"stage_timeout_minutes: unknown stage(s) {unknown}; the stages are {list(STAGE_TIMEOUTS)}"
+            )
+        bad = {stage: minutes for stage, minutes in given.items() if minutes < 1}
+        if bad:  # Airflow takes a zero timeout as none at all
+            raise ValueError(f"stage_timeout_minutes: {bad}: a stage's limit is at least 1 minute")
+        return {**STAGE_TIMEOUTS, **given}
 
     def stage_timeout(self, stage: str) -> int:
-        """A stage's limit in minutes (stages not listed get the longest one)."""
-        return self.stage_timeout_minutes.get(stage, max(self.stage_timeout_minutes.values(), default=120))
+        """A stage's limit in minutes (a task that is no stage of the table, such as the ingest DAG's, gets the
+        longest)."""
+        return self.stage_timeout_minutes.get(stage, max(self.stage_timeout_minutes.values()))
 
 
 SPARK_MASTER_ENV = "TRANSFER_REC_SPARK_MASTER"
@@ -409,6 +453,10 @@ class PipelineConfig(_Strict):
         if not self.targets:
             raise ValueError("at least one platform must have role 'target'")
         source_names = {p.name for p in self.sources}
+        target_names = sorted(p.name for p in self.targets)
+        unknown = sorted(set(self.gate.targets) - set(target_names))
+        if unknown:  # floors are looked up by target: any other name would be ignored without a word
+            raise ValueError(f"gate.targets: {unknown} name no target platform (the targets: {target_names})")
         for p in self.platforms:
             if p.role == "source" and (p.sources is not None or p.new_users is not None or p.training):
                 raise ValueError(

@@ -182,3 +182,36 @@ def test_a_value_map_onto_values_outside_the_vocabulary_is_a_config_error():
     raw["value_maps"]["ml_1m_occupation"] = {**raw["value_maps"]["ml_1m_occupation"], "0": "astronaut"}
     with pytest.raises(ValidationError, match=r"map 'ml_1m_occupation' for 'occupation' maps onto \['astronaut'\]"):
         type(load_config()).model_validate(raw)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: p["pull"].update(partitioned=["interactions", "users"]), r"partitioned"),
+        (lambda p: p["drift"].update(volume_factor=0.5), r"volume_factor 0.5 must be 0 \(off\) or at least 1"),
+        (
+            lambda p: p["columns"]["interactions"].update(rating="ratting"),
+            r"platform ml-1m: columns.interactions maps onto \['ratting'\], not column\(s\) of the unified",
+        ),
+        (lambda p: p["columns"]["items"].update(genre="genre"), r"columns.items maps onto \['genre'\]"),
+    ],
+)
+def test_platform_settings_that_would_be_ignored_or_refuse_every_batch_are_config_errors(change, message):
+    raw = load_config().model_dump()
+    change(raw["platforms"][0])
+    with pytest.raises(ValidationError, match=message):
+        type(load_config()).model_validate(raw)
+
+
+def test_stage_time_limits_change_only_the_stages_given_and_stay_limits():
+    config = load_config(overrides={"runtime": {"stage_timeout_minutes": {"pull": 60}}})
+    assert config.runtime.stage_timeout("pull") == 60 and config.runtime.stage_timeout("pretrain") == 120
+    with pytest.raises(ValidationError, match=r"unknown stage\(s\) \['fine_tune'\]"):
+        load_config(overrides={"runtime": {"stage_timeout_minutes": {"fine_tune": 240}}})
+    with pytest.raises(ValidationError, match="at least 1 minute"):
+        load_config(overrides={"runtime": {"stage_timeout_minutes": {"finetune": 0}}})
+
+
+def test_gate_floors_must_name_a_target():
+    with pytest.raises(ValidationError, match=r"gate.targets: \['ml-1m'\] name no target platform"):
+        load_config(overrides={"gate": {"targets": {"ml-1m": {"min_retention": 0.1}}}})

@@ -135,3 +135,20 @@ def test_a_profile_value_the_map_cannot_read_is_named_with_its_file_and_column(t
     assert f"platform {source.name}, {native}, column occupation: 1 value(s) outside the value map" in caplog.text
     assert "['99']" in caplog.text
     assert "column age" not in caplog.text
+
+
+def test_a_platform_without_ratings_has_every_interaction_a_positive(tmp_path):
+    """Implicit feedback (views, enrolments): no rating column mapped, so each interaction counts as liked, not as
+    a rating of 1 below features.min_rating (which left such a platform with no positives at all)."""
+    config = load_config()
+    platform = config.sources[0].model_copy(
+        update={
+            "files": {"interactions": "views.tsv"},
+            "format": "tsv",
+            "columns": {"interactions": {"uid": "user_id", "iid": "item_id", "ts": "timestamp"}},
+        }
+    )
+    (tmp_path / "views.tsv").write_text("uid\tiid\tts\nu1\ta\t978300760\nu1\tb\t978300761\nu2\ta\t978300762\n")
+    inter = unify_platform(tmp_path, platform, config)["interactions"]
+    assert len(inter) == 3 and inter["label"].tolist() == [1, 1, 1]
+    assert (inter["rating"] == platform.rating_scale[1]).all()

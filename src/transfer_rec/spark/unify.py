@@ -71,7 +71,9 @@ def unify_platform(
     files = platform.files
     paths = interactions if interactions is not None else [batch_dir / files["interactions"]]
     raw = _interactions(spark, paths, platform)
-    rating = F.col("rating").cast("double") if "rating" in raw.columns else F.lit(1.0)
+    # without ratings every interaction is a positive (the top of the scale), as in stages/unify.py
+    rated = "rating" in raw.columns
+    rating = F.col("rating").cast("double") if rated else F.lit(float(platform.rating_scale[1]))
     timestamp = F.col("timestamp") if "timestamp" in raw.columns else F.lit(0)
     # whole numbers exactly (a double holds 53 bits), the others truncated as pandas' astype(int64) does
     stamp = F.coalesce(timestamp.cast("long"), timestamp.cast("double").cast("long"))
@@ -128,7 +130,13 @@ def unify_platform(
         "user_id",
         "item_id",
         "rating",
-        (F.col("rating") >= F.lit(float(config.features.min_rating))).cast("byte").alias("label"),
+        (
+            (F.col("rating") >= F.lit(float(config.features.min_rating)))
+            if rated
+            else F.lit(True)  # implicit feedback: every interaction a positive
+        )
+        .cast("byte")
+        .alias("label"),
         "timestamp",
     ).select(*INTERACTION_COLUMNS)
     # Written once, straight from the aggregation: caching 18 M pairs to count them and writing them from the cache

@@ -325,7 +325,9 @@ def unify_platform(
     # id is namespaced / normalised once.
     user_codes, user_keys, _ = _sorted_key_codes(raw["user_id"], lambda u: _user_text(platform.name, u), False)
     item_codes, item_keys, item_natives = _sorted_key_codes(raw["item_id"], _canonical_text)
-    rating = to_numbers(raw.get("rating", pd.Series(1.0, index=raw.index))).to_numpy()
+    # a platform without ratings (implicit feedback: views, enrolments) has every interaction count as a positive:
+    # the top of its rating scale
+    rating = to_numbers(raw.get("rating", pd.Series(platform.rating_scale[1], index=raw.index))).to_numpy()
     timestamp = to_numbers(raw.get("timestamp", pd.Series(0, index=raw.index))).to_numpy()
     unusable_rows = np.flatnonzero(pd.isna(rating) | pd.isna(timestamp))
     unusable = len(unusable_rows)
@@ -363,7 +365,7 @@ def unify_platform(
             "user_id": _strings(user_keys, users_kept),
             "item_id": _strings(item_keys, items_kept),
             "rating": rating_kept,
-            "label": (rating_kept >= config.features.min_rating).astype("int8"),
+            "label": ((rating_kept >= config.features.min_rating) | ("rating" not in raw)).astype("int8"),
             "timestamp": timestamp[kept].astype("int64"),
         }
     )[list(INTERACTION_COLUMNS)]
