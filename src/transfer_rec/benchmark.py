@@ -110,8 +110,11 @@ def features_from_files(args: argparse.Namespace, folder: Path, config: Pipeline
         items = index.merge(described, on="item_id", how="left")
     items.to_parquet(folder / "items.parquet", index=False)
     for platform, splits in parts.items():
-        frame = pd.concat([f.assign(split=s) for s, f in splits.items()], ignore_index=True)
-        frame = frame.drop_duplicates(["user_id", "item_id"]).merge(index, on="item_id")
+        # repeats within a split only: an item of a user's test split that they also had in train stays a test item
+        # (masked like the rest of train, as the protocol does), so no test user loses their test rows
+        frame = pd.concat(
+            [f.drop_duplicates(["user_id", "item_id"]).assign(split=s) for s, f in splits.items()], ignore_index=True
+        ).merge(index, on="item_id")
         frame.assign(platform=platform).to_parquet(folder / f"{platform}.interactions.parquet", index=False)
         users_path = args.source_users if platform == SOURCE else args.target_users
         users = read_described(users_path, platforms[platform], "users", config)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import yaml
+from pydantic import ValidationError
 
 from transfer_rec.config import PipelineConfig, PlatformConfig
 from transfer_rec.io.formats import read_table
@@ -116,10 +117,23 @@ def read_registry(path: Path) -> list[PlatformConfig]:
         entries = yaml.safe_load(path.read_text())["platforms"]
     except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
         raise SystemExit(f"{path}: not a platform registry with a `platforms:` list ({exc})") from exc
-    platforms = [PlatformConfig.model_validate(e) for e in entries]
+    platforms = []
+    for n, entry in enumerate(entries):
+        try:
+            platforms.append(PlatformConfig.model_validate(entry))
+        except ValidationError as exc:
+            name = entry.get("name", f"#{n + 1}") if isinstance(entry, dict) else f"#{n + 1}"
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise SystemExit(f"{path}: platform {name}: {problems}") from exc
+    names = [p.name for p in platforms]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # people, items and users are keyed by platform name: a repeat would merge two platforms
+        raise SystemExit(f"{path}: platform names must be unique, {repeated} given more than once")
     targets = [p.name for p in platforms if p.role == "target"]
     if len(targets) != 1:
         raise SystemExit(f"{path}: exactly one platform must have role 'target', found {targets}")
+    if not any(p.role == "source" for p in platforms):
+        raise SystemExit(f"{path}: at least one platform must have role 'source' (the target learns from them)")
     for p in platforms:
         needed = {"users", "items"} | ({"interactions"} if p.role == "source" else set())
         if needed - set(p.files):

@@ -23,12 +23,20 @@ def test_file_mode_writes_top10_without_seen_items_and_all_contenders(pipeline_e
     features = build_features(unify(validated, config, layout), config, layout, "bench")
     args = export_split(features, config, tmp_path / "out")
     assert args.source_users and args.target_users and args.target_items  # optional inputs are exercised too
+    # a user whose only test item repeats one of their train items (repeat consumption) is still a test user
+    train = pd.read_csv(args.target_train, sep="\t", dtype=str)
+    test = pd.read_csv(args.target_test, sep="\t", dtype=str)
+    repeater = test["user_id"].iloc[0]
+    again = train[train["user_id"] == repeater].head(1)
+    pd.concat([test[test["user_id"] != repeater], again]).to_csv(args.target_test, sep="\t", index=False)
     report = run_files(args, config)
 
     assert set(report["metrics"]) == {"transfer", "target_only", "ease", "popularity"}
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["test_users"] == report["test_users"]
     recs = pd.read_csv(tmp_path / "out" / "recommendations.tsv", sep="\t", dtype=str)
     assert recs.groupby("user_id").size().eq(10).all() and recs["user_id"].nunique() == report["test_users"]
+    assert set(recs["user_id"]) == set(pd.read_csv(args.target_test, sep="\t", dtype=str)["user_id"])
+    assert repeater in set(recs["user_id"])
     seen = pd.concat(
         [pd.read_csv(args.target_train, sep="\t", dtype=str), pd.read_csv(args.target_valid, sep="\t", dtype=str)]
     )

@@ -130,3 +130,24 @@ def test_a_source_without_its_files_is_named(tmp_path, pipeline_env, monkeypatch
     (tmp_path / "platforms.yaml").write_text(yaml.safe_dump(registry))
     with pytest.raises(SystemExit, match=f"platform books.*{drop}"):
         _benchmark(tmp_path, tmp_path / "out", monkeypatch)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda ps: ps.append(dict(ps[0])), r"platform names must be unique, \['books'\] given more than once"),
+        (lambda ps: ps.__setitem__(slice(None), [p for p in ps if p["role"] == "target"]), r"at least one .*source"),
+        (lambda ps: ps[0].update(format="xlsx"), r"platform books: format: "),
+    ],
+)
+def test_a_registry_that_cannot_be_read_as_given_is_refused_naming_why(
+    tmp_path, pipeline_env, monkeypatch, change, message
+):
+    pipeline_env()
+    _write_world(tmp_path)
+    registry = yaml.safe_load((tmp_path / "platforms.yaml").read_text())
+    change(registry["platforms"])
+    (tmp_path / "platforms.yaml").write_text(yaml.safe_dump(registry))
+    with pytest.raises(SystemExit, match=message):
+        _benchmark(tmp_path, tmp_path / "out", monkeypatch)
+    assert not (tmp_path / "out" / "recommendations.tsv").exists()
