@@ -307,6 +307,17 @@ BENCHMARK_FILES = (
 )
 
 
+@contextlib.contextmanager
+def _registry_errors(what: str) -> Iterator[None]:
+    """An MLflow registry refusal (no such model, version or alias) as one line saying what could not be done."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        raise SystemExit(f"{what} ({exc.message.splitlines()[0] if exc.message else type(exc).__name__})") from exc
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="transfer-rec", description="transfer-rec: the operator's commands.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -348,6 +359,13 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--config", help="pipeline config (default: config/pipeline.yaml)")
     args = parser.parse_args(argv)
     layout = StateLayout.from_env()
+    if args.command in ("init", "run", "airflow-ui") and not os.environ.get("AIRFLOW_HOME"):
+        # Airflow would take ~/airflow and no DAGs folder: the Makefile sets both (and the rest Airflow needs)
+        raise SystemExit(
+            f"`transfer-rec {args.command}` needs the Airflow environment `make` sets (AIRFLOW_HOME, the DAGs "
+            f"folder): run `make {'run' if args.command == 'run' else args.command}`, or export what the Makefile "
+            "exports"
+        )
     if args.command == "init":
         init(layout)
     elif args.command == "run":
@@ -364,11 +382,15 @@ def main(argv: list[str] | None = None) -> None:
         from transfer_rec.serving import http
 
         os.environ.setdefault("MLFLOW_TRACKING_URI", layout.mlflow_uri())
-        http.serve(args.model, args.host, args.port, args.workers, args.max_body_bytes or http.max_body_bytes())
+        if args.max_body_bytes is not None and args.max_body_bytes < 1:
+            raise SystemExit(f"--max-body-bytes {args.max_body_bytes}: give a positive number of bytes")
+        with _registry_errors(f"no model to serve at {args.model}"):
+            http.serve(args.model, args.host, args.port, args.workers, args.max_body_bytes or http.max_body_bytes())
     elif args.command == "rollback":
         from transfer_rec.stages.promote import rollback as do_rollback
 
-        print(json.dumps(do_rollback(args.target, layout), indent=2))
+        with _registry_errors(f"cannot roll back {args.target}: it needs a champion and a previous_champion"):
+            print(json.dumps(do_rollback(args.target, layout), indent=2))
     elif args.command == "benchmark":
         from transfer_rec import benchmark
 

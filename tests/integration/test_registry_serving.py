@@ -9,6 +9,7 @@ import pytest
 from inline import run_inline
 from mlflow.exceptions import MlflowException
 
+from transfer_rec import cli
 from transfer_rec.config import GateConfig
 from transfer_rec.io.state import StateLayout
 from transfer_rec.manifests import Evaluation
@@ -28,6 +29,11 @@ def test_gate_aliases_override_dry_run_and_rollback(pipeline_env):
     assert first["decision"]["promoted"] and aliases() == {"champion": "1"}
     assert "champion" not in first["evaluation"]["metrics"], "the first model has no champion to meet"
     run_inline("r1", gate_override="promote")  # a retry of the same run registers nothing new
+    # the operator's commands say what they cannot do, in one line
+    with pytest.raises(SystemExit, match="cannot roll back village: it needs a champion and a previous_champion"):
+        cli.main(["rollback", "village"])
+    with pytest.raises(SystemExit, match="no model to serve at models:/transfer_rec-nowhere@champion"):
+        cli.main(["serve", "--model", "models:/transfer_rec-nowhere@champion"])
     assert len(mlflow.MlflowClient().search_model_versions(f"name = '{MODEL}'")) == 1
 
     second = run_inline("r2", gate_override="reject")
