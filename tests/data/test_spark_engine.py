@@ -442,3 +442,23 @@ def test_both_engines_refuse_a_header_whose_names_differ_only_in_case(pipeline_e
         with pytest.raises(DataValidationError, match=r"columns \['TS', 'ts'\] that differ only in case"):
             validate_batch(pull_platform(village, layout, batch), village, layout, engine=engine)
         assert (layout.quarantine / "village" / batch / "interactions.txt").exists()
+
+
+def test_a_platform_without_ratings_unifies_alike_on_both_engines(pipeline_env):
+    """Implicit feedback (no rating column mapped): every interaction a positive, on either engine."""
+    env = pipeline_env(spark=SPARK)
+    raw = yaml.safe_load(env["config"].read_text())
+    village = next(p for p in raw["platforms"] if p["name"] == "village")
+    village["columns"]["interactions"] = {
+        native: unified for native, unified in village["columns"]["interactions"].items() if unified != "rating"
+    }
+    env["config"].write_text(yaml.safe_dump(raw, sort_keys=False))
+    config, layout = load_config(), StateLayout.from_env()
+    tables = {}
+    for name, engine, unify in (("pandas", None, pandas_unify.unify), ("spark", _spark_raw(config), spark_unify.unify)):
+        validated = [validate_batch(pull_platform(p, layout, name), p, layout, engine=engine) for p in config.platforms]
+        tables[name] = _tables(Path(unify(validated, config.model_copy(update={"engine": name}), layout).dir))
+    pd.testing.assert_frame_equal(tables["pandas"]["interactions"], tables["spark"]["interactions"])
+    inter = tables["pandas"]["interactions"]
+    assert (inter.loc[inter["platform"] == "village", "label"] == 1).all()
+    assert (inter.loc[inter["platform"] == "campus", "label"] == 0).any(), "the rated platform keeps its labels"
