@@ -27,6 +27,8 @@ REPO_ROOT = project_root()
 DEFAULT_CONFIG = REPO_ROOT / "config" / "pipeline.yaml"
 
 TABLES = ("interactions", "users", "items")
+# The profile columns unification reads through a platform's value maps.
+PROFILE_MAPPED = frozenset({"age", "gender", "occupation"})
 # The unified columns a platform's native columns may map onto, per table (schema/unified.py holds the tables; the
 # identity columns become link_id, consent a flag). A unified column test keeps the two in step.
 MAPPABLE = {
@@ -150,6 +152,16 @@ class PlatformConfig(_Strict):
                     f"platform {self.name}: columns.{table} maps onto {unknown}, not column(s) of the unified "
                     f"{table} table ({sorted(MAPPABLE[table])})"
                 )
+        low, high = self.rating_scale
+        if low >= high:
+            raise ValueError(f"platform {self.name}: rating_scale {list(self.rating_scale)} must be [lowest, highest]")
+        unmapped = sorted(set(self.value_maps) - PROFILE_MAPPED)
+        if unmapped:  # unification maps these columns only: another key would be ignored
+            raise ValueError(
+                f"platform {self.name}: value_maps for {unmapped}; value maps are for {sorted(PROFILE_MAPPED)}"
+            )
+        if any(name == "age_years" and column != "age" for column, name in self.value_maps.items()):
+            raise ValueError(f"platform {self.name}: value map age_years is for the age column only")
         if self.world is not None and self.embedded is None:
             raise ValueError(f"platform {self.name}: `world` needs `embedded`, the package folder it is cut from")
         return self

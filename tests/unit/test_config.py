@@ -194,6 +194,9 @@ def test_a_value_map_onto_values_outside_the_vocabulary_is_a_config_error():
             r"platform ml-1m: columns.interactions maps onto \['ratting'\], not column\(s\) of the unified",
         ),
         (lambda p: p["columns"]["items"].update(genre="genre"), r"columns.items maps onto \['genre'\]"),
+        (lambda p: p.update(rating_scale=(5.0, 1.0)), r"rating_scale \[5.0, 1.0\] must be \[lowest, highest\]"),
+        (lambda p: p["value_maps"].update(ocupation="ml_1m_occupation"), r"value_maps for \['ocupation'\]"),
+        (lambda p: p["value_maps"].update(occupation="age_years"), r"age_years is for the age column only"),
     ],
 )
 def test_platform_settings_that_would_be_ignored_or_refuse_every_batch_are_config_errors(change, message):
