@@ -68,13 +68,35 @@ class World:
 
         def person(platform: str, user: str) -> int:
             key = person_of[platform].get(user) or user_key(platform, user)
+            if platform == self.target.name and key in claimed and claimed[key] != user:
+                # a second target account with the same identity (a shared family address): a row of its own,
+                # with the person's source histories copied below, so neither account is merged into the other
+                twins.setdefault(key, set()).add(user)
+                key = user_key(platform, user)
+            elif platform == self.target.name:
+                claimed[key] = user
             if key not in index:
                 index[key] = len(persons)
                 persons.append(key)
             return index[key]
 
+        claimed: dict[str, str] = {}
+        twins: dict[str, set[str]] = {}
         for name, frame in [*inter.items(), *((self.target.name, f) for f in split_frames.values())]:
             frame["person"] = [person(name, u) for u in frame["user_id"]]
+        for link, accounts in twins.items():
+            for account in sorted(accounts):
+                row = index[user_key(self.target.name, account)]
+                for name, frame in inter.items():
+                    theirs = frame[frame["person"] == index[link]]
+                    inter[name] = pd.concat([inter[name], theirs.assign(person=row)], ignore_index=True)
+        if twins:
+            log.warning(
+                "%s: %d target account(s) share an identity with another target account: each is a test user of its "
+                "own, with the person's source histories",
+                self.target.name,
+                sum(len(a) for a in twins.values()),
+            )
         self.n_people = len(persons)
         self.items = {p.name: items_of(p, base, inter.get(p.name)) for p in self.source_configs}
         target_items = items_of(self.target, base, pd.concat(split_frames.values()))
@@ -228,7 +250,8 @@ def contenders(world: World, warm: np.ndarray, test_users: np.ndarray, seed: int
         return best[2]
 
     at = {u: i for i, u in enumerate(test_users)}
-    rows_warm = np.array([at[u] for u in test_users if u not in set(new)], dtype=int)
+    newcomers = set(new.tolist())
+    rows_warm = np.array([at[u] for u in test_users if u not in newcomers], dtype=int)
     warm_test = test_users[rows_warm]
     ease = valid_best(train)
     scores = base.copy()

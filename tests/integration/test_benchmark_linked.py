@@ -151,3 +151,20 @@ def test_a_registry_that_cannot_be_read_as_given_is_refused_naming_why(
     with pytest.raises(SystemExit, match=message):
         _benchmark(tmp_path, tmp_path / "out", monkeypatch)
     assert not (tmp_path / "out" / "recommendations.tsv").exists()
+
+
+def test_two_target_accounts_with_one_identity_stay_two_test_users(tmp_path, pipeline_env, monkeypatch):
+    """A shared family address: both accounts are the same person on the sources, and each keeps its own target
+    history and its own top-10."""
+    pipeline_env()
+    _write_world(tmp_path)
+    users = pd.read_csv(tmp_path / "courses_users.tsv", sep="\t", dtype=str)
+    test = pd.read_csv(tmp_path / "target_test.tsv", sep="\t", dtype=str)
+    first, second = [u for u in users["uid"] if u in set(test["user_id"])][:2]
+    users.loc[users["uid"] == second, "mail"] = users.loc[users["uid"] == first, "mail"].iloc[0]
+    users.to_csv(tmp_path / "courses_users.tsv", sep="\t", index=False)
+    _benchmark(tmp_path, tmp_path / "out", monkeypatch)
+    recs = pd.read_csv(tmp_path / "out" / "recommendations.tsv", sep="\t", dtype=str)
+    assert set(recs["user_id"]) == set(test["user_id"]) and {first, second} <= set(recs["user_id"])
+    seen = pd.concat([pd.read_csv(tmp_path / f"target_{s}.tsv", sep="\t", dtype=str) for s in ("train", "valid")])
+    assert not set(zip(recs["user_id"], recs["item_id"])) & set(zip(seen["user_id"], seen["item_id"]))
