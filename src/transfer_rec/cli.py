@@ -363,8 +363,8 @@ def main(argv: list[str] | None = None) -> None:
         # Airflow would take ~/airflow and no DAGs folder: the Makefile sets both (and the rest Airflow needs)
         raise SystemExit(
             f"`transfer-rec {args.command}` needs the Airflow environment `make` sets (AIRFLOW_HOME, the DAGs "
-            f"folder): run `make {'run' if args.command == 'run' else args.command}`, or export what the Makefile "
-            "exports"
+            f"folder): run `make {'airflow-ui' if args.command == 'airflow-ui' else 'run'}`, or export what the "
+            "Makefile exports"
         )
     if args.command == "init":
         init(layout)

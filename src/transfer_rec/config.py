@@ -30,7 +30,7 @@ TABLES = ("interactions", "users", "items")
 # The profile columns unification reads through a platform's value maps.
 PROFILE_MAPPED = frozenset({"age", "gender", "occupation"})
 # The unified columns a platform's native columns may map onto, per table (schema/unified.py holds the tables; the
-# identity columns become link_id, consent a flag). A unified column test keeps the two in step.
+# identity columns become link_id, consent a flag); tests/unit/test_config.py keeps the two in step.
 MAPPABLE = {
     "interactions": frozenset({"user_id", "item_id", "rating", "timestamp"}),
     "users": frozenset({"user_id", "age", "gender", "occupation", "region", "email", "phone", "consent"}),

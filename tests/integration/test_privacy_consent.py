@@ -121,3 +121,4 @@ def test_a_champion_holding_people_who_withdrew_consent_gives_way(pipeline_env, 
         r.startswith("pass: ndcg vs champion") or r.startswith("FAIL: ndcg vs champion") for r in decision["reasons"]
     )
     assert decision["promoted"] == line.startswith("pass")
+    assert any(r.startswith("info (not required)") and "vs champion" in r for r in decision["reasons"])

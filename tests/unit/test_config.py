@@ -218,3 +218,14 @@ def test_stage_time_limits_change_only_the_stages_given_and_stay_limits():
 def test_gate_floors_must_name_a_target():
     with pytest.raises(ValidationError, match=r"gate.targets: \['ml-1m'\] name no target platform"):
         load_config(overrides={"gate": {"targets": {"ml-1m": {"min_retention": 0.1}}}})
+
+
+def test_the_columns_a_platform_may_map_onto_are_unified_columns_or_identities():
+    from transfer_rec.config import MAPPABLE, PROFILE_MAPPED
+    from transfer_rec.schema.unified import INTERACTION_COLUMNS, ITEM_COLUMNS, PROFILE_FIELDS, USER_COLUMNS
+    from transfer_rec.stages.unify import IDENTITY_COLUMNS
+
+    assert MAPPABLE["interactions"] <= set(INTERACTION_COLUMNS)
+    assert MAPPABLE["users"] <= set(USER_COLUMNS) | set(IDENTITY_COLUMNS)
+    assert MAPPABLE["items"] <= set(ITEM_COLUMNS)
+    assert set(PROFILE_FIELDS) == PROFILE_MAPPED

@@ -41,3 +41,25 @@ def test_cache_is_skipped_past_its_size_limit():
     model_bundle = bundle()
     assert not model_bundle.precompute_known(max_entries=10)
     assert getattr(model_bundle, "_known_scores", None) is None
+
+
+def test_a_link_id_names_a_target_account_only_when_it_has_one():
+    base = bundle()
+    accounts = pd.DataFrame(
+        {
+            "platform": ["t", "t", "t", "books"],
+            "user_id": ["u1", "u2", "u3", "books:b1"],
+            "link_id": ["one", "family", "family", "one"],
+        }
+    )
+    linked = ModelBundle(
+        base.model,
+        ITEMS,
+        np.arange(12) < 10,
+        pd.DataFrame(columns=["user_id", "item_id"]),
+        {"target": "t"},
+        accounts=accounts,
+    )
+    assert linked.target_user_of("one") == "u1"
+    assert linked.target_user_of("family") is None, "a family's shared address names neither account"
+    assert linked.target_user_of("nobody") is None

@@ -125,9 +125,10 @@ class ModelBundle:
         if link_id is None:
             return None
         if not hasattr(self, "_target_of_link"):
-            self._target_of_link = {
-                link: user for (platform, user), link in self._link_of.items() if platform == self.target
-            }
+            # a link id shared by two target accounts (a family's one address) names neither of them
+            own = self.accounts[self.accounts["platform"] == self.target]
+            single = own.drop_duplicates("link_id", keep=False)
+            self._target_of_link = dict(zip(single["link_id"], single["user_id"]))
         return self._target_of_link.get(link_id)
 
     def score_rows(

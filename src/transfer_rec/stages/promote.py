@@ -371,8 +371,9 @@ def promote(
     )
 
 
-class ChampionMoved(RuntimeError):
-    """The champion alias moved between evaluation and promotion (a rollback or another run's promotion)."""
+class ChampionMoved(ValueError):
+    """The champion alias moved between evaluation and promotion (a rollback or another run's promotion). A
+    ValueError, so the task fails at once (pipeline.DETERMINISTIC): a retry meets the same champion."""
 
 
 def _refuse_a_moved_champion(evaluation: Evaluation, candidate_version: str) -> None:
@@ -384,8 +385,9 @@ def _refuse_a_moved_champion(evaluation: Evaluation, candidate_version: str) -> 
     if current in (evaluation.champion_version, candidate_version):
         return
     against = f"v{evaluation.champion_version}" if evaluation.champion_version else "no champion"
+    now_text = f"v{current}" if current is not None else "no champion"
     raise ChampionMoved(
-        f"{registry.registered_model_name(evaluation.target)}: the champion is v{current} now, but candidate "
+        f"{registry.registered_model_name(evaluation.target)}: the champion is {now_text} now, but candidate "
         f"v{candidate_version} was evaluated against {against} "
         "(a rollback or another run's promotion since): nothing promoted; clear this target's evaluate task (or "
         "re-run) to compare it with the current champion"

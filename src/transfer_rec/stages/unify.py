@@ -83,8 +83,9 @@ def ensure_salt_file(path: Path) -> bool:
 
 
 def link_ids(platform: str, users: pd.DataFrame) -> pd.Series:
-    """A salted HMAC-SHA256 of the first identity column present (email before phone): equal for the same person
-    on every platform, meaningless without the salt. Null when the platform exports no identity column."""
+    """A salted HMAC-SHA256 of each user's first identity present (email before phone), hashed under the column it
+    came from: equal for the same person on every platform, meaningless without the salt. Null when the platform
+    exports no identity column or the user has none."""
     present = [c for c in IDENTITY_COLUMNS if c in users]
     if not present:
         return pd.Series(pd.NA, index=users.index, dtype="string")
