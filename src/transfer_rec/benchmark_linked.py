@@ -29,7 +29,7 @@ import scipy.sparse as sp
 import yaml
 from pydantic import ValidationError
 
-from transfer_rec.config import PipelineConfig, PlatformConfig
+from transfer_rec.config import PipelineConfig, PlatformConfig, problems_of
 from transfer_rec.io.formats import read_table
 from transfer_rec.io.storage import write_files_atomic
 from transfer_rec.metrics.ranking import METRICS, per_user_metrics, top_k
@@ -145,8 +145,7 @@ def read_registry(path: Path) -> list[PlatformConfig]:
             platforms.append(PlatformConfig.model_validate(entry))
         except ValidationError as exc:
             name = entry.get("name", f"#{n + 1}") if isinstance(entry, dict) else f"#{n + 1}"
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise SystemExit(f"{path}: platform {name}: {problems}") from exc
+            raise SystemExit(f"{path}: platform {name}: {'; '.join(problems_of(exc))}") from exc
     names = [p.name for p in platforms]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:  # people, items and users are keyed by platform name: a repeat would merge two platforms

@@ -74,6 +74,9 @@ def run(layout: StateLayout, force: bool = False) -> None:
     """`make run`: init, the transfer_rec DAG once in this process's environment (`airflow dags test`), summary.
     When the data and config are those the champion was trained on, the run says so and trains nothing (`force`
     retrains anyway). Refused while another `transfer-rec run` or an Airflow scheduler works on the same state."""
+    from transfer_rec.config import load_config
+
+    load_config()  # a config mistake is said before anything starts (ConfigError)
     with _sole_run(layout):
         _refuse_beside_a_scheduler()
         _run(layout, force)
@@ -366,6 +369,15 @@ def main(argv: list[str] | None = None) -> None:
             f"folder): run `make {'airflow-ui' if args.command == 'airflow-ui' else 'run'}`, or export what the "
             "Makefile exports"
         )
+    from transfer_rec.config import ConfigError
+
+    try:
+        _dispatch(args, bench, layout)
+    except ConfigError as error:  # a config mistake is the operator's to fix: what and where, not a traceback
+        raise SystemExit(str(error)) from None
+
+
+def _dispatch(args: argparse.Namespace, bench: argparse.ArgumentParser, layout: StateLayout) -> None:
     if args.command == "init":
         init(layout)
     elif args.command == "run":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,6 +37,29 @@ MAPPABLE = {
     "users": frozenset({"user_id", "age", "gender", "occupation", "region", "email", "phone", "consent"}),
     "items": frozenset({"item_id", "title", "year", "genres"}),
 }
+
+
+class ConfigError(ValueError):
+    """A config file that is not a valid pipeline config: the message names the file, each platform and field."""
+
+
+def problems_of(error: ValidationError, platforms: Any = None) -> list[str]:
+    """A validation error as one sentence per problem. A platform's problem is named by the platform (its entry in
+    the `platforms` list as given, when that entry has a name), not by its position in the list."""
+    sentences = []
+    for problem in error.errors():
+        loc = [str(part) for part in problem["loc"]]
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        where = ".".join(loc)
+        if len(loc) >= 2 and loc[0] == "platforms" and loc[1].isdigit():
+            index = int(loc[1])
+            entry = platforms[index] if isinstance(platforms, list) and index < len(platforms) else None
+            name = entry.get("name") if isinstance(entry, dict) else None
+            platform = f"platform {name}" if isinstance(name, str) and name else f"platforms entry #{index + 1}"
+            where = ": ".join([platform, ".".join(loc[2:])] if loc[2:] else [platform])
+            message = message.removeprefix(f"{platform}: ")  # a platform's own check names it already
+        sentences.append(f"{where}: {message}" if where else message)
+    return sentences
 
 
 class _Strict(BaseModel):
@@ -412,8 +436,28 @@ class SparkConfig(_Strict):
     # Spark settings passed as they are, e.g. spark.driver.memory or spark.executor.memory
     conf: dict[str, str] = {}
 
+    @field_validator("master")
+    @classmethod
+    def _known_master(cls, master: str) -> str:
+        return check_spark_master(master)  # the error's location names the field
+
     def master_url(self) -> str:
-        return os.environ.get(SPARK_MASTER_ENV) or self.master
+        from_env = os.environ.get(SPARK_MASTER_ENV)
+        return check_spark_master(from_env, f"${SPARK_MASTER_ENV}") if from_env else self.master
+
+
+# The master URLs Spark itself accepts (local threads, a standalone cluster, YARN, Kubernetes): anything else would
+# only fail when the first ingest task starts its session, minutes into a run.
+SPARK_MASTER = re.compile(r"local(\[(\*|[1-9]\d*)(,[1-9]\d*)?\])?|spark://[^/\s]+|yarn|k8s://\S+")
+
+
+def check_spark_master(master: str, where: str = "") -> str:
+    if not SPARK_MASTER.fullmatch(master):
+        raise ValueError(
+            f"{f'{where} ' if where else ''}{master!r} is not a Spark master URL: local, local[N], local[*], "
+            "spark://host:7077, yarn or k8s://..."
+        )
+    return master
 
 
 # The built-in value map `age_years`: ages in years cut into the MovieLens-1M age groups (each bin's lower bound),
@@ -478,8 +522,7 @@ class PipelineConfig(_Strict):
                 try:
                     TrainingConfig.model_validate({**self.training.model_dump(), **p.training})
                 except ValidationError as error:
-                    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-                    raise ValueError(f"platform {p.name}: training: {problems}") from error
+                    raise ValueError(f"platform {p.name}: training: {'; '.join(problems_of(error))}") from error
             if p.sources is not None and (not p.sources or set(p.sources) - source_names):
                 raise ValueError(
                     f"platform {p.name}: sources {p.sources} must name one or more source platforms of the config "
@@ -600,10 +643,13 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Load the YAML config (default: $TRANSFER_REC_CONFIG or config/pipeline.yaml), apply overrides, validate."""
+    """Load the YAML config (default: $TRANSFER_REC_CONFIG or config/pipeline.yaml), apply overrides, validate.
+    Raises ConfigError naming the file and each problem's platform and field."""
     path = Path(path or os.environ.get("TRANSFER_REC_CONFIG") or DEFAULT_CONFIG)
     with open(path, encoding="utf-8") as fh:
         raw = yaml.safe_load(fh) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path}: expected settings by name (platforms:, training:, ...), not a list or value")
     if overrides:
         raw = _deep_merge(raw, overrides)
         # a run's training override (a DAG run's params) is for every target, over a target's own setting
@@ -611,4 +657,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             own = platform.get("training") if isinstance(platform, dict) else None
             if own:
                 platform["training"] = {k: v for k, v in own.items() if k not in overrides.get("training", {})}
-    return PipelineConfig.model_validate(raw)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as error:
+        platforms = raw.get("platforms") if isinstance(raw, dict) else None
+        problems = problems_of(error, platforms)
+        head = f"config {path} is not valid ({len(problems)} problem{'s' * (len(problems) > 1)}):"
+        raise ConfigError("\n  ".join([head, *problems])) from None

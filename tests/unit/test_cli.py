@@ -10,3 +10,28 @@ def test_the_airflow_commands_refuse_outside_the_environment_make_sets(monkeypat
     for command in ("init", "run", "airflow-ui"):
         with pytest.raises(SystemExit, match=rf"`transfer-rec {command}` needs the Airflow environment `make` sets"):
             cli.main([command])
+
+
+def test_a_config_mistake_is_one_message_naming_the_file_platform_and_field(tmp_path, monkeypatch):
+    from transfer_rec import cli
+    from transfer_rec.config import DEFAULT_CONFIG
+
+    text = DEFAULT_CONFIG.read_text()
+    broken = tmp_path / "pipeline.yaml"
+    # the second platform (ml-100k) gets a reversed rating scale, the third (action) a delimiter that is no text
+    ml_100k = text.index("- name: ml-100k")
+    broken.write_text(
+        text[:ml_100k]
+        + text[ml_100k:]
+        .replace("rating_scale: [1, 5]", "rating_scale: [5, 1]", 1)
+        .replace("new_users: 0.3\n", "new_users: 0.3\n    delimiter: 7\n", 1)
+    )
+    monkeypatch.setenv("TRANSFER_REC_CONFIG", str(broken))
+    monkeypatch.setenv("TRANSFER_REC_STATE_DIR", str(tmp_path / "var"))
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["exports"])
+    message = str(stopped.value.code)
+    assert message.startswith(f"config {broken} is not valid (2 problems):"), message
+    assert "platform ml-100k: " in message and "platform action: delimiter: " in message, message
+    assert "platforms.1" not in message and "platforms.2" not in message and "Value error" not in message
+    assert not (tmp_path / "var").exists(), "nothing was written before the config was read"

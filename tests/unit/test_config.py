@@ -1,7 +1,9 @@
+import re
+
 import pytest
 from pydantic import ValidationError
 
-from transfer_rec.config import load_config
+from transfer_rec.config import ConfigError, load_config
 
 
 def test_config_roles_and_per_target_gate_floors_resolve():
@@ -17,9 +19,9 @@ def config_target() -> str:
 
 def test_overrides_are_validated():
     assert load_config(overrides={"training": {"epochs_finetune": 3}}).training.epochs_finetune == 3
-    with pytest.raises(ValidationError, match="epochs_finetune"):
+    with pytest.raises(ConfigError, match="epochs_finetune"):
         load_config(overrides={"training": {"epochs_finetune": 0}})
-    with pytest.raises(ValidationError, match="strategy"):
+    with pytest.raises(ConfigError, match="strategy"):
         load_config(overrides={"training": {"strategy": "magic"}})
 
 
@@ -145,8 +147,28 @@ def test_the_engine_is_pandas_unless_the_config_says_spark_and_the_environment_m
     assert spark.engine == "spark" and spark.spark.master_url() == "local[2]"
     monkeypatch.setenv("TRANSFER_REC_SPARK_MASTER", "spark://spark-master:7077")
     assert spark.spark.master_url() == "spark://spark-master:7077"
-    with pytest.raises(ValidationError, match="engine"):
+    with pytest.raises(ConfigError, match="engine"):
         load_config(overrides={"engine": "dask"})
+
+
+def test_a_spark_master_spark_would_refuse_is_refused_at_load_not_minutes_into_a_run(monkeypatch):
+    monkeypatch.delenv("TRANSFER_REC_SPARK_MASTER", raising=False)
+    for master in (
+        "local",
+        "local[*]",
+        "local[4]",
+        "local[2,3]",
+        "spark://a:7077,b:7077",
+        "yarn",
+        "k8s://https://k:6443",
+    ):
+        assert load_config(overrides={"spark": {"master": master}}).spark.master_url() == master
+    for master in ("lcoal[2]", "local[0]", "spark://", "http://spark:7077", ""):
+        with pytest.raises(ConfigError, match=rf"spark.master: '{re.escape(master)}' is not a Spark"):
+            load_config(overrides={"spark": {"master": master}})
+    monkeypatch.setenv("TRANSFER_REC_SPARK_MASTER", "spark:/spark-master:7077")
+    with pytest.raises(ValueError, match=r"\$TRANSFER_REC_SPARK_MASTER 'spark:/spark-master:7077' is not a Spark"):
+        load_config().spark.master_url()
 
 
 def test_a_run_key_never_names_the_folder_above():
@@ -209,14 +231,14 @@ def test_platform_settings_that_would_be_ignored_or_refuse_every_batch_are_confi
 def test_stage_time_limits_change_only_the_stages_given_and_stay_limits():
     config = load_config(overrides={"runtime": {"stage_timeout_minutes": {"pull": 60}}})
     assert config.runtime.stage_timeout("pull") == 60 and config.runtime.stage_timeout("pretrain") == 120
-    with pytest.raises(ValidationError, match=r"unknown stage\(s\) \['fine_tune'\]"):
+    with pytest.raises(ConfigError, match=r"unknown stage\(s\) \['fine_tune'\]"):
         load_config(overrides={"runtime": {"stage_timeout_minutes": {"fine_tune": 240}}})
-    with pytest.raises(ValidationError, match="at least 1 minute"):
+    with pytest.raises(ConfigError, match="at least 1 minute"):
         load_config(overrides={"runtime": {"stage_timeout_minutes": {"finetune": 0}}})
 
 
 def test_gate_floors_must_name_a_target():
-    with pytest.raises(ValidationError, match=r"gate.targets: \['ml-1m'\] name no target platform"):
+    with pytest.raises(ConfigError, match=r"gate.targets: \['ml-1m'\] name no target platform"):
         load_config(overrides={"gate": {"targets": {"ml-1m": {"min_retention": 0.1}}}})
 
 
