@@ -221,8 +221,29 @@ def print_details(reports: list[dict[str, Any]]) -> None:
     print(f"\ntransfer: pretrain + fine-tune {fit:.1f} s, scoring all target users {score:.2f} s (mean per split)")
 
 
+# the arguments that name a file the benchmark reads (argparse's names of the --flags)
+FILE_ARGUMENTS = (
+    "source",
+    "target_train",
+    "target_valid",
+    "target_test",
+    "source_users",
+    "source_items",
+    "target_users",
+    "target_items",
+    "platforms",
+)
+
+
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """`transfer-rec benchmark`: one split from files; with --platforms, a world of several linked platforms."""
+    absent = [
+        f"--{name.replace('_', '-')} {getattr(args, name)}"
+        for name in FILE_ARGUMENTS
+        if getattr(args, name, None) and not Path(getattr(args, name)).is_file()
+    ]
+    if absent:  # said before minutes of fitting, not as a traceback from the reader
+        parser.error(f"no such file: {'; '.join(absent)}")
     if getattr(args, "platforms", None):
         from transfer_rec import benchmark_linked
 

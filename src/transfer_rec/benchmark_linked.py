@@ -164,6 +164,8 @@ def read_registry(path: Path) -> list[PlatformConfig]:
 
 def platform_table(p: PlatformConfig, base: Path, table: str) -> pd.DataFrame:
     path = base / p.location / p.files[table]
+    if not path.is_file():
+        raise SystemExit(f"platform {p.name}: {path} (files.{table}, under location {p.location!r}) does not exist")
     frame = read_table(path, p.format, p.delimiter)
     mapping = p.columns.get(table, {})
     missing = [native for native in mapping if native not in frame.columns]
@@ -292,13 +294,13 @@ def contenders(world: World, warm: np.ndarray, test_users: np.ndarray, seed: int
 
 
 def run_platforms(args: argparse.Namespace, config: PipelineConfig) -> dict[str, Any]:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     world = World(
         Path(args.platforms),
         {"train": args.target_train, "valid": args.target_valid, "test": args.target_test},
     )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # once the world is read: a refused one leaves no folder behind
     read_seconds = time.perf_counter() - started
     train, valid, test = (world.splits[s] for s in ("train", "valid", "test"))
     warm = np.flatnonzero(np.diff(train.indptr) > 0)

@@ -168,3 +168,17 @@ def test_two_target_accounts_with_one_identity_stay_two_test_users(tmp_path, pip
     assert set(recs["user_id"]) == set(test["user_id"]) and {first, second} <= set(recs["user_id"])
     seen = pd.concat([pd.read_csv(tmp_path / f"target_{s}.tsv", sep="\t", dtype=str) for s in ("train", "valid")])
     assert not set(zip(recs["user_id"], recs["item_id"])) & set(zip(seen["user_id"], seen["item_id"]))
+
+
+def test_a_file_that_is_not_there_is_named_before_anything_is_fitted(tmp_path, pipeline_env, monkeypatch, capsys):
+    pipeline_env()
+    _write_world(tmp_path)
+    (tmp_path / "target_valid.tsv").unlink()
+    with pytest.raises(SystemExit):
+        _benchmark(tmp_path, tmp_path / "out", monkeypatch)
+    assert f"no such file: --target-valid {tmp_path / 'target_valid.tsv'}" in capsys.readouterr().err
+    _write_world(tmp_path)
+    (tmp_path / "books_items.tsv").unlink()
+    with pytest.raises(SystemExit, match=r"platform books: .*books_items.tsv \(files.items, under location '.'\)"):
+        _benchmark(tmp_path, tmp_path / "out", monkeypatch)
+    assert not (tmp_path / "out").exists()
