@@ -63,8 +63,22 @@ def suites() -> None:
         print(f"{platform.name}: {', '.join(ensure_suites(context, platform))}")
 
 
-def _quiet(cmd: list[str], what: str) -> None:
-    result = subprocess.run(cmd, capture_output=True, text=True)
+# A migration of an empty or current database takes seconds; one that waits this long waits for a lock it will not get.
+MIGRATE_TIMEOUT_SECONDS = 600
+
+
+def _quiet(cmd: list[str], what: str, timeout: float = MIGRATE_TIMEOUT_SECONDS) -> None:
+    """Run a setup command, its output shown only when it fails; bounded, and stopped with this process (SIGTERM)."""
+    from transfer_rec.runtime.signals import terminate_raises
+
+    try:
+        with terminate_raises():  # subprocess.run kills the command when this raises
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(
+            f"{what} did not finish in {timeout:g} s (stopped): is another process holding its database? "
+            "the pipeline was not started"
+        ) from None
     if result.returncode != 0:
         sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
         raise SystemExit(f"{what} failed (exit {result.returncode})")

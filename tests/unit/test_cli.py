@@ -35,3 +35,15 @@ def test_a_config_mistake_is_one_message_naming_the_file_platform_and_field(tmp_
     assert "platform ml-100k: " in message and "platform action: delimiter: " in message, message
     assert "platforms.1" not in message and "platforms.2" not in message and "Value error" not in message
     assert not (tmp_path / "var").exists(), "nothing was written before the config was read"
+
+
+def test_a_setup_command_that_hangs_is_stopped_and_named(tmp_path):
+    from transfer_rec import cli
+
+    marker = tmp_path / "still-running"
+    with pytest.raises(SystemExit, match=r"airflow db migrate did not finish in 0.5 s \(stopped\)"):
+        cli._quiet(["sh", "-c", f"sleep 3; touch {marker}"], "airflow db migrate", timeout=0.5)
+    import time
+
+    time.sleep(3.5)
+    assert not marker.exists(), "the hanging command was killed, not left running"
