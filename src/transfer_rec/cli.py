@@ -362,6 +362,12 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser.add_argument(
         "--max-body-bytes", type=int, default=None, help="larger request bodies get HTTP 413 (default 1 MiB)"
     )
+    serve_parser.add_argument(
+        "--follow-seconds",
+        type=float,
+        default=None,
+        help="how often a model named by alias (@champion) is checked for a new version to load (0: never; default 60)",
+    )
     rollback = sub.add_parser("rollback", help="move a target's champion alias back to previous_champion")
     rollback.add_argument("target")
     bench = sub.add_parser(
@@ -410,8 +416,12 @@ def _dispatch(args: argparse.Namespace, bench: argparse.ArgumentParser, layout: 
         os.environ.setdefault("MLFLOW_TRACKING_URI", layout.mlflow_uri())
         if args.max_body_bytes is not None and args.max_body_bytes < 1:
             raise SystemExit(f"--max-body-bytes {args.max_body_bytes}: give a positive number of bytes")
+        follow = http.DEFAULT_FOLLOW_SECONDS if args.follow_seconds is None else args.follow_seconds
+        if not 0 <= follow < float("inf"):
+            raise SystemExit(f"--follow-seconds {follow}: give 0 (never) or a number of seconds")
+        max_body = args.max_body_bytes or http.max_body_bytes()
         with _registry_errors(f"no model to serve at {args.model}"):
-            http.serve(args.model, args.host, args.port, args.workers, args.max_body_bytes or http.max_body_bytes())
+            http.serve(args.model, args.host, args.port, args.workers, max_body, follow)
     elif args.command == "rollback":
         from transfer_rec.stages.promote import rollback as do_rollback
 

@@ -51,7 +51,7 @@ def _serve(tmp_path: Path):
     # what `make serve` runs: MLflow's scoring server behind the body limit, here with a 64 KiB limit
     proc = subprocess.Popen(
         [str(bin_dir / "transfer-rec"), "serve", "--model", "models:/transfer_rec-village@champion"]
-        + ["--port", str(port), "--workers", "1", "--max-body-bytes", str(MAX_BODY)],
+        + ["--port", str(port), "--workers", "1", "--max-body-bytes", str(MAX_BODY), "--follow-seconds", "1"],
         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -112,6 +112,54 @@ def test_known_and_new_users_over_http_and_bad_requests_are_4xx(served):
         f"{served}/invocations", {"dataframe_records": [{"user_id": user, "history": []}], "params": {"k": 3}}
     )
     assert status == 200
+
+
+def _answer_of(base: str, user: str) -> tuple[str | None, list]:
+    """The version named in the answer's header, and the answer to a known user's request."""
+    request = urllib.request.Request(
+        f"{base}/invocations",
+        data=json.dumps({"dataframe_records": [{"user_id": user, "history": []}]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.headers.get("x-model-version"), json.loads(response.read())["predictions"]
+
+
+def _until_version(base: str, user: str, version: str) -> list:
+    deadline = time.monotonic() + 90
+    while True:
+        named, answer = _answer_of(base, user)
+        if named == version:
+            return answer
+        assert time.monotonic() < deadline, f"the server still answers with {named}, not {version}"
+        time.sleep(0.5)
+
+
+def test_a_server_on_the_champion_alias_follows_it_and_keeps_its_model_when_the_registry_fails(served):
+    """A promotion or rollback reaches a running server (a champion replaced because people withdrew consent must
+    stop answering without a restart); an alias the registry cannot resolve leaves the loaded model answering."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client, name = MlflowClient(), "transfer_rec-village"
+    champion = client.get_model_version_by_alias(name, "champion")
+    user = next(
+        iter(mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}").unwrap_python_model().bundle.histories)
+    )
+    named, before = _answer_of(served, user)
+    assert named == f"{name}/{champion.version}"
+    twin = client.create_model_version(name, champion.source, run_id=champion.run_id)
+    try:
+        client.set_registered_model_alias(name, "champion", twin.version)
+        assert _until_version(served, user, f"{name}/{twin.version}") == before  # the same model, loaded anew
+        client.delete_registered_model_alias(name, "champion")
+        time.sleep(3)  # three checks that find no champion
+        assert _answer_of(served, user) == (f"{name}/{twin.version}", before)
+    finally:
+        client.set_registered_model_alias(name, "champion", champion.version)
+    assert _until_version(served, user, f"{name}/{champion.version}") == before
+    for version in (champion.version, twin.version):  # the server removed only its own copies of the versions
+        assert mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().bundle.histories[user]
 
 
 def test_requests_and_answers_in_the_platforms_own_ids(served):

@@ -6,18 +6,38 @@ it is parsed. The rest of such a body is read and dropped first (up to DRAIN_MAX
 while the client is still sending makes the client see a connection reset instead of the 413. A client that asks
 `Expect: 100-continue` (curl does for large bodies) gets the 413 before it sends anything.
 `transfer-rec serve` (make serve) runs this app under uvicorn, as `mlflow models serve --env-manager local` does.
+
+A server started on an alias (`models:/<name>@champion`) follows it: `Served` checks the alias every so often and,
+when a promotion or rollback has moved it, loads the version it names and answers with that from then on. Without
+this, a model replaced because people withdrew consent would keep answering until someone restarted the server.
+Every answer names the version that gave it (header x-model-version).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import logging
 import os
+import re
+import shutil
 import sys
+import tempfile
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger("transfer_rec.serving")
+
 MAX_BODY_ENV = "TRANSFER_REC_MAX_BODY_BYTES"
+# What a server process loaded at start ("<name>/<version>") and, when it follows an alias, "<name>@<alias> <seconds>".
+VERSION_ENV = "TRANSFER_REC_SERVE_VERSION"
+FOLLOW_ENV = "TRANSFER_REC_SERVE_FOLLOW"
+# A promotion reaches every worker within a minute; each check is one registry read.
+DEFAULT_FOLLOW_SECONDS = 60
+ALIAS_URI = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")
+VERSION_URI = re.compile(r"models:/(?P<name>[^/@]+)/(?P<version>\d+)")
 # A request at the model's own limits (1,000 rows; a history of 10,000 item ids) fits in 1 MiB for the catalogues
 # we serve; more is a batch job (publish covers every user of a target).
 DEFAULT_MAX_BODY = 1 << 20
@@ -103,6 +123,76 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+class Served:
+    """ASGI app: the scoring app of one model version, named in every answer's x-model-version header. Given an
+    alias to follow, a daemon thread reads it every `seconds`; when it names another version, that version is
+    downloaded and loaded beside the one answering, then swapped in (requests in flight finish on the old one). A
+    registry that cannot be read, or a version that fails to load, leaves the loaded model answering (logged)."""
+
+    def __init__(self, app: ASGIApp, version: str | None, follow: tuple[str, str, float] | None = None):
+        self._current = (app, version)
+        self._local: str | None = None  # the folder of a version this process downloaded itself
+        if follow is not None:
+            self._name, self._alias, self._seconds = follow
+            threading.Thread(target=self._watch, name="follow-alias", daemon=True).start()
+
+    @property
+    def version(self) -> str | None:
+        return self._current[1]
+
+    def _watch(self) -> None:
+        stop = threading.Event()  # never set: the thread ends with the process
+        while not stop.wait(self._seconds):
+            try:
+                self.check()
+            except Exception as error:  # the loaded model keeps answering; the next check tries again
+                log.warning("serve: %s@%s not reloaded: %s", self._name, self._alias, error)
+
+    def check(self) -> bool:
+        """Load the version the alias names now, if that is not the one answering; whether it swapped."""
+        from mlflow import MlflowClient
+        from mlflow.artifacts import download_artifacts
+
+        version = MlflowClient().get_model_version_by_alias(self._name, self._alias).version
+        named = f"{self._name}/{version}"
+        if named == self.version:
+            return False
+        # into a folder of this process's own: without dst_path a local registry hands back its stored folder itself
+        local = tempfile.mkdtemp(prefix="transfer-rec-serve-")
+        atexit.register(shutil.rmtree, local, ignore_errors=True)
+        try:
+            app = scoring_app(download_artifacts(artifact_uri=f"models:/{named}", dst_path=local))
+        except BaseException:
+            shutil.rmtree(local, ignore_errors=True)
+            raise
+        previous, self._local = self._local, local
+        self._current = (app, named)
+        log.warning("serve: %s@%s moved to version %s: now answering with it", self._name, self._alias, version)
+        if previous:
+            shutil.rmtree(previous, ignore_errors=True)
+        return True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app, version = self._current
+        if scope["type"] != "http" or version is None:
+            await app(scope, receive, send)
+            return
+
+        async def named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-model-version", version.encode())]}
+            await send(message)
+
+        await app(scope, receive, named)
+
+
+def scoring_app(local: str) -> ASGIApp:
+    """MLflow's scoring app of the model in a local folder."""
+    from mlflow.pyfunc import scoring_server
+
+    return scoring_server.init(scoring_server.load_model_with_mlflow_config(local))
+
+
 def max_body_bytes() -> int:
     value = os.environ.get(MAX_BODY_ENV)
     if value is None:
@@ -113,21 +203,42 @@ def max_body_bytes() -> int:
 
 
 def create_app() -> ASGIApp:
-    """The scoring app of the model at MLflow's model-path variable, behind the body limit (uvicorn's --factory)."""
+    """The scoring app of the model at MLflow's model-path variable, behind the body limit, following the alias it
+    was started on when told to (uvicorn's --factory)."""
     from mlflow.pyfunc import scoring_server
 
-    model = scoring_server.load_model_with_mlflow_config(os.environ[scoring_server._SERVER_MODEL_PATH])
-    return BodyLimit(scoring_server.init(model), max_body_bytes())
+    follow = None
+    if os.environ.get(FOLLOW_ENV):
+        alias_uri, seconds = os.environ[FOLLOW_ENV].rsplit(" ", 1)
+        name, alias = alias_uri.split("@", 1)
+        follow = (name, alias, float(seconds))
+    app = scoring_app(os.environ[scoring_server._SERVER_MODEL_PATH])
+    return BodyLimit(Served(app, os.environ.get(VERSION_ENV) or None, follow), max_body_bytes())
+
+
+def resolve(model_uri: str) -> tuple[str, str | None]:
+    """The URI to download and "<name>/<version>" for a registry URI: an alias is read once, so the version
+    downloaded is the version named in answers even if the alias moves meanwhile."""
+    from mlflow import MlflowClient
+
+    aliased = ALIAS_URI.fullmatch(model_uri)
+    if aliased:
+        version = MlflowClient().get_model_version_by_alias(aliased["name"], aliased["alias"]).version
+        return f"models:/{aliased['name']}/{version}", f"{aliased['name']}/{version}"
+    numbered = VERSION_URI.fullmatch(model_uri)
+    return model_uri, f"{numbered['name']}/{numbered['version']}" if numbered else None
 
 
 def serve_command(
-    model_uri: str, host: str, port: int, workers: int, max_body: int
+    model_uri: str, host: str, port: int, workers: int, max_body: int, follow_seconds: float = DEFAULT_FOLLOW_SECONDS
 ) -> tuple[list[str], dict[str, str]]:
-    """The uvicorn command line and environment that serve `model_uri` (downloaded to a local folder first)."""
+    """The uvicorn command line and environment that serve `model_uri` (downloaded to a local folder first);
+    an alias URI is followed every `follow_seconds` (0: never)."""
     import mlflow
     from mlflow.pyfunc import scoring_server
 
-    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
+    exact, version = resolve(model_uri)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=exact)
     command = [
         str(Path(sys.executable).parent / "uvicorn"),
         "--factory",
@@ -140,11 +251,18 @@ def serve_command(
         str(workers),
     ]
     env = {**os.environ, scoring_server._SERVER_MODEL_PATH: local, MAX_BODY_ENV: str(max_body)}
+    env.pop(FOLLOW_ENV, None)
+    if version:
+        env[VERSION_ENV] = version
+    if follow_seconds > 0 and ALIAS_URI.fullmatch(model_uri):
+        env[FOLLOW_ENV] = f"{model_uri.removeprefix('models:/')} {follow_seconds:g}"
     return command, env
 
 
-def serve(model_uri: str, host: str, port: int, workers: int, max_body: int) -> None:
+def serve(
+    model_uri: str, host: str, port: int, workers: int, max_body: int, follow_seconds: float = DEFAULT_FOLLOW_SECONDS
+) -> None:
     """Become the server (exec): a signal to this process reaches uvicorn itself, and nothing is left behind."""
-    command, env = serve_command(model_uri, host, port, workers, max_body)
+    command, env = serve_command(model_uri, host, port, workers, max_body, follow_seconds)
     sys.stdout.flush()
     os.execve(command[0], command, env)
