@@ -240,8 +240,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, 
     absent = [
         f"--{name.replace('_', '-')} {getattr(args, name)}"
         for name in FILE_ARGUMENTS
-        if getattr(args, name, None) and not Path(getattr(args, name)).is_file()
-    ]
+        if getattr(args, name, None) and (not Path(getattr(args, name)).exists() or Path(getattr(args, name)).is_dir())
+    ]  # a pipe (--target-test <(zcat ...)) is read like a file
     if absent:  # said before minutes of fitting, not as a traceback from the reader
         parser.error(f"no such file: {'; '.join(absent)}")
     if getattr(args, "platforms", None):

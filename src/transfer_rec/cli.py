@@ -417,8 +417,8 @@ def _dispatch(args: argparse.Namespace, bench: argparse.ArgumentParser, layout: 
         if args.max_body_bytes is not None and args.max_body_bytes < 1:
             raise SystemExit(f"--max-body-bytes {args.max_body_bytes}: give a positive number of bytes")
         follow = http.DEFAULT_FOLLOW_SECONDS if args.follow_seconds is None else args.follow_seconds
-        if not 0 <= follow < float("inf"):
-            raise SystemExit(f"--follow-seconds {follow}: give 0 (never) or a number of seconds")
+        if not 0 <= follow <= http.MAX_FOLLOW_SECONDS:
+            raise SystemExit(f"--follow-seconds {follow}: give 0 (never) or up to {http.MAX_FOLLOW_SECONDS:,} seconds")
         max_body = args.max_body_bytes or http.max_body_bytes()
         with _registry_errors(f"no model to serve at {args.model}"):
             http.serve(args.model, args.host, args.port, args.workers, max_body, follow)

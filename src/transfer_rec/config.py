@@ -448,7 +448,9 @@ class SparkConfig(_Strict):
 
 # The master URLs Spark itself accepts (local threads, a standalone cluster, YARN, Kubernetes): anything else would
 # only fail when the first ingest task starts its session, minutes into a run.
-SPARK_MASTER = re.compile(r"local(\[(\*|[1-9]\d*)(,[1-9]\d*)?\])?|spark://[^/\s]+|yarn|k8s://\S+")
+SPARK_MASTER = re.compile(
+    r"local(\[(\*|[1-9]\d*)(,[1-9]\d*)?\])?|spark://[^/\s:,]+:\d+(,[^/\s:,]+:\d+)*|yarn|k8s://\S+"
+)
 
 
 def check_spark_master(master: str, where: str = "") -> str:
@@ -646,8 +648,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """Load the YAML config (default: $TRANSFER_REC_CONFIG or config/pipeline.yaml), apply overrides, validate.
     Raises ConfigError naming the file and each problem's platform and field."""
     path = Path(path or os.environ.get("TRANSFER_REC_CONFIG") or DEFAULT_CONFIG)
-    with open(path, encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh) or {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh) or {}
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config {path} cannot be read: {error.strerror or error}") from None
+    except yaml.YAMLError as error:  # its message names the line and column
+        raise ConfigError(f"config {path} is not valid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path}: expected settings by name (platforms:, training:, ...), not a list or value")
     if overrides:
@@ -658,9 +665,15 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             if own:
                 platform["training"] = {k: v for k, v in own.items() if k not in overrides.get("training", {})}
     try:
-        return PipelineConfig.model_validate(raw)
+        config = PipelineConfig.model_validate(raw)
     except ValidationError as error:
         platforms = raw.get("platforms") if isinstance(raw, dict) else None
         problems = problems_of(error, platforms)
         head = f"config {path} is not valid ({len(problems)} problem{'s' * (len(problems) > 1)}):"
         raise ConfigError("\n  ".join([head, *problems])) from None
+    if config.engine == "spark":
+        try:  # the environment's master (the one a task would use) is refused now, not when Spark starts
+            config.spark.master_url()
+        except ValueError as error:
+            raise ConfigError(f"config {path}: {error}") from None
+    return config

@@ -43,11 +43,20 @@ def served(tmp_path_factory, world_maker):
         yield from _serve(tmp_path)
 
 
+# the log of each server this module started, by its base URL
+SERVER_LOGS: dict[str, str] = {}
+
+
+def served_log(base: str) -> str:
+    return SERVER_LOGS[base]
+
+
 def _serve(tmp_path: Path):
     run_inline("http", gate_override="promote")
     port = free_port_pair()
     bin_dir = Path(sys.executable).parent
     log = open(tmp_path / "serve.log", "w")
+    SERVER_LOGS[f"http://127.0.0.1:{port}"] = str(tmp_path / "serve.log")
     # what `make serve` runs: MLflow's scoring server behind the body limit, here with a 64 KiB limit
     proc = subprocess.Popen(
         [str(bin_dir / "transfer-rec"), "serve", "--model", "models:/transfer_rec-village@champion"]
@@ -149,17 +158,25 @@ def test_a_server_on_the_champion_alias_follows_it_and_keeps_its_model_when_the_
     named, before = _answer_of(served, user)
     assert named == f"{name}/{champion.version}"
     twin = client.create_model_version(name, champion.source, run_id=champion.run_id)
+    log = Path(served_log(served))
     try:
         client.set_registered_model_alias(name, "champion", twin.version)
         assert _until_version(served, user, f"{name}/{twin.version}") == before  # the same model, loaded anew
+        assert f"{name}@champion moved to version {twin.version}" in log.read_text()
         client.delete_registered_model_alias(name, "champion")
-        time.sleep(3)  # three checks that find no champion
+        failed = f"{name}@champion not checked or not loaded, still answering with {name}/{twin.version}"
+        deadline = time.monotonic() + 30
+        while failed not in log.read_text():  # a check that found no champion, logged
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
         assert _answer_of(served, user) == (f"{name}/{twin.version}", before)
+        client.set_registered_model_alias(name, "champion", champion.version)
+        assert _until_version(served, user, f"{name}/{champion.version}") == before
+        for version in (champion.version, twin.version):  # the server removed only its own copies of the versions
+            assert mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().bundle.histories[user]
     finally:
         client.set_registered_model_alias(name, "champion", champion.version)
-    assert _until_version(served, user, f"{name}/{champion.version}") == before
-    for version in (champion.version, twin.version):  # the server removed only its own copies of the versions
-        assert mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().bundle.histories[user]
+        client.delete_model_version(name, twin.version)
 
 
 def test_requests_and_answers_in_the_platforms_own_ids(served):

@@ -163,12 +163,28 @@ def test_a_spark_master_spark_would_refuse_is_refused_at_load_not_minutes_into_a
         "k8s://https://k:6443",
     ):
         assert load_config(overrides={"spark": {"master": master}}).spark.master_url() == master
-    for master in ("lcoal[2]", "local[0]", "spark://", "http://spark:7077", ""):
+    for master in ("lcoal[2]", "local[0]", "spark://", "spark://spark-master", "http://spark:7077", ""):
         with pytest.raises(ConfigError, match=rf"spark.master: '{re.escape(master)}' is not a Spark"):
             load_config(overrides={"spark": {"master": master}})
     monkeypatch.setenv("TRANSFER_REC_SPARK_MASTER", "spark:/spark-master:7077")
     with pytest.raises(ValueError, match=r"\$TRANSFER_REC_SPARK_MASTER 'spark:/spark-master:7077' is not a Spark"):
         load_config().spark.master_url()
+    # the pipeline on Spark refuses it at load, before a task starts a session with it
+    with pytest.raises(ConfigError, match=r"\$TRANSFER_REC_SPARK_MASTER 'spark:/spark-master:7077' is not a Spark"):
+        load_config(overrides={"engine": "spark"})
+
+
+def test_a_config_that_cannot_be_read_is_a_config_error_naming_the_file_and_line(tmp_path):
+    with pytest.raises(ConfigError, match=rf"config {tmp_path / 'none.yaml'} cannot be read: No such file"):
+        load_config(tmp_path / "none.yaml")
+    tabbed = tmp_path / "tabbed.yaml"
+    tabbed.write_text("platforms:\n\t- name: x\n")
+    with pytest.raises(ConfigError, match=r"is not valid YAML: (.|\n)*line 2, column 1"):
+        load_config(tabbed)
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("- name: x\n")
+    with pytest.raises(ConfigError, match="expected settings by name"):
+        load_config(listed)
 
 
 def test_a_run_key_never_names_the_folder_above():

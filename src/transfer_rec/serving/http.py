@@ -15,10 +15,10 @@ Every answer names the version that gave it (header x-model-version).
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import sys
@@ -34,9 +34,12 @@ MAX_BODY_ENV = "TRANSFER_REC_MAX_BODY_BYTES"
 # What a server process loaded at start ("<name>/<version>") and, when it follows an alias, "<name>@<alias> <seconds>".
 VERSION_ENV = "TRANSFER_REC_SERVE_VERSION"
 FOLLOW_ENV = "TRANSFER_REC_SERVE_FOLLOW"
-# A promotion reaches every worker within a minute; each check is one registry read.
+# A promotion reaches every worker about a minute after it (plus the new version's load); each check is one registry
+# read. At most a day between checks.
 DEFAULT_FOLLOW_SECONDS = 60
-ALIAS_URI = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")
+MAX_FOLLOW_SECONDS = 86_400
+# MLflow splits a model URI at its last "@" (store/artifact/utils/models.py): a name may hold one
+ALIAS_URI = re.compile(r"models:/(?P<name>[^/]+)@(?P<alias>[^/@]+)")
 VERSION_URI = re.compile(r"models:/(?P<name>[^/@]+)/(?P<version>\d+)")
 # A request at the model's own limits (1,000 rows; a history of 10,000 item ids) fits in 1 MiB for the catalogues
 # we serve; more is a batch job (publish covers every user of a target).
@@ -125,41 +128,60 @@ class BodyLimit:
 
 class Served:
     """ASGI app: the scoring app of one model version, named in every answer's x-model-version header. Given an
-    alias to follow, a daemon thread reads it every `seconds`; when it names another version, that version is
-    downloaded and loaded beside the one answering, then swapped in (requests in flight finish on the old one). A
-    registry that cannot be read, or a version that fails to load, leaves the loaded model answering (logged)."""
+    alias to follow, a daemon thread reads it every `seconds` (jittered, so workers do not load at one moment);
+    when it names another version, that version is downloaded and loaded beside the one answering, then swapped in
+    (requests in flight finish on the old one). A registry that cannot be read, or a version that fails to load,
+    leaves the loaded model answering; each failed check is logged.
+
+    The server's lifespan is answered here, not by the scoring app: uvicorn's lifespan call lasts as long as the
+    process, and passed on it would hold the first model in memory after every swap (MLflow's app has no startup
+    or shutdown work)."""
 
     def __init__(self, app: ASGIApp, version: str | None, follow: tuple[str, str, float] | None = None):
         self._current = (app, version)
         self._local: str | None = None  # the folder of a version this process downloaded itself
-        if follow is not None:
-            self._name, self._alias, self._seconds = follow
-            threading.Thread(target=self._watch, name="follow-alias", daemon=True).start()
+        self._follow = follow
+
+    def start_following(self) -> None:
+        """Check the alias once now (a worker restarted after a promotion must not answer with the version the
+        server started on), then every `seconds` in a daemon thread."""
+        if self._follow is None:
+            return
+        self._check_logged()
+        threading.Thread(target=self._watch, name="follow-alias", daemon=True).start()
 
     @property
     def version(self) -> str | None:
         return self._current[1]
 
     def _watch(self) -> None:
+        assert self._follow is not None
         stop = threading.Event()  # never set: the thread ends with the process
-        while not stop.wait(self._seconds):
-            try:
-                self.check()
-            except Exception as error:  # the loaded model keeps answering; the next check tries again
-                log.warning("serve: %s@%s not reloaded: %s", self._name, self._alias, error)
+        while not stop.wait(self._follow[2] * random.uniform(0.9, 1.1)):
+            self._check_logged()
+
+    def _check_logged(self) -> None:
+        name, alias, _ = self._follow or ("", "", 0)
+        try:
+            self.check()
+        except Exception as error:  # the loaded model keeps answering; the next check tries again
+            log.warning(
+                "serve: %s@%s not checked or not loaded, still answering with %s: %s", name, alias, self.version, error
+            )
 
     def check(self) -> bool:
         """Load the version the alias names now, if that is not the one answering; whether it swapped."""
         from mlflow import MlflowClient
         from mlflow.artifacts import download_artifacts
 
-        version = MlflowClient().get_model_version_by_alias(self._name, self._alias).version
-        named = f"{self._name}/{version}"
+        assert self._follow is not None
+        name, alias, _ = self._follow
+        version = MlflowClient().get_model_version_by_alias(name, alias).version
+        named = f"{name}/{version}"
         if named == self.version:
             return False
         # into a folder of this process's own: without dst_path a local registry hands back its stored folder itself
         local = tempfile.mkdtemp(prefix="transfer-rec-serve-")
-        atexit.register(shutil.rmtree, local, ignore_errors=True)
         try:
             app = scoring_app(download_artifacts(artifact_uri=f"models:/{named}", dst_path=local))
         except BaseException:
@@ -167,12 +189,25 @@ class Served:
             raise
         previous, self._local = self._local, local
         self._current = (app, named)
-        log.warning("serve: %s@%s moved to version %s: now answering with it", self._name, self._alias, version)
+        log.warning("serve: %s@%s moved to version %s: now answering with it", name, alias, version)
         if previous:
             shutil.rmtree(previous, ignore_errors=True)
         return True
 
+    def remove_own_copy(self) -> None:
+        if self._local:
+            shutil.rmtree(self._local, ignore_errors=True)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    self.remove_own_copy()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
         app, version = self._current
         if scope["type"] != "http" or version is None:
             await app(scope, receive, send)
@@ -210,10 +245,12 @@ def create_app() -> ASGIApp:
     follow = None
     if os.environ.get(FOLLOW_ENV):
         alias_uri, seconds = os.environ[FOLLOW_ENV].rsplit(" ", 1)
-        name, alias = alias_uri.split("@", 1)
+        name, alias = alias_uri.rsplit("@", 1)
         follow = (name, alias, float(seconds))
-    app = scoring_app(os.environ[scoring_server._SERVER_MODEL_PATH])
-    return BodyLimit(Served(app, os.environ.get(VERSION_ENV) or None, follow), max_body_bytes())
+    version = os.environ.get(VERSION_ENV) or None
+    served = Served(scoring_app(os.environ[scoring_server._SERVER_MODEL_PATH]), version, follow)
+    served.start_following()
+    return BodyLimit(served, max_body_bytes())
 
 
 def resolve(model_uri: str) -> tuple[str, str | None]:
@@ -252,6 +289,7 @@ def serve_command(
     ]
     env = {**os.environ, scoring_server._SERVER_MODEL_PATH: local, MAX_BODY_ENV: str(max_body)}
     env.pop(FOLLOW_ENV, None)
+    env.pop(VERSION_ENV, None)
     if version:
         env[VERSION_ENV] = version
     if follow_seconds > 0 and ALIAS_URI.fullmatch(model_uri):
