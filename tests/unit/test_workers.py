@@ -31,6 +31,40 @@ def test_a_forked_call_returns_its_result_or_raises_its_error():
         Forked(_fail, "bad batch").result()
 
 
+class _NeedsTwo(Exception):
+    def __init__(self, a, b):
+        super().__init__(f"{a} and {b}")
+
+
+def _refuse(platform):
+    from transfer_rec.schema.rules import BatchRefused
+
+    raise BatchRefused(platform, "items.csv", "item_id", "missing_items", "3 interaction(s) name 1 item(s)")
+
+
+def _fail_oddly():
+    raise _NeedsTwo("this", "that")
+
+
+def test_a_childs_refusal_reaches_the_parent_as_itself_and_an_unrebuildable_error_as_its_text():
+    from transfer_rec.schema.rules import BatchRefused
+
+    with pytest.raises(BatchRefused) as refused:
+        Forked(_refuse, "shop").result()
+    assert (refused.value.platform, refused.value.file, refused.value.column, refused.value.rule) == (
+        "shop",
+        "items.csv",
+        "item_id",
+        "missing_items",
+    )
+    assert (
+        str(refused.value)
+        == "platform shop, items.csv, column 'item_id': rule missing_items: 3 interaction(s) name 1 item(s)"
+    )
+    with pytest.raises(RuntimeError, match=r"_fail_oddly in a forked process: _NeedsTwo\('this and that'\)"):
+        Forked(_fail_oddly).result()
+
+
 def test_a_cancelled_call_stops_its_process():
     # a SIGTERM handler that ignores the signal, as a task runner's may be, is inherited by the child
     previous = signal.signal(signal.SIGTERM, lambda *_: None)

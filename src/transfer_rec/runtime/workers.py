@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import os
+import pickle
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -60,6 +61,10 @@ def _call(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         outcome = ("ok", fn(*args))
     except BaseException as exc:
         outcome = ("error", exc)
+        try:  # an exception the parent could not rebuild (its __init__ wants other arguments) would reach it as a
+            pickle.loads(pickle.dumps(exc))  # TypeError from unpickling, not as what went wrong
+        except Exception as unpicklable:
+            outcome = ("error", RuntimeError(f"{fn.__name__} in a forked process: {exc!r} ({unpicklable})"))
     try:
         conn.send(outcome)
     except Exception as exc:

@@ -24,6 +24,10 @@ class BatchRefused(ValueError):
         where = f"{file}, column {column!r}" if column else file
         super().__init__(f"platform {platform}, {where}: rule {rule}: {detail}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, str | None, str, str]]:
+        # rebuilt from its parts: a refusal raised in a forked unify worker reaches the stage as itself
+        return (BatchRefused, (self.platform, self.file, self.column, self.rule, self.detail))
+
 
 def shown(values: Iterable[Any], limit: int = EXAMPLES) -> str:
     """A few values, each cut to EXAMPLE_CHARS characters (with its length when cut)."""
