@@ -55,6 +55,16 @@ def test_atomic_dir_switches_whole_versions_and_keeps_previous_on_failure(tmp_pa
     assert len(os.listdir(tmp_path / ".versions")) == 2
 
 
+def test_pruning_a_names_old_versions_leaves_other_names_that_start_alike(tmp_path):
+    """Targets `shop` and `shop-eu` (or run keys `demo` and `demo-2`) publish beside each other."""
+    for name, text in (("shop-eu", "eu"), ("shop", "v1"), ("shop", "v2"), ("shop", "v3")):
+        with atomic_dir(tmp_path / name) as out:
+            (out / "a.txt").write_text(text)
+    assert (tmp_path / "shop-eu" / "a.txt").read_text() == "eu"
+    assert (tmp_path / "shop" / "a.txt").read_text() == "v3"
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / ".versions").iterdir()) == ["shop", "shop", "shop-eu"]
+
+
 def test_a_file_written_atomically_is_whole_or_the_previous_one(tmp_path, monkeypatch):
     import errno
     from pathlib import Path

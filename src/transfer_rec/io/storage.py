@@ -6,6 +6,7 @@ import errno
 import hashlib
 import importlib.resources
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -230,6 +231,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     os.symlink(os.path.relpath(version, final.parent), link)
     os.replace(link, final)
     # Keep the previous version for readers that opened it before the switch; prune older ones.
+    # only this name's versions: a glob on `<name>-*` would also take `<name>-eu`'s (another target, run key)
+    own = re.compile(rf"{re.escape(final.name)}-[0-9a-f]{{12}}")
     for old in versions.glob(f"{final.name}-*"):
-        if old not in (version, previous):
+        if own.fullmatch(old.name) and old not in (version, previous):
             shutil.rmtree(old, ignore_errors=True)
