@@ -110,3 +110,22 @@ def test_a_header_that_cannot_be_read_is_the_files_fault(tmp_path):
     path.write_bytes(b"user,\xff\xfe,item\n1,2,3\n")
     with pytest.raises(FormatError, match=r"x\.csv: cannot read its header"):
         header_names(path, "csv")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "user,item,rating\n1,2,5,\n3,4,1,\n",  # a delimiter at the end of every line
+        "item,title,year\n1,Toy Story, The,1995\n2,Heat,1995\n",  # an unquoted delimiter inside the first title
+    ],
+)
+def test_a_first_row_one_field_longer_than_the_header_is_refused_not_shifted(tmp_path, text):
+    path = tmp_path / "export.csv"
+    path.write_text(text)
+    with pytest.raises(
+        FormatError, match=r"export\.csv: its first data row has 4 fields, one more than the header's 3"
+    ):
+        read_table(path, "csv")
+    # quoted, the same value reads as it is
+    path.write_text('item,title,year\n1,"Toy Story, The",1995\n')
+    assert read_table(path, "csv").to_dict("records") == [{"item": "1", "title": "Toy Story, The", "year": "1995"}]

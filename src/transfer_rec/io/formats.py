@@ -116,7 +116,16 @@ def _read_text(path: Path, fmt: str, delimiter: str | None) -> pd.DataFrame:
         raise FormatError(f"{path}: malformed {fmt} file: {exc}") from exc
     except pd.errors.EmptyDataError as exc:
         raise FormatError(f"{path}: the file is empty (not even a header)") from exc
-    refuse_repeated(path, header_names(path, fmt, delimiter))
+    header = header_names(path, fmt, delimiter)
+    refuse_repeated(path, header)
+    if not isinstance(frame.index, pd.RangeIndex):
+        # pandas takes a first data row one field longer than the header as "the first column is the index" and
+        # shifts every column by one: user ids read as item ids, ratings lost. Spark refuses such a file too.
+        raise FormatError(
+            f"{path}: its first data row has {len(header) + 1} fields, one more than the header's {len(header)} "
+            f"({', '.join(header)}): a delimiter at the end of each line, or a delimiter inside a value that is not "
+            "quoted; remove the trailing delimiter or quote the value"
+        )
     if fmt == "recbole":
         frame.columns = [str(c).split(":", 1)[0] for c in frame.columns]
     return frame
