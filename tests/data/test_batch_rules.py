@@ -44,6 +44,10 @@ def _refused_at_unify(env, batch: str, rule: str) -> str:
     return message
 
 
+# the village's native column names (tests/conftest.py two_platforms, bench/synthetic.py)
+INTERACTION_ITEM, ITEM_ID = "course", "item_key"
+
+
 def _frame(env, name: str) -> tuple:
     path = env["exports"] / "village" / name
     return path, pd.read_csv(path, dtype=str)
@@ -91,7 +95,11 @@ def test_interactions_whose_items_the_items_file_lacks(baseline):
     path, items = _frame(baseline, "items.txt")
     items.iloc[5:].to_csv(path, index=False)
     message = _refused_at_unify(baseline, "missing-items", "missing_items")
-    assert "5 item(s) the items file lacks" in message
+    _, inter = _frame(baseline, "interactions.txt")
+    lacking = inter[inter[INTERACTION_ITEM].isin(items.iloc[:5][ITEM_ID])]
+    assert f"{len(lacking):,} interaction(s) name 5 item(s) the items file lacks" in message, message
+    assert len(lacking) > 5, "the planted data names some of those items more than once"
+    assert any(repr(native) in message for native in items.iloc[:5][ITEM_ID]), "the file's own ids, not keys"
 
 
 def test_missing_items_filled_when_the_policy_says_so(baseline, caplog):
@@ -102,7 +110,9 @@ def test_missing_items_filled_when_the_policy_says_so(baseline, caplog):
     write_config(baseline["config"], raw)
     with caplog.at_level(logging.WARNING):
         _unify("filled")
-    assert "rule missing_items=fill: 5 item(s)" in caplog.text
+    _, inter = _frame(baseline, "interactions.txt")
+    lacking = inter[inter[INTERACTION_ITEM].isin(items.iloc[:5][ITEM_ID])]
+    assert f"rule missing_items=fill: 5 item(s) of {len(lacking):,} interaction(s)" in caplog.text
 
 
 def test_a_user_id_of_a_hundred_thousand_characters(baseline):

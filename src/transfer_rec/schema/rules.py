@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 EXAMPLES = 3
@@ -109,24 +110,34 @@ def check_titles(items: pd.DataFrame, platform: str, file: str, column: str = "t
 
 
 def check_items_known(
-    interaction_items: pd.Series, item_ids: pd.Series, policy: str, platform: str, file: str
+    interaction_items: pd.Series,
+    item_ids: pd.Series,
+    policy: str,
+    platform: str,
+    file: str,
+    rows: Any = None,
+    natives: Any = None,
 ) -> tuple[int, int]:
-    """Interactions whose item the platform's items file lacks (rule missing_items). `refuse`: the batch is refused;
-    `fill`: returned as (items, interactions) for the caller to fill in and log."""
-    missing = ~interaction_items.isin(set(item_ids))
+    """Interactions whose item the platform's items file lacks (rule missing_items). `interaction_items`: the
+    distinct item keys the interactions name, with `rows` the interactions naming each and `natives` each one's id
+    as the file gives it (shown in the message). `refuse`: the batch is refused; `fill`: returned as (items,
+    interactions) for the caller to fill in and log."""
+    missing = ~interaction_items.isin(set(item_ids)).to_numpy()
     if not missing.any():
         return 0, 0
-    ids = interaction_items[missing].unique()
+    count = int(missing.sum())
+    interactions = int(np.asarray(rows)[missing].sum()) if rows is not None else count
+    shown_ids = np.asarray(natives if natives is not None else interaction_items)[missing]
     if policy == "refuse":
         raise BatchRefused(
             platform,
             file,
             "item_id",
             "missing_items",
-            f"{int(missing.sum()):,} interaction(s) name {len(ids):,} item(s) the items file lacks, e.g. {shown(ids)} "
+            f"{interactions:,} interaction(s) name {count:,} item(s) the items file lacks, e.g. {shown(shown_ids)} "
             "(config rules.missing_items: fill adds them without title or genres)",
         )
-    return len(ids), int(missing.sum())
+    return count, interactions
 
 
 def check_vocabulary(

@@ -166,7 +166,8 @@ def unify_platform(
     counts = (rows_in, rows_out, unusable, duplicated, opted_out, n_users)
     keys = present["item_id"].to_numpy(dtype=object)
     natives = present["native_id"].to_numpy(dtype=object)
-    return pandas_unify.platform_part(batch_dir, platform, config, written, users, keys, natives, counts)
+    rows = present["rows"].to_numpy()
+    return pandas_unify.platform_part(batch_dir, platform, config, written, users, keys, natives, rows, counts)
 
 
 def unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout) -> UnifiedVersion:

@@ -370,11 +370,20 @@ def unify_platform(
             "timestamp": timestamp[kept].astype("int64"),
         }
     )[list(INTERACTION_COLUMNS)]
-    present_items = np.flatnonzero(np.bincount(items_kept, minlength=len(item_keys)))
+    rows_per_item = np.bincount(items_kept, minlength=len(item_keys))
+    present_items = np.flatnonzero(rows_per_item)
     users_kept_count = int(np.count_nonzero(np.bincount(users_kept, minlength=len(user_keys))))
     counts = (rows_in, len(inter), unusable, duplicated, opted_out, users_kept_count)
     return platform_part(
-        batch_dir, platform, config, inter, users, item_keys[present_items], item_natives[present_items], counts
+        batch_dir,
+        platform,
+        config,
+        inter,
+        users,
+        item_keys[present_items],
+        item_natives[present_items],
+        rows_per_item[present_items],
+        counts,
     )
 
 
@@ -386,16 +395,18 @@ def platform_part(
     users: pd.DataFrame,
     present_keys: Any,
     present_natives: Any,
+    present_rows: Any,
     counts: tuple[int, int, int, int, int, int],
 ) -> dict[str, Any]:
     """One platform's unified part, as either engine returns it: its interactions (`inter`, the engine's frame),
     users, items and item ids (from its files), and counts (rows in, rows out, unparseable, duplicate and opted-out
-    rows dropped, users kept); `present_keys` are the distinct items of the kept interactions, sorted, and
-    `present_natives` the native id of each (what the source and a target share is counted on them)."""
+    rows dropped, users kept); `present_keys` are the distinct items of the kept interactions, sorted,
+    `present_natives` the native id of each (what the source and a target share is counted on them) and
+    `present_rows` the kept interactions naming each."""
     rows_in, rows_out, unusable, duplicated, opted_out, users_kept = counts
     # the platform's own id of each of its items, so that serving can speak the platform's ids
     item_ids = pd.DataFrame({"platform": platform.name, "native_id": present_natives, "item_id": present_keys})
-    items, item_ids = platform_items(batch_dir, platform, config, item_ids, present_keys)
+    items, item_ids = platform_items(batch_dir, platform, config, item_ids, present_keys, present_rows)
     return {
         "interactions": inter,
         "users": users,
@@ -450,11 +461,17 @@ def platform_users(batch_dir: Path, platform: PlatformConfig, config: PipelineCo
 
 
 def platform_items(
-    batch_dir: Path, platform: PlatformConfig, config: PipelineConfig, item_ids: pd.DataFrame, present_keys: Any
+    batch_dir: Path,
+    platform: PlatformConfig,
+    config: PipelineConfig,
+    item_ids: pd.DataFrame,
+    present_keys: Any,
+    present_rows: Any,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A platform's unified items table from its items file, and `item_ids` (the native id of each item its
     interactions name, keys `present_keys`) completed with the file's items; refuses unknown items unless the rule
     says fill. Both engines use it."""
+    present_natives = item_ids["native_id"].to_numpy()  # as given: row for row with present_keys
     items = pd.DataFrame(columns=list(ITEM_COLUMNS))
     if "items" not in platform.files:
         return items, item_ids
@@ -481,6 +498,8 @@ def platform_items(
         config.rules.missing_items,
         platform.name,
         platform.files["interactions"],
+        rows=present_rows,
+        natives=present_natives,
     )
     if missing:
         log.warning(
