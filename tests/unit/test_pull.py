@@ -11,9 +11,9 @@ from transfer_rec.config import load_config
 from transfer_rec.io.state import StateLayout
 from transfer_rec.schema.rules import BatchRefused
 from transfer_rec.stages.pipeline import inputs_fingerprint
-from transfer_rec.stages.pull import interval_batch_id, interval_days, pull_platform
+from transfer_rec.stages.pull import interval_batch_id, interval_days, landed_partitions, pull_platform
 from transfer_rec.stages.unify import interaction_files, unify
-from transfer_rec.stages.validate import validate_batch
+from transfer_rec.stages.validate import DataValidationError, validate_batch
 
 
 def utc(day: str) -> datetime:
@@ -72,10 +72,15 @@ def test_two_intervals_pull_disjoint_slices_and_rerunning_one_changes_nothing(in
     config, layout = load_config(), StateLayout.from_env()
     files = interaction_files(second, config.platform("village"), layout)
     assert len(files) == len(days)
+    landed_before = [(p.parent.name, p.read_bytes()) for p in files]
     again = _pull(days[0], middle)  # a retry / backfill of the first slice
-    assert again.batch_id == first.batch_id
-    assert len(list((layout.landing / "village").iterdir())) == 2, "a re-run replaces its batch"
-    assert interaction_files(again, config.platform("village"), layout) == files
+    assert again.batch_id.startswith(f"{first.batch_id}.")
+    assert sorted(p.name for p in (layout.landing / "village").iterdir()) == sorted(
+        [again.batch_id, second.batch_id]
+    ), "once validated, a re-pull replaces the interval's batch"
+    assert [(p.parent.name, p.read_bytes()) for p in interaction_files(again, config.platform("village"), layout)] == (
+        landed_before
+    )
 
     source = pull_platform(config.platform("campus"), layout, "snap")
     validated = [validate_batch(source, config.platform("campus"), layout), again]
@@ -85,6 +90,21 @@ def test_two_intervals_pull_disjoint_slices_and_rerunning_one_changes_nothing(in
     inter = pd.read_parquet(layout.unified / "current" / "interactions.parquet")
     assert (inter["platform"] == "village").sum() == counts["rows_out"]
     assert not inter.duplicated(["user_id", "item_id"]).any()
+
+
+def test_a_re_export_of_an_interval_that_fails_validation_keeps_the_validated_copy(incremental):
+    env, days, _ = incremental
+    layout = StateLayout.from_env()
+    middle = days[len(days) // 2]
+    first = _pull(days[0], middle)
+    landed = landed_partitions("village", layout)
+    day = env["exports"] / "village" / f"dt={days[0]}" / "interactions.txt"
+    pd.read_csv(day).drop(columns=["ts"]).to_csv(day, index=False)  # the day exported again, without a column
+    with pytest.raises(DataValidationError, match="village"):
+        _pull(days[0], middle)
+    assert (layout.landing / "village" / first.batch_id / "validation.json").exists(), "the good copy stays"
+    assert landed_partitions("village", layout) == landed
+    assert [p.name.startswith(f"{first.batch_id}.") for p in (layout.quarantine / "village").iterdir()] == [True]
 
 
 def test_a_run_without_an_interval_trains_on_the_partitions_landed_so_far(incremental):
@@ -149,7 +169,7 @@ def test_an_ingest_rerun_of_an_interval_announces_nothing_and_keeps_its_partitio
     first = pipeline.ingest_validate(pipeline.ingest_pull("village", "scheduled__2023-11-17", interval))
     assert first["new"]
     again = pipeline.ingest_validate(pipeline.ingest_pull("village", "manual__rerun", interval))  # a cleared task
-    assert not again["new"] and again["batch_id"] == first["batch_id"]
+    assert not again["new"] and again["batch_id"].startswith(f"{first['batch_id']}.")
     config, layout = load_config(), StateLayout.from_env()
     landed = interaction_files(
         pull_platform(config.platform("village"), layout, "asset-run"), config.platform("village"), layout

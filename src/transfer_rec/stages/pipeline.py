@@ -524,11 +524,12 @@ def ingest_validate(pulled: Json) -> Json:
     same_as = last.get("batch_id") if last.get("fingerprint") == current else _champions_trained_on(batch, config)
     if same_as:
         # a snapshot's repeat is a copy of data landed before; an incremental batch is its interval's partitions,
-        # which training reads from landing (a re-run of the interval lands the same folder): it stays
+        # which training reads from landing (it replaced the interval's earlier batch when it validated): it stays
         if batch.mode == "snapshot":
             shutil.rmtree(batch.batch_dir, ignore_errors=True)
         log.info("platform %s: same data as %s, nothing new to announce", platform, same_as)
-        record.write_text(json.dumps({"batch_id": same_as, "fingerprint": current}, indent=2))
+        kept = same_as if batch.mode == "snapshot" else batch.batch_id
+        record.write_text(json.dumps({"batch_id": kept, "fingerprint": current}, indent=2))
         return IngestResult(platform=platform, batch_id=batch.batch_id, new=False, same_as=same_as).to_xcom()
     record.write_text(json.dumps({"batch_id": batch.batch_id, "fingerprint": current}, indent=2))
     rows = {f.table: f.rows for f in batch.files}

@@ -77,13 +77,29 @@ def landed_partitions(platform: str, layout: StateLayout, table: str = "interact
     return {name: latest[name][1] for name in sorted(latest)}
 
 
+def superseded(layout: StateLayout, batch: PulledBatch) -> list[Path]:
+    """The platform's other landed batches of the same data interval as `batch`: replaced once `batch` validates
+    (the most recent pull of a partition wins, `landed_partitions`)."""
+    if batch.interval is None:
+        return []
+    older = []
+    for manifest in (layout.landing / batch.platform).glob(f"*/{MANIFEST}"):
+        if (
+            manifest.parent.name != batch.batch_id
+            and json.loads(manifest.read_text()).get("interval") == batch.interval
+        ):
+            older.append(manifest.parent)
+    return sorted(older)
+
+
 def pull_platform(
     platform: PlatformConfig, layout: StateLayout, batch_id: str, interval: Interval | None = None
 ) -> PulledBatch:
     """Land the export files of `platform` under landing/<platform>/<batch>/ and return the pull manifest.
 
     A snapshot lands every file under `batch_id`; an incremental pull lands the days of `interval` under a batch
-    named by the interval. Re-running a batch replaces its landing folder, so a retry never duplicates rows.
+    named by the interval. Re-running a batch replaces its landing folder, so a retry never duplicates rows; a
+    re-pull of an interval that has a validated batch lands beside it, and replaces it once it validates itself.
     """
     location = Location.parse(platform.location)
     if platform.embedded and location.scheme == "file" and not Path(location.path).exists():
@@ -93,6 +109,10 @@ def pull_platform(
         )
     if platform.pull.mode == "incremental" and interval is not None:
         batch_id = interval_batch_id(interval)
+        if (layout.landing / platform.name / batch_id / VALIDATION_FILE).exists():
+            # a validated copy of the interval stays until the new one validates (validate then removes it): a
+            # re-export that fails validation must not take the good copy with it
+            batch_id = f"{batch_id}.{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
     elif platform.pull.mode == "incremental":
         # asset-triggered runs and manual runs without a logical date: the ingest DAG lands the slices
         landed = landed_partitions(platform.name, layout)
