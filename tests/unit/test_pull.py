@@ -175,3 +175,29 @@ def test_an_ingest_rerun_of_an_interval_announces_nothing_and_keeps_its_partitio
         pull_platform(config.platform("village"), layout, "asset-run"), config.platform("village"), layout
     )
     assert [p.parent.name for p in landed] == [f"dt={d}" for d in days[:2]], "the interval's days are still landed"
+
+
+def test_the_fingerprint_names_exactly_the_partitions_unify_read(incremental, monkeypatch):
+    """A day the ingest DAG validates while unify runs is neither read nor hashed: a fingerprint naming it would
+    make the next run find 'no change' and never train on that day."""
+    from transfer_rec.stages import unify as unify_stage
+
+    env, days, total = incremental
+    config, layout = load_config(), StateLayout.from_env()
+    village, campus = config.platform("village"), config.platform("campus")
+    middle = days[len(days) // 2]
+    _pull(days[0], middle)
+    source = validate_batch(pull_platform(campus, layout, "snap"), campus, layout)
+    landed = validate_batch(pull_platform(village, layout, "asset-run"), village, layout)
+    read = unify_stage.unify_platform
+
+    def meanwhile(folder, platform, config_, files):
+        if platform.name == "village":
+            _pull(middle, "2100-01-01")  # the later days land and validate while unify works
+        return read(folder, platform, config_, files)
+
+    monkeypatch.setattr(unify_stage, "unify_platform", meanwhile)
+    manifest = unify([source, landed], config, layout)
+    partitions = sorted(name for name in manifest.hashes["village"] if name.endswith("interactions.txt"))
+    assert partitions == [f"dt={day}/interactions.txt" for day in days if day < middle]
+    assert manifest.platforms["village"]["rows_in"] < total

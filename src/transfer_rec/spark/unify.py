@@ -192,12 +192,12 @@ class SparkTables:
         self.staged: list[Path] = []
 
     def platforms(
-        self, validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout
+        self, validated: list[ValidatedBatch], config: PipelineConfig, inputs: dict[str, pandas_unify.Inputs]
     ) -> dict[str, dict[str, Any]]:
         parts = {}
         for m in validated:
             platform = config.platform(m.platform)
-            files = pandas_unify.interaction_files(m, platform, layout)
+            files = inputs[m.platform].interactions
             staged = self.staging / f"{m.platform}.parquet"
             self.staged.append(staged)
             parts[m.platform] = unify_platform(self.spark, Path(m.batch_dir), platform, config, staged, files)

@@ -10,7 +10,7 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -235,23 +235,31 @@ def _native(frame: pd.DataFrame, platform: PlatformConfig, table: str) -> pd.Dat
     return frame[[c for c in mapping if c in frame]].rename(columns=mapping)
 
 
-def interaction_files(manifest: PulledBatch, platform: PlatformConfig, layout: StateLayout) -> list[Path]:
-    """The landed interaction files that make up a platform's data: a snapshot's own file; for an incremental
-    platform, every validated partition landed so far, each once (`landed_partitions`)."""
-    if platform.pull.mode == "snapshot":
-        return [Path(manifest.batch_dir) / platform.files["interactions"]]
-    return [landed.path for landed in landed_partitions(platform.name, layout).values()]
+class Inputs(NamedTuple):
+    """What a platform's unified data is read from, listed once: the interaction files, and the sha256 of every file
+    by file name (what the inputs fingerprint, the model's data tags and its lineage are made of)."""
+
+    interactions: list[Path]
+    hashes: dict[str, str]
 
 
-def data_hashes(manifest: PulledBatch, platform: PlatformConfig, layout: StateLayout) -> dict[str, str]:
-    """sha256 of every file a platform's unified data is read from, by file name: a snapshot's batch; for an
-    incremental platform, every landed interactions partition it reads (not only this run's) and the batch's other
-    files, so that the inputs fingerprint, the model's data tags and its lineage change with any partition."""
+def landed_inputs(manifest: PulledBatch, platform: PlatformConfig, layout: StateLayout) -> Inputs:
+    """A snapshot's own batch; for an incremental platform, every validated partition landed so far, each once
+    (`landed_partitions`, not only this run's), and the batch's other files. One listing serves both reading and
+    hashing: a partition that lands while unify runs is in neither, so the fingerprint never names a day the model
+    has not seen."""
     if platform.pull.mode == "snapshot":
-        return {f.file: f.sha256 for f in manifest.files}
+        files = [Path(manifest.batch_dir) / platform.files["interactions"]]
+        return Inputs(files, {f.file: f.sha256 for f in manifest.files})
+    landed = landed_partitions(platform.name, layout)
     hashes = {f.file: f.sha256 for f in manifest.files if f.table != "interactions"}
-    hashes.update({name: landed.sha256 for name, landed in landed_partitions(platform.name, layout).items()})
-    return hashes
+    hashes.update({name: partition.sha256 for name, partition in landed.items()})
+    return Inputs([partition.path for partition in landed.values()], hashes)
+
+
+def interaction_files(manifest: PulledBatch, platform: PlatformConfig, layout: StateLayout) -> list[Path]:
+    """The landed interaction files that make up a platform's data (`landed_inputs`)."""
+    return landed_inputs(manifest, platform, layout).interactions
 
 
 def _read_interactions(paths: list[Path], platform: PlatformConfig) -> pd.DataFrame:
@@ -519,12 +527,12 @@ def write_tables(tables: dict[str, pd.DataFrame], out: Path) -> None:
 
 
 def _unify_platforms(
-    validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout
+    validated: list[ValidatedBatch], config: PipelineConfig, inputs: dict[str, Inputs]
 ) -> dict[str, dict[str, Any]]:
     """unify_platform for every validated batch, in platform order: the one with the most rows here, the others
     meanwhile in forked processes when the batches are large (their results come back pickled)."""
     work = [(m.platform, Path(m.batch_dir), config.platform(m.platform)) for m in validated]
-    files = {name: interaction_files(m, platform, layout) for m, (name, _, platform) in zip(validated, work)}
+    files = {name: inputs[name].interactions for name, _, _ in work}
     rows = {m.platform: m.interaction_rows() for m in validated}
     largest = max(rows, key=rows.__getitem__) if rows else None
     concurrent = sum(rows.values()) >= PARALLEL_MIN_ROWS and len(work) > 1 and can_fork() and workers() > 1
@@ -591,9 +599,9 @@ class PandasTables:
     (spark/unify.py has the Spark one: the same steps, with the interactions as a Spark DataFrame.)"""
 
     def platforms(
-        self, validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout
+        self, validated: list[ValidatedBatch], config: PipelineConfig, inputs: dict[str, Inputs]
     ) -> dict[str, dict[str, Any]]:
-        return _unify_platforms(validated, config, layout)
+        return _unify_platforms(validated, config, inputs)
 
     def concat(self, frames: list[pd.DataFrame]) -> pd.DataFrame:
         return pd.concat(frames, ignore_index=True)
@@ -678,7 +686,8 @@ def _previous_rows(layout: StateLayout) -> dict[str, int]:
 
 
 def _unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout, engine: Any) -> UnifiedVersion:
-    parts = engine.platforms(validated, config, layout)
+    inputs = {m.platform: landed_inputs(m, config.platform(m.platform), layout) for m in validated}
+    parts = engine.platforms(validated, config, inputs)
     previous = _previous_rows(layout)
     for name, part in parts.items():
         platform = config.platform(name)
@@ -753,7 +762,7 @@ def _unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: Stat
             current=str(final),
             platforms=counts,
             batches={m.platform: m.batch_id for m in validated},
-            hashes={m.platform: data_hashes(m, config.platform(m.platform), layout) for m in validated},
+            hashes={name: read.hashes for name, read in inputs.items()},
             validation=validation,
         )
         (out / "manifest.json").write_text(json.dumps(manifest.to_xcom(), indent=2))
