@@ -129,3 +129,23 @@ def test_a_first_row_one_field_longer_than_the_header_is_refused_not_shifted(tmp
     # quoted, the same value reads as it is
     path.write_text('item,title,year\n1,"Toy Story, The",1995\n')
     assert read_table(path, "csv").to_dict("records") == [{"item": "1", "title": "Toy Story, The", "year": "1995"}]
+
+
+def test_json_lines_keep_each_value_as_the_file_writes_it(tmp_path):
+    """A column with a missing value must not turn its numbers into floats: occupation 4 read as "4.0" missed its
+    value map, and an id past 2**53 lost its last digits."""
+    path = tmp_path / "users.jsonl"
+    path.write_text(
+        '{"uid": 12345678901234567891, "occupation": 4, "rating": 4.5, "ok": true, "zip": "02139"}\n'
+        "\n"
+        '{"uid": 2, "occupation": null, "rating": 3, "ok": false}\n'
+    )
+    table = read_table(path, "jsonl")
+    assert table.astype(object).where(table.notna(), None).to_dict("records") == [
+        {"uid": "12345678901234567891", "occupation": "4", "rating": "4.5", "ok": "true", "zip": "02139"},
+        {"uid": "2", "occupation": None, "rating": "3", "ok": "false", "zip": None},
+    ]
+    assert count_rows(path, "jsonl") == 2
+    path.write_text('{"uid": 1}\n["not", "an", "object"]\n')
+    with pytest.raises(FormatError, match=r"users\.jsonl: malformed JSON lines: line 2 is not a JSON object"):
+        read_table(path, "jsonl")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import codecs
 import csv
+import json
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -87,15 +89,7 @@ def _as_categorical(frame: pd.DataFrame, columns: Collection[str]) -> pd.DataFra
 
 def _read_text(path: Path, fmt: str, delimiter: str | None) -> pd.DataFrame:
     if fmt == "jsonl":
-        try:
-            return (
-                pd.read_json(path, lines=True, dtype=False)
-                .astype(object)
-                .where(lambda f: f.notna(), None)
-                .map(lambda v: None if v is None else str(v))
-            )
-        except ValueError as exc:
-            raise FormatError(f"{path}: malformed JSON lines: {exc}") from exc
+        return _read_jsonl(path)
     sep = {"recbole": "\t", "tsv": "\t", "csv": ","}.get(fmt)
     if sep is None:
         raise FormatError(f"{path}: unsupported format {fmt!r}")
@@ -129,6 +123,51 @@ def _read_text(path: Path, fmt: str, delimiter: str | None) -> pd.DataFrame:
     if fmt == "recbole":
         frame.columns = [str(c).split(":", 1)[0] for c in frame.columns]
     return frame
+
+
+def _json_text(value: Any) -> str | None:
+    """A JSON value as the text the file gives it (numbers were parsed as their own text), as Spark's
+    primitivesAsString reads it: true/false for booleans, nested values as JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """One JSON object per line, every value as its text. Numbers keep the digits the file has: a reader that
+    types them makes a column with a missing value floats, so occupation 4 became "4.0" (outside its value map) and
+    a long id lost its last digits."""
+    decoder = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=str)
+    records = []
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = decoder.decode(line)
+                except json.JSONDecodeError as exc:
+                    raise FormatError(f"{path}: malformed JSON lines: line {number}: {exc.msg}") from None
+                if not isinstance(record, dict):
+                    raise FormatError(f"{path}: malformed JSON lines: line {number} is not a JSON object")
+                records.append(record)
+    except UnicodeDecodeError as exc:
+        check_text(path, "jsonl")  # names the file's byte (the decoder's offset is one within its read buffer)
+        raise FormatError(f"{path}: not valid UTF-8 at byte {exc.start}") from exc
+    if not records and path.stat().st_size == 0:  # as check_text refuses it for Spark
+        raise FormatError(f"{path}: the file is empty")
+    frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
+    frame = frame.astype(object).where(frame.notna(), None)
+    for column in frame.columns:  # numbers are text already; booleans and nested values are the rare rest
+        try:
+            values = pd.unique(frame[column])
+        except TypeError:  # a nested object or list: unhashable
+            values = [{}]
+        if any(v is not None and not isinstance(v, str) for v in values):
+            frame[column] = frame[column].map(_json_text, na_action="ignore")
+    return frame.astype("str")  # text with missing values, as the delimited readers' dtype=str gives it
 
 
 def header_names(path: Path, fmt: str, delimiter: str | None = None) -> list[str]:
