@@ -153,6 +153,26 @@ def test_a_refusal_of_partitions_landed_before_quarantines_no_run_batch(incremen
     assert not (layout.quarantine / "village").exists()
 
 
+def test_a_bad_day_landed_before_never_sends_a_later_runs_good_day_to_quarantine(incremental):
+    env, days, _ = incremental
+    config, layout = load_config(), StateLayout.from_env()
+    campus = config.platform("campus")
+    day = env["exports"] / "village" / f"dt={days[0]}" / "interactions.txt"
+    pd.read_csv(day).assign(learner=lambda f: f["learner"].where(f.index > 0, "u" * 300)).to_csv(day, index=False)
+    bad = _pull(days[0], days[1])  # validation passes it: only unification's max_id_length refuses a long id
+    source = validate_batch(pull_platform(campus, layout, "snap"), campus, layout)
+    good = _pull(days[1], days[2])
+    with pytest.raises(BatchRefused, match="max_id_length"):
+        unify([source, good], config, layout)
+    assert (layout.landing / "village" / good.batch_id / "validation.json").exists(), "the good day stays landed"
+    assert not (layout.quarantine / "village").exists()
+    # the run of the bad day itself sends its batch to quarantine
+    with pytest.raises(BatchRefused, match="max_id_length"):
+        unify([source, bad], config, layout)
+    assert [p.name for p in (layout.quarantine / "village").iterdir()] == [bad.batch_id]
+    assert (layout.landing / "village" / good.batch_id).is_dir()
+
+
 def test_an_ingest_run_without_an_interval_is_refused(incremental):
     from transfer_rec.stages import pipeline
 

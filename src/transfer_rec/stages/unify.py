@@ -639,11 +639,15 @@ def unify(
     except rules.BatchRefused as caught:
         refused = named_as_in_file(caught, config)
         batch = next((m for m in validated if m.platform == refused.platform), None)
-        # an incremental platform's run without a data interval lands no partition: rows refused there came from
-        # partitions landed before, and its own batch (profiles, catalogue) is not what is wrong
-        holds = batch is not None and any(f.file.split("/")[-1] == refused.file for f in batch.files)
+        holds = batch is not None and refused_in_own_files(batch, caught, config)
         if batch is not None and not holds:
-            log.error("%s; in partitions landed before this run (%s): nothing quarantined", refused, batch.batch_dir)
+            log.error(
+                "%s; the rows come from partitions landed before this run (alone or with this run's), so this "
+                "run's batch %s is not what is wrong: nothing quarantined; the partitions read are under %s",
+                refused,
+                batch.batch_id,
+                layout.landing / batch.platform,
+            )
         elif batch is not None and Path(batch.batch_dir).exists():
             summary = {
                 "platform": batch.platform,
@@ -659,6 +663,25 @@ def unify(
         if refused is caught:
             raise
         raise refused from caught
+
+
+def refused_in_own_files(batch: ValidatedBatch, refused: rules.BatchRefused, config: PipelineConfig) -> bool:
+    """Whether the run's own batch breaks the rule. A snapshot's batch is all its platform's data. An incremental
+    platform's interactions are every partition landed so far: a run without an interval lands none of them, and
+    one with an interval is checked again on its own partitions alone, so that a bad day landed before never
+    sends each later run's good day to quarantine."""
+    files = {f.file for f in batch.files}
+    if refused.file not in {name.split("/")[-1] for name in files}:
+        return False
+    platform = config.platform(batch.platform)
+    if platform.pull.mode == "snapshot" or refused.file != platform.files.get("interactions"):
+        return True
+    own = [Path(batch.batch_dir) / f.file for f in batch.files if f.table == "interactions"]
+    try:
+        unify_platform(Path(batch.batch_dir), platform, config, own)
+    except rules.BatchRefused as again:
+        return again.rule == refused.rule
+    return False
 
 
 def named_as_in_file(refused: rules.BatchRefused, config: PipelineConfig) -> rules.BatchRefused:
