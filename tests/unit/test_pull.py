@@ -221,3 +221,22 @@ def test_the_fingerprint_names_exactly_the_partitions_unify_read(incremental, mo
     partitions = sorted(name for name in manifest.hashes["village"] if name.endswith("interactions.txt"))
     assert partitions == [f"dt={day}/interactions.txt" for day in days if day < middle]
     assert manifest.platforms["village"]["rows_in"] < total
+
+
+def test_a_snapshot_pulled_again_for_the_same_interval_replaces_nothing(pipeline_env):
+    """A snapshot's manifest records its run's interval too: only an incremental platform's batches of an interval
+    replace each other."""
+    from transfer_rec.stages.pull import superseded
+
+    pipeline_env()
+    config, layout = load_config(), StateLayout.from_env()
+    interval = (utc("2023-11-15"), utc("2023-11-16"))
+    first = _validated(config, layout, "ingest_a", interval)
+    second = pull_platform(config.platform("village"), layout, "ingest_b", interval)
+    assert first.interval == second.interval and superseded(layout, second) == []
+
+
+def _validated(config, layout, batch_id, interval):
+    return validate_batch(
+        pull_platform(config.platform("village"), layout, batch_id, interval), config.platform("village"), layout
+    )

@@ -78,9 +78,9 @@ def landed_partitions(platform: str, layout: StateLayout, table: str = "interact
 
 
 def superseded(layout: StateLayout, batch: PulledBatch) -> list[Path]:
-    """The platform's other landed batches of the same data interval as `batch`: replaced once `batch` validates
-    (the most recent pull of a partition wins, `landed_partitions`)."""
-    if batch.interval is None:
+    """An incremental platform's other landed batches of the same data interval as `batch`: replaced once `batch`
+    validates (the most recent pull of a partition wins, `landed_partitions`)."""
+    if batch.mode != "incremental" or batch.interval is None:  # a snapshot records its run's interval too
         return []
     older = []
     for manifest in (layout.landing / batch.platform).glob(f"*/{MANIFEST}"):
