@@ -227,6 +227,7 @@ TARGETS = pipeline.target_names()
             [],
             type=["null", "array"],
             items={"type": "string", "enum": TARGETS},
+            uniqueItems=True,  # one target twice would race its own twin for the champion alias
             examples=TARGETS,
             description=f"Target platforms to fine-tune, of {', '.join(TARGETS)}. Empty: every target.",
         ),
@@ -318,7 +319,7 @@ def transfer_rec() -> None:
         _mlflow_link(run)
         return pipeline.unify(run, list(validated))
 
-    @stage(**NO_RETRY)
+    @stage()  # it reads the registry: a brief outage is ridden out like any other I/O
     def check_inputs(unified: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         """Skip the rest of the run when the data files and config are those every champion was trained on."""
         checked = pipeline.check_inputs(run, unified)

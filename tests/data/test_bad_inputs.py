@@ -144,6 +144,7 @@ def test_dag_params_of_wrong_type_or_out_of_range_are_refused():
         {"gate_override": "sometimes"},
         {"dry_run": "maybe"},
         {"run_key": "../elsewhere"},
+        {"targets": ["action", "action"]},  # a target named twice would race its twin for the champion alias
     ):
         params = ParamsDict({k: v for k, v in dag.params.items()})
         with pytest.raises(ParamValidationError, match=f"Invalid input for param {next(iter(bad))}"):

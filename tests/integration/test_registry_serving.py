@@ -121,3 +121,27 @@ def test_champion_answers_a_profile_only_request(pipeline_env):
     bundle.model.short_history = None  # a model without a prior cannot answer by profile, and says so
     with pytest.raises(RequestError, match="no profile prior"):
         model.predict(pd.DataFrame([{"user_id": None, "history": None, **first}]))
+
+
+def test_a_rollback_is_not_undone_by_retraining_on_the_inputs_rolled_back_from(pipeline_env):
+    """v2, trained on newer data, is rolled back to v1: a run on v2's inputs would rebuild v2 (training is
+    deterministic) and the gate would crown it again. It trains nothing unless forced."""
+    from transfer_rec.stages import pipeline
+
+    env = pipeline_env()
+    run_inline("old", gate_override="promote")
+    export = env["exports"] / "village" / "interactions.txt"
+    frame = pd.read_csv(export, dtype=str)
+    frame.iloc[: len(frame) - 40].to_csv(export, index=False)  # the platform's next export
+    run_inline("new", gate_override="promote")
+    rollback("village", StateLayout.from_env())
+    assert aliases() == {"champion": "1", "previous_champion": "2"}
+
+    def check(**params) -> dict:
+        run = pipeline.plan({"run_key": "after-rollback", **params}, airflow_run_id="after-rollback")
+        validated = [pipeline.validate(run, pipeline.pull(run, p)) for p in run["platforms"]]
+        return pipeline.check_inputs(run, pipeline.unify(run, validated))
+
+    checked = check()
+    assert not checked["changed"] and "village v2 (rolled back from by the operator)" in checked["reason"], checked
+    assert check(force=True)["changed"]

@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import mlflow
+import pandas as pd
+import pytest
+from inline import run_inline
 
 from transfer_rec.registry import tracking
 from transfer_rec.stages import pipeline
 
 
-def test_a_run_key_planned_again_with_other_params_reopens_its_run_and_keeps_the_first_params(pipeline_env):
+def test_a_run_key_planned_again_resumes_its_run_with_the_same_params_and_refuses_others(pipeline_env):
     pipeline_env()
     first = pipeline.plan({"run_key": "again", "epochs_finetune": 3}, airflow_run_id="again-1")
     tracking.end_pipeline_run(first["parent_run_id"], outcome="done")
-    # MLflow refuses to change a logged param: the second plan must neither fail nor rewrite the first's
-    second = pipeline.plan({"run_key": "again", "epochs_finetune": 5, "dry_run": True}, airflow_run_id="again-2")
+    # MLflow keeps a stage run's first params: other settings under the same key would fail training later
+    with pytest.raises(ValueError, match=r"run_key again: .*other params \(dry_run \(empty\) -> True, epochs_fine"):
+        pipeline.plan({"run_key": "again", "epochs_finetune": 5, "dry_run": True}, airflow_run_id="again-2")
+    second = pipeline.plan({"run_key": "again", "epochs_finetune": 3}, airflow_run_id="again-2")
     assert second["parent_run_id"] == first["parent_run_id"]
     run = mlflow.MlflowClient().get_run(second["parent_run_id"])
     assert run.info.status == "RUNNING", "a run key used again reopens its parent run"
-    assert run.data.params["param.epochs_finetune"] == "3" and run.data.params["param.dry_run"] == "True"
+    assert run.data.params["param.epochs_finetune"] == "3"
+
+
+def test_a_run_key_that_registered_a_model_on_other_inputs_is_refused_before_training(pipeline_env):
+    """Its retried fine-tune would find that earlier version and hand it on as this run's candidate."""
+    env = pipeline_env()
+    run_inline("weekly", gate_override="promote")
+    export = env["exports"] / "village" / "interactions.txt"
+    frame = pd.read_csv(export, dtype=str)
+    frame.iloc[: len(frame) - 40].to_csv(export, index=False)
+    run = pipeline.plan({"run_key": "weekly", "gate_override": "promote"}, airflow_run_id="weekly-2")
+    unified = pipeline.unify(run, [pipeline.validate(run, pipeline.pull(run, p)) for p in run["platforms"]])
+    with pytest.raises(ValueError, match=r"run_key weekly: it registered village v1, trained on other data"):
+        pipeline.check_inputs(run, unified)

@@ -18,6 +18,8 @@ from transfer_rec.serving.bundle import ModelBundle
 log = logging.getLogger(__name__)
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous_champion", "challenger"
+# on the version a rollback restored: the version it replaced (the one the operator rolled back from)
+ROLLED_BACK_TAG = "rollback.from"
 
 
 def registered_model_name(target: str) -> str:
@@ -57,6 +59,15 @@ def register_candidate(target: str, model_uri: str, run_id: str, run_key: str):
     return mlflow.register_model(model_uri, name, tags={RUN_KEY_TAG: run_key, "source_run_id": run_id})
 
 
+def run_key_versions(target: str, run_key: str) -> list[Any]:
+    """The target's model versions registered by a run key (none while the target has no registered model)."""
+    name = registered_model_name(target)
+    try:
+        return list(MlflowClient().search_model_versions(f"name = '{name}' and tags.`{RUN_KEY_TAG}` = '{run_key}'"))
+    except mlflow.exceptions.MlflowException:
+        return []
+
+
 def describe(target: str, version: str, tags: dict[str, str], description: str) -> None:
     client = MlflowClient()
     name = registered_model_name(target)
@@ -92,7 +103,7 @@ def rollback(target: str) -> dict[str, Any]:
     current = client.get_model_version_by_alias(name, CHAMPION).version
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.set_registered_model_alias(name, PREVIOUS, current)
-    client.set_model_version_tag(name, previous, "rollback.from", current)
+    client.set_model_version_tag(name, previous, ROLLED_BACK_TAG, current)
     return {"model": name, "champion": previous, "rolled_back_from": current}
 
 

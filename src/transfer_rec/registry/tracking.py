@@ -190,14 +190,27 @@ def airflow_tags(
     return tags
 
 
+def param_text(value: Any) -> str:
+    """A param's value as MLflow keeps it (lists joined by commas: `targets` ['a', 'b'] reads a, b)."""
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def pipeline_params(layout: StateLayout, run_key: str) -> dict[str, str] | None:
+    """The trigger params (`param.*`) logged on the parent run of a run key; None when no run has used the key."""
+    experiment_id = configure(layout)
+    found = _find_run(experiment_id, f"tags.`{RUN_KEY_TAG}` = '{run_key}' and tags.`{STAGE_TAG}` = 'pipeline'")
+    if not found:
+        return None
+    return {k: v for k, v in MlflowClient().get_run(found).data.params.items() if k.startswith("param.")}
+
+
 def log_params(run_id: str, params: dict[str, Any]) -> None:
-    """Params on a run (lists joined by commas: `targets` ['a', 'b'] reads a, b). MLflow refuses to change a param, so
-    on a run that already has one (a run key used again with other params) the first value stays and the change is
-    logged, instead of failing the run."""
+    """Params on a run. MLflow refuses to change a param, so on a run that already has one the first value stays and
+    the change is logged, instead of failing the run (`plan` refuses a run key used again with other params)."""
     client = MlflowClient()
     logged = client.get_run(run_id).data.params
     for key, value in params.items():
-        text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        text = param_text(value)
         if key not in logged:
             client.log_param(run_id, key, text)
         elif logged[key] != text:

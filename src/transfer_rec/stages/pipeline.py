@@ -139,7 +139,7 @@ def plan(
         overrides.setdefault("features", {})["seed"] = params["seed"]
     config = load_config(overrides=overrides)
     targets = [t.name for t in config.targets]
-    chosen = list(params.get("targets") or targets)
+    chosen = list(dict.fromkeys(params.get("targets") or targets))  # a target named twice is trained once
     unknown = sorted(set(chosen) - set(targets))
     if unknown:
         raise ValueError(f"param targets: {unknown} are not target platforms of the config (targets: {targets})")
@@ -150,13 +150,28 @@ def plan(
         )
     run_key = check_run_key(params.get("run_key") or run_key_from(airflow_run_id))
     layout = StateLayout.from_env()
+    given = {f"param.{k}": v for k, v in sorted(params.items()) if v not in (None, [], "")}
+    earlier = tracking.pipeline_params(layout, run_key)
+    if earlier is not None:
+        # a run key names one run's outputs: its stage runs are reopened, and MLflow keeps their first params, so
+        # other settings would fail training; the same ones resume the run
+        now = {k: tracking.param_text(v) for k, v in given.items()}
+        differ = sorted(k for k in set(earlier) | set(now) if earlier.get(k) != now.get(k))
+        if differ:
+            changes = ", ".join(
+                f"{k.removeprefix('param.')} {earlier.get(k, '(empty)')} -> {now.get(k, '(empty)')}" for k in differ
+            )
+            raise ValueError(
+                f"param run_key {run_key}: an earlier run used this key with other params ({changes}); give a new "
+                "run_key (or leave it empty), or the same params to resume that run"
+            )
     interval_iso = [_iso(t) for t in interval] if interval and None not in interval else None
     parent = tracking.pipeline_run(
         layout, run_key, tracking.airflow_tags(dag_id, airflow_run_id, interval=interval_iso)
     )
     tracking.log_config(parent, config, overrides)
     # the trigger's params as the run's params (those left empty fall back to the config, logged as an artifact)
-    tracking.log_params(parent, {f"param.{k}": v for k, v in sorted(params.items()) if v not in (None, [], "")})
+    tracking.log_params(parent, given)
     experiment_id = tracking.configure(layout)
     log.info(
         "run %s: platforms %s, targets %s, MLflow parent run %s",
@@ -319,25 +334,48 @@ def check_inputs(run: Json, unified: Json) -> Json:
     the same model, and each unchanged run would add a version of it. A gate override retrains (it asks for a
     verdict of its own), and so does param `force`. {"changed": bool, "reason": str}. An unchanged run writes its
     summary (the reason) so that `transfer-rec run` and the reports say why nothing was trained."""
-    from transfer_rec.registry.models import CHALLENGER, CHAMPION, alias_version
+    from transfer_rec.registry.models import CHALLENGER, CHAMPION, PREVIOUS, ROLLED_BACK_TAG, alias_version
     from transfer_rec.stages.promote import INPUTS_TAG
 
     plan_, config, layout = _resolve(run)
     fingerprint = inputs_fingerprint(UnifiedVersion.model_validate(unified).hashes, config)
+    from transfer_rec.registry import tracking
+    from transfer_rec.registry.models import run_key_versions
+
+    tracking.configure(layout)
+    for t in plan_.targets:
+        # a run key names one run's outputs: its retried fine-tune finds the version it registered, so on other
+        # inputs it would hand on that earlier model as this run's candidate
+        for version in run_key_versions(t, plan_.run_key):
+            trained_on = (version.tags or {}).get(INPUTS_TAG)
+            if trained_on and trained_on != fingerprint:
+                raise ValueError(
+                    f"param run_key {plan_.run_key}: it registered {t} v{version.version}, trained on other data or "
+                    "config than this run has; give a new run_key (or leave it empty)"
+                )
     if plan_.force:
         return {"changed": True, "reason": "param force: retrain whatever the inputs"}
     if plan_.gate_override != "none":  # the operator asks for a verdict of their own: there must be a candidate
         return {"changed": True, "reason": f"param gate_override={plan_.gate_override}: retrain to apply it"}
-    from transfer_rec.registry import tracking
-
-    tracking.configure(layout)
     trained: dict[str, str] = {}  # target -> the version trained on these inputs, named for the reason
     for t in plan_.targets:
-        for alias in (CHAMPION, CHALLENGER):
-            version = alias_version(t, alias)
-            if version is not None and (version.tags or {}).get(INPUTS_TAG) == fingerprint:
+        champion = alias_version(t, CHAMPION)
+        for alias in (CHAMPION, CHALLENGER, PREVIOUS):
+            version = champion if alias == CHAMPION else alias_version(t, alias)
+            if version is None or (version.tags or {}).get(INPUTS_TAG) != fingerprint:
+                continue
+            if alias == PREVIOUS:
+                # a version an operator rolled back from: retraining on its inputs would rebuild it and the gate
+                # would crown it again over the restored champion, undoing the rollback
+                rolled_back = champion is not None and (champion.tags or {}).get(ROLLED_BACK_TAG) == str(
+                    version.version
+                )
+                if not rolled_back:
+                    continue
+                trained[t] = f"{t} v{version.version} (rolled back from by the operator)"
+            else:
                 trained[t] = f"{t} v{version.version}" + ("" if alias == CHAMPION else " (challenger, not promoted)")
-                break
+            break
     differ = [t for t in plan_.targets if t not in trained]
     if differ:
         return {"changed": True, "reason": f"new inputs for {', '.join(differ)}"}
