@@ -254,7 +254,12 @@ def summary(layout: StateLayout) -> None:
         if failed:
             print(f"  published: {failed}")
         elif pub.get("published"):
-            print(f"  published: {pub['rows']:,} recommendations for {pub['users']:,} users -> {pub['path']}")
+            short = (
+                f", {pub['short_history_users']:,} below the training threshold"
+                if pub.get("short_history_users")
+                else ""
+            )
+            print(f"  published: {pub['rows']:,} recommendations for {pub['users']:,} users{short} -> {pub['path']}")
         else:
             print(f"  published: nothing ({pub.get('reason', 'n/a')})")
     print(

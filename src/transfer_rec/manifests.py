@@ -182,6 +182,8 @@ class Published(Manifest):
     path: str | None = None
     users: int | None = None
     opted_out_users: int | None = None
+    # consenting users training left out (fewer positives than features.min_interactions): ranked from what they have
+    short_history_users: int | None = None
     rows: int | None = None
     model_version: str | None = None
 

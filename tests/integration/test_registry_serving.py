@@ -145,3 +145,28 @@ def test_a_rollback_is_not_undone_by_retraining_on_the_inputs_rolled_back_from(p
     checked = check()
     assert not checked["changed"] and "village v2 (rolled back from by the operator)" in checked["reason"], checked
     assert check(force=True)["changed"]
+
+
+def test_publish_gives_every_consenting_user_a_list_those_below_the_training_threshold_too(pipeline_env):
+    """Training keeps users with enough positives; the platform's users with fewer (a newcomer's first two
+    enrolments, or none yet) still get a top-K, from their items and profile."""
+    env = pipeline_env()
+    folder = env["exports"] / "village"
+    inter = pd.read_csv(folder / "interactions.txt", dtype=str)
+    users = pd.read_csv(folder / "users.txt", dtype=str)
+    user_column = users.columns[0]
+    newcomers = users.iloc[:2].assign(**{user_column: ["newcomer-a", "newcomer-b"]})
+    pd.concat([users, newcomers]).to_csv(folder / "users.txt", index=False)
+    first_two = inter.iloc[:2].assign(learner="newcomer-a", score="5")
+    pd.concat([inter, first_two]).to_csv(folder / "interactions.txt", index=False)
+    out = run_inline("everyone", gate_override="promote")
+    recs = pd.read_parquet(out["published"]["path"])
+    unified = pd.read_parquet(f"{out['features']['unified']}/users.parquet")
+    assert set(recs["user_id"]) == set(unified.loc[unified["platform"] == "village", "user_id"])
+    assert out["published"]["short_history_users"] >= 2
+    for newcomer, seen in (("village:newcomer-a", set(first_two["course"])), ("village:newcomer-b", set())):
+        theirs = recs[recs["user_id"] == newcomer]
+        assert theirs["rank"].tolist() == list(range(1, 11)) and theirs["personalised"].all(), newcomer
+        assert not {theirs["platform_item_id"].tolist()[i] for i in range(10)} & seen
+    a, b = (recs[recs["user_id"] == f"village:newcomer-{x}"]["item_id"].tolist() for x in "ab")
+    assert a != b, "newcomer-a's two items change their list"

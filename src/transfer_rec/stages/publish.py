@@ -1,4 +1,5 @@
-"""Stage 9, publish: the champion's top-K for every user of a target, written atomically as Parquet."""
+"""Stage 9, publish: the champion's top-K for every user of a target, written atomically as Parquet: the users
+training kept, those it left out with too short a history, and opted-out users (a non-personalised list)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from transfer_rec.io.storage import atomic_dir
 from transfer_rec.manifests import FeatureSet, Published
 from transfer_rec.registry import tracking
 from transfer_rec.registry.models import champion_bundle, registered_model_name
-from transfer_rec.schema.unified import user_key
+from transfer_rec.schema.unified import PROFILE_FIELDS, user_key
+from transfer_rec.serving.bundle import ModelBundle
 from transfer_rec.stages.features import PlatformData
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,9 @@ def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: S
         }
     )
     frame["personalised"] = True
+    short = _short_history(bundle, features, target, set(histories.index), config.publish.k)
+    frame = pd.concat([frame, short], ignore_index=True) if len(short) else frame
+    short_users = int(short["user_id"].nunique()) if len(short) else 0
     opted_out = _opted_out_users(features, target)
     if len(opted_out):
         frame = pd.concat([frame, _non_personalised(data, opted_out, config.publish.k)], ignore_index=True)
@@ -63,8 +68,9 @@ def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: S
             target=target,
             published=True,
             path=str(final / "recommendations.parquet"),
-            users=int(histories.size + len(opted_out)),
+            users=int(histories.size + short_users + len(opted_out)),
             opted_out_users=int(len(opted_out)),
+            short_history_users=short_users,
             rows=int(len(frame)),
             model_version=str(version),
         )
@@ -78,6 +84,39 @@ def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: S
         final,
     )
     return manifest
+
+
+def _short_history(bundle: ModelBundle, features: FeatureSet, target: str, kept: set[str], k: int) -> pd.DataFrame:
+    """Consenting target users the features left out (fewer positives than features.min_interactions, or none yet):
+    ranked from what the platform has of them, as serving ranks a user it does not know: their positive items, their
+    profile, and their link id (a person known on a linked source gets their source histories' answer). A list
+    built from none of these is the model's answer for nobody in particular: marked `personalised = false`."""
+    udir = Path(features.unified)
+    users = pd.read_parquet(udir / "users.parquet", filters=[("platform", "==", target)])
+    users = users[users["consent"].astype(bool) & ~users["user_id"].isin(kept)].sort_values("user_id")
+    if users.empty:
+        return pd.DataFrame()
+    inter = pd.read_parquet(
+        udir / "interactions.parquet",
+        columns=["user_id", "item_id", "label", "timestamp"],
+        filters=[("platform", "==", target)],
+    )
+    positives = inter[(inter["label"] == 1) & inter["user_id"].isin(set(users["user_id"]))]
+    by_user = positives.sort_values("timestamp", kind="stable").groupby("user_id")["item_id"].agg(list)
+    histories = [by_user.get(u, []) for u in users["user_id"]]
+    fields = [c for c in PROFILE_FIELDS if c in users and c in bundle.profiles]
+    profiles = users[fields].reset_index(drop=True)
+    links = [v if isinstance(v, str) else None for v in users["link_id"]] if "link_id" in users else None
+    recs = bundle.recommend(histories, k, profiles, link_ids=links)
+    rows = []
+    for n, user in enumerate(users["user_id"]):
+        personal = bool(histories[n] or profiles.iloc[n].notna().any() or set(recs.platforms[n] or []) - {target})
+        rows += [
+            (user, rank, item, score, personal)
+            for rank, (item, score) in enumerate(zip(recs.item_ids[n], recs.scores[n], strict=True), start=1)
+        ]
+    log.info("%s: %d consenting user(s) below the training threshold ranked from what they have", target, len(users))
+    return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score", "personalised"])
 
 
 def _opted_out_users(features: FeatureSet, target: str) -> list[str]:
