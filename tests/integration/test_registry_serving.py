@@ -24,7 +24,9 @@ def aliases() -> dict[str, str]:
 
 
 def test_gate_aliases_override_dry_run_and_rollback(pipeline_env):
-    pipeline_env()
+    from transfer_rec.stages import pipeline
+
+    env = pipeline_env()
     first = run_inline("r1", gate_override="promote")
     assert first["decision"]["promoted"] and aliases() == {"champion": "1"}
     assert "champion" not in first["evaluation"]["metrics"], "the first model has no champion to meet"
@@ -68,10 +70,30 @@ def test_gate_aliases_override_dry_run_and_rollback(pipeline_env):
         promote(Evaluation.model_validate(second["evaluation"]), GateConfig(), StateLayout.from_env(), "r2", "promote")
     assert aliases()["champion"] == "4" and aliases()["previous_champion"] == "1", "nothing moved"
 
+    # v5, trained on the platform's next export, is rolled back to v4: a run on v5's inputs would rebuild v5
+    # (training is deterministic) and the gate would crown it again; it trains nothing unless forced
+    export = env["exports"] / "village" / "interactions.txt"
+    frame = pd.read_csv(export, dtype=str)
+    frame.iloc[: len(frame) - 40].to_csv(export, index=False)
+    run_inline("r5", gate_override="promote")
+    rollback("village", StateLayout.from_env())
+    assert aliases()["champion"] == "4" and aliases()["previous_champion"] == "5"
+
+    def check(**params) -> dict:
+        run = pipeline.plan({"run_key": "after-rollback", **params}, airflow_run_id="after-rollback")
+        validated = [pipeline.validate(run, pipeline.pull(run, p)) for p in run["platforms"]]
+        return pipeline.check_inputs(run, pipeline.unify(run, validated))
+
+    checked = check()
+    assert not checked["changed"] and "village v5 (rolled back from by the operator)" in checked["reason"], checked
+    assert check(force=True)["changed"]
+
 
 def test_champion_pyfunc_answers_known_and_new_users(pipeline_env):
-    pipeline_env()
-    run_inline("serve", gate_override="promote")
+    env = pipeline_env()
+    first_two = _newcomers(env)
+    out = run_inline("serve", gate_override="promote")
+    _everyone_published(out, first_two)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     bundle = model.unwrap_python_model().bundle
     known_user = next(iter(bundle.histories))
@@ -123,43 +145,20 @@ def test_champion_answers_a_profile_only_request(pipeline_env):
         model.predict(pd.DataFrame([{"user_id": None, "history": None, **first}]))
 
 
-def test_a_rollback_is_not_undone_by_retraining_on_the_inputs_rolled_back_from(pipeline_env):
-    """v2, trained on newer data, is rolled back to v1: a run on v2's inputs would rebuild v2 (training is
-    deterministic) and the gate would crown it again. It trains nothing unless forced."""
-    from transfer_rec.stages import pipeline
-
-    env = pipeline_env()
-    run_inline("old", gate_override="promote")
-    export = env["exports"] / "village" / "interactions.txt"
-    frame = pd.read_csv(export, dtype=str)
-    frame.iloc[: len(frame) - 40].to_csv(export, index=False)  # the platform's next export
-    run_inline("new", gate_override="promote")
-    rollback("village", StateLayout.from_env())
-    assert aliases() == {"champion": "1", "previous_champion": "2"}
-
-    def check(**params) -> dict:
-        run = pipeline.plan({"run_key": "after-rollback", **params}, airflow_run_id="after-rollback")
-        validated = [pipeline.validate(run, pipeline.pull(run, p)) for p in run["platforms"]]
-        return pipeline.check_inputs(run, pipeline.unify(run, validated))
-
-    checked = check()
-    assert not checked["changed"] and "village v2 (rolled back from by the operator)" in checked["reason"], checked
-    assert check(force=True)["changed"]
-
-
-def test_publish_gives_every_consenting_user_a_list_those_below_the_training_threshold_too(pipeline_env):
-    """Training keeps users with enough positives; the platform's users with fewer (a newcomer's first two
-    enrolments, or none yet) still get a top-K, from their items and profile."""
-    env = pipeline_env()
+def _newcomers(env) -> pd.DataFrame:
+    """Two users training leaves out: one with two enrolments (returned), one with none yet."""
     folder = env["exports"] / "village"
     inter = pd.read_csv(folder / "interactions.txt", dtype=str)
     users = pd.read_csv(folder / "users.txt", dtype=str)
-    user_column = users.columns[0]
-    newcomers = users.iloc[:2].assign(**{user_column: ["newcomer-a", "newcomer-b"]})
+    newcomers = users.iloc[:2].assign(**{users.columns[0]: ["newcomer-a", "newcomer-b"]})
     pd.concat([users, newcomers]).to_csv(folder / "users.txt", index=False)
     first_two = inter.iloc[:2].assign(learner="newcomer-a", score="5")
     pd.concat([inter, first_two]).to_csv(folder / "interactions.txt", index=False)
-    out = run_inline("everyone", gate_override="promote")
+    return first_two
+
+
+def _everyone_published(out: dict, first_two: pd.DataFrame) -> None:
+    """Publish gives every consenting user a top-K: those below the training threshold too, from what they have."""
     recs = pd.read_parquet(out["published"]["path"])
     unified = pd.read_parquet(f"{out['features']['unified']}/users.parquet")
     assert set(recs["user_id"]) == set(unified.loc[unified["platform"] == "village", "user_id"])
@@ -167,6 +166,6 @@ def test_publish_gives_every_consenting_user_a_list_those_below_the_training_thr
     for newcomer, seen in (("village:newcomer-a", set(first_two["course"])), ("village:newcomer-b", set())):
         theirs = recs[recs["user_id"] == newcomer]
         assert theirs["rank"].tolist() == list(range(1, 11)) and theirs["personalised"].all(), newcomer
-        assert not {theirs["platform_item_id"].tolist()[i] for i in range(10)} & seen
+        assert not set(theirs["platform_item_id"]) & seen
     a, b = (recs[recs["user_id"] == f"village:newcomer-{x}"]["item_id"].tolist() for x in "ab")
     assert a != b, "newcomer-a's two items change their list"

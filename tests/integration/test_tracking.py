@@ -16,13 +16,14 @@ def test_a_run_key_planned_again_resumes_its_run_with_the_same_params_and_refuse
     first = pipeline.plan({"run_key": "again", "epochs_finetune": 3}, airflow_run_id="again-1")
     tracking.end_pipeline_run(first["parent_run_id"], outcome="done")
     # MLflow keeps a stage run's first params: other settings under the same key would fail training later
-    with pytest.raises(ValueError, match=r"run_key again: .*other params \(dry_run \(empty\) -> True, epochs_fine"):
+    with pytest.raises(ValueError, match=r"run_key again: .*other training params \(epochs_finetune 3 -> 5\)"):
         pipeline.plan({"run_key": "again", "epochs_finetune": 5, "dry_run": True}, airflow_run_id="again-2")
-    second = pipeline.plan({"run_key": "again", "epochs_finetune": 3}, airflow_run_id="again-2")
+    # a dry run, or a forced one, of the same settings changes no stage run's params: it resumes the run
+    second = pipeline.plan({"run_key": "again", "epochs_finetune": 3, "dry_run": True}, airflow_run_id="again-2")
     assert second["parent_run_id"] == first["parent_run_id"]
     run = mlflow.MlflowClient().get_run(second["parent_run_id"])
     assert run.info.status == "RUNNING", "a run key used again reopens its parent run"
-    assert run.data.params["param.epochs_finetune"] == "3"
+    assert run.data.params["param.epochs_finetune"] == "3" and run.data.params["param.dry_run"] == "True"
 
 
 def test_a_run_key_that_registered_a_model_on_other_inputs_is_refused_before_training(pipeline_env):

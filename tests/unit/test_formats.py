@@ -119,12 +119,13 @@ def test_a_header_that_cannot_be_read_is_the_files_fault(tmp_path):
         "item,title,year\n1,Toy Story, The,1995\n2,Heat,1995\n",  # an unquoted delimiter inside the first title
     ],
 )
-def test_a_first_row_one_field_longer_than_the_header_is_refused_not_shifted(tmp_path, text):
+def test_a_first_row_longer_than_the_header_is_refused_not_shifted(tmp_path, text):
     path = tmp_path / "export.csv"
     path.write_text(text)
-    with pytest.raises(
-        FormatError, match=r"export\.csv: its first data row has 4 fields, one more than the header's 3"
-    ):
+    with pytest.raises(FormatError, match=r"export\.csv: its first data row has 4 fields, 1 more than the header's 3"):
+        read_table(path, "csv")
+    path.write_text("item,title,year\n1,Toy Story, The, Part Two,1995\n")
+    with pytest.raises(FormatError, match=r"first data row has 5 fields, 2 more than the header's 3"):
         read_table(path, "csv")
     # quoted, the same value reads as it is
     path.write_text('item,title,year\n1,"Toy Story, The",1995\n')

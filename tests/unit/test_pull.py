@@ -75,9 +75,7 @@ def test_two_intervals_pull_disjoint_slices_and_rerunning_one_changes_nothing(in
     landed_before = [(p.parent.name, p.read_bytes()) for p in files]
     again = _pull(days[0], middle)  # a retry / backfill of the first slice
     assert again.batch_id.startswith(f"{first.batch_id}.")
-    assert sorted(p.name for p in (layout.landing / "village").iterdir()) == sorted(
-        [again.batch_id, second.batch_id]
-    ), "once validated, a re-pull replaces the interval's batch"
+    assert len(list((layout.landing / "village").iterdir())) == 3, "the first copy stays until a unify reads again"
     assert [(p.parent.name, p.read_bytes()) for p in interaction_files(again, config.platform("village"), layout)] == (
         landed_before
     )
@@ -85,6 +83,9 @@ def test_two_intervals_pull_disjoint_slices_and_rerunning_one_changes_nothing(in
     source = pull_platform(config.platform("campus"), layout, "snap")
     validated = [validate_batch(source, config.platform("campus"), layout), again]
     manifest = unify(validated, config, layout)
+    assert sorted(p.name for p in (layout.landing / "village").iterdir()) == sorted(
+        [again.batch_id, second.batch_id]
+    ), "once a unify has read the re-pull, it replaces the interval's first batch"
     counts = manifest.platforms["village"]
     assert counts["rows_in"] == total
     inter = pd.read_parquet(layout.unified / "current" / "interactions.parquet")
@@ -105,6 +106,23 @@ def test_a_re_export_of_an_interval_that_fails_validation_keeps_the_validated_co
     assert (layout.landing / "village" / first.batch_id / "validation.json").exists(), "the good copy stays"
     assert landed_partitions("village", layout) == landed
     assert [p.name.startswith(f"{first.batch_id}.") for p in (layout.quarantine / "village").iterdir()] == [True]
+
+
+def test_a_re_export_that_only_unification_refuses_keeps_the_good_copy_too(incremental):
+    env, days, _ = incremental
+    config, layout = load_config(), StateLayout.from_env()
+    campus = config.platform("campus")
+    first = _pull(days[0], days[1])
+    landed = landed_partitions("village", layout)
+    day = env["exports"] / "village" / f"dt={days[0]}" / "interactions.txt"
+    pd.read_csv(day).assign(learner=lambda f: f["learner"].where(f.index > 0, "u" * 300)).to_csv(day, index=False)
+    again = _pull(days[0], days[1])  # validation passes it: only unification's max_id_length refuses a long id
+    source = validate_batch(pull_platform(campus, layout, "snap"), campus, layout)
+    with pytest.raises(BatchRefused, match="max_id_length"):
+        unify([source, again], config, layout)
+    assert [p.name for p in (layout.quarantine / "village").iterdir()] == [again.batch_id]
+    assert (layout.landing / "village" / first.batch_id / "validation.json").exists()
+    assert landed_partitions("village", layout) == landed, "the interval's days are read from the good copy again"
 
 
 def test_a_run_without_an_interval_trains_on_the_partitions_landed_so_far(incremental):
@@ -221,22 +239,3 @@ def test_the_fingerprint_names_exactly_the_partitions_unify_read(incremental, mo
     partitions = sorted(name for name in manifest.hashes["village"] if name.endswith("interactions.txt"))
     assert partitions == [f"dt={day}/interactions.txt" for day in days if day < middle]
     assert manifest.platforms["village"]["rows_in"] < total
-
-
-def test_a_snapshot_pulled_again_for_the_same_interval_replaces_nothing(pipeline_env):
-    """A snapshot's manifest records its run's interval too: only an incremental platform's batches of an interval
-    replace each other."""
-    from transfer_rec.stages.pull import superseded
-
-    pipeline_env()
-    config, layout = load_config(), StateLayout.from_env()
-    interval = (utc("2023-11-15"), utc("2023-11-16"))
-    first = _validated(config, layout, "ingest_a", interval)
-    second = pull_platform(config.platform("village"), layout, "ingest_b", interval)
-    assert first.interval == second.interval and superseded(layout, second) == []
-
-
-def _validated(config, layout, batch_id, interval):
-    return validate_batch(
-        pull_platform(config.platform("village"), layout, batch_id, interval), config.platform("village"), layout
-    )

@@ -113,12 +113,13 @@ def _read_text(path: Path, fmt: str, delimiter: str | None) -> pd.DataFrame:
     header = header_names(path, fmt, delimiter)
     refuse_repeated(path, header)
     if not isinstance(frame.index, pd.RangeIndex):
-        # pandas takes a first data row one field longer than the header as "the first column is the index" and
+        # pandas takes a first data row longer than the header as "the first columns are the index" and
         # shifts every column by one: user ids read as item ids, ratings lost. Spark refuses such a file too.
+        extra = frame.index.nlevels  # pandas makes one index level of each field past the header
         raise FormatError(
-            f"{path}: its first data row has {len(header) + 1} fields, one more than the header's {len(header)} "
-            f"({', '.join(header)}): a delimiter at the end of each line, or a delimiter inside a value that is not "
-            "quoted; remove the trailing delimiter or quote the value"
+            f"{path}: its first data row has {len(header) + extra} fields, {extra} more than the header's "
+            f"{len(header)} ({', '.join(header)}): a delimiter at the end of each line, or a delimiter inside a "
+            "value that is not quoted; remove the trailing delimiter or quote the value"
         )
     if fmt == "recbole":
         frame.columns = [str(c).split(":", 1)[0] for c in frame.columns]
@@ -127,7 +128,7 @@ def _read_text(path: Path, fmt: str, delimiter: str | None) -> pd.DataFrame:
 
 def _json_text(value: Any) -> str | None:
     """A JSON value as the text the file gives it (numbers were parsed as their own text), as Spark's
-    primitivesAsString reads it: true/false for booleans, nested values as JSON."""
+    primitivesAsString reads it: true/false for booleans (nested values are JSON text already)."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, bool):
@@ -152,6 +153,10 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
                     raise FormatError(f"{path}: malformed JSON lines: line {number}: {exc.msg}") from None
                 if not isinstance(record, dict):
                     raise FormatError(f"{path}: malformed JSON lines: line {number} is not a JSON object")
+                nested = [key for key, value in record.items() if isinstance(value, dict | list)]
+                if nested:  # as JSON text, numbers as numbers (rare: decoded a second time, typed)
+                    typed = json.loads(line)
+                    record.update({key: json.dumps(typed[key], ensure_ascii=False) for key in nested})
                 records.append(record)
     except UnicodeDecodeError as exc:
         check_text(path, "jsonl")  # names the file's byte (the decoder's offset is one within its read buffer)

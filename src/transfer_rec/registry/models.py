@@ -61,11 +61,8 @@ def register_candidate(target: str, model_uri: str, run_id: str, run_key: str):
 
 def run_key_versions(target: str, run_key: str) -> list[Any]:
     """The target's model versions registered by a run key (none while the target has no registered model)."""
-    name = registered_model_name(target)
-    try:
-        return list(MlflowClient().search_model_versions(f"name = '{name}' and tags.`{RUN_KEY_TAG}` = '{run_key}'"))
-    except mlflow.exceptions.MlflowException:
-        return []
+    name = registered_model_name(target)  # an unknown name matches nothing; a registry outage is raised (retried)
+    return list(MlflowClient().search_model_versions(f"name = '{name}' and tags.`{RUN_KEY_TAG}` = '{run_key}'"))
 
 
 def describe(target: str, version: str, tags: dict[str, str], description: str) -> None:

@@ -154,16 +154,18 @@ def plan(
     earlier = tracking.pipeline_params(layout, run_key)
     if earlier is not None:
         # a run key names one run's outputs: its stage runs are reopened, and MLflow keeps their first params, so
-        # other settings would fail training; the same ones resume the run
+        # other training settings would fail training; the same ones resume the run (force, gate_override and
+        # dry_run change no stage run's params)
         now = {k: tracking.param_text(v) for k, v in given.items()}
-        differ = sorted(k for k in set(earlier) | set(now) if earlier.get(k) != now.get(k))
+        shaping = {f"param.{name}" for name in PARAM_OVERRIDES}
+        differ = sorted(k for k in shaping & (set(earlier) | set(now)) if earlier.get(k) != now.get(k))
         if differ:
             changes = ", ".join(
                 f"{k.removeprefix('param.')} {earlier.get(k, '(empty)')} -> {now.get(k, '(empty)')}" for k in differ
             )
             raise ValueError(
-                f"param run_key {run_key}: an earlier run used this key with other params ({changes}); give a new "
-                "run_key (or leave it empty), or the same params to resume that run"
+                f"param run_key {run_key}: an earlier run used this key with other training params ({changes}); "
+                "give a new run_key (or leave it empty), or the same params to resume that run"
             )
     interval_iso = [_iso(t) for t in interval] if interval and None not in interval else None
     parent = tracking.pipeline_run(
@@ -351,7 +353,8 @@ def check_inputs(run: Json, unified: Json) -> Json:
             if trained_on and trained_on != fingerprint:
                 raise ValueError(
                     f"param run_key {plan_.run_key}: it registered {t} v{version.version}, trained on other data or "
-                    "config than this run has; give a new run_key (or leave it empty)"
+                    "config than this run has; give a new run_key (or leave it empty; a cleared run keeps its key: "
+                    "trigger a new run instead)"
                 )
     if plan_.force:
         return {"changed": True, "reason": "param force: retrain whatever the inputs"}

@@ -78,7 +78,7 @@ def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: S
     log.info(
         "published %d recommendations for %d %s users (champion v%s) to %s",
         len(frame),
-        histories.size,
+        manifest.users,
         target,
         version,
         final,
@@ -86,37 +86,53 @@ def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: S
     return manifest
 
 
+# users ranked per call: each call scores a dense users x items block (float64), so the block stays ~100 MB for a
+# catalogue of 5,000 items, whatever the number of users below the threshold
+SHORT_HISTORY_BATCH = 2_500
+
+
 def _short_history(bundle: ModelBundle, features: FeatureSet, target: str, kept: set[str], k: int) -> pd.DataFrame:
     """Consenting target users the features left out (fewer positives than features.min_interactions, or none yet):
     ranked from what the platform has of them, as serving ranks a user it does not know: their positive items, their
     profile, and their link id (a person known on a linked source gets their source histories' answer). A list
-    built from none of these is the model's answer for nobody in particular: marked `personalised = false`."""
+    that used none of these (no known item, no linked history, no profile the model reads) is the model's answer for
+    nobody in particular: marked `personalised = false`."""
     udir = Path(features.unified)
     users = pd.read_parquet(udir / "users.parquet", filters=[("platform", "==", target)])
     users = users[users["consent"].astype(bool) & ~users["user_id"].isin(kept)].sort_values("user_id")
     if users.empty:
         return pd.DataFrame()
-    inter = pd.read_parquet(
+    ids = users["user_id"].tolist()
+    positives = pd.read_parquet(
         udir / "interactions.parquet",
-        columns=["user_id", "item_id", "label", "timestamp"],
-        filters=[("platform", "==", target)],
+        columns=["user_id", "item_id", "timestamp"],
+        filters=[("platform", "==", target), ("label", "==", 1), ("user_id", "in", ids)],
     )
-    positives = inter[(inter["label"] == 1) & inter["user_id"].isin(set(users["user_id"]))]
     by_user = positives.sort_values("timestamp", kind="stable").groupby("user_id")["item_id"].agg(list)
-    histories = [by_user.get(u, []) for u in users["user_id"]]
     fields = [c for c in PROFILE_FIELDS if c in users and c in bundle.profiles]
-    profiles = users[fields].reset_index(drop=True)
-    links = [v if isinstance(v, str) else None for v in users["link_id"]] if "link_id" in users else None
-    recs = bundle.recommend(histories, k, profiles, link_ids=links)
-    rows = []
-    for n, user in enumerate(users["user_id"]):
-        personal = bool(histories[n] or profiles.iloc[n].notna().any() or set(recs.platforms[n] or []) - {target})
-        rows += [
-            (user, rank, item, score, personal)
-            for rank, (item, score) in enumerate(zip(recs.item_ids[n], recs.scores[n], strict=True), start=1)
-        ]
+    reads_profiles = bundle.profile_vocabulary is not None
+    frames = []
+    for start in range(0, len(users), SHORT_HISTORY_BATCH):
+        part = users.iloc[start : start + SHORT_HISTORY_BATCH]
+        histories = [by_user.get(u, []) for u in part["user_id"]]
+        profiles = part[fields].reset_index(drop=True)
+        links = [v if isinstance(v, str) else None for v in part["link_id"]] if "link_id" in part else None
+        recs = bundle.recommend(histories, k, profiles, link_ids=links)
+        profiled = profiles.notna().any(axis=1).to_numpy() if fields and reads_profiles else [False] * len(part)
+        personal = [bool(used) or bool(p) for used, p in zip(recs.platforms, profiled, strict=True)]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "user_id": [u for u, items in zip(part["user_id"], recs.item_ids) for _ in items],
+                    "rank": [r for items in recs.item_ids for r in range(1, len(items) + 1)],
+                    "item_id": [i for items in recs.item_ids for i in items],
+                    "score": [s for scores in recs.scores for s in scores],
+                    "personalised": [p for p, items in zip(personal, recs.item_ids) for _ in items],
+                }
+            )
+        )
     log.info("%s: %d consenting user(s) below the training threshold ranked from what they have", target, len(users))
-    return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score", "personalised"])
+    return pd.concat(frames, ignore_index=True)
 
 
 def _opted_out_users(features: FeatureSet, target: str) -> list[str]:

@@ -77,19 +77,19 @@ def landed_partitions(platform: str, layout: StateLayout, table: str = "interact
     return {name: latest[name][1] for name in sorted(latest)}
 
 
-def superseded(layout: StateLayout, batch: PulledBatch) -> list[Path]:
-    """An incremental platform's other landed batches of the same data interval as `batch`: replaced once `batch`
-    validates (the most recent pull of a partition wins, `landed_partitions`)."""
-    if batch.mode != "incremental" or batch.interval is None:  # a snapshot records its run's interval too
-        return []
-    older = []
-    for manifest in (layout.landing / batch.platform).glob(f"*/{MANIFEST}"):
-        if (
-            manifest.parent.name != batch.batch_id
-            and json.loads(manifest.read_text()).get("interval") == batch.interval
-        ):
-            older.append(manifest.parent)
-    return sorted(older)
+def shadowed(layout: StateLayout, platform: str) -> list[Path]:
+    """An incremental platform's validated interval batches none of whose interaction partitions is read any more:
+    a later pull of the same days replaced every one of them (`landed_partitions`: the most recent pull wins)."""
+    read = {
+        landed.path.parents[len(Path(name).parts) - 1] for name, landed in landed_partitions(platform, layout).items()
+    }
+    out = []
+    for validation in sorted((layout.landing / platform).glob(f"*/{VALIDATION_FILE}")):
+        batch = json.loads((validation.parent / MANIFEST).read_text())
+        holds = [f for f in batch["files"] if f["table"] == "interactions"]
+        if batch.get("interval") and holds and validation.parent not in read:
+            out.append(validation.parent)
+    return out
 
 
 def pull_platform(
@@ -99,7 +99,7 @@ def pull_platform(
 
     A snapshot lands every file under `batch_id`; an incremental pull lands the days of `interval` under a batch
     named by the interval. Re-running a batch replaces its landing folder, so a retry never duplicates rows; a
-    re-pull of an interval that has a validated batch lands beside it, and replaces it once it validates itself.
+    re-pull of an interval that has a validated batch lands beside it, and replaces it once a unify has read it.
     """
     location = Location.parse(platform.location)
     if platform.embedded and location.scheme == "file" and not Path(location.path).exists():
@@ -110,8 +110,8 @@ def pull_platform(
     if platform.pull.mode == "incremental" and interval is not None:
         batch_id = interval_batch_id(interval)
         if (layout.landing / platform.name / batch_id / VALIDATION_FILE).exists():
-            # a validated copy of the interval stays until the new one validates (validate then removes it): a
-            # re-export that fails validation must not take the good copy with it
+            # a validated copy of the interval stays until a unify has read the new one (it then removes it): a
+            # re-export that fails validation or unification must not take the good copy with it
             batch_id = f"{batch_id}.{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
     elif platform.pull.mode == "incremental":
         # asset-triggered runs and manual runs without a logical date: the ingest DAG lands the slices

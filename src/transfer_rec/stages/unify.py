@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,7 +35,7 @@ from transfer_rec.schema.unified import (
     user_key,
 )
 from transfer_rec.schema.values import is_member
-from transfer_rec.stages.pull import landed_partitions
+from transfer_rec.stages.pull import landed_partitions, shadowed
 from transfer_rec.stages.validate import (
     PARALLEL_MIN_ROWS,
     quarantine,
@@ -635,17 +636,19 @@ def unify(
     for m in validated:
         require_landed(Path(m.batch_dir), m.platform, m.batch_id, layout)
     try:
-        return _unify(validated, config, layout, engine or PandasTables())
+        version = _unify(validated, config, layout, engine or PandasTables())
     except rules.BatchRefused as caught:
         refused = named_as_in_file(caught, config)
         batch = next((m for m in validated if m.platform == refused.platform), None)
         holds = batch is not None and refused_in_own_files(batch, caught, config)
         if batch is not None and not holds:
             log.error(
-                "%s; the rows come from partitions landed before this run (alone or with this run's), so this "
-                "run's batch %s is not what is wrong: nothing quarantined; the partitions read are under %s",
+                "%s; this run's batch %s breaks no rule on its own: the rows come from partitions landed before "
+                "(alone, with this run's, or with this run's %s); nothing quarantined; the partitions read are "
+                "under %s",
                 refused,
                 batch.batch_id,
+                "users and items files" if refused.rule in CROSS_FILE_RULES else "partitions",
                 layout.landing / batch.platform,
             )
         elif batch is not None and Path(batch.batch_dir).exists():
@@ -663,6 +666,21 @@ def unify(
         if refused is caught:
             raise
         raise refused from caught
+    # an interval pulled again: its earlier copy is removed once a unified version has read the new one
+    for m in validated:
+        if config.platform(m.platform).pull.mode == "incremental":
+            for older in shadowed(layout, m.platform):
+                log.info(
+                    "platform %s: %s removed from landing (a later pull of its days replaced it)",
+                    m.platform,
+                    older.name,
+                )
+                shutil.rmtree(older, ignore_errors=True)
+    return version
+
+
+# rules that read the interactions against the batch's users or items file
+CROSS_FILE_RULES = ("missing_items", "missing_users")
 
 
 def refused_in_own_files(batch: ValidatedBatch, refused: rules.BatchRefused, config: PipelineConfig) -> bool:
@@ -679,8 +697,8 @@ def refused_in_own_files(batch: ValidatedBatch, refused: rules.BatchRefused, con
     own = [Path(batch.batch_dir) / f.file for f in batch.files if f.table == "interactions"]
     try:
         unify_platform(Path(batch.batch_dir), platform, config, own)
-    except rules.BatchRefused as again:
-        return again.rule == refused.rule
+    except rules.BatchRefused:  # its own partitions break a rule (this one or another): its batch is at fault
+        return True
     return False
 
 

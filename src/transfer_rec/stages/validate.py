@@ -24,7 +24,7 @@ from transfer_rec.ops.data_docs import make_offline
 from transfer_rec.ops.links import data_docs_page
 from transfer_rec.runtime.workers import can_fork, forked_map, workers
 from transfer_rec.schema.suites import FORBIDDEN_COLUMN_MARKERS, build_suite, native_column, suite_name
-from transfer_rec.stages.pull import VALIDATION_FILE, superseded
+from transfer_rec.stages.pull import VALIDATION_FILE
 
 log = logging.getLogger(__name__)
 
@@ -379,9 +379,6 @@ def validate_batch(
         )
     # the file that marks a batch validated: whole or absent
     write_text_atomic(batch_dir / VALIDATION_FILE, json.dumps(summary.to_xcom(), indent=2))
-    for older in superseded(layout, manifest):  # an interval pulled again: its earlier copy is replaced now
-        log.info("platform %s: batch %s replaces %s (the same interval)", platform.name, manifest.batch_id, older.name)
-        shutil.rmtree(older, ignore_errors=True)
     log.info("platform %s: %d table(s) passed validation (%d warning(s))", platform.name, len(tables), len(warnings))
     return ValidatedBatch(**manifest.model_dump(), validation=summary)
 
