@@ -83,6 +83,12 @@ class ValidationSummary(Manifest):
 class ValidatedBatch(PulledBatch):
     validation: ValidationSummary
 
+    def interaction_rows(self) -> int:
+        """The interaction rows validation read (a pull counts lines, which a quoted line break or blank lines
+        throw off); the pull's count where validation read no interactions table."""
+        read = [t.rows for t in self.validation.tables.values() if t.table == "interactions"]
+        return sum(read) if read else super().interaction_rows()
+
 
 class UnifiedVersion(Manifest):
     """A version of the unified tables (interactions, users, items) and what each platform contributed."""

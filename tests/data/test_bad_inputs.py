@@ -165,3 +165,17 @@ def test_ratings_written_as_words_fail_the_pattern_and_the_rest_the_range(pipeli
     assert "expect_column_values_to_match_regex({'column': 'score'" in message
     assert "failed: 2 unexpected value(s), e.g. ['four', '4,5']" in message
     assert "'max_value': 5.0}) failed: 1 unexpected value(s), e.g. [11.0]" in message
+
+
+def test_rows_pulled_are_the_rows_validation_read_not_the_lines_of_the_file(pipeline_env):
+    """Blank lines at the end of an export are no rows: the run's summary and the unify worker split count the
+    rows the reader parsed."""
+    env = pipeline_env()
+    path, frame = _interactions(env)
+    with open(path, "a") as fh:
+        fh.write("\n\n\n")
+    config, layout = load_config(), StateLayout.from_env()
+    pulled = pull_platform(config.platform("village"), layout, "blank-lines")
+    validated = validate_batch(pulled, config.platform("village"), layout)
+    assert pulled.interaction_rows() > len(frame), "the pull counts lines"
+    assert validated.interaction_rows() == len(frame)
