@@ -21,7 +21,7 @@ def cold_report(tmp_path: Path, monkeypatch, permute: bool = False) -> dict:
     """A big source and a small target whose users' tastes follow their profile, through the cold-start protocol."""
     platforms = [
         SyntheticPlatform("big", "source", users=1500, interactions_per_user=30),
-        SyntheticPlatform("small", "target", users=150, interactions_per_user=10, catalogue_share=0.8),
+        SyntheticPlatform("small", "target", users=250, interactions_per_user=10, catalogue_share=0.8),
     ]
     config, features = planted_features(
         tmp_path, monkeypatch, platforms, TRAINING, "cold-test", permute_target_items=permute, profile_taste=1.0

@@ -70,3 +70,40 @@ def test_users_new_to_the_target_are_held_out_whole_and_seeded():
         hold_out_users(frame, split, 0.25, seed=1).groupby(frame["user_id"]).agg(set).loc[lambda s: s == {"test"}].index
     )
     assert hold_out_users(frame, split, 0.0, seed=1).equals(split)
+
+
+def test_splits_and_newcomers_stay_put_when_other_users_come_and_go():
+    """A champion trained on one data version is compared with a candidate on the next: the users and rows it
+    trained on must not become the next version's test rows or newcomers."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = [
+        (f"u{u:04d}", f"i{i}")
+        for u in range(400)
+        for i in rng.choice(300, size=int(rng.integers(5, 30)), replace=False)
+    ]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id"]).assign(timestamp=0)
+    grown = pd.concat(
+        [
+            frame,
+            pd.DataFrame(
+                {
+                    "user_id": [f"z{u:02d}" for u in range(20) for _ in range(8)],
+                    "item_id": [f"i{i}" for i in range(8)] * 20,
+                    "timestamp": 0,
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
+    before, after = split_users(frame, (0.8, 0.1, 0.1), seed=3), split_users(grown, (0.8, 0.1, 0.1), seed=3)
+    assert after.iloc[: len(frame)].equals(before), "the rows of users already there keep their split"
+
+    def newcomers(data, split):
+        held = hold_out_users(data, split, 0.3, seed=3).groupby(data["user_id"]).agg(set)
+        return set(held[held == {"test"}].index)
+
+    old, new = newcomers(frame, before), newcomers(grown, after)
+    assert len(old) == 120 and len(new) == 126
+    assert len(old - new) <= 6, "20 users more move the cut by at most their own number's share"

@@ -50,30 +50,45 @@ def split_sizes(n: int, shares: tuple[float, float, float]) -> tuple[int, int, i
     return train, valid, test
 
 
+def _stable_keys(frame: pd.DataFrame, salt: str, seed: int) -> np.ndarray:
+    """A seeded pseudo-random uint64 per row that depends only on the row's own values: the draw of one user or
+    interaction never moves when other users or rows come or go."""
+    return pd.util.hash_pandas_object(frame, index=False, hash_key=f"{salt}{seed:015d}"[-16:]).to_numpy()
+
+
 def split_users(inter: pd.DataFrame, shares: tuple[float, float, float], seed: int) -> pd.Series:
-    """Shuffle each user's interactions (seeded) and label them train/valid/test by the shares."""
-    rng = np.random.default_rng(seed)
-    inter = inter.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
-    labels = np.empty(len(inter), dtype=object)
-    start = 0
-    for n in inter.groupby("user_id", sort=True).size().to_numpy():
-        order = rng.permutation(n)
-        train, valid, _ = split_sizes(int(n), shares)
-        block = np.array(["test"] * n, dtype=object)
-        block[order[:train]] = "train"
-        block[order[train : train + valid]] = "valid"
-        labels[start : start + n] = block
-        start += n
-    return pd.Series(labels, index=inter.index, name="split")
+    """Label each user's interactions train/valid/test by the shares, in a seeded order of their own. Each row's
+    place comes from a hash of (seed, user, item), not from a draw of one generator over all users: with new data,
+    the rows of a user whose history did not change keep their split, so a champion trained on an earlier version
+    has not trained on the test rows it is compared on now."""
+    if inter.empty:
+        return pd.Series([], index=inter.index, dtype=object, name="split")
+    keys = _stable_keys(inter[["user_id", "item_id"]], "r", seed)
+    codes, _ = pd.factorize(inter["user_id"])
+    order = np.lexsort((keys, codes))
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    sizes = np.diff(np.r_[starts, len(order)])
+    rank = np.arange(len(order)) - np.repeat(starts, sizes)
+    cut = {int(n): split_sizes(int(n), shares) for n in np.unique(sizes)}
+    train = np.repeat([cut[int(n)][0] for n in sizes], sizes)
+    valid = np.repeat([cut[int(n)][1] for n in sizes], sizes)
+    labels = np.where(rank < train, "train", np.where(rank < train + valid, "valid", "test")).astype(object)
+    out = np.empty(len(order), dtype=object)
+    out[order] = labels
+    return pd.Series(out, index=inter.index, name="split")
 
 
 def hold_out_users(inter: pd.DataFrame, split: pd.Series, share: float, seed: int) -> pd.Series:
-    """A seeded share of the users (at least one when share > 0) get every interaction in test: new to the target."""
+    """A seeded share of the users (at least one when share > 0, never all) get every interaction in test: new to
+    the target. They are the users with the smallest hash of (seed, user): a user added to or gone from the data
+    moves the cut by at most one user, so the newcomers of one data version are (nearly) those of the next, and a
+    champion was not trained on the newcomers it is compared on."""
     if share <= 0:
         return split
-    users = np.sort(inter["user_id"].unique())
-    n = max(1, int(round(share * len(users))))
-    chosen = np.random.default_rng([seed, 1]).choice(users, size=min(n, len(users) - 1), replace=False)
+    users = pd.Series(np.sort(inter["user_id"].unique()))
+    n = min(max(1, int(round(share * len(users)))), len(users) - 1)
+    chosen = users.to_numpy()[np.argsort(_stable_keys(users, "n", seed), kind="stable")[:n]]
     return split.where(~inter["user_id"].isin(set(chosen)), "test")
 
 
