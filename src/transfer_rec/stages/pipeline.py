@@ -565,7 +565,7 @@ def ingest_validate(pulled: Json) -> Json:
     same_as = last.get("batch_id") if last.get("fingerprint") == current else _champions_trained_on(batch, config)
     if same_as:
         # a snapshot's repeat is a copy of data landed before; an incremental batch is its interval's partitions,
-        # which training reads from landing (it replaced the interval's earlier batch when it validated): it stays
+        # which training reads from landing (it replaces the interval's earlier batch once a unify reads it): it stays
         if batch.mode == "snapshot":
             shutil.rmtree(batch.batch_dir, ignore_errors=True)
         log.info("platform %s: same data as %s, nothing new to announce", platform, same_as)

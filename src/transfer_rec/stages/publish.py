@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -16,7 +17,7 @@ from transfer_rec.manifests import FeatureSet, Published
 from transfer_rec.registry import tracking
 from transfer_rec.registry.models import champion_bundle, registered_model_name
 from transfer_rec.schema.unified import PROFILE_FIELDS, user_key
-from transfer_rec.serving.bundle import ModelBundle
+from transfer_rec.serving.bundle import ModelBundle, Recommendations
 from transfer_rec.stages.features import PlatformData
 
 log = logging.getLogger(__name__)
@@ -38,15 +39,7 @@ def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: S
         bundle.known_profiles(histories.index.tolist()),
         link_ids=[bundle.link_of(target, u) for u in histories.index],
     )
-    frame = pd.DataFrame(
-        {
-            "user_id": [u for u, items in zip(histories.index, recs.item_ids) for _ in items],
-            "rank": [r for items in recs.item_ids for r in range(1, len(items) + 1)],
-            "item_id": [i for items in recs.item_ids for i in items],
-            "score": [s for scores in recs.scores for s in scores],
-        }
-    )
-    frame["personalised"] = True
+    frame = _ranked_rows(histories.index, recs, [True] * len(histories))
     short = _short_history(bundle, features, target, set(histories.index), config.publish.k)
     frame = pd.concat([frame, short], ignore_index=True) if len(short) else frame
     short_users = int(short["user_id"].nunique()) if len(short) else 0
@@ -86,6 +79,19 @@ def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: S
     return manifest
 
 
+def _ranked_rows(users: Any, recs: Recommendations, personalised: list[bool]) -> pd.DataFrame:
+    """One row per (user, rank) of the answers `recs` gives `users` (an answer may be shorter than k)."""
+    return pd.DataFrame(
+        {
+            "user_id": [u for u, items in zip(users, recs.item_ids, strict=True) for _ in items],
+            "rank": [r for items in recs.item_ids for r in range(1, len(items) + 1)],
+            "item_id": [i for items in recs.item_ids for i in items],
+            "score": [s for scores in recs.scores for s in scores],
+            "personalised": [p for p, items in zip(personalised, recs.item_ids, strict=True) for _ in items],
+        }
+    )
+
+
 # users ranked per call: each call scores a dense users x items block (float64), so the block stays ~100 MB for a
 # catalogue of 5,000 items, whatever the number of users below the threshold
 SHORT_HISTORY_BATCH = 2_500
@@ -120,17 +126,7 @@ def _short_history(bundle: ModelBundle, features: FeatureSet, target: str, kept:
         recs = bundle.recommend(histories, k, profiles, link_ids=links)
         profiled = profiles.notna().any(axis=1).to_numpy() if fields and reads_profiles else [False] * len(part)
         personal = [bool(used) or bool(p) for used, p in zip(recs.platforms, profiled, strict=True)]
-        frames.append(
-            pd.DataFrame(
-                {
-                    "user_id": [u for u, items in zip(part["user_id"], recs.item_ids) for _ in items],
-                    "rank": [r for items in recs.item_ids for r in range(1, len(items) + 1)],
-                    "item_id": [i for items in recs.item_ids for i in items],
-                    "score": [s for scores in recs.scores for s in scores],
-                    "personalised": [p for p, items in zip(personal, recs.item_ids) for _ in items],
-                }
-            )
-        )
+        frames.append(_ranked_rows(part["user_id"], recs, personal))
     log.info("%s: %d consenting user(s) below the training threshold ranked from what they have", target, len(users))
     return pd.concat(frames, ignore_index=True)
 
