@@ -92,11 +92,13 @@ def test_gate_aliases_override_dry_run_and_rollback(pipeline_env):
 def test_champion_pyfunc_answers_known_and_new_users(pipeline_env):
     env = pipeline_env()
     first_two = _newcomers(env)
-    out = run_inline("serve", gate_override="promote")
-    _everyone_published(out, first_two)
+    first = run_inline("serve", gate_override="promote")
+    _everyone_published(first, first_two)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     bundle = model.unwrap_python_model().bundle
-    known_user = next(iter(bundle.histories))
+    # a user with an item whose rating weight is not 1 (one rated other than 4)
+    known_user = next((u for u, w in bundle.history_weights.items() if set(w) - {1.0}), None)
+    assert known_user is not None and bundle.meta["rating_weight"] > 0, "the village's scores give weights"
     some_items = bundle.histories[known_user][:3]
     requests = pd.DataFrame({"user_id": [known_user, None], "history": [None, some_items + ["no-such-course"]]})
     out = model.predict(requests)
@@ -109,6 +111,10 @@ def test_champion_pyfunc_answers_known_and_new_users(pipeline_env):
     assert not set(out[out["request"] == 1]["item_id"]) & {own[i] for i in some_items}
     assert out[out["request"] == 1]["unknown_items"].iloc[0] == ["no-such-course"]
     assert out.groupby("request")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
+    # a known user's items count their rating weights, as evaluation judged the model, in the served answer and in
+    # the published list alike
+    published = pd.read_parquet(first["published"]["path"]).query("user_id == @known_user")
+    assert list(published["platform_item_id"]) == list(out[out["request"] == 0]["item_id"])
     with pytest.raises(RequestError, match="nothing to recommend from"):
         model.predict(pd.DataFrame({"user_id": ["nobody"], "history": [None]}))
     with pytest.raises(RequestError, match="none of the history's 2 item ids is known"):

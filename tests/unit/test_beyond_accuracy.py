@@ -132,6 +132,11 @@ def test_next_period_split_uses_later_unfitted_interactions_and_masks_the_rest(t
     frame.to_parquet(tmp_path / "t.interactions.parquet")
     history, exclude, relevant = time_holdout_split(PlatformData(tmp_path, "t", 12), share=0.2)
     assert relevant.indices.tolist() == [9] and 8 in exclude.indices and 8 not in history.indices
+    # the transfer models read the history rating-weighted (1 + w * (rating - 4)), as on the test split
+    frame["rating"] = [5.0, 3.0] + [4.0] * 8
+    frame.to_parquet(tmp_path / "t.interactions.parquet")
+    weighted, _, _ = time_holdout_split(PlatformData(tmp_path, "t", 12), share=0.2, rating_weight=0.25)
+    assert weighted.toarray()[0, :3].tolist() == [1.25, 0.75, 1.0] and weighted.nnz == 8
 
 
 def test_airflow_tags_link_back_to_the_run(monkeypatch):

@@ -63,3 +63,47 @@ def test_a_link_id_names_a_target_account_only_when_it_has_one():
     assert linked.target_user_of("one") == "u1"
     assert linked.target_user_of("family") is None, "a family's shared address names neither account"
     assert linked.target_user_of("nobody") is None
+
+
+def weighted_bundle() -> tuple[ModelBundle, sp.csr_matrix]:
+    """A bundle whose known users' items count their rating weights (1.25, 0.75, ...), and those histories as a
+    matrix over its items."""
+    base = bundle()
+    rng = np.random.default_rng(3)
+    history = sp.csr_matrix((rng.random((30, 12)) < 0.35).astype(np.float32))
+    history.data = rng.choice([0.75, 1.0, 1.25], size=history.nnz).astype(np.float32)
+    rows, cols = history.nonzero()
+    frame = pd.DataFrame(
+        {"user_id": [f"u{r}" for r in rows], "item_id": ITEMS[cols], "weight": np.asarray(history[rows, cols]).ravel()}
+    )
+    return ModelBundle(base.model, ITEMS, np.arange(12) < 10, frame, {"target": "t"}), history
+
+
+def test_a_known_user_is_ranked_from_their_weighted_history_online_cached_and_after_saving(tmp_path):
+    online, history = weighted_bundle()
+    users = [f"u{r}" for r in range(30) if history[r].nnz]
+    requests = pd.DataFrame({"user_id": users, "history": [[] for _ in users]})
+    expected = online.model.score(history[[int(u[1:]) for u in users]])
+    got = recommend_frame(online, requests, 3)
+    first = got[got["rank"] == 1].set_index("user_id")["score"]
+    best = np.where(
+        np.asarray(history[[int(u[1:]) for u in users]].todense()) > 0,
+        -np.inf,
+        np.where(np.arange(12) < 10, 0, -np.inf),
+    )
+    np.testing.assert_allclose(first.loc[users].to_numpy(), (expected + best).max(axis=1), rtol=1e-6)
+    # the weights reach the model: the binary history scores differently
+    binary = history[[int(u[1:]) for u in users]].copy()
+    binary.data[:] = 1.0
+    assert not np.allclose(online.model.score(binary), expected)
+    cached = ModelBundle.load(online.save(tmp_path / "b"))
+    assert cached.precompute_known()
+    pd.testing.assert_frame_equal(recommend_frame(cached, requests, 3), got)
+    # an item the request adds counts 1, the stored ones keep their weights
+    added = recommend_frame(online, pd.DataFrame({"user_id": ["u1"], "history": [["i0"]]}), 3)
+    with_item = history[1].copy().tolil()
+    with_item[0, 0] = 1.0
+    scores = online.model.score(sp.csr_matrix(with_item))[0]
+    scores[np.asarray(with_item.todense()).ravel() > 0] = -np.inf
+    scores[10:] = -np.inf
+    np.testing.assert_allclose(added["score"].to_numpy(), np.sort(scores)[::-1][:3], rtol=1e-6)

@@ -66,8 +66,15 @@ class ModelBundle:
         self.native_of = {
             key: native for key, native in zip(self.item_ids.tolist(), self.native_ids.tolist()) if native is not None
         }
-        # Known users' histories: user_id -> item ids, so a request may name just the user.
+        # Known users' histories: user_id -> item ids, so a request may name just the user; and, for a model trained
+        # on rating-weighted histories (meta rating_weight), what each of those items counts (aligned with the ids),
+        # so that a known user is ranked from the history evaluation judged the model on
         self.histories = histories.groupby("user_id")["item_id"].agg(list).to_dict() if len(histories) else {}
+        self.history_weights: dict[str, list[float]] = (
+            histories.groupby("user_id")["weight"].agg(list).to_dict()
+            if len(histories) and "weight" in histories and bool((histories["weight"] != 1.0).any())
+            else {}
+        )
         self.meta = meta or {}
         # Known users' profiles (user_id, age, gender, occupation): a request by user id gets its profile from here.
         self.profiles = (
@@ -148,19 +155,30 @@ class ModelBundle:
                 own[row] = platforms
         return scores, own
 
-    def history_matrix(self, histories: Sequence[Sequence[str]]) -> tuple[sp.csr_matrix, list[list[str]]]:
-        """Rows of item ids as a binary matrix over this model's items; ids it does not know are returned apart."""
-        indptr, cols, unknown = [0], [], []
-        for items in histories:
-            items = list(dict.fromkeys(str(i) for i in items))
-            idx = [self.item_position(i) for i in items]
-            unknown.append([i for i, p in zip(items, idx) if p is None])
-            # one column once, even when named by both its key and the platform's own id
-            cols.extend(sorted({p for p in idx if p is not None}))
+    def history_matrix(
+        self, histories: Sequence[Sequence[str]], weights: Sequence[Sequence[float] | None] | None = None
+    ) -> tuple[sp.csr_matrix, list[list[str]]]:
+        """Rows of item ids as a matrix over this model's items, each item counting its weight (per row, aligned with
+        the ids; 1 where none is given); ids it does not know are returned apart."""
+        indptr, cols, data, unknown = [0], [], [], []
+        for row, items in enumerate(histories):
+            given = weights[row] if weights is not None else None
+            counts: dict[int, float] = {}
+            missing: dict[str, None] = {}
+            for j, item in enumerate(str(i) for i in items):
+                column = self.item_position(item)
+                if column is None:
+                    missing[item] = None
+                # one column once, even when named by both its key and the platform's own id: its first weight
+                elif column not in counts:
+                    counts[column] = 1.0 if given is None else float(given[j])
+            unknown.append(list(missing))
+            ordered = sorted(counts)
+            cols.extend(ordered)
+            data.extend(counts[c] for c in ordered)
             indptr.append(len(cols))
-        data = np.ones(len(cols), dtype=np.float32)
         matrix = sp.csr_matrix(
-            (data, np.asarray(cols, dtype=np.int32), np.asarray(indptr, dtype=np.int32)),
+            (np.asarray(data, dtype=np.float32), np.asarray(cols, dtype=np.int32), np.asarray(indptr, dtype=np.int32)),
             shape=(len(histories), len(self.item_ids)),
         )
         return matrix, unknown
@@ -205,7 +223,9 @@ class ModelBundle:
             if self.profile_vocabulary is not None:
                 stored = [self.profile_of(u) for u in chunk]
                 profiles = {f: [p.get(f) for p in stored] for f in PROFILE_FIELDS}
-            matrix, _ = self.history_matrix([self.histories[u] for u in chunk])
+            matrix, _ = self.history_matrix(
+                [self.histories[u] for u in chunk], [self.history_weights.get(u) for u in chunk]
+            )
             scores, platforms = self.score_rows(matrix, profiles, [self.link_of(self.target, u) for u in chunk])
             parts.append(scores)
             used += platforms
@@ -221,13 +241,15 @@ class ModelBundle:
         profiles: Profiles | None = None,
         known: Sequence[str | None] | None = None,
         link_ids: Sequence[str | None] | None = None,
+        weights: Sequence[Sequence[float] | None] | None = None,
     ) -> Recommendations:
         """Top-k candidate items per history, items already in the history excluded.
 
         `known`, per row, names a known user whose request is exactly their stored history and profile: with
         `precompute_known` done, that row's scores are looked up instead of computed (the same scores). `link_ids`,
-        per row, names the person for the linked part (a known user's own is looked up when not given)."""
-        matrix, unknown = self.history_matrix(histories)
+        per row, names the person for the linked part (a known user's own is looked up when not given). `weights`,
+        per row, what each history item counts (`history_matrix`)."""
+        matrix, unknown = self.history_matrix(histories, weights)
         cache = getattr(self, "_known_scores", None)
         rows = (
             [self._known_row.get(u) if u is not None else None for u in known]
@@ -283,8 +305,12 @@ class ModelBundle:
         pd.DataFrame({"item_id": self.item_ids, "candidate": self.candidates, "native_id": self.native_ids}).to_parquet(
             folder / "items.parquet"
         )
-        rows = [(u, i) for u, items in self.histories.items() for i in items]
-        pd.DataFrame(rows, columns=["user_id", "item_id"]).to_parquet(folder / "histories.parquet")
+        rows = [
+            (u, i, w)
+            for u, items in self.histories.items()
+            for i, w in zip(items, self.history_weights.get(u) or [1.0] * len(items), strict=True)
+        ]
+        pd.DataFrame(rows, columns=["user_id", "item_id", "weight"]).to_parquet(folder / "histories.parquet")
         (folder / "meta.json").write_text(json.dumps(self.meta, indent=2))
         self.profiles.reset_index().to_parquet(folder / "profiles.parquet")
         if self.linked is not None:

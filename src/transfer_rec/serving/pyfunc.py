@@ -207,7 +207,7 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
         )
     check_size(requests, k)
     vocabulary = bundle.profile_vocabulary
-    histories, profiles, plain_known, links = [], [], [], []
+    histories, weights, profiles, plain_known, links = [], [], [], [], []
     # column by column: DataFrame.to_dict("records") alone cost ~1 ms of a one-user request
     wanted = [c for c in ("user_id", "history", *PROFILE_FIELDS, "platform", "link_id") if c in requests.columns]
     columns = {c: requests[c].tolist() for c in wanted}
@@ -248,6 +248,9 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
                 )
             raise RequestError(f"row {row}: {who}, {what} and no profile: nothing to recommend from{hint}")
         histories.append(merged)
+        # the stored items count as the model was judged on them; items the request adds count 1 (no rating)
+        stored = bundle.history_weights.get(user) if user is not None else None
+        weights.append(None if stored is None else list(stored) + [1.0] * (len(merged) - len(known)))
         profiles.append(profile or {})
         # exactly the stored user: no items or profile fields added by the request
         adds = bool(len(merged) - len(known)) or any(not _missing(request.get(f)) for f in PROFILE_FIELDS)
@@ -260,6 +263,7 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
         {f: [p.get(f) for p in profiles] for f in PROFILE_FIELDS} if vocabulary is not None else None,
         known=plain_known,
         link_ids=links,
+        weights=weights,
     )
     out: dict[str, list] = {
         "request": [],

@@ -158,24 +158,23 @@ def beyond_accuracy(
     return per_user, coverage
 
 
-def time_holdout_split(data: PlatformData, share: float) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
+def time_holdout_split(
+    data: PlatformData, share: float, rating_weight: float = 0.0
+) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
     """The next-period hold-out of retention: (history, exclude, relevant) matrices over the target's users.
 
     Per user, the last `share` of interactions by timestamp are the later period, the rest is the history the models
-    get as input. Relevant are the later interactions outside the train split, so no contender of this run was fitted
-    on them; later train-split interactions are masked (neither input nor credit), as is the history."""
-    frame = data.frame
-    late = time_holdout(frame, share).to_numpy()
-    relevant = late & (frame["split"] != "train").to_numpy()
+    get as input (rating-weighted with `rating_weight`, as PlatformData.matrix). Relevant are the later interactions
+    outside the train split, so no contender of this run was fitted on them; later train-split interactions are
+    masked (neither input nor credit), as is the history."""
+    late = time_holdout(data.frame, share).to_numpy()
+    relevant = late & (data.frame["split"] != "train").to_numpy()
+    return data.rows_matrix(~late, rating_weight), data.rows_matrix(~relevant), data.rows_matrix(relevant)
 
-    def matrix(mask: np.ndarray) -> sp.csr_matrix:
-        rows = data._row[frame["user_id"][mask]].to_numpy()
-        return sp.csr_matrix(
-            (np.ones(int(mask.sum()), dtype=np.float32), (rows, frame["item_idx"][mask].to_numpy())),
-            shape=(len(data.user_ids), data.n_items),
-        )
 
-    return matrix(~late), matrix(~relevant), matrix(relevant)
+# The contenders that read rating-weighted histories when so configured (the transfer model, its target-only twin
+# and the champion, as they were trained and as publish ranks); EASE and popularity take the binary history.
+WEIGHTED_READERS = ("candidate", "target_only", "champion")
 
 
 def retention_metrics(
@@ -183,13 +182,16 @@ def retention_metrics(
     scorers: dict[str, Scorer],
     k: int,
     share: float,
+    rating_weight: float = 0.0,
 ) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray, np.ndarray]:
     """Per-user metrics on the next-period hold-out (retention = hit) for every contender, and the history length
-    and row of each evaluated user."""
+    and row of each evaluated user. Each contender reads the history as on the test split (WEIGHTED_READERS)."""
     history, exclude, relevant = time_holdout_split(data, share)
+    weighted = time_holdout_split(data, share, rating_weight)[0] if rating_weight else history
     per_user = {}
     for name, score in scorers.items():
-        per_user[name] = {"retention": rows_metrics(score, history, exclude, relevant, k, data.item_mask())["hit"]}
+        read = weighted if name in WEIGHTED_READERS else history
+        per_user[name] = {"retention": rows_metrics(score, read, exclude, relevant, k, data.item_mask())["hit"]}
     users = np.flatnonzero(np.diff(relevant.indptr) > 0)
     return per_user, np.diff(history.indptr)[users], users
 
@@ -335,8 +337,6 @@ def evaluate(
                 champion_version,
                 withdrawn,
             )
-    # The transfer models (candidate, its target-only twin and the champion) read rating-weighted histories when so
-    # configured; EASE and popularity take the binary history.
     weighted = train_history(data, config)
     # Every metric on the test split reads each contender's top-K lists (SCORE_ROWS: scored a block of users at a
     # time; every contender's users x items scores at once ran the 10 M scale fit out of 24 GiB).
@@ -346,7 +346,7 @@ def evaluate(
     ranked = {
         name: ranked_rows(
             score,
-            weighted if name in ("candidate", "target_only", "champion") else train,
+            weighted if name in WEIGHTED_READERS else train,
             every_user,
             k,
             seen,
@@ -362,7 +362,9 @@ def evaluate(
     )
     for name in per_user:
         per_user[name].update(extra[name])
-    kept, kept_lengths, kept_users = retention_metrics(data, scorers, k, config.evaluation.time_holdout)
+    kept, kept_lengths, kept_users = retention_metrics(
+        data, scorers, k, config.evaluation.time_holdout, config.training.rating_weight
+    )
     curve = cold_start_curve(
         data,
         scorers,

@@ -185,6 +185,15 @@ def platform_counts(role: str, interactions_in: int, users: int, items: int, spl
     }
 
 
+def interaction_weights(frame: pd.DataFrame, rating_weight: float) -> np.ndarray:
+    """What each interaction counts in a history: 1 + w * (rating - 4), at least 0.1, with w = `rating_weight`; 1
+    throughout when w is 0 or the frame has no ratings (a missing rating counts as 4: 1 too)."""
+    if not rating_weight or "rating" not in frame:
+        return np.ones(len(frame), dtype=np.float32)
+    rating = pd.to_numeric(frame["rating"], errors="coerce").fillna(RATING_PIVOT).to_numpy()
+    return np.maximum(1.0 + rating_weight * (rating - RATING_PIVOT), 0.1).astype(np.float32)
+
+
 class PlatformData:
     """One platform's training set in matrix form: users by the unified item index."""
 
@@ -205,14 +214,16 @@ class PlatformData:
         Binary by default; with `rating_weight` w an interaction counts 1 + w * (rating - 4) (at least 0.1): on the
         1-5 scale a typical positive (4) counts 1, as does an item of a history given without ratings at serving.
         """
-        frame = self.frame if not splits else self.frame[self.frame["split"].isin(splits)]
+        return self.rows_matrix(self.frame["split"].isin(splits).to_numpy() if splits else None, rating_weight)
+
+    def rows_matrix(self, mask: np.ndarray | None, rating_weight: float = 0.0) -> sp.csr_matrix:
+        """User x item matrix of the interactions where `mask` holds (all when None), weighted as `matrix`."""
+        frame = self.frame if mask is None else self.frame[mask]
         rows = self._row[frame["user_id"]].to_numpy()
-        data = np.ones(len(frame), dtype=np.float32)
-        if rating_weight and "rating" in frame:
-            rating = pd.to_numeric(frame["rating"], errors="coerce").fillna(RATING_PIVOT).to_numpy()
-            data = np.maximum(1.0 + rating_weight * (rating - RATING_PIVOT), 0.1).astype(np.float32)
         shape = (len(self.user_ids), self.n_items)
-        return sp.csr_matrix((data, (rows, frame["item_idx"].to_numpy())), shape=shape)
+        return sp.csr_matrix(
+            (interaction_weights(frame, rating_weight), (rows, frame["item_idx"].to_numpy())), shape=shape
+        )
 
     def profiles(self) -> pd.DataFrame:
         """Each user's profile (age, gender, occupation), rows aligned with the matrices' rows (empty if unknown)."""

@@ -18,7 +18,7 @@ from transfer_rec.registry import tracking
 from transfer_rec.registry.models import champion_bundle, registered_model_name
 from transfer_rec.schema.unified import PROFILE_FIELDS, user_key
 from transfer_rec.serving.bundle import ModelBundle, Recommendations
-from transfer_rec.stages.features import PlatformData
+from transfer_rec.stages.features import PlatformData, interaction_weights
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +31,17 @@ def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: S
         log.warning("%s has no champion yet: nothing published", target)
         return Published(target=target, published=False, reason="no champion in the registry")
     data = PlatformData.of(features, target)
-    histories = data.frame.groupby("user_id")["item_id"].agg(list)
+    # each item counting as it did when the champion was trained and evaluated
+    rows = data.frame.assign(weight=interaction_weights(data.frame, _rating_weight(bundle)))
+    histories = rows.groupby("user_id")["item_id"].agg(list)
+    weights = rows.groupby("user_id")["weight"].agg(list).reindex(histories.index)
     # by link id too: a user the linked part answers (linked.answers_warm) is published as evaluated and served
     recs = bundle.recommend(
         histories.tolist(),
         config.publish.k,
         bundle.known_profiles(histories.index.tolist()),
         link_ids=[bundle.link_of(target, u) for u in histories.index],
+        weights=weights.tolist(),
     )
     frame = _ranked_rows(histories.index, recs, [True] * len(histories))
     short = _short_history(bundle, features, target, set(histories.index), config.publish.k)
@@ -111,24 +115,32 @@ def _short_history(bundle: ModelBundle, features: FeatureSet, target: str, kept:
     ids = users["user_id"].tolist()
     positives = pd.read_parquet(
         udir / "interactions.parquet",
-        columns=["user_id", "item_id", "timestamp"],
+        columns=["user_id", "item_id", "rating", "timestamp"],
         filters=[("platform", "==", target), ("label", "==", 1), ("user_id", "in", ids)],
-    )
-    by_user = positives.sort_values("timestamp", kind="stable").groupby("user_id")["item_id"].agg(list)
+    ).sort_values("timestamp", kind="stable")
+    positives["weight"] = interaction_weights(positives, _rating_weight(bundle))
+    by_user = positives.groupby("user_id")["item_id"].agg(list)
+    weight_of = positives.groupby("user_id")["weight"].agg(list)
     fields = [c for c in PROFILE_FIELDS if c in users and c in bundle.profiles]
     reads_profiles = bundle.profile_vocabulary is not None
     frames = []
     for start in range(0, len(users), SHORT_HISTORY_BATCH):
         part = users.iloc[start : start + SHORT_HISTORY_BATCH]
         histories = [by_user.get(u, []) for u in part["user_id"]]
+        weights = [weight_of.get(u) for u in part["user_id"]]
         profiles = part[fields].reset_index(drop=True)
         links = [v if isinstance(v, str) else None for v in part["link_id"]] if "link_id" in part else None
-        recs = bundle.recommend(histories, k, profiles, link_ids=links)
+        recs = bundle.recommend(histories, k, profiles, link_ids=links, weights=weights)
         profiled = profiles.notna().any(axis=1).to_numpy() if fields and reads_profiles else [False] * len(part)
         personal = [bool(used) or bool(p) for used, p in zip(recs.platforms, profiled, strict=True)]
         frames.append(_ranked_rows(part["user_id"], recs, personal))
     log.info("%s: %d consenting user(s) below the training threshold ranked from what they have", target, len(users))
     return pd.concat(frames, ignore_index=True)
+
+
+def _rating_weight(bundle: ModelBundle) -> float:
+    """The rating weight the model was trained with (0, binary histories, for a model from before it was recorded)."""
+    return float(bundle.meta.get("rating_weight", 0.0))
 
 
 def _opted_out_users(features: FeatureSet, target: str) -> list[str]:

@@ -27,7 +27,7 @@ from transfer_rec.registry import tracking
 from transfer_rec.runtime.threads import use_torch_threads
 from transfer_rec.selection.short_history import ShortHistoryData, fit_short_history, ordered_items
 from transfer_rec.serving.bundle import ModelBundle
-from transfer_rec.stages.features import PlatformData
+from transfer_rec.stages.features import PlatformData, interaction_weights
 from transfer_rec.stages.linked import LinkedFit, fit_linked
 
 log = logging.getLogger(__name__)
@@ -239,8 +239,11 @@ def bundle_for(
     meta: dict[str, Any],
     linked: LinkedFit | None = None,
 ) -> ModelBundle:
+    """The served model: `model` with the target's items, and its known users' histories from `splits`, each item
+    counting as in training (meta `rating_weight`)."""
     items = pd.read_parquet(Path(features.dir) / "items.parquet").sort_values("item_idx")
-    known = data.frame[data.frame["split"].isin(splits)][["user_id", "item_id"]]
+    rows = data.frame[data.frame["split"].isin(splits)]
+    known = rows[["user_id", "item_id"]].assign(weight=interaction_weights(rows, float(meta.get("rating_weight", 0))))
     part, accounts = (linked.part, linked.accounts) if linked is not None and linked.part is not None else (None, None)
     return ModelBundle(
         model,
@@ -353,7 +356,12 @@ def finetune(
             features,
             data,
             ("train", "valid", "test"),
-            {"target": target, "run_key": run_key, "features": features.dir},
+            {
+                "target": target,
+                "run_key": run_key,
+                "features": features.dir,
+                "rating_weight": config.training.rating_weight,
+            },
             linked,
         )
         folder = bundle.save(layout.models / run_key / target / "candidate")
