@@ -146,3 +146,29 @@ def test_a_process_killed_mid_finetune_resumes_to_the_same_model(tmp_path):
     resumed.finetune(train, valid, candidates, log=rerun.append, checkpoint=checkpoint)
     assert 1 < finetune_epochs(rerun)[0] <= 5, finetune_epochs(rerun)
     np.testing.assert_allclose(resumed.score(train), reference.score(train), atol=1e-6)
+
+
+def test_a_resumed_finetune_keeps_the_sources_the_choice_dropped(tmp_path):
+    """Two sources, one of them noise on the target's items: the uninterrupted fine-tune drops it; a run killed
+    after an epoch and resumed must not bring it back (its weight is a param, and the later parts learn from it)."""
+    train, valid, candidates = data()
+    rng = np.random.default_rng(7)
+    # the target's users again, and users with random items
+    good = sp.vstack([train + valid, rows(40, 4).multiply(candidates)]).tocsr()
+    noise = sp.csr_matrix((rng.random((80, N_ITEMS)) < 0.3).astype(np.float32))
+
+    def model() -> TransferRecommender:
+        fitted = TransferRecommender(N_ITEMS, training(**{**CONFIG, "item_grid": []}))
+        fitted.pretrain({"good": good, "noise": noise})
+        return fitted
+
+    reference = model()
+    reference.finetune(train, valid, candidates)
+    assert reference.source_weights == {"good": 1.0, "noise": 0.0}, "the planted data must make the choice drop one"
+    checkpoint = tmp_path / "target.finetune.ckpt"
+    with pytest.raises(Killed):
+        model().finetune(train, valid, candidates, log=kill_at(2), checkpoint=checkpoint)
+    resumed = model()
+    resumed.finetune(train, valid, candidates, checkpoint=checkpoint)
+    assert resumed.source_weights == reference.source_weights
+    np.testing.assert_allclose(resumed.score(train), reference.score(train), atol=1e-6)

@@ -182,6 +182,9 @@ def _load_checkpoint(path: Path | None, fingerprint: str) -> dict[str, Any] | No
     if content.get("fingerprint") != fingerprint:
         log.warning("fine-tune checkpoint %s is for other data, settings or weights; starting over", path)
         return None
+    if "source_weights" not in content:  # written before it recorded the sources kept: they cannot be restored
+        log.warning("fine-tune checkpoint %s does not say which sources were kept; starting over", path)
+        return None
     log.info("resuming fine-tune from %s after epoch %d", path, content["progress"]["epoch"])
     return content
 
@@ -404,6 +407,8 @@ class TransferRecommender:
         judge_train, judge_valid = train[judged], valid[judged]
         if saved:
             self.weights, self.item_params = weights_from(saved["weights"]), tuple(saved["item_params"])
+            # the sources the choice kept: a source it dropped must not come back (and feed the later parts)
+            self.source_weights = dict(saved["source_weights"])
             item_item = times(judge_train, self.weights)
         else:
             item_item = self._choose_item_item(train, judge_train, judge_valid, emit)
@@ -429,6 +434,7 @@ class TransferRecommender:
                         "history": history,
                         "weights": weights_state(self.weights),
                         "item_params": list(self.item_params),
+                        "source_weights": dict(self.source_weights),
                         "encoder": self.encoder.state_dict(),
                         "optimiser": optimiser.state_dict(),
                         "generator": self._generator.get_state(),
