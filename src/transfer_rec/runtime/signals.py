@@ -3,6 +3,9 @@
 
 Airflow 3's task runner handles SIGTERM by calling the operator's on_kill() and returning; a stage blocked in a
 wait would then never notice it. The handler installed here calls that previous handler first, then raises.
+Its time limit (execution_timeout) is a SIGALRM whose handler raises in the main thread: where that thread waits on
+work the exception cannot reach (a Spark job), the stage would wait on past its limit, so the work is ended first
+(`on_terminate` callbacks), then the orchestrator's handler raises as it would have.
 A heartbeat thread logs that a long stage is still alive, with its children, so a quiet log is never ambiguous.
 """
 
@@ -36,8 +39,8 @@ _ON_TERMINATE: list[Callable[[], None]] = []
 
 
 def on_terminate(callback: Callable[[], None]) -> None:
-    """Call `callback` when SIGTERM stops a stage, before the stage's exception is raised: for work an exception in
-    this process cannot reach, such as a Spark job the main thread waits on in the JVM."""
+    """Call `callback` when SIGTERM or the task's time limit stops a stage, before the stage's exception is raised:
+    for work an exception in this process cannot reach, such as a Spark job the main thread waits on in the JVM."""
     _ON_TERMINATE.append(callback)
 
 
@@ -49,6 +52,12 @@ def terminate_raises() -> Iterator[None]:
         yield
         return
     previous = signal.getsignal(signal.SIGTERM)
+    # a handler only where one is set: a stage outside an orchestrator's time limit keeps SIGALRM as it was
+    limit = signal.getsignal(signal.SIGALRM)
+
+    # the exception that stops the stage: clean-up code may fail after it (pyspark's, on a driver just ended), and
+    # the stage must end with the reason it was stopped, not with that failure
+    stopped: list[BaseException] = []
 
     def handler(signum: int, frame: Any) -> None:
         if callable(previous):
@@ -57,18 +66,40 @@ def terminate_raises() -> Iterator[None]:
             except Exception:
                 log.exception("the previous SIGTERM handler failed")
         log.warning("SIGTERM: stopping the stage (pid %d)", os.getpid())
-        for callback in list(_ON_TERMINATE):
-            try:
-                callback()
-            except Exception:
-                log.exception("a SIGTERM callback failed")
-        raise Terminated(signum)
+        _end_unreachable_work()
+        stopped.append(Terminated(signum))
+        raise stopped[-1]
+
+    def on_limit(signum: int, frame: Any) -> None:
+        log.warning("SIGALRM (the task's time limit): stopping the stage (pid %d)", os.getpid())
+        _end_unreachable_work()
+        try:
+            limit(signum, frame)  # the orchestrator's own: raises its timeout
+        except BaseException as timeout:
+            stopped.append(timeout)
+            raise
 
     signal.signal(signal.SIGTERM, handler)
+    if callable(limit):
+        signal.signal(signal.SIGALRM, on_limit)
     try:
         yield
+    except BaseException as error:
+        if stopped and error is not stopped[0]:
+            raise stopped[0] from error  # both are in the traceback
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        if callable(limit):
+            signal.signal(signal.SIGALRM, limit)
+
+
+def _end_unreachable_work() -> None:
+    for callback in list(_ON_TERMINATE):
+        try:
+            callback()
+        except Exception:
+            log.exception("a stop callback failed")
 
 
 @contextmanager

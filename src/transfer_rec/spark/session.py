@@ -49,9 +49,10 @@ def spark_session(config: SparkConfig) -> SparkSession:
     if not _STOP_AT_EXIT:
         # stop the JVM before the interpreter tears down (py4j otherwise logs into closed streams at exit)
         atexit.register(_stop, session)
-        # SIGTERM while the main thread waits on a Spark job: the raised exception leaves py4j's connection waiting
-        # for that job's answer, and pyspark's clean-up then waits on it for as long as the job runs. Ending the
-        # driver JVM ends the job and every wait on it (its outputs are unpublished: the stages publish atomically).
+        # SIGTERM or the time limit while the main thread waits on a Spark job: the raised exception leaves py4j's
+        # connection waiting for that job's answer, and pyspark's clean-up then waits on it for as long as the job
+        # runs. Ending the driver JVM ends the job and every wait on it (its outputs are unpublished: the stages
+        # publish atomically).
         on_terminate(_end_driver)
         _STOP_AT_EXIT.append(session)
     log.info("Spark %s session on %s", session.version, config.master_url())
@@ -69,7 +70,7 @@ def _driver_process() -> subprocess.Popen | None:
 def _end_driver() -> None:
     proc = _driver_process()
     if proc is not None and proc.poll() is None:
-        log.warning("SIGTERM: ending the Spark driver (pid %d) and its jobs", proc.pid)
+        log.warning("stopping the stage: ending the Spark driver (pid %d) and its jobs", proc.pid)
         proc.terminate()  # the JVM's shutdown hooks stop the context, cancelling its jobs
         try:
             proc.wait(timeout=30)
