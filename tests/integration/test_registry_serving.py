@@ -45,6 +45,9 @@ def test_gate_aliases_override_dry_run_and_rollback(pipeline_env):
     assert set(second["evaluation"]["paired_vs_champion"]) == {"ndcg", "retention"}
     card = mlflow.MlflowClient().get_model_version(MODEL, "2").description.replace("&emsp;", "")
     assert "| candidate |" in card and "| champion |" in card and "not promoted" in card
+    # the whole card is on the candidate's run too (the description is cut past the registry's column)
+    whole = mlflow.artifacts.load_text(f"runs:/{second['evaluation']['candidate']['run_id']}/model_card.md")
+    assert whole.replace("&emsp;", "") == card
     tags = mlflow.MlflowClient().get_model_version(MODEL, "2").tags
     assert tags["gate.decision"] == "rejected" and "override" in tags["gate.reasons"]
     assert tags["gate.override"] == "reject"

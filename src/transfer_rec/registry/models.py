@@ -65,6 +65,11 @@ def run_key_versions(target: str, run_key: str) -> list[Any]:
     return list(MlflowClient().search_model_versions(f"name = '{name}' and tags.`{RUN_KEY_TAG}` = '{run_key}'"))
 
 
+# MLflow keeps a version's description in a VARCHAR(5000) column: PostgreSQL and MySQL refuse a longer one (SQLite
+# keeps it), and MLflow does not check first
+DESCRIPTION_MAX = 5000
+
+
 def describe(target: str, version: str, tags: dict[str, str], description: str) -> None:
     client = MlflowClient()
     name = registered_model_name(target)

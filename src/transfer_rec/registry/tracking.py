@@ -124,6 +124,11 @@ def log_dict(run_id: str, data: dict[str, Any], path: str) -> None:
     MlflowClient().log_dict(run_id, data, path)
 
 
+def log_text(run_id: str, text: str, path: str) -> None:
+    """A text artifact on a finished run."""
+    MlflowClient().log_text(run_id, text, path)
+
+
 def readable(value: float) -> float:
     """A metric value to four significant digits: what the CIs of these metrics can tell apart, and what a person
     reads in the MLflow UI (not 16 digits); the evaluation report keeps full precision."""

@@ -261,6 +261,24 @@ def model_card(evaluation: dict[str, Any], decision: GateDecision, run_key: str)
     return "\n".join(lines)
 
 
+CARD_FILE = "model_card.md"
+
+
+def fit_card(card: str, where: str, limit: int = registry.DESCRIPTION_MAX) -> str:
+    """The model card as a version's description within the registry's `limit`: past it, the tables before the
+    gate's decision lose their last lines (segments, data) and a line says where the whole card is; the headline
+    metrics and the decision stay."""
+    if len(card) <= limit:
+        return card
+    lines = card.split("\n")
+    gate = max((i for i, line in enumerate(lines) if line.startswith("**Gate:")), default=len(lines))
+    head, tail = lines[:gate], lines[gate:]
+    note = ["", f"*Cut to the registry's {limit:,} characters: the whole card is {where}.*", ""]
+    while head and len("\n".join(head + note + tail)) > limit:
+        head.pop()
+    return "\n".join(head + note + tail)[:limit]
+
+
 def _segment_tables(segments: list[dict[str, Any]], k: int) -> list[str]:
     """One table per metric (NDCG, retention): a row per user segment, a column per contender; segments of fewer
     than FEW_USERS users are marked, not hidden."""
@@ -351,7 +369,9 @@ def promote(
         **({"dry_run": "true"} if dry_run else {}),
     }
     tracking.log_dict(candidate.run_id, provenance(report, decision, run_key), "provenance.json")
-    registry.describe(target, version.version, tags, model_card(report, decision, run_key))
+    card = model_card(report, decision, run_key)
+    tracking.log_text(candidate.run_id, card, CARD_FILE)
+    registry.describe(target, version.version, tags, fit_card(card, f"{CARD_FILE} on run {candidate.run_id}"))
     previous = None
     if decision.promote:
         previous = registry.crown(target, version.version)
