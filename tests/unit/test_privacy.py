@@ -19,7 +19,24 @@ def test_the_same_person_links_across_platforms_and_only_through_the_salt(monkey
     assert phones[0] == phones[1] and not pd.isna(phones[0])
     # ... and links to a platform that exports phones only, as the phone it is (not as an e-mail)
     assert link_ids("d", pd.DataFrame({"phone": ["+1 555-0100"]}))[0] == phones[0]
-    assert link_ids("e", pd.DataFrame({"email": ["15550100"]}))[0] != phones[0], "an e-mail is never a phone"
+    assert pd.isna(link_ids("e", pd.DataFrame({"email": ["15550100"]}))[0]), "an e-mail is never a phone"
+
+
+def test_placeholders_and_crowded_identities_link_nobody(monkeypatch, caplog):
+    """An export's 'NULL' or '000-000-0000' is nobody's identity: hashed, it would make everyone who has it one
+    person. Nor is an address more than a few accounts of one platform share."""
+    monkeypatch.setenv(PII_SALT_ENV, "a-test-salt-of-sufficient-length")
+    placeholders = ["NULL", "null", "N/A", "none", "-", "a@b", "no email", "x@@y.org"]
+    users = pd.DataFrame({"email": placeholders, "phone": ["000-000-0000", "1111111", "12345"] + [None] * 5})
+    assert link_ids("a", users).isna().all()
+    assert "8 users' email value(s) cannot name a person" in caplog.text
+    assert "x@@y.org" not in caplog.text and "no email" not in caplog.text, "counts, never values"
+    # a placeholder e-mail beside a real phone: the phone links
+    both = link_ids("b", pd.DataFrame({"email": ["NULL"], "phone": ["+1 555 0100"]}))
+    assert both[0] == link_ids("c", pd.DataFrame({"phone": ["+15550100"]}))[0]
+    shared = link_ids("d", pd.DataFrame({"email": ["noreply@shop.example"] * 6 + ["family@home.example"] * 2}))
+    assert shared[:6].isna().all(), "six accounts under one address are no person"
+    assert shared[6] == shared[7] and not pd.isna(shared[6]), "a family's shared address still links"
 
 
 def test_identity_columns_without_a_salt_are_refused(monkeypatch):

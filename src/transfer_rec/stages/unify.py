@@ -58,11 +58,28 @@ class PrivacyError(RuntimeError):
     """Identity columns were exported but no salt is configured to hash them."""
 
 
+# What an identity must look like to link anyone: exports write placeholders ("NULL", "n/a", "none@none",
+# "000-000-0000") where a person gave none, and one placeholder hashed would make everyone who has it one person
+# (their histories merged, one answered from another's). An e-mail needs a local part, an @ and a dotted domain; a
+# phone at least 7 digits, not all the same.
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$"
+PHONE_DIGITS_MIN = 7
+# More accounts of one platform than this under one identity are no person (a shared family address has a few):
+# none of them is linked. A placeholder that looks like an address ("noreply@company.com") ends here.
+ACCOUNTS_PER_IDENTITY_MAX = 5
+
+
 def _normalise_identity(column: str, values: pd.Series) -> pd.Series:
+    """Each value as it is hashed (case and spaces folded, a phone's punctuation dropped), null where it cannot
+    name a person."""
     text = values.astype("string").str.strip().str.lower()
     if column == "phone":
         text = text.str.replace(r"[^0-9+]", "", regex=True)
-    return text.where(text.str.len() > 0)
+        digits = text.str.replace("+", "", regex=False)
+        usable = (digits.str.len() >= PHONE_DIGITS_MIN) & ~digits.str.fullmatch(r"(\d)\1*").fillna(False)
+    else:
+        usable = text.str.fullmatch(EMAIL_PATTERN).fillna(False)
+    return text.where(usable.fillna(False).astype(bool))
 
 
 def pii_salt() -> str:
@@ -102,8 +119,30 @@ def link_ids(platform: str, users: pd.DataFrame) -> pd.Series:
     # so it links to a platform that exports phones only
     identity = pd.Series(pd.NA, index=users.index, dtype="string")
     for column in present:
-        named = (column + ":" + _normalise_identity(column, users[column])).astype("string")
-        identity = identity.fillna(named)
+        given = users[column].astype("string").str.strip().fillna("").str.len() > 0
+        normalised = _normalise_identity(column, users[column])
+        unusable = int((given & normalised.isna()).sum())
+        if unusable:  # counts only: a value itself never reaches a log
+            log.warning(
+                "platform %s: %d users' %s value(s) cannot name a person (placeholders such as 'NULL' or "
+                "'000-000-0000', or malformed): not linked by it",
+                platform,
+                unusable,
+                column,
+            )
+        identity = identity.fillna((column + ":" + normalised).astype("string"))
+    counts = identity.map(identity.value_counts())
+    crowded = identity.notna() & (counts > ACCOUNTS_PER_IDENTITY_MAX)
+    if crowded.any():
+        log.warning(
+            "platform %s: %d users share %d identity value(s), each held by more than %d users: a placeholder, "
+            "not a person; none of them is linked",
+            platform,
+            int(crowded.sum()),
+            int(identity[crowded].nunique()),
+            ACCOUNTS_PER_IDENTITY_MAX,
+        )
+        identity = identity.mask(crowded)
     hashed = [pd.NA if pd.isna(v) else hmac.new(key, v.encode(), hashlib.sha256).hexdigest() for v in identity]
     return pd.Series(hashed, index=users.index, dtype="string")
 
