@@ -139,6 +139,37 @@ def test_next_period_split_uses_later_unfitted_interactions_and_masks_the_rest(t
     assert weighted.toarray()[0, :3].tolist() == [1.25, 0.75, 1.0] and weighted.nnz == 8
 
 
+def test_retention_gives_each_contender_the_history_weighted_as_it_was_trained(tmp_path):
+    from transfer_rec.stages.evaluate import retention_metrics
+    from transfer_rec.stages.features import PlatformData
+
+    frame = pd.DataFrame(
+        {
+            "user_id": ["u"] * 10,
+            "item_id": [f"i{j}" for j in range(10)],
+            "item_idx": range(10),
+            "timestamp": range(1, 11),
+            "rating": [5.0, 3.0] + [4.0] * 8,
+            "split": ["train"] * 8 + ["valid", "test"],
+        }
+    )
+    frame.to_parquet(tmp_path / "t.interactions.parquet")
+    pd.DataFrame({"user_id": ["u"]}).to_parquet(tmp_path / "t.users.parquet")
+    seen: dict[str, list[float]] = {}
+
+    def scorer(name):
+        def score(matrix, rows):
+            seen[name] = sorted(set(matrix.data.tolist()))
+            return np.zeros((matrix.shape[0], matrix.shape[1]))
+
+        return score
+
+    scorers = {name: scorer(name) for name in ("candidate", "champion", "ease")}
+    retention_metrics(PlatformData(tmp_path, "t", 12), scorers, 3, 0.2, {"candidate": 0.25, "champion": 0.5})
+    # ratings 5 and 3 count 1 +- w; the contender without a weight reads the binary history
+    assert seen == {"candidate": [0.75, 1.0, 1.25], "champion": [0.5, 1.0, 1.5], "ease": [1.0]}
+
+
 def test_airflow_tags_link_back_to_the_run(monkeypatch):
     from transfer_rec.registry.tracking import airflow_tags
 

@@ -42,7 +42,6 @@ from transfer_rec.registry.models import champion_bundle
 from transfer_rec.runtime.threads import use_torch_threads
 from transfer_rec.serving.bundle import ModelBundle
 from transfer_rec.stages.features import PlatformData, sources_linked
-from transfer_rec.stages.train import train_history
 
 log = logging.getLogger(__name__)
 
@@ -172,26 +171,23 @@ def time_holdout_split(
     return data.rows_matrix(~late, rating_weight), data.rows_matrix(~relevant), data.rows_matrix(relevant)
 
 
-# The contenders that read rating-weighted histories when so configured (the transfer model, its target-only twin
-# and the champion, as they were trained and as publish ranks); EASE and popularity take the binary history.
-WEIGHTED_READERS = ("candidate", "target_only", "champion")
-
-
 def retention_metrics(
     data: PlatformData,
     scorers: dict[str, Scorer],
     k: int,
     share: float,
-    rating_weight: float = 0.0,
+    rating_weights: dict[str, float] | None = None,
 ) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray, np.ndarray]:
     """Per-user metrics on the next-period hold-out (retention = hit) for every contender, and the history length
-    and row of each evaluated user. Each contender reads the history as on the test split (WEIGHTED_READERS)."""
+    and row of each evaluated user. Each contender reads the history as on the test split: rating-weighted with its
+    `rating_weights` entry (binary without one)."""
     history, exclude, relevant = time_holdout_split(data, share)
-    weighted = time_holdout_split(data, share, rating_weight)[0] if rating_weight else history
+    weights = rating_weights or {}
+    read = {w: time_holdout_split(data, share, w)[0] for w in set(weights.values()) if w}
     per_user = {}
     for name, score in scorers.items():
-        read = weighted if name in WEIGHTED_READERS else history
-        per_user[name] = {"retention": rows_metrics(score, read, exclude, relevant, k, data.item_mask())["hit"]}
+        given = read.get(weights.get(name, 0.0), history)
+        per_user[name] = {"retention": rows_metrics(score, given, exclude, relevant, k, data.item_mask())["hit"]}
     users = np.flatnonzero(np.diff(relevant.indptr) > 0)
     return per_user, np.diff(history.indptr)[users], users
 
@@ -264,11 +260,17 @@ def withdrawn_accounts(champion: ModelBundle, features: FeatureSet) -> int:
 def _champion_scorer(
     champion: ModelBundle, item_ids: np.ndarray, profiles: pd.DataFrame, links: list[str | None]
 ) -> Scorer:
-    """The champion as it was scored when it was promoted: the same (weighted) history matrix and people as the
-    candidate, re-indexed onto its own items."""
+    """The champion as it was scored when it was promoted: the same people as the candidate, and a history matrix
+    weighted as it was trained (`champion_rating_weight`), re-indexed onto its own items."""
     return lambda matrix, rows: champion.score_aligned(
         matrix, item_ids, _rows_of(profiles, rows), _links_of(links, rows)
     )
+
+
+def champion_rating_weight(champion: ModelBundle, config: PipelineConfig) -> float:
+    """The rating weight the champion was trained with; for one from before bundles recorded it, the config's (what
+    it was evaluated with when it was promoted)."""
+    return float(champion.meta.get("rating_weight", config.training.rating_weight))
 
 
 def _links_of(links: list[str | None], rows: np.ndarray) -> list[str | None]:
@@ -337,7 +339,12 @@ def evaluate(
                 champion_version,
                 withdrawn,
             )
-    weighted = train_history(data, config)
+    # The transfer models read rating-weighted histories, each with the weight it was trained with (as publish and
+    # serving give them); EASE and popularity the binary one
+    rating_weights = {"candidate": config.training.rating_weight, "target_only": config.training.rating_weight}
+    if champion is not None:
+        rating_weights["champion"] = champion_rating_weight(champion, config)
+    histories = {w: data.matrix("train", rating_weight=w) for w in set(rating_weights.values()) if w}
     # Every metric on the test split reads each contender's top-K lists (SCORE_ROWS: scored a block of users at a
     # time; every contender's users x items scores at once ran the 10 M scale fit out of 24 GiB).
     seen, candidates, test = data.matrix("train", "valid"), data.item_mask(), data.matrix("test")
@@ -346,7 +353,7 @@ def evaluate(
     ranked = {
         name: ranked_rows(
             score,
-            weighted if name in WEIGHTED_READERS else train,
+            histories.get(rating_weights.get(name, 0.0), train),
             every_user,
             k,
             seen,
@@ -362,9 +369,7 @@ def evaluate(
     )
     for name in per_user:
         per_user[name].update(extra[name])
-    kept, kept_lengths, kept_users = retention_metrics(
-        data, scorers, k, config.evaluation.time_holdout, config.training.rating_weight
-    )
+    kept, kept_lengths, kept_users = retention_metrics(data, scorers, k, config.evaluation.time_holdout, rating_weights)
     curve = cold_start_curve(
         data,
         scorers,
