@@ -375,6 +375,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     rollback = sub.add_parser("rollback", help="move a target's champion alias back to previous_champion")
     rollback.add_argument("target")
+    rollback.add_argument(
+        "--force",
+        action="store_true",
+        help="roll back even to a model holding accounts of people who have since withheld consent",
+    )
     bench = sub.add_parser(
         "benchmark", help="the side-by-side benchmark on a split given as files", description=BENCHMARK
     )
@@ -428,10 +433,14 @@ def _dispatch(args: argparse.Namespace, bench: argparse.ArgumentParser, layout: 
         with _registry_errors(f"no model to serve at {args.model}"):
             http.serve(args.model, args.host, args.port, args.workers, max_body, follow)
     elif args.command == "rollback":
+        from transfer_rec.registry.models import RollbackRefused
         from transfer_rec.stages.promote import rollback as do_rollback
 
         with _registry_errors(f"cannot roll back {args.target}: it needs a champion and a previous_champion"):
-            print(json.dumps(do_rollback(args.target, layout), indent=2))
+            try:
+                print(json.dumps(do_rollback(args.target, layout, force=args.force), indent=2))
+            except RollbackRefused as exc:
+                raise SystemExit(f"cannot roll back {args.target}: {exc}") from exc
     elif args.command == "benchmark":
         from transfer_rec import benchmark
 

@@ -91,6 +91,24 @@ def test_gate_aliases_override_dry_run_and_rollback(pipeline_env):
     assert not checked["changed"] and "village v5 (rolled back from by the operator)" in checked["reason"], checked
     assert check(force=True)["changed"]
 
+    # a person v5 holds withdraws consent: rolling back to v5 would answer about them again
+    from transfer_rec.registry.models import PREVIOUS, champion_bundle
+
+    users_path = StateLayout.from_env().unified / "current" / "users.parquet"
+    users = pd.read_parquet(users_path)
+    held = next(iter(champion_bundle("village", PREVIOUS)[0].histories))
+    users.loc[(users["platform"] == "village") & (users["user_id"] == held), "consent"] = False
+    users.to_parquet(users_path)
+    with pytest.raises(SystemExit, match=r"cannot roll back village: .* v5 holds 1 account.*withheld consent.*--force"):
+        cli.main(["rollback", "village"])
+    assert aliases()["champion"] == "4" and aliases()["previous_champion"] == "5", "nothing moved"
+    cli.main(["rollback", "village", "--force"])
+    assert aliases()["champion"] == "5" and aliases()["previous_champion"] == "4"
+    # a rollback stopped between its two alias writes (both on the restored version) is finished by the next one
+    mlflow.MlflowClient().set_registered_model_alias(MODEL, "previous_champion", "5")
+    cli.main(["rollback", "village", "--force"])
+    assert aliases()["champion"] == "5" and aliases()["previous_champion"] == "4"
+
 
 def test_champion_pyfunc_answers_known_and_new_users(pipeline_env):
     env = pipeline_env()

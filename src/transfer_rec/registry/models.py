@@ -35,9 +35,10 @@ def alias_version(target: str, alias: str = CHAMPION):
         return None
 
 
-def champion_bundle(target: str) -> tuple[ModelBundle | None, str | None]:
-    """The registry's current champion for a target, loaded as it is served, with its version."""
-    version = alias_version(target)
+def champion_bundle(target: str, alias: str = CHAMPION) -> tuple[ModelBundle | None, str | None]:
+    """The registry's current champion for a target (or the version another alias names), loaded as it is served,
+    with its version."""
+    version = alias_version(target, alias)
     if version is None:
         return None, None
     # by the version just read: the alias may move in between (a rollback), and the two must name one model
@@ -97,16 +98,33 @@ def mark_challenger(target: str, version: str) -> None:
     MlflowClient().set_registered_model_alias(registered_model_name(target), CHALLENGER, version)
 
 
-def rollback(target: str) -> dict[str, Any]:
-    """Move `champion` back to `previous_champion` (and the other way round)."""
+def rollback(target: str, restore: str | None = None) -> dict[str, Any]:
+    """Move `champion` back to `previous_champion` (and the other way round). `restore`: the previous champion's
+    version the caller checked; a different one now is refused (RollbackRefused), as is a rollback with nothing
+    to return to."""
     client = MlflowClient()
     name = registered_model_name(target)
-    previous = client.get_model_version_by_alias(name, PREVIOUS).version
-    current = client.get_model_version_by_alias(name, CHAMPION).version
+    previous = str(client.get_model_version_by_alias(name, PREVIOUS).version)
+    current = str(client.get_model_version_by_alias(name, CHAMPION).version)
+    if previous == current:
+        # the registry moves one alias at a time: a rollback stopped between its two writes left both on the version
+        # it restored, whose tag names the one it rolled back from; finish it
+        origin = client.get_model_version(name, current).tags.get(ROLLED_BACK_TAG)
+        if origin is None or origin == current:
+            raise RollbackRefused(f"{name}: champion and previous_champion are both v{current}: nothing to return to")
+        client.set_registered_model_alias(name, PREVIOUS, origin)
+        return {"model": name, "champion": current, "rolled_back_from": origin}
+    if restore is not None and previous != str(restore):
+        raise RollbackRefused(f"{name}: previous_champion moved to v{previous} while v{restore} was checked")
+    # the tag first: what a stopped rollback needs to be finished
+    client.set_model_version_tag(name, previous, ROLLED_BACK_TAG, current)
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.set_registered_model_alias(name, PREVIOUS, current)
-    client.set_model_version_tag(name, previous, ROLLED_BACK_TAG, current)
     return {"model": name, "champion": previous, "rolled_back_from": current}
+
+
+class RollbackRefused(RuntimeError):
+    """A rollback that would put a model in front that it should not (or none at all)."""
 
 
 SERVING_ROOTS = ["transfer_rec.serving.pyfunc"]

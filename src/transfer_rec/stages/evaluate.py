@@ -241,11 +241,11 @@ def cold_start_curve(
     return out
 
 
-def withdrawn_accounts(champion: ModelBundle, features: FeatureSet) -> int:
+def withdrawn_accounts(champion: ModelBundle, unified: Path | str | None) -> int:
     """Accounts the champion holds (a target history, or an account its linked part may be asked for) whose people
-    withheld consent in this run's unified users: unification left them out, the champion still has them."""
-    users = Path(features.unified or "") / "users.parquet"
-    if features.unified is None or not users.exists():
+    withheld consent in the unified version at `unified`: unification left them out, the champion still has them."""
+    users = Path(unified or "") / "users.parquet"
+    if unified is None or not users.exists():
         return 0
     table = pd.read_parquet(users, columns=["platform", "user_id", "consent"])
     withheld = table.loc[~table["consent"].astype(bool), ["platform", "user_id"]]
@@ -331,7 +331,7 @@ def evaluate(
     withdrawn = 0
     if champion is not None:
         scorers["champion"] = _champion_scorer(champion, items["item_id"].to_numpy(), profiles, links)
-        withdrawn = withdrawn_accounts(champion, features)
+        withdrawn = withdrawn_accounts(champion, features.unified)
         if withdrawn:
             log.warning(
                 "%s: champion v%s holds %d account(s) of people who have since withheld consent",

@@ -15,6 +15,7 @@ from transfer_rec.manifests import Decision, Evaluation
 from transfer_rec.metrics.segments import NEW_TO_TARGET
 from transfer_rec.registry import models as registry
 from transfer_rec.registry import tracking
+from transfer_rec.stages.evaluate import withdrawn_accounts
 
 log = logging.getLogger(__name__)
 
@@ -374,6 +375,8 @@ def promote(
     registry.describe(target, version.version, tags, fit_card(card, f"{CARD_FILE} on run {candidate.run_id}"))
     previous = None
     if decision.promote:
+        # again, just before: the tags and description above took a few registry calls, a rollback may have come
+        _refuse_a_moved_champion(evaluation, str(version.version))
         previous = registry.crown(target, version.version)
     elif not dry_run:  # a dry run's version is there to be looked at; it takes no alias from a real candidate
         registry.mark_challenger(target, version.version)
@@ -414,7 +417,24 @@ def _refuse_a_moved_champion(evaluation: Evaluation, candidate_version: str) -> 
     )
 
 
-def rollback(target: str, layout: StateLayout) -> dict[str, Any]:
-    """Move `champion` back to `previous_champion`."""
+def rollback(target: str, layout: StateLayout, force: bool = False) -> dict[str, Any]:
+    """Move `champion` back to `previous_champion`, unless that model holds accounts of people who have since
+    withheld consent in the current unified version (it would answer about them again; the gate replaced a champion
+    for that very reason): refused (RollbackRefused) unless `force`."""
     tracking.configure(layout)
-    return registry.rollback(target)
+    restore, version = registry.champion_bundle(target, registry.PREVIOUS)
+    if restore is None:
+        raise registry.RollbackRefused(
+            f"it needs a champion and a previous_champion; {registry.registered_model_name(target)} has no "
+            "previous_champion"
+        )
+    withdrawn = withdrawn_accounts(restore, layout.unified / "current")
+    if withdrawn and not force:
+        raise registry.RollbackRefused(
+            f"{registry.registered_model_name(target)} v{version} holds {withdrawn} account(s) of people who have "
+            "since withheld consent (the current unified version): rolled back to, it would answer about them "
+            "again; nothing moved (--force rolls back anyway)"
+        )
+    if withdrawn:
+        log.warning("rolling back to v%s, which holds %d withdrawn account(s), as forced", version, withdrawn)
+    return registry.rollback(target, version)
