@@ -119,3 +119,40 @@ def test_the_salt_can_come_from_a_file_made_once_and_readable_by_its_owner_only(
     monkeypatch.setenv(PII_SALT_ENV, "x" * 32)
     assert pii_salt() == "x" * 32, "the variable wins over the file"
     assert link_ids("books", users).tolist() != from_file.tolist()
+
+
+def test_a_champion_forgets_the_links_and_accounts_of_people_who_withheld_consent_since(tmp_path):
+    """The champion was trained before: it still holds a person's source account and target history; the current
+    unified users mark them withheld. Publish must not rank by that person's link (their other-platform history),
+    and the gate and rollback count the accounts."""
+    import numpy as np
+
+    from transfer_rec.serving.bundle import ModelBundle
+    from transfer_rec.stages.evaluate import withdrawn_accounts, withdrawn_links
+    from transfer_rec.stages.publish import _unless
+
+    accounts = pd.DataFrame(
+        {
+            "platform": ["shop", "shop", "books", "books"],
+            "user_id": ["shop:a", "shop:b", "books:a", "books:c"],
+            "link_id": ["L-a", "L-b", "L-a", "L-c"],
+        }
+    )
+    histories = pd.DataFrame({"user_id": ["shop:a", "shop:b"], "item_id": ["i1", "i2"]})
+    champion = ModelBundle(
+        None, np.array(["i1", "i2"]), np.ones(2, bool), histories, {"target": "shop"}, None, None, accounts
+    )
+    unified = tmp_path / "unified"
+    unified.mkdir()
+    pd.DataFrame(
+        {
+            "platform": ["shop", "shop", "books", "books"],
+            "user_id": ["shop:a", "shop:b", "books:a", "books:c"],
+            "consent": [True, True, False, True],
+        }
+    ).to_parquet(unified / "users.parquet")
+    # a consents on shop but withheld on books: their link (and so their books history) is out; b and c stay
+    assert withdrawn_links(champion, unified) == {"L-a"}
+    assert withdrawn_accounts(champion, unified) == 1
+    assert [_unless(link, {"L-a"}) for link in ("L-a", "L-b", None, float("nan"))] == [None, "L-b", None, None]
+    assert withdrawn_links(champion, None) == set() and withdrawn_accounts(champion, tmp_path / "none") == 0

@@ -241,20 +241,37 @@ def cold_start_curve(
     return out
 
 
+def withheld(unified: Path | str | None) -> set[tuple[str, str]]:
+    """The (platform, user_id) accounts whose people withheld consent in the unified version at `unified`."""
+    users = Path(unified or "") / "users.parquet"
+    if unified is None or not users.exists():
+        return set()
+    table = pd.read_parquet(users, columns=["platform", "user_id", "consent"])
+    rows = table.loc[~table["consent"].astype(bool)]
+    return set(zip(rows["platform"], rows["user_id"]))
+
+
 def withdrawn_accounts(champion: ModelBundle, unified: Path | str | None) -> int:
     """Accounts the champion holds (a target history, or an account its linked part may be asked for) whose people
     withheld consent in the unified version at `unified`: unification left them out, the champion still has them."""
-    users = Path(unified or "") / "users.parquet"
-    if unified is None or not users.exists():
-        return 0
-    table = pd.read_parquet(users, columns=["platform", "user_id", "consent"])
-    withheld = table.loc[~table["consent"].astype(bool), ["platform", "user_id"]]
-    if withheld.empty:
+    gone = withheld(unified)
+    if not gone:
         return 0
     held = set(zip(champion.accounts["platform"], champion.accounts["user_id"]))
     held |= {(champion.target, user) for user in champion.histories}
     held |= {(champion.target, user) for user in champion.profiles.index}
-    return sum(pair in held for pair in zip(withheld["platform"], withheld["user_id"]))
+    return len(gone & held)
+
+
+def withdrawn_links(champion: ModelBundle, unified: Path | str | None) -> set[str]:
+    """The link ids under which the champion holds an account whose person has since withheld consent: their
+    other-platform histories must not answer for them (the champion kept them; unification no longer links them)."""
+    gone = withheld(unified)
+    accounts = champion.accounts
+    if not gone or accounts.empty:
+        return set()
+    mask = [pair in gone for pair in zip(accounts["platform"], accounts["user_id"])]
+    return set(accounts.loc[mask, "link_id"].dropna())
 
 
 def _champion_scorer(

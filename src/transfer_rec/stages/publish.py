@@ -18,6 +18,7 @@ from transfer_rec.registry import tracking
 from transfer_rec.registry.models import champion_bundle, registered_model_name
 from transfer_rec.schema.unified import PROFILE_FIELDS, user_key
 from transfer_rec.serving.bundle import ModelBundle, Recommendations
+from transfer_rec.stages.evaluate import withdrawn_links
 from transfer_rec.stages.features import PlatformData, interaction_weights
 
 log = logging.getLogger(__name__)
@@ -35,16 +36,18 @@ def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: S
     rows = data.frame.assign(weight=interaction_weights(data.frame, _rating_weight(bundle)))
     histories = rows.groupby("user_id")["item_id"].agg(list)
     weights = rows.groupby("user_id")["weight"].agg(list).reindex(histories.index)
-    # by link id too: a user the linked part answers (linked.answers_warm) is published as evaluated and served
+    # by link id too: a user the linked part answers (linked.answers_warm) is published as evaluated and served;
+    # never by the link of a person with an account the champion holds that has since withheld consent
+    withdrawn = withdrawn_links(bundle, features.unified)
     recs = bundle.recommend(
         histories.tolist(),
         config.publish.k,
         bundle.known_profiles(histories.index.tolist()),
-        link_ids=[bundle.link_of(target, u) for u in histories.index],
+        link_ids=[_unless(bundle.link_of(target, u), withdrawn) for u in histories.index],
         weights=weights.tolist(),
     )
     frame = _ranked_rows(histories.index, recs, [True] * len(histories))
-    short = _short_history(bundle, features, target, set(histories.index), config.publish.k)
+    short = _short_history(bundle, features, target, set(histories.index), config.publish.k, withdrawn)
     frame = pd.concat([frame, short], ignore_index=True) if len(short) else frame
     short_users = int(short["user_id"].nunique()) if len(short) else 0
     opted_out = _opted_out_users(features, target)
@@ -101,7 +104,9 @@ def _ranked_rows(users: Any, recs: Recommendations, personalised: list[bool]) ->
 SHORT_HISTORY_BATCH = 2_500
 
 
-def _short_history(bundle: ModelBundle, features: FeatureSet, target: str, kept: set[str], k: int) -> pd.DataFrame:
+def _short_history(
+    bundle: ModelBundle, features: FeatureSet, target: str, kept: set[str], k: int, withdrawn: set[str]
+) -> pd.DataFrame:
     """Consenting target users the features left out (fewer positives than features.min_interactions, or none yet):
     ranked from what the platform has of them, as serving ranks a user it does not know: their positive items, their
     profile, and their link id (a person known on a linked source gets their source histories' answer). A list
@@ -129,13 +134,18 @@ def _short_history(bundle: ModelBundle, features: FeatureSet, target: str, kept:
         histories = [by_user.get(u, []) for u in part["user_id"]]
         weights = [weight_of.get(u) for u in part["user_id"]]
         profiles = part[fields].reset_index(drop=True)
-        links = [v if isinstance(v, str) else None for v in part["link_id"]] if "link_id" in part else None
+        links = [_unless(v, withdrawn) for v in part["link_id"]] if "link_id" in part else None
         recs = bundle.recommend(histories, k, profiles, link_ids=links, weights=weights)
         profiled = profiles.notna().any(axis=1).to_numpy() if fields and reads_profiles else [False] * len(part)
         personal = [bool(used) or bool(p) for used, p in zip(recs.platforms, profiled, strict=True)]
         frames.append(_ranked_rows(part["user_id"], recs, personal))
     log.info("%s: %d consenting user(s) below the training threshold ranked from what they have", target, len(users))
     return pd.concat(frames, ignore_index=True)
+
+
+def _unless(link: object, withdrawn: set[str]) -> str | None:
+    """A link id to rank by, None where there is none or its person withheld consent on an account."""
+    return link if isinstance(link, str) and link not in withdrawn else None
 
 
 def _rating_weight(bundle: ModelBundle) -> float:
