@@ -99,6 +99,16 @@ def test_a_person_named_by_a_source_account_is_still_the_target_user_they_are(li
         assert list(other["item_id"]) == list(own["item_id"])
         assert list(other["platforms_used"].iloc[0]) == list(own["platforms_used"].iloc[0])
     assert "shop" in list(own["platforms_used"].iloc[0])
+    # the same person named twice agrees; two people in one row are refused, not blended
+    same = model.predict(pd.DataFrame({"user_id": [person["user_id_shop"]], "link_id": [person["link_id"]]}))
+    assert list(same["item_id"]) == list(own["item_id"])
+    other = links.loc[(links["platform"] == "books") & (links["link_id"] != person["link_id"]), "link_id"].iloc[0]
+    with pytest.raises(RequestError, match="row 0: 'link_id' names another person than user"):
+        model.predict(pd.DataFrame({"user_id": [person["user_id_shop"]], "link_id": [other]}))
+    with pytest.raises(RequestError, match="row 0: 'link_id' names another person than books account"):
+        model.predict(pd.DataFrame({"platform": ["books"], "user_id": [person["user_id_books"]], "link_id": [other]}))
+    # a null k is the default, not a server error
+    assert len(model.predict(pd.DataFrame({"user_id": [person["user_id_shop"]]}), params={"k": None})) == 10
 
 
 def test_answers_never_hold_an_item_the_user_has_and_match_the_published_lists(linked_run):

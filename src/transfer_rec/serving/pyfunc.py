@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,8 @@ class TransferRecModel(mlflow.pyfunc.PythonModel):
         self.bundle.precompute_known()
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        k = int((params or {}).get("k", DEFAULT_K))
+        given = (params or {}).get("k")
+        k = DEFAULT_K if given is None else int(given)  # MLflow's signature refuses other types, not a null
         if not 1 <= k <= 1000:
             raise RequestError(f"param k must be between 1 and 1000, got {k}")
         if len(model_input) > SMALL_REQUEST_ROWS:
@@ -115,12 +117,18 @@ class TransferRecModel(mlflow.pyfunc.PythonModel):
         # A few users are a few vector products: one thread answers them ~30x faster than torch's thread pool on a
         # busy 2-core machine (measured by bench.latency). Restored afterwards, as the evaluation stage loads
         # champions into a training process.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return recommend_frame(self.bundle, model_input, k)
-        finally:
-            torch.set_num_threads(threads)
+        # One small request at a time: the scoring server answers each request in its own thread, and two that
+        # overlap would each save the other's 1 and leave torch on one thread for every later large request.
+        with _ONE_THREAD:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return recommend_frame(self.bundle, model_input, k)
+            finally:
+                torch.set_num_threads(threads)
+
+
+_ONE_THREAD = threading.Lock()
 
 
 def _missing(value: Any) -> bool:
@@ -154,10 +162,16 @@ def _person(bundle: ModelBundle, request: dict[str, Any], row: int) -> tuple[str
                 f"row {row}: platform {platform!r} is not linked to {bundle.target!r} in this model "
                 f"(linked: {known_platforms or 'none'})"
             )
-        link = link or bundle.link_of(platform, user)
+        own = bundle.link_of(platform, user)
+        if link is not None and own is not None and link != own:
+            raise RequestError(f"row {row}: 'link_id' names another person than {platform} account {user!r}")
+        link = link or own
         return bundle.target_user_of(link), link
     if user is not None:
         user = bundle.user_key(user)
+        own, theirs = bundle.link_of(bundle.target, user), bundle.target_user_of(link)
+        if link is not None and ((own is not None and link != own) or (theirs is not None and theirs != user)):
+            raise RequestError(f"row {row}: 'link_id' names another person than user {request.get('user_id')!r}")
     elif link is not None:
         user = bundle.target_user_of(link)
     return user, link or bundle.link_of(bundle.target, user)
