@@ -1,5 +1,6 @@
 """Incremental pulls by data interval: disjoint slices, idempotent re-runs, nothing doubled after unification."""
 
+import json
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -239,3 +240,18 @@ def test_the_fingerprint_names_exactly_the_partitions_unify_read(incremental, mo
     partitions = sorted(name for name in manifest.hashes["village"] if name.endswith("interactions.txt"))
     assert partitions == [f"dt={day}/interactions.txt" for day in days if day < middle]
     assert manifest.platforms["village"]["rows_in"] < total
+
+
+def test_an_unreadable_announcement_record_is_no_batch_announced_not_a_failure(incremental):
+    """A record cut short (a task killed mid-write, before writes were atomic; a full disk) must not fail every later
+    ingest run: it is taken as nothing announced, and the batch is announced."""
+    from transfer_rec.stages import pipeline
+
+    env, days, _ = incremental
+    record = StateLayout.from_env().landing / "village" / pipeline.ANNOUNCED_FILE
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text('{"batch_id": "ingest_x", "fing')
+    result = pipeline.ingest_validate(
+        pipeline.ingest_pull("village", "scheduled__2023-11-17", (utc(days[0]), utc(days[1])))
+    )
+    assert result["new"] and json.loads(record.read_text())["batch_id"] == result["batch_id"]

@@ -176,3 +176,21 @@ def test_sigterm_stops_a_stage_waiting_on_its_workers_and_kills_them(tmp_path):
     assert "still running after" in err, "the heartbeat logs"
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
+
+
+def test_a_stage_forks_at_most_the_configs_workers_unless_the_environment_says_otherwise(pipeline_env, monkeypatch):
+    import yaml
+
+    from bench.synthetic import write_config
+    from transfer_rec.runtime.workers import workers
+    from transfer_rec.stages import pipeline
+
+    env = pipeline_env()
+    raw = yaml.safe_load(env["config"].read_text())
+    raw.setdefault("runtime", {})["workers"] = 7
+    write_config(env["config"], raw)
+    monkeypatch.delenv("TRANSFER_REC_WORKERS", raising=False)
+    stage = pipeline._guarded(workers)
+    assert stage() == 7 and workers() == len(os.sched_getaffinity(0)), "the config's count, inside the stage only"
+    monkeypatch.setenv("TRANSFER_REC_WORKERS", "3")
+    assert stage() == 3

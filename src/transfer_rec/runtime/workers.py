@@ -18,7 +18,8 @@ import os
 import pickle
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -35,9 +36,25 @@ def can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
 
 
+# the config's runtime.workers while a stage runs (configured_workers); None: not set
+_CONFIGURED: int | None = None
+
+
 def workers() -> int:
-    """Worker processes to use: $TRANSFER_REC_WORKERS, default the CPUs this process may run on."""
-    return int(os.environ.get("TRANSFER_REC_WORKERS") or len(os.sched_getaffinity(0)))
+    """Worker processes to use: $TRANSFER_REC_WORKERS, else the config's runtime.workers (configured_workers), else
+    the CPUs this process may run on."""
+    return int(os.environ.get("TRANSFER_REC_WORKERS") or _CONFIGURED or len(os.sched_getaffinity(0)))
+
+
+@contextmanager
+def configured_workers(count: int | None) -> Iterator[None]:
+    """While inside, `workers()` is `count` (unless $TRANSFER_REC_WORKERS says otherwise; None: the CPUs)."""
+    global _CONFIGURED
+    before, _CONFIGURED = _CONFIGURED, count
+    try:
+        yield
+    finally:
+        _CONFIGURED = before
 
 
 def worker_timeout() -> float | None:

@@ -16,6 +16,7 @@ import re
 import shutil
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -36,6 +37,7 @@ from transfer_rec.manifests import (
     ValidatedBatch,
 )
 from transfer_rec.runtime.signals import stage_guard
+from transfer_rec.runtime.workers import configured_workers
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +60,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _guarded(fn: F) -> F:
     """Run a stage inside stage_guard: SIGTERM stops it (workers killed, partial output removed) and a heartbeat
-    line reaches the task log every minute while it runs."""
+    line reaches the task log every minute while it runs; it forks at most the config's runtime.workers."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
-        with stage_guard(fn.__name__):
+        with stage_guard(fn.__name__), configured_workers(load_config().runtime.workers):
             return fn(*args, **kwargs)
 
     return run  # type: ignore[return-value]
@@ -508,6 +510,7 @@ def summarize(
 ANNOUNCED_FILE = "_announced.json"
 
 
+@_guarded
 def ingest_pull(platform: str, airflow_run_id: str, interval: tuple[Any, Any] | None = None) -> Json:
     """Land a platform's export as batch `ingest_<airflow run>` (an incremental platform: its data interval's slice);
     no MLflow run (nothing is trained here)."""
@@ -550,6 +553,20 @@ def _champions_trained_on(batch: PulledBatch, config: PipelineConfig) -> str | N
     return ", ".join(named) or None
 
 
+def _announced(record: Path) -> dict[str, Any]:
+    """The last batch announced for a platform; {} when none is recorded, or the record cannot be read (then the
+    next new-looking batch is announced: a retrain too many, never a batch kept from training)."""
+    if not record.exists():
+        return {}
+    try:
+        last = json.loads(record.read_text())
+    except (OSError, ValueError) as error:
+        log.warning("%s unreadable (%s): taken as no batch announced", record, error)
+        return {}
+    return last if isinstance(last, dict) else {}
+
+
+@_guarded
 def ingest_validate(pulled: Json) -> Json:
     """Validate a landed batch (failure quarantines it and raises); `new` says whether its data differs from the
     last batch announced for this platform. A snapshot that repeats that batch is removed from landing."""
@@ -560,7 +577,7 @@ def ingest_validate(pulled: Json) -> Json:
     platform = batch.platform
     validated = validate_stage.validate_batch(batch, config.platform(platform), layout, engine=raw_engine(config))
     record = layout.landing / platform / ANNOUNCED_FILE
-    last = json.loads(record.read_text()) if record.exists() else {}
+    last = _announced(record)
     current = fingerprint(batch)
     same_as = last.get("batch_id") if last.get("fingerprint") == current else _champions_trained_on(batch, config)
     if same_as:
@@ -570,9 +587,9 @@ def ingest_validate(pulled: Json) -> Json:
             shutil.rmtree(batch.batch_dir, ignore_errors=True)
         log.info("platform %s: same data as %s, nothing new to announce", platform, same_as)
         kept = same_as if batch.mode == "snapshot" else batch.batch_id
-        record.write_text(json.dumps({"batch_id": kept, "fingerprint": current}, indent=2))
+        write_text_atomic(record, json.dumps({"batch_id": kept, "fingerprint": current}, indent=2))
         return IngestResult(platform=platform, batch_id=batch.batch_id, new=False, same_as=same_as).to_xcom()
-    record.write_text(json.dumps({"batch_id": batch.batch_id, "fingerprint": current}, indent=2))
+    write_text_atomic(record, json.dumps({"batch_id": batch.batch_id, "fingerprint": current}, indent=2))
     rows = {f.table: f.rows for f in batch.files}
     log.info(
         "platform %s: new validated batch %s (%s): announcing %s",
