@@ -267,7 +267,19 @@ class TrainingConfig(_Strict):
     source_replay: float = Field(0.15, ge=0, le=1)  # share of source users replayed in every fine-tuning epoch
     strategy: Literal["full", "freeze_encoder"] = "full"  # freeze_encoder: only the output layer adapts
     # the encoder's weight next to the item-item part, chosen on valid among these
-    beta_grid: list[Annotated[float, Field(ge=0)]] = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0]
+    beta_grid: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] = [
+        0.0,
+        0.25,
+        0.5,
+        0.75,
+        1.0,
+        1.5,
+        2.0,
+        3.0,
+        4.0,
+        6.0,
+        8.0,
+    ]
     # an interaction counts 1 + rating_weight * (rating - 4) in the item-item part's histories (ratings 3/4/5 count
     # 0.75/1/1.25 at 0.25; at least 0.1); 0 gives binary histories. The encoder reads only which items.
     rating_weight: float = Field(0.25, ge=0, le=1)

@@ -250,7 +250,13 @@ def test_full_dag_run_registers_logs_and_publishes_even_when_another_target_fail
     assert 0 < metrics["coverage_at_10.candidate"] <= 1
     assert any(m.startswith("ndcg_at_10.segment.history_") for m in metrics)
     assert not any("__" in m for m in [*metrics, *run_data.metrics]), "no mangled names"
-    assert {"chosen.best_epoch", "chosen.blend_beta", "chosen.kernel_weight"} <= set(run_data.params)
+    assert {
+        "chosen.best_epoch",
+        "chosen.blend_beta",
+        "chosen.kernel_weight",
+        "chosen.item_lam",
+        "chosen.kernel_lam",
+    } <= set(run_data.params)
     assert not {"beta", "kernel_weight", "best_epoch"} & set(run_data.metrics)
     assert all(len(repr(v)) <= 12 for m, v in metrics.items() if "." in m), "values to 4 digits"
     listed = client.list_artifacts
