@@ -36,9 +36,9 @@ from transfer_rec.metrics.ranking import METRICS, per_user_metrics, top_k
 from transfer_rec.metrics.uncertainty import bootstrap_ci
 from transfer_rec.recommender.content import CONTENT_PARTS, content_vectors
 from transfer_rec.recommender.linked import LinkedRecommender, binary, ease_target_columns, joint_rows
-from transfer_rec.schema.unified import user_key
+from transfer_rec.schema.unified import IDENTITY_COLUMNS, user_key
 from transfer_rec.selection.linked import choose, ndcg_of
-from transfer_rec.stages.unify import IDENTITY_COLUMNS, consent_flags, link_ids
+from transfer_rec.stages.unify import consent_flags, link_ids
 
 log = logging.getLogger("transfer_rec.benchmark")
 

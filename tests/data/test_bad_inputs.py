@@ -179,3 +179,40 @@ def test_rows_pulled_are_the_rows_validation_read_not_the_lines_of_the_file(pipe
     validated = validate_batch(pulled, config.platform("village"), layout)
     assert pulled.interaction_rows() > len(frame), "the pull counts lines"
     assert validated.interaction_rows() == len(frame)
+
+
+def test_an_expectation_on_an_e_mail_column_reports_counts_never_addresses(pipeline_env, monkeypatch):
+    """An operator adds a rule on the column the platform maps to `email` and some rows break it: the refusal, the
+    quarantined validation result and the Data Docs page count them, and show no address."""
+    import great_expectations.expectations as gxe
+
+    from transfer_rec.stages.validate import ensure_suites, gx_context, suite_name
+
+    env = pipeline_env()
+    monkeypatch.setenv("TRANSFER_REC_PII_SALT", "a-test-salt-of-sufficient-length")
+    folder = env["exports"] / "village"
+    users = pd.read_csv(folder / "users.txt", dtype=str)
+    users["mail"] = [f"Person{i}@Example.org" if i % 3 else f"person{i}@elsewhere.example" for i in range(len(users))]
+    users.to_csv(folder / "users.txt", index=False)
+    raw = yaml.safe_load(env["config"].read_text())
+    raw["platforms"][1]["columns"]["users"]["mail"] = "email"
+    write_config(env["config"], raw)
+    platform = load_config().platform("village")
+    context = gx_context()
+    ensure_suites(context, platform)
+    suite = context.suites.get(suite_name("village", "users"))
+    suite.add_expectation(gxe.ExpectColumnValuesToMatchRegex(column="mail", regex=r"@Example\.org$"))
+    suite.save()
+
+    message = _refused("village", "bad-mail")
+    state = StateLayout.from_env()
+    assert "ExpectColumnValuesToMatchRegex" in message or "match_regex" in message, message
+    addresses = set(users["mail"]) | {a.lower() for a in users["mail"]}
+    leaks = [a for a in addresses if a in message]
+    assert not leaks, leaks[:3]
+    for path in [*(state.quarantine / "village" / "bad-mail").rglob("validation.json"), *state.data_docs.rglob("*")]:
+        if path.is_file() and path.suffix in (".json", ".html"):
+            text = path.read_text(errors="replace")
+            assert not [a for a in addresses if a in text], path
+    bad = sum(1 for i in range(len(users)) if i % 3 == 0)
+    assert f"failed: {bad} unexpected value(s)" in message and "e.g." not in message.split("mail")[-1], message

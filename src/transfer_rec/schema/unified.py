@@ -12,6 +12,9 @@ ITEM_COLUMNS = ("item_id", "title", "year", "genres")
 # The link table: one row per account of a person who can be linked (a platform exports an identity column and the
 # user consented), so a person's histories on other platforms can be found by link id or by any of their accounts.
 LINK_COLUMNS = ("link_id", "platform", "user_id")
+# Unified names a platform's users columns may map onto to link the same person across platforms; never kept as
+# they are (unification hashes them into link_id; validation results keep no value of them)
+IDENTITY_COLUMNS = ("email", "phone")
 # Each platform's own id of each of its items (native_id), next to the unified key: serving answers in the former.
 ITEM_ID_COLUMNS = ("platform", "native_id", "item_id")
 TYPES = {"interactions": {"rating": "float64", "timestamp": "int64", "label": "int8"}}

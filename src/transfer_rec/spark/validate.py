@@ -19,6 +19,7 @@ from transfer_rec.stages.validate import (
     expectation_key,
     regroup,
     store_results,
+    withhold_identities,
 )
 
 if TYPE_CHECKING:
@@ -147,7 +148,14 @@ class SparkRaw:
         split, owners = by_reading(batches)
         # one checkpoint per batch in turn: Spark runs each expectation's jobs on all its cores
         results = [
-            store_results(scratch, [run_checks(scratch, source, batch.expectations, batch.name, batch.frame)])
+            store_results(
+                scratch,
+                [
+                    withhold_identities(
+                        run_checks(scratch, source, batch.expectations, batch.name, batch.frame), batch.secret
+                    )
+                ],
+            )
             for batch in split
         ]
         return regroup(results, owners, len(batches))

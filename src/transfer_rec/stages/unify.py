@@ -26,6 +26,7 @@ from transfer_rec.schema import rules
 from transfer_rec.schema.suites import native_column
 from transfer_rec.schema.unified import (
     GENDERS,
+    IDENTITY_COLUMNS,
     INTERACTION_COLUMNS,
     ITEM_COLUMNS,
     ITEM_ID_COLUMNS,
@@ -45,10 +46,9 @@ from transfer_rec.stages.validate import (
 
 log = logging.getLogger(__name__)
 
-# Identity columns a platform may export to link the same person across platforms: only a salted hash leaves
-# landing. The salt is a secret from the environment (or a file it names: a mounted secret, or the one
+# Identity columns (schema.unified.IDENTITY_COLUMNS) link the same person across platforms: only a salted hash
+# leaves landing. The salt is a secret from the environment (or a file it names: a mounted secret, or the one
 # `transfer-rec init` makes for the embedded demo), never stored with the data.
-IDENTITY_COLUMNS = ("email", "phone")
 PII_SALT_ENV = "TRANSFER_REC_PII_SALT"
 PII_SALT_FILE_ENV = "TRANSFER_REC_PII_SALT_FILE"
 CONSENT_VALUES = {"1", "true", "t", "yes", "y", "opt-in", "opt_in", "granted"}

@@ -24,6 +24,7 @@ from transfer_rec.ops.data_docs import make_offline
 from transfer_rec.ops.links import data_docs_page
 from transfer_rec.runtime.workers import can_fork, forked_map, workers
 from transfer_rec.schema.suites import FORBIDDEN_COLUMN_MARKERS, build_suite, native_column, suite_name
+from transfer_rec.schema.unified import IDENTITY_COLUMNS
 from transfer_rec.stages.pull import VALIDATION_FILE
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,12 @@ def _failure_line(platform: str, file: str, result: Any) -> str:
     count = details.get("unexpected_count")
     observed = details.get("observed_value")
     observed = observed.item() if hasattr(observed, "item") else observed  # numpy scalars print as plain numbers
-    what = f"{count} unexpected value(s), e.g. {examples[:5]!r}" if count else f"observed {observed!r}"
+    # no examples: an identity column's results keep none (withhold_identities)
+    what = (
+        (f"{count} unexpected value(s), e.g. {examples[:5]!r}" if examples else f"{count} unexpected value(s)")
+        if count
+        else f"observed {observed!r}"
+    )
     if result.exception_info and result.exception_info.get("raised_exception"):
         what = f"could not be evaluated: {result.exception_info.get('exception_message')}"
     return f"platform {platform}, file {file}: {config.type}({kwargs}) failed: {what}"
@@ -338,6 +344,7 @@ def validate_batch(
                 frame,
                 expectations,
                 native_column(platform, table, "user_id"),
+                secret=frozenset(filter(None, (native_column(platform, table, c) for c in IDENTITY_COLUMNS))),
             )
         )
     results = engine.validate(scratch, f"landing-{platform.name}", batches)
@@ -589,6 +596,8 @@ class Batch(NamedTuple):
     expectations: list[Any]
     key: str | None = None
     prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+    # columns whose values identify people (a platform's columns mapped to email or phone): no result keeps them
+    secret: frozenset[str] = frozenset()
 
 
 class Job(NamedTuple):
@@ -599,6 +608,36 @@ class Job(NamedTuple):
     rows: slice | np.ndarray | None = None
     prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None
     columns: list[str] | None = None
+    secret: frozenset[str] = frozenset()
+
+
+# what a result on an identity column keeps: counts and shares, never a value
+COUNT_KEYS = frozenset(
+    {
+        "element_count",
+        "unexpected_count",
+        "unexpected_percent",
+        "unexpected_percent_total",
+        "unexpected_percent_nonmissing",
+        "missing_count",
+        "missing_percent",
+    }
+)
+
+
+def withhold_identities(run: list[tuple[Any, Any]], secret: frozenset[str]) -> list[tuple[Any, Any]]:
+    """A checkpoint run's results with every value of a `secret` column removed (examples, observed values): an
+    operator's expectation on an e-mail column must not put e-mails in a log, a quarantine report, an MLflow artifact
+    or a Data Docs page. Counts stay."""
+    if not secret:
+        return run
+    for _, result in run:
+        for r in result.results:
+            kwargs = r.expectation_config.kwargs
+            columns = {kwargs.get(k) for k in ("column", "column_A", "column_B")} | set(kwargs.get("column_list") or [])
+            if columns & secret and r.result:
+                r.result = {k: v for k, v in r.result.items() if k in COUNT_KEYS}
+    return run
 
 
 def validate_frames(
@@ -618,7 +657,9 @@ def validate_frames(
         if parts and split:
             for k, rows in enumerate(parts):
                 name = f"{batch.name}.part{k + 1:02d}of{len(parts):02d}"
-                jobs.append(Job(checkpoint(scratch, source, split, name), batch.frame, rows, batch.prepare))
+                jobs.append(
+                    Job(checkpoint(scratch, source, split, name), batch.frame, rows, batch.prepare, secret=batch.secret)
+                )
                 owners.append(number)
         if whole or not parts:
             shape = batch.prepare(batch.frame.iloc[:0]) if batch.prepare else batch.frame
@@ -629,6 +670,7 @@ def validate_frames(
                     None,
                     batch.prepare,
                     _columns_read(whole, shape) if parts else None,
+                    batch.secret,
                 )
             )
             owners.append(number)
@@ -653,7 +695,8 @@ def _run_job(index: int, jobs: list[Job] | None = None) -> list[tuple[Any, Any]]
     )
     frame = job.prepare(frame) if job.prepare else frame
     frame = frame[job.columns] if job.columns is not None else frame
-    return list(job.checkpoint.run(batch_parameters={"dataframe": frame}).run_results.items())
+    run = list(job.checkpoint.run(batch_parameters={"dataframe": frame}).run_results.items())
+    return withhold_identities(run, job.secret)
 
 
 def _run_checkpoints(scratch: Any, jobs: list[Job]) -> list[Any]:
