@@ -6,7 +6,8 @@ FILE holds a `platforms:` list in config/pipeline.yaml's form (name, role, locat
 value_maps). Exactly one platform has role `target`; its files name only users and items (its interactions are the
 three split files, TSV with user_id and item_id columns); every source names interactions, users and items. A users
 column mapped to `email` (or `phone`) links people: it is hashed with the secret $TRANSFER_REC_PII_SALT as soon as it
-is read and never kept; a `consent` column, if mapped, leaves people who did not consent unlinked. Relative
+is read and never kept; a `consent` column, if mapped, leaves people who did not consent unlinked and drops their
+source interactions (the target's split files are taken as given). Relative
 locations are relative to FILE's folder.
 
 Writes DIR/recommendations.tsv (the top 10 of every test user, new-to-target users included; train and valid items
@@ -185,7 +186,13 @@ def people_of(p: PlatformConfig, base: Path) -> dict[str, str]:
 
 
 def read_interactions(p: PlatformConfig, base: Path) -> pd.DataFrame:
+    """A source's interactions, without those of users its `consent` column (if mapped) says did not opt in: as in
+    unification, their data trains no model."""
     frame = platform_table(p, base, "interactions")[["user_id", "item_id"]].astype(str)
+    if "consent" in p.columns.get("users", {}).values():
+        users = platform_table(p, base, "users")
+        withheld = set(users["user_id"].astype(str)[~consent_flags(users).to_numpy()])
+        frame = frame[~frame["user_id"].isin(withheld)]
     return frame.drop_duplicates().reset_index(drop=True)
 
 

@@ -110,6 +110,13 @@ def test_opted_out_people_are_not_linked(tmp_path, pipeline_env, monkeypatch):
     _benchmark(tmp_path, tmp_path / "out", monkeypatch)
     linked = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]["linked"]
     assert linked["new_on_0_sources"]["users"] == len(world.new)
+    # ... and their source interactions train nothing
+    from transfer_rec.benchmark_linked import read_interactions, read_registry
+
+    books = next(p for p in read_registry(tmp_path / "platforms.yaml") if p.name == "books")
+    users = pd.read_csv(tmp_path / "books_users.tsv", sep="\t", dtype=str)
+    withheld = set(users.loc[users["ok"] == "no", "uid"])
+    assert withheld and not set(read_interactions(books, tmp_path)["user_id"]) & withheld
 
 
 def test_identities_without_a_salt_are_refused(tmp_path, pipeline_env, monkeypatch):
