@@ -107,3 +107,15 @@ def test_a_known_user_is_ranked_from_their_weighted_history_online_cached_and_af
     scores[np.asarray(with_item.todense()).ravel() > 0] = -np.inf
     scores[10:] = -np.inf
     np.testing.assert_allclose(added["score"].to_numpy(), np.sort(scores)[::-1][:3], rtol=1e-6)
+
+
+def test_the_stored_input_example_holds_nobodys_data():
+    from transfer_rec.serving.pyfunc import input_example
+
+    served = bundle()
+    example = input_example(served)
+    assert example["user_id"].isna().all(), "no known user's id"
+    named = {item for items in example["history"].dropna() for item in items}
+    assert named and named <= set(ITEMS[served.candidates])
+    # and the example is a request the model answers
+    assert len(recommend_frame(served, example, 3)) == 3 * len(example)

@@ -16,7 +16,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
-from transfer_rec.schema.unified import PROFILE_FIELDS, user_key
+from transfer_rec.schema.unified import PROFILE_FIELDS
 from transfer_rec.serving.bundle import ModelBundle
 
 DEFAULT_K = 10
@@ -74,14 +74,12 @@ class RequestError(MlflowException):
 
 
 def input_example(bundle: ModelBundle) -> pd.DataFrame:
-    """A known user by id, a new user by a short history and, if the model has a profile prior, a new user by
-    profile alone."""
-    known = next(iter(bundle.histories))
-    # in the target platform's own ids, as the platform calling the model knows them
-    prefix = user_key(bundle.target, "")
-    user = known[len(prefix) :] if bundle.target and known.startswith(prefix) else known
-    history = [bundle.native_of.get(item, item) for item in bundle.histories[known][:3]]
-    example = pd.DataFrame({"user_id": [user, None], "history": [None, history]})
+    """A new user by a short history and, if the model has a profile prior, a new user by profile alone. Nobody's
+    data: the history is the target's first candidate items (in its own ids), not a known user's, since the example
+    is stored with every model version and outlives any person's consent."""
+    items = bundle.item_ids[bundle.candidates][:3]
+    history = [bundle.native_of.get(item, item) for item in items.tolist()]
+    example = pd.DataFrame({"user_id": [None], "history": [history]})
     vocabulary = bundle.profile_vocabulary
     if vocabulary and all(vocabulary[f] for f in PROFILE_FIELDS):
         profile = {f: vocabulary[f][len(vocabulary[f]) // 2] for f in PROFILE_FIELDS}
