@@ -10,10 +10,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from transfer_rec.config import REPO_ROOT
 from transfer_rec.io.state import StateLayout
 from transfer_rec.runtime.processes import stop_group
 
@@ -164,7 +166,10 @@ def _run(layout: StateLayout, force: bool) -> None:
         finally:
             if proc.poll() is None:
                 print("transfer-rec run: stopping the pipeline run", file=sys.stderr)
-                stop_group(proc, grace=(10.0, 5.0))
+                # a second Ctrl-C or SIGTERM while stopping would leave the group running: the stop finishes first
+                with _signals_held():
+                    stop_group(proc, grace=(10.0, 5.0))
+                    _fail_stopped_runs()
     if code != 0:
         print("".join(log.read_text().splitlines(keepends=True)[-60:]))
         report = layout.reports / "latest.json"
@@ -268,9 +273,49 @@ def summary(layout: StateLayout) -> None:
     )
 
 
+STOPPED_RUNS_SCRIPT = REPO_ROOT / "tools" / "airflow_stopped_runs.py"
+
+
+def _fail_stopped_runs() -> None:
+    """Mark transfer_rec's runs that a stopped `airflow dags test` left running as failed (tools/
+    airflow_stopped_runs.py: it imports Airflow); the scheduler would otherwise continue them or wait behind them.
+    Bounded; a failure is reported, never raised (the run is stopping anyway)."""
+    if not STOPPED_RUNS_SCRIPT.exists():
+        print(f"transfer-rec: {STOPPED_RUNS_SCRIPT} is missing; a stopped run may stay 'running' in Airflow")
+        return
+    try:
+        done = subprocess.run(
+            [sys.executable, str(STOPPED_RUNS_SCRIPT), "transfer_rec"], capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        print("transfer-rec: marking the stopped run failed in Airflow's database took over 120 s; skipped")
+        return
+    if done.returncode != 0:
+        print(f"transfer-rec: could not mark the stopped run failed in Airflow's database: {done.stderr[-500:]}")
+    elif done.stdout.strip():
+        print(done.stdout.strip(), file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored while inside (in the main thread), their handlers back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def airflow_ui(layout: StateLayout) -> None:
     """`airflow standalone` on 127.0.0.1 until Ctrl-C; stops its whole process tree (no orphans)."""
     home = Path(os.environ["AIRFLOW_HOME"])
+    # runs a stopped `make run` left "running" would be continued by this scheduler, or hold every later run
+    with _sole_run(layout):
+        _fail_stopped_runs()
     # Ctrl-C, or a SIGTERM from a supervisor, stops everything (background shells start us with SIGINT ignored).
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)
@@ -298,7 +343,8 @@ def airflow_ui(layout: StateLayout) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        stop_group(proc)
+        with _signals_held():
+            stop_group(proc)
 
 
 def _interrupt(signum: int, frame: object) -> None:
