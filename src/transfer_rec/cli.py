@@ -99,7 +99,7 @@ def run(layout: StateLayout, force: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def _sole_run(layout: StateLayout) -> Iterator[None]:
+def _sole_run(layout: StateLayout, who: str = "transfer-rec run") -> Iterator[None]:
     """Hold the state folder's run lock: two runs in one state folder would race for its lake, models and registry
     aliases. The lock goes with the process, so a killed run leaves none behind."""
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -110,7 +110,7 @@ def _sole_run(layout: StateLayout) -> Iterator[None]:
             lock.seek(0)
             holder = lock.read().strip() or "unknown"
             raise SystemExit(
-                f"transfer-rec run: another run is working on {layout.root} (pid {holder}); wait for it to finish"
+                f"{who}: a run is working on {layout.root} (pid {holder}); wait for it to finish"
             ) from None
         lock.truncate(0)
         lock.write(str(os.getpid()))
@@ -314,7 +314,7 @@ def airflow_ui(layout: StateLayout) -> None:
     """`airflow standalone` on 127.0.0.1 until Ctrl-C; stops its whole process tree (no orphans)."""
     home = Path(os.environ["AIRFLOW_HOME"])
     # runs a stopped `make run` left "running" would be continued by this scheduler, or hold every later run
-    with _sole_run(layout):
+    with _sole_run(layout, "make airflow-ui"):
         _fail_stopped_runs()
     # Ctrl-C, or a SIGTERM from a supervisor, stops everything (background shells start us with SIGINT ignored).
     for sig in (signal.SIGINT, signal.SIGTERM):

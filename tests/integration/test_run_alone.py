@@ -26,8 +26,11 @@ def test_a_second_run_on_the_same_state_is_refused_naming_the_first(pipeline_env
         fcntl.flock(held, fcntl.LOCK_EX)
         held.write("4242")
         held.flush()
-        with pytest.raises(SystemExit, match=r"another run is working on .* \(pid 4242\)"):
+        with pytest.raises(SystemExit, match=r"transfer-rec run: a run is working on .* \(pid 4242\)"):
             cli.run(layout)
+        # nor does the Airflow UI start its scheduler beside the run
+        with pytest.raises(SystemExit, match=r"make airflow-ui: a run is working on .* \(pid 4242\)"):
+            cli.airflow_ui(layout)
     assert not layout.lake.exists(), "refused before init: nothing pulled, nothing migrated"
 
 
