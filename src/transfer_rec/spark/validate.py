@@ -17,6 +17,7 @@ from transfer_rec.stages.validate import (
     by_reading,
     checkpoint,
     expectation_key,
+    reads_any,
     regroup,
     store_results,
     withhold_identities,
@@ -34,9 +35,17 @@ SPARK_TYPES = {"rating": "DoubleType", "timestamp": "LongType", "label": "ByteTy
 COUNTS_ONLY = {"result_format": "BASIC", "partial_unexpected_count": 0}
 
 
-def run_checks(scratch: Any, source: Any, expectations: list[Any], name: str, frame: DataFrame) -> list[Any]:
+def run_checks(
+    scratch: Any,
+    source: Any,
+    expectations: list[Any],
+    name: str,
+    frame: DataFrame,
+    secret: frozenset[str] = frozenset(),
+) -> list[Any]:
     """stages.validate.checkpoint's run on a Spark DataFrame: the (identifier, suite result) pairs, the same
-    verdicts, counts and examples as one SUMMARY run, with one pass of example jobs only for rules that need them."""
+    verdicts, counts and examples as one SUMMARY run, with one pass of example jobs only for rules that need them;
+    never for a rule on a `secret` column (GX stores every checkpoint's results, so its examples would be kept)."""
     run = checkpoint(scratch, source, expectations, name, COUNTS_ONLY).run(batch_parameters={"dataframe": frame})
     pairs = list(run.run_results.items())
     unexpected = {
@@ -47,7 +56,13 @@ def run_checks(scratch: Any, source: Any, expectations: list[Any], name: str, fr
     }
     if not unexpected:
         return pairs
-    again = [e for e in expectations if expectation_key(e.configuration) in unexpected]
+    again = [
+        e
+        for e in expectations
+        if expectation_key(e.configuration) in unexpected and not reads_any(e.configuration.kwargs, secret)
+    ]
+    if not again:
+        return pairs
     rerun = checkpoint(scratch, source, again, f"{name}.examples").run(batch_parameters={"dataframe": frame})
     detailed = {expectation_key(r.expectation_config): r for suite in rerun.run_results.values() for r in suite.results}
     for _, suite in pairs:
@@ -152,7 +167,8 @@ class SparkRaw:
                 scratch,
                 [
                     withhold_identities(
-                        run_checks(scratch, source, batch.expectations, batch.name, batch.frame), batch.secret
+                        run_checks(scratch, source, batch.expectations, batch.name, batch.frame, batch.secret),
+                        batch.secret,
                     )
                 ],
             )

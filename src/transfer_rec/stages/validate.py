@@ -633,11 +633,15 @@ def withhold_identities(run: list[tuple[Any, Any]], secret: frozenset[str]) -> l
         return run
     for _, result in run:
         for r in result.results:
-            kwargs = r.expectation_config.kwargs
-            columns = {kwargs.get(k) for k in ("column", "column_A", "column_B")} | set(kwargs.get("column_list") or [])
-            if columns & secret and r.result:
+            if reads_any(r.expectation_config.kwargs, secret) and r.result:
                 r.result = {k: v for k, v in r.result.items() if k in COUNT_KEYS}
     return run
+
+
+def reads_any(kwargs: dict[str, Any], columns: frozenset[str]) -> bool:
+    """Whether an expectation with these kwargs reads any of `columns`."""
+    read = {kwargs.get(k) for k in ("column", "column_A", "column_B")} | set(kwargs.get("column_list") or [])
+    return bool(read & columns)
 
 
 def validate_frames(
