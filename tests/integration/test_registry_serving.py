@@ -23,7 +23,7 @@ def aliases() -> dict[str, str]:
     return {a: str(v) for a, v in mlflow.MlflowClient().get_registered_model(MODEL).aliases.items()}
 
 
-def test_gate_aliases_override_dry_run_and_rollback(pipeline_env):
+def test_gate_aliases_override_dry_run_and_rollback(pipeline_env, monkeypatch):
     from transfer_rec.stages import pipeline
 
     env = pipeline_env()
@@ -78,9 +78,32 @@ def test_gate_aliases_override_dry_run_and_rollback(pipeline_env):
     export = env["exports"] / "village" / "interactions.txt"
     frame = pd.read_csv(export, dtype=str)
     frame.iloc[: len(frame) - 40].to_csv(export, index=False)
-    run_inline("r5", gate_override="promote")
+    fifth = run_inline("r5", gate_override="promote")
     rollback("village", StateLayout.from_env())
     assert aliases()["champion"] == "4" and aliases()["previous_champion"] == "5"
+
+    # v5 promoted again, measured against v4, the champion now; an operator moves the champion while promote
+    # writes the version's card: nothing is crowned, and the version does not say it was promoted
+    from transfer_rec.registry import models as registry
+
+    written = registry.describe
+
+    def and_meanwhile(*args, **kwargs):
+        written(*args, **kwargs)
+        if not monkeypatch_moved:
+            monkeypatch_moved.append(True)
+            mlflow.MlflowClient().set_registered_model_alias(MODEL, "champion", "1")
+
+    monkeypatch_moved: list[bool] = []
+    monkeypatch.setattr(registry, "describe", and_meanwhile)
+    with pytest.raises(ChampionMoved, match=r"the champion is v1 now, but candidate v5 was evaluated against v4"):
+        promote(Evaluation.model_validate(fifth["evaluation"]), GateConfig(), StateLayout.from_env(), "r5", "promote")
+    monkeypatch.setattr(registry, "describe", written)
+    version = mlflow.MlflowClient().get_model_version(MODEL, "5")
+    assert version.tags["gate.decision"] == "rejected" and "the champion is v1 now" in version.tags["gate.reasons"]
+    assert "**Gate: not promoted**" in version.description
+    assert aliases()["champion"] == "1", "not crowned"
+    mlflow.MlflowClient().set_registered_model_alias(MODEL, "champion", "4")
 
     def check(**params) -> dict:
         run = pipeline.plan({"run_key": "after-rollback", **params}, airflow_run_id="after-rollback")
@@ -104,10 +127,20 @@ def test_gate_aliases_override_dry_run_and_rollback(pipeline_env):
     assert aliases()["champion"] == "4" and aliases()["previous_champion"] == "5", "nothing moved"
     cli.main(["rollback", "village", "--force"])
     assert aliases()["champion"] == "5" and aliases()["previous_champion"] == "4"
-    # a rollback stopped between its two alias writes (both on the restored version) is finished by the next one
-    mlflow.MlflowClient().set_registered_model_alias(MODEL, "previous_champion", "5")
-    cli.main(["rollback", "village", "--force"])
+    # a rollback stopped between its two alias writes (both on the restored version, still marked) is finished by
+    # the next one, without --force: the restored model is already in front
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(MODEL, "5", "rollback.pending", "4")
+    client.set_registered_model_alias(MODEL, "previous_champion", "5")
+    cli.main(["rollback", "village"])
     assert aliases()["champion"] == "5" and aliases()["previous_champion"] == "4"
+    assert "rollback.pending" not in client.get_model_version(MODEL, "5").tags
+    # both aliases on one version without that mark (a crowning stopped between its writes): v5's old rollback.from
+    # tag names a model rolled away from; nothing is moved back to it
+    client.set_registered_model_alias(MODEL, "previous_champion", "5")
+    with pytest.raises(SystemExit, match="both v5: nothing to return to"):
+        cli.main(["rollback", "village", "--force"])
+    assert aliases()["champion"] == "5" and aliases()["previous_champion"] == "5"
 
 
 def test_champion_pyfunc_answers_known_and_new_users(pipeline_env):

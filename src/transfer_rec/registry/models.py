@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous_champion", "challenger"
 # on the version a rollback restored: the version it replaced (the one the operator rolled back from)
 ROLLED_BACK_TAG = "rollback.from"
+# on the version a rollback is restoring, while its aliases move: the version it rolls back from
+ROLLBACK_PENDING_TAG = "rollback.pending"
 
 
 def registered_model_name(target: str) -> str:
@@ -108,19 +110,33 @@ def rollback(target: str, restore: str | None = None) -> dict[str, Any]:
     current = str(client.get_model_version_by_alias(name, CHAMPION).version)
     if previous == current:
         # the registry moves one alias at a time: a rollback stopped between its two writes left both on the version
-        # it restored, whose tag names the one it rolled back from; finish it
-        origin = client.get_model_version(name, current).tags.get(ROLLED_BACK_TAG)
+        # it restored, marked with the one it was rolling back from until both moved; finish it. Both on one version
+        # without that mark (a crowning stopped between its writes) is nothing a rollback can undo.
+        origin = client.get_model_version(name, current).tags.get(ROLLBACK_PENDING_TAG)
         if origin is None or origin == current:
             raise RollbackRefused(f"{name}: champion and previous_champion are both v{current}: nothing to return to")
         client.set_registered_model_alias(name, PREVIOUS, origin)
+        client.delete_model_version_tag(name, current, ROLLBACK_PENDING_TAG)
         return {"model": name, "champion": current, "rolled_back_from": origin}
     if restore is not None and previous != str(restore):
         raise RollbackRefused(f"{name}: previous_champion moved to v{previous} while v{restore} was checked")
-    # the tag first: what a stopped rollback needs to be finished
     client.set_model_version_tag(name, previous, ROLLED_BACK_TAG, current)
+    client.set_model_version_tag(name, previous, ROLLBACK_PENDING_TAG, current)  # what a stopped rollback needs
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.set_registered_model_alias(name, PREVIOUS, current)
+    client.delete_model_version_tag(name, previous, ROLLBACK_PENDING_TAG)
     return {"model": name, "champion": previous, "rolled_back_from": current}
+
+
+def rollback_pending(target: str) -> bool:
+    """Whether a rollback stopped between its two alias writes (both aliases on the version it restored)."""
+    champion, previous = alias_version(target), alias_version(target, PREVIOUS)
+    return (
+        champion is not None
+        and previous is not None
+        and str(champion.version) == str(previous.version)
+        and ROLLBACK_PENDING_TAG in (champion.tags or {})
+    )
 
 
 class RollbackRefused(RuntimeError):

@@ -376,7 +376,14 @@ def promote(
     previous = None
     if decision.promote:
         # again, just before: the tags and description above took a few registry calls, a rollback may have come
-        _refuse_a_moved_champion(evaluation, str(version.version))
+        try:
+            _refuse_a_moved_champion(evaluation, str(version.version))
+        except ChampionMoved as moved:  # the version must not say it was promoted
+            refused = GateDecision(False, decision.reasons + [str(moved)])
+            tags.update({"gate.decision": "rejected", "gate.reasons": " | ".join(refused.reasons)})
+            card = model_card(report, refused, run_key)
+            registry.describe(target, version.version, tags, fit_card(card, f"{CARD_FILE} on run {candidate.run_id}"))
+            raise
         previous = registry.crown(target, version.version)
     elif not dry_run:  # a dry run's version is there to be looked at; it takes no alias from a real candidate
         registry.mark_challenger(target, version.version)
@@ -420,21 +427,30 @@ def _refuse_a_moved_champion(evaluation: Evaluation, candidate_version: str) -> 
 def rollback(target: str, layout: StateLayout, force: bool = False) -> dict[str, Any]:
     """Move `champion` back to `previous_champion`, unless that model holds accounts of people who have since
     withheld consent in the current unified version (it would answer about them again; the gate replaced a champion
-    for that very reason): refused (RollbackRefused) unless `force`."""
+    for that very reason): refused (RollbackRefused) unless `force`, which also skips loading it to check."""
     tracking.configure(layout)
-    restore, version = registry.champion_bundle(target, registry.PREVIOUS)
-    if restore is None:
+    name = registry.registered_model_name(target)
+    if registry.rollback_pending(target):  # the restored model is already in front: finish moving the other alias
+        return registry.rollback(target)
+    previous = registry.alias_version(target, registry.PREVIOUS)
+    if previous is None:
+        raise registry.RollbackRefused(f"it needs a champion and a previous_champion; {name} has no previous_champion")
+    version = str(previous.version)
+    if force:
+        log.warning("rolling back %s to v%s without checking it for withdrawn consent, as forced", name, version)
+        return registry.rollback(target, version)
+    try:
+        restore, _ = registry.champion_bundle(target, registry.PREVIOUS)
+    except Exception as error:
         raise registry.RollbackRefused(
-            f"it needs a champion and a previous_champion; {registry.registered_model_name(target)} has no "
-            "previous_champion"
-        )
-    withdrawn = withdrawn_accounts(restore, layout.unified / "current")
-    if withdrawn and not force:
-        raise registry.RollbackRefused(
-            f"{registry.registered_model_name(target)} v{version} holds {withdrawn} account(s) of people who have "
-            "since withheld consent (the current unified version): rolled back to, it would answer about them "
-            "again; nothing moved (--force rolls back anyway)"
-        )
+            f"could not load {name} v{version} to check it for withdrawn consent ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); nothing moved (--force rolls back without the check)"
+        ) from error
+    withdrawn = withdrawn_accounts(restore, layout.unified / "current") if restore is not None else 0
     if withdrawn:
-        log.warning("rolling back to v%s, which holds %d withdrawn account(s), as forced", version, withdrawn)
+        raise registry.RollbackRefused(
+            f"{name} v{version} holds {withdrawn} account(s) of people who have since withheld consent (the "
+            "current unified version): rolled back to, it would answer about them again; nothing moved (--force "
+            "rolls back anyway)"
+        )
     return registry.rollback(target, version)
