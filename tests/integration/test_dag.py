@@ -254,9 +254,11 @@ def test_full_dag_run_registers_logs_and_publishes_even_when_another_target_fail
         "chosen.best_epoch",
         "chosen.blend_beta",
         "chosen.kernel_weight",
-        "chosen.item_lam",
+        "chosen.item_settings_averaged",
         "chosen.kernel_lam",
     } <= set(run_data.params)
+    # one setting's (alpha, lam, drop_p) only where the item-item part is that setting's alone
+    assert ("chosen.item_lam" in run_data.params) == (run_data.params["chosen.item_settings_averaged"] == "1")
     assert not {"beta", "kernel_weight", "best_epoch"} & set(run_data.metrics)
     assert all(len(repr(v)) <= 12 for m, v in metrics.items() if "." in m), "values to 4 digits"
     listed = client.list_artifacts

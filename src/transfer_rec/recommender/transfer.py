@@ -214,6 +214,8 @@ class TransferRecommender:
         self.weights: np.ndarray | sp.csr_matrix = sp.csr_matrix((n_items, n_items), dtype=np.float32)
         self.beta = 1.0
         self.item_params = (float(config.alpha), float(config.lam), float(config.drop_p))
+        # how many settings' weights the item-item part is the mean of (1: item_params' alone)
+        self.item_combined = 1
         self._exact_items = True  # set per fine-tune by the items the target and its sources have (item_dense_max)
         self._gram_items: np.ndarray | None = None  # the items the dense Grams of a fine-tune span, if it made them
         self._neighbourhoods: dict[tuple[float, tuple[str, ...]], Neighbourhoods] = {}
@@ -407,6 +409,7 @@ class TransferRecommender:
         judge_train, judge_valid = train[judged], valid[judged]
         if saved:
             self.weights, self.item_params = weights_from(saved["weights"]), tuple(saved["item_params"])
+            self.item_combined = int(saved.get("item_combined", 1))
             # the sources the choice kept: a source it dropped must not come back (and feed the later parts)
             self.source_weights = dict(saved["source_weights"])
             item_item = times(judge_train, self.weights)
@@ -434,6 +437,7 @@ class TransferRecommender:
                         "history": history,
                         "weights": weights_state(self.weights),
                         "item_params": list(self.item_params),
+                        "item_combined": self.item_combined,
                         "source_weights": dict(self.source_weights),
                         "encoder": self.encoder.state_dict(),
                         "optimiser": optimiser.state_dict(),
@@ -529,7 +533,9 @@ class TransferRecommender:
                 best_item, item_item, self.weights = ndcg, scores, weights
                 self.item_params = (float(alpha), float(lam), float(drop_p))
         self._neighbourhoods = {}
+        self.item_combined = 1
         if cfg.item_combine == "mean" and len(settings) > 1:
+            self.item_combined = len(settings)
             # valid tells the settings apart by less than its own noise (seed to seed the best one changes); their
             # mean does not depend on that choice
             self.weights = (total / len(settings)).astype(np.float32)

@@ -341,11 +341,18 @@ def finetune(
                 "chosen.best_epoch": best["epoch"],
                 "chosen.blend_beta": blend["beta"],
                 "chosen.kernel_weight": model.kernel_weight,
-                # the item-item setting solved (item_combine best: the grid point valid chose, not the configured
-                # alpha, lam, drop_p) and the kernel ridge kept
-                "chosen.item_alpha": model.item_params[0],
-                "chosen.item_lam": model.item_params[1],
-                "chosen.item_drop_p": model.item_params[2],
+                # the item-item part: the mean of this many settings' weights (item_combine mean), or the one
+                # setting solved (item_combine best: the grid point valid chose, not always the configured one)
+                "chosen.item_settings_averaged": model.item_combined,
+                **(
+                    {
+                        "chosen.item_alpha": model.item_params[0],
+                        "chosen.item_lam": model.item_params[1],
+                        "chosen.item_drop_p": model.item_params[2],
+                    }
+                    if model.item_combined == 1
+                    else {}
+                ),
                 "chosen.kernel_lam": model.kernel.lam if model.kernel is not None else None,
             }
         )
