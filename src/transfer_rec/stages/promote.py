@@ -268,7 +268,7 @@ CARD_FILE = "model_card.md"
 def fit_card(card: str, where: str, limit: int = registry.DESCRIPTION_MAX) -> str:
     """The model card as a version's description within the registry's `limit`: past it, the tables before the
     gate's decision lose their last lines (segments, data) and a line says where the whole card is; the headline
-    metrics and the decision stay."""
+    metrics and the decision stay, unless the decision's reasons alone pass the limit (then the text is cut at it)."""
     if len(card) <= limit:
         return card
     lines = card.split("\n")

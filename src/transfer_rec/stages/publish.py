@@ -108,10 +108,11 @@ def _short_history(
     bundle: ModelBundle, features: FeatureSet, target: str, kept: set[str], k: int, withdrawn: set[str]
 ) -> pd.DataFrame:
     """Consenting target users the features left out (fewer positives than features.min_interactions, or none yet):
-    ranked from what the platform has of them, as serving ranks a user it does not know: their positive items, their
-    profile, and their link id (a person known on a linked source gets their source histories' answer). A list
-    that used none of these (no known item, no linked history, no profile the model reads) is the model's answer for
-    nobody in particular: marked `personalised = false`."""
+    ranked from what the platform has of them, as serving ranks a user it does not know: their positive items (each
+    counting its rating weight, as the model was trained; a request's items count 1), their profile, and their link
+    id (a person known on a linked source gets their source histories' answer). A list that used none of these (no
+    known item, no linked history, no profile the model reads) is the model's answer for nobody in particular:
+    marked `personalised = false`."""
     udir = Path(features.unified)
     users = pd.read_parquet(udir / "users.parquet", filters=[("platform", "==", target)])
     users = users[users["consent"].astype(bool) & ~users["user_id"].isin(kept)].sort_values("user_id")
