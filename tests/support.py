@@ -19,3 +19,50 @@ def training(**overrides: Any) -> TrainingConfig:
 
 def small_model(n_items: int, k: int = 10, **overrides: Any) -> TransferRecommender:
     return TransferRecommender(n_items, training(**overrides), k)
+
+
+def refuse_an_e_mail_rule(env: dict, monkeypatch: Any, engine: Any = None) -> None:
+    """On the synthetic world `env`: the village maps a `mail` column to `email`, an operator's rule on it (an
+    address at Example.org) fails for a third of the users, and validation on `engine` (pandas when None) refuses
+    the batch. Asserts that the refusal, the quarantine record and the Data Docs pages count the failures and hold
+    no address."""
+    import great_expectations.expectations as gxe
+    import pandas as pd
+    import pytest
+    import yaml
+
+    from bench.synthetic import write_config
+    from transfer_rec.config import load_config
+    from transfer_rec.io.state import StateLayout
+    from transfer_rec.stages.pull import pull_platform
+    from transfer_rec.stages.validate import DataValidationError, ensure_suites, gx_context, suite_name, validate_batch
+
+    monkeypatch.setenv("TRANSFER_REC_PII_SALT", "a-test-salt-of-sufficient-length")
+    folder = env["exports"] / "village"
+    users = pd.read_csv(folder / "users.txt", dtype=str)
+    users["mail"] = [f"Person{i}@Example.org" if i % 3 else f"person{i}@elsewhere.example" for i in range(len(users))]
+    users.to_csv(folder / "users.txt", index=False)
+    raw = yaml.safe_load(env["config"].read_text())
+    raw["platforms"][1]["columns"]["users"]["mail"] = "email"
+    write_config(env["config"], raw)
+    platform = load_config().platform("village")
+    context = gx_context()
+    ensure_suites(context, platform)
+    suite = context.suites.get(suite_name("village", "users"))
+    suite.add_expectation(gxe.ExpectColumnValuesToMatchRegex(column="mail", regex=r"@Example\.org$"))
+    suite.save()
+
+    state = StateLayout.from_env()
+    with pytest.raises(DataValidationError) as caught:
+        validate_batch(pull_platform(platform, state, "bad-mail"), platform, state, engine=engine)
+    message = str(caught.value)
+    assert "ExpectColumnValuesToMatchRegex" in message or "match_regex" in message, message
+    addresses = set(users["mail"]) | {a.lower() for a in users["mail"]}
+    assert not [a for a in addresses if a in message], message
+    pages = [*(state.quarantine / "village" / "bad-mail").rglob("validation.json"), *state.data_docs.rglob("*")]
+    for path in pages:
+        if path.is_file() and path.suffix in (".json", ".html"):
+            text = path.read_text(errors="replace")
+            assert not [a for a in addresses if a in text], path
+    bad = sum(1 for i in range(len(users)) if i % 3 == 0)
+    assert f"failed: {bad} unexpected value(s)" in message and "e.g." not in message.split("mail")[-1], message

@@ -4,8 +4,6 @@ its expected message, and nothing it touches changes (the batch is quarantined a
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import pandas as pd
 import pytest
@@ -183,53 +181,10 @@ def test_rows_pulled_are_the_rows_validation_read_not_the_lines_of_the_file(pipe
     assert validated.interaction_rows() == len(frame)
 
 
-@pytest.mark.parametrize("engine", ["pandas", "spark"])
-def test_an_expectation_on_an_e_mail_column_reports_counts_never_addresses(pipeline_env, monkeypatch, engine):
+def test_an_expectation_on_an_e_mail_column_reports_counts_never_addresses(pipeline_env, monkeypatch):
     """An operator adds a rule on the column the platform maps to `email` and some rows break it: the refusal, the
-    quarantined validation result and the Data Docs page count them, and show no address, on either engine (Spark
-    fetches a failed rule's examples in a second checkpoint, whose results GX stores too)."""
-    if engine == "spark" and not (os.environ.get("JAVA_HOME") or shutil.which("java")):
-        pytest.skip("Spark needs Java 17 or newer")
-    import great_expectations.expectations as gxe
+    quarantined validation result and the Data Docs page count them, and show no address (the Spark engine's case
+    is in test_spark_engine.py, beside its Spark session)."""
+    from tests.support import refuse_an_e_mail_rule
 
-    from transfer_rec.stages.validate import ensure_suites, gx_context, suite_name
-
-    env = pipeline_env()
-    monkeypatch.setenv("TRANSFER_REC_PII_SALT", "a-test-salt-of-sufficient-length")
-    folder = env["exports"] / "village"
-    users = pd.read_csv(folder / "users.txt", dtype=str)
-    users["mail"] = [f"Person{i}@Example.org" if i % 3 else f"person{i}@elsewhere.example" for i in range(len(users))]
-    users.to_csv(folder / "users.txt", index=False)
-    raw = yaml.safe_load(env["config"].read_text())
-    raw["platforms"][1]["columns"]["users"]["mail"] = "email"
-    write_config(env["config"], raw)
-    platform = load_config().platform("village")
-    context = gx_context()
-    ensure_suites(context, platform)
-    suite = context.suites.get(suite_name("village", "users"))
-    suite.add_expectation(gxe.ExpectColumnValuesToMatchRegex(column="mail", regex=r"@Example\.org$"))
-    suite.save()
-
-    if engine == "spark":
-        from transfer_rec.config import SparkConfig
-        from transfer_rec.spark.session import spark_session
-        from transfer_rec.spark.validate import SparkRaw
-
-        spark = SparkRaw(spark_session(SparkConfig(master="local[1]", conf={"spark.driver.memory": "512m"})))
-        layout = StateLayout.from_env()
-        with pytest.raises(DataValidationError) as caught:
-            validate_batch(pull_platform(platform, layout, "bad-mail"), platform, layout, engine=spark)
-        message = str(caught.value)
-    else:
-        message = _refused("village", "bad-mail")
-    state = StateLayout.from_env()
-    assert "ExpectColumnValuesToMatchRegex" in message or "match_regex" in message, message
-    addresses = set(users["mail"]) | {a.lower() for a in users["mail"]}
-    leaks = [a for a in addresses if a in message]
-    assert not leaks, leaks[:3]
-    for path in [*(state.quarantine / "village" / "bad-mail").rglob("validation.json"), *state.data_docs.rglob("*")]:
-        if path.is_file() and path.suffix in (".json", ".html"):
-            text = path.read_text(errors="replace")
-            assert not [a for a in addresses if a in text], path
-    bad = sum(1 for i in range(len(users)) if i % 3 == 0)
-    assert f"failed: {bad} unexpected value(s)" in message and "e.g." not in message.split("mail")[-1], message
+    refuse_an_e_mail_rule(pipeline_env(), monkeypatch, engine=None)

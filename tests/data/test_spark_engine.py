@@ -462,3 +462,15 @@ def test_a_platform_without_ratings_unifies_alike_on_both_engines(pipeline_env):
     inter = tables["pandas"]["interactions"]
     assert (inter.loc[inter["platform"] == "village", "label"] == 1).all()
     assert (inter.loc[inter["platform"] == "campus", "label"] == 0).any(), "the rated platform keeps its labels"
+
+
+def test_an_expectation_on_an_e_mail_column_reports_no_address_on_spark(pipeline_env, monkeypatch):
+    """test_bad_inputs' e-mail rule on the Spark engine: Spark fetches a failed rule's examples in a second
+    checkpoint, whose results GX stores too; a rule on an identity column gets none."""
+    from tests.support import refuse_an_e_mail_rule
+
+    from transfer_rec.spark.session import spark_session
+    from transfer_rec.spark.validate import SparkRaw
+
+    env = pipeline_env(spark=SPARK)
+    refuse_an_e_mail_rule(env, monkeypatch, SparkRaw(spark_session(load_config().spark)))

@@ -102,6 +102,9 @@ def test_gate_aliases_override_dry_run_and_rollback(pipeline_env, monkeypatch):
     version = mlflow.MlflowClient().get_model_version(MODEL, "5")
     assert version.tags["gate.decision"] == "rejected" and "the champion is v1 now" in version.tags["gate.reasons"]
     assert "**Gate: not promoted**" in version.description
+    run = fifth["evaluation"]["candidate"]["run_id"]
+    assert mlflow.artifacts.load_dict(f"runs:/{run}/provenance.json")["gate"]["promoted"] is False
+    assert "**Gate: not promoted**" in mlflow.artifacts.load_text(f"runs:/{run}/model_card.md")
     assert aliases()["champion"] == "1", "not crowned"
     mlflow.MlflowClient().set_registered_model_alias(MODEL, "champion", "4")
 
@@ -139,7 +142,7 @@ def test_gate_aliases_override_dry_run_and_rollback(pipeline_env, monkeypatch):
     # tag names a model rolled away from; nothing is moved back to it
     client.set_registered_model_alias(MODEL, "previous_champion", "5")
     with pytest.raises(SystemExit, match="both v5: nothing to return to"):
-        cli.main(["rollback", "village", "--force"])
+        cli.main(["rollback", "village"])
     assert aliases()["champion"] == "5" and aliases()["previous_champion"] == "5"
 
 

@@ -182,8 +182,8 @@ def _load_checkpoint(path: Path | None, fingerprint: str) -> dict[str, Any] | No
     if content.get("fingerprint") != fingerprint:
         log.warning("fine-tune checkpoint %s is for other data, settings or weights; starting over", path)
         return None
-    if "source_weights" not in content:  # written before it recorded the sources kept: they cannot be restored
-        log.warning("fine-tune checkpoint %s does not say which sources were kept; starting over", path)
+    if not {"source_weights", "item_combined"} <= set(content):  # written before it recorded them: start over
+        log.warning("fine-tune checkpoint %s does not say which sources and settings it kept; starting over", path)
         return None
     log.info("resuming fine-tune from %s after epoch %d", path, content["progress"]["epoch"])
     return content
@@ -409,7 +409,7 @@ class TransferRecommender:
         judge_train, judge_valid = train[judged], valid[judged]
         if saved:
             self.weights, self.item_params = weights_from(saved["weights"]), tuple(saved["item_params"])
-            self.item_combined = int(saved.get("item_combined", 1))
+            self.item_combined = int(saved["item_combined"])
             # the sources the choice kept: a source it dropped must not come back (and feed the later parts)
             self.source_weights = dict(saved["source_weights"])
             item_item = times(judge_train, self.weights)

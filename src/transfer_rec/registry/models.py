@@ -120,6 +120,8 @@ def rollback(target: str, restore: str | None = None) -> dict[str, Any]:
         return {"model": name, "champion": current, "rolled_back_from": origin}
     if restore is not None and previous != str(restore):
         raise RollbackRefused(f"{name}: previous_champion moved to v{previous} while v{restore} was checked")
+    # a mark a rollback stopped before removing (after both its writes) must not be taken for a half-done one later
+    client.delete_model_version_tag(name, current, ROLLBACK_PENDING_TAG)
     client.set_model_version_tag(name, previous, ROLLED_BACK_TAG, current)
     client.set_model_version_tag(name, previous, ROLLBACK_PENDING_TAG, current)  # what a stopped rollback needs
     client.set_registered_model_alias(name, CHAMPION, previous)

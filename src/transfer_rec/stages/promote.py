@@ -265,10 +265,28 @@ def model_card(evaluation: dict[str, Any], decision: GateDecision, run_key: str)
 CARD_FILE = "model_card.md"
 
 
+def _record(
+    report: dict[str, Any],
+    decision: GateDecision,
+    run_key: str,
+    run_id: str,
+    target: str,
+    version: str,
+    tags: dict[str, str],
+) -> None:
+    """The gate's record of a version: provenance.json and the whole model card on its run, its tags, and the card
+    as its description."""
+    tracking.log_dict(run_id, provenance(report, decision, run_key), "provenance.json")
+    card = model_card(report, decision, run_key)
+    tracking.log_text(run_id, card, CARD_FILE)
+    registry.describe(target, version, tags, fit_card(card, f"{CARD_FILE} on run {run_id}"))
+
+
 def fit_card(card: str, where: str, limit: int = registry.DESCRIPTION_MAX) -> str:
     """The model card as a version's description within the registry's `limit`: past it, the tables before the
     gate's decision lose their last lines (segments, data) and a line says where the whole card is; the headline
-    metrics and the decision stay, unless the decision's reasons alone pass the limit (then the text is cut at it)."""
+    metrics stay as long as they fit beside the decision and that line, and the decision stays (cut at the limit
+    only if it alone passes it)."""
     if len(card) <= limit:
         return card
     lines = card.split("\n")
@@ -369,20 +387,16 @@ def promote(
         **({INPUTS_TAG: inputs} if inputs else {}),
         **({"dry_run": "true"} if dry_run else {}),
     }
-    tracking.log_dict(candidate.run_id, provenance(report, decision, run_key), "provenance.json")
-    card = model_card(report, decision, run_key)
-    tracking.log_text(candidate.run_id, card, CARD_FILE)
-    registry.describe(target, version.version, tags, fit_card(card, f"{CARD_FILE} on run {candidate.run_id}"))
+    _record(report, decision, run_key, candidate.run_id, target, str(version.version), tags)
     previous = None
     if decision.promote:
         # again, just before: the tags and description above took a few registry calls, a rollback may have come
         try:
             _refuse_a_moved_champion(evaluation, str(version.version))
-        except ChampionMoved as moved:  # the version must not say it was promoted
+        except ChampionMoved as moved:  # neither the version nor its run may say it was promoted
             refused = GateDecision(False, decision.reasons + [str(moved)])
             tags.update({"gate.decision": "rejected", "gate.reasons": " | ".join(refused.reasons)})
-            card = model_card(report, refused, run_key)
-            registry.describe(target, version.version, tags, fit_card(card, f"{CARD_FILE} on run {candidate.run_id}"))
+            _record(report, refused, run_key, candidate.run_id, target, str(version.version), tags)
             raise
         previous = registry.crown(target, version.version)
     elif not dry_run:  # a dry run's version is there to be looked at; it takes no alias from a real candidate
@@ -436,6 +450,11 @@ def rollback(target: str, layout: StateLayout, force: bool = False) -> dict[str,
     if previous is None:
         raise registry.RollbackRefused(f"it needs a champion and a previous_champion; {name} has no previous_champion")
     version = str(previous.version)
+    champion = registry.alias_version(target)
+    if champion is not None and str(champion.version) == version:  # no marked rollback: nothing to load or check
+        raise registry.RollbackRefused(
+            f"{name}: champion and previous_champion are both v{version}: nothing to return to"
+        )
     if force:
         log.warning("rolling back %s to v%s without checking it for withdrawn consent, as forced", name, version)
         return registry.rollback(target, version)
