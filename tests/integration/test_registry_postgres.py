@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import uuid
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -18,26 +17,27 @@ PG = "postgresql://postgres@127.0.0.1:5432"
 
 
 @pytest.fixture
-def postgres_registry(tmp_path):
+def postgres_registry(tmp_path, monkeypatch):
     with socket.socket() as sock:
         sock.settimeout(2)
         if sock.connect_ex(("127.0.0.1", 5432)) != 0:
             pytest.skip("PostgreSQL does not answer on 127.0.0.1:5432 (trust auth, user postgres)")
     import psycopg2
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     name = f"transfer_rec_test_reg_{uuid.uuid4().hex[:10]}"
     admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(f"{PG}/{name}")
-    mlflow.set_registry_uri(f"{PG}/{name}")
+    # the registry follows the tracking URI; MLflow's global URI goes back to what it was afterwards (a URI pinned
+    # here would send later tests in this process to this database)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"{PG}/{name}")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     try:
-        yield tmp_path
+        with _use_tracking_uri(f"{PG}/{name}"):
+            yield tmp_path
     finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
