@@ -194,3 +194,14 @@ def test_a_stage_forks_at_most_the_configs_workers_unless_the_environment_says_o
     assert stage() == 7 and workers() == len(os.sched_getaffinity(0)), "the config's count, inside the stage only"
     monkeypatch.setenv("TRANSFER_REC_WORKERS", "3")
     assert stage() == 3
+
+
+def test_every_stage_a_dag_task_runs_for_minutes_is_guarded():
+    """The stages the DAGs' long tasks call run inside the stage guard (SIGTERM and the time limit stop them, a
+    heartbeat, the config's workers); the ingest DAGs' two stages were once left out."""
+    from transfer_rec.stages import pipeline
+
+    guarded = pipeline._guarded(lambda: None).__code__
+    stages = ("pull", "validate", "unify", "check_inputs", "build_features", "pretrain", "finetune", "evaluate")
+    for name in (*stages, "promote", "publish", "ingest_pull", "ingest_validate"):
+        assert getattr(pipeline, name).__code__ is guarded, f"{name} runs outside the stage guard"
