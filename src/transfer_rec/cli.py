@@ -281,17 +281,26 @@ def _fail_stopped_runs() -> None:
     airflow_stopped_runs.py: it imports Airflow); the scheduler would otherwise continue them or wait behind them.
     Bounded; a failure is reported, never raised (the run is stopping anyway)."""
     if not STOPPED_RUNS_SCRIPT.exists():
-        print(f"transfer-rec: {STOPPED_RUNS_SCRIPT} is missing; a stopped run may stay 'running' in Airflow")
+        print(
+            f"transfer-rec: {STOPPED_RUNS_SCRIPT} is missing; a stopped run may stay 'running' in Airflow",
+            file=sys.stderr,
+        )
         return
     try:
         done = subprocess.run(
             [sys.executable, str(STOPPED_RUNS_SCRIPT), "transfer_rec"], capture_output=True, text=True, timeout=120
         )
     except subprocess.TimeoutExpired:
-        print("transfer-rec: marking the stopped run failed in Airflow's database took over 120 s; skipped")
+        print(
+            "transfer-rec: marking the stopped run failed in Airflow's database took over 120 s; skipped",
+            file=sys.stderr,
+        )
         return
     if done.returncode != 0:
-        print(f"transfer-rec: could not mark the stopped run failed in Airflow's database: {done.stderr[-500:]}")
+        print(
+            f"transfer-rec: could not mark the stopped run failed in Airflow's database: {done.stderr[-500:]}",
+            file=sys.stderr,
+        )
     elif done.stdout.strip():
         print(done.stdout.strip(), file=sys.stderr)
 
@@ -424,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     rollback.add_argument(
         "--force",
         action="store_true",
-        help="roll back even to a model holding accounts of people who have since withheld consent",
+        help="roll back without loading the previous champion to check it for people who have since withheld consent",
     )
     bench = sub.add_parser(
         "benchmark", help="the side-by-side benchmark on a split given as files", description=BENCHMARK

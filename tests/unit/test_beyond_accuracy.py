@@ -107,11 +107,9 @@ def test_segment_table_gives_means_and_cis_on_the_same_users_for_every_contender
     assert empty["users"] == 0 and empty["mean"] is None and empty["ci_low"] is None
 
 
-def test_next_period_split_uses_later_unfitted_interactions_and_masks_the_rest(tmp_path):
-    from transfer_rec.stages.evaluate import time_holdout_split
-    from transfer_rec.stages.features import PlatformData
-
-    # one user, 10 interactions in time order; the last (t=10, item 9) is in test, the one before in train
+def _one_user(folder, ratings: list[float] | None = None) -> pd.DataFrame:
+    """Platform "t" in `folder`: one user's 10 interactions in time order, items 0-9, the first 8 in train, then
+    one in valid and one in test (with `ratings`, rated so); returns the interactions frame written."""
     frame = pd.DataFrame(
         {
             "user_id": ["u"] * 10,
@@ -121,8 +119,19 @@ def test_next_period_split_uses_later_unfitted_interactions_and_masks_the_rest(t
             "split": ["train"] * 8 + ["valid", "test"],
         }
     )
-    frame.to_parquet(tmp_path / "t.interactions.parquet")
-    pd.DataFrame({"user_id": ["u"]}).to_parquet(tmp_path / "t.users.parquet")
+    if ratings is not None:
+        frame["rating"] = ratings
+    frame.to_parquet(folder / "t.interactions.parquet")
+    pd.DataFrame({"user_id": ["u"]}).to_parquet(folder / "t.users.parquet")
+    return frame
+
+
+def test_next_period_split_uses_later_unfitted_interactions_and_masks_the_rest(tmp_path):
+    from transfer_rec.stages.evaluate import time_holdout_split
+    from transfer_rec.stages.features import PlatformData
+
+    # one user, 10 interactions in time order; the last (t=10, item 9) is in test, the one before in train
+    frame = _one_user(tmp_path)
     data = PlatformData(tmp_path, "t", 12)
     history, exclude, relevant = time_holdout_split(data, share=0.2)  # later period: items 8 (valid), 9 (test)
     assert history.indices.tolist() == list(range(8))
@@ -143,18 +152,7 @@ def test_retention_gives_each_contender_the_history_weighted_as_it_was_trained(t
     from transfer_rec.stages.evaluate import retention_metrics
     from transfer_rec.stages.features import PlatformData
 
-    frame = pd.DataFrame(
-        {
-            "user_id": ["u"] * 10,
-            "item_id": [f"i{j}" for j in range(10)],
-            "item_idx": range(10),
-            "timestamp": range(1, 11),
-            "rating": [5.0, 3.0] + [4.0] * 8,
-            "split": ["train"] * 8 + ["valid", "test"],
-        }
-    )
-    frame.to_parquet(tmp_path / "t.interactions.parquet")
-    pd.DataFrame({"user_id": ["u"]}).to_parquet(tmp_path / "t.users.parquet")
+    _one_user(tmp_path, ratings=[5.0, 3.0] + [4.0] * 8)
     seen: dict[str, list[float]] = {}
 
     def scorer(name):
