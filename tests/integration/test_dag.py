@@ -75,7 +75,8 @@ def test_dag_integrity(airflow_db):
     assert dag.task_dict["summarize"].trigger_rule == "all_done"
     assert dag.task_dict["outcome"].trigger_rule == "one_failed"
     assert dag.task_dict["outcome"].upstream_task_ids == set(dag.task_dict) - {"outcome"}
-    assert set(dag.params.keys()) >= {"targets", "epochs_finetune", "strategy", "gate_override", "dry_run", "force"}
+    # exactly the params plan takes: plan refuses any other key (a misspelt one)
+    assert set(dag.params.keys()) == set(pipeline.RUN_PARAMS)
 
     # what the trigger form sends is validated at the trigger: out of range or unknown is refused, never clamped
     def validate(**conf):
@@ -146,7 +147,7 @@ def test_full_dag_run_registers_logs_and_publishes_even_when_another_target_fail
     dag = load_dag()
     dag.task_dict["finetune"].retries = 0  # an I/O error is retried in production; here it fails at once
     # promoted by override, so that publishing always runs (the gate's own verdicts have their tests)
-    run = dag.test(run_conf={"run_key": "itest", "gate_override": "promote"})
+    run = dag.test(run_conf={"run_key": "itest", "gate_override": "promote", "targets": ["village", "hamlet"]})
     states = {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances()}
     hamlet = 1  # the targets in config order: village, then the extra hamlet
     assert run.state == "failed", states

@@ -204,6 +204,22 @@ def test_a_dry_run_with_a_gate_override_is_refused_before_anything_runs():
         plan({"dry_run": True, "gate_override": "promote"}, airflow_run_id="dry-and-promote")
 
 
+def test_a_misspelt_param_is_refused_instead_of_ignored():
+    from transfer_rec.stages.pipeline import plan
+
+    # Airflow passes a conf key the DAG does not declare through as a param: "dryrun" would run for real
+    with pytest.raises(ValueError, match=r"params \['dryrun'\]: not params of this pipeline"):
+        plan({"dryrun": True}, airflow_run_id="misspelt")
+
+
+def test_a_gate_override_names_its_targets_when_there_are_several():
+    from transfer_rec.stages.pipeline import plan
+
+    # the shipped config has several targets: one field set by mistake would override every target's gate
+    with pytest.raises(ValueError, match="name the targets it applies to"):
+        plan({"gate_override": "promote"}, airflow_run_id="override-all")
+
+
 def test_ages_in_years_need_one_label_per_age_group():
     raw = load_config().model_dump()
     for platform in raw["platforms"]:  # ages in years on ml-100k only: the other maps would name the labels first

@@ -49,6 +49,9 @@ PARAM_OVERRIDES = {
     "strategy": ("training", "strategy"),
     "seed": ("training", "seed"),
 }
+# Every param a run takes (the DAG declares exactly these). Airflow adds a conf key the DAG does not declare to the
+# run's params without a word, so a misspelt one ("dryrun") would be ignored and, say, a dry run would promote.
+RUN_PARAMS = ("run_key", "targets", *PARAM_OVERRIDES, "gate_override", "dry_run", "force")
 
 
 # Errors that a retry would meet again (bad params or config, refused data, a file that is not what it claims): the
@@ -133,6 +136,12 @@ def plan(
     """
     from transfer_rec.registry import tracking
 
+    strange = sorted(set(params) - set(RUN_PARAMS))
+    if strange:
+        raise ValueError(
+            f"params {strange}: not params of this pipeline (it takes {', '.join(RUN_PARAMS)}); "
+            "a misspelt param would be ignored, so the run is refused"
+        )
     overrides: dict[str, Any] = {}
     for param, (section, key) in PARAM_OVERRIDES.items():
         if params.get(param) is not None:
@@ -149,6 +158,12 @@ def plan(
         raise ValueError(
             f"params dry_run and gate_override={params['gate_override']}: a dry run never promotes; "
             "leave gate_override at none"
+        )
+    if params.get("gate_override", "none") not in (None, "none") and not params.get("targets") and len(targets) > 1:
+        # one field set by mistake would override the gate of every target at once
+        raise ValueError(
+            f"param gate_override={params['gate_override']}: name the targets it applies to in param targets "
+            f"(of {targets})"
         )
     run_key = check_run_key(params.get("run_key") or run_key_from(airflow_run_id))
     layout = StateLayout.from_env()
