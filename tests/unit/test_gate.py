@@ -102,6 +102,20 @@ def test_users_new_to_the_target_are_judged_against_the_champion_on_their_own():
     assert not decision.promote
     assert any(r.startswith("FAIL") and "new to the target" in r for r in decision.reasons)
     assert gate(m, config, paired={"ndcg": 0.0, "retention": 0.0, "ndcg_new_to_target": -0.005}).promote
+    # judged when there are enough of them to judge on
+    assert not gate(
+        m, config, paired={"ndcg": 0.0, "retention": 0.0, "ndcg_new_to_target": -0.12}, newcomers=20
+    ).promote
+
+
+def test_a_few_users_new_to_the_target_are_reported_not_judged():
+    config = GateConfig(ndcg_margin=0.01, retention_margin=0.01)
+    m = metrics(0.27, champion=0.22)
+    m["candidate"]["ndcg_new_to_target"], m["champion"]["ndcg_new_to_target"] = 0.30, 0.31
+    # one newcomer: the bound is that one person's difference, and it would veto a candidate better overall
+    decision = gate(m, config, paired={"ndcg": 0.04, "retention": 0.0, "ndcg_new_to_target": -0.01}, newcomers=1)
+    assert decision.promote, decision.reasons
+    assert any("new to the target" in r and "1 users, fewer than 20" in r for r in decision.reasons)
 
 
 def test_the_model_card_says_what_the_linked_part_does():

@@ -482,6 +482,7 @@ def evaluate(
         "k": k,
         "test_users": int(len(test_lengths)),
         "retention_users": int(len(kept_lengths)),
+        "new_to_target_users": int(newcomers.sum()),
         "time_holdout": config.evaluation.time_holdout,
         "new_user_max_history": new_max,
         # the candidate's sources and whether its item-item part uses each (1) or left it out as no help (0)
@@ -546,6 +547,7 @@ def evaluate(
         k=k,
         test_users=report["test_users"],
         retention_users=report["retention_users"],
+        new_to_target_users=report["new_to_target_users"],
         metrics=metrics,
         paired_vs_champion=paired,
         champion_version=champion_version,

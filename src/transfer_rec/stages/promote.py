@@ -41,6 +41,7 @@ def gate(
     paired: dict[str, float] | None = None,
     same_as_champion: bool = False,
     withdrawn: int = 0,
+    newcomers: int | None = None,
 ) -> GateDecision:
     """Decide on the candidate from held-out metrics of candidate, baselines and (if any) the champion.
 
@@ -49,7 +50,9 @@ def gate(
     the same order, so promoting it would only add a version ("no change"). `withdrawn`: accounts the champion
     holds (a target history, a link) whose people have since withheld consent. Such a champion may not stay for
     being as good: any candidate that meets the floors and beats the baselines replaces it (it holds none of them,
-    unification left them out), and the comparisons with the champion are reported, not required.
+    unification left them out), and the comparisons with the champion are reported, not required. `newcomers`: the
+    test users new to the target; fewer than FEW_USERS are reported, not judged on their own (a bound over three
+    people vetoes any change to them, whatever the candidate wins elsewhere). None (an older evaluation): judged.
     """
     cand = metrics["candidate"]
     m = config.metric
@@ -83,7 +86,16 @@ def gate(
                     )
                 )
         new = "ndcg_new_to_target"
-        if paired is not None and paired.get(new) is not None and champ.get(new) is not None:
+        few = newcomers is not None and newcomers < FEW_USERS
+        if paired is not None and paired.get(new) is not None and champ.get(new) is not None and few:
+            checks.append(
+                (
+                    True,
+                    f"NDCG of users new to the target vs champion: {cand[new]:.4f} vs {champ[new]:.4f} over "
+                    f"{newcomers} users, fewer than {FEW_USERS}: reported, not judged on its own",
+                )
+            )
+        elif paired is not None and paired.get(new) is not None and champ.get(new) is not None:
             checks.append(
                 (
                     paired[new] >= -config.ndcg_margin,
@@ -368,6 +380,7 @@ def promote(
         evaluation.paired_vs_champion,
         evaluation.same_as_champion,
         evaluation.champion_withdrawn,
+        evaluation.new_to_target_users,
     )
     if dry_run:
         decision = GateDecision(False, decision.reasons + ["dry run: never promotes"])
