@@ -5,9 +5,10 @@ import pytest
 
 from transfer_rec.benchmark import read_described
 from transfer_rec.config import load_config
+from transfer_rec.io.formats import read_table
 from transfer_rec.io.storage import copy_to_local
 from transfer_rec.schema.unified import item_key
-from transfer_rec.stages.unify import canonical_item_key, unify_platform
+from transfer_rec.stages.unify import canonical_item_key, unified_profiles, unify_platform
 
 
 def test_canonical_item_key_folds_case_spacing_and_punctuation():
@@ -135,6 +136,40 @@ def test_a_profile_value_the_map_cannot_read_is_named_with_its_file_and_column(t
     assert f"platform {source.name}, {native}, column occupation: 1 value(s) outside the value map" in caplog.text
     assert "['99']" in caplog.text
     assert "column age" not in caplog.text
+
+
+def test_a_parquet_profile_column_of_numbers_with_a_null_is_read_through_its_value_map(tmp_path):
+    # Parquet keeps an integer column with a null as float64: "4.0" matched no value map, so every age and
+    # occupation of the platform was read as unknown
+    config = load_config()
+    source = config.sources[0]
+    native = tmp_path / "users.parquet"
+    table = pd.DataFrame(
+        {"user_id": ["u1", "u2", "u3"], "age": [18, 25, None], "gender": ["M", "F", "M"], "occupation": [4, None, 12]}
+    )
+    table.to_parquet(native)
+    read = read_table(native, "parquet")
+    assert read["age"].dtype == "float64"
+    users = unified_profiles(read, source, config, file=native)
+    assert users["occupation"].tolist()[::2] == ["student", "programmer"]
+    assert users["age"].tolist()[:2] == ["18-24", "25-34"]
+    assert users["occupation"].isna().sum() == 1 and users["age"].isna().sum() == 1
+
+
+def test_two_ratings_of_a_pair_within_one_second_keep_the_first_in_file_order(tmp_path):
+    # timestamps are whole seconds once unified, and Spark orders on those: ordering on the fractions first kept
+    # the other row (rating 1 here, rating 5 on Spark)
+    config = load_config()
+    platform = config.sources[0].model_copy(
+        update={
+            "files": {"interactions": "ratings.tsv"},
+            "format": "tsv",
+            "columns": {"interactions": {"uid": "user_id", "iid": "item_id", "r": "rating", "ts": "timestamp"}},
+        }
+    )
+    (tmp_path / "ratings.tsv").write_text("uid\tiid\tr\tts\nu1\ta\t5\t978300760.9\nu1\ta\t1\t978300760.1\n")
+    inter = unify_platform(tmp_path, platform, config)["interactions"]
+    assert inter["rating"].tolist() == [5.0] and inter["timestamp"].tolist() == [978300760]
 
 
 def test_a_platform_without_ratings_has_every_interaction_a_positive(tmp_path):

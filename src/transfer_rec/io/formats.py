@@ -9,6 +9,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 
@@ -37,6 +38,17 @@ def read_table(path: Path, fmt: str, delimiter: str | None = None, categorical: 
                     frame[column] = frame[column].astype("category")
         return frame
     return _as_categorical(_read_text(path, fmt, delimiter), categorical)
+
+
+def as_text(values: pd.Series) -> pd.Series:
+    """A column as text, nulls kept, whole numbers written as integers: a Parquet integer column with a null comes back
+    as float64, and "4.0" would match no value map written for the file's 4 (Spark reads the same column as 4)."""
+    if pd.api.types.is_float_dtype(values):
+        whole = values.notna() & np.isfinite(values) & (values == np.floor(values))
+        text = values.astype(str).astype(object)
+        text[whole] = values[whole].astype("int64").astype(str)
+        return text.where(values.notna())
+    return values.astype(str).where(values.notna())
 
 
 def to_numbers(values: pd.Series) -> pd.Series:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from transfer_rec.config import AGE_BINS, PipelineConfig, PlatformConfig
-from transfer_rec.io.formats import read_table, to_numbers
+from transfer_rec.io.formats import as_text, read_table, to_numbers
 from transfer_rec.io.state import StateLayout
 from transfer_rec.io.storage import atomic_dir, write_text_atomic
 from transfer_rec.manifests import PulledBatch, UnifiedVersion, ValidatedBatch
@@ -220,7 +220,7 @@ def _map_values(series: pd.Series, map_name: str, config: PipelineConfig, vocabu
         labels = vocabulary or [str(b) for b in AGE_BINS[:-1]]
         return pd.cut(years, bins=AGE_BINS, right=False, labels=labels).astype(object)
     mapping = config.value_maps[map_name]
-    return series.astype(str).map(mapping)
+    return as_text(series).map(mapping)
 
 
 def unified_profiles(
@@ -238,7 +238,7 @@ def unified_profiles(
     for column in ("age", "gender", "occupation"):
         values = users[column] if column in users else pd.Series(np.nan, index=users.index)
         vocabulary = config.vocabularies.get(column, [])
-        known = keep_unified and bool(vocabulary) and values.dropna().astype(str).isin(vocabulary).all()
+        known = keep_unified and bool(vocabulary) and as_text(values).dropna().isin(vocabulary).all()
         if column in platform.value_maps and not known:
             mapped = _map_values(values, platform.value_maps[column], config, vocabulary)
             lost = values[values.notna() & mapped.isna()]
@@ -250,7 +250,7 @@ def unified_profiles(
                     column,
                     len(lost),
                     platform.value_maps[column],
-                    sorted(set(lost.astype(str)))[:3],
+                    sorted(set(as_text(lost)))[:3],
                 )
             values = mapped
         out[column] = values
@@ -378,6 +378,10 @@ def unify_platform(
     # the top of its rating scale
     rating = to_numbers(raw.get("rating", pd.Series(platform.rating_scale[1], index=raw.index))).to_numpy()
     timestamp = to_numbers(raw.get("timestamp", pd.Series(0, index=raw.index))).to_numpy()
+    if timestamp.dtype.kind == "f":
+        # whole seconds, as they are stored and as Spark orders them: two rows of a pair within one second are
+        # taken in file order, not by their fractions
+        timestamp = np.trunc(timestamp)
     unusable_rows = np.flatnonzero(pd.isna(rating) | pd.isna(timestamp))
     unusable = len(unusable_rows)
     # Order by (user, item, timestamp), stable, and keep the earliest of duplicate (user, item) rows.
