@@ -302,7 +302,8 @@ def test_spark_refuses_each_bad_batch_as_pandas_does(pipeline_env, fault):
     export = env["exports"] / "village" / "interactions.txt"
     if fault == "text":  # ratings that are not numbers, and one out of range: the pattern and the range rules
         frame = pd.read_csv(export, dtype=str)
-        frame.loc[[3, 7], "score"] = ["four", "4,5"]
+        # the last three are numbers to pandas' to_numeric, and text to the pattern (as Spark checks it)
+        frame.loc[[3, 7, 5, 11, 13], "score"] = ["four", "4,5", "+4", "1e0", "\u0664"]
         frame.loc[9, "score"] = "11"
         frame.to_csv(export, index=False)
     messages = {}
@@ -316,7 +317,7 @@ def test_spark_refuses_each_bad_batch_as_pandas_does(pipeline_env, fault):
     assert _verdicts(spark_lines) == _verdicts(pandas_lines), messages
     assert "platform village, file interactions.txt" in messages["spark"]
     if fault == "text":
-        assert "match_regex({'column': 'score'" in messages["spark"] and "2 unexpected value(s)" in messages["spark"]
+        assert "match_regex({'column': 'score'" in messages["spark"] and "5 unexpected value(s)" in messages["spark"]
         assert "'max_value': 5.0}) failed: 1 unexpected value(s), e.g. [11.0]" in messages["spark"]
 
 

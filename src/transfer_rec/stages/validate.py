@@ -23,7 +23,13 @@ from transfer_rec.manifests import PulledBatch, TableCheck, ValidatedBatch, Vali
 from transfer_rec.ops.data_docs import make_offline
 from transfer_rec.ops.links import data_docs_page
 from transfer_rec.runtime.workers import can_fork, forked_map, workers
-from transfer_rec.schema.suites import FORBIDDEN_COLUMN_MARKERS, build_suite, native_column, suite_name
+from transfer_rec.schema.suites import (
+    FORBIDDEN_COLUMN_MARKERS,
+    NUMERIC_PATTERN,
+    build_suite,
+    native_column,
+    suite_name,
+)
 from transfer_rec.schema.unified import IDENTITY_COLUMNS
 from transfer_rec.stages.pull import VALIDATION_FILE
 
@@ -125,6 +131,26 @@ def ensure_suites(context: Any, platform: PlatformConfig) -> list[str]:
     return names
 
 
+def _number_text(raw: pd.Series) -> np.ndarray:
+    """Where a text column holds a number as the numeric pattern reads it. to_numeric reads " 4", "+4", "1e3", "0x10"
+    and other scripts' digits as numbers, which the pattern check would then pass; Spark checks the text itself, so
+    both engines refuse such a file alike."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(raw.array, pd.arrays.ArrowStringArray):
+        text = pa.array(raw.array)
+    else:
+        text = pa.array(raw.astype(object).where(raw.notna(), None).map(str, na_action="ignore"), type=pa.string())
+    try:
+        pc.cast(text, pa.int64())  # whole numbers only (what exports mostly hold): the pattern's, and fast
+        return np.ones(len(raw), dtype=bool)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    matched = pc.fill_null(pc.match_substring_regex(text, NUMERIC_PATTERN), False)
+    return matched.to_numpy(zero_copy_only=False)
+
+
 def _typed_batch(frame: pd.DataFrame, platform: PlatformConfig, table: str) -> pd.DataFrame:
     """Numeric native columns as numbers next to the raw text, so range checks run on numbers.
 
@@ -137,6 +163,8 @@ def _typed_batch(frame: pd.DataFrame, platform: PlatformConfig, table: str) -> p
             if isinstance(raw.dtype, pd.CategoricalDtype):
                 raw = raw.astype(object).where(raw.notna(), None)
             numeric = to_numbers(raw)
+            if numeric is not raw:
+                numeric = numeric.where(_number_text(raw))
             if numeric is raw or numeric.notna().sum() == raw.notna().sum():
                 # all numbers: a numeric column (fast checks)
                 whole = numeric.dtype.kind == "i" or (numeric.dtype.kind == "u" and numeric.max() < 2**63)
