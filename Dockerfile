@@ -52,11 +52,14 @@ COPY plugins/ /opt/transfer-rec/plugins/
 COPY config/ /opt/transfer-rec/config/
 COPY great_expectations/ /opt/transfer-rec/great_expectations/
 
-# var/ becomes the `state` named volume and /opt/airflow-auth the `airflow-auth` volume: Docker copies this
-# ownership into them on first use.
-RUN mkdir -p /opt/transfer-rec/var/airflow/logs /opt/airflow-auth \
- && chown -R "${APP_UID}:0" /opt/transfer-rec/var /opt/transfer-rec/great_expectations /opt/airflow-auth \
- && chmod -R g+rwX /opt/transfer-rec/var /opt/transfer-rec/great_expectations /opt/airflow-auth
+# var/ becomes the `state` named volume, exports/ the `exports` volume (airflow-init writes the demo exports there)
+# and /opt/airflow-auth the `airflow-auth` volume: Docker copies this ownership into them on first use; a folder the
+# image lacks would become a root-owned volume nobody here can write.
+RUN mkdir -p /opt/transfer-rec/var/airflow/logs /opt/transfer-rec/exports /opt/airflow-auth \
+ && chown -R "${APP_UID}:0" /opt/transfer-rec/var /opt/transfer-rec/exports /opt/transfer-rec/great_expectations \
+    /opt/airflow-auth \
+ && chmod -R g+rwX /opt/transfer-rec/var /opt/transfer-rec/exports /opt/transfer-rec/great_expectations \
+    /opt/airflow-auth
 
 USER ${APP_UID}:0
 

@@ -223,6 +223,42 @@ def test_env_example_covers_every_required_var_with_placeholders():
             assert value == "change-me", f".env.example: {key} looks like a real secret"
 
 
+def test_every_change_me_of_env_example_is_refused_by_a_service(raw):
+    """.env.example promises that a placeholder left in place stops the stack: each of them reaches a service whose
+    start script refuses it (by name, or by a grep over its whole environment)."""
+    refused = set()
+    for service in raw["services"].values():
+        script = "\n".join(_strings([service.get("entrypoint"), service.get("command")]))
+        if "change-me" not in script:
+            continue
+        env = service.get("environment") or {}
+        check = script[: script.rfind("change-me")]  # the check, not what the script goes on to do
+        whole = re.search(r"\benv\b\s*\|\s*grep", check) is not None
+        for key, value in env.items():
+            if whole or f"$${{{key}}}" in check:
+                refused |= {m["name"] for m in INTERPOLATION.finditer(str(value))}
+    placeholders = {key for key, value in _env_example().items() if value == "change-me"}
+    assert placeholders and not placeholders - refused, f"no service refuses {sorted(placeholders - refused)}"
+
+
+def test_every_named_volume_of_the_image_is_a_folder_the_image_creates(raw):
+    """Docker copies the image folder's ownership into a new named volume; a mount point the image lacks becomes a
+    root-owned volume the app's user cannot write (airflow-init could not write the demo exports)."""
+    dockerfile = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    created = {
+        word for line in re.findall(r"mkdir -p ([^&\n]+)", dockerfile) for word in line.split() if word.startswith("/")
+    }
+    named = set(raw.get("volumes") or {})
+    for name, service in raw["services"].items():
+        if "TRANSFER_REC_IMAGE" not in str(service.get("image", "")):
+            continue
+        for volume in service.get("volumes") or []:
+            source, _, target = str(volume).partition(":")
+            target = target.split(":")[0]
+            if source in named and target.startswith("/opt/"):
+                assert target in created or any(c.startswith(target + "/") for c in created), (name, target)
+
+
 def test_healthchecks_and_startup_order(raw):
     services = raw["services"]
     for name, svc in services.items():
