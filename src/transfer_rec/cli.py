@@ -484,12 +484,22 @@ def _dispatch(args: argparse.Namespace, bench: argparse.ArgumentParser, layout: 
         follow = http.DEFAULT_FOLLOW_SECONDS if args.follow_seconds is None else args.follow_seconds
         if not 0 <= follow <= http.MAX_FOLLOW_SECONDS:
             raise SystemExit(f"--follow-seconds {follow}: give 0 (never) or up to {http.MAX_FOLLOW_SECONDS:,} seconds")
-        max_body = args.max_body_bytes or http.max_body_bytes()
+        try:
+            max_body = args.max_body_bytes or http.max_body_bytes()
+        except ValueError as error:  # the environment's limit: what to fix, not a traceback
+            raise SystemExit(str(error)) from None
         with _registry_errors(f"no model to serve at {args.model}"):
             http.serve(args.model, args.host, args.port, args.workers, max_body, follow)
     elif args.command == "rollback":
+        from transfer_rec.config import load_config
         from transfer_rec.registry.models import RollbackRefused
         from transfer_rec.stages.promote import rollback as do_rollback
+
+        targets = [t.name for t in load_config().targets]
+        if args.target not in targets:
+            raise SystemExit(
+                f"cannot roll back {args.target}: not a target platform of the config (targets: {targets})"
+            )
 
         with _registry_errors(f"cannot roll back {args.target}: it needs a champion and a previous_champion"):
             try:

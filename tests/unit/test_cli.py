@@ -37,6 +37,19 @@ def test_a_config_mistake_is_one_message_naming_the_file_platform_and_field(tmp_
     assert not (tmp_path / "var").exists(), "nothing was written before the config was read"
 
 
+def test_rollback_of_a_platform_that_is_no_target_and_serve_with_a_bad_body_limit_are_one_line(tmp_path, monkeypatch):
+    from transfer_rec import cli
+
+    monkeypatch.setenv("TRANSFER_REC_STATE_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(SystemExit, match=r"cannot roll back nosuch: not a target platform of the config"):
+        cli.main(["rollback", "nosuch"])
+    assert not list(tmp_path.rglob("*.db")), "refused before touching the registry"
+    monkeypatch.setenv("TRANSFER_REC_MAX_BODY_BYTES", "1MiB")
+    with pytest.raises(SystemExit, match=r"TRANSFER_REC_MAX_BODY_BYTES='1MiB': expected a positive number of bytes"):
+        cli.main(["serve", "--model", "models:/nothing@champion"])
+
+
 def test_a_setup_command_that_hangs_is_stopped_and_named(tmp_path):
     from transfer_rec import cli
 
