@@ -65,6 +65,19 @@ def _read(path: str | Path, required: tuple[str, ...] = INTERACTION_KEYS) -> pd.
     return frame
 
 
+def recommendation_rows(users: np.ndarray, items: np.ndarray, ranked: np.ndarray) -> pd.DataFrame:
+    """recommendations.tsv's rows (user_id, item_id, rank) of top_k's lists without fill: a user with fewer than k
+    unseen items gets fewer rows, never a train or valid item."""
+    listed = ranked >= 0
+    return pd.DataFrame(
+        {
+            "user_id": np.repeat(users, listed.sum(axis=1)),
+            "item_id": items[ranked[listed]],
+            "rank": np.tile(np.arange(1, ranked.shape[1] + 1), len(users))[listed.ravel()],
+        }
+    )
+
+
 def read_described(
     path: str | Path | None, platform: PlatformConfig, table: str, config: PipelineConfig
 ) -> pd.DataFrame | None:
@@ -160,15 +173,11 @@ def run_files(args: argparse.Namespace, config: PipelineConfig) -> dict[str, Any
     metrics = {name: mean_metrics(values) for name, values in held_out_metrics(target, scores, K).items()}
 
     test_users = np.flatnonzero(np.diff(target.matrix("test").indptr) > 0)
-    ranked = top_k(scores["transfer"][test_users], K, target.matrix("train", "valid")[test_users], target.item_mask())
-    items = pd.read_parquet(Path(features.dir) / "items.parquet").sort_values("item_idx")["item_id"].to_numpy()
-    recs = pd.DataFrame(
-        {
-            "user_id": np.repeat(target.user_ids[test_users], K),
-            "item_id": items[ranked.ravel()],
-            "rank": np.tile(np.arange(1, K + 1), len(test_users)),
-        }
+    ranked = top_k(
+        scores["transfer"][test_users], K, target.matrix("train", "valid")[test_users], target.item_mask(), fill=False
     )
+    items = pd.read_parquet(Path(features.dir) / "items.parquet").sort_values("item_idx")["item_id"].to_numpy()
+    recs = recommendation_rows(target.user_ids[test_users], items, ranked)
     report = {
         "k": K,
         "test_users": int(len(test_users)),

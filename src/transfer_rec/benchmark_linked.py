@@ -30,6 +30,7 @@ import scipy.sparse as sp
 import yaml
 from pydantic import ValidationError
 
+from transfer_rec.benchmark import recommendation_rows
 from transfer_rec.config import PipelineConfig, PlatformConfig, problems_of
 from transfer_rec.io.formats import read_table
 from transfer_rec.io.storage import write_files_atomic
@@ -221,7 +222,7 @@ def group_metrics(ranked: np.ndarray, relevant: sp.csr_matrix, users: np.ndarray
 
 def report_groups(world: World, scores: np.ndarray, test_users: np.ndarray, warm: np.ndarray) -> dict[str, Any]:
     seen = world.splits["train"] + world.splits["valid"]
-    ranked = top_k(scores, K, seen[test_users])
+    ranked = top_k(scores, K, seen[test_users], fill=False)
     relevant = world.splits["test"][test_users]
     is_warm = np.isin(test_users, warm)
     out = {
@@ -333,14 +334,8 @@ def run_platforms(args: argparse.Namespace, config: PipelineConfig) -> dict[str,
     metrics = {name: report_groups(world, s, test_users, warm) for name, s in scores.items()}
 
     seen = train + valid
-    ranked = top_k(scores["linked"], K, seen[test_users])
-    recs = pd.DataFrame(
-        {
-            "user_id": np.repeat(world.target_user[test_users], K),
-            "item_id": np.asarray(world.target_items)[ranked.ravel()],
-            "rank": np.tile(np.arange(1, K + 1), len(test_users)),
-        }
-    )
+    ranked = top_k(scores["linked"], K, seen[test_users], fill=False)
+    recs = recommendation_rows(world.target_user[test_users], np.asarray(world.target_items), ranked)
     report = {
         "k": K,
         "target": world.target.name,

@@ -23,6 +23,32 @@ def test_top_k_excludes_seen_and_non_candidates():
     assert top_k(scores, 3, exclude, candidates).tolist() == [[1, 3, 4]]
 
 
+def test_a_row_with_fewer_than_k_unseen_items_is_never_credited_a_seen_one():
+    # 12 items, the user saw 0-4 in train; their test items are 0 (a repeat of a train item, which the benchmark's
+    # file mode keeps) and 11: a list filled with seen items found 0 and scored recall 1
+    scores = np.linspace(1.0, 0.0, 12)[None, :]
+    seen = sp.csr_matrix((np.ones(5), ([0] * 5, range(5))), shape=(1, 12))
+    test = sp.csr_matrix(([1, 1], ([0, 0], [0, 11])), shape=(1, 12))
+    filled = top_k(scores, 10, seen)
+    assert set(filled[0].tolist()) & {0, 1, 2, 3, 4}, "the default fills the list with seen items"
+    listed = top_k(scores, 10, seen, fill=False)
+    assert listed[0].tolist() == [5, 6, 7, 8, 9, 10, 11, -1, -1, -1]
+    assert evaluate_scores(scores, seen, test, 10)["recall"].tolist() == [0.5]
+    assert per_user_metrics(listed, test, 10)["hit"].tolist() == [1.0]
+    # an empty place (-1) of row 1 is not the last item of row 0
+    two = np.array([[5, -1], [-1, -1]])
+    relevant = sp.csr_matrix(([1, 1], ([0, 1], [11, 3])), shape=(2, 12))
+    assert per_user_metrics(two, relevant, 2)["hit"].tolist() == [0.0, 0.0]
+    assert item_segment_hits(two, relevant, {"all": np.ones(12, dtype=bool)})["all"]["found"] == 0.0
+
+
+def test_benchmark_recommendations_leave_empty_places_out():
+    from transfer_rec.benchmark import recommendation_rows
+
+    rows = recommendation_rows(np.array(["u1", "u2"]), np.array(list("abcd")), np.array([[2, -1], [0, 1]]))
+    assert rows.values.tolist() == [["u1", "c", 1], ["u2", "a", 1], ["u2", "b", 2]]
+
+
 def test_metrics_match_hand_computed_values():
     ranked = np.array([[3, 1, 7, 8, 9]])
     relevant = sp.csr_matrix(([1, 1], ([0, 0], [1, 9])), shape=(1, 10))

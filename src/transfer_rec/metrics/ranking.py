@@ -17,10 +17,16 @@ TOP_K_ROWS = 1024
 
 
 def top_k(
-    scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None, candidates: np.ndarray | None = None
+    scores: np.ndarray,
+    k: int,
+    exclude: sp.csr_matrix | None = None,
+    candidates: np.ndarray | None = None,
+    fill: bool = True,
 ) -> np.ndarray:
     """Indices of the k best items per row, best first; excluded and non-candidate items never appear (unless a row
-    has fewer than k others), nor do NaN scores. Equal scores come in an unspecified but repeatable order."""
+    has fewer than k others), nor do NaN scores. Equal scores come in an unspecified but repeatable order. Without
+    `fill`, a row with fewer than k others ends in -1 instead: no excluded, non-candidate or unscorable item (-inf)
+    is ever listed or credited (per_user_metrics counts -1 as a miss)."""
     exclude = None if exclude is None else sp.csr_matrix(exclude)
     k = min(k, scores.shape[1])
     ranked = np.empty((scores.shape[0], k), dtype=np.intp)
@@ -44,7 +50,10 @@ def top_k(
         torch.nan_to_num_(values, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
         # torch's partial sort: several times numpy's argpartition and argsort on blocks of thousands of items; ranking
         # was a sixth of the 10 M fit's profile, in evaluation and the short-history choices (2026-12-06-top-k.md)
-        ranked[start:stop] = torch.topk(values, k, dim=1, sorted=True).indices.numpy()
+        best = torch.topk(values, k, dim=1, sorted=True)
+        ranked[start:stop] = best.indices.numpy()
+        if not fill:
+            ranked[start:stop][torch.isneginf(best.values).numpy()] = -1
     return ranked
 
 
@@ -56,7 +65,7 @@ def per_user_metrics(ranked: np.ndarray, relevant: sp.csr_matrix, k: int) -> dic
     width = max(relevant.shape[1], int(ranked.max(initial=-1)) + 1)
     rows = np.repeat(np.arange(relevant.shape[0], dtype=np.int64), np.diff(relevant.indptr))
     keys = np.arange(ranked.shape[0], dtype=np.int64)[:, None] * width + ranked
-    hits = np.isin(keys, rows * width + relevant.indices)
+    hits = np.isin(keys, rows * width + relevant.indices) & (ranked >= 0)  # -1: an empty place (top_k's fill)
     n_relevant = np.diff(relevant.indptr).astype(np.float64)
     discounts = 1.0 / np.log2(np.arange(2, ranked.shape[1] + 2))
     dcg = (hits * discounts).sum(axis=1)
@@ -82,9 +91,8 @@ def item_segment_hits(
     relevant = relevant.tocsr()
     width = max(relevant.shape[1], int(ranked.max(initial=-1)) + 1)
     rows = np.repeat(np.arange(relevant.shape[0], dtype=np.int64), np.diff(relevant.indptr))
-    found = np.isin(
-        rows * width + relevant.indices, (np.arange(ranked.shape[0], dtype=np.int64)[:, None] * width + ranked).ravel()
-    )
+    listed = np.arange(ranked.shape[0], dtype=np.int64)[:, None] * width + ranked
+    found = np.isin(rows * width + relevant.indices, listed[ranked >= 0])  # -1: an empty place (top_k's fill)
     out = {}
     for name, mask in segments.items():
         inside = np.asarray(mask, dtype=bool)[relevant.indices]
@@ -98,7 +106,7 @@ def evaluate_scores(
 ) -> dict[str, np.ndarray]:
     """Per-user metrics over the users that have at least one test item."""
     users = np.flatnonzero(np.diff(test.tocsr().indptr) > 0)
-    ranked = top_k(scores[users], k, exclude[users], candidates)
+    ranked = top_k(scores[users], k, exclude[users], candidates, fill=False)
     return per_user_metrics(ranked, test[users], k)
 
 
@@ -121,8 +129,9 @@ def candidate_ndcg_rows(
     users = np.flatnonzero(np.diff(test.indptr) > 0)
     values = np.full(test.shape[0], np.nan)
     if len(users):
-        ranked = top_k(scores[users], k, sp.csr_matrix(exclude)[users][:, candidates])
-        values[users] = per_user_metrics(candidates[ranked], test[users], k)["ndcg"]
+        ranked = top_k(scores[users], k, sp.csr_matrix(exclude)[users][:, candidates], fill=False)
+        listed = np.where(ranked >= 0, candidates[np.maximum(ranked, 0)], -1)
+        values[users] = per_user_metrics(listed, test[users], k)["ndcg"]
     return values
 
 
