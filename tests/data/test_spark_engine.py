@@ -250,6 +250,30 @@ def test_incremental_partitions_unify_alike_on_both_engines(pipeline_env, monkey
     assert native.tolist() == [item.upper()]
 
 
+def test_an_incremental_platform_with_no_day_landed_unifies_alike_on_both_engines(pipeline_env):
+    """A first run whose interval holds none of the export's days lands the users and items only: both engines
+    unify the platform to no interactions (Spark stopped with an IndexError)."""
+    env = pipeline_env(spark=SPARK)
+    partition_by_day(env["exports"] / "village", "interactions.txt", "ts", delimiter=",")
+    raw = yaml.safe_load(env["config"].read_text())
+    raw["platforms"][1]["pull"] = {"mode": "incremental"}
+    env["config"].write_text(yaml.safe_dump(raw, sort_keys=False))
+    config, layout = load_config(), StateLayout.from_env()
+    before = (datetime(1995, 1, 1, tzinfo=UTC), datetime(1995, 1, 2, tzinfo=UTC))
+    campus, village = config.platform("campus"), config.platform("village")
+    validated = [
+        validate_batch(pull_platform(campus, layout, "snap"), campus, layout),
+        validate_batch(pull_platform(village, layout, "ignored", before), village, layout),
+    ]
+    pandas_tables = _tables(Path(pandas_unify.unify(validated, config, layout).dir))
+    spark_config = config.model_copy(update={"engine": "spark"})
+    spark_tables = _tables(Path(spark_unify.unify(validated, spark_config, layout).dir))
+    for name, frame in pandas_tables.items():
+        pd.testing.assert_frame_equal(spark_tables[name], frame, obj=f"unified {name}")
+    interactions = pandas_tables["interactions"]
+    assert len(interactions) and not (interactions["platform"] == "village").any()
+
+
 def _spark_raw(config):
     from transfer_rec.spark.session import spark_session
     from transfer_rec.spark.validate import SparkRaw

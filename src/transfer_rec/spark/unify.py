@@ -40,6 +40,8 @@ def _interactions(spark: SparkSession, paths: list[Path], platform: PlatformConf
     for path in paths:
         native = read_table(spark, path, platform.format, platform.delimiter)
         frames.append(native.select(*(F.col(n).alias(u) for n, u in mapping.items() if n in native.columns)))
+    if not frames:  # an incremental platform none of whose days has landed yet: no rows, as pandas reads it
+        frames = [spark.createDataFrame([], ", ".join(f"`{u}` string" for u in mapping.values()))]
     raw = frames[0]
     for frame in frames[1:]:
         raw = raw.unionByName(frame, allowMissingColumns=True)
