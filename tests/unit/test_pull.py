@@ -126,6 +126,25 @@ def test_a_re_export_that_only_unification_refuses_keeps_the_good_copy_too(incre
     assert landed_partitions("village", layout) == landed, "the interval's days are read from the good copy again"
 
 
+def test_a_re_export_naming_a_user_the_users_file_lacks_is_quarantined_and_the_good_copy_read_again(incremental):
+    # the rule ran on snapshots only: the unified check refused every later run (the newest copy of the day wins)
+    # and quarantined nothing, in a message naming neither the partition's file nor the rule
+    env, days, _ = incremental
+    config, layout = load_config(), StateLayout.from_env()
+    campus = config.platform("campus")
+    first = _pull(days[0], days[1])
+    landed = landed_partitions("village", layout)
+    day = env["exports"] / "village" / f"dt={days[0]}" / "interactions.txt"
+    pd.read_csv(day).assign(learner=lambda f: f["learner"].where(f.index > 0, "ghost")).to_csv(day, index=False)
+    again = _pull(days[0], days[1])
+    source = validate_batch(pull_platform(campus, layout, "snap"), campus, layout)
+    with pytest.raises(BatchRefused, match=r"interactions.txt, column 'learner \(user_id\)': rule missing_users"):
+        unify([source, again], config, layout)
+    assert [p.name for p in (layout.quarantine / "village").iterdir()] == [again.batch_id]
+    assert landed_partitions("village", layout) == landed, "the interval's days are read from the good copy again"
+    assert unify([source, first], config, layout).platforms["village"]["rows_out"] > 0
+
+
 def test_a_run_without_an_interval_trains_on_the_partitions_landed_so_far(incremental):
     # asset-triggered runs (a platform's ingest DAG announced new data) and manual runs without a logical date have
     # no data interval: they pull no partition and unify every validated one, as landed by the ingest DAG

@@ -158,7 +158,7 @@ def unify_platform(
     rules.check_duplicate_share(
         duplicated, rows_in, config.rules.max_duplicate_share, platform.name, files["interactions"]
     )
-    if len(users) and platform.pull.mode == "snapshot":  # after the share rule, in pandas' order
+    if len(users):  # after the share rule, in pandas' order
         # on the pairs as written (a scan of one column), not on the aggregation, which would run again
         known = F.broadcast(spark.createDataFrame(users[["user_id"]].astype(object), "user_id string"))
         unknown = written.join(known, "user_id", "left_anti").groupBy("user_id").count().toPandas()

@@ -393,9 +393,9 @@ def unify_platform(
     duplicated = rows_in - unusable - len(kept)
     rules.check_duplicate_share(duplicated, rows_in, limits.max_duplicate_share, platform.name, files["interactions"])
     users = platform_users(batch_dir, platform, config)
-    if len(users) and platform.pull.mode == "snapshot":
+    if len(users):
         # on the pairs kept, as Spark checks its written pairs; an incremental platform's interactions span every
-        # landed partition, so a refusal could not say which batch to quarantine: the unified check catches those
+        # landed partition: unify then checks the run's own partitions alone to say whether its batch is to blame
         unknown = ~is_member(user_keys, users["user_id"])  # per distinct user
         of_unknown = kept[unknown[user_codes[kept]]]
         if len(of_unknown):
