@@ -114,7 +114,6 @@ load: venv
 	  --out $(STATE)/bench/load.json
 
 airflow-ui: venv
-	$(CLI) init
 	$(CLI) airflow-ui
 
 mlflow-ui: venv

@@ -319,11 +319,16 @@ def _signals_held() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+UI_START_SECONDS = 120
+
+
 def airflow_ui(layout: StateLayout) -> None:
     """`airflow standalone` on 127.0.0.1 until Ctrl-C; stops its whole process tree (no orphans)."""
     home = Path(os.environ["AIRFLOW_HOME"])
-    # runs a stopped `make run` left "running" would be continued by this scheduler, or hold every later run
+    # init migrates the databases a working `make run` uses: under the lock, as that run's own init is
     with _sole_run(layout, "make airflow-ui"):
+        init(layout)
+        # runs a stopped `make run` left "running" would be continued by this scheduler, or hold every later run
         _fail_stopped_runs()
     # Ctrl-C, or a SIGTERM from a supervisor, stops everything (background shells start us with SIGINT ignored).
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -339,12 +344,19 @@ def airflow_ui(layout: StateLayout) -> None:
     password_file = home / "simple_auth_manager_passwords.json.generated"
     print("starting Airflow (log: var/airflow-standalone.log) ...")
     try:
-        for _ in range(120):
+        for _ in range(UI_START_SECONDS):
             if password_file.exists() and _port_open(8080):
                 break
             if proc.poll() is not None:
                 raise SystemExit(f"airflow standalone exited with {proc.returncode}: see var/airflow-standalone.log")
             time.sleep(1)
+        else:
+            print(
+                f"Airflow is not answering on 127.0.0.1:8080 after {UI_START_SECONDS} s: it may still be starting "
+                "(see var/airflow-standalone.log); press Ctrl-C to stop"
+            )
+            proc.wait()
+            return
         logins = json.loads(password_file.read_text()) if password_file.exists() else {}
         print("Airflow UI: http://127.0.0.1:8080  " + ", ".join(f"login {u} / {p}" for u, p in logins.items()))
         print("the DAG transfer_rec is unpaused; press Ctrl-C to stop")
