@@ -30,6 +30,7 @@ from transfer_rec.io.state import StateLayout
 from transfer_rec.io.storage import write_files_atomic
 from transfer_rec.manifests import FeatureSet, UnifiedVersion
 from transfer_rec.metrics.ranking import METRICS, mean_metrics, top_k
+from transfer_rec.metrics.uncertainty import bootstrap_ci
 from transfer_rec.runtime.threads import use_torch_threads
 from transfer_rec.stages.evaluate import baseline_scorers, held_out_item_segments, held_out_metrics
 from transfer_rec.stages.features import PlatformData
@@ -63,6 +64,14 @@ def _read(path: str | Path, required: tuple[str, ...] = INTERACTION_KEYS) -> pd.
     if missing:
         raise SystemExit(f"{path}: missing column(s) {sorted(missing)} (need {', '.join(required)})")
     return frame
+
+
+def group_summary(values: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A group of users' mean metrics (per_user_metrics' values, one row per user) and the bootstrap CI of NDCG."""
+    if not len(values["ndcg"]):
+        return {"users": 0}
+    low, high = bootstrap_ci(values["ndcg"])
+    return {"users": len(values["ndcg"]), **{m: float(values[m].mean()) for m in METRICS}, "ndcg_ci95": [low, high]}
 
 
 def recommendation_rows(users: np.ndarray, items: np.ndarray, ranked: np.ndarray) -> pd.DataFrame:
@@ -170,9 +179,20 @@ def run_files(args: argparse.Namespace, config: PipelineConfig) -> dict[str, Any
         }
     )
     fitted = dict(baselines.info)
-    metrics = {name: mean_metrics(values) for name, values in held_out_metrics(target, scores, K).items()}
+    per_user = held_out_metrics(target, scores, K)
+    metrics = {name: mean_metrics(values) for name, values in per_user.items()}
 
     test_users = np.flatnonzero(np.diff(target.matrix("test").indptr) > 0)
+    # users new to the target (no train or valid row) apart from warm ones: a new user's test set is their whole
+    # target history, so the two are on different scales (the rows of per_user are test_users, in order)
+    new = np.diff(target.matrix("train", "valid").indptr)[test_users] == 0
+    groups = {
+        name: {
+            group: group_summary({m: v[mask] for m, v in values.items()})
+            for group, mask in (("warm", ~new), ("new", new))
+        }
+        for name, values in per_user.items()
+    }
     ranked = top_k(
         scores["transfer"][test_users], K, target.matrix("train", "valid")[test_users], target.item_mask(), fill=False
     )
@@ -182,6 +202,7 @@ def run_files(args: argparse.Namespace, config: PipelineConfig) -> dict[str, Any
         "k": K,
         "test_users": int(len(test_users)),
         "metrics": metrics,
+        "users": groups,
         "item_segments": held_out_item_segments(target, source.matrix(), scores, K),
         "seconds": {
             "pretrain": pretrain_seconds,
@@ -225,6 +246,16 @@ def print_details(reports: list[dict[str, Any]]) -> None:
             for seg in segments
         ]
         print(f"{'transfer-rec ' + name:<28}" + "".join(f"{c:>22}" for c in cells))
+    new = [r["users"][names[0]]["new"]["users"] for r in reports if "users" in r]
+    if new and max(new):
+        print("\nNDCG@10 of warm users and of users new to the target (mean per split; users in brackets)")
+        for name in names:
+            cells = [
+                f"{np.nanmean([r['users'][name][g].get('ndcg', np.nan) for r in reports]):.4f} "
+                f"({np.mean([r['users'][name][g]['users'] for r in reports]):.0f})"
+                for g in ("warm", "new")
+            ]
+            print(f"{'transfer-rec ' + name:<28}" + "".join(f"{c:>22}" for c in cells))
     fit = np.mean([r["seconds"]["pretrain_and_finetune"] for r in reports])
     score = np.mean([r["seconds"]["score_all_target_users"] for r in reports])
     print(f"\ntransfer: pretrain + fine-tune {fit:.1f} s, scoring all target users {score:.2f} s (mean per split)")

@@ -30,12 +30,11 @@ import scipy.sparse as sp
 import yaml
 from pydantic import ValidationError
 
-from transfer_rec.benchmark import recommendation_rows
+from transfer_rec.benchmark import group_summary, recommendation_rows
 from transfer_rec.config import PipelineConfig, PlatformConfig, problems_of
 from transfer_rec.io.formats import read_table
 from transfer_rec.io.storage import write_files_atomic
-from transfer_rec.metrics.ranking import METRICS, per_user_metrics, top_k
-from transfer_rec.metrics.uncertainty import bootstrap_ci
+from transfer_rec.metrics.ranking import per_user_metrics, top_k
 from transfer_rec.recommender.content import CONTENT_PARTS, content_vectors
 from transfer_rec.recommender.linked import LinkedRecommender, binary, ease_target_columns, joint_rows
 from transfer_rec.schema.unified import IDENTITY_COLUMNS, user_key
@@ -213,11 +212,7 @@ def items_of(p: PlatformConfig, base: Path, interactions: pd.DataFrame | None) -
 
 
 def group_metrics(ranked: np.ndarray, relevant: sp.csr_matrix, users: np.ndarray) -> dict[str, Any]:
-    if not len(users):
-        return {"users": 0}
-    values = per_user_metrics(ranked[users], relevant[users], K)
-    low, high = bootstrap_ci(values["ndcg"])
-    return {"users": int(len(users)), **{m: float(values[m].mean()) for m in METRICS}, "ndcg_ci95": [low, high]}
+    return group_summary(per_user_metrics(ranked[users], relevant[users], K)) if len(users) else {"users": 0}
 
 
 def report_groups(world: World, scores: np.ndarray, test_users: np.ndarray, warm: np.ndarray) -> dict[str, Any]:

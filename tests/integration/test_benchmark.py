@@ -29,7 +29,17 @@ def test_file_mode_writes_top10_without_seen_items_and_all_contenders(pipeline_e
     repeater = test["user_id"].iloc[0]
     again = train[train["user_id"] == repeater].head(1)
     pd.concat([test[test["user_id"] != repeater], again]).to_csv(args.target_test, sep="\t", index=False)
+    # a user new to the target: their train and valid rows left out, only their test rows stay
+    newcomer = next(u for u in test["user_id"].unique() if u != repeater)
+    train[train["user_id"] != newcomer].to_csv(args.target_train, sep="\t", index=False)
+    valid = pd.read_csv(args.target_valid, sep="\t", dtype=str)
+    valid[valid["user_id"] != newcomer].to_csv(args.target_valid, sep="\t", index=False)
     report = run_files(args, config)
+    # warm and new users apart, each group's mean a part of the overall one
+    for name, groups in report["users"].items():
+        assert groups["new"]["users"] == 1 and groups["warm"]["users"] == report["test_users"] - 1
+        whole = (groups["warm"]["ndcg"] * groups["warm"]["users"] + groups["new"]["ndcg"]) / report["test_users"]
+        assert whole == pytest.approx(report["metrics"][name]["ndcg"])
 
     assert set(report["metrics"]) == {"transfer", "target_only", "ease", "popularity"}
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["test_users"] == report["test_users"]
