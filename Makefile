@@ -53,7 +53,7 @@ lock: $(VENV)/.installed
 run: venv
 	$(CLI) run $(RUN_ARGS)
 
-# Tests that start a real Airflow (REST-triggered runs, ~5 min each on 2 busy cores) run under `make test-servers`;
+# Tests that start a real Airflow (REST-triggered runs, minutes each on 2 busy cores) run under `make test-servers`;
 # `make test-prod` runs only the production path (Celery worker, PostgreSQL, Redis, S3).
 # The suite runs on TEST_WORKERS pytest-xdist workers, each on its own share of the CPUs (tests/conftest.py), a whole
 # test file per worker so that a module's fixtures are made once; TEST_WORKERS=0 runs it in this process.
