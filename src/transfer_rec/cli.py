@@ -508,9 +508,11 @@ def _dispatch(args: argparse.Namespace, bench: argparse.ArgumentParser, layout: 
         from transfer_rec.stages.promote import rollback as do_rollback
 
         targets = [t.name for t in load_config().targets]
-        if args.target not in targets:
+        # a target taken out of the config keeps its registered model, which may still need its rollback
+        if args.target not in targets and not _registered(args.target, layout):
             raise SystemExit(
-                f"cannot roll back {args.target}: not a target platform of the config (targets: {targets})"
+                f"cannot roll back {args.target}: not a target platform of the config (targets: {targets}), "
+                "nor a registered model"
             )
 
         with _registry_errors(f"cannot roll back {args.target}: it needs a champion and a previous_champion"):
@@ -522,6 +524,20 @@ def _dispatch(args: argparse.Namespace, bench: argparse.ArgumentParser, layout: 
         from transfer_rec import benchmark
 
         benchmark.run(args, bench)
+
+
+def _registered(target: str, layout: StateLayout) -> bool:
+    """Whether the registry holds the target's model (read only: no experiment is created)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from transfer_rec.registry.models import registered_model_name
+
+    try:  # a client of its own: the process's tracking URI stays as it was
+        mlflow.MlflowClient(tracking_uri=layout.mlflow_uri()).get_registered_model(registered_model_name(target))
+    except MlflowException:
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ class Evaluation(Manifest):
     test_users: int
     retention_users: int
     # test users new to the target (every interaction of theirs held out): the gate judges them apart when enough
-    new_to_target_users: int = 0
+    new_to_target_users: int | None = None  # None: an evaluation from before the count (judged as then)
     metrics: dict[str, dict[str, float | None]]
     paired_vs_champion: dict[str, float] | None = None
     champion_version: str | None = None

@@ -167,6 +167,19 @@ def test_ratings_written_as_words_fail_the_pattern_and_the_rest_the_range(pipeli
     assert "'max_value': 5.0}) failed: 1 unexpected value(s), e.g. [11.0]" in message
 
 
+def test_whole_numbers_written_otherwise_fail_the_pattern(pipeline_env):
+    """Every other rating a whole number: pyarrow's cast reads "0x4" as 4 and "0X1F" as 31; the pattern (and Spark,
+    which checks the text) reads neither as a number."""
+    env = pipeline_env()
+    path, frame = _interactions(env)
+    frame["score"] = frame["score"].astype(int).astype(str)
+    frame.loc[[3, 7], "score"] = ["0x4", "0X1F"]
+    frame.to_csv(path, index=False)
+    message = _refused("village", "written-otherwise")
+    assert "expect_column_values_to_match_regex({'column': 'score'" in message
+    assert "failed: 2 unexpected value(s)" in message
+
+
 def test_rows_pulled_are_the_rows_validation_read_not_the_lines_of_the_file(pipeline_env):
     """Blank lines at the end of an export are no rows: the run's summary and the unify worker split count the
     rows the reader parsed."""

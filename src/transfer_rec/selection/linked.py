@@ -61,7 +61,7 @@ class LinkedChoice:
 
 
 def ndcg_of(scores: np.ndarray, relevant: sp.csr_matrix, exclude: sp.csr_matrix | None, k: int) -> float:
-    ranked = top_k(scores, k, exclude)
+    ranked = top_k(scores, k, exclude, fill=False)
     return float(per_user_metrics(ranked, relevant, k)["ndcg"].mean()) if relevant.shape[0] else 0.0
 
 

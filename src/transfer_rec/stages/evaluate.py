@@ -135,7 +135,7 @@ def held_out_item_segments(
     seen, test, candidates = data.matrix("train", "valid"), data.matrix("test"), data.item_mask()
     segments = item_segments(source, data.matrix("train"), candidates)
     return {
-        name: item_segment_hits(top_k(s[users], k, seen[users], candidates), test[users], segments)
+        name: item_segment_hits(top_k(s[users], k, seen[users], candidates, fill=False), test[users], segments)
         for name, s in scores.items()
     }
 

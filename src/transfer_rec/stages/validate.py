@@ -142,11 +142,7 @@ def _number_text(raw: pd.Series) -> np.ndarray:
         text = pa.array(raw.array)
     else:
         text = pa.array(raw.astype(object).where(raw.notna(), None).map(str, na_action="ignore"), type=pa.string())
-    try:
-        pc.cast(text, pa.int64())  # whole numbers only (what exports mostly hold): the pattern's, and fast
-        return np.ones(len(raw), dtype=bool)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
+    # the pattern itself (~0.6 s per 20 M values): pyarrow's cast to int64, faster, also reads hex ("0x10" is 16)
     matched = pc.fill_null(pc.match_substring_regex(text, NUMERIC_PATTERN), False)
     return matched.to_numpy(zero_copy_only=False)
 
