@@ -235,7 +235,10 @@ class TrainingConfig(_Strict):
     lam: float = Field(300.0, gt=0)  # L2 regulariser of the item-item solve
     drop_p: float = Field(0.25, ge=0, lt=1)  # dropout-equivalent regulariser of the item-item solve
     # more (alpha, lam, drop_p) settings solved next to the one above in fine-tuning (item_combine: how they are used)
-    item_grid: list[tuple[float, float, float]] = [(0.5, 100.0, 0.5), (0.3, 300.0, 0.25), (0.7, 100.0, 0.5)]
+    # each (alpha, lam, drop_p) bounded as the three above: drop_p 1 divides by zero, lam 0 inverts a singular Gram
+    item_grid: list[
+        tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(gt=0)], Annotated[float, Field(ge=0, lt=1)]]
+    ] = [(0.5, 100.0, 0.5), (0.3, 300.0, 0.25), (0.7, 100.0, 0.5)]
     # mean: the item-item part is the mean of all the settings' weights; best: the one best on valid. Valid tells
     # these settings apart by less than its own noise, so the mean avoids a choice it cannot make well.
     item_combine: Literal["best", "mean"] = "mean"

@@ -283,3 +283,11 @@ def test_the_columns_a_platform_may_map_onto_are_unified_columns_or_identities()
     assert MAPPABLE["users"] <= set(USER_COLUMNS) | set(IDENTITY_COLUMNS)
     assert MAPPABLE["items"] <= set(ITEM_COLUMNS)
     assert set(PROFILE_FIELDS) == PROFILE_MAPPED
+
+
+def test_each_item_grid_setting_is_bounded_as_the_single_one_is():
+    # drop_p 1 crashed fine-tuning with a ZeroDivisionError; lam 0 solved a singular Gram into weights of ~1e15
+    for setting in ((0.5, 100.0, 1.0), (0.5, 0.0, 0.25), (-1.0, 100.0, 0.25)):
+        with pytest.raises(ConfigError, match="item_grid"):
+            load_config(overrides={"training": {"item_grid": [list(setting)]}})
+    assert load_config(overrides={"training": {"item_grid": [[0.5, 100.0, 0.5]]}}).training.item_grid

@@ -181,3 +181,16 @@ def test_kernel_part_leaves_short_histories_alone():
     assert (lengths < 20).any() and (lengths >= 20).any()
     np.testing.assert_array_equal(with_kernel[lengths < 20], without[lengths < 20])
     assert not np.allclose(with_kernel[lengths >= 20], without[lengths >= 20])
+
+
+def test_the_basis_sample_is_not_the_valid_judges_sample():
+    # both were drawn with the seed alone from the same users: the basis was the judge set, and the kernel's ridge
+    # and weight were chosen on basis users only (most users a large target serves are outside the basis)
+    from transfer_rec.metrics.ranking import judges
+
+    users, keep = 2000, 500
+    history = sp.identity(users, format="csr")  # user i has item i only: a basis row names its user
+    part = UserKernel(1.0, keep, seed=7).fit(history, np.ones(users, dtype=bool))
+    basis = set(part.rows.indices.tolist())
+    judged = set(judges(history, keep, 7).tolist())
+    assert len(basis) == keep and len(basis & judged) < keep // 2  # chance gives about keep/4

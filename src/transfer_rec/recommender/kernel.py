@@ -23,6 +23,9 @@ import scipy.linalg
 import scipy.sparse as sp
 import torch
 
+# the basis sample's random stream beside the seed (any value other than none: judges draws with the seed alone)
+BASIS_STREAM = 1
+
 
 def _norms(rows: sp.csr_matrix) -> np.ndarray:
     return np.sqrt(np.asarray(rows.multiply(rows).sum(axis=1), dtype=np.float64).ravel())
@@ -53,7 +56,10 @@ class UserKernel:
         rows = sp.csr_matrix(train, dtype=np.float64)
         rows = rows[np.flatnonzero(np.diff(rows.indptr) > 0)]
         if rows.shape[0] > self.max_users:
-            keep = np.sort(np.random.default_rng(self.seed).choice(rows.shape[0], self.max_users, replace=False))
+            # a stream of its own: the seed alone draws the valid judges (metrics.ranking.judges) from the same rows,
+            # so the basis was the judge set and the kernel's ridge and weight were chosen on basis users only
+            stream = np.random.default_rng([self.seed, BASIS_STREAM])
+            keep = np.sort(stream.choice(rows.shape[0], self.max_users, replace=False))
             rows = rows[keep]
         norms = _norms(rows)
         gram = ntk(rows, rows, norms, norms)
