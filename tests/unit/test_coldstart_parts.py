@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import torch
 from tests.support import small_model, training
 
 from transfer_rec.metrics.ranking import evaluate_scores
@@ -578,3 +579,21 @@ def test_fits_past_the_dense_size_use_the_pruned_lift_and_mix_it_as_the_dense_on
 
 def _zscore(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-12)
+
+
+def test_content_similarity_is_kept_sparse_a_block_at_a_time_as_the_whole_matrix_would_be(monkeypatch):
+    vectors = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    whole = vectors @ vectors.T  # each item's 5 nearest by cosine, the diagonal and negatives zero
+    np.fill_diagonal(whole, 0.0)
+    whole = np.maximum(whole, 0.0)
+    whole = np.where(whole >= np.partition(whole, -5, axis=1)[:, -5][:, None], whole, 0.0)
+    monkeypatch.setattr(ContentSimilarity, "BLOCK", 8)  # seven blocks, the last one short
+    content = ContentSimilarity(vectors, neighbours=5)
+    assert sp.issparse(content.similarity) and content.similarity.nnz <= 50 * 5 + 5
+    np.testing.assert_allclose(content.similarity.toarray(), whole, atol=1e-6)
+    history = sp.csr_matrix(np.eye(50, dtype=np.float32)[:3])
+    np.testing.assert_allclose(ContentSimilarity.from_state(content.state()).score(history), whole[:3], atol=1e-6)
+    # a model saved before kept the whole matrix: it loads and scores alike
+    legacy = ContentSimilarity.from_state({"similarity": torch.from_numpy(whole.astype(np.float32))})
+    np.testing.assert_allclose(legacy.score(history), whole[:3], atol=1e-6)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 log = logging.getLogger(__name__)
@@ -79,25 +80,47 @@ def content_vectors(
 
 
 class ContentSimilarity:
-    """Sparse content item-item similarity: each item's `neighbours` nearest items by cosine, zero diagonal."""
+    """Sparse content item-item similarity: each item's `neighbours` nearest items by cosine (ties at the cut kept),
+    zero diagonal. Computed a block of items at a time and kept sparse: memory grows with items x neighbours, not
+    items^2 (a dense one over 50,000 items took 10 GB per copy, and was saved into the model whole)."""
+
+    BLOCK = 2048
 
     def __init__(self, vectors: np.ndarray, neighbours: int = 50):
-        sim = vectors @ vectors.T
-        np.fill_diagonal(sim, 0.0)
-        sim = np.maximum(sim, 0.0)
-        if 0 < neighbours < sim.shape[1]:
-            cut = np.partition(sim, -neighbours, axis=1)[:, -neighbours][:, None]
-            sim = np.where(sim >= cut, sim, 0.0)
-        self.similarity = sim.astype(np.float32)
+        n = vectors.shape[0]
+        parts = []
+        for start in range(0, n, self.BLOCK):
+            sim = vectors[start : start + self.BLOCK] @ vectors.T
+            own = np.arange(start, start + sim.shape[0])
+            sim[own - start, own] = 0.0
+            np.maximum(sim, 0.0, out=sim)
+            if 0 < neighbours < n:
+                cut = np.partition(sim, -neighbours, axis=1)[:, -neighbours][:, None]
+                sim[sim < cut] = 0.0
+            parts.append(sp.csr_matrix(sim.astype(np.float32)))
+        self.similarity = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, 0), dtype=np.float32)
 
     def score(self, history) -> np.ndarray:
-        return np.asarray(history @ self.similarity)
+        scores = history @ self.similarity
+        return scores.toarray() if sp.issparse(scores) else np.asarray(scores)
 
     def state(self) -> dict[str, Any]:
-        return {"similarity": torch.from_numpy(self.similarity)}
+        m = self.similarity
+        return {
+            "indptr": torch.from_numpy(m.indptr.astype(np.int64)),
+            "indices": torch.from_numpy(m.indices.astype(np.int64)),
+            "data": torch.from_numpy(m.data.astype(np.float32)),
+            "shape": torch.tensor(m.shape, dtype=torch.int64),
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> ContentSimilarity:
         model = cls.__new__(cls)
-        model.similarity = state["similarity"].numpy().astype(np.float32)
+        if "similarity" in state:  # a model saved before: the whole matrix
+            model.similarity = sp.csr_matrix(state["similarity"].numpy().astype(np.float32))
+            return model
+        model.similarity = sp.csr_matrix(
+            (state["data"].numpy(), state["indices"].numpy(), state["indptr"].numpy()),
+            shape=tuple(state["shape"].tolist()),
+        )
         return model
