@@ -29,8 +29,8 @@ from transfer_rec.io.formats import read_table
 from transfer_rec.io.state import StateLayout
 from transfer_rec.io.storage import write_files_atomic
 from transfer_rec.manifests import FeatureSet, UnifiedVersion
-from transfer_rec.metrics.ranking import METRICS, mean_metrics, top_k
-from transfer_rec.metrics.uncertainty import bootstrap_ci
+from transfer_rec.metrics.ranking import METRICS, mean_metrics, recommendation_rows, top_k
+from transfer_rec.metrics.segments import group_summary
 from transfer_rec.runtime.threads import use_torch_threads
 from transfer_rec.stages.evaluate import baseline_scorers, held_out_item_segments, held_out_metrics
 from transfer_rec.stages.features import PlatformData
@@ -64,27 +64,6 @@ def _read(path: str | Path, required: tuple[str, ...] = INTERACTION_KEYS) -> pd.
     if missing:
         raise SystemExit(f"{path}: missing column(s) {sorted(missing)} (need {', '.join(required)})")
     return frame
-
-
-def group_summary(values: dict[str, np.ndarray]) -> dict[str, Any]:
-    """A group of users' mean metrics (per_user_metrics' values, one row per user) and the bootstrap CI of NDCG."""
-    if not len(values["ndcg"]):
-        return {"users": 0}
-    low, high = bootstrap_ci(values["ndcg"])
-    return {"users": len(values["ndcg"]), **{m: float(values[m].mean()) for m in METRICS}, "ndcg_ci95": [low, high]}
-
-
-def recommendation_rows(users: np.ndarray, items: np.ndarray, ranked: np.ndarray) -> pd.DataFrame:
-    """recommendations.tsv's rows (user_id, item_id, rank) of top_k's lists without fill: a user with fewer than k
-    unseen items gets fewer rows, never a train or valid item."""
-    listed = ranked >= 0
-    return pd.DataFrame(
-        {
-            "user_id": np.repeat(users, listed.sum(axis=1)),
-            "item_id": items[ranked[listed]],
-            "rank": np.tile(np.arange(1, ranked.shape[1] + 1), len(users))[listed.ravel()],
-        }
-    )
 
 
 def read_described(

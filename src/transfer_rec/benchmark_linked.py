@@ -30,11 +30,11 @@ import scipy.sparse as sp
 import yaml
 from pydantic import ValidationError
 
-from transfer_rec.benchmark import group_summary, recommendation_rows
 from transfer_rec.config import PipelineConfig, PlatformConfig, problems_of
 from transfer_rec.io.formats import read_table
 from transfer_rec.io.storage import write_files_atomic
-from transfer_rec.metrics.ranking import per_user_metrics, top_k
+from transfer_rec.metrics.ranking import per_user_metrics, recommendation_rows, top_k
+from transfer_rec.metrics.segments import group_summary
 from transfer_rec.recommender.content import CONTENT_PARTS, content_vectors
 from transfer_rec.recommender.linked import LinkedRecommender, binary, ease_target_columns, joint_rows
 from transfer_rec.schema.unified import IDENTITY_COLUMNS, user_key

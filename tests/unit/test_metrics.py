@@ -43,7 +43,7 @@ def test_a_row_with_fewer_than_k_unseen_items_is_never_credited_a_seen_one():
 
 
 def test_benchmark_recommendations_leave_empty_places_out():
-    from transfer_rec.benchmark import recommendation_rows
+    from transfer_rec.metrics.ranking import recommendation_rows
 
     rows = recommendation_rows(np.array(["u1", "u2"]), np.array(list("abcd")), np.array([[2, -1], [0, 1]]))
     assert rows.values.tolist() == [["u1", "c", 1], ["u2", "a", 1], ["u2", "b", 2]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 
@@ -147,3 +148,16 @@ def judges(valid: sp.csr_matrix, limit: int, seed: int) -> np.ndarray:
 
 def mean_metrics(per_user: dict[str, np.ndarray]) -> dict[str, float]:
     return {name: float(np.mean(values)) if len(values) else 0.0 for name, values in per_user.items()}
+
+
+def recommendation_rows(users: np.ndarray, items: np.ndarray, ranked: np.ndarray) -> pd.DataFrame:
+    """recommendations.tsv's rows (user_id, item_id, rank) of top_k's lists without fill: a user with fewer than k
+    unseen items gets fewer rows, never a train or valid item."""
+    listed = ranked >= 0
+    return pd.DataFrame(
+        {
+            "user_id": np.repeat(users, listed.sum(axis=1)),
+            "item_id": items[ranked[listed]],
+            "rank": np.tile(np.arange(1, ranked.shape[1] + 1), len(users))[listed.ravel()],
+        }
+    )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from transfer_rec.metrics.ranking import METRICS
 from transfer_rec.metrics.uncertainty import bootstrap_ci
 
 
@@ -91,3 +94,11 @@ def segment_table(
                     }
                 )
     return rows
+
+
+def group_summary(values: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A group of users' mean metrics (per_user_metrics' values, one row per user) and the bootstrap CI of NDCG."""
+    if not len(values["ndcg"]):
+        return {"users": 0}
+    low, high = bootstrap_ci(values["ndcg"])
+    return {"users": len(values["ndcg"]), **{m: float(values[m].mean()) for m in METRICS}, "ndcg_ci95": [low, high]}
