@@ -140,6 +140,7 @@ class PlatformConfig(_Strict):
     format: Literal["recbole", "csv", "tsv", "parquet", "jsonl"] = "recbole"
     delimiter: str | None = None
     files: dict[str, str]
+    # validated on this scale; unified onto 1-5 (schema/unified.py RATING_SCALE), where min_rating and weights apply
     rating_scale: tuple[float, float] = (1.0, 5.0)
     columns: dict[str, dict[str, str]]
     value_maps: dict[str, str] = {}

@@ -489,6 +489,24 @@ def test_a_platform_without_ratings_unifies_alike_on_both_engines(pipeline_env):
     assert (inter.loc[inter["platform"] == "campus", "label"] == 0).any(), "the rated platform keeps its labels"
 
 
+def test_ratings_of_another_scale_unify_alike_on_both_engines(pipeline_env):
+    """A 0-10 platform's ratings land on the unified 1-5 scale, and its positives are judged there, on either
+    engine (its 1-5 scores are the lower half of its scale: 5 becomes 3, the lowest positive)."""
+    env = pipeline_env(spark=SPARK)
+    raw = yaml.safe_load(env["config"].read_text())
+    next(p for p in raw["platforms"] if p["name"] == "village")["rating_scale"] = [0, 10]
+    env["config"].write_text(yaml.safe_dump(raw, sort_keys=False))
+    config, layout = load_config(), StateLayout.from_env()
+    tables = {}
+    for name, engine, unify in (("pandas", None, pandas_unify.unify), ("spark", _spark_raw(config), spark_unify.unify)):
+        validated = [validate_batch(pull_platform(p, layout, name), p, layout, engine=engine) for p in config.platforms]
+        tables[name] = _tables(Path(unify(validated, config.model_copy(update={"engine": name}), layout).dir))
+    pd.testing.assert_frame_equal(tables["pandas"]["interactions"], tables["spark"]["interactions"])
+    village = tables["pandas"]["interactions"].query("platform == 'village'")
+    assert village["rating"].max() == 3.0 and village["rating"].min() >= 1.0
+    assert (village["label"] == (village["rating"] >= 3)).all() and 0 < village["label"].mean() < 1
+
+
 def test_an_expectation_on_an_e_mail_column_reports_no_address_on_spark(pipeline_env, monkeypatch):
     """test_bad_inputs' e-mail rule on the Spark engine: Spark fetches a failed rule's examples in a second
     checkpoint, whose results GX stores too; a rule on an identity column gets none."""

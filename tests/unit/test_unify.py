@@ -172,6 +172,23 @@ def test_two_ratings_of_a_pair_within_one_second_keep_the_first_in_file_order(tm
     assert inter["rating"].tolist() == [5.0] and inter["timestamp"].tolist() == [978300760]
 
 
+def test_ratings_of_another_scale_are_unified_onto_one_to_five(tmp_path):
+    # on a 1-10 platform a 3 is a dislike: min_rating (3) and the rating weights are on the unified 1-5 scale
+    config = load_config()
+    platform = config.sources[0].model_copy(
+        update={
+            "files": {"interactions": "ratings.tsv"},
+            "format": "tsv",
+            "rating_scale": (1.0, 10.0),
+            "columns": {"interactions": {"uid": "user_id", "iid": "item_id", "r": "rating", "ts": "timestamp"}},
+        }
+    )
+    (tmp_path / "ratings.tsv").write_text("uid\tiid\tr\tts\nu1\ta\t3\t978300760\nu1\tb\t10\t978300761\n")
+    inter = unify_platform(tmp_path, platform, config)["interactions"]
+    assert inter["rating"].tolist() == pytest.approx([1 + 4 * 2 / 9, 5.0])
+    assert inter["label"].tolist() == [0, 1]
+
+
 def test_a_platform_without_ratings_has_every_interaction_a_positive(tmp_path):
     """Implicit feedback (views, enrolments): no rating column mapped, so each interaction counts as liked, not as
     a rating of 1 below features.min_rating (which left such a platform with no positives at all)."""

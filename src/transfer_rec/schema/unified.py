@@ -18,6 +18,20 @@ IDENTITY_COLUMNS = ("email", "phone")
 # Each platform's own id of each of its items (native_id), next to the unified key: serving answers in the former.
 ITEM_ID_COLUMNS = ("platform", "native_id", "item_id")
 TYPES = {"interactions": {"rating": "float64", "timestamp": "int64", "label": "int8"}}
+# Unified ratings are on one scale: each platform's `rating_scale` is mapped onto it linearly, so the positive
+# threshold (features.min_rating) and the rating weights mean the same on a 1-10 platform as on a 1-5 one.
+RATING_SCALE = (1.0, 5.0)
+
+
+def rating_mapping(scale: tuple[float, float]) -> tuple[float, float]:
+    """(a, b) such that a platform's rating r is a + b * r on the unified RATING_SCALE."""
+    (low, high), (to_low, to_high) = scale, RATING_SCALE
+    if (low, high) == RATING_SCALE:
+        return 0.0, 1.0
+    factor = (to_high - to_low) / (high - low)
+    return to_low - low * factor, factor
+
+
 GENDERS = ("F", "M", "O")
 # The profile a user may carry: what the short-history parts and a profile-only request read.
 PROFILE_FIELDS = ("age", "gender", "occupation")

@@ -20,7 +20,7 @@ from transfer_rec.config import PipelineConfig, PlatformConfig
 from transfer_rec.io.state import StateLayout
 from transfer_rec.manifests import UnifiedVersion, ValidatedBatch
 from transfer_rec.schema import rules
-from transfer_rec.schema.unified import INTERACTION_COLUMNS, item_key, user_key
+from transfer_rec.schema.unified import INTERACTION_COLUMNS, item_key, rating_mapping, user_key
 from transfer_rec.spark.session import read_table, spark_session
 from transfer_rec.spark.validate import SparkInteractions
 from transfer_rec.stages.validate import validate_unified
@@ -76,6 +76,9 @@ def unify_platform(
     # without ratings every interaction is a positive (the top of the scale), as in stages/unify.py
     rated = "rating" in raw.columns
     rating = F.col("rating").cast("double") if rated else F.lit(float(platform.rating_scale[1]))
+    shift, factor = rating_mapping(platform.rating_scale)
+    if (shift, factor) != (0.0, 1.0):  # onto the unified scale, as in stages/unify.py
+        rating = F.lit(shift) + F.lit(factor) * rating
     timestamp = F.col("timestamp") if "timestamp" in raw.columns else F.lit(0)
     # whole numbers exactly (a double holds 53 bits), the others truncated as pandas' astype(int64) does
     stamp = F.coalesce(timestamp.cast("long"), timestamp.cast("double").cast("long"))

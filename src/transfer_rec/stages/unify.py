@@ -33,6 +33,7 @@ from transfer_rec.schema.unified import (
     LINK_COLUMNS,
     USER_COLUMNS,
     item_key,
+    rating_mapping,
     user_key,
 )
 from transfer_rec.schema.values import is_member
@@ -377,6 +378,9 @@ def unify_platform(
     # a platform without ratings (implicit feedback: views, enrolments) has every interaction count as a positive:
     # the top of its rating scale
     rating = to_numbers(raw.get("rating", pd.Series(platform.rating_scale[1], index=raw.index))).to_numpy()
+    shift, factor = rating_mapping(platform.rating_scale)
+    if (shift, factor) != (0.0, 1.0):
+        rating = shift + factor * rating.astype(np.float64)
     timestamp = to_numbers(raw.get("timestamp", pd.Series(0, index=raw.index))).to_numpy()
     if timestamp.dtype.kind == "f":
         # whole seconds, as they are stored and as Spark orders them: two rows of a pair within one second are
