@@ -145,29 +145,6 @@ def test_a_re_export_naming_a_user_the_users_file_lacks_is_quarantined_and_the_g
     assert unify([source, first], config, layout).platforms["village"]["rows_out"] > 0
 
 
-def test_a_day_whose_users_the_users_file_names_a_pull_later_stays_landed_and_is_read_then(incremental):
-    # a users export that lags its interactions by a day: the first pull of the day is refused, not quarantined (its
-    # days would be lost: later runs pull their own intervals), and the next pull's users file heals it
-    env, days, _ = incremental
-    config, layout = load_config(), StateLayout.from_env()
-    campus = config.platform("campus")
-    day = env["exports"] / "village" / f"dt={days[0]}" / "interactions.txt"
-    pd.read_csv(day).assign(learner=lambda f: f["learner"].where(f.index > 0, "late")).to_csv(day, index=False)
-    first = _pull(days[0], days[1])
-    source = validate_batch(pull_platform(campus, layout, "snap"), campus, layout)
-    with pytest.raises(BatchRefused, match="rule missing_users"):
-        unify([source, first], config, layout)
-    assert not (layout.quarantine / "village").exists()
-    assert (layout.landing / "village" / first.batch_id / "validation.json").exists()
-    users = env["exports"] / "village" / "users.txt"
-    frame = pd.read_csv(users, dtype=str)
-    pd.concat([frame, frame.head(1).assign(uid="late")]).to_csv(users, index=False)  # the users export catches up
-    version = unify([source, _pull(days[1], days[2])], config, layout)
-    inter = pd.read_parquet(layout.unified / "current" / "interactions.parquet")
-    assert (inter["user_id"] == "village:late").any(), "the first day is read with the users file that names them"
-    assert version.platforms["village"]["rows_out"] > 0
-
-
 def test_a_run_without_an_interval_trains_on_the_partitions_landed_so_far(incremental):
     # asset-triggered runs (a platform's ingest DAG announced new data) and manual runs without a logical date have
     # no data interval: they pull no partition and unify every validated one, as landed by the ingest DAG

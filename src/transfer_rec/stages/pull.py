@@ -77,18 +77,6 @@ def landed_partitions(platform: str, layout: StateLayout, table: str = "interact
     return {name: latest[name][1] for name in sorted(latest)}
 
 
-def earlier_copies(layout: StateLayout, platform: str, batch_id: str) -> list[Path]:
-    """The validated batches landed before of the same interval as `batch_id` (a re-pull is `<interval id>.<time>`)."""
-    interval = batch_id.split(".")[0]
-    return [
-        folder
-        for folder in sorted((layout.landing / platform).glob(f"{interval}*"))
-        if folder.name != batch_id
-        and (folder.name == interval or folder.name.startswith(f"{interval}."))
-        and (folder / VALIDATION_FILE).exists()
-    ]
-
-
 def shadowed(layout: StateLayout, platform: str) -> list[Path]:
     """An incremental platform's validated interval batches none of whose interaction partitions is read any more:
     a later pull of the same days replaced every one of them (`landed_partitions`: the most recent pull wins)."""

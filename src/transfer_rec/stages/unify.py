@@ -37,7 +37,7 @@ from transfer_rec.schema.unified import (
     user_key,
 )
 from transfer_rec.schema.values import is_member
-from transfer_rec.stages.pull import earlier_copies, landed_partitions, shadowed
+from transfer_rec.stages.pull import landed_partitions, shadowed
 from transfer_rec.stages.validate import (
     PARALLEL_MIN_ROWS,
     quarantine,
@@ -688,23 +688,7 @@ def unify(
         refused = named_as_in_file(caught, config)
         batch = next((m for m in validated if m.platform == refused.platform), None)
         holds = batch is not None and refused_in_own_files(batch, caught, config)
-        # a users or items export that lags its interactions by a pull: a first pull of an interval stays landed
-        # (the next pull's users file may name them, and its run then reads this day); only a re-pull, whose
-        # earlier copy is read again without it, goes to quarantine
-        lagging = (
-            holds
-            and refused.rule in CROSS_FILE_RULES
-            and config.platform(refused.platform).pull.mode == "incremental"
-            and not earlier_copies(layout, batch.platform, batch.batch_id)
-        )
-        if lagging:
-            log.error(
-                "%s; batch %s stays landed, unquarantined: the run fails, and a later pull whose users and items "
-                "files name them reads its days again (re-export the interval to replace it)",
-                refused,
-                batch.batch_id,
-            )
-        elif batch is not None and not holds:
+        if batch is not None and not holds:
             log.error(
                 "%s; this run's batch %s breaks no rule on its own: the rows come from partitions landed before "
                 "(alone, with this run's, or with this run's %s); nothing quarantined; the partitions read are "
