@@ -527,16 +527,22 @@ def _dispatch(args: argparse.Namespace, bench: argparse.ArgumentParser, layout: 
 
 
 def _registered(target: str, layout: StateLayout) -> bool:
-    """Whether the registry holds the target's model (read only: no experiment is created)."""
+    """Whether the registry holds the target's model (read only: a registry database that does not exist is not
+    created). A registry that cannot answer raises (its own error), rather than calling the model absent."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from transfer_rec.registry.models import registered_model_name
 
-    try:  # a client of its own: the process's tracking URI stays as it was
-        mlflow.MlflowClient(tracking_uri=layout.mlflow_uri()).get_registered_model(registered_model_name(target))
-    except MlflowException:
+    uri = layout.mlflow_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return False
+    try:  # a client of its own: the process's tracking URI stays as it was
+        mlflow.MlflowClient(tracking_uri=uri).get_registered_model(registered_model_name(target))
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
     return True
 
 

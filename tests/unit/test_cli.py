@@ -44,6 +44,7 @@ def test_rollback_of_a_platform_that_is_no_target_and_serve_with_a_bad_body_limi
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     with pytest.raises(SystemExit, match=r"cannot roll back nosuch: not a target platform of the config .* nor a"):
         cli.main(["rollback", "nosuch"])
+    assert not list(tmp_path.rglob("*.db")), "refused without creating a registry"
     monkeypatch.setenv("TRANSFER_REC_MAX_BODY_BYTES", "1MiB")
     with pytest.raises(SystemExit, match=r"TRANSFER_REC_MAX_BODY_BYTES='1MiB': expected a positive number of bytes"):
         cli.main(["serve", "--model", "models:/nothing@champion"])

@@ -594,6 +594,9 @@ def test_content_similarity_is_kept_sparse_a_block_at_a_time_as_the_whole_matrix
     np.testing.assert_allclose(content.similarity.toarray(), whole, atol=1e-6)
     history = sp.csr_matrix(np.eye(50, dtype=np.float32)[:3])
     np.testing.assert_allclose(ContentSimilarity.from_state(content.state()).score(history), whole[:3], atol=1e-6)
+    # items of equal content tie at the cut: still at most 5 neighbours each
+    tied = ContentSimilarity(np.tile(vectors[:2], (25, 1)), neighbours=5).similarity
+    assert np.diff(tied.indptr).max() <= 5
     # a model saved before kept the whole matrix: it loads and scores alike
     legacy = ContentSimilarity.from_state({"similarity": torch.from_numpy(whole.astype(np.float32))})
     np.testing.assert_allclose(legacy.score(history), whole[:3], atol=1e-6)

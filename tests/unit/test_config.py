@@ -291,3 +291,23 @@ def test_each_item_grid_setting_is_bounded_as_the_single_one_is():
         with pytest.raises(ConfigError, match="item_grid"):
             load_config(overrides={"training": {"item_grid": [list(setting)]}})
     assert load_config(overrides={"training": {"item_grid": [[0.5, 100.0, 0.5]]}}).training.item_grid
+
+
+def test_a_platform_whose_ratings_unify_onto_another_scale_is_retrained_once():
+    import hashlib
+    import json
+
+    from transfer_rec.stages.pipeline import inputs_fingerprint
+
+    def before(config) -> str:  # the fingerprint of a model trained before ratings were unified onto 1-5
+        settings = config.model_dump(mode="json", exclude={"schedule": True, "runtime": {"stage_timeout_minutes"}})
+        payload = json.dumps({"data": hashes, "config": settings}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    hashes = {"ml-1m": {"ratings.dat": "ab"}}
+    config = load_config()  # every platform on 1-5: its champions stay the champions of the same inputs
+    assert inputs_fingerprint(hashes, config) == before(config)
+    raw = config.model_dump()
+    raw["platforms"][0]["rating_scale"] = (1.0, 10.0)
+    tenfold = type(config).model_validate(raw)
+    assert inputs_fingerprint(hashes, tenfold) != before(tenfold)

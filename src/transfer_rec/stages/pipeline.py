@@ -38,6 +38,7 @@ from transfer_rec.manifests import (
 )
 from transfer_rec.runtime.signals import stage_guard
 from transfer_rec.runtime.workers import configured_workers
+from transfer_rec.schema.unified import RATING_SCALE
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +343,13 @@ def inputs_fingerprint(hashes: dict[str, dict[str, str]], config: PipelineConfig
     """sha256 of what a model is trained from: every pulled file's sha256 per platform and the resolved config
     (its schedules and time limits aside: they change when runs happen, not what they produce)."""
     settings = config.model_dump(mode="json", exclude={"schedule": True, "runtime": {"stage_timeout_minutes"}})
-    payload = json.dumps({"data": hashes, "config": settings}, sort_keys=True, default=str)
+    inputs: dict[str, Any] = {"data": hashes, "config": settings}
+    # unify puts a platform on another rating scale onto RATING_SCALE: a model trained on its raw ratings (the same
+    # files and config) was not trained on these inputs; platforms already on it keep their fingerprints
+    rescaled = {p.name: list(RATING_SCALE) for p in config.platforms if tuple(p.rating_scale) != RATING_SCALE}
+    if rescaled:
+        inputs["unified_ratings"] = rescaled
+    payload = json.dumps(inputs, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
