@@ -416,7 +416,7 @@ class RuntimeConfig(_Strict):
     workers: int | None = Field(None, ge=1, le=256)
     # Each stage's time limit in minutes (Airflow's execution_timeout): a stage past it is stopped (a Spark driver it
     # waits on is ended, its workers killed, its partial output discarded) and fails with Airflow's timeout. The
-    # whole pipeline takes about 6 minutes on the embedded platforms on 2 cores (docs/reliability.md); the limits
+    # whole pipeline takes 5 to 10 minutes on the embedded platforms on 2 cores (docs/reliability.md); the limits
     # leave room for platforms ~20x larger.
     # The config lists the stages it changes; the others keep these.
     stage_timeout_minutes: dict[str, int] = dict(STAGE_TIMEOUTS)
