@@ -52,8 +52,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "prod: the production path (Celery, PostgreSQL, Redis, S3); `make test-prod`")
     config.addinivalue_line(
         "markers",
-        "browser: drives the Airflow and MLflow UIs in headless Chromium (Debian's "
-        "/usr/bin/chromium); also marked servers",
+        "browser: drives a web UI in headless Chromium (Debian's /usr/bin/chromium); the Airflow and MLflow UIs' "
+        "test is also marked servers",
     )
 
 

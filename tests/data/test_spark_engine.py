@@ -173,11 +173,16 @@ def test_spark_refuses_a_bad_batch_as_pandas_does_and_keeps_the_current_version(
     current = json.loads((layout.unified / "current" / "manifest.json").read_text())["dir"]
     village = config.platform("village")
     folder = Path(village.location)
-    inter = pd.read_csv(folder / "interactions.txt", sep=village.delimiter, dtype=str)
+    export = folder / "interactions.txt"
+    original = export.read_bytes()
+    inter = pd.read_csv(export, sep=village.delimiter, dtype=str)
     pd.concat([inter, inter.iloc[: len(inter) // 5]], ignore_index=True).to_csv(
-        folder / "interactions.txt", sep=village.delimiter, index=False
+        export, sep=village.delimiter, index=False
     )
-    validated = [validate_batch(pull_platform(p, layout, "b2"), p, layout) for p in config.platforms]
+    try:
+        validated = [validate_batch(pull_platform(p, layout, "b2"), p, layout) for p in config.platforms]
+    finally:
+        export.write_bytes(original)  # the module's world stays good for the tests after this one
     with pytest.raises(BatchRefused) as caught:
         spark_unify.unify(validated, config, layout)
     assert caught.value.rule == "max_duplicate_share" and caught.value.platform == "village"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,11 @@ def planted_features(
     config_path = write_config(tmp_path / "pipeline.yaml", generated, training=training)
     monkeypatch.setenv("TRANSFER_REC_CONFIG", str(config_path))
     monkeypatch.setenv("TRANSFER_REC_STATE_DIR", str(tmp_path / "var"))
+    # the default suites of these platforms stay with this world, not in the session's GX copy
+    gx_dir = tmp_path / "great_expectations"
+    if not gx_dir.exists():
+        shutil.copytree(Path(os.environ["TRANSFER_REC_GX_DIR"]), gx_dir)
+    monkeypatch.setenv("TRANSFER_REC_GX_DIR", str(gx_dir))
     config, layout = load_config(), StateLayout.from_env()
     validated = [validate_batch(pull_platform(p, layout, "b"), p, layout) for p in config.platforms]
     return config, build_features(unify(validated, config, layout), config, layout, run_key)

@@ -135,6 +135,7 @@ def test_content_that_says_nothing_is_left_out_and_costs_at_most_one_percent(wor
     choice = choose(world.sources, world.train, world.valid, seed=3, vectors=noise)
     scores = LinkedRecommender(choice.settings, noise).fit(world.sources, world.train).score(world.sources, world.train)
     _, plain = fitted(world, world.sources)
+    assert choice.settings.content_weight == 0.0, "noise content is left out"
     assert ndcg(world, scores, world.new) >= 0.99 * ndcg(world, plain, world.new)
 
 

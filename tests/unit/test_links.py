@@ -61,7 +61,7 @@ def test_plugin_serves_data_docs_and_nothing_outside(tmp_path, monkeypatch):
     response = client.get(f"{prefix}/village/b1/index.html")
     assert response.status_code == 200 and "Validation of village" in response.text
     assert client.get(f"{prefix}/village/b1/").status_code == 200
-    assert client.get(f"{prefix}/../secret.txt").status_code == 404
+    # encoded: the client would collapse a plain "/../" before sending, so only this reaches the handler
     assert client.get(f"{prefix}/%2E%2E/secret.txt").status_code == 404
     assert client.get(f"{prefix}/village/nothing.html").status_code == 404
 
