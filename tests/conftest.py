@@ -84,6 +84,22 @@ def two_platforms(faults: list[str] | None = None) -> list[SyntheticPlatform]:
     ]
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uris_end_with_the_test():
+    """MLflow keeps the tracking and registry URIs a test set (tracking.configure) in module globals, ahead of the
+    environment that monkeypatch restores: a later test's client would read this test's deleted database."""
+    yield
+    import sys
+
+    for module, name in (
+        ("mlflow.tracking._tracking_service.utils", "_tracking_uri"),
+        ("mlflow.tracking._model_registry.utils", "_registry_uri"),
+        ("mlflow.tracking.fluent", "_active_experiment_id"),
+    ):
+        if module in sys.modules:
+            setattr(sys.modules[module], name, None)
+
+
 @pytest.fixture
 def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A synthetic two-platform world with its config, state folder and MLflow DB, all under tmp_path."""
