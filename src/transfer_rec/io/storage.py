@@ -40,6 +40,11 @@ class Location:
     @classmethod
     def parse(cls, uri: str) -> Location:
         parsed = urlparse(uri)
+        if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+            # file://exports/x would read /x (the first part taken as a host): a relative path has no file:// form
+            raise LocationError(
+                f"location {uri!r}: file:// takes an absolute path (file:///...); give a relative path without file://"
+            )
         if parsed.scheme in ("", "file"):
             return cls("file", "", str(Path(parsed.path if parsed.scheme else uri)))
         if parsed.scheme in ("s3", "pkg"):
@@ -139,14 +144,16 @@ def _s3_error(uri: str, exc) -> LocationError:
 
 
 def _download_s3(loc: Location, uri: str, tmp: Path) -> None:
+    from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         s3_client().download_file(loc.bucket, loc.path, str(tmp))
     except ClientError as exc:
         raise _s3_error(uri, exc) from exc
-    except BotoCoreError as exc:
-        raise LocationError(f"{uri}: cannot reach S3 at {os.environ.get('AWS_ENDPOINT_URL', 'AWS')}: {exc}") from exc
+    except (BotoCoreError, Boto3Error) as exc:  # Boto3Error: a transfer that stalled past its retries
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "AWS")
+        raise LocationError(f"{uri}: cannot reach S3 at {endpoint}: {exc}") from exc
 
 
 def _no_space(exc: BaseException) -> OSError | None:
@@ -179,10 +186,15 @@ def write_text_atomic(path: Path, text: str, mode: int | None = None) -> None:
         if mode is not None:
             staging.touch(mode=mode)
         staging.write_text(text, encoding="utf-8")
+        fd = os.open(staging, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # on disk before the rename: a power loss must not leave an empty file in its place
+        finally:
+            os.close(fd)
         os.replace(staging, path)
-    except OSError as exc:
+    except BaseException as exc:  # a stop (SIGTERM, a time limit) too: no staging file is left behind
         staging.unlink(missing_ok=True)
-        space = _no_space(exc)
+        space = _no_space(exc) if isinstance(exc, OSError) else None
         if space is None:
             raise
         raise StorageFullError(
@@ -233,6 +245,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     # Keep the previous version for readers that opened it before the switch; prune older ones.
     # only this name's versions: a glob on `<name>-*` would also take `<name>-eu`'s (another target, run key)
     own = re.compile(rf"{re.escape(final.name)}-[0-9a-f]{{12}}")
-    for old in versions.glob(f"{final.name}-*"):
-        if own.fullmatch(old.name) and old not in (version, previous):
+    # all resolved, as `previous` is: under a symlinked state folder the unresolved names never matched it
+    keep = (version.resolve(), previous)
+    for old in versions.resolve().glob(f"{final.name}-*"):
+        if own.fullmatch(old.name) and old not in keep:
             shutil.rmtree(old, ignore_errors=True)

@@ -26,6 +26,16 @@ log = logging.getLogger(__name__)
 
 def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: StateLayout, run_key: str) -> Published:
     """Score every known user of the target with the registry's champion and publish recommendations/<target>/."""
+    current = layout.unified / "current"
+    if features.unified and current.exists() and Path(features.unified).resolve() != current.resolve():
+        # an older run's publish cleared and run again: its unified data predates what is current now (a person who
+        # has withheld consent since would get a personalised list again), and the newer run has published
+        log.warning("%s: this run's unified data is no longer current: nothing published", target)
+        return Published(
+            target=target,
+            published=False,
+            reason=f"unified version {features.unified} is no longer current (a later run unified newer data)",
+        )
     tracking.configure(layout)
     bundle, version = champion_bundle(target)
     if bundle is None:
