@@ -37,3 +37,18 @@ def test_a_run_key_that_registered_a_model_on_other_inputs_is_refused_before_tra
     unified = pipeline.unify(run, [pipeline.validate(run, pipeline.pull(run, p)) for p in run["platforms"]])
     with pytest.raises(ValueError, match=r"run_key weekly: it registered village v1, trained on other data"):
         pipeline.check_inputs(run, unified)
+
+
+def test_a_plan_that_fails_after_opening_its_parent_run_ends_it_failed(pipeline_env, monkeypatch):
+    # the failure callback closes the parent run of every task but plan, which has no plan to read it from
+    pipeline_env()
+
+    def unreachable(*args, **kwargs):
+        raise OSError("artifact store unreachable")
+
+    monkeypatch.setattr(tracking, "log_params", unreachable)
+    with pytest.raises(OSError, match="unreachable"):
+        pipeline.plan({"run_key": "broken"}, airflow_run_id="broken")
+    runs = mlflow.search_runs(experiment_names=["transfer_rec"], filter_string="tags.`transfer_rec.stage` = 'pipeline'")
+    assert runs["status"].tolist() == ["FAILED"]
+    assert "artifact store unreachable" in runs["tags.transfer_rec.outcome"].iloc[0]

@@ -318,3 +318,11 @@ def test_a_file_name_an_address_would_cut_short_is_a_config_error():
     raw["platforms"][0]["files"]["interactions"] = "ratings#2024.csv"
     with pytest.raises(ValidationError, match="'#' and '\\?' cannot be part"):
         type(load_config()).model_validate(raw)
+
+
+def test_a_target_promoted_then_failed_at_publish_says_both_on_the_pipeline_run():
+    from transfer_rec.stages.pipeline import outcome_line
+
+    assert outcome_line("a", {"promoted": True, "version": "7"}, "publish") == "a: promoted v7, then failed at publish"
+    assert outcome_line("a", None, "finetune") == "a: failed at finetune"
+    assert outcome_line("a", {"promoted": False, "version": "8"}, None) == "a: not promoted"

@@ -46,3 +46,17 @@ def test_without_a_path_logging_is_left_as_it_is():
         assert root.handlers == handlers and root.level == level, "no handler added, no level changed"
         logging.getLogger("x").info("hello")
     assert root.handlers == handlers and root.level == level
+
+
+def test_a_skip_is_logged_as_a_skip_not_as_a_failure(tmp_path):
+    class AirflowSkipException(Exception):  # Airflow's, known by name (the package never imports Airflow)
+        pass
+
+    path = tmp_path / "attempt=1.log"
+    with pytest.raises(AirflowSkipException), captured(path, "check_inputs"):
+        raise AirflowSkipException("unchanged: the champion was trained on these inputs")
+    last = lines(path)[-1]
+    assert last["level"] == "info" and last["event"] == (
+        "check_inputs: skipped: unchanged: the champion was trained on these inputs"
+    )
+    assert "Traceback" not in path.read_text()

@@ -189,10 +189,16 @@ def plan(
     parent = tracking.pipeline_run(
         layout, run_key, tracking.airflow_tags(dag_id, airflow_run_id, interval=interval_iso)
     )
-    tracking.log_config(parent, config, overrides)
-    # the trigger's params as the run's params (those left empty fall back to the config, logged as an artifact)
-    tracking.log_params(parent, given)
-    experiment_id = tracking.configure(layout)
+    try:
+        tracking.log_config(parent, config, overrides)
+        # the trigger's params as the run's params (those left empty fall back to the config, logged as an artifact)
+        tracking.log_params(parent, given)
+        experiment_id = tracking.configure(layout)
+    except Exception as error:
+        # the failure callback closes the parent run of a plan that exists; this one failed before it did (a retry
+        # of plan reopens the run)
+        run_failed({"parent_run_id": parent}, f"plan: {error}")
+        raise
     log.info(
         "run %s: platforms %s, targets %s, MLflow parent run %s",
         run_key,
@@ -351,6 +357,16 @@ def inputs_fingerprint(hashes: dict[str, dict[str, str]], config: PipelineConfig
         inputs["unified_ratings"] = rescaled
     payload = json.dumps(inputs, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def outcome_line(target: str, decision: Json | None, failed_at: str | None) -> str:
+    """A target's outcome on the pipeline's MLflow run. Promoted, then failed at publish: the champion alias moved
+    (serving answers with it) though the published lists are still the earlier champion's, so both are said."""
+    promoted = bool((decision or {}).get("promoted"))
+    if failed_at:
+        crowned = f"promoted v{decision['version']}, then " if promoted and decision else ""
+        return f"{target}: {crowned}failed at {failed_at}"
+    return f"{target}: {'promoted' if promoted else 'not promoted'}"
 
 
 @_guarded
@@ -516,12 +532,7 @@ def summarize(
     path = _write_summary(layout, plan_.run_key, summary)
     from transfer_rec.registry import tracking
 
-    outcomes = [
-        f"{t}: failed at {failed_at[t]}"
-        if failed_at[t]
-        else f"{t}: {'promoted' if decided[t]['promoted'] else 'not promoted'}"
-        for t in plan_.targets
-    ]
+    outcomes = [outcome_line(t, decided.get(t), failed_at[t]) for t in plan_.targets]
     tracking.end_pipeline_run(
         plan_.parent_run_id, failed=any(failed_at.values()), outcome="; ".join(outcomes), summary=path
     )
