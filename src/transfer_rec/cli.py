@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from transfer_rec.config import REPO_ROOT
@@ -187,7 +188,9 @@ def summary(layout: StateLayout) -> None:
     if not path.exists():
         raise SystemExit(f"no run report at {path}: run `make run` first")
     report = json.loads(path.read_text())
-    print(f"\ntransfer-rec run {report['run_key']}")
+    # a run that failed before its report (a refused batch) writes none: say when this one was written
+    written = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    print(f"\ntransfer-rec run {report['run_key']} (report written {written:%Y-%m-%d %H:%M} UTC)")
     if report.get("skipped"):
         print(f"\n{report['skipped']}")
         return

@@ -274,3 +274,23 @@ def test_an_unreadable_announcement_record_is_no_batch_announced_not_a_failure(i
         pipeline.ingest_pull("village", "scheduled__2023-11-17", (utc(days[0]), utc(days[1])))
     )
     assert result["new"] and json.loads(record.read_text())["batch_id"] == result["batch_id"]
+
+
+def test_a_pull_stopped_while_writing_its_manifest_leaves_nothing_behind(pipeline_env, monkeypatch):
+    from transfer_rec.manifests import PulledBatch
+
+    pipeline_env()
+    config, layout = load_config(), StateLayout.from_env()
+    campus = config.platform("campus")
+    pull_platform(campus, layout, "snap")
+    before = sorted(p.name for p in (layout.landing / "campus").iterdir())
+
+    def stopped(self, *args, **kwargs):
+        raise SystemExit("terminated")  # SIGTERM or the time limit, after the files were copied
+
+    monkeypatch.setattr(PulledBatch, "to_xcom", stopped)
+    with pytest.raises(SystemExit):
+        pull_platform(campus, layout, "snap")  # the same batch again: a retry of the task
+    monkeypatch.undo()
+    assert sorted(p.name for p in (layout.landing / "campus").iterdir()) == before, "no staging copy left"
+    assert (layout.landing / "campus" / "snap" / "manifest.json").exists(), "the earlier copy stays"

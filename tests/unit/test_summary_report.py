@@ -1,6 +1,7 @@
 """The run's report as `make run` and `transfer-rec summary` print it, for targets that failed at each stage."""
 
 import json
+from datetime import UTC, datetime
 
 from transfer_rec import cli
 from transfer_rec.io.state import StateLayout
@@ -26,6 +27,9 @@ def test_the_report_names_each_failed_target_and_its_stage_beside_the_others(tmp
     (layout.reports / "latest.json").write_text(json.dumps(report))
     cli.summary(layout)
     out = capsys.readouterr().out
+    # when the report was written: a run that failed before its report leaves the previous one in place
+    written = datetime.fromtimestamp((layout.reports / "latest.json").stat().st_mtime, UTC)
+    assert f"transfer-rec run r1 (report written {written:%Y-%m-%d %H:%M} UTC)" in out
     blocks = {b.split(":", 1)[0]: b for b in out.split("\ntarget ")[1:]}
     assert blocks["a"].startswith("a: FAILED at finetune") and "failures.log" in blocks["a"]
     assert "decision: FAILED at promote" in blocks["b"] and "published" not in blocks["b"]

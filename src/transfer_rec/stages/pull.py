@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
@@ -150,21 +151,26 @@ def pull_platform(
             )
             log.info("pulled %s: %s rows, %s bytes, sha256 %s", uri, entry.rows, entry.size, entry.sha256[:12])
             files.append(entry)
+        manifest = PulledBatch(
+            platform=platform.name,
+            role=platform.role,
+            mode=platform.pull.mode,
+            batch_id=batch_id,
+            batch_dir=str(batch_dir),
+            interval=[t.isoformat() for t in interval] if interval else None,
+            pulled_at=datetime.now(UTC).isoformat(),
+            files=files,
+        )
+        (staging / MANIFEST).write_text(json.dumps(manifest.to_xcom(), indent=2))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # nothing half-pulled stays beside the batches
         raise
-    manifest = PulledBatch(
-        platform=platform.name,
-        role=platform.role,
-        mode=platform.pull.mode,
-        batch_id=batch_id,
-        batch_dir=str(batch_dir),
-        interval=[t.isoformat() for t in interval] if interval else None,
-        pulled_at=datetime.now(UTC).isoformat(),
-        files=files,
-    )
-    (staging / MANIFEST).write_text(json.dumps(manifest.to_xcom(), indent=2))
+    aside = None
     if batch_dir.exists():
-        shutil.rmtree(batch_dir)
+        # moved aside rather than deleted first: a stop between the two renames leaves the earlier copy, not nothing
+        aside = batch_dir.with_name(f".{batch_id}.replaced-{uuid.uuid4().hex[:12]}")
+        batch_dir.rename(aside)
     staging.rename(batch_dir)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
     return manifest
