@@ -517,6 +517,18 @@ class PipelineConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _schedules_apart(self) -> PipelineConfig:
+        incremental = [p.name for p in self.platforms if p.pull.mode == "incremental"]
+        s = self.schedule
+        if incremental and s.training and s.training == s.ingest:
+            # both DAGs would pull the same interval of these platforms at the same moment, into one batch folder
+            raise ValueError(
+                f"schedule: training and ingest are both {s.training!r}: the training DAG and the ingest DAGs would "
+                f"pull the same days of {incremental} at once; give them different times"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sources_and_targets(self) -> PipelineConfig:
         names = [p.name for p in self.platforms]
         if len(set(names)) != len(names):

@@ -326,3 +326,12 @@ def test_a_target_promoted_then_failed_at_publish_says_both_on_the_pipeline_run(
     assert outcome_line("a", {"promoted": True, "version": "7"}, "publish") == "a: promoted v7, then failed at publish"
     assert outcome_line("a", None, "finetune") == "a: failed at finetune"
     assert outcome_line("a", {"promoted": False, "version": "8"}, None) == "a: not promoted"
+
+
+def test_training_and_ingest_on_one_schedule_are_refused_where_a_platform_pulls_by_interval():
+    raw = load_config().model_dump()
+    raw["schedule"] = {"training": "@daily", "on_new_data": True, "ingest": "@daily"}
+    type(load_config()).model_validate(raw)  # snapshot platforms only: nothing pulls by interval
+    raw["platforms"][1]["pull"] = {**raw["platforms"][1]["pull"], "mode": "incremental"}
+    with pytest.raises(ValidationError, match=r"training and ingest are both '@daily'.*\['ml-100k'\]"):
+        type(load_config()).model_validate(raw)
