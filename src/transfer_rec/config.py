@@ -159,9 +159,18 @@ class PlatformConfig(_Strict):
         for name in files.values():
             if "/" in name or name.startswith(".."):
                 raise ValueError(f"file name {name!r} must be a plain name inside the platform's location")
-            if "#" in name or "?" in name:  # an s3:// or pkg:// address of it would end there
-                raise ValueError(f"file name {name!r}: '#' and '?' cannot be part of an s3:// or pkg:// file name")
         return files
+
+    @model_validator(mode="after")
+    def _names_an_address_keeps(self) -> PlatformConfig:
+        if self.location.startswith(("s3://", "pkg://")):
+            for name in self.files.values():
+                if "#" in name or "?" in name:  # the file's s3:// or pkg:// address would end there
+                    raise ValueError(
+                        f"file name {name!r}: '#' and '?' cannot be part of a file name under an s3:// or pkg:// "
+                        "location"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _columns_map_ids(self) -> PlatformConfig:
@@ -520,11 +529,11 @@ class PipelineConfig(_Strict):
     def _schedules_apart(self) -> PipelineConfig:
         incremental = [p.name for p in self.platforms if p.pull.mode == "incremental"]
         s = self.schedule
-        if incremental and s.training and s.training == s.ingest:
+        if incremental and s.training and s.ingest and _cron(s.training) == _cron(s.ingest):
             # both DAGs would pull the same interval of these platforms at the same moment, into one batch folder
             raise ValueError(
-                f"schedule: training and ingest are both {s.training!r}: the training DAG and the ingest DAGs would "
-                f"pull the same days of {incremental} at once; give them different times"
+                f"schedule: training ({s.training!r}) and ingest ({s.ingest!r}) run at the same times: the training "
+                f"DAG and the ingest DAGs would pull the same days of {incremental} at once; give them different times"
             )
         return self
 
@@ -646,6 +655,22 @@ class PipelineConfig(_Strict):
         raise KeyError(f"no platform named {name!r} in the config (known: {[p.name for p in self.platforms]})")
 
 
+# Airflow's cron presets as the expressions they stand for (one time written two ways is one time)
+CRON_PRESETS = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+}
+
+
+def _cron(expression: str) -> str:
+    return CRON_PRESETS.get(expression.strip(), " ".join(expression.split()))
+
+
 def location_allowed(location: str, allowed: list[str]) -> bool:
     """Whether a platform location lies under one of the allowed prefixes (URIs) or folders (local paths)."""
     scheme = location.split("://", 1)[0] if "://" in location else "file"
@@ -655,7 +680,9 @@ def location_allowed(location: str, allowed: list[str]) -> bool:
         if ".." in location.split("://", 1)[1].split("/"):
             return False
         return any("://" in root and location.startswith(root) for root in allowed)
-    path = Path(os.path.realpath(location.removeprefix("file://")))
+    if location.startswith("file://") and not location.startswith(("file:///", "file://localhost/")):
+        return False  # file://exports/x is the absolute /x to every reader (its first part a host name)
+    path = Path(os.path.realpath(location.removeprefix("file://localhost").removeprefix("file://")))
     roots = [
         Path(os.path.realpath(root.removeprefix("file://")))
         for root in allowed

@@ -1,3 +1,4 @@
+import os
 import re
 
 import pytest
@@ -316,8 +317,19 @@ def test_a_platform_whose_ratings_unify_onto_another_scale_is_retrained_once():
 def test_a_file_name_an_address_would_cut_short_is_a_config_error():
     raw = load_config().model_dump()
     raw["platforms"][0]["files"]["interactions"] = "ratings#2024.csv"
+    raw["platforms"][0]["location"] = "exports/ml-1m"
+    type(load_config()).model_validate(raw)  # a local file of that name is read as named
+    raw["platforms"][0]["location"] = "s3://bucket/ml-1m"
     with pytest.raises(ValidationError, match="'#' and '\\?' cannot be part"):
         type(load_config()).model_validate(raw)
+
+
+def test_a_file_location_with_a_host_part_is_refused_at_the_config():
+    from transfer_rec.config import location_allowed
+
+    # file://exports/etc is /etc to every reader
+    assert not location_allowed("file://exports/etc", ["exports"])
+    assert location_allowed(f"file://{os.path.realpath('exports')}/ml-1m", ["exports"])
 
 
 def test_a_target_promoted_then_failed_at_publish_says_both_on_the_pipeline_run():
@@ -333,5 +345,10 @@ def test_training_and_ingest_on_one_schedule_are_refused_where_a_platform_pulls_
     raw["schedule"] = {"training": "@daily", "on_new_data": True, "ingest": "@daily"}
     type(load_config()).model_validate(raw)  # snapshot platforms only: nothing pulls by interval
     raw["platforms"][1]["pull"] = {**raw["platforms"][1]["pull"], "mode": "incremental"}
-    with pytest.raises(ValidationError, match=r"training and ingest are both '@daily'.*\['ml-100k'\]"):
+    with pytest.raises(
+        ValidationError, match=r"training \('@daily'\) and ingest \('@daily'\) run at the same times.*\['ml-100k'\]"
+    ):
+        type(load_config()).model_validate(raw)
+    raw["schedule"]["ingest"] = "0 0 * * *"  # the same time written as a cron expression
+    with pytest.raises(ValidationError, match="run at the same times"):
         type(load_config()).model_validate(raw)

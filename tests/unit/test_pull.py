@@ -1,6 +1,7 @@
 """Incremental pulls by data interval: disjoint slices, idempotent re-runs, nothing doubled after unification."""
 
 import json
+import shutil
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -294,3 +295,9 @@ def test_a_pull_stopped_while_writing_its_manifest_leaves_nothing_behind(pipelin
     monkeypatch.undo()
     assert sorted(p.name for p in (layout.landing / "campus").iterdir()) == before, "no staging copy left"
     assert (layout.landing / "campus" / "snap" / "manifest.json").exists(), "the earlier copy stays"
+    # a stop between moving the earlier copy aside and renaming the new one in leaves the aside copy: the next pull
+    # of the platform removes it
+    aside = layout.landing / "campus" / ".snap.replaced-0123456789ab"
+    shutil.copytree(layout.landing / "campus" / "snap", aside)
+    pull_platform(campus, layout, "snap-2")
+    assert not aside.exists()

@@ -196,8 +196,11 @@ def plan(
         experiment_id = tracking.configure(layout)
     except Exception as error:
         # the failure callback closes the parent run of a plan that exists; this one failed before it did (a retry
-        # of plan reopens the run)
-        run_failed({"parent_run_id": parent}, f"plan: {error}")
+        # of plan reopens the run). The store that failed may fail this too: the original error is what is raised.
+        try:
+            run_failed({"parent_run_id": parent}, f"plan: {error}")
+        except Exception:
+            log.exception("could not mark the MLflow parent run failed")
         raise
     log.info(
         "run %s: platforms %s, targets %s, MLflow parent run %s",

@@ -26,8 +26,7 @@ log = logging.getLogger(__name__)
 
 def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: StateLayout, run_key: str) -> Published:
     """Score every known user of the target with the registry's champion and publish recommendations/<target>/."""
-    current = layout.unified / "current"
-    if features.unified and current.exists() and Path(features.unified).resolve() != current.resolve():
+    if features.unified and _superseded(Path(features.unified), layout.unified / "current"):
         # an older run's publish cleared and run again: its unified data predates what is current now (a person who
         # has withheld consent since would get a personalised list again), and the newer run has published
         log.warning("%s: this run's unified data is no longer current: nothing published", target)
@@ -152,6 +151,18 @@ def _short_history(
         frames.append(_ranked_rows(part["user_id"], recs, personal))
     log.info("%s: %d consenting user(s) below the training threshold ranked from what they have", target, len(users))
     return pd.concat(frames, ignore_index=True)
+
+
+def _superseded(unified: Path, current: Path) -> bool:
+    """Whether a later unify made other data current: the data files' hashes differ (a later run on the same data
+    writes a version of its own, which supersedes nothing)."""
+    if not current.exists() or unified.resolve() == current.resolve():
+        return False
+    try:
+        ours, now = (json.loads((d / "manifest.json").read_text()).get("hashes") for d in (unified, current))
+    except (OSError, ValueError):
+        return True  # a version that cannot be read is not known to hold the same data
+    return ours != now
 
 
 def _unless(link: object, withdrawn: set[str]) -> str | None:

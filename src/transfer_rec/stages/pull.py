@@ -134,6 +134,8 @@ def pull_platform(
     staging = batch_dir.with_name(f".{batch_id}.pulling")
     if staging.exists():
         shutil.rmtree(staging)
+    for orphan in batch_dir.parent.glob(".*.replaced-*"):  # an earlier copy a stopped pull had moved aside
+        shutil.rmtree(orphan, ignore_errors=True)
     staging.mkdir(parents=True)
     files = []
     try:

@@ -431,7 +431,7 @@ def previous_stats(layout: StateLayout, platform: PlatformConfig, table: str, ba
         return {}
     latest: tuple[str, dict[str, float]] = ("", {})
     for validation in (layout.landing / platform.name).glob(f"*/{VALIDATION_FILE}"):
-        if validation.parent.name == batch_id:
+        if validation.parent.name == batch_id or validation.parent.name.startswith("."):  # this one, or pull's own
             continue
         summary = json.loads(validation.read_text())
         pulled_at = json.loads((validation.parent / "manifest.json").read_text()).get("pulled_at", "")
