@@ -235,21 +235,11 @@ def test_incremental_partitions_unify_alike_on_both_engines(pipeline_env, monkey
     raw = yaml.safe_load(env["config"].read_text())
     raw["platforms"][1]["pull"] = {"mode": "incremental"}
     env["config"].write_text(yaml.safe_dump(raw, sort_keys=False))
-    config, layout = load_config(), StateLayout.from_env()
     interval = (
         datetime.fromisoformat(days[0].removeprefix("dt=")).replace(tzinfo=UTC),
         datetime(2100, 1, 1, tzinfo=UTC),
     )
-    campus, village = config.platform("campus"), config.platform("village")
-    validated = [
-        validate_batch(pull_platform(campus, layout, "snap"), campus, layout),
-        validate_batch(pull_platform(village, layout, "ignored", interval), village, layout),
-    ]
-    pandas_tables = _tables(Path(pandas_unify.unify(validated, config, layout).dir))
-    spark_config = config.model_copy(update={"engine": "spark"})
-    spark_tables = _tables(Path(spark_unify.unify(validated, spark_config, layout).dir))
-    for name, frame in pandas_tables.items():
-        pd.testing.assert_frame_equal(spark_tables[name], frame, obj=f"unified {name}")
+    pandas_tables = _incremental_unified_alike(interval)
     ids = pandas_tables["item_ids"]
     native = ids.loc[(ids["platform"] == "village") & (ids["item_id"] == item_key(item)), "native_id"]
     assert native.tolist() == [item.upper()]
@@ -263,20 +253,37 @@ def test_an_incremental_platform_with_no_day_landed_unifies_alike_on_both_engine
     raw = yaml.safe_load(env["config"].read_text())
     raw["platforms"][1]["pull"] = {"mode": "incremental"}
     env["config"].write_text(yaml.safe_dump(raw, sort_keys=False))
-    config, layout = load_config(), StateLayout.from_env()
     before = (datetime(1995, 1, 1, tzinfo=UTC), datetime(1995, 1, 2, tzinfo=UTC))
+    interactions = _incremental_unified_alike(before)["interactions"]
+    assert len(interactions) and not (interactions["platform"] == "village").any()
+
+
+def _incremental_unified_alike(interval) -> dict[str, pd.DataFrame]:
+    """campus's snapshot and village's pull of `interval` unified by each engine: the tables equal, pandas' given."""
+    config, layout = load_config(), StateLayout.from_env()
     campus, village = config.platform("campus"), config.platform("village")
     validated = [
         validate_batch(pull_platform(campus, layout, "snap"), campus, layout),
-        validate_batch(pull_platform(village, layout, "ignored", before), village, layout),
+        validate_batch(pull_platform(village, layout, "ignored", interval), village, layout),
     ]
     pandas_tables = _tables(Path(pandas_unify.unify(validated, config, layout).dir))
     spark_config = config.model_copy(update={"engine": "spark"})
     spark_tables = _tables(Path(spark_unify.unify(validated, spark_config, layout).dir))
     for name, frame in pandas_tables.items():
         pd.testing.assert_frame_equal(spark_tables[name], frame, obj=f"unified {name}")
-    interactions = pandas_tables["interactions"]
-    assert len(interactions) and not (interactions["platform"] == "village").any()
+    return pandas_tables
+
+
+def _interactions_unified_alike() -> pd.DataFrame:
+    """Every platform pulled, validated and unified by each engine on its own: the interactions equal, pandas'
+    given."""
+    config, layout = load_config(), StateLayout.from_env()
+    tables = {}
+    for name, engine, unify in (("pandas", None, pandas_unify.unify), ("spark", _spark_raw(config), spark_unify.unify)):
+        validated = [validate_batch(pull_platform(p, layout, name), p, layout, engine=engine) for p in config.platforms]
+        tables[name] = _tables(Path(unify(validated, config.model_copy(update={"engine": name}), layout).dir))
+    pd.testing.assert_frame_equal(tables["pandas"]["interactions"], tables["spark"]["interactions"])
+    return tables["pandas"]["interactions"]
 
 
 def _spark_raw(config):
@@ -483,13 +490,7 @@ def test_a_platform_without_ratings_unifies_alike_on_both_engines(pipeline_env):
         native: unified for native, unified in village["columns"]["interactions"].items() if unified != "rating"
     }
     env["config"].write_text(yaml.safe_dump(raw, sort_keys=False))
-    config, layout = load_config(), StateLayout.from_env()
-    tables = {}
-    for name, engine, unify in (("pandas", None, pandas_unify.unify), ("spark", _spark_raw(config), spark_unify.unify)):
-        validated = [validate_batch(pull_platform(p, layout, name), p, layout, engine=engine) for p in config.platforms]
-        tables[name] = _tables(Path(unify(validated, config.model_copy(update={"engine": name}), layout).dir))
-    pd.testing.assert_frame_equal(tables["pandas"]["interactions"], tables["spark"]["interactions"])
-    inter = tables["pandas"]["interactions"]
+    inter = _interactions_unified_alike()
     assert (inter.loc[inter["platform"] == "village", "label"] == 1).all()
     assert (inter.loc[inter["platform"] == "campus", "label"] == 0).any(), "the rated platform keeps its labels"
 
@@ -501,13 +502,7 @@ def test_ratings_of_another_scale_unify_alike_on_both_engines(pipeline_env):
     raw = yaml.safe_load(env["config"].read_text())
     next(p for p in raw["platforms"] if p["name"] == "village")["rating_scale"] = [0, 10]
     env["config"].write_text(yaml.safe_dump(raw, sort_keys=False))
-    config, layout = load_config(), StateLayout.from_env()
-    tables = {}
-    for name, engine, unify in (("pandas", None, pandas_unify.unify), ("spark", _spark_raw(config), spark_unify.unify)):
-        validated = [validate_batch(pull_platform(p, layout, name), p, layout, engine=engine) for p in config.platforms]
-        tables[name] = _tables(Path(unify(validated, config.model_copy(update={"engine": name}), layout).dir))
-    pd.testing.assert_frame_equal(tables["pandas"]["interactions"], tables["spark"]["interactions"])
-    village = tables["pandas"]["interactions"].query("platform == 'village'")
+    village = _interactions_unified_alike().query("platform == 'village'")
     assert village["rating"].max() == 3.0 and village["rating"].min() >= 1.0
     assert (village["label"] == (village["rating"] >= 3)).all() and 0 < village["label"].mean() < 1
 

@@ -111,38 +111,41 @@ def test_a_re_export_of_an_interval_that_fails_validation_keeps_the_validated_co
 
 
 def test_a_re_export_that_only_unification_refuses_keeps_the_good_copy_too(incremental):
+    # validation passes it: only unification's max_id_length refuses a long id
+    first, again = _re_export_refused_at_unify(incremental, "u" * 300, "max_id_length")
+    layout = StateLayout.from_env()
+    assert [p.name for p in (layout.quarantine / "village").iterdir()] == [again.batch_id]
+    assert (layout.landing / "village" / first.batch_id / "validation.json").exists()
+
+
+def _re_export_refused_at_unify(incremental, learner: str, refusal: str):
+    """The first day pulled, then exported again with its first row's learner replaced, pulled again and refused at
+    unify (`refusal`: what the message matches); the good copy's days are the ones read again. (first, again)."""
     env, days, _ = incremental
     config, layout = load_config(), StateLayout.from_env()
     campus = config.platform("campus")
     first = _pull(days[0], days[1])
     landed = landed_partitions("village", layout)
     day = env["exports"] / "village" / f"dt={days[0]}" / "interactions.txt"
-    pd.read_csv(day).assign(learner=lambda f: f["learner"].where(f.index > 0, "u" * 300)).to_csv(day, index=False)
-    again = _pull(days[0], days[1])  # validation passes it: only unification's max_id_length refuses a long id
+    pd.read_csv(day).assign(learner=lambda f: f["learner"].where(f.index > 0, learner)).to_csv(day, index=False)
+    again = _pull(days[0], days[1])
     source = validate_batch(pull_platform(campus, layout, "snap"), campus, layout)
-    with pytest.raises(BatchRefused, match="max_id_length"):
+    with pytest.raises(BatchRefused, match=refusal):
         unify([source, again], config, layout)
-    assert [p.name for p in (layout.quarantine / "village").iterdir()] == [again.batch_id]
-    assert (layout.landing / "village" / first.batch_id / "validation.json").exists()
     assert landed_partitions("village", layout) == landed, "the interval's days are read from the good copy again"
+    return first, again
 
 
 def test_a_re_export_naming_a_user_the_users_file_lacks_is_quarantined_and_the_good_copy_read_again(incremental):
     # the rule ran on snapshots only: the unified check refused every later run (the newest copy of the day wins)
     # and quarantined nothing, in a message naming neither the partition's file nor the rule
-    env, days, _ = incremental
+    first, again = _re_export_refused_at_unify(
+        incremental, "ghost", r"interactions.txt, column 'learner \(user_id\)': rule missing_users"
+    )
     config, layout = load_config(), StateLayout.from_env()
-    campus = config.platform("campus")
-    first = _pull(days[0], days[1])
-    landed = landed_partitions("village", layout)
-    day = env["exports"] / "village" / f"dt={days[0]}" / "interactions.txt"
-    pd.read_csv(day).assign(learner=lambda f: f["learner"].where(f.index > 0, "ghost")).to_csv(day, index=False)
-    again = _pull(days[0], days[1])
-    source = validate_batch(pull_platform(campus, layout, "snap"), campus, layout)
-    with pytest.raises(BatchRefused, match=r"interactions.txt, column 'learner \(user_id\)': rule missing_users"):
-        unify([source, again], config, layout)
     assert [p.name for p in (layout.quarantine / "village").iterdir()] == [again.batch_id]
-    assert landed_partitions("village", layout) == landed, "the interval's days are read from the good copy again"
+    campus = config.platform("campus")
+    source = validate_batch(pull_platform(campus, layout, "snap"), campus, layout)
     assert unify([source, first], config, layout).platforms["village"]["rows_out"] > 0
 
 

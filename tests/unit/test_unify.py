@@ -156,35 +156,25 @@ def test_a_parquet_profile_column_of_numbers_with_a_null_is_read_through_its_val
     assert users["occupation"].isna().sum() == 1 and users["age"].isna().sum() == 1
 
 
+def _ratings_unified(folder, rows: str, **platform) -> pd.DataFrame:
+    """`rows` (user, item, rating, timestamp; tab-separated lines) unified as a platform of ml-1m's kind would be."""
+    config = load_config()
+    columns = {"interactions": {"uid": "user_id", "iid": "item_id", "r": "rating", "ts": "timestamp"}}
+    update = {"files": {"interactions": "ratings.tsv"}, "format": "tsv", "columns": columns, **platform}
+    (folder / "ratings.tsv").write_text("uid\tiid\tr\tts\n" + rows)
+    return unify_platform(folder, config.sources[0].model_copy(update=update), config)["interactions"]
+
+
 def test_two_ratings_of_a_pair_within_one_second_keep_the_first_in_file_order(tmp_path):
     # timestamps are whole seconds once unified, and Spark orders on those: ordering on the fractions first kept
     # the other row (rating 1 here, rating 5 on Spark)
-    config = load_config()
-    platform = config.sources[0].model_copy(
-        update={
-            "files": {"interactions": "ratings.tsv"},
-            "format": "tsv",
-            "columns": {"interactions": {"uid": "user_id", "iid": "item_id", "r": "rating", "ts": "timestamp"}},
-        }
-    )
-    (tmp_path / "ratings.tsv").write_text("uid\tiid\tr\tts\nu1\ta\t5\t978300760.9\nu1\ta\t1\t978300760.1\n")
-    inter = unify_platform(tmp_path, platform, config)["interactions"]
+    inter = _ratings_unified(tmp_path, "u1\ta\t5\t978300760.9\nu1\ta\t1\t978300760.1\n")
     assert inter["rating"].tolist() == [5.0] and inter["timestamp"].tolist() == [978300760]
 
 
 def test_ratings_of_another_scale_are_unified_onto_one_to_five(tmp_path):
     # on a 1-10 platform a 3 is a dislike: min_rating (3) and the rating weights are on the unified 1-5 scale
-    config = load_config()
-    platform = config.sources[0].model_copy(
-        update={
-            "files": {"interactions": "ratings.tsv"},
-            "format": "tsv",
-            "rating_scale": (1.0, 10.0),
-            "columns": {"interactions": {"uid": "user_id", "iid": "item_id", "r": "rating", "ts": "timestamp"}},
-        }
-    )
-    (tmp_path / "ratings.tsv").write_text("uid\tiid\tr\tts\nu1\ta\t3\t978300760\nu1\tb\t10\t978300761\n")
-    inter = unify_platform(tmp_path, platform, config)["interactions"]
+    inter = _ratings_unified(tmp_path, "u1\ta\t3\t978300760\nu1\tb\t10\t978300761\n", rating_scale=(1.0, 10.0))
     assert inter["rating"].tolist() == pytest.approx([1 + 4 * 2 / 9, 5.0])
     assert inter["label"].tolist() == [0, 1]
 
