@@ -1,13 +1,16 @@
 """Known users' scores precomputed at load: a request naming only a known user is a lookup that answers exactly as
 scoring at request time does; anything the request adds (items, profile fields) is scored at request time."""
 
+import json
+
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.sparse as sp
 from tests.support import small_model
 
 from transfer_rec.serving.bundle import ModelBundle
-from transfer_rec.serving.pyfunc import recommend_frame
+from transfer_rec.serving.pyfunc import RequestError, recommend_frame
 
 ITEMS = np.array([f"i{j}" for j in range(12)])
 
@@ -63,6 +66,22 @@ def test_a_link_id_names_a_target_account_only_when_it_has_one():
     assert linked.target_user_of("one") == "u1"
     assert linked.target_user_of("family") is None, "a family's shared address names neither account"
     assert linked.target_user_of("nobody") is None
+    # and it names only those accounts: beside another user it is refused, not blended into their answer
+    with pytest.raises(RequestError, match="'link_id' names another person than user 'u5'"):
+        recommend_frame(linked, pd.DataFrame({"user_id": ["u5"], "link_id": ["family"], "history": [["i0"]]}), 3)
+    assert len(
+        recommend_frame(linked, pd.DataFrame({"user_id": ["u2"], "link_id": ["family"], "history": [["i0"]]}), 3)
+    )
+    # a field sent as "" is a field left out
+    blank = pd.DataFrame({"user_id": ["u1"], "link_id": [""], "platform": [""], "history": [["i0"]]})
+    assert len(recommend_frame(linked, blank, 3)) == 3
+
+
+def test_an_anonymous_row_beside_a_named_one_answers_null_not_nan():
+    out = recommend_frame(bundle(), pd.DataFrame({"user_id": ["u1", None], "history": [[], ["i0"]]}), 2)
+    assert out["user_id"].tolist() == ["u1", "u1", None, None]
+    # what MLflow's scoring server writes: strict JSON (no bare NaN)
+    json.dumps(out.to_dict(orient="records"), allow_nan=False, default=list)
 
 
 def weighted_bundle() -> tuple[ModelBundle, sp.csr_matrix]:

@@ -129,14 +129,21 @@ class ModelBundle:
     def target_user_of(self, link_id: str | None) -> str | None:
         """The target account of a person named by link id (or by another platform's account): their target history
         and profile are theirs too, whatever account the request names them by."""
+        accounts = self.target_users_of(link_id)
+        # a link id shared by two target accounts (a family's one address) names neither of them
+        return accounts[0] if len(accounts) == 1 else None
+
+    def target_users_of(self, link_id: str | None) -> tuple[str, ...]:
+        """Every target account with this link id (several for a family's one address)."""
         if link_id is None:
-            return None
-        if not hasattr(self, "_target_of_link"):
-            # a link id shared by two target accounts (a family's one address) names neither of them
+            return ()
+        if not hasattr(self, "_target_accounts_of_link"):
             own = self.accounts[self.accounts["platform"] == self.target]
-            single = own.drop_duplicates("link_id", keep=False)
-            self._target_of_link = dict(zip(single["link_id"], single["user_id"]))
-        return self._target_of_link.get(link_id)
+            grouped: dict[str, tuple[str, ...]] = {}
+            for link, user in zip(own["link_id"].tolist(), own["user_id"].tolist()):
+                grouped[link] = (*grouped.get(link, ()), user)
+            self._target_accounts_of_link = grouped
+        return self._target_accounts_of_link.get(link_id, ())
 
     def score_rows(
         self, matrix: sp.csr_matrix, profiles: Profiles | None = None, link_ids: Sequence[str | None] | None = None

@@ -135,7 +135,7 @@ def _missing(value: Any) -> bool:
 
 def _text(request: dict[str, Any], column: str, row: int) -> str | None:
     value = request.get(column)
-    if _missing(value):
+    if _missing(value) or value == "":  # clients send "" for a field they leave out
         return None
     if not isinstance(value, str):
         raise RequestError(f"row {row}: {column!r} must be a string, got {type(value).__name__}")
@@ -167,8 +167,9 @@ def _person(bundle: ModelBundle, request: dict[str, Any], row: int) -> tuple[str
         return bundle.target_user_of(link), link
     if user is not None:
         user = bundle.user_key(user)
-        own, theirs = bundle.link_of(bundle.target, user), bundle.target_user_of(link)
-        if link is not None and ((own is not None and link != own) or (theirs is not None and theirs != user)):
+        own, theirs = bundle.link_of(bundle.target, user), bundle.target_users_of(link)
+        # a link id of target accounts names those people only (a family's shared one too: not an unrelated user)
+        if link is not None and ((own is not None and link != own) or (theirs and user not in theirs)):
             raise RequestError(f"row {row}: 'link_id' names another person than user {request.get('user_id')!r}")
     elif link is not None:
         user = bundle.target_user_of(link)
@@ -249,10 +250,10 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
                 else "no history"
             )
             hint = "" if vocabulary is not None else " (this model has no profile prior, so a profile cannot help)"
-            who = f"unknown user {request.get('user_id')!r}" + (
-                f" on {request.get('platform')!r}" if not _missing(request.get("platform")) else ""
-            )
-            if _missing(request.get("user_id")) and link is not None:
+            named = _text(request, "user_id", row)
+            who = "a request naming no user" if named is None else f"unknown user {named!r}"
+            who += f" on {request.get('platform')!r}" if _text(request, "platform", row) is not None else ""
+            if named is None and link is not None:
                 who = f"link id {link!r} " + (
                     "is not a person this model knows on a source"
                     if bundle.linked is not None
@@ -299,4 +300,8 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
         # repeated k times made a 140 KB request answer with 102 MB
         out["unknown_items"] += [recs.unknown_items[row]] + [[] for _ in range(len(items) - 1)] if items else []
         out["platforms_used"] += [recs.platforms[row]] + [[] for _ in range(len(items) - 1)] if items else []
-    return pd.DataFrame(out)
+    frame = pd.DataFrame(out)
+    # an anonymous row's user id stays None beside named ones: a text column would turn it into NaN, which MLflow
+    # writes as a bare NaN that strict JSON parsers refuse (the whole answer unreadable)
+    frame["user_id"] = pd.Series(out["user_id"], dtype=object)
+    return frame
