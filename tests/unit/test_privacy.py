@@ -22,6 +22,25 @@ def test_the_same_person_links_across_platforms_and_only_through_the_salt(monkey
     assert pd.isna(link_ids("e", pd.DataFrame({"email": ["15550100"]}))[0]), "an e-mail is never a phone"
 
 
+def test_one_number_written_three_ways_and_read_from_parquet_links_one_person(monkeypatch, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from transfer_rec.io.formats import read_table
+
+    monkeypatch.setenv(PII_SALT_ENV, "a-test-salt-of-sufficient-length")
+    written = link_ids("a", pd.DataFrame({"phone": ["+1 (555) 123-4567", "001 555 123 4567", "1-555-123-4567"]}))
+    assert written.nunique() == 1 and not pd.isna(written[0]), "an international prefix is no digit of the number"
+    # a Parquet integer column with a null comes back as float64: the number must not gain a ".0" digit
+    # (an export's file, written by pyarrow with no pandas metadata)
+    numbers = {"phone": pa.array([15551234567, None], pa.int64()), "consent": pa.array([1, None], pa.int64())}
+    pq.write_table(pa.table(numbers), tmp_path / "users.parquet")
+    read = read_table(tmp_path / "users.parquet", "parquet")
+    assert read["phone"].dtype == "float64", "the case this guards"
+    assert link_ids("b", read)[0] == written[0]
+    assert consent_flags(read).tolist() == [True, False], "a 1 read as 1.0 is still consent"
+
+
 def test_placeholders_and_crowded_identities_link_nobody(monkeypatch, caplog):
     """An export's 'NULL' or '000-000-0000' is nobody's identity: hashed, it would make everyone who has it one
     person. Nor is an address more than a few accounts of one platform share."""

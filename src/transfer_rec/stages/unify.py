@@ -71,13 +71,17 @@ ACCOUNTS_PER_IDENTITY_MAX = 5
 
 
 def _normalise_identity(column: str, values: pd.Series) -> pd.Series:
-    """Each value as it is hashed (case and spaces folded, a phone's punctuation dropped), null where it cannot
-    name a person."""
-    text = values.astype("string").str.strip().str.lower()
+    """Each value as it is hashed (case and spaces folded; a phone as its digits, an international prefix, "+" or
+    "00", dropped: "+1 555", "001 555" and "1-555" are one number), null where it cannot name a person. A number
+    written without its country code stays as written: which country it is in, the export does not say."""
+    # as_text: a Parquet integer column with a null comes back as float64, and "4420794600001.0" would hash as a
+    # different number with one digit more
+    text = as_text(values).astype("string").str.strip().str.lower()
     if column == "phone":
-        text = text.str.replace(r"[^0-9+]", "", regex=True)
-        digits = text.str.replace("+", "", regex=False)
-        usable = (digits.str.len() >= PHONE_DIGITS_MIN) & ~digits.str.fullmatch(r"(\d)\1*").fillna(False)
+        international = text.str.match(r"^(\+|00)").fillna(False).astype(bool)
+        text = text.str.replace(r"[^0-9]", "", regex=True)
+        text = text.where(~international, text.str.replace(r"^00", "", regex=True))
+        usable = (text.str.len() >= PHONE_DIGITS_MIN) & ~text.str.fullmatch(r"(\d)\1*").fillna(False)
     else:
         usable = text.str.fullmatch(EMAIL_PATTERN).fillna(False)
     return text.where(usable.fillna(False).astype(bool))
@@ -120,7 +124,7 @@ def link_ids(platform: str, users: pd.DataFrame) -> pd.Series:
     # so it links to a platform that exports phones only
     identity = pd.Series(pd.NA, index=users.index, dtype="string")
     for column in present:
-        given = users[column].astype("string").str.strip().fillna("").str.len() > 0
+        given = as_text(users[column]).astype("string").str.strip().fillna("").str.len() > 0
         normalised = _normalise_identity(column, users[column])
         unusable = int((given & normalised.isna()).sum())
         if unusable:  # counts only: a value itself never reaches a log
@@ -152,7 +156,9 @@ def consent_flags(users: pd.DataFrame) -> pd.Series:
     """True unless the platform exports a consent column and the user did not give consent (missing = no)."""
     if "consent" not in users:
         return pd.Series(True, index=users.index)
-    return users["consent"].astype("string").str.strip().str.lower().isin(CONSENT_VALUES).fillna(False).astype(bool)
+    # as_text: a Parquet 0/1 column with a null comes back as float64, and "1.0" is no consent value
+    given = as_text(users["consent"]).astype("string").str.strip().str.lower()
+    return given.isin(CONSENT_VALUES).fillna(False).astype(bool)
 
 
 def canonical_item_key(raw: pd.Series) -> pd.Series:
