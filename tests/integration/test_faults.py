@@ -281,6 +281,12 @@ def test_registry_outage_at_promotion_then_retries_register_once(pipeline_env, t
         assert client.get_model_version_by_alias("transfer_rec-village", "champion").version == first["version"]
     finally:
         stop_group(server)
+    # down again: a registry that does not answer is no "no champion" (publish would skip as if nothing had been
+    # promoted, a crowning would lose previous_champion)
+    from transfer_rec.registry.models import alias_version
+
+    with pytest.raises(Exception, match=f"127.0.0.1:{port}"):
+        alias_version("village")
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     published = pipeline.publish(run, first, features)

@@ -66,9 +66,14 @@ def test_gate_aliases_override_dry_run_and_rollback(pipeline_env, monkeypatch):
     rollback("village", StateLayout.from_env())
     assert aliases()["champion"] == "1" and aliases()["previous_champion"] == "4"
 
-    # r2 was evaluated against v1; crowned over v4 it would replace a model it was never measured against
-    promote(Evaluation.model_validate(fourth["evaluation"]), GateConfig(), StateLayout.from_env(), "r4", "promote")
+    # r4's promote run again (a retry or a cleared task) after the rollback: crowning v4 again would undo it
+    with pytest.raises(ChampionMoved, match=r"v1 is champion again because an operator rolled back from candidate v4"):
+        promote(Evaluation.model_validate(fourth["evaluation"]), GateConfig(), StateLayout.from_env(), "r4", "promote")
+    assert aliases()["champion"] == "1" and aliases()["previous_champion"] == "4", "the rollback stands"
+    cli.main(["rollback", "village"])  # what the refusal says to do
     assert aliases()["champion"] == "4"
+
+    # r2 was evaluated against v1; crowned over v4 it would replace a model it was never measured against
     with pytest.raises(ChampionMoved, match=r"the champion is v4 now, but candidate v2 was evaluated against v1"):
         promote(Evaluation.model_validate(second["evaluation"]), GateConfig(), StateLayout.from_env(), "r2", "promote")
     assert aliases()["champion"] == "4" and aliases()["previous_champion"] == "1", "nothing moved"
@@ -82,31 +87,34 @@ def test_gate_aliases_override_dry_run_and_rollback(pipeline_env, monkeypatch):
     rollback("village", StateLayout.from_env())
     assert aliases()["champion"] == "4" and aliases()["previous_champion"] == "5"
 
-    # v5 promoted again, measured against v4, the champion now; an operator moves the champion while promote
-    # writes the version's card: nothing is crowned, and the version does not say it was promoted
+    # v2 (evaluated against v1) promoted while v1 is in front; an operator moves the champion while promote writes
+    # the version's card: nothing is crowned, and the version does not say it was promoted
     from transfer_rec.registry import models as registry
 
+    mlflow.MlflowClient().set_registered_model_alias(MODEL, "champion", "1")
     written = registry.describe
 
     def and_meanwhile(*args, **kwargs):
         written(*args, **kwargs)
         if not monkeypatch_moved:
             monkeypatch_moved.append(True)
-            mlflow.MlflowClient().set_registered_model_alias(MODEL, "champion", "1")
+            mlflow.MlflowClient().set_registered_model_alias(MODEL, "champion", "4")
 
     monkeypatch_moved: list[bool] = []
     monkeypatch.setattr(registry, "describe", and_meanwhile)
-    with pytest.raises(ChampionMoved, match=r"the champion is v1 now, but candidate v5 was evaluated against v4"):
-        promote(Evaluation.model_validate(fifth["evaluation"]), GateConfig(), StateLayout.from_env(), "r5", "promote")
+    with pytest.raises(ChampionMoved, match=r"the champion is v4 now, but candidate v2 was evaluated against v1"):
+        promote(Evaluation.model_validate(second["evaluation"]), GateConfig(), StateLayout.from_env(), "r2", "promote")
     monkeypatch.setattr(registry, "describe", written)
-    version = mlflow.MlflowClient().get_model_version(MODEL, "5")
-    assert version.tags["gate.decision"] == "rejected" and "the champion is v1 now" in version.tags["gate.reasons"]
+    version = mlflow.MlflowClient().get_model_version(MODEL, "2")
+    assert version.tags["gate.decision"] == "rejected" and "the champion is v4 now" in version.tags["gate.reasons"]
     assert "**Gate: not promoted**" in version.description
-    run = fifth["evaluation"]["candidate"]["run_id"]
+    run = second["evaluation"]["candidate"]["run_id"]
     assert mlflow.artifacts.load_dict(f"runs:/{run}/provenance.json")["gate"]["promoted"] is False
     assert "**Gate: not promoted**" in mlflow.artifacts.load_text(f"runs:/{run}/model_card.md")
-    assert aliases()["champion"] == "1", "not crowned"
-    mlflow.MlflowClient().set_registered_model_alias(MODEL, "champion", "4")
+    assert aliases()["champion"] == "4" and aliases()["previous_champion"] == "5", "not crowned"
+    # and v5, rolled back from, is not crowned again by its own promote run again
+    with pytest.raises(ChampionMoved, match=r"v4 is champion again because an operator rolled back from candidate v5"):
+        promote(Evaluation.model_validate(fifth["evaluation"]), GateConfig(), StateLayout.from_env(), "r5", "promote")
 
     def check(**params) -> dict:
         run = pipeline.plan({"run_key": "after-rollback", **params}, airflow_run_id="after-rollback")

@@ -30,11 +30,19 @@ def registered_model_name(target: str) -> str:
 
 
 def alias_version(target: str, alias: str = CHAMPION):
-    """The model version an alias points at, or None."""
+    """The model version an alias points at, or None when the target has no registered model or the alias is unset.
+    A registry that does not answer is raised, never taken for "no champion": publish would skip as if nothing had
+    been promoted, a crowning would lose previous_champion, and evaluation would judge on floors alone."""
+    client = MlflowClient()
+    name = registered_model_name(target)
     try:
-        return MlflowClient().get_model_version_by_alias(registered_model_name(target), alias)
-    except mlflow.exceptions.MlflowException:
-        return None
+        model = client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    version = (model.aliases or {}).get(alias)
+    return None if version is None else client.get_model_version(name, str(version))
 
 
 def champion_bundle(target: str, alias: str = CHAMPION) -> tuple[ModelBundle | None, str | None]:

@@ -439,6 +439,14 @@ def _refuse_a_moved_champion(evaluation: Evaluation, candidate_version: str) -> 
     candidate finds the candidate itself, and goes on."""
     now = registry.alias_version(evaluation.target)
     current = str(now.version) if now is not None else None
+    if now is not None and (now.tags or {}).get(registry.ROLLED_BACK_TAG) == candidate_version:
+        # the champion evaluation saw is back in front because an operator rolled back from this very candidate
+        # (a retried or cleared promote after the rollback): crowning it again would silently undo the rollback
+        raise ChampionMoved(
+            f"{registry.registered_model_name(evaluation.target)}: v{current} is champion again because an operator "
+            f"rolled back from candidate v{candidate_version}: not crowned again (`transfer-rec rollback "
+            f"{evaluation.target}` again puts v{candidate_version} back in front)"
+        )
     if current in (evaluation.champion_version, candidate_version):
         return
     against = f"v{evaluation.champion_version}" if evaluation.champion_version else "no champion"
