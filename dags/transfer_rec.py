@@ -49,7 +49,7 @@ from airflow.sdk import (
     task_group,
 )
 from airflow.sdk.configuration import conf
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, AirflowTaskTimeout
 
 from transfer_rec.ops import alerts, links, task_log
 from transfer_rec.stages import pipeline
@@ -98,8 +98,10 @@ DEFAULT_ARGS = {
 NO_RETRY = {"retries": 0}
 
 
-def fail_fast(fn):
-    """A deterministic error (bad params or config, refused data) fails the task at once: a retry would fail alike."""
+def fail_fast(fn, timeout_is_final: bool = False):
+    """A deterministic error (bad params or config, refused data) fails the task at once: a retry would fail alike.
+    So does a training stage past its time limit (`timeout_is_final`): training is deterministic, and each retry
+    would run the same fit on the same data for the whole limit again while every later run waits."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -107,7 +109,15 @@ def fail_fast(fn):
             return fn(*args, **kwargs)
         except pipeline.DETERMINISTIC as error:
             raise AirflowFailException(f"{type(error).__name__}: {error}") from error
+        except AirflowTaskTimeout as error:
+            if not timeout_is_final:
+                raise
+            raise AirflowFailException(
+                f"{fn.__name__} ran past its time limit: not retried (it would train the same model on the same data "
+                "again); raise runtime.stage_timeout_minutes in the config, or give it a faster machine"
+            ) from error
 
+    run.timeout_is_final = timeout_is_final
     return run
 
 
@@ -129,20 +139,22 @@ def _log_file() -> Path:
     return Path(conf.get("logging", "base_log_folder")) / template.render(ti=ti, try_number=ti.try_number)
 
 
-def stage(**kwargs: Any):
-    """A stage task: its time limit from config (`runtime.stage_timeout_minutes`), deterministic errors not retried."""
+def stage(timeout_is_final: bool = False, **kwargs: Any):
+    """A stage task: its time limit from config (`runtime.stage_timeout_minutes`), deterministic errors not retried
+    (nor a time limit reached, where `timeout_is_final`)."""
 
     def wrap(fn):
         limit = timedelta(minutes=pipeline.stage_timeout_minutes(fn.__name__))
-        return task(execution_timeout=limit, doc_md=fn.__doc__, **kwargs)(fail_fast(with_log_file(fn)))
+        run = fail_fast(with_log_file(fn), timeout_is_final)
+        return task(execution_timeout=limit, doc_md=fn.__doc__, **kwargs)(run)
 
     return wrap
 
 
-def per_platform(**kwargs: Any):
+def per_platform(timeout_is_final: bool = False, **kwargs: Any):
     """A mapped stage: each instance is named by its platform in the UI and documented by the function's docstring
     (mapped tasks do not pick docstrings up by themselves)."""
-    return stage(map_index_template="{{ label }}", **kwargs)
+    return stage(timeout_is_final, map_index_template="{{ label }}", **kwargs)
 
 
 def _label(name: str) -> None:
@@ -333,7 +345,7 @@ def transfer_rec() -> None:
         _mlflow_link(run)
         return pipeline.build_features(run, unified)
 
-    @stage()
+    @stage(timeout_is_final=True)
     def pretrain(features: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         """Learn from the source platform."""
         _mlflow_link(run)
@@ -341,7 +353,7 @@ def transfer_rec() -> None:
         _mlflow_link(run, pretrained["run_id"])
         return pretrained
 
-    @per_platform()
+    @per_platform(timeout_is_final=True)
     def finetune(
         target: str, features: dict[str, Any], pretrained: dict[str, Any], run: dict[str, Any]
     ) -> dict[str, Any]:
@@ -352,7 +364,7 @@ def transfer_rec() -> None:
         _mlflow_link(run, candidate["run_id"])
         return candidate
 
-    @per_platform()
+    @per_platform(timeout_is_final=True)
     def evaluate(candidate: dict[str, Any], features: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         """Candidate, champion and baselines on the same held-out users."""
         _label(candidate["target"])

@@ -92,8 +92,10 @@ def run(layout: StateLayout, force: bool = False) -> None:
     When the data and config are those the champion was trained on, the run says so and trains nothing (`force`
     retrains anyway). Refused while another `transfer-rec run` or an Airflow scheduler works on the same state."""
     from transfer_rec.config import load_config
+    from transfer_rec.runtime.signals import hangup_stops
 
     load_config()  # a config mistake is said before anything starts (ConfigError)
+    hangup_stops()  # a closed terminal stops the run and its process group, as Ctrl-C does
     with _sole_run(layout):
         _refuse_beside_a_scheduler()
         _run(layout, force)
@@ -327,6 +329,9 @@ UI_START_SECONDS = 120
 
 def airflow_ui(layout: StateLayout) -> None:
     """`airflow standalone` on 127.0.0.1 until Ctrl-C; stops its whole process tree (no orphans)."""
+    from transfer_rec.runtime.signals import hangup_stops
+
+    hangup_stops()  # a closed terminal stops Airflow too, as Ctrl-C does
     home = Path(os.environ["AIRFLOW_HOME"])
     # init migrates the databases a working `make run` uses: under the lock, as that run's own init is
     with _sole_run(layout, "make airflow-ui"):

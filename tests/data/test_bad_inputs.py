@@ -201,3 +201,21 @@ def test_an_expectation_on_an_e_mail_column_reports_counts_never_addresses(pipel
     from tests.support import refuse_an_e_mail_rule
 
     refuse_an_e_mail_rule(pipeline_env(), monkeypatch, engine=None)
+
+
+def test_a_refused_batch_fails_with_its_rule_even_when_mlflow_cannot_record_it(pipeline_env, monkeypatch):
+    """The task's failure line is the refusal (platform, file, rule), not a locked tracking database's error."""
+    from transfer_rec.registry import tracking
+    from transfer_rec.stages import pipeline
+
+    env = pipeline_env()
+    path, frame = _interactions(env)
+    frame.head(0).to_csv(path, index=False)
+    run = pipeline.plan({"run_key": "locked"}, airflow_run_id="locked")
+
+    def locked(*args, **kwargs):
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(tracking, "log_validation", locked)
+    with pytest.raises(DataValidationError, match="observed 0"):
+        pipeline.validate(run, pipeline.pull(run, "village"))

@@ -97,6 +97,22 @@ def test_pull_and_publish_tasks_retry_with_backoff_validation_does_not():
         assert task.retries >= 2 and task.retry_exponential_backoff, task_id
     for task_id in ("validate", "unify", "build_features"):
         assert dag.get_task(task_id).retries == 0, f"{task_id} is deterministic: a retry cannot help"
+    # a training stage past its time limit is not run again for the whole limit (twice, while later runs wait)
+    from airflow.sdk.exceptions import AirflowFailException, AirflowTaskTimeout
+
+    for task_id in ("pretrain", "finetune", "evaluate"):
+        assert dag.get_task(task_id).python_callable.timeout_is_final, task_id
+    for task_id in ("pull", "publish", "promote"):
+        assert not dag.get_task(task_id).python_callable.timeout_is_final, f"{task_id}: slow I/O may pass next time"
+    fail_fast = dag.get_task("pretrain").python_callable.__globals__["fail_fast"]
+
+    def slow():
+        raise AirflowTaskTimeout()
+
+    with pytest.raises(AirflowFailException, match="slow ran past its time limit: not retried"):
+        fail_fast(slow, timeout_is_final=True)()
+    with pytest.raises(AirflowTaskTimeout):
+        fail_fast(slow)()
 
 
 def test_every_task_has_its_configured_time_limit_and_bad_params_fail_once(pipeline_env, monkeypatch):

@@ -205,3 +205,50 @@ def test_every_stage_a_dag_task_runs_for_minutes_is_guarded():
     stages = ("pull", "validate", "unify", "check_inputs", "build_features", "pretrain", "finetune", "evaluate")
     for name in (*stages, "promote", "publish", "ingest_pull", "ingest_validate"):
         assert getattr(pipeline, name).__code__ is guarded, f"{name} runs outside the stage guard"
+
+
+HUNG_CLI = """
+import subprocess, sys
+from transfer_rec.runtime.signals import hangup_stops, terminate_raises
+
+hangup_stops()
+with terminate_raises():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    print(child.pid, flush=True)
+    try:
+        child.wait()
+    finally:
+        child.kill()
+"""
+
+
+def test_a_hangup_stops_a_command_as_sigterm_does_and_its_session_child_with_it(tmp_path):
+    """A closed terminal: by default SIGHUP ends the process with no `finally`, and a child in a session of its own
+    (which the hangup does not reach) would run on with no parent."""
+    proc = subprocess.Popen([sys.executable, "-c", HUNG_CLI], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        child = psutil.Process(int(proc.stdout.readline()))
+        proc.send_signal(signal.SIGHUP)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        gone, alive = psutil.wait_procs([child], timeout=10)
+        assert alive == []
+    finally:
+        proc.kill()
+
+
+def test_the_heartbeat_survives_a_worker_ending_while_it_lists_them(monkeypatch):
+    from transfer_rec.runtime import signals
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    listed = psutil.Process(ended.pid)
+    ended.wait()  # reaped: listed a moment ago, gone now
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        monkeypatch.setattr(
+            psutil.Process, "children", lambda self, recursive=False: [listed, psutil.Process(alive.pid)]
+        )
+        assert signals._children().startswith(f"{alive.pid} (")
+    finally:
+        alive.kill()
+        alive.wait()

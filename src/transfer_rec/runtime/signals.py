@@ -44,6 +44,15 @@ def on_terminate(callback: Callable[[], None]) -> None:
     _ON_TERMINATE.append(callback)
 
 
+def hangup_stops() -> None:
+    """A hangup (the terminal or ssh session closing) stops this process as SIGTERM does, through whatever SIGTERM
+    handler is set. Its default would end the process at once, with no `finally`: what it started in a session of
+    its own (which the hangup does not reach) would run on with no parent, and its run lock would be released
+    beside it."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+
+
 @contextmanager
 def terminate_raises() -> Iterator[None]:
     """While inside, SIGTERM (after whatever handler was installed before has run) raises Terminated in the main
@@ -132,8 +141,13 @@ def _children() -> str:
         import psutil
     except ImportError:  # psutil ships with the dev tools; production images may lack it
         return "unknown"
-    children = psutil.Process().children(recursive=True)
-    return ", ".join(f"{c.pid} ({c.status()})" for c in children)
+    described = []
+    for child in psutil.Process().children(recursive=True):
+        try:  # a worker may end between the listing and this: it is simply no longer listed
+            described.append(f"{child.pid} ({child.status()})")
+        except psutil.Error:
+            continue
+    return ", ".join(described)
 
 
 @contextmanager

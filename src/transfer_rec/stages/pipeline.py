@@ -270,7 +270,12 @@ def validate(run: Json, pulled: Json) -> Json:
         )
     except validate_stage.DataValidationError:
         result = layout.quarantine / batch.platform / batch.batch_id / validate_stage.VALIDATION_FILE
-        tracking.log_validation(layout, plan_.parent_run_id, batch.platform, json.loads(result.read_text()))
+        try:
+            tracking.log_validation(layout, plan_.parent_run_id, batch.platform, json.loads(result.read_text()))
+        except Exception:  # the refusal is what the task ends with (its one failure line names platform and rule)
+            log.exception(
+                "platform %s: the refused batch's validation result could not be logged to MLflow", batch.platform
+            )
         raise
     tracking.log_validation(layout, plan_.parent_run_id, batch.platform, validated.validation.to_xcom())
     return validated.to_xcom()
