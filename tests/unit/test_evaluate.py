@@ -84,3 +84,28 @@ def test_cold_start_curve_follows_a_seeded_sample_of_its_users_past_the_limit(tm
     expected = evaluate.per_user_metrics(ranked, test[chosen], 3)["ndcg"].mean()
     assert sampled[0]["ndcg"] == expected
     assert evaluate.cold_start_curve(data, {"s": score}, 3, 100, lengths=(0,), users_max=30) == every[:1]
+
+
+def test_cold_start_curve_counts_a_user_only_at_lengths_their_train_history_reaches(tmp_path):
+    """A user with 2 train items is no user with a history of 4: with all of theirs, they would be a shorter history
+    counted as a longer one (and a user new to the target, with none, would be counted everywhere)."""
+    import pandas as pd
+
+    from transfer_rec.stages.features import PlatformData
+
+    rows = []
+    for user in range(20):
+        kept = 4 if user < 12 else (2 if user < 16 else 0)  # 12 users with 4 train items, 4 with 2, 4 new ones
+        for position in range(kept):
+            rows.append((f"u{user:02d}", position, "train", position))
+        rows.append((f"u{user:02d}", 8 + user % 4, "test", 9))
+    frame = pd.DataFrame(rows, columns=["user_id", "item_idx", "split", "timestamp"])
+    frame.to_parquet(tmp_path / "t.interactions.parquet")
+    pd.DataFrame({"user_id": frame["user_id"].unique()}).to_parquet(tmp_path / "t.users.parquet")
+    data = PlatformData(tmp_path, "t", 12)
+
+    def score(matrix: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(matrix.sum(axis=1)) + np.arange(12)[None, :]
+
+    curve = evaluate.cold_start_curve(data, {"s": score}, 3, 50, lengths=(0, 1, 3, 5))
+    assert [(r["history_length"], r["users"]) for r in curve] == [(0, 20), (1, 16), (3, 12)], "nobody reaches 5"

@@ -204,10 +204,13 @@ def cold_start_curve(
     users_max: int | None = None,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """NDCG@k against history length: each test user (a seeded sample of `users_max` of them past it) seen as a new
-    user with only their n earliest train items (n = 0: the profile alone), ranked for their test items; their other
-    train and valid items are masked (neither input nor credit). One row per (n, contender) with the mean and a 95%
-    bootstrap CI over the same users."""
+    """NDCG@k against history length: each test user (a seeded sample of `users_max` of them past it) with at least n
+    train items seen as a new user with only their n earliest ones (n = 0: the profile alone, every test user),
+    ranked for their test items; their other train and valid items are masked (neither input nor credit). A user
+    with fewer than n train items is not counted at n (with all of theirs, they would be a shorter history counted
+    as a longer one; a user new to the target, none at all), and an n no test user reaches has no row. One row per
+    (n, contender) with its users, the mean and a 95% bootstrap CI; the contenders of one n are judged on the same
+    users."""
     train = data.frame[data.frame["split"] == "train"].sort_values(["user_id", "timestamp", "item_idx"], kind="stable")
     rank = train.groupby("user_id", sort=False).cumcount().to_numpy()
     rows_of = data._row[train["user_id"]].to_numpy()
@@ -218,6 +221,7 @@ def cold_start_curve(
         kept[judges(test, users_max, seed)] = 1.0
         test = sp.csr_matrix(sp.diags(kept) @ test)
         test.eliminate_zeros()
+    train_items = np.bincount(rows_of, minlength=len(data.user_ids))
     out = []
     for n in lengths:
         first = rank < n
@@ -225,8 +229,13 @@ def cold_start_curve(
             (np.ones(int(first.sum()), dtype=np.float32), (rows_of[first], train["item_idx"].to_numpy()[first])),
             shape=(len(data.user_ids), data.n_items),
         )
+        # rows_metrics scores only users with a test item: those with fewer than n train items keep none here
+        judged = sp.csr_matrix(sp.diags((train_items >= n).astype(np.float64)) @ test)
+        judged.eliminate_zeros()
+        if not judged.nnz:  # no test user has n train items: no point, rather than a mean of nobody
+            continue
         for name, score in scorers.items():
-            ndcg = rows_metrics(score, history, exclude, test, k, data.item_mask())["ndcg"]
+            ndcg = rows_metrics(score, history, exclude, judged, k, data.item_mask())["ndcg"]
             low, high = bootstrap_ci(ndcg, samples, 0, 0.95)
             out.append(
                 {
