@@ -239,6 +239,21 @@ def test_an_ingest_rerun_of_an_interval_announces_nothing_and_keeps_its_partitio
     assert [p.parent.name for p in landed] == [f"dt={d}" for d in days[:2]], "the interval's days are still landed"
 
 
+def test_a_retried_ingest_validate_announces_its_batch_again(pipeline_env):
+    """The record is written inside the task, the announcement goes out only when the task succeeds: a retry (or a
+    cleared task) of an attempt that failed after writing it must not take its own batch for a repeat."""
+    from transfer_rec.stages import pipeline
+
+    pipeline_env()
+    pulled = pipeline.ingest_pull("campus", "manual__first")
+    first = pipeline.ingest_validate(pulled)
+    again = pipeline.ingest_validate(pulled)  # the same task again, on the same pulled batch
+    assert first["new"] and again["new"], again
+    assert (StateLayout.from_env().landing / "campus" / first["batch_id"]).is_dir(), "the batch stays landed"
+    # a later pull of the same data is a repeat, as before
+    assert not pipeline.ingest_validate(pipeline.ingest_pull("campus", "manual__second"))["new"]
+
+
 def test_the_fingerprint_names_exactly_the_partitions_unify_read(incremental, monkeypatch):
     """A day the ingest DAG validates while unify runs is neither read nor hashed: a fingerprint naming it would
     make the next run find 'no change' and never train on that day."""

@@ -620,7 +620,14 @@ def ingest_validate(pulled: Json) -> Json:
     record = layout.landing / platform / ANNOUNCED_FILE
     last = _announced(record)
     current = fingerprint(batch)
-    same_as = last.get("batch_id") if last.get("fingerprint") == current else _champions_trained_on(batch, config)
+    if last.get("batch_id") == batch.batch_id:
+        # recorded by an earlier attempt of this very task: its announcement (an Asset event) goes out only when the
+        # task succeeds, which that attempt may not have (the API server slow, the time limit): announce it again
+        same_as = _champions_trained_on(batch, config)
+    elif last.get("fingerprint") == current:
+        same_as = last.get("batch_id")
+    else:
+        same_as = _champions_trained_on(batch, config)
     if same_as:
         # a snapshot's repeat is a copy of data landed before; an incremental batch is its interval's partitions,
         # which training reads from landing (it replaces the interval's earlier batch once a unify reads it): it stays
