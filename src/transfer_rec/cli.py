@@ -15,10 +15,11 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from transfer_rec.config import REPO_ROOT
 from transfer_rec.io.state import StateLayout
-from transfer_rec.runtime.processes import stop_group
+from transfer_rec.runtime.processes import stop_group, wait_watching
 
 
 def _bin(name: str) -> str:
@@ -155,24 +156,26 @@ def _run(layout: StateLayout, force: bool) -> None:
     if force:
         command += ["--conf", json.dumps({"force": True})]
     from transfer_rec.ops import task_log
-    from transfer_rec.runtime.processes import stop_group
     from transfer_rec.runtime.signals import terminate_raises
 
     # `airflow dags test` runs every task in its own process and, when a task is stopped, waits to retry it: so the
     # run gets a process group of its own, and Ctrl-C, SIGTERM or any error here stops that whole group
     started = time.time()
+    family: dict[int, Any] = {}
     with open(log, "w") as out, terminate_raises():
         env = {**os.environ, task_log.ENV: "1"}  # the UI's log tab shows in-process tasks' logs too
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
-            code = proc.wait()
+            code = wait_watching(proc, family)
         finally:
             if proc.poll() is None:
                 print("transfer-rec run: stopping the pipeline run", file=sys.stderr)
                 # a second Ctrl-C or SIGTERM while stopping would leave the group running: the stop finishes first
                 with _signals_held():
-                    stop_group(proc, grace=(10.0, 5.0))
+                    stop_group(proc, grace=(10.0, 5.0), known=family)
                     _fail_stopped_runs()
+            else:  # ended on its own (a crash too): a task runner it left behind must not go on writing
+                stop_group(proc, known=family)
     if code != 0:
         print("".join(log.read_text().splitlines(keepends=True)[-60:]))
         report = layout.reports / "latest.json"
@@ -351,6 +354,7 @@ def airflow_ui(layout: StateLayout) -> None:
     )
     password_file = home / "simple_auth_manager_passwords.json.generated"
     print("starting Airflow (log: var/airflow-standalone.log) ...")
+    family: dict[int, Any] = {}  # its processes, noted while it lives: Airflow may end first and leave them running
     try:
         for _ in range(UI_START_SECONDS):
             if password_file.exists() and _port_open(8080):
@@ -363,17 +367,17 @@ def airflow_ui(layout: StateLayout) -> None:
                 f"Airflow is not answering on 127.0.0.1:8080 after {UI_START_SECONDS} s: it may still be starting "
                 "(see var/airflow-standalone.log); press Ctrl-C to stop"
             )
-            proc.wait()
+            wait_watching(proc, family)
             return
         logins = json.loads(password_file.read_text()) if password_file.exists() else {}
         print("Airflow UI: http://127.0.0.1:8080  " + ", ".join(f"login {u} / {p}" for u, p in logins.items()))
         print("the DAG transfer_rec is unpaused; press Ctrl-C to stop")
-        proc.wait()
+        wait_watching(proc, family)
     except KeyboardInterrupt:
         pass
     finally:
         with _signals_held():
-            stop_group(proc)
+            stop_group(proc, known=family)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -252,3 +252,29 @@ def test_the_heartbeat_survives_a_worker_ending_while_it_lists_them(monkeypatch)
     finally:
         alive.kill()
         alive.wait()
+
+
+LEADER = """
+import subprocess, sys, time
+# a supervisor that moves its task into a session of its own (as Airflow's task runners), then the leader ends
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+print(child.pid, flush=True)
+time.sleep(3)
+"""
+
+
+def test_what_a_process_started_is_stopped_even_after_it_ended_on_its_own():
+    from transfer_rec.runtime.processes import stop_group, wait_watching
+
+    leader = subprocess.Popen([sys.executable, "-c", LEADER], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    child = psutil.Process(int(leader.stdout.readline()))
+    family: dict = {}
+    try:
+        assert wait_watching(leader, family, every=0.2) == 0, "the leader ended on its own"
+        assert child.is_running(), "its child runs on, found from the leader no longer"
+        stop_group(leader, known=family)
+        gone, alive = psutil.wait_procs([child], timeout=10)
+        assert alive == []
+    finally:
+        if child.is_running():
+            child.kill()

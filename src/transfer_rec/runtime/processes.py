@@ -18,12 +18,27 @@ def descendants(pid: int) -> list[Any]:
         return []
 
 
-def stop_group(proc: subprocess.Popen, grace: tuple[float, float] = (20.0, 10.0)) -> None:
+def wait_watching(proc: subprocess.Popen, family: dict[int, Any], every: float = 2.0) -> int:
+    """proc.wait(), noting in `family` every descendant seen meanwhile: once the process has ended, the ones that
+    moved into process groups of their own (Airflow's task runners) can no longer be found from it, and stop_group
+    needs them (`known`)."""
+    while True:
+        family.update({p.pid: p for p in descendants(proc.pid)})
+        try:
+            return proc.wait(every)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def stop_group(
+    proc: subprocess.Popen, grace: tuple[float, float] = (20.0, 10.0), known: dict[int, Any] | None = None
+) -> None:
     """SIGINT to the process group, then SIGTERM, then SIGKILL; then SIGKILL to every descendant still alive, also
-    those that left the group (Airflow puts each task runner into a process group of its own)."""
+    those that left the group (Airflow puts each task runner into a process group of its own) and those in `known`
+    (seen by wait_watching while the process lived: it may have ended before this, leaving them running)."""
     import psutil
 
-    family = {p.pid: p for p in descendants(proc.pid)}
+    family = {**(known or {}), **{p.pid: p for p in descendants(proc.pid)}}
     for sig, wait in ((signal.SIGINT, grace[0]), (signal.SIGTERM, grace[1]), (signal.SIGKILL, 5.0)):
         if proc.poll() is not None:
             break
