@@ -173,6 +173,11 @@ def test_champion_pyfunc_answers_known_and_new_users(pipeline_env):
     own = bundle.native_of
     assert set(out["item_id"]) <= set(own.values())
     assert not set(out[out["request"] == 0]["item_id"]) & {own[i] for i in bundle.histories[known_user]}
+    rated_low = bundle.disliked_items()
+    assert rated_low, "the champion keeps what its users rated low"
+    for user, items in list(rated_low.items())[:20]:
+        served = model.predict(pd.DataFrame({"user_id": [user], "history": [[]]}), params={"k": 50})
+        assert not set(served["item_id"]) & {own.get(i, i) for i in items}, user
     assert not set(out[out["request"] == 1]["item_id"]) & {own[i] for i in some_items}
     assert out[out["request"] == 1]["unknown_items"].iloc[0] == ["no-such-course"]
     assert out.groupby("request")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
@@ -240,3 +245,8 @@ def _everyone_published(out: dict, first_two: pd.DataFrame) -> None:
         assert not set(theirs["platform_item_id"]) & seen
     a, b = (recs[recs["user_id"] == f"village:newcomer-{x}"]["item_id"].tolist() for x in "ab")
     assert a != b, "newcomer-a's two items change their list"
+    # what a user rated low (seen, never a history item: training reads positives) is not published back to them
+    interactions = pd.read_parquet(f"{out['features']['unified']}/interactions.parquet")
+    low = interactions[(interactions["platform"] == "village") & (interactions["label"] == 0)]
+    assert len(low), "the village's ratings include low ones"
+    assert not len(recs.merge(low[["user_id", "item_id"]], on=["user_id", "item_id"]))

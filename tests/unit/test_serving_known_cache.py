@@ -138,3 +138,30 @@ def test_the_stored_input_example_holds_nobodys_data():
     assert named and named <= set(ITEMS[served.candidates])
     # and the example is a request the model answers
     assert len(recommend_frame(served, example, 3)) == 3 * len(example)
+
+
+def test_items_a_known_user_rated_low_are_never_recommended_back(tmp_path):
+    """Training reads positives only, so a low-rated item is no history item: without its own list, the user who
+    rated it 1 star would be offered it."""
+    base = bundle()
+    user = "u1"
+    offered = recommend_frame(base, pd.DataFrame({"user_id": [user]}), 3)["item_id"].tolist()
+    low = pd.DataFrame({"user_id": [user, user], "item_id": [offered[0], "not-in-the-model"]})
+    rated = ModelBundle(base.model, ITEMS, np.arange(12) < 10, _histories(base), base.meta, disliked=low)
+    for served in (rated, ModelBundle.load(rated.save(tmp_path / "bundle"))):
+        again = recommend_frame(served, pd.DataFrame({"user_id": [user]}), 3)["item_id"].tolist()
+        assert offered[0] not in again and again[:2] == offered[1:], "the rest of the list moves up"
+        assert served.precompute_known()
+        assert recommend_frame(served, pd.DataFrame({"user_id": [user]}), 3)["item_id"].tolist() == again
+    # nobody else's list changes, and a bundle saved before the list loads with none
+    pd.testing.assert_frame_equal(
+        recommend_frame(rated, pd.DataFrame({"user_id": ["u2"]}), 3),
+        recommend_frame(base, pd.DataFrame({"user_id": ["u2"]}), 3),
+    )
+    (tmp_path / "bundle" / "disliked.parquet").unlink()
+    assert ModelBundle.load(tmp_path / "bundle").disliked_items() == {}
+
+
+def _histories(served: ModelBundle) -> pd.DataFrame:
+    rows = [(u, i) for u, items in served.histories.items() for i in items]
+    return pd.DataFrame(rows, columns=["user_id", "item_id"])

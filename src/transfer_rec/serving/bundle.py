@@ -47,8 +47,14 @@ class ModelBundle:
         linked: LinkedPart | None = None,
         accounts: pd.DataFrame | None = None,
         native_ids: np.ndarray | None = None,
+        disliked: pd.DataFrame | None = None,
     ):
         self.model = model
+        # Known users' items rated below the positive threshold (user_id -> item ids): never in their history (the
+        # model learnt from positives only), never recommended back to them either
+        self.disliked: dict[str, list[str]] = (
+            disliked.groupby("user_id")["item_id"].agg(list).to_dict() if disliked is not None and len(disliked) else {}
+        )
         # people known on the source platforms (recommender/linked.py), and the accounts (platform, user_id, link_id)
         # a request may name them by: the target's own users and the sources'
         self.linked = linked
@@ -249,8 +255,10 @@ class ModelBundle:
         known: Sequence[str | None] | None = None,
         link_ids: Sequence[str | None] | None = None,
         weights: Sequence[Sequence[float] | None] | None = None,
+        excluded: Sequence[Sequence[str]] | None = None,
     ) -> Recommendations:
-        """Top-k candidate items per history, items already in the history excluded.
+        """Top-k candidate items per history, items already in the history excluded, and per row the `excluded` ids
+        too (what the user rated low: seen, but no history item).
 
         `known`, per row, names a known user whose request is exactly their stored history and profile: with
         `precompute_known` done, that row's scores are looked up instead of computed (the same scores). `link_ids`,
@@ -290,11 +298,13 @@ class ModelBundle:
             scores[todo], used = self.score_rows(part, subset, links)
             for i, u in zip(todo, used, strict=True):
                 platforms[i] = u
-        ranked = top_k(scores, k, exclude=matrix, candidates=self.candidates)
+        seen = sp.csr_matrix(matrix)
+        if excluded is not None and any(len(items) for items in excluded):
+            seen = (seen != 0).astype(np.float32) + (self.history_matrix(excluded)[0] != 0).astype(np.float32)
+        ranked = top_k(scores, k, exclude=seen, candidates=self.candidates)
         top_scores = np.take_along_axis(scores, ranked, axis=1)
         # top_k fills a row that has fewer than k eligible items with seen, off-platform or unscorable ones: an answer
         # is cut there instead (a k past the platform's unseen items gets fewer than k, never an item seen or -inf)
-        seen = sp.csr_matrix(matrix)
         width = np.int64(len(self.item_ids))
         seen_keys = np.repeat(np.arange(seen.shape[0], dtype=np.int64), np.diff(seen.indptr)) * width + seen.indices
         keys = np.arange(len(ranked), dtype=np.int64)[:, None] * width + ranked
@@ -318,6 +328,8 @@ class ModelBundle:
             for i, w in zip(items, self.history_weights.get(u) or [1.0] * len(items), strict=True)
         ]
         pd.DataFrame(rows, columns=["user_id", "item_id", "weight"]).to_parquet(folder / "histories.parquet")
+        disliked = [(u, i) for u, items in self.disliked_items().items() for i in items]
+        pd.DataFrame(disliked, columns=["user_id", "item_id"]).to_parquet(folder / "disliked.parquet")
         (folder / "meta.json").write_text(json.dumps(self.meta, indent=2))
         self.profiles.reset_index().to_parquet(folder / "profiles.parquet")
         if self.linked is not None:
@@ -342,4 +354,9 @@ class ModelBundle:
             LinkedPart.load(linked) if linked.exists() else None,
             pd.read_parquet(linked / "accounts.parquet") if linked.exists() else None,
             items["native_id"].to_numpy() if "native_id" in items else None,
+            pd.read_parquet(folder / "disliked.parquet") if (folder / "disliked.parquet").exists() else None,
         )
+
+    def disliked_items(self) -> dict[str, list[str]]:
+        """Known users' items rated low (none in a bundle saved before they were kept)."""
+        return getattr(self, "disliked", None) or {}

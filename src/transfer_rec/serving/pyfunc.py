@@ -220,7 +220,8 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
         )
     check_size(requests, k)
     vocabulary = bundle.profile_vocabulary
-    histories, weights, profiles, plain_known, links = [], [], [], [], []
+    histories, weights, profiles, plain_known, links, excluded = [], [], [], [], [], []
+    rated_low = bundle.disliked_items()
     # column by column: DataFrame.to_dict("records") alone cost ~1 ms of a one-user request
     wanted = [c for c in ("user_id", "history", *PROFILE_FIELDS, "platform", "link_id") if c in requests.columns]
     columns = {c: requests[c].tolist() for c in wanted}
@@ -270,6 +271,7 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
         # a link id from the request, not the known user's own, is scored afresh
         plain_known.append(user if known and not adds and link == bundle.link_of(bundle.target, user) else None)
         links.append(link)
+        excluded.append(rated_low.get(user, []) if user is not None else [])
     recs = bundle.recommend(
         histories,
         k,
@@ -277,6 +279,7 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
         known=plain_known,
         link_ids=links,
         weights=weights,
+        excluded=excluded,
     )
     out: dict[str, list] = {
         "request": [],

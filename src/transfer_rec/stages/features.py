@@ -185,6 +185,18 @@ def platform_counts(role: str, interactions_in: int, users: int, items: int, spl
     }
 
 
+def disliked(unified_dir: str | None, platform: str, users: list[str]) -> pd.DataFrame:
+    """(user_id, item_id) of what these users of a platform rated below its positive threshold: seen, and not liked.
+    Never a signal to learn from (training reads positives only); what they must not be recommended back."""
+    if not unified_dir or not users:
+        return pd.DataFrame({"user_id": pd.Series(dtype=object), "item_id": pd.Series(dtype=object)})
+    return pd.read_parquet(
+        Path(unified_dir) / "interactions.parquet",
+        columns=["user_id", "item_id"],
+        filters=[("platform", "==", platform), ("label", "==", 0), ("user_id", "in", list(users))],
+    ).drop_duplicates()
+
+
 def interaction_weights(frame: pd.DataFrame, rating_weight: float) -> np.ndarray:
     """What each interaction counts in a history: 1 + w * (rating - 4), at least 0.1, with w = `rating_weight`; 1
     throughout when w is 0 or the frame has no ratings (a missing rating counts as 4: 1 too)."""

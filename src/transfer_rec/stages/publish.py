@@ -19,7 +19,7 @@ from transfer_rec.registry.models import champion_bundle, registered_model_name
 from transfer_rec.schema.unified import PROFILE_FIELDS, user_key
 from transfer_rec.serving.bundle import ModelBundle, Recommendations
 from transfer_rec.stages.evaluate import withdrawn_links
-from transfer_rec.stages.features import PlatformData, interaction_weights
+from transfer_rec.stages.features import PlatformData, disliked, interaction_weights
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: S
         bundle.known_profiles(histories.index.tolist()),
         link_ids=[_unless(bundle.link_of(target, u), withdrawn) for u in histories.index],
         weights=weights.tolist(),
+        excluded=_rated_low(features, target, histories.index.tolist()),
     )
     frame = _ranked_rows(histories.index, recs, [True] * len(histories))
     short = _short_history(bundle, features, target, set(histories.index), config.publish.k, withdrawn)
@@ -136,6 +137,7 @@ def _short_history(
     positives["weight"] = interaction_weights(positives, _rating_weight(bundle))
     by_user = positives.groupby("user_id")["item_id"].agg(list)
     weight_of = positives.groupby("user_id")["weight"].agg(list)
+    rated_low = _rated_low(features, target, ids)
     fields = [c for c in PROFILE_FIELDS if c in users and c in bundle.profiles]
     reads_profiles = bundle.profile_vocabulary is not None
     frames = []
@@ -145,12 +147,19 @@ def _short_history(
         weights = [weight_of.get(u) for u in part["user_id"]]
         profiles = part[fields].reset_index(drop=True)
         links = [_unless(v, withdrawn) for v in part["link_id"]] if "link_id" in part else None
-        recs = bundle.recommend(histories, k, profiles, link_ids=links, weights=weights)
+        excluded = rated_low[start : start + SHORT_HISTORY_BATCH]
+        recs = bundle.recommend(histories, k, profiles, link_ids=links, weights=weights, excluded=excluded)
         profiled = profiles.notna().any(axis=1).to_numpy() if fields and reads_profiles else [False] * len(part)
         personal = [bool(used) or bool(p) for used, p in zip(recs.platforms, profiled, strict=True)]
         frames.append(_ranked_rows(part["user_id"], recs, personal))
     log.info("%s: %d consenting user(s) below the training threshold ranked from what they have", target, len(users))
     return pd.concat(frames, ignore_index=True)
+
+
+def _rated_low(features: FeatureSet, target: str, users: list[str]) -> list[list[str]]:
+    """Per user (in order), the items they rated low in this run's unified data: never published back to them."""
+    low = disliked(features.unified, target, users).groupby("user_id")["item_id"].agg(list)
+    return [low.get(u, []) for u in users]
 
 
 def _superseded(unified: Path, current: Path) -> bool:

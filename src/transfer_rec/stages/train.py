@@ -27,7 +27,7 @@ from transfer_rec.registry import tracking
 from transfer_rec.runtime.threads import use_torch_threads
 from transfer_rec.selection.short_history import ShortHistoryData, fit_short_history, ordered_items
 from transfer_rec.serving.bundle import ModelBundle
-from transfer_rec.stages.features import PlatformData, interaction_weights
+from transfer_rec.stages.features import PlatformData, disliked, interaction_weights
 from transfer_rec.stages.linked import LinkedFit, fit_linked
 
 log = logging.getLogger(__name__)
@@ -240,9 +240,10 @@ def bundle_for(
     linked: LinkedFit | None = None,
 ) -> ModelBundle:
     """The served model: `model` with the target's items, and its known users' histories from `splits`, each item
-    counting as in training (meta `rating_weight`)."""
+    counting as in training (meta `rating_weight`), and the items they rated low (never recommended back)."""
     items = pd.read_parquet(Path(features.dir) / "items.parquet").sort_values("item_idx")
     rows = data.frame[data.frame["split"].isin(splits)]
+    seen_low = disliked(features.unified, str(meta["target"]), rows["user_id"].unique().tolist())
     known = rows[["user_id", "item_id"]].assign(weight=interaction_weights(rows, float(meta.get("rating_weight", 0))))
     part, accounts = (linked.part, linked.accounts) if linked is not None and linked.part is not None else (None, None)
     return ModelBundle(
@@ -255,6 +256,7 @@ def bundle_for(
         part,
         accounts,
         native_item_ids(features, str(meta["target"]), items["item_id"]),
+        seen_low,
     )
 
 
