@@ -112,12 +112,15 @@ def _sole_run(layout: StateLayout, who: str = "transfer-rec run") -> Iterator[No
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.seek(0)
-            holder = lock.read().strip() or "unknown"
-            raise SystemExit(
-                f"{who}: a run is working on {layout.root} (pid {holder}); wait for it to finish"
-            ) from None
+            pid, _, holder = (lock.read().strip() or "unknown").partition(" ")
+            if holder == "make airflow-ui":
+                raise SystemExit(
+                    f"{who}: make airflow-ui is running on {layout.root} (pid {pid}): trigger the run in its UI, or "
+                    "stop it (Ctrl-C) and run again"
+                ) from None
+            raise SystemExit(f"{who}: a run is working on {layout.root} (pid {pid}); wait for it to finish") from None
         lock.truncate(0)
-        lock.write(str(os.getpid()))
+        lock.write(f"{os.getpid()} {who}")
         lock.flush()
         yield
 
@@ -336,11 +339,17 @@ def airflow_ui(layout: StateLayout) -> None:
 
     hangup_stops()  # a closed terminal stops Airflow too, as Ctrl-C does
     home = Path(os.environ["AIRFLOW_HOME"])
-    # init migrates the databases a working `make run` uses: under the lock, as that run's own init is
+    # the whole time under the run lock: its scheduler runs transfer_rec on this state, and a `make run` beside it
+    # would race with those runs (the scheduler's own liveness check finds it only after its first heartbeat)
     with _sole_run(layout, "make airflow-ui"):
         init(layout)
         # runs a stopped `make run` left "running" would be continued by this scheduler, or hold every later run
         _fail_stopped_runs()
+        _standalone(layout, home)
+
+
+def _standalone(layout: StateLayout, home: Path) -> None:
+    """`airflow standalone` until it ends or is stopped, then its whole process tree."""
     # Ctrl-C, or a SIGTERM from a supervisor, stops everything (background shells start us with SIGINT ignored).
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)

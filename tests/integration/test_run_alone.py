@@ -32,6 +32,15 @@ def test_a_second_run_on_the_same_state_is_refused_naming_the_first(pipeline_env
         with pytest.raises(SystemExit, match=r"make airflow-ui: a run is working on .* \(pid 4242\)"):
             cli.airflow_ui(layout)
     assert not layout.lake.exists(), "refused before init: nothing pulled, nothing migrated"
+    # make airflow-ui holds the lock while its scheduler runs transfer_rec on this state: said so, with what to do
+    with open(layout.root / ".run.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4343 make airflow-ui")
+        held.flush()
+        with pytest.raises(
+            SystemExit, match=r"make airflow-ui is running on .* \(pid 4343\): trigger the run in its UI"
+        ):
+            cli.run(layout)
 
 
 def test_a_run_beside_a_live_scheduler_is_refused(pipeline_env, tmp_path, monkeypatch):
