@@ -275,7 +275,11 @@ def summary(layout: StateLayout) -> None:
                 if pub.get("short_history_users")
                 else ""
             )
-            print(f"  published: {pub['rows']:,} recommendations for {pub['users']:,} users{short} -> {pub['path']}")
+            # by the champion's version: after "not promoted" they are the earlier champion's, not the candidate's
+            by = f" by champion v{pub['model_version']}" if pub.get("model_version") else ""
+            print(
+                f"  published: {pub['rows']:,} recommendations{by} for {pub['users']:,} users{short} -> {pub['path']}"
+            )
         else:
             print(f"  published: nothing ({pub.get('reason', 'n/a')})")
     print(

@@ -12,7 +12,7 @@ def test_the_report_names_each_failed_target_and_its_stage_beside_the_others(tmp
     layout.reports.mkdir(parents=True)
     evaluated = {"k": 10, "test_users": 80, "metrics": {"candidate": {"ndcg": 0.31}}, "report": None}
     decision = {"model": "transfer_rec-c", "version": 3, "promoted": True, "reasons": ["pass: ndcg"]}
-    published = {"published": True, "rows": 800, "users": 80, "path": "var/recommendations/d"}
+    published = {"published": True, "rows": 800, "users": 80, "path": "var/recommendations/d", "model_version": "2"}
     report = {
         "run_key": "r1",
         "platforms": {},
@@ -34,4 +34,5 @@ def test_the_report_names_each_failed_target_and_its_stage_beside_the_others(tmp
     assert blocks["a"].startswith("a: FAILED at finetune") and "failures.log" in blocks["a"]
     assert "decision: FAILED at promote" in blocks["b"] and "published" not in blocks["b"]
     assert "transfer_rec-c v3 PROMOTED" in blocks["c"] and "published: FAILED at publish" in blocks["c"]
-    assert "published: 800 recommendations for 80 users" in blocks["d"] and "FAILED" not in blocks["d"]
+    # by whose lists: after "not promoted" they are the earlier champion's
+    assert "published: 800 recommendations by champion v2 for 80 users" in blocks["d"] and "FAILED" not in blocks["d"]
