@@ -97,7 +97,7 @@ def test_the_link_table_holds_linkable_accounts_only_and_counts_targets_linked_t
     assert link_counts(links, load_config()) == {"ml-100k": 1, "action": 0}
 
 
-def test_an_opted_out_person_is_never_linked(monkeypatch, tmp_path):
+def test_an_opted_out_person_is_never_linked(monkeypatch, tmp_path, caplog):
     from transfer_rec.config import load_config
     from transfer_rec.stages.unify import unify_platform
 
@@ -117,6 +117,12 @@ def test_an_opted_out_person_is_never_linked(monkeypatch, tmp_path):
     users = part["users"].set_index("user_id")
     assert len(users.loc["ml-100k:1", "link_id"]) == 64
     assert pd.isna(users.loc["ml-100k:2", "link_id"]) and not users.loc["ml-100k:2", "consent"]
+    assert "no column mapped to consent" not in caplog.text
+    # the consent mapping gone (the export stopped carrying it, the config was edited to match): said, not silent
+    raw["columns"]["users"] = {"uid": "user_id", "mail": "email"}
+    part = unify_platform(tmp_path, type(platform).model_validate(raw), config, [tmp_path / "i.csv"])
+    assert part["users"]["link_id"].notna().all()
+    assert "platform ml-100k: identity columns but no column mapped to consent: every user counts" in caplog.text
 
 
 def test_the_salt_can_come_from_a_file_made_once_and_readable_by_its_owner_only(monkeypatch, tmp_path):

@@ -516,6 +516,14 @@ def platform_users(batch_dir: Path, platform: PlatformConfig, config: PipelineCo
     region = u["region"].astype(str).str[:2] if "region" in u else pd.Series(np.nan, index=u.index)
     users["region"] = region.values
     consent = consent_flags(u).values
+    if "consent" not in u and any(c in u for c in IDENTITY_COLUMNS):
+        # a platform whose consent export or mapping went missing would otherwise re-link, unremarked, the people
+        # who had opted out
+        log.warning(
+            "platform %s: identity columns but no column mapped to consent: every user counts as consenting and is "
+            "linked by them (map the platform's consent column in columns.users if it has one)",
+            platform.name,
+        )
     # an opted-out person is never linked: their accounts stay apart
     users["link_id"] = link_ids(platform.name, u).where(consent).values
     users["consent"] = consent
