@@ -172,7 +172,7 @@ def _run(layout: StateLayout, force: bool) -> None:
             code = wait_watching(proc, family)
         finally:
             if proc.poll() is None:
-                print("transfer-rec run: stopping the pipeline run", file=sys.stderr)
+                _tell("transfer-rec run: stopping the pipeline run")
                 # a second Ctrl-C or SIGTERM while stopping would leave the group running: the stop finishes first
                 with _signals_held():
                     stop_group(proc, grace=(10.0, 5.0), known=family)
@@ -318,6 +318,15 @@ def _fail_stopped_runs() -> None:
         )
     elif done.stdout.strip():
         print(done.stdout.strip(), file=sys.stderr)
+
+
+def _tell(message: str) -> None:
+    """A line for the operator on stderr, if it can still be written: after a hangup the terminal is gone and a
+    write fails (EIO), which must not keep what follows (stopping the run) from happening."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 @contextlib.contextmanager

@@ -237,6 +237,39 @@ def test_a_hangup_stops_a_command_as_sigterm_does_and_its_session_child_with_it(
         proc.kill()
 
 
+def test_a_command_started_under_nohup_outlives_the_hangup_it_asked_to():
+    ignoring = subprocess.Popen(
+        [sys.executable, "-c", "import signal\nsignal.signal(signal.SIGHUP, signal.SIG_IGN)\n" + HUNG_CLI],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        child = psutil.Process(int(ignoring.stdout.readline()))
+        ignoring.send_signal(signal.SIGHUP)
+        with pytest.raises(subprocess.TimeoutExpired):
+            ignoring.wait(timeout=2)
+    finally:
+        ignoring.kill()
+        ignoring.wait()
+        child.kill()
+
+
+def test_what_the_run_tells_the_operator_cannot_keep_it_from_stopping(monkeypatch):
+    """After a hangup the terminal is gone: a write to it fails (EIO), and the stop after it must still happen."""
+    from transfer_rec import cli
+
+    class Gone:
+        def write(self, text):
+            raise OSError(5, "Input/output error")
+
+        def flush(self):
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(sys, "stderr", Gone())
+    cli._tell("transfer-rec run: stopping the pipeline run")  # no error
+
+
 def test_the_heartbeat_survives_a_worker_ending_while_it_lists_them(monkeypatch):
     from transfer_rec.runtime import signals
 

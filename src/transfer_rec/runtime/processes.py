@@ -23,6 +23,8 @@ def wait_watching(proc: subprocess.Popen, family: dict[int, Any], every: float =
     moved into process groups of their own (Airflow's task runners) can no longer be found from it, and stop_group
     needs them (`known`)."""
     while True:
+        for pid in [pid for pid, p in family.items() if not p.is_running()]:  # a days-long UI sees many short ones
+            del family[pid]
         family.update({p.pid: p for p in descendants(proc.pid)})
         try:
             return proc.wait(every)

@@ -49,8 +49,11 @@ def hangup_stops() -> None:
     handler is set. Its default would end the process at once, with no `finally`: what it started in a session of
     its own (which the hangup does not reach) would run on with no parent, and its run lock would be released
     beside it."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:  # started under nohup: asked to outlive the terminal
+        return
+    signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
 
 
 @contextmanager
