@@ -71,17 +71,20 @@ ACCOUNTS_PER_IDENTITY_MAX = 5
 
 
 def _normalise_identity(column: str, values: pd.Series) -> pd.Series:
-    """Each value as it is hashed (case and spaces folded; a phone as its digits, an international prefix, "+" or
-    "00", dropped: "+1 555", "001 555" and "1-555" are one number), null where it cannot name a person. A number
-    written without its country code stays as written: which country it is in, the export does not say."""
+    """Each value as it is hashed (case and spaces folded; a phone as its digits, after "+" when it is written with
+    an international prefix, "+" or "00": "+1 555" and "001 555" are one number), null where it cannot name a
+    person. A number written without that prefix stays apart from every international one: "1 555" may be that
+    number without its "+", or a national number of another country with the same digits, and the export does not
+    say which (two people taken for one would see each other's histories)."""
     # as_text: a Parquet integer column with a null comes back as float64, and "4420794600001.0" would hash as a
     # different number with one digit more
     text = as_text(values).astype("string").str.strip().str.lower()
     if column == "phone":
         international = text.str.match(r"^(\+|00)").fillna(False).astype(bool)
-        text = text.str.replace(r"[^0-9]", "", regex=True)
-        text = text.where(~international, text.str.replace(r"^00", "", regex=True))
-        usable = (text.str.len() >= PHONE_DIGITS_MIN) & ~text.str.fullmatch(r"(\d)\1*").fillna(False)
+        digits = text.str.replace(r"[^0-9]", "", regex=True)
+        digits = digits.where(~text.str.startswith("00").fillna(False), digits.str.slice(2))
+        usable = (digits.str.len() >= PHONE_DIGITS_MIN) & ~digits.str.fullmatch(r"(\d)\1*").fillna(False)
+        text = digits.where(~international, "+" + digits)
     else:
         usable = text.str.fullmatch(EMAIL_PATTERN).fillna(False)
     return text.where(usable.fillna(False).astype(bool))
