@@ -80,6 +80,10 @@ def test_a_link_id_names_a_target_account_only_when_it_has_one():
 def test_an_anonymous_row_beside_a_named_one_answers_null_not_nan():
     out = recommend_frame(bundle(), pd.DataFrame({"user_id": ["u1", None], "history": [[], ["i0"]]}), 2)
     assert out["user_id"].tolist() == ["u1", "u1", None, None]
+    # "" and pd.NA (a text column built in Python) are no user either
+    for nobody in ("", pd.NA):
+        requests = pd.DataFrame({"user_id": pd.array(["u1", nobody], dtype=object), "history": [[], ["i0"]]})
+        assert recommend_frame(bundle(), requests, 2)["user_id"].tolist() == ["u1", "u1", None, None]
     # what MLflow's scoring server writes: strict JSON (no bare NaN)
     json.dumps(out.to_dict(orient="records"), allow_nan=False, default=list)
 

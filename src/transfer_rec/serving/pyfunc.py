@@ -130,12 +130,15 @@ _ONE_THREAD = threading.Lock()
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and pd.isna(value))
+    """A field left out: absent, null (None, NaN, pd.NA) or "" (which clients send for a field they leave out)."""
+    if isinstance(value, str):
+        return value == ""
+    return value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value))
 
 
 def _text(request: dict[str, Any], column: str, row: int) -> str | None:
     value = request.get(column)
-    if _missing(value) or value == "":  # clients send "" for a field they leave out
+    if _missing(value):
         return None
     if not isinstance(value, str):
         raise RequestError(f"row {row}: {column!r} must be a string, got {type(value).__name__}")
@@ -292,7 +295,7 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
     }
     for row, request in enumerate(records):
         user = request.get("user_id")
-        user = None if isinstance(user, float) else user
+        user = None if _missing(user) else user
         items = recs.item_ids[row]
         out["request"] += [row] * len(items)
         out["user_id"] += [user] * len(items)
