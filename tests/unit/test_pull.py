@@ -230,8 +230,11 @@ def test_an_ingest_rerun_of_an_interval_announces_nothing_and_keeps_its_partitio
     interval = (utc(days[0]), utc(days[2]))
     first = pipeline.ingest_validate(pipeline.ingest_pull("village", "scheduled__2023-11-17", interval))
     assert first["new"]
-    again = pipeline.ingest_validate(pipeline.ingest_pull("village", "manual__rerun", interval))  # a cleared task
+    pulled = pipeline.ingest_pull("village", "manual__rerun", interval)  # a cleared task
+    again = pipeline.ingest_validate(pulled)
     assert not again["new"] and again["batch_id"].startswith(f"{first['batch_id']}.")
+    # and its validate cleared in turn: still a repeat, not a retry of an announcement that never went out
+    assert not pipeline.ingest_validate(pulled)["new"]
     config, layout = load_config(), StateLayout.from_env()
     landed = interaction_files(
         pull_platform(config.platform("village"), layout, "asset-run"), config.platform("village"), layout
@@ -252,6 +255,25 @@ def test_a_retried_ingest_validate_announces_its_batch_again(pipeline_env):
     assert (StateLayout.from_env().landing / "campus" / first["batch_id"]).is_dir(), "the batch stays landed"
     # a later pull of the same data is a repeat, as before
     assert not pipeline.ingest_validate(pipeline.ingest_pull("campus", "manual__second"))["new"]
+
+
+def test_an_ingest_validate_that_cannot_read_the_registry_announces_its_batch(pipeline_env, monkeypatch, caplog):
+    """validate is not retried: an unreadable registry must not fail it (the data would wait for the next cron)."""
+    import socket
+
+    from transfer_rec.stages import pipeline
+
+    pipeline_env()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    assert pipeline.ingest_validate(pipeline.ingest_pull("campus", "manual__down"))["new"]
+    assert pipeline.ingest_validate(pipeline.ingest_pull("campus", "manual__down-again"))["new"] is False, (
+        "a repeat of the announced batch needs no registry"
+    )
+    assert "registry unreadable" in caplog.text
 
 
 def test_the_fingerprint_names_exactly_the_partitions_unify_read(incremental, monkeypatch):

@@ -578,14 +578,20 @@ def fingerprint(pulled: PulledBatch) -> str:
 def _champions_trained_on(batch: PulledBatch, config: PipelineConfig) -> str | None:
     """'champion <model> v<n>, ...' when every target's champion was trained on exactly these files of the platform
     (its data tags), else None: announcing such a batch would only queue a retrain on the same data."""
+    from mlflow.exceptions import MlflowException
+
     from transfer_rec.registry import tracking
     from transfer_rec.registry.models import alias_version
     from transfer_rec.stages.promote import platform_digest
 
-    tracking.configure(StateLayout.from_env())
     named = []
-    for target in config.targets:
-        version = alias_version(target.name)
+    try:
+        tracking.configure(StateLayout.from_env())
+        champions = [alias_version(target.name) for target in config.targets]
+    except MlflowException as error:  # validate is not retried: announced, at worst a retrain on the same data
+        log.warning("registry unreadable (%s): the batch is announced as new", str(error).splitlines()[0][:200])
+        return None
+    for version in champions:
         tags = (version.tags or {}) if version is not None else {}
         digest = platform_digest({f.file: f.sha256 for f in batch.files})
         if version is None or tags.get(f"data.{batch.platform}.sha256") != digest:
@@ -620,7 +626,7 @@ def ingest_validate(pulled: Json) -> Json:
     record = layout.landing / platform / ANNOUNCED_FILE
     last = _announced(record)
     current = fingerprint(batch)
-    if last.get("batch_id") == batch.batch_id:
+    if last.get("batch_id") == batch.batch_id and last.get("announced", True):
         # recorded by an earlier attempt of this very task: its announcement (an Asset event) goes out only when the
         # task succeeds, which that attempt may not have (the API server slow, the time limit): announce it again
         same_as = _champions_trained_on(batch, config)
@@ -635,9 +641,13 @@ def ingest_validate(pulled: Json) -> Json:
             shutil.rmtree(batch.batch_dir, ignore_errors=True)
         log.info("platform %s: same data as %s, nothing new to announce", platform, same_as)
         kept = same_as if batch.mode == "snapshot" else batch.batch_id
-        write_text_atomic(record, json.dumps({"batch_id": kept, "fingerprint": current}, indent=2))
+        # announced: False, so that this task cleared later is no retry of an announcement (an incremental repeat
+        # is recorded under its own id)
+        write_text_atomic(record, json.dumps({"batch_id": kept, "fingerprint": current, "announced": False}, indent=2))
         return IngestResult(platform=platform, batch_id=batch.batch_id, new=False, same_as=same_as).to_xcom()
-    write_text_atomic(record, json.dumps({"batch_id": batch.batch_id, "fingerprint": current}, indent=2))
+    write_text_atomic(
+        record, json.dumps({"batch_id": batch.batch_id, "fingerprint": current, "announced": True}, indent=2)
+    )
     rows = {f.table: f.rows for f in batch.files}
     log.info(
         "platform %s: new validated batch %s (%s): announcing %s",
