@@ -167,17 +167,18 @@ def _run(layout: StateLayout, force: bool) -> None:
     family: dict[int, Any] = {}
     with open(log, "w") as out, terminate_raises():
         env = {**os.environ, task_log.ENV: "1"}  # the UI's log tab shows in-process tasks' logs too
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        try:
+        proc: subprocess.Popen | None = None
+        try:  # Popen inside: a stop landing just after it returned still stops the group it started
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
             code = wait_watching(proc, family)
         finally:
-            if proc.poll() is None:
+            if proc is not None and proc.poll() is None:
                 _tell("transfer-rec run: stopping the pipeline run")
                 # a second Ctrl-C or SIGTERM while stopping would leave the group running: the stop finishes first
                 with _signals_held():
                     stop_group(proc, grace=(10.0, 5.0), known=family)
                     _fail_stopped_runs()
-            else:  # ended on its own (a crash too): a task runner it left behind must not go on writing
+            elif proc is not None:  # ended on its own (a crash too): a task runner it left must not go on writing
                 stop_group(proc, known=family)
     if code != 0:
         print("".join(log.read_text().splitlines(keepends=True)[-60:]))

@@ -214,8 +214,8 @@ from transfer_rec.runtime.signals import hangup_stops, terminate_raises
 hangup_stops()
 with terminate_raises():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
-    print(child.pid, flush=True)
-    try:
+    try:  # the pid told inside: a stop that lands while print returns must still reach the finally
+        print(child.pid, flush=True)
         child.wait()
     finally:
         child.kill()
