@@ -208,9 +208,11 @@ def test_every_stage_a_dag_task_runs_for_minutes_is_guarded():
 
 
 HUNG_CLI = """
-import subprocess, sys
+import signal, subprocess, sys
 from transfer_rec.runtime.signals import hangup_stops, terminate_raises
 
+if "--nohup" not in sys.argv:  # as started from a terminal, even when the tests themselves run under nohup
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 hangup_stops()
 with terminate_raises():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
@@ -239,7 +241,7 @@ def test_a_hangup_stops_a_command_as_sigterm_does_and_its_session_child_with_it(
 
 def test_a_command_started_under_nohup_outlives_the_hangup_it_asked_to():
     ignoring = subprocess.Popen(
-        [sys.executable, "-c", "import signal\nsignal.signal(signal.SIGHUP, signal.SIG_IGN)\n" + HUNG_CLI],
+        [sys.executable, "-c", "import signal\nsignal.signal(signal.SIGHUP, signal.SIG_IGN)\n" + HUNG_CLI, "--nohup"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
