@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from airflow.api_fastapi.core_api.security import requires_authenticated
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse
 
 from transfer_rec.io.state import StateLayout
@@ -71,9 +72,15 @@ class DataDocsLink(BaseOperatorLink):
 
 
 data_docs_app = FastAPI(title="transfer-rec Data Docs", docs_url=None, redoc_url=None, openapi_url=None)
+# A plugin's app is mounted beside Airflow's API without its login: the pages show validation results (identity
+# columns withheld, but user and item ids of failing rows), so they need a signed-in Airflow user, as the UI has
+# (its session cookie) and an API client (its bearer token).
+signed_in = requires_authenticated()
 
 
-@data_docs_app.get(links.DATA_DOCS_PREFIX.removeprefix(links.PLUGIN_PREFIX) + "/{page:path}")
+@data_docs_app.get(
+    links.DATA_DOCS_PREFIX.removeprefix(links.PLUGIN_PREFIX) + "/{page:path}", dependencies=[Depends(signed_in)]
+)
 def data_docs(page: str) -> FileResponse:
     """A file of the Data Docs folder (state folder's data_docs/); nothing outside it."""
     root = StateLayout.from_env().data_docs.resolve()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.error
 import urllib.request
 
 import mlflow
@@ -65,7 +66,12 @@ def test_rest_trigger_with_params_runs_to_success_and_links_resolve(airflow_api)
     status, body = api.call("GET", f"{run}/taskInstances/validate/links?map_index=1")
     docs_url = body["extra_links"]["Data Docs"]
     assert docs_url == f"{api.base}/transfer-rec/data-docs/village/rest/index.html", body
-    with urllib.request.urlopen(docs_url, timeout=30) as response:
+    # only for a signed-in Airflow user (the UI's session cookie, an API client's token): the pages name failing rows
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(docs_url, timeout=30)
+    assert refused.value.code in (401, 403)
+    signed = urllib.request.Request(docs_url, headers={"Cookie": f"_token={api.token}"})
+    with urllib.request.urlopen(signed, timeout=30) as response:
         page = response.read().decode()
     # GX's own Data Docs index of this platform's batch, listing the batch's validation runs
     assert "Data Docs created by Great Expectations" in page and "village.rest." in page and "Success" in page

@@ -41,9 +41,12 @@ def wait_drawn(page, selector: str, count: int) -> None:
 def plugin_server():
     """The plugin's FastAPI app under uvicorn on a free loopback port, mounted at the plugin's prefix."""
     from airflow import plugins_manager
+    from airflow.api_fastapi.core_api.security import get_user
     from fastapi import FastAPI
 
     app = next(a for a in plugins_manager.get_fastapi_plugins()[0] if a["url_prefix"] == links.PLUGIN_PREFIX)
+    # alone, without Airflow's auth manager: the sign-in the API server asks for (test_airflow_rest) stands granted
+    app["app"].dependency_overrides[get_user] = lambda: "a signed-in user"
     host = FastAPI()
     host.mount(app["url_prefix"], app["app"])
     port = free_port_pair()
@@ -59,6 +62,7 @@ def plugin_server():
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        app["app"].dependency_overrides.pop(get_user, None)
 
 
 def test_data_docs_offline_list_every_validation_and_agree_with_the_pipeline(pipeline_env, plugin_server, tmp_path):

@@ -55,9 +55,14 @@ def test_plugin_serves_data_docs_and_nothing_outside(tmp_path, monkeypatch):
     page.parent.mkdir(parents=True)
     page.write_text("<h1>Validation of village</h1>")
     (tmp_path / "var" / "secret.txt").write_text("no")
+    from airflow.api_fastapi.core_api.security import get_user
+
     app = next(a["app"] for a in plugins_manager.get_fastapi_plugins()[0] if a["url_prefix"] == links.PLUGIN_PREFIX)
     client = TestClient(app)
     prefix = links.DATA_DOCS_PREFIX.removeprefix(links.PLUGIN_PREFIX)
+    # the pages name failing rows' ids: nobody who has not signed in to Airflow reads them
+    assert client.get(f"{prefix}/village/b1/index.html").status_code == 401
+    monkeypatch.setitem(app.dependency_overrides, get_user, lambda: "a signed-in user")
     response = client.get(f"{prefix}/village/b1/index.html")
     assert response.status_code == 200 and "Validation of village" in response.text
     assert client.get(f"{prefix}/village/b1/").status_code == 200
