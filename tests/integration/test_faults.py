@@ -289,9 +289,21 @@ def test_registry_outage_at_promotion_then_retries_register_once(pipeline_env, t
         pipeline.promote(run, evaluation)
     server = _mlflow_server(db, tmp_path / "served-artifacts", port)
     try:
-        first = pipeline.promote(run, evaluation)  # the task's retry, once the server is back
-        again = pipeline.promote(run, evaluation)  # a retry after a success
         client = mlflow.MlflowClient()
+
+        def refused(*args, **kwargs):
+            raise mlflow.exceptions.MlflowException("the registry refused the alias write")
+
+        # back, but refusing alias writes: the version passed the gate and is not champion, and says so
+        with monkeypatch.context() as refusing:
+            refusing.setattr(mlflow.MlflowClient, "set_registered_model_alias", refused)
+            with pytest.raises(mlflow.exceptions.MlflowException, match="refused the alias"):
+                pipeline.promote(run, evaluation)
+        (stranded,) = client.search_model_versions("name = 'transfer_rec-village'")
+        assert stranded.tags["gate.decision"] == "crowning" and not stranded.aliases, stranded
+        first = pipeline.promote(run, evaluation)  # the task's retry, once the server is back
+        assert client.get_model_version("transfer_rec-village", first["version"]).tags["gate.decision"] == "promoted"
+        again = pipeline.promote(run, evaluation)  # a retry after a success
         versions = client.search_model_versions("name = 'transfer_rec-village'")
         assert [v.version for v in versions] == [first["version"]] == [again["version"]]
         assert client.get_model_version_by_alias("transfer_rec-village", "champion").version == first["version"]

@@ -81,12 +81,16 @@ def run_key_versions(target: str, run_key: str) -> list[Any]:
 DESCRIPTION_MAX = 5000
 
 
-def describe(target: str, version: str, tags: dict[str, str], description: str) -> None:
+def tag(target: str, version: str, tags: dict[str, str]) -> None:
     client = MlflowClient()
     name = registered_model_name(target)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    client.update_model_version(name, version, description=description)
+
+
+def describe(target: str, version: str, tags: dict[str, str], description: str) -> None:
+    tag(target, version, tags)
+    MlflowClient().update_model_version(registered_model_name(target), version, description=description)
 
 
 def crown(target: str, version: str) -> str | None:

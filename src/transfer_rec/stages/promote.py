@@ -30,6 +30,8 @@ class GateDecision:
 
 # The model-version tag holding the sha256 of the inputs (data files' hashes and resolved config) it was trained on.
 INPUTS_TAG = "inputs.fingerprint"
+# a version's gate.decision while its crowning is under way (passed the gate; not champion until it reads "promoted")
+CROWNING = "crowning"
 # The metrics a model version's tags show (all of them are in its model card and provenance.json).
 HEADLINE_METRICS = ("ndcg", "recall", "retention")
 
@@ -391,7 +393,9 @@ def promote(
     # few tags a person can read on the version's page; the long record is provenance.json on the source run
     metrics = evaluation.metrics["candidate"]
     tags = {
-        "gate.decision": "promoted" if decision.promote else "rejected",
+        # "crowning" until the champion alias has moved: a crowning that fails on every retry leaves a version that
+        # passed the gate but is not champion, which must not read "promoted"
+        "gate.decision": CROWNING if decision.promote else "rejected",
         "gate.reasons": " | ".join(decision.reasons),
         "gate.override": override,
         "source_run_id": candidate.run_id,
@@ -412,6 +416,8 @@ def promote(
             _record(report, refused, run_key, candidate.run_id, target, str(version.version), tags)
             raise
         previous = registry.crown(target, version.version)
+        tags["gate.decision"] = "promoted"
+        registry.tag(target, str(version.version), {"gate.decision": "promoted"})
     elif not dry_run:  # a dry run's version is there to be looked at; it takes no alias from a real candidate
         registry.mark_challenger(target, version.version)
     name = registry.registered_model_name(target)
