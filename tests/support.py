@@ -21,6 +21,41 @@ def small_model(n_items: int, k: int = 10, **overrides: Any) -> TransferRecommen
     return TransferRecommender(n_items, training(**overrides), k)
 
 
+def refuse_e_mail_user_ids(env: dict, engine: Any = None) -> str:
+    """On the synthetic world `env`: the village exports e-mail addresses as some users' ids (in its users and
+    interactions files, one user listed twice, which a uniqueness warning would quote). Validation on `engine`
+    (pandas when None) refuses the batch by rule opaque_user_id; neither the refusal, the quarantine record nor the
+    Data Docs pages hold an address. Returns the refusal."""
+    import pandas as pd
+    import pytest
+
+    from transfer_rec.config import load_config
+    from transfer_rec.io.state import StateLayout
+    from transfer_rec.stages.pull import pull_platform
+    from transfer_rec.stages.validate import DataValidationError, validate_batch
+
+    folder = env["exports"] / "village"
+    users = pd.read_csv(folder / "users.txt", dtype=str)
+    interactions = pd.read_csv(folder / "interactions.txt", dtype=str)
+    named = {uid: f"Learner.{i}@Example.org" for i, uid in enumerate(users["uid"].iloc[:4])}
+    users["uid"] = users["uid"].replace(named)
+    pd.concat([users, users.iloc[:1]]).to_csv(folder / "users.txt", index=False)
+    interactions["learner"] = interactions["learner"].replace(named)
+    interactions.to_csv(folder / "interactions.txt", index=False)
+
+    platform, state = load_config().platform("village"), StateLayout.from_env()
+    with pytest.raises(DataValidationError) as caught:
+        validate_batch(pull_platform(platform, state, "mail-ids"), platform, state, engine=engine)
+    message = str(caught.value)
+    assert "users.txt, column 'uid': rule opaque_user_id: 4 user id(s) are e-mail addresses" in message, message
+    assert "interactions.txt, column 'learner': rule opaque_user_id" in message, message
+    addresses = {a.lower() for a in named.values()}
+    pages = [*(state.quarantine / "village" / "mail-ids").rglob("validation.json"), *state.data_docs.rglob("*")]
+    texts = [message] + [p.read_text(errors="replace") for p in pages if p.is_file() and p.suffix in (".json", ".html")]
+    assert not [a for a in addresses for text in texts if a in text.lower()]
+    return message
+
+
 def refuse_an_e_mail_rule(env: dict, monkeypatch: Any, engine: Any = None) -> None:
     """On the synthetic world `env`: the village maps a `mail` column to `email`, an operator's rule on it (an
     address at Example.org) fails for a third of the users, and validation on `engine` (pandas when None) refuses

@@ -203,6 +203,15 @@ def test_an_expectation_on_an_e_mail_column_reports_counts_never_addresses(pipel
     refuse_an_e_mail_rule(pipeline_env(), monkeypatch, engine=None)
 
 
+def test_e_mail_addresses_as_user_ids_are_refused_before_anything_quotes_them(pipeline_env):
+    """A platform exporting e-mail addresses as user ids would make each address a model's key, and reach logs,
+    artifacts and published lists: validation refuses the batch (rule opaque_user_id) before a check quotes one
+    (the Spark engine's case is in test_spark_engine.py)."""
+    from tests.support import refuse_e_mail_user_ids
+
+    refuse_e_mail_user_ids(pipeline_env(), engine=None)
+
+
 def test_a_refused_batch_fails_with_its_rule_even_when_mlflow_cannot_record_it(pipeline_env, monkeypatch):
     """The task's failure line is the refusal (platform, file, rule), not a locked tracking database's error."""
     from transfer_rec.registry import tracking

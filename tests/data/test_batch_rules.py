@@ -123,19 +123,6 @@ def test_a_user_id_of_a_hundred_thousand_characters(baseline):
     assert "100,000 chars" in message
 
 
-def test_an_e_mail_address_as_user_id_is_refused_and_never_quoted(baseline, caplog):
-    path, frame = _frame(baseline, "interactions.txt")
-    address = "Person.Seven@Example.org"
-    frame.loc[frame["learner"] == frame.loc[0, "learner"], "learner"] = address
-    frame.to_csv(path, index=False)
-    with caplog.at_level(logging.DEBUG):
-        message = _refused_at_unify(baseline, "e-mail-id", "opaque_user_id")
-    assert "1 user id(s) are e-mail addresses" in message and "map the address to `email`" in message
-    layout = StateLayout.from_env()
-    reason = (layout.quarantine / "village" / "e-mail-id" / "validation.json").read_text()
-    assert address.lower() not in (message + caplog.text + reason).lower()
-
-
 def test_empty_titles_are_called_empty_titles(baseline):
     path, items = _frame(baseline, "items.txt")
     items.loc[: len(items) * 3 // 10, "title"] = ""

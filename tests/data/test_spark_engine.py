@@ -197,19 +197,6 @@ def test_spark_refuses_a_bad_batch_as_pandas_does_and_keeps_the_current_version(
     assert not list((layout.unified / ".versions").glob("staging-*")), "the refused batch's part files are removed"
 
 
-def _refused_on_both_engines(rule: str) -> dict[str, str]:
-    """Each engine's refusal of the village's exported batch (pulled and validated once per engine), by `rule`."""
-    config, layout = load_config(), StateLayout.from_env()
-    messages = {}
-    for name, engine in (("pandas", pandas_unify), ("spark", spark_unify)):
-        validated = [validate_batch(pull_platform(p, layout, name), p, layout) for p in config.platforms]
-        with pytest.raises(BatchRefused) as caught:
-            engine.unify(validated, config.model_copy(update={"engine": name}), layout)
-        assert caught.value.rule == rule and caught.value.platform == "village"
-        messages[name] = str(caught.value)
-    return messages
-
-
 @pytest.mark.parametrize("column", ["learner", "course"])
 def test_spark_refuses_an_id_too_long_as_pandas_does(pipeline_env, column):
     """The id-length rule, counted in the pass that gathers the catalogue, names the file, column and length as
@@ -219,21 +206,17 @@ def test_spark_refuses_an_id_too_long_as_pandas_does(pipeline_env, column):
     frame = pd.read_csv(export, dtype=str)
     frame.loc[5, column] = "x" * 5_000
     frame.to_csv(export, index=False)
-    messages = _refused_on_both_engines("max_id_length")
-    layout = StateLayout.from_env()
+    config, layout = load_config(), StateLayout.from_env()
+    messages = {}
+    for name, engine in (("pandas", pandas_unify), ("spark", spark_unify)):
+        validated = [validate_batch(pull_platform(p, layout, name), p, layout) for p in config.platforms]
+        with pytest.raises(BatchRefused) as caught:
+            engine.unify(validated, config.model_copy(update={"engine": name}), layout)
+        assert caught.value.rule == "max_id_length" and caught.value.platform == "village"
+        messages[name] = str(caught.value)
     assert messages["spark"] == messages["pandas"]
     assert "5,000 chars" in messages["spark"] and not (layout.unified / "current").exists()
     assert not list((layout.unified / ".versions").glob("staging-*"))
-
-
-def test_spark_refuses_an_e_mail_address_as_user_id_as_pandas_does(pipeline_env):
-    env = pipeline_env(spark=SPARK)
-    export = env["exports"] / "village" / "interactions.txt"
-    frame = pd.read_csv(export, dtype=str)
-    frame.loc[frame["learner"] == frame.loc[3, "learner"], "learner"] = "someone@example.org"
-    frame.to_csv(export, index=False)
-    messages = _refused_on_both_engines("opaque_user_id")
-    assert messages["spark"] == messages["pandas"] and "someone" not in messages["spark"]
 
 
 def test_incremental_partitions_unify_alike_on_both_engines(pipeline_env, monkeypatch):
@@ -534,3 +517,13 @@ def test_an_expectation_on_an_e_mail_column_reports_no_address_on_spark(pipeline
 
     env = pipeline_env(spark=SPARK)
     refuse_an_e_mail_rule(env, monkeypatch, SparkRaw(spark_session(load_config().spark)))
+
+
+def test_e_mail_addresses_as_user_ids_are_refused_on_spark_as_on_pandas(pipeline_env):
+    from tests.support import refuse_e_mail_user_ids
+
+    from transfer_rec.spark.session import spark_session
+    from transfer_rec.spark.validate import SparkRaw
+
+    env = pipeline_env(spark=SPARK)
+    refuse_e_mail_user_ids(env, SparkRaw(spark_session(load_config().spark)))

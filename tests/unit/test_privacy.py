@@ -183,3 +183,12 @@ def test_a_champion_forgets_the_links_and_accounts_of_people_who_withheld_consen
     assert withdrawn_accounts(champion, unified) == 1
     assert [_unless(link, {"L-a"}) for link in ("L-a", "L-b", None, float("nan"))] == [None, "L-b", None, None]
     assert withdrawn_links(champion, None) == set() and withdrawn_accounts(champion, tmp_path / "none") == 0
+
+
+def test_an_e_mail_address_anywhere_in_a_user_id_is_found_and_opaque_ids_are_not():
+    from transfer_rec.schema.rules import e_mail_ids
+
+    addresses = pd.Series([" a@b.org", "x@y.org@old", "name@host.co\r", "Person.Seven@Example.org"])
+    opaque = pd.Series(["u123", "42", "a@b", "@home.org", "user.name", "7f3c9e"])
+    assert e_mail_ids(addresses) == len(addresses)
+    assert e_mail_ids(opaque) == 0

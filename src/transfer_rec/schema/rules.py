@@ -54,25 +54,27 @@ def check_id_length(ids: dict[str, pd.Series], limit: int, platform: str, file: 
             )
 
 
-# A user id that is an e-mail address: a raw identity would be the model's key for that person, and reach its logs,
-# artifacts and published lists. [^@ \t\r\n]: the same characters in Python's and Java's (Spark's) regex.
-EMAIL_ID_PATTERN = r"^[^@ \t\r\n]+@[^@ \t\r\n]+\.[^@ \t\r\n]+$"
+# A user id holding an e-mail address: a raw identity would be the model's key for that person, and reach its logs,
+# artifacts and published lists. Found anywhere in the id (" a@b.org", "a@b.org|old"), by a search in both engines
+# (Python's re.search, Spark's rlike); [^@ \t\r\n]: the same characters in Python's and Java's regex.
+EMAIL_ID_PATTERN = r"[^@ \t\r\n]+@[^@ \t\r\n]+\.[^@ \t\r\n]+"
 
 
-def check_user_ids_opaque(user_ids: pd.Series, platform: str, file: str) -> None:
-    """Refuse user ids that are e-mail addresses (rule opaque_user_id); `user_ids`: the distinct values (or those
-    found to match). The message quotes none of them: they are identities."""
-    found = int(user_ids.astype(str).str.match(EMAIL_ID_PATTERN).sum())
-    if found:
-        raise BatchRefused(
-            platform,
-            file,
-            "user_id",
-            "opaque_user_id",
-            f"{found:,} user id(s) are e-mail addresses (not shown: they are identities); export an opaque id as "
-            "the user id and map the address to `email` in the platform's users columns, where it becomes the "
-            "salted link id",
-        )
+def e_mail_ids(values: pd.Series) -> int:
+    """How many of `values` (distinct ids) are e-mail addresses."""
+    return int(values.astype(str).str.contains(EMAIL_ID_PATTERN, regex=True).sum())
+
+
+def opaque_user_id_refusal(found: int, platform: str, file: str, column: str) -> BatchRefused:
+    """Rule opaque_user_id: `found` user ids are e-mail addresses. The message quotes none: they are identities."""
+    return BatchRefused(
+        platform,
+        file,
+        column,
+        "opaque_user_id",
+        f"{found:,} user id(s) are e-mail addresses (not shown: they are identities); export an opaque id as the "
+        "user id and map the address to `email` in the platform's users columns, where it becomes the salted link id",
+    )
 
 
 def check_duplicate_share(duplicates: int, rows: int, limit: float, platform: str, file: str) -> None:

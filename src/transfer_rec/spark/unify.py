@@ -91,7 +91,6 @@ def unify_platform(
             F.count(F.lit(1)).alias("rows"),
             F.sum((rating.isNull() | stamp.isNull()).cast("long")).alias("unusable"),
             F.max(F.length(F.col("user_id").cast("string"))).alias("user_length"),
-            F.max(F.col("user_id").cast("string").rlike(rules.EMAIL_ID_PATTERN).cast("int")).alias("user_email"),
         )
         .toPandas()
     )
@@ -101,10 +100,6 @@ def unify_platform(
     limit = config.rules.max_id_length
     if pd.notna(longest) and longest > limit:
         _check_id_lengths(raw, ("user_id", "item_id"), limit, platform.name, files["interactions"])
-    # after the lengths, as stages/unify.py checks them: an id breaking both is refused by the same rule
-    if per_item["user_email"].max() > 0:
-        found = raw.where(F.col("user_id").cast("string").rlike(rules.EMAIL_ID_PATTERN)).select("user_id").distinct()
-        rules.check_user_ids_opaque(found.toPandas()["user_id"], platform.name, files["interactions"])
     # The native id an item is served by is the smallest that folds to its key.
     keys = pd.DataFrame({"native": natives.to_numpy(dtype=object), "key": natives.map(item_key)})
     item_keys = spark.createDataFrame(keys.astype({"key": object}), "native string, key string")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from transfer_rec.config import PlatformConfig
 from transfer_rec.io.formats import FormatError, check_text
+from transfer_rec.schema import rules
 from transfer_rec.schema.suites import REFERENCE_COLUMNS, native_column
 from transfer_rec.spark.session import read_table
 from transfer_rec.stages.validate import (
@@ -156,6 +157,13 @@ class SparkRaw:
             return {}
         mean = frame.numbers.agg(F.avg(rating)).first()[0]
         return {} if mean is None else {"rating_mean": float(mean)}
+
+    def e_mail_ids(self, frame: Landed, column: str) -> int:
+        """stages.validate.PandasRaw.e_mail_ids on Spark: counted only when the first pass finds one."""
+        from pyspark.sql import functions as F
+
+        found = frame.raw.where(F.col(column).cast("string").rlike(rules.EMAIL_ID_PATTERN)).select(column)
+        return found.distinct().count() if found.limit(1).count() else 0
 
     def validate(self, scratch: Any, name: str, batches: list[Batch]) -> list[list[Any]]:
         # no cache of the batch (GX's default): a suite's few jobs read the landed file faster than a cache is built

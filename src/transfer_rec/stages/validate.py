@@ -23,6 +23,7 @@ from transfer_rec.manifests import PulledBatch, TableCheck, ValidatedBatch, Vali
 from transfer_rec.ops.data_docs import make_offline
 from transfer_rec.ops.links import data_docs_page
 from transfer_rec.runtime.workers import can_fork, forked_map, workers
+from transfer_rec.schema import rules
 from transfer_rec.schema.suites import (
     FORBIDDEN_COLUMN_MARKERS,
     NUMERIC_PATTERN,
@@ -293,6 +294,8 @@ class RawEngine(Protocol):
 
     def validate(self, scratch: Any, name: str, batches: list[Batch]) -> list[list[Any]]: ...
 
+    def e_mail_ids(self, frame: Landed, column: str) -> int: ...
+
 
 class PandasRaw:
     """The pandas engine: files read into memory whole, large ones validated in partitions by forked workers."""
@@ -312,6 +315,12 @@ class PandasRaw:
 
     def stats(self, frame: Landed, platform: PlatformConfig, table: str) -> dict[str, float]:
         return batch_stats(frame.raw, platform, table)
+
+    def e_mail_ids(self, frame: Landed, column: str) -> int:
+        """How many distinct values of `column` are e-mail addresses (rules.e_mail_ids)."""
+        values = frame.raw[column]
+        categorical = isinstance(values.dtype, pd.CategoricalDtype)
+        return rules.e_mail_ids(pd.Series(values.cat.categories if categorical else values.dropna().unique()))
 
     def validate(self, scratch: Any, name: str, batches: list[Batch]) -> list[list[Any]]:
         split, owners = by_reading(batches)
@@ -357,6 +366,14 @@ def validate_batch(
             if forbidden
             else []
         )
+        secret = frozenset(filter(None, (native_column(platform, table, c) for c in IDENTITY_COLUMNS)))
+        user_column = native_column(platform, table, "user_id")
+        if user_column and user_column in list(frame.raw.columns):
+            found = engine.e_mail_ids(frame, user_column)
+            if found:
+                # refused here, before any check could quote one (a uniqueness warning's examples, Data Docs)
+                problems.append(str(rules.opaque_user_id_refusal(found, platform.name, file, user_column)))
+                secret |= {user_column}
         expectations = context.suites.get(suite_name(platform.name, table)).expectations
         expectations = expectations + drift_expectations(
             platform, table, previous_stats(layout, platform, table, manifest.batch_id)
@@ -368,7 +385,7 @@ def validate_batch(
                 frame,
                 expectations,
                 native_column(platform, table, "user_id"),
-                secret=frozenset(filter(None, (native_column(platform, table, c) for c in IDENTITY_COLUMNS))),
+                secret=secret,
             )
         )
     results = engine.validate(scratch, f"landing-{platform.name}", batches)
