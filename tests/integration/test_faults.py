@@ -304,6 +304,21 @@ def test_registry_outage_at_promotion_then_retries_register_once(pipeline_env, t
         first = pipeline.promote(run, evaluation)  # the task's retry, once the server is back
         assert client.get_model_version("transfer_rec-village", first["version"]).tags["gate.decision"] == "promoted"
         again = pipeline.promote(run, evaluation)  # a retry after a success
+        # a retry after the crowning whose last write fails: the champion still reads "promoted"
+        from transfer_rec.registry import models as registry_models
+
+        tag = registry_models.tag
+
+        def last_write_refused(target, version, tags):
+            if tags == {"gate.decision": "promoted"}:
+                refused()
+            tag(target, version, tags)
+
+        with monkeypatch.context() as failing:
+            failing.setattr(registry_models, "tag", last_write_refused)
+            with pytest.raises(mlflow.exceptions.MlflowException):
+                pipeline.promote(run, evaluation)
+        assert client.get_model_version("transfer_rec-village", first["version"]).tags["gate.decision"] == "promoted"
         versions = client.search_model_versions("name = 'transfer_rec-village'")
         assert [v.version for v in versions] == [first["version"]] == [again["version"]]
         assert client.get_model_version_by_alias("transfer_rec-village", "champion").version == first["version"]

@@ -388,14 +388,18 @@ def promote(
         decision = GateDecision(False, decision.reasons + ["dry run: never promotes"])
     candidate = evaluation.candidate
     version = registry.register_candidate(target, candidate.model_uri, candidate.run_id, run_key)
-    if decision.promote:
-        _refuse_a_moved_champion(evaluation, str(version.version))
+    champion = _refuse_a_moved_champion(evaluation, str(version.version)) if decision.promote else None
+    # "crowning" until the champion alias has moved: a crowning that fails on every retry leaves a version that
+    # passed the gate but is not champion, which must not read "promoted" (a retry after the crowning finds it
+    # champion already)
+    if not decision.promote:
+        state = "rejected"
+    else:
+        state = "promoted" if champion == str(version.version) else CROWNING
     # few tags a person can read on the version's page; the long record is provenance.json on the source run
     metrics = evaluation.metrics["candidate"]
     tags = {
-        # "crowning" until the champion alias has moved: a crowning that fails on every retry leaves a version that
-        # passed the gate but is not champion, which must not read "promoted"
-        "gate.decision": CROWNING if decision.promote else "rejected",
+        "gate.decision": state,
         "gate.reasons": " | ".join(decision.reasons),
         "gate.override": override,
         "source_run_id": candidate.run_id,
@@ -439,10 +443,10 @@ class ChampionMoved(ValueError):
     ValueError, so the task fails at once (pipeline.DETERMINISTIC): a retry meets the same champion."""
 
 
-def _refuse_a_moved_champion(evaluation: Evaluation, candidate_version: str) -> None:
+def _refuse_a_moved_champion(evaluation: Evaluation, candidate_version: str) -> str | None:
     """The gate compared the candidate with the champion evaluation saw; crowning it over another one would put a
     model in front that was never measured against the one it replaces. A retry after this run crowned the
-    candidate finds the candidate itself, and goes on."""
+    candidate finds the candidate itself, and goes on. Returns the champion's version now."""
     now = registry.alias_version(evaluation.target)
     current = str(now.version) if now is not None else None
     if now is not None and (now.tags or {}).get(registry.ROLLED_BACK_TAG) == candidate_version:
@@ -454,7 +458,7 @@ def _refuse_a_moved_champion(evaluation: Evaluation, candidate_version: str) -> 
             f"{evaluation.target}` again puts v{candidate_version} back in front)"
         )
     if current in (evaluation.champion_version, candidate_version):
-        return
+        return current
     against = f"v{evaluation.champion_version}" if evaluation.champion_version else "no champion"
     now_text = f"v{current}" if current is not None else "no champion"
     raise ChampionMoved(
