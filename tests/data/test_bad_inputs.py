@@ -209,7 +209,15 @@ def test_e_mail_addresses_as_user_ids_are_refused_before_anything_quotes_them(pi
     (the Spark engine's case is in test_spark_engine.py)."""
     from tests.support import refuse_e_mail_user_ids
 
-    refuse_e_mail_user_ids(pipeline_env(), engine=None)
+    env = pipeline_env()
+    refuse_e_mail_user_ids(env, engine=None)
+    # a platform whose ids only look like addresses (SAML's scoped pairwise-ids) says so, and passes
+    raw = yaml.safe_load(env["config"].read_text())
+    raw["platforms"][1]["e_mail_user_ids"] = "allow"
+    write_config(env["config"], raw)
+    config, layout = load_config(), StateLayout.from_env()
+    village = config.platform("village")
+    assert validate_batch(pull_platform(village, layout, "pairwise-ids"), village, layout).validation.success
 
 
 def test_a_refused_batch_fails_with_its_rule_even_when_mlflow_cannot_record_it(pipeline_env, monkeypatch):

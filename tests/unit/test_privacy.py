@@ -189,6 +189,6 @@ def test_an_e_mail_address_anywhere_in_a_user_id_is_found_and_opaque_ids_are_not
     from transfer_rec.schema.rules import e_mail_ids
 
     addresses = pd.Series([" a@b.org", "x@y.org@old", "name@host.co\r", "Person.Seven@Example.org"])
-    opaque = pd.Series(["u123", "42", "a@b", "@home.org", "user.name", "7f3c9e"])
+    opaque = pd.Series(["u123", "42", "a@b", "@home.org", "user.name", "7f3c9e", "learner-17@v2.1", "t:abc@1.0"])
     assert e_mail_ids(addresses) == len(addresses)
     assert e_mail_ids(opaque) == 0

@@ -56,8 +56,9 @@ def check_id_length(ids: dict[str, pd.Series], limit: int, platform: str, file: 
 
 # A user id holding an e-mail address: a raw identity would be the model's key for that person, and reach its logs,
 # artifacts and published lists. Found anywhere in the id (" a@b.org", "a@b.org|old"), by a search in both engines
-# (Python's re.search, Spark's rlike); [^@ \t\r\n]: the same characters in Python's and Java's regex.
-EMAIL_ID_PATTERN = r"[^@ \t\r\n]+@[^@ \t\r\n]+\.[^@ \t\r\n]+"
+# (Python's re.search, Spark's rlike), with a domain that ends in letters ("learner-17@v2.1" is no address);
+# [^@ \t\r\n]: the same characters in Python's and Java's regex.
+EMAIL_ID_PATTERN = r"[^@ \t\r\n]+@[^@ \t\r\n]+\.[A-Za-z]{2,}(?:[^A-Za-z0-9]|$)"
 
 
 def e_mail_ids(values: pd.Series) -> int:

@@ -125,9 +125,16 @@ class SparkRaw:
 
         fmt = platform.format
         check_text(path, fmt)
+        user = native_column(platform, table, "user_id")
         try:
             frame = read_table(self.spark, path, fmt, platform.delimiter)
-            rows = frame.count()
+            if platform.e_mail_user_ids == "refuse" and user in frame.columns:
+                # the rows and whether a user id holds an address, in the one pass that counts them
+                pattern = F.col(user).cast("string").rlike(rules.EMAIL_ID_PATTERN).cast("int")
+                counted = frame.agg(F.count(F.lit(1)), F.max(pattern)).first()
+                rows, may_hold = int(counted[0]), bool(counted[1])
+            else:
+                rows, may_hold = frame.count(), False
         except (PySparkException, Py4JJavaError) as exc:
             what = "not a readable Parquet file" if fmt == "parquet" else f"malformed {fmt} file"
             raise FormatError(f"{path}: {what}: {str(exc).strip().splitlines()[0]}") from exc
@@ -146,7 +153,7 @@ class SparkRaw:
             )
         )
         numbers = frame.select(*(F.col(c).cast("double").alias(c) if c in numeric else F.col(c) for c in frame.columns))
-        return Landed(raw, numbers, numeric, rows)
+        return Landed(raw, numbers, numeric, rows, may_hold)
 
     def stats(self, frame: Landed, platform: PlatformConfig, table: str) -> dict[str, float]:
         """stages.validate.batch_stats on Spark: the interactions' rating mean."""
@@ -159,11 +166,13 @@ class SparkRaw:
         return {} if mean is None else {"rating_mean": float(mean)}
 
     def e_mail_ids(self, frame: Landed, column: str) -> int:
-        """stages.validate.PandasRaw.e_mail_ids on Spark: counted only when the first pass finds one."""
+        """stages.validate.PandasRaw.e_mail_ids on Spark: counted only when `read` saw one."""
         from pyspark.sql import functions as F
 
+        if not frame.may_hold_e_mails:
+            return 0
         found = frame.raw.where(F.col(column).cast("string").rlike(rules.EMAIL_ID_PATTERN)).select(column)
-        return found.distinct().count() if found.limit(1).count() else 0
+        return found.distinct().count()
 
     def validate(self, scratch: Any, name: str, batches: list[Batch]) -> list[list[Any]]:
         # no cache of the batch (GX's default): a suite's few jobs read the landed file faster than a cache is built

@@ -251,6 +251,8 @@ class Landed(NamedTuple):
     numbers: Any
     numeric: tuple[str, ...]
     rows: int
+    # False when the engine found, while reading, that no user id holds an e-mail address (no pass to count them)
+    may_hold_e_mails: bool = True
 
 
 def by_reading(batches: list[Batch]) -> tuple[list[Batch], list[int]]:
@@ -319,8 +321,9 @@ class PandasRaw:
     def e_mail_ids(self, frame: Landed, column: str) -> int:
         """How many distinct values of `column` are e-mail addresses (rules.e_mail_ids)."""
         values = frame.raw[column]
-        categorical = isinstance(values.dtype, pd.CategoricalDtype)
-        return rules.e_mail_ids(pd.Series(values.cat.categories if categorical else values.dropna().unique()))
+        if isinstance(values.dtype, pd.CategoricalDtype):  # a Parquet dictionary's categories may name unused values
+            return rules.e_mail_ids(pd.Series(values.cat.remove_unused_categories().cat.categories))
+        return rules.e_mail_ids(pd.Series(values.dropna().unique()))
 
     def validate(self, scratch: Any, name: str, batches: list[Batch]) -> list[list[Any]]:
         split, owners = by_reading(batches)
@@ -368,7 +371,7 @@ def validate_batch(
         )
         secret = frozenset(filter(None, (native_column(platform, table, c) for c in IDENTITY_COLUMNS)))
         user_column = native_column(platform, table, "user_id")
-        if user_column and user_column in list(frame.raw.columns):
+        if platform.e_mail_user_ids == "refuse" and user_column and user_column in list(frame.raw.columns):
             found = engine.e_mail_ids(frame, user_column)
             if found:
                 # refused here, before any check could quote one (a uniqueness warning's examples, Data Docs)
