@@ -31,6 +31,14 @@ def test_gate_aliases_override_dry_run_and_rollback(pipeline_env, monkeypatch):
     assert first["decision"]["promoted"] and aliases() == {"champion": "1"}
     assert "champion" not in first["evaluation"]["metrics"], "the first model has no champion to meet"
     run_inline("r1", gate_override="promote")  # a retry of the same run registers nothing new
+    # the same run key triggered again with a rejecting override or as a dry run: its version is champion and stays
+    # so, its record untouched (no "rejected" on the serving model, no challenger alias on it)
+    for override, dry_run in (("reject", False), ("none", True)):
+        layout, evaluation = StateLayout.from_env(), Evaluation.model_validate(first["evaluation"])
+        later = promote(evaluation, GateConfig(), layout, "r1", override, dry_run=dry_run)
+        assert not later.promoted and "is champion already" in later.reasons[-1], later
+        assert aliases() == {"champion": "1"}
+        assert mlflow.MlflowClient().get_model_version(MODEL, "1").tags["gate.decision"] == "promoted"
     # the operator's commands say what they cannot do, in one line
     with pytest.raises(SystemExit, match="cannot roll back village: it needs a champion and a previous_champion"):
         cli.main(["rollback", "village"])

@@ -388,6 +388,25 @@ def promote(
         decision = GateDecision(False, decision.reasons + ["dry run: never promotes"])
     candidate = evaluation.candidate
     version = registry.register_candidate(target, candidate.model_uri, candidate.run_id, run_key)
+    if not decision.promote:
+        now = registry.alias_version(target)
+        if now is not None and str(now.version) == str(version.version):
+            # the run key's version was crowned by an earlier attempt and is serving: a later trigger of the same
+            # run key with a dry run or a rejecting override must not write "rejected" or move challenger onto it
+            # (a rollback or the next run's gate is how a champion leaves)
+            reasons = decision.reasons + [
+                f"v{version.version} is champion already (crowned by an earlier run of run key {run_key}): its "
+                "record and aliases stay as they are"
+            ]
+            log.info("gate %s v%s: %s", registry.registered_model_name(target), version.version, reasons[-1])
+            return Decision(
+                target=target,
+                model=registry.registered_model_name(target),
+                version=str(version.version),
+                promoted=False,
+                previous_champion=None,
+                reasons=reasons,
+            )
     champion = _refuse_a_moved_champion(evaluation, str(version.version)) if decision.promote else None
     # "crowning" until the champion alias has moved: a crowning that fails on every retry leaves a version that
     # passed the gate but is not champion, which must not read "promoted" (a retry after the crowning finds it
