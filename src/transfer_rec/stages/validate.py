@@ -387,7 +387,7 @@ def validate_batch(
                 f"{platform.name}.{manifest.batch_id}.{index}.{file.replace('/', '_')}",
                 frame,
                 expectations,
-                native_column(platform, table, "user_id"),
+                user_column,
                 secret=secret,
             )
         )
