@@ -4,6 +4,7 @@ them, so tests never touch the developer's var/ or the committed GX suites."""
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import tempfile
@@ -129,6 +130,26 @@ def make_world(
     return use_world(root, monkeypatch, generated, **sections)
 
 
+def migrated_mlflow_db(path: Path) -> str:
+    """The URI of a tracking and registry DB at `path` (kept if it exists), copied from one this process made once:
+    MLflow takes a new SQLite DB through every schema migration, seconds a test on a slow core."""
+    if not path.exists():
+        shutil.copyfile(_mlflow_template(), path)
+    return f"sqlite:///{path}"
+
+
+@functools.cache
+def _mlflow_template() -> Path:
+    from mlflow import MlflowClient
+
+    db = _SESSION / f"mlflow-template-{os.getpid()}.db"
+    client = MlflowClient(f"sqlite:///{db}", registry_uri=f"sqlite:///{db}")
+    client.search_experiments()
+    client.search_registered_models()
+    assert not db.with_name(db.name + "-wal").exists(), "MLflow left a write-ahead log: copying the DB would lose it"
+    return db
+
+
 def use_world(root: Path, monkeypatch: pytest.MonkeyPatch, generated: dict, **sections) -> dict:
     """Point the pipeline at generated platforms under `root`: config (fast training unless `training` says
     otherwise), GX suites, state folder and MLflow DB, through `monkeypatch`."""
@@ -145,5 +166,5 @@ def use_world(root: Path, monkeypatch: pytest.MonkeyPatch, generated: dict, **se
         shutil.copytree(_GX, gx_dir)
     monkeypatch.setenv("TRANSFER_REC_GX_DIR", str(gx_dir))
     monkeypatch.setenv("TRANSFER_REC_STATE_DIR", str(root / "var"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", migrated_mlflow_db(root / "mlflow.db"))
     return {"config": config, "state": root / "var", "exports": root / "exports"}
