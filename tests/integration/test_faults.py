@@ -301,6 +301,7 @@ def test_registry_outage_at_promotion_then_retries_register_once(pipeline_env, t
                 pipeline.promote(run, evaluation)
         (stranded,) = client.search_model_versions("name = 'transfer_rec-village'")
         assert stranded.tags["gate.decision"] == "crowning" and not stranded.aliases, stranded
+        assert "**Gate: passed**" in stranded.description and "promoted**" not in stranded.description
         first = pipeline.promote(run, evaluation)  # the task's retry, once the server is back
         assert client.get_model_version("transfer_rec-village", first["version"]).tags["gate.decision"] == "promoted"
         again = pipeline.promote(run, evaluation)  # a retry after a success

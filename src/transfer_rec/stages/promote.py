@@ -271,7 +271,14 @@ def model_card(evaluation: dict[str, Any], decision: GateDecision, run_key: str)
             )
             for platform, files in sorted(hashes.items())
         ]
-    lines += ["", f"**Gate: {'promoted' if decision.promote else 'not promoted'}**", ""]
+    # written before the champion alias moves (a crowning can fail after it): "passed", and where to read whether
+    # the version is champion
+    verdict = (
+        "**Gate: passed**: champion once its `champion` alias points here (`gate.decision` then reads `promoted`)"
+        if decision.promote
+        else "**Gate: not promoted**"
+    )
+    lines += ["", verdict, ""]
     lines += [f"- {reason}" for reason in decision.reasons]
     return "\n".join(lines)
 
