@@ -31,6 +31,18 @@ def test_floors_and_overrides():
     assert not gate(metrics(0.5), GateConfig(), override="reject").promote
 
 
+def test_the_model_card_says_whether_the_gate_passed_or_an_operator_pushed_the_version_through():
+    from transfer_rec.stages.promote import model_card
+
+    evaluation = {"target": "shop", "k": 10, "test_users": 90, "metrics": {"candidate": {"ndcg": 0.01, "recall": 0.02}}}
+    passed = model_card(evaluation, gate(metrics(0.5), GateConfig()), "r1")
+    assert "**Gate: passed**: champion once" in passed and "FAIL" not in passed
+    pushed = model_card(evaluation, gate(metrics(0.01, target_only=0.5), GateConfig(), override="promote"), "r1")
+    assert "**Gate: overridden by hand**: champion once" in pushed and "- FAIL: " in pushed
+    refused = model_card(evaluation, gate(metrics(0.5), GateConfig(), override="reject"), "r1")
+    assert "**Gate: not promoted**" in refused and "- override: rejected by manual override" in refused
+
+
 def test_paired_bound_decides_against_the_champion():
     config = GateConfig(ndcg_margin=0.01, retention_margin=0.01)
     # equal point estimates, but the paired lower bound says the candidate may be 3 points worse: rejected

@@ -128,11 +128,14 @@ def gate(
     return _overridden(GateDecision(passed, reasons), override)
 
 
+OVERRIDE_PROMOTED, OVERRIDE_REJECTED = "override: promoted by manual override", "override: rejected by manual override"
+
+
 def _overridden(decision: GateDecision, override: Override) -> GateDecision:
     if override == "promote":
-        return GateDecision(True, decision.reasons + ["override: promoted by manual override"])
+        return GateDecision(True, decision.reasons + [OVERRIDE_PROMOTED])
     if override == "reject":
-        return GateDecision(False, decision.reasons + ["override: rejected by manual override"])
+        return GateDecision(False, decision.reasons + [OVERRIDE_REJECTED])
     return decision
 
 
@@ -271,13 +274,12 @@ def model_card(evaluation: dict[str, Any], decision: GateDecision, run_key: str)
             )
             for platform, files in sorted(hashes.items())
         ]
-    # written before the champion alias moves (a crowning can fail after it): "passed", and where to read whether
-    # the version is champion
-    verdict = (
-        "**Gate: passed**: champion once its `champion` alias points here (`gate.decision` then reads `promoted`)"
-        if decision.promote
-        else "**Gate: not promoted**"
-    )
+    # written before the champion alias moves (a crowning can fail after it): passed (or pushed through by an
+    # operator, whatever the checks below say), and where to read whether the version is champion
+    verdict = "**Gate: not promoted**"
+    if decision.promote:
+        verdict = "**Gate: overridden by hand**" if OVERRIDE_PROMOTED in decision.reasons else "**Gate: passed**"
+        verdict += ": champion once its `champion` alias points here (`gate.decision` then reads `promoted`)"
     lines += ["", verdict, ""]
     lines += [f"- {reason}" for reason in decision.reasons]
     return "\n".join(lines)
