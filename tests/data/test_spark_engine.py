@@ -18,6 +18,7 @@ import yaml
 from bench.synthetic import partition_by_day
 from transfer_rec.config import load_config
 from transfer_rec.io.state import StateLayout
+from transfer_rec.io.tables import k_core
 from transfer_rec.schema.rules import BatchRefused
 from transfer_rec.schema.unified import item_key
 from transfer_rec.spark import features as spark_features
@@ -158,7 +159,7 @@ def test_spark_k_core_is_the_pandas_k_core_when_it_takes_many_rounds(both):
     chain = [("c0", "i0"), ("c0", "i1")] + [(f"c{n}", f"i{m}") for n in range(1, 3) for m in (n, n + 1)]
     chain += [("b0", "i3")]  # the chain's last item reaches a block user, who stays
     frame = pd.DataFrame(block + chain, columns=["user_id", "item_id"]).assign(rating=1.0)
-    expected = pandas_features.k_core(frame, 2)
+    expected = k_core(frame, 2)
     assert set(expected["user_id"]) == {f"b{u}" for u in range(4)}, "the whole chain unravels, the block stays"
     spark = spark_session(both["config"].spark)
     kept = spark_features.k_core(spark.createDataFrame(frame), 2).toPandas()

@@ -1,7 +1,8 @@
 import pandas as pd
 import pytest
 
-from transfer_rec.stages.features import hold_out_users, k_core, split_sizes, split_users
+from transfer_rec.io.tables import k_core
+from transfer_rec.stages.features import hold_out_users, split_sizes, split_users
 
 
 def test_k_core_repeats_until_stable():

@@ -23,6 +23,7 @@ import pandas as pd
 
 from transfer_rec.io.formats import read_table
 from transfer_rec.io.storage import copy_to_local
+from transfer_rec.io.tables import k_core
 
 PLATFORMS = ("action", "family", "drama")
 GENRES = {
@@ -71,17 +72,6 @@ def platform_of(genres: str) -> str:
     return "drama"
 
 
-def k_core(frame: pd.DataFrame, k: int = CORE) -> pd.DataFrame:
-    """Users and items with at least k rows, repeated until stable."""
-    while True:
-        users = frame.groupby("user_id")["item_id"].transform("size")
-        items = frame.groupby("item_id")["user_id"].transform("size")
-        keep = (users >= k) & (items >= k)
-        if keep.all():
-            return frame
-        frame = frame[keep]
-
-
 def load_ml_1m(cache: Path, source: str = ML_1M) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """MovieLens-1M's RecBole files (copied to `cache` once), columns without their `:type` suffix."""
     for name in ML_1M_FILES:
@@ -113,11 +103,11 @@ def cut_world(
     )
     per_platform: dict[str, pd.DataFrame] = {}
     for name in PLATFORMS:
-        rows = k_core(inter[inter["platform"] == name])
+        rows = k_core(inter[inter["platform"] == name], CORE)
         people = np.sort(rows["user_id"].unique())
         share = options.target_keep if name == options.target else 1.0 - options.source_drop
         kept = rng.choice(people, size=int(round(share * len(people))), replace=False)
-        per_platform[name] = k_core(rows[rows["user_id"].isin(kept)])
+        per_platform[name] = k_core(rows[rows["user_id"].isin(kept)], CORE)
 
     profile = users.set_index("user_id")
     for name in PLATFORMS:

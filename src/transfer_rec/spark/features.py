@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def k_core(inter: DataFrame, k: int) -> DataFrame:
-    """stages.features.k_core on Spark: drop users and items with fewer than k interactions until none is left (the
+    """io.tables.k_core on Spark: drop users and items with fewer than k interactions until none is left (the
     k-core is unique, so removing all of them at once per round reaches the pandas engine's rows).
 
     Each round finds the users and items below k (two aggregations of the cached rows, small results) and, only if

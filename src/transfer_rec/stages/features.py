@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from transfer_rec.config import PipelineConfig
 from transfer_rec.io.state import StateLayout
 from transfer_rec.io.storage import atomic_dir
+from transfer_rec.io.tables import k_core
 from transfer_rec.manifests import FeatureSet, UnifiedVersion
 from transfer_rec.schema.unified import PROFILE_FIELDS
 
@@ -21,20 +22,6 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 RATING_PIVOT = 4.0  # the rating that counts 1 in a rating-weighted history (see PlatformData.matrix)
-
-
-def k_core(inter: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Drop users and items with fewer than k interactions, repeating until stable."""
-    users, _ = pd.factorize(inter["user_id"])
-    items, _ = pd.factorize(inter["item_id"])
-    alive = np.ones(len(inter), dtype=bool)
-    while True:
-        user_counts = np.bincount(users[alive], minlength=users.max() + 1 if len(users) else 0)
-        item_counts = np.bincount(items[alive], minlength=items.max() + 1 if len(items) else 0)
-        keep = alive & (user_counts[users] >= k) & (item_counts[items] >= k)
-        if (keep == alive).all():
-            return inter[alive]
-        alive = keep
 
 
 def split_sizes(n: int, shares: tuple[float, float, float]) -> tuple[int, int, int]:
