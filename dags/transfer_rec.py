@@ -172,9 +172,10 @@ def _mlflow_link(run: dict[str, Any], run_id: str | None = None) -> None:
     ti.xcom_push(key=links.MLFLOW_RUN_KEY, value=run_id or run["parent_run_id"])
 
 
-def _data_docs_link(platform: str, batch_id: str) -> None:
-    """Record the batch's Data Docs page before validating, so the link works on a failed validation too."""
-    get_current_context()["ti"].xcom_push(key=links.DATA_DOCS_KEY, value=links.data_docs_page(platform, batch_id))
+def _data_docs_link(page: str) -> None:
+    """Record a Data Docs page (relative to the Data Docs folder) before validating, so the link works on a failed
+    validation too."""
+    get_current_context()["ti"].xcom_push(key=links.DATA_DOCS_KEY, value=page)
 
 
 def _each(outputs: Any) -> list[dict[str, Any]]:
@@ -322,14 +323,14 @@ def transfer_rec() -> None:
         """Great Expectations on the raw batch; failure quarantines it and stops this run."""
         _label(pulled["platform"])
         _mlflow_link(run)
-        _data_docs_link(pulled["platform"], pulled["batch_id"])
+        _data_docs_link(links.data_docs_page(pulled["platform"], pulled["batch_id"]))
         return pipeline.validate(run, pulled)
 
     @stage(**NO_RETRY)
     def unify(validated: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
         """One schema for all platforms, switched in atomically."""
         _mlflow_link(run)
-        return pipeline.unify(run, list(validated))
+        return pipeline.unify(run, list(validated), data_docs=_data_docs_link)
 
     @stage()  # it reads the registry: a brief outage is ridden out like any other I/O
     def check_inputs(unified: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
@@ -349,7 +350,8 @@ def transfer_rec() -> None:
     def pretrain(features: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         """Learn from the source platform."""
         _mlflow_link(run)
-        pretrained = pipeline.pretrain(run, features)
+        # a failed pretraining links to the run it failed in; a finished one to its first family's
+        pretrained = pipeline.pretrain(run, features, on_run=lambda run_id: _mlflow_link(run, run_id))
         _mlflow_link(run, pretrained["run_id"])
         return pretrained
 
@@ -360,8 +362,10 @@ def transfer_rec() -> None:
         """Adapt to one target platform; the result is the candidate model."""
         _label(target)
         _mlflow_link(run)
-        candidate = pipeline.finetune(run, target, features, pretrained)
-        _mlflow_link(run, candidate["run_id"])
+        # linked to the fine-tune's own run as soon as it exists: a failed fine-tune is traced to it too
+        candidate = pipeline.finetune(
+            run, target, features, pretrained, on_run=lambda run_id: _mlflow_link(run, run_id)
+        )
         return candidate
 
     @per_platform(timeout_is_final=True)

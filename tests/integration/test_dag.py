@@ -235,7 +235,7 @@ def test_full_dag_run_registers_logs_and_publishes_even_when_another_target_fail
     # the served model names its packages, pinned to this environment (given, not inferred in a subprocess)
     requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/transfer_rec-village/1")).read_text().split()
     assert requirements == serving_requirements()
-    _assert_extra_links(run, version.run_id, env["state"])
+    _assert_extra_links(run, version.run_id, env["state"], failed=("finetune", hamlet, "finetune hamlet"))
     run_data = client.get_run(version.run_id).data
     # the evaluation is its own run, nested under the model's (fine-tune) run, which keeps the headline
     evaluation = client.get_run(run_data.tags["evaluation_run_id"])
@@ -342,8 +342,9 @@ def _assert_task_logs_readable(run) -> None:
         assert any("started (log written by transfer-rec run" in e for e in events), (key, events[:10])
 
 
-def _assert_extra_links(run, candidate_run_id: str, state: Path) -> None:
-    """The plugin's links, resolved as the API server resolves them: from the XComs the tasks pushed."""
+def _assert_extra_links(run, candidate_run_id: str, state: Path, failed: tuple[str, int, str]) -> None:
+    """The plugin's links, resolved as the API server resolves them: from the XComs the tasks pushed. `failed`: a
+    task that failed inside its own MLflow run (task id, map index, the run's stage name), linked to that run."""
     from airflow import plugins_manager
 
     link = {lk.name: lk for lk in plugins_manager.get_global_operator_extra_links()}
@@ -365,4 +366,15 @@ def _assert_extra_links(run, candidate_run_id: str, state: Path) -> None:
     page = state / "data_docs" / "village" / "itest"
     assert "village.itest" in (page / "index.html").read_text(), "the index lists this batch's validations"
     assert max(p.stat().st_size for p in (page / "validations").rglob("*.html")) > 1000
-    assert link["Data Docs"].get_link(None, ti_key=tis[("unify", -1)].key) == ""
+    # the unified tables' own validation, under the version's name
+    unified = Path(json.loads((state / "lake" / "features" / "itest" / "manifest.json").read_text())["unified"])
+    docs = link["Data Docs"].get_link(None, ti_key=tis[("unify", -1)].key)
+    assert docs.endswith(f"/transfer-rec/data-docs/unified/{unified.name}/index.html"), docs
+    assert (state / "data_docs" / "unified" / unified.name / "index.html").exists()
+    assert link["Data Docs"].get_link(None, ti_key=tis[("finetune", 0)].key) == ""
+    # a failed fine-tune is traced to its own run (where its params and last epochs are), not the pipeline's
+    task_id, index, stage = failed
+    broken = link["MLflow run"].get_link(None, ti_key=tis[(task_id, index)].key)
+    found = mlflow.search_runs([experiment], f"tags.`transfer_rec.stage` = '{stage}'", output_format="list")
+    assert len(found) == 1 and found[0].info.status == "FAILED", found
+    assert broken.endswith(f"/runs/{found[0].info.run_id}?workflowType=machine_learning"), broken

@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -104,18 +104,28 @@ def end_pipeline_run(run_id: str, failed: bool = False, outcome: str | None = No
 
 @contextmanager
 def stage_run(
-    layout: StateLayout, run_key: str, stage: str, parent_run_id: str, tags: dict[str, str] | None = None
+    layout: StateLayout,
+    run_key: str,
+    stage: str,
+    parent_run_id: str,
+    tags: dict[str, str] | None = None,
+    on_run: Callable[[str], None] | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """A nested run for one stage; a retry of the same stage reuses (and overwrites) its run instead of adding one."""
+    """A nested run for one stage; a retry of the same stage reuses (and overwrites) its run instead of adding one.
+    `on_run` is told the run's id as soon as it exists, so a stage that then fails can still be traced to it."""
     experiment_id = configure(layout)
     existing = _find_run(experiment_id, f"tags.`{RUN_KEY_TAG}` = '{run_key}' and tags.`{STAGE_TAG}` = '{stage}'")
     all_tags = {RUN_KEY_TAG: run_key, STAGE_TAG: stage, "mlflow.parentRunId": parent_run_id, **(tags or {})}
-    if existing:
-        with mlflow.start_run(run_id=existing) as run:
+    opened = (
+        mlflow.start_run(run_id=existing)
+        if existing
+        else mlflow.start_run(run_name=stage, experiment_id=experiment_id, tags=all_tags)
+    )
+    with opened as run:
+        if existing:
             mlflow.set_tags(all_tags)
-            yield run
-        return
-    with mlflow.start_run(run_name=stage, experiment_id=experiment_id, tags=all_tags) as run:
+        if on_run is not None:
+            on_run(run.info.run_id)
         yield run
 
 

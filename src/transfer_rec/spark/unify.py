@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -175,11 +176,16 @@ def unify_platform(
     return pandas_unify.platform_part(batch_dir, platform, config, written, users, keys, natives, rows, counts)
 
 
-def unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout) -> UnifiedVersion:
+def unify(
+    validated: list[ValidatedBatch],
+    config: PipelineConfig,
+    layout: StateLayout,
+    data_docs: Callable[[str], None] | None = None,
+) -> UnifiedVersion:
     """stages.unify.unify on Spark: the same tables, rules, quarantine and atomic switch of lake/unified/current."""
     tables = SparkTables(spark_session(config.spark), layout)
     try:
-        return pandas_unify.unify(validated, config, layout, engine=tables)
+        return pandas_unify.unify(validated, config, layout, engine=tables, data_docs=data_docs)
     finally:
         tables.discard()
 

@@ -282,10 +282,11 @@ def validate(run: Json, pulled: Json) -> Json:
 
 
 @_guarded
-def unify(run: Json, validated: list[Json]) -> Json:
+def unify(run: Json, validated: list[Json], data_docs: Callable[[str], None] | None = None) -> Json:
+    """The unified version; `data_docs` is told its Data Docs page before its tables are validated."""
     _, config, layout = _resolve(run)
     batches = [ValidatedBatch.model_validate(v) for v in validated]
-    return engine_stage(config, "unify").unify(batches, config, layout).to_xcom()
+    return engine_stage(config, "unify").unify(batches, config, layout, data_docs=data_docs).to_xcom()
 
 
 @_guarded
@@ -300,17 +301,21 @@ def build_features(run: Json, unified: Json) -> Json:
 
 
 @_guarded
-def pretrain(run: Json, features: Json) -> Json:
+def pretrain(run: Json, features: Json, on_run: Callable[[str], None] | None = None) -> Json:
+    """The pretrained families; `on_run` is told each family's MLflow run id as soon as the run exists."""
     from transfer_rec.stages import train as train_stage
 
     plan_, config, layout = _resolve(run)
     return train_stage.pretrain(
-        FeatureSet.model_validate(features), config, layout, plan_.run_key, plan_.parent_run_id, plan_.targets
+        FeatureSet.model_validate(features), config, layout, plan_.run_key, plan_.parent_run_id, plan_.targets, on_run
     ).to_xcom()
 
 
 @_guarded
-def finetune(run: Json, target: str, features: Json, pretrained: Json) -> Json:
+def finetune(
+    run: Json, target: str, features: Json, pretrained: Json, on_run: Callable[[str], None] | None = None
+) -> Json:
+    """One target's candidate; `on_run` is told its MLflow run id as soon as the run exists."""
     from transfer_rec.stages import train as train_stage
 
     plan_, config, layout = _resolve(run)
@@ -322,6 +327,7 @@ def finetune(run: Json, target: str, features: Json, pretrained: Json) -> Json:
         layout,
         plan_.run_key,
         plan_.parent_run_id,
+        on_run,
     ).to_xcom()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +66,17 @@ def pretrain(
     run_key: str,
     parent_run_id: str,
     targets: list[str] | None = None,
+    on_run: Callable[[str], None] | None = None,
 ) -> Pretrained:
     """One model per family of sources (the targets that learn from the same sources share it), each trained on its
-    sources' interactions and saved under models/<run_key>/; `targets` default to every target of the config."""
+    sources' interactions and saved under models/<run_key>/; `targets` default to every target of the config.
+    `on_run` is told each family's MLflow run id as soon as it exists."""
     use_torch_threads(config.runtime.torch_threads)
     families = config.source_families(targets if targets is not None else [t.name for t in config.targets])
     trained = [
-        _pretrain_family(features, config, layout, run_key, parent_run_id, list(sources), members, len(families))
+        _pretrain_family(
+            features, config, layout, run_key, parent_run_id, list(sources), members, len(families), on_run
+        )
         for sources, members in families.items()
     ]
     return Pretrained(families=trained, run_id=trained[0].run_id)
@@ -86,6 +91,7 @@ def _pretrain_family(
     source_names: list[str],
     targets: list[str],
     n_families: int,
+    on_run: Callable[[str], None] | None = None,
 ) -> PretrainedFamily:
     sources = {name: PlatformData.of(features, name) for name in source_names}
     names = ",".join(sources)
@@ -94,7 +100,7 @@ def _pretrain_family(
     started = time.perf_counter()
     # one family keeps the plain stage name (one run per pipeline run); several are told apart by their sources
     stage = "pretrain" if n_families == 1 else f"pretrain {'+'.join(sources)}"
-    with tracking.stage_run(layout, run_key, stage, parent_run_id, {"platform": names}) as run:
+    with tracking.stage_run(layout, run_key, stage, parent_run_id, {"platform": names}, on_run) as run:
         mlflow.log_params({"platform": names, "targets": ",".join(targets), **_model_params(config)})
         weight = config.training.rating_weight
         history = model.pretrain({n: d.matrix(rating_weight=weight) for n, d in sources.items()}, log=_log_epoch)
@@ -308,13 +314,15 @@ def finetune(
     layout: StateLayout,
     run_key: str,
     parent_run_id: str,
+    on_run: Callable[[str], None] | None = None,
 ) -> Candidate:
     """Fine-tune the pretrained model on one target; log it to MLflow as a pyfunc model (the candidate). The
-    baselines are fitted on the same split and saved beside it for evaluation."""
+    baselines are fitted on the same split and saved beside it for evaluation. `on_run` is told the MLflow run's id
+    as soon as it exists (the DAG links a failed fine-tune's task to it)."""
     started = time.perf_counter()
     config = config.for_target(target)
     cache_dir = layout.root / "cache" / "embeddings"
-    with tracking.stage_run(layout, run_key, f"finetune {target}", parent_run_id, {"platform": target}) as run:
+    with tracking.stage_run(layout, run_key, f"finetune {target}", parent_run_id, {"platform": target}, on_run) as run:
         family = pretrained.of(target)
         mlflow.log_params({"platform": target, "pretrain_run_id": family.run_id, **_model_params(config)})
         # a retried task (worker killed, node lost) resumes from the last finished epoch instead of starting over

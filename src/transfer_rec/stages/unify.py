@@ -21,6 +21,7 @@ from transfer_rec.io.formats import as_text, read_table, to_numbers
 from transfer_rec.io.state import StateLayout
 from transfer_rec.io.storage import atomic_dir, write_text_atomic
 from transfer_rec.manifests import PulledBatch, UnifiedVersion, ValidatedBatch
+from transfer_rec.ops.links import data_docs_page
 from transfer_rec.runtime.workers import Forked, can_fork, workers
 from transfer_rec.schema import rules
 from transfer_rec.schema.suites import native_column
@@ -692,15 +693,21 @@ class PandasTables:
 
 
 def unify(
-    validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout, engine: Any = None
+    validated: list[ValidatedBatch],
+    config: PipelineConfig,
+    layout: StateLayout,
+    engine: Any = None,
+    data_docs: Callable[[str], None] | None = None,
 ) -> UnifiedVersion:
     """Unify all validated batches into lake/unified/{interactions,users,items,links}.parquet, switched in atomically.
     A batch that breaks a rule (schema/rules.py) is quarantined with the reason, as a refusal at validation is, so
-    it never becomes the drift baseline of the next batch; the current version stays."""
+    it never becomes the drift baseline of the next batch; the current version stays. `data_docs` is told the new
+    version's Data Docs page (relative to the Data Docs folder) before its tables are validated, so a refused
+    version's page can be found too."""
     for m in validated:
         require_landed(Path(m.batch_dir), m.platform, m.batch_id, layout)
     try:
-        version = _unify(validated, config, layout, engine or PandasTables())
+        version = _unify(validated, config, layout, engine or PandasTables(), data_docs)
     except rules.BatchRefused as caught:
         refused = named_as_in_file(caught, config)
         batch = next((m for m in validated if m.platform == refused.platform), None)
@@ -790,7 +797,13 @@ def _previous_rows(layout: StateLayout) -> dict[str, int]:
     return {name: int(counts.get("rows_out", 0)) for name, counts in platforms.items()}
 
 
-def _unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: StateLayout, engine: Any) -> UnifiedVersion:
+def _unify(
+    validated: list[ValidatedBatch],
+    config: PipelineConfig,
+    layout: StateLayout,
+    engine: Any,
+    data_docs: Callable[[str], None] | None = None,
+) -> UnifiedVersion:
     inputs = {m.platform: landed_inputs(m, config.platform(m.platform), layout) for m in validated}
     parts = engine.platforms(validated, config, inputs)
     previous = _previous_rows(layout)
@@ -859,6 +872,8 @@ def _unify(validated: list[ValidatedBatch], config: PipelineConfig, layout: Stat
         log.info("unified %s: %s", name, counts[name])
     final = layout.unified / "current"
     with atomic_dir(final) as out:
+        if data_docs is not None:
+            data_docs(data_docs_page("unified", out.name))
         tables = {"interactions": interactions, "users": users, "items": items, "links": links, "item_ids": item_ids}
         validation = engine.write_and_validate(tables, out, config, layout)
         # Downstream stages read this exact version (dir), even if a later run switches "current" meanwhile.
