@@ -36,6 +36,17 @@ def test_novelty_is_mean_self_information_of_recommended_items():
     assert novelty(np.array([[0, 1], [1, 2]]), popularity).tolist() == pytest.approx([0.5, 1.5])
 
 
+def test_an_empty_place_of_a_short_list_counts_as_no_item():
+    # -1 ends a list with fewer than K items the model could rank (ranking.top_k without fill)
+    genres = genre_matrix(["a|b", "a", "c", "", ""])
+    assert catalogue_coverage(np.array([[0, -1], [-1, -1]]), np.ones(5, dtype=bool)) == pytest.approx(1 / 5)
+    # only the pairs of listed items: [0, 1, -1] is the pair (a|b, a) alone; one item or none is 0
+    values = intra_list_diversity(np.array([[0, 1, -1], [2, -1, -1], [-1, -1, -1]]), genres)
+    assert values.tolist() == pytest.approx([0.5, 0.0, 0.0])
+    popularity = np.array([1.0, 0.5, 0.25])
+    assert novelty(np.array([[1, -1], [2, 1], [-1, -1]]), popularity).tolist() == pytest.approx([1.0, 1.5, 0.0])
+
+
 def test_time_holdout_takes_each_users_latest_interactions():
     frame = pd.DataFrame(
         {

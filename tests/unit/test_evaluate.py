@@ -43,6 +43,23 @@ def test_blocked_metrics_are_the_metrics_of_the_full_scores(monkeypatch):
         np.testing.assert_allclose(blocked[name], expected[name])
 
 
+def test_an_item_a_model_cannot_score_is_never_listed_nor_credited():
+    # a champion that knows items 0-3 only (a catalogue that grew since): every other item scores -inf; the user saw
+    # 0-2, and their test item 5 is one the champion cannot rank, so it must not earn a hit by filling a short list
+    items = 6
+    history = sp.csr_matrix(np.array([[1, 1, 1, 0, 0, 0]], dtype=np.float32))
+    relevant = sp.csr_matrix(np.array([[0, 0, 0, 0, 0, 1]], dtype=np.float32))
+
+    def champion(matrix: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+        scores = np.full((len(rows), items), -np.inf)
+        scores[:, :4] = np.arange(4)
+        return scores
+
+    ranked = evaluate.ranked_rows(champion, history, np.array([0]), 3, history)
+    assert ranked.tolist() == [[3, -1, -1]]
+    assert evaluate.rows_metrics(champion, history, history, relevant, 3)["hit"].tolist() == [0.0]
+
+
 def _platform(tmp_path, users: int = 30, items: int = 12, seed: int = 3):
     """A target platform's feature files: each user's items split train / valid / test by time."""
     import pandas as pd

@@ -1,5 +1,6 @@
 """Beyond accuracy: catalogue coverage, genre diversity and novelty of top-K lists. `ranked` is always (users x K)
-item indices, best first, as ranking.top_k returns them."""
+item indices, best first, as ranking.top_k returns them; -1 is an empty place (a list shorter than K), which counts
+as no item."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ def catalogue_coverage(ranked: np.ndarray, candidates: np.ndarray) -> float:
     if not candidates.any():
         return 0.0
     shown = np.zeros(len(candidates), dtype=bool)
-    shown[np.unique(ranked)] = True
+    shown[np.unique(ranked[ranked >= 0])] = True
     return float((shown & candidates).sum() / candidates.sum())
 
 
@@ -33,17 +34,20 @@ def intra_list_diversity(ranked: np.ndarray, genres: np.ndarray) -> np.ndarray:
 
     A pair where neither item has a genre counts as distance 0 (nothing shows they differ); a list of one item is 0.
     """
-    sets = genres[ranked].astype(np.float32)  # users x K x genres
+    k = ranked.shape[1]
+    if k < 2:
+        return np.zeros(ranked.shape[0])
+    listed = ranked >= 0
+    sets = genres[np.where(listed, ranked, 0)].astype(np.float32)  # users x K x genres
     inter = np.einsum("ukg,ulg->ukl", sets, sets)
     sizes = sets.sum(axis=2)
     union = sizes[:, :, None] + sizes[:, None, :] - inter
     distance = np.divide(inter, union, out=np.ones_like(inter), where=union > 0)
     distance = 1.0 - distance
-    k = ranked.shape[1]
-    if k < 2:
-        return np.zeros(ranked.shape[0])
     upper = np.triu_indices(k, 1)
-    return distance[:, upper[0], upper[1]].mean(axis=1).astype(np.float64)
+    pairs = listed[:, upper[0]] & listed[:, upper[1]]
+    total = (distance[:, upper[0], upper[1]] * pairs).sum(axis=1, dtype=np.float64)
+    return np.divide(total, pairs.sum(axis=1), out=np.zeros(len(total)), where=pairs.any(axis=1))
 
 
 def item_popularity(train: sp.csr_matrix) -> np.ndarray:
@@ -53,5 +57,9 @@ def item_popularity(train: sp.csr_matrix) -> np.ndarray:
 
 
 def novelty(ranked: np.ndarray, popularity: np.ndarray) -> np.ndarray:
-    """Per user: mean self-information -log2(popularity) of the recommended items (higher = less obvious)."""
-    return (-np.log2(popularity[ranked])).mean(axis=1)
+    """Per user: mean self-information -log2(popularity) of the recommended items (higher = less obvious); 0 for an
+    empty list."""
+    listed = ranked >= 0
+    information = np.where(listed, -np.log2(popularity[np.where(listed, ranked, 0)]), 0.0)
+    count = listed.sum(axis=1)
+    return np.divide(information.sum(axis=1), count, out=np.zeros(len(count)), where=count > 0)

@@ -64,12 +64,17 @@ def ranked_rows(
     candidates: np.ndarray | None = None,
 ) -> np.ndarray:
     """The top-k lists (item indices, best first) of the users at `rows`, scored from their `history` rows with
-    their `exclude` items and non-candidates left out; a row of the result per entry of `rows`."""
+    their `exclude` items and non-candidates left out; a row of the result per entry of `rows`. A list with fewer
+    than k items the model can rank ends in -1 (an empty place): an item it scores -inf (a champion that does not
+    know an item of this catalogue) or an excluded one is never listed, so never credited, as serving never shows
+    it."""
     history, exclude, rows = sp.csr_matrix(history), sp.csr_matrix(exclude), np.asarray(rows, dtype=np.int64)
     ranked = np.empty((len(rows), min(k, history.shape[1])), dtype=np.intp)
     for start in range(0, len(rows), SCORE_ROWS):
         block = rows[start : start + SCORE_ROWS]
-        ranked[start : start + len(block)] = top_k(score(history[block], block), k, exclude[block], candidates)
+        ranked[start : start + len(block)] = top_k(
+            score(history[block], block), k, exclude[block], candidates, fill=False
+        )
     return ranked
 
 
