@@ -30,7 +30,8 @@ def _bin(name: str) -> str:
 def init(layout: StateLayout) -> None:
     """Create the state folder, migrate Airflow's and MLflow's databases, fill the embedded platforms' export folders,
     make the linking salt if a file is named for it and none is set (idempotent)."""
-    from transfer_rec.stages.unify import PII_SALT_ENV, PII_SALT_FILE_ENV, ensure_salt_file
+    from transfer_rec.schema.unified import PII_SALT_ENV, PII_SALT_FILE_ENV
+    from transfer_rec.stages.unify import ensure_salt_file
 
     exports(layout)
     salt_file = os.environ.get(PII_SALT_FILE_ENV)

@@ -203,6 +203,14 @@ def test_an_expectation_on_an_e_mail_column_reports_counts_never_addresses(pipel
     refuse_an_e_mail_rule(pipeline_env(), monkeypatch, engine=None)
 
 
+def test_a_rule_that_cannot_be_evaluated_on_an_e_mail_column_quotes_no_address(pipeline_env, monkeypatch):
+    """A rule that raises on such a column (a mean of text: pandas' error quotes the value it could not convert)
+    fails the batch as "could not be evaluated", its message and traceback withheld everywhere."""
+    from tests.support import refuse_an_e_mail_rule
+
+    refuse_an_e_mail_rule(pipeline_env(), monkeypatch, engine=None, raising=True)
+
+
 def test_e_mail_addresses_as_user_ids_are_refused_before_anything_quotes_them(pipeline_env):
     """A platform exporting e-mail addresses as user ids would make each address a model's key, and reach logs,
     artifacts and published lists: validation refuses the batch (rule opaque_user_id) before a check quotes one

@@ -193,5 +193,8 @@ def test_unified_suite_refuses_a_raw_identity_in_the_link_table():
     message = str(caught.value)
     assert "links.parquet" in message and "expect_column_values_to_match_regex({'column': 'link_id'" in message
     assert "ann@" not in message, "a value that fails the hash rule may be a raw identity: never shown"
+    # nor on the version's Data Docs pages, which render GX's stored results
+    pages = list((StateLayout.from_env().data_docs / "unified" / "links").rglob("*.html"))
+    assert len(pages) > 1 and not any("ann@example.com" in p.read_text() for p in pages)
     tables["links"]["link_id"] = ["f" * 64]
     validate_unified(tables, load_config(), StateLayout.from_env(), "links-ok")

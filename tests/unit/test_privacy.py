@@ -1,9 +1,12 @@
 """Identity linking by salted hash, and consent flags, in unification."""
 
+import os
+
 import pandas as pd
 import pytest
 
-from transfer_rec.stages.unify import PII_SALT_ENV, PrivacyError, consent_flags, link_ids
+from transfer_rec.schema.unified import PII_SALT_ENV, PII_SALT_FILE_ENV
+from transfer_rec.stages.unify import PrivacyError, consent_flags, link_ids
 
 
 def test_the_same_person_links_across_platforms_and_only_through_the_salt(monkeypatch):
@@ -69,7 +72,22 @@ def test_identity_columns_without_a_salt_are_refused(monkeypatch):
         r"set the secret TRANSFER_REC_PII_SALT",
     ):
         link_ids("shop", pd.DataFrame({"email": ["x@y.z"]}))
+    monkeypatch.setenv(PII_SALT_ENV, " " * 20)  # blanks are no secret
+    with pytest.raises(PrivacyError, match="set the secret TRANSFER_REC_PII_SALT"):
+        link_ids("shop", pd.DataFrame({"email": ["x@y.z"]}))
     assert link_ids("shop", pd.DataFrame({"age": [3]})).isna().all(), "no identity column: nothing to hash"
+
+
+def test_a_model_server_is_not_given_the_linking_secret(monkeypatch, tmp_path):
+    from transfer_rec.serving import http
+
+    monkeypatch.setenv(PII_SALT_ENV, "a-test-salt-of-sufficient-length")
+    monkeypatch.setenv(PII_SALT_FILE_ENV, str(tmp_path / "salt"))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "MLmodel").write_text("flavors: {}\n")
+    _, env = http.serve_command(str(tmp_path / "model"), "127.0.0.1", 5001, 1, 1000)
+    assert PII_SALT_ENV not in env and PII_SALT_FILE_ENV not in env
+    assert env["PATH"] == os.environ["PATH"], "the rest of the environment is passed on"
 
 
 def test_consent_is_opt_in_when_the_platform_exports_it():

@@ -15,6 +15,10 @@ LINK_COLUMNS = ("link_id", "platform", "user_id")
 # Unified names a platform's users columns may map onto to link the same person across platforms; never kept as
 # they are (unification hashes them into link_id; validation results keep no value of them)
 IDENTITY_COLUMNS = ("email", "phone")
+# The salt they are hashed with: a secret from the environment (or a file it names: a mounted secret, or the one
+# `transfer-rec init` makes for the embedded demo), never stored with the data and needed by no model or server.
+PII_SALT_ENV = "TRANSFER_REC_PII_SALT"
+PII_SALT_FILE_ENV = "TRANSFER_REC_PII_SALT_FILE"
 # Each platform's own id of each of its items (native_id), next to the unified key: serving answers in the former.
 ITEM_ID_COLUMNS = ("platform", "native_id", "item_id")
 TYPES = {"interactions": {"rating": "float64", "timestamp": "int64", "label": "int8"}}

@@ -28,6 +28,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from transfer_rec.schema.unified import PII_SALT_ENV, PII_SALT_FILE_ENV
+
 log = logging.getLogger("transfer_rec.serving")
 
 MAX_BODY_ENV = "TRANSFER_REC_MAX_BODY_BYTES"
@@ -288,6 +290,10 @@ def serve_command(
         str(workers),
     ]
     env = {**os.environ, scoring_server._SERVER_MODEL_PATH: local, MAX_BODY_ENV: str(max_body)}
+    # the linking secret is the pipeline's, not the server's: requests name people by link id or account, never by
+    # an identity to hash, so a server (and anything that can read its environment) never holds it
+    for secret in (PII_SALT_ENV, PII_SALT_FILE_ENV):
+        env.pop(secret, None)
     env.pop(FOLLOW_ENV, None)
     env.pop(VERSION_ENV, None)
     if version:

@@ -32,6 +32,8 @@ from transfer_rec.schema.unified import (
     ITEM_COLUMNS,
     ITEM_ID_COLUMNS,
     LINK_COLUMNS,
+    PII_SALT_ENV,
+    PII_SALT_FILE_ENV,
     USER_COLUMNS,
     item_key,
     rating_mapping,
@@ -49,10 +51,7 @@ from transfer_rec.stages.validate import (
 log = logging.getLogger(__name__)
 
 # Identity columns (schema.unified.IDENTITY_COLUMNS) link the same person across platforms: only a salted hash
-# leaves landing. The salt is a secret from the environment (or a file it names: a mounted secret, or the one
-# `transfer-rec init` makes for the embedded demo), never stored with the data.
-PII_SALT_ENV = "TRANSFER_REC_PII_SALT"
-PII_SALT_FILE_ENV = "TRANSFER_REC_PII_SALT_FILE"
+# (schema.unified.PII_SALT_ENV) leaves landing.
 CONSENT_VALUES = {"1", "true", "t", "yes", "y", "opt-in", "opt_in", "granted"}
 
 
@@ -117,7 +116,7 @@ def link_ids(platform: str, users: pd.DataFrame) -> pd.Series:
     if not present:
         return pd.Series(pd.NA, index=users.index, dtype="string")
     salt = pii_salt()
-    if len(salt) < 16:
+    if len(salt.strip()) < 16:  # blanks are no secret
         raise PrivacyError(
             f"platform {platform}: users column(s) {present} identify people; set the secret "
             f"{PII_SALT_ENV} (at least 16 characters; or {PII_SALT_FILE_ENV}, a file holding it) so they are "

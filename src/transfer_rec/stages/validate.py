@@ -192,9 +192,20 @@ def _failure_line(platform: str, file: str, result: Any) -> str:
         if count
         else f"observed {observed!r}"
     )
-    if result.exception_info and result.exception_info.get("raised_exception"):
-        what = f"could not be evaluated: {result.exception_info.get('exception_message')}"
+    raised = _raised(result.exception_info)
+    if raised is not None:
+        what = f"could not be evaluated: {raised}"
     return f"platform {platform}, file {file}: {config.type}({kwargs}) failed: {what}"
+
+
+def _raised(info: dict[str, Any] | None) -> str | None:
+    """The message of the error an expectation raised, if it raised: GX gives one dict, or one per metric it
+    computed (a mean of a text column fails in its metric, and then read "observed None")."""
+    if not info:
+        return None
+    if "raised_exception" in info:
+        return str(info.get("exception_message")) if info.get("raised_exception") else None
+    return next((m for m in map(_raised, (v for v in info.values() if isinstance(v, dict))) if m is not None), None)
 
 
 def expectation_key(config: Any) -> str:
@@ -677,9 +688,27 @@ def withhold_identities(run: list[tuple[Any, Any]], secret: frozenset[str]) -> l
         return run
     for _, result in run:
         for r in result.results:
-            if reads_any(r.expectation_config.kwargs, secret) and r.result:
+            if not reads_any(r.expectation_config.kwargs, secret):
+                continue
+            if r.result:
                 r.result = {k: v for k, v in r.result.items() if k in COUNT_KEYS}
+            if r.exception_info:
+                # an expectation that raised on such a column names the value it choked on ("Could not convert
+                # 'ann@example.com' to numeric"): the failure is kept, its message and traceback are not
+                r.exception_info = _withheld_exception(r.exception_info)
     return run
+
+
+WITHHELD_EXCEPTION = "<withheld: an error on an identity column may quote its values>"
+
+
+def _withheld_exception(info: dict[str, Any]) -> dict[str, Any]:
+    """GX's exception info (one dict, or one per metric) with its message and traceback withheld."""
+    if "raised_exception" not in info:
+        return {key: _withheld_exception(value) if isinstance(value, dict) else value for key, value in info.items()}
+    if not info.get("raised_exception"):
+        return info
+    return {**info, "exception_message": WITHHELD_EXCEPTION, "exception_traceback": WITHHELD_EXCEPTION}
 
 
 def reads_any(kwargs: dict[str, Any], columns: frozenset[str]) -> bool:
@@ -857,7 +886,8 @@ def validate_unified(
         [
             Batch(f"unified.{version}.{table}", tables[table], expectations, "user_id", with_references)
             if table == "interactions"
-            else Batch(f"unified.{version}.{table}", tables[table], expectations)
+            # what breaks a link id's rule may be the raw identity it should have hashed: no result keeps it
+            else Batch(f"unified.{version}.{table}", tables[table], expectations, secret=frozenset({"link_id"}))
             for table, expectations in frames.items()
         ],
     )
