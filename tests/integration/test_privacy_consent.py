@@ -4,11 +4,14 @@ opted-out users never reach training or evaluation data, and they get only non-p
 import json
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import yaml
 from tests.integration.inline import run_inline
 
 from bench.synthetic import write_config
+from transfer_rec.io.state import StateLayout
+from transfer_rec.stages import pipeline
 
 SALT = "pii-salt-for-the-privacy-test-0123"
 
@@ -122,3 +125,22 @@ def test_a_champion_holding_people_who_withdrew_consent_gives_way(pipeline_env, 
     )
     assert decision["promoted"] == line.startswith("pass")
     assert any(r.startswith("info (not required)") and "vs champion" in r for r in decision["reasons"])
+
+    # two more withdraw, and no candidate can meet the floors: the champion stays, and the operator is told so,
+    # on this run and on every later run that skips for unchanged inputs (the same rejected candidate again)
+    users.loc[users.index[5:7], "consent"] = "no"
+    users.to_csv(folder / "users.txt", index=False)
+    raw["gate"] = {**raw.get("gate", {}), "min_ndcg": 0.99}
+    write_config(env["config"], raw)
+    failures = StateLayout.from_env().reports / "failures.log"
+    third = run_inline("consent-3")
+    assert not third["decision"]["promoted"] and third["evaluation"]["champion_withdrawn"] >= 2
+    alert = f"ATTENTION transfer_rec-village: champion v{third['evaluation']['champion_version']} holds"
+    assert failures.read_text().count(alert) == 1, failures.read_text()
+    rejected = mlflow.MlflowClient().get_model_version("transfer_rec-village", third["decision"]["version"])
+    assert rejected.tags["gate.champion_withdrawn"] == str(third["evaluation"]["champion_withdrawn"])
+    run = pipeline.plan({"run_key": "consent-4"}, airflow_run_id="consent-4")
+    unified = pipeline.unify(run, [pipeline.validate(run, pipeline.pull(run, p)) for p in run["platforms"]])
+    checked = pipeline.check_inputs(run, unified)
+    assert not checked["changed"] and alert in checked["reason"], checked
+    assert failures.read_text().count(alert) == 2

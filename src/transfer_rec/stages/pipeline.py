@@ -390,8 +390,16 @@ def check_inputs(run: Json, unified: Json) -> Json:
     the same model, and each unchanged run would add a version of it. A gate override retrains (it asks for a
     verdict of its own), and so does param `force`. {"changed": bool, "reason": str}. An unchanged run writes its
     summary (the reason) so that `transfer-rec run` and the reports say why nothing was trained."""
-    from transfer_rec.registry.models import CHALLENGER, CHAMPION, PREVIOUS, ROLLED_BACK_TAG, alias_version
-    from transfer_rec.stages.promote import INPUTS_TAG
+    from transfer_rec.ops.alerts import record_failure
+    from transfer_rec.registry.models import (
+        CHALLENGER,
+        CHAMPION,
+        PREVIOUS,
+        ROLLED_BACK_TAG,
+        alias_version,
+        registered_model_name,
+    )
+    from transfer_rec.stages.promote import INPUTS_TAG, WITHDRAWN_TAG, withdrawn_alert
 
     plan_, config, layout = _resolve(run)
     fingerprint = inputs_fingerprint(UnifiedVersion.model_validate(unified).hashes, config)
@@ -415,6 +423,7 @@ def check_inputs(run: Json, unified: Json) -> Json:
     if plan_.gate_override != "none":  # the operator asks for a verdict of their own: there must be a candidate
         return {"changed": True, "reason": f"param gate_override={plan_.gate_override}: retrain to apply it"}
     trained: dict[str, str] = {}  # target -> the version trained on these inputs, named for the reason
+    alerts: list[str] = []  # what an unchanged run must not stay quiet about
     for t in plan_.targets:
         champion = alias_version(t, CHAMPION)
         for alias in (CHAMPION, CHALLENGER, PREVIOUS):
@@ -432,6 +441,9 @@ def check_inputs(run: Json, unified: Json) -> Json:
                 trained[t] = f"{t} v{version.version} (rolled back from by the operator)"
             else:
                 trained[t] = f"{t} v{version.version}" + ("" if alias == CHAMPION else " (challenger, not promoted)")
+                withdrawn = (version.tags or {}).get(WITHDRAWN_TAG)
+                if alias == CHALLENGER and withdrawn and champion is not None:
+                    alerts.append(withdrawn_alert(registered_model_name(t), str(champion.version), withdrawn))
             break
     differ = [t for t in plan_.targets if t not in trained]
     if differ:
@@ -441,6 +453,9 @@ def check_inputs(run: Json, unified: Json) -> Json:
         f"{', '.join(trained.values())} {'were' if len(trained) > 1 else 'was'} trained on; nothing to retrain "
         "(trigger with force=true to retrain anyway)"
     )
+    for alert in alerts:  # the same inputs rebuild the same rejected candidate: the run says so again instead
+        record_failure(alert, layout)
+    reason += "".join(f"; {alert}" for alert in alerts)
     _write_summary(layout, plan_.run_key, {"run_key": plan_.run_key, "skipped": reason})
     tracking.end_pipeline_run(plan_.parent_run_id, outcome=reason)
     log.info(reason)

@@ -13,6 +13,7 @@ from transfer_rec.config import GateConfig
 from transfer_rec.io.state import StateLayout
 from transfer_rec.manifests import Decision, Evaluation
 from transfer_rec.metrics.segments import NEW_TO_TARGET
+from transfer_rec.ops.alerts import record_failure
 from transfer_rec.registry import models as registry
 from transfer_rec.registry import tracking
 from transfer_rec.stages.evaluate import withdrawn_accounts
@@ -30,6 +31,9 @@ class GateDecision:
 
 # The model-version tag holding the sha256 of the inputs (data files' hashes and resolved config) it was trained on.
 INPUTS_TAG = "inputs.fingerprint"
+# On a candidate that did not replace a champion holding people who have since withheld consent: how many accounts
+# of theirs the champion still holds (the serving model answers from their histories until a version replaces it).
+WITHDRAWN_TAG = "gate.champion_withdrawn"
 # a version's gate.decision while its crowning is under way (passed the gate; not champion until it reads "promoted")
 CROWNING = "crowning"
 # The metrics a model version's tags show (all of them are in its model card and provenance.json).
@@ -420,6 +424,7 @@ def promote(
     # "crowning" until the champion alias has moved: a crowning that fails on every retry leaves a version that
     # passed the gate but is not champion, which must not read "promoted" (a retry after the crowning finds it
     # champion already)
+    stays_withdrawn = not decision.promote and not dry_run and bool(evaluation.champion_withdrawn)
     if not decision.promote:
         state = "rejected"
     else:
@@ -435,6 +440,7 @@ def promote(
         **data_tags(report),
         **({INPUTS_TAG: inputs} if inputs else {}),
         **({"dry_run": "true"} if dry_run else {}),
+        **({WITHDRAWN_TAG: str(evaluation.champion_withdrawn)} if stays_withdrawn else {}),
     }
     _record(report, decision, run_key, candidate.run_id, target, str(version.version), tags)
     previous = None
@@ -453,6 +459,8 @@ def promote(
     elif not dry_run:  # a dry run's version is there to be looked at; it takes no alias from a real candidate
         registry.mark_challenger(target, version.version)
     name = registry.registered_model_name(target)
+    if stays_withdrawn:
+        record_failure(withdrawn_alert(name, evaluation.champion_version, evaluation.champion_withdrawn), layout)
     for line in decision.reasons:
         log.info("gate %s v%s: %s", name, version.version, line)
     log.info("gate %s v%s: %s", name, version.version, tags["gate.decision"].upper())
@@ -463,6 +471,17 @@ def promote(
         promoted=decision.promote,
         previous_champion=previous,
         reasons=decision.reasons,
+    )
+
+
+def withdrawn_alert(model: str, champion: str | None, accounts: int | str) -> str:
+    """The operator's line when no candidate replaced a champion holding people who have since withheld consent: a
+    rejection like any other would leave it serving their histories, unnoticed, for as long as nothing improves."""
+    return (
+        f"ATTENTION {model}: champion v{champion} holds {accounts} account(s) of people who have since withheld "
+        "consent, and no candidate met the gate's floors and baselines to replace it: the served model still answers "
+        "from their histories. Fix what fails the gate (its reasons are on the rejected version), or review and "
+        "trigger with gate_override=promote"
     )
 
 
