@@ -38,6 +38,7 @@ def refuse_e_mail_user_ids(env: dict, engine: Any = None) -> str:
     users = pd.read_csv(folder / "users.txt", dtype=str)
     interactions = pd.read_csv(folder / "interactions.txt", dtype=str)
     named = {uid: f"Learner.{i}@Example.org" for i, uid in enumerate(users["uid"].iloc[:4])}
+    named[users["uid"].iloc[4]] = "+44 7700 900123"  # a phone number is an identity too
     users["uid"] = users["uid"].replace(named)
     pd.concat([users, users.iloc[:1]]).to_csv(folder / "users.txt", index=False)
     interactions["learner"] = interactions["learner"].replace(named)
@@ -47,9 +48,9 @@ def refuse_e_mail_user_ids(env: dict, engine: Any = None) -> str:
     with pytest.raises(DataValidationError) as caught:
         validate_batch(pull_platform(platform, state, "mail-ids"), platform, state, engine=engine)
     message = str(caught.value)
-    assert "users.txt, column 'uid': rule opaque_user_id: 4 user id(s) are e-mail addresses" in message, message
+    assert "users.txt, column 'uid': rule opaque_user_id: 5 user id(s) are e-mail addresses or phone numbers" in message
     assert "interactions.txt, column 'learner': rule opaque_user_id" in message, message
-    addresses = {a.lower() for a in named.values()}
+    addresses = {a.lower() for a in named.values()} | {"447700900123", "7700 900123"}
     pages = [*(state.quarantine / "village" / "mail-ids").rglob("validation.json"), *state.data_docs.rglob("*")]
     texts = [message] + [p.read_text(errors="replace") for p in pages if p.is_file() and p.suffix in (".json", ".html")]
     assert not [a for a in addresses for text in texts if a in text.lower()]

@@ -147,9 +147,9 @@ class PlatformConfig(_Strict):
     # Severity of duplicate (user, item, timestamp) rows in the raw export: "critical" stops the run, "warning" logs
     # them and unification de-duplicates.
     duplicate_interactions: Literal["critical", "warning"] = "critical"
-    # User ids that hold an e-mail address are refused at validation (rule opaque_user_id): an address would be the
-    # model's key for that person. "allow" for a platform whose ids only look like addresses: scoped opaque ids
-    # such as SAML's pairwise-id (`HTIDAJUMIWG...@idp.example.edu`).
+    # User ids that hold an e-mail address or are a phone number written with its "+" are refused at validation
+    # (rule opaque_user_id): an identity would be the model's key for that person. "allow" for a platform whose ids
+    # only look like addresses: scoped opaque ids such as SAML's pairwise-id (`HTIDAJUMIWG...@idp.example.edu`).
     e_mail_user_ids: Literal["refuse", "allow"] = "refuse"
     pull: PullConfig = PullConfig()
     drift: DriftConfig = DriftConfig()

@@ -203,10 +203,14 @@ def test_a_champion_forgets_the_links_and_accounts_of_people_who_withheld_consen
     assert withdrawn_links(champion, None) == set() and withdrawn_accounts(champion, tmp_path / "none") == 0
 
 
-def test_an_e_mail_address_anywhere_in_a_user_id_is_found_and_opaque_ids_are_not():
-    from transfer_rec.schema.rules import e_mail_ids
+def test_an_e_mail_address_or_a_phone_number_as_a_user_id_is_found_and_opaque_ids_are_not():
+    from transfer_rec.schema.rules import identity_ids
 
     addresses = pd.Series([" a@b.org", "x@y.org@old", "name@host.co\r", "Person.Seven@Example.org"])
+    phones = pd.Series(["+447700900123", "+44 7700 900123", "+1 (555) 123-4567", " +33 1 23 45 67 89 "])
     opaque = pd.Series(["u123", "42", "a@b", "@home.org", "user.name", "7f3c9e", "learner-17@v2.1", "t:abc@1.0"])
-    assert e_mail_ids(addresses) == len(addresses)
-    assert e_mail_ids(opaque) == 0
+    # numbers without a "+" are the commonest opaque ids; a "+" with a few digits, or inside an id, is no phone
+    numbers = pd.Series(["447700900123", "0044770090", "+12345", "u+4477009001", "+44 7700 900123 x"])
+    assert identity_ids(addresses) == len(addresses)
+    assert identity_ids(phones) == len(phones)
+    assert identity_ids(opaque) == 0 and identity_ids(numbers) == 0

@@ -54,27 +54,33 @@ def check_id_length(ids: dict[str, pd.Series], limit: int, platform: str, file: 
             )
 
 
-# A user id holding an e-mail address: a raw identity would be the model's key for that person, and reach its logs,
-# artifacts and published lists. Found anywhere in the id (" a@b.org", "a@b.org|old"), by a search in both engines
-# (Python's re.search, Spark's rlike), with a domain that ends in letters ("learner-17@v2.1" is no address);
-# [^@ \t\r\n]: the same characters in Python's and Java's regex.
+# A user id holding an e-mail address or a phone number: a raw identity would be the model's key for that person,
+# and reach its logs, artifacts and published lists. Searched for in both engines (Python's re.search, Spark's
+# rlike): an address anywhere in the id (" a@b.org", "a@b.org|old") with a domain that ends in letters
+# ("learner-17@v2.1" is no address); a phone as the whole id, written with its international "+" and at least 7
+# digits ("+44 7700 900123"). A bare number is no phone here: numeric ids are the commonest opaque ids there are.
+# [^@ \t\r\n] and [ ().-]: the same characters in Python's and Java's regex.
 EMAIL_ID_PATTERN = r"[^@ \t\r\n]+@[^@ \t\r\n]+\.[A-Za-z]{2,}(?:[^A-Za-z0-9]|$)"
+PHONE_ID_PATTERN = r"^[ \t]*\+[ ]*[0-9](?:[ ().-]*[0-9]){6,}[ \t\r\n]*$"
+IDENTITY_ID_PATTERN = f"(?:{EMAIL_ID_PATTERN})|(?:{PHONE_ID_PATTERN})"
 
 
-def e_mail_ids(values: pd.Series) -> int:
-    """How many of `values` (distinct ids) are e-mail addresses."""
-    return int(values.astype(str).str.contains(EMAIL_ID_PATTERN, regex=True).sum())
+def identity_ids(values: pd.Series) -> int:
+    """How many of `values` (distinct ids) are e-mail addresses or phone numbers."""
+    return int(values.astype(str).str.contains(IDENTITY_ID_PATTERN, regex=True).sum())
 
 
 def opaque_user_id_refusal(found: int, platform: str, file: str, column: str) -> BatchRefused:
-    """Rule opaque_user_id: `found` user ids are e-mail addresses. The message quotes none: they are identities."""
+    """Rule opaque_user_id: `found` user ids are e-mail addresses or phone numbers. The message quotes none: they
+    are identities."""
     return BatchRefused(
         platform,
         file,
         column,
         "opaque_user_id",
-        f"{found:,} user id(s) are e-mail addresses (not shown: they are identities); export an opaque id as the "
-        "user id and map the address to `email` in the platform's users columns, where it becomes the salted link id",
+        f"{found:,} user id(s) are e-mail addresses or phone numbers (not shown: they are identities); export an "
+        "opaque id as the user id and map the address or number to `email` or `phone` in the platform's users "
+        "columns, where it becomes the salted link id",
     )
 
 

@@ -129,8 +129,8 @@ class SparkRaw:
         try:
             frame = read_table(self.spark, path, fmt, platform.delimiter)
             if platform.e_mail_user_ids == "refuse" and user in frame.columns:
-                # the rows and whether a user id holds an address, in the one pass that counts them
-                pattern = F.col(user).cast("string").rlike(rules.EMAIL_ID_PATTERN).cast("int")
+                # the rows and whether a user id holds an address or a phone number, in the one pass that counts them
+                pattern = F.col(user).cast("string").rlike(rules.IDENTITY_ID_PATTERN).cast("int")
                 counted = frame.agg(F.count(F.lit(1)), F.max(pattern)).first()
                 rows, may_hold = int(counted[0]), bool(counted[1])
             else:
@@ -165,13 +165,13 @@ class SparkRaw:
         mean = frame.numbers.agg(F.avg(rating)).first()[0]
         return {} if mean is None else {"rating_mean": float(mean)}
 
-    def e_mail_ids(self, frame: Landed, column: str) -> int:
-        """stages.validate.PandasRaw.e_mail_ids on Spark: counted only when `read` saw one."""
+    def identity_ids(self, frame: Landed, column: str) -> int:
+        """stages.validate.PandasRaw.identity_ids on Spark: counted only when `read` saw one."""
         from pyspark.sql import functions as F
 
-        if not frame.may_hold_e_mails:
+        if not frame.may_hold_identities:
             return 0
-        found = frame.raw.where(F.col(column).cast("string").rlike(rules.EMAIL_ID_PATTERN)).select(column)
+        found = frame.raw.where(F.col(column).cast("string").rlike(rules.IDENTITY_ID_PATTERN)).select(column)
         return found.distinct().count()
 
     def validate(self, scratch: Any, name: str, batches: list[Batch]) -> list[list[Any]]:

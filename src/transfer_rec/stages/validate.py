@@ -262,8 +262,9 @@ class Landed(NamedTuple):
     numbers: Any
     numeric: tuple[str, ...]
     rows: int
-    # False when the engine found, while reading, that no user id holds an e-mail address (no pass to count them)
-    may_hold_e_mails: bool = True
+    # False when the engine found, while reading, that no user id holds an e-mail address or a phone number (no pass
+    # to count them)
+    may_hold_identities: bool = True
 
 
 def by_reading(batches: list[Batch]) -> tuple[list[Batch], list[int]]:
@@ -307,7 +308,7 @@ class RawEngine(Protocol):
 
     def validate(self, scratch: Any, name: str, batches: list[Batch]) -> list[list[Any]]: ...
 
-    def e_mail_ids(self, frame: Landed, column: str) -> int: ...
+    def identity_ids(self, frame: Landed, column: str) -> int: ...
 
 
 class PandasRaw:
@@ -329,12 +330,12 @@ class PandasRaw:
     def stats(self, frame: Landed, platform: PlatformConfig, table: str) -> dict[str, float]:
         return batch_stats(frame.raw, platform, table)
 
-    def e_mail_ids(self, frame: Landed, column: str) -> int:
-        """How many distinct values of `column` are e-mail addresses (rules.e_mail_ids)."""
+    def identity_ids(self, frame: Landed, column: str) -> int:
+        """How many distinct values of `column` are e-mail addresses or phone numbers (rules.identity_ids)."""
         values = frame.raw[column]
         if isinstance(values.dtype, pd.CategoricalDtype):  # a Parquet dictionary's categories may name unused values
-            return rules.e_mail_ids(pd.Series(values.cat.remove_unused_categories().cat.categories))
-        return rules.e_mail_ids(pd.Series(values.dropna().unique()))
+            return rules.identity_ids(pd.Series(values.cat.remove_unused_categories().cat.categories))
+        return rules.identity_ids(pd.Series(values.dropna().unique()))
 
     def validate(self, scratch: Any, name: str, batches: list[Batch]) -> list[list[Any]]:
         split, owners = by_reading(batches)
@@ -383,7 +384,7 @@ def validate_batch(
         secret = frozenset(filter(None, (native_column(platform, table, c) for c in IDENTITY_COLUMNS)))
         user_column = native_column(platform, table, "user_id")
         if platform.e_mail_user_ids == "refuse" and user_column and user_column in list(frame.raw.columns):
-            found = engine.e_mail_ids(frame, user_column)
+            found = engine.identity_ids(frame, user_column)
             if found:
                 # refused here, before any check could quote one (a uniqueness warning's examples, Data Docs)
                 problems.append(str(rules.opaque_user_id_refusal(found, platform.name, file, user_column)))
