@@ -169,6 +169,9 @@ class Evaluation(Manifest):
     same_as_champion: bool = False
     # accounts the champion holds whose people have since withheld consent (the gate then requires its replacement)
     champion_withdrawn: int = 0
+    # the champion's version and why it could not be loaded, when it could not: the candidate was compared with
+    # nothing, and the gate leaves the decision to an operator (gate_override)
+    champion_unloadable: str | None = None
     report: str
     candidate: Candidate
     run_id: str | None = None  # the evaluation's MLflow run (nested under the candidate's); None in older manifests

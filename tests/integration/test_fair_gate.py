@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import mlflow
+import pytest
 import yaml
 from inline import run_inline
 
+from transfer_rec.registry import models
 from transfer_rec.stages import pipeline
 from transfer_rec.stages.promote import INPUTS_TAG
 
@@ -56,3 +58,36 @@ def test_identical_inputs_skip_the_run_force_or_new_config_do_not(pipeline_env):
     rejected = check()
     assert not rejected["changed"] and "village v2 (challenger, not promoted)" in rejected["reason"], rejected
     assert check(gate_override="promote")["changed"], "an override asks for a verdict: there must be a candidate"
+
+
+def test_a_champion_that_cannot_be_loaded_leaves_the_decision_to_an_operator(pipeline_env):
+    """A champion whose files this code cannot load (damaged, or an older format): evaluation judges the candidate
+    on floors and baselines, the gate does not promote it on its own (it was compared with nothing), and an
+    operator's override replaces the champion; failing the evaluation instead would block every later run."""
+    from transfer_rec.io.state import StateLayout
+
+    pipeline_env()
+    assert run_inline("broken1")["decision"]["promoted"]
+    stored = list((StateLayout.from_env().mlflow / "artifacts").rglob("candidate/model.pt"))
+    assert stored, "the champion's weights in the artifact store"
+    for path in stored:  # the champion's stored model, damaged
+        path.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"transfer_rec-village v1 cannot be loaded \(UnpicklingError"):
+        models.champion_bundle("village")
+
+    run = pipeline.plan({"run_key": "broken2", "seed": 7}, airflow_run_id="broken2")
+    features = pipeline.build_features(
+        run, pipeline.unify(run, [pipeline.validate(run, pipeline.pull(run, p)) for p in run["platforms"]])
+    )
+    candidate = pipeline.finetune(run, "village", features, pipeline.pretrain(run, features))
+    evaluation = pipeline.evaluate(run, candidate, features)
+    assert evaluation["champion_version"] == "1" and "UnpicklingError" in evaluation["champion_unloadable"]
+    assert "champion" not in evaluation["metrics"]
+    decision = pipeline.promote(run, evaluation)
+    assert not decision["promoted"]
+    assert any(r.startswith("FAIL: champion v1 (UnpicklingError") for r in decision["reasons"]), decision["reasons"]
+
+    forced = run_inline("broken3", seed=7, gate_override="promote")
+    assert forced["decision"]["promoted"] and forced["evaluation"]["champion_unloadable"]
+    aliases = mlflow.MlflowClient().get_registered_model(MODEL).aliases
+    assert str(aliases["champion"]) == forced["decision"]["version"]

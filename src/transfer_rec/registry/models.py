@@ -4,6 +4,7 @@ aliases `champion`, `previous_champion` and `challenger` (no stages)."""
 from __future__ import annotations
 
 import logging
+import pickle
 import shutil
 import uuid
 from pathlib import Path
@@ -45,15 +46,36 @@ def alias_version(target: str, alias: str = CHAMPION):
     return None if version is None else client.get_model_version(name, str(version))
 
 
+class ChampionUnloadable(ValueError):
+    """A registered version whose model this code cannot load (its files damaged or missing, or written by code whose
+    format this one no longer reads). A ValueError: retrying meets the same files."""
+
+    def __init__(self, model: str, version: str, error: BaseException):
+        self.version = version
+        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        self.reason = f"{type(error).__name__}: {first}" if first else type(error).__name__
+        super().__init__(f"{model} v{version} cannot be loaded ({self.reason})")
+
+
+# What loading a model's own files raises when they are damaged or from an incompatible format. Not OSError at
+# large, nor MlflowException: an artifact store or registry that is briefly unreachable raises those, and that is
+# retried, not taken for a broken model.
+UNLOADABLE = (pickle.UnpicklingError, EOFError, RuntimeError, ImportError, AttributeError, KeyError, FileNotFoundError)
+
+
 def champion_bundle(target: str, alias: str = CHAMPION) -> tuple[ModelBundle | None, str | None]:
     """The registry's current champion for a target (or the version another alias names), loaded as it is served,
-    with its version."""
+    with its version. ChampionUnloadable when its files cannot be loaded."""
     version = alias_version(target, alias)
     if version is None:
         return None, None
     # by the version just read: the alias may move in between (a rollback), and the two must name one model
-    model = mlflow.pyfunc.load_model(f"models:/{registered_model_name(target)}/{version.version}")
-    return model.unwrap_python_model().bundle, str(version.version)
+    name = registered_model_name(target)
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+        return model.unwrap_python_model().bundle, str(version.version)
+    except UNLOADABLE as error:
+        raise ChampionUnloadable(name, str(version.version), error) from error
 
 
 def register_candidate(target: str, model_uri: str, run_id: str, run_key: str):

@@ -38,7 +38,7 @@ from transfer_rec.metrics.segments import (
 from transfer_rec.metrics.uncertainty import bootstrap_ci, paired_lower_bound
 from transfer_rec.recommender.baselines import Baselines
 from transfer_rec.registry import tracking
-from transfer_rec.registry.models import champion_bundle
+from transfer_rec.registry.models import ChampionUnloadable, champion_bundle
 from transfer_rec.runtime.threads import use_torch_threads
 from transfer_rec.serving.bundle import ModelBundle
 from transfer_rec.stages.features import PlatformData, sources_linked
@@ -358,7 +358,14 @@ def evaluate(
     l2 = baselines.ease.l2
     tracking.configure(layout)
     items = pd.read_parquet(Path(features.dir) / "items.parquet").sort_values("item_idx")
-    champion, champion_version = champion_bundle(target)
+    try:
+        champion, champion_version = champion_bundle(target)
+        unloadable = None
+    except ChampionUnloadable as error:
+        # judged without it (floors and baselines); the gate then asks an operator, who may promote by override:
+        # failing here would block every later candidate behind a model nobody can load
+        log.error("%s: %s; the candidate is compared with the baselines only", target, error)
+        champion, champion_version, unloadable = None, error.version, error.reason
     withdrawn = 0
     if champion is not None:
         scorers["champion"] = _champion_scorer(champion, items["item_id"].to_numpy(), profiles, links)
@@ -510,6 +517,7 @@ def evaluate(
         "champion_version": champion_version,
         "same_as_champion": same_as_champion,
         "champion_withdrawn": withdrawn,
+        "champion_unloadable": unloadable,
         "ease_l2": l2,
         "data": {"hashes": unified_manifest.get("hashes", {}), "unified": features.unified, "features": features.dir},
         "per_user": str(report_dir / "per_user.npz"),
@@ -567,6 +575,7 @@ def evaluate(
         champion_version=champion_version,
         same_as_champion=same_as_champion,
         champion_withdrawn=withdrawn,
+        champion_unloadable=unloadable,
         report=str(report_dir / "evaluation.json"),
         candidate=candidate,
         run_id=evaluation_run_id,

@@ -48,6 +48,7 @@ def gate(
     same_as_champion: bool = False,
     withdrawn: int = 0,
     newcomers: int | None = None,
+    unloadable: str | None = None,
 ) -> GateDecision:
     """Decide on the candidate from held-out metrics of candidate, baselines and (if any) the champion.
 
@@ -59,6 +60,8 @@ def gate(
     unification left them out), and the comparisons with the champion are reported, not required. `newcomers`: the
     test users new to the target; fewer than FEW_USERS are reported, not judged on their own (a bound over three
     people vetoes any change to them, whatever the candidate wins elsewhere). None (an older evaluation): judged.
+    `unloadable`: the champion ("v3: why") could not be loaded, so the candidate was compared with nothing: it is
+    not promoted by the gate (it may be worse than what serves), only by an operator's override.
     """
     cand = metrics["candidate"]
     m = config.metric
@@ -110,6 +113,14 @@ def gate(
                     f"(margin {config.ndcg_margin})",
                 )
             )
+    elif unloadable is not None:
+        checks.append(
+            (
+                False,
+                f"champion {unloadable} could not be loaded, so the candidate was compared with floors and baselines "
+                "only: review it against what serves and trigger with gate_override=promote to replace the champion",
+            )
+        )
     else:
         checks.append((True, "no champion yet: compared with floors and baselines only"))
     if "champion" in metrics and withdrawn:
@@ -396,6 +407,9 @@ def promote(
         evaluation.same_as_champion,
         evaluation.champion_withdrawn,
         evaluation.new_to_target_users,
+        f"v{evaluation.champion_version} ({evaluation.champion_unloadable})"
+        if evaluation.champion_unloadable
+        else None,
     )
     if dry_run:
         decision = GateDecision(False, decision.reasons + ["dry run: never promotes"])
