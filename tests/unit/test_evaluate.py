@@ -60,6 +60,14 @@ def test_an_item_a_model_cannot_score_is_never_listed_nor_credited():
     assert evaluate.rows_metrics(champion, history, history, relevant, 3)["hit"].tolist() == [0.0]
 
 
+def test_a_metric_nobody_could_be_measured_on_logs_no_interval():
+    intervals = {"ndcg": (0.21, 0.29), "retention": (None, None)}
+    assert evaluate.interval_metrics(intervals, 10) == {
+        "ndcg_at_10.candidate.ci_low": 0.21,
+        "ndcg_at_10.candidate.ci_high": 0.29,
+    }
+
+
 def _platform(tmp_path, users: int = 30, items: int = 12, seed: int = 3):
     """A target platform's feature files: each user's items split train / valid / test by time."""
     import pandas as pd

@@ -586,6 +586,17 @@ def evaluate(
 HEADLINE = ("ndcg", "recall", "retention", "retention_new")
 
 
+def interval_metrics(intervals: dict[str, tuple[float | None, float | None]], k: int) -> dict[str, float]:
+    """The candidate's CIs as MLflow metrics; a metric nobody could be measured on (no next-period user on a small
+    target, say: its CI is (None, None)) has none."""
+    out = {}
+    for m, (low, high) in intervals.items():
+        if low is not None and high is not None:
+            name = _metric_name("candidate", m, k)
+            out |= {f"{name}.ci_low": tracking.readable(low), f"{name}.ci_high": tracking.readable(high)}
+    return out
+
+
 def _log_evaluation(
     metrics: dict[str, dict[str, float | None]],
     intervals: dict[str, tuple[float, float]],
@@ -599,9 +610,7 @@ def _log_evaluation(
     curve, the report and the plots."""
     for name, values in metrics.items():
         mlflow.log_metrics({_metric_name(name, m, k): tracking.readable(v) for m, v in values.items() if v is not None})
-    for m, (low, high) in intervals.items():
-        name = _metric_name("candidate", m, k)
-        mlflow.log_metrics({f"{name}.ci_low": tracking.readable(low), f"{name}.ci_high": tracking.readable(high)})
+    mlflow.log_metrics(interval_metrics(intervals, k))
     mlflow.log_metrics(
         {
             f"{_at_k(row['metric'], k)}.segment.{_segment_key(row['segment'])}": tracking.readable(row["mean"])
