@@ -487,7 +487,7 @@ def ingest_dag(platform: str):
         def validate(pulled: dict[str, Any], **context: Any) -> dict[str, Any]:
             """Great Expectations on the batch; announce it (Asset event) only when its data is new."""
             _label(platform)
-            _data_docs_link(platform, pulled["batch_id"])
+            _data_docs_link(links.data_docs_page(platform, pulled["batch_id"]))
             result = pipeline.ingest_validate(pulled)
             if not result["new"]:
                 raise AirflowSkipException(f"platform {platform}: same data as batch {result['same_as']}")
