@@ -149,7 +149,8 @@ class PlatformConfig(_Strict):
     duplicate_interactions: Literal["critical", "warning"] = "critical"
     # User ids that hold an e-mail address or are a phone number written with its "+" are refused at validation
     # (rule opaque_user_id): an identity would be the model's key for that person. "allow" for a platform whose ids
-    # only look like addresses: scoped opaque ids such as SAML's pairwise-id (`HTIDAJUMIWG...@idp.example.edu`).
+    # only look like addresses: scoped opaque ids such as SAML's pairwise-id (`HTIDAJUMIWG...@idp.example.edu`); it
+    # turns the phone check off too.
     e_mail_user_ids: Literal["refuse", "allow"] = "refuse"
     pull: PullConfig = PullConfig()
     drift: DriftConfig = DriftConfig()

@@ -7,6 +7,7 @@ import pytest
 import yaml
 from inline import run_inline
 
+from transfer_rec.io.state import StateLayout
 from transfer_rec.registry import models
 from transfer_rec.stages import pipeline
 from transfer_rec.stages.promote import INPUTS_TAG
@@ -64,8 +65,6 @@ def test_a_champion_that_cannot_be_loaded_leaves_the_decision_to_an_operator(pip
     """A champion whose files this code cannot load (damaged, or an older format): evaluation judges the candidate
     on floors and baselines, the gate does not promote it on its own (it was compared with nothing), and an
     operator's override replaces the champion; failing the evaluation instead would block every later run."""
-    from transfer_rec.io.state import StateLayout
-
     pipeline_env()
     assert run_inline("broken1")["decision"]["promoted"]
     stored = list((StateLayout.from_env().mlflow / "artifacts").rglob("candidate/model.pt"))
@@ -86,6 +85,11 @@ def test_a_champion_that_cannot_be_loaded_leaves_the_decision_to_an_operator(pip
     decision = pipeline.promote(run, evaluation)
     assert not decision["promoted"]
     assert any(r.startswith("FAIL: champion v1 (UnpicklingError") for r in decision["reasons"]), decision["reasons"]
+    failures = (StateLayout.from_env().reports / "failures.log").read_text()
+    assert "ATTENTION transfer_rec-village: champion v1 cannot be loaded (UnpicklingError" in failures
+    # no verdict on these inputs: the next run on them retrains and tries the champion again
+    rejected = mlflow.MlflowClient().get_model_version(MODEL, decision["version"])
+    assert INPUTS_TAG not in rejected.tags and rejected.tags["gate.decision"] == "rejected"
 
     forced = run_inline("broken3", seed=7, gate_override="promote")
     assert forced["decision"]["promoted"] and forced["evaluation"]["champion_unloadable"]

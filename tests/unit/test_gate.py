@@ -163,3 +163,29 @@ def test_the_summary_sets_newcomers_against_popularity_by_sources_linked():
         "on 2 sources (12): 0.630 vs popularity 0.470"
     )
     assert newcomers_line([row("new (<=20)", "candidate", 0.3)], 10) is None
+
+
+def test_a_model_that_cannot_be_loaded_is_told_from_a_store_that_failed_for_now():
+    import json
+
+    import mlflow
+    import pyarrow as pa
+
+    from transfer_rec.registry.models import _transient
+
+    broken = [
+        pa.ArrowInvalid("Parquet magic bytes not found in footer"),
+        json.JSONDecodeError("Expecting value", "", 0),
+        FileNotFoundError("items.parquet"),
+        TypeError("__init__() got an unexpected keyword argument 'kernel'"),
+        RuntimeError("PytorchStreamReader failed reading zip archive"),
+    ]
+    failing_for_now = [
+        ConnectionError("connection refused"),
+        TimeoutError("timed out"),
+        mlflow.exceptions.MlflowException("API request failed"),
+        MemoryError(),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+    ]
+    assert [_transient(e) for e in broken] == [False] * len(broken)
+    assert [_transient(e) for e in failing_for_now] == [True] * len(failing_for_now)

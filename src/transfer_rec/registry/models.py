@@ -4,7 +4,6 @@ aliases `champion`, `previous_champion` and `challenger` (no stages)."""
 from __future__ import annotations
 
 import logging
-import pickle
 import shutil
 import uuid
 from pathlib import Path
@@ -57,10 +56,18 @@ class ChampionUnloadable(ValueError):
         super().__init__(f"{model} v{version} cannot be loaded ({self.reason})")
 
 
-# What loading a model's own files raises when they are damaged or from an incompatible format. Not OSError at
-# large, nor MlflowException: an artifact store or registry that is briefly unreachable raises those, and that is
-# retried, not taken for a broken model.
-UNLOADABLE = (pickle.UnpicklingError, EOFError, RuntimeError, ImportError, AttributeError, KeyError, FileNotFoundError)
+def _transient(error: BaseException) -> bool:
+    """An error that says the store or the machine failed for now, not the model's files: an unreachable registry
+    or artifact store (MlflowException, connection errors: OSErrors other than a missing file; boto's errors), or
+    memory. Those are retried; anything else loading a model raises (a damaged torch file, parquet or JSON, a format
+    this code no longer reads) is the model's."""
+    if isinstance(error, (mlflow.exceptions.MlflowException, MemoryError)):
+        return True
+    if isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, IsADirectoryError)):
+        return True
+    if "allocate" in str(error) and isinstance(error, RuntimeError):  # torch's allocator out of memory
+        return True
+    return type(error).__module__.startswith(("botocore", "boto3", "urllib3", "requests"))
 
 
 def champion_bundle(target: str, alias: str = CHAMPION) -> tuple[ModelBundle | None, str | None]:
@@ -74,7 +81,9 @@ def champion_bundle(target: str, alias: str = CHAMPION) -> tuple[ModelBundle | N
     try:
         model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
         return model.unwrap_python_model().bundle, str(version.version)
-    except UNLOADABLE as error:
+    except Exception as error:
+        if _transient(error):
+            raise
         raise ChampionUnloadable(name, str(version.version), error) from error
 
 

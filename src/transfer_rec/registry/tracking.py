@@ -125,7 +125,10 @@ def stage_run(
         if existing:
             mlflow.set_tags(all_tags)
         if on_run is not None:
-            on_run(run.info.run_id)
+            try:
+                on_run(run.info.run_id)
+            except Exception:  # a link for the UI; the stage must not fail for want of it
+                log.warning("could not record stage %s's MLflow run for its link", stage, exc_info=True)
         yield run
 
 

@@ -59,9 +59,10 @@ def check_id_length(ids: dict[str, pd.Series], limit: int, platform: str, file: 
 # rlike): an address anywhere in the id (" a@b.org", "a@b.org|old") with a domain that ends in letters
 # ("learner-17@v2.1" is no address); a phone as the whole id, written with its international "+" and at least 7
 # digits ("+44 7700 900123"). A bare number is no phone here: numeric ids are the commonest opaque ids there are.
-# [^@ \t\r\n] and [ ().-]: the same characters in Python's and Java's regex.
+# [^@ \t\r\n] and [ ().-]: the same characters in Python's and Java's regex; (?![\s\S]) is the end of the id in
+# both (Java's $ also matches before a final \u2028 or \u0085, Python's does not).
 EMAIL_ID_PATTERN = r"[^@ \t\r\n]+@[^@ \t\r\n]+\.[A-Za-z]{2,}(?:[^A-Za-z0-9]|$)"
-PHONE_ID_PATTERN = r"^[ \t]*\+[ ]*[0-9](?:[ ().-]*[0-9]){6,}[ \t\r\n]*$"
+PHONE_ID_PATTERN = r"^[ \t]*\+[ ]*[0-9](?:[ ().-]*[0-9]){6,}[ \t\r\n]*(?![\s\S])"
 IDENTITY_ID_PATTERN = f"(?:{EMAIL_ID_PATTERN})|(?:{PHONE_ID_PATTERN})"
 
 

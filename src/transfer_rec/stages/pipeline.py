@@ -399,7 +399,7 @@ def check_inputs(run: Json, unified: Json) -> Json:
         alias_version,
         registered_model_name,
     )
-    from transfer_rec.stages.promote import INPUTS_TAG, WITHDRAWN_TAG, withdrawn_alert
+    from transfer_rec.stages.promote import INPUTS_TAG, WITHDRAWN_OF_TAG, WITHDRAWN_TAG, withdrawn_alert
 
     plan_, config, layout = _resolve(run)
     fingerprint = inputs_fingerprint(UnifiedVersion.model_validate(unified).hashes, config)
@@ -441,9 +441,10 @@ def check_inputs(run: Json, unified: Json) -> Json:
                 trained[t] = f"{t} v{version.version} (rolled back from by the operator)"
             else:
                 trained[t] = f"{t} v{version.version}" + ("" if alias == CHAMPION else " (challenger, not promoted)")
-                withdrawn = (version.tags or {}).get(WITHDRAWN_TAG)
-                if alias == CHALLENGER and withdrawn and champion is not None:
-                    alerts.append(withdrawn_alert(registered_model_name(t), str(champion.version), withdrawn))
+                withdrawn, of = (version.tags or {}).get(WITHDRAWN_TAG), (version.tags or {}).get(WITHDRAWN_OF_TAG)
+                # while the champion it could not replace still serves (not after a rollback, say)
+                if alias == CHALLENGER and withdrawn and champion is not None and of == str(champion.version):
+                    alerts.append(withdrawn_alert(registered_model_name(t), of, withdrawn))
             break
     differ = [t for t in plan_.targets if t not in trained]
     if differ:
@@ -453,11 +454,12 @@ def check_inputs(run: Json, unified: Json) -> Json:
         f"{', '.join(trained.values())} {'were' if len(trained) > 1 else 'was'} trained on; nothing to retrain "
         "(trigger with force=true to retrain anyway)"
     )
-    for alert in alerts:  # the same inputs rebuild the same rejected candidate: the run says so again instead
-        record_failure(alert, layout)
     reason += "".join(f"; {alert}" for alert in alerts)
     _write_summary(layout, plan_.run_key, {"run_key": plan_.run_key, "skipped": reason})
     tracking.end_pipeline_run(plan_.parent_run_id, outcome=reason)
+    # last: a retry after a registry error above would write them twice
+    for alert in alerts:  # the same inputs rebuild the same rejected candidate: the run says so again instead
+        record_failure(alert, layout)
     log.info(reason)
     return {"changed": False, "reason": reason}
 

@@ -34,6 +34,8 @@ INPUTS_TAG = "inputs.fingerprint"
 # On a candidate that did not replace a champion holding people who have since withheld consent: how many accounts
 # of theirs the champion still holds (the serving model answers from their histories until a version replaces it).
 WITHDRAWN_TAG = "gate.champion_withdrawn"
+# ... and which champion that was: the alert is repeated only while that version serves
+WITHDRAWN_OF_TAG = "gate.champion_withdrawn.version"
 # a version's gate.decision while its crowning is under way (passed the gate; not champion until it reads "promoted")
 CROWNING = "crowning"
 # The metrics a model version's tags show (all of them are in its model card and provenance.json).
@@ -452,9 +454,15 @@ def promote(
         "source_run_id": candidate.run_id,
         **{f"test.{m}": f"{metrics[m]:.4f}" for m in HEADLINE_METRICS if metrics.get(m) is not None},
         **data_tags(report),
-        **({INPUTS_TAG: inputs} if inputs else {}),
+        # no fingerprint when the champion could not be loaded: the rejection is no verdict on these inputs, so the
+        # next run on them retrains and tries the champion again (a store that failed for a moment may load it)
+        **({INPUTS_TAG: inputs} if inputs and not evaluation.champion_unloadable else {}),
         **({"dry_run": "true"} if dry_run else {}),
-        **({WITHDRAWN_TAG: str(evaluation.champion_withdrawn)} if stays_withdrawn else {}),
+        **(
+            {WITHDRAWN_TAG: str(evaluation.champion_withdrawn), WITHDRAWN_OF_TAG: str(evaluation.champion_version)}
+            if stays_withdrawn
+            else {}
+        ),
     }
     _record(report, decision, run_key, candidate.run_id, target, str(version.version), tags)
     previous = None
@@ -475,6 +483,13 @@ def promote(
     name = registry.registered_model_name(target)
     if stays_withdrawn:
         record_failure(withdrawn_alert(name, evaluation.champion_version, evaluation.champion_withdrawn), layout)
+    if evaluation.champion_unloadable and not decision.promote and not dry_run:
+        record_failure(
+            f"ATTENTION {name}: champion v{evaluation.champion_version} cannot be loaded "
+            f"({evaluation.champion_unloadable}), so no candidate can be compared with it and none is promoted by the "
+            "gate; publishing with it fails too. Review the candidate and trigger with gate_override=promote",
+            layout,
+        )
     for line in decision.reasons:
         log.info("gate %s v%s: %s", name, version.version, line)
     log.info("gate %s v%s: %s", name, version.version, tags["gate.decision"].upper())

@@ -872,7 +872,10 @@ def _unify(
     final = layout.unified / "current"
     with atomic_dir(final) as out:
         if data_docs is not None:
-            data_docs(data_docs_page("unified", out.name))
+            try:
+                data_docs(data_docs_page("unified", out.name))
+            except Exception:  # a link for the UI; unification must not fail for want of it
+                log.warning("could not record the unified version's Data Docs page for its link", exc_info=True)
         tables = {"interactions": interactions, "users": users, "items": items, "links": links, "item_ids": item_ids}
         validation = engine.write_and_validate(tables, out, config, layout)
         # Downstream stages read this exact version (dir), even if a later run switches "current" meanwhile.
