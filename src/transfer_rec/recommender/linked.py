@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 
 
@@ -53,12 +54,40 @@ def joint_rows(sources: dict[str, sp.csr_matrix], weights: dict[str, float], tai
 
 def ease_target_columns(joint: sp.csr_matrix, n_target: int, l2: float) -> np.ndarray:
     """EASE weights (Steck, 2019) of a joint item space, only the columns of its last n_target items."""
-    gram = (joint.T @ joint).toarray()
-    gram[np.diag_indices_from(gram)] += l2
-    precision = np.linalg.inv(gram)
-    columns = precision[:, -n_target:] / -np.diag(precision)[-n_target:]
-    columns[np.arange(gram.shape[0] - n_target, gram.shape[0]), np.arange(n_target)] = 0.0
+    return ease_columns(gram_of(joint), n_target, l2)
+
+
+def gram_of(rows: sp.csr_matrix) -> np.ndarray:
+    """The dense Gram (items x items) of people's rows: made once for every L2 strength a choice tries."""
+    return (rows.T @ rows).toarray()
+
+
+def ease_columns(gram: np.ndarray, n_target: int, l2: float) -> np.ndarray:
+    """ease_target_columns from the joint Gram: only the precision's last n_target columns are solved for (by
+    Cholesky), not the whole inverse."""
+    n = gram.shape[0]
+    unit = np.zeros((n, n_target))
+    unit[np.arange(n - n_target, n), np.arange(n_target)] = 1.0
+    precision = _spd_solve(gram, l2, unit)
+    columns = precision / -precision[np.arange(n - n_target, n), np.arange(n_target)]
+    columns[np.arange(n - n_target, n), np.arange(n_target)] = 0.0
     return columns.astype(np.float32)
+
+
+def _spd_solve(gram: np.ndarray, l2: float, rhs: np.ndarray) -> np.ndarray:
+    """(gram + l2 I)^-1 rhs for a Gram (positive semi-definite) and l2 > 0, by Cholesky: half an LU's work, and the
+    Gram is left as it was, for the next strength. LU if rounding made the system indefinite."""
+    system = gram.copy()
+    system[np.diag_indices_from(system)] += l2
+    try:
+        # cho_factor + cho_solve: faster than scipy.linalg.solve(assume_a="pos") and numpy's LU here (measured at
+        # 2,000-3,000 items: 0.18-0.34 s against 0.24-0.47 s for numpy.linalg.solve)
+        factor = scipy.linalg.cho_factor(system, overwrite_a=True, check_finite=False)
+        return scipy.linalg.cho_solve(factor, rhs, check_finite=False)
+    except np.linalg.LinAlgError:
+        system = gram.copy()
+        system[np.diag_indices_from(system)] += l2
+        return np.linalg.solve(system, rhs)
 
 
 def content_profiles(
@@ -111,8 +140,14 @@ def _blocks(features: Features, n: int, dtype: type = np.float64) -> tuple[np.nd
 
 
 def ridge_map(features: Features, target: sp.csr_matrix, l2: float) -> np.ndarray:
-    """Least squares from [1 | content | items] to the target rows with an L2 penalty: row 0 is the intercept. The
-    Gram is built by blocks: a dense content block inside one sparse product is several times slower."""
+    """Least squares from [1 | content | items] to the target rows with an L2 penalty: row 0 is the intercept."""
+    return ridge_solve(*ridge_system(features, target), l2)
+
+
+def ridge_system(features: Features, target: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """ridge_map's normal equations without the penalty, (Gram, right-hand side): the same for every L2 strength a
+    choice tries. The Gram is built by blocks: a dense content block inside one sparse product is several times
+    slower."""
     dense, items = _blocks(features, target.shape[0])
     t = binary(target)
     gram = dense.T @ dense
@@ -121,8 +156,12 @@ def ridge_map(features: Features, target: sp.csr_matrix, l2: float) -> np.ndarra
         cross = np.asarray(items.T @ dense)
         gram = np.block([[gram, cross.T], [cross, (items.T @ items).toarray()]])
         rhs = np.vstack([rhs, (items.T @ t).toarray()])
-    gram[np.diag_indices_from(gram)] += l2
-    return np.linalg.solve(gram, rhs).astype(np.float32)
+    return gram, rhs
+
+
+def ridge_solve(gram: np.ndarray, rhs: np.ndarray, l2: float) -> np.ndarray:
+    """ridge_map's weights from its normal equations (ridge_system) at one L2 strength."""
+    return _spd_solve(gram, l2, rhs).astype(np.float32)
 
 
 def ridge_scores(weights: np.ndarray, features: Features, n: int) -> np.ndarray:

@@ -26,11 +26,13 @@ from transfer_rec.metrics.ranking import per_user_metrics, top_k
 from transfer_rec.recommender.linked import (
     LinkedSettings,
     binary,
-    ease_target_columns,
+    ease_columns,
+    gram_of,
     joint_rows,
     newcomer_features,
-    ridge_map,
     ridge_scores,
+    ridge_solve,
+    ridge_system,
 )
 
 log = logging.getLogger(__name__)
@@ -101,9 +103,10 @@ def choose(
 
     def judge_warm(weights: dict[str, float]) -> tuple[float, float]:
         joint = joint_rows(sources, weights, train)
+        gram = gram_of(joint)  # once for every strength
         best = (-1.0, warm_l2[0])
         for l2 in warm_l2:
-            columns = ease_target_columns(joint, train.shape[1], l2)
+            columns = ease_columns(gram, train.shape[1], l2)
             score = ndcg_of(np.asarray(joint[judges] @ columns), valid[judges], train[judges], k)
             trials.append({"part": "warm", "sources": _used(weights), "l2": l2, "ndcg": score})
             best = max(best, (score, l2))
@@ -119,18 +122,20 @@ def choose(
 
     def judge_new(weights: dict[str, float], content_weight: float = 0.0) -> tuple[float, float]:
         best = (-1.0, new_l2[0])
+        # each fold's normal equations once, then one solve per strength
+        per_fold: dict[float, list[np.ndarray]] = {l2: [] for l2 in new_l2}
+        for f in range(folds):
+            held = simulated[fold == f]
+            fit_rows = np.setdiff1d(np.flatnonzero(has_target), held)
+            rows = {n: m[fit_rows] for n, m in sources.items()}
+            system = ridge_system(newcomer_features(rows, weights, vectors, content_weight), train[fit_rows])
+            held_rows = {n: m[held] for n, m in sources.items()}
+            held_features = newcomer_features(held_rows, weights, vectors, content_weight)
+            for l2 in new_l2:
+                ranked = top_k(ridge_scores(ridge_solve(*system, l2), held_features, len(held)), k)
+                per_fold[l2].append(per_user_metrics(ranked, known[held], k)["ndcg"])
         for l2 in new_l2:
-            scores = []
-            for f in range(folds):
-                held = simulated[fold == f]
-                fit_rows = np.setdiff1d(np.flatnonzero(has_target), held)
-                rows = {n: m[fit_rows] for n, m in sources.items()}
-                mapping = ridge_map(newcomer_features(rows, weights, vectors, content_weight), train[fit_rows], l2)
-                held_rows = {n: m[held] for n, m in sources.items()}
-                held_features = newcomer_features(held_rows, weights, vectors, content_weight)
-                ranked = top_k(ridge_scores(mapping, held_features, len(held)), k)
-                scores.append(per_user_metrics(ranked, known[held], k)["ndcg"])
-            score = float(np.concatenate(scores).mean()) if len(simulated) else 0.0
+            score = float(np.concatenate(per_fold[l2]).mean()) if len(simulated) else 0.0
             trials.append(
                 {"part": "new", "sources": _used(weights), "l2": l2, "content": content_weight, "ndcg": score}
             )
