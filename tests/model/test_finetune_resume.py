@@ -72,7 +72,7 @@ def test_resumed_finetune_ends_like_an_uninterrupted_one(tmp_path, strategy, enc
     checkpoint = tmp_path / "target.finetune.ckpt"
     with pytest.raises(Killed):
         pretrained(strategy=strategy, encoders=encoders, **extra).finetune(
-            train, valid, candidates, log=kill_at(3), checkpoint=checkpoint
+            train, valid, candidates, log=kill_at(3), checkpoint=checkpoint, checkpoint_seconds=0
         )
     assert checkpoint.exists()
 
@@ -89,6 +89,20 @@ def test_resumed_finetune_ends_like_an_uninterrupted_one(tmp_path, strategy, enc
         torch.testing.assert_close(resumed.encoder.state_dict()[name], tensor, atol=1e-6, rtol=0)
     assert resumed.beta == reference.beta and resumed.item_params == reference.item_params
     assert not checkpoint.exists()  # removed once the fine-tune finished
+
+
+def test_progress_is_written_at_most_every_checkpoint_seconds_and_still_resumes_to_the_same_model(tmp_path):
+    train, valid, candidates = data()
+    reference = pretrained()
+    reference.finetune(train, valid, candidates)
+    checkpoint = tmp_path / "target.finetune.ckpt"
+    with pytest.raises(Killed):  # epochs of milliseconds: none written before the kill, only the item-item choice
+        pretrained().finetune(train, valid, candidates, log=kill_at(3), checkpoint=checkpoint, checkpoint_seconds=3600)
+    rerun: list[dict] = []
+    resumed = pretrained()
+    resumed.finetune(train, valid, candidates, log=rerun.append, checkpoint=checkpoint)
+    assert finetune_epochs(rerun) == list(range(1, 9)) and not [e for e in rerun if e["stage"] == "item_item"]
+    np.testing.assert_allclose(resumed.score(train), reference.score(train), atol=1e-6)
 
 
 def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path):
@@ -114,7 +128,7 @@ def slow(entry):
     print(entry["stage"], entry["epoch"], flush=True)
     time.sleep(0.3)
 
-pretrained().finetune(train, valid, candidates, log=slow, checkpoint={checkpoint!r})
+pretrained().finetune(train, valid, candidates, log=slow, checkpoint={checkpoint!r}, checkpoint_seconds=0)
 print("finished", flush=True)
 """
 

@@ -158,6 +158,11 @@ def _sparse_from(state: dict[str, Any] | None) -> sp.csr_matrix | None:
     )
 
 
+# A fine-tune writes its progress at most this often (besides after the item-item choice and the last epoch): a
+# write every epoch was 7-9% of a make-run target's fine-tune (2026-12-07), for at most this much redone work.
+CHECKPOINT_SECONDS = 30.0
+
+
 def _save_checkpoint(path: Path, content: dict[str, Any]) -> None:
     """Write atomically: a kill mid-write leaves the previous checkpoint intact."""
     path = Path(path)
@@ -381,15 +386,17 @@ class TransferRecommender:
         candidates: np.ndarray | None = None,
         log: EpochLog | None = None,
         checkpoint: Path | None = None,
+        checkpoint_seconds: float = CHECKPOINT_SECONDS,
     ) -> list[dict[str, Any]]:
         """Adapt to a target: item-item solve, encoder fine-tuning with early stopping, blend weight on valid.
 
         `candidates` (a boolean mask over items) are the target's items, the only ones ever recommended.
-        `checkpoint`: after the item-item choice and after every encoder epoch, the fine-tune's whole progress
-        (encoder, optimiser, random generators, best state, history) is written there atomically. A later call with
-        the same model, data and checkpoint resumes after the last finished epoch and ends with the same model as an
-        uninterrupted run. A checkpoint written for other data, settings or starting weights is ignored (and
-        overwritten). The file is removed when the fine-tune finishes.
+        `checkpoint`: after the item-item choice, after an encoder epoch once `checkpoint_seconds` have passed since
+        the last write, and after the last epoch, the fine-tune's whole progress (encoder, optimiser, random
+        generators, best state, history) is written there atomically. A later call with the same model, data and
+        checkpoint resumes after the last epoch written and ends with the same model as an uninterrupted run. A
+        checkpoint written for other data, settings or starting weights is ignored (and overwritten). The file is
+        removed when the fine-tune finishes.
         """
         cfg = self.config
         train = sp.csr_matrix(train, dtype=np.float32)
@@ -428,7 +435,11 @@ class TransferRecommender:
             torch.set_rng_state(saved["torch_rng"])
             progress = saved["progress"]
 
+        last_save = time.monotonic()
+
         def save() -> None:
+            nonlocal last_save
+            last_save = time.monotonic()
             if checkpoint is not None:
                 _save_checkpoint(
                     checkpoint,
@@ -474,7 +485,9 @@ class TransferRecommender:
                     best=ndcg, best_epoch=epoch, best_state={k: v.clone() for k, v in self.encoder.state_dict().items()}
                 )
             progress["stopped"] = epoch - progress["best_epoch"] >= cfg.patience
-            save()
+            last = progress["stopped"] or epoch >= cfg.epochs_finetune
+            if last or time.monotonic() - last_save >= checkpoint_seconds:
+                save()
         if progress["best_state"] is not None:
             self.encoder.load_state_dict(progress["best_state"])
 
