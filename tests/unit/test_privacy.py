@@ -202,6 +202,22 @@ def test_a_champion_forgets_the_links_and_accounts_of_people_who_withheld_consen
     assert [_unless(link, {"L-a"}) for link in ("L-a", "L-b", None, float("nan"))] == [None, "L-b", None, None]
     assert withdrawn_links(champion, None) == set() and withdrawn_accounts(champion, tmp_path / "none") == 0
 
+    # c's books account deleted since (no users row any more), and a target user gone with their history: both
+    # count as withdrawn; an account on a platform that exports no users file ("music") cannot tell, and stays
+    champion = ModelBundle(
+        None,
+        np.array(["i1", "i2"]),
+        np.ones(2, bool),
+        pd.concat([histories, pd.DataFrame({"user_id": ["shop:e"], "item_id": ["i1"]})]),
+        {"target": "shop"},
+        None,
+        None,
+        pd.concat([accounts, pd.DataFrame({"platform": ["music"], "user_id": ["music:a"], "link_id": ["L-a"]})]),
+    )
+    pd.read_parquet(unified / "users.parquet").query("user_id != 'books:c'").to_parquet(unified / "users.parquet")
+    assert withdrawn_links(champion, unified) == {"L-a", "L-c"}
+    assert withdrawn_accounts(champion, unified) == 3  # books:a (consent), books:c and shop:e (deleted)
+
 
 def test_an_e_mail_address_or_a_phone_number_as_a_user_id_is_found_and_opaque_ids_are_not():
     from transfer_rec.schema.rules import identity_ids

@@ -255,34 +255,47 @@ def cold_start_curve(
     return out
 
 
-def withheld(unified: Path | str | None) -> set[tuple[str, str]]:
-    """The (platform, user_id) accounts whose people withheld consent in the unified version at `unified`."""
-    users = Path(unified or "") / "users.parquet"
-    if unified is None or not users.exists():
-        return set()
-    table = pd.read_parquet(users, columns=["platform", "user_id", "consent"])
-    rows = table.loc[~table["consent"].astype(bool)]
-    return set(zip(rows["platform"], rows["user_id"]))
+class Withdrawn:
+    """Who may no longer be answered for, by the unified version at `unified`: accounts whose people withheld
+    consent, and accounts gone from a platform's users file (an account deleted on the platform: erased, not just
+    inactive). Only platforms that export users count for the latter: one without a users file lists nobody."""
+
+    def __init__(self, unified: Path | str | None) -> None:
+        users = Path(unified or "") / "users.parquet"
+        table = (
+            pd.read_parquet(users, columns=["platform", "user_id", "consent"])
+            if unified is not None and users.exists()
+            else pd.DataFrame(columns=["platform", "user_id", "consent"])
+        )
+        refused = table.loc[~table["consent"].astype(bool)]
+        self.refused = set(zip(refused["platform"], refused["user_id"]))
+        self.present = set(zip(table["platform"], table["user_id"]))
+        self.listing = set(table["platform"])
+
+    def __contains__(self, account: tuple[str, str]) -> bool:
+        return account in self.refused or (account[0] in self.listing and account not in self.present)
 
 
 def withdrawn_accounts(champion: ModelBundle, unified: Path | str | None) -> int:
     """Accounts the champion holds (a target history, or an account its linked part may be asked for) whose people
-    withheld consent in the unified version at `unified`: unification left them out, the champion still has them."""
-    gone = withheld(unified)
-    if not gone:
+    withheld consent, or that were deleted from their platform, by the unified version at `unified`: unification
+    left them out, the champion still has them."""
+    gone = Withdrawn(unified)
+    if not gone.listing:
         return 0
     held = set(zip(champion.accounts["platform"], champion.accounts["user_id"]))
     held |= {(champion.target, user) for user in champion.histories}
     held |= {(champion.target, user) for user in champion.profiles.index}
-    return len(gone & held)
+    return sum(1 for account in held if account in gone)
 
 
 def withdrawn_links(champion: ModelBundle, unified: Path | str | None) -> set[str]:
-    """The link ids under which the champion holds an account whose person has since withheld consent: their
-    other-platform histories must not answer for them (the champion kept them; unification no longer links them)."""
-    gone = withheld(unified)
+    """The link ids under which the champion holds an account whose person has since withheld consent, or which was
+    deleted: their other-platform histories must not answer for them (the champion kept them; unification no
+    longer links them)."""
+    gone = Withdrawn(unified)
     accounts = champion.accounts
-    if not gone or accounts.empty:
+    if not gone.listing or accounts.empty:
         return set()
     mask = [pair in gone for pair in zip(accounts["platform"], accounts["user_id"])]
     return set(accounts.loc[mask, "link_id"].dropna())
@@ -372,7 +385,7 @@ def evaluate(
         withdrawn = withdrawn_accounts(champion, features.unified)
         if withdrawn:
             log.warning(
-                "%s: champion v%s holds %d account(s) of people who have since withheld consent",
+                "%s: champion v%s holds %d account(s) of people who have since withheld consent or were deleted",
                 target,
                 champion_version,
                 withdrawn,

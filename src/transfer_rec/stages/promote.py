@@ -133,8 +133,8 @@ def gate(
         passed = all(ok for ok, _ in checks[:required])
         reasons.append(
             f"{'pass' if passed else 'FAIL'}: the champion holds {withdrawn} account(s) of people who have since "
-            "withheld consent; it is replaced by a candidate that meets the floors and beats the baselines"
-            + ("" if passed else ", which this one does not: the champion stays until one does")
+            "withheld consent or were deleted; it is replaced by a candidate that meets the floors and beats the "
+            "baselines" + ("" if passed else ", which this one does not: the champion stays until one does")
         )
         return _overridden(GateDecision(passed, reasons), override)
     reasons = [("pass: " if ok else "FAIL: ") + text for ok, text in checks]
@@ -508,9 +508,9 @@ def withdrawn_alert(model: str, champion: str | None, accounts: int | str) -> st
     rejection like any other would leave it serving their histories, unnoticed, for as long as nothing improves."""
     return (
         f"ATTENTION {model}: champion v{champion} holds {accounts} account(s) of people who have since withheld "
-        "consent, and no candidate met the gate's floors and baselines to replace it: the served model still answers "
-        "from their histories. Fix what fails the gate (its reasons are on the rejected version), or review and "
-        "trigger with gate_override=promote"
+        "consent or were deleted, and no candidate met the gate's floors and baselines to replace it: the served "
+        "model still answers from their histories. Fix what fails the gate (its reasons are on the rejected "
+        "version), or review and trigger with gate_override=promote"
     )
 
 
@@ -575,7 +575,8 @@ def rollback(target: str, layout: StateLayout, force: bool = False) -> dict[str,
     withdrawn = withdrawn_accounts(restore, layout.unified / "current") if restore is not None else 0
     if withdrawn:
         raise registry.RollbackRefused(
-            f"{name} v{version} holds {withdrawn} account(s) of people who have since withheld consent (the "
+            f"{name} v{version} holds {withdrawn} account(s) of people who have since withheld consent or were "
+            "deleted (the "
             "current unified version): rolled back to, it would answer about them again; nothing moved (--force "
             "rolls back anyway)"
         )
