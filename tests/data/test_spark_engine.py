@@ -528,3 +528,28 @@ def test_e_mail_addresses_as_user_ids_are_refused_on_spark_as_on_pandas(pipeline
 
     env = pipeline_env(spark=SPARK)
     refuse_e_mail_user_ids(env, SparkRaw(spark_session(load_config().spark)))
+
+
+def test_user_ids_that_are_identities_in_files_landed_before_the_rule_are_refused_by_both_engines(both, tmp_path):
+    """A platform without a users file whose landed interactions hold a phone number as a user id (landed before
+    the rule knew phones): both engines' unification refuse it by rule opaque_user_id, quoting no id."""
+    from transfer_rec.spark.session import spark_session
+
+    config = both["config"]
+    platform = config.sources[0].model_copy(
+        update={
+            "files": {"interactions": "ratings.tsv"},
+            "format": "tsv",
+            "columns": {"interactions": {"uid": "user_id", "iid": "item_id", "r": "rating", "ts": "timestamp"}},
+        }
+    )
+    (tmp_path / "ratings.tsv").write_text("uid\tiid\tr\tts\nu1\ta\t5\t978300760\n+44 7700 900123\tb\t4\t978300761\n")
+    for unify in (
+        lambda: pandas_unify.unify_platform(tmp_path, platform, config),
+        lambda: spark_unify.unify_platform(
+            spark_session(config.spark), tmp_path, platform, config, tmp_path / "staged"
+        ),
+    ):
+        with pytest.raises(BatchRefused, match=r"rule opaque_user_id: 1 user id\(s\) are e-mail addresses") as caught:
+            unify()
+        assert "7700" not in str(caught.value)

@@ -194,3 +194,38 @@ def test_a_platform_without_ratings_has_every_interaction_a_positive(tmp_path):
     inter = unify_platform(tmp_path, platform, config)["interactions"]
     assert len(inter) == 3 and inter["label"].tolist() == [1, 1, 1]
     assert (inter["rating"] == platform.rating_scale[1]).all()
+
+
+def test_user_ids_that_are_identities_in_files_landed_before_the_rule_are_refused_at_unification(tmp_path):
+    """Partitions landed and validated before rule opaque_user_id (or before it knew phone numbers) are read again
+    with every run's: unification checks the user ids of all of them, quoting none."""
+    from transfer_rec.schema.rules import BatchRefused
+
+    with pytest.raises(
+        BatchRefused, match=r"rule opaque_user_id: 1 user id\(s\) are e-mail addresses or phone"
+    ) as caught:
+        _ratings_unified(tmp_path, "u1\ta\t5\t978300760\n+44 7700 900123\tb\t4\t978300761\n")
+    assert "7700" not in str(caught.value), "the refusal quotes no id"
+    # a platform whose ids only look like identities says so
+    inter = _ratings_unified(
+        tmp_path, "u1\ta\t5\t978300760\n+44 7700 900123\tb\t4\t978300761\n", e_mail_user_ids="allow"
+    )
+    assert len(inter) == 2
+    # with a users file, its ids are checked (every interaction's user must be one of them)
+    config = load_config()
+    platform = config.sources[0].model_copy(
+        update={
+            "files": {"interactions": "ratings.tsv", "users": "users.tsv"},
+            "format": "tsv",
+            "columns": {
+                "interactions": {"uid": "user_id", "iid": "item_id", "r": "rating", "ts": "timestamp"},
+                "users": {"uid": "user_id"},
+            },
+            "value_maps": {},
+        }
+    )
+    (tmp_path / "ratings.tsv").write_text("uid\tiid\tr\tts\nann@example.org\ta\t5\t978300760\n")
+    (tmp_path / "users.tsv").write_text("uid\nann@example.org\n")
+    with pytest.raises(BatchRefused, match="users.tsv.*rule opaque_user_id: 1 user id") as caught:
+        unify_platform(tmp_path, platform, config)
+    assert "ann@" not in str(caught.value)

@@ -71,6 +71,14 @@ def identity_ids(values: pd.Series) -> int:
     return int(values.astype(str).str.contains(IDENTITY_ID_PATTERN, regex=True).sum())
 
 
+def check_opaque_user_ids(ids: pd.Series, platform: str, file: str) -> None:
+    """Rule opaque_user_id at unification, on the distinct user ids of every landed file: partitions landed and
+    validated before the rule (or before it knew phone numbers) are read again with each run's, unchecked."""
+    found = identity_ids(ids)
+    if found:
+        raise opaque_user_id_refusal(found, platform, file, "user_id")
+
+
 def opaque_user_id_refusal(found: int, platform: str, file: str, column: str) -> BatchRefused:
     """Rule opaque_user_id: `found` user ids are e-mail addresses or phone numbers. The message quotes none: they
     are identities."""

@@ -377,9 +377,11 @@ def unify_platform(
         interactions if interactions is not None else [batch_dir / files["interactions"]], platform
     )
     rows_in = len(raw)
-    rules.check_id_length(
-        _distinct(raw, ("user_id", "item_id")), limits.max_id_length, platform.name, files["interactions"]
-    )
+    distinct = _distinct(raw, ("user_id", "item_id"))
+    rules.check_id_length(distinct, limits.max_id_length, platform.name, files["interactions"])
+    if platform.e_mail_user_ids == "refuse" and "users" not in files and "user_id" in distinct:
+        # (with a users file, every user id here must be one of its ids, which platform_users checks)
+        rules.check_opaque_user_ids(distinct["user_id"], platform.name, files["interactions"])
     # Ids as codes into their sorted distinct unified keys: ordering by code is ordering by key, and each distinct
     # id is namespaced / normalised once.
     user_codes, user_keys, _ = _sorted_key_codes(raw["user_id"], lambda u: _user_text(platform.name, u), False)
@@ -499,9 +501,10 @@ def platform_users(batch_dir: Path, platform: PlatformConfig, config: PipelineCo
     if "users" not in platform.files:
         return pd.DataFrame(columns=list(USER_COLUMNS))
     u = _native(read_table(batch_dir / platform.files["users"], platform.format, platform.delimiter), platform, "users")
-    rules.check_id_length(
-        _distinct(u, ("user_id",)), config.rules.max_id_length, platform.name, platform.files["users"]
-    )
+    ids = _distinct(u, ("user_id",))
+    rules.check_id_length(ids, config.rules.max_id_length, platform.name, platform.files["users"])
+    if platform.e_mail_user_ids == "refuse" and "user_id" in ids:
+        rules.check_opaque_user_ids(ids["user_id"], platform.name, platform.files["users"])
     # a user listed twice with different profiles is refused; exact repeats are dropped and counted
     repeats = rules.check_conflicts(
         u, "user_id", [c for c in u.columns if c != "user_id"], platform.name, platform.files["users"]
