@@ -152,6 +152,9 @@ class PlatformConfig(_Strict):
     # only look like addresses: scoped opaque ids such as SAML's pairwise-id (`HTIDAJUMIWG...@idp.example.edu`); it
     # turns the phone check off too.
     e_mail_user_ids: Literal["refuse", "allow"] = "refuse"
+    # Whether the users file lists every account ("complete": an account missing from it was deleted, and a model
+    # holding it gives way as for a withdrawn consent) or only some ("partial": recently active ones, say).
+    users_export: Literal["complete", "partial"] = "complete"
     pull: PullConfig = PullConfig()
     drift: DriftConfig = DriftConfig()
 

@@ -99,6 +99,8 @@ class UnifiedVersion(Manifest):
     batches: dict[str, str]
     hashes: dict[str, dict[str, str]]
     validation: dict[str, Any]
+    # platforms whose users file lists only some accounts (users_export: partial): absence there is no deletion
+    partial_users: list[str] = []
 
     def interaction_rows(self) -> dict[str, int]:
         """The version's interaction rows per platform (what unify wrote for each: its `rows_out`)."""

@@ -217,6 +217,10 @@ def test_a_champion_forgets_the_links_and_accounts_of_people_who_withheld_consen
     pd.read_parquet(unified / "users.parquet").query("user_id != 'books:c'").to_parquet(unified / "users.parquet")
     assert withdrawn_links(champion, unified) == {"L-a", "L-c"}
     assert withdrawn_accounts(champion, unified) == 3  # books:a (consent), books:c and shop:e (deleted)
+    # a platform whose users file lists only some accounts (users_export: partial): missing is not deleted there
+    (unified / "manifest.json").write_text('{"partial_users": ["books"]}')
+    assert withdrawn_links(champion, unified) == {"L-a"}
+    assert withdrawn_accounts(champion, unified) == 2  # books:a (consent) and shop:e
 
 
 def test_an_e_mail_address_or_a_phone_number_as_a_user_id_is_found_and_opaque_ids_are_not():

@@ -77,7 +77,9 @@ def ease_columns(gram: np.ndarray, n_target: int, l2: float) -> np.ndarray:
 def _spd_solve(gram: np.ndarray, l2: float, rhs: np.ndarray) -> np.ndarray:
     """(gram + l2 I)^-1 rhs for a Gram (positive semi-definite) and l2 > 0, by Cholesky: half an LU's work, and the
     Gram is left as it was, for the next strength. LU if rounding made the system indefinite."""
-    system = gram.copy()
+    system = np.asfortranarray(gram)  # a copy in LAPACK's order: factored in place, not copied once more
+    if system is gram:
+        system = system.copy(order="F")
     system[np.diag_indices_from(system)] += l2
     try:
         # cho_factor + cho_solve: faster than scipy.linalg.solve(assume_a="pos") and numpy's LU here (measured at

@@ -28,7 +28,7 @@ of a user with history x is a blend of two standardised parts over the target's 
 - beta is chosen on the target's validation split.
 
 The same class trained without `pretrain` is the target-only model: the transfer gain is the difference.
-Fine-tuning can checkpoint after every epoch and resume after an interruption to the same model (`finetune`).
+Fine-tuning can checkpoint its progress and resume after an interruption to the same model (`finetune`).
 """
 
 from __future__ import annotations
@@ -159,7 +159,8 @@ def _sparse_from(state: dict[str, Any] | None) -> sp.csr_matrix | None:
 
 
 # A fine-tune writes its progress at most this often (besides after the item-item choice and the last epoch): a
-# write every epoch was 7-9% of a make-run target's fine-tune (2026-12-07), for at most this much redone work.
+# write every epoch was 7-9% of a make-run target's fine-tune (2026-12-07); a restart redoes at most this much and
+# the epoch that crossed it.
 CHECKPOINT_SECONDS = 30.0
 
 

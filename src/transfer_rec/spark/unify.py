@@ -101,6 +101,14 @@ def unify_platform(
     limit = config.rules.max_id_length
     if pd.notna(longest) and longest > limit:
         _check_id_lengths(raw, ("user_id", "item_id"), limit, platform.name, files["interactions"])
+    if platform.e_mail_user_ids == "refuse" and "users" not in files:
+        # rules.check_opaque_user_ids on every landed partition's rows, where pandas checks them (with a users file,
+        # platform_users checks its ids, and each interaction's user must be one of them): a regex over the rows
+        # of such a platform only
+        user = F.col("user_id").cast("string")
+        named = raw.where(user.rlike(rules.IDENTITY_ID_PATTERN)).select(user).distinct().count()
+        if named:
+            raise rules.opaque_user_id_refusal(named, platform.name, files["interactions"], "user_id")
     # The native id an item is served by is the smallest that folds to its key.
     keys = pd.DataFrame({"native": natives.to_numpy(dtype=object), "key": natives.map(item_key)})
     item_keys = spark.createDataFrame(keys.astype({"key": object}), "native string, key string")
@@ -168,14 +176,6 @@ def unify_platform(
         unknown = written.join(known, "user_id", "left_anti").groupBy("user_id").count().toPandas()
         names = unknown["user_id"].str.slice(len(user_key(platform.name, ""))).to_numpy()
         rules.check_users_known(names, int(unknown["count"].sum()), platform.name, files["interactions"])
-    if platform.e_mail_user_ids == "refuse" and "users" not in files:
-        # rules.check_opaque_user_ids on the ids of every landed partition (with a users file, platform_users
-        # checks them: each must be one of its ids); a pass over the distinct ids only for such a platform
-        native = F.col("user_id").substr(len(user_key(platform.name, "")) + 1, 1 << 20)
-        found = written.select(native.alias("id")).where(F.col("id").rlike(rules.IDENTITY_ID_PATTERN))
-        named = found.distinct().count()
-        if named:
-            raise rules.opaque_user_id_refusal(named, platform.name, files["interactions"], "user_id")
     n_users = written.select("user_id").distinct().count()
     counts = (rows_in, rows_out, unusable, duplicated, opted_out, n_users)
     keys = present["item_id"].to_numpy(dtype=object)

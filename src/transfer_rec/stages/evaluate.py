@@ -258,7 +258,8 @@ def cold_start_curve(
 class Withdrawn:
     """Who may no longer be answered for, by the unified version at `unified`: accounts whose people withheld
     consent, and accounts gone from a platform's users file (an account deleted on the platform: erased, not just
-    inactive). Only platforms that export users count for the latter: one without a users file lists nobody."""
+    inactive). Only platforms whose users file lists every account count for the latter: one without a users file
+    lists nobody, and one set to `users_export: partial` only some (the unified version names those)."""
 
     def __init__(self, unified: Path | str | None) -> None:
         users = Path(unified or "") / "users.parquet"
@@ -267,10 +268,12 @@ class Withdrawn:
             if unified is not None and users.exists()
             else pd.DataFrame(columns=["platform", "user_id", "consent"])
         )
+        manifest = Path(unified or "") / "manifest.json"
+        partial = set(json.loads(manifest.read_text()).get("partial_users", [])) if manifest.is_file() else set()
         refused = table.loc[~table["consent"].astype(bool)]
         self.refused = set(zip(refused["platform"], refused["user_id"]))
         self.present = set(zip(table["platform"], table["user_id"]))
-        self.listing = set(table["platform"])
+        self.listing = set(table["platform"]) - partial
 
     def __contains__(self, account: tuple[str, str]) -> bool:
         return account in self.refused or (account[0] in self.listing and account not in self.present)
@@ -281,7 +284,7 @@ def withdrawn_accounts(champion: ModelBundle, unified: Path | str | None) -> int
     withheld consent, or that were deleted from their platform, by the unified version at `unified`: unification
     left them out, the champion still has them."""
     gone = Withdrawn(unified)
-    if not gone.listing:
+    if not gone.listing and not gone.refused:
         return 0
     held = set(zip(champion.accounts["platform"], champion.accounts["user_id"]))
     held |= {(champion.target, user) for user in champion.histories}
@@ -295,7 +298,7 @@ def withdrawn_links(champion: ModelBundle, unified: Path | str | None) -> set[st
     longer links them)."""
     gone = Withdrawn(unified)
     accounts = champion.accounts
-    if not gone.listing or accounts.empty:
+    if (not gone.listing and not gone.refused) or accounts.empty:
         return set()
     mask = [pair in gone for pair in zip(accounts["platform"], accounts["user_id"])]
     return set(accounts.loc[mask, "link_id"].dropna())

@@ -150,7 +150,7 @@ def fit_target(
 ) -> tuple[TransferRecommender, list[dict[str, Any]], PlatformData]:
     """Fine-tune a copy of the pretrained model, or train on the target alone when there is none.
 
-    With `checkpoint`, progress is saved there after every epoch and a rerun resumes from it (see
+    With `checkpoint`, progress is saved there (at most every 30 s of epochs) and a rerun resumes from it (see
     TransferRecommender.finetune); the file is removed once the fine-tune has finished.
     """
     use_torch_threads(config.runtime.torch_threads)

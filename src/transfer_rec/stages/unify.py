@@ -326,13 +326,15 @@ def _read_interactions(paths: list[Path], platform: PlatformConfig) -> pd.DataFr
 
 
 def _distinct(frame: pd.DataFrame, columns: tuple[str, ...]) -> dict[str, pd.Series]:
-    """Each id column's distinct values (a categorical's categories: no pass over every row)."""
+    """Each id column's distinct values (a categorical's categories that some row uses: a Parquet file written from
+    a categorical keeps categories no row has any more, which validation never saw and no rule may judge)."""
     out = {}
     for column in columns:
         if column in frame:
             values = frame[column]
             categorical = isinstance(values.dtype, pd.CategoricalDtype)
-            out[column] = pd.Series(values.cat.categories if categorical else values.dropna().unique())
+            used = values.cat.remove_unused_categories().cat.categories if categorical else values.dropna().unique()
+            out[column] = pd.Series(used)
     return out
 
 
@@ -889,6 +891,9 @@ def _unify(
             batches={m.platform: m.batch_id for m in validated},
             hashes={name: read.hashes for name, read in inputs.items()},
             validation=validation,
+            partial_users=sorted(
+                m.platform for m in validated if config.platform(m.platform).users_export == "partial"
+            ),
         )
         (out / "manifest.json").write_text(json.dumps(manifest.to_xcom(), indent=2))
     return manifest
