@@ -229,3 +229,12 @@ def test_user_ids_that_are_identities_in_files_landed_before_the_rule_are_refuse
     with pytest.raises(BatchRefused, match="users.tsv.*rule opaque_user_id: 1 user id") as caught:
         unify_platform(tmp_path, platform, config)
     assert "ann@" not in str(caught.value)
+
+
+def test_the_id_rules_judge_only_ids_some_row_has():
+    # a Parquet file written from a categorical keeps categories no row uses any more (an address deleted from the
+    # rows stays in the column's categories); validation drops them, and so must the id rules of unification
+    from transfer_rec.stages.unify import _distinct
+
+    frame = pd.DataFrame({"user_id": pd.Categorical(["u1", "u1"], categories=["u1", "ann@example.org"])})
+    assert _distinct(frame, ("user_id",))["user_id"].tolist() == ["u1"]
