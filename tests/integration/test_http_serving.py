@@ -179,6 +179,49 @@ def test_a_server_on_the_champion_alias_follows_it_and_keeps_its_model_when_the_
         client.delete_model_version(name, twin.version)
 
 
+def test_a_served_champion_stops_answering_from_people_named_on_its_withheld_list(served, tmp_path):
+    """A champion that stays after people withdrew (no candidate replaced it) is given their list on its version
+    (promote does it; registry.withhold here): the running server stops answering from their stored history, as if
+    it did not know them, and answers from it again once the list no longer names them."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from transfer_rec.registry.models import withhold
+    from transfer_rec.serving.withheld import WITHHELD_TAG, Withheld
+
+    client, name = MlflowClient(), "transfer_rec-village"
+    champion = client.get_model_version_by_alias(name, "champion")
+    histories = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}").unwrap_python_model().bundle.histories
+    gone, kept = list(histories)[:2]
+    before = _answer_of(served, kept)
+    listed = Withheld(frozenset({("village", gone)})).write(tmp_path / "withheld.json")
+    log = Path(served_log(served))
+    try:
+        uri = withhold("village", champion.version, listed, champion.run_id)
+        assert client.get_model_version(name, champion.version).tags[WITHHELD_TAG] == uri
+        deadline = time.monotonic() + 60
+        while (status := post(f"{served}/invocations", {"dataframe_records": [{"user_id": gone}]}))[0] == 200:
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
+        assert status[0] == 400 and f"unknown user {gone!r}" in status[1]["message"], status
+        assert f"{name}/{champion.version} withholds 1 account(s)" in log.read_text()
+        assert _answer_of(served, kept) == before, "everyone else is answered as before"
+        # with items of their own, they are a new user: nothing of what the model stored about them is used
+        request = {"dataframe_records": [{"user_id": gone, "history": [histories[kept][0]]}]}
+        anonymous = {"dataframe_records": [{"history": [histories[kept][0]]}]}
+        answered, fresh = post(f"{served}/invocations", request), post(f"{served}/invocations", anonymous)
+        assert answered[0] == 200 and [r["item_id"] for r in answered[1]["predictions"]] == [
+            r["item_id"] for r in fresh[1]["predictions"]
+        ]
+    finally:
+        withhold("village", champion.version, None, champion.run_id)
+    assert WITHHELD_TAG not in (client.get_model_version(name, champion.version).tags or {})
+    deadline = time.monotonic() + 60
+    while post(f"{served}/invocations", {"dataframe_records": [{"user_id": gone}]})[0] != 200:
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.5)
+
+
 def test_requests_and_answers_in_the_platforms_own_ids(served):
     import mlflow
 

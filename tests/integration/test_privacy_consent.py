@@ -11,6 +11,7 @@ from tests.integration.inline import run_inline
 
 from bench.synthetic import write_config
 from transfer_rec.io.state import StateLayout
+from transfer_rec.serving.withheld import WITHHELD_COUNT_TAG, WITHHELD_TAG, Withheld
 from transfer_rec.stages import pipeline
 
 SALT = "pii-salt-for-the-privacy-test-0123"
@@ -139,6 +140,12 @@ def test_a_champion_holding_people_who_withdrew_consent_gives_way(pipeline_env, 
     assert failures.read_text().count(alert) == 1, failures.read_text()
     rejected = mlflow.MlflowClient().get_model_version("transfer_rec-village", third["decision"]["version"])
     assert rejected.tags["gate.champion_withdrawn"] == str(third["evaluation"]["champion_withdrawn"])
+    # the champion that stays names them for its servers (test_http_serving shows a server honouring the list)
+    kept = mlflow.MlflowClient().get_model_version("transfer_rec-village", third["evaluation"]["champion_version"])
+    assert kept.tags[WITHHELD_COUNT_TAG] == str(third["evaluation"]["champion_withdrawn"])
+    listed = Withheld.read(Path(mlflow.artifacts.download_artifacts(kept.tags[WITHHELD_TAG])))
+    withdrew = {("village", f"village:{uid}") for uid in users.loc[users["consent"] == "no", "uid"]}
+    assert listed.accounts <= withdrew and len(listed.accounts) == third["evaluation"]["champion_withdrawn"]
     run = pipeline.plan({"run_key": "consent-4"}, airflow_run_id="consent-4")
     unified = pipeline.unify(run, [pipeline.validate(run, pipeline.pull(run, p)) for p in run["platforms"]])
     checked = pipeline.check_inputs(run, unified)

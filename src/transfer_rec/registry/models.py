@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from transfer_rec.registry.tracking import RUN_KEY_TAG
 from transfer_rec.serving.bundle import ModelBundle
+from transfer_rec.serving.withheld import WITHHELD_COUNT_TAG, WITHHELD_TAG, Withheld
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,27 @@ def crown(target: str, version: str) -> str | None:
         client.set_registered_model_alias(name, PREVIOUS, previous)
     client.set_registered_model_alias(name, CHAMPION, version)
     return previous
+
+
+def withhold(target: str, version: str, withheld: Path | None, run_id: str) -> str | None:
+    """Name on model version `version` the people its server must stop answering from (a Withheld list at
+    `withheld`, logged as an artifact of run `run_id`); None clears a list named before (they consented again, or
+    their accounts are back). Returns the list's artifact URI."""
+    client = MlflowClient()
+    name = registered_model_name(target)
+    if withheld is None:
+        tags = client.get_model_version(name, version).tags or {}
+        for key in (WITHHELD_TAG, WITHHELD_COUNT_TAG):
+            if key in tags:
+                client.delete_model_version_tag(name, version, key)
+        return None
+    client.log_artifact(run_id, str(withheld), "serving")
+    uri = f"runs:/{run_id}/serving/{Path(withheld).name}"
+    count = len(Withheld.read(withheld).accounts)
+    # the count first: a server that reads the version between the two calls sees the URI only once it is complete
+    client.set_model_version_tag(name, version, WITHHELD_COUNT_TAG, str(count))
+    client.set_model_version_tag(name, version, WITHHELD_TAG, uri)
+    return uri
 
 
 def mark_challenger(target: str, version: str) -> None:

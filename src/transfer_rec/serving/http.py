@@ -10,7 +10,9 @@ while the client is still sending makes the client see a connection reset instea
 A server started on an alias (`models:/<name>@champion`) follows it: `Served` checks the alias every so often and,
 when a promotion or rollback has moved it, loads the version it names and answers with that from then on. Without
 this, a model replaced because people withdrew consent would keep answering until someone restarted the server.
-Every answer names the version that gave it (header x-model-version).
+Each check also reads the version's withheld list (serving/withheld.py), on a server pinned to a version too: a
+champion that stays while people it holds have withdrawn stops answering from them. Every answer names the version
+that gave it (header x-model-version).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from transfer_rec.schema.unified import PII_SALT_ENV, PII_SALT_FILE_ENV
+from transfer_rec.serving.withheld import NOBODY, WITHHELD_TAG, Withheld
 
 log = logging.getLogger("transfer_rec.serving")
 
@@ -132,15 +135,26 @@ class Served:
     """ASGI app: the scoring app of one model version, named in every answer's x-model-version header. Given an
     alias to follow, a daemon thread reads it every `seconds` (jittered, so workers do not load at one moment);
     when it names another version, that version is downloaded and loaded beside the one answering, then swapped in
-    (requests in flight finish on the old one). A registry that cannot be read, or a version that fails to load,
-    leaves the loaded model answering; each failed check is logged.
+    (requests in flight finish on the old one). A server pinned to a version (`follow` with alias None) reads that
+    version the same way. Each read also fetches the version's withheld list (serving/withheld.py) when its
+    `serving.withheld` tag names another one, and hands it to the model before it answers with it. A registry that
+    cannot be read, or a version or list that fails to load, leaves the loaded model answering as it did; each
+    failed check is logged.
 
     The server's lifespan is answered here, not by the scoring app: uvicorn's lifespan call lasts as long as the
     process, and passed on it would hold the first model in memory after every swap (MLflow's app has no startup
     or shutdown work)."""
 
-    def __init__(self, app: ASGIApp, version: str | None, follow: tuple[str, str, float] | None = None):
-        self._current = (app, version)
+    def __init__(
+        self,
+        app: ASGIApp,
+        version: str | None,
+        follow: tuple[str, str | None, float] | None = None,
+        model: Any = None,
+    ):
+        # what answers: the app, "<name>/<version>", our pyfunc model in it (None for another kind) and the URI of
+        # the withheld list it was given
+        self._current: tuple[ASGIApp, str | None, Any, str | None] = (app, version, model, None)
         self._local: str | None = None  # the folder of a version this process downloaded itself
         self._follow = follow
 
@@ -156,42 +170,63 @@ class Served:
     def version(self) -> str | None:
         return self._current[1]
 
+    @property
+    def withheld_uri(self) -> str | None:
+        return self._current[3]
+
     def _watch(self) -> None:
         assert self._follow is not None
         stop = threading.Event()  # never set: the thread ends with the process
         while not stop.wait(self._follow[2] * random.uniform(0.9, 1.1)):
             self._check_logged()
 
+    def _followed(self) -> str:
+        name, alias, _ = self._follow or ("", None, 0)
+        return f"{name}@{alias}" if alias else f"{name} v{(self.version or '').rsplit('/', 1)[-1]}"
+
     def _check_logged(self) -> None:
-        name, alias, _ = self._follow or ("", "", 0)
         try:
             self.check()
         except Exception as error:  # the loaded model keeps answering; the next check tries again
             log.warning(
-                "serve: %s@%s not checked or not loaded, still answering with %s: %s", name, alias, self.version, error
+                "serve: %s not checked or not loaded, still answering with %s: %s",
+                self._followed(),
+                self.version,
+                error,
             )
 
     def check(self) -> bool:
-        """Load the version the alias names now, if that is not the one answering; whether it swapped."""
+        """Load the version the alias names now, if that is not the one answering, and the withheld list it names,
+        if that is not the one it has; whether anything changed."""
         from mlflow import MlflowClient
         from mlflow.artifacts import download_artifacts
 
         assert self._follow is not None
         name, alias, _ = self._follow
-        version = MlflowClient().get_model_version_by_alias(name, alias).version
-        named = f"{name}/{version}"
-        if named == self.version:
-            return False
+        client = MlflowClient()
+        if alias is not None:
+            found = client.get_model_version_by_alias(name, alias)
+        else:
+            found = client.get_model_version(name, (self.version or "").rsplit("/", 1)[-1])
+        named, uri = f"{name}/{found.version}", (found.tags or {}).get(WITHHELD_TAG)
+        app, version, model, given = self._current
+        if named == version:
+            if uri == given:
+                return False
+            _withhold(model, uri, named)
+            self._current = (app, version, model, uri)
+            return True
         # into a folder of this process's own: without dst_path a local registry hands back its stored folder itself
         local = tempfile.mkdtemp(prefix="transfer-rec-serve-")
         try:
-            app = scoring_app(download_artifacts(artifact_uri=f"models:/{named}", dst_path=local))
+            app, model = scoring_app(download_artifacts(artifact_uri=f"models:/{named}", dst_path=local))
+            _withhold(model, uri, named)  # before it answers anyone
         except BaseException:
             shutil.rmtree(local, ignore_errors=True)
             raise
         previous, self._local = self._local, local
-        self._current = (app, named)
-        log.warning("serve: %s@%s moved to version %s: now answering with it", name, alias, version)
+        self._current = (app, named, model, uri)
+        log.warning("serve: %s moved to version %s: now answering with it", self._followed(), found.version)
         if previous:
             shutil.rmtree(previous, ignore_errors=True)
         return True
@@ -210,7 +245,7 @@ class Served:
                     self.remove_own_copy()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
-        app, version = self._current
+        app, version, _, _ = self._current
         if scope["type"] != "http" or version is None:
             await app(scope, receive, send)
             return
@@ -223,11 +258,40 @@ class Served:
         await app(scope, receive, named)
 
 
-def scoring_app(local: str) -> ASGIApp:
-    """MLflow's scoring app of the model in a local folder."""
+def _withhold(model: Any, uri: str | None, version: str) -> None:
+    """Give the served model the withheld list at `uri` (None: nobody), read from the registry's artifact store."""
+    if model is None or not hasattr(model, "withheld"):
+        if uri is not None:  # not our model: nothing could honour the list, which must not pass unnoticed
+            raise ValueError(f"{version} names a withheld list ({uri}) but is no transfer-rec model")
+        return
+    if uri is None:
+        model.withheld = NOBODY
+        log.warning("serve: %s withholds nobody", version)
+        return
+    from mlflow.artifacts import download_artifacts
+
+    with tempfile.TemporaryDirectory(prefix="transfer-rec-withheld-") as folder:
+        withheld = Withheld.read(Path(download_artifacts(artifact_uri=uri, dst_path=folder)))
+    model.withheld = withheld
+    log.warning(
+        "serve: %s withholds %d account(s) and %d link(s) of people who withdrew (%s)",
+        version,
+        len(withheld.accounts),
+        len(withheld.links),
+        uri,
+    )
+
+
+def scoring_app(local: str) -> tuple[ASGIApp, Any]:
+    """MLflow's scoring app of the model in a local folder, and the Python model inside it (None if it has none)."""
     from mlflow.pyfunc import scoring_server
 
-    return scoring_server.init(scoring_server.load_model_with_mlflow_config(local))
+    model = scoring_server.load_model_with_mlflow_config(local)
+    try:
+        inner = model.unwrap_python_model()
+    except Exception:  # a flavour other than a Python model
+        inner = None
+    return scoring_server.init(model), inner
 
 
 def max_body_bytes() -> int:
@@ -244,13 +308,15 @@ def create_app() -> ASGIApp:
     was started on when told to (uvicorn's --factory)."""
     from mlflow.pyfunc import scoring_server
 
-    follow = None
+    follow: tuple[str, str | None, float] | None = None
     if os.environ.get(FOLLOW_ENV):
-        alias_uri, seconds = os.environ[FOLLOW_ENV].rsplit(" ", 1)
-        name, alias = alias_uri.rsplit("@", 1)
+        followed, seconds = os.environ[FOLLOW_ENV].rsplit(" ", 1)
+        # "<name>@<alias>", or "<name>/<version>" for a server pinned to a version (only its withheld list moves)
+        name, alias = followed.rsplit("@", 1) if "@" in followed else (followed.rsplit("/", 1)[0], None)
         follow = (name, alias, float(seconds))
     version = os.environ.get(VERSION_ENV) or None
-    served = Served(scoring_app(os.environ[scoring_server._SERVER_MODEL_PATH]), version, follow)
+    app, model = scoring_app(os.environ[scoring_server._SERVER_MODEL_PATH])
+    served = Served(app, version, follow, model)
     served.start_following()
     return BodyLimit(served, max_body_bytes())
 
@@ -300,6 +366,8 @@ def serve_command(
         env[VERSION_ENV] = version
     if follow_seconds > 0 and ALIAS_URI.fullmatch(model_uri):
         env[FOLLOW_ENV] = f"{model_uri.removeprefix('models:/')} {follow_seconds:g}"
+    elif follow_seconds > 0 and version:  # pinned to a version: its withheld list is read all the same
+        env[FOLLOW_ENV] = f"{version} {follow_seconds:g}"
     return command, env
 
 

@@ -18,6 +18,7 @@ from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 from transfer_rec.schema.unified import PROFILE_FIELDS
 from transfer_rec.serving.bundle import ModelBundle
+from transfer_rec.serving.withheld import NOBODY, Withheld
 
 DEFAULT_K = 10
 # Requests with at most this many rows are scored on one thread (see TransferRecModel.predict).
@@ -93,7 +94,11 @@ class TransferRecModel(mlflow.pyfunc.PythonModel):
     unified values), each optional; a row needs at least one usable part. Users and items are named as the target
     platform names them (its own ids); the unified keys are accepted too. Output: one row per recommended item with
     the request row, user_id, rank, item_id (the target's own id), score, and on the request's first answer row only
-    the history's unknown item ids and the platforms whose histories were used."""
+    the history's unknown item ids and the platforms whose histories were used.
+
+    `withheld`: people this model must no longer answer from (serving/withheld.py); the server sets it."""
+
+    withheld = NOBODY
 
     def load_context(self, context: Any) -> None:
         self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]))
@@ -111,7 +116,7 @@ class TransferRecModel(mlflow.pyfunc.PythonModel):
         if not 1 <= k <= 1000:
             raise RequestError(f"param k must be between 1 and 1000, got {k}")
         if len(model_input) > SMALL_REQUEST_ROWS:
-            return recommend_frame(self.bundle, model_input, k)
+            return recommend_frame(self.bundle, model_input, k, self.withheld)
         # A few users are a few vector products: one thread answers them ~30x faster than torch's thread pool on a
         # busy 2-core machine (measured by bench.latency). Restored afterwards, as the evaluation stage loads
         # champions into a training process.
@@ -121,7 +126,7 @@ class TransferRecModel(mlflow.pyfunc.PythonModel):
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                return recommend_frame(self.bundle, model_input, k)
+                return recommend_frame(self.bundle, model_input, k, self.withheld)
             finally:
                 torch.set_num_threads(threads)
 
@@ -145,15 +150,20 @@ def _text(request: dict[str, Any], column: str, row: int) -> str | None:
     return value
 
 
-def _person(bundle: ModelBundle, request: dict[str, Any], row: int) -> tuple[str | None, str | None]:
+def _person(
+    bundle: ModelBundle, request: dict[str, Any], row: int, withheld: Withheld = NOBODY
+) -> tuple[str | None, str | None]:
     """(the target user the row names, if any; the person's link id, if the model can link them). A person named by
     a source account or link id who also has a target account is that target user: ranked from their target history
-    too, and never shown what they already have there."""
+    too, and never shown what they already have there. A `withheld` account or link is as if the model did not know
+    it: not answered from, and never followed to another account of the person."""
     user, platform, link = (
         _text(request, "user_id", row),
         _text(request, "platform", row),
         _text(request, "link_id", row),
     )
+    if withheld.link(link):
+        link = None
     if platform is not None and platform != bundle.target:
         if user is None:
             raise RequestError(f"row {row}: 'platform' {platform!r} names whose account? give its 'user_id' too")
@@ -164,19 +174,24 @@ def _person(bundle: ModelBundle, request: dict[str, Any], row: int) -> tuple[str
                 f"(linked: {known_platforms or 'none'})"
             )
         own = bundle.link_of(platform, user)
+        own = None if withheld.link(own) else own
         if link is not None and own is not None and link != own:
             raise RequestError(f"row {row}: 'link_id' names another person than {platform} account {user!r}")
         link = link or own
-        return bundle.target_user_of(link), link
+        theirs = bundle.target_user_of(link)
+        return None if withheld.account(bundle.target, theirs) else theirs, link
     if user is not None:
         user = bundle.user_key(user)
+        user = None if withheld.account(bundle.target, user) else user
         own, theirs = bundle.link_of(bundle.target, user), bundle.target_users_of(link)
         # a link id of target accounts names those people only (a family's shared one too: not an unrelated user)
         if link is not None and ((own is not None and link != own) or (theirs and user not in theirs)):
             raise RequestError(f"row {row}: 'link_id' names another person than user {request.get('user_id')!r}")
     elif link is not None:
         user = bundle.target_user_of(link)
-    return user, link or bundle.link_of(bundle.target, user)
+        user = None if withheld.account(bundle.target, user) else user
+    link = link or bundle.link_of(bundle.target, user)
+    return user, None if withheld.link(link) else link
 
 
 def _profile(
@@ -213,7 +228,9 @@ def check_size(requests: pd.DataFrame, k: int) -> None:
                 raise RequestError(f"row {row}: a history of {len(history):,} items; at most {MAX_HISTORY:,}")
 
 
-def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAULT_K) -> pd.DataFrame:
+def recommend_frame(
+    bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAULT_K, withheld: Withheld = NOBODY
+) -> pd.DataFrame:
     if not isinstance(requests, pd.DataFrame) or not (
         {"user_id", "link_id", "history", *PROFILE_FIELDS} & set(requests.columns)
     ):
@@ -236,7 +253,7 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
             history = [history]
         if not isinstance(history, (list, tuple)) and not hasattr(history, "tolist"):
             raise RequestError(f"row {row}: 'history' must be a list of item ids, got {type(history).__name__}")
-        user, link = _person(bundle, request, row)
+        user, link = _person(bundle, request, row, withheld)
         known = bundle.histories.get(user, []) if user is not None else []
         merged = list(known) + [str(i) for i in list(history)]
         profile = _profile(request, row, bundle.profile_of(user), vocabulary)
@@ -257,8 +274,9 @@ def recommend_frame(bundle: ModelBundle, requests: pd.DataFrame, k: int = DEFAUL
             named = _text(request, "user_id", row)
             who = "a request naming no user" if named is None else f"unknown user {named!r}"
             who += f" on {request.get('platform')!r}" if _text(request, "platform", row) is not None else ""
-            if named is None and link is not None:
-                who = f"link id {link!r} " + (
+            asked = link or _text(request, "link_id", row)
+            if named is None and asked is not None:
+                who = f"link id {asked!r} " + (
                     "is not a person this model knows on a source"
                     if bundle.linked is not None
                     else "cannot help: this model links no platforms"

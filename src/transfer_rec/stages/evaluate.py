@@ -41,6 +41,7 @@ from transfer_rec.registry import tracking
 from transfer_rec.registry.models import ChampionUnloadable, champion_bundle
 from transfer_rec.runtime.threads import use_torch_threads
 from transfer_rec.serving.bundle import ModelBundle
+from transfer_rec.serving.withheld import Withheld
 from transfer_rec.stages.features import PlatformData, sources_linked
 
 log = logging.getLogger(__name__)
@@ -279,29 +280,31 @@ class Withdrawn:
         return account in self.refused or (account[0] in self.listing and account not in self.present)
 
 
-def withdrawn_accounts(champion: ModelBundle, unified: Path | str | None) -> int:
-    """Accounts the champion holds (a target history, or an account its linked part may be asked for) whose people
-    withheld consent, or that were deleted from their platform, by the unified version at `unified`: unification
-    left them out, the champion still has them."""
+def withheld_of(champion: ModelBundle, unified: Path | str | None) -> Withheld:
+    """The accounts the champion holds (a target history, or an account its linked part may be asked for) whose
+    people withheld consent, or that were deleted from their platform, by the unified version at `unified`
+    (unification left them out, the champion still has them), and the link ids under which it holds such an account
+    (their other-platform histories must not answer for them any more)."""
     gone = Withdrawn(unified)
     if not gone.listing and not gone.refused:
-        return 0
-    held = set(zip(champion.accounts["platform"], champion.accounts["user_id"]))
+        return Withheld()
+    accounts = champion.accounts
+    held = set(zip(accounts["platform"], accounts["user_id"]))
     held |= {(champion.target, user) for user in champion.histories}
     held |= {(champion.target, user) for user in champion.profiles.index}
-    return sum(1 for account in held if account in gone)
+    mask = [pair in gone for pair in zip(accounts["platform"], accounts["user_id"])]
+    links = set(accounts.loc[mask, "link_id"].dropna()) if len(accounts) else set()
+    return Withheld(frozenset(account for account in held if account in gone), frozenset(links))
+
+
+def withdrawn_accounts(champion: ModelBundle, unified: Path | str | None) -> int:
+    """How many accounts of withheld people the champion holds (withheld_of)."""
+    return len(withheld_of(champion, unified).accounts)
 
 
 def withdrawn_links(champion: ModelBundle, unified: Path | str | None) -> set[str]:
-    """The link ids under which the champion holds an account whose person has since withheld consent, or which was
-    deleted: their other-platform histories must not answer for them (the champion kept them; unification no
-    longer links them)."""
-    gone = Withdrawn(unified)
-    accounts = champion.accounts
-    if (not gone.listing and not gone.refused) or accounts.empty:
-        return set()
-    mask = [pair in gone for pair in zip(accounts["platform"], accounts["user_id"])]
-    return set(accounts.loc[mask, "link_id"].dropna())
+    """The link ids under which the champion holds an account of a withheld person (withheld_of)."""
+    return set(withheld_of(champion, unified).links)
 
 
 def _champion_scorer(
@@ -382,17 +385,18 @@ def evaluate(
         # failing here would block every later candidate behind a model nobody can load
         log.error("%s: %s; the candidate is compared with the baselines only", target, error)
         champion, champion_version, unloadable = None, error.version, error.reason
-    withdrawn = 0
+    withheld = Withheld()
     if champion is not None:
         scorers["champion"] = _champion_scorer(champion, items["item_id"].to_numpy(), profiles, links)
-        withdrawn = withdrawn_accounts(champion, features.unified)
-        if withdrawn:
-            log.warning(
-                "%s: champion v%s holds %d account(s) of people who have since withheld consent or were deleted",
-                target,
-                champion_version,
-                withdrawn,
-            )
+        withheld = withheld_of(champion, features.unified)
+    withdrawn = len(withheld.accounts)
+    if withdrawn:
+        log.warning(
+            "%s: champion v%s holds %d account(s) of people who have since withheld consent or were deleted",
+            target,
+            champion_version,
+            withdrawn,
+        )
     # The transfer models read rating-weighted histories, each with the weight it was trained with (as publish and
     # serving give them); EASE and popularity the binary one
     rating_weights = {"candidate": config.training.rating_weight, "target_only": config.training.rating_weight}
@@ -533,6 +537,8 @@ def evaluate(
         "champion_version": champion_version,
         "same_as_champion": same_as_champion,
         "champion_withdrawn": withdrawn,
+        # what the champion's server must stop answering from while it serves (promote names it on the champion)
+        "champion_withheld": str(withheld.write(report_dir / "withheld.json")) if withheld else None,
         "champion_unloadable": unloadable,
         "ease_l2": l2,
         "data": {"hashes": unified_manifest.get("hashes", {}), "unified": features.unified, "features": features.dir},

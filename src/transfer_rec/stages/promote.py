@@ -32,7 +32,8 @@ class GateDecision:
 # The model-version tag holding the sha256 of the inputs (data files' hashes and resolved config) it was trained on.
 INPUTS_TAG = "inputs.fingerprint"
 # On a candidate that did not replace a champion holding people who have since withheld consent: how many accounts
-# of theirs the champion still holds (the serving model answers from their histories until a version replaces it).
+# of theirs the champion still holds (its server stops answering from them, serving/withheld.py, but its weights were
+# trained on them until a version replaces it).
 WITHDRAWN_TAG = "gate.champion_withdrawn"
 # ... and which champion that was: the alert is repeated only while that version serves
 WITHDRAWN_OF_TAG = "gate.champion_withdrawn.version"
@@ -480,6 +481,16 @@ def promote(
         registry.tag(target, str(version.version), {"gate.decision": "promoted"})
     elif not dry_run:  # a dry run's version is there to be looked at; it takes no alias from a real candidate
         registry.mark_challenger(target, version.version)
+        if evaluation.champion_version and not evaluation.champion_unloadable:
+            # the champion keeps serving: its server stops answering from the people it holds who withdrew since
+            # (or answers from them again, if they came back)
+            withheld = report.get("champion_withheld")
+            registry.withhold(
+                target,
+                str(evaluation.champion_version),
+                Path(withheld) if withheld else None,
+                evaluation.run_id or candidate.run_id,
+            )
     name = registry.registered_model_name(target)
     if stays_withdrawn:
         record_failure(withdrawn_alert(name, evaluation.champion_version, evaluation.champion_withdrawn), layout)
@@ -508,9 +519,10 @@ def withdrawn_alert(model: str, champion: str | None, accounts: int | str) -> st
     rejection like any other would leave it serving their histories, unnoticed, for as long as nothing improves."""
     return (
         f"ATTENTION {model}: champion v{champion} holds {accounts} account(s) of people who have since withheld "
-        "consent or were deleted, and no candidate met the gate's floors and baselines to replace it: the served "
-        "model still answers from their histories. Fix what fails the gate (its reasons are on the rejected "
-        "version), or review and trigger with gate_override=promote"
+        "consent or were deleted, and no candidate met the gate's floors and baselines to replace it: its server "
+        "no longer answers from their histories or links (the version's serving.withheld list), but its weights "
+        "were trained on them. Fix what fails the gate (its reasons are on the rejected version), or review and "
+        "trigger with gate_override=promote"
     )
 
 
