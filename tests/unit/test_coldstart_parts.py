@@ -251,6 +251,12 @@ def test_title_embeddings_are_cached_by_the_titles(tmp_path, monkeypatch):
     np.testing.assert_array_equal(first, second)
     assert len(calls) == 2
     np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, rtol=1e-6)
+    # a cache file damaged (cut short) is embedded again and rewritten whole, through a staging file left nowhere
+    for cached in tmp_path.glob("titles-*.npy"):
+        cached.write_bytes(cached.read_bytes()[:40])
+    np.testing.assert_array_equal(title_embeddings(["Heat", "Fargo"], tmp_path), first)
+    np.testing.assert_array_equal(title_embeddings(["Heat", "Fargo"], tmp_path), first)
+    assert len(calls) == 3 and not [f.name for f in tmp_path.iterdir() if f.name.startswith(".")]
 
 
 def test_bundle_passes_profiles_to_the_models_profile_prior():

