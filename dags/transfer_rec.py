@@ -229,10 +229,11 @@ TARGETS = pipeline.target_names()
         "run_key": Param(
             None,
             type=["null", "string"],
-            # never "." or "..": the key names folders that are replaced whole
-            pattern=r"^(?!\.+$)[A-Za-z0-9_.-]{0,100}$",
-            description="Name of this run's outputs (lake, models, MLflow; letters, digits and _.-, not only dots). "
-            "Empty: the Airflow run id.",
+            # never "." or "..", or a hidden name: the key names folders that are replaced whole (plan refuses
+            # the two file names the state keeps beside them too)
+            pattern=r"^([A-Za-z0-9_-][A-Za-z0-9_.-]{0,99})?$",
+            description="Name of this run's outputs (lake, models, MLflow; letters, digits and _.-, not starting "
+            "with a dot). Empty: the Airflow run id.",
         ),
         # a multi-select of the configured targets (the form lists `examples`); a name outside them is refused
         # when the run is triggered, not three retries later

@@ -18,6 +18,9 @@ def test_a_run_key_planned_again_resumes_its_run_with_the_same_params_and_refuse
     # MLflow keeps a stage run's first params: other settings under the same key would fail training later
     with pytest.raises(ValueError, match=r"run_key again: .*other training params \(epochs_finetune 3 -> 5\)"):
         pipeline.plan({"run_key": "again", "epochs_finetune": 5, "dry_run": True}, airflow_run_id="again-2")
+    # other targets reopen the stage runs of other families (a pretrain logged with other sources): refused too
+    with pytest.raises(ValueError, match=r"run_key again: .*\(targets \(empty\) -> village\)"):
+        pipeline.plan({"run_key": "again", "epochs_finetune": 3, "targets": ["village"]}, airflow_run_id="again-2")
     # a dry run, or a forced one, of the same settings changes no stage run's params: it resumes the run
     second = pipeline.plan({"run_key": "again", "epochs_finetune": 3, "dry_run": True}, airflow_run_id="again-2")
     assert second["parent_run_id"] == first["parent_run_id"]

@@ -192,7 +192,7 @@ def test_a_run_key_never_names_the_folder_above():
     from transfer_rec.stages.pipeline import check_run_key, run_key_from
 
     assert check_run_key("v1.2_x") == "v1.2_x"
-    for bad in (".", "..", "...", "", "a/b", "x" * 101):
+    for bad in (".", "..", "...", "", "a/b", "x" * 101, ".versions", "latest.json", "failures.log"):
         with pytest.raises(ValueError, match="is not a run key"):
             check_run_key(bad)
     assert check_run_key(run_key_from("manual__2026-12-06T21:26:08+00:00")) == "manual__2026-12-06T21_26_08_00_00"

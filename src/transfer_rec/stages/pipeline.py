@@ -36,6 +36,7 @@ from transfer_rec.manifests import (
     UnifiedVersion,
     ValidatedBatch,
 )
+from transfer_rec.ops.alerts import FAILURES_FILE
 from transfer_rec.runtime.signals import stage_guard
 from transfer_rec.runtime.workers import configured_workers
 from transfer_rec.schema.unified import RATING_SCALE
@@ -113,13 +114,20 @@ def run_key_from(airflow_run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", airflow_run_id).strip("_")[:100]
 
 
+# what the state keeps beside the run keys' folders (reports/latest.json, reports/failures.log): a run key of that
+# name would turn the file into a folder, or a run's report into the summary
+RESERVED_RUN_KEYS = ("latest.json", FAILURES_FILE)
+
+
 def check_run_key(run_key: str) -> str:
     """The run key names folders that stages replace whole (landing/<platform>/<key>, features/<key>, ...): "." or
-    ".." would name the folder above, so a key is letters, digits and _.- (up to 100), never dots alone."""
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", run_key) or set(run_key) == {"."}:
+    ".." would name the folder above and a leading dot the stages' own hidden folders (.versions, staging files),
+    so a key is letters, digits and _.- (up to 100), not starting with a dot, and none of RESERVED_RUN_KEYS."""
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}", run_key) or run_key in RESERVED_RUN_KEYS:
         raise ValueError(
             f"param run_key: {run_key!r} is not a run key "
-            "(letters, digits and _.-, 1 to 100 characters, not dots alone)"
+            "(letters, digits and _.-, 1 to 100 characters, not starting with a dot, "
+            f"not {' or '.join(RESERVED_RUN_KEYS)})"
         )
     return run_key
 
@@ -175,7 +183,7 @@ def plan(
         # other training settings would fail training; the same ones resume the run (force, gate_override and
         # dry_run change no stage run's params)
         now = {k: tracking.param_text(v) for k, v in given.items()}
-        shaping = {f"param.{name}" for name in PARAM_OVERRIDES}
+        shaping = {f"param.{name}" for name in PARAM_OVERRIDES} | {"param.targets"}  # targets: which stage runs
         differ = sorted(k for k in shaping & (set(earlier) | set(now)) if earlier.get(k) != now.get(k))
         if differ:
             changes = ", ".join(
