@@ -197,7 +197,9 @@ def test_a_served_champion_stops_answering_from_people_named_on_its_withheld_lis
     listed = Withheld(frozenset({("village", gone)})).write(tmp_path / "withheld.json")
     log = Path(served_log(served))
     try:
-        uri = withhold("village", champion.version, listed, champion.run_id)
+        # logged to a run of its own (promote logs it to the evaluation's run), not to the champion's training run
+        run = client.create_run(client.get_run(champion.run_id).info.experiment_id).info.run_id
+        uri = withhold("village", champion.version, listed, run)
         assert client.get_model_version(name, champion.version).tags[WITHHELD_TAG] == uri
         deadline = time.monotonic() + 60
         while (status := post(f"{served}/invocations", {"dataframe_records": [{"user_id": gone}]}))[0] == 200:
@@ -214,7 +216,7 @@ def test_a_served_champion_stops_answering_from_people_named_on_its_withheld_lis
             r["item_id"] for r in fresh[1]["predictions"]
         ]
     finally:
-        withhold("village", champion.version, None, champion.run_id)
+        withhold("village", champion.version, None, "unused when clearing")
     assert WITHHELD_TAG not in (client.get_model_version(name, champion.version).tags or {})
     deadline = time.monotonic() + 60
     while post(f"{served}/invocations", {"dataframe_records": [{"user_id": gone}]})[0] != 200:

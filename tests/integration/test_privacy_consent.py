@@ -146,6 +146,11 @@ def test_a_champion_holding_people_who_withdrew_consent_gives_way(pipeline_env, 
     listed = Withheld.read(Path(mlflow.artifacts.download_artifacts(kept.tags[WITHHELD_TAG])))
     withdrew = {("village", f"village:{uid}") for uid in users.loc[users["consent"] == "no", "uid"]}
     assert listed.accounts <= withdrew and len(listed.accounts) == third["evaluation"]["champion_withdrawn"]
+    # and the link ids the champion holds them under (none here: no source shares village's people; the unit tests
+    # in test_serving_withheld.py follow links)
+    held = mlflow.pyfunc.load_model(f"models:/transfer_rec-village/{kept.version}").unwrap_python_model().bundle
+    theirs = held.accounts[[(p, u) in withdrew for p, u in zip(held.accounts["platform"], held.accounts["user_id"])]]
+    assert listed.links == (set(theirs["link_id"]) if len(theirs) else set())
     run = pipeline.plan({"run_key": "consent-4"}, airflow_run_id="consent-4")
     unified = pipeline.unify(run, [pipeline.validate(run, pipeline.pull(run, p)) for p in run["platforms"]])
     checked = pipeline.check_inputs(run, unified)

@@ -11,7 +11,7 @@ from mlflow.exceptions import MlflowException
 
 from transfer_rec import cli
 from transfer_rec.config import GateConfig
-from transfer_rec.io.state import StateLayout
+from transfer_rec.io.state import StateLayout, Superseded
 from transfer_rec.manifests import Evaluation
 from transfer_rec.serving.pyfunc import RequestError
 from transfer_rec.stages.promote import ChampionMoved, promote, rollback
@@ -86,15 +86,6 @@ def test_gate_aliases_override_dry_run_and_rollback(pipeline_env, monkeypatch):
         promote(Evaluation.model_validate(second["evaluation"]), GateConfig(), StateLayout.from_env(), "r2", "promote")
     assert aliases()["champion"] == "4" and aliases()["previous_champion"] == "1", "nothing moved"
 
-    # v5, trained on the platform's next export, is rolled back to v4: a run on v5's inputs would rebuild v5
-    # (training is deterministic) and the gate would crown it again; it trains nothing unless forced
-    export = env["exports"] / "village" / "interactions.txt"
-    frame = pd.read_csv(export, dtype=str)
-    frame.iloc[: len(frame) - 40].to_csv(export, index=False)
-    fifth = run_inline("r5", gate_override="promote")
-    rollback("village", StateLayout.from_env())
-    assert aliases()["champion"] == "4" and aliases()["previous_champion"] == "5"
-
     # v2 (evaluated against v1) promoted while v1 is in front; an operator moves the champion while promote writes
     # the version's card: nothing is crowned, and the version does not say it was promoted
     from transfer_rec.registry import models as registry
@@ -119,7 +110,21 @@ def test_gate_aliases_override_dry_run_and_rollback(pipeline_env, monkeypatch):
     run = second["evaluation"]["candidate"]["run_id"]
     assert mlflow.artifacts.load_dict(f"runs:/{run}/provenance.json")["gate"]["promoted"] is False
     assert "**Gate: not promoted**" in mlflow.artifacts.load_text(f"runs:/{run}/model_card.md")
-    assert aliases()["champion"] == "4" and aliases()["previous_champion"] == "5", "not crowned"
+    assert aliases()["champion"] == "4" and aliases()["previous_champion"] == "1", "not crowned"
+
+    # v5, trained on the platform's next export, is rolled back to v4: a run on v5's inputs would rebuild v5
+    # (training is deterministic) and the gate would crown it again; it trains nothing unless forced
+    export = env["exports"] / "village" / "interactions.txt"
+    frame = pd.read_csv(export, dtype=str)
+    frame.iloc[: len(frame) - 40].to_csv(export, index=False)
+    fifth = run_inline("r5", gate_override="promote")
+    rollback("village", StateLayout.from_env())
+    assert aliases()["champion"] == "4" and aliases()["previous_champion"] == "5"
+    # r2's promote cleared now: judged on the export before, it is refused whatever its gate would say
+    with pytest.raises(Superseded, match="promote village: this run's unified data .* is no longer current"):
+        promote(Evaluation.model_validate(second["evaluation"]), GateConfig(), StateLayout.from_env(), "r2", "promote")
+    assert aliases()["champion"] == "4"
+
     # and v5, rolled back from, is not crowned again by its own promote run again
     with pytest.raises(ChampionMoved, match=r"v4 is champion again because an operator rolled back from candidate v5"):
         promote(Evaluation.model_validate(fifth["evaluation"]), GateConfig(), StateLayout.from_env(), "r5", "promote")

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from tests.support import small_model
 
 from transfer_rec.serving.bundle import ModelBundle
-from transfer_rec.serving.pyfunc import RequestError, recommend_frame
+from transfer_rec.serving.pyfunc import RequestError, _person, recommend_frame
 from transfer_rec.serving.withheld import Withheld
 
 ITEMS = np.array([f"i{j}" for j in range(12)])
@@ -61,6 +61,10 @@ def test_a_withheld_account_and_its_link_are_unknown_to_the_served_model():
 def test_a_person_who_withdrew_on_a_source_only_keeps_their_target_account_but_is_not_reached_through_it():
     bundle = linked_bundle()
     source_only = Withheld(frozenset({("books", "books:b2")}), frozenset({"L2"}))
+    # named by their target account they are that account alone: the link to their books history is not followed
+    assert _person(bundle, {"user_id": "t:u2"}, 0) == ("t:u2", "L2")
+    assert _person(bundle, {"user_id": "t:u2"}, 0, source_only) == ("t:u2", None)
+    assert _person(bundle, {"user_id": "t:u2", "link_id": "L2"}, 0, source_only) == ("t:u2", None)
     own = pd.DataFrame({"user_id": ["t:u2"]})
     pd.testing.assert_frame_equal(recommend_frame(bundle, own, 3, source_only), recommend_frame(bundle, own, 3))
     # their withdrawn books account, or the link, no longer leads to the target account
@@ -77,3 +81,36 @@ def test_the_list_round_trips_and_a_damaged_one_is_refused_by_name(tmp_path):
     (tmp_path / "bad.json").write_text('{"accounts": [["t"]]}')
     with pytest.raises(ValueError, match="bad.json: not a withheld list"):
         Withheld.read(tmp_path / "bad.json")
+
+
+def test_a_worker_that_has_not_read_its_list_answers_nothing(tmp_path, monkeypatch):
+    """A worker started while the registry cannot be read does not know whom to withhold: it answers 503 (its health
+    check too) until a check succeeds, instead of answering from people its version withholds."""
+    import asyncio
+
+    from transfer_rec.serving.http import Served
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")  # knows no such model
+    answered = []
+
+    async def app(scope, receive, send):
+        answered.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    def status_of(served: Served, path: str) -> int:
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(served({"type": "http", "path": path, "headers": []}, receive, send))
+        return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+    served = Served(app, "transfer_rec-t/1", ("transfer_rec-t", "champion", 60), model=None)
+    served._check_logged()  # the registry has no such model: the check fails, logged
+    assert [status_of(served, path) for path in ("/invocations", "/ping")] == [503, 503] and not answered
+    assert status_of(Served(app, "transfer_rec-t/1"), "/ping") == 200, "a server that follows nothing answers"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,3 +68,35 @@ class StateLayout:
 
     def mlflow_uri(self) -> str:
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow / 'mlflow.db'}"
+
+
+def superseded(unified: Path | str, current: Path, hashes: dict | None = None) -> bool:
+    """Whether a later unify made other data current than the unified version at `unified` (or than the data files'
+    `hashes` recorded from it): the hashes differ. A later run on the same data writes a version of its own, which
+    supersedes nothing."""
+    if not current.exists():
+        return False
+    try:
+        if hashes is None:
+            if Path(unified).resolve() == current.resolve():
+                return False
+            hashes = json.loads((Path(unified) / "manifest.json").read_text()).get("hashes")
+        now = json.loads((current / "manifest.json").read_text()).get("hashes")
+    except (OSError, ValueError):
+        return True  # a version that cannot be read (or was pruned) is not known to hold the same data
+    return hashes != now
+
+
+class Superseded(ValueError):
+    """A stage of an older run, cleared or retried after a later run unified newer data. A ValueError, so the task
+    fails at once: a retry meets the same newer data."""
+
+
+def refuse_superseded(unified: Path | str | None, current: Path, stage: str, hashes: dict | None = None) -> None:
+    """Raise Superseded when the unified version a run's stage works on is no longer the current data."""
+    if unified and superseded(unified, current, hashes):
+        raise Superseded(
+            f"{stage}: this run's unified data ({unified}) is no longer current: a later run unified other data (or "
+            "the version was removed since). A candidate judged on older data could be crowned over a champion "
+            "trained on newer data (and on people who withdrew since); nothing done. Start a new run"
+        )

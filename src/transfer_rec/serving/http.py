@@ -60,7 +60,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 async def _refuse(send: Send, status: int, message: str) -> None:
-    code = "REQUEST_TOO_LARGE" if status == 413 else "BAD_REQUEST"
+    code = {413: "REQUEST_TOO_LARGE", 503: "TEMPORARILY_UNAVAILABLE"}.get(status, "BAD_REQUEST")
     body = json.dumps({"error_code": code, "message": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers + [(b"connection", b"close")]})
@@ -139,7 +139,8 @@ class Served:
     version the same way. Each read also fetches the version's withheld list (serving/withheld.py) when its
     `serving.withheld` tag names another one, and hands it to the model before it answers with it. A registry that
     cannot be read, or a version or list that fails to load, leaves the loaded model answering as it did; each
-    failed check is logged.
+    failed check is logged. Until the first check has read the served version's list, nothing is answered (HTTP
+    503, /ping too): a worker started while the registry is down must not answer from people it withholds.
 
     The server's lifespan is answered here, not by the scoring app: uvicorn's lifespan call lasts as long as the
     process, and passed on it would hold the first model in memory after every swap (MLflow's app has no startup
@@ -157,6 +158,7 @@ class Served:
         self._current: tuple[ASGIApp, str | None, Any, str | None] = (app, version, model, None)
         self._local: str | None = None  # the folder of a version this process downloaded itself
         self._follow = follow
+        self._checked = follow is None  # whether the withheld list of what answers has been read
 
     def start_following(self) -> None:
         """Check the alias once now (a worker restarted after a promotion must not answer with the version the
@@ -177,7 +179,8 @@ class Served:
     def _watch(self) -> None:
         assert self._follow is not None
         stop = threading.Event()  # never set: the thread ends with the process
-        while not stop.wait(self._follow[2] * random.uniform(0.9, 1.1)):
+        # every few seconds while nothing may be answered yet
+        while not stop.wait((self._follow[2] if self._checked else min(self._follow[2], 5)) * random.uniform(0.9, 1.1)):
             self._check_logged()
 
     def _followed(self) -> str:
@@ -211,10 +214,11 @@ class Served:
         named, uri = f"{name}/{found.version}", (found.tags or {}).get(WITHHELD_TAG)
         app, version, model, given = self._current
         if named == version:
-            if uri == given:
+            if uri == given and self._checked:
                 return False
             _withhold(model, uri, named)
             self._current = (app, version, model, uri)
+            self._checked = True
             return True
         # into a folder of this process's own: without dst_path a local registry hands back its stored folder itself
         local = tempfile.mkdtemp(prefix="transfer-rec-serve-")
@@ -226,6 +230,7 @@ class Served:
             raise
         previous, self._local = self._local, local
         self._current = (app, named, model, uri)
+        self._checked = True
         log.warning("serve: %s moved to version %s: now answering with it", self._followed(), found.version)
         if previous:
             shutil.rmtree(previous, ignore_errors=True)
@@ -245,6 +250,10 @@ class Served:
                     self.remove_own_copy()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        if scope["type"] == "http" and not self._checked:
+            await _drain(receive)
+            await _refuse(send, 503, "the served model's withheld list has not been read yet (registry unreachable?)")
+            return
         app, version, _, _ = self._current
         if scope["type"] != "http" or version is None:
             await app(scope, receive, send)

@@ -3,10 +3,10 @@ were deleted, while no candidate has replaced it.
 
 A model cannot forget them without retraining (their rows shaped its weights), but its server can stop using what it
 holds about them: their stored target history and profile, and their link to other platforms' histories. The
-pipeline writes the list as an artifact and names it in a tag of the champion's model version (`WITHHELD_TAG`); the
-server reads it at start and with every check of the alias (serving/http.py), so a served champion honours a
-withdrawal from the first run that sees it, not only from its replacement. The list holds platform user ids and
-link ids (salted hashes), never a raw identity.
+pipeline writes the list as an artifact and names it in a tag of the champion's model version (`WITHHELD_TAG`); a
+server that follows the registry (serving/http.py) reads it before it answers and with every check, so a served
+champion honours a withdrawal from the first run that sees it, not only from its replacement. The list holds
+platform user ids and link ids (salted hashes), never a raw identity.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# On a model version: the artifact URI of its withheld list ("runs:/<run>/serving/withheld-v<version>.json"), and
+# On a model version: the artifact URI of its withheld list ("runs:/<evaluation run>/serving/withheld.json"), and
 # how many accounts it names (for a person reading the version's page).
 WITHHELD_TAG = "serving.withheld"
 WITHHELD_COUNT_TAG = "serving.withheld.accounts"

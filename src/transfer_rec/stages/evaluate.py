@@ -15,7 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from transfer_rec.config import PipelineConfig
-from transfer_rec.io.state import StateLayout
+from transfer_rec.io.state import StateLayout, refuse_superseded
 from transfer_rec.manifests import Candidate, Evaluation, FeatureSet
 from transfer_rec.metrics import plots
 from transfer_rec.metrics.beyond import catalogue_coverage, genre_matrix, intra_list_diversity, item_popularity, novelty
@@ -358,8 +358,9 @@ def evaluate(
     the next-period hold-out, each overall and per user segment with bootstrap CIs; logged to an evaluation run
     nested under the candidate's run. The whole report is written to reports/<run_key>/<target>/evaluation.json; the
     manifest names it."""
-    use_torch_threads(config.runtime.torch_threads)
     target = candidate.target
+    refuse_superseded(features.unified, layout.unified / "current", f"evaluate {target}")
+    use_torch_threads(config.runtime.torch_threads)
     k, gate = config.evaluation.k, config.gate
     new_max = config.evaluation.new_user_max_history
     data = PlatformData.of(features, target)

@@ -5,18 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from transfer_rec.config import GateConfig
-from transfer_rec.io.state import StateLayout
+from transfer_rec.io.state import StateLayout, refuse_superseded
 from transfer_rec.manifests import Decision, Evaluation
 from transfer_rec.metrics.segments import NEW_TO_TARGET
 from transfer_rec.ops.alerts import record_failure
 from transfer_rec.registry import models as registry
 from transfer_rec.registry import tracking
-from transfer_rec.stages.evaluate import withdrawn_accounts
+from transfer_rec.stages.evaluate import withdrawn_accounts, withheld_of
 
 log = logging.getLogger(__name__)
 
@@ -402,6 +403,9 @@ def promote(
     tracking.configure(layout)
     target = evaluation.target
     report = json.loads(Path(evaluation.report).read_text())
+    # by the data files' hashes evaluation recorded: the unified version itself may have been pruned since
+    data = report.get("data", {})
+    refuse_superseded(data.get("unified"), layout.unified / "current", f"promote {target}", data.get("hashes"))
     decision = gate(
         evaluation.metrics,
         config,
@@ -481,16 +485,16 @@ def promote(
         registry.tag(target, str(version.version), {"gate.decision": "promoted"})
     elif not dry_run:  # a dry run's version is there to be looked at; it takes no alias from a real candidate
         registry.mark_challenger(target, version.version)
-        if evaluation.champion_version and not evaluation.champion_unloadable:
-            # the champion keeps serving: its server stops answering from the people it holds who withdrew since
-            # (or answers from them again, if they came back)
-            withheld = report.get("champion_withheld")
-            registry.withhold(
-                target,
-                str(evaluation.champion_version),
-                Path(withheld) if withheld else None,
-                evaluation.run_id or candidate.run_id,
-            )
+    if not decision.promote and evaluation.champion_version and not evaluation.champion_unloadable:
+        # the champion keeps serving (a dry run's too): its servers stop answering from the people it holds who
+        # withdrew since, or answer from them again if they came back
+        withheld = report.get("champion_withheld")
+        registry.withhold(
+            target,
+            str(evaluation.champion_version),
+            Path(withheld) if withheld else None,
+            evaluation.run_id or candidate.run_id,
+        )
     name = registry.registered_model_name(target)
     if stays_withdrawn:
         record_failure(withdrawn_alert(name, evaluation.champion_version, evaluation.champion_withdrawn), layout)
@@ -519,8 +523,8 @@ def withdrawn_alert(model: str, champion: str | None, accounts: int | str) -> st
     rejection like any other would leave it serving their histories, unnoticed, for as long as nothing improves."""
     return (
         f"ATTENTION {model}: champion v{champion} holds {accounts} account(s) of people who have since withheld "
-        "consent or were deleted, and no candidate met the gate's floors and baselines to replace it: its server "
-        "no longer answers from their histories or links (the version's serving.withheld list), but its weights "
+        "consent or were deleted, and no candidate met the gate's floors and baselines to replace it: servers that "
+        "follow it no longer answer from their histories or links (its serving.withheld list), but its weights "
         "were trained on them. Fix what fails the gate (its reasons are on the rejected version), or review and "
         "trigger with gate_override=promote"
     )
@@ -576,6 +580,7 @@ def rollback(target: str, layout: StateLayout, force: bool = False) -> dict[str,
         )
     if force:
         log.warning("rolling back %s to v%s without checking it for withdrawn consent, as forced", name, version)
+        _withhold_what_it_holds(target, version, previous.run_id, layout)
         return registry.rollback(target, version)
     try:
         restore, _ = registry.champion_bundle(target, registry.PREVIOUS)
@@ -592,4 +597,25 @@ def rollback(target: str, layout: StateLayout, force: bool = False) -> dict[str,
             "current unified version): rolled back to, it would answer about them again; nothing moved (--force "
             "rolls back anyway)"
         )
+    if restore is not None:  # it holds none of them: a list from when it last served would block people come back
+        registry.withhold(target, version, None, previous.run_id)
     return registry.rollback(target, version)
+
+
+def _withhold_what_it_holds(target: str, version: str, run_id: str, layout: StateLayout) -> None:
+    """Before a forced rollback: name on the version it restores the withdrawn people it holds, if it can be loaded
+    (its servers then stop answering from them, as after a rejected candidate); otherwise warn and go on."""
+    try:
+        restore, _ = registry.champion_bundle(target, registry.PREVIOUS)
+        withheld = withheld_of(restore, layout.unified / "current") if restore is not None else None
+        with tempfile.TemporaryDirectory(prefix="transfer-rec-withheld-") as folder:
+            listed = withheld.write(Path(folder) / "withheld.json") if withheld else None
+            registry.withhold(target, version, listed, run_id)
+    except Exception as error:
+        log.warning(
+            "%s v%s: its withheld list not updated (%s: %s); its servers keep the list it had",
+            registry.registered_model_name(target),
+            version,
+            type(error).__name__,
+            error,
+        )

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from transfer_rec.config import PipelineConfig
-from transfer_rec.io.state import StateLayout
+from transfer_rec.io.state import StateLayout, superseded
 from transfer_rec.io.storage import atomic_dir
 from transfer_rec.manifests import FeatureSet, Published
 from transfer_rec.registry import tracking
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def publish(target: str, features: FeatureSet, config: PipelineConfig, layout: StateLayout, run_key: str) -> Published:
     """Score every known user of the target with the registry's champion and publish recommendations/<target>/."""
-    if features.unified and _superseded(Path(features.unified), layout.unified / "current"):
+    if features.unified and superseded(Path(features.unified), layout.unified / "current"):
         # an older run's publish cleared and run again: its unified data predates what is current now (a person who
         # has withheld consent since would get a personalised list again), and the newer run has published
         log.warning("%s: this run's unified data is no longer current: nothing published", target)
@@ -160,18 +160,6 @@ def _rated_low(features: FeatureSet, target: str, users: list[str]) -> list[list
     """Per user (in order), the items they rated low in this run's unified data: never published back to them."""
     low = disliked(features.unified, target, users).groupby("user_id")["item_id"].agg(list)
     return [low.get(u, []) for u in users]
-
-
-def _superseded(unified: Path, current: Path) -> bool:
-    """Whether a later unify made other data current: the data files' hashes differ (a later run on the same data
-    writes a version of its own, which supersedes nothing)."""
-    if not current.exists() or unified.resolve() == current.resolve():
-        return False
-    try:
-        ours, now = (json.loads((d / "manifest.json").read_text()).get("hashes") for d in (unified, current))
-    except (OSError, ValueError):
-        return True  # a version that cannot be read is not known to hold the same data
-    return ours != now
 
 
 def _unless(link: object, withdrawn: set[str]) -> str | None:
