@@ -7,8 +7,8 @@ value_maps). Exactly one platform has role `target`; its files name only users a
 three split files, TSV with user_id and item_id columns); every source names interactions, users and items. A users
 column mapped to `email` (or `phone`) links people: it is hashed with the secret $TRANSFER_REC_PII_SALT as soon as it
 is read and never kept; a `consent` column, if mapped, leaves people who did not consent unlinked and drops their
-source interactions (the target's split files are taken as given). Relative
-locations are relative to FILE's folder.
+source interactions (the target's split files are taken as given). A target's `sources`, if given, are the only
+sources it learns from; its catalogue is its items file. Relative locations are relative to FILE's folder.
 
 Writes DIR/recommendations.tsv (the top 10 of every test user, new-to-target users included; train and valid items
 excluded) and DIR/metrics.json: every contender's NDCG@10 (with a 95% bootstrap interval), Recall, Hit and MRR for
@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +54,18 @@ class World:
     """The platforms' tables as people x items matrices, rows aligned by person (one row per link id; an unlinked
     user is a person of their own)."""
 
-    def __init__(self, registry: Path, splits: dict[str, str]) -> None:
-        platforms = read_registry(registry)
+    def __init__(self, registry: Path, splits: dict[str, str], value_maps: Collection[str] | None = None) -> None:
+        platforms = read_registry(registry, value_maps)
         self.target = next(p for p in platforms if p.role == "target")
-        self.source_configs = [p for p in platforms if p.role == "source"]
+        # the target's `sources`, as in the pipeline (another family's people never reach its model); all by default
+        chosen = self.target.sources
+        self.source_configs = [p for p in platforms if p.role == "source" and (chosen is None or p.name in chosen)]
         base = registry.parent
         self.base = base
         person_of: dict[str, dict[str, str]] = {}
-        for p in platforms:
-            person_of[p.name] = people_of(p, base)
+        for p in platforms:  # in the registry's order: a refusal names the first platform it meets
+            if p is self.target or p in self.source_configs:
+                person_of[p.name] = people_of(p, base)
         inter = {p.name: read_interactions(p, base) for p in self.source_configs}
         split_frames = {s: read_split(path) for s, path in splits.items()}
         persons: list[str] = []
@@ -100,7 +104,17 @@ class World:
             )
         self.n_people = len(persons)
         self.items = {p.name: items_of(p, base, inter.get(p.name)) for p in self.source_configs}
-        target_items = items_of(self.target, base, pd.concat(split_frames.values()))
+        # the target's catalogue is its items file alone: an item only the test file names must not become a
+        # candidate (test data would shape what can be recommended)
+        target_items = items_of(self.target, base, None)
+        for split, frame in split_frames.items():
+            outside = frame.loc[~frame["item_id"].isin(target_items), "item_id"]
+            if len(outside):
+                raise SystemExit(
+                    f"{splits[split]}: column item_id: {outside.nunique()} item id(s) not in target "
+                    f"{self.target.name}'s items file (rule: the split files name items of the target's catalogue), "
+                    f"e.g. {outside.iloc[0]!r}"
+                )
         self.target_items = target_items
         self.sources = {n: self._matrix(f, self.items[n]) for n, f in inter.items()}
         self.splits = {s: self._matrix(f, target_items) for s, f in split_frames.items()}
@@ -135,7 +149,9 @@ class World:
         return binary(sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(self.n_people, len(items))))
 
 
-def read_registry(path: Path) -> list[PlatformConfig]:
+def read_registry(path: Path, value_maps: Collection[str] | None = None) -> list[PlatformConfig]:
+    """The registry's platforms, checked as the pipeline's config checks them; `value_maps`: the names of
+    config/pipeline.yaml's value maps, which the platforms' `value_maps` must name."""
     try:
         entries = yaml.safe_load(path.read_text())["platforms"]
     except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
@@ -156,11 +172,41 @@ def read_registry(path: Path) -> list[PlatformConfig]:
         raise SystemExit(f"{path}: exactly one platform must have role 'target', found {targets}")
     if not any(p.role == "source" for p in platforms):
         raise SystemExit(f"{path}: at least one platform must have role 'source' (the target learns from them)")
+    sources = sorted(p.name for p in platforms if p.role == "source")
     for p in platforms:
         needed = {"users", "items"} | ({"interactions"} if p.role == "source" else set())
         if needed - set(p.files):
             raise SystemExit(f"{path}: platform {p.name} ({p.role}) must name files {sorted(needed - set(p.files))}")
+        if p.role == "target" and "interactions" in p.files:
+            raise SystemExit(
+                f"{path}: platform {p.name}: a target names no interactions file (its interactions are the three "
+                "split files, --target-train/-valid/-test)"
+            )
+        if p.sources is not None and (p.role != "target" or not p.sources or set(p.sources) - set(sources)):
+            raise SystemExit(
+                f"{path}: platform {p.name}: `sources` is the target's, and names one or more source platforms of "
+                f"the registry (sources: {sources}; given {p.sources})"
+            )
+        for column, name in p.value_maps.items():
+            if value_maps is not None and name != "age_years" and name not in value_maps:
+                raise SystemExit(
+                    f"{path}: platform {p.name}: value map {name!r} for {column!r} is not one of "
+                    f"config/pipeline.yaml's value_maps ({sorted(value_maps)})"
+                )
     return platforms
+
+
+def _no_empty_ids(frame: pd.DataFrame, columns: list[str], where: str) -> pd.DataFrame:
+    """Refuse rows whose id is empty (rule: ids are never empty): an empty user id would pool strangers' histories
+    into one person, an empty item id would become an item."""
+    for column in columns:
+        empty = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
+        if empty.any():
+            raise SystemExit(
+                f"{where}: column {column}: {int(empty.sum())} row(s) with an empty id (rule: ids are never empty), "
+                f"first at data row {int(np.flatnonzero(empty.to_numpy())[0]) + 1}"
+            )
+    return frame
 
 
 def platform_table(p: PlatformConfig, base: Path, table: str) -> pd.DataFrame:
@@ -177,7 +223,7 @@ def platform_table(p: PlatformConfig, base: Path, table: str) -> pd.DataFrame:
 
 def people_of(p: PlatformConfig, base: Path) -> dict[str, str]:
     """user id -> link id for the platform's consenting users with an identity column; raw identities dropped here."""
-    users = platform_table(p, base, "users")
+    users = _no_empty_ids(platform_table(p, base, "users"), ["user_id"], f"platform {p.name}: {p.files['users']}")
     users["user_id"] = users["user_id"].astype(str)
     links = link_ids(p.name, users).where(consent_flags(users))
     users = users.drop(columns=[c for c in IDENTITY_COLUMNS if c in users])
@@ -188,11 +234,16 @@ def people_of(p: PlatformConfig, base: Path) -> dict[str, str]:
 def read_interactions(p: PlatformConfig, base: Path) -> pd.DataFrame:
     """A source's interactions, without those of users its `consent` column (if mapped) says did not opt in: as in
     unification, their data trains no model."""
-    frame = platform_table(p, base, "interactions")[["user_id", "item_id"]].astype(str)
+    frame = platform_table(p, base, "interactions")[["user_id", "item_id"]]
+    frame = _no_empty_ids(frame, ["user_id", "item_id"], f"platform {p.name}: {p.files['interactions']}").astype(str)
     if "consent" in p.columns.get("users", {}).values():
+        # only people who said yes: one missing from the users file gave no consent either (as in unification)
         users = platform_table(p, base, "users")
-        withheld = set(users["user_id"].astype(str)[~consent_flags(users).to_numpy()])
-        frame = frame[~frame["user_id"].isin(withheld)]
+        consenting = set(users["user_id"].astype(str)[consent_flags(users).to_numpy()])
+        kept = frame["user_id"].isin(consenting)
+        if not kept.all():
+            log.info("%s: %d interaction(s) of people without consent left out", p.name, int((~kept).sum()))
+        frame = frame[kept]
     return frame.drop_duplicates().reset_index(drop=True)
 
 
@@ -201,7 +252,8 @@ def read_split(path: str) -> pd.DataFrame:
     missing = {"user_id", "item_id"} - set(frame.columns)
     if missing:
         raise SystemExit(f"{path}: missing column(s) {sorted(missing)} (need user_id, item_id)")
-    return frame[["user_id", "item_id"]].drop_duplicates().reset_index(drop=True)
+    frame = _no_empty_ids(frame[["user_id", "item_id"]], ["user_id", "item_id"], path).astype(str)
+    return frame.drop_duplicates().reset_index(drop=True)
 
 
 def items_of(p: PlatformConfig, base: Path, interactions: pd.DataFrame | None) -> pd.Index:
@@ -301,12 +353,14 @@ def run_platforms(args: argparse.Namespace, config: PipelineConfig) -> dict[str,
     world = World(
         Path(args.platforms),
         {"train": args.target_train, "valid": args.target_valid, "test": args.target_test},
+        set(config.value_maps),
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)  # once the world is read: a refused one leaves no folder behind
     read_seconds = time.perf_counter() - started
     train, valid, test = (world.splits[s] for s in ("train", "valid", "test"))
-    warm = np.flatnonzero(np.diff(train.indptr) > 0)
+    # new to the target: no train and no valid rows (as in the protocol's mode and docs/evaluation.md)
+    warm = np.flatnonzero(np.diff((train + valid).indptr) > 0)
     test_users = np.flatnonzero(np.diff(test.indptr) > 0)
     log.info(
         "world: %d people; target %s: %d items, %d warm and %d new test users; sources %s",

@@ -117,6 +117,13 @@ def test_opted_out_people_are_not_linked(tmp_path, pipeline_env, monkeypatch):
     users = pd.read_csv(tmp_path / "books_users.tsv", sep="\t", dtype=str)
     withheld = set(users.loc[users["ok"] == "no", "uid"])
     assert withheld and not set(read_interactions(books, tmp_path)["user_id"]) & withheld
+    # one missing from the users file gave no consent either
+    _write_world(tmp_path)  # everyone consents
+    users = pd.read_csv(tmp_path / "books_users.tsv", sep="\t", dtype=str)
+    absent = users["uid"].iloc[-1]
+    assert absent in set(read_interactions(books, tmp_path)["user_id"])
+    users.iloc[:-1].to_csv(tmp_path / "books_users.tsv", sep="\t", index=False)
+    assert absent not in set(read_interactions(books, tmp_path)["user_id"])
 
 
 def test_identities_without_a_salt_are_refused(tmp_path, pipeline_env, monkeypatch):
@@ -145,6 +152,21 @@ def test_a_source_without_its_files_is_named(tmp_path, pipeline_env, monkeypatch
         (lambda ps: ps.append(dict(ps[0])), r"platform names must be unique, \['books'\] given more than once"),
         (lambda ps: ps.__setitem__(slice(None), [p for p in ps if p["role"] == "target"]), r"at least one .*source"),
         (lambda ps: ps[0].update(format="xlsx"), r"platform books: format: "),
+        (
+            lambda ps: ps[-1].update(sources=["books", "nosuch"]),
+            r"platform courses: `sources` is the target's, and names one or more source platforms",
+        ),
+        (
+            lambda ps: ps[0].update(value_maps={"age": "no_such_map"}),
+            r"platform books: value map 'no_such_map' for 'age' is not one of config/pipeline.yaml's value_maps",
+        ),
+        (
+            lambda ps: (
+                ps[-1]["files"].update(interactions="x.tsv"),
+                ps[-1]["columns"].update(interactions={"u": "user_id", "i": "item_id"}),
+            ),
+            r"platform courses: a target names no interactions file",
+        ),
     ],
 )
 def test_a_registry_that_cannot_be_read_as_given_is_refused_naming_why(
@@ -189,3 +211,40 @@ def test_a_file_that_is_not_there_is_named_before_anything_is_fitted(tmp_path, p
     with pytest.raises(SystemExit, match=r"platform books: .*books_items.tsv \(files.items, under location '.'\)"):
         _benchmark(tmp_path, tmp_path / "out", monkeypatch)
     assert not (tmp_path / "out").exists()
+
+
+def test_empty_ids_and_items_outside_the_target_catalogue_are_refused_naming_file_and_column(
+    tmp_path, pipeline_env, monkeypatch
+):
+    """An empty user id would pool strangers into one person; an item only a split file names would become a
+    candidate shaped by test data. Both are refused before anything is fitted, naming the file, column and rule."""
+    pipeline_env()
+    _write_world(tmp_path)
+    test = pd.read_csv(tmp_path / "target_test.tsv", sep="\t", dtype=str)
+    pd.concat([test, pd.DataFrame({"user_id": ["c1"], "item_id": ["only-in-test"]})]).to_csv(
+        tmp_path / "target_test.tsv", sep="\t", index=False
+    )
+    with pytest.raises(SystemExit, match=r"target_test.tsv: column item_id: 1 item id\(s\) not in target courses"):
+        _benchmark(tmp_path, tmp_path / "out", monkeypatch)
+    _write_world(tmp_path)
+    books = pd.read_csv(tmp_path / "books.tsv", sep="\t", dtype=str)
+    books.loc[3, "user"] = ""
+    books.to_csv(tmp_path / "books.tsv", sep="\t", index=False)
+    with pytest.raises(SystemExit, match=r"platform books: books.tsv: column user_id: 1 row\(s\) with an empty id"):
+        _benchmark(tmp_path, tmp_path / "out", monkeypatch)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_targets_sources_are_the_only_ones_it_learns_from(tmp_path, pipeline_env, monkeypatch):
+    from transfer_rec.benchmark_linked import World
+
+    pipeline_env()
+    monkeypatch.setenv("TRANSFER_REC_PII_SALT", SALT)
+    _write_world(tmp_path)
+    registry = yaml.safe_load((tmp_path / "platforms.yaml").read_text())
+    splits = {s: str(tmp_path / f"target_{s}.tsv") for s in ("train", "valid", "test")}
+    everyone = sorted(World(tmp_path / "platforms.yaml", splits).sources)
+    assert len(everyone) == 2, everyone
+    registry["platforms"][-1]["sources"] = everyone[:1]
+    (tmp_path / "platforms.yaml").write_text(yaml.safe_dump(registry))
+    assert sorted(World(tmp_path / "platforms.yaml", splits).sources) == everyone[:1]
