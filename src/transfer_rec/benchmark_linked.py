@@ -237,12 +237,13 @@ def read_interactions(p: PlatformConfig, base: Path) -> pd.DataFrame:
     frame = platform_table(p, base, "interactions")[["user_id", "item_id"]]
     frame = _no_empty_ids(frame, ["user_id", "item_id"], f"platform {p.name}: {p.files['interactions']}").astype(str)
     if "consent" in p.columns.get("users", {}).values():
-        # only people who said yes: one missing from the users file gave no consent either (as in unification)
+        # only people who said yes: one missing from the users file gave no consent either (unification refuses
+        # such a batch, rule missing_users; here their rows are left out, with a warning)
         users = platform_table(p, base, "users")
         consenting = set(users["user_id"].astype(str)[consent_flags(users).to_numpy()])
         kept = frame["user_id"].isin(consenting)
         if not kept.all():
-            log.info("%s: %d interaction(s) of people without consent left out", p.name, int((~kept).sum()))
+            log.warning("%s: %d interaction(s) of people without consent left out", p.name, int((~kept).sum()))
         frame = frame[kept]
     return frame.drop_duplicates().reset_index(drop=True)
 
@@ -359,8 +360,9 @@ def run_platforms(args: argparse.Namespace, config: PipelineConfig) -> dict[str,
     out.mkdir(parents=True, exist_ok=True)  # once the world is read: a refused one leaves no folder behind
     read_seconds = time.perf_counter() - started
     train, valid, test = (world.splits[s] for s in ("train", "valid", "test"))
-    # new to the target: no train and no valid rows (as in the protocol's mode and docs/evaluation.md)
-    warm = np.flatnonzero(np.diff((train + valid).indptr) > 0)
+    # new to the target: no train rows (every model here reads train histories: a user with valid rows alone is
+    # answered as a newcomer, and counted as one)
+    warm = np.flatnonzero(np.diff(train.indptr) > 0)
     test_users = np.flatnonzero(np.diff(test.indptr) > 0)
     log.info(
         "world: %d people; target %s: %d items, %d warm and %d new test users; sources %s",

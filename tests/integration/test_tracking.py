@@ -7,20 +7,24 @@ import pandas as pd
 import pytest
 from inline import run_inline
 
+from bench.synthetic import SyntheticPlatform
 from transfer_rec.registry import tracking
 from transfer_rec.stages import pipeline
 
 
 def test_a_run_key_planned_again_resumes_its_run_with_the_same_params_and_refuses_others(pipeline_env):
-    pipeline_env()
+    pipeline_env(extra=[SyntheticPlatform("hamlet", "target", users=40, interactions_per_user=10)])
     first = pipeline.plan({"run_key": "again", "epochs_finetune": 3}, airflow_run_id="again-1")
     tracking.end_pipeline_run(first["parent_run_id"], outcome="done")
     # MLflow keeps a stage run's first params: other settings under the same key would fail training later
     with pytest.raises(ValueError, match=r"run_key again: .*other training params \(epochs_finetune 3 -> 5\)"):
         pipeline.plan({"run_key": "again", "epochs_finetune": 5, "dry_run": True}, airflow_run_id="again-2")
     # other targets reopen the stage runs of other families (a pretrain logged with other sources): refused too
-    with pytest.raises(ValueError, match=r"run_key again: .*\(targets \(empty\) -> village\)"):
+    with pytest.raises(ValueError, match=r"run_key again: .*\(targets hamlet, village -> village\)"):
         pipeline.plan({"run_key": "again", "epochs_finetune": 3, "targets": ["village"]}, airflow_run_id="again-2")
+    # ... but every target named, in any order, is the run that named none
+    both = {"run_key": "again", "epochs_finetune": 3, "targets": ["village", "hamlet", "village"]}
+    assert pipeline.plan(both, airflow_run_id="again-2")["parent_run_id"] == first["parent_run_id"]
     # a dry run, or a forced one, of the same settings changes no stage run's params: it resumes the run
     second = pipeline.plan({"run_key": "again", "epochs_finetune": 3, "dry_run": True}, airflow_run_id="again-2")
     assert second["parent_run_id"] == first["parent_run_id"]

@@ -1,6 +1,8 @@
 """A served model given a withheld list (people who withdrew since it was trained) answers as if it did not know
 them: no stored history or profile, and no link followed from or to their accounts."""
 
+import types
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -114,3 +116,17 @@ def test_a_worker_that_has_not_read_its_list_answers_nothing(tmp_path, monkeypat
     served._check_logged()  # the registry has no such model: the check fails, logged
     assert [status_of(served, path) for path in ("/invocations", "/ping")] == [503, 503] and not answered
     assert status_of(Served(app, "transfer_rec-t/1"), "/ping") == 200, "a server that follows nothing answers"
+
+    # the alias moved to a version this worker cannot load: it answers on with its own, under that one's list
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.create_registered_model("transfer_rec-t")
+    for _ in range(2):
+        client.create_model_version("transfer_rec-t", str(tmp_path / "no-such-model"))
+    client.set_registered_model_alias("transfer_rec-t", "champion", "2")
+    model = types.SimpleNamespace(withheld=Withheld(frozenset({("t", "t:u1")})))
+    served = Served(app, "transfer_rec-t/1", ("transfer_rec-t", "champion", 60), model=model)
+    served._check_logged()
+    assert served.version == "transfer_rec-t/1" and not model.withheld, "v1 names no list: nobody withheld"
+    assert status_of(served, "/invocations") == 200 and answered[-1] == "/invocations"

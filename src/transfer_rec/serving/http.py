@@ -213,6 +213,14 @@ class Served:
             found = client.get_model_version(name, (self.version or "").rsplit("/", 1)[-1])
         named, uri = f"{name}/{found.version}", (found.tags or {}).get(WITHHELD_TAG)
         app, version, model, given = self._current
+        if named != version and not self._checked and version is not None:
+            # the list of the version this worker answers with first: if the one the alias names now cannot be
+            # loaded, this one answers on, as before the alias moved, never with no list and never not at all
+            mine = client.get_model_version(name, version.rsplit("/", 1)[-1])
+            given = (mine.tags or {}).get(WITHHELD_TAG)
+            _withhold(model, given, version)
+            self._current = (app, version, model, given)
+            self._checked = True
         if named == version:
             if uri == given and self._checked:
                 return False

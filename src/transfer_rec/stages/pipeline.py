@@ -183,7 +183,15 @@ def plan(
         # other training settings would fail training; the same ones resume the run (force, gate_override and
         # dry_run change no stage run's params)
         now = {k: tracking.param_text(v) for k, v in given.items()}
-        shaping = {f"param.{name}" for name in PARAM_OVERRIDES} | {"param.targets"}  # targets: which stage runs
+
+        def trained(text: str | None) -> str:  # the targets a run trains, in any order, all when none is named
+            named = {t.strip() for t in (text or "").split(",") if t.strip()}
+            return ", ".join(sorted(named or targets))
+
+        # targets: which stage runs there are (another family's pretrain, other fine-tunes)
+        earlier = {**earlier, "param.targets": trained(earlier.get("param.targets"))}
+        now["param.targets"] = trained(now.get("param.targets"))
+        shaping = {f"param.{name}" for name in PARAM_OVERRIDES} | {"param.targets"}
         differ = sorted(k for k in shaping & (set(earlier) | set(now)) if earlier.get(k) != now.get(k))
         if differ:
             changes = ", ".join(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +16,7 @@ from transfer_rec.metrics.segments import NEW_TO_TARGET
 from transfer_rec.ops.alerts import record_failure
 from transfer_rec.registry import models as registry
 from transfer_rec.registry import tracking
-from transfer_rec.stages.evaluate import withdrawn_accounts, withheld_of
+from transfer_rec.stages.evaluate import withdrawn_accounts
 
 log = logging.getLogger(__name__)
 
@@ -580,7 +579,8 @@ def rollback(target: str, layout: StateLayout, force: bool = False) -> dict[str,
         )
     if force:
         log.warning("rolling back %s to v%s without checking it for withdrawn consent, as forced", name, version)
-        _withhold_what_it_holds(target, version, previous.run_id, layout)
+        # its withheld list stays as it was when it last served (loading it to write a new one is what --force
+        # skips): the next run's evaluation writes it anew
         return registry.rollback(target, version)
     try:
         restore, _ = registry.champion_bundle(target, registry.PREVIOUS)
@@ -600,22 +600,3 @@ def rollback(target: str, layout: StateLayout, force: bool = False) -> dict[str,
     if restore is not None:  # it holds none of them: a list from when it last served would block people come back
         registry.withhold(target, version, None, previous.run_id)
     return registry.rollback(target, version)
-
-
-def _withhold_what_it_holds(target: str, version: str, run_id: str, layout: StateLayout) -> None:
-    """Before a forced rollback: name on the version it restores the withdrawn people it holds, if it can be loaded
-    (its servers then stop answering from them, as after a rejected candidate); otherwise warn and go on."""
-    try:
-        restore, _ = registry.champion_bundle(target, registry.PREVIOUS)
-        withheld = withheld_of(restore, layout.unified / "current") if restore is not None else None
-        with tempfile.TemporaryDirectory(prefix="transfer-rec-withheld-") as folder:
-            listed = withheld.write(Path(folder) / "withheld.json") if withheld else None
-            registry.withhold(target, version, listed, run_id)
-    except Exception as error:
-        log.warning(
-            "%s v%s: its withheld list not updated (%s: %s); its servers keep the list it had",
-            registry.registered_model_name(target),
-            version,
-            type(error).__name__,
-            error,
-        )
