@@ -68,6 +68,12 @@ class World:
                 person_of[p.name] = people_of(p, base)
         inter = {p.name: read_interactions(p, base) for p in self.source_configs}
         split_frames = {s: read_split(path) for s, path in splits.items()}
+        # as unification refuses interactions of users its users file does not list (rule missing_users): such a
+        # user could not be linked, nor told from someone who did not consent
+        listed = set(platform_table(self.target, base, "users")["user_id"].astype(str))
+        _refuse_outside(
+            split_frames, splits, "user_id", listed, f"target {self.target.name}'s users file", "missing_users"
+        )
         persons: list[str] = []
         index: dict[str, int] = {}
 
@@ -107,14 +113,14 @@ class World:
         # the target's catalogue is its items file alone: an item only the test file names must not become a
         # candidate (test data would shape what can be recommended)
         target_items = items_of(self.target, base, None)
-        for split, frame in split_frames.items():
-            outside = frame.loc[~frame["item_id"].isin(target_items), "item_id"]
-            if len(outside):
-                raise SystemExit(
-                    f"{splits[split]}: column item_id: {outside.nunique()} item id(s) not in target "
-                    f"{self.target.name}'s items file (rule: the split files name items of the target's catalogue), "
-                    f"e.g. {outside.iloc[0]!r}"
-                )
+        _refuse_outside(
+            split_frames,
+            splits,
+            "item_id",
+            set(target_items),
+            f"target {self.target.name}'s items file",
+            "the split files name items of the target's catalogue",
+        )
         self.target_items = target_items
         self.sources = {n: self._matrix(f, self.items[n]) for n, f in inter.items()}
         self.splits = {s: self._matrix(f, target_items) for s, f in split_frames.items()}
@@ -147,6 +153,20 @@ class World:
         cols = items.get_indexer(frame["item_id"])
         rows = frame["person"].to_numpy()
         return binary(sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(self.n_people, len(items))))
+
+
+def _refuse_outside(
+    frames: dict[str, pd.DataFrame], paths: dict[str, str], column: str, known: set[str], where: str, rule: str
+) -> None:
+    """Refuse a split file whose `column` names an id outside `known` (what `where` lists), naming file and rule."""
+    for split, frame in frames.items():
+        outside = frame.loc[~frame[column].isin(known), column]
+        if len(outside):
+            kind = column.removesuffix("_id")
+            raise SystemExit(
+                f"{paths[split]}: column {column}: {outside.nunique()} {kind} id(s) not in {where} (rule: {rule}), "
+                f"e.g. {outside.iloc[0]!r}"
+            )
 
 
 def read_registry(path: Path, value_maps: Collection[str] | None = None) -> list[PlatformConfig]:

@@ -227,6 +227,12 @@ def test_empty_ids_and_items_outside_the_target_catalogue_are_refused_naming_fil
     with pytest.raises(SystemExit, match=r"target_test.tsv: column item_id: 1 item id\(s\) not in target courses"):
         _benchmark(tmp_path, tmp_path / "out", monkeypatch)
     _write_world(tmp_path)
+    pd.concat([test, pd.DataFrame({"user_id": ["nobody"], "item_id": [test["item_id"].iloc[0]]})]).to_csv(
+        tmp_path / "target_test.tsv", sep="\t", index=False
+    )
+    with pytest.raises(SystemExit, match=r"target_test.tsv: column user_id: 1 user id\(s\) not in target courses's "):
+        _benchmark(tmp_path, tmp_path / "out", monkeypatch)
+    _write_world(tmp_path)
     books = pd.read_csv(tmp_path / "books.tsv", sep="\t", dtype=str)
     books.loc[3, "user"] = ""
     books.to_csv(tmp_path / "books.tsv", sep="\t", index=False)

@@ -312,6 +312,11 @@ def test_a_platform_whose_ratings_unify_onto_another_scale_is_retrained_once():
     raw["platforms"][0]["rating_scale"] = (1.0, 10.0)
     tenfold = type(config).model_validate(raw)
     assert inputs_fingerprint(hashes, tenfold) != before(tenfold)
+    # the machine's settings change how fast a run goes, not what it trains on: the same inputs, no retrain
+    machine = load_config(overrides={"runtime": {"workers": 1, "torch_threads": 1, "device": "cuda"}})
+    assert inputs_fingerprint(hashes, machine) == inputs_fingerprint(hashes, config)
+    seeded = load_config(overrides={"training": {"seed": 99}})
+    assert inputs_fingerprint(hashes, seeded) != inputs_fingerprint(hashes, config)
 
 
 def test_a_file_name_an_address_would_cut_short_is_a_config_error():

@@ -377,8 +377,11 @@ def promote(run: Json, evaluation: Json) -> Json:
 
 def inputs_fingerprint(hashes: dict[str, dict[str, str]], config: PipelineConfig) -> str:
     """sha256 of what a model is trained from: every pulled file's sha256 per platform and the resolved config
-    (its schedules and time limits aside: they change when runs happen, not what they produce)."""
+    (its schedules and the machine's settings aside: time limits, worker processes, torch threads and device change
+    when and how fast runs happen, not what they produce beyond float rounding; `force` retrains anyway)."""
     settings = config.model_dump(mode="json", exclude={"schedule": True, "runtime": {"stage_timeout_minutes"}})
+    # as the defaults are: a champion's fingerprint from before machine settings were left out stays its own
+    settings["runtime"] = type(config.runtime)().model_dump(mode="json", exclude={"stage_timeout_minutes"})
     inputs: dict[str, Any] = {"data": hashes, "config": settings}
     # unify puts a platform on another rating scale onto RATING_SCALE: a model trained on its raw ratings (the same
     # files and config) was not trained on these inputs; platforms already on it keep their fingerprints
